@@ -1,0 +1,1 @@
+"""recoffer online service: artifact contract, scoring and (later) the HTTP API."""

@@ -1,0 +1,369 @@
+"""The on-disk model contract: versioned directories, atomic writes, validated loads.
+
+Layout under a model root::
+
+    <root>/registry.json   {"current": VERSION | null, "history": [...], "updated_at": ...}
+    <root>/versions/<VERSION>/manifest.json
+    <root>/versions/<VERSION>/<array>.npy
+
+Every array is a plain ``.npy`` file (``allow_pickle=False``) so numeric arrays load with
+``mmap_mode="r"``. The manifest records each array's dtype, shape, byte size and sha256, so a
+truncated or altered file is refused before anything is served from it.
+
+A version directory is written under a temporary name, every file fsynced, then renamed into
+place; the registry file is replaced the same way. Readers therefore see either the old state or
+the new one, never half of either (see shared/RELIABILITY.md on publishing models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import ArtifactError, RegistryError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+REGISTRY = "registry.json"
+VERSIONS = "versions"
+TEMP_PREFIX = ".tmp-"
+
+# Arrays every artifact must contain; the rest (ease_b, item metadata) are optional.
+REQUIRED_ARRAYS = (
+    "user_ids",
+    "item_ids",
+    "user_factors",
+    "item_factors",
+    "history_indptr",
+    "history_indices",
+    "history_counts",
+    "history_age_days",
+    "popularity",
+    "trending",
+)
+
+
+@dataclass
+class Artifact:
+    """A loaded model version: its manifest and its arrays (numeric ones memory-mapped)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    arrays: dict[str, npt.NDArray[Any]] = field(repr=False)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.arrays["user_ids"].shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.arrays["item_ids"].shape[0])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def new_version_name(now: datetime | None = None) -> str:
+    """A sortable, unique version name such as ``20261123T181500Z-3fa9``."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+def write_artifact(
+    root: Path,
+    version: str,
+    arrays: Mapping[str, npt.NDArray[Any]],
+    manifest: Mapping[str, Any],
+) -> Path:
+    """Write one model version atomically under ``root/versions/version``.
+
+    Parameters:
+        root: the model root directory (created when missing).
+        version: the new version's name; it must not exist yet.
+        arrays: name -> numpy array; string arrays must be fixed-width unicode.
+        manifest: JSON-serialisable description; ``schema_version``, ``version`` and the
+            ``arrays`` table are filled in here.
+
+    Returns the final directory.
+    """
+    missing = [name for name in REQUIRED_ARRAYS if name not in arrays]
+    if missing:
+        raise ArtifactError(f"cannot write artifact {version}: missing arrays {missing}")
+    versions_dir = root / VERSIONS
+    versions_dir.mkdir(parents=True, exist_ok=True)
+    final = versions_dir / version
+    if final.exists():
+        raise ArtifactError(f"version {version} already exists in {versions_dir}")
+    tmp = versions_dir / f"{TEMP_PREFIX}{version}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        table: dict[str, dict[str, Any]] = {}
+        for name, array in arrays.items():
+            arr = np.ascontiguousarray(array)
+            if arr.dtype == object:
+                raise ArtifactError(f"array {name!r} has dtype object; refusing to pickle")
+            file = tmp / f"{name}.npy"
+            with open(file, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            table[name] = {
+                "file": file.name,
+                "dtype": arr.dtype.str,
+                "shape": list(arr.shape),
+                "bytes": file.stat().st_size,
+                "sha256": _sha256(file),
+            }
+        full = dict(manifest)
+        full["schema_version"] = SCHEMA_VERSION
+        full["version"] = version
+        full["arrays"] = table
+        payload = json.dumps(full, indent=2, sort_keys=True, default=str).encode()
+        _write_bytes_durably(tmp / MANIFEST, payload)
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(versions_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("artifact_written", extra={"version": version, "path": str(final)})
+    return final
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read and minimally validate ``path/manifest.json``."""
+    file = path / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact {path} has no {MANIFEST}") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"artifact {path}: unreadable {MANIFEST} ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"artifact {path}: {MANIFEST} is not an object")
+    schema = manifest.get("schema_version")
+    if schema != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"artifact {path}: schema_version {schema!r}, this build reads {SCHEMA_VERSION}"
+        )
+    if not isinstance(manifest.get("arrays"), dict):
+        raise ArtifactError(f"artifact {path}: manifest has no arrays table")
+    return manifest
+
+
+def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = True) -> Artifact:
+    """Load and validate one artifact directory.
+
+    Numeric arrays are memory-mapped (``mmap=True``); string arrays are read into memory.
+    Raises ArtifactError naming the problem for a missing, truncated or corrupt file, a wrong
+    dtype or shape, or inconsistent array sizes.
+    """
+    manifest = read_manifest(path)
+    table: dict[str, Any] = manifest["arrays"]
+    missing = [name for name in REQUIRED_ARRAYS if name not in table]
+    if missing:
+        raise ArtifactError(f"artifact {path}: manifest lacks arrays {missing}")
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for name, spec in table.items():
+        file = path / str(spec.get("file", ""))
+        if not file.is_file():
+            raise ArtifactError(f"artifact {path}: array file {file.name} is missing")
+        size = file.stat().st_size
+        if size != spec.get("bytes"):
+            raise ArtifactError(
+                f"artifact {path}: {file.name} has {size} bytes, manifest says {spec.get('bytes')}"
+            )
+        if verify_checksums and _sha256(file) != spec.get("sha256"):
+            raise ArtifactError(f"artifact {path}: {file.name} fails its sha256 check")
+        try:
+            dtype = np.dtype(spec["dtype"])
+            mode = "r" if mmap and dtype.kind not in "US" else None
+            arr = np.load(file, mmap_mode=mode, allow_pickle=False)
+        except (ValueError, OSError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None
+        if arr.dtype != dtype or list(arr.shape) != list(spec.get("shape", [])):
+            raise ArtifactError(
+                f"artifact {path}: {file.name} is {arr.dtype}{list(arr.shape)}, "
+                f"manifest says {spec.get('dtype')}{spec.get('shape')}"
+            )
+        arrays[name] = arr
+    _check_consistency(path, arrays)
+    return Artifact(path=path, manifest=manifest, arrays=arrays)
+
+
+def _check_consistency(path: Path, a: Mapping[str, npt.NDArray[Any]]) -> None:
+    n_users, n_items = a["user_ids"].shape[0], a["item_ids"].shape[0]
+    problems = []
+    if a["user_factors"].ndim != 2 or a["user_factors"].shape[0] != n_users:
+        problems.append("user_factors rows != users")
+    if a["item_factors"].ndim != 2 or a["item_factors"].shape[0] != n_items:
+        problems.append("item_factors rows != items")
+    if a["user_factors"].shape[1:] != a["item_factors"].shape[1:]:
+        problems.append("user and item factor widths differ")
+    if a["history_indptr"].shape != (n_users + 1,):
+        problems.append("history_indptr length != users + 1")
+    elif int(a["history_indptr"][-1]) != a["history_indices"].shape[0]:
+        problems.append("history_indptr does not end at the number of entries")
+    nnz = a["history_indices"].shape[0]
+    if a["history_counts"].shape != (nnz,) or a["history_age_days"].shape != (nnz,):
+        problems.append("history arrays differ in length")
+    for name in ("popularity", "trending"):
+        if a[name].shape != (n_items,):
+            problems.append(f"{name} length != items")
+    if "ease_b" in a and a["ease_b"].shape != (n_items, n_items):
+        problems.append("ease_b is not items x items")
+    if nnz and (int(a["history_indices"].max()) >= n_items or int(a["history_indices"].min()) < 0):
+        problems.append("history refers to items outside the catalogue")
+    if problems:
+        raise ArtifactError(f"artifact {path}: inconsistent arrays: {'; '.join(problems)}")
+
+
+class ModelStore:
+    """Versions under a model root and the atomically switched ``current`` pointer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / VERSIONS
+
+    def version_path(self, version: str) -> Path:
+        if not version or "/" in version or version.startswith("."):
+            raise RegistryError(f"invalid version name {version!r}")
+        return self.versions_dir / version
+
+    def versions(self) -> list[str]:
+        """Published versions, oldest first (names sort by creation time)."""
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.versions_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
+
+    def read_registry(self) -> dict[str, Any]:
+        file = self.root / REGISTRY
+        try:
+            data = json.loads(file.read_text())
+        except FileNotFoundError:
+            return {"current": None, "history": []}
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"registry {file} is unreadable ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("history", []), list):
+            raise RegistryError(f"registry {file} has an unexpected shape")
+        data.setdefault("history", [])
+        data.setdefault("current", None)
+        return data
+
+    def current(self) -> str | None:
+        """The version being served, or None before the first promotion."""
+        value = self.read_registry().get("current")
+        return str(value) if value else None
+
+    def current_path(self) -> Path | None:
+        version = self.current()
+        return self.version_path(version) if version else None
+
+    def _write_registry(self, data: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = dict(data, updated_at=datetime.now(UTC).isoformat())
+        tmp = self.root / f"{TEMP_PREFIX}{REGISTRY}-{secrets.token_hex(4)}"
+        try:
+            _write_bytes_durably(tmp, json.dumps(data, indent=2).encode())
+            os.replace(tmp, self.root / REGISTRY)
+            _fsync_dir(self.root)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def promote(self, version: str) -> None:
+        """Make ``version`` current; the one it replaces stays in the history for rollback."""
+        if not (self.version_path(version) / MANIFEST).is_file():
+            raise RegistryError(f"no such version {version!r} in {self.versions_dir}")
+        data = self.read_registry()
+        history = [v for v in data["history"] if v != version]
+        history.append(version)
+        self._write_registry({"current": version, "history": history})
+
+    def rollback(self, to: str | None = None) -> str:
+        """Switch ``current`` back to the previous promoted version (or to ``to``)."""
+        data = self.read_registry()
+        history: list[str] = [v for v in data["history"] if (self.version_path(v)).is_dir()]
+        current = data.get("current")
+        if to is not None:
+            if not (self.version_path(to) / MANIFEST).is_file():
+                raise RegistryError(f"no such version {to!r} in {self.versions_dir}")
+            target = to
+            history = [v for v in history if v != to] + [to]
+        else:
+            if current in history:
+                history.remove(current)
+            if not history:
+                raise RegistryError("nothing to roll back to: no earlier promoted version")
+            target = history[-1]
+        self._write_registry({"current": target, "history": history})
+        return target
+
+    def cleanup_temporaries(self) -> list[Path]:
+        """Remove leftovers of writers that died mid-write. Call with the trainer lock held."""
+        removed: list[Path] = []
+        for parent in (self.versions_dir, self.root):
+            if not parent.is_dir():
+                continue
+            for p in parent.iterdir():
+                if p.name.startswith(TEMP_PREFIX):
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
+
+    def iter_manifests(self) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """(version, manifest or None when unreadable) for every version, oldest first."""
+        for version in self.versions():
+            try:
+                yield version, read_manifest(self.version_path(version))
+            except ArtifactError:
+                yield version, None

@@ -1,0 +1,183 @@
+"""Scoring recipes: how the served model turns a user's history into item scores.
+
+The trainer evaluates exactly this code and the service serves exactly this code, so a figure in
+a manifest describes what users get. Plain numpy/scipy; no pandas, no implicit.
+
+A recipe is a weighted sum of components, each scaled so weights are comparable:
+
+- ``als``: dot product of the user's ALS vector with every item vector, standardised per user;
+- ``ease``: the user's recency-weighted history times EASE's item-item matrix, standardised;
+- ``repeat``: "buy again": ``log1p(orders) * exp(-age / repeat_half_life_days)`` on the
+  user's own items, divided by the user's largest such value, plus ``repeat_bonus`` per bought
+  item;
+- ``popularity`` / ``trending``: log of distinct buyers, all time / in the last weeks,
+  standardised over the catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+COMPONENTS = ("als", "ease", "repeat", "popularity", "trending")
+PROTOCOLS = ("all", "novel")
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Weights of the components plus the repeat and recency constants."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    repeat_half_life_days: float = 180.0
+    repeat_bonus: float = 0.0
+    input_half_life_days: float = 60.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown recipe components {sorted(unknown)}; known: {COMPONENTS}")
+        if self.repeat_half_life_days <= 0 or self.input_half_life_days <= 0:
+            raise ValueError("half-lives must be positive")
+
+    def weight(self, component: str) -> float:
+        return float(self.weights.get(component, 0.0))
+
+    def uses(self, component: str) -> bool:
+        return self.weight(component) != 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["weights"] = {k: float(v) for k, v in self.weights.items() if v}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        return cls(
+            weights={str(k): float(v) for k, v in dict(data.get("weights", {})).items()},
+            repeat_half_life_days=float(data.get("repeat_half_life_days", 180.0)),
+            repeat_bonus=float(data.get("repeat_bonus", 0.0)),
+            input_half_life_days=float(data.get("input_half_life_days", 60.0)),
+        )
+
+
+def _standardise_rows(scores: FloatArray) -> FloatArray:
+    mean = scores.mean(axis=1, keepdims=True)
+    std = scores.std(axis=1, keepdims=True)
+    std[std == 0] = 1.0
+    scores -= mean
+    scores /= std
+    return scores
+
+
+def _standardise(values: npt.NDArray[Any]) -> FloatArray:
+    out = np.log1p(np.asarray(values, dtype=np.float64))
+    std = out.std()
+    out = (out - out.mean()) / (std if std > 0 else 1.0)
+    return out.astype(np.float32)
+
+
+class Scorer:
+    """Scores users of one fitted model (history in the model's own item space)."""
+
+    def __init__(
+        self,
+        *,
+        item_factors: FloatArray,
+        user_factors: FloatArray,
+        history_counts: sp.csr_matrix,
+        history_age_days: sp.csr_matrix,
+        popularity: npt.NDArray[Any],
+        trending: npt.NDArray[Any],
+        ease_b: FloatArray | None = None,
+    ) -> None:
+        self.item_factors = item_factors
+        self.user_factors = user_factors
+        self.history_counts = history_counts
+        self.history_age_days = history_age_days
+        self.ease_b = ease_b
+        self.popularity = np.asarray(popularity, dtype=np.float32)
+        self.trending = np.asarray(trending, dtype=np.float32)
+        self.popularity_z = _standardise(popularity)
+        self.trending_z = _standardise(trending)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_factors.shape[0])
+
+    def can_use(self, recipe: Recipe) -> bool:
+        """False when the recipe needs a component this model lacks (EASE on a big catalogue)."""
+        return not (recipe.uses("ease") and self.ease_b is None)
+
+    def score_users(self, users: npt.NDArray[np.integer[Any]], recipe: Recipe) -> FloatArray:
+        """Scores (len(users) x items) for users known to the model, by their row index."""
+        users = np.asarray(users)
+        return self.score_histories(
+            self.history_counts[users],
+            self.history_age_days[users],
+            self.user_factors[users] if recipe.uses("als") else None,
+            recipe,
+        )
+
+    def score_histories(
+        self,
+        counts: sp.csr_matrix,
+        age_days: sp.csr_matrix,
+        user_vectors: FloatArray | None,
+        recipe: Recipe,
+    ) -> FloatArray:
+        """Scores for arbitrary histories (rows of counts and ages in the item space).
+
+        ``user_vectors`` (rows x factors) is needed only when the recipe uses ``als``; for a user
+        the model has never seen, pass a folded-in vector.
+        """
+        n_rows = counts.shape[0]
+        scores = np.zeros((n_rows, self.n_items), dtype=np.float32)
+        w = recipe.weight("als")
+        if w:
+            if user_vectors is None:
+                raise ValueError("recipe uses als but no user vectors were given")
+            part = np.asarray(user_vectors, dtype=np.float32) @ self.item_factors.T
+            scores += w * _standardise_rows(part)
+        w = recipe.weight("ease")
+        if w:
+            if self.ease_b is None:
+                raise ValueError("recipe uses ease but this model has no EASE matrix")
+            weighted = age_days.copy()
+            weighted.data = np.exp(-weighted.data / recipe.input_half_life_days).astype(np.float32)
+            part = np.asarray(weighted @ self.ease_b, dtype=np.float32)
+            scores += w * _standardise_rows(part)
+        w = recipe.weight("popularity")
+        if w:
+            scores += w * self.popularity_z
+        w = recipe.weight("trending")
+        if w:
+            scores += w * self.trending_z
+        w = recipe.weight("repeat")
+        if w and counts.nnz:
+            self._add_repeat(scores, counts, age_days, recipe, w)
+        return scores
+
+    @staticmethod
+    def _add_repeat(
+        scores: FloatArray,
+        counts: sp.csr_matrix,
+        age_days: sp.csr_matrix,
+        recipe: Recipe,
+        weight: float,
+    ) -> None:
+        counts = counts.tocsr()
+        age_days = age_days.tocsr()
+        value = np.log1p(counts.data) * np.exp(-age_days.data / recipe.repeat_half_life_days)
+        rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        row_max = np.zeros(counts.shape[0], dtype=np.float64)
+        np.maximum.at(row_max, rows, value)
+        row_max[row_max == 0] = 1.0
+        value = value / row_max[rows] + recipe.repeat_bonus
+        scores[rows, counts.indices] += (weight * value).astype(np.float32)

@@ -1,0 +1,1 @@
+"""recoffer offline trainer: load purchases, fit, evaluate, gate and publish a model."""

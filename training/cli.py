@@ -1,0 +1,392 @@
+"""``recoffer``: the command line. Parses, calls the pipeline or the registry, prints.
+
+Exit codes: 0 success, 2 bad input (file, column, value, option), 1 any other failure.
+Results go to stdout (a table, or one JSON object with ``--json``); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.artifact import ModelStore, load_artifact
+from service.errors import RecofferError, RegistryError
+from service.scoring import PROTOCOLS
+from training.data import FORMATS, ColumnMapping, DataError
+from training.evaluate import METRICS, SplitError
+
+log = logging.getLogger("recoffer")
+
+app = typer.Typer(
+    name="recoffer",
+    help="Train, evaluate and publish recommendation models for recoffer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# rich falls back to 80 columns when not writing to a terminal; tables need a little more
+_WIDTH = None if sys.stdout.isatty() else 120
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+CANDIDATE_ORDER = ("popularity", "repeat", "als", "ease", "blend", "served")
+
+
+class UsageProblem(RecofferError):
+    """A command-line value that cannot be used (exit code 2)."""
+
+
+BAD_INPUT = (DataError, SplitError, UsageProblem)
+
+ModelDir = Annotated[
+    Path,
+    typer.Option(
+        "--model-dir",
+        envvar="RECOFFER_MODEL_DIR",
+        help="Model root: versions/ and registry.json live here.",
+        file_okay=False,
+    ),
+]
+DEFAULT_MODEL_DIR = Path("var/models")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"recoffer: error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def _progress(message: str) -> None:
+    err.print(f"[dim]·[/dim] {message}")
+
+
+def metrics_tables(
+    metrics: dict[str, dict[str, dict[str, float]]], served: dict[str, str]
+) -> list[Table]:
+    """One table per protocol, one row per candidate; the served candidate marked with *."""
+    tables = []
+    for protocol in PROTOCOLS:
+        rows = metrics.get(protocol, {})
+        table = Table(title=f"protocol {protocol}: test split, k = 10", title_justify="left")
+        table.add_column("candidate")
+        for name in METRICS:
+            table.add_column(name.replace("_", " "), justify="right")
+        table.add_column("users", justify="right")
+        order = sorted(rows, key=lambda n: (*CANDIDATE_ORDER, n).index(n))
+        for name in order:
+            row = rows[name]
+            if name == "served" and name not in served.values():
+                continue
+            label = f"{name} *" if served.get(protocol) == name else name
+            table.add_row(
+                label,
+                *(f"{row[f'{m}@10']:.4f}" for m in METRICS),
+                f"{int(row.get('users', 0)):,}",
+            )
+        tables.append(table)
+    if tables:
+        tables[-1].caption = "* served (chosen on the validation split, before the test window)"
+    return tables
+
+
+def _parse_columns(text: str | None) -> ColumnMapping | None:
+    return ColumnMapping.parse(text) if text else None
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path, typer.Option("--data", help="Purchase history: .csv, .csv.gz or .parquet.")
+    ],
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    fmt: Annotated[
+        str, typer.Option("--format", help=f"Input layout: {', '.join(FORMATS)}.")
+    ] = "generic",
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Column mapping for --format generic, e.g. "
+            "'user=customer,item=sku,timestamp=ts,price=unit_price,order=invoice'."
+        ),
+    ] = None,
+    test_days: Annotated[
+        float, typer.Option(help="Length of the test (and validation) window in days.")
+    ] = 30.0,
+    tune_seconds: Annotated[
+        float, typer.Option(help="Time budget for tuning on the validation split; 0 turns it off.")
+    ] = 60.0,
+    factors: Annotated[int, typer.Option(help="ALS latent factors.")] = 64,
+    iterations: Annotated[int, typer.Option(help="ALS iterations of a cold fit.")] = 15,
+    regularization: Annotated[float, typer.Option(help="ALS L2 regularisation.")] = 0.05,
+    threads: Annotated[int, typer.Option(help="Training threads (0: all cores).")] = 0,
+    eval_users: Annotated[
+        int | None, typer.Option(help="Score at most this many test users (default: automatic).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    """Train on a purchase history, evaluate every candidate, gate and publish a new version.
+
+    Examples:
+
+      recoffer train --data purchases.csv --model-dir var/models
+
+      recoffer train --data ../shared/data/online-retail/online_retail.csv.gz \\
+          --format online-retail --tune-seconds 120 --json
+    """
+    from training.models import ModelParams
+    from training.pipeline import TrainConfig
+
+    _setup_logging(verbose)
+    try:
+        params = ModelParams(
+            factors=factors, iterations=iterations, regularization=regularization, threads=threads
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    if tune_seconds < 0:
+        raise _fail("--tune-seconds must be >= 0", 2)
+    config = TrainConfig(
+        model_dir=model_dir,
+        data=data,
+        fmt=fmt,
+        columns=None,
+        test_days=test_days,
+        tune_seconds=tune_seconds,
+        force=force,
+        params=params,
+        eval_users=eval_users,
+    )
+    _run_training(config, columns, as_json)
+
+
+def _run_training(config: Any, columns: str | None, as_json: bool) -> None:
+    from training.pipeline import run
+
+    with _errors():
+        config.columns = _parse_columns(columns)
+        result = run(config, progress=_progress)
+    err.print(result.report.render(), markup=False)
+    tables = metrics_tables(result.metrics, result.served)
+    if as_json:
+        err.print(*tables)
+        out.print(json.dumps(result.to_json(), default=str), markup=False)
+    else:
+        out.print(*tables)
+    verdict = "promoted to current" if result.promoted else "NOT promoted"
+    err.print(f"version {result.version}: {verdict}", markup=False)
+    for reason in result.gate.reasons:
+        err.print(f"  gate: {reason}", markup=False)
+    if not result.promoted:
+        err.print("  (use --force to promote anyway)", markup=False)
+
+
+class _errors:
+    """Map recoffer's exceptions to one line on stderr and an exit code."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, typer.Exit | KeyboardInterrupt):
+            return False
+        if isinstance(exc, BAD_INPUT):
+            raise _fail(str(exc), 2) from None
+        if isinstance(exc, RegistryError):
+            raise _fail(str(exc), 2) from None
+        if isinstance(exc, RecofferError):
+            raise _fail(str(exc), 1) from None
+        log.debug("unexpected failure", exc_info=exc)
+        raise _fail(f"{type(exc).__name__}: {exc}", 1) from None
+
+
+@app.command()
+def evaluate(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    version: Annotated[str | None, typer.Option(help="Version to show (default: current).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Re-score the version on this purchase history's temporal split."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Input layout of --data.")] = "generic",
+    columns: Annotated[str | None, typer.Option(help="Column mapping for --data.")] = None,
+    test_days: Annotated[float, typer.Option(help="Test window of the re-scoring split.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show a version's recorded metrics, or re-score it on a (newer) purchase history.
+
+    Examples:
+
+      recoffer evaluate --model-dir var/models
+
+      recoffer evaluate --data new_purchases.csv --test-days 14
+    """
+    _setup_logging(False)
+    with _errors():
+        store = ModelStore(model_dir)
+        chosen = version or store.current()
+        if chosen is None:
+            raise UsageProblem(f"no current model in {model_dir}; train one first")
+        artifact = load_artifact(store.version_path(chosen))
+        if data is None:
+            metrics = artifact.manifest["metrics"]["test"]
+            served = artifact.manifest["served"]
+            document: dict[str, Any] = {"version": chosen, "metrics": metrics, "served": served}
+        else:
+            from training.registry import rescore_on_file
+
+            document = rescore_on_file(artifact, data, fmt, _parse_columns(columns), test_days)
+            metrics, served = document["metrics"], dict.fromkeys(PROTOCOLS, "served")
+    if as_json:
+        out.print(json.dumps(document, default=str), markup=False)
+    else:
+        out.print(*metrics_tables(metrics, served))
+        if "warning" in document:
+            err.print(f"warning: {document['warning']}", markup=False)
+
+
+@app.command()
+def models(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List model versions, oldest first, with their quality and which one is current."""
+    _setup_logging(False)
+    with _errors():
+        store = ModelStore(model_dir)
+        current = store.current()
+        rows = []
+        for name, manifest in store.iter_manifests():
+            row: dict[str, Any] = {"version": name, "current": name == current}
+            if manifest is None:
+                row["error"] = "unreadable manifest"
+            else:
+                test = manifest.get("metrics", {}).get("test", {})
+                served = manifest.get("served", {})
+                row.update(
+                    created_at=manifest.get("created_at"),
+                    served=served,
+                    promoted_by_gate=manifest.get("gate", {}).get("passed"),
+                    **{
+                        f"{p}_ndcg@10": test.get(p, {}).get(served.get(p, ""), {}).get("ndcg@10")
+                        for p in PROTOCOLS
+                    },
+                )
+            rows.append(row)
+    if as_json:
+        out.print(json.dumps({"current": current, "versions": rows}, default=str), markup=False)
+        return
+    if not rows:
+        err.print(f"no model versions in {model_dir}", markup=False)
+        return
+    table = Table(title=f"Models in {model_dir}")
+    for col in ("", "version", "created", "served", "all ndcg@10", "novel ndcg@10", "gate"):
+        table.add_column(col)
+    for row in rows:
+        served = row.get("served") or {}
+        table.add_row(
+            "*" if row["current"] else "",
+            row["version"],
+            str(row.get("created_at", ""))[:19],
+            ",".join(sorted(set(served.values()))) if served else row.get("error", ""),
+            _fmt(row.get("all_ndcg@10")),
+            _fmt(row.get("novel_ndcg@10")),
+            {True: "passed", False: "refused", None: ""}[row.get("promoted_by_gate")],
+        )
+    out.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "—"
+
+
+@app.command()
+def rollback(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    to: Annotated[
+        str | None, typer.Option(help="Version to switch to (default: the previous one).")
+    ] = None,
+) -> None:
+    """Switch the current model back to the previously promoted version (or to --to)."""
+    from training.registry import trainer_lock
+
+    _setup_logging(False)
+    with _errors():
+        store = ModelStore(model_dir)
+        if not store.versions():
+            raise UsageProblem(f"no model versions in {model_dir}")
+        before = store.current()
+        with trainer_lock(store.root):
+            target = store.rollback(to)
+            if to is not None:
+                load_artifact(store.version_path(target))
+    out.print(f"current: {before} -> {target}", markup=False)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Where the demo shop and its models are written.")
+    ] = Path("var/demo"),
+    preset: Annotated[str, typer.Option(help="Synthetic shop size: tiny, small, demo.")] = "demo",
+    tune_seconds: Annotated[float, typer.Option(help="Tuning budget in seconds.")] = 20.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Generate the seeded demo shop (if missing), train on it and print the evaluation table."""
+    from training.models import ModelParams
+    from training.pipeline import TrainConfig
+    from training.synthetic import generate_shop, spec_for, write_shop
+
+    _setup_logging(False)
+    with _errors():
+        try:
+            spec = spec_for(preset)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+        data_dir = workdir / "data" / preset
+        purchases = data_dir / "purchases.csv"
+        if not purchases.is_file():
+            _progress(f"generating the '{preset}' synthetic shop into {data_dir}")
+            write_shop(generate_shop(spec), data_dir)
+        config = TrainConfig(
+            model_dir=workdir / "models",
+            data=purchases,
+            fmt="generic",
+            test_days=30.0,
+            tune_seconds=tune_seconds,
+            params=ModelParams(),
+        )
+    _run_training(
+        config,
+        "user=user_id,item=item_id,timestamp=timestamp,quantity=quantity,"
+        "price=price,order=order_id",
+        as_json,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

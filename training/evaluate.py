@@ -1,0 +1,220 @@
+"""Temporal split and ranking metrics.
+
+Protocol (PRODUCT.md): the cut-off is the last timestamp minus N days; the model sees purchases up
+to the cut-off; a test user's truth is the set of items they bought after it, restricted to users
+and items known at the cut-off; users with an empty truth are left out. Under ``novel`` the items
+a user bought before the cut-off are removed from both the ranking and the truth.
+
+Metrics at k: ``recall`` = hits / min(|truth|, k) (so a perfect list scores 1 even when a user
+bought more than k items, the convention of the reference figures), ``precision`` = hits / k,
+``ndcg`` with binary gains, ``hit_rate`` = share of users with at least one hit, ``coverage`` =
+share of the catalogue that appears in at least one list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import scipy.sparse as sp
+
+from service.scoring import COMPONENTS, Recipe, Scorer
+
+METRICS = ("recall", "ndcg", "precision", "hit_rate", "coverage")
+DEFAULT_K = 10
+MAX_EVAL_CELLS = 20_000_000  # users x items scored at once; bounds memory on big catalogues
+
+
+class SplitError(ValueError):
+    """The requested split leaves no training or no test data."""
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    cutoff: pd.Timestamp
+    end: pd.Timestamp
+
+
+def temporal_split(frame: pd.DataFrame, days: float) -> Split:
+    """Cut ``frame`` at its last timestamp minus ``days``: train <= cut-off < test."""
+    if days <= 0:
+        raise SplitError(f"test window must be positive, got {days} days")
+    end = pd.Timestamp(frame["timestamp"].max())
+    cutoff = end - pd.Timedelta(days=days)
+    mask = (frame["timestamp"] <= cutoff).to_numpy()
+    train, test = frame[mask], frame[~mask]
+    if train.empty or test.empty:
+        start = pd.Timestamp(frame["timestamp"].min())
+        raise SplitError(
+            f"a {days:g}-day test window over data from {start:%Y-%m-%d} to {end:%Y-%m-%d} "
+            f"leaves {len(train)} training and {len(test)} test rows; choose fewer test days"
+        )
+    return Split(train=train, test=test, cutoff=cutoff, end=end)
+
+
+def metric_key(name: str, k: int = DEFAULT_K) -> str:
+    return f"{name}@{k}"
+
+
+@dataclass
+class EvalSet:
+    """Test users of one split in a stage's index space, with their truth, ready to score.
+
+    Component scores are computed once and cached, so evaluating many recipes (tuning) costs a
+    weighted sum each.
+    """
+
+    scorer: Scorer
+    users: npt.NDArray[np.int64]
+    truth: sp.csr_matrix  # len(users) x items, 1 where bought in the test window
+    counts: sp.csr_matrix
+    age_days: sp.csr_matrix
+    user_vectors: npt.NDArray[np.float32]
+    _cache: dict[tuple[Any, ...], npt.NDArray[np.float32]] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    def _component(self, name: str, recipe: Recipe) -> npt.NDArray[np.float32]:
+        if name == "ease":
+            key: tuple[Any, ...] = (name, recipe.input_half_life_days)
+        elif name == "repeat":
+            key = (name, recipe.repeat_half_life_days, recipe.repeat_bonus)
+        else:
+            key = (name,)
+        hit = self._cache.get(key)
+        if hit is None:
+            unit = Recipe(
+                weights={name: 1.0},
+                repeat_half_life_days=recipe.repeat_half_life_days,
+                repeat_bonus=recipe.repeat_bonus,
+                input_half_life_days=recipe.input_half_life_days,
+            )
+            hit = self.scorer.score_histories(self.counts, self.age_days, self.user_vectors, unit)
+            if name == "repeat" and len(self._cache) > 24:
+                # repeat variants are many during tuning and cheap to recompute
+                return hit
+            self._cache[key] = hit
+        return hit
+
+    def scores(self, recipe: Recipe) -> npt.NDArray[np.float32]:
+        """Exactly ``Scorer.score_histories`` for these users, assembled from cached parts."""
+        total = np.zeros((self.n_users, self.scorer.n_items), dtype=np.float32)
+        for name in COMPONENTS:
+            w = recipe.weight(name)
+            if w:
+                total += np.float32(w) * self._component(name, recipe)
+        return total
+
+    def evaluate(self, recipe: Recipe, protocol: str, k: int = DEFAULT_K) -> dict[str, float]:
+        """Metrics of ``recipe`` under ``protocol`` (``all`` or ``novel``)."""
+        return rank_metrics(self.scores(recipe), self.truth, self.counts, protocol, k)
+
+
+def rank_metrics(
+    scores: npt.NDArray[np.float32],
+    truth: sp.csr_matrix,
+    history: sp.csr_matrix,
+    protocol: str,
+    k: int = DEFAULT_K,
+) -> dict[str, float]:
+    """Ranking metrics for rows of ``scores`` against ``truth``; see the module docstring."""
+    if protocol not in ("all", "novel"):
+        raise ValueError(f"unknown protocol {protocol!r}")
+    n_items = scores.shape[1]
+    k = min(k, n_items)
+    truth = truth.tocsr().astype(bool).astype(np.int8)
+    if protocol == "novel":
+        scores = scores.copy()
+        hist = history.tocsr()
+        rows = np.repeat(np.arange(hist.shape[0]), np.diff(hist.indptr))
+        scores[rows, hist.indices] = -np.inf
+        seen = hist.astype(bool).astype(np.int8)
+        truth = (truth - truth.multiply(seen)).tocsr()
+        truth.eliminate_zeros()
+    sizes = np.diff(truth.indptr)
+    keep = sizes > 0
+    if not keep.any():
+        return {**dict.fromkeys(METRICS, 0.0), "users": 0.0}
+    scores, truth, sizes = scores[keep], truth[keep], sizes[keep]
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    hits = np.take_along_axis(truth.toarray().astype(bool), top, axis=1)
+    # a -inf score is never a recommendation (novel with fewer candidates than k)
+    valid = np.isfinite(np.take_along_axis(scores, top, axis=1))
+    hits &= valid
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discounts)[np.minimum(sizes, k) - 1]
+    n_hits = hits.sum(axis=1)
+    covered = np.zeros(n_items, dtype=bool)
+    covered[top[valid]] = True
+    return {
+        "recall": float(np.mean(n_hits / np.minimum(sizes, k))),
+        "ndcg": float(np.mean((hits * discounts).sum(axis=1) / ideal)),
+        "precision": float(np.mean(n_hits / k)),
+        "hit_rate": float(np.mean(n_hits > 0)),
+        "coverage": float(covered.mean()),
+        "users": float(len(sizes)),
+    }
+
+
+def build_truth(
+    user_ids: pd.Index,
+    item_ids: pd.Index,
+    test: pd.DataFrame,
+    *,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> tuple[npt.NDArray[np.int64], sp.csr_matrix]:
+    """Rows of the test users known at the cut-off and their truth among known items.
+
+    When the catalogue is big, a seeded sample of users keeps users x items under
+    ``MAX_EVAL_CELLS`` unless ``max_users`` says otherwise.
+    """
+    u = user_ids.get_indexer(test["user_id"])
+    i = item_ids.get_indexer(test["item_id"])
+    known = (u >= 0) & (i >= 0)
+    u, i = u[known], i[known]
+    users = np.unique(u)
+    limit = max_users if max_users is not None else max(1, MAX_EVAL_CELLS // len(item_ids))
+    if len(users) > limit:
+        users = np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False))
+    row_of = np.full(len(user_ids), -1, dtype=np.int64)
+    row_of[users] = np.arange(len(users))
+    rows = row_of[u]
+    sel = rows >= 0
+    truth = sp.csr_matrix(
+        (np.ones(int(sel.sum()), dtype=np.float32), (rows[sel], i[sel])),
+        shape=(len(users), len(item_ids)),
+    )
+    truth.sum_duplicates()
+    truth.data[:] = 1.0
+    return users.astype(np.int64), truth
+
+
+def build_evalset(
+    scorer: Scorer,
+    user_ids: pd.Index,
+    item_ids: pd.Index,
+    test: pd.DataFrame,
+    *,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> EvalSet:
+    """An EvalSet over ``build_truth``'s users, scored by ``scorer`` (same index space)."""
+    users, truth = build_truth(user_ids, item_ids, test, max_users=max_users, seed=seed)
+    return EvalSet(
+        scorer=scorer,
+        users=users,
+        truth=truth,
+        counts=scorer.history_counts[users],
+        age_days=scorer.history_age_days[users],
+        user_vectors=np.asarray(scorer.user_factors[users], dtype=np.float32),
+    )

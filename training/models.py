@@ -1,0 +1,296 @@
+"""Fitting the model components and the candidate recipes built from them.
+
+implicit is untyped; it stays behind ``fit_als`` so the rest of the trainer is typed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import scipy.linalg
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from service.scoring import PROTOCOLS, Recipe, Scorer
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400.0
+MIN_AGE_DAYS = 1.0 / 1440.0  # one minute: keeps ages strictly positive in sparse storage
+
+
+class ModelFitError(RuntimeError):
+    """A model could not be fitted (factors went NaN, matrix singular)."""
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Hyper-parameters of the fitted components (the search space of tuning)."""
+
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    weighting: str = "bm25"  # or "confidence"
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    alpha: float = 2.0  # confidence weighting: 1 + alpha * log1p(count)
+    input_half_life_days: float = 60.0  # older purchases count less when fitting
+    ease_lambda: float = 300.0
+    ease_max_items: int = 6000  # EASE inverts an items x items matrix: small catalogues only
+    trending_days: int = 30
+    warm_iterations: int = 2  # iterations when refitting from the previous stage's factors
+    seed: int = 42
+    threads: int = 0  # 0: all cores
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("bm25", "confidence"):
+            raise ValueError(f"weighting must be 'bm25' or 'confidence', not {self.weighting!r}")
+        if self.factors < 1 or self.iterations < 1 or self.warm_iterations < 1:
+            raise ValueError("factors, iterations and warm_iterations must be >= 1")
+        if self.regularization < 0 or self.ease_lambda <= 0 or self.trending_days < 1:
+            raise ValueError("regularization >= 0, ease_lambda > 0 and trending_days >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelParams:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Stage:
+    """Components fitted on one slice of the purchases (ids, history, factors, popularity)."""
+
+    user_ids: pd.Index
+    item_ids: pd.Index
+    counts: sp.csr_matrix
+    age_days: sp.csr_matrix
+    reference_time: pd.Timestamp
+    user_factors: npt.NDArray[np.float32]
+    item_factors: npt.NDArray[np.float32]
+    popularity: npt.NDArray[np.float32]
+    trending: npt.NDArray[np.float32]
+    ease_b: npt.NDArray[np.float32] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def scorer(self) -> Scorer:
+        return Scorer(
+            item_factors=self.item_factors,
+            user_factors=self.user_factors,
+            history_counts=self.counts,
+            history_age_days=self.age_days,
+            popularity=self.popularity,
+            trending=self.trending,
+            ease_b=self.ease_b,
+        )
+
+
+def build_history(
+    frame: pd.DataFrame, reference_time: pd.Timestamp
+) -> tuple[pd.Index, pd.Index, sp.csr_matrix, sp.csr_matrix]:
+    """User x item matrices of distinct orders and days since the last purchase.
+
+    Returns (user_ids, item_ids, counts, age_days); both matrices share one sparsity pattern.
+    """
+    users = pd.Index(pd.unique(frame["user_id"]), dtype=object).sort_values()
+    items = pd.Index(pd.unique(frame["item_id"]), dtype=object).sort_values()
+    u = users.get_indexer(frame["user_id"]).astype(np.int64)
+    i = items.get_indexer(frame["item_id"]).astype(np.int64)
+    order_codes = pd.factorize(frame["order_id"])[0].astype(np.int64)
+    ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    pair = u * len(items) + i
+    # distinct orders per pair: drop repeated (pair, order) lines first
+    key = pd.DataFrame({"pair": pair, "order": order_codes, "ts": ts})
+    key = key.drop_duplicates(["pair", "order"])
+    grouped = key.groupby("pair", sort=True)["ts"].agg(["size", "max"])
+    pairs = grouped.index.to_numpy(dtype=np.int64)
+    rows, cols = pairs // len(items), pairs % len(items)
+    ref_ns = np.int64(pd.Timestamp(reference_time).value)
+    age = (ref_ns - grouped["max"].to_numpy(dtype=np.int64)) / (SECONDS_PER_DAY * 1e9)
+    age = np.maximum(age, MIN_AGE_DAYS).astype(np.float32)
+    shape = (len(users), len(items))
+    indptr = np.zeros(len(users) + 1, dtype=np.int64)
+    np.add.at(indptr, rows + 1, 1)
+    indptr = np.cumsum(indptr)
+    indices = cols.astype(np.int32)
+    counts = sp.csr_matrix(
+        (grouped["size"].to_numpy(dtype=np.float32), indices, indptr), shape=shape
+    )
+    ages = sp.csr_matrix((age, indices.copy(), indptr.copy()), shape=shape)
+    return users, items, counts, ages
+
+
+def _distinct_buyers(counts: sp.csr_matrix) -> npt.NDArray[np.float32]:
+    return np.bincount(counts.indices, minlength=counts.shape[1]).astype(np.float32)
+
+
+def _trending(counts: sp.csr_matrix, age_days: sp.csr_matrix, days: int) -> npt.NDArray[np.float32]:
+    recent = age_days.data <= days
+    return np.bincount(counts.indices[recent], minlength=counts.shape[1]).astype(np.float32)
+
+
+def _als_weights(
+    counts: sp.csr_matrix, age_days: sp.csr_matrix, params: ModelParams
+) -> sp.csr_matrix:
+    weighted = counts.copy()
+    weighted.data = (counts.data * np.exp(-age_days.data / params.input_half_life_days)).astype(
+        np.float32
+    )
+    if params.weighting == "bm25":
+        from implicit.nearest_neighbours import bm25_weight
+
+        out = bm25_weight(weighted, K1=params.bm25_k1, B=params.bm25_b).tocsr()
+    else:
+        out = weighted
+        out.data = (1.0 + params.alpha * np.log1p(out.data)).astype(np.float32)
+    out = out.astype(np.float32)
+    out.eliminate_zeros()
+    return out
+
+
+def fit_als(
+    counts: sp.csr_matrix,
+    age_days: sp.csr_matrix,
+    params: ModelParams,
+    *,
+    init: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Fit implicit's ALS; warm-started (``params.warm_iterations``) when ``init`` is given.
+
+    Returns (user_factors, item_factors) as float32 arrays.
+    """
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    weights = _als_weights(counts, age_days, params)
+    # implicit parallelises itself; a BLAS thread pool underneath only oversubscribes the cores
+    # (implicit checks this when the model is constructed, so construct it inside the limit)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            iterations=params.warm_iterations if init is not None else params.iterations,
+            random_state=params.seed,
+            num_threads=params.threads,
+            calculate_training_loss=False,
+        )
+        if init is not None:
+            model.user_factors = np.ascontiguousarray(init[0], dtype=np.float32)
+            model.item_factors = np.ascontiguousarray(init[1], dtype=np.float32)
+        model.fit(weights, show_progress=False)
+    user_factors = np.asarray(model.user_factors, dtype=np.float32)
+    item_factors = np.asarray(model.item_factors, dtype=np.float32)
+    if not (np.isfinite(user_factors).all() and np.isfinite(item_factors).all()):
+        raise ModelFitError("ALS factors are not finite; lower the learning weights or factors")
+    return user_factors, item_factors
+
+
+def fit_ease(counts: sp.csr_matrix, lam: float) -> npt.NDArray[np.float32]:
+    """EASE (Steck 2019): closed-form item-item weights with a zero diagonal."""
+    binary = counts.copy()
+    binary.data = np.ones_like(binary.data, dtype=np.float64)
+    gram = (binary.T @ binary).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    try:
+        inverse = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        raise ModelFitError(f"EASE matrix could not be inverted: {exc}") from None
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+def reindex_factors(
+    old_ids: pd.Index,
+    old_factors: npt.NDArray[np.float32],
+    new_ids: pd.Index,
+    seed: int,
+) -> npt.NDArray[np.float32]:
+    """Factors for ``new_ids``: copied where the id is known, small random values otherwise."""
+    rng = np.random.default_rng(seed)
+    out = (rng.random((len(new_ids), old_factors.shape[1]), dtype=np.float32) * 0.01).astype(
+        np.float32
+    )
+    where = old_ids.get_indexer(new_ids)
+    known = where >= 0
+    out[known] = old_factors[where[known]]
+    return out
+
+
+def fit_stage(
+    frame: pd.DataFrame,
+    reference_time: pd.Timestamp,
+    params: ModelParams,
+    *,
+    warm_from: Stage | None = None,
+    with_ease: bool = True,
+) -> Stage:
+    """Fit every component on ``frame`` (purchases up to ``reference_time``)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    users, items, counts, ages = build_history(frame, reference_time)
+    timings["history"] = time.perf_counter() - t0
+    init = None
+    if warm_from is not None:
+        init = (
+            reindex_factors(warm_from.user_ids, warm_from.user_factors, users, params.seed),
+            reindex_factors(warm_from.item_ids, warm_from.item_factors, items, params.seed + 1),
+        )
+        if init[0].shape[1] != params.factors:
+            init = None
+    t0 = time.perf_counter()
+    user_factors, item_factors = fit_als(counts, ages, params, init=init)
+    timings["als"] = time.perf_counter() - t0
+    ease_b = None
+    if with_ease and len(items) <= params.ease_max_items:
+        t0 = time.perf_counter()
+        ease_b = fit_ease(counts, params.ease_lambda)
+        timings["ease"] = time.perf_counter() - t0
+    return Stage(
+        user_ids=users,
+        item_ids=items,
+        counts=counts,
+        age_days=ages,
+        reference_time=pd.Timestamp(reference_time),
+        user_factors=user_factors,
+        item_factors=item_factors,
+        popularity=_distinct_buyers(counts),
+        trending=_trending(counts, ages, params.trending_days),
+        ease_b=ease_b,
+        timings=timings,
+    )
+
+
+Candidates = dict[str, dict[str, Recipe]]
+
+
+def default_candidates(with_ease: bool) -> Candidates:
+    """The baselines and the untuned models; ``blend`` is what tuning improves on.
+
+    ``repeat`` is not a candidate under ``novel`` (it can only recommend bought items).
+    """
+    cands: Candidates = {
+        "popularity": {p: Recipe(weights={"popularity": 1.0}) for p in PROTOCOLS},
+        "repeat": {"all": Recipe(weights={"repeat": 1.0, "trending": 1e-3})},
+        "als": {p: Recipe(weights={"als": 1.0}) for p in PROTOCOLS},
+    }
+    if with_ease:
+        cands["ease"] = {p: Recipe(weights={"ease": 1.0}) for p in PROTOCOLS}
+    cf = {"als": 1.0, "ease": 1.0} if with_ease else {"als": 1.0}
+    cands["blend"] = {
+        "all": Recipe(
+            weights={**cf, "trending": 0.3, "repeat": 6.0},
+            repeat_half_life_days=180.0,
+            repeat_bonus=0.5,
+        ),
+        "novel": Recipe(weights={**cf, "trending": 0.5}),
+    }
+    return cands

@@ -1,0 +1,342 @@
+"""The whole training flow: load -> split -> fit -> tune -> evaluate -> gate -> publish.
+
+Three nested temporal stages share one set of hyper-parameters:
+
+- validation: fit on purchases up to ``end - 2 x test_days``, tune and choose candidates on the
+  next ``test_days``;
+- test: warm-started from the validation factors, fit up to ``end - test_days``, and score every
+  candidate on the last ``test_days`` (the figures reported and gated);
+- serving: warm-started again on every purchase, written as the artifact.
+
+Warm starts make the three stages cost little more than one cold ALS fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.artifact import ModelStore, new_version_name, write_artifact
+from service.scoring import PROTOCOLS, Recipe
+from training.data import CleaningReport, ColumnMapping, Purchases, load_purchases
+from training.evaluate import EvalSet, build_evalset, metric_key, temporal_split
+from training.models import Candidates, ModelParams, Stage, default_candidates, fit_stage
+from training.registry import (
+    GateDecision,
+    current_artifact,
+    decide,
+    rescore_current,
+    trainer_lock,
+)
+from training.tune import tune
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+MetricTable = dict[str, dict[str, dict[str, float]]]  # protocol -> candidate -> metric -> value
+
+
+@dataclass
+class TrainConfig:
+    model_dir: Path
+    data: Path | None = None
+    fmt: str = "generic"
+    columns: ColumnMapping | None = None
+    test_days: float = 30.0
+    tune_seconds: float = 0.0
+    force: bool = False
+    params: ModelParams = field(default_factory=ModelParams)
+    eval_users: int | None = None
+
+
+@dataclass
+class TrainResult:
+    version: str
+    promoted: bool
+    served: dict[str, str]
+    metrics: MetricTable
+    validation: MetricTable
+    gate: GateDecision
+    report: CleaningReport
+    path: Path
+    timings: dict[str, float]
+    manifest: dict[str, Any]
+
+    @property
+    def served_name(self) -> str:
+        names = set(self.served.values())
+        if len(names) == 1:
+            return names.pop()
+        return ",".join(f"{p}:{n}" for p, n in self.served.items())
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` document: version, promoted, served and metrics[protocol][candidate]."""
+        metrics: dict[str, dict[str, dict[str, float]]] = {}
+        for protocol, table in self.metrics.items():
+            metrics[protocol] = dict(table)
+            metrics[protocol]["served"] = table[self.served[protocol]]
+        return {
+            "version": self.version,
+            "promoted": self.promoted,
+            "served": self.served_name,
+            "served_by_protocol": self.served,
+            "metrics": metrics,
+            "validation": self.validation,
+            "gate": self.gate.to_dict(),
+            "cleaning": self.report.as_dict(),
+            "model_path": str(self.path),
+            "timings": self.timings,
+        }
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 over the cleaned purchases (order-sensitive, content-exact)."""
+    hashed = pd.util.hash_pandas_object(
+        frame[["user_id", "item_id", "timestamp", "order_id"]], index=False
+    )
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
+
+
+def evaluate_candidates(evalset: EvalSet, candidates: Candidates, k: int = 10) -> MetricTable:
+    """Every candidate under every protocol it applies to."""
+    table: MetricTable = {p: {} for p in PROTOCOLS}
+    for name, recipes in candidates.items():
+        for protocol, recipe in recipes.items():
+            if not evalset.scorer.can_use(recipe):
+                continue
+            values = evalset.evaluate(recipe, protocol, k)
+            table[protocol][name] = {
+                metric_key(m, k) if m != "users" else m: v for m, v in values.items()
+            }
+    return table
+
+
+def choose(validation: MetricTable) -> dict[str, str]:
+    """Per protocol, the candidate with the best validation NDCG@10 (ties: recall@10)."""
+    key = metric_key("ndcg")
+    return {
+        p: max(table, key=lambda n, t=table: (t[n][key], t[n][metric_key("recall")]))
+        for p, table in validation.items()
+    }
+
+
+def _library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("implicit", "numpy", "scipy", "pandas", "pyarrow", "recoffer"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray[Any, Any]]:
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        "user_ids": np.asarray(stage.user_ids, dtype=str),
+        "item_ids": np.asarray(stage.item_ids, dtype=str),
+        "user_factors": stage.user_factors,
+        "item_factors": stage.item_factors,
+        "history_indptr": stage.counts.indptr.astype(np.int64),
+        "history_indices": stage.counts.indices.astype(np.int32),
+        "history_counts": stage.counts.data.astype(np.float32),
+        "history_age_days": stage.age_days.data.astype(np.float32),
+        "popularity": stage.popularity,
+        "trending": stage.trending,
+    }
+    if stage.ease_b is not None:
+        arrays["ease_b"] = stage.ease_b
+    items = purchases.items.set_index("item_id").reindex(stage.item_ids)
+    if items["name"].notna().any():
+        arrays["item_names"] = items["name"].fillna("").astype(str).to_numpy(dtype=str)
+    if items["category"].notna().any():
+        arrays["item_categories"] = items["category"].fillna("").astype(str).to_numpy(dtype=str)
+    if items["price"].notna().any():
+        arrays["item_prices"] = items["price"].to_numpy(dtype=np.float32)
+    return arrays
+
+
+def run(
+    config: TrainConfig,
+    purchases: Purchases | None = None,
+    progress: Progress = _noop,
+) -> TrainResult:
+    """Train, evaluate, gate and publish one model version; see the module docstring."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    store = ModelStore(config.model_dir)
+    with trainer_lock(store.root):
+        store.cleanup_temporaries()
+        if purchases is None:
+            if config.data is None:
+                raise ValueError("either config.data or purchases must be given")
+            progress(f"loading {config.data}")
+            purchases = load_purchases(config.data, config.fmt, config.columns)
+        timings["load"] = time.perf_counter() - started
+        frame = purchases.frame
+        params = config.params
+
+        test_split = temporal_split(frame, config.test_days)
+        val_split = temporal_split(test_split.train, config.test_days)
+        candidates = default_candidates(with_ease=True)
+
+        t0 = time.perf_counter()
+        progress(f"fitting on purchases up to {val_split.cutoff:%Y-%m-%d} (validation stage)")
+        val_stage = fit_stage(val_split.train, val_split.cutoff, params)
+        timings["fit_validation"] = time.perf_counter() - t0
+        tuning: dict[str, Any] = {"seconds_budget": config.tune_seconds}
+        if config.tune_seconds > 0:
+            t0 = time.perf_counter()
+            progress(f"tuning for up to {config.tune_seconds:g} s on the validation split")
+            result = tune(
+                val_split.train,
+                val_split.test,
+                val_split.cutoff,
+                params,
+                {p: candidates["blend"][p] for p in PROTOCOLS},
+                config.tune_seconds,
+                stage=val_stage,
+            )
+            params, val_stage, val_eval = result.params, result.stage, result.evalset
+            candidates["blend"] = dict(result.recipes)
+            tuning.update(
+                seconds_used=round(result.seconds, 2),
+                evaluations=result.evaluations,
+                objective=result.objective,
+                variants=result.variants_tried,
+            )
+            timings["tune"] = time.perf_counter() - t0
+        else:
+            val_eval = build_evalset(
+                val_stage.scorer(),
+                val_stage.user_ids,
+                val_stage.item_ids,
+                val_split.test,
+                max_users=config.eval_users,
+            )
+        candidates = {
+            name: recipes
+            for name, recipes in candidates.items()
+            if all(val_stage.scorer().can_use(r) for r in recipes.values())
+        }
+        validation = evaluate_candidates(val_eval, candidates)
+        served = choose(validation)
+        progress("chosen on validation: " + ", ".join(f"{p}={n}" for p, n in served.items()))
+
+        t0 = time.perf_counter()
+        progress(f"fitting on purchases up to {test_split.cutoff:%Y-%m-%d} (test stage)")
+        test_stage = fit_stage(test_split.train, test_split.cutoff, params, warm_from=val_stage)
+        del val_stage, val_eval
+        test_eval = build_evalset(
+            test_stage.scorer(),
+            test_stage.user_ids,
+            test_stage.item_ids,
+            test_split.test,
+            max_users=config.eval_users,
+        )
+        metrics = evaluate_candidates(test_eval, candidates)
+        timings["fit_test"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        gate = _gate(store, metrics, served, test_eval, test_stage, params, test_split)
+        timings["gate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        progress("fitting on every purchase (serving stage)")
+        full_stage = fit_stage(frame, test_split.end, params, warm_from=test_stage)
+        timings["fit_serving"] = time.perf_counter() - t0
+
+        served_recipes: dict[str, Recipe] = {p: candidates[served[p]][p] for p in PROTOCOLS}
+        version = new_version_name()
+        promote = gate.passed or config.force
+        manifest = {
+            "created_at": datetime.now(UTC).isoformat(),
+            "reference_time": test_split.end.isoformat(),
+            "data": {
+                "source": purchases.report.source,
+                "fingerprint": data_fingerprint(frame),
+                "cleaning": purchases.report.as_dict(),
+            },
+            "counts": {
+                "users": len(full_stage.user_ids),
+                "items": len(full_stage.item_ids),
+                "interactions": int(full_stage.counts.nnz),
+                "purchases": len(frame),
+                "factors": params.factors,
+            },
+            "params": params.to_dict(),
+            "recipes": {p: r.to_dict() for p, r in served_recipes.items()},
+            "served": served,
+            "candidates": {
+                name: {p: r.to_dict() for p, r in recipes.items()}
+                for name, recipes in candidates.items()
+            },
+            "metrics": {"test": metrics, "validation": validation},
+            "split": {
+                "test_days": config.test_days,
+                "validation_cutoff": val_split.cutoff.isoformat(),
+                "test_cutoff": test_split.cutoff.isoformat(),
+                "end": test_split.end.isoformat(),
+            },
+            "tuning": tuning,
+            "gate": dict(gate.to_dict(), forced=config.force and not gate.passed),
+            "libraries": _library_versions(),
+        }
+        arrays = _artifact_arrays(full_stage, purchases)
+        path = write_artifact(store.root, version, arrays, manifest)
+        if promote:
+            store.promote(version)
+        timings["total"] = time.perf_counter() - started
+        return TrainResult(
+            version=version,
+            promoted=promote,
+            served=served,
+            metrics=metrics,
+            validation=validation,
+            gate=gate,
+            report=purchases.report,
+            path=path,
+            timings={k: round(v, 3) for k, v in timings.items()},
+            manifest=manifest,
+        )
+
+
+def _gate(
+    store: ModelStore,
+    metrics: MetricTable,
+    served: dict[str, str],
+    evalset: EvalSet,
+    stage: Stage,
+    params: ModelParams,
+    split: Any,
+) -> GateDecision:
+    key = metric_key("ndcg")
+    new = {p: metrics[p][served[p]][key] for p in PROTOCOLS}
+    popularity = {p: metrics[p]["popularity"][key] for p in PROTOCOLS}
+    current = current_artifact(store)
+    if current is None:
+        return decide(new, popularity, None, method="first", current_version=None)
+    scores, method = rescore_current(
+        current,
+        evalset=evalset,
+        stage=stage,
+        params=params,
+        train=split.train,
+        cutoff=split.cutoff,
+        protocols=PROTOCOLS,
+    )
+    return decide(new, popularity, scores, method=method, current_version=current.version)

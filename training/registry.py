@@ -1,0 +1,261 @@
+"""Quality gate, rescoring of the current model, and the trainer lock.
+
+The gate promotes a new version only when, under each protocol, its NDCG@10 is not below
+(a) the current model's, scored on the same new split, and (b) popularity's.
+
+"The current model scored on the same split" is done in one of two ways, recorded in the
+manifest:
+- ``direct``: the current artifact only saw purchases up to the new test cut-off, so its own
+  arrays score the new test users (users it does not know get its popularity list);
+- ``refit``: the current artifact already saw the new test window (a retrain on the same or
+  overlapping data), so scoring it directly would reward it for memorising the answers; its
+  recorded hyper-parameters and recipes are refitted on the new training split instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from service.artifact import Artifact, ModelStore, load_artifact
+from service.errors import ArtifactError, RecofferError
+from service.scoring import PROTOCOLS, Recipe, Scorer
+from training.data import ColumnMapping, load_purchases
+from training.evaluate import (
+    EvalSet,
+    build_truth,
+    metric_key,
+    rank_metrics,
+    temporal_split,
+)
+from training.models import ModelParams, Stage, build_history, fit_stage
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".trainer.lock"
+
+
+class TrainerBusyError(RecofferError):
+    """Another trainer holds the lock on this model root."""
+
+
+@contextlib.contextmanager
+def trainer_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on the model root; released when the process dies."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainerBusyError(
+                f"another trainer is running on {root} (lock {root / LOCK_FILE})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    method: str  # "first" | "direct" | "refit"
+    current_version: str | None
+    new: dict[str, float]
+    current: dict[str, float] = field(default_factory=dict)
+    popularity: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "method": self.method,
+            "current_version": self.current_version,
+            "ndcg@10": {"new": self.new, "current": self.current, "popularity": self.popularity},
+            "reasons": self.reasons,
+        }
+
+
+def decide(
+    new: dict[str, float],
+    popularity: dict[str, float],
+    current: dict[str, float] | None,
+    *,
+    method: str,
+    current_version: str | None,
+) -> GateDecision:
+    """Compare NDCG@10 per protocol; every protocol must pass both floors."""
+    reasons: list[str] = []
+    for protocol, value in new.items():
+        if value + 1e-9 < popularity.get(protocol, float("-inf")):
+            reasons.append(
+                f"{protocol}: NDCG@10 {value:.4f} is below popularity's {popularity[protocol]:.4f}"
+            )
+        if current is not None and value + 1e-9 < current.get(protocol, float("-inf")):
+            reasons.append(
+                f"{protocol}: NDCG@10 {value:.4f} is below the current model's "
+                f"{current[protocol]:.4f} ({method})"
+            )
+    return GateDecision(
+        passed=not reasons,
+        method=method,
+        current_version=current_version,
+        new=new,
+        current=current or {},
+        popularity=popularity,
+        reasons=reasons,
+    )
+
+
+def artifact_scorer(artifact: Artifact) -> Scorer:
+    """A Scorer over a loaded artifact's arrays."""
+    a = artifact.arrays
+    shape = (artifact.n_users, artifact.n_items)
+    indptr, indices = np.asarray(a["history_indptr"]), np.asarray(a["history_indices"])
+    return Scorer(
+        item_factors=np.asarray(a["item_factors"]),
+        user_factors=np.asarray(a["user_factors"]),
+        history_counts=sp.csr_matrix((np.asarray(a["history_counts"]), indices, indptr), shape),
+        history_age_days=sp.csr_matrix((np.asarray(a["history_age_days"]), indices, indptr), shape),
+        popularity=np.asarray(a["popularity"]),
+        trending=np.asarray(a["trending"]),
+        ease_b=np.asarray(a["ease_b"]) if "ease_b" in a else None,
+    )
+
+
+def score_artifact_directly(
+    artifact: Artifact,
+    user_ids: pd.Index,
+    item_ids: pd.Index,
+    truth: sp.csr_matrix,
+    history: sp.csr_matrix,
+    protocol: str,
+) -> dict[str, float]:
+    """Metrics of the artifact's served recipe for ``user_ids`` against ``truth``.
+
+    ``truth`` and ``history`` (one row per user) live in the item space ``item_ids``, which may
+    differ from the artifact's: items the artifact does not know are never recommended, and
+    users it does not know get its popularity ranking, as the service would do.
+    """
+    scorer = artifact_scorer(artifact)
+    recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
+    own_users = pd.Index(np.asarray(artifact.arrays["user_ids"]).astype(str))
+    own_items = pd.Index(np.asarray(artifact.arrays["item_ids"]).astype(str))
+    where = own_users.get_indexer(user_ids)
+    known = where >= 0
+    scores_own = np.empty((len(where), scorer.n_items), dtype=np.float32)
+    if known.any():
+        scores_own[known] = scorer.score_users(where[known], recipe)
+    if (~known).any():
+        scores_own[~known] = scorer.popularity_z
+    column = own_items.get_indexer(item_ids)
+    scores = np.full((len(where), len(item_ids)), -np.inf, dtype=np.float32)
+    present = column >= 0
+    scores[:, present] = scores_own[:, column[present]]
+    return rank_metrics(scores, truth, history, protocol)
+
+
+def rescore_on_file(
+    artifact: Artifact,
+    data: Path,
+    fmt: str,
+    columns: ColumnMapping | None,
+    test_days: float,
+) -> dict[str, Any]:
+    """Score an artifact on the temporal split of a purchase file (``recoffer evaluate``)."""
+    purchases = load_purchases(data, fmt, columns)
+    split = temporal_split(purchases.frame, test_days)
+    users, items, counts, _ = build_history(split.train, split.cutoff)
+    rows, truth = build_truth(users, items, split.test)
+    metrics = {
+        p: {
+            "served": {
+                metric_key(k) if k != "users" else k: v
+                for k, v in score_artifact_directly(
+                    artifact, users[rows], items, truth, counts[rows], p
+                ).items()
+            }
+        }
+        for p in PROTOCOLS
+    }
+    document: dict[str, Any] = {
+        "version": artifact.version,
+        "data": str(data),
+        "cutoff": split.cutoff.isoformat(),
+        "metrics": metrics,
+    }
+    reference = pd.Timestamp(artifact.manifest["reference_time"])
+    if reference > split.cutoff:
+        document["warning"] = (
+            f"model {artifact.version} saw purchases up to {reference:%Y-%m-%d}, after this "
+            f"split's cut-off {split.cutoff:%Y-%m-%d}: these figures are optimistic"
+        )
+    return document
+
+
+def rescore_current(
+    artifact: Artifact,
+    *,
+    evalset: EvalSet,
+    stage: Stage,
+    params: ModelParams,
+    train: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    protocols: tuple[str, ...],
+) -> tuple[dict[str, float], str]:
+    """NDCG@10 per protocol of the current model on the new split, and the method used."""
+    reference = pd.Timestamp(artifact.manifest["reference_time"])
+    if reference <= cutoff:
+        user_ids = stage.user_ids[evalset.users]
+        return (
+            {
+                p: score_artifact_directly(
+                    artifact, user_ids, stage.item_ids, evalset.truth, evalset.counts, p
+                )["ndcg"]
+                for p in protocols
+            },
+            "direct",
+        )
+    current_params = ModelParams.from_dict(artifact.manifest["params"])
+    ev = evalset
+    if current_params != params:
+        # same training rows, so the refit has the same user and item index as ``stage``
+        scorer = fit_stage(train, cutoff, current_params).scorer()
+        ev = EvalSet(
+            scorer=scorer,
+            users=evalset.users,
+            truth=evalset.truth,
+            counts=evalset.counts,
+            age_days=evalset.age_days,
+            user_vectors=np.asarray(scorer.user_factors[evalset.users], dtype=np.float32),
+        )
+    out = {}
+    for protocol in protocols:
+        recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
+        if not ev.scorer.can_use(recipe):
+            recipe = Recipe(weights={"popularity": 1.0})
+        out[protocol] = ev.evaluate(recipe, protocol)["ndcg"]
+    return out, "refit"
+
+
+def current_artifact(store: ModelStore) -> Artifact | None:
+    """The artifact currently promoted, or None (first run, or it cannot be read)."""
+    path = store.current_path()
+    if path is None:
+        return None
+    try:
+        return load_artifact(path, verify_checksums=True)
+    except ArtifactError as exc:
+        log.warning("current_artifact_unreadable", extra={"error": str(exc)})
+        return None
