@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -216,7 +216,7 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
             raise ArtifactError(f"artifact {path}: {file.name} fails its sha256 check")
         try:
             dtype = np.dtype(spec["dtype"])
-            mode = "r" if mmap and dtype.kind not in "US" else None
+            mode: Literal["r"] | None = "r" if mmap and dtype.kind not in "US" else None
             arr = np.load(file, mmap_mode=mode, allow_pickle=False)
         except (ValueError, OSError, KeyError, TypeError) as exc:
             raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None

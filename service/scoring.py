@@ -80,7 +80,7 @@ def _standardise(values: npt.NDArray[Any]) -> FloatArray:
     out = np.log1p(np.asarray(values, dtype=np.float64))
     std = out.std()
     out = (out - out.mean()) / (std if std > 0 else 1.0)
-    return out.astype(np.float32)
+    return np.asarray(out, dtype=np.float32)
 
 
 class Scorer:

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -691,7 +691,9 @@ def _iso(stamps: pd.Series) -> pd.Series:
     """ISO 8601 text as ``Timestamp.isoformat`` writes it (seconds, or micro/nanoseconds)."""
     values = stamps.to_numpy(dtype="datetime64[ns]")
     nanos = values.astype("int64")
-    unit = "s" if not (nanos % 1_000_000_000).any() else "us" if not (nanos % 1_000).any() else "ns"
+    unit: Literal["s", "us", "ns"] = (
+        "s" if not (nanos % 1_000_000_000).any() else "us" if not (nanos % 1_000).any() else "ns"
+    )
     return pd.Series(np.datetime_as_string(values, unit=unit), index=stamps.index, dtype="str")
 
 

@@ -205,7 +205,7 @@ def fit_ease(counts: sp.csr_matrix, lam: float) -> npt.NDArray[np.float32]:
         raise ModelFitError(f"EASE matrix could not be inverted: {exc}") from None
     weights = -inverse / np.diag(inverse)
     np.fill_diagonal(weights, 0.0)
-    return weights.astype(np.float32)
+    return np.asarray(weights, dtype=np.float32)
 
 
 def reindex_factors(

@@ -128,11 +128,12 @@ def evaluate_candidates(evalset: EvalSet, candidates: Candidates, k: int = 10) -
 
 def choose(validation: MetricTable) -> dict[str, str]:
     """Per protocol, the candidate with the best validation NDCG@10 (ties: recall@10)."""
-    key = metric_key("ndcg")
-    return {
-        p: max(table, key=lambda n, t=table: (t[n][key], t[n][metric_key("recall")]))
-        for p, table in validation.items()
-    }
+    ndcg, recall = metric_key("ndcg"), metric_key("recall")
+
+    def best(table: dict[str, dict[str, float]]) -> str:
+        return max(table, key=lambda name: (table[name][ndcg], table[name][recall]))
+
+    return {protocol: best(table) for protocol, table in validation.items()}
 
 
 def _library_versions() -> dict[str, str]:
@@ -184,7 +185,6 @@ def run(
         if purchases is None:
             if config.data is None:
                 raise ValueError("either config.data or purchases must be given")
-            progress(f"loading {config.data}")
             purchases = load_purchases(config.data, config.fmt, config.columns)
         timings["load"] = time.perf_counter() - started
         frame = purchases.frame

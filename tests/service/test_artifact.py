@@ -1,0 +1,157 @@
+"""The on-disk model contract: atomic versions, validated loads, the current pointer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.artifact import (
+    REQUIRED_ARRAYS,
+    ModelStore,
+    load_artifact,
+    write_artifact,
+)
+from service.errors import ArtifactError, RegistryError
+
+
+def _arrays(n_users: int = 4, n_items: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    indptr = np.array([0, 2, 3, 3, 5], dtype=np.int64)
+    return {
+        "user_ids": np.array([f"u{i}" for i in range(n_users)]),
+        "item_ids": np.array([f"i{i}" for i in range(n_items)]),
+        "user_factors": rng.random((n_users, 3), dtype=np.float32),
+        "item_factors": rng.random((n_items, 3), dtype=np.float32),
+        "history_indptr": indptr,
+        "history_indices": np.array([0, 3, 1, 2, 4], dtype=np.int32),
+        "history_counts": np.array([1, 2, 1, 1, 5], dtype=np.float32),
+        "history_age_days": np.array([1, 2, 3, 4, 5], dtype=np.float32),
+        "popularity": np.arange(n_items, dtype=np.float32),
+        "trending": np.arange(n_items, dtype=np.float32),
+    }
+
+
+def _write(root: Path, version: str = "v1", **extra: np.ndarray) -> Path:
+    return write_artifact(root, version, {**_arrays(), **extra}, {"note": "test"})
+
+
+def test_round_trip_keeps_every_array_and_maps_numbers(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    artifact = load_artifact(path)
+    for name, array in _arrays().items():
+        assert np.array_equal(artifact.arrays[name], array), name
+    assert isinstance(artifact.arrays["user_factors"], np.memmap)
+    assert not isinstance(artifact.arrays["user_ids"], np.memmap)
+    assert artifact.manifest["note"] == "test"
+    assert artifact.manifest["schema_version"] == 1
+    assert artifact.version == "v1"
+    assert (artifact.n_users, artifact.n_items) == (4, 5)
+
+
+def test_writer_leaves_no_temporary_directory_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    _write(tmp_path)
+    assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v1"]
+    with pytest.raises(ArtifactError, match="already exists"):
+        _write(tmp_path)
+
+
+def test_writer_refuses_object_arrays_and_missing_arrays(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="pickle"):
+        _write(tmp_path, "v2", extra=np.array([{"a": 1}], dtype=object))
+    arrays = _arrays()
+    del arrays["popularity"]
+    with pytest.raises(ArtifactError, match="missing arrays"):
+        write_artifact(tmp_path, "v3", arrays, {})
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "versions").iterdir())
+
+
+def test_truncated_array_is_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    file = path / "item_factors.npy"
+    file.write_bytes(file.read_bytes()[:-7])
+    with pytest.raises(ArtifactError, match=r"item_factors\.npy has .* bytes"):
+        load_artifact(path)
+
+
+def test_altered_bytes_fail_the_checksum(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    file = path / "user_factors.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_artifact(path)
+
+
+def test_missing_file_bad_manifest_and_unknown_schema_are_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    (path / "trending.npy").unlink()
+    with pytest.raises(ArtifactError, match=r"trending\.npy is missing"):
+        load_artifact(path)
+    path2 = _write(tmp_path, "v2")
+    (path2 / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"unreadable manifest\.json"):
+        load_artifact(path2)
+    path3 = _write(tmp_path, "v3")
+    manifest = json.loads((path3 / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (path3 / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="schema_version 99"):
+        load_artifact(path3)
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
+        load_artifact(tmp_path / "nowhere")
+
+
+def test_inconsistent_shapes_are_rejected(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["item_factors"] = arrays["item_factors"][:4]
+    write_artifact(tmp_path, "bad", arrays, {})
+    with pytest.raises(ArtifactError, match="item_factors rows != items"):
+        load_artifact(tmp_path / "versions" / "bad")
+
+
+def test_history_pointing_outside_the_catalogue_is_rejected(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["history_indices"] = np.array([0, 3, 1, 2, 9], dtype=np.int32)
+    write_artifact(tmp_path, "bad", arrays, {})
+    with pytest.raises(ArtifactError, match="outside the catalogue"):
+        load_artifact(tmp_path / "versions" / "bad")
+
+
+def test_promote_and_rollback_walk_the_history(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    assert store.current() is None
+    for version in ("v1", "v2", "v3"):
+        _write(tmp_path, version)
+        store.promote(version)
+    assert store.current() == "v3"
+    assert store.rollback() == "v2"
+    assert store.current() == "v2"
+    assert store.rollback() == "v1"
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        store.rollback()
+    assert store.rollback(to="v3") == "v3"
+    assert store.current() == "v3"
+    with pytest.raises(RegistryError, match="no such version"):
+        store.rollback(to="v9")
+    with pytest.raises(RegistryError, match="no such version"):
+        store.promote("v9")
+
+
+def test_cleanup_removes_leftovers_of_a_killed_writer(tmp_path: Path) -> None:
+    _write(tmp_path)
+    leftover = tmp_path / "versions" / ".tmp-v2-dead"
+    leftover.mkdir()
+    (leftover / "user_ids.npy").write_bytes(b"partial")
+    (tmp_path / ".tmp-registry.json-dead").write_text("{")
+    store = ModelStore(tmp_path)
+    removed = store.cleanup_temporaries()
+    assert len(removed) == 2
+    assert store.versions() == ["v1"]
+
+
+def test_required_arrays_cover_what_scoring_needs() -> None:
+    assert set(REQUIRED_ARRAYS) <= set(_arrays())

@@ -1,0 +1,148 @@
+"""The ``recoffer`` command line: results, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from service.artifact import ModelStore
+from training.cli import app
+from training.synthetic import SyntheticShop, write_shop
+
+runner = CliRunner()
+FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def shop_csv(tmp_path_factory: pytest.TempPathFactory, tiny_shop: SyntheticShop) -> Path:
+    files = write_shop(tiny_shop, tmp_path_factory.mktemp("shop"))
+    return files["purchases"]
+
+
+def _train(data: Path, models: Path, *extra: str) -> tuple[int, str, str]:
+    result = runner.invoke(
+        app, ["train", "--data", str(data), "--model-dir", str(models), *FAST, *extra]
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_train_json_prints_one_object_with_version_promoted_served_metrics(
+    shop_csv: Path, tmp_path: Path
+) -> None:
+    code, stdout, stderr = _train(shop_csv, tmp_path, "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["promoted"] is True
+    assert ModelStore(tmp_path).current() == doc["version"]
+    for protocol in ("all", "novel"):
+        served = doc["metrics"][protocol]["served"]
+        assert set(served) >= {"recall@10", "ndcg@10", "precision@10", "hit_rate@10"}
+        assert doc["metrics"][protocol]["popularity"]["ndcg@10"] >= 0
+    assert "protocol all" in stderr  # the table went to stderr, keeping stdout pure JSON
+
+
+def test_train_prints_tables_then_models_lists_and_rollback_switches(
+    shop_csv: Path, tmp_path: Path
+) -> None:
+    code, stdout, _ = _train(shop_csv, tmp_path)
+    assert code == 0
+    assert "protocol all" in stdout
+    assert "protocol novel" in stdout
+    assert "blend" in stdout
+    first = ModelStore(tmp_path).current()
+    assert _train(shop_csv, tmp_path)[0] == 0
+    second = ModelStore(tmp_path).current()
+    assert first != second
+
+    listed = runner.invoke(app, ["models", "--model-dir", str(tmp_path), "--json"])
+    doc = json.loads(listed.stdout)
+    assert [v["version"] for v in doc["versions"]] == [first, second]
+    assert doc["current"] == second
+
+    back = runner.invoke(app, ["rollback", "--model-dir", str(tmp_path)])
+    assert back.exit_code == 0
+    assert f"{second} -> {first}" in back.stdout
+    assert ModelStore(tmp_path).current() == first
+
+    shown = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path), "--json"])
+    assert json.loads(shown.stdout)["version"] == first
+
+
+def test_evaluate_rescores_a_model_on_a_data_file(shop_csv: Path, tmp_path: Path) -> None:
+    assert _train(shop_csv, tmp_path)[0] == 0
+    result = runner.invoke(
+        app, ["evaluate", "--model-dir", str(tmp_path), "--data", str(shop_csv), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["metrics"]["all"]["served"]["ndcg@10"] > 0
+    assert "optimistic" in doc["warning"]  # it saw that test window while training
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "missing.csv"], "file not found"),
+        (["--data", "{shop}", "--columns", "user=nope"], "nope"),
+        (["--data", "{shop}", "--columns", "garbage"], "column"),
+        (["--data", "{shop}", "--format", "exotic"], "unknown format"),
+        (["--data", "{shop}", "--test-days", "4000"], "choose fewer test days"),
+        (["--data", "{shop}", "--factors", "0"], "factors"),
+        (["--data", "{shop}", "--tune-seconds", "-1"], "tune-seconds"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(
+    shop_csv: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    args = [a.replace("{shop}", str(shop_csv)) for a in args]
+    result = runner.invoke(app, ["train", "--model-dir", str(tmp_path), *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("recoffer: error:")
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_unparsable_timestamp_is_named(tmp_path: Path) -> None:
+    data = tmp_path / "p.csv"
+    data.write_text("user_id,item_id,timestamp\nu1,i1,2024-01-01 10:00:00\nu1,i2,yesterday\n")
+    result = runner.invoke(app, ["train", "--data", str(data), "--model-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "yesterday" in result.stderr
+
+
+def test_rollback_with_nothing_to_roll_back_exits_2(shop_csv: Path, tmp_path: Path) -> None:
+    empty = runner.invoke(app, ["rollback", "--model-dir", str(tmp_path)])
+    assert empty.exit_code == 2
+    assert "no model versions" in empty.stderr
+    assert _train(shop_csv, tmp_path)[0] == 0
+    only_one = runner.invoke(app, ["rollback", "--model-dir", str(tmp_path)])
+    assert only_one.exit_code == 2
+    assert "nothing to roll back" in only_one.stderr
+
+
+def test_evaluate_without_a_model_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "train one first" in result.stderr
+
+
+def test_help_shows_examples() -> None:
+    result = runner.invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    assert "Examples" in result.stdout
+    assert "--tune-seconds" in result.stdout
+
+
+def test_demo_generates_trains_and_prints_the_table(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["demo", "--workdir", str(tmp_path), "--preset", "tiny", "--tune-seconds", "0"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "data" / "tiny" / "purchases.csv").is_file()
+    assert "protocol novel" in result.stdout
+    assert ModelStore(tmp_path / "models").current() is not None

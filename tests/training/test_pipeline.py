@@ -1,0 +1,180 @@
+"""The whole training flow on a tiny synthetic shop: publish, gate, force, rollback, leakage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import training.pipeline as pipeline
+from service.artifact import ModelStore, load_artifact
+from service.scoring import PROTOCOLS
+from training.data import Purchases, purchases_from_frame
+from training.models import ModelParams
+from training.pipeline import TrainConfig, run
+from training.registry import TrainerBusyError, decide, trainer_lock
+
+FAST = ModelParams(factors=8, iterations=5, threads=1)
+
+
+def _train(root: Path, purchases: Purchases, **kwargs: Any) -> pipeline.TrainResult:
+    config = TrainConfig(model_dir=root, params=kwargs.pop("params", FAST), **kwargs)
+    return run(config, purchases=purchases)
+
+
+def test_first_run_publishes_and_promotes_a_loadable_version(
+    tmp_path: Path, tiny_purchases: Purchases
+) -> None:
+    result = _train(tmp_path, tiny_purchases)
+    assert result.promoted
+    assert result.gate.method == "first"
+    store = ModelStore(tmp_path)
+    assert store.current() == result.version
+    artifact = load_artifact(store.version_path(result.version))
+    manifest = artifact.manifest
+    assert manifest["served"] == result.served
+    assert set(manifest["metrics"]["test"]) == set(PROTOCOLS)
+    for protocol in PROTOCOLS:
+        table = manifest["metrics"]["test"][protocol]
+        assert {"popularity", "als", "blend"} <= set(table)
+        assert result.served[protocol] in table
+        assert set(table["als"]) >= {"recall@10", "ndcg@10", "precision@10", "hit_rate@10"}
+    assert "repeat" in manifest["metrics"]["test"]["all"]
+    assert manifest["data"]["fingerprint"] == pipeline.data_fingerprint(tiny_purchases.frame)
+    assert manifest["counts"]["users"] == artifact.n_users
+    assert {"numpy", "implicit", "scipy"} <= set(manifest["libraries"])
+    assert manifest["params"]["factors"] == 8
+
+
+def test_json_document_has_the_documented_shape(tmp_path: Path, tiny_purchases: Purchases) -> None:
+    doc = _train(tmp_path, tiny_purchases).to_json()
+    assert isinstance(doc["version"], str)
+    assert doc["promoted"] is True
+    assert isinstance(doc["served"], str)
+    for protocol in PROTOCOLS:
+        served = doc["served_by_protocol"][protocol]
+        assert doc["metrics"][protocol]["served"] == doc["metrics"][protocol][served]
+        assert 0.0 <= doc["metrics"][protocol]["served"]["ndcg@10"] <= 1.0
+
+
+def test_served_candidate_is_the_best_on_validation_not_on_test(
+    tmp_path: Path, tiny_purchases: Purchases
+) -> None:
+    result = _train(tmp_path, tiny_purchases)
+    for protocol, name in result.served.items():
+        best = max(v["ndcg@10"] for v in result.validation[protocol].values())
+        assert result.validation[protocol][name]["ndcg@10"] == best
+
+
+def test_retraining_on_the_same_data_refits_the_current_recipe_and_passes(
+    tmp_path: Path, tiny_purchases: Purchases
+) -> None:
+    first = _train(tmp_path, tiny_purchases)
+    second = _train(tmp_path, tiny_purchases)
+    # the current model saw the new test window, so it is refitted, not scored directly
+    assert second.gate.method == "refit"
+    assert second.gate.current_version == first.version
+    assert second.promoted
+    assert ModelStore(tmp_path).current() == second.version
+
+
+def test_a_model_trained_before_the_new_cutoff_is_rescored_directly(
+    tmp_path: Path, tiny_purchases: Purchases
+) -> None:
+    frame = tiny_purchases.frame
+    cutoff = frame["timestamp"].max() - pd.Timedelta(days=30)
+    older = purchases_from_frame(frame[frame["timestamp"] <= cutoff], source="older")
+    first = _train(tmp_path, older)
+    second = _train(tmp_path, tiny_purchases)
+    assert second.gate.method == "direct"
+    assert second.gate.current_version == first.version
+    assert set(second.gate.current) == set(PROTOCOLS)
+
+
+def test_gate_refuses_a_worse_model_and_force_overrides(
+    tmp_path: Path, tiny_purchases: Purchases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = _train(tmp_path, tiny_purchases, tune_seconds=2)
+    # a model that serves plain popularity everywhere is worse than the current one
+    monkeypatch.setattr(
+        pipeline, "choose", lambda validation: dict.fromkeys(PROTOCOLS, "popularity")
+    )
+    refused = _train(tmp_path, tiny_purchases)
+    store = ModelStore(tmp_path)
+    assert not refused.promoted
+    assert refused.gate.reasons
+    assert "below the current model" in " ".join(refused.gate.reasons)
+    assert store.current() == good.version
+    assert refused.version in store.versions()  # published, just not current
+
+    forced = _train(tmp_path, tiny_purchases, force=True)
+    assert forced.promoted
+    assert forced.manifest["gate"]["forced"] is True
+    assert store.current() == forced.version
+    assert store.rollback() == good.version
+
+
+def test_gate_floors() -> None:
+    passed = decide({"all": 0.3}, {"all": 0.1}, {"all": 0.3}, method="direct", current_version="v")
+    assert passed.passed
+    below_pop = decide({"all": 0.05}, {"all": 0.1}, None, method="first", current_version=None)
+    assert not below_pop.passed
+    assert "popularity" in below_pop.reasons[0]
+    below_cur = decide(
+        {"all": 0.2}, {"all": 0.1}, {"all": 0.25}, method="refit", current_version="v"
+    )
+    assert not below_cur.passed
+    assert "current model" in below_cur.reasons[0]
+
+
+def test_no_stage_ever_sees_purchases_after_its_cutoff(
+    tmp_path: Path, tiny_purchases: Purchases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    real_fit_stage = pipeline.fit_stage
+
+    def spy(frame: pd.DataFrame, reference_time: pd.Timestamp, *args: Any, **kw: Any) -> Any:
+        seen.append((frame["timestamp"].max(), pd.Timestamp(reference_time)))
+        return real_fit_stage(frame, reference_time, *args, **kw)
+
+    tuned: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    real_tune = pipeline.tune
+
+    def tune_spy(train: pd.DataFrame, validation: pd.DataFrame, *args: Any, **kw: Any) -> Any:
+        tuned.append((train["timestamp"].max(), validation["timestamp"].max()))
+        return real_tune(train, validation, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "fit_stage", spy)
+    monkeypatch.setattr(pipeline, "tune", tune_spy)
+    result = _train(tmp_path, tiny_purchases, tune_seconds=1)
+    split = result.manifest["split"]
+    val_cut, test_cut = pd.Timestamp(split["validation_cutoff"]), pd.Timestamp(split["test_cutoff"])
+    assert [ref for _, ref in seen] == [val_cut, test_cut, pd.Timestamp(split["end"])]
+    for latest, ref in seen:
+        assert latest <= ref
+    # tuning trains before the validation cut-off and validates before the test cut-off
+    assert tuned[0][0] <= val_cut < tuned[0][1] <= test_cut
+
+
+def test_a_second_trainer_on_the_same_root_is_refused(tmp_path: Path) -> None:
+    with (
+        trainer_lock(tmp_path),
+        pytest.raises(TrainerBusyError, match="another trainer"),
+        trainer_lock(tmp_path),
+    ):
+        pass
+    with trainer_lock(tmp_path):  # released after use
+        pass
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_and_the_next_run_succeeds(
+    tmp_path: Path, tiny_purchases: Purchases
+) -> None:
+    leftover = tmp_path / "versions" / ".tmp-dead-1234"
+    leftover.mkdir(parents=True)
+    (leftover / "manifest.json").write_text("{")
+    result = _train(tmp_path, tiny_purchases)
+    assert not leftover.exists()
+    assert ModelStore(tmp_path).versions() == [result.version]
