@@ -103,9 +103,9 @@ def _sha256(path: Path) -> str:
 
 
 def new_version_name(now: datetime | None = None) -> str:
-    """A sortable, unique version name such as ``20261123T181500Z-3fa9``."""
+    """A unique version name that sorts by creation time: ``20261123T181500.123456Z-3fa9``."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    return f"{moment:%Y%m%dT%H%M%S.%fZ}-{secrets.token_hex(2)}"
 
 
 def write_artifact(

@@ -248,7 +248,7 @@ def load_purchases(
         raw = _read_table(path, required=list(mapping.mapped().values()), everything=True)
         purchases = _clean_online_retail(raw, source)
     else:
-        mapping = columns if columns is not None else ColumnMapping()
+        mapping = columns if columns is not None else _default_mapping(path)
         raw = _read_table(path, required=list(mapping.mapped().values()), everything=False)
         purchases = _clean_generic(raw, mapping, source)
     report = purchases.report
@@ -279,12 +279,48 @@ def purchases_from_frame(frame: pd.DataFrame, source: str = "<frame>") -> Purcha
 # --- reading --------------------------------------------------------------------------------
 
 
-def _read_table(path: Path, required: list[str], everything: bool) -> pd.DataFrame:
-    """Read ``required`` columns (or all when ``everything``) as a frame; ids stay text in CSV."""
+# Optional roles the generic format picks up by their default names when no mapping is given.
+_OPTIONAL_DEFAULTS = (
+    ("quantity", "quantity"),
+    ("price", "price"),
+    ("order", "order_id"),
+    ("category", "category"),
+    ("name", "name"),
+)
+
+
+def _default_mapping(path: Path) -> ColumnMapping:
+    """Default names for user, item and timestamp, plus every optional column present."""
+    _check_file(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(_PARQUET_SUFFIXES):
+            present = set(pq.read_schema(path).names)
+        elif name.endswith(_CSV_SUFFIXES):
+            try:
+                present = set(_csv_header(path, "utf-8"))
+            except UnicodeDecodeError:
+                present = set(_csv_header(path, "latin-1"))
+        else:
+            return ColumnMapping()  # _read_table names the unsupported type
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    found = {role: column for role, column in _OPTIONAL_DEFAULTS if column in present}
+    return ColumnMapping(**found)
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise DataError(f"file not found: {path}")
     if not path.is_file():
         raise DataError(f"not a file: {path}")
+
+
+def _read_table(path: Path, required: list[str], everything: bool) -> pd.DataFrame:
+    """Read ``required`` columns (or all when ``everything``) as a frame; ids stay text in CSV."""
+    _check_file(path)
     name = path.name.lower()
     if name.endswith(_CSV_SUFFIXES):
         return _read_csv(path, required, everything)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from service.scoring import COMPONENTS, Recipe, Scorer
+from service.scoring import Recipe, Scorer
 
 METRICS = ("recall", "ndcg", "precision", "hit_rate", "coverage")
 DEFAULT_K = 10
@@ -81,35 +81,33 @@ class EvalSet:
     def n_users(self) -> int:
         return len(self.users)
 
-    def _component(self, name: str, recipe: Recipe) -> npt.NDArray[np.float32]:
-        if name == "ease":
-            key: tuple[Any, ...] = (name, recipe.input_half_life_days)
-        elif name == "repeat":
-            key = (name, recipe.repeat_half_life_days, recipe.repeat_bonus)
-        else:
-            key = (name,)
+    def _dense(self, name: str, recipe: Recipe) -> npt.NDArray[np.float32]:
+        """The user-dependent dense components (als, ease), computed once per variant."""
+        key = (name, recipe.input_half_life_days if name == "ease" else None)
         hit = self._cache.get(key)
         if hit is None:
-            unit = Recipe(
-                weights={name: 1.0},
-                repeat_half_life_days=recipe.repeat_half_life_days,
-                repeat_bonus=recipe.repeat_bonus,
-                input_half_life_days=recipe.input_half_life_days,
-            )
+            unit = Recipe(weights={name: 1.0}, input_half_life_days=recipe.input_half_life_days)
             hit = self.scorer.score_histories(self.counts, self.age_days, self.user_vectors, unit)
-            if name == "repeat" and len(self._cache) > 24:
-                # repeat variants are many during tuning and cheap to recompute
-                return hit
             self._cache[key] = hit
         return hit
 
     def scores(self, recipe: Recipe) -> npt.NDArray[np.float32]:
-        """Exactly ``Scorer.score_histories`` for these users, assembled from cached parts."""
+        """Exactly ``Scorer.score_histories`` for these users, assembled from cached parts.
+
+        Only als and ease are cached as users x items matrices; popularity and trending are one
+        row for everybody and repeat is sparse, so they are added directly.
+        """
         total = np.zeros((self.n_users, self.scorer.n_items), dtype=np.float32)
-        for name in COMPONENTS:
+        for name in ("als", "ease"):
             w = recipe.weight(name)
             if w:
-                total += np.float32(w) * self._component(name, recipe)
+                total += np.float32(w) * self._dense(name, recipe)
+        rest = Recipe(
+            weights={n: recipe.weight(n) for n in ("popularity", "trending", "repeat")},
+            repeat_half_life_days=recipe.repeat_half_life_days,
+            repeat_bonus=recipe.repeat_bonus,
+        )
+        total += self.scorer.score_histories(self.counts, self.age_days, None, rest)
         return total
 
     def evaluate(self, recipe: Recipe, protocol: str, k: int = DEFAULT_K) -> dict[str, float]:
@@ -143,9 +141,7 @@ def rank_metrics(
     if not keep.any():
         return {**dict.fromkeys(METRICS, 0.0), "users": 0.0}
     scores, truth, sizes = scores[keep], truth[keep], sizes[keep]
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
+    top = top_k(scores, k)
     hits = np.take_along_axis(truth.toarray().astype(bool), top, axis=1)
     # a -inf score is never a recommendation (novel with fewer candidates than k)
     valid = np.isfinite(np.take_along_axis(scores, top, axis=1))
@@ -165,34 +161,48 @@ def rank_metrics(
     }
 
 
+def top_k(scores: npt.NDArray[np.float32], k: int, chunk: int = 256) -> npt.NDArray[np.int64]:
+    """Column indices of each row's k best scores, best first (rows in chunks: bounded memory)."""
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    for start in range(0, scores.shape[0], chunk):
+        block = scores[start : start + chunk]
+        top = np.argpartition(block, -k, axis=1)[:, -k:]
+        order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+        out[start : start + chunk] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
 def build_truth(
-    user_ids: pd.Index,
-    item_ids: pd.Index,
-    test: pd.DataFrame,
+    user_keys: pd.Index,
+    item_keys: pd.Index,
+    test_users: npt.ArrayLike,
+    test_items: npt.ArrayLike,
     *,
     max_users: int | None = None,
     seed: int = 0,
 ) -> tuple[npt.NDArray[np.int64], sp.csr_matrix]:
     """Rows of the test users known at the cut-off and their truth among known items.
 
-    When the catalogue is big, a seeded sample of users keeps users x items under
-    ``MAX_EVAL_CELLS`` unless ``max_users`` says otherwise.
+    ``user_keys`` / ``item_keys`` name the model's rows and columns (ids or codes) and
+    ``test_users`` / ``test_items`` are the test purchases in the same kind of key. When the
+    catalogue is big, a seeded sample of users keeps users x items under ``MAX_EVAL_CELLS``
+    unless ``max_users`` says otherwise.
     """
-    u = user_ids.get_indexer(test["user_id"])
-    i = item_ids.get_indexer(test["item_id"])
+    u = user_keys.get_indexer(test_users)
+    i = item_keys.get_indexer(test_items)
     known = (u >= 0) & (i >= 0)
     u, i = u[known], i[known]
     users = np.unique(u)
-    limit = max_users if max_users is not None else max(1, MAX_EVAL_CELLS // len(item_ids))
+    limit = max_users if max_users is not None else max(1, MAX_EVAL_CELLS // len(item_keys))
     if len(users) > limit:
         users = np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False))
-    row_of = np.full(len(user_ids), -1, dtype=np.int64)
+    row_of = np.full(len(user_keys), -1, dtype=np.int64)
     row_of[users] = np.arange(len(users))
     rows = row_of[u]
     sel = rows >= 0
     truth = sp.csr_matrix(
         (np.ones(int(sel.sum()), dtype=np.float32), (rows[sel], i[sel])),
-        shape=(len(users), len(item_ids)),
+        shape=(len(users), len(item_keys)),
     )
     truth.sum_duplicates()
     truth.data[:] = 1.0
@@ -201,15 +211,18 @@ def build_truth(
 
 def build_evalset(
     scorer: Scorer,
-    user_ids: pd.Index,
-    item_ids: pd.Index,
-    test: pd.DataFrame,
+    user_keys: pd.Index,
+    item_keys: pd.Index,
+    test_users: npt.ArrayLike,
+    test_items: npt.ArrayLike,
     *,
     max_users: int | None = None,
     seed: int = 0,
 ) -> EvalSet:
     """An EvalSet over ``build_truth``'s users, scored by ``scorer`` (same index space)."""
-    users, truth = build_truth(user_ids, item_ids, test, max_users=max_users, seed=seed)
+    users, truth = build_truth(
+        user_keys, item_keys, test_users, test_items, max_users=max_users, seed=seed
+    )
     return EvalSet(
         scorer=scorer,
         users=users,

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from service.scoring import PROTOCOLS, Recipe, Scorer
+from training.evaluate import EvalSet, build_evalset
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class ModelParams:
     ease_lambda: float = 300.0
     ease_max_items: int = 6000  # EASE inverts an items x items matrix: small catalogues only
     trending_days: int = 30
-    warm_iterations: int = 2  # iterations when refitting from the previous stage's factors
+    warm_iterations: int = 1  # iterations when refitting from the previous stage's factors
     seed: int = 42
     threads: int = 0  # 0: all cores
 
@@ -66,10 +67,44 @@ class ModelParams:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass(frozen=True)
+class IdMaps:
+    """The shop's string ids; a code is a position in these indexes."""
+
+    users: pd.Index
+    items: pd.Index
+
+
+def encode(frame: pd.DataFrame) -> tuple[pd.DataFrame, IdMaps]:
+    """Integer codes for users, items and orders: the trainer's compact working frame.
+
+    String ids are factorised once here; every later stage slices and groups integers.
+    Returns (frame with columns user, item, order, timestamp; the id maps).
+    """
+    users, user_ids = pd.factorize(frame["user_id"])
+    items, item_ids = pd.factorize(frame["item_id"])
+    orders, _ = pd.factorize(frame["order_id"])
+    coded = pd.DataFrame(
+        {
+            "user": users.astype(np.int32),
+            "item": items.astype(np.int32),
+            "order": orders.astype(np.int64),
+            "timestamp": frame["timestamp"].to_numpy(dtype="datetime64[ns]"),
+        }
+    )
+    return coded, IdMaps(users=pd.Index(user_ids), items=pd.Index(item_ids))
+
+
 @dataclass
 class Stage:
-    """Components fitted on one slice of the purchases (ids, history, factors, popularity)."""
+    """Components fitted on one slice of the purchases (ids, history, factors, popularity).
 
+    ``user_codes`` / ``item_codes`` give, for each row of the stage's matrices, the code in the
+    run's IdMaps; ``user_ids`` / ``item_ids`` are the shop's ids of the same rows.
+    """
+
+    user_codes: npt.NDArray[np.int64]
+    item_codes: npt.NDArray[np.int64]
     user_ids: pd.Index
     item_ids: pd.Index
     counts: sp.csr_matrix
@@ -93,40 +128,54 @@ class Stage:
             ease_b=self.ease_b,
         )
 
+    def evalset(self, test: pd.DataFrame, *, max_users: int | None = None) -> EvalSet:
+        """Evaluation users of a coded test slice, in this stage's index space."""
+        return build_evalset(
+            self.scorer(),
+            pd.Index(self.user_codes),
+            pd.Index(self.item_codes),
+            test["user"].to_numpy(),
+            test["item"].to_numpy(),
+            max_users=max_users,
+        )
+
 
 def build_history(
-    frame: pd.DataFrame, reference_time: pd.Timestamp
-) -> tuple[pd.Index, pd.Index, sp.csr_matrix, sp.csr_matrix]:
+    coded: pd.DataFrame, reference_time: pd.Timestamp
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], sp.csr_matrix, sp.csr_matrix]:
     """User x item matrices of distinct orders and days since the last purchase.
 
-    Returns (user_ids, item_ids, counts, age_days); both matrices share one sparsity pattern.
+    ``coded`` comes from ``encode`` (or a slice of it). Returns (user_codes, item_codes,
+    counts, age_days): the codes of the matrices' rows and columns, and two matrices that share
+    one sparsity pattern.
     """
-    users = pd.Index(pd.unique(frame["user_id"]), dtype=object).sort_values()
-    items = pd.Index(pd.unique(frame["item_id"]), dtype=object).sort_values()
-    u = users.get_indexer(frame["user_id"]).astype(np.int64)
-    i = items.get_indexer(frame["item_id"]).astype(np.int64)
-    order_codes = pd.factorize(frame["order_id"])[0].astype(np.int64)
-    ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    pair = u * len(items) + i
-    # distinct orders per pair: drop repeated (pair, order) lines first
-    key = pd.DataFrame({"pair": pair, "order": order_codes, "ts": ts})
-    key = key.drop_duplicates(["pair", "order"])
-    grouped = key.groupby("pair", sort=True)["ts"].agg(["size", "max"])
-    pairs = grouped.index.to_numpy(dtype=np.int64)
-    rows, cols = pairs // len(items), pairs % len(items)
+    u = coded["user"].to_numpy(dtype=np.int64)
+    i = coded["item"].to_numpy(dtype=np.int64)
+    o = coded["order"].to_numpy(dtype=np.int64)
+    ts = coded["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    user_codes, rows = np.unique(u, return_inverse=True)
+    item_codes, cols = np.unique(i, return_inverse=True)
+    n_users, n_items = len(user_codes), len(item_codes)
+    pair = rows.astype(np.int64) * n_items + cols
+    order = np.lexsort((o, pair))
+    pair, o, ts = pair[order], o[order], ts[order]
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    new_order = np.r_[True, (pair[1:] != pair[:-1]) | (o[1:] != o[:-1])]
+    # distinct orders per pair: several lines of one item in one order count once
+    group = np.cumsum(np.r_[True, pair[1:] != pair[:-1]]) - 1
+    orders_per_pair = np.bincount(group, weights=new_order).astype(np.float32)
+    last = np.maximum.reduceat(ts, starts)
+    pairs = pair[starts]
+    rows_of_pair, cols_of_pair = pairs // n_items, pairs % n_items
     ref_ns = np.int64(pd.Timestamp(reference_time).value)
-    age = (ref_ns - grouped["max"].to_numpy(dtype=np.int64)) / (SECONDS_PER_DAY * 1e9)
-    age = np.maximum(age, MIN_AGE_DAYS).astype(np.float32)
-    shape = (len(users), len(items))
-    indptr = np.zeros(len(users) + 1, dtype=np.int64)
-    np.add.at(indptr, rows + 1, 1)
-    indptr = np.cumsum(indptr)
-    indices = cols.astype(np.int32)
-    counts = sp.csr_matrix(
-        (grouped["size"].to_numpy(dtype=np.float32), indices, indptr), shape=shape
-    )
+    age = np.maximum((ref_ns - last) / (SECONDS_PER_DAY * 1e9), MIN_AGE_DAYS).astype(np.float32)
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows_of_pair, minlength=n_users), out=indptr[1:])
+    indices = cols_of_pair.astype(np.int32)
+    shape = (n_users, n_items)
+    counts = sp.csr_matrix((orders_per_pair, indices, indptr), shape=shape)
     ages = sp.csr_matrix((age, indices.copy(), indptr.copy()), shape=shape)
-    return users, items, counts, ages
+    return user_codes, item_codes, counts, ages
 
 
 def _distinct_buyers(counts: sp.csr_matrix) -> npt.NDArray[np.float32]:
@@ -209,40 +258,41 @@ def fit_ease(counts: sp.csr_matrix, lam: float) -> npt.NDArray[np.float32]:
 
 
 def reindex_factors(
-    old_ids: pd.Index,
+    old_codes: npt.NDArray[np.int64],
     old_factors: npt.NDArray[np.float32],
-    new_ids: pd.Index,
+    new_codes: npt.NDArray[np.int64],
     seed: int,
 ) -> npt.NDArray[np.float32]:
-    """Factors for ``new_ids``: copied where the id is known, small random values otherwise."""
+    """Factors for ``new_codes``: copied where the code is known, small random values otherwise."""
     rng = np.random.default_rng(seed)
-    out = (rng.random((len(new_ids), old_factors.shape[1]), dtype=np.float32) * 0.01).astype(
+    out = (rng.random((len(new_codes), old_factors.shape[1]), dtype=np.float32) * 0.01).astype(
         np.float32
     )
-    where = old_ids.get_indexer(new_ids)
+    where = pd.Index(old_codes).get_indexer(new_codes)
     known = where >= 0
     out[known] = old_factors[where[known]]
     return out
 
 
 def fit_stage(
-    frame: pd.DataFrame,
+    coded: pd.DataFrame,
     reference_time: pd.Timestamp,
     params: ModelParams,
+    ids: IdMaps,
     *,
     warm_from: Stage | None = None,
     with_ease: bool = True,
 ) -> Stage:
-    """Fit every component on ``frame`` (purchases up to ``reference_time``)."""
+    """Fit every component on ``coded`` purchases (all up to ``reference_time``)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    users, items, counts, ages = build_history(frame, reference_time)
+    users, items, counts, ages = build_history(coded, reference_time)
     timings["history"] = time.perf_counter() - t0
     init = None
     if warm_from is not None:
         init = (
-            reindex_factors(warm_from.user_ids, warm_from.user_factors, users, params.seed),
-            reindex_factors(warm_from.item_ids, warm_from.item_factors, items, params.seed + 1),
+            reindex_factors(warm_from.user_codes, warm_from.user_factors, users, params.seed),
+            reindex_factors(warm_from.item_codes, warm_from.item_factors, items, params.seed + 1),
         )
         if init[0].shape[1] != params.factors:
             init = None
@@ -255,8 +305,10 @@ def fit_stage(
         ease_b = fit_ease(counts, params.ease_lambda)
         timings["ease"] = time.perf_counter() - t0
     return Stage(
-        user_ids=users,
-        item_ids=items,
+        user_codes=users,
+        item_codes=items,
+        user_ids=ids.users[users],
+        item_ids=ids.items[items],
         counts=counts,
         age_days=ages,
         reference_time=pd.Timestamp(reference_time),

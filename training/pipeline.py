@@ -30,8 +30,16 @@ import pandas as pd
 from service.artifact import ModelStore, new_version_name, write_artifact
 from service.scoring import PROTOCOLS, Recipe
 from training.data import CleaningReport, ColumnMapping, Purchases, load_purchases
-from training.evaluate import EvalSet, build_evalset, metric_key, temporal_split
-from training.models import Candidates, ModelParams, Stage, default_candidates, fit_stage
+from training.evaluate import EvalSet, metric_key, temporal_split
+from training.models import (
+    Candidates,
+    IdMaps,
+    ModelParams,
+    Stage,
+    default_candidates,
+    encode,
+    fit_stage,
+)
 from training.registry import (
     GateDecision,
     current_artifact,
@@ -187,7 +195,7 @@ def run(
                 raise ValueError("either config.data or purchases must be given")
             purchases = load_purchases(config.data, config.fmt, config.columns)
         timings["load"] = time.perf_counter() - started
-        frame = purchases.frame
+        frame, ids = encode(purchases.frame)
         params = config.params
 
         test_split = temporal_split(frame, config.test_days)
@@ -196,7 +204,7 @@ def run(
 
         t0 = time.perf_counter()
         progress(f"fitting on purchases up to {val_split.cutoff:%Y-%m-%d} (validation stage)")
-        val_stage = fit_stage(val_split.train, val_split.cutoff, params)
+        val_stage = fit_stage(val_split.train, val_split.cutoff, params, ids)
         timings["fit_validation"] = time.perf_counter() - t0
         tuning: dict[str, Any] = {"seconds_budget": config.tune_seconds}
         if config.tune_seconds > 0:
@@ -209,7 +217,9 @@ def run(
                 params,
                 {p: candidates["blend"][p] for p in PROTOCOLS},
                 config.tune_seconds,
+                ids,
                 stage=val_stage,
+                max_users=config.eval_users,
             )
             params, val_stage, val_eval = result.params, result.stage, result.evalset
             candidates["blend"] = dict(result.recipes)
@@ -221,13 +231,7 @@ def run(
             )
             timings["tune"] = time.perf_counter() - t0
         else:
-            val_eval = build_evalset(
-                val_stage.scorer(),
-                val_stage.user_ids,
-                val_stage.item_ids,
-                val_split.test,
-                max_users=config.eval_users,
-            )
+            val_eval = val_stage.evalset(val_split.test, max_users=config.eval_users)
         candidates = {
             name: recipes
             for name, recipes in candidates.items()
@@ -239,25 +243,22 @@ def run(
 
         t0 = time.perf_counter()
         progress(f"fitting on purchases up to {test_split.cutoff:%Y-%m-%d} (test stage)")
-        test_stage = fit_stage(test_split.train, test_split.cutoff, params, warm_from=val_stage)
-        del val_stage, val_eval
-        test_eval = build_evalset(
-            test_stage.scorer(),
-            test_stage.user_ids,
-            test_stage.item_ids,
-            test_split.test,
-            max_users=config.eval_users,
+        test_stage = fit_stage(
+            test_split.train, test_split.cutoff, params, ids, warm_from=val_stage
         )
+        del val_stage, val_eval
+        test_eval = test_stage.evalset(test_split.test, max_users=config.eval_users)
         metrics = evaluate_candidates(test_eval, candidates)
         timings["fit_test"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        gate = _gate(store, metrics, served, test_eval, test_stage, params, test_split)
+        gate = _gate(store, metrics, served, test_eval, test_stage, params, test_split, ids)
         timings["gate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         progress("fitting on every purchase (serving stage)")
-        full_stage = fit_stage(frame, test_split.end, params, warm_from=test_stage)
+        full_stage = fit_stage(frame, test_split.end, params, ids, warm_from=test_stage)
+        del test_stage, test_eval
         timings["fit_serving"] = time.perf_counter() - t0
 
         served_recipes: dict[str, Recipe] = {p: candidates[served[p]][p] for p in PROTOCOLS}
@@ -268,14 +269,14 @@ def run(
             "reference_time": test_split.end.isoformat(),
             "data": {
                 "source": purchases.report.source,
-                "fingerprint": data_fingerprint(frame),
+                "fingerprint": data_fingerprint(purchases.frame),
                 "cleaning": purchases.report.as_dict(),
             },
             "counts": {
                 "users": len(full_stage.user_ids),
                 "items": len(full_stage.item_ids),
                 "interactions": int(full_stage.counts.nnz),
-                "purchases": len(frame),
+                "purchases": len(purchases.frame),
                 "factors": params.factors,
             },
             "params": params.to_dict(),
@@ -323,6 +324,7 @@ def _gate(
     stage: Stage,
     params: ModelParams,
     split: Any,
+    ids: IdMaps,
 ) -> GateDecision:
     key = metric_key("ndcg")
     new = {p: metrics[p][served[p]][key] for p in PROTOCOLS}
@@ -337,6 +339,7 @@ def _gate(
         params=params,
         train=split.train,
         cutoff=split.cutoff,
+        ids=ids,
         protocols=PROTOCOLS,
     )
     return decide(new, popularity, scores, method=method, current_version=current.version)

@@ -38,7 +38,7 @@ from training.evaluate import (
     rank_metrics,
     temporal_split,
 )
-from training.models import ModelParams, Stage, build_history, fit_stage
+from training.models import IdMaps, ModelParams, Stage, build_history, encode, fit_stage
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".trainer.lock"
@@ -175,15 +175,19 @@ def rescore_on_file(
 ) -> dict[str, Any]:
     """Score an artifact on the temporal split of a purchase file (``recoffer evaluate``)."""
     purchases = load_purchases(data, fmt, columns)
-    split = temporal_split(purchases.frame, test_days)
-    users, items, counts, _ = build_history(split.train, split.cutoff)
-    rows, truth = build_truth(users, items, split.test)
+    coded, ids = encode(purchases.frame)
+    split = temporal_split(coded, test_days)
+    user_codes, item_codes, counts, _ = build_history(split.train, split.cutoff)
+    rows, truth = build_truth(
+        pd.Index(user_codes), pd.Index(item_codes), split.test["user"], split.test["item"]
+    )
+    user_ids, item_ids = ids.users[user_codes[rows]], ids.items[item_codes]
     metrics = {
         p: {
             "served": {
                 metric_key(k) if k != "users" else k: v
                 for k, v in score_artifact_directly(
-                    artifact, users[rows], items, truth, counts[rows], p
+                    artifact, user_ids, item_ids, truth, counts[rows], p
                 ).items()
             }
         }
@@ -212,6 +216,7 @@ def rescore_current(
     params: ModelParams,
     train: pd.DataFrame,
     cutoff: pd.Timestamp,
+    ids: IdMaps,
     protocols: tuple[str, ...],
 ) -> tuple[dict[str, float], str]:
     """NDCG@10 per protocol of the current model on the new split, and the method used."""
@@ -231,7 +236,7 @@ def rescore_current(
     ev = evalset
     if current_params != params:
         # same training rows, so the refit has the same user and item index as ``stage``
-        scorer = fit_stage(train, cutoff, current_params).scorer()
+        scorer = fit_stage(train, cutoff, current_params, ids).scorer()
         ev = EvalSet(
             scorer=scorer,
             users=evalset.users,

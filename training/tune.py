@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from service.scoring import Recipe
-from training.evaluate import EvalSet, build_evalset, metric_key
-from training.models import ModelParams, Stage, fit_stage
+from training.evaluate import EvalSet, metric_key
+from training.models import IdMaps, ModelParams, Stage, fit_stage
 
 log = logging.getLogger(__name__)
 
@@ -134,27 +134,30 @@ def tune(
     params: ModelParams,
     start: dict[str, Recipe],
     seconds: float,
+    ids: IdMaps,
     *,
     stage: Stage | None = None,
+    max_users: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> TuneResult:
     """Search recipes (and, time allowing, hyper-parameters) within ``seconds``.
 
-    ``stage`` is the validation stage already fitted with ``params`` (fitted here if None).
+    ``train`` and ``validation`` are coded slices (``training.models.encode``); ``stage`` is
+    the validation stage already fitted with ``params`` (fitted here if None).
     """
     began = clock()
     deadline = began + max(0.0, seconds)
     if stage is None:
-        stage = fit_stage(train, reference_time, params)
-    evalset = build_evalset(stage.scorer(), stage.user_ids, stage.item_ids, validation)
+        stage = fit_stage(train, reference_time, params, ids)
+    evalset = stage.evalset(validation, max_users=max_users)
     recipes, objective, evaluations = _tune_all(evalset, start, deadline, clock)
     best = TuneResult(params, stage, evalset, recipes, objective, evaluations, 0.0, [])
     for variant in param_variants(params):
         fit_cost = sum(stage.timings.values()) * (variant.factors / params.factors)
         if clock() + 2 * fit_cost > deadline:
             break
-        v_stage = fit_stage(train, reference_time, variant)
-        v_eval = build_evalset(v_stage.scorer(), v_stage.user_ids, v_stage.item_ids, validation)
+        v_stage = fit_stage(train, reference_time, variant, ids)
+        v_eval = v_stage.evalset(validation, max_users=max_users)
         v_recipes, v_objective, n = _tune_all(v_eval, best.recipes, deadline, clock)
         best.evaluations += n
         gain = _mean(v_objective) - _mean(best.objective)

@@ -155,3 +155,15 @@ def test_cleanup_removes_leftovers_of_a_killed_writer(tmp_path: Path) -> None:
 
 def test_required_arrays_cover_what_scoring_needs() -> None:
     assert set(REQUIRED_ARRAYS) <= set(_arrays())
+
+
+def test_version_names_sort_by_creation_time_within_one_second() -> None:
+    from datetime import UTC, datetime
+
+    from service.artifact import new_version_name
+
+    names = [
+        new_version_name(datetime(2026, 1, 1, 12, 0, 0, micro, tzinfo=UTC))
+        for micro in (999_999, 1, 500_000)
+    ]
+    assert sorted(names) == [names[1], names[2], names[0]]

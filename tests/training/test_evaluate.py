@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from training.data import Purchases
 from training.evaluate import SplitError, build_truth, rank_metrics, temporal_split
 
 SCORES = np.array(
@@ -88,7 +89,7 @@ def test_truth_keeps_only_users_and_items_known_at_the_cutoff() -> None:
     test = pd.DataFrame(
         {"user_id": ["a", "a", "b", "new", "c"], "item_id": ["x", "new", "y", "x", "y"]}
     )
-    rows, truth = build_truth(users, items, test)
+    rows, truth = build_truth(users, items, test["user_id"], test["item_id"])
     assert list(rows) == [0, 1, 2]
     assert truth.toarray().tolist() == [[1, 0], [0, 1], [0, 1]]
 
@@ -96,7 +97,26 @@ def test_truth_keeps_only_users_and_items_known_at_the_cutoff() -> None:
 def test_truth_samples_users_deterministically_when_asked() -> None:
     users, items = pd.Index([f"u{i}" for i in range(50)]), pd.Index(["x"])
     test = pd.DataFrame({"user_id": list(users), "item_id": ["x"] * 50})
-    a, _ = build_truth(users, items, test, max_users=10, seed=3)
-    b, _ = build_truth(users, items, test, max_users=10, seed=3)
+    a, _ = build_truth(users, items, test["user_id"], test["item_id"], max_users=10, seed=3)
+    b, _ = build_truth(users, items, test["user_id"], test["item_id"], max_users=10, seed=3)
     assert len(a) == 10
     assert list(a) == list(b)
+
+
+def test_evalset_scores_equal_the_scorer_for_any_recipe(tiny_purchases: Purchases) -> None:
+    from service.scoring import Recipe
+    from training.models import ModelParams, encode, fit_stage
+
+    coded, ids = encode(tiny_purchases.frame)
+    split = temporal_split(coded, 30)
+    stage = fit_stage(split.train, split.cutoff, ModelParams(factors=4, iterations=2), ids)
+    ev = stage.evalset(split.test)
+    recipe = Recipe(
+        weights={"als": 0.5, "ease": 2.0, "repeat": 3.0, "trending": 0.3, "popularity": -0.1},
+        repeat_half_life_days=30.0,
+        repeat_bonus=0.7,
+        input_half_life_days=90.0,
+    )
+    for _ in range(2):  # the second time from the cache
+        expected = stage.scorer().score_users(ev.users, recipe)
+        assert ev.scores(recipe) == pytest.approx(expected, abs=1e-4)
