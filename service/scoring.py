@@ -107,6 +107,26 @@ class Scorer:
         self.popularity_z = _standardise(popularity)
         self.trending_z = _standardise(trending)
 
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> Scorer:
+        """A Scorer over an artifact's arrays (see service.artifact for their names)."""
+        shape = (int(arrays["user_ids"].shape[0]), int(arrays["item_ids"].shape[0]))
+        indptr = np.asarray(arrays["history_indptr"])
+        indices = np.asarray(arrays["history_indices"])
+        return cls(
+            item_factors=np.asarray(arrays["item_factors"]),
+            user_factors=np.asarray(arrays["user_factors"]),
+            history_counts=sp.csr_matrix(
+                (np.asarray(arrays["history_counts"]), indices, indptr), shape
+            ),
+            history_age_days=sp.csr_matrix(
+                (np.asarray(arrays["history_age_days"]), indices, indptr), shape
+            ),
+            popularity=np.asarray(arrays["popularity"]),
+            trending=np.asarray(arrays["trending"]),
+            ease_b=np.asarray(arrays["ease_b"]) if "ease_b" in arrays else None,
+        )
+
     @property
     def n_items(self) -> int:
         return int(self.item_factors.shape[0])

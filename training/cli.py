@@ -345,41 +345,149 @@ def rollback(
 @app.command()
 def demo(
     workdir: Annotated[
-        Path, typer.Option(help="Where the demo shop and its models are written.")
+        Path, typer.Option(help="Where the demo shop, its database and its models live.")
     ] = Path("var/demo"),
     preset: Annotated[str, typer.Option(help="Synthetic shop size: tiny, small, demo.")] = "demo",
     tune_seconds: Annotated[float, typer.Option(help="Tuning budget in seconds.")] = 20.0,
+    serve_api: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the API after training.")
+    ] = True,
+    host: Annotated[str, typer.Option(help="Address to serve on (loopback only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Generate the seeded demo shop (if missing), train on it and print the evaluation table."""
-    from training.models import ModelParams
-    from training.pipeline import TrainConfig
-    from training.synthetic import generate_shop, spec_for, write_shop
+    """The whole product on embedded defaults: demo shop -> model -> API on SQLite.
+
+    Generates the seeded demo shop (once), trains when no model exists yet, loads the shop's
+    new-user events and catalogue into the database (once), then serves the API in development
+    mode (no API keys, loopback only) at http://127.0.0.1:8000 (docs at /docs).
+    """
+    from training.demo import prepare_demo
 
     _setup_logging(False)
     with _errors():
         try:
-            spec = spec_for(preset)
+            plan = prepare_demo(workdir, preset, progress=_progress)
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
-        data_dir = workdir / "data" / preset
-        purchases = data_dir / "purchases.csv"
-        if not purchases.is_file():
-            _progress(f"generating the '{preset}' synthetic shop into {data_dir}")
-            write_shop(generate_shop(spec), data_dir)
-        config = TrainConfig(
-            model_dir=workdir / "models",
-            data=purchases,
-            fmt="generic",
-            test_days=30.0,
-            tune_seconds=tune_seconds,
-            params=ModelParams(),
+    if plan.train_config is not None:
+        _run_training(plan.train_config, None, as_json)
+    else:
+        err.print(f"model {plan.current} already trained in {plan.models}", markup=False)
+    with _errors():
+        plan.seed_database()
+    if serve_api:
+        _serve(
+            model_dir=plan.models,
+            database_url=plan.database_url,
+            host=host,
+            port=port,
+            workers=1,
+            development=True,
         )
-    _run_training(
-        config,
-        "user=user_id,item=item_id,timestamp=timestamp,quantity=quantity,"
-        "price=price,order=order_id",
-        as_json,
+
+
+@app.command()
+def serve(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    database_url: Annotated[
+        str | None,
+        typer.Option(envvar="RECOFFER_DATABASE_URL", help="sqlite:///path or postgresql://..."),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="RECOFFER_HOST", help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="RECOFFER_PORT", help="Bind port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+) -> None:
+    """Serve the HTTP API (settings from RECOFFER_* variables; options override them).
+
+    Examples:
+
+      RECOFFER_FRONTEND_KEYS=... RECOFFER_ADMIN_KEYS=... recoffer serve --model-dir var/models
+
+      recoffer serve --database-url postgresql://recoffer@db/recoffer --workers 4
+    """
+    _serve(
+        model_dir=model_dir,
+        database_url=database_url,
+        host=host,
+        port=port,
+        workers=workers,
+        development=False,
+    )
+
+
+def _serve(
+    *,
+    model_dir: Path,
+    database_url: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    development: bool,
+) -> None:
+    import os
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    overrides = {
+        "RECOFFER_MODEL_DIR": str(model_dir),
+        "RECOFFER_HOST": host,
+        "RECOFFER_PORT": str(port),
+    }
+    if database_url:
+        overrides["RECOFFER_DATABASE_URL"] = database_url
+    if development:
+        overrides["RECOFFER_AUTH_DISABLED"] = "true"
+    os.environ.update(overrides)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise _fail(f"bad setting {where}: {first.get('msg')}", 2) from None
+    if settings.auth_disabled:
+        err.print(
+            "development mode: API keys are NOT checked (RECOFFER_AUTH_DISABLED); loopback only",
+            markup=False,
+        )
+    err.print(f"serving on http://{host}:{port} (docs: http://{host}:{port}/docs)", markup=False)
+    uvicorn.run(
+        "service.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command()
+def migrate(
+    database_url: Annotated[
+        str,
+        typer.Option(envvar="RECOFFER_DATABASE_URL", help="sqlite:///path or postgresql://..."),
+    ] = "sqlite:///var/recoffer.db",
+) -> None:
+    """Apply the database migrations (the service also does this at start by default)."""
+    from service.db import make_engine
+    from service.db import migrate as apply_migrations
+
+    _setup_logging(False)
+    with _errors():
+        try:
+            engine = make_engine(database_url)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+        try:
+            apply_migrations(engine)
+        finally:
+            engine.dispose()
+    out.print(
+        f"database at {engine.url.render_as_string(hide_password=True)} is up to date", markup=False
     )
 
 

@@ -254,8 +254,13 @@ def load_purchases(
     report = purchases.report
     logger.info(
         "purchases loaded from %s (%s): %d rows read, %d kept, %d users, %d items",
-        source, fmt, report.rows_read, report.rows_kept, report.users, report.items,
-    )  # fmt: skip
+        source,
+        fmt,
+        report.rows_read,
+        report.rows_kept,
+        report.users,
+        report.items,
+    )
     return purchases
 
 
@@ -265,8 +270,13 @@ def purchases_from_frame(frame: pd.DataFrame, source: str = "<frame>") -> Purcha
     ``user_id``, ``item_id`` and ``timestamp`` are required; ``quantity``, ``price``,
     ``order_id``, ``category`` and ``name`` are used when present. The generic rules apply.
     """
-    optional = {"quantity": "quantity", "price": "price", "order": "order_id",
-                "category": "category", "name": "name"}  # fmt: skip
+    optional = {
+        "quantity": "quantity",
+        "price": "price",
+        "order": "order_id",
+        "category": "category",
+        "name": "name",
+    }
     mapping = ColumnMapping(
         **{role: column for role, column in optional.items() if column in frame}
     )
@@ -394,10 +404,11 @@ def _read_parquet(path: Path, required: list[str], everything: bool) -> pd.DataF
         table = pa.table(
             {
                 name: column.cast(column.type.value_type)
-                if pa.types.is_dictionary(column.type) else column
+                if pa.types.is_dictionary(column.type)
+                else column
                 for name, column in zip(table.column_names, table.columns, strict=True)
             }
-        )  # fmt: skip
+        )
         return table.to_pandas()
     except DataError:
         raise

@@ -187,9 +187,10 @@ def _trending(counts: sp.csr_matrix, age_days: sp.csr_matrix, days: int) -> npt.
     return np.bincount(counts.indices[recent], minlength=counts.shape[1]).astype(np.float32)
 
 
-def _als_weights(
+def als_weights(
     counts: sp.csr_matrix, age_days: sp.csr_matrix, params: ModelParams
 ) -> sp.csr_matrix:
+    """The confidence matrix ALS is fitted on (recency-decayed counts, BM25 or log weighting)."""
     weighted = counts.copy()
     weighted.data = (counts.data * np.exp(-age_days.data / params.input_half_life_days)).astype(
         np.float32
@@ -219,7 +220,7 @@ def fit_als(
     """
     from implicit.cpu.als import AlternatingLeastSquares
 
-    weights = _als_weights(counts, age_days, params)
+    weights = als_weights(counts, age_days, params)
     # implicit parallelises itself; a BLAS thread pool underneath only oversubscribes the cores
     # (implicit checks this when the model is constructed, so construct it inside the limit)
     with threadpool_limits(1, "blas"):

@@ -36,6 +36,7 @@ from training.models import (
     IdMaps,
     ModelParams,
     Stage,
+    als_weights,
     default_candidates,
     encode,
     fit_stage,
@@ -280,6 +281,12 @@ def run(
                 "factors": params.factors,
             },
             "params": params.to_dict(),
+            "fold_in": {
+                # the service scales a new user's events so one purchase weighs like this
+                "confidence_scale": float(
+                    np.median(als_weights(full_stage.counts, full_stage.age_days, params).data)
+                ),
+            },
             "recipes": {p: r.to_dict() for p, r in served_recipes.items()},
             "served": served,
             "candidates": {

@@ -118,22 +118,6 @@ def decide(
     )
 
 
-def artifact_scorer(artifact: Artifact) -> Scorer:
-    """A Scorer over a loaded artifact's arrays."""
-    a = artifact.arrays
-    shape = (artifact.n_users, artifact.n_items)
-    indptr, indices = np.asarray(a["history_indptr"]), np.asarray(a["history_indices"])
-    return Scorer(
-        item_factors=np.asarray(a["item_factors"]),
-        user_factors=np.asarray(a["user_factors"]),
-        history_counts=sp.csr_matrix((np.asarray(a["history_counts"]), indices, indptr), shape),
-        history_age_days=sp.csr_matrix((np.asarray(a["history_age_days"]), indices, indptr), shape),
-        popularity=np.asarray(a["popularity"]),
-        trending=np.asarray(a["trending"]),
-        ease_b=np.asarray(a["ease_b"]) if "ease_b" in a else None,
-    )
-
-
 def score_artifact_directly(
     artifact: Artifact,
     user_ids: pd.Index,
@@ -148,7 +132,7 @@ def score_artifact_directly(
     differ from the artifact's: items the artifact does not know are never recommended, and
     users it does not know get its popularity ranking, as the service would do.
     """
-    scorer = artifact_scorer(artifact)
+    scorer = Scorer.from_arrays(artifact.arrays)
     recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
     own_users = pd.Index(np.asarray(artifact.arrays["user_ids"]).astype(str))
     own_items = pd.Index(np.asarray(artifact.arrays["item_ids"]).astype(str))

@@ -40,9 +40,33 @@ _HOUR_S = 3_600
 _NS_PER_S = 1_000_000_000
 # Orders per hour of the day (UTC), evening peak, quiet night.
 _HOUR_WEIGHTS = np.array(
-    [1.0, 0.6, 0.4, 0.3, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0,
-     5.5, 5.0, 4.5, 4.5, 5.0, 5.5, 6.0, 6.5, 6.0, 5.0, 3.5, 2.0]
-)  # fmt: skip
+    [
+        1.0,
+        0.6,
+        0.4,
+        0.3,
+        0.3,
+        0.5,
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+        4.5,
+        5.0,
+        5.5,
+        5.0,
+        4.5,
+        4.5,
+        5.0,
+        5.5,
+        6.0,
+        6.5,
+        6.0,
+        5.0,
+        3.5,
+        2.0,
+    ]
+)
 # Sales at the end of the history are (1 + _TREND) times those at its start.
 _TREND = 0.15
 # Oversampling of purchase lines, to make up for lines merged as duplicates; trimmed afterwards.
@@ -60,15 +84,55 @@ _PURCHASE_RATE_HIGH_INTENT = 0.30
 _PURCHASE_RATE_LOW_INTENT = 0.08
 
 _ADJECTIVES = (
-    "Classic", "Modern", "Rustic", "Vintage", "Compact", "Deluxe", "Eco", "Bright", "Soft",
-    "Bold", "Mini", "Grand", "Smart", "Cosy", "Sleek", "Handmade",
-)  # fmt: skip
+    "Classic",
+    "Modern",
+    "Rustic",
+    "Vintage",
+    "Compact",
+    "Deluxe",
+    "Eco",
+    "Bright",
+    "Soft",
+    "Bold",
+    "Mini",
+    "Grand",
+    "Smart",
+    "Cosy",
+    "Sleek",
+    "Handmade",
+)
 _NOUNS = (
-    "mug", "lamp", "notebook", "candle", "scarf", "backpack", "teapot", "cushion", "poster",
-    "planter", "wallet", "clock", "blanket", "bowl", "pen", "frame", "jar", "towel", "basket",
-    "umbrella", "speaker", "kettle", "apron", "puzzle", "bottle", "tray", "mirror", "rug",
-    "vase", "soap",
-)  # fmt: skip
+    "mug",
+    "lamp",
+    "notebook",
+    "candle",
+    "scarf",
+    "backpack",
+    "teapot",
+    "cushion",
+    "poster",
+    "planter",
+    "wallet",
+    "clock",
+    "blanket",
+    "bowl",
+    "pen",
+    "frame",
+    "jar",
+    "towel",
+    "basket",
+    "umbrella",
+    "speaker",
+    "kettle",
+    "apron",
+    "puzzle",
+    "bottle",
+    "tray",
+    "mirror",
+    "rug",
+    "vase",
+    "soap",
+)
 
 ShopFormat = Literal["csv", "parquet"]
 
@@ -151,23 +215,40 @@ class ShopSpec:
 
 PRESETS: dict[str, ShopSpec] = {
     "tiny": ShopSpec(
-        n_users=200, n_items=100, n_interactions=3_000, n_categories=8, n_taste_clusters=4,
-        days=120, new_users=40,
+        n_users=200,
+        n_items=100,
+        n_interactions=3_000,
+        n_categories=8,
+        n_taste_clusters=4,
+        days=120,
+        new_users=40,
     ),
     "small": ShopSpec(),
     "demo": ShopSpec(
-        n_users=5_000, n_items=2_000, n_interactions=150_000, n_categories=30,
-        n_taste_clusters=10, new_users=500,
+        n_users=5_000,
+        n_items=2_000,
+        n_interactions=150_000,
+        n_categories=30,
+        n_taste_clusters=10,
+        new_users=500,
     ),
     "2m": ShopSpec(
-        n_users=100_000, n_items=20_000, n_interactions=2_000_000, n_categories=100,
-        n_taste_clusters=20, new_users=5_000,
+        n_users=100_000,
+        n_items=20_000,
+        n_interactions=2_000_000,
+        n_categories=100,
+        n_taste_clusters=20,
+        new_users=5_000,
     ),
     "10m": ShopSpec(
-        n_users=500_000, n_items=50_000, n_interactions=10_000_000, n_categories=200,
-        n_taste_clusters=40, new_users=20_000,
+        n_users=500_000,
+        n_items=50_000,
+        n_interactions=10_000_000,
+        n_categories=200,
+        n_taste_clusters=40,
+        new_users=20_000,
     ),
-}  # fmt: skip
+}
 
 
 def spec_for(name: str) -> ShopSpec:

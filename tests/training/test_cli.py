@@ -140,9 +140,27 @@ def test_help_shows_examples() -> None:
 
 def test_demo_generates_trains_and_prints_the_table(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["demo", "--workdir", str(tmp_path), "--preset", "tiny", "--tune-seconds", "0"]
+        app,
+        [
+            "demo",
+            "--workdir",
+            str(tmp_path),
+            "--preset",
+            "tiny",
+            "--tune-seconds",
+            "0",
+            "--no-serve",
+        ],
     )
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "data" / "tiny" / "purchases.csv").is_file()
     assert "protocol novel" in result.stdout
-    assert ModelStore(tmp_path / "models").current() is not None
+    first = ModelStore(tmp_path / "models").current()
+    assert first is not None
+    assert (tmp_path / "recoffer.db").is_file()  # seeded with the new users' events
+    again = runner.invoke(
+        app, ["demo", "--workdir", str(tmp_path), "--preset", "tiny", "--no-serve"]
+    )
+    assert again.exit_code == 0, again.stderr
+    assert "already trained" in again.stderr
+    assert ModelStore(tmp_path / "models").current() == first

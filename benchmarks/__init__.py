@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and write docs/benchmarks.md (see run_all.py)."""

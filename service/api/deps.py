@@ -1,0 +1,97 @@
+"""Shared dependencies: the app state, and API keys by role (constant-time comparison)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from service.settings import Role
+
+if TYPE_CHECKING:
+    from service.events import ActivityStore, Repository
+    from service.metrics import Metrics
+    from service.model_holder import ModelHolder
+    from service.settings import Settings
+
+
+@dataclass
+class AppState:
+    """What the lifespan builds and every route reads."""
+
+    settings: Settings
+    repository: Repository
+    activity: ActivityStore
+    models: ModelHolder
+    metrics: Metrics
+    clock: Callable[[], datetime]
+    database_ready: bool = False
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.recoffer
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def _presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
+
+
+def role_of(key: str, keys: dict[Role, list[str]]) -> Role | None:
+    """The role whose key matches; every configured key is compared, in constant time each."""
+    found: Role | None = None
+    given = key.encode()
+    for role, role_keys in keys.items():
+        for candidate in role_keys:
+            if hmac.compare_digest(given, candidate.encode()):
+                found = role
+    return found
+
+
+def require(*roles: Role) -> Callable[[Request], Awaitable[Role]]:
+    """Dependency: 401 without a valid key, 403 when the key's role is not allowed here.
+
+    ``admin`` may call everything.
+    """
+    allowed = set(roles) | {"admin"}
+
+    async def check(request: Request) -> Role:
+        state = get_state(request)
+        if state.settings.auth_disabled:
+            return "admin"
+        key = _presented_key(request)
+        if key is None:
+            raise HTTPException(
+                401,
+                "missing API key: send it in the X-API-Key header",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        role = role_of(key, request.app.state.recoffer_keys)
+        if role is None:
+            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if role not in allowed:
+            raise HTTPException(
+                403, f"this endpoint needs role {' or '.join(sorted(allowed))}; the key is {role}"
+            )
+        return role
+
+    return check
+
+
+Frontend = Annotated[Role, Depends(require("frontend"))]
+Marketing = Annotated[Role, Depends(require("marketing"))]
+Admin = Annotated[Role, Depends(require("admin"))]
+AnyRole = Annotated[Role, Depends(require("frontend", "marketing"))]

@@ -1,0 +1,90 @@
+"""One place that maps exceptions to statuses and ``{"error", "detail"}`` bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.db import DatabaseUnavailable, is_outage
+from service.recommender import UnknownItem
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(Exception):
+    """No model is loaded and there is nothing to fall back on."""
+
+
+def error(
+    status: int, code: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content=jsonable_encoder({"error": code, "detail": detail}),
+        headers=headers,
+    )
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Register the mapping; the service never answers 500 for bad input."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        return error(422, "invalid_request", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+            429: "too_many_requests",
+        }
+        return error(
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            exc.detail,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(UnknownItem)
+    async def _unknown_item(_: Request, exc: UnknownItem) -> JSONResponse:
+        return error(404, "unknown_item", f"item {exc.args[0]!r} is not in the current model")
+
+    @app.exception_handler(ModelUnavailable)
+    async def _no_model(_: Request, exc: ModelUnavailable) -> JSONResponse:
+        return error(503, "model_unavailable", str(exc), headers={"Retry-After": "30"})
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _db_down(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return error(503, "database_unavailable", str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_outage(exc):
+            log.warning("database_unavailable", extra={"error": str(exc).splitlines()[0]})
+            return error(
+                503,
+                "database_unavailable",
+                "the database is unavailable; retry shortly",
+                headers={"Retry-After": "5"},
+            )
+        log.exception("unhandled_error")
+        return error(500, "internal_error", "unexpected error; it has been logged")

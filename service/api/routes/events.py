@@ -1,0 +1,72 @@
+"""Behaviour events: one, or a batch of up to 1,000."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Frontend, State
+from service.api.schemas import EventBatch, EventIn, IngestOut
+from service.events import NewEvent
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+MAX_FUTURE = timedelta(hours=1)  # clocks drift; an event from tomorrow is a bug upstream
+
+EXAMPLES = {
+    "one view": {
+        "value": {
+            "user_id": "u123",
+            "type": "view",
+            "item_id": "85123A",
+            "client_event_id": "web-7f3a",
+        }
+    },
+    "a batch": {
+        "value": {
+            "events": [
+                {"user_id": "u123", "type": "sign_up", "timestamp": "2026-11-23T09:30:00Z"},
+                {"user_id": "u123", "type": "add_to_cart", "item_id": "85123A"},
+                {"user_id": "u123", "type": "purchase", "item_id": "85123A", "order_id": "o-1"},
+            ]
+        }
+    },
+}
+
+
+@router.post("", response_model=IngestOut)
+async def post_events(
+    body: Annotated[EventIn | EventBatch, Body(openapi_examples=EXAMPLES)],
+    state: State,
+    _: Frontend,
+) -> IngestOut:
+    """Store one event or a batch; retries with the same client_event_id are not double-counted."""
+    incoming = body.events if isinstance(body, EventBatch) else [body]
+    if len(incoming) > state.settings.max_batch_events:
+        raise HTTPException(413, f"at most {state.settings.max_batch_events} events per request")
+    now = state.clock()
+    batch = []
+    for index, e in enumerate(incoming):
+        ts = e.timestamp or now
+        if ts - now > MAX_FUTURE:
+            field = f"events.{index}.timestamp" if isinstance(body, EventBatch) else "timestamp"
+            raise HTTPException(422, f"{field}: {ts.isoformat()} is in the future")
+        batch.append(
+            NewEvent(
+                user_id=e.user_id,
+                type=e.type,
+                ts=ts,
+                item_id=e.item_id,
+                order_id=e.order_id,
+                client_event_id=e.client_event_id,
+            )
+        )
+    result = await run_in_threadpool(state.repository.add_events, batch)
+    state.activity.add(result.stored)  # this worker sees its own writes at once
+    for stored in result.stored:
+        state.metrics.events.labels(stored.type).inc()
+    if result.duplicates:
+        state.metrics.event_duplicates.inc(result.duplicates)
+    return IngestOut(accepted=result.accepted, duplicates=result.duplicates)

@@ -1,0 +1,36 @@
+"""Catalogue updates: category, name, price, stock."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Frontend, State
+from service.api.schemas import Id, ItemIn, ItemOut
+
+router = APIRouter(prefix="/v1/items", tags=["catalogue"])
+
+
+@router.put("/{item_id}", response_model=ItemOut)
+async def put_item(
+    item_id: Annotated[Id, Path(description="The shop's item id.")],
+    body: Annotated[
+        ItemIn,
+        Body(openapi_examples={"out of stock": {"value": {"in_stock": False, "category": "c07"}}}),
+    ],
+    state: State,
+    _: Frontend,
+) -> ItemOut:
+    """Create or update a catalogue item; fields not sent keep their value."""
+    record = await run_in_threadpool(
+        state.repository.upsert_item,
+        item_id,
+        name=body.name,
+        category=body.category,
+        price=body.price,
+        in_stock=body.in_stock,
+    )
+    state.activity.update_catalogue([record])
+    return ItemOut(**record.__dict__)

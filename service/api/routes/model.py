@@ -1,0 +1,45 @@
+"""The served model: what it is, and reloading it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Admin, AnyRole, State
+from service.api.errors import ModelUnavailable
+from service.api.schemas import ModelOut, ReloadOut
+
+router = APIRouter(prefix="/v1/model", tags=["model"])
+
+
+@router.get("", response_model=ModelOut)
+async def get_model(state: State, _: AnyRole) -> ModelOut:
+    """Version, training time and quality figures of the model being served."""
+    recommender = state.models.current
+    if recommender is None:
+        raise ModelUnavailable(state.models.last_error or "no model has been trained yet")
+    model = recommender.model
+    manifest = model.artifact.manifest
+    return ModelOut(
+        version=model.version,
+        trained_at=manifest["created_at"],
+        data_until=manifest["reference_time"],
+        loaded_at=datetime.fromtimestamp(model.loaded_at, UTC),
+        served=manifest["served"],
+        metrics=manifest["metrics"]["test"],
+        counts=manifest["counts"],
+        candidates_precomputed=bool(model.candidates),
+    )
+
+
+@router.post("/reload", response_model=ReloadOut)
+async def reload_model(state: State, _: Admin) -> ReloadOut:
+    """Load the registry's current version now (it is also picked up automatically)."""
+    outcome = await run_in_threadpool(state.models.refresh, force=True)
+    if outcome.error:
+        raise HTTPException(409, f"{outcome.error}; still serving {outcome.version}")
+    if outcome.changed:
+        state.metrics.model_loads.labels("ok").inc()
+    return ReloadOut(changed=outcome.changed, version=outcome.version)

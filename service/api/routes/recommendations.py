@@ -1,0 +1,125 @@
+"""Recommendations for a user, and items similar to an item."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from service.api.deps import AppState, Frontend, State
+from service.api.errors import ModelUnavailable
+from service.api.schemas import Id, RecommendationsOut, SimilarOut
+from service.recommender import Query as RecQuery
+from service.recommender import Recommendation, Result
+
+router = APIRouter(tags=["recommendations"])
+
+
+@router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut)
+async def recommendations(
+    request: Request,
+    user_id: Annotated[Id, Path(description="The shop's user id.", examples=["17850"])],
+    state: State,
+    _: Frontend,
+    limit: Annotated[int, Query(ge=1, le=100, description="How many items.")] = 10,
+    exclude_purchased: Annotated[
+        bool, Query(description="Leave out items the user already bought.")
+    ] = False,
+    exclude: Annotated[
+        list[Id] | None, Query(max_length=100, description="Item ids to leave out (repeatable).")
+    ] = None,
+    category: Annotated[Id | None, Query(description="Only items of this category.")] = None,
+    in_stock: Annotated[
+        bool, Query(description="Only items the catalogue does not mark out of stock.")
+    ] = False,
+    purchased_within_days: Annotated[
+        int | None,
+        Query(ge=1, le=3650, description="Replenishment: only items bought in the last N days."),
+    ] = None,
+) -> Response:
+    """Personalised products for one user, with a reason for each."""
+    query = RecQuery(
+        user_id=user_id,
+        limit=limit,
+        exclude_purchased=exclude_purchased,
+        exclude=frozenset(exclude or ()),
+        category=category,
+        in_stock=in_stock,
+        purchased_within_days=purchased_within_days,
+    )
+    recommender = state.models.current
+    if recommender is None:
+        result = _from_event_log(state, query)
+        version = None
+    else:
+        result = recommender.recommend(
+            query, state.activity.recent(user_id), state.activity.catalogue, now=state.clock()
+        )
+        version = recommender.model.version
+    state.metrics.recommendations.labels(result.source).inc()
+    payload = {
+        "user_id": user_id,
+        "items": [_item(r) for r in result.items],
+        "source": result.source,
+        "model_version": version,
+        "request_id": request.scope["state"]["request_id"],
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+def _item(r: Recommendation) -> dict[str, object]:
+    return {
+        "item_id": r.item_id,
+        "score": round(r.score, 6),
+        "reason": r.reason,
+        "source": r.source,
+    }
+
+
+def _from_event_log(state: AppState, query: RecQuery) -> Result:
+    """No model yet: the most purchased items in the event log."""
+    ranked = [
+        item
+        for item, _ in state.activity.purchases.most_common()
+        if item not in query.exclude
+        and (
+            query.category is None
+            or getattr(state.activity.catalogue.get(item), "category", None) == query.category
+        )
+    ][: query.limit]
+    if not ranked:
+        raise ModelUnavailable(
+            "no model has been trained yet and no purchases have been recorded; "
+            "run `recoffer train` (events are still accepted)"
+        )
+    return Result(
+        items=[
+            Recommendation(item, float(len(ranked) - rank), "popular", "popular")
+            for rank, item in enumerate(ranked)
+        ],
+        source="popular",
+    )
+
+
+@router.get("/v1/items/{item_id}/similar", response_model=SimilarOut)
+async def similar(
+    request: Request,
+    item_id: Annotated[Id, Path(description="The shop's item id.", examples=["85123A"])],
+    state: State,
+    _: Frontend,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    exclude: Annotated[list[Id] | None, Query(max_length=100)] = None,
+) -> Response:
+    """Items bought by the same kind of customer as this one (404 for an unknown item)."""
+    recommender = state.models.current
+    if recommender is None:
+        raise ModelUnavailable("no model has been trained yet; run `recoffer train`")
+    items = recommender.similar(item_id, limit, exclude or ())
+    payload = {
+        "item_id": item_id,
+        "items": [_item(r) for r in items],
+        "model_version": recommender.model.version,
+        "request_id": request.scope["state"]["request_id"],
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")

@@ -1,0 +1,121 @@
+"""Request and response bodies. Requests refuse unknown fields; every size is bounded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
+AttributeValue = str | int | float | bool | None
+EventType = Literal["view", "add_to_cart", "purchase", "sign_up"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserIn(Strict):
+    signed_up_at: AwareDatetime | None = Field(
+        None,
+        description="When the user signed up (with a time zone).",
+        examples=["2026-11-23T09:30:00Z"],
+    )
+    attributes: dict[Annotated[str, StringConstraints(max_length=64)], AttributeValue] | None = (
+        Field(None, max_length=50, description="Free-form attributes, replaced as a whole.")
+    )
+
+
+class UserOut(BaseModel):
+    user_id: str
+    signed_up_at: datetime | None
+    first_seen_at: datetime
+    attributes: dict[str, Any]
+
+
+class EventIn(Strict):
+    user_id: Id
+    type: EventType
+    item_id: Id | None = Field(None, description="Required except for sign_up.")
+    timestamp: AwareDatetime | None = Field(None, description="When it happened; default now.")
+    order_id: Id | None = None
+    client_event_id: Id | None = Field(
+        None, description="Your id for this event: a retry with the same id is not counted twice."
+    )
+
+    @model_validator(mode="after")
+    def _item_needed(self) -> EventIn:
+        if self.type != "sign_up" and self.item_id is None:
+            raise ValueError(f"item_id is required for {self.type} events")
+        return self
+
+
+class EventBatch(Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=1000)
+
+
+class IngestOut(BaseModel):
+    accepted: int = Field(description="Events stored now.")
+    duplicates: int = Field(description="Events skipped: their client_event_id was seen before.")
+
+
+class ItemIn(Strict):
+    name: Annotated[str, StringConstraints(max_length=512)] | None = None
+    category: Id | None = None
+    price: float | None = Field(None, ge=0)
+    in_stock: bool | None = None
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    name: str | None
+    category: str | None
+    price: float | None
+    in_stock: bool | None
+    updated_at: datetime
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    reason: str = Field(examples=["because you bought WHITE HANGING HEART T-LIGHT HOLDER"])
+    source: Literal["model", "session", "popular"]
+
+
+class RecommendationsOut(BaseModel):
+    user_id: str
+    items: list[RecommendedItem]
+    source: Literal["model", "session", "popular"] = Field(
+        description="model: known user; session: folded in from recent events; popular: fallback"
+    )
+    model_version: str | None
+    request_id: str
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    items: list[RecommendedItem]
+    model_version: str
+    request_id: str
+
+
+class ModelOut(BaseModel):
+    version: str
+    trained_at: str
+    data_until: str
+    loaded_at: datetime
+    served: dict[str, str]
+    metrics: dict[str, Any]
+    counts: dict[str, Any]
+    candidates_precomputed: bool
+
+
+class ReloadOut(BaseModel):
+    changed: bool
+    version: str | None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any = None

@@ -1,0 +1,185 @@
+"""The FastAPI application: ``create_app(settings)`` and its lifespan.
+
+Nothing happens at import time. The lifespan opens the database (migrating it when asked),
+loads the current model, fills this worker's recent-activity view, and starts two background
+loops: one looks for a newly promoted model, one reads new events and catalogue changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import AppState
+from service.api.errors import add_exception_handlers
+from service.api.routes import events, health, items, model, recommendations, users
+from service.db import make_engine, migrate
+from service.events import ActivityStore, Repository, utc_now
+from service.metrics import Metrics
+from service.middleware import RequestContext
+from service.model_holder import ModelHolder
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+STARTUP_EVENT_DAYS = 30
+STARTUP_EVENT_LIMIT = 500_000
+
+
+def create_app(
+    settings: Settings | None = None, *, clock: Callable[[], datetime] = utc_now
+) -> FastAPI:
+    """Build the app; ``settings`` default to the environment (RECOFFER_*)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(
+            settings.database_url,
+            timeout_seconds=settings.db_timeout_seconds,
+            pool_size=settings.db_pool_size,
+        )
+        state = AppState(
+            settings=settings,
+            repository=Repository(engine, clock),
+            activity=ActivityStore(
+                per_user=settings.session_events,
+                lookback=0 if settings.is_sqlite else None,
+            ),
+            models=ModelHolder(
+                settings.model_dir,
+                candidates_per_user=settings.candidates_per_user,
+                precompute_max_cells=settings.precompute_max_cells,
+                event_weights=settings.event_weights,
+            ),
+            metrics=metrics,
+            clock=clock,
+        )
+        app.state.recoffer = state
+        app.state.recoffer_keys = settings.keys_by_role()
+        await _open_database(state)
+        await _refresh_model(state)
+        tasks = [asyncio.create_task(_tail_loop(state), name="recoffer-tail")]
+        if settings.reload_interval_seconds > 0:
+            tasks.append(asyncio.create_task(_model_loop(state), name="recoffer-models"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            engine.dispose()
+
+    app = FastAPI(
+        title="recoffer",
+        version="0.1.0",
+        summary="Personalised recommendations and time-limited offers for an online shop.",
+        lifespan=lifespan,
+    )
+    add_exception_handlers(app)
+    for router in (
+        users.router,
+        events.router,
+        items.router,
+        recommendations.router,
+        model.router,
+        health.router,
+    ):
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials="*" not in settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(
+        RequestContext,
+        metrics=metrics,
+        max_body=settings.max_body_bytes,
+        log=settings.access_log,
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory service.app:create_app_from_env`` (several workers)."""
+    from service.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+async def _open_database(state: AppState) -> None:
+    engine = state.repository.engine
+    try:
+        if state.settings.migrate_on_start:
+            await run_in_threadpool(migrate, engine)
+        since = state.clock() - timedelta(days=STARTUP_EVENT_DAYS)
+        recent = await run_in_threadpool(state.repository.events_since, since, STARTUP_EVENT_LIMIT)
+        state.activity.add(recent)
+        state.activity.watermark = max(state.activity.watermark, *(e.id for e in recent), 0)
+        state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
+        state.activity.update_catalogue(
+            await run_in_threadpool(state.repository.items_updated_since, None)
+        )
+        _database(state, True)
+    except Exception as exc:  # the service still serves recommendations without a database
+        _database(state, False)
+        log.error("database_unavailable_at_start", extra={"error": str(exc).splitlines()[0]})
+
+
+def _database(state: AppState, up: bool) -> None:
+    state.database_ready = up
+    state.metrics.database_up.set(1 if up else 0)
+
+
+async def _refresh_model(state: AppState) -> None:
+    outcome = await run_in_threadpool(state.models.refresh)
+    if outcome.changed:
+        state.metrics.model_loads.labels("ok").inc()
+        state.metrics.model_info.clear()
+        state.metrics.model_info.labels(outcome.version).set(1)
+    elif outcome.error:
+        state.metrics.model_loads.labels("failed").inc()
+
+
+async def _model_loop(state: AppState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.reload_interval_seconds)
+        try:
+            await _refresh_model(state)
+        except Exception:
+            log.exception("model_refresh_failed")
+
+
+async def _tail_loop(state: AppState) -> None:
+    repo, activity = state.repository, state.activity
+    while True:
+        await asyncio.sleep(state.settings.event_poll_seconds)
+        try:
+            if not state.database_ready:
+                await _open_database(state)
+                continue
+            rows = await run_in_threadpool(repo.events_after, activity.tail_from())
+            activity.add(rows)
+            changed = await run_in_threadpool(
+                repo.items_updated_since, activity.catalogue_watermark
+            )
+            activity.update_catalogue(changed)
+            _database(state, True)
+        except Exception as exc:
+            if state.database_ready:
+                log.warning("event_tail_failed", extra={"error": str(exc).splitlines()[0]})
+            _database(state, False)

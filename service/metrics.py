@@ -1,0 +1,52 @@
+"""Prometheus metrics of one service process (a registry per app, so tests stay isolated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.latency = Histogram(
+            "recoffer_http_request_duration_seconds",
+            "Request latency by route template",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.recommendations = Counter(
+            "recoffer_recommendations_total",
+            "Recommendation responses by source (model, session, popular)",
+            ["source"],
+            registry=r,
+        )
+        self.events = Counter(
+            "recoffer_events_ingested_total", "Events stored, by type", ["type"], registry=r
+        )
+        self.event_duplicates = Counter(
+            "recoffer_event_duplicates_total",
+            "Events skipped because their client_event_id was already stored",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "recoffer_model_info", "The served model version (value 1)", ["version"], registry=r
+        )
+        self.model_age = Gauge(
+            "recoffer_model_age_seconds",
+            "Seconds since the served model was trained",
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "recoffer_model_loads_total", "Model loads by outcome", ["outcome"], registry=r
+        )
+        self.database_up = Gauge(
+            "recoffer_database_up", "1 when the last database call succeeded", registry=r
+        )

@@ -1,0 +1,108 @@
+"""Pure ASGI middleware: request id, body-size limit, latency metric, JSON access log."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+
+access_log = logging.getLogger("recoffer.access")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestContext:
+    """Wraps the app; cheap enough for the hot path (no BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body: int, log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _header(scope, b"x-request-id") or secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _reply(
+                send, 413, b'{"error":"too_large","detail":"request body too large"}', request_id
+            )
+            self._observe(scope, 413, started, request_id)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except BodyTooLarge:
+            status = 413
+            await _reply(
+                send, 413, b'{"error":"too_large","detail":"request body too large"}', request_id
+            )
+        finally:
+            self._observe(scope, status, started, request_id)
+
+    def _observe(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        self.metrics.latency.labels(scope["method"], template, str(status)).observe(elapsed)
+        if self.log:
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            decoded: str = value.decode("latin-1")
+            return decoded[:64]
+    return None
+
+
+async def _reply(send: Send, status: int, body: bytes, request_id: str) -> None:
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

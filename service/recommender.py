@@ -1,0 +1,481 @@
+"""Recommendations from a loaded model: plain Python and numpy, no HTTP.
+
+Three kinds of user:
+- ``model``: the user is in the artifact. Their top candidates under both served recipes are
+  precomputed when the model is loaded (when users x items is small enough), so a request is a
+  filter over a short array; otherwise they are scored on the spot.
+- ``session``: the model has never seen the user, but they have recent events (views, carts,
+  purchases). The events are folded into the ALS space (one small least-squares solve, the
+  formula implicit's ``recalculate_user`` uses) and into EASE's input, and the served recipe
+  scores them like a known user: a visitor who viewed products of one taste gets that taste.
+- ``popular``: no history at all: popularity, within a category when asked.
+
+Filters: exclude purchased items (the ``novel`` recipe, plus purchases made after training),
+exclude ids, category, in stock (when the catalogue says), bought within the last N days
+(replenishment). Short lists are topped up from popularity, marked ``popular``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from service.artifact import Artifact
+from service.scoring import PROTOCOLS, Recipe, Scorer
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400.0
+PRECOMPUTE_BATCH_CELLS = 8_000_000
+DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0}
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One behaviour event the model did not see (after training, or a new user's)."""
+
+    item_id: str
+    type: str
+    ts: datetime
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """What the shop said about an item after training; overrides the artifact's metadata."""
+
+    category: str | None = None
+    in_stock: bool | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request, already validated."""
+
+    user_id: str
+    limit: int = 10
+    exclude_purchased: bool = False
+    exclude: frozenset[str] = frozenset()
+    category: str | None = None
+    in_stock: bool = False
+    purchased_within_days: int | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    reason: str
+    source: str
+
+
+@dataclass
+class Result:
+    items: list[Recommendation]
+    source: str
+
+
+class UnknownItem(LookupError):
+    """An item id the model does not know."""
+
+
+@dataclass
+class ServingModel:
+    """An artifact prepared for serving: indexes, candidates and fold-in constants."""
+
+    artifact: Artifact
+    scorer: Scorer
+    user_index: dict[str, int]
+    item_ids: npt.NDArray[np.str_]
+    item_index: dict[str, int]
+    recipes: dict[str, Recipe]
+    reference_time: datetime
+    names: npt.NDArray[np.str_] | None
+    categories: npt.NDArray[np.str_] | None
+    popular_order: IntArray
+    unit_factors: npt.NDArray[np.float32]
+    gram: npt.NDArray[np.float64]
+    regularization: float
+    fold_in_scale: float
+    candidates: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = field(
+        default_factory=dict
+    )
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def name_of(self, item: int) -> str:
+        if self.names is not None and self.names[item]:
+            return str(self.names[item])
+        return str(self.item_ids[item])
+
+    def category_of(self, item: int) -> str | None:
+        if self.categories is not None and self.categories[item]:
+            return str(self.categories[item])
+        return None
+
+
+def prepare(
+    artifact: Artifact, *, candidates_per_user: int = 200, precompute_max_cells: int = 400_000_000
+) -> ServingModel:
+    """Build the serving structures for ``artifact``; seconds on big models, so call off-loop."""
+    manifest = artifact.manifest
+    arrays = artifact.arrays
+    scorer = Scorer.from_arrays(arrays)
+    item_ids = np.asarray(arrays["item_ids"])
+    user_ids = np.asarray(arrays["user_ids"])
+    factors = np.asarray(arrays["item_factors"], dtype=np.float32)
+    norms = np.linalg.norm(factors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    params = manifest.get("params", {})
+    model = ServingModel(
+        artifact=artifact,
+        scorer=scorer,
+        user_index={str(u): i for i, u in enumerate(user_ids.tolist())},
+        item_ids=item_ids,
+        item_index={str(v): i for i, v in enumerate(item_ids.tolist())},
+        recipes={p: Recipe.from_dict(manifest["recipes"][p]) for p in PROTOCOLS},
+        reference_time=_as_utc(datetime.fromisoformat(manifest["reference_time"])),
+        names=np.asarray(arrays["item_names"]) if "item_names" in arrays else None,
+        categories=np.asarray(arrays["item_categories"]) if "item_categories" in arrays else None,
+        popular_order=np.argsort(-scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable"),
+        unit_factors=(factors / norms).astype(np.float32),
+        gram=factors.astype(np.float64).T @ factors.astype(np.float64),
+        regularization=float(params.get("regularization", 0.05)),
+        fold_in_scale=float(manifest.get("fold_in", {}).get("confidence_scale", 1.0)),
+    )
+    if len(user_ids) * len(item_ids) <= precompute_max_cells:
+        started = time.perf_counter()
+        for protocol in PROTOCOLS:
+            model.candidates[protocol] = _precompute(model, protocol, candidates_per_user)
+        log.info(
+            "candidates_precomputed",
+            extra={"version": artifact.version, "seconds": time.perf_counter() - started},
+        )
+    return model
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Artifacts store naive UTC times (the trainer's convention)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _precompute(
+    model: ServingModel, protocol: str, k: int
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    n_users, n_items = len(model.user_index), model.n_items
+    k = min(k, n_items)
+    items = np.empty((n_users, k), dtype=np.int32)
+    scores = np.empty((n_users, k), dtype=np.float32)
+    batch = max(1, PRECOMPUTE_BATCH_CELLS // n_items)
+    recipe = model.recipes[protocol]
+    for start in range(0, n_users, batch):
+        users = np.arange(start, min(n_users, start + batch))
+        block = model.scorer.score_users(users, recipe)
+        if protocol == "novel":
+            hist = model.scorer.history_counts[users]
+            rows = np.repeat(np.arange(len(users)), np.diff(hist.indptr))
+            block[rows, hist.indices] = -np.inf
+        top = np.argpartition(block, -k, axis=1)[:, -k:]
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        items[users] = np.take_along_axis(top, order, axis=1)
+        scores[users] = np.take_along_axis(top_scores, order, axis=1)
+    return items, scores
+
+
+class Recommender:
+    """Answers queries against one ServingModel plus what happened since it was trained."""
+
+    def __init__(
+        self,
+        model: ServingModel,
+        *,
+        event_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        self.model = model
+        self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
+
+    def recommend(
+        self,
+        query: Query,
+        recent: Sequence[Activity] = (),
+        catalogue: Mapping[str, CatalogueEntry] | None = None,
+        now: datetime | None = None,
+    ) -> Result:
+        """The ranked list for ``query``; ``recent`` are the user's events since training."""
+        m = self.model
+        catalogue = catalogue or {}
+        protocol = "novel" if query.exclude_purchased else "all"
+        user = m.user_index.get(query.user_id)
+        recent_known = [a for a in recent if a.item_id in m.item_index]
+        banned = self._banned(query, recent_known, catalogue)
+        if query.purchased_within_days is not None:
+            return self._replenish(query, user, recent_known, banned, now)
+        if user is not None:
+            source = "model"
+            picked = self._known(user, protocol, query.limit, banned)
+            history = self._history_items(user)
+        elif recent_known:
+            source = "session"
+            picked = self._session(recent_known, protocol, query.limit, banned)
+            history = {}
+        else:
+            source = "popular"
+            picked = []
+            history = {}
+        items = [
+            Recommendation(
+                item_id=str(m.item_ids[i]),
+                score=float(s),
+                reason=self._reason(i, source, history, recent_known),
+                source=source,
+            )
+            for i, s in picked
+        ]
+        if len(items) < query.limit:
+            items += self._popular_fill(query, banned | {i for i, _ in picked})
+        overall = source if items and items[0].source == source else "popular"
+        return Result(items=items[: query.limit], source=overall)
+
+    def similar(self, item_id: str, limit: int, banned: Iterable[str] = ()) -> list[Recommendation]:
+        """Items whose ALS vectors point the same way (cosine), best first."""
+        m = self.model
+        item = m.item_index.get(item_id)
+        if item is None:
+            raise UnknownItem(item_id)
+        scores = m.unit_factors @ m.unit_factors[item]
+        scores[item] = -np.inf
+        for other in banned:
+            idx = m.item_index.get(other)
+            if idx is not None:
+                scores[idx] = -np.inf
+        top = _top(scores, limit)
+        name = m.name_of(item)
+        return [
+            Recommendation(str(m.item_ids[i]), float(scores[i]), f"bought with {name}", "model")
+            for i in top
+            if np.isfinite(scores[i])
+        ]
+
+    # --- the three kinds of user ----------------------------------------------------------
+
+    def _known(
+        self, user: int, protocol: str, limit: int, banned: set[int]
+    ) -> list[tuple[int, float]]:
+        m = self.model
+        cached = m.candidates.get(protocol)
+        if cached is not None:
+            items, scores = cached[0][user], cached[1][user]
+            picked = [
+                (int(i), float(s))
+                for i, s in zip(items.tolist(), scores.tolist(), strict=True)
+                if i not in banned and s != -np.inf
+            ][:limit]
+            if len(picked) == limit:
+                return picked
+        scores = m.scorer.score_users(np.array([user]), m.recipes[protocol])[0]
+        if protocol == "novel":
+            hist = m.scorer.history_counts[user]
+            scores[hist.indices] = -np.inf
+        return _pick(scores, limit, banned)
+
+    def _session(
+        self, recent: Sequence[Activity], protocol: str, limit: int, banned: set[int]
+    ) -> list[tuple[int, float]]:
+        m = self.model
+        recipe = m.recipes[protocol]
+        weights: dict[int, float] = {}
+        newest: dict[int, datetime] = {}
+        for a in recent:
+            idx = m.item_index[a.item_id]
+            weights[idx] = weights.get(idx, 0.0) + self.event_weights.get(a.type, 0.0)
+            newest[idx] = max(newest.get(idx, a.ts), a.ts)
+        items = np.fromiter(weights, dtype=np.int64, count=len(weights))
+        values = np.array([weights[i] for i in items], dtype=np.float32)
+        purchase_weight = self.event_weights.get("purchase", 1.0) or 1.0
+        vector = self.fold_in(items, values / purchase_weight)
+        ages = np.array(
+            [
+                max((m.reference_time - newest[i]).total_seconds() / SECONDS_PER_DAY, 1e-3)
+                for i in items
+            ],
+            dtype=np.float32,
+        )
+        shape = (1, m.n_items)
+        indptr = np.array([0, len(items)])
+        counts = sp.csr_matrix((values, items, indptr), shape=shape)
+        age = sp.csr_matrix((ages, items.copy(), indptr.copy()), shape=shape)
+        # the repeat component is for purchases; a session's views are not "buy again"
+        session_recipe = Recipe(
+            weights={k: v for k, v in recipe.weights.items() if k != "repeat"} or {"als": 1.0},
+            input_half_life_days=recipe.input_half_life_days,
+        )
+        if not m.scorer.can_use(session_recipe):
+            session_recipe = Recipe(weights={"als": 1.0})
+        scores = m.scorer.score_histories(counts, age, vector[None, :], session_recipe)[0]
+        if protocol == "novel":
+            bought = [m.item_index[a.item_id] for a in recent if a.type == "purchase"]
+            scores[bought] = -np.inf
+        return _pick(scores, limit, banned)
+
+    def fold_in(
+        self, items: npt.NDArray[np.int64], confidence: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """ALS user vector for interactions with ``items`` at relative ``confidence``.
+
+        Solves (YᵀY + Yᵢᵀ(Cᵢ - 1)Yᵢ + λI) x = Yᵢᵀ Cᵢ 1, the implicit-feedback least squares,
+        with Cᵢ scaled so that one purchase weighs like a typical training interaction.
+        """
+        m = self.model
+        y = np.asarray(m.scorer.item_factors[items], dtype=np.float64)
+        c = np.asarray(confidence, dtype=np.float64) * m.fold_in_scale
+        a = m.gram + (y.T * (c - 1.0)) @ y + m.regularization * np.eye(y.shape[1])
+        b = y.T @ c
+        try:
+            return np.linalg.solve(a, b).astype(np.float32)
+        except np.linalg.LinAlgError:
+            return np.zeros(y.shape[1], dtype=np.float32)
+
+    def _replenish(
+        self,
+        query: Query,
+        user: int | None,
+        recent: Sequence[Activity],
+        banned: set[int],
+        now: datetime | None,
+    ) -> Result:
+        """Items the user bought within the last N days, ranked by the ``all`` recipe."""
+        m = self.model
+        now = now or m.reference_time
+        days = float(query.purchased_within_days or 0)
+        since_training = max(0.0, (now - m.reference_time).total_seconds() / SECONDS_PER_DAY)
+        bought: set[int] = set()
+        if user is not None:
+            start, end = m.scorer.history_counts.indptr[user : user + 2]
+            ages = m.scorer.history_age_days.data[start:end] + since_training
+            bought |= {
+                int(i)
+                for i, a in zip(m.scorer.history_counts.indices[start:end], ages, strict=True)
+                if a <= days
+            }
+        for a in recent:
+            if a.type == "purchase" and (now - a.ts).total_seconds() <= days * SECONDS_PER_DAY:
+                bought.add(m.item_index[a.item_id])
+        bought -= banned
+        if not bought:
+            return Result(items=[], source="model" if user is not None else "popular")
+        if user is not None:
+            scores = m.scorer.score_users(np.array([user]), m.recipes["all"])[0]
+        else:
+            scores = m.scorer.popularity_z.copy()
+        ranked = sorted(bought, key=lambda i: -float(scores[i]))[: query.limit]
+        return Result(
+            items=[
+                Recommendation(str(m.item_ids[i]), float(scores[i]), "time to buy again", "model")
+                for i in ranked
+            ],
+            source="model",
+        )
+
+    # --- filters, reasons, fallbacks ------------------------------------------------------
+
+    def _banned(
+        self, query: Query, recent: Sequence[Activity], catalogue: Mapping[str, CatalogueEntry]
+    ) -> set[int]:
+        m = self.model
+        banned = {m.item_index[i] for i in query.exclude if i in m.item_index}
+        if query.exclude_purchased:
+            banned |= {m.item_index[a.item_id] for a in recent if a.type == "purchase"}
+        if query.in_stock:
+            banned |= {
+                m.item_index[i]
+                for i, e in catalogue.items()
+                if e.in_stock is False and i in m.item_index
+            }
+        if query.category is not None:
+            banned |= self._outside_category(query.category, catalogue)
+        return banned
+
+    def _outside_category(self, category: str, catalogue: Mapping[str, CatalogueEntry]) -> set[int]:
+        m = self.model
+        if m.categories is None:
+            inside = np.zeros(m.n_items, dtype=bool)
+        else:
+            inside = m.categories == category
+        for item_id, entry in catalogue.items():
+            idx = m.item_index.get(item_id)
+            if idx is not None and entry.category is not None:
+                inside[idx] = entry.category == category
+        return set(np.flatnonzero(~inside).tolist())
+
+    def _history_items(self, user: int) -> dict[int, float]:
+        hist = self.model.scorer.history_counts[user]
+        return dict(zip(hist.indices.tolist(), hist.data.tolist(), strict=True))
+
+    def _reason(
+        self,
+        item: int,
+        source: str,
+        history: Mapping[int, float],
+        recent: Sequence[Activity],
+    ) -> str:
+        m = self.model
+        if item in history:
+            times = int(history[item])
+            return "you bought this before" if times == 1 else f"you bought this {times} times"
+        if source == "model" and history:
+            anchors = np.fromiter(history, dtype=np.int64, count=len(history))
+            best = anchors[int(np.argmax(m.unit_factors[anchors] @ m.unit_factors[item]))]
+            return f"because you bought {m.name_of(int(best))}"
+        if source == "session" and recent:
+            anchors = np.array([m.item_index[a.item_id] for a in recent], dtype=np.int64)
+            pos = int(np.argmax(m.unit_factors[anchors] @ m.unit_factors[item]))
+            verb = {"purchase": "bought", "add_to_cart": "added"}.get(recent[pos].type, "viewed")
+            return f"because you {verb} {m.name_of(int(anchors[pos]))}"
+        return "popular"
+
+    def _popular_fill(self, query: Query, taken: set[int]) -> list[Recommendation]:
+        m = self.model
+        out: list[Recommendation] = []
+        need = query.limit
+        for rank, item in enumerate(m.popular_order.tolist()):
+            if len(out) >= need:
+                break
+            if item in taken:
+                continue
+            reason = f"popular in {query.category}" if query.category else "popular right now"
+            out.append(Recommendation(str(m.item_ids[item]), float(-rank), reason, "popular"))
+        return out
+
+
+def _pick(scores: npt.NDArray[np.float32], limit: int, banned: set[int]) -> list[tuple[int, float]]:
+    if banned:
+        scores = scores.copy()
+        scores[list(banned)] = -np.inf
+    top = _top(scores, limit)
+    return [(int(i), float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+
+def _top(scores: npt.NDArray[Any], k: int) -> IntArray:
+    k = min(k, scores.shape[0])
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    top = np.argpartition(scores, -k)[-k:]
+    return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)

@@ -1,0 +1,144 @@
+"""The service's one settings object: environment variables with the prefix ``RECOFFER_``.
+
+Every field is documented in the README's configuration table. Bad values are refused at start
+with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Role = Literal["frontend", "marketing", "admin"]
+ROLES: tuple[Role, ...] = ("frontend", "marketing", "admin")
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECOFFER_", env_file=None, extra="ignore", frozen=True
+    )
+
+    model_dir: Path = Field(Path("var/models"), description="Model root written by the trainer.")
+    database_url: str = Field(
+        "sqlite:///var/recoffer.db",
+        description="SQLAlchemy URL: sqlite:///path (embedded) or postgresql+psycopg://...",
+    )
+    migrate_on_start: bool = Field(True, description="Apply Alembic migrations at start-up.")
+    host: str = Field("127.0.0.1", description="Address `recoffer serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `recoffer serve` binds.")
+
+    frontend_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys of role frontend, comma-separated."
+    )
+    marketing_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys of role marketing, comma-separated."
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys of role admin, comma-separated."
+    )
+    auth_disabled: bool = Field(
+        False,
+        description="Development mode: no API keys, every caller is admin. Loopback hosts only.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Browser origins allowed by CORS, comma-separated."
+    )
+
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_batch_events: int = Field(1000, ge=1, le=10_000, description="Events per POST at most.")
+    reload_interval_seconds: float = Field(
+        2.0, ge=0, description="How often to look for a new current model (0: never)."
+    )
+    candidates_per_user: int = Field(
+        200, ge=10, le=5000, description="Precomputed candidates per known user and protocol."
+    )
+    precompute_max_cells: int = Field(
+        400_000_000,
+        ge=0,
+        description="Precompute candidates at load when users x items is at most this.",
+    )
+    session_events: int = Field(
+        50, ge=1, le=1000, description="Recent events per user kept for fold-in and filters."
+    )
+    event_poll_seconds: float = Field(
+        1.0, gt=0, description="How often each worker reads new events from the database."
+    )
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0},
+        description="Weight of each event type when folding a session into the model.",
+    )
+    db_pool_size: int = Field(5, ge=1, description="PostgreSQL connection pool size per worker.")
+    db_timeout_seconds: float = Field(
+        5.0, gt=0, description="Statement/lock timeout (PostgreSQL) or busy timeout (SQLite)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    access_log: bool = Field(True, description="One JSON log line per request.")
+
+    @field_validator("frontend_keys", "marketing_keys", "admin_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("frontend_keys", "marketing_keys", "admin_keys")
+    @classmethod
+    def _keys_long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("API keys must be at least 16 characters")
+        return keys
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        if not url.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return url
+
+    @model_validator(mode="after")
+    def _auth_configured(self) -> Settings:
+        if self.auth_disabled:
+            if not _is_loopback(self.host):
+                raise ValueError(
+                    "RECOFFER_AUTH_DISABLED is for development on a loopback host only "
+                    f"(host is {self.host!r}); configure API keys instead"
+                )
+        elif not (self.frontend_keys or self.marketing_keys or self.admin_keys):
+            raise ValueError(
+                "no API keys configured: set RECOFFER_FRONTEND_KEYS / RECOFFER_MARKETING_KEYS / "
+                "RECOFFER_ADMIN_KEYS, or RECOFFER_AUTH_DISABLED=true for local development"
+            )
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            raise ValueError("RECOFFER_CORS_ORIGINS: '*' cannot be combined with other origins")
+        return self
+
+    def keys_by_role(self) -> dict[Role, list[str]]:
+        return {
+            "frontend": [k.get_secret_value() for k in self.frontend_keys],
+            "marketing": [k.get_secret_value() for k in self.marketing_keys],
+            "admin": [k.get_secret_value() for k in self.admin_keys],
+        }
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,96 @@
+"""Database tables (SQLAlchemy Core). Migrations in service/migrations create them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+from sqlalchemy.types import TypeDecorator
+
+ID_LENGTH = 128
+EVENT_TYPES = ("view", "add_to_cart", "purchase", "sign_up")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        moment: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String(ID_LENGTH), primary_key=True),
+    Column("signed_up_at", UTCDateTime(), nullable=True),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("attributes", JSON(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("user_id", String(ID_LENGTH), nullable=False),
+    Column("item_id", String(ID_LENGTH), nullable=True),
+    Column("type", String(16), nullable=False),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("order_id", String(ID_LENGTH), nullable=True),
+    Column("client_event_id", String(ID_LENGTH), nullable=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    CheckConstraint("type IN ('view', 'add_to_cart', 'purchase', 'sign_up')", name="event_type"),
+    Index("ix_events_user_id_ts", "user_id", "ts"),
+    Index("uq_events_client_event_id", "client_event_id", unique=True),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("item_id", String(ID_LENGTH), primary_key=True),
+    Column("name", String(512), nullable=True),
+    Column("category", String(ID_LENGTH), nullable=True),
+    Column("price", Float(), nullable=True),
+    Column("in_stock", Boolean(), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_items_updated_at", "updated_at"),
+)
