@@ -146,13 +146,7 @@ def _database(state: AppState, up: bool) -> None:
 
 
 async def _refresh_model(state: AppState) -> None:
-    outcome = await run_in_threadpool(state.models.refresh)
-    if outcome.changed:
-        state.metrics.model_loads.labels("ok").inc()
-        state.metrics.model_info.clear()
-        state.metrics.model_info.labels(outcome.version).set(1)
-    elif outcome.error:
-        state.metrics.model_loads.labels("failed").inc()
+    state.metrics.model_load(await run_in_threadpool(state.models.refresh))
 
 
 async def _model_loop(state: AppState) -> None:

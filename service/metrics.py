@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class LoadResult(Protocol):
+    changed: bool
+    version: str | None
+    attempted: bool
 
 
 @dataclass
@@ -50,3 +57,12 @@ class Metrics:
         self.database_up = Gauge(
             "recoffer_database_up", "1 when the last database call succeeded", registry=r
         )
+
+    def model_load(self, outcome: LoadResult) -> None:
+        """Count an attempted model load and, on success, switch the version label."""
+        if not outcome.attempted:
+            return
+        self.model_loads.labels("ok" if outcome.changed else "failed").inc()
+        if outcome.changed and outcome.version:
+            self.model_info.clear()
+            self.model_info.labels(outcome.version).set(1)

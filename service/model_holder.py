@@ -24,6 +24,7 @@ class LoadOutcome:
     changed: bool
     version: str | None
     error: str | None = None
+    attempted: bool = False  # a load was tried now (not skipped: same or known-bad version)
 
 
 class ModelHolder:
@@ -76,9 +77,9 @@ class ModelHolder:
                 self._failed_version = wanted
                 self.last_error = f"cannot load model {wanted}: {exc}"
                 log.error("model_load_failed", extra={"version": wanted, "error": str(exc)})
-                return LoadOutcome(False, self.version, self.last_error)
+                return LoadOutcome(False, self.version, self.last_error, attempted=True)
             previous = self.version
             self.current = Recommender(model, event_weights=self.event_weights)
             self._failed_version, self.last_error = None, None
             log.info("model_loaded", extra={"version": wanted, "previous": previous})
-            return LoadOutcome(True, wanted)
+            return LoadOutcome(True, wanted, attempted=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,75 @@ def tiny_purchases(tiny_shop: SyntheticShop) -> Purchases:
 @pytest.fixture(scope="session")
 def small_purchases(small_shop: SyntheticShop) -> Purchases:
     return purchases_from_frame(small_shop.purchases, source="small-shop")
+
+
+# --- databases ---------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get(
+    "RECOFFER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL admin URL; skips (fails in CI) when the server is unreachable."""
+    from sqlalchemy import create_engine, text
+
+    reason = ""
+    try:
+        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure to connect means "not available here"
+        reason = f"PostgreSQL not reachable at {POSTGRES_URL}: {str(exc).splitlines()[0]}"
+    require_or_skip(not reason, reason, "RECOFFER_REQUIRE_POSTGRES")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def fresh_postgres(postgres_server: str) -> Iterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"recoffer_t_{secrets.token_hex(4)}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test that takes this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'recoffer.db'}"
+    url: str = request.getfixturevalue("fresh_postgres")
+    return url
+
+
+# --- a trained model ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def small_model_root(tmp_path_factory: pytest.TempPathFactory, small_shop: SyntheticShop) -> Path:
+    """A model root with two promoted versions of a model of the small shop (v2 current)."""
+    from training.models import ModelParams
+    from training.pipeline import TrainConfig, run
+
+    root = tmp_path_factory.mktemp("models")
+    meta = small_shop.items[["item_id", "category", "name"]]
+    frame = small_shop.purchases.merge(meta, on="item_id", how="left")
+    purchases = purchases_from_frame(frame, source="small-shop")
+    params = ModelParams(factors=16, iterations=10, regularization=0.1, threads=2)
+    for _ in range(2):
+        run(TrainConfig(model_dir=root, params=params, force=True), purchases=purchases)
+    return root

@@ -38,8 +38,7 @@ async def get_model(state: State, _: AnyRole) -> ModelOut:
 async def reload_model(state: State, _: Admin) -> ReloadOut:
     """Load the registry's current version now (it is also picked up automatically)."""
     outcome = await run_in_threadpool(state.models.refresh, force=True)
+    state.metrics.model_load(outcome)
     if outcome.error:
         raise HTTPException(409, f"{outcome.error}; still serving {outcome.version}")
-    if outcome.changed:
-        state.metrics.model_loads.labels("ok").inc()
     return ReloadOut(changed=outcome.changed, version=outcome.version)
