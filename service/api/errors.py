@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.db import DatabaseUnavailable, is_outage
@@ -76,15 +77,20 @@ def add_exception_handlers(app: FastAPI) -> None:
     async def _db_down(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return error(503, "database_unavailable", str(exc), headers={"Retry-After": "5"})
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
         if is_outage(exc):
             log.warning("database_unavailable", extra={"error": str(exc).splitlines()[0]})
             return error(
                 503,
                 "database_unavailable",
-                "the database is unavailable; retry shortly",
+                "the database is unavailable or busy; retry shortly",
                 headers={"Retry-After": "5"},
             )
-        log.exception("unhandled_error")
+        log.error("database_error", exc_info=exc)
+        return error(500, "internal_error", "unexpected database error; it has been logged")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", exc_info=exc)
         return error(500, "internal_error", "unexpected error; it has been logged")

@@ -1,0 +1,169 @@
+"""Database faults: recommendations keep being served, writes fail cleanly (503), both recover."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import make_url
+
+from service.app import create_app
+from service.artifact import ModelStore, load_artifact
+from service.settings import Settings
+from service.tables import events
+
+KEY = "frontend-key-0123456789"
+H = {"X-API-Key": KEY}
+
+
+def _client(model_dir: Path, url: str, timeout: float) -> TestClient:
+    settings = Settings(
+        model_dir=model_dir,
+        database_url=url,
+        frontend_keys=[KEY],
+        db_timeout_seconds=timeout,
+        event_poll_seconds=0.05,
+        access_log=False,
+    )
+    return TestClient(create_app(settings))
+
+
+def _known_user(root: Path) -> str:
+    artifact = load_artifact(ModelStore(root).current_path())  # type: ignore[arg-type]
+    return str(artifact.arrays["user_ids"][0])
+
+
+def _event(n: int) -> dict[str, str]:
+    return {"user_id": "w", "type": "view", "item_id": f"i{n}", "client_event_id": f"e{n}"}
+
+
+def test_a_locked_sqlite_database_gives_503_not_500(small_model_root: Path, tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    with _client(small_model_root, f"sqlite:///{path}", timeout=0.3) as client:
+        assert client.post("/v1/events", json=_event(1), headers=H).status_code == 200
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            r = client.post("/v1/events", json=_event(2), headers=H)
+            assert r.status_code == 503
+            assert r.json()["error"] == "database_unavailable"
+            assert r.headers["retry-after"]
+            recs = client.get(
+                f"/v1/users/{_known_user(small_model_root)}/recommendations", headers=H
+            )
+            assert recs.status_code == 200
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert client.post("/v1/events", json=_event(2), headers=H).json()["accepted"] == 1
+
+
+class TcpProxy:
+    """Forwards a loopback port to a target; ``cut()`` drops connections until ``restore()``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.down = False
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        self.down = True
+        with self.lock:
+            for s in self.sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            self.sockets.clear()
+
+    def restore(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxied_postgres(fresh_postgres: str) -> Iterator[tuple[str, TcpProxy, str]]:
+    url = make_url(fresh_postgres)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    try:
+        yield (
+            url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
+            proxy,
+            fresh_postgres,
+        )
+    finally:
+        proxy.close()
+
+
+def test_postgres_outage_keeps_recommendations_and_loses_no_accepted_event(
+    small_model_root: Path, proxied_postgres: tuple[str, TcpProxy, str]
+) -> None:
+    url, proxy, direct = proxied_postgres
+    user = _known_user(small_model_root)
+    accepted = 0
+    with _client(small_model_root, url, timeout=1.0) as client:
+        for n in range(5):
+            accepted += client.post("/v1/events", json=_event(n), headers=H).json()["accepted"]
+        proxy.cut()
+        for n in range(5, 10):
+            r = client.post("/v1/events", json=_event(n), headers=H)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "database_unavailable"
+            assert client.get(f"/v1/users/{user}/recommendations", headers=H).status_code == 200
+        proxy.restore()
+        deadline = time.monotonic() + 10
+        status = 0
+        while time.monotonic() < deadline:
+            status = client.post("/v1/events", json=_event(10), headers=H).status_code
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        accepted += 1
+        for n in range(11, 15):
+            accepted += client.post("/v1/events", json=_event(n), headers=H).json()["accepted"]
+    engine = create_engine(direct)
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(events)).scalar_one()
+    engine.dispose()
+    assert stored == accepted == 10
