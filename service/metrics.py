@@ -11,9 +11,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 
 
 class LoadResult(Protocol):
-    changed: bool
-    version: str | None
-    attempted: bool
+    @property
+    def changed(self) -> bool: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def attempted(self) -> bool: ...
 
 
 @dataclass

@@ -34,6 +34,7 @@ from service.scoring import PROTOCOLS, Recipe, Scorer
 log = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400.0
+MAX_REASON_ANCHORS = 50  # a long history explains through its most bought items
 PRECOMPUTE_BATCH_CELLS = 8_000_000
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0}
 
@@ -98,11 +99,13 @@ class ServingModel:
     user_index: dict[str, int]
     item_ids: npt.NDArray[np.str_]
     item_index: dict[str, int]
+    item_labels: list[str]  # ids as Python strings, and names (the id when unknown)
+    item_names: list[str]
     recipes: dict[str, Recipe]
     reference_time: datetime
-    names: npt.NDArray[np.str_] | None
     categories: npt.NDArray[np.str_] | None
     popular_order: IntArray
+    popular_list: list[int]
     unit_factors: npt.NDArray[np.float32]
     gram: npt.NDArray[np.float64]
     regularization: float
@@ -121,9 +124,7 @@ class ServingModel:
         return len(self.item_ids)
 
     def name_of(self, item: int) -> str:
-        if self.names is not None and self.names[item]:
-            return str(self.names[item])
-        return str(self.item_ids[item])
+        return self.item_names[item]
 
     def category_of(self, item: int) -> str | None:
         if self.categories is not None and self.categories[item]:
@@ -150,11 +151,22 @@ def prepare(
         user_index={str(u): i for i, u in enumerate(user_ids.tolist())},
         item_ids=item_ids,
         item_index={str(v): i for i, v in enumerate(item_ids.tolist())},
+        item_labels=[str(v) for v in item_ids.tolist()],
+        item_names=[
+            str(n) or str(i)
+            for i, n in zip(
+                item_ids.tolist(),
+                arrays.get("item_names", item_ids).tolist(),
+                strict=True,
+            )
+        ],
         recipes={p: Recipe.from_dict(manifest["recipes"][p]) for p in PROTOCOLS},
         reference_time=_as_utc(datetime.fromisoformat(manifest["reference_time"])),
-        names=np.asarray(arrays["item_names"]) if "item_names" in arrays else None,
         categories=np.asarray(arrays["item_categories"]) if "item_categories" in arrays else None,
-        popular_order=np.argsort(-scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable"),
+        popular_order=(
+            order := np.argsort(-scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable")
+        ),
+        popular_list=order.tolist(),
         unit_factors=(factors / norms).astype(np.float32),
         gram=factors.astype(np.float64).T @ factors.astype(np.float64),
         regularization=float(params.get("regularization", 0.05)),
@@ -240,14 +252,10 @@ class Recommender:
             source = "popular"
             picked = []
             history = {}
+        reasons = self._reasons([i for i, _ in picked], source, history, recent_known)
         items = [
-            Recommendation(
-                item_id=str(m.item_ids[i]),
-                score=float(s),
-                reason=self._reason(i, source, history, recent_known),
-                source=source,
-            )
-            for i, s in picked
+            Recommendation(item_id=m.item_labels[i], score=s, reason=reason, source=source)
+            for (i, s), reason in zip(picked, reasons, strict=True)
         ]
         if len(items) < query.limit:
             items += self._popular_fill(query, banned | {i for i, _ in picked})
@@ -282,14 +290,14 @@ class Recommender:
         m = self.model
         cached = m.candidates.get(protocol)
         if cached is not None:
-            items, scores = cached[0][user], cached[1][user]
-            picked = [
-                (int(i), float(s))
-                for i, s in zip(items.tolist(), scores.tolist(), strict=True)
-                if i not in banned and s != -np.inf
-            ][:limit]
-            if len(picked) == limit:
-                return picked
+            picked: list[tuple[int, float]] = []
+            for i, s in zip(cached[0][user].tolist(), cached[1][user].tolist(), strict=True):
+                if s == -np.inf:
+                    break  # sorted: the rest are excluded too
+                if i not in banned:
+                    picked.append((i, s))
+                    if len(picked) == limit:
+                        return picked
         scores = m.scorer.score_users(np.array([user]), m.recipes[protocol])[0]
         if protocol == "novel":
             hist = m.scorer.history_counts[user]
@@ -426,36 +434,56 @@ class Recommender:
         return set(np.flatnonzero(~inside).tolist())
 
     def _history_items(self, user: int) -> dict[int, float]:
-        hist = self.model.scorer.history_counts[user]
-        return dict(zip(hist.indices.tolist(), hist.data.tolist(), strict=True))
+        hist = self.model.scorer.history_counts
+        start, end = hist.indptr[user], hist.indptr[user + 1]
+        return dict(
+            zip(hist.indices[start:end].tolist(), hist.data[start:end].tolist(), strict=True)
+        )
 
-    def _reason(
+    def _reasons(
         self,
-        item: int,
+        items: list[int],
         source: str,
         history: Mapping[int, float],
         recent: Sequence[Activity],
-    ) -> str:
+    ) -> list[str]:
+        """A short reason per item: bought before, or the most similar item behind it."""
         m = self.model
-        if item in history:
-            times = int(history[item])
-            return "you bought this before" if times == 1 else f"you bought this {times} times"
+        if not items:
+            return []
         if source == "model" and history:
             anchors = np.fromiter(history, dtype=np.int64, count=len(history))
-            best = anchors[int(np.argmax(m.unit_factors[anchors] @ m.unit_factors[item]))]
-            return f"because you bought {m.name_of(int(best))}"
-        if source == "session" and recent:
+            if len(anchors) > MAX_REASON_ANCHORS:
+                counts = np.fromiter(history.values(), dtype=np.float64, count=len(history))
+                anchors = anchors[np.argpartition(-counts, MAX_REASON_ANCHORS)[:MAX_REASON_ANCHORS]]
+            verbs = ["bought"] * len(anchors)
+        elif source == "session" and recent:
             anchors = np.array([m.item_index[a.item_id] for a in recent], dtype=np.int64)
-            pos = int(np.argmax(m.unit_factors[anchors] @ m.unit_factors[item]))
-            verb = {"purchase": "bought", "add_to_cart": "added"}.get(recent[pos].type, "viewed")
-            return f"because you {verb} {m.name_of(int(anchors[pos]))}"
-        return "popular"
+            verbs = [
+                {"purchase": "bought", "add_to_cart": "added"}.get(a.type, "viewed") for a in recent
+            ]
+        else:
+            return ["popular"] * len(items)
+        # one matrix product: similarity of every anchor to every recommended item
+        best = np.argmax(m.unit_factors[anchors] @ m.unit_factors[items].T, axis=0).tolist()
+        out = []
+        for item, pos in zip(items, best, strict=True):
+            times = history.get(item)
+            if times is not None:
+                out.append(
+                    "you bought this before"
+                    if times == 1
+                    else f"you bought this {int(times)} times"
+                )
+            else:
+                out.append(f"because you {verbs[pos]} {m.name_of(int(anchors[pos]))}")
+        return out
 
     def _popular_fill(self, query: Query, taken: set[int]) -> list[Recommendation]:
         m = self.model
         out: list[Recommendation] = []
         need = query.limit
-        for rank, item in enumerate(m.popular_order.tolist()):
+        for rank, item in enumerate(m.popular_list):
             if len(out) >= need:
                 break
             if item in taken:

@@ -32,7 +32,12 @@ class AppState:
     database_ready: bool = False
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs sync dependencies in a thread pool, a costly hop
+    return _state(request)
+
+
+def _state(request: Request) -> AppState:
     state: AppState = request.app.state.recoffer
     return state
 
@@ -61,17 +66,18 @@ def role_of(key: str, keys: dict[Role, list[str]]) -> Role | None:
     return found
 
 
-def require(*roles: Role) -> Callable[[Request], Awaitable[Role]]:
-    """Dependency: 401 without a valid key, 403 when the key's role is not allowed here.
+def require(*roles: Role) -> Callable[[Request], Awaitable[AppState]]:
+    """Dependency returning the app state once the caller's key is checked.
 
-    ``admin`` may call everything.
+    401 without a valid key, 403 when the key's role is not allowed here; ``admin`` may call
+    everything. One dependency does both, as each dependency costs time on the hot path.
     """
     allowed = set(roles) | {"admin"}
 
-    async def check(request: Request) -> Role:
-        state = get_state(request)
+    async def check(request: Request) -> AppState:
+        state = _state(request)
         if state.settings.auth_disabled:
-            return "admin"
+            return state
         key = _presented_key(request)
         if key is None:
             raise HTTPException(
@@ -86,12 +92,12 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[Role]]:
             raise HTTPException(
                 403, f"this endpoint needs role {' or '.join(sorted(allowed))}; the key is {role}"
             )
-        return role
+        return state
 
     return check
 
 
-Frontend = Annotated[Role, Depends(require("frontend"))]
-Marketing = Annotated[Role, Depends(require("marketing"))]
-Admin = Annotated[Role, Depends(require("admin"))]
-AnyRole = Annotated[Role, Depends(require("frontend", "marketing"))]
+FrontendState = Annotated[AppState, Depends(require("frontend"))]
+MarketingState = Annotated[AppState, Depends(require("marketing"))]
+AdminState = Annotated[AppState, Depends(require("admin"))]
+ReaderState = Annotated[AppState, Depends(require("frontend", "marketing"))]

@@ -76,6 +76,26 @@ class ItemOut(BaseModel):
     updated_at: datetime
 
 
+class RecommendationParams(BaseModel):
+    """Path and query parameters of the recommendations endpoint (validated in one step)."""
+
+    model_config = ConfigDict(extra="ignore")  # unknown query parameters (cache busters) pass
+
+    user_id: Id = Field(description="The shop's user id.", examples=["17850"])
+    limit: int = Field(10, ge=1, le=100, description="How many items.")
+    exclude_purchased: bool = Field(False, description="Leave out items the user already bought.")
+    exclude: list[Id] = Field(
+        default_factory=list, max_length=100, description="Item ids to leave out (repeatable)."
+    )
+    category: Id | None = Field(None, description="Only items of this category.")
+    in_stock: bool = Field(
+        False, description="Only items the catalogue does not mark out of stock."
+    )
+    purchased_within_days: int | None = Field(
+        None, ge=1, le=3650, description="Replenishment: only items bought in the last N days."
+    )
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     score: float

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Frontend, State
+from service.api.deps import FrontendState
 from service.api.schemas import EventBatch, EventIn, IngestOut
 from service.events import NewEvent
 
@@ -39,8 +39,7 @@ EXAMPLES = {
 @router.post("", response_model=IngestOut)
 async def post_events(
     body: Annotated[EventIn | EventBatch, Body(openapi_examples=EXAMPLES)],
-    state: State,
-    _: Frontend,
+    state: FrontendState,
 ) -> IngestOut:
     """Store one event or a batch; retries with the same client_event_id are not double-counted."""
     incoming = body.events if isinstance(body, EventBatch) else [body]

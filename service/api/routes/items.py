@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Frontend, State
+from service.api.deps import FrontendState
 from service.api.schemas import Id, ItemIn, ItemOut
 
 router = APIRouter(prefix="/v1/items", tags=["catalogue"])
@@ -20,8 +20,7 @@ async def put_item(
         ItemIn,
         Body(openapi_examples={"out of stock": {"value": {"in_stock": False, "category": "c07"}}}),
     ],
-    state: State,
-    _: Frontend,
+    state: FrontendState,
 ) -> ItemOut:
     """Create or update a catalogue item; fields not sent keep their value."""
     record = await run_in_threadpool(

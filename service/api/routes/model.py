@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Admin, AnyRole, State
+from service.api.deps import AdminState, ReaderState
 from service.api.errors import ModelUnavailable
 from service.api.schemas import ModelOut, ReloadOut
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/model", tags=["model"])
 
 
 @router.get("", response_model=ModelOut)
-async def get_model(state: State, _: AnyRole) -> ModelOut:
+async def get_model(state: ReaderState) -> ModelOut:
     """Version, training time and quality figures of the model being served."""
     recommender = state.models.current
     if recommender is None:
@@ -35,7 +35,7 @@ async def get_model(state: State, _: AnyRole) -> ModelOut:
 
 
 @router.post("/reload", response_model=ReloadOut)
-async def reload_model(state: State, _: Admin) -> ReloadOut:
+async def reload_model(state: AdminState) -> ReloadOut:
     """Load the registry's current version now (it is also picked up automatically)."""
     outcome = await run_in_threadpool(state.models.refresh, force=True)
     state.metrics.model_load(outcome)

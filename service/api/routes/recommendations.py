@@ -7,46 +7,38 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from service.api.deps import AppState, Frontend, State
+from service.api.deps import AppState, FrontendState, require
 from service.api.errors import ModelUnavailable
-from service.api.schemas import Id, RecommendationsOut, SimilarOut
+from service.api.fastpath import openapi_parameters, parse_request
+from service.api.schemas import Id, RecommendationParams, RecommendationsOut, SimilarOut
 from service.recommender import Query as RecQuery
 from service.recommender import Recommendation, Result
 
 router = APIRouter(tags=["recommendations"])
 
 
-@router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut)
-async def recommendations(
-    request: Request,
-    user_id: Annotated[Id, Path(description="The shop's user id.", examples=["17850"])],
-    state: State,
-    _: Frontend,
-    limit: Annotated[int, Query(ge=1, le=100, description="How many items.")] = 10,
-    exclude_purchased: Annotated[
-        bool, Query(description="Leave out items the user already bought.")
-    ] = False,
-    exclude: Annotated[
-        list[Id] | None, Query(max_length=100, description="Item ids to leave out (repeatable).")
-    ] = None,
-    category: Annotated[Id | None, Query(description="Only items of this category.")] = None,
-    in_stock: Annotated[
-        bool, Query(description="Only items the catalogue does not mark out of stock.")
-    ] = False,
-    purchased_within_days: Annotated[
-        int | None,
-        Query(ge=1, le=3650, description="Replenishment: only items bought in the last N days."),
-    ] = None,
-) -> Response:
-    """Personalised products for one user, with a reason for each."""
+FRONTEND = require("frontend")
+
+
+@router.get(
+    "/v1/users/{user_id}/recommendations",
+    response_model=RecommendationsOut,
+    openapi_extra={"parameters": openapi_parameters(RecommendationParams, ("user_id",))},
+)
+async def recommendations(request: Request) -> Response:
+    """Personalised products for one user, with a reason for each (API key: frontend)."""
+    # the hot path: key check and one validation inline, no FastAPI parameter resolution
+    state = await FRONTEND(request)
+    params = parse_request(RecommendationParams, request)
+    user_id = params.user_id
     query = RecQuery(
         user_id=user_id,
-        limit=limit,
-        exclude_purchased=exclude_purchased,
-        exclude=frozenset(exclude or ()),
-        category=category,
-        in_stock=in_stock,
-        purchased_within_days=purchased_within_days,
+        limit=params.limit,
+        exclude_purchased=params.exclude_purchased,
+        exclude=frozenset(params.exclude),
+        category=params.category,
+        in_stock=params.in_stock,
+        purchased_within_days=params.purchased_within_days,
     )
     recommender = state.models.current
     if recommender is None:
@@ -106,8 +98,7 @@ def _from_event_log(state: AppState, query: RecQuery) -> Result:
 async def similar(
     request: Request,
     item_id: Annotated[Id, Path(description="The shop's item id.", examples=["85123A"])],
-    state: State,
-    _: Frontend,
+    state: FrontendState,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     exclude: Annotated[list[Id] | None, Query(max_length=100)] = None,
 ) -> Response:

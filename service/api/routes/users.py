@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Frontend, State
+from service.api.deps import FrontendState
 from service.api.schemas import Id, UserIn, UserOut
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
@@ -18,8 +18,7 @@ USER_EXAMPLE = {"signed_up_at": "2026-11-23T09:30:00Z", "attributes": {"country"
 async def put_user(
     user_id: Annotated[Id, Path(description="The shop's user id.")],
     body: Annotated[UserIn, Body(openapi_examples={"sign-up": {"value": USER_EXAMPLE}})],
-    state: State,
-    _: Frontend,
+    state: FrontendState,
 ) -> UserOut:
     """Register a user or update their sign-up time and attributes."""
     fields = body.model_fields_set
