@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -66,6 +67,10 @@ def create_app(
         app.state.recoffer_keys = settings.keys_by_role()
         await _open_database(state)
         await _refresh_model(state)
+        # everything loaded so far lives as long as the process: keep the cyclic garbage
+        # collector from walking it again and again (full collections were latency spikes)
+        gc.collect()
+        gc.freeze()
         tasks = [asyncio.create_task(_tail_loop(state), name="recoffer-tail")]
         if settings.reload_interval_seconds > 0:
             tasks.append(asyncio.create_task(_model_loop(state), name="recoffer-models"))
@@ -152,6 +157,10 @@ async def _refresh_model(state: AppState) -> None:
 async def _model_loop(state: AppState) -> None:
     while True:
         await asyncio.sleep(state.settings.reload_interval_seconds)
+        # a stat on the loop; the load (in a thread) only when the registry file changed, as
+        # every thread hop competes with requests for the interpreter
+        if not state.models.registry_changed():
+            continue
         try:
             await _refresh_model(state)
         except Exception:

@@ -296,6 +296,14 @@ class ModelStore:
         data.setdefault("current", None)
         return data
 
+    def registry_signature(self) -> tuple[int, int] | None:
+        """(mtime in ns, size) of the registry file, or None: a cheap "did it change?" probe."""
+        try:
+            info = (self.root / REGISTRY).stat()
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size
+
     def current(self) -> str | None:
         """The version being served, or None before the first promotion."""
         value = self.read_registry().get("current")

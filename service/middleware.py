@@ -26,6 +26,7 @@ class RequestContext:
         self.metrics = metrics
         self.max_body = max_body
         self.log = log
+        self._children: dict[tuple[str, str, int], Any] = {}  # labels() lookups, cached
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,7 +77,11 @@ class RequestContext:
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        self.metrics.latency.labels(scope["method"], template, str(status)).observe(elapsed)
+        key = (scope["method"], template, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.metrics.latency.labels(key[0], key[1], str(status))
+        child.observe(elapsed)
         if self.log:
             access_log.info(
                 "request",

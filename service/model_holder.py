@@ -46,6 +46,11 @@ class ModelHolder:
         self.last_error: str | None = None
         self._failed_version: str | None = None
         self._lock = threading.Lock()
+        self._seen_signature: tuple[int, int] | None = None
+
+    def registry_changed(self) -> bool:
+        """Whether the registry file changed since the last refresh (a stat, no thread hop)."""
+        return self.store.registry_signature() != self._seen_signature
 
     @property
     def version(self) -> str | None:
@@ -57,6 +62,7 @@ class ModelHolder:
         A version that failed before is retried only with ``force``.
         """
         with self._lock:
+            self._seen_signature = self.store.registry_signature()
             try:
                 wanted = self.store.current()
             except RecofferError as exc:

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from service.artifact import Artifact
 from service.scoring import PROTOCOLS, Recipe, Scorer
@@ -86,6 +85,31 @@ class Result:
     source: str
 
 
+@dataclass(frozen=True)
+class History:
+    """A known user's purchases in the model: sorted item rows and order counts (a CSR row)."""
+
+    items: IntArray
+    counts: npt.NDArray[np.float32]
+
+    def counts_of(self, items: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Order count of each of ``items`` (0 when never bought)."""
+        wanted = np.asarray(items, dtype=np.int64)
+        if not len(self.items):
+            return np.zeros(len(wanted), dtype=np.float32)
+        pos = np.minimum(np.searchsorted(self.items, wanted), len(self.items) - 1)
+        return np.where(self.items[pos] == wanted, self.counts[pos], 0).astype(np.float32)
+
+    def anchors(self, k: int) -> IntArray:
+        """The (at most) ``k`` most bought items."""
+        if len(self.items) <= k:
+            return self.items
+        return self.items[np.argpartition(-self.counts, k)[:k]]
+
+
+NO_HISTORY = History(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+
+
 class UnknownItem(LookupError):
     """An item id the model does not know."""
 
@@ -138,6 +162,10 @@ def prepare(
     """Build the serving structures for ``artifact``; seconds on big models, so call off-loop."""
     manifest = artifact.manifest
     arrays = artifact.arrays
+    for array in arrays.values():
+        if isinstance(array, np.memmap) and array.size:
+            # fault every page in now (one byte a page), not on the first requests
+            int(array.reshape(-1).view(np.uint8)[::4096].sum())
     scorer = Scorer.from_arrays(arrays)
     item_ids = np.asarray(arrays["item_ids"])
     user_ids = np.asarray(arrays["user_ids"])
@@ -223,6 +251,13 @@ class Recommender:
     ) -> None:
         self.model = model
         self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
+        self._session_recipes = {p: self._session_recipe(r) for p, r in model.recipes.items()}
+
+    def _session_recipe(self, recipe: Recipe) -> Recipe:
+        """The served recipe without "buy again" (a session's views are not purchases)."""
+        weights = {k: v for k, v in recipe.weights.items() if k != "repeat"} or {"als": 1.0}
+        session = Recipe(weights=weights, input_half_life_days=recipe.input_half_life_days)
+        return session if self.model.scorer.can_use(session) else Recipe(weights={"als": 1.0})
 
     def recommend(
         self,
@@ -243,15 +278,15 @@ class Recommender:
         if user is not None:
             source = "model"
             picked = self._known(user, protocol, query.limit, banned)
-            history = self._history_items(user)
+            history = self._history(user)
         elif recent_known:
             source = "session"
             picked = self._session(recent_known, protocol, query.limit, banned)
-            history = {}
+            history = NO_HISTORY
         else:
             source = "popular"
             picked = []
-            history = {}
+            history = NO_HISTORY
         reasons = self._reasons([i for i, _ in picked], source, history, recent_known)
         items = [
             Recommendation(item_id=m.item_labels[i], score=s, reason=reason, source=source)
@@ -298,17 +333,24 @@ class Recommender:
                     picked.append((i, s))
                     if len(picked) == limit:
                         return picked
-        scores = m.scorer.score_users(np.array([user]), m.recipes[protocol])[0]
+        hist, ages = m.scorer.history_counts, m.scorer.history_age_days
+        start, end = hist.indptr[user], hist.indptr[user + 1]
+        bought = hist.indices[start:end]
+        scores = m.scorer.score_row(
+            bought,
+            hist.data[start:end],
+            ages.data[start:end],
+            np.asarray(m.scorer.user_factors[user]),
+            m.recipes[protocol],
+        )
         if protocol == "novel":
-            hist = m.scorer.history_counts[user]
-            scores[hist.indices] = -np.inf
+            scores[bought] = -np.inf
         return _pick(scores, limit, banned)
 
     def _session(
         self, recent: Sequence[Activity], protocol: str, limit: int, banned: set[int]
     ) -> list[tuple[int, float]]:
         m = self.model
-        recipe = m.recipes[protocol]
         weights: dict[int, float] = {}
         newest: dict[int, datetime] = {}
         for a in recent:
@@ -326,18 +368,7 @@ class Recommender:
             ],
             dtype=np.float32,
         )
-        shape = (1, m.n_items)
-        indptr = np.array([0, len(items)])
-        counts = sp.csr_matrix((values, items, indptr), shape=shape)
-        age = sp.csr_matrix((ages, items.copy(), indptr.copy()), shape=shape)
-        # the repeat component is for purchases; a session's views are not "buy again"
-        session_recipe = Recipe(
-            weights={k: v for k, v in recipe.weights.items() if k != "repeat"} or {"als": 1.0},
-            input_half_life_days=recipe.input_half_life_days,
-        )
-        if not m.scorer.can_use(session_recipe):
-            session_recipe = Recipe(weights={"als": 1.0})
-        scores = m.scorer.score_histories(counts, age, vector[None, :], session_recipe)[0]
+        scores = m.scorer.score_row(items, values, ages, vector, self._session_recipes[protocol])
         if protocol == "novel":
             bought = [m.item_index[a.item_id] for a in recent if a.type == "purchase"]
             scores[bought] = -np.inf
@@ -433,29 +464,24 @@ class Recommender:
                 inside[idx] = entry.category == category
         return set(np.flatnonzero(~inside).tolist())
 
-    def _history_items(self, user: int) -> dict[int, float]:
+    def _history(self, user: int) -> History:
         hist = self.model.scorer.history_counts
         start, end = hist.indptr[user], hist.indptr[user + 1]
-        return dict(
-            zip(hist.indices[start:end].tolist(), hist.data[start:end].tolist(), strict=True)
-        )
+        return History(hist.indices[start:end].astype(np.int64), hist.data[start:end])
 
     def _reasons(
         self,
         items: list[int],
         source: str,
-        history: Mapping[int, float],
+        history: History,
         recent: Sequence[Activity],
     ) -> list[str]:
         """A short reason per item: bought before, or the most similar item behind it."""
         m = self.model
         if not items:
             return []
-        if source == "model" and history:
-            anchors = np.fromiter(history, dtype=np.int64, count=len(history))
-            if len(anchors) > MAX_REASON_ANCHORS:
-                counts = np.fromiter(history.values(), dtype=np.float64, count=len(history))
-                anchors = anchors[np.argpartition(-counts, MAX_REASON_ANCHORS)[:MAX_REASON_ANCHORS]]
+        if source == "model" and len(history.items):
+            anchors = history.anchors(MAX_REASON_ANCHORS)
             verbs = ["bought"] * len(anchors)
         elif source == "session" and recent:
             anchors = np.array([m.item_index[a.item_id] for a in recent], dtype=np.int64)
@@ -466,15 +492,13 @@ class Recommender:
             return ["popular"] * len(items)
         # one matrix product: similarity of every anchor to every recommended item
         best = np.argmax(m.unit_factors[anchors] @ m.unit_factors[items].T, axis=0).tolist()
+        times = history.counts_of(items).tolist()
         out = []
-        for item, pos in zip(items, best, strict=True):
-            times = history.get(item)
-            if times is not None:
-                out.append(
-                    "you bought this before"
-                    if times == 1
-                    else f"you bought this {int(times)} times"
-                )
+        for pos, n in zip(best, times, strict=True):
+            if n == 1:
+                out.append("you bought this before")
+            elif n > 1:
+                out.append(f"you bought this {int(n)} times")
             else:
                 out.append(f"because you {verbs[pos]} {m.name_of(int(anchors[pos]))}")
         return out

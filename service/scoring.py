@@ -76,6 +76,11 @@ def _standardise_rows(scores: FloatArray) -> FloatArray:
     return scores
 
 
+def _standardise_row(row: FloatArray) -> FloatArray:
+    std = float(row.std())
+    return np.asarray((row - row.mean()) / (std if std > 0 else 1.0), dtype=np.float32)
+
+
 def _standardise(values: npt.NDArray[Any]) -> FloatArray:
     out = np.log1p(np.asarray(values, dtype=np.float64))
     std = out.std()
@@ -182,6 +187,47 @@ class Scorer:
         w = recipe.weight("repeat")
         if w and counts.nnz:
             self._add_repeat(scores, counts, age_days, recipe, w)
+        return scores
+
+    def score_row(
+        self,
+        items: npt.NDArray[np.integer[Any]],
+        counts: npt.NDArray[np.floating[Any]],
+        age_days: npt.NDArray[np.floating[Any]],
+        user_vector: npt.NDArray[np.float32] | None,
+        recipe: Recipe,
+    ) -> FloatArray:
+        """``score_histories`` for one user given as arrays, in plain numpy (the request path).
+
+        ``items`` are distinct item rows with their ``counts`` and ``age_days``.
+        """
+        scores = np.zeros(self.n_items, dtype=np.float32)
+        w = recipe.weight("als")
+        if w:
+            if user_vector is None:
+                raise ValueError("recipe uses als but no user vector was given")
+            scores += w * _standardise_row(self.item_factors @ user_vector.astype(np.float32))
+        w = recipe.weight("ease")
+        if w and len(items):
+            if self.ease_b is None:
+                raise ValueError("recipe uses ease but this model has no EASE matrix")
+            weights = np.exp(-np.asarray(age_days) / recipe.input_half_life_days)
+            part = weights.astype(np.float32) @ self.ease_b[np.asarray(items)]
+            scores += w * _standardise_row(part)
+        w = recipe.weight("popularity")
+        if w:
+            scores += w * self.popularity_z
+        w = recipe.weight("trending")
+        if w:
+            scores += w * self.trending_z
+        w = recipe.weight("repeat")
+        if w and len(items):
+            value = np.log1p(np.asarray(counts, dtype=np.float64)) * np.exp(
+                -np.asarray(age_days, dtype=np.float64) / recipe.repeat_half_life_days
+            )
+            top = value.max()
+            value = value / (top if top > 0 else 1.0) + recipe.repeat_bonus
+            scores[np.asarray(items)] += (w * value).astype(np.float32)
         return scores
 
     @staticmethod

@@ -102,3 +102,23 @@ def test_recipe_round_trips_and_rejects_unknown_components() -> None:
         Recipe(weights={"magic": 1.0})
     with pytest.raises(ValueError, match="half-lives"):
         Recipe(weights={"als": 1.0}, repeat_half_life_days=0)
+
+
+def test_score_row_is_score_histories_for_one_user() -> None:
+    scorer = _scorer()
+    recipe = Recipe(
+        weights={"als": 0.7, "ease": 1.3, "repeat": 2.0, "trending": 0.4, "popularity": 0.1},
+        repeat_half_life_days=30.0,
+        repeat_bonus=0.25,
+        input_half_life_days=90.0,
+    )
+    for user in range(3):
+        start, end = scorer.history_counts.indptr[user : user + 2]
+        row = scorer.score_row(
+            scorer.history_counts.indices[start:end],
+            scorer.history_counts.data[start:end],
+            scorer.history_age_days.data[start:end],
+            scorer.user_factors[user],
+            recipe,
+        )
+        assert row == pytest.approx(scorer.score_users(np.array([user]), recipe)[0], abs=1e-5)
