@@ -512,3 +512,17 @@ def test_online_retail_full_data_set_agrees_with_readme(
     assert (
         len(classic(raw.drop_duplicates())) == report.rows_kept + report.dropped["non_product_code"]
     )
+
+
+def test_generic_format_picks_up_optional_columns_by_their_default_names(tmp_path: Path) -> None:
+    data = tmp_path / "p.csv"
+    data.write_text(
+        "user_id,item_id,timestamp,order_id,price,category,name\n"
+        "u1,i1,2024-01-01 10:00:00,o1,2.5,toys,Bear\n"
+        "u1,i2,2024-01-01 10:00:00,o1,1.0,toys,Car\n"
+    )
+    purchases = load_purchases(data)
+    assert list(purchases.frame["order_id"]) == ["o1", "o1"]
+    assert list(purchases.frame["price"]) == [2.5, 1.0]
+    assert list(purchases.items["category"]) == ["toys", "toys"]
+    assert list(purchases.items["name"]) == ["Bear", "Car"]
