@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import PYTHON, ROOT, WORK, save, this_command
+from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, save, this_command
 from service.artifact import ModelStore, load_artifact
 
 KEY = "bench-frontend-key-0123456789"
@@ -134,9 +134,10 @@ def wrk(
         check=True,
     ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise SystemExit(f"wrk saw errors:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    timeouts = re.search(r"timeout (\d+)", out)
+    failures = (int(errors.group(1)) if errors else 0) + (int(timeouts.group(1)) if timeouts else 0)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps, failures
 
 
 def latency(port: int, paths: list[str], rate: float, seconds: float) -> dict[str, float]:
@@ -195,58 +196,82 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--throughput-seconds", type=int, default=10)
+    parser.add_argument("--only", choices=("recommendations", "ingestion"), default=None)
     args = parser.parse_args()
     root = model_root()
     artifact = load_artifact(ModelStore(root).current_path())  # type: ignore[arg-type]
     users = [str(u) for u in artifact.arrays["user_ids"]]
     items = [str(i) for i in artifact.arrays["item_ids"]]
+    env = {
+        "RECOFFER_MODEL_DIR": str(root),
+        "RECOFFER_FRONTEND_KEYS": KEY,
+        "RECOFFER_LOG_LEVEL": "WARNING",
+    }
+    previous = RESULTS / "api_latency.json"
+    results: dict[str, object] = json.loads(previous.read_text()) if previous.is_file() else {}
+    for key in ("name", "date", "command", "machine"):
+        results.pop(key, None)
+    if args.only in (None, "recommendations"):
+        results.update(recommendation_figures(args, env, users, items))
+        results["model"], results["users"], results["items"] = (
+            artifact.version,
+            len(users),
+            len(items),
+        )
+    if args.only in (None, "ingestion"):
+        results["ingestion"] = ingestion_figures(args, env, items)
+    save("api_latency", this_command(), results)
+
+
+def recommendation_figures(
+    args: argparse.Namespace, env: dict[str, str], users: list[str], items: list[str]
+) -> dict[str, object]:
     db = WORK / "api-bench.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     sqlite_url = f"sqlite:///{db}"
     sessions = seed_sessions(sqlite_url, items, 1000)
-    env = {
-        "RECOFFER_MODEL_DIR": str(root),
-        "RECOFFER_DATABASE_URL": sqlite_url,
-        "RECOFFER_FRONTEND_KEYS": KEY,
-        "RECOFFER_LOG_LEVEL": "WARNING",
-    }
-    results: dict[str, object] = {
-        "model": artifact.version,
-        "users": len(users),
-        "items": len(items),
-    }
     kinds = {
         "known": [f"/v1/users/{u}/recommendations" for u in users],
         "session": [f"/v1/users/{u}/recommendations" for u in sessions],
         "unknown": [f"/v1/users/nobody-{n}/recommendations" for n in range(1000)],
     }
+    out: dict[str, object] = {}
     bare = start("benchmarks.bare_app:create_app", 8101, {})
     try:
-        results["bare"] = {
-            "throughput_rps": wrk(8101, kinds["unknown"], args.throughput_seconds),
+        rps, failures = wrk(8101, kinds["unknown"], args.throughput_seconds)
+        out["bare"] = {
+            "throughput_rps": rps,
+            "throughput_failures": failures,
             "latency": latency(8101, kinds["unknown"], args.rate, args.seconds),
         }
+        print("bare", out["bare"], flush=True)
     finally:
         bare.terminate()
         bare.wait()
-    for access_log in ("true",):
-        server = start(
-            "service.app:create_app_from_env", 8102, {**env, "RECOFFER_ACCESS_LOG": access_log}
-        )
-        try:
-            for kind, paths in kinds.items():
-                results[kind] = {
-                    "throughput_rps": wrk(8102, paths, args.throughput_seconds),
-                    "latency": latency(8102, paths, args.rate, args.seconds),
-                }
-                print(kind, results[kind], flush=True)
-        finally:
-            server.terminate()
-            server.wait()
-    bare_rps = results["bare"]["throughput_rps"]  # type: ignore[index]
-    results["throughput_ratio_known_vs_bare"] = results["known"]["throughput_rps"] / bare_rps  # type: ignore[index]
+    server = start(
+        "service.app:create_app_from_env", 8102, {**env, "RECOFFER_DATABASE_URL": sqlite_url}
+    )
+    try:
+        for kind, paths in kinds.items():
+            rps, failures = wrk(8102, paths, args.throughput_seconds)
+            out[kind] = {
+                "throughput_rps": rps,
+                "throughput_failures": failures,
+                "latency": latency(8102, paths, args.rate, args.seconds),
+            }
+            print(kind, out[kind], flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+    bare_rps = out["bare"]["throughput_rps"]  # type: ignore[index]
+    out["throughput_ratio_known_vs_bare"] = out["known"]["throughput_rps"] / bare_rps  # type: ignore[index]
+    return out
 
+
+def ingestion_figures(
+    args: argparse.Namespace, env: dict[str, str], items: list[str]
+) -> dict[str, object]:
     body = json.dumps(
         {
             "events": [
@@ -255,30 +280,33 @@ def main() -> None:
             ]
         }
     )
-    ingestion = {}
+    out: dict[str, object] = {}
     for backend in ("sqlite", "postgresql"):
-        url = (
-            f"sqlite:///{WORK / 'ingest.db'}"
-            if backend == "sqlite"
-            else fresh_postgres("recoffer_bench")
-        )
-        if url is None:
-            continue
         if backend == "sqlite":
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{WORK / 'ingest.db'}{suffix}").unlink(missing_ok=True)
+            url: str | None = f"sqlite:///{WORK / 'ingest.db'}"
+        else:
+            url = fresh_postgres("recoffer_bench")
+        if url is None:
+            continue
         server = start(
             "service.app:create_app_from_env", 8103, {**env, "RECOFFER_DATABASE_URL": url}
         )
         try:
-            rps = wrk(8103, ["/v1/events"], args.throughput_seconds, connections=8, body=body)
-            ingestion[backend] = {"batches_per_second": rps, "events_per_second": rps * 100}
-            print(backend, ingestion[backend], flush=True)
+            rps, failures = wrk(
+                8103, ["/v1/events"], args.throughput_seconds, connections=8, body=body
+            )
+            out[backend] = {
+                "batches_per_second": rps,
+                "events_per_second": rps * 100,
+                "failures": failures,
+            }
+            print(backend, out[backend], flush=True)
         finally:
             server.terminate()
             server.wait()
-    results["ingestion"] = ingestion
-    save("api_latency", this_command(), results)
+    return out
 
 
 if __name__ == "__main__":

@@ -153,12 +153,13 @@ def api(doc: dict[str, Any]) -> list[str]:
         "",
         "`POST /v1/events` with batches of 100 events, wrk with 8 connections, same server setup.",
         "",
-        "| database | batches/s | events/s |",
-        "|---|---:|---:|",
+        "| database | batches/s | events/s | failed requests |",
+        "|---|---:|---:|---:|",
     ]
     for backend, row in doc.get("ingestion", {}).items():
         out.append(
-            f"| {backend} | {row['batches_per_second']:,.0f} | {row['events_per_second']:,.0f} |"
+            f"| {backend} | {row['batches_per_second']:,.0f} | {row['events_per_second']:,.0f} "
+            f"| {row.get('failures', 0)} |"
         )
     out.append("")
     return out

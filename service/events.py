@@ -7,15 +7,16 @@ recommendation never waits for the database (and keeps working while it is down)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Connection, Engine, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.recommender import Activity, CatalogueEntry
@@ -82,6 +83,16 @@ class Repository:
     def __init__(self, engine: Engine, clock: Clock = utc_now) -> None:
         self.engine = engine
         self.clock = clock
+        # SQLite has one writer: queue this process's writers here, in order, rather than in
+        # SQLite's busy handler, which sleeps and backs off (seconds under contention)
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with contextlib.ExitStack() as stack:
+            if self._write_lock is not None:
+                stack.enter_context(self._write_lock)
+            yield stack.enter_context(self.engine.begin())
 
     def _insert(self, table: Any) -> Any:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -112,7 +123,7 @@ class Repository:
         if attributes is not None:
             updates["attributes"] = stmt.excluded.attributes
         stmt = stmt.on_conflict_do_update(index_elements=[users.c.user_id], set_=updates)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(stmt)
             row = conn.execute(select(users).where(users.c.user_id == user_id)).one()
         return UserRecord(**row._mapping)
@@ -183,7 +194,7 @@ class Repository:
             .on_conflict_do_nothing(index_elements=[events.c.client_event_id])
             .returning(events.c.id, events.c.user_id, events.c.item_id, events.c.type, events.c.ts)
         )
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(user_stmt, user_rows)
             stored = [StoredEvent(*row) for row in conn.execute(event_stmt, event_rows)]
         return IngestResult(len(stored), len(batch) - len(stored), stored)
@@ -238,7 +249,7 @@ class Repository:
         changes = {k: stmt.excluded[k] for k, v in values.items() if v is not None}
         changes["updated_at"] = stmt.excluded.updated_at
         stmt = stmt.on_conflict_do_update(index_elements=[items.c.item_id], set_=changes)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(stmt)
             row = conn.execute(select(items).where(items.c.item_id == item_id)).one()
         return ItemRecord(**row._mapping)
