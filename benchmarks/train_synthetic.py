@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from datetime import UTC, datetime
 
-from benchmarks.common import PYTHON, WORK, measure, median, save, this_command
+from benchmarks.common import PYTHON, RESULTS, WORK, measure, median, save, this_command
 from training.synthetic import generate_shop, spec_for, write_shop
 
 
@@ -89,9 +90,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="2m,10m", help="comma-separated presets")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    rows = []
+    previous = RESULTS / "train_synthetic.json"
+    rows = json.loads(previous.read_text())["sizes"] if previous.is_file() else []
     for preset in args.sizes.split(","):
-        rows.append(run_size(preset, 1 if preset == "10m" else args.repeats))
+        row = run_size(preset, 1 if preset == "10m" else args.repeats)
+        row["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        rows = [r for r in rows if r["preset"] != preset] + [row]
+    order = ["100k", "1m", "2m", "10m"]
+    rows.sort(key=lambda r: order.index(r["preset"]) if r["preset"] in order else 99)
     save("train_synthetic", this_command(), {"sizes": rows})
 
 

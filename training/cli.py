@@ -130,7 +130,9 @@ def train(
         float, typer.Option(help="Time budget for tuning on the validation split; 0 turns it off.")
     ] = 60.0,
     factors: Annotated[int, typer.Option(help="ALS latent factors.")] = 64,
-    iterations: Annotated[int, typer.Option(help="ALS iterations of a cold fit.")] = 15,
+    iterations: Annotated[
+        int, typer.Option(help="ALS iterations of the first (cold) fit; later stages add 2.")
+    ] = 8,
     regularization: Annotated[float, typer.Option(help="ALS L2 regularisation.")] = 0.05,
     threads: Annotated[int, typer.Option(help="Training threads (0: all cores).")] = 0,
     eval_users: Annotated[

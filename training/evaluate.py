@@ -25,7 +25,7 @@ from service.scoring import Recipe, Scorer
 
 METRICS = ("recall", "ndcg", "precision", "hit_rate", "coverage")
 DEFAULT_K = 10
-MAX_EVAL_CELLS = 20_000_000  # users x items scored at once; bounds memory on big catalogues
+MAX_EVAL_CELLS = 10_000_000  # users x items scored at once; bounds time and memory
 
 
 class SplitError(ValueError):

@@ -36,7 +36,9 @@ class ModelParams:
     """Hyper-parameters of the fitted components (the search space of tuning)."""
 
     factors: int = 64
-    iterations: int = 15
+    # 8 cold iterations, then 2 more from the previous stage's factors at each later stage:
+    # on Online Retail as good as 15 cold ones (ALS NDCG@10 0.332 vs 0.328), in less time
+    iterations: int = 8
     regularization: float = 0.05
     weighting: str = "bm25"  # or "confidence"
     bm25_k1: float = 100.0
@@ -46,7 +48,7 @@ class ModelParams:
     ease_lambda: float = 300.0
     ease_max_items: int = 6000  # EASE inverts an items x items matrix: small catalogues only
     trending_days: int = 30
-    warm_iterations: int = 1  # iterations when refitting from the previous stage's factors
+    warm_iterations: int = 2  # iterations when refitting from the previous stage's factors
     seed: int = 42
     threads: int = 0  # 0: all cores
 
@@ -153,17 +155,22 @@ def build_history(
     i = coded["item"].to_numpy(dtype=np.int64)
     o = coded["order"].to_numpy(dtype=np.int64)
     ts = coded["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    user_codes, rows = np.unique(u, return_inverse=True)
-    item_codes, cols = np.unique(i, return_inverse=True)
+    # codes are dense (0..n-1), so presence counts replace sorting to find the rows present
+    user_codes, rows = _compact(u)
+    item_codes, cols = _compact(i)
     n_users, n_items = len(user_codes), len(item_codes)
-    pair = rows.astype(np.int64) * n_items + cols
-    order = np.lexsort((o, pair))
+    pair = rows * n_items + cols
+    n_orders = int(o.max()) + 1 if len(o) else 1
+    if n_users * n_items * n_orders < 2**62:
+        order = np.argsort(pair * n_orders + o, kind="stable")  # one int64 sort
+    else:
+        order = np.lexsort((o, pair))
     pair, o, ts = pair[order], o[order], ts[order]
-    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-    new_order = np.r_[True, (pair[1:] != pair[:-1]) | (o[1:] != o[:-1])]
+    new_pair = np.r_[True, pair[1:] != pair[:-1]]
+    starts = np.flatnonzero(new_pair)
+    new_order = new_pair | np.r_[True, o[1:] != o[:-1]]
     # distinct orders per pair: several lines of one item in one order count once
-    group = np.cumsum(np.r_[True, pair[1:] != pair[:-1]]) - 1
-    orders_per_pair = np.bincount(group, weights=new_order).astype(np.float32)
+    orders_per_pair = np.add.reduceat(new_order, starts).astype(np.float32)
     last = np.maximum.reduceat(ts, starts)
     pairs = pair[starts]
     rows_of_pair, cols_of_pair = pairs // n_items, pairs % n_items
@@ -176,6 +183,16 @@ def build_history(
     counts = sp.csr_matrix((orders_per_pair, indices, indptr), shape=shape)
     ages = sp.csr_matrix((age, indices.copy(), indptr.copy()), shape=shape)
     return user_codes, item_codes, counts, ages
+
+
+def _compact(codes: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(sorted distinct codes, each code's position among them), without sorting."""
+    if not len(codes):
+        return codes, codes
+    present = np.bincount(codes) > 0
+    distinct = np.flatnonzero(present).astype(np.int64)
+    position = np.cumsum(present) - 1
+    return distinct, position[codes].astype(np.int64)
 
 
 def _distinct_buyers(counts: sp.csr_matrix) -> npt.NDArray[np.float32]:

@@ -42,7 +42,10 @@ def test_first_run_publishes_and_promotes_a_loadable_version(
         assert result.served[protocol] in table
         assert set(table["als"]) >= {"recall@10", "ndcg@10", "precision@10", "hit_rate@10"}
     assert "repeat" in manifest["metrics"]["test"]["all"]
-    assert manifest["data"]["fingerprint"] == pipeline.data_fingerprint(tiny_purchases.frame)
+    coded, ids = pipeline.encode(tiny_purchases.frame)
+    assert manifest["data"]["fingerprint"] == pipeline.data_fingerprint(coded, ids)
+    other, other_ids = pipeline.encode(tiny_purchases.frame.iloc[1:])
+    assert pipeline.data_fingerprint(other, other_ids) != manifest["data"]["fingerprint"]
     assert manifest["counts"]["users"] == artifact.n_users
     assert {"numpy", "implicit", "scipy"} <= set(manifest["libraries"])
     assert manifest["params"]["factors"] == 8
