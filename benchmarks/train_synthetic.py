@@ -79,6 +79,11 @@ def run_size(preset: str, repeats: int) -> dict[str, object]:
         "train_seconds": train_s,
         "train_wall_seconds": median([r["wall_seconds"] for r in train_runs]),
         "ratio": train_s / bare_s,
+        "run_ratios": [
+            t["pipeline_seconds"] / b["fit_seconds"]
+            for t, b in zip(train_runs, bare_runs, strict=True)
+        ],
+        "bare_runs": bare_runs,
         "train_peak_rss_mib": max(r["peak_rss_mib"] for r in train_runs),
         "bare_peak_rss_mib": max(r["peak_rss_mib"] for r in bare_runs),
         "runs": train_runs,

@@ -131,11 +131,14 @@ async def _open_database(state: AppState) -> None:
     try:
         if state.settings.migrate_on_start:
             await run_in_threadpool(migrate, engine)
-        since = state.clock() - timedelta(days=STARTUP_EVENT_DAYS)
-        recent = await run_in_threadpool(state.repository.events_since, since, STARTUP_EVENT_LIMIT)
-        state.activity.add(recent)
-        state.activity.watermark = max(state.activity.watermark, *(e.id for e in recent), 0)
-        state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
+        if state.activity.watermark == 0:
+            # first contact: the recent past; after an outage the tail resumes from its mark
+            since = state.clock() - timedelta(days=STARTUP_EVENT_DAYS)
+            recent = await run_in_threadpool(
+                state.repository.events_since, since, STARTUP_EVENT_LIMIT
+            )
+            state.activity.add(recent)
+            state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
         state.activity.update_catalogue(
             await run_in_threadpool(state.repository.items_updated_since, None)
         )

@@ -1,7 +1,8 @@
 """Engines for SQLite (embedded default) and PostgreSQL, migrations, and outage detection.
 
-SQLite: WAL, a busy timeout on every connection, and ``BEGIN IMMEDIATE`` for every transaction
-so writers queue instead of failing with "database is locked" (shared/RELIABILITY.md).
+SQLite: WAL, a busy timeout on every connection, and ``BEGIN IMMEDIATE`` for write
+transactions (execution option ``immediate=True``) so writers queue instead of failing with
+"database is locked" (shared/RELIABILITY.md); reads use a plain ``BEGIN``.
 PostgreSQL: pre-ping, statement / lock / idle-in-transaction timeouts, a bounded pool.
 """
 
@@ -54,7 +55,9 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 5) -
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # writers take the write lock up front (no upgrade deadlock); readers do not
+            immediate = connection.get_execution_options().get("immediate", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql":

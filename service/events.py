@@ -92,7 +92,10 @@ class Repository:
         with contextlib.ExitStack() as stack:
             if self._write_lock is not None:
                 stack.enter_context(self._write_lock)
-            yield stack.enter_context(self.engine.begin())
+            conn = stack.enter_context(self.engine.connect())
+            conn = conn.execution_options(immediate=True)
+            stack.enter_context(conn.begin())
+            yield conn
 
     def _insert(self, table: Any) -> Any:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -285,15 +288,20 @@ class ActivityStore:
         self.catalogue: dict[str, CatalogueEntry] = {}
         self.catalogue_watermark: datetime | None = None
 
-    def add(self, rows: Iterable[StoredEvent]) -> int:
-        """Remember events not seen before; returns how many were new."""
+    def add(self, rows: Iterable[StoredEvent], *, from_tail: bool = True) -> int:
+        """Remember events not seen before; returns how many were new.
+
+        Only rows read by the tail (``from_tail``) move the watermark: a worker's own writes
+        may have ids above events of other workers it has not read yet.
+        """
         added = 0
         with self._lock:
             for row in rows:
+                if from_tail:
+                    self.watermark = max(self.watermark, row.id)
                 if row.id in self._seen:
                     continue
                 self._remember_id(row.id)
-                self.watermark = max(self.watermark, row.id)
                 added += 1
                 if row.item_id is None:
                     continue

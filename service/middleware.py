@@ -7,6 +7,7 @@ import secrets
 import time
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
@@ -14,8 +15,11 @@ from service.metrics import Metrics
 access_log = logging.getLogger("recoffer.access")
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read; an HTTPException so the framework answers 413 with it."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
 
 
 class RequestContext:

@@ -79,7 +79,7 @@ class ModelHolder:
                     candidates_per_user=self.candidates_per_user,
                     precompute_max_cells=self.precompute_max_cells,
                 )
-            except (RecofferError, OSError, ValueError, KeyError) as exc:
+            except Exception as exc:  # whatever breaks a load, the old model keeps serving
                 self._failed_version = wanted
                 self.last_error = f"cannot load model {wanted}: {exc}"
                 log.error("model_load_failed", extra={"version": wanted, "error": str(exc)})

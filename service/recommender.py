@@ -17,6 +17,7 @@ exclude ids, category, in stock (when the catalogue says), bought within the las
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -188,7 +189,7 @@ def prepare(
                 strict=True,
             )
         ],
-        recipes={p: Recipe.from_dict(manifest["recipes"][p]) for p in PROTOCOLS},
+        recipes={p: _servable(Recipe.from_dict(manifest["recipes"][p]), scorer) for p in PROTOCOLS},
         reference_time=_as_utc(datetime.fromisoformat(manifest["reference_time"])),
         categories=np.asarray(arrays["item_categories"]) if "item_categories" in arrays else None,
         popular_order=(
@@ -209,6 +210,15 @@ def prepare(
             extra={"version": artifact.version, "seconds": time.perf_counter() - started},
         )
     return model
+
+
+def _servable(recipe: Recipe, scorer: Scorer) -> Recipe:
+    """The recipe, without EASE when the artifact has no EASE matrix (never a 500)."""
+    if scorer.can_use(recipe):
+        return recipe
+    log.warning("recipe_without_ease", extra={"weights": dict(recipe.weights)})
+    weights = {k: v for k, v in recipe.weights.items() if k != "ease"} or {"popularity": 1.0}
+    return dataclasses.replace(recipe, weights=weights)
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -281,7 +291,7 @@ class Recommender:
             history = self._history(user)
         elif recent_known:
             source = "session"
-            picked = self._session(recent_known, protocol, query.limit, banned)
+            picked = self._session(recent_known, protocol, query.limit, banned, now)
             history = NO_HISTORY
         else:
             source = "popular"
@@ -348,7 +358,12 @@ class Recommender:
         return _pick(scores, limit, banned)
 
     def _session(
-        self, recent: Sequence[Activity], protocol: str, limit: int, banned: set[int]
+        self,
+        recent: Sequence[Activity],
+        protocol: str,
+        limit: int,
+        banned: set[int],
+        now: datetime | None,
     ) -> list[tuple[int, float]]:
         m = self.model
         weights: dict[int, float] = {}
@@ -359,13 +374,11 @@ class Recommender:
             newest[idx] = max(newest.get(idx, a.ts), a.ts)
         items = np.fromiter(weights, dtype=np.int64, count=len(weights))
         values = np.array([weights[i] for i in items], dtype=np.float32)
+        moment = max(now or m.reference_time, *newest.values())  # recency counts from now
         purchase_weight = self.event_weights.get("purchase", 1.0) or 1.0
         vector = self.fold_in(items, values / purchase_weight)
         ages = np.array(
-            [
-                max((m.reference_time - newest[i]).total_seconds() / SECONDS_PER_DAY, 1e-3)
-                for i in items
-            ],
+            [max((moment - newest[i]).total_seconds() / SECONDS_PER_DAY, 1e-3) for i in items],
             dtype=np.float32,
         )
         scores = m.scorer.score_row(items, values, ages, vector, self._session_recipes[protocol])

@@ -299,9 +299,13 @@ def fit_stage(
     ids: IdMaps,
     *,
     warm_from: Stage | None = None,
-    with_ease: bool = True,
+    with_ease: bool | None = None,
 ) -> Stage:
-    """Fit every component on ``coded`` purchases (all up to ``reference_time``)."""
+    """Fit every component on ``coded`` purchases (all up to ``reference_time``).
+
+    ``with_ease`` None: fit EASE when this slice's catalogue is small enough; a run decides
+    once for all its stages (``training.pipeline``) so that they agree.
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     users, items, counts, ages = build_history(coded, reference_time)
@@ -318,7 +322,9 @@ def fit_stage(
     user_factors, item_factors = fit_als(counts, ages, params, init=init)
     timings["als"] = time.perf_counter() - t0
     ease_b = None
-    if with_ease and len(items) <= params.ease_max_items:
+    if with_ease is None:
+        with_ease = len(items) <= params.ease_max_items
+    if with_ease:
         t0 = time.perf_counter()
         ease_b = fit_ease(counts, params.ease_lambda)
         timings["ease"] = time.perf_counter() - t0

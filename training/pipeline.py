@@ -207,11 +207,13 @@ def run(
 
         test_split = temporal_split(frame, config.test_days)
         val_split = temporal_split(test_split.train, config.test_days)
-        candidates = default_candidates(with_ease=True)
+        # one decision for every stage: an artifact must have what its recipes use
+        with_ease = len(ids.items) <= params.ease_max_items
+        candidates = default_candidates(with_ease=with_ease)
 
         t0 = time.perf_counter()
         progress(f"fitting on purchases up to {val_split.cutoff:%Y-%m-%d} (validation stage)")
-        val_stage = fit_stage(val_split.train, val_split.cutoff, params, ids)
+        val_stage = fit_stage(val_split.train, val_split.cutoff, params, ids, with_ease=with_ease)
         timings["fit_validation"] = time.perf_counter() - t0
         tuning: dict[str, Any] = {"seconds_budget": config.tune_seconds}
         if config.tune_seconds > 0:
@@ -227,6 +229,7 @@ def run(
                 ids,
                 stage=val_stage,
                 max_users=config.eval_users,
+                with_ease=with_ease,
             )
             params, val_stage, val_eval = result.params, result.stage, result.evalset
             candidates["blend"] = dict(result.recipes)
@@ -251,7 +254,12 @@ def run(
         t0 = time.perf_counter()
         progress(f"fitting on purchases up to {test_split.cutoff:%Y-%m-%d} (test stage)")
         test_stage = fit_stage(
-            test_split.train, test_split.cutoff, params, ids, warm_from=val_stage
+            test_split.train,
+            test_split.cutoff,
+            params,
+            ids,
+            warm_from=val_stage,
+            with_ease=with_ease,
         )
         del val_stage, val_eval
         test_eval = test_stage.evalset(test_split.test, max_users=config.eval_users)
@@ -264,7 +272,9 @@ def run(
 
         t0 = time.perf_counter()
         progress("fitting on every purchase (serving stage)")
-        full_stage = fit_stage(frame, test_split.end, params, ids, warm_from=test_stage)
+        full_stage = fit_stage(
+            frame, test_split.end, params, ids, warm_from=test_stage, with_ease=with_ease
+        )
         del test_stage, test_eval
         timings["fit_serving"] = time.perf_counter() - t0
 

@@ -220,7 +220,9 @@ def rescore_current(
     ev = evalset
     if current_params != params:
         # same training rows, so the refit has the same user and item index as ``stage``
-        scorer = fit_stage(train, cutoff, current_params, ids).scorer()
+        scorer = fit_stage(
+            train, cutoff, current_params, ids, with_ease=evalset.scorer.ease_b is not None
+        ).scorer()
         ev = EvalSet(
             scorer=scorer,
             users=evalset.users,

@@ -138,6 +138,7 @@ def tune(
     *,
     stage: Stage | None = None,
     max_users: int | None = None,
+    with_ease: bool | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> TuneResult:
     """Search recipes (and, time allowing, hyper-parameters) within ``seconds``.
@@ -148,7 +149,7 @@ def tune(
     began = clock()
     deadline = began + max(0.0, seconds)
     if stage is None:
-        stage = fit_stage(train, reference_time, params, ids)
+        stage = fit_stage(train, reference_time, params, ids, with_ease=with_ease)
     evalset = stage.evalset(validation, max_users=max_users)
     recipes, objective, evaluations = _tune_all(evalset, start, deadline, clock)
     best = TuneResult(params, stage, evalset, recipes, objective, evaluations, 0.0, [])
@@ -156,7 +157,7 @@ def tune(
         fit_cost = sum(stage.timings.values()) * (variant.factors / params.factors)
         if clock() + 2 * fit_cost > deadline:
             break
-        v_stage = fit_stage(train, reference_time, variant, ids)
+        v_stage = fit_stage(train, reference_time, variant, ids, with_ease=with_ease)
         v_eval = v_stage.evalset(validation, max_users=max_users)
         v_recipes, v_objective, n = _tune_all(v_eval, best.recipes, deadline, clock)
         best.evaluations += n

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.db import DatabaseUnavailable, is_outage
@@ -79,6 +79,8 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        if isinstance(exc, DataError):  # a value the database refuses: the client's input
+            return error(422, "invalid_request", "a value was refused by the database")
         if is_outage(exc):
             log.warning("database_unavailable", extra={"error": str(exc).splitlines()[0]})
             return error(

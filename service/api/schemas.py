@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
-AttributeValue = str | int | float | bool | None
+Text = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]  # no NUL
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("date out of range once converted to UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+AttributeValue = Text | int | float | bool | None
 EventType = Literal["view", "add_to_cart", "purchase", "sign_up"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class UserIn(Strict):
-    signed_up_at: AwareDatetime | None = Field(
+    signed_up_at: UtcDatetime | None = Field(
         None,
         description="When the user signed up (with a time zone).",
         examples=["2026-11-23T09:30:00Z"],
     )
-    attributes: dict[Annotated[str, StringConstraints(max_length=64)], AttributeValue] | None = (
+    attributes: dict[Annotated[Text, StringConstraints(max_length=64)], AttributeValue] | None = (
         Field(None, max_length=50, description="Free-form attributes, replaced as a whole.")
     )
 
@@ -38,7 +57,7 @@ class EventIn(Strict):
     user_id: Id
     type: EventType
     item_id: Id | None = Field(None, description="Required except for sign_up.")
-    timestamp: AwareDatetime | None = Field(None, description="When it happened; default now.")
+    timestamp: UtcDatetime | None = Field(None, description="When it happened; default now.")
     order_id: Id | None = None
     client_event_id: Id | None = Field(
         None, description="Your id for this event: a retry with the same id is not counted twice."
@@ -61,7 +80,7 @@ class IngestOut(BaseModel):
 
 
 class ItemIn(Strict):
-    name: Annotated[str, StringConstraints(max_length=512)] | None = None
+    name: Text | None = None
     category: Id | None = None
     price: float | None = Field(None, ge=0)
     in_stock: bool | None = None

@@ -308,6 +308,19 @@ def test_user_registration_and_update(client: TestClient) -> None:
         ("post", "/v1/events", {"events": []}, "events"),
         ("put", "/v1/users/u", {"signed_up_at": "yesterday"}, "signed_up_at"),
         ("put", "/v1/items/i", {"price": -3}, "price"),
+        ("put", "/v1/users/u", {"signed_up_at": "9999-12-31T23:30:00-01:00"}, "signed_up_at"),
+        (
+            "post",
+            "/v1/events",
+            {
+                "user_id": "u",
+                "type": "view",
+                "item_id": "i",
+                "timestamp": "0001-01-01T00:00:00+01:00",
+            },
+            "timestamp",
+        ),
+        ("put", "/v1/items/i", {"name": "a\u0000b"}, "name"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field(
@@ -487,3 +500,21 @@ def test_openapi_documents_the_endpoints_with_examples(client: TestClient) -> No
         assert path in paths
     assert "examples" in str(paths["/v1/events"]["post"])
     assert client.get("/docs").status_code == 200
+
+
+def test_nan_and_chunked_oversized_bodies_are_refused(client: TestClient) -> None:
+    nan = b'{"attributes": {"score": NaN}}'
+    r = client.put("/v1/users/u", content=nan, headers={**F, "content-type": "application/json"})
+    assert r.status_code == 422
+    assert "attributes" in r.text
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"user_id": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    big = client.post(
+        "/v1/events", content=chunks(), headers={**F, "content-type": "application/json"}
+    )
+    assert big.status_code == 413

@@ -181,3 +181,20 @@ def test_leftovers_of_a_killed_run_are_cleaned_and_the_next_run_succeeds(
     result = _train(tmp_path, tiny_purchases)
     assert not leftover.exists()
     assert ModelStore(tmp_path).versions() == [result.version]
+
+
+def test_ease_is_decided_once_so_every_stage_and_the_artifact_agree(
+    tmp_path: Path, tiny_purchases: Purchases
+) -> None:
+    from training.evaluate import temporal_split
+    from training.models import encode
+
+    coded, ids = encode(tiny_purchases.frame)
+    before = temporal_split(temporal_split(coded, 30).train, 30).train["item"].nunique()
+    # small enough for the validation slice, too small for the whole catalogue
+    params = FAST.__class__(**{**FAST.to_dict(), "ease_max_items": int(before)})
+    assert before <= params.ease_max_items < len(ids.items)
+    result = _train(tmp_path, tiny_purchases, params=params)
+    artifact = load_artifact(ModelStore(tmp_path).version_path(result.version))
+    assert "ease_b" not in artifact.arrays
+    assert all("ease" not in r["weights"] for r in result.manifest["recipes"].values())

@@ -63,7 +63,7 @@ async def post_events(
             )
         )
     result = await run_in_threadpool(state.repository.add_events, batch)
-    state.activity.add(result.stored)  # this worker sees its own writes at once
+    state.activity.add(result.stored, from_tail=False)  # this worker sees its own writes now
     for stored in result.stored:
         state.metrics.events.labels(stored.type).inc()
     if result.duplicates:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import State
+from service.errors import RecofferError
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +25,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: State) -> JSONResponse:
     """Ready when a model is served, or when no model exists yet and events can be stored."""
     version = state.models.version
-    no_model_yet = version is None and state.models.store.current() is None
+    try:
+        no_model_yet = version is None and state.models.store.current() is None
+    except RecofferError:  # an unreadable registry: not ready, and say why
+        no_model_yet = False
     ready = version is not None or (no_model_yet and state.database_ready)
     body = {
         "ready": ready,

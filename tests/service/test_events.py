@@ -1,0 +1,19 @@
+"""The in-memory view of recent events each worker keeps."""
+
+from __future__ import annotations
+
+
+def test_own_writes_do_not_move_the_tail_watermark() -> None:
+    from datetime import UTC, datetime
+
+    from service.events import ActivityStore, StoredEvent
+
+    store = ActivityStore(lookback=0)
+    now = datetime.now(UTC)
+    store.add([StoredEvent(94, "a", "i1", "view", now)])
+    store.add([StoredEvent(101, "b", "i2", "view", now)], from_tail=False)  # this worker's write
+    assert store.tail_from() == 94  # 95..100 of other workers are still to be read
+    store.add([StoredEvent(n, "c", "i3", "view", now) for n in range(95, 102)])
+    assert store.tail_from() == 101
+    assert len(store.recent("b")) == 1  # 101 was not added twice
+    assert len(store.recent("c")) == 6
