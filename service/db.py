@@ -8,7 +8,6 @@ PostgreSQL: pre-ping, statement / lock / idle-in-transaction timeouts, a bounded
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from service.errors import RecofferError
-
-log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_ID = 0x7265636F  # "reco": PostgreSQL advisory lock around migrations
-
-
-class DatabaseUnavailable(RecofferError):
-    """The database cannot be reached or is too busy; the request may be retried."""
 
 
 def make_engine(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 5) -> Engine:
@@ -111,14 +103,3 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
-def ping(engine: Engine) -> bool:
-    """Whether a trivial query succeeds now."""
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
-    except Exception as exc:  # any failure means "not reachable" to a health check
-        log.warning("database_ping_failed", extra={"error": str(exc).splitlines()[0]})
-        return False

@@ -76,6 +76,15 @@ def _standardise_rows(scores: FloatArray) -> FloatArray:
     return scores
 
 
+def _repeat_strength(
+    counts: npt.ArrayLike, age_days: npt.ArrayLike, recipe: Recipe
+) -> npt.NDArray[np.float64]:
+    """ "Buy again" strength of bought items: log1p(orders) * exp(-age / half-life)."""
+    return np.log1p(np.asarray(counts, dtype=np.float64)) * np.exp(
+        -np.asarray(age_days, dtype=np.float64) / recipe.repeat_half_life_days
+    )
+
+
 def _standardise_row(row: FloatArray) -> FloatArray:
     std = float(row.std())
     return np.asarray((row - row.mean()) / (std if std > 0 else 1.0), dtype=np.float32)
@@ -222,9 +231,7 @@ class Scorer:
             scores += w * self.trending_z
         w = recipe.weight("repeat")
         if w and len(items):
-            value = np.log1p(np.asarray(counts, dtype=np.float64)) * np.exp(
-                -np.asarray(age_days, dtype=np.float64) / recipe.repeat_half_life_days
-            )
+            value = _repeat_strength(counts, age_days, recipe)
             top = value.max()
             value = value / (top if top > 0 else 1.0) + recipe.repeat_bonus
             scores[np.asarray(items)] += (w * value).astype(np.float32)
@@ -240,7 +247,7 @@ class Scorer:
     ) -> None:
         counts = counts.tocsr()
         age_days = age_days.tocsr()
-        value = np.log1p(counts.data) * np.exp(-age_days.data / recipe.repeat_half_life_days)
+        value = _repeat_strength(counts.data, age_days.data, recipe)
         rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
         row_max = np.zeros(counts.shape[0], dtype=np.float64)
         np.maximum.at(row_max, rows, value)

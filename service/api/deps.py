@@ -98,6 +98,5 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[AppState]]:
 
 
 FrontendState = Annotated[AppState, Depends(require("frontend"))]
-MarketingState = Annotated[AppState, Depends(require("marketing"))]
 AdminState = Annotated[AppState, Depends(require("admin"))]
 ReaderState = Annotated[AppState, Depends(require("frontend", "marketing"))]

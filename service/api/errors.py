@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.db import DatabaseUnavailable, is_outage
+from service.db import is_outage
 from service.recommender import UnknownItem
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,6 @@ def add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelUnavailable)
     async def _no_model(_: Request, exc: ModelUnavailable) -> JSONResponse:
         return error(503, "model_unavailable", str(exc), headers={"Retry-After": "30"})
-
-    @app.exception_handler(DatabaseUnavailable)
-    async def _db_down(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        return error(503, "database_unavailable", str(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
