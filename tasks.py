@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One place for the project's commands; needs only Python 3.11+ to start.
 
-    python3 tasks.py run        # demo shop -> train -> evaluation table (embedded defaults)
+    python3 tasks.py run        # demo shop -> train -> API on 127.0.0.1:8000 (embedded defaults)
     python3 tasks.py test       # the whole test suite
     python3 tasks.py lint | fmt | typecheck | bench
 
