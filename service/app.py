@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppState
 from service.api.errors import add_exception_handlers
+from service.api.fastpath import PlainRoute
 from service.api.routes import events, health, items, model, recommendations, users
 from service.db import make_engine, migrate
 from service.events import ActivityStore, Repository, utc_now
@@ -91,6 +92,10 @@ def create_app(
         lifespan=lifespan,
     )
     add_exception_handlers(app)
+    # the hot route first, as a plain Starlette route (see service.api.fastpath.PlainRoute)
+    app.router.routes.append(
+        PlainRoute(recommendations.PATH, recommendations.recommendations, methods=["GET"])
+    )
     for router in (
         users.router,
         events.router,

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -56,3 +58,16 @@ def openapi_parameters(model: type[BaseModel], path: tuple[str, ...]) -> list[di
             entry["description"] = prop["description"]
         out.append(entry)
     return out
+
+
+class PlainRoute(Route):
+    """A Starlette route for an endpoint that takes only the Request (the hot path).
+
+    Placed before its FastAPI twin, it answers the requests while the twin still documents the
+    endpoint in OpenAPI; FastAPI's per-request dependency machinery is skipped (a third of the
+    time of a recommendation). Exception handlers apply as for any route.
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self  # the route template, for metrics and logs
+        await super().handle(scope, receive, send)

@@ -18,10 +18,11 @@ router = APIRouter(tags=["recommendations"])
 
 
 FRONTEND = require("frontend")
+PATH = "/v1/users/{user_id}/recommendations"
 
 
 @router.get(
-    "/v1/users/{user_id}/recommendations",
+    PATH,
     response_model=RecommendationsOut,
     openapi_extra={"parameters": openapi_parameters(RecommendationParams, ("user_id",))},
 )
