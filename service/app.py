@@ -177,12 +177,17 @@ async def _model_loop(state: AppState) -> None:
 
 async def _tail_loop(state: AppState) -> None:
     repo, activity = state.repository, state.activity
+    seen: tuple[int, ...] | None = None
     while True:
         await asyncio.sleep(state.settings.event_poll_seconds)
         try:
             if not state.database_ready:
                 await _open_database(state)
                 continue
+            signature = repo.change_signature()  # taken before reading: no change is missed
+            if signature is not None and signature == seen:
+                continue
+            seen = signature
             rows = await run_in_threadpool(repo.events_after, activity.tail_from())
             activity.add(rows)
             changed = await run_in_threadpool(
@@ -191,6 +196,7 @@ async def _tail_loop(state: AppState) -> None:
             activity.update_catalogue(changed)
             _database(state, True)
         except Exception as exc:
+            seen = None  # read again next time
             if state.database_ready:
                 log.warning("event_tail_failed", extra={"error": str(exc).splitlines()[0]})
             _database(state, False)

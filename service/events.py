@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -86,6 +87,25 @@ class Repository:
         # SQLite has one writer: queue this process's writers here, in order, rather than in
         # SQLite's busy handler, which sleeps and backs off (seconds under contention)
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    def change_signature(self) -> tuple[int, ...] | None:
+        """A cheap "did anything change?" probe: SQLite file and WAL stats; None elsewhere.
+
+        Lets the tail skip a thread hop (which competes with requests for the interpreter)
+        when the embedded database has not changed since the last poll.
+        """
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        out: list[int] = []
+        for suffix in ("", "-wal"):
+            try:
+                info = os.stat(f"{database}{suffix}")
+            except OSError:
+                out += [0, 0]
+                continue
+            out += [info.st_mtime_ns, info.st_size]
+        return tuple(out)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def test_own_writes_do_not_move_the_tail_watermark() -> None:
     from datetime import UTC, datetime
@@ -17,3 +19,21 @@ def test_own_writes_do_not_move_the_tail_watermark() -> None:
     assert store.tail_from() == 101
     assert len(store.recent("b")) == 1  # 101 was not added twice
     assert len(store.recent("c")) == 6
+
+
+def test_sqlite_change_signature_moves_with_writes_only(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from service.db import make_engine, migrate
+    from service.events import NewEvent, Repository
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    repo = Repository(engine)
+    before = repo.change_signature()
+    assert before is not None
+    repo.events_after(0)  # a read changes nothing
+    assert repo.change_signature() == before
+    repo.add_events([NewEvent("u", "view", datetime.now(UTC), item_id="i")])
+    assert repo.change_signature() != before
+    engine.dispose()
