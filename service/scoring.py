@@ -187,12 +187,7 @@ class Scorer:
             weighted.data = np.exp(-weighted.data / recipe.input_half_life_days).astype(np.float32)
             part = np.asarray(weighted @ self.ease_b, dtype=np.float32)
             scores += w * _standardise_rows(part)
-        w = recipe.weight("popularity")
-        if w:
-            scores += w * self.popularity_z
-        w = recipe.weight("trending")
-        if w:
-            scores += w * self.trending_z
+        self._add_catalogue_wide(scores, recipe)
         w = recipe.weight("repeat")
         if w and counts.nnz:
             self._add_repeat(scores, counts, age_days, recipe, w)
@@ -223,12 +218,7 @@ class Scorer:
             weights = np.exp(-np.asarray(age_days) / recipe.input_half_life_days)
             part = weights.astype(np.float32) @ self.ease_b[np.asarray(items)]
             scores += w * _standardise_row(part)
-        w = recipe.weight("popularity")
-        if w:
-            scores += w * self.popularity_z
-        w = recipe.weight("trending")
-        if w:
-            scores += w * self.trending_z
+        self._add_catalogue_wide(scores, recipe)
         w = recipe.weight("repeat")
         if w and len(items):
             value = _repeat_strength(counts, age_days, recipe)
@@ -236,6 +226,15 @@ class Scorer:
             value = value / (top if top > 0 else 1.0) + recipe.repeat_bonus
             scores[np.asarray(items)] += (w * value).astype(np.float32)
         return scores
+
+    def _add_catalogue_wide(self, scores: FloatArray, recipe: Recipe) -> None:
+        """Popularity and trending: the same row for every user (broadcast over rows)."""
+        w = recipe.weight("popularity")
+        if w:
+            scores += w * self.popularity_z
+        w = recipe.weight("trending")
+        if w:
+            scores += w * self.trending_z
 
     @staticmethod
     def _add_repeat(
