@@ -213,6 +213,7 @@ def main() -> None:
         results.pop(key, None)
     if args.only in (None, "recommendations"):
         results.update(recommendation_figures(args, env, users, items))
+        results["recommendations_date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         results["model"], results["users"], results["items"] = (
             artifact.version,
             len(users),
@@ -220,6 +221,7 @@ def main() -> None:
         )
     if args.only in (None, "ingestion"):
         results["ingestion"] = ingestion_figures(args, env, items)
+        results["ingestion_date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     save("api_latency", this_command(), results)
 
 
