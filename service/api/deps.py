@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +46,14 @@ def _state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
+def _from_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _presented_key(request: Request) -> str | None:
     key = request.headers.get("x-api-key")
     if key:
@@ -77,6 +86,9 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[AppState]]:
     async def check(request: Request) -> AppState:
         state = _state(request)
         if state.settings.auth_disabled:
+            # development mode serves this machine only, whatever address the server bound
+            if not _from_loopback(request):
+                raise HTTPException(403, "development mode answers loopback clients only")
             return state
         key = _presented_key(request)
         if key is None:

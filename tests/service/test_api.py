@@ -518,3 +518,22 @@ def test_nan_and_chunked_oversized_bodies_are_refused(client: TestClient) -> Non
         "/v1/events", content=chunks(), headers={**F, "content-type": "application/json"}
     )
     assert big.status_code == 413
+
+
+def test_development_mode_answers_loopback_clients_only(
+    small_model_root: Path, tmp_path: Path, known_user: str
+) -> None:
+    settings = Settings(
+        model_dir=small_model_root,
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        auth_disabled=True,
+        access_log=False,
+    )
+    url = f"/v1/users/{known_user}/recommendations"
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as local:
+        assert local.get(url).status_code == 200
+        assert local.post("/v1/model/reload").status_code == 200  # everyone is admin
+    with TestClient(create_app(settings), client=("203.0.113.9", 50000)) as remote:
+        r = remote.get(url)
+        assert r.status_code == 403
+        assert "loopback" in r.json()["detail"]
