@@ -129,8 +129,7 @@ class ServingModel:
     recipes: dict[str, Recipe]
     reference_time: datetime
     categories: npt.NDArray[np.str_] | None
-    popular_order: IntArray
-    popular_list: list[int]
+    popular_list: list[int]  # item rows, most bought recently first
     unit_factors: npt.NDArray[np.float32]
     gram: npt.NDArray[np.float64]
     regularization: float
@@ -192,10 +191,9 @@ def prepare(
         recipes={p: _servable(Recipe.from_dict(manifest["recipes"][p]), scorer) for p in PROTOCOLS},
         reference_time=_as_utc(datetime.fromisoformat(manifest["reference_time"])),
         categories=np.asarray(arrays["item_categories"]) if "item_categories" in arrays else None,
-        popular_order=(
-            order := np.argsort(-scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable")
-        ),
-        popular_list=order.tolist(),
+        popular_list=np.argsort(
+            -scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable"
+        ).tolist(),
         unit_factors=(factors / norms).astype(np.float32),
         gram=factors.astype(np.float64).T @ factors.astype(np.float64),
         regularization=float(params.get("regularization", 0.05)),

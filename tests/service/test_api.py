@@ -384,9 +384,9 @@ def test_model_endpoint_describes_the_served_version(client: TestClient) -> None
     assert body["candidates_precomputed"] is True
 
 
-def test_new_current_version_is_picked_up_under_load_without_errors(
-    small_model_root: Path, database_url: str, known_user: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+def two_versions(small_model_root: Path, tmp_path: Path) -> tuple[Path, ModelStore, str, str]:
+    """A private copy of the model root with its older version promoted."""
     import shutil
 
     root = tmp_path / "models"
@@ -394,6 +394,13 @@ def test_new_current_version_is_picked_up_under_load_without_errors(
     store = ModelStore(root)
     first, second = store.versions()
     store.promote(first)
+    return root, store, first, second
+
+
+def test_new_current_version_is_picked_up_under_load_without_errors(
+    two_versions: tuple[Path, ModelStore, str, str], database_url: str, known_user: str
+) -> None:
+    root, store, first, second = two_versions
     seen: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
     with make_client(root, database_url, reload_interval_seconds=0.05) as c:
@@ -421,15 +428,9 @@ def test_new_current_version_is_picked_up_under_load_without_errors(
 
 
 def test_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(
-    small_model_root: Path, database_url: str, known_user: str, tmp_path: Path
+    two_versions: tuple[Path, ModelStore, str, str], database_url: str, known_user: str
 ) -> None:
-    import shutil
-
-    root = tmp_path / "models"
-    shutil.copytree(small_model_root, root)
-    store = ModelStore(root)
-    first, second = store.versions()
-    store.promote(first)
+    root, store, first, second = two_versions
     factors = store.version_path(second) / "item_factors.npy"
     factors.write_bytes(factors.read_bytes()[:-100])
     with make_client(root, database_url) as c:
