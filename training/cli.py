@@ -468,6 +468,186 @@ def _serve(
 
 
 @app.command()
+def backtest(
+    events: Annotated[
+        Path,
+        typer.Option(
+            "--events",
+            help="Behaviour events (user_id, type, timestamp[, item_id]): "
+            ".csv, .csv.gz or .parquet.",
+        ),
+    ],
+    campaign_id: Annotated[
+        str, typer.Option("--campaign", help="Campaign to replay.")
+    ] = "new_user_high_intent",
+    campaigns_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--campaigns-file",
+            envvar="RECOFFER_CAMPAIGNS_FILE",
+            help="TOML file of campaigns, on top of the built-in one.",
+            dir_okay=False,
+        ),
+    ] = None,
+    users: Annotated[
+        Path | None,
+        typer.Option(
+            help="Users file (user_id, signed_up_at): the sign-up time of users without a "
+            "sign_up event."
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Column mapping, e.g. 'user=visitor,type=event,timestamp=ts,item=sku,"
+            "signed_up_at=created' (signed_up_at: in --users)."
+        ),
+    ] = None,
+    ignore_schedule: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-schedule",
+            help="Treat the campaign as enabled and active over the whole log "
+            "(for one not launched yet).",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Replay a historical event log through a campaign's rule: reach, coupons, bought anyway.
+
+    Same rule as the service: views counted inside the window after sign-up (sign_up event,
+    else --users, else the first event), the same holdout draw, no purchase before
+    qualifying. Coupons go out in order of qualification under max_per_day (UTC days) and
+    max_total; holdout users get none.
+
+    JSON keys: campaign, rule, schedule_ignored, events {source, rows, ignored_rows, start,
+    end}, users, new_users, start_from {sign_up_event, users_file, first_event}, qualifying,
+    qualifying_per_day {date: n}, not_qualifying {too_few_views, campaign_inactive, not_new,
+    already_purchased}, holdout, treated, expected_coupons, coupons_per_day {date: n}, capped
+    {per_day, total}, purchases_in_log, bought_anyway {users, share, would_get_coupon,
+    censored} and non_qualifying_new_users {users, bought, share} (both null without
+    purchases in the log).
+
+    Examples:
+
+      recoffer backtest --events events.csv.gz --users users.csv
+
+      recoffer backtest --events events.parquet --campaign big_spenders_welcome \\
+          --campaigns-file campaigns.toml --json
+    """
+    from service.offers.campaigns import CampaignConfigError, load_campaigns
+    from training.backtest import EventColumns, read_events, read_users, run_backtest
+
+    _setup_logging(False)
+    with _errors():
+        try:
+            campaigns = load_campaigns(campaigns_file)
+        except CampaignConfigError as exc:
+            raise UsageProblem(str(exc)) from None
+        if campaign_id not in campaigns:
+            raise UsageProblem(
+                f"unknown campaign {campaign_id!r}; known: {', '.join(campaigns)}"
+                + ("" if campaigns_file else " (pass --campaigns-file for others)")
+            )
+        campaign = campaigns[campaign_id]
+        mapping = EventColumns.parse(columns) if columns else EventColumns()
+        frame = read_events(events, mapping, need_item=campaign.count == "distinct_items")
+        people = read_users(users, mapping) if users is not None else None
+        result = run_backtest(
+            campaign, frame, people, source=str(events), ignore_schedule=ignore_schedule
+        )
+    document = result.to_json()
+    if as_json:
+        out.print(json.dumps(document), markup=False)
+    else:
+        out.print(*backtest_tables(document))
+    if result.ignored_rows:
+        err.print(
+            f"warning: {result.ignored_rows:,} of {result.rows:,} rows ignored (no user, no "
+            "timestamp, or an unknown type)",
+            markup=False,
+        )
+    inactive = result.not_qualifying["campaign_inactive"]
+    if inactive:
+        err.print(
+            f"warning: {inactive:,} users reached the views while the campaign was inactive "
+            "(--ignore-schedule replays it as if always active)",
+            markup=False,
+        )
+    if result.bought_anyway is not None and result.bought_anyway.censored:
+        err.print(
+            f"note: the log ends inside the conversion window of "
+            f"{result.bought_anyway.censored:,} qualifying users; 'bought anyway' may be low",
+            markup=False,
+        )
+
+
+def backtest_tables(document: dict[str, Any]) -> list[Table]:
+    """The backtest report for people: a summary table and a per-day table."""
+    span = document["events"]
+    summary = Table(
+        title=f"backtest of {document['campaign']} on {span['source']} "
+        f"({span['start'][:10]} .. {span['end'][:10]})",
+        title_justify="left",
+        show_header=False,
+    )
+    summary.add_column("", style="bold")
+    summary.add_column("", justify="right")
+    rows: list[tuple[str, str]] = [
+        ("users in the log", f"{document['users']:,}"),
+        ("new users (sign-up inside the log)", f"{document['new_users']:,}"),
+        ("qualifying", f"{document['qualifying']:,}"),
+        ("  held out", f"{document['holdout']:,}"),
+        ("  would be treated", f"{document['treated']:,}"),
+        ("expected coupons (under the caps)", f"{document['expected_coupons']:,}"),
+        ("  cut by the daily cap", f"{document['capped']['per_day']:,}"),
+        ("  cut by the total cap", f"{document['capped']['total']:,}"),
+    ]
+    starts = document["start_from"]
+    rows.insert(
+        2,
+        (
+            "  sign-up from: event / users file / first event",
+            f"{starts['sign_up_event']:,} / {starts['users_file']:,} / {starts['first_event']:,}",
+        ),
+    )
+    for reason, n in document["not_qualifying"].items():
+        if n or reason == "too_few_views":
+            rows.append((f"not qualifying: {reason.replace('_', ' ')}", f"{n:,}"))
+    bought = document["bought_anyway"]
+    others = document["non_qualifying_new_users"]
+    if bought is None or others is None:
+        rows.append(("bought anyway", "no purchases in the log"))
+    else:
+        rows.append(
+            (
+                "qualifying users who bought anyway (no coupon)",
+                f"{bought['users']:,} ({_percent(bought['share'])})",
+            )
+        )
+        rows.append(("  of them, would have got a coupon", f"{bought['would_get_coupon']:,}"))
+        rows.append(
+            (
+                "non-qualifying new users who bought",
+                f"{others['bought']:,} of {others['users']:,} ({_percent(others['share'])})",
+            )
+        )
+    for label, value in rows:
+        summary.add_row(label, value)
+    per_day = Table(title="per UTC day", title_justify="left")
+    per_day.add_column("day")
+    per_day.add_column("qualifying", justify="right")
+    per_day.add_column("coupons", justify="right")
+    for day, n in document["qualifying_per_day"].items():
+        per_day.add_row(day, f"{n:,}", f"{document['coupons_per_day'].get(day, 0):,}")
+    return [summary, per_day]
+
+
+def _percent(share: float | None) -> str:
+    return "—" if share is None else f"{100 * share:.1f} %"
+
+
+@app.command()
 def migrate(
     database_url: Annotated[
         str,

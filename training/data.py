@@ -245,11 +245,11 @@ def load_purchases(
     if fmt == "online-retail":
         mapping = ONLINE_RETAIL_MAPPING
         # Duplicates are judged on the raw rows, so every column of the file is read.
-        raw = _read_table(path, required=list(mapping.mapped().values()), everything=True)
+        raw = read_table(path, required=list(mapping.mapped().values()), everything=True)
         purchases = _clean_online_retail(raw, source)
     else:
         mapping = columns if columns is not None else _default_mapping(path)
-        raw = _read_table(path, required=list(mapping.mapped().values()), everything=False)
+        raw = read_table(path, required=list(mapping.mapped().values()), everything=False)
         purchases = _clean_generic(raw, mapping, source)
     report = purchases.report
     logger.info(
@@ -281,7 +281,7 @@ def purchases_from_frame(frame: pd.DataFrame, source: str = "<frame>") -> Purcha
         **{role: column for role, column in optional.items() if column in frame}
     )
     wanted = list(mapping.mapped().values())
-    _check_columns(wanted, frame.columns, source)
+    check_columns(wanted, frame.columns, source)
     raw = frame.loc[:, wanted].reset_index(drop=True)
     return _clean_generic(raw, mapping, source)
 
@@ -312,7 +312,7 @@ def _default_mapping(path: Path) -> ColumnMapping:
             except UnicodeDecodeError:
                 present = set(_csv_header(path, "latin-1"))
         else:
-            return ColumnMapping()  # _read_table names the unsupported type
+            return ColumnMapping()  # read_table names the unsupported type
     except DataError:
         raise
     except _READ_ERRORS as exc:
@@ -328,7 +328,7 @@ def _check_file(path: Path) -> None:
         raise DataError(f"not a file: {path}")
 
 
-def _read_table(path: Path, required: list[str], everything: bool) -> pd.DataFrame:
+def read_table(path: Path, required: list[str], everything: bool) -> pd.DataFrame:
     """Read ``required`` columns (or all when ``everything``) as a frame; ids stay text in CSV."""
     _check_file(path)
     name = path.name.lower()
@@ -356,7 +356,7 @@ class _NotUtf8(Exception):
 def _read_csv_as(path: Path, required: list[str], everything: bool, encoding: str) -> pd.DataFrame:
     try:
         header = _csv_header(path, encoding)
-        _check_columns(required, header, str(path))
+        check_columns(required, header, str(path))
         wanted = header if everything else list(dict.fromkeys(required))
         table = pa_csv.read_csv(
             path,
@@ -397,7 +397,7 @@ def _read_parquet(path: Path, required: list[str], everything: bool) -> pd.DataF
     try:
         schema = pq.read_schema(path)
         present = [name for name in schema.names if not name.startswith("__index_level_")]
-        _check_columns(required, present, str(path))
+        check_columns(required, present, str(path))
         wanted = present if everything else list(dict.fromkeys(required))
         table = pq.read_table(path, columns=wanted)
         # Dictionary-encoded text would come back as a pandas Categorical; undo it.
@@ -416,7 +416,7 @@ def _read_parquet(path: Path, required: list[str], everything: bool) -> pd.DataF
         raise _unreadable(path, exc) from exc
 
 
-def _check_columns(required: Iterable[str], present: Iterable[object], source: str) -> None:
+def check_columns(required: Iterable[str], present: Iterable[object], source: str) -> None:
     """Raise DataError naming every required column that is missing, and those present."""
     names = [str(name) for name in present]
     missing = [column for column in dict.fromkeys(required) if column not in names]
@@ -450,7 +450,7 @@ def _show(value: object) -> str:
 # --- column conversion ----------------------------------------------------------------------
 
 
-def _text(values: pd.Series) -> pd.Series:
+def as_text(values: pd.Series) -> pd.Series:
     """Non-missing values as stripped text; missing and blank cells as NaN."""
     missing = values.isna()
     if isinstance(values.dtype, pd.CategoricalDtype):
@@ -464,7 +464,7 @@ def _text(values: pd.Series) -> pd.Series:
     return text.where(text != "")
 
 
-def _ids(values: pd.Series) -> pd.Series:
+def as_ids(values: pd.Series) -> pd.Series:
     """Ids as text: integers without a decimal part, ``"17850.0"`` as ``"17850"``."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         values = pd.Series(values.to_numpy(dtype=object), index=values.index)
@@ -473,7 +473,7 @@ def _ids(values: pd.Series) -> pd.Series:
         if kind in ("integer", "floating", "mixed-integer-float", "decimal"):
             values = pd.to_numeric(values)
     if pd.api.types.is_bool_dtype(values.dtype):
-        return _text(values)
+        return as_text(values)
     if pd.api.types.is_integer_dtype(values.dtype):
         # Directly, not through float64: 64-bit ids would lose digits.
         missing = values.isna().to_numpy(dtype=bool)
@@ -493,7 +493,7 @@ def _ids(values: pd.Series) -> pd.Series:
         if rest.any():
             out[rest] = values[rest].astype("str")
         return out
-    text = _text(values)
+    text = as_text(values)
     dotted = text.str.contains(".", regex=False).fillna(False).to_numpy(dtype=bool)
     if dotted.any():
         text[dotted] = text[dotted].str.replace(_FLOAT_LOOKING_ID, r"\1", regex=True)
@@ -505,7 +505,7 @@ def _numbers(values: pd.Series, column: str, source: str) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
         floats = values.to_numpy(dtype="float64", na_value=np.nan)
         return pd.Series(floats, index=values.index, dtype="float64")
-    text = _text(values)
+    text = as_text(values)
     arrow = _arrow_text(text)
     if arrow is not None:
         try:
@@ -528,7 +528,7 @@ def _arrow_text(text: pd.Series) -> pa.Array | None:
     return None
 
 
-def _timestamps(values: pd.Series, column: str, source: str) -> pd.Series:
+def parse_timestamps(values: pd.Series, column: str, source: str) -> pd.Series:
     """Naive datetime64[ns] (UTC for timezone-aware input), NaT for empty cells.
 
     A non-empty cell that is not a date-time raises DataError naming the column, row and value.
@@ -548,7 +548,7 @@ def _timestamps(values: pd.Series, column: str, source: str) -> pd.Series:
             f"column {column!r} in {source} holds {dtype} values, not date-times "
             "(expected text such as '2011-12-09 12:50:00' or a timestamp type)"
         )
-    text = _text(values)
+    text = as_text(values)
     present = text.notna().to_numpy(dtype=bool)
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
     if not present.any():
@@ -682,9 +682,9 @@ def _normalise(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.Dat
     raw = raw.reset_index(drop=True)
     n = len(raw)
     out: dict[str, pd.Series] = {}
-    out["user_id"] = _ids(raw[mapping.user])
-    out["item_id"] = _ids(raw[mapping.item])
-    out["timestamp"] = _timestamps(raw[mapping.timestamp], mapping.timestamp, source)
+    out["user_id"] = as_ids(raw[mapping.user])
+    out["item_id"] = as_ids(raw[mapping.item])
+    out["timestamp"] = parse_timestamps(raw[mapping.timestamp], mapping.timestamp, source)
     if mapping.quantity is None:
         out["quantity"] = pd.Series(np.ones(n), dtype="float64")
     else:
@@ -696,13 +696,13 @@ def _normalise(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.Dat
     if mapping.order is None:
         out["order_id"] = pd.Series(np.nan, index=raw.index, dtype="str")
     else:
-        out["order_id"] = _ids(raw[mapping.order])
+        out["order_id"] = as_ids(raw[mapping.order])
     for field in ("category", "name"):
         column = getattr(mapping, field)
         if column is None:
             out[field] = pd.Series(np.nan, index=raw.index, dtype="str")
         else:
-            out[field] = _text(raw[column])
+            out[field] = as_text(raw[column])
     return pd.DataFrame(out)
 
 
