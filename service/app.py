@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 
 from fastapi import FastAPI
@@ -21,12 +21,27 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import AppState
 from service.api.errors import add_exception_handlers
 from service.api.fastpath import PlainRoute
-from service.api.routes import events, health, items, model, recommendations, users
+from service.api.routes import (
+    campaigns,
+    coupons,
+    events,
+    health,
+    items,
+    model,
+    offers,
+    recommendations,
+    users,
+)
 from service.db import make_engine, migrate
 from service.events import ActivityStore, Repository, utc_now
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.model_holder import ModelHolder
+from service.offers.auto import AutoEvaluator
+from service.offers.campaigns import load_campaigns
+from service.offers.engine import OfferEngine
+from service.offers.limiter import FailureLimiter
+from service.offers.repository import OfferRepository
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +55,7 @@ def create_app(
     """Build the app; ``settings`` default to the environment (RECOFFER_*)."""
     settings = settings or Settings()
     metrics = Metrics()
+    campaign_set = load_campaigns(settings.campaigns_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,21 +64,41 @@ def create_app(
             timeout_seconds=settings.db_timeout_seconds,
             pool_size=settings.db_pool_size,
         )
+        repository = Repository(engine, clock)
+        activity = ActivityStore(
+            per_user=settings.session_events,
+            lookback=0 if settings.is_sqlite else None,
+        )
+        models = ModelHolder(
+            settings.model_dir,
+            candidates_per_user=settings.candidates_per_user,
+            precompute_max_cells=settings.precompute_max_cells,
+            event_weights=settings.event_weights,
+        )
+
+        def rank_items(user_id: str, item_ids: Sequence[str]) -> list[str]:
+            recommender = models.current
+            if recommender is None:
+                return list(item_ids)
+            return recommender.rank(user_id, item_ids, activity.recent(user_id), clock())
+
+        offer_engine = OfferEngine(
+            campaign_set,
+            OfferRepository(repository),
+            clock,
+            rank_items=rank_items,
+            metrics=metrics,
+        )
         state = AppState(
             settings=settings,
-            repository=Repository(engine, clock),
-            activity=ActivityStore(
-                per_user=settings.session_events,
-                lookback=0 if settings.is_sqlite else None,
-            ),
-            models=ModelHolder(
-                settings.model_dir,
-                candidates_per_user=settings.candidates_per_user,
-                precompute_max_cells=settings.precompute_max_cells,
-                event_weights=settings.event_weights,
-            ),
+            repository=repository,
+            activity=activity,
+            models=models,
             metrics=metrics,
             clock=clock,
+            offers=offer_engine,
+            auto_offers=AutoEvaluator(offer_engine, per_user=settings.session_events),
+            coupon_limiter=FailureLimiter(settings.coupon_failure_window_seconds),
         )
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()
@@ -75,6 +111,8 @@ def create_app(
         tasks = [asyncio.create_task(_tail_loop(state), name="recoffer-tail")]
         if settings.reload_interval_seconds > 0:
             tasks.append(asyncio.create_task(_model_loop(state), name="recoffer-models"))
+        if settings.offer_metrics_seconds > 0:
+            tasks.append(asyncio.create_task(_offer_metrics_loop(state), name="recoffer-offers"))
         try:
             yield
         finally:
@@ -83,6 +121,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.auto_offers.drain()
             engine.dispose()
 
     app = FastAPI(
@@ -101,6 +140,9 @@ def create_app(
         events.router,
         items.router,
         recommendations.router,
+        offers.router,
+        coupons.router,
+        campaigns.router,
         model.router,
         health.router,
     ):
@@ -200,3 +242,33 @@ async def _tail_loop(state: AppState) -> None:
             if state.database_ready:
                 log.warning("event_tail_failed", extra={"error": str(exc).splitlines()[0]})
             _database(state, False)
+
+
+def refresh_offer_metrics(state: AppState) -> None:
+    """Coupons by state and budget left, from the database (every worker sees the same)."""
+    engine, metrics = state.offers, state.metrics
+    now = state.clock()
+    counts = engine.repository.coupon_states(now)
+    for campaign_id in engine.campaigns:
+        for kind in ("active", "redeemed", "expired"):
+            metrics.coupons.labels(campaign_id, kind).set(counts.get((campaign_id, kind), 0))
+    for campaign in engine.campaigns.values():
+        if campaign.max_total is None and campaign.max_per_day is None:
+            continue
+        used = engine.repository.budget_used(campaign.campaign_id, now)
+        if campaign.max_total is not None:
+            left = max(0, campaign.max_total - used["total"])
+            metrics.budget_left.labels(campaign.campaign_id, "total").set(left)
+        if campaign.max_per_day is not None:
+            left = max(0, campaign.max_per_day - used["today"])
+            metrics.budget_left.labels(campaign.campaign_id, "today").set(left)
+
+
+async def _offer_metrics_loop(state: AppState) -> None:
+    while True:
+        if state.database_ready:
+            try:
+                await run_in_threadpool(refresh_offer_metrics, state)
+            except Exception as exc:  # the gauges keep their last values; the tail sees outages
+                log.warning("offer_metrics_failed", extra={"error": str(exc).splitlines()[0]})
+        await asyncio.sleep(state.settings.offer_metrics_seconds)

@@ -108,7 +108,8 @@ class Repository:
         return tuple(out)
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction: this process's writers queue on SQLite, BEGIN IMMEDIATE."""
         with contextlib.ExitStack() as stack:
             if self._write_lock is not None:
                 stack.enter_context(self._write_lock)
@@ -117,7 +118,8 @@ class Repository:
             stack.enter_context(conn.begin())
             yield conn
 
-    def _insert(self, table: Any) -> Any:
+    def insert(self, table: Any) -> Any:
+        """An INSERT of this dialect (for ON CONFLICT clauses)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table)
 
@@ -132,7 +134,7 @@ class Repository:
     ) -> UserRecord:
         """Register a user or update the fields given; returns the stored row."""
         now = self.clock()
-        stmt = self._insert(users).values(
+        stmt = self.insert(users).values(
             user_id=user_id,
             signed_up_at=signed_up_at,
             first_seen_at=min(now, signed_up_at) if signed_up_at else now,
@@ -146,7 +148,7 @@ class Repository:
         if attributes is not None:
             updates["attributes"] = stmt.excluded.attributes
         stmt = stmt.on_conflict_do_update(index_elements=[users.c.user_id], set_=updates)
-        with self._writing() as conn:
+        with self.writing() as conn:
             conn.execute(stmt)
             row = conn.execute(select(users).where(users.c.user_id == user_id)).one()
         return UserRecord(**row._mapping)
@@ -184,7 +186,7 @@ class Repository:
             }
             for u, ts in first_seen.items()
         ]
-        user_stmt = self._insert(users)
+        user_stmt = self.insert(users)
         user_stmt = user_stmt.on_conflict_do_update(
             index_elements=[users.c.user_id],
             set_={
@@ -213,11 +215,11 @@ class Repository:
             for e in batch
         ]
         event_stmt = (
-            self._insert(events)
+            self.insert(events)
             .on_conflict_do_nothing(index_elements=[events.c.client_event_id])
             .returning(events.c.id, events.c.user_id, events.c.item_id, events.c.type, events.c.ts)
         )
-        with self._writing() as conn:
+        with self.writing() as conn:
             conn.execute(user_stmt, user_rows)
             stored = [StoredEvent(*row) for row in conn.execute(event_stmt, event_rows)]
         return IngestResult(len(stored), len(batch) - len(stored), stored)
@@ -268,11 +270,11 @@ class Repository:
         """Create or update one catalogue item; fields left None keep their stored value."""
         now = self.clock()
         values = {"name": name, "category": category, "price": price, "in_stock": in_stock}
-        stmt = self._insert(items).values(item_id=item_id, updated_at=now, **values)
+        stmt = self.insert(items).values(item_id=item_id, updated_at=now, **values)
         changes = {k: stmt.excluded[k] for k, v in values.items() if v is not None}
         changes["updated_at"] = stmt.excluded.updated_at
         stmt = stmt.on_conflict_do_update(index_elements=[items.c.item_id], set_=changes)
-        with self._writing() as conn:
+        with self.writing() as conn:
             conn.execute(stmt)
             row = conn.execute(select(items).where(items.c.item_id == item_id)).one()
         return ItemRecord(**row._mapping)

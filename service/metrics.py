@@ -60,6 +60,36 @@ class Metrics:
         self.database_up = Gauge(
             "recoffer_database_up", "1 when the last database call succeeded", registry=r
         )
+        self.offer_decisions = Counter(
+            "recoffer_offer_decisions_total",
+            "Offer evaluations by campaign and decision (issued, holdout, not_eligible, ...)",
+            ["campaign", "decision"],
+            registry=r,
+        )
+        self.coupons_redeemed = Counter(
+            "recoffer_coupons_redeemed_total",
+            "Coupons redeemed through this process",
+            ["campaign"],
+            registry=r,
+        )
+        self.coupon_refusals = Counter(
+            "recoffer_coupon_refusals_total",
+            "Coupon lookups refused: not_found, not_yours, rate_limited",
+            ["reason"],
+            registry=r,
+        )
+        self.coupons = Gauge(
+            "recoffer_coupons",
+            "Coupons in the database by campaign and state (active, redeemed, expired)",
+            ["campaign", "state"],
+            registry=r,
+        )
+        self.budget_left = Gauge(
+            "recoffer_campaign_budget_left",
+            "Coupons a campaign may still issue, today and in total (capped campaigns only)",
+            ["campaign", "period"],
+            registry=r,
+        )
 
     def model_load(self, outcome: LoadResult) -> None:
         """Count an attempted model load and, on success, switch the version label."""

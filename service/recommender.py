@@ -341,6 +341,10 @@ class Recommender:
                     picked.append((i, s))
                     if len(picked) == limit:
                         return picked
+        return _pick(self._known_scores(user, protocol), limit, banned)
+
+    def _known_scores(self, user: int, protocol: str) -> npt.NDArray[np.float32]:
+        m = self.model
         hist, ages = m.scorer.history_counts, m.scorer.history_age_days
         start, end = hist.indptr[user], hist.indptr[user + 1]
         bought = hist.indices[start:end]
@@ -353,7 +357,7 @@ class Recommender:
         )
         if protocol == "novel":
             scores[bought] = -np.inf
-        return _pick(scores, limit, banned)
+        return scores
 
     def _session(
         self,
@@ -363,6 +367,11 @@ class Recommender:
         banned: set[int],
         now: datetime | None,
     ) -> list[tuple[int, float]]:
+        return _pick(self._session_scores(recent, protocol, now), limit, banned)
+
+    def _session_scores(
+        self, recent: Sequence[Activity], protocol: str, now: datetime | None
+    ) -> npt.NDArray[np.float32]:
         m = self.model
         weights: dict[int, float] = {}
         newest: dict[int, datetime] = {}
@@ -383,7 +392,33 @@ class Recommender:
         if protocol == "novel":
             bought = [m.item_index[a.item_id] for a in recent if a.type == "purchase"]
             scores[bought] = -np.inf
-        return _pick(scores, limit, banned)
+        return scores
+
+    def rank(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        recent: Sequence[Activity] = (),
+        now: datetime | None = None,
+    ) -> list[str]:
+        """``item_ids`` ordered by how much the model expects this user to buy each, best first.
+
+        Known users are scored from their history, others from their folded-in recent events;
+        items the model does not know (and everything, for a user with neither) keep their
+        order after the ranked ones.
+        """
+        m = self.model
+        user = m.user_index.get(user_id)
+        recent_known = [a for a in recent if a.item_id in m.item_index]
+        if user is not None:
+            scores = self._known_scores(user, "all")
+        elif recent_known:
+            scores = self._session_scores(recent_known, "all", now)
+        else:
+            return list(item_ids)
+        known = [(i, m.item_index[i]) for i in item_ids if i in m.item_index]
+        ranked = sorted(known, key=lambda pair: -float(scores[pair[1]]))
+        return [i for i, _ in ranked] + [i for i in item_ids if i not in m.item_index]
 
     def fold_in(
         self, items: npt.NDArray[np.int64], confidence: npt.NDArray[np.float32]

@@ -83,6 +83,22 @@ class Settings(BaseSettings):
     db_timeout_seconds: float = Field(
         5.0, gt=0, description="Statement/lock timeout (PostgreSQL) or busy timeout (SQLite)."
     )
+    campaigns_file: Path | None = Field(
+        None,
+        description="TOML file of campaigns; the built-in new_user_high_intent always exists.",
+    )
+    coupon_failures_per_user: int = Field(
+        10, ge=1, description="Failed coupon lookups per user and window before 429."
+    )
+    coupon_failures_per_client: int = Field(
+        100, ge=1, description="Failed coupon lookups per client address and window before 429."
+    )
+    coupon_failure_window_seconds: float = Field(
+        600.0, gt=0, description="The window of the failed-lookup limits."
+    )
+    offer_metrics_seconds: float = Field(
+        15.0, ge=0, description="How often coupon and budget gauges are refreshed (0: never)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 
@@ -105,6 +121,17 @@ class Settings(BaseSettings):
         if not url.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return url
+
+    @field_validator("campaigns_file")
+    @classmethod
+    def _campaigns_readable(cls, path: Path | None) -> Path | None:
+        from service.offers.campaigns import CampaignConfigError, load_campaigns
+
+        try:
+            load_campaigns(path)
+        except CampaignConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return path
 
     @model_validator(mode="after")
     def _auth_configured(self) -> Settings:

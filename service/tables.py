@@ -94,3 +94,53 @@ items = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_items_updated_at", "updated_at"),
 )
+
+# --- offers (migration 0002) -------------------------------------------------------------
+
+DECISION_KINDS = ("issued", "holdout", "budget_exhausted")
+
+offer_decisions = Table(
+    "offer_decisions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("user_id", String(ID_LENGTH), nullable=False),
+    # issued and holdout are final; budget_exhausted may still become one of them
+    Column("decision", String(20), nullable=False),
+    Column("attribution_id", String(32), nullable=False),
+    Column("views", Integer(), nullable=False),
+    Column("decided_at", UTCDateTime(), nullable=False),
+    Column("convert_until", UTCDateTime(), nullable=False),
+    CheckConstraint("decision IN ('issued', 'holdout', 'budget_exhausted')", name="decision_kind"),
+    # "one decision per user per campaign, ever" is this index, not a read before a write
+    Index("uq_offer_decisions_campaign_id", "campaign_id", "user_id", unique=True),
+    Index("uq_offer_decisions_attribution_id", "attribution_id", unique=True),
+    Index("ix_offer_decisions_user_id", "user_id"),
+)
+
+coupons = Table(
+    "coupons",
+    metadata,
+    Column("code", String(32), primary_key=True),  # normalised: upper case, no dashes
+    Column("campaign_id", String(64), nullable=False),
+    Column("user_id", String(ID_LENGTH), nullable=False),
+    Column("attribution_id", String(32), nullable=False),
+    Column("discount_percent", Float(), nullable=False),
+    Column("item_ids", JSON(), nullable=True),  # None: store-wide
+    Column("issued_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("redeemed_at", UTCDateTime(), nullable=True),
+    Column("order_id", String(ID_LENGTH), nullable=True),
+    Column("order_amount", Float(), nullable=True),
+    Column("discount_amount", Float(), nullable=True),
+    Index("ix_coupons_user_id", "user_id", "expires_at"),
+    Index("ix_coupons_campaign_id", "campaign_id"),
+)
+
+campaign_budgets = Table(
+    "campaign_budgets",
+    metadata,
+    Column("campaign_id", String(64), primary_key=True),
+    Column("period", String(10), primary_key=True),  # "total" or a UTC day "YYYY-MM-DD"
+    Column("issued", Integer(), nullable=False),
+)

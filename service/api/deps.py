@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from service.events import ActivityStore, Repository
     from service.metrics import Metrics
     from service.model_holder import ModelHolder
+    from service.offers.auto import AutoEvaluator
+    from service.offers.engine import OfferEngine
+    from service.offers.limiter import FailureLimiter
     from service.settings import Settings
 
 
@@ -30,6 +33,9 @@ class AppState:
     models: ModelHolder
     metrics: Metrics
     clock: Callable[[], datetime]
+    offers: OfferEngine
+    auto_offers: AutoEvaluator
+    coupon_limiter: FailureLimiter
     database_ready: bool = False
 
 
@@ -111,4 +117,5 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[AppState]]:
 
 FrontendState = Annotated[AppState, Depends(require("frontend"))]
 AdminState = Annotated[AppState, Depends(require("admin"))]
+MarketingState = Annotated[AppState, Depends(require("marketing"))]
 ReaderState = Annotated[AppState, Depends(require("frontend", "marketing"))]

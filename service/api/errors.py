@@ -13,6 +13,14 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.db import is_outage
+from service.offers.engine import (
+    CouponAlreadyRedeemed,
+    CouponExpired,
+    CouponNotFound,
+    CouponNotYours,
+    UnknownCampaign,
+)
+from service.offers.limiter import TooManyAttempts
 from service.recommender import UnknownItem
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,30 @@ def add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownItem)
     async def _unknown_item(_: Request, exc: UnknownItem) -> JSONResponse:
         return error(404, "unknown_item", f"item {exc.args[0]!r} is not in the current model")
+
+    @app.exception_handler(UnknownCampaign)
+    async def _unknown_campaign(_: Request, exc: UnknownCampaign) -> JSONResponse:
+        return error(404, "unknown_campaign", f"no campaign {exc.args[0]!r}; see /v1/campaigns")
+
+    offer_refusals: dict[type[Exception], tuple[int, str, str]] = {
+        CouponNotFound: (404, "coupon_not_found", "no such coupon"),
+        CouponNotYours: (403, "coupon_not_yours", "this coupon belongs to another user"),
+        CouponAlreadyRedeemed: (409, "coupon_already_redeemed", "used by another order"),
+        CouponExpired: (410, "coupon_expired", "this coupon has expired"),
+    }
+
+    async def _coupon_refused(_: Request, exc: Exception) -> JSONResponse:
+        status, code, detail = offer_refusals[type(exc)]
+        return error(status, code, detail)  # never echo the code itself
+
+    for kind in offer_refusals:
+        app.add_exception_handler(kind, _coupon_refused)
+
+    @app.exception_handler(TooManyAttempts)
+    async def _too_many(_: Request, exc: TooManyAttempts) -> JSONResponse:
+        return error(
+            429, "too_many_requests", str(exc), headers={"Retry-After": str(exc.retry_after)}
+        )
 
     @app.exception_handler(ModelUnavailable)
     async def _no_model(_: Request, exc: ModelUnavailable) -> JSONResponse:

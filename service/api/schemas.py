@@ -113,6 +113,9 @@ class RecommendationParams(BaseModel):
     purchased_within_days: int | None = Field(
         None, ge=1, le=3650, description="Replenishment: only items bought in the last N days."
     )
+    include_offer: bool = Field(
+        False, description="Also return the user's active coupon (one call for the page)."
+    )
 
 
 class RecommendedItem(BaseModel):
@@ -130,6 +133,9 @@ class RecommendationsOut(BaseModel):
     )
     model_version: str | None
     request_id: str
+    offer: CouponOut | None = Field(
+        None, description="With include_offer=true: the active coupon, soonest to expire."
+    )
 
 
 class SimilarOut(BaseModel):
@@ -158,3 +164,127 @@ class ReloadOut(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     detail: Any = None
+
+
+# --- offers ------------------------------------------------------------------------------
+
+CampaignRef = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+]
+DecisionName = Literal["issued", "holdout", "not_eligible", "already_decided", "budget_exhausted"]
+
+
+class EvaluateIn(Strict):
+    user_id: Id
+    campaign_id: CampaignRef = Field(
+        "new_user_high_intent", description="Which campaign decides (default: the built-in)."
+    )
+
+
+class CouponOut(BaseModel):
+    code: str = Field(description="Show this to the customer.", examples=["ABCD-EFGH-JKMN-PQRS"])
+    campaign_id: str
+    user_id: str
+    status: Literal["active", "redeemed", "expired"]
+    discount_percent: float
+    item_ids: list[str] | None = Field(description="Only these products; null: store-wide.")
+    issued_at: datetime
+    expires_at: datetime
+    seconds_left: int
+    attribution_id: str = Field(description="Shared by the decision, the coupon and its use.")
+
+
+class DecisionOut(BaseModel):
+    campaign_id: str
+    user_id: str
+    decision: DecisionName
+    reasons: list[str] = Field(
+        description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
+        "already_purchased; budget_exhausted: the cap reached (cap_total or cap_<day>)"
+    )
+    views: int | None = Field(description="Views counted inside the window.")
+    min_views: int | None
+    previous_decision: Literal["issued", "holdout"] | None = Field(
+        description="already_decided: what was decided the first time."
+    )
+    attribution_id: str | None
+    decided_at: datetime | None
+    coupon: CouponOut | None
+
+
+class UserOffersOut(BaseModel):
+    user_id: str
+    offers: list[CouponOut] = Field(description="Active coupons, the soonest to expire first.")
+
+
+class RedeemIn(Strict):
+    user_id: Id = Field(description="The customer placing the order; must own the coupon.")
+    order_id: Id = Field(description="A retry with the same order id is answered like the first.")
+    order_amount: float | None = Field(
+        None, ge=0, le=1e9, description="Order total before the discount, to report its cost."
+    )
+
+
+class ReleaseIn(Strict):
+    user_id: Id
+    order_id: Id = Field(description="The order that used the coupon and was cancelled.")
+
+
+class RedemptionOut(BaseModel):
+    coupon: CouponOut
+    order_id: str | None
+    redeemed_at: datetime | None
+    discount_amount: float | None = Field(description="order_amount x discount, when sent.")
+    replayed: bool = Field(description="True when this repeats an earlier, successful call.")
+
+
+class CampaignOut(BaseModel):
+    campaign_id: str
+    active_now: bool
+    definition: dict[str, Any] = Field(description="Every parameter, defaults included.")
+
+
+class CampaignsOut(BaseModel):
+    campaigns: list[CampaignOut]
+
+
+class SweepOut(BaseModel):
+    campaign_id: str
+    active: bool
+    evaluated: int = Field(description="Users inside the window without a final decision.")
+    decisions: dict[str, int]
+    seconds: float
+
+
+class IntervalOut(BaseModel):
+    estimate: float
+    low: float = Field(description="95 % interval, lower end.")
+    high: float
+
+
+class CampaignStatsOut(BaseModel):
+    campaign_id: str
+    at: datetime
+    eligible: int = Field(description="Users found eligible: issued + holdout + budget_exhausted.")
+    decisions: dict[str, int]
+    coupons: dict[str, int] = Field(description="issued, active, redeemed, expired.")
+    budget: dict[str, int | None]
+    converted: dict[str, int] = Field(
+        description="Users with a purchase within the conversion window after the decision."
+    )
+    conversion: dict[str, IntervalOut | None] = Field(
+        description="treated and holdout conversion rates with Wilson 95 % intervals."
+    )
+    uplift: IntervalOut | None = Field(
+        description="Treated minus holdout conversion, Newcombe 95 % interval."
+    )
+    open_windows: int = Field(description="Decided users still inside their conversion window.")
+    discount_cost: float = Field(description="Discount given on redeemed coupons.")
+    discount_cost_estimated: float = Field(
+        description="Part of discount_cost estimated from catalogue prices (no order amount)."
+    )
+    unpriced_orders: int
+    notes: list[str]
+
+
+RecommendationsOut.model_rebuild()

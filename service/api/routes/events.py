@@ -68,4 +68,7 @@ async def post_events(
         state.metrics.events.labels(stored.type).inc()
     if result.duplicates:
         state.metrics.event_duplicates.inc(result.duplicates)
+    if state.auto_offers.enabled:
+        viewers = {s.user_id for s in result.stored if s.type == "view"}
+        state.auto_offers.on_views(viewers, {u: state.activity.recent(u) for u in viewers})
     return IngestOut(accepted=result.accepted, duplicates=result.duplicates)

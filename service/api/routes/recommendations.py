@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppState, FrontendState, require
 from service.api.errors import ModelUnavailable
 from service.api.fastpath import openapi_parameters, parse_request
+from service.api.routes.offers import coupon_out
 from service.api.schemas import Id, RecommendationParams, RecommendationsOut, SimilarOut
 from service.recommender import Query as RecQuery
 from service.recommender import Recommendation, Result
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommendations"])
 
 
@@ -58,7 +63,19 @@ async def recommendations(request: Request) -> Response:
         "model_version": version,
         "request_id": request.scope["state"]["request_id"],
     }
+    if params.include_offer:
+        payload["offer"] = await _active_offer(state, user_id)
     return Response(orjson.dumps(payload), media_type="application/json")
+
+
+async def _active_offer(state: AppState, user_id: str) -> dict[str, object] | None:
+    """The coupon to show with the products; recommendations never fail because of it."""
+    try:
+        offers = await run_in_threadpool(state.offers.active_offers, user_id)
+    except SQLAlchemyError as exc:
+        log.warning("offer_lookup_failed", extra={"error": str(exc).splitlines()[0]})
+        return None
+    return coupon_out(offers[0]).model_dump(mode="json") if offers else None
 
 
 def _item(r: Recommendation) -> dict[str, object]:

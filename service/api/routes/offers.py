@@ -1,0 +1,70 @@
+"""Offer decisions for one user, and the user's active coupons."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import ReaderState
+from service.api.schemas import CouponOut, DecisionOut, EvaluateIn, Id, UserOffersOut
+from service.offers.engine import CouponStatus, Decision, OfferEngine
+from service.offers.rules import format_code
+
+router = APIRouter(tags=["offers"])
+
+
+def coupon_out(status: CouponStatus) -> CouponOut:
+    c = status.coupon
+    return CouponOut(
+        code=format_code(c.code),
+        campaign_id=c.campaign_id,
+        user_id=c.user_id,
+        status=status.status,
+        discount_percent=c.discount_percent,
+        item_ids=c.item_ids,
+        issued_at=c.issued_at,
+        expires_at=c.expires_at,
+        seconds_left=status.seconds_left,
+        attribution_id=c.attribution_id,
+    )
+
+
+def decision_out(decision: Decision, engine: OfferEngine) -> DecisionOut:
+    coupon = None
+    if decision.coupon is not None:
+        coupon = coupon_out(engine.status_of(decision.coupon))
+    return DecisionOut(
+        campaign_id=decision.campaign_id,
+        user_id=decision.user_id,
+        decision=decision.decision,
+        reasons=list(decision.reasons),
+        views=decision.views,
+        min_views=decision.min_views,
+        previous_decision=decision.previous,
+        attribution_id=decision.attribution_id,
+        decided_at=decision.decided_at,
+        coupon=coupon,
+    )
+
+
+@router.post("/v1/offers/evaluate", response_model=DecisionOut)
+async def evaluate(
+    body: Annotated[
+        EvaluateIn, Body(openapi_examples={"built-in campaign": {"value": {"user_id": "u123"}}})
+    ],
+    state: ReaderState,
+) -> DecisionOut:
+    """Decide whether the user gets the campaign's coupon now, and record it (once per user)."""
+    decision = await run_in_threadpool(state.offers.evaluate, body.user_id, body.campaign_id)
+    return decision_out(decision, state.offers)
+
+
+@router.get("/v1/users/{user_id}/offers", response_model=UserOffersOut)
+async def user_offers(
+    user_id: Annotated[Id, Path(description="The shop's user id.")], state: ReaderState
+) -> UserOffersOut:
+    """The user's active coupons, with their expiry and seconds left."""
+    offers = await run_in_threadpool(state.offers.active_offers, user_id)
+    return UserOffersOut(user_id=user_id, offers=[coupon_out(o) for o in offers])

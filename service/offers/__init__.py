@@ -1,0 +1,1 @@
+"""Offers: campaigns, the high-intent rule, coupons, holdout and uplift."""

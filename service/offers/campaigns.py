@@ -1,0 +1,171 @@
+"""Campaign definitions: the built-in ``new_user_high_intent`` offer and a TOML file of others.
+
+A campaign says who is eligible (a new user, inside the hesitation window after sign-up, who
+viewed enough products and has not bought), what they get (a discount, for how long, on which
+products), how many coupons may go out (per day, in total) and which share of eligible users
+is held out to measure the uplift. Every field has the default of shared/PRODUCT.md.
+
+The file (``RECOFFER_CAMPAIGNS_FILE``) holds one table per campaign::
+
+    [campaigns.new_user_high_intent]        # overrides the built-in defaults it names
+    discount_percent = 15
+    max_per_day = 500
+
+    [campaigns.big_spenders_welcome]
+    min_views = 20
+    count = "distinct_items"
+
+The built-in campaign is always defined; ``enabled = false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from service.errors import RecofferError
+
+BUILT_IN = "new_user_high_intent"
+CampaignId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+]
+
+
+class CampaignConfigError(RecofferError):
+    """The campaigns file cannot be read or describes an impossible campaign."""
+
+
+class Campaign(BaseModel):
+    """One offer campaign; the defaults are the ``new_user_high_intent`` playbook."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    campaign_id: CampaignId = BUILT_IN
+    name: str = Field("Coupon for hesitating new users", max_length=200)
+    enabled: bool = True
+    active_from: AwareDatetime | None = Field(None, description="Not before (inclusive).")
+    active_until: AwareDatetime | None = Field(None, description="Not after (exclusive).")
+
+    # who: the hesitation window after sign-up, and the intent shown inside it
+    new_user_window_hours: float = Field(24.0, gt=0, le=24 * 365)
+    min_views: int = Field(
+        11, ge=1, le=100_000, description="Views needed inside the window (11: more than 10)."
+    )
+    count: Literal["view_events", "distinct_items"] = Field(
+        "view_events", description="What a view counts: every view event, or distinct products."
+    )
+    require_no_purchase: bool = Field(True, description="Only users who have not bought yet.")
+
+    # what: the coupon
+    discount_percent: float = Field(10.0, gt=0, le=100)
+    coupon_ttl_hours: float = Field(24.0, gt=0, le=24 * 365)
+    expire_at_window_end: bool = Field(
+        False, description="Expire when the hesitation window closes, if that is sooner."
+    )
+    restrict_to_top_items: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description=(
+            "0: store-wide. N > 0: only the N products the model ranks highest among those "
+            "the user viewed."
+        ),
+    )
+
+    # how many, and who is held out
+    holdout_percent: float = Field(10.0, ge=0, le=100)
+    max_per_day: int | None = Field(None, ge=0, description="Coupons per UTC day at most.")
+    max_total: int | None = Field(None, ge=0, description="Coupons in total at most.")
+    conversion_window_hours: float | None = Field(
+        None,
+        gt=0,
+        le=24 * 365,
+        description="A purchase this long after the decision counts as a conversion "
+        "(default: the coupon's time to live).",
+    )
+    evaluate_on_view: bool = Field(
+        False, description="Evaluate a user automatically when a view event arrives."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Campaign:
+        if self.active_from and self.active_until and self.active_from >= self.active_until:
+            raise ValueError("active_from must be before active_until")
+        return self
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(hours=self.new_user_window_hours)
+
+    @property
+    def coupon_ttl(self) -> timedelta:
+        return timedelta(hours=self.coupon_ttl_hours)
+
+    @property
+    def conversion_window(self) -> timedelta:
+        return timedelta(hours=self.conversion_window_hours or self.coupon_ttl_hours)
+
+    def is_active(self, now: datetime) -> bool:
+        """Enabled and inside ``[active_from, active_until)``."""
+        if not self.enabled:
+            return False
+        if self.active_from is not None and now < self.active_from:
+            return False
+        return self.active_until is None or now < self.active_until
+
+    def public(self) -> dict[str, Any]:
+        """The definition as the API shows it."""
+        return self.model_dump(mode="json")
+
+
+def load_campaigns(path: Path | None) -> dict[str, Campaign]:
+    """The campaigns of ``path`` (TOML) on top of the built-in one, by id, built-in first.
+
+    Raises:
+        CampaignConfigError: the file is missing, not TOML, or a campaign is invalid; the
+            message names the file, the campaign and the field.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                document = tomllib.load(handle)
+        except OSError as exc:
+            raise CampaignConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise CampaignConfigError(f"{path}: not valid TOML ({exc})") from None
+        unknown = set(document) - {"campaigns"}
+        if unknown:
+            raise CampaignConfigError(
+                f"{path}: unknown top-level key(s) {sorted(unknown)}; put campaigns under "
+                "[campaigns.<id>]"
+            )
+        raw = document.get("campaigns", {})
+        if not isinstance(raw, dict):
+            raise CampaignConfigError(f"{path}: 'campaigns' must be a table of tables")
+    campaigns: dict[str, Campaign] = {}
+    for campaign_id in [BUILT_IN, *(c for c in raw if c != BUILT_IN)]:
+        fields = raw.get(campaign_id, {})
+        if not isinstance(fields, dict):
+            raise CampaignConfigError(f"{path}: [campaigns.{campaign_id}] must be a table")
+        try:
+            campaigns[campaign_id] = Campaign.model_validate({**fields, "campaign_id": campaign_id})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "campaign"
+            raise CampaignConfigError(
+                f"{path}: campaign {campaign_id!r}, {where}: {first.get('msg', 'invalid')}"
+            ) from None
+    return campaigns

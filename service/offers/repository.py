@@ -1,0 +1,552 @@
+"""Every query of the offers: decisions, coupons, budgets, and the facts the rule reads.
+
+Exactly-once lives in the writes themselves (shared/RELIABILITY.md): a unique index carries
+"one decision per user per campaign", a budget is taken by an UPDATE whose WHERE holds the cap,
+and a coupon is redeemed by an UPDATE whose WHERE holds "not redeemed, not expired, this user".
+No read-then-write anywhere, so the same code is safe on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection, and_, case, func, select, update
+from sqlalchemy.engine import Row
+
+from service.events import Repository
+from service.offers.rules import UserFacts
+from service.tables import campaign_budgets, coupons, events, items, offer_decisions, users
+
+FinalKind = Literal["issued", "holdout"]
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    campaign_id: str
+    user_id: str
+    decision: str
+    attribution_id: str
+    views: int
+    decided_at: datetime
+    convert_until: datetime
+
+
+@dataclass(frozen=True)
+class CouponRecord:
+    code: str
+    campaign_id: str
+    user_id: str
+    attribution_id: str
+    discount_percent: float
+    item_ids: list[str] | None
+    issued_at: datetime
+    expires_at: datetime
+    redeemed_at: datetime | None
+    order_id: str | None
+    order_amount: float | None
+    discount_amount: float | None
+
+
+@dataclass(frozen=True)
+class CouponDraft:
+    """A coupon to issue together with an ``issued`` decision."""
+
+    code: str
+    discount_percent: float
+    item_ids: list[str] | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Caps:
+    per_day: int | None
+    total: int | None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a decision write did: ``created`` False means another one was there first."""
+
+    created: bool
+    decision: DecisionRecord
+    coupon: CouponRecord | None
+
+
+@dataclass(frozen=True)
+class CampaignCounts:
+    decisions: Counter[str]
+    coupons_active: int
+    coupons_redeemed: int
+    coupons_expired: int
+    converted: Counter[str]  # users with a purchase inside their conversion window, by decision
+    open_windows: Counter[str]  # users whose conversion window has not closed yet
+    discount_known: float  # discount given on redeemed coupons whose order amount was sent
+    redeemed_unpriced: list[CouponRecord]  # redeemed without an order amount
+
+
+class BudgetExhausted(Exception):
+    """Raised inside the decision transaction to roll it back when a cap is reached."""
+
+
+def day_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).date().isoformat()
+
+
+class OfferRepository:
+    """Queries of the offer tables, on the shared engine and its SQLite write queue."""
+
+    def __init__(self, base: Repository) -> None:
+        self.base = base
+        self.engine = base.engine
+
+    # --- facts the rule reads -------------------------------------------------------------
+
+    def user_facts(self, user_id: str, window: timedelta, now: datetime) -> UserFacts:
+        """Views inside ``[start, min(now, start + window)]`` and whether the user ever bought."""
+        with self.engine.connect() as conn:
+            user = conn.execute(
+                select(users.c.signed_up_at, users.c.first_seen_at).where(
+                    users.c.user_id == user_id
+                )
+            ).first()
+            if user is None:
+                return UserFacts(user_id, None, 0, 0, False)
+            start: datetime = user.signed_up_at or user.first_seen_at
+            end = min(now, start + window)
+            in_window = and_(events.c.type == "view", events.c.ts >= start, events.c.ts <= end)
+            row = conn.execute(
+                select(
+                    func.count(case((in_window, 1))),
+                    func.count(case((in_window, events.c.item_id)).distinct()),
+                    func.count(case((events.c.type == "purchase", 1))),
+                ).where(events.c.user_id == user_id, events.c.ts <= now)
+            ).one()
+        return UserFacts(user_id, start, int(row[0]), int(row[1]), bool(row[2]))
+
+    def candidates(
+        self, campaign_id: str, window: timedelta, now: datetime, limit: int | None = None
+    ) -> list[UserFacts]:
+        """Facts of every user whose window is open at ``now`` and who has no final decision.
+
+        One aggregate query: a user inside the window started at or after ``now - window``,
+        so "inside the window" is simply "at or after the start, not after now".
+        """
+        start = func.coalesce(users.c.signed_up_at, users.c.first_seen_at)
+        view_in_window = and_(events.c.type == "view", events.c.ts >= start, events.c.ts <= now)
+        decided = (
+            select(offer_decisions.c.id)
+            .where(
+                offer_decisions.c.campaign_id == campaign_id,
+                offer_decisions.c.user_id == users.c.user_id,
+                offer_decisions.c.decision != "budget_exhausted",
+            )
+            .exists()
+        )
+        query = (
+            select(
+                users.c.user_id,
+                start.label("started_at"),
+                func.count(case((view_in_window, 1))),
+                func.count(case((view_in_window, events.c.item_id)).distinct()),
+                func.count(case((and_(events.c.type == "purchase", events.c.ts <= now), 1))),
+            )
+            .select_from(users.outerjoin(events, events.c.user_id == users.c.user_id))
+            .where(start >= now - window, start <= now, ~decided)
+            .group_by(users.c.user_id, start)
+            .order_by(users.c.user_id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                UserFacts(str(r[0]), r[1], int(r[2]), int(r[3]), bool(r[4]))
+                for r in conn.execute(query)
+            ]
+
+    def viewed_items(self, user_id: str, since: datetime, now: datetime) -> list[str]:
+        """Products the user viewed in ``[since, now]``, most viewed first, then most recent."""
+        query = (
+            select(events.c.item_id)
+            .where(
+                events.c.user_id == user_id,
+                events.c.type == "view",
+                events.c.ts >= since,
+                events.c.ts <= now,
+                events.c.item_id.is_not(None),
+            )
+            .group_by(events.c.item_id)
+            .order_by(func.count().desc(), func.max(events.c.ts).desc(), events.c.item_id)
+        )
+        with self.engine.connect() as conn:
+            return [str(r[0]) for r in conn.execute(query)]
+
+    # --- decisions ------------------------------------------------------------------------
+
+    def decision_of(self, campaign_id: str, user_id: str) -> DecisionRecord | None:
+        with self.engine.connect() as conn:
+            return self._decision(conn, campaign_id, user_id)
+
+    def record(
+        self,
+        campaign_id: str,
+        user_id: str,
+        kind: FinalKind,
+        *,
+        views: int,
+        now: datetime,
+        convert_until: datetime,
+        coupon: CouponDraft | None = None,
+        caps: Caps | None = None,
+    ) -> Recorded:
+        """Record a final decision (and its coupon) unless one exists; exactly once.
+
+        A ``budget_exhausted`` row may become final here. With ``coupon`` the caps are taken in
+        the same transaction; when one is reached the whole transaction is rolled back, a
+        ``budget_exhausted`` row is recorded instead, and ``BudgetExhausted`` is raised.
+        """
+        values = {
+            "decision": kind,
+            "attribution_id": uuid.uuid4().hex,
+            "views": views,
+            "decided_at": now,
+            "convert_until": convert_until,
+        }
+        try:
+            with self.base.writing() as conn:
+                created = self._claim(conn, campaign_id, user_id, values)
+                if not created:
+                    existing = self._decision(conn, campaign_id, user_id)
+                    assert existing is not None  # the unique index said it is there
+                    return Recorded(False, existing, self._coupon_of(conn, existing))
+                decision = self._decision(conn, campaign_id, user_id)
+                assert decision is not None
+                stored: CouponRecord | None = None
+                if coupon is not None:
+                    self._take_budget(conn, campaign_id, caps or Caps(None, None), now)
+                    stored = self._insert_coupon(conn, decision, coupon, now)
+                return Recorded(True, decision, stored)
+        except BudgetExhausted:
+            self._record_miss(campaign_id, user_id, views, now, convert_until)
+            raise
+
+    def _claim(
+        self, conn: Connection, campaign_id: str, user_id: str, values: dict[str, Any]
+    ) -> bool:
+        insert = (
+            self.base.insert(offer_decisions)
+            .values(campaign_id=campaign_id, user_id=user_id, **values)
+            .on_conflict_do_nothing(
+                index_elements=[offer_decisions.c.campaign_id, offer_decisions.c.user_id]
+            )
+            .returning(offer_decisions.c.id)
+        )
+        if conn.execute(insert).first() is not None:
+            return True
+        # a row is there: only a budget miss may still become final (the WHERE re-checks it)
+        upgrade = (
+            update(offer_decisions)
+            .where(
+                offer_decisions.c.campaign_id == campaign_id,
+                offer_decisions.c.user_id == user_id,
+                offer_decisions.c.decision == "budget_exhausted",
+            )
+            .values(**values)
+            .returning(offer_decisions.c.id)
+        )
+        return conn.execute(upgrade).first() is not None
+
+    def _take_budget(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:
+        for period, cap in (("total", caps.total), (day_of(now), caps.per_day)):
+            if cap is None:
+                continue
+            conn.execute(
+                self.base.insert(campaign_budgets)
+                .values(campaign_id=campaign_id, period=period, issued=0)
+                .on_conflict_do_nothing(
+                    index_elements=[campaign_budgets.c.campaign_id, campaign_budgets.c.period]
+                )
+            )
+            taken = conn.execute(
+                update(campaign_budgets)
+                .where(
+                    campaign_budgets.c.campaign_id == campaign_id,
+                    campaign_budgets.c.period == period,
+                    campaign_budgets.c.issued < cap,  # the cap is the guard of the write
+                )
+                .values(issued=campaign_budgets.c.issued + 1)
+                .returning(campaign_budgets.c.issued)
+            ).first()
+            if taken is None:
+                raise BudgetExhausted(period)
+
+    def _record_miss(
+        self, campaign_id: str, user_id: str, views: int, now: datetime, convert_until: datetime
+    ) -> None:
+        with self.base.writing() as conn:
+            conn.execute(
+                self.base.insert(offer_decisions)
+                .values(
+                    campaign_id=campaign_id,
+                    user_id=user_id,
+                    decision="budget_exhausted",
+                    attribution_id=uuid.uuid4().hex,
+                    views=views,
+                    decided_at=now,
+                    convert_until=convert_until,
+                )
+                .on_conflict_do_nothing(
+                    index_elements=[offer_decisions.c.campaign_id, offer_decisions.c.user_id]
+                )
+            )
+
+    def _insert_coupon(
+        self, conn: Connection, decision: DecisionRecord, draft: CouponDraft, now: datetime
+    ) -> CouponRecord:
+        coupon = CouponRecord(
+            code=draft.code,
+            campaign_id=decision.campaign_id,
+            user_id=decision.user_id,
+            attribution_id=decision.attribution_id,
+            discount_percent=draft.discount_percent,
+            item_ids=draft.item_ids,
+            issued_at=now,
+            expires_at=draft.expires_at,
+            redeemed_at=None,
+            order_id=None,
+            order_amount=None,
+            discount_amount=None,
+        )
+        conn.execute(coupons.insert().values(**dataclasses.asdict(coupon)))
+        return coupon
+
+    def _decision(self, conn: Connection, campaign_id: str, user_id: str) -> DecisionRecord | None:
+        row = conn.execute(
+            select(
+                offer_decisions.c.campaign_id,
+                offer_decisions.c.user_id,
+                offer_decisions.c.decision,
+                offer_decisions.c.attribution_id,
+                offer_decisions.c.views,
+                offer_decisions.c.decided_at,
+                offer_decisions.c.convert_until,
+            ).where(
+                offer_decisions.c.campaign_id == campaign_id,
+                offer_decisions.c.user_id == user_id,
+            )
+        ).first()
+        return DecisionRecord(*row) if row else None
+
+    def _coupon_of(self, conn: Connection, decision: DecisionRecord) -> CouponRecord | None:
+        if decision.decision != "issued":
+            return None
+        row = conn.execute(
+            select(coupons).where(coupons.c.attribution_id == decision.attribution_id)
+        ).first()
+        return _coupon(row) if row else None
+
+    # --- coupons --------------------------------------------------------------------------
+
+    def coupon_for(self, attribution_id: str) -> CouponRecord | None:
+        """The coupon issued with the decision ``attribution_id``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(coupons).where(coupons.c.attribution_id == attribution_id)
+            ).first()
+        return _coupon(row) if row else None
+
+    def coupon(self, code: str) -> CouponRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(coupons).where(coupons.c.code == code)).first()
+        return _coupon(row) if row else None
+
+    def active_coupons(self, user_id: str, now: datetime) -> list[CouponRecord]:
+        """Unredeemed, unexpired coupons of a user, the soonest to expire first."""
+        query = (
+            select(coupons)
+            .where(
+                coupons.c.user_id == user_id,
+                coupons.c.expires_at > now,
+                coupons.c.redeemed_at.is_(None),
+            )
+            .order_by(coupons.c.expires_at, coupons.c.code)
+        )
+        with self.engine.connect() as conn:
+            return [_coupon(r) for r in conn.execute(query)]
+
+    def redeem(
+        self,
+        code: str,
+        user_id: str,
+        order_id: str,
+        order_amount: float | None,
+        now: datetime,
+    ) -> CouponRecord | None:
+        """Mark the coupon used by ``order_id``; None when it is not this user's usable coupon.
+
+        The WHERE is the guard: of any number of concurrent calls exactly one changes the row.
+        """
+        discount = (
+            None if order_amount is None else order_amount * coupons.c.discount_percent / 100.0
+        )
+        query = (
+            update(coupons)
+            .where(
+                coupons.c.code == code,
+                coupons.c.user_id == user_id,
+                coupons.c.redeemed_at.is_(None),
+                coupons.c.expires_at > now,
+            )
+            .values(
+                redeemed_at=now,
+                order_id=order_id,
+                order_amount=order_amount,
+                discount_amount=discount,
+            )
+            .returning(*coupons.c)
+        )
+        with self.base.writing() as conn:
+            row = conn.execute(query).first()
+        return _coupon(row) if row else None
+
+    def release(self, code: str, user_id: str, order_id: str, now: datetime) -> CouponRecord | None:
+        """Put a use back (the order was cancelled) while the coupon is still valid."""
+        query = (
+            update(coupons)
+            .where(
+                coupons.c.code == code,
+                coupons.c.user_id == user_id,
+                coupons.c.order_id == order_id,
+                coupons.c.redeemed_at.is_not(None),
+                coupons.c.expires_at > now,
+            )
+            .values(redeemed_at=None, order_id=None, order_amount=None, discount_amount=None)
+            .returning(*coupons.c)
+        )
+        with self.base.writing() as conn:
+            row = conn.execute(query).first()
+        return _coupon(row) if row else None
+
+    # --- stats ----------------------------------------------------------------------------
+
+    def counts(self, campaign_id: str, now: datetime) -> CampaignCounts:
+        """Everything the campaign's stats are computed from, in a handful of queries."""
+        d, c, e = offer_decisions, coupons, events
+        with self.engine.connect() as conn:
+            decisions = Counter(
+                {
+                    str(kind): int(n)
+                    for kind, n in conn.execute(
+                        select(d.c.decision, func.count())
+                        .where(d.c.campaign_id == campaign_id)
+                        .group_by(d.c.decision)
+                    )
+                }
+            )
+            open_windows = Counter(
+                {
+                    str(kind): int(n)
+                    for kind, n in conn.execute(
+                        select(d.c.decision, func.count())
+                        .where(d.c.campaign_id == campaign_id, d.c.convert_until > now)
+                        .group_by(d.c.decision)
+                    )
+                }
+            )
+            bought = (
+                select(e.c.id)
+                .where(
+                    e.c.user_id == d.c.user_id,
+                    e.c.type == "purchase",
+                    e.c.ts > d.c.decided_at,
+                    e.c.ts <= d.c.convert_until,
+                    e.c.ts <= now,
+                )
+                .exists()
+            )
+            converted = Counter(
+                {
+                    str(kind): int(n)
+                    for kind, n in conn.execute(
+                        select(d.c.decision, func.count())
+                        .where(d.c.campaign_id == campaign_id, bought)
+                        .group_by(d.c.decision)
+                    )
+                }
+            )
+            row = conn.execute(
+                select(
+                    func.count(case((c.c.redeemed_at.is_not(None), 1))),
+                    func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at <= now), 1))),
+                    func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at > now), 1))),
+                    func.coalesce(func.sum(c.c.discount_amount), 0.0),
+                ).where(c.c.campaign_id == campaign_id)
+            ).one()
+            unpriced = [
+                _coupon(r)
+                for r in conn.execute(
+                    select(c).where(
+                        c.c.campaign_id == campaign_id,
+                        c.c.redeemed_at.is_not(None),
+                        c.c.order_amount.is_(None),
+                    )
+                )
+            ]
+        return CampaignCounts(
+            decisions=decisions,
+            coupons_active=int(row[2]),
+            coupons_redeemed=int(row[0]),
+            coupons_expired=int(row[1]),
+            converted=converted,
+            open_windows=open_windows,
+            discount_known=float(row[3]),
+            redeemed_unpriced=unpriced,
+        )
+
+    def order_lines(self, user_id: str, order_id: str) -> list[tuple[str, float | None]]:
+        """(item, catalogue price) of the purchase events of one order."""
+        query = (
+            select(events.c.item_id, items.c.price)
+            .select_from(events.outerjoin(items, items.c.item_id == events.c.item_id))
+            .where(
+                events.c.user_id == user_id,
+                events.c.order_id == order_id,
+                events.c.type == "purchase",
+            )
+        )
+        with self.engine.connect() as conn:
+            return [(str(i), None if p is None else float(p)) for i, p in conn.execute(query)]
+
+    def budget_used(self, campaign_id: str, now: datetime) -> dict[str, int]:
+        """Coupons counted against the caps: ``total`` and today's."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(campaign_budgets.c.period, campaign_budgets.c.issued).where(
+                    campaign_budgets.c.campaign_id == campaign_id,
+                    campaign_budgets.c.period.in_(["total", day_of(now)]),
+                )
+            )
+            used = {str(p): int(n) for p, n in rows}
+        return {"total": used.get("total", 0), "today": used.get(day_of(now), 0)}
+
+    def coupon_states(self, now: datetime) -> dict[tuple[str, str], int]:
+        """(campaign, active|redeemed|expired) -> coupons, for the metrics."""
+        state = case(
+            (coupons.c.redeemed_at.is_not(None), "redeemed"),
+            (coupons.c.expires_at <= now, "expired"),
+            else_="active",
+        )
+        query = select(coupons.c.campaign_id, state, func.count()).group_by(
+            coupons.c.campaign_id, state
+        )
+        with self.engine.connect() as conn:
+            return {(str(c), str(s)): int(n) for c, s, n in conn.execute(query)}
+
+
+def _coupon(row: Row[Any]) -> CouponRecord:
+    mapping = row._mapping
+    return CouponRecord(**{k: mapping[k] for k in coupons.c.keys()})  # noqa: SIM118

@@ -1,0 +1,191 @@
+"""Exactly-once under concurrency, on SQLite and PostgreSQL: many threads, several processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from sqlalchemy import func, select
+
+from service.db import make_engine, migrate
+from service.events import NewEvent, Repository
+from service.offers.campaigns import Campaign
+from service.offers.engine import CouponAlreadyRedeemed, OfferEngine
+from service.offers.repository import OfferRepository
+from service.offers.rules import in_holdout
+from service.tables import coupons, offer_decisions
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+T = TypeVar("T")
+
+
+def _engine_for(url: str, campaign: Campaign) -> OfferEngine:
+    engine = make_engine(url, timeout_seconds=30, pool_size=25)
+    base = Repository(engine, lambda: NOW)
+    return OfferEngine({campaign.campaign_id: campaign}, OfferRepository(base), lambda: NOW)
+
+
+@pytest.fixture
+def offers(database_url: str) -> Iterator[OfferEngine]:
+    campaign = Campaign(holdout_percent=10)
+    engine = _engine_for(database_url, campaign)
+    migrate(engine.repository.engine)
+    yield engine
+    engine.repository.engine.dispose()
+
+
+def _hesitating(engine: OfferEngine, user_id: str, views: int = 11) -> None:
+    base = engine.repository.base
+    start = NOW - timedelta(hours=2)
+    base.upsert_user(user_id, signed_up_at=start)
+    base.add_events(
+        [
+            NewEvent(user_id, "view", start + timedelta(minutes=n + 1), item_id=f"i{n}")
+            for n in range(views)
+        ]
+    )
+
+
+def _all_at_once(n: int, call: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``call(0..n-1)`` in n threads released together; results or exceptions."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> T | BaseException:
+        barrier.wait()
+        try:
+            return call(i)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def _treated(prefix: str) -> str:
+    return next(
+        f"{prefix}{i}"
+        for i in range(100)
+        if not in_holdout("new_user_high_intent", f"{prefix}{i}", 10)
+    )
+
+
+def test_fifty_parallel_evaluations_of_one_user_issue_one_coupon(offers: OfferEngine) -> None:
+    user = _treated("race-")
+    _hesitating(offers, user)
+    results = _all_at_once(50, lambda _: offers.evaluate(user, "new_user_high_intent"))
+    kinds = Counter(r.decision if not isinstance(r, BaseException) else repr(r) for r in results)
+    assert kinds == {"issued": 1, "already_decided": 49}
+    codes = {r.coupon.code for r in results if not isinstance(r, BaseException) and r.coupon}
+    assert len(codes) == 1  # every answer names the one coupon
+    with offers.repository.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(coupons)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(offer_decisions)).scalar_one() == 1
+
+
+def test_hundred_parallel_redemptions_of_one_code_succeed_once(offers: OfferEngine) -> None:
+    user = _treated("redeem-")
+    _hesitating(offers, user)
+    coupon = offers.evaluate(user, "new_user_high_intent").coupon
+    assert coupon is not None
+    results = _all_at_once(100, lambda i: offers.redeem(coupon.code, user, f"order-{i}"))
+    succeeded = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, CouponAlreadyRedeemed)]
+    others = [repr(r) for r in results if isinstance(r, BaseException) and r not in refused]
+    assert (len(succeeded), len(refused)) == (1, 99), others[:3]
+    stored = offers.repository.coupon(coupon.code)
+    assert stored is not None
+    assert stored.order_id == succeeded[0][0].coupon.order_id
+
+
+def test_a_total_cap_holds_under_parallel_evaluations(database_url: str) -> None:
+    campaign = Campaign(holdout_percent=0, max_total=5, max_per_day=100)
+    offers = _engine_for(database_url, campaign)
+    try:
+        migrate(offers.repository.engine)
+        users = [f"capped-{n}" for n in range(40)]
+        for user in users:
+            _hesitating(offers, user)
+        results = _all_at_once(40, lambda i: offers.evaluate(users[i], campaign.campaign_id))
+        kinds = Counter(
+            r.decision if not isinstance(r, BaseException) else repr(r) for r in results
+        )
+        assert kinds == {"issued": 5, "budget_exhausted": 35}
+        with offers.repository.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(coupons)).scalar_one() == 5
+        assert offers.repository.budget_used(campaign.campaign_id, NOW)["total"] == 5
+    finally:
+        offers.repository.engine.dispose()
+
+
+# one process of the multi-process test: 25 threads redeem the code, print what happened
+WORKER = """
+import json, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from service.db import make_engine
+from service.events import Repository
+from service.offers.campaigns import Campaign
+from service.offers.engine import OfferEngine
+from service.offers.repository import OfferRepository
+
+url, code, user, worker = sys.argv[1:5]
+now = datetime.fromisoformat(sys.argv[5])
+engine = make_engine(url, timeout_seconds=30, pool_size=6)
+offers = OfferEngine({}, OfferRepository(Repository(engine, lambda: now)), lambda: now)
+barrier = threading.Barrier(25)
+
+def run(i):
+    barrier.wait()
+    try:
+        offers.redeem(code, user, f"order-{worker}-{i}")
+        return "ok"
+    except Exception as exc:
+        return type(exc).__name__
+
+with ThreadPoolExecutor(25) as pool:
+    print(json.dumps(list(pool.map(run, range(25)))))
+engine.dispose()
+"""
+
+
+def test_redemptions_from_four_processes_succeed_once(
+    offers: OfferEngine, database_url: str
+) -> None:
+    """Each process has its own write queue: here only the database itself keeps it exact."""
+    user = _treated("procs-")
+    _hesitating(offers, user)
+    coupon = offers.evaluate(user, "new_user_high_intent").coupon
+    assert coupon is not None
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    args = [database_url, coupon.code, user]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, *args, str(w), NOW.isoformat()],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=root,
+            text=True,
+        )
+        for w in range(4)
+    ]
+    outcomes: Counter[str] = Counter()
+    for w in workers:
+        out, _ = w.communicate(timeout=120)
+        assert w.returncode == 0
+        outcomes.update(json.loads(out))
+    successes = outcomes.pop("ok", 0)
+    errors = list(outcomes.elements())
+    assert successes == 1
+    assert set(errors) == {"CouponAlreadyRedeemed"}
+    assert len(errors) == 99
