@@ -30,7 +30,9 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 5) -
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": timeout_seconds, "check_same_thread": False}
+            url,
+            connect_args={"timeout": timeout_seconds, "check_same_thread": False},
+            hide_parameters=True,  # error messages must not carry coupon codes or user data
         )
         busy_ms = int(timeout_seconds * 1000)
 
@@ -58,6 +60,7 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 5) -
         ms = int(timeout_seconds * 1000)
         return create_engine(
             parsed,
+            hide_parameters=True,  # error messages must not carry coupon codes or user data
             pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=pool_size,

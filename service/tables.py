@@ -135,6 +135,7 @@ coupons = Table(
     Column("discount_amount", Float(), nullable=True),
     Index("ix_coupons_user_id", "user_id", "expires_at"),
     Index("ix_coupons_campaign_id", "campaign_id"),
+    Index("ix_coupons_attribution_id", "attribution_id"),
 )
 
 campaign_budgets = Table(

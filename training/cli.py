@@ -367,6 +367,8 @@ def demo(
     from training.demo import prepare_demo
 
     _setup_logging(False)
+    if serve_api:
+        _check_port(host, port)  # before minutes of generating and training
     with _errors():
         try:
             plan = prepare_demo(workdir, preset, progress=_progress)
@@ -418,6 +420,19 @@ def serve(
     )
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail now, with one line, when the address is taken (not after a long start-up)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", 2) from None
+
+
 def _serve(
     *,
     model_dir: Path,
@@ -449,7 +464,8 @@ def _serve(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        raise _fail(f"bad setting {where}: {first.get('msg')}", 2) from None
+        raise _fail(f"bad setting RECOFFER_{where.upper()}: {first.get('msg')}", 2) from None
+    _check_port(host, port)
     if settings.auth_disabled:
         err.print(
             "development mode: API keys are NOT checked (RECOFFER_AUTH_DISABLED); loopback only",

@@ -40,8 +40,14 @@ def error(
     )
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+# where a value came from, and the tags of the events body's two shapes: not field names
+_NOT_FIELDS = ("body", "query", "path", "header", "one", "batch")
+
+
+def _field(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return "body"
+    parts = [str(p) for p in error.get("loc", ()) if p not in _NOT_FIELDS]
     return ".".join(parts) or "body"
 
 
@@ -50,10 +56,7 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [
-            {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
-            for e in exc.errors()
-        ]
+        detail = [{"field": _field(e), "message": e.get("msg", "invalid")} for e in exc.errors()]
         return error(422, "invalid_request", detail)
 
     @app.exception_handler(StarletteHTTPException)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -10,11 +10,15 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
-    model_validator,
+    Tag,
+    ValidationInfo,
+    field_validator,
 )
 
+MAX_FUTURE = timedelta(hours=1)  # clocks drift; a time from tomorrow is a bug upstream
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
 Text = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]  # no NUL
 
@@ -56,22 +60,37 @@ class UserOut(BaseModel):
 class EventIn(Strict):
     user_id: Id
     type: EventType
-    item_id: Id | None = Field(None, description="Required except for sign_up.")
+    item_id: Id | None = Field(
+        None, description="Required except for sign_up.", validate_default=True
+    )
     timestamp: UtcDatetime | None = Field(None, description="When it happened; default now.")
     order_id: Id | None = None
     client_event_id: Id | None = Field(
         None, description="Your id for this event: a retry with the same id is not counted twice."
     )
 
-    @model_validator(mode="after")
-    def _item_needed(self) -> EventIn:
-        if self.type != "sign_up" and self.item_id is None:
-            raise ValueError(f"item_id is required for {self.type} events")
-        return self
+    @field_validator("item_id")
+    @classmethod
+    def _item_needed(cls, item_id: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type")
+        if item_id is None and kind is not None and kind != "sign_up":
+            raise ValueError(f"item_id is required for {kind} events")
+        return item_id
 
 
 class EventBatch(Strict):
     events: list[EventIn] = Field(min_length=1, max_length=1000)
+
+
+def _event_shape(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "events" in value else "one"
+
+
+# one event or a batch, told apart by the "events" key, so errors name the fields of one shape
+EventsBody = Annotated[
+    Annotated[EventIn, Tag("one")] | Annotated[EventBatch, Tag("batch")],
+    Discriminator(_event_shape),
+]
 
 
 class IngestOut(BaseModel):
@@ -114,7 +133,9 @@ class RecommendationParams(BaseModel):
         None, ge=1, le=3650, description="Replenishment: only items bought in the last N days."
     )
     include_offer: bool = Field(
-        False, description="Also return the user's active coupon (one call for the page)."
+        False,
+        description="Also decide the user's offer now (recorded like /v1/offers/evaluate) and "
+        "return it with its coupon: products and offer in one call.",
     )
 
 
@@ -133,8 +154,10 @@ class RecommendationsOut(BaseModel):
     )
     model_version: str | None
     request_id: str
-    offer: CouponOut | None = Field(
-        None, description="With include_offer=true: the active coupon, soonest to expire."
+    offer: DecisionOut | None = Field(
+        None,
+        description="With include_offer=true: the offer decision made or found now, with the "
+        "coupon to show (null when no campaign is active).",
     )
 
 
@@ -221,7 +244,11 @@ class RedeemIn(Strict):
     user_id: Id = Field(description="The customer placing the order; must own the coupon.")
     order_id: Id = Field(description="A retry with the same order id is answered like the first.")
     order_amount: float | None = Field(
-        None, ge=0, le=1e9, description="Order total before the discount, to report its cost."
+        None,
+        ge=0,
+        le=1e9,
+        description="What the discount applies to, before it (the order total; for a coupon "
+        "restricted to products, those products' total): reported as the discount's cost.",
     )
 
 

@@ -7,6 +7,7 @@ time is tested without sleeping. Decisions are final once recorded (``issued`` o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from service.offers.repository import (
     CouponRecord,
     DecisionRecord,
     OfferRepository,
+    PurchasedMeanwhile,
     Recorded,
 )
 from service.offers.rules import (
@@ -149,7 +151,7 @@ class OfferEngine:
         now = self.clock()
         existing = self.repository.decision_of(campaign_id, user_id)
         if existing is not None and existing.decision != "budget_exhausted":
-            return self._count(self._already(existing, self._coupon_of(existing)))
+            return self._count(self._already(existing, self._coupon_of(existing), campaign))
         facts = self.repository.user_facts(user_id, campaign.window, now)
         return self._count(self._decide(campaign, facts, now))
 
@@ -157,7 +159,8 @@ class OfferEngine:
         """Evaluate every user inside the campaign's window who has no final decision yet.
 
         Safe to run again and concurrently with itself and with single evaluations: every
-        decision goes through the same exactly-once write.
+        decision goes through the same exactly-once write. Once a cap is reached, the
+        remaining eligible users are recorded as budget misses in one write.
         """
         campaign = self.campaign(campaign_id)
         started = time.perf_counter()
@@ -166,8 +169,34 @@ class OfferEngine:
             return SweepResult(campaign_id, False, 0, Counter(), 0.0)
         candidates = self.repository.candidates(campaign_id, campaign.window, now)
         counts: Counter[str] = Counter()
+        missed: list[tuple[str, int]] = []
+        exhausted: str | None = None
         for facts in candidates:
-            counts[self._count(self._decide(campaign, facts, now)).decision] += 1
+            moment = self.clock()  # a long sweep decides each user at their own moment
+            if exhausted is None:
+                decision = self._decide(campaign, facts, moment)
+                if decision.decision == "budget_exhausted":
+                    exhausted = decision.reasons[0]
+            else:
+                eligibility = check_eligibility(campaign, facts, moment)
+                if eligibility.eligible:
+                    missed.append((facts.user_id, eligibility.views))
+                    decision = self._refusal(
+                        campaign, facts.user_id, eligibility.views, "budget_exhausted", (exhausted,)
+                    )
+                else:
+                    decision = self._refusal(
+                        campaign,
+                        facts.user_id,
+                        eligibility.views,
+                        "not_eligible",
+                        eligibility.reasons,
+                    )
+            counts[self._count(decision).decision] += 1
+        moment = self.clock()
+        self.repository.record_misses(
+            campaign_id, missed, moment, moment + campaign.conversion_window
+        )
         seconds = time.perf_counter() - started
         log.info(
             "campaign_swept",
@@ -175,47 +204,50 @@ class OfferEngine:
         )
         return SweepResult(campaign_id, True, len(candidates), counts, seconds)
 
+    @staticmethod
+    def _refusal(
+        campaign: Campaign, user_id: str, views: int, kind: DecisionKind, reasons: tuple[str, ...]
+    ) -> Decision:
+        return Decision(
+            campaign_id=campaign.campaign_id,
+            user_id=user_id,
+            decision=kind,
+            reasons=reasons,
+            views=views,
+            min_views=campaign.min_views,
+        )
+
     def _decide(self, campaign: Campaign, facts: UserFacts, now: datetime) -> Decision:
         eligibility = check_eligibility(campaign, facts, now)
-
-        def refused(kind: DecisionKind, reasons: tuple[str, ...]) -> Decision:
-            return Decision(
-                campaign_id=campaign.campaign_id,
-                user_id=facts.user_id,
-                decision=kind,
-                reasons=reasons,
-                views=eligibility.views,
-                min_views=campaign.min_views,
-            )
-
+        views = eligibility.views
         if not eligibility.eligible:
-            return refused("not_eligible", eligibility.reasons)
-        convert_until = now + campaign.conversion_window
+            return self._refusal(
+                campaign, facts.user_id, views, "not_eligible", eligibility.reasons
+            )
+        held_out = in_holdout(campaign.campaign_id, facts.user_id, campaign.holdout_percent)
         try:
-            if in_holdout(campaign.campaign_id, facts.user_id, campaign.holdout_percent):
-                recorded = self.repository.record(
-                    campaign.campaign_id,
-                    facts.user_id,
-                    "holdout",
-                    views=eligibility.views,
-                    now=now,
-                    convert_until=convert_until,
-                )
-            else:
-                recorded = self.repository.record(
-                    campaign.campaign_id,
-                    facts.user_id,
-                    "issued",
-                    views=eligibility.views,
-                    now=now,
-                    convert_until=convert_until,
-                    coupon=self._draft(campaign, facts, now),
-                    caps=Caps(campaign.max_per_day, campaign.max_total),
-                )
+            recorded = self.repository.record(
+                campaign.campaign_id,
+                facts.user_id,
+                "holdout" if held_out else "issued",
+                views=views,
+                now=now,
+                convert_until=now + campaign.conversion_window,
+                coupon=None if held_out else self._draft(campaign, facts, now),
+                # both sides of the holdout face the caps, so they stay comparable
+                caps=Caps(campaign.max_per_day, campaign.max_total),
+                no_purchase=campaign.require_no_purchase,
+            )
         except BudgetExhausted as exc:
-            return refused("budget_exhausted", (f"cap_{exc.args[0]}",))
+            return self._refusal(
+                campaign, facts.user_id, views, "budget_exhausted", (f"cap_{exc.args[0]}",)
+            )
+        except PurchasedMeanwhile:
+            return self._refusal(
+                campaign, facts.user_id, views, "not_eligible", ("already_purchased",)
+            )
         if not recorded.created:
-            return self._already(recorded.decision, recorded.coupon)
+            return self._already(recorded.decision, recorded.coupon, campaign)
         return self._made(recorded, campaign.min_views)
 
     def _made(self, recorded: Recorded, min_views: int) -> Decision:
@@ -265,12 +297,15 @@ class OfferEngine:
                 log.exception("coupon_item_ranking_failed")
         return viewed[: campaign.restrict_to_top_items] or None
 
-    def _already(self, decision: DecisionRecord, coupon: CouponRecord | None) -> Decision:
+    def _already(
+        self, decision: DecisionRecord, coupon: CouponRecord | None, campaign: Campaign
+    ) -> Decision:
         return Decision(
             campaign_id=decision.campaign_id,
             user_id=decision.user_id,
             decision="already_decided",
             views=decision.views,
+            min_views=campaign.min_views,
             attribution_id=decision.attribution_id,
             decided_at=decision.decided_at,
             previous=decision.decision,
@@ -286,6 +321,26 @@ class OfferEngine:
         if self.metrics is not None:
             self.metrics.offer_decisions.labels(decision.campaign_id, decision.decision).inc()
         return decision
+
+    def offer_for_page(self, user_id: str) -> Decision | None:
+        """The offer to show beside a page's products, deciding now where nothing is decided.
+
+        Every active campaign evaluates the user, in the order of the campaigns file; the
+        first decision with a usable coupon wins, else the first decision is returned without
+        a coupon (a used or expired one is not an offer). None when no campaign is active.
+        """
+        now = self.clock()
+        first: Decision | None = None
+        for campaign in self.campaigns.values():
+            if not campaign.is_active(now):
+                continue
+            decision = self.evaluate(user_id, campaign.campaign_id)
+            if decision.coupon is not None and self._status(decision.coupon, now).status == (
+                "active"
+            ):
+                return decision
+            first = first or decision
+        return None if first is None else dataclasses.replace(first, coupon=None)
 
     # --- coupons --------------------------------------------------------------------------
 
@@ -312,6 +367,11 @@ class OfferEngine:
             raise CouponNotFound("not a coupon code")
         now = self.clock()
         used = self.repository.redeem(code, user_id, order_id, order_amount, now)
+        coupon = None if used is not None else self.repository.coupon(code)
+        if coupon is not None and coupon.redeemed_at is None and coupon.expires_at > now:
+            # usable after all: another order's use was released between the two reads
+            used = self.repository.redeem(code, user_id, order_id, order_amount, now)
+            coupon = None if used is not None else self.repository.coupon(code)
         if used is not None:
             if self.metrics is not None:
                 self.metrics.coupons_redeemed.labels(used.campaign_id).inc()
@@ -320,7 +380,6 @@ class OfferEngine:
                 extra={"campaign": used.campaign_id, "code": redacted(code), "order_id": order_id},
             )
             return self._status(used, now), False
-        coupon = self.repository.coupon(code)
         if coupon is None:
             raise CouponNotFound(redacted(code))
         if coupon.user_id != user_id:
@@ -377,8 +436,8 @@ class OfferEngine:
         counts = self.repository.counts(campaign_id, now)
         issued = counts.decisions.get("issued", 0)
         holdout = counts.decisions.get("holdout", 0)
-        converted_t = counts.converted.get("issued", 0)
-        converted_h = counts.converted.get("holdout", 0)
+        converted_t = min(issued, counts.converted.get("issued", 0))
+        converted_h = min(holdout, counts.converted.get("holdout", 0))
         estimated, unpriced = self._estimated_discount(counts.redeemed_unpriced)
         used = self.repository.budget_used(campaign_id, now)
         notes = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -93,6 +94,10 @@ class BudgetExhausted(Exception):
     """Raised inside the decision transaction to roll it back when a cap is reached."""
 
 
+class PurchasedMeanwhile(Exception):
+    """The user bought after the facts were read: the decision is rolled back."""
+
+
 def day_of(moment: datetime) -> str:
     return moment.astimezone(UTC).date().isoformat()
 
@@ -117,7 +122,8 @@ class OfferRepository:
             if user is None:
                 return UserFacts(user_id, None, 0, 0, False)
             start: datetime = user.signed_up_at or user.first_seen_at
-            end = min(now, start + window)
+            # no `start + window`: a start near the end of the calendar must not overflow
+            end = now if now - start <= window else start + window
             in_window = and_(events.c.type == "view", events.c.ts >= start, events.c.ts <= end)
             row = conn.execute(
                 select(
@@ -202,13 +208,19 @@ class OfferRepository:
         convert_until: datetime,
         coupon: CouponDraft | None = None,
         caps: Caps | None = None,
+        no_purchase: bool = False,
     ) -> Recorded:
         """Record a final decision (and its coupon) unless one exists; exactly once.
 
-        A ``budget_exhausted`` row may become final here. With ``coupon`` the caps are taken in
-        the same transaction; when one is reached the whole transaction is rolled back, a
-        ``budget_exhausted`` row is recorded instead, and ``BudgetExhausted`` is raised.
+        A ``budget_exhausted`` row may become final here. Caps apply to both sides of the
+        holdout, so treated and held-out users come from the same moments: an ``issued``
+        decision counts against them, a ``holdout`` one only checks them. When one is reached
+        the transaction is rolled back, a ``budget_exhausted`` row is left, and
+        ``BudgetExhausted`` is raised. With ``no_purchase``, a purchase by the user up to ``now``
+        seen inside the transaction rolls it back and raises ``PurchasedMeanwhile`` (the facts
+        the decision was based on went stale while it was being made).
         """
+        caps = caps or Caps(None, None)
         values = {
             "decision": kind,
             "attribution_id": uuid.uuid4().hex,
@@ -216,27 +228,68 @@ class OfferRepository:
             "decided_at": now,
             "convert_until": convert_until,
         }
+        claimed: str | None = None
         try:
             with self.base.writing() as conn:
-                created = self._claim(conn, campaign_id, user_id, values)
-                if not created:
+                claimed = self._claim(conn, campaign_id, user_id, values)
+                if claimed is None:
                     existing = self._decision(conn, campaign_id, user_id)
                     assert existing is not None  # the unique index said it is there
                     return Recorded(False, existing, self._coupon_of(conn, existing))
+                if no_purchase and self._purchased(conn, user_id, now):
+                    raise PurchasedMeanwhile(user_id)
                 decision = self._decision(conn, campaign_id, user_id)
                 assert decision is not None
                 stored: CouponRecord | None = None
                 if coupon is not None:
-                    self._take_budget(conn, campaign_id, caps or Caps(None, None), now)
+                    self._take_budget(conn, campaign_id, caps, now)
                     stored = self._insert_coupon(conn, decision, coupon, now)
+                else:
+                    self._check_budget(conn, campaign_id, caps, now)
                 return Recorded(True, decision, stored)
         except BudgetExhausted:
-            self._record_miss(campaign_id, user_id, views, now, convert_until)
+            if claimed != "upgraded":  # an upgraded row was a miss already: nothing to write
+                self.record_misses(campaign_id, [(user_id, views)], now, convert_until)
             raise
+
+    def record_misses(
+        self,
+        campaign_id: str,
+        users: Sequence[tuple[str, int]],
+        now: datetime,
+        convert_until: datetime,
+    ) -> None:
+        """``budget_exhausted`` rows for (user, views) without a decision yet, in one write."""
+        if not users:
+            return
+        rows = [
+            {
+                "campaign_id": campaign_id,
+                "user_id": user_id,
+                "decision": "budget_exhausted",
+                "attribution_id": uuid.uuid4().hex,
+                "views": views,
+                "decided_at": now,
+                "convert_until": convert_until,
+            }
+            for user_id, views in users
+        ]
+        stmt = self.base.insert(offer_decisions).on_conflict_do_nothing(
+            index_elements=[offer_decisions.c.campaign_id, offer_decisions.c.user_id]
+        )
+        with self.base.writing() as conn:
+            conn.execute(stmt, rows)
+
+    def _purchased(self, conn: Connection, user_id: str, now: datetime) -> bool:
+        query = select(events.c.id).where(
+            events.c.user_id == user_id, events.c.type == "purchase", events.c.ts <= now
+        )
+        return conn.execute(query.limit(1)).first() is not None
 
     def _claim(
         self, conn: Connection, campaign_id: str, user_id: str, values: dict[str, Any]
-    ) -> bool:
+    ) -> str | None:
+        """``inserted``, ``upgraded`` (a budget miss made final) or None (already decided)."""
         insert = (
             self.base.insert(offer_decisions)
             .values(campaign_id=campaign_id, user_id=user_id, **values)
@@ -246,7 +299,7 @@ class OfferRepository:
             .returning(offer_decisions.c.id)
         )
         if conn.execute(insert).first() is not None:
-            return True
+            return "inserted"
         # a row is there: only a budget miss may still become final (the WHERE re-checks it)
         upgrade = (
             update(offer_decisions)
@@ -258,51 +311,47 @@ class OfferRepository:
             .values(**values)
             .returning(offer_decisions.c.id)
         )
-        return conn.execute(upgrade).first() is not None
+        return "upgraded" if conn.execute(upgrade).first() is not None else None
 
-    def _take_budget(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:
-        for period, cap in (("total", caps.total), (day_of(now), caps.per_day)):
-            if cap is None:
-                continue
+    def _check_budget(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:
+        """Raise BudgetExhausted when a cap is reached; counts nothing (a holdout decision)."""
+        limits = {
+            p: c for p, c in (("total", caps.total), (day_of(now), caps.per_day)) if c is not None
+        }
+        if not limits:
+            return
+        used = dict(
             conn.execute(
-                self.base.insert(campaign_budgets)
-                .values(campaign_id=campaign_id, period=period, issued=0)
-                .on_conflict_do_nothing(
-                    index_elements=[campaign_budgets.c.campaign_id, campaign_budgets.c.period]
-                )
-            )
-            taken = conn.execute(
-                update(campaign_budgets)
-                .where(
+                select(campaign_budgets.c.period, campaign_budgets.c.issued).where(
                     campaign_budgets.c.campaign_id == campaign_id,
-                    campaign_budgets.c.period == period,
-                    campaign_budgets.c.issued < cap,  # the cap is the guard of the write
+                    campaign_budgets.c.period.in_(list(limits)),
                 )
-                .values(issued=campaign_budgets.c.issued + 1)
-                .returning(campaign_budgets.c.issued)
-            ).first()
-            if taken is None:
+            ).all()
+        )
+        for period, cap in limits.items():
+            if used.get(period, 0) >= cap:
                 raise BudgetExhausted(period)
 
-    def _record_miss(
-        self, campaign_id: str, user_id: str, views: int, now: datetime, convert_until: datetime
-    ) -> None:
-        with self.base.writing() as conn:
-            conn.execute(
-                self.base.insert(offer_decisions)
-                .values(
-                    campaign_id=campaign_id,
-                    user_id=user_id,
-                    decision="budget_exhausted",
-                    attribution_id=uuid.uuid4().hex,
-                    views=views,
-                    decided_at=now,
-                    convert_until=convert_until,
-                )
-                .on_conflict_do_nothing(
-                    index_elements=[offer_decisions.c.campaign_id, offer_decisions.c.user_id]
-                )
+    def _take_budget(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:
+        """Count the coupon against ``total`` and today; refuse it when a cap is reached.
+
+        Every coupon is counted, capped or not, so a cap added later starts from the truth.
+        The cap is the WHERE of the upsert: PostgreSQL re-checks it on the locked row after
+        waiting for a concurrent writer, and SQLite has one writer at a time.
+        """
+        for period, cap in (("total", caps.total), (day_of(now), caps.per_day)):
+            if cap is not None and cap <= 0:
+                raise BudgetExhausted(period)
+            stmt = self.base.insert(campaign_budgets).values(
+                campaign_id=campaign_id, period=period, issued=1
             )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[campaign_budgets.c.campaign_id, campaign_budgets.c.period],
+                set_={"issued": campaign_budgets.c.issued + 1},
+                where=None if cap is None else campaign_budgets.c.issued < cap,
+            ).returning(campaign_budgets.c.issued)
+            if conn.execute(stmt).first() is None:
+                raise BudgetExhausted(period)
 
     def _insert_coupon(
         self, conn: Connection, decision: DecisionRecord, draft: CouponDraft, now: datetime
@@ -434,9 +483,15 @@ class OfferRepository:
     # --- stats ----------------------------------------------------------------------------
 
     def counts(self, campaign_id: str, now: datetime) -> CampaignCounts:
-        """Everything the campaign's stats are computed from, in a handful of queries."""
+        """Everything the campaign's stats are computed from, in a handful of queries.
+
+        One snapshot for all of them (REPEATABLE READ on PostgreSQL; a read transaction is one
+        on SQLite in WAL mode), so the counts agree with each other.
+        """
         d, c, e = offer_decisions, coupons, events
         with self.engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
             decisions = Counter(
                 {
                     str(kind): int(n)

@@ -23,12 +23,18 @@ T = TypeVar("T")
 async def _guarded(
     state: AppState, request: Request, user_id: str | None, call: Callable[[], T]
 ) -> T:
-    """Run a lookup under the failed-lookup limits (429 once used up); failures count."""
+    """Run a lookup under the failed-lookup limits (429 once used up); failures count.
+
+    A lookup made for a user counts against that user only: the shop's backend calls for all
+    its customers from one address, and one customer's typos must not lock out the others.
+    Anonymous lookups count against the calling address.
+    """
     settings = state.settings
-    client = request.client.host if request.client else "unknown"
-    limits = [(f"client:{client}", settings.coupon_failures_per_client)]
     if user_id is not None:
-        limits.append((f"user:{user_id}", settings.coupon_failures_per_user))
+        limits = [(f"user:{user_id}", settings.coupon_failures_per_user)]
+    else:
+        client = request.client.host if request.client else "unknown"
+        limits = [(f"client:{client}", settings.coupon_failures_per_client)]
     try:
         state.coupon_limiter.check(limits)
     except Exception:

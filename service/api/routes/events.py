@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import FrontendState
-from service.api.schemas import EventBatch, EventIn, IngestOut
+from service.api.schemas import MAX_FUTURE, EventBatch, EventsBody, IngestOut
 from service.events import NewEvent
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
-MAX_FUTURE = timedelta(hours=1)  # clocks drift; an event from tomorrow is a bug upstream
 
 EXAMPLES = {
     "one view": {
@@ -38,7 +37,7 @@ EXAMPLES = {
 
 @router.post("", response_model=IngestOut)
 async def post_events(
-    body: Annotated[EventIn | EventBatch, Body(openapi_examples=EXAMPLES)],
+    body: Annotated[EventsBody, Body(openapi_examples=EXAMPLES)],
     state: FrontendState,
 ) -> IngestOut:
     """Store one event or a batch; retries with the same client_event_id are not double-counted."""
@@ -50,8 +49,16 @@ async def post_events(
     for index, e in enumerate(incoming):
         ts = e.timestamp or now
         if ts - now > MAX_FUTURE:
-            field = f"events.{index}.timestamp" if isinstance(body, EventBatch) else "timestamp"
-            raise HTTPException(422, f"{field}: {ts.isoformat()} is in the future")
+            where = (
+                ("body", "events", index, "timestamp")
+                if isinstance(body, EventBatch)
+                else (
+                    "body",
+                    "timestamp",
+                )
+            )
+            message = f"{ts.isoformat()} is more than {MAX_FUTURE} in the future"
+            raise RequestValidationError([{"loc": where, "msg": message, "type": "value_error"}])
         batch.append(
             NewEvent(
                 user_id=e.user_id,

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import AppState, FrontendState, require
 from service.api.errors import ModelUnavailable
 from service.api.fastpath import openapi_parameters, parse_request
-from service.api.routes.offers import coupon_out
+from service.api.routes.offers import decision_out
 from service.api.schemas import Id, RecommendationParams, RecommendationsOut, SimilarOut
 from service.recommender import Query as RecQuery
 from service.recommender import Recommendation, Result
@@ -64,18 +64,20 @@ async def recommendations(request: Request) -> Response:
         "request_id": request.scope["state"]["request_id"],
     }
     if params.include_offer:
-        payload["offer"] = await _active_offer(state, user_id)
+        payload["offer"] = await _page_offer(state, user_id)
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-async def _active_offer(state: AppState, user_id: str) -> dict[str, object] | None:
-    """The coupon to show with the products; recommendations never fail because of it."""
+async def _page_offer(state: AppState, user_id: str) -> dict[str, object] | None:
+    """The offer decision to show with the products; recommendations never fail for it."""
     try:
-        offers = await run_in_threadpool(state.offers.active_offers, user_id)
+        decision = await run_in_threadpool(state.offers.offer_for_page, user_id)
     except SQLAlchemyError as exc:
         log.warning("offer_lookup_failed", extra={"error": str(exc).splitlines()[0]})
         return None
-    return coupon_out(offers[0]).model_dump(mode="json") if offers else None
+    if decision is None:
+        return None
+    return decision_out(decision, state.offers).model_dump(mode="json")
 
 
 def _item(r: Recommendation) -> dict[str, object]:

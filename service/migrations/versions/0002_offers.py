@@ -32,7 +32,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_offer_decisions"),
         sa.CheckConstraint(
             "decision IN ('issued', 'holdout', 'budget_exhausted')",
-            name="ck_offer_decisions_decision_kind",
+            name=op.f("ck_offer_decisions_decision_kind"),
         ),
     )
     op.create_index(
@@ -63,6 +63,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_coupons_user_id", "coupons", ["user_id", "expires_at"])
     op.create_index("ix_coupons_campaign_id", "coupons", ["campaign_id"])
+    op.create_index("ix_coupons_attribution_id", "coupons", ["attribution_id"])
     op.create_table(
         "campaign_budgets",
         sa.Column("campaign_id", sa.String(64), nullable=False),
@@ -74,6 +75,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("campaign_budgets")
+    op.drop_index("ix_coupons_attribution_id", table_name="coupons")
     op.drop_index("ix_coupons_campaign_id", table_name="coupons")
     op.drop_index("ix_coupons_user_id", table_name="coupons")
     op.drop_table("coupons")

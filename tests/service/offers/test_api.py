@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -330,10 +331,16 @@ def test_release_gives_the_use_back_for_the_same_order_only(client: TestClient) 
     assert client.post(f"/v1/coupons/{code}/redeem", json=again, headers=F).status_code == 200
 
 
-def test_guessing_codes_is_rate_limited(
+def test_guessing_codes_is_rate_limited_per_customer(
     small_model_root: Path, database_url: str, clock: Clock
 ) -> None:
-    with make_client(small_model_root, database_url, clock, coupon_failures_per_user=5) as c:
+    with make_client(
+        small_model_root,
+        database_url,
+        clock,
+        coupon_failures_per_user=5,
+        coupon_failures_per_client=8,
+    ) as c:
         user, code = issue(c, "guess-")
         for n in range(5):
             r = c.post(
@@ -347,12 +354,25 @@ def test_guessing_codes_is_rate_limited(
         )
         assert blocked.status_code == 429
         assert int(blocked.headers["retry-after"]) > 0
-        # another customer of the same shop is not blocked by this one
+        # the shop calls for every customer from one address: others' typos (more than the
+        # client limit in all) must not lock a customer out
+        for n in range(10):
+            r = c.get("/v1/coupons/AAAA-BBBB-CCCC-DDDD", params={"user_id": f"typo-{n}"}, headers=F)
+            assert r.status_code == 404
         other, other_code = issue(c, "innocent-")
         r = c.post(
             f"/v1/coupons/{other_code}/redeem", json={"user_id": other, "order_id": "o"}, headers=F
         )
         assert r.status_code == 200
+        # anonymous lookups count against the calling address
+        statuses = [
+            c.get("/v1/coupons/AAAA-BBBB-CCCC-DDDD", headers=F).status_code for _ in range(9)
+        ]
+        assert statuses == [404] * 8 + [429]
+        assert c.get(f"/v1/coupons/{other_code}", headers=F).status_code == 429
+        # the window moves on
+        c.app.state.recoffer.coupon_limiter.clock = lambda: 10**9  # type: ignore[attr-defined]
+        assert c.get(f"/v1/coupons/{other_code}", headers=F).status_code == 200
 
 
 def test_malformed_input_gets_4xx_naming_the_field(client: TestClient) -> None:
@@ -379,24 +399,36 @@ def test_malformed_input_gets_4xx_naming_the_field(client: TestClient) -> None:
 # --- one call for the frontend ---------------------------------------------------------------
 
 
-def test_recommendations_with_include_offer_share_the_attribution_id(client: TestClient) -> None:
+def test_one_call_returns_products_and_the_offer_decision(client: TestClient) -> None:
     user = treated_users("page-", 1)[0]
-    sign_up(client, user, ago=timedelta(hours=1), views=11)
-    plain = client.get(f"/v1/users/{user}/recommendations", headers=F).json()
+    sign_up(client, user, ago=timedelta(hours=1), views=10)
+    url = f"/v1/users/{user}/recommendations"
+    plain = client.get(url, headers=F).json()
     assert "offer" not in plain
-    before = client.get(
-        f"/v1/users/{user}/recommendations", params={"include_offer": "true"}, headers=F
-    ).json()
-    assert before["offer"] is None
-    decision = evaluate(client, user)
-    page = client.get(
-        f"/v1/users/{user}/recommendations", params={"include_offer": "true"}, headers=F
-    ).json()
+    page = client.get(url, params={"include_offer": "true"}, headers=F).json()
     assert len(page["items"]) == 10
-    assert page["offer"]["code"] == decision["coupon"]["code"]
-    assert page["offer"]["attribution_id"] == decision["attribution_id"]
+    assert page["offer"]["decision"] == "not_eligible"
+    assert page["offer"]["reasons"] == ["too_few_views"]
+    assert page["offer"]["coupon"] is None
+    view = {"user_id": user, "type": "view", "item_id": "i00077"}
+    assert client.post("/v1/events", json=view, headers=F).status_code == 200
+    page = client.get(url, params={"include_offer": "true"}, headers=F).json()
+    offer = page["offer"]
+    assert offer["decision"] == "issued"  # decided by the page call itself, and recorded
+    assert offer["coupon"]["attribution_id"] == offer["attribution_id"]
+    again = evaluate(client, user)
+    assert again["decision"] == "already_decided"
+    assert again["attribution_id"] == offer["attribution_id"]
+    later = client.get(url, params={"include_offer": "true"}, headers=F).json()["offer"]
+    assert later["coupon"]["code"] == offer["coupon"]["code"]
     offers = client.get(f"/v1/users/{user}/offers", headers=F).json()["offers"]
-    assert [o["attribution_id"] for o in offers] == [decision["attribution_id"]]
+    assert [o["attribution_id"] for o in offers] == [offer["attribution_id"]]
+    # once used, the page shows the decision but no coupon to offer
+    redeem = {"user_id": user, "order_id": "o-page"}
+    code = offer["coupon"]["code"]
+    assert client.post(f"/v1/coupons/{code}/redeem", json=redeem, headers=F).status_code == 200
+    used = client.get(url, params={"include_offer": "true"}, headers=F).json()["offer"]
+    assert (used["decision"], used["coupon"]) == ("already_decided", None)
 
 
 def test_coupon_restricted_to_the_models_favourites_among_viewed(
@@ -552,11 +584,12 @@ def test_logs_never_hold_a_full_coupon_code(
     plain = code.replace("-", "")
     body = {"user_id": user, "order_id": "o-1"}
     assert client.post(f"/v1/coupons/{code}/redeem", json=body, headers=F).status_code == 200
-    assert client.post(f"/v1/coupons/{code}/redeem", json=body | {"order_id": "o-2"}, headers=F)
+    again = client.post(f"/v1/coupons/{code}/redeem", json=body | {"order_id": "o-2"}, headers=F)
+    assert again.status_code == 409
     # every record of the service (httpx's are the test client's own, on the shop's side)
     logged = " ".join(str(vars(r)) for r in caplog.records if not r.name.startswith("httpx"))
     assert "coupon_issued" in logged
     assert "coupon_redeemed" in logged
     assert plain not in logged
     assert code not in logged
-    assert plain[:4] in logged  # enough to find it, not to use it
+    assert hashlib.sha256(plain.encode()).hexdigest()[:12] in logged  # found by its fingerprint

@@ -189,3 +189,106 @@ def test_redemptions_from_four_processes_succeed_once(
     assert successes == 1
     assert set(errors) == {"CouponAlreadyRedeemed"}
     assert len(errors) == 99
+
+
+def test_a_cap_added_later_counts_the_coupons_already_issued(database_url: str) -> None:
+    uncapped = _engine_for(database_url, Campaign(holdout_percent=0))
+    capped = _engine_for(database_url, Campaign(holdout_percent=0, max_total=3, max_per_day=10))
+    try:
+        migrate(uncapped.repository.engine)
+        users = [f"before-{n}" for n in range(4)]
+        for user in users:
+            _hesitating(uncapped, user)
+        assert [uncapped.evaluate(u, "new_user_high_intent").decision for u in users[:2]] == [
+            "issued",
+            "issued",
+        ]
+        # the same campaign restarted with a cap of three: one coupon is left, not three
+        assert [capped.evaluate(u, "new_user_high_intent").decision for u in users[2:]] == [
+            "issued",
+            "budget_exhausted",
+        ]
+        assert capped.stats("new_user_high_intent").budget["used_total"] == 3
+    finally:
+        uncapped.repository.engine.dispose()
+        capped.repository.engine.dispose()
+
+
+def test_concurrent_sweeps_decide_each_user_once(database_url: str) -> None:
+    campaign = Campaign(holdout_percent=10)
+    offers = _engine_for(database_url, campaign)
+    try:
+        migrate(offers.repository.engine)
+        users = [f"swept-{n}" for n in range(60)]
+        for user in users:
+            _hesitating(offers, user)
+        results = _all_at_once(4, lambda _: offers.sweep(campaign.campaign_id))
+        assert not [r for r in results if isinstance(r, BaseException)]
+        made = Counter()
+        for r in results:
+            assert not isinstance(r, BaseException)
+            made.update({k: v for k, v in r.decisions.items() if k in ("issued", "holdout")})
+        held = sum(in_holdout(campaign.campaign_id, u, 10) for u in users)
+        # every user decided by exactly one of the four sweeps
+        assert made == {"issued": 60 - held, "holdout": held}
+        with offers.repository.engine.connect() as conn:
+            per_user = conn.execute(
+                select(coupons.c.user_id, func.count()).group_by(coupons.c.user_id)
+            ).all()
+        assert len(per_user) == 60 - held
+        assert {n for _, n in per_user} == {1}
+    finally:
+        offers.repository.engine.dispose()
+
+
+def test_a_daily_cap_and_the_retry_of_a_miss_hold_under_concurrency(database_url: str) -> None:
+    clock = [NOW]
+    campaign = Campaign(holdout_percent=0, max_per_day=3)
+    engine = make_engine(database_url, timeout_seconds=30, pool_size=25)
+    offers = OfferEngine(
+        {campaign.campaign_id: campaign},
+        OfferRepository(Repository(engine, lambda: clock[0])),
+        lambda: clock[0],
+    )
+    try:
+        migrate(engine)
+        users = [f"daily-{n}" for n in range(20)]
+        for user in users:
+            _hesitating(offers, user)
+        results = _all_at_once(20, lambda i: offers.evaluate(users[i], campaign.campaign_id))
+        kinds = Counter(
+            r.decision if not isinstance(r, BaseException) else repr(r) for r in results
+        )
+        assert kinds == {"issued": 3, "budget_exhausted": 17}
+        missed = next(u for u, r in zip(users, results, strict=True) if r.decision != "issued")
+        clock[0] = NOW + timedelta(hours=13)  # the next UTC day, still inside the window
+        again = _all_at_once(20, lambda _: offers.evaluate(missed, campaign.campaign_id))
+        kinds = Counter(r.decision if not isinstance(r, BaseException) else repr(r) for r in again)
+        assert kinds == {"issued": 1, "already_decided": 19}
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(coupons)).scalar_one() == 4
+    finally:
+        engine.dispose()
+
+
+def test_caps_hold_back_the_holdout_too_so_both_arms_stay_comparable(database_url: str) -> None:
+    campaign = Campaign(holdout_percent=50, max_total=2)
+    offers = _engine_for(database_url, campaign)
+    try:
+        migrate(offers.repository.engine)
+        users = [f"arms-{n}" for n in range(12)]
+        for user in users:
+            _hesitating(offers, user)
+        decisions = [offers.evaluate(u, campaign.campaign_id) for u in users]
+        issued = [d.user_id for d in decisions if d.decision == "issued"]
+        assert len(issued) == 2
+        last_issue = max(users.index(u) for u in issued)
+        after = decisions[last_issue + 1 :]
+        # once the budget is gone, holdout-drawn users are not recorded as control either
+        assert after
+        assert {d.decision for d in after} == {"budget_exhausted"}
+        assert any(in_holdout(campaign.campaign_id, d.user_id, 50) for d in after)
+        stats = offers.stats(campaign.campaign_id)
+        assert stats.decisions["budget_exhausted"] == len(after)
+    finally:
+        offers.repository.engine.dispose()
