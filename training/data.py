@@ -761,3 +761,89 @@ def _item_table(kept: pd.DataFrame) -> pd.DataFrame:
     median = kept.groupby("item_id", sort=False)["price"].median()
     items["price"] = items["item_id"].map(median).astype("float64")
     return items.loc[:, list(ITEM_COLUMNS)]
+
+
+# --- purchases recorded by the service ------------------------------------------------------
+
+
+def load_database_purchases(database_url: str) -> pd.DataFrame:
+    """The ``purchase`` events the API ingested, as a frame of the normalised column names.
+
+    Columns: user_id, item_id, timestamp (naive UTC), order_id (``user@timestamp`` when the shop
+    sent none), and the catalogue's category, name and price when the items table has them.
+
+    Raises:
+        DataError: the database cannot be reached or has no events table (not migrated).
+    """
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import make_engine
+    from service.tables import events, items
+
+    query = (
+        select(
+            events.c.user_id,
+            events.c.item_id,
+            events.c.ts.label("timestamp"),
+            events.c.order_id,
+            items.c.category,
+            items.c.name,
+            items.c.price,
+        )
+        .select_from(events.outerjoin(items, items.c.item_id == events.c.item_id))
+        .where(events.c.type == "purchase", events.c.item_id.is_not(None))
+        .order_by(events.c.id)
+    )
+    try:
+        engine = make_engine(database_url)
+    except Exception as exc:  # a malformed URL
+        raise DataError(f"--database-url: {exc}") from None
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise DataError(f"cannot read purchases from the database: {first}") from None
+    finally:
+        engine.dispose()
+    frame = pd.DataFrame(
+        rows, columns=["user_id", "item_id", "timestamp", "order_id", "category", "name", "price"]
+    )
+    stamps = pd.to_datetime(frame["timestamp"], utc=True)
+    frame["timestamp"] = stamps.dt.tz_localize(None)
+    missing = frame["order_id"].isna()
+    frame.loc[missing, "order_id"] = (
+        frame.loc[missing, "user_id"] + "@" + frame.loc[missing, "timestamp"].astype(str)
+    )
+    return frame
+
+
+def combine_purchases(
+    file: Purchases | None, database: pd.DataFrame | None, source: str
+) -> Purchases:
+    """One cleaned history from a purchase file and/or the service's purchase events.
+
+    The file's item metadata is kept; a purchase present in both (same user, item, time and
+    order) counts once.
+
+    Raises:
+        DataError: neither source has a purchase.
+    """
+    frames = []
+    if file is not None:
+        meta = file.items.set_index("item_id")[["category", "name"]]
+        frames.append(file.frame.join(meta, on="item_id"))
+    if database is not None and len(database):
+        frames.append(database)
+    if not frames:
+        raise DataError("no purchases: the database has no purchase events yet")
+    if len(frames) == 1:
+        return purchases_from_frame(frames[0], source=source)
+    merged = pd.concat(frames, ignore_index=True)
+    # the same line in both (the database lacks quantity and price): keep the file's
+    shared = merged.duplicated(["user_id", "item_id", "timestamp", "order_id"], keep="first")
+    combined = purchases_from_frame(merged.loc[~shared], source=source)
+    combined.report.rows_read = len(merged)
+    combined.report.dropped = {"in_file_and_database": int(shared.sum()), **combined.report.dropped}
+    return combined

@@ -29,7 +29,15 @@ import pandas as pd
 
 from service.artifact import ModelStore, new_version_name, write_artifact
 from service.scoring import PROTOCOLS, Recipe
-from training.data import CleaningReport, ColumnMapping, Purchases, load_purchases
+from training.data import (
+    CleaningReport,
+    ColumnMapping,
+    DataError,
+    Purchases,
+    combine_purchases,
+    load_database_purchases,
+    load_purchases,
+)
 from training.evaluate import EvalSet, metric_key, temporal_split
 from training.models import (
     Candidates,
@@ -60,6 +68,7 @@ MetricTable = dict[str, dict[str, dict[str, float]]]  # protocol -> candidate ->
 class TrainConfig:
     model_dir: Path
     data: Path | None = None
+    database_url: str | None = None  # also train on the purchase events the API ingested
     fmt: str = "generic"
     columns: ColumnMapping | None = None
     test_days: float = 30.0
@@ -186,6 +195,19 @@ def _artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray
     return arrays
 
 
+def _load(config: TrainConfig) -> Purchases:
+    """The purchase file, the service's purchase events, or both combined."""
+    if config.data is None and config.database_url is None:
+        raise DataError("nothing to train on: give a purchase file, a database URL, or both")
+    from_file = load_purchases(config.data, config.fmt, config.columns) if config.data else None
+    if config.database_url is None:
+        assert from_file is not None
+        return from_file
+    from_database = load_database_purchases(config.database_url)
+    source = " + ".join([*([str(config.data)] if config.data else []), "database purchase events"])
+    return combine_purchases(from_file, from_database, source)
+
+
 def run(
     config: TrainConfig,
     purchases: Purchases | None = None,
@@ -198,9 +220,7 @@ def run(
     with trainer_lock(store.root):
         store.cleanup_temporaries()
         if purchases is None:
-            if config.data is None:
-                raise ValueError("either config.data or purchases must be given")
-            purchases = load_purchases(config.data, config.fmt, config.columns)
+            purchases = _load(config)
         timings["load"] = time.perf_counter() - started
         frame, ids = encode(purchases.frame)
         params = config.params

@@ -1,0 +1,226 @@
+"""The built-in scheduler, the crontab line and the Kubernetes manifests the README documents."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from croniter import croniter
+
+from service.artifact import ModelStore
+from service.settings import Settings
+from training.cli import app
+from training.schedule import Schedule, ScheduleError, Scheduler, parse_every
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("24h", 86_400), ("30m", 1_800), ("90s", 90), ("1d", 86_400), ("1h30m", 5_400)],
+)
+def test_intervals(text: str, seconds: int) -> None:
+    assert parse_every(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "24", "h", "0s", "1w", "24h and more"])
+def test_bad_intervals_are_refused(text: str) -> None:
+    with pytest.raises(ScheduleError):
+        parse_every(text)
+
+
+def test_a_schedule_is_an_interval_or_a_cron_expression() -> None:
+    now = datetime(2026, 11, 24, 4, 0, tzinfo=UTC)
+    assert Schedule(cron="0 3 * * *").next_after(now) == datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+    assert Schedule(every=timedelta(hours=6)).next_after(now) == now + timedelta(hours=6)
+    for bad in ({}, {"every": timedelta(hours=1), "cron": "0 3 * * *"}, {"cron": "61 * * * *"}):
+        with pytest.raises(ScheduleError):
+            Schedule(**bad)
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_runs_continue_after_a_run_is_killed_and_slots_are_not_doubled(tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    # each run appends a line; the second kills itself with SIGKILL, like an OOM kill would
+    code = (
+        "import os, signal, pathlib, time\n"
+        f"p = pathlib.Path({str(counter)!r})\n"
+        "n = len(p.read_text().splitlines()) if p.exists() else 0\n"
+        "p.write_text(p.read_text() + 'x\\n' if p.exists() else 'x\\n')\n"
+        "time.sleep(0.3)\n"
+        "if n == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    scheduler = Scheduler(
+        Schedule(every=timedelta(milliseconds=100)), _python(code), run_now=True, max_runs=3
+    )
+    history = scheduler.run()
+    assert [r.outcome for r in history] == ["ok", "killed", "ok"]
+    assert len(counter.read_text().splitlines()) == 3
+    # a 0.3 s run on a 0.1 s schedule: the next starts after the last ended, never during it
+    for before, after in itertools.pairwise(history):
+        assert after.started_at >= before.started_at + timedelta(seconds=before.seconds)
+
+
+def test_a_run_over_its_time_limit_is_killed(tmp_path: Path) -> None:
+    scheduler = Scheduler(
+        Schedule(every=timedelta(hours=1)),
+        _python("import time; time.sleep(30)"),
+        run_now=True,
+        max_runs=1,
+        timeout=timedelta(seconds=0.5),
+    )
+    (run,) = scheduler.run()
+    assert run.outcome == "killed"
+    assert run.seconds < 10
+
+
+def test_stop_ends_the_wait_for_the_next_slot() -> None:
+    scheduler = Scheduler(Schedule(every=timedelta(hours=24)), _python("pass"), run_now=True)
+    threading.Timer(0.5, scheduler.stop).start()
+    history = scheduler.run()  # would wait a day without the stop
+    assert [r.outcome for r in history] == ["ok"]
+
+
+def test_schedule_command_trains_twice_and_publishes(tmp_path: Path, shop_csv: Path) -> None:
+    models = tmp_path / "models"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "schedule",
+            "--every",
+            "1s",
+            "--run-now",
+            "--max-runs",
+            "2",
+            "--data",
+            str(shop_csv),
+            "--model-dir",
+            str(models),
+            *FAST,
+            "--force",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 run(s), 0 failed" in result.stderr
+    store = ModelStore(models)
+    assert len(store.versions()) == 2
+    assert store.current() == store.versions()[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--every", "soon", "--data", "x.csv"], "--every"),
+        (["--cron", "* *", "--data", "x.csv"], "cron"),
+        (["--every", "1h"], "options of `recoffer train`"),
+        (["--every", "1h", "--data", "x.csv", "--no-such-option"], "No such option"),
+    ],
+)
+def test_schedule_refuses_bad_options_at_once(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "training.cli", "schedule", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def shop_csv(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Any) -> Path:
+    from training.synthetic import write_shop
+
+    return write_shop(tiny_shop, tmp_path_factory.mktemp("shop"))["purchases"]
+
+
+# --- the documented alternatives ------------------------------------------------------------
+
+
+def _train_parses(args: list[str]) -> None:
+    """The options are ones `recoffer train` accepts (parsed, not run)."""
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    command.make_context("train", args)
+
+
+def test_the_readme_crontab_line_is_valid_and_runs_recoffer_train() -> None:
+    lines = [line for line in README.splitlines() if re.match(r"^[\d*/,\-]+ [\d*/,\-]+ ", line)]
+    assert lines, "the README shows a crontab line"
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        assert croniter.is_valid(" ".join(fields[:5]))
+        command = shlex.split(fields[5].split("&&", 1)[1].split(">>")[0])
+        assert command[0].endswith("recoffer")
+        assert command[1] == "train"
+        _train_parses(command[2:])
+
+
+def _manifests() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc["kind"] == "CronJob":
+        spec: dict[str, Any] = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        return spec
+    spec = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def test_kubernetes_manifests_fit_together_and_fit_the_code() -> None:
+    docs = {d["kind"]: d for d in _manifests()}
+    assert set(docs) >= {"Deployment", "Service", "CronJob", "PersistentVolumeClaim", "Secret"}
+    api, train = _pod_spec(docs["Deployment"]), _pod_spec(docs["CronJob"])
+    claim = docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert "ReadWriteMany" in docs["PersistentVolumeClaim"]["spec"]["accessModes"]
+    for pod in (api, train):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim
+    api_box, train_box = api["containers"][0], train["containers"][0]
+    assert api_box["image"] == train_box["image"]
+    # both sides mean the same model root
+    api_env = {e["name"]: e.get("value") for e in api_box["env"]}
+    train_args = train_box["command"]
+    model_dir = train_args[train_args.index("--model-dir") + 1]
+    assert api_env["RECOFFER_MODEL_DIR"] == model_dir
+    assert any(m["mountPath"] == model_dir for m in train_box["volumeMounts"])
+    assert any(m["mountPath"] == model_dir and m["readOnly"] for m in api_box["volumeMounts"])
+    # the training command is one `recoffer train` accepts; the API runs `recoffer serve`
+    assert train_args[:2] == ["recoffer", "train"]
+    _train_parses([a.replace("$(RECOFFER_DATABASE_URL)", "sqlite:///x.db") for a in train_args[2:]])
+    assert api_box["command"][:2] == ["recoffer", "serve"]
+    assert docs["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
+    assert croniter.is_valid(docs["CronJob"]["spec"]["schedule"])
+    # probes hit endpoints that exist; every variable set is a setting the service reads
+    assert api_box["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api_box["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    settings = {f"RECOFFER_{name.upper()}" for name in Settings.model_fields}
+    assert set(api_env) <= settings
+    assert set(docs["Secret"]["stringData"]) <= settings
