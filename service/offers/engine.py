@@ -149,10 +149,12 @@ class OfferEngine:
         """Decide for one user now and record it; a user is decided once per campaign."""
         campaign = self.campaign(campaign_id)
         now = self.clock()
-        existing = self.repository.decision_of(campaign_id, user_id)
-        if existing is not None and existing.decision != "budget_exhausted":
+        existing, facts = self.repository.decision_and_facts(
+            campaign_id, user_id, campaign.window, now
+        )
+        if facts is None:
+            assert existing is not None  # a final decision
             return self._count(self._already(existing, self._coupon_of(existing), campaign))
-        facts = self.repository.user_facts(user_id, campaign.window, now)
         return self._count(self._decide(campaign, facts, now))
 
     def sweep(self, campaign_id: str) -> SweepResult:

@@ -16,12 +16,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, case, func, select, update
+from sqlalchemy import Connection, Float, String, and_, bindparam, case, func, select, update
 from sqlalchemy.engine import Row
 
 from service.events import Repository
 from service.offers.rules import UserFacts
-from service.tables import campaign_budgets, coupons, events, items, offer_decisions, users
+from service.tables import (
+    UTCDateTime,
+    campaign_budgets,
+    coupons,
+    events,
+    items,
+    offer_decisions,
+    users,
+)
 
 FinalKind = Literal["issued", "holdout"]
 
@@ -102,36 +110,129 @@ def day_of(moment: datetime) -> str:
     return moment.astimezone(UTC).date().isoformat()
 
 
+class _Statements:
+    """The hot statements, built once: building a statement costs 3-4 times running it."""
+
+    def __init__(self, base: Repository) -> None:
+        d, c, b, e = offer_decisions, coupons, campaign_budgets, events
+        user = bindparam("user_id", type_=String())
+        now = bindparam("now", type_=UTCDateTime())
+        in_window = and_(
+            e.c.type == "view",
+            e.c.ts >= bindparam("start", type_=UTCDateTime()),
+            e.c.ts <= bindparam("end", type_=UTCDateTime()),
+        )
+        self.started = select(users.c.signed_up_at, users.c.first_seen_at).where(
+            users.c.user_id == user
+        )
+        self.facts = select(
+            func.count(case((in_window, 1))),
+            func.count(case((in_window, e.c.item_id)).distinct()),
+            func.count(case((e.c.type == "purchase", 1))),
+        ).where(e.c.user_id == user, e.c.ts <= now)
+        self.purchased = (
+            select(e.c.id)
+            .where(e.c.user_id == user, e.c.type == "purchase", e.c.ts <= now)
+            .limit(1)
+        )
+        self.decision = select(
+            d.c.campaign_id,
+            d.c.user_id,
+            d.c.decision,
+            d.c.attribution_id,
+            d.c.views,
+            d.c.decided_at,
+            d.c.convert_until,
+        ).where(d.c.campaign_id == bindparam("campaign_id"), d.c.user_id == user)
+        keys = [d.c.campaign_id, d.c.user_id]
+        self.claim = base.insert(d).on_conflict_do_nothing(index_elements=keys).returning(d.c.id)
+        self.misses = base.insert(d).on_conflict_do_nothing(index_elements=keys)
+        self.upgrade = (
+            update(d)
+            .where(
+                d.c.campaign_id == bindparam("where_campaign"),
+                d.c.user_id == bindparam("where_user"),
+                d.c.decision == "budget_exhausted",
+            )
+            .returning(d.c.id)
+        )
+        budget_keys = [b.c.campaign_id, b.c.period]
+        count_one = base.insert(b)
+        self.count_coupon = count_one.on_conflict_do_update(
+            index_elements=budget_keys, set_={"issued": b.c.issued + 1}
+        ).returning(b.c.issued)
+        self.count_capped_coupon = count_one.on_conflict_do_update(
+            index_elements=budget_keys,
+            set_={"issued": b.c.issued + 1},
+            where=b.c.issued < bindparam("cap"),
+        ).returning(b.c.issued)
+        self.budget = select(b.c.period, b.c.issued).where(
+            b.c.campaign_id == bindparam("campaign_id"),
+            b.c.period.in_(bindparam("periods", expanding=True)),
+        )
+        self.insert_coupon = c.insert()
+        self.coupon_by_code = select(c).where(c.c.code == bindparam("code"))
+        self.coupon_by_attribution = select(c).where(c.c.attribution_id == bindparam("attribution"))
+        self.active = (
+            select(c)
+            .where(c.c.user_id == user, c.c.expires_at > now, c.c.redeemed_at.is_(None))
+            .order_by(c.c.expires_at, c.c.code)
+        )
+        amount = bindparam("amount", type_=Float())
+        self.redeem = (
+            update(c)
+            .where(
+                c.c.code == bindparam("where_code"),
+                c.c.user_id == bindparam("where_user"),
+                c.c.redeemed_at.is_(None),
+                c.c.expires_at > now,
+            )
+            .values(
+                redeemed_at=now,
+                order_id=bindparam("order"),
+                order_amount=amount,
+                # NULL when no amount was sent: NULL times anything is NULL
+                discount_amount=amount * c.c.discount_percent / 100.0,
+            )
+            .returning(*c.c)
+        )
+
+
 class OfferRepository:
     """Queries of the offer tables, on the shared engine and its SQLite write queue."""
 
     def __init__(self, base: Repository) -> None:
         self.base = base
         self.engine = base.engine
+        self._sql = _Statements(base)
 
     # --- facts the rule reads -------------------------------------------------------------
 
     def user_facts(self, user_id: str, window: timedelta, now: datetime) -> UserFacts:
         """Views inside ``[start, min(now, start + window)]`` and whether the user ever bought."""
         with self.engine.connect() as conn:
-            user = conn.execute(
-                select(users.c.signed_up_at, users.c.first_seen_at).where(
-                    users.c.user_id == user_id
-                )
-            ).first()
-            if user is None:
-                return UserFacts(user_id, None, 0, 0, False)
-            start: datetime = user.signed_up_at or user.first_seen_at
-            # no `start + window`: a start near the end of the calendar must not overflow
-            end = now if now - start <= window else start + window
-            in_window = and_(events.c.type == "view", events.c.ts >= start, events.c.ts <= end)
-            row = conn.execute(
-                select(
-                    func.count(case((in_window, 1))),
-                    func.count(case((in_window, events.c.item_id)).distinct()),
-                    func.count(case((events.c.type == "purchase", 1))),
-                ).where(events.c.user_id == user_id, events.c.ts <= now)
-            ).one()
+            return self._facts(conn, user_id, window, now)
+
+    def decision_and_facts(
+        self, campaign_id: str, user_id: str, window: timedelta, now: datetime
+    ) -> tuple[DecisionRecord | None, UserFacts | None]:
+        """The user's recorded decision, and the facts only when it is not final (one read)."""
+        with self.engine.connect() as conn:
+            decision = self._decision(conn, campaign_id, user_id)
+            if decision is not None and decision.decision != "budget_exhausted":
+                return decision, None
+            return decision, self._facts(conn, user_id, window, now)
+
+    def _facts(self, conn: Connection, user_id: str, window: timedelta, now: datetime) -> UserFacts:
+        user = conn.execute(self._sql.started, {"user_id": user_id}).first()
+        if user is None:
+            return UserFacts(user_id, None, 0, 0, False)
+        start: datetime = user.signed_up_at or user.first_seen_at
+        # no `start + window`: a start near the end of the calendar must not overflow
+        end = now if now - start <= window else start + window
+        row = conn.execute(
+            self._sql.facts, {"user_id": user_id, "start": start, "end": end, "now": now}
+        ).one()
         return UserFacts(user_id, start, int(row[0]), int(row[1]), bool(row[2]))
 
     def candidates(
@@ -274,44 +375,25 @@ class OfferRepository:
             }
             for user_id, views in users
         ]
-        stmt = self.base.insert(offer_decisions).on_conflict_do_nothing(
-            index_elements=[offer_decisions.c.campaign_id, offer_decisions.c.user_id]
-        )
         with self.base.writing() as conn:
-            conn.execute(stmt, rows)
+            conn.execute(self._sql.misses, rows)
 
     def _purchased(self, conn: Connection, user_id: str, now: datetime) -> bool:
-        query = select(events.c.id).where(
-            events.c.user_id == user_id, events.c.type == "purchase", events.c.ts <= now
+        return (
+            conn.execute(self._sql.purchased, {"user_id": user_id, "now": now}).first() is not None
         )
-        return conn.execute(query.limit(1)).first() is not None
 
     def _claim(
         self, conn: Connection, campaign_id: str, user_id: str, values: dict[str, Any]
     ) -> str | None:
         """``inserted``, ``upgraded`` (a budget miss made final) or None (already decided)."""
-        insert = (
-            self.base.insert(offer_decisions)
-            .values(campaign_id=campaign_id, user_id=user_id, **values)
-            .on_conflict_do_nothing(
-                index_elements=[offer_decisions.c.campaign_id, offer_decisions.c.user_id]
-            )
-            .returning(offer_decisions.c.id)
-        )
-        if conn.execute(insert).first() is not None:
+        row = {"campaign_id": campaign_id, "user_id": user_id, **values}
+        if conn.execute(self._sql.claim, row).first() is not None:
             return "inserted"
         # a row is there: only a budget miss may still become final (the WHERE re-checks it)
-        upgrade = (
-            update(offer_decisions)
-            .where(
-                offer_decisions.c.campaign_id == campaign_id,
-                offer_decisions.c.user_id == user_id,
-                offer_decisions.c.decision == "budget_exhausted",
-            )
-            .values(**values)
-            .returning(offer_decisions.c.id)
-        )
-        return "upgraded" if conn.execute(upgrade).first() is not None else None
+        where = {"where_campaign": campaign_id, "where_user": user_id}
+        upgraded = conn.execute(self._sql.upgrade.values(**values), where).first()
+        return "upgraded" if upgraded is not None else None
 
     def _check_budget(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:
         """Raise BudgetExhausted when a cap is reached; counts nothing (a holdout decision)."""
@@ -320,14 +402,10 @@ class OfferRepository:
         }
         if not limits:
             return
-        used = dict(
-            conn.execute(
-                select(campaign_budgets.c.period, campaign_budgets.c.issued).where(
-                    campaign_budgets.c.campaign_id == campaign_id,
-                    campaign_budgets.c.period.in_(list(limits)),
-                )
-            ).all()
-        )
+        rows = conn.execute(
+            self._sql.budget, {"campaign_id": campaign_id, "periods": list(limits)}
+        ).all()
+        used = {str(period): int(n) for period, n in rows}
         for period, cap in limits.items():
             if used.get(period, 0) >= cap:
                 raise BudgetExhausted(period)
@@ -342,15 +420,12 @@ class OfferRepository:
         for period, cap in (("total", caps.total), (day_of(now), caps.per_day)):
             if cap is not None and cap <= 0:
                 raise BudgetExhausted(period)
-            stmt = self.base.insert(campaign_budgets).values(
-                campaign_id=campaign_id, period=period, issued=1
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[campaign_budgets.c.campaign_id, campaign_budgets.c.period],
-                set_={"issued": campaign_budgets.c.issued + 1},
-                where=None if cap is None else campaign_budgets.c.issued < cap,
-            ).returning(campaign_budgets.c.issued)
-            if conn.execute(stmt).first() is None:
+            row = {"campaign_id": campaign_id, "period": period, "issued": 1}
+            if cap is None:
+                taken = conn.execute(self._sql.count_coupon, row).first()
+            else:
+                taken = conn.execute(self._sql.count_capped_coupon, {**row, "cap": cap}).first()
+            if taken is None:
                 raise BudgetExhausted(period)
 
     def _insert_coupon(
@@ -370,23 +445,12 @@ class OfferRepository:
             order_amount=None,
             discount_amount=None,
         )
-        conn.execute(coupons.insert().values(**dataclasses.asdict(coupon)))
+        conn.execute(self._sql.insert_coupon, dataclasses.asdict(coupon))
         return coupon
 
     def _decision(self, conn: Connection, campaign_id: str, user_id: str) -> DecisionRecord | None:
         row = conn.execute(
-            select(
-                offer_decisions.c.campaign_id,
-                offer_decisions.c.user_id,
-                offer_decisions.c.decision,
-                offer_decisions.c.attribution_id,
-                offer_decisions.c.views,
-                offer_decisions.c.decided_at,
-                offer_decisions.c.convert_until,
-            ).where(
-                offer_decisions.c.campaign_id == campaign_id,
-                offer_decisions.c.user_id == user_id,
-            )
+            self._sql.decision, {"campaign_id": campaign_id, "user_id": user_id}
         ).first()
         return DecisionRecord(*row) if row else None
 
@@ -394,7 +458,7 @@ class OfferRepository:
         if decision.decision != "issued":
             return None
         row = conn.execute(
-            select(coupons).where(coupons.c.attribution_id == decision.attribution_id)
+            self._sql.coupon_by_attribution, {"attribution": decision.attribution_id}
         ).first()
         return _coupon(row) if row else None
 
@@ -404,28 +468,20 @@ class OfferRepository:
         """The coupon issued with the decision ``attribution_id``."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(coupons).where(coupons.c.attribution_id == attribution_id)
+                self._sql.coupon_by_attribution, {"attribution": attribution_id}
             ).first()
         return _coupon(row) if row else None
 
     def coupon(self, code: str) -> CouponRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(coupons).where(coupons.c.code == code)).first()
+            row = conn.execute(self._sql.coupon_by_code, {"code": code}).first()
         return _coupon(row) if row else None
 
     def active_coupons(self, user_id: str, now: datetime) -> list[CouponRecord]:
         """Unredeemed, unexpired coupons of a user, the soonest to expire first."""
-        query = (
-            select(coupons)
-            .where(
-                coupons.c.user_id == user_id,
-                coupons.c.expires_at > now,
-                coupons.c.redeemed_at.is_(None),
-            )
-            .order_by(coupons.c.expires_at, coupons.c.code)
-        )
         with self.engine.connect() as conn:
-            return [_coupon(r) for r in conn.execute(query)]
+            rows = conn.execute(self._sql.active, {"user_id": user_id, "now": now})
+            return [_coupon(r) for r in rows]
 
     def redeem(
         self,
@@ -439,27 +495,15 @@ class OfferRepository:
 
         The WHERE is the guard: of any number of concurrent calls exactly one changes the row.
         """
-        discount = (
-            None if order_amount is None else order_amount * coupons.c.discount_percent / 100.0
-        )
-        query = (
-            update(coupons)
-            .where(
-                coupons.c.code == code,
-                coupons.c.user_id == user_id,
-                coupons.c.redeemed_at.is_(None),
-                coupons.c.expires_at > now,
-            )
-            .values(
-                redeemed_at=now,
-                order_id=order_id,
-                order_amount=order_amount,
-                discount_amount=discount,
-            )
-            .returning(*coupons.c)
-        )
+        params = {
+            "where_code": code,
+            "where_user": user_id,
+            "now": now,
+            "order": order_id,
+            "amount": order_amount,
+        }
         with self.base.writing() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(self._sql.redeem, params).first()
         return _coupon(row) if row else None
 
     def release(self, code: str, user_id: str, order_id: str, now: datetime) -> CouponRecord | None:
