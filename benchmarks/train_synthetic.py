@@ -12,8 +12,10 @@ import argparse
 import json
 import shutil
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from benchmarks.common import PYTHON, RESULTS, WORK, measure, median, save, this_command
+from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, measure, median, save, this_command
 from training.synthetic import generate_shop, spec_for, write_shop
 
 
@@ -104,6 +106,38 @@ def main() -> None:
     order = ["100k", "1m", "2m", "10m"]
     rows.sort(key=lambda r: order.index(r["preset"]) if r["preset"] in order else 99)
     save("train_synthetic", this_command(), {"sizes": rows})
+    plot(rows, PLOT)
+
+
+PLOT = ROOT / "docs" / "img" / "training_size.png"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Training time and peak memory against interactions (log-log), bare ALS beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = [r["interactions"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(size, [r["train_seconds"] for r in rows], marker="o", label="recoffer train")
+    left.plot(size, [r["bare_fit_seconds"] for r in rows], marker="s", label="bare ALS fit")
+    right.plot(size, [r["train_peak_rss_mib"] for r in rows], marker="o", label="recoffer train")
+    right.plot(size, [r["bare_peak_rss_mib"] for r in rows], marker="s", label="bare ALS fit")
+    for axis, label in ((left, "seconds (median)"), (right, "peak RSS (MiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("purchase lines (synthetic shop)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=8)
+    left.set_title("Training time (tuning off, 2 threads)")
+    right.set_title("Peak memory")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

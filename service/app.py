@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppState
-from service.api.errors import add_exception_handlers
+from service.api.errors import ERROR_RESPONSES, add_exception_handlers
 from service.api.fastpath import PlainRoute
 from service.api.routes import (
     campaigns,
@@ -129,6 +129,7 @@ def create_app(
         version="0.1.0",
         summary="Personalised recommendations and time-limited offers for an online shop.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,  # every error body is {"error", "detail"} (api/errors.py)
     )
     add_exception_handlers(app)
     # the hot route first, as a plain Starlette route (see service.api.fastpath.PlainRoute)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,24 +79,38 @@ def postgres_server() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def fresh_postgres(postgres_server: str) -> Iterator[str]:
-    """A new, empty database for one test, dropped afterwards."""
+@contextmanager
+def _new_postgres_database(server: str) -> Iterator[str]:
+    """A new, empty database on ``server``, dropped on exit."""
     import secrets
 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     name = f"recoffer_t_{secrets.token_hex(4)}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def fresh_postgres(postgres_server: str) -> Iterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    with _new_postgres_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres(postgres_server: str) -> Iterator[str]:
+    """A new, empty database shared by the tests of one module, dropped afterwards."""
+    with _new_postgres_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -232,6 +232,22 @@ PRESETS: dict[str, ShopSpec] = {
         n_taste_clusters=10,
         new_users=500,
     ),
+    "100k": ShopSpec(
+        n_users=10_000,
+        n_items=4_000,
+        n_interactions=100_000,
+        n_categories=40,
+        n_taste_clusters=10,
+        new_users=500,
+    ),
+    "1m": ShopSpec(
+        n_users=50_000,
+        n_items=15_000,
+        n_interactions=1_000_000,
+        n_categories=80,
+        n_taste_clusters=16,
+        new_users=2_000,
+    ),
     "2m": ShopSpec(
         n_users=100_000,
         n_items=20_000,

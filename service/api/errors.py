@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.schemas import ErrorOut
 from service.db import is_outage
 from service.offers.engine import (
     CouponAlreadyRedeemed,
@@ -24,6 +25,25 @@ from service.offers.limiter import TooManyAttempts
 from service.recommender import UnknownItem
 
 log = logging.getLogger(__name__)
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+# what any route may answer besides its success, as the OpenAPI document shows it
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Malformed request."),
+    401: _documented("No API key, or an unknown one."),
+    403: _documented("The key's role may not call this (or: the coupon is another user's)."),
+    404: _documented("No such user, item, campaign or coupon."),
+    409: _documented("Coupon already redeemed by another order."),
+    410: _documented("Coupon expired."),
+    413: _documented("Body too large, or too many events."),
+    422: _documented("Invalid input: `detail` lists each field and what is wrong with it."),
+    429: _documented("Too many failed coupon lookups: retry after `Retry-After` seconds."),
+    503: _documented("Model or database unavailable: retry after `Retry-After` seconds."),
+}
 
 
 class ModelUnavailable(Exception):

@@ -101,7 +101,7 @@ class IngestOut(BaseModel):
 class ItemIn(Strict):
     name: Text | None = None
     category: Id | None = None
-    price: float | None = Field(None, ge=0)
+    price: float | None = Field(None, ge=0, strict=True)  # strict: `false` is not a price
     in_stock: bool | None = None
 
 
@@ -185,8 +185,11 @@ class ReloadOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    error: str
-    detail: Any = None
+    error: str = Field(examples=["invalid_request"])
+    detail: Any = Field(
+        None,
+        examples=[[{"field": "limit", "message": "Input should be less than or equal to 100"}]],
+    )
 
 
 # --- offers ------------------------------------------------------------------------------
