@@ -1,4 +1,4 @@
-"""Run every benchmark, then render docs/benchmarks.md (about 15 minutes on 2 cores)."""
+"""Run every benchmark, then render docs/benchmarks.md (about 40 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from benchmarks.common import PYTHON, ROOT
 
 STEPS = (
     ["benchmarks.train_online_retail"],
-    ["benchmarks.train_synthetic", "--sizes", "2m,10m"],
+    ["benchmarks.train_synthetic", "--sizes", "100k,1m,2m,10m"],
     ["benchmarks.api_latency"],
+    ["benchmarks.concurrency"],
+    ["benchmarks.offers"],
+    ["benchmarks.retrain_pickup"],
+    ["benchmarks.reliability"],
 )
 
 

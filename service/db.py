@@ -67,6 +67,14 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 5) -
             pool_timeout=timeout_seconds,
             connect_args={
                 "connect_timeout": max(1, int(timeout_seconds)),
+                # a server that goes silent (power loss, partition) never closes the socket and
+                # statement_timeout is the server's own: TCP keepalives and a user timeout let
+                # this side give up, so a write answers 503 instead of hanging
+                "keepalives": 1,
+                "keepalives_idle": max(1, int(timeout_seconds)),
+                "keepalives_interval": 1,
+                "keepalives_count": 3,
+                "tcp_user_timeout": ms * 2,
                 "options": (
                     f"-c statement_timeout={ms} -c lock_timeout={ms} "
                     f"-c idle_in_transaction_session_timeout={ms * 4} -c timezone=UTC"

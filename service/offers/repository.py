@@ -110,6 +110,10 @@ def day_of(moment: datetime) -> str:
     return moment.astimezone(UTC).date().isoformat()
 
 
+# the columns a decision write sets besides its key (campaign, user)
+DECISION_VALUES = ("decision", "attribution_id", "views", "decided_at", "convert_until")
+
+
 class _Statements:
     """The hot statements, built once: building a statement costs 3-4 times running it."""
 
@@ -154,6 +158,7 @@ class _Statements:
                 d.c.user_id == bindparam("where_user"),
                 d.c.decision == "budget_exhausted",
             )
+            .values({col: bindparam(f"new_{col}") for col in DECISION_VALUES})
             .returning(d.c.id)
         )
         budget_keys = [b.c.campaign_id, b.c.period]
@@ -322,9 +327,10 @@ class OfferRepository:
         the decision was based on went stale while it was being made).
         """
         caps = caps or Caps(None, None)
+        attribution = uuid.uuid4().hex
         values = {
             "decision": kind,
-            "attribution_id": uuid.uuid4().hex,
+            "attribution_id": attribution,
             "views": views,
             "decided_at": now,
             "convert_until": convert_until,
@@ -339,8 +345,10 @@ class OfferRepository:
                     return Recorded(False, existing, self._coupon_of(conn, existing))
                 if no_purchase and self._purchased(conn, user_id, now):
                     raise PurchasedMeanwhile(user_id)
-                decision = self._decision(conn, campaign_id, user_id)
-                assert decision is not None
+                # the row as written (no read back: a lookup per decision is a plan to go wrong)
+                decision = DecisionRecord(
+                    campaign_id, user_id, kind, attribution, views, now, convert_until
+                )
                 stored: CouponRecord | None = None
                 if coupon is not None:
                     self._take_budget(conn, campaign_id, caps, now)
@@ -392,7 +400,8 @@ class OfferRepository:
             return "inserted"
         # a row is there: only a budget miss may still become final (the WHERE re-checks it)
         where = {"where_campaign": campaign_id, "where_user": user_id}
-        upgraded = conn.execute(self._sql.upgrade.values(**values), where).first()
+        where.update({f"new_{col}": value for col, value in values.items()})
+        upgraded = conn.execute(self._sql.upgrade, where).first()
         return "upgraded" if upgraded is not None else None
 
     def _check_budget(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:

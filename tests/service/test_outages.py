@@ -103,6 +103,9 @@ class TcpProxy:
         finally:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
+                    # shutdown first: close() alone sends no FIN while another thread reads
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     s.close()
 
     def cut(self) -> None:
