@@ -3,7 +3,7 @@
 
     python3 tasks.py run        # demo shop -> train -> API on 127.0.0.1:8000 (embedded defaults)
     python3 tasks.py test       # the whole test suite
-    python3 tasks.py lint | fmt | typecheck | bench
+    python3 tasks.py lint | fmt | typecheck | bench | reliability
 
 The first call creates ``.venv`` and installs the project with its dev extras from
 ``pyproject.toml``; later calls reinstall only when ``pyproject.toml`` changed.
@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
         "fmt": [str(BIN / "ruff"), "format", ".", *rest],
         "typecheck": [str(BIN / "mypy"), *rest],
         "bench": [str(BIN / "python"), "-m", "benchmarks.run_all", *rest],
+        "reliability": [str(BIN / "python"), "-m", "benchmarks.reliability", "--quick", *rest],
     }
     if command not in commands:
         print(f"unknown command {command!r}; one of: {', '.join(commands)}", file=sys.stderr)

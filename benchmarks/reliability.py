@@ -254,7 +254,10 @@ def fresh_postgres() -> Iterator[str | None]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # no PostgreSQL here: that part is skipped and said so
-        print(f"PostgreSQL unavailable, skipping: {str(exc).splitlines()[0]}", flush=True)
+        reason = f"PostgreSQL unavailable: {str(exc).splitlines()[0]}"
+        if os.environ.get("RECOFFER_REQUIRE_POSTGRES") == "1":  # CI: a skip would hide a fault
+            raise SystemExit(f"{reason} (and RECOFFER_REQUIRE_POSTGRES=1)") from None
+        print(f"{reason}; skipping", flush=True)
         yield None
         return
     try:
