@@ -36,7 +36,15 @@ from service.tables import EVENT_TYPES
 
 # The purchase loader's readers and parsers, so both kinds of input obey one set of
 # conventions (string ids, naive UTC timestamps, one-line DataError naming file and column).
-from training.data import DataError, as_ids, as_text, check_columns, parse_timestamps, read_table
+from training.data import (
+    DataError,
+    as_ids,
+    as_text,
+    check_columns,
+    parse_mapping,
+    parse_timestamps,
+    read_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,24 +86,7 @@ class EventColumns:
     def parse(cls, text: str) -> EventColumns:
         """Parse ``"user=visitor,type=event,timestamp=ts,item=sku"``; roles not named keep
         their defaults. Unknown or repeated roles and malformed entries raise DataError."""
-        roles = [f.name for f in fields(cls)]
-        chosen: dict[str, str] = {}
-        for entry in text.split(","):
-            role, sep, column = (part.strip() for part in entry.partition("="))
-            if not sep or not role or not column:
-                raise DataError(
-                    f"column mapping: malformed entry {entry.strip()!r} in {text!r}; "
-                    "expected role=column"
-                )
-            if role not in roles:
-                raise DataError(
-                    f"column mapping: unknown role {role!r} in {text!r}; "
-                    f"known roles: {', '.join(roles)}"
-                )
-            if role in chosen:
-                raise DataError(f"column mapping: role {role!r} given twice in {text!r}")
-            chosen[role] = column
-        return cls(**chosen)
+        return cls(**parse_mapping(text, [f.name for f in fields(cls)]))
 
 
 DEFAULT_COLUMNS = EventColumns()

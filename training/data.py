@@ -126,23 +126,7 @@ class ColumnMapping:
                 f"column mapping is empty; expected e.g. 'user=CustomerID,item=SKU' "
                 f"with roles {', '.join(roles)}"
             )
-        chosen: dict[str, str] = {}
-        for entry in text.split(","):
-            role, sep, column = (part.strip() for part in entry.partition("="))
-            if not sep or not role or not column:
-                raise DataError(
-                    f"column mapping: malformed entry {entry.strip()!r} in {text!r}; "
-                    "expected role=column"
-                )
-            if role not in roles:
-                raise DataError(
-                    f"column mapping: unknown role {role!r} in {text!r}; "
-                    f"known roles: {', '.join(roles)}"
-                )
-            if role in chosen:
-                raise DataError(f"column mapping: role {role!r} given twice in {text!r}")
-            chosen[role] = column
-        return cls(**chosen)
+        return cls(**parse_mapping(text, roles))
 
     def mapped(self) -> dict[str, str]:
         """Role -> input column for the roles that are mapped, in field order."""
@@ -159,6 +143,27 @@ ONLINE_RETAIL_MAPPING = ColumnMapping(
     order="InvoiceNo",
     name="Description",
 )
+
+
+def parse_mapping(text: str, roles: list[str]) -> dict[str, str]:
+    """``"role=column,role=column"`` as a dict; malformed, unknown or repeated roles raise."""
+    chosen: dict[str, str] = {}
+    for entry in text.split(","):
+        role, sep, column = (part.strip() for part in entry.partition("="))
+        if not sep or not role or not column:
+            raise DataError(
+                f"column mapping: malformed entry {entry.strip()!r} in {text!r}; "
+                "expected role=column"
+            )
+        if role not in roles:
+            raise DataError(
+                f"column mapping: unknown role {role!r} in {text!r}; "
+                f"known roles: {', '.join(roles)}"
+            )
+        if role in chosen:
+            raise DataError(f"column mapping: role {role!r} given twice in {text!r}")
+        chosen[role] = column
+    return chosen
 
 
 @dataclass
