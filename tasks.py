@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -41,8 +42,16 @@ def ensure_venv() -> None:
 
 
 def run(*args: str) -> int:
+    """Run a command; SIGTERM to this process is passed on (a supervisor stops the server too)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(list(args), cwd=ROOT, env=env).returncode
+    child = subprocess.Popen(list(args), cwd=ROOT, env=env)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+    while True:
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # Ctrl+C reaches the child through the process group too
+            continue
+        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
 
 
 def main(argv: list[str]) -> int:
