@@ -19,11 +19,8 @@ Checked elsewhere, and not repeated here:
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,8 +31,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.reliability import Trainer, landed_in, temporaries
 from service.app import create_app
-from service.artifact import REGISTRY, TEMP_PREFIX, ModelStore, load_artifact
+from service.artifact import ModelStore, load_artifact
 from service.settings import Settings
 from training.registry import trainer_lock
 from training.synthetic import SyntheticShop, write_shop
@@ -45,112 +43,11 @@ ADMIN = "admin-key-0123456789abcd"
 H = {"X-API-Key": KEY}
 SEED = 20261124
 KILLS = 20
-# small model, no tuning: one run is about a second of work after the imports
-FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]
-# progress lines on the trainer's stderr (with -v), in the order they appear
-MARKERS = (
-    ("loaded", "purchases loaded from"),
-    ("validation", "(validation stage)"),
-    ("test", "(test stage)"),
-    ("serving", "(serving stage)"),
-    ("written", "artifact_written"),
-    ("promoted", "promoted to current"),
-)
 
 
 @pytest.fixture(scope="module")
 def shop_csv(tmp_path_factory: pytest.TempPathFactory, tiny_shop: SyntheticShop) -> Path:
     return write_shop(tiny_shop, tmp_path_factory.mktemp("shop"))["purchases"]
-
-
-class Trainer:
-    """One ``recoffer train`` child process; notes when each progress marker reached stderr."""
-
-    def __init__(self, data: Path, root: Path) -> None:
-        command = [sys.executable, "-m", "training.cli", "train", "--data", str(data)]
-        command += ["--model-dir", str(root), *FAST, "--force", "-v"]
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
-        )
-        self.seen: dict[str, float] = {}
-        self.tail: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.tail = [*self.tail[-20:], line.rstrip()]
-                for name, text in MARKERS:
-                    if name not in self.seen and text in line:
-                        self.seen[name] = time.monotonic() - self.started
-                self._changed.notify_all()
-        with self._changed:
-            self.seen["eof"] = time.monotonic() - self.started
-            self._changed.notify_all()
-
-    def wait_for(self, marker: str, timeout: float = 60.0) -> bool:
-        """Whether ``marker`` appeared (False when the process ended or the time ran out)."""
-        with self._changed:
-            self._changed.wait_for(lambda: marker in self.seen or "eof" in self.seen, timeout)
-            return marker in self.seen
-
-    def kill_at(self, moment: float) -> None:
-        """SIGKILL at ``moment`` seconds after the start (unless it has exited already)."""
-        time.sleep(max(0.0, self.started + moment - time.monotonic()))
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-
-    def finish(self, timeout: float = 60.0) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._reader.join(10)
-        return code
-
-    def last_marker(self) -> str:
-        reached = [name for name, _ in MARKERS if name in self.seen]
-        return reached[-1] if reached else "start"
-
-
-def _temporaries(root: Path) -> set[str]:
-    store = ModelStore(root)
-    folders = [root, store.versions_dir] if store.versions_dir.is_dir() else [root]
-    return {str(p) for d in folders for p in d.iterdir() if p.name.startswith(TEMP_PREFIX)}
-
-
-def landed_in(root: Path, before: tuple[set[str], set[str]], trainer: Trainer) -> str:
-    """Where a killed run was, judged from what it left on disk and what it had printed.
-
-    ``before`` holds the versions and the temporary leftovers present when the run started
-    (a run removes older leftovers only after its imports).
-    """
-    store = ModelStore(root)
-    versions, temporaries = before
-    fresh = [Path(p).name for p in _temporaries(root) - temporaries]
-    if fresh:
-        registry = any(REGISTRY in name for name in fresh)
-        return "writing the registry" if registry else "writing the version directory"
-    new = set(store.versions()) - versions
-    if new:
-        return "after promotion" if store.current() in new else "written, not yet promoted"
-    return {
-        "start": "start-up (imports)",
-        "loaded": "validation fit",  # the next marker is printed as that fit starts
-        "validation": "validation fit",
-        "test": "test fit and evaluation",
-        "serving": "serving fit",
-        "written": "written, not yet promoted",
-    }.get(trainer.last_marker(), trainer.last_marker())
 
 
 @dataclass
@@ -212,7 +109,7 @@ def test_trainer_killed_at_random_moments_never_disturbs_the_service(
 ) -> None:
     root = tmp_path / "models"
     first = Trainer(shop_csv, root)
-    assert first.finish() == 0, "\n".join(first.tail)
+    assert first.finish(60) == 0, "\n".join(first.tail)
     duration = first.seen["eof"]
     # from the serving-stage marker to the version's rename: serving fit, then the writes
     # (the promotion follows at once; "promoted" is printed much later, after the tables)
@@ -228,7 +125,7 @@ def test_trainer_killed_at_random_moments_never_disturbs_the_service(
         with watcher.running():
             while kills < KILLS and attempts < 3 * KILLS:
                 attempts += 1
-                before = set(store.versions()), _temporaries(root)
+                before = set(store.versions()), temporaries(root)
                 trainer = Trainer(shop_csv, root)
                 if attempts % 2:  # anywhere in the run, imports included
                     moment = rng.uniform(0.0, duration)
@@ -237,16 +134,16 @@ def test_trainer_killed_at_random_moments_never_disturbs_the_service(
                 else:
                     moment = 0.0
                 trainer.kill_at(moment)
-                code = trainer.finish()
+                code = trainer.finish(60)
                 if code == 0:  # it was done before the signal
                     phases["finished before the kill"] += 1
                     continue
                 assert code == -signal.SIGKILL, "\n".join(trainer.tail)
                 kills += 1
-                phases[landed_in(root, before, trainer)] += 1
+                phases[landed_in(root, *before, trainer)] += 1
 
             last = Trainer(shop_csv, root)  # a normal run after all this
-            assert last.finish() == 0, "\n".join(last.tail)
+            assert last.finish(60) == 0, "\n".join(last.tail)
             newest = store.current()
             deadline = time.monotonic() + 10
             while watcher.versions[-1:] != [newest] and time.monotonic() < deadline:
@@ -271,7 +168,7 @@ def test_trainer_killed_at_random_moments_never_disturbs_the_service(
     assert load_failures is None
     assert 'recoffer_model_loads_total{outcome="failed"}' not in metrics
     # the last run cleaned every leftover, and every version directory on disk is whole
-    assert _temporaries(root) == set()
+    assert temporaries(root) == set()
     for version in store.versions():
         load_artifact(store.version_path(version), verify_checksums=True)
 
@@ -281,7 +178,7 @@ def test_a_trainer_started_while_another_holds_the_lock_exits_1_and_publishes_no
 ) -> None:
     with trainer_lock(tmp_path):  # another process, as far as the child is concerned
         trainer = Trainer(shop_csv, tmp_path)
-        code = trainer.finish()
+        code = trainer.finish(60)
     assert code == 1
     assert any("another trainer is running" in line for line in trainer.tail), trainer.tail
     assert ModelStore(tmp_path).versions() == []
