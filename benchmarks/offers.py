@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -50,15 +49,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.api_latency import start
-from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, save, this_command
+from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, fresh_postgres, save, this_command
 from service.offers.campaigns import BUILT_IN
 from service.offers.rules import in_holdout
 
 FRONTEND_KEY = "bench-frontend-key-0123456789"
 MARKETING_KEY = "bench-marketing-key-0123456789"
-PG_ADMIN = os.environ.get(
-    "RECOFFER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 BACKENDS = ("sqlite", "postgresql")
 EVALUATE_P99_MS = 25.0
 CATALOGUE = 20_000  # products
@@ -319,26 +315,8 @@ def fresh_database(backend: str) -> Iterator[str | None]:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"recoffer_bench_offers_{secrets.token_hex(4)}"
-    try:
-        admin = create_engine(
-            PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-        )
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no PostgreSQL here: that part is skipped and said so
-        print(f"PostgreSQL unavailable, skipping: {str(exc).splitlines()[0]}", flush=True)
-        yield None
-        return
-    try:
-        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres("recoffer_bench_offers") as url:
+        yield url
 
 
 @contextlib.contextmanager

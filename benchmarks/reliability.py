@@ -49,13 +49,11 @@ import httpx
 import numpy as np
 
 from benchmarks.common import PYTHON, ROOT, WORK, save, this_command
+from benchmarks.common import fresh_postgres as common_fresh_postgres
 from benchmarks.loadgen import encode_request
 from service.artifact import REGISTRY, TEMP_PREFIX, ModelStore, load_artifact
 
 KEY = "bench-frontend-key-0123456789"
-PG_ADMIN = os.environ.get(
-    "RECOFFER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SEED = 20261124
 EVENTS_PER_BATCH = 5
 MIX = {"recommendations": 0.7, "events": 0.2, "offers": 0.1}
@@ -240,32 +238,9 @@ def _close(s: socket.socket) -> None:
         s.close()
 
 
-@contextlib.contextmanager
-def fresh_postgres() -> Iterator[str | None]:
-    """A new empty database (None when PostgreSQL is unreachable), dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"recoffer_bench_rel_{secrets.token_hex(4)}"
-    try:
-        admin = create_engine(
-            PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-        )
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no PostgreSQL here: that part is skipped and said so
-        reason = f"PostgreSQL unavailable: {str(exc).splitlines()[0]}"
-        if os.environ.get("RECOFFER_REQUIRE_POSTGRES") == "1":  # CI: a skip would hide a fault
-            raise SystemExit(f"{reason} (and RECOFFER_REQUIRE_POSTGRES=1)") from None
-        print(f"{reason}; skipping", flush=True)
-        yield None
-        return
-    try:
-        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def fresh_postgres() -> contextlib.AbstractContextManager[str | None]:
+    """A new empty database for this script, dropped afterwards (see common.fresh_postgres)."""
+    return common_fresh_postgres("recoffer_bench_rel")
 
 
 def stored_event_ids(url: str, prefix: str) -> tuple[set[str], int]:
