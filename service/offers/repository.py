@@ -213,11 +213,6 @@ class OfferRepository:
 
     # --- facts the rule reads -------------------------------------------------------------
 
-    def user_facts(self, user_id: str, window: timedelta, now: datetime) -> UserFacts:
-        """Views inside ``[start, min(now, start + window)]`` and whether the user ever bought."""
-        with self.engine.connect() as conn:
-            return self._facts(conn, user_id, window, now)
-
     def decision_and_facts(
         self, campaign_id: str, user_id: str, window: timedelta, now: datetime
     ) -> tuple[DecisionRecord | None, UserFacts | None]:
@@ -298,10 +293,6 @@ class OfferRepository:
             return [str(r[0]) for r in conn.execute(query)]
 
     # --- decisions ------------------------------------------------------------------------
-
-    def decision_of(self, campaign_id: str, user_id: str) -> DecisionRecord | None:
-        with self.engine.connect() as conn:
-            return self._decision(conn, campaign_id, user_id)
 
     def record(
         self,

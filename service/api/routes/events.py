@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException
-from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import FrontendState
-from service.api.schemas import MAX_FUTURE, EventBatch, EventsBody, IngestOut
+from service.api.schemas import EventBatch, EventsBody, IngestOut, refuse_future
 from service.events import NewEvent
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -48,17 +47,8 @@ async def post_events(
     batch = []
     for index, e in enumerate(incoming):
         ts = e.timestamp or now
-        if ts - now > MAX_FUTURE:
-            where = (
-                ("body", "events", index, "timestamp")
-                if isinstance(body, EventBatch)
-                else (
-                    "body",
-                    "timestamp",
-                )
-            )
-            message = f"{ts.isoformat()} is more than {MAX_FUTURE} in the future"
-            raise RequestValidationError([{"loc": where, "msg": message, "type": "value_error"}])
+        where = ("events", index, "timestamp") if isinstance(body, EventBatch) else ("timestamp",)
+        refuse_future(ts, now, ("body", *where))
         batch.append(
             NewEvent(
                 user_id=e.user_id,

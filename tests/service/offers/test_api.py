@@ -593,3 +593,10 @@ def test_logs_never_hold_a_full_coupon_code(
     assert plain not in logged
     assert code not in logged
     assert hashlib.sha256(plain.encode()).hexdigest()[:12] in logged  # found by its fingerprint
+
+
+def test_a_sign_up_in_the_far_future_is_refused_not_a_500(client: TestClient) -> None:
+    r = client.put("/v1/users/far", json={"signed_up_at": "9999-12-31T23:30:00Z"}, headers=F)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["field"] == "signed_up_at"
+    assert evaluate(client, "far")["decision"] == "not_eligible"
