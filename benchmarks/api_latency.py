@@ -97,10 +97,8 @@ def start(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     raise SystemExit(f"{app} did not become ready")
 
 
-def wrk(
-    port: int, paths: list[str], seconds: int = 10, connections: int = 64, body: str | None = None
-) -> float:
-    script = WORK / "wrk.lua"
+def wrk_script(script: Path, paths: list[str], body: str | None = None) -> Path:
+    """A wrk Lua script cycling through ``paths`` with the API key (POSTing ``body`` if given)."""
     lua_paths = ",".join(json.dumps(p) for p in paths)
     lines = [f"local paths = {{{lua_paths}}}", "local i = 0", f'wrk.headers["X-API-Key"] = "{KEY}"']
     if body is not None:
@@ -116,6 +114,13 @@ def wrk(
         "end",
     ]
     script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def wrk(
+    port: int, paths: list[str], seconds: int = 10, connections: int = 64, body: str | None = None
+) -> float:
+    script = wrk_script(WORK / "wrk.lua", paths, body)
     out = subprocess.run(
         [
             "taskset",

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmarks.api_latency import KEY, model_root, seed_sessions, start
+from benchmarks.api_latency import KEY, model_root, seed_sessions, start, wrk_script
 from benchmarks.common import ROOT, WORK, save, this_command
 from service.artifact import ModelStore, load_artifact
 
@@ -33,13 +33,7 @@ def _ms(text: str) -> float:
 
 def wrk_latency(paths: list[str], connections: int, seconds: int) -> dict[str, float]:
     """Throughput and latency percentiles of one closed-loop wrk run."""
-    script = WORK / "wrk-concurrency.lua"
-    lua_paths = ",".join(json.dumps(p) for p in paths)
-    script.write_text(
-        f"local paths = {{{lua_paths}}}\nlocal i = 0\n"
-        f'wrk.headers["X-API-Key"] = "{KEY}"\n'
-        "request = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n"
-    )
+    script = wrk_script(WORK / "wrk-concurrency.lua", paths)
     command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     command += ["--latency", "-s", str(script), f"http://127.0.0.1:{PORT}"]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
