@@ -118,9 +118,26 @@ def train(
         typer.Option(
             "--database-url",
             help="Also train on the purchase events the service ingested (sqlite:///... or "
-            "postgresql://...); alone, or with --data.",
+            "postgresql://...), alone or with --data; its views and add-to-carts count as "
+            "weaker signals.",
         ),
     ] = None,
+    view_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="With --database-url: one view next to one purchase (0 ignores views).",
+        ),
+    ] = 0.1,
+    add_to_cart_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="With --database-url: one add-to-cart next to one purchase (0 ignores them).",
+        ),
+    ] = 0.3,
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
     fmt: Annotated[
         str, typer.Option("--format", help=f"Input layout: {', '.join(FORMATS)}.")
@@ -163,6 +180,8 @@ def train(
 
       recoffer train --data ../shared/data/online-retail/online_retail.csv.gz \\
           --format online-retail --tune-seconds 120 --json
+
+      recoffer train --database-url sqlite:///var/recoffer.db --view-weight 0.05
     """
     from training.models import ModelParams
     from training.pipeline import TrainConfig
@@ -170,7 +189,12 @@ def train(
     _setup_logging(verbose)
     try:
         params = ModelParams(
-            factors=factors, iterations=iterations, regularization=regularization, threads=threads
+            factors=factors,
+            iterations=iterations,
+            regularization=regularization,
+            threads=threads,
+            view_weight=view_weight,
+            add_to_cart_weight=add_to_cart_weight,
         )
     except ValueError as exc:
         raise _fail(str(exc), 2) from None

@@ -24,10 +24,10 @@ import csv
 import gzip
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,7 @@ _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _MAX_SHOWN_COLUMNS = 40
 _MAX_VALUE_CHARS = 80
+CHUNK_ROWS = 100_000  # rows per chunk when streaming events from the database
 # Timestamp layouts parsed with an explicit (fast, strict) format when every value matches.
 _EXPLICIT_TIME_FORMATS: tuple[tuple[str, str], ...] = (
     (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", "%Y-%m-%d %H:%M:%S"),
@@ -781,9 +782,7 @@ def load_database_purchases(database_url: str) -> pd.DataFrame:
         DataError: the database cannot be reached or has no events table (not migrated).
     """
     from sqlalchemy import select
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db import make_engine
     from service.tables import events, items
 
     query = (
@@ -800,21 +799,9 @@ def load_database_purchases(database_url: str) -> pd.DataFrame:
         .where(events.c.type == "purchase", events.c.item_id.is_not(None))
         .order_by(events.c.id)
     )
-    try:
-        engine = make_engine(database_url)
-    except Exception as exc:  # a malformed URL
-        raise DataError(f"--database-url: {exc}") from None
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(query).all()
-    except SQLAlchemyError as exc:
-        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise DataError(f"cannot read purchases from the database: {first}") from None
-    finally:
-        engine.dispose()
-    frame = pd.DataFrame(
-        rows, columns=["user_id", "item_id", "timestamp", "order_id", "category", "name", "price"]
-    )
+    columns = ["user_id", "item_id", "timestamp", "order_id", "category", "name", "price"]
+    chunks = list(_read_database(database_url, query, columns, "purchases"))
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=columns)
     stamps = pd.to_datetime(frame["timestamp"], utc=True)
     frame["timestamp"] = stamps.dt.tz_localize(None)
     missing = frame["order_id"].isna()
@@ -822,6 +809,63 @@ def load_database_purchases(database_url: str) -> pd.DataFrame:
         frame.loc[missing, "user_id"] + "@" + frame.loc[missing, "timestamp"].astype(str)
     )
     return frame
+
+
+def load_database_signals(
+    database_url: str, types: Iterable[str], *, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """The item events of ``types`` (e.g. view, add_to_cart) the API ingested, in chunks.
+
+    Views far outnumber purchases, so they are streamed: each chunk is a frame of at most
+    ``chunk_rows`` rows with columns user_id, item_id, timestamp (naive UTC), type, in the
+    order the events were ingested.
+
+    Raises:
+        DataError: the database cannot be reached or has no events table (not migrated).
+    """
+    from sqlalchemy import select
+
+    from service.tables import events
+
+    wanted = list(types)
+    if not wanted:
+        return
+    query = (
+        select(events.c.user_id, events.c.item_id, events.c.ts.label("timestamp"), events.c.type)
+        .where(events.c.type.in_(wanted), events.c.item_id.is_not(None))
+        .order_by(events.c.id)
+    )
+    columns = ["user_id", "item_id", "timestamp", "type"]
+    for frame in _read_database(database_url, query, columns, "views and add-to-carts", chunk_rows):
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
+        yield frame
+
+
+def _read_database(
+    database_url: str, query: Any, columns: list[str], what: str, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """Stream one SELECT from the service's database as frames of at most ``chunk_rows`` rows.
+
+    Failures become one-line DataErrors.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import make_engine
+
+    try:
+        engine = make_engine(database_url)
+    except Exception as exc:  # a malformed URL
+        raise DataError(f"--database-url: {exc}") from None
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(yield_per=chunk_rows).execute(query)
+            for rows in result.partitions():
+                yield pd.DataFrame(rows, columns=columns)
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise DataError(f"cannot read {what} from the database: {first}") from None
+    finally:
+        engine.dispose()
 
 
 def combine_purchases(

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,9 @@ from threadpoolctl import threadpool_limits
 
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.evaluate import EvalSet, build_evalset
+
+if TYPE_CHECKING:
+    from training.signals import Signals
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class ModelParams:
     ease_max_items: int = 6000  # EASE inverts an items x items matrix: small catalogues only
     trending_days: int = 30
     warm_iterations: int = 2  # iterations when refitting from the previous stage's factors
+    # weaker signals (training.signals): what one event is worth next to one purchase, in ALS only
+    view_weight: float = 0.1
+    add_to_cart_weight: float = 0.3
     seed: int = 42
     threads: int = 0  # 0: all cores
 
@@ -59,14 +65,26 @@ class ModelParams:
             raise ValueError("factors, iterations and warm_iterations must be >= 1")
         if self.regularization < 0 or self.ease_lambda <= 0 or self.trending_days < 1:
             raise ValueError("regularization >= 0, ease_lambda > 0 and trending_days >= 1")
+        for name in ("view_weight", "add_to_cart_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1 (a purchase is 1), not {value}")
+
+    @property
+    def signal_weights(self) -> tuple[float, float]:
+        """Weights of the types in ``training.signals.SIGNAL_TYPES``, in that order."""
+        return (self.view_weight, self.add_to_cart_weight)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelParams:
+        """Parameters from a manifest (one from before signal weights existed: purchases only)."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values: dict[str, Any] = {"view_weight": 0.0, "add_to_cart_weight": 0.0}
+        values.update({k: v for k, v in data.items() if k in known})
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,7 @@ class Stage:
     popularity: npt.NDArray[np.float32]
     trending: npt.NDArray[np.float32]
     ease_b: npt.NDArray[np.float32] | None = None
+    signal_pairs: int = 0  # (user, item) pairs where weaker signals reached ALS
     timings: dict[str, float] = field(default_factory=dict)
 
     def scorer(self) -> Scorer:
@@ -205,13 +224,22 @@ def _trending(counts: sp.csr_matrix, age_days: sp.csr_matrix, days: int) -> npt.
 
 
 def als_weights(
-    counts: sp.csr_matrix, age_days: sp.csr_matrix, params: ModelParams
+    counts: sp.csr_matrix,
+    age_days: sp.csr_matrix,
+    params: ModelParams,
+    signals: sp.csr_matrix | None = None,
 ) -> sp.csr_matrix:
-    """The confidence matrix ALS is fitted on (recency-decayed counts, BM25 or log weighting)."""
+    """The confidence matrix ALS is fitted on (recency-decayed counts, BM25 or log weighting).
+
+    ``signals`` (same shape, already decayed and weighted: ``training.signals``) is added to the
+    decayed purchase counts before the weighting.
+    """
     weighted = counts.copy()
     weighted.data = (counts.data * np.exp(-age_days.data / params.input_half_life_days)).astype(
         np.float32
     )
+    if signals is not None and signals.nnz:
+        weighted = (weighted + signals).tocsr().astype(np.float32)
     if params.weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 
@@ -230,14 +258,16 @@ def fit_als(
     params: ModelParams,
     *,
     init: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
+    signals: sp.csr_matrix | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Fit implicit's ALS; warm-started (``params.warm_iterations``) when ``init`` is given.
 
+    ``signals``: weaker evidence added to the purchases (see ``als_weights``).
     Returns (user_factors, item_factors) as float32 arrays.
     """
     from implicit.cpu.als import AlternatingLeastSquares
 
-    weights = als_weights(counts, age_days, params)
+    weights = als_weights(counts, age_days, params, signals)
     # implicit parallelises itself; a BLAS thread pool underneath only oversubscribes the cores
     # (implicit checks this when the model is constructed, so construct it inside the limit)
     with threadpool_limits(1, "blas"):
@@ -300,11 +330,14 @@ def fit_stage(
     *,
     warm_from: Stage | None = None,
     with_ease: bool | None = None,
+    signals: Signals | None = None,
 ) -> Stage:
     """Fit every component on ``coded`` purchases (all up to ``reference_time``).
 
     ``with_ease`` None: fit EASE when this slice's catalogue is small enough; a run decides
     once for all its stages (``training.pipeline``) so that they agree.
+    ``signals``: views and add-to-carts (``training.signals``); only those up to
+    ``reference_time`` reach ALS, weighted by ``params``.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -318,8 +351,15 @@ def fit_stage(
         )
         if init[0].shape[1] != params.factors:
             init = None
+    weak = None
+    if signals is not None:
+        t0 = time.perf_counter()
+        weak = signals.matrix(
+            users, items, reference_time, params.signal_weights, params.input_half_life_days
+        )
+        timings["signals"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    user_factors, item_factors = fit_als(counts, ages, params, init=init)
+    user_factors, item_factors = fit_als(counts, ages, params, init=init, signals=weak)
     timings["als"] = time.perf_counter() - t0
     ease_b = None
     if with_ease is None:
@@ -341,6 +381,7 @@ def fit_stage(
         popularity=_distinct_buyers(counts),
         trending=_trending(counts, ages, params.trending_days),
         ease_b=ease_b,
+        signal_pairs=0 if weak is None else int(weak.nnz),
         timings=timings,
     )
 

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -36,6 +36,7 @@ from training.data import (
     Purchases,
     combine_purchases,
     load_database_purchases,
+    load_database_signals,
     load_purchases,
 )
 from training.evaluate import EvalSet, metric_key, temporal_split
@@ -56,6 +57,7 @@ from training.registry import (
     rescore_current,
     trainer_lock,
 )
+from training.signals import SIGNAL_TYPES, Signals, encode_signals
 from training.tune import tune
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,9 @@ MetricTable = dict[str, dict[str, dict[str, float]]]  # protocol -> candidate ->
 class TrainConfig:
     model_dir: Path
     data: Path | None = None
-    database_url: str | None = None  # also train on the purchase events the API ingested
+    # also train on the purchase events the API ingested, and on its views and add-to-carts as
+    # weaker signals (weights in params)
+    database_url: str | None = None
     fmt: str = "generic"
     columns: ColumnMapping | None = None
     test_days: float = 30.0
@@ -208,12 +212,28 @@ def _load(config: TrainConfig) -> Purchases:
     return combine_purchases(from_file, from_database, source)
 
 
+def _signal_source(config: TrainConfig) -> Iterator[pd.DataFrame] | None:
+    """The service's views and add-to-carts of the types with a weight (streamed), or None."""
+    if config.database_url is None:
+        return None
+    types = [t for t, w in zip(SIGNAL_TYPES, config.params.signal_weights, strict=True) if w > 0]
+    if not types:
+        return None
+    return load_database_signals(config.database_url, types)
+
+
 def run(
     config: TrainConfig,
     purchases: Purchases | None = None,
     progress: Progress = _noop,
+    *,
+    signal_events: pd.DataFrame | None = None,
 ) -> TrainResult:
-    """Train, evaluate, gate and publish one model version; see the module docstring."""
+    """Train, evaluate, gate and publish one model version; see the module docstring.
+
+    ``purchases`` and ``signal_events`` (user_id, item_id, timestamp, type) replace what
+    ``config`` would load.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     store = ModelStore(config.model_dir)
@@ -221,9 +241,18 @@ def run(
         store.cleanup_temporaries()
         if purchases is None:
             purchases = _load(config)
-        timings["load"] = time.perf_counter() - started
         frame, ids = encode(purchases.frame)
         params = config.params
+        source = _signal_source(config) if signal_events is None else signal_events
+        signals: Signals | None = None
+        if source is not None:
+            signals = encode_signals(source, ids.users, ids.items)
+            used = signals.summary()
+            progress(
+                f"weaker signals: {used['view']} views, {used['add_to_cart']} add-to-carts "
+                f"({signals.ignored} more of users or items without purchases left out)"
+            )
+        timings["load"] = time.perf_counter() - started
 
         test_split = temporal_split(frame, config.test_days)
         val_split = temporal_split(test_split.train, config.test_days)
@@ -233,7 +262,14 @@ def run(
 
         t0 = time.perf_counter()
         progress(f"fitting on purchases up to {val_split.cutoff:%Y-%m-%d} (validation stage)")
-        val_stage = fit_stage(val_split.train, val_split.cutoff, params, ids, with_ease=with_ease)
+        val_stage = fit_stage(
+            val_split.train,
+            val_split.cutoff,
+            params,
+            ids,
+            with_ease=with_ease,
+            signals=signals,
+        )
         timings["fit_validation"] = time.perf_counter() - t0
         tuning: dict[str, Any] = {"seconds_budget": config.tune_seconds}
         if config.tune_seconds > 0:
@@ -250,6 +286,7 @@ def run(
                 stage=val_stage,
                 max_users=config.eval_users,
                 with_ease=with_ease,
+                signals=signals,
             )
             params, val_stage, val_eval = result.params, result.stage, result.evalset
             candidates["blend"] = dict(result.recipes)
@@ -280,6 +317,7 @@ def run(
             ids,
             warm_from=val_stage,
             with_ease=with_ease,
+            signals=signals,
         )
         del val_stage, val_eval
         test_eval = test_stage.evalset(test_split.test, max_users=config.eval_users)
@@ -287,13 +325,21 @@ def run(
         timings["fit_test"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        gate = _gate(store, metrics, served, test_eval, test_stage, params, test_split, ids)
+        gate = _gate(
+            store, metrics, served, test_eval, test_stage, params, test_split, ids, signals
+        )
         timings["gate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         progress("fitting on every purchase (serving stage)")
         full_stage = fit_stage(
-            frame, test_split.end, params, ids, warm_from=test_stage, with_ease=with_ease
+            frame,
+            test_split.end,
+            params,
+            ids,
+            warm_from=test_stage,
+            with_ease=with_ease,
+            signals=signals,
         )
         del test_stage, test_eval
         timings["fit_serving"] = time.perf_counter() - t0
@@ -317,6 +363,14 @@ def run(
                 "factors": params.factors,
             },
             "params": params.to_dict(),
+            "signals": None
+            if signals is None
+            else {
+                "source": "database events",
+                "weights": dict(zip(SIGNAL_TYPES, params.signal_weights, strict=True)),
+                **signals.summary(),
+                "pairs": full_stage.signal_pairs,
+            },
             "fold_in": {
                 # the service scales a new user's events so one purchase weighs like this
                 "confidence_scale": float(
@@ -368,6 +422,7 @@ def _gate(
     params: ModelParams,
     split: Any,
     ids: IdMaps,
+    signals: Signals | None,
 ) -> GateDecision:
     key = metric_key("ndcg")
     new = {p: metrics[p][served[p]][key] for p in PROTOCOLS}
@@ -384,5 +439,6 @@ def _gate(
         cutoff=split.cutoff,
         ids=ids,
         protocols=PROTOCOLS,
+        signals=signals,
     )
     return decide(new, popularity, scores, method=method, current_version=current.version)

@@ -39,6 +39,7 @@ from training.evaluate import (
     temporal_split,
 )
 from training.models import IdMaps, ModelParams, Stage, build_history, encode, fit_stage
+from training.signals import Signals
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".trainer.lock"
@@ -202,6 +203,7 @@ def rescore_current(
     cutoff: pd.Timestamp,
     ids: IdMaps,
     protocols: tuple[str, ...],
+    signals: Signals | None = None,
 ) -> tuple[dict[str, float], str]:
     """NDCG@10 per protocol of the current model on the new split, and the method used."""
     reference = pd.Timestamp(artifact.manifest["reference_time"])
@@ -221,7 +223,12 @@ def rescore_current(
     if current_params != params:
         # same training rows, so the refit has the same user and item index as ``stage``
         scorer = fit_stage(
-            train, cutoff, current_params, ids, with_ease=evalset.scorer.ease_b is not None
+            train,
+            cutoff,
+            current_params,
+            ids,
+            with_ease=evalset.scorer.ease_b is not None,
+            signals=signals,
         ).scorer()
         ev = EvalSet(
             scorer=scorer,

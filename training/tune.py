@@ -22,6 +22,7 @@ import pandas as pd
 from service.scoring import Recipe
 from training.evaluate import EvalSet, metric_key
 from training.models import IdMaps, ModelParams, Stage, fit_stage
+from training.signals import Signals
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,25 @@ def _without_ease(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, weights=weights or {"als": 1.0})
 
 
-def param_variants(base: ModelParams) -> list[ModelParams]:
-    """Hyper-parameter variants tried in phase 2, most promising first."""
+def param_variants(base: ModelParams, *, with_signals: bool = False) -> list[ModelParams]:
+    """Hyper-parameter variants tried in phase 2, most promising first.
+
+    ``with_signals``: also purchases only, and the weaker signals weighted three times (at most
+    as much as a purchase).
+    """
+    signal_variants = []
+    if with_signals:
+        signal_variants = [
+            dataclasses.replace(base, view_weight=0.0, add_to_cart_weight=0.0),
+            dataclasses.replace(
+                base,
+                view_weight=min(1.0, base.view_weight * 3),
+                add_to_cart_weight=min(1.0, base.add_to_cart_weight * 3),
+            ),
+        ]
     out = [
         dataclasses.replace(base, factors=128, iterations=20),
+        *signal_variants,
         dataclasses.replace(base, regularization=base.regularization * 4),
         dataclasses.replace(base, input_half_life_days=180.0),
         dataclasses.replace(base, ease_lambda=base.ease_lambda * 3),
@@ -139,25 +155,29 @@ def tune(
     stage: Stage | None = None,
     max_users: int | None = None,
     with_ease: bool | None = None,
+    signals: Signals | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> TuneResult:
     """Search recipes (and, time allowing, hyper-parameters) within ``seconds``.
 
     ``train`` and ``validation`` are coded slices (``training.models.encode``); ``stage`` is
-    the validation stage already fitted with ``params`` (fitted here if None).
+    the validation stage already fitted with ``params`` (fitted here if None). With ``signals``,
+    the variants also try the weaker signals switched off and weighted up.
     """
     began = clock()
     deadline = began + max(0.0, seconds)
     if stage is None:
-        stage = fit_stage(train, reference_time, params, ids, with_ease=with_ease)
+        stage = fit_stage(train, reference_time, params, ids, with_ease=with_ease, signals=signals)
     evalset = stage.evalset(validation, max_users=max_users)
     recipes, objective, evaluations = _tune_all(evalset, start, deadline, clock)
     best = TuneResult(params, stage, evalset, recipes, objective, evaluations, 0.0, [])
-    for variant in param_variants(params):
+    for variant in param_variants(params, with_signals=signals is not None and len(signals) > 0):
         fit_cost = sum(stage.timings.values()) * (variant.factors / params.factors)
         if clock() + 2 * fit_cost > deadline:
             break
-        v_stage = fit_stage(train, reference_time, variant, ids, with_ease=with_ease)
+        v_stage = fit_stage(
+            train, reference_time, variant, ids, with_ease=with_ease, signals=signals
+        )
         v_eval = v_stage.evalset(validation, max_users=max_users)
         v_recipes, v_objective, n = _tune_all(v_eval, best.recipes, deadline, clock)
         best.evaluations += n

@@ -1,0 +1,230 @@
+"""Views and add-to-carts as weaker training signals: what they are worth, and what they cost.
+
+Quality: synthetic shops (``--preset``, three shop seeds) get browsing events around their
+orders (``training.synthetic.browsing_events``); the pipeline trains on the same purchases with
+the signal weights of ``WEIGHTS`` and reports test NDCG@10 of ALS and of the blend under both
+protocols (median over the seeds). Two browsing scenarios: taste views plus research views of
+the bought items days before the order, and taste views only (no research).
+
+Cost: the purchases and the browsing events of one shop are ingested into SQLite and PostgreSQL;
+``recoffer train --database-url`` then runs with the default weights and with both weights 0
+(signals not read), and the loading and fitting times are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks.common import WORK, fresh_postgres, median, save, this_command
+from training.data import load_database_signals, purchases_from_frame
+from training.models import ModelParams
+from training.pipeline import TrainConfig, TrainResult, run
+from training.synthetic import browsing_events, generate_shop, spec_for
+
+WEIGHTS = ((0.0, 0.0), (0.05, 0.15), (0.1, 0.3), (0.3, 0.6), (1.0, 1.0))
+DEFAULT = (ModelParams().view_weight, ModelParams().add_to_cart_weight)
+SCENARIOS = {"taste and research views": 0.5, "taste views only": 0.0}
+SEEDS = (42, 43, 44)
+BATCH = 10_000
+
+
+def _figures(result: TrainResult) -> dict[str, float]:
+    out = {}
+    for protocol, table in result.metrics.items():
+        for name in ("als", "blend"):
+            out[f"{protocol}/{name}"] = round(table[name]["ndcg@10"], 4)
+    return out
+
+
+def quality(preset: str) -> dict[str, Any]:
+    rows: dict[str, dict[str, list[dict[str, float]]]] = {s: {} for s in SCENARIOS}
+    counts: dict[str, list[int]] = {s: [] for s in SCENARIOS}
+    for seed in SEEDS:
+        shop = generate_shop(dataclasses.replace(spec_for(preset), seed=seed))
+        purchases = purchases_from_frame(shop.purchases, source=f"{preset} seed {seed}")
+        for scenario, research in SCENARIOS.items():
+            events = browsing_events(shop, research_share=research, seed=seed)
+            counts[scenario].append(len(events))
+            for view, cart in WEIGHTS:
+                params = ModelParams(view_weight=view, add_to_cart_weight=cart)
+                with tempfile.TemporaryDirectory() as models:
+                    config = TrainConfig(
+                        model_dir=Path(models), params=params, tune_seconds=0, force=True
+                    )
+                    result = run(config, purchases, signal_events=events)
+                key = f"{view:g}/{cart:g}"
+                rows[scenario].setdefault(key, []).append(_figures(result))
+                print(scenario, seed, key, _figures(result), flush=True)
+    table = {
+        scenario: {
+            key: {m: median([r[m] for r in runs]) for m in runs[0]} for key, runs in by.items()
+        }
+        for scenario, by in rows.items()
+    }
+    return {
+        "preset": preset,
+        "seeds": list(SEEDS),
+        "purchases": len(purchases.frame),
+        "events": {s: int(median([float(c) for c in n])) for s, n in counts.items()},
+        "median_ndcg": table,
+    }
+
+
+def _ingest(url: str, purchases: pd.DataFrame, events: pd.DataFrame) -> float:
+    """Purchases and browsing events into a migrated database; returns the seconds it took."""
+    from service.db import make_engine, migrate
+    from service.tables import events as table
+
+    engine = make_engine(url)
+    migrate(engine)
+    now = datetime.now(UTC)
+    rows = [
+        {"user_id": u, "item_id": i, "type": "purchase", "ts": t, "order_id": o}
+        for u, i, t, o in zip(
+            purchases["user_id"],
+            purchases["item_id"],
+            purchases["timestamp"].dt.tz_localize(UTC).dt.to_pydatetime(),
+            purchases["order_id"],
+            strict=True,
+        )
+    ]
+    rows += [
+        {"user_id": u, "item_id": i, "type": k, "ts": t, "order_id": None}
+        for u, i, k, t in zip(
+            events["user_id"],
+            events["item_id"],
+            events["type"],
+            events["timestamp"].dt.tz_localize(UTC).dt.to_pydatetime(),
+            strict=True,
+        )
+    ]
+    for row in rows:
+        row["received_at"] = now
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for start in range(0, len(rows), BATCH):
+            conn.execute(table.insert(), rows[start : start + BATCH])
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def cost(preset: str, backend: str, url: str) -> dict[str, Any]:
+    shop = generate_shop(spec_for(preset))
+    events = browsing_events(shop)
+    ingest = _ingest(url, shop.purchases, events)
+    started = time.perf_counter()
+    loaded = sum(len(chunk) for chunk in load_database_signals(url, ["view", "add_to_cart"]))
+    read = time.perf_counter() - started
+    runs = {}
+    for view, cart in (DEFAULT, (0.0, 0.0)):
+        params = ModelParams(view_weight=view, add_to_cart_weight=cart)
+        with tempfile.TemporaryDirectory() as models:
+            config = TrainConfig(
+                model_dir=Path(models),
+                database_url=url,
+                params=params,
+                tune_seconds=0,
+                force=True,
+            )
+            result = run(config)
+        runs[f"{view:g}/{cart:g}"] = {
+            "timings": result.timings,
+            "signals": result.manifest["signals"],
+            "ndcg": _figures(result),
+        }
+    return {
+        "backend": backend,
+        "preset": preset,
+        "purchase_events": len(shop.purchases),
+        "signal_events": loaded,
+        "ingest_seconds": round(ingest, 2),
+        "read_signals_seconds": round(read, 2),
+        "read_rows_per_second": round(loaded / read),
+        "runs": runs,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="demo", help="synthetic shop for the quality sweep")
+    parser.add_argument("--cost-preset", default="demo", help="synthetic shop for the cost runs")
+    args = parser.parse_args()
+    doc: dict[str, Any] = {"quality": quality(args.preset), "cost": []}
+    WORK.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WORK) as work:
+        sqlite_url = f"sqlite:///{Path(work) / 'signals.db'}"
+        doc["cost"].append(cost(args.cost_preset, "SQLite", sqlite_url))
+    with fresh_postgres("recoffer_signals") as pg_url:
+        if pg_url is not None:
+            doc["cost"].append(cost(args.cost_preset, "PostgreSQL", pg_url))
+    save("signals", this_command(), doc)
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+def render(doc: dict[str, Any]) -> list[str]:
+    """The markdown section of docs/benchmarks.md."""
+    q = doc["quality"]
+    metrics = ["all/als", "all/blend", "novel/als", "novel/blend"]
+    out = [
+        "## Views and add-to-carts as weaker training signals",
+        "",
+        f"Measured {doc['date']} on {doc['machine'].get('cpu', '?')}, "
+        f"{doc['machine'].get('cpus')} CPUs. Command: `{doc['command']}`",
+        "",
+        f"Synthetic shop `{q['preset']}` ({q['purchases']:,} purchase lines), browsing events "
+        "from `training.synthetic.browsing_events` around each order, no tuning. Test NDCG@10 "
+        f"is the median over shop seeds {', '.join(map(str, q['seeds']))}; weights are "
+        "view/add-to-cart, one purchase being 1 (0/0: purchases only). "
+        f"Defaults: {DEFAULT[0]:g}/{DEFAULT[1]:g}.",
+        "",
+    ]
+    for scenario, table in q["median_ndcg"].items():
+        out += [
+            f"**{scenario}** ({q['events'][scenario]:,} events)",
+            "",
+            "| weights | " + " | ".join(m.replace("/", " ") for m in metrics) + " |",
+            "|---|" + "---:|" * len(metrics),
+        ]
+        base = table["0/0"]
+        for key, row in table.items():
+            cells = []
+            for m in metrics:
+                change = "" if key == "0/0" else f" ({row[m] / base[m] - 1:+.0%})"
+                cells.append(f"{row[m]:.4f}{change}")
+            out.append(f"| {key} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += [
+        "Training with `--database-url` on one shop whose purchases and browsing events are in "
+        "the service's database (default weights against both weights 0, where the signals are "
+        "not read at all):",
+        "",
+        "| backend | purchase events | signal events | read signals (s) | rows/s | "
+        "load with / without (s) | total with / without (s) | pairs in ALS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    default_key = f"{DEFAULT[0]:g}/{DEFAULT[1]:g}"
+    for c in doc["cost"]:
+        on, off = c["runs"][default_key], c["runs"]["0/0"]
+        out.append(
+            f"| {c['backend']} | {c['purchase_events']:,} | {c['signal_events']:,} | "
+            f"{c['read_signals_seconds']} | {c['read_rows_per_second']:,} | "
+            f"{on['timings']['load']} / {off['timings']['load']} | "
+            f"{on['timings']['total']} / {off['timings']['total']} | "
+            f"{on['signals']['pairs']:,} |"
+        )
+    out.append("")
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""Views and add-to-carts as weaker training signals (training.signals)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from service.app import create_app
+from service.artifact import load_artifact
+from service.settings import Settings
+from training.cli import app
+from training.data import Purchases, load_database_signals
+from training.evaluate import temporal_split
+from training.models import ModelParams, encode, fit_stage
+from training.pipeline import TrainConfig, TrainResult, run
+from training.signals import PAIR_CAP, Signals, encode_signals
+from training.synthetic import SyntheticShop, browsing_events
+from training.tune import param_variants
+
+FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]
+PARAMS = ModelParams(factors=8, iterations=4, threads=1)
+runner = CliRunner()
+FRONTEND = "frontend-key-0123456789"
+F = {"X-API-Key": FRONTEND}
+REF = pd.Timestamp("2025-01-31")
+
+
+def _frame(*rows: tuple[str, str, str, str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(u, i, pd.Timestamp(t), k) for u, i, t, k in rows],
+        columns=["user_id", "item_id", "timestamp", "type"],
+    )
+
+
+def _train(
+    purchases: Purchases, root: Path, params: ModelParams, events: pd.DataFrame | None
+) -> TrainResult:
+    config = TrainConfig(model_dir=root, params=params, tune_seconds=0, force=True)
+    return run(config, purchases, signal_events=events)
+
+
+# --- encoding and the per-stage matrix ------------------------------------------------------
+
+
+def test_events_of_unknown_users_items_and_types_are_left_out() -> None:
+    users, items = pd.Index(["u0", "u1"]), pd.Index(["i0", "i1", "i2"])
+    frame = _frame(
+        ("u1", "i2", "2025-01-03", "add_to_cart"),
+        ("u0", "i0", "2025-01-02", "view"),
+        ("stranger", "i0", "2025-01-01", "view"),
+        ("u0", "new-item", "2025-01-01", "view"),
+        ("u0", "i1", "2025-01-01", "purchase"),  # not a signal type: dropped, not counted
+    )
+    signals = encode_signals(frame, users, items)
+    assert signals.user.tolist() == [0, 1]  # sorted by time
+    assert signals.item.tolist() == [0, 2]
+    assert signals.kind.tolist() == [0, 1]
+    assert signals.summary() == {"view": 1, "add_to_cart": 1, "ignored_no_purchases": 2}
+    # chunks (as streamed from the database) give the same result as one frame
+    chunked = encode_signals([frame.iloc[:2], frame.iloc[2:]], users, items)
+    assert chunked.user.tolist() == signals.user.tolist()
+    assert chunked.ts.tolist() == signals.ts.tolist()
+    assert chunked.ignored == 2
+    assert len(encode_signals([], users, items)) == 0
+
+
+def test_matrix_weighs_decays_caps_and_stops_at_the_reference_time() -> None:
+    users, items = pd.Index(["u0", "u1", "u2"]), pd.Index(["i0", "i1", "i2"])
+    day = pd.Timedelta(days=1)
+    frame = _frame(
+        ("u0", "i0", str(REF - 60 * day), "view"),  # one half-life parameter old: x exp(-1)
+        *[("u0", "i1", str(REF - day * 0), "add_to_cart")] * 5,  # 5 x 0.3 capped at 1
+        ("u1", "i2", str(REF + day), "view"),  # after the reference time: not seen
+        ("u2", "i2", str(REF), "view"),  # u2 has no row in this stage
+    )
+    signals = encode_signals(frame, users, items)
+    stage_users = np.array([0, 1], dtype=np.int64)  # codes of the stage's rows
+    stage_items = np.array([0, 1, 2], dtype=np.int64)
+    m = signals.matrix(stage_users, stage_items, REF, (0.1, 0.3), 60.0)
+    assert m is not None
+    assert m.shape == (2, 3)
+    dense = m.toarray()
+    assert dense[0, 0] == pytest.approx(0.1 * np.exp(-1.0), rel=1e-5)
+    assert dense[0, 1] == pytest.approx(PAIR_CAP)
+    assert dense[1].sum() == 0
+    assert m.nnz == 2
+    # one day later the view of u1 counts
+    later = signals.matrix(stage_users, stage_items, REF + day, (0.1, 0.3), 60.0)
+    assert later is not None
+    assert later[1, 2] > 0
+    assert signals.matrix(stage_users, stage_items, REF, (0.0, 0.0), 60.0) is None
+    assert Signals.empty().matrix(stage_users, stage_items, REF, (0.1, 0.3), 60.0) is None
+
+
+def test_zero_weights_fit_exactly_the_purchase_only_model(tiny_purchases: Purchases) -> None:
+    frame, ids = encode(tiny_purchases.frame)
+    cutoff = temporal_split(frame, 30).cutoff
+    views = frame[["user", "item", "timestamp"]].assign(
+        user_id=ids.users[frame["user"]], item_id=ids.items[frame["item"]], type="view"
+    )
+    signals = encode_signals(views, ids.users, ids.items)
+    off = dataclasses.replace(PARAMS, view_weight=0.0, add_to_cart_weight=0.0)
+    plain = fit_stage(frame, cutoff, off, ids)
+    zero = fit_stage(frame, cutoff, off, ids, signals=signals)
+    weighted = fit_stage(frame, cutoff, PARAMS, ids, signals=signals)
+    np.testing.assert_array_equal(plain.item_factors, zero.item_factors)
+    assert zero.signal_pairs == 0
+    assert weighted.signal_pairs > 0
+    assert not np.allclose(plain.item_factors, weighted.item_factors)
+    # history, popularity and trending stay purchase-only
+    assert (weighted.counts != plain.counts).nnz == 0
+    np.testing.assert_array_equal(weighted.popularity, plain.popularity)
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+
+def test_signals_inside_the_test_window_never_reach_the_scored_stages(
+    tiny_purchases: Purchases, tmp_path: Path
+) -> None:
+    """Browsing after the test cut-off changes the served model but not one evaluation figure."""
+    frame = tiny_purchases.frame
+    cutoff = temporal_split(frame, 30).cutoff
+    late = frame[frame["timestamp"] > cutoff]
+    # views of exactly what the test users go on to buy: a leak would lift every metric
+    leak = late[["user_id", "item_id", "timestamp"]].assign(type="view")
+    leak["timestamp"] = leak["timestamp"] - pd.Timedelta(minutes=1)
+    plain = _train(tiny_purchases, tmp_path / "plain", PARAMS, None)
+    leaky = _train(tiny_purchases, tmp_path / "leaky", PARAMS, leak)
+    assert leaky.metrics == plain.metrics
+    assert leaky.validation == plain.validation
+    assert plain.manifest["signals"] is None
+    assert leaky.manifest["signals"]["view"] == len(leak)
+    assert leaky.manifest["signals"]["pairs"] > 0  # the serving stage did use them
+    served_plain = load_artifact(plain.path).arrays["item_factors"]
+    served_leaky = load_artifact(leaky.path).arrays["item_factors"]
+    assert not np.allclose(served_plain, served_leaky)
+
+
+def test_browsing_lifts_recommendations_of_new_products(
+    small_shop: SyntheticShop, small_purchases: Purchases, tmp_path: Path
+) -> None:
+    """On a shop whose customers browse their taste, views make ALS better at novel items."""
+    events = browsing_events(small_shop, research_share=0.0)
+    off = dataclasses.replace(PARAMS, factors=32, view_weight=0.0, add_to_cart_weight=0.0)
+    on = dataclasses.replace(off, view_weight=0.1, add_to_cart_weight=0.3)
+    without = _train(small_purchases, tmp_path / "off", off, events)
+    with_signals = _train(small_purchases, tmp_path / "on", on, events)
+    before = without.metrics["novel"]["als"]["ndcg@10"]
+    after = with_signals.metrics["novel"]["als"]["ndcg@10"]
+    assert after > before * 1.2, (before, after)
+    assert with_signals.manifest["signals"]["weights"] == {"view": 0.1, "add_to_cart": 0.3}
+    assert with_signals.manifest["params"]["view_weight"] == 0.1
+
+
+def test_tuning_can_switch_the_signals_off_or_up() -> None:
+    base = ModelParams()
+    plain = param_variants(base)
+    with_signals = param_variants(base, with_signals=True)
+    assert all(p.signal_weights == base.signal_weights for p in plain)
+    assert (0.0, 0.0) in [p.signal_weights for p in with_signals]
+    assert max(p.view_weight for p in with_signals) == pytest.approx(3 * base.view_weight)
+
+
+def test_models_trained_before_signals_existed_read_as_purchase_only() -> None:
+    old = {k: v for k, v in ModelParams().to_dict().items() if not k.endswith("_weight")}
+    assert ModelParams.from_dict(old).signal_weights == (0.0, 0.0)
+    assert ModelParams.from_dict(ModelParams().to_dict()) == ModelParams()
+    with pytest.raises(ValueError, match="view_weight"):
+        ModelParams(view_weight=1.5)
+
+
+# --- from the service's database, through the API ----------------------------------------------
+
+
+def _post(client: TestClient, frame: pd.DataFrame, kind: str | None = None) -> None:
+    rows = []
+    for r in frame.itertuples(index=False):
+        event = {
+            "user_id": r.user_id,
+            "item_id": r.item_id,
+            "type": kind or r.type,
+            "timestamp": pd.Timestamp(r.timestamp).tz_localize("UTC").isoformat(),
+        }
+        if kind == "purchase":
+            event["order_id"] = r.order_id
+        rows.append(event)
+    for start in range(0, len(rows), 1000):
+        response = client.post("/v1/events", json={"events": rows[start : start + 1000]}, headers=F)
+        assert response.status_code == 200, response.text
+
+
+def test_training_reads_the_views_and_carts_the_api_ingested(
+    tiny_shop: SyntheticShop, small_model_root: Path, database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        model_dir=small_model_root,
+        database_url=database_url,
+        frontend_keys=[FRONTEND],
+        access_log=False,
+    )
+    events = browsing_events(tiny_shop)
+    with TestClient(create_app(settings)) as client:
+        _post(client, tiny_shop.purchases, "purchase")
+        _post(client, events)
+        _post(client, tiny_shop.events)  # new users: no purchases, so left out of training
+    chunks = list(load_database_signals(database_url, ["view", "add_to_cart"], chunk_rows=5000))
+    assert len(chunks) > 1
+    assert max(len(c) for c in chunks) <= 5000
+    everything = pd.concat([events, tiny_shop.events], ignore_index=True)
+    browsing = everything[everything["type"] != "purchase"]
+    assert sum(len(c) for c in chunks) == len(browsing)
+    # what training may use: events of users and items that have purchases (new users who
+    # bought included)
+    bought = pd.concat([tiny_shop.purchases, everything[everything["type"] == "purchase"]])
+    usable = browsing[
+        browsing["user_id"].isin(bought["user_id"]) & browsing["item_id"].isin(bought["item_id"])
+    ]
+
+    models = tmp_path / "models"
+    command = ["train", "--database-url", database_url, "--model-dir", str(models), *FAST]
+    result = runner.invoke(app, [*command, "--json"])
+    assert result.exit_code == 0, result.stderr
+    manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
+    used = manifest["signals"]
+    assert used["view"] == (usable["type"] == "view").sum()
+    assert used["add_to_cart"] == (usable["type"] == "add_to_cart").sum()
+    assert used["ignored_no_purchases"] == len(browsing) - len(usable) > 0
+    assert used["weights"] == {"view": 0.1, "add_to_cart": 0.3}
+    assert "weaker signals" in result.stderr
+
+    off = ["--view-weight", "0", "--add-to-cart-weight", "0", "--json"]
+    result = runner.invoke(app, [*command, *off])
+    assert result.exit_code == 0, result.stderr
+    manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
+    assert manifest["signals"] is None  # not even read
+    only_carts = ["--view-weight", "0", "--json"]
+    result = runner.invoke(app, [*command, *only_carts])
+    manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
+    assert manifest["signals"]["view"] == 0
+    assert manifest["signals"]["add_to_cart"] == used["add_to_cart"]
+
+
+def test_a_weight_out_of_range_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = runner.invoke(
+        app, ["train", "--database-url", url, "--model-dir", str(tmp_path), "--view-weight", "2"]
+    )
+    assert result.exit_code == 2
+    assert "--view-weight" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_browsing_events_stay_in_the_past_and_in_taste(small_shop: SyntheticShop) -> None:
+    events = browsing_events(small_shop, research_share=0.0, abandoned_cart_share=0.0)
+    assert events["timestamp"].max() <= small_shop.now
+    assert events["timestamp"].is_monotonic_increasing
+    cluster_of_user = pd.Series(small_shop.user_cluster, index=small_shop.users["user_id"])
+    cluster_of_item = pd.Series(small_shop.item_cluster, index=small_shop.items["item_id"])
+    same = cluster_of_user[events["user_id"]].to_numpy() == cluster_of_item[events["item_id"]]
+    assert same.mean() > 0.75
+    # every line bought was viewed and carted before; no abandoned carts asked for
+    carts = events[events["type"] == "add_to_cart"]
+    assert len(carts) == len(small_shop.purchases)
+    again = browsing_events(small_shop, research_share=0.0, abandoned_cart_share=0.0)
+    pd.testing.assert_frame_equal(events, again)
+    with pytest.raises(ValueError, match="research_share"):
+        browsing_events(small_shop, research_share=2.0)

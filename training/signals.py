@@ -1,0 +1,155 @@
+"""Weaker training signals: the views and add-to-carts the API ingested, next to purchases.
+
+A purchase is the strongest evidence of taste; a view or an add-to-cart is weaker but far more
+plentiful. The trainer adds them to the matrix ALS is fitted on, each event worth a fraction of a
+purchase (``ModelParams.view_weight`` and ``add_to_cart_weight``) and decayed with its age like a
+purchase. Everything else stays purchase-only: history, popularity, trending, EASE, "buy again",
+and every evaluation figure (the model is judged on the purchases it predicts).
+
+Rules that keep the signals honest:
+
+- a stage only sees signals up to its own reference time, so the validation and test stages never
+  learn from browsing that happened inside the window they are scored on;
+- only users and items that have purchases in the stage are used; the model has rows for nothing
+  else (a visitor who only browses is served by the service's fold-in of their events);
+- one user's signals on one item add at most ``PAIR_CAP`` purchase (a page refreshed fifty times is
+  not fifty purchases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import scipy.sparse as sp
+
+from training.models import MIN_AGE_DAYS, SECONDS_PER_DAY
+
+SIGNAL_TYPES = ("view", "add_to_cart")
+PAIR_CAP = 1.0
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Signal events in the run's code space (positions in ``IdMaps``), sorted by time.
+
+    ``kind`` indexes ``SIGNAL_TYPES``; ``ts`` is nanoseconds since the epoch (UTC).
+    """
+
+    user: npt.NDArray[np.int64]
+    item: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    kind: npt.NDArray[np.int8]
+    ignored: int = 0  # events of users or items without any purchase
+
+    @classmethod
+    def empty(cls) -> Signals:
+        nothing = np.zeros(0, dtype=np.int64)
+        return cls(nothing, nothing, nothing, np.zeros(0, dtype=np.int8))
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def until(self, moment: pd.Timestamp) -> Signals:
+        """The events at or before ``moment``."""
+        end = int(np.searchsorted(self.ts, pd.Timestamp(moment).value, side="right"))
+        return Signals(self.user[:end], self.item[:end], self.ts[:end], self.kind[:end])
+
+    def summary(self) -> dict[str, Any]:
+        """Events used per type and events ignored, for the manifest."""
+        per_type = np.bincount(self.kind, minlength=len(SIGNAL_TYPES))
+        return {
+            **{name: int(per_type[k]) for k, name in enumerate(SIGNAL_TYPES)},
+            "ignored_no_purchases": self.ignored,
+        }
+
+    def matrix(
+        self,
+        user_codes: npt.NDArray[np.int64],
+        item_codes: npt.NDArray[np.int64],
+        reference_time: pd.Timestamp,
+        weights: tuple[float, float],
+        half_life_days: float,
+    ) -> sp.csr_matrix | None:
+        """Decayed, weighted signals per (user, item) of a stage, capped at ``PAIR_CAP``.
+
+        ``user_codes`` / ``item_codes`` are a stage's sorted row and column codes; events after
+        ``reference_time`` are left out. None when nothing remains.
+        """
+        kept = self.until(reference_time)
+        type_weight = np.asarray(weights, dtype=np.float64)
+        if not len(kept) or not type_weight.any():
+            return None
+        rows, found_user = _positions(user_codes, kept.user)
+        cols, found_item = _positions(item_codes, kept.item)
+        weight = type_weight[kept.kind]
+        use = found_user & found_item & (weight > 0)
+        if not use.any():
+            return None
+        ref_ns = pd.Timestamp(reference_time).value
+        age = np.maximum((ref_ns - kept.ts[use]) / (SECONDS_PER_DAY * 1e9), MIN_AGE_DAYS)
+        value = weight[use] * np.exp(-age / half_life_days)
+        shape = (len(user_codes), len(item_codes))
+        summed = sp.coo_matrix((value, (rows[use], cols[use])), shape=shape).tocsr()
+        summed.sum_duplicates()
+        summed.data = np.minimum(summed.data, PAIR_CAP).astype(np.float32)
+        summed.eliminate_zeros()
+        return summed.astype(np.float32)
+
+
+def _positions(
+    sorted_codes: npt.NDArray[np.int64], codes: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Each code's position in ``sorted_codes`` and whether it is there at all."""
+    if not len(sorted_codes):
+        return np.zeros(len(codes), dtype=np.int64), np.zeros(len(codes), dtype=bool)
+    where = np.searchsorted(sorted_codes, codes)
+    clipped = np.minimum(where, len(sorted_codes) - 1)
+    return clipped.astype(np.int64), sorted_codes[clipped] == codes
+
+
+def encode_signals(
+    events: pd.DataFrame | Iterable[pd.DataFrame], users: pd.Index, items: pd.Index
+) -> Signals:
+    """Signal events (columns user_id, item_id, timestamp, type) in a run's code space.
+
+    ``events`` is one frame or an iterable of chunks (``training.data.load_database_signals``);
+    each chunk is reduced to integer codes before the next is read, so memory stays at about 25
+    bytes an event. Events of a user or an item the purchases do not know are counted in
+    ``ignored`` and dropped; types other than those in ``SIGNAL_TYPES`` are dropped silently.
+    """
+    chunks = [events] if isinstance(events, pd.DataFrame) else events
+    parts = [_encode_chunk(chunk, users, items) for chunk in chunks]
+    if not parts:
+        return Signals.empty()
+    ts = np.concatenate([p.ts for p in parts])
+    order = np.argsort(ts, kind="stable")
+    return Signals(
+        user=np.concatenate([p.user for p in parts])[order],
+        item=np.concatenate([p.item for p in parts])[order],
+        ts=ts[order],
+        kind=np.concatenate([p.kind for p in parts])[order],
+        ignored=sum(p.ignored for p in parts),
+    )
+
+
+def _encode_chunk(frame: pd.DataFrame, users: pd.Index, items: pd.Index) -> Signals:
+    if frame.empty:
+        return Signals.empty()
+    kind = pd.Index(SIGNAL_TYPES).get_indexer(frame["type"])
+    user = users.get_indexer(frame["user_id"])
+    item = items.get_indexer(frame["item_id"])
+    typed = kind >= 0
+    known = typed & (user >= 0) & (item >= 0)
+    ts = pd.to_datetime(frame["timestamp"]).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return Signals(
+        user=user[known].astype(np.int64),
+        item=item[known].astype(np.int64),
+        ts=ts[known],
+        kind=kind[known].astype(np.int8),
+        ignored=int((typed & ~known).sum()),
+    )
