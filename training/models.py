@@ -238,18 +238,36 @@ def als_weights(
     weighted.data = (counts.data * np.exp(-age_days.data / params.input_half_life_days)).astype(
         np.float32
     )
-    if signals is not None and signals.nnz:
-        weighted = (weighted + signals).tocsr().astype(np.float32)
+    has_signals = signals is not None and signals.nnz > 0
     if params.weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 
         out = bm25_weight(weighted, K1=params.bm25_k1, B=params.bm25_b).tocsr()
+        if has_signals:
+            out = out + _bm25_like(weighted, signals, params.bm25_k1, params.bm25_b)
     else:
-        out = weighted
+        out = weighted + signals if has_signals else weighted
         out.data = (1.0 + params.alpha * np.log1p(out.data)).astype(np.float32)
-    out = out.astype(np.float32)
+    out = sp.csr_matrix(out, dtype=np.float32)
     out.eliminate_zeros()
     return out
+
+
+def _bm25_like(purchases: sp.csr_matrix, signals: sp.csr_matrix, k1: float, b: float) -> Any:
+    """``signals`` weighted by BM25 with the purchases' statistics (as implicit's bm25_weight).
+
+    Item idf and user length come from purchases alone: views are plentiful, and counted in
+    the statistics they would lower every popular item's idf and lengthen every browser's row,
+    which shrinks the weight of the purchases themselves.
+    """
+    idf = np.log(purchases.shape[0]) - np.log1p(
+        np.bincount(purchases.indices, minlength=purchases.shape[1])
+    )
+    row_sums = np.asarray(purchases.sum(axis=1)).ravel()
+    length_norm = (1.0 - b) + b * row_sums / row_sums.mean()
+    out = signals.tocoo()
+    out.data = out.data * (k1 + 1.0) / (k1 * length_norm[out.row] + out.data) * idf[out.col]
+    return out.tocsr()
 
 
 def fit_als(
