@@ -402,11 +402,12 @@ def main() -> None:
         "runs were repeated, and ratios are taken within one run.",
         "",
     ]
-    from benchmarks import concurrency, reliability, retrain_pickup
+    from benchmarks import concurrency, reliability, retrain_pickup, signals
 
     for name, render in (
         ("train_online_retail", quality),
         ("train_synthetic", synthetic),
+        ("signals", signals.render),
         ("retrain_pickup", retrain_pickup.render),
         ("api_latency", api),
         ("concurrency", concurrency.render),

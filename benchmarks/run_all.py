@@ -10,6 +10,7 @@ from benchmarks.common import PYTHON, ROOT
 STEPS = (
     ["benchmarks.train_online_retail"],
     ["benchmarks.train_synthetic", "--sizes", "100k,1m,2m,10m"],
+    ["benchmarks.signals"],
     ["benchmarks.api_latency"],
     ["benchmarks.concurrency"],
     ["benchmarks.offers"],

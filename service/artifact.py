@@ -43,7 +43,8 @@ REGISTRY = "registry.json"
 VERSIONS = "versions"
 TEMP_PREFIX = ".tmp-"
 
-# Arrays every artifact must contain; the rest (ease_b, item metadata) are optional.
+# Arrays every artifact must contain; the rest (ease_b, signal_user_factors and
+# signal_item_factors, item metadata) are optional.
 REQUIRED_ARRAYS = (
     "user_ids",
     "item_ids",
@@ -251,6 +252,14 @@ def _check_consistency(path: Path, a: Mapping[str, npt.NDArray[Any]]) -> None:
             problems.append(f"{name} length != items")
     if "ease_b" in a and a["ease_b"].shape != (n_items, n_items):
         problems.append("ease_b is not items x items")
+    signal = [name in a for name in ("signal_user_factors", "signal_item_factors")]
+    if any(signal) and not all(signal):
+        problems.append("only one of signal_user_factors and signal_item_factors")
+    elif all(signal):
+        if a["signal_user_factors"].shape != a["user_factors"].shape:
+            problems.append("signal_user_factors is not shaped like user_factors")
+        if a["signal_item_factors"].shape != a["item_factors"].shape:
+            problems.append("signal_item_factors is not shaped like item_factors")
     if nnz and (int(a["history_indices"].max()) >= n_items or int(a["history_indices"].min()) < 0):
         problems.append("history refers to items outside the catalogue")
     if problems:

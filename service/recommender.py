@@ -134,6 +134,7 @@ class ServingModel:
     gram: npt.NDArray[np.float64]
     regularization: float
     fold_in_scale: float
+    signal_gram: npt.NDArray[np.float64] | None = None  # YᵀY of the als_signals item factors
     candidates: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = field(
         default_factory=dict
     )
@@ -195,9 +196,12 @@ def prepare(
             -scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable"
         ).tolist(),
         unit_factors=(factors / norms).astype(np.float32),
-        gram=factors.astype(np.float64).T @ factors.astype(np.float64),
+        gram=_gram(factors),
         regularization=float(params.get("regularization", 0.05)),
         fold_in_scale=float(manifest.get("fold_in", {}).get("confidence_scale", 1.0)),
+        signal_gram=None
+        if scorer.signal_item_factors is None
+        else _gram(np.asarray(scorer.signal_item_factors, dtype=np.float32)),
     )
     if len(user_ids) * len(item_ids) <= precompute_max_cells:
         started = time.perf_counter()
@@ -210,13 +214,21 @@ def prepare(
     return model
 
 
+def _gram(factors: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    wide = factors.astype(np.float64)
+    return wide.T @ wide
+
+
 def _servable(recipe: Recipe, scorer: Scorer) -> Recipe:
-    """The recipe, without EASE when the artifact has no EASE matrix (never a 500)."""
+    """The recipe, without the components the artifact lacks (EASE, als_signals): never a 500."""
     if scorer.can_use(recipe):
         return recipe
-    log.warning("recipe_without_ease", extra={"weights": dict(recipe.weights)})
-    weights = {k: v for k, v in recipe.weights.items() if k != "ease"} or {"popularity": 1.0}
-    return dataclasses.replace(recipe, weights=weights)
+    log.warning("recipe_without_missing_components", extra={"weights": dict(recipe.weights)})
+    missing = {"ease"} if scorer.ease_b is None else set()
+    if not scorer.has_signals:
+        missing.add("als_signals")
+    weights = {k: v for k, v in recipe.weights.items() if k not in missing}
+    return dataclasses.replace(recipe, weights=weights or {"popularity": 1.0})
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -348,12 +360,14 @@ class Recommender:
         hist, ages = m.scorer.history_counts, m.scorer.history_age_days
         start, end = hist.indptr[user], hist.indptr[user + 1]
         bought = hist.indices[start:end]
+        signals = m.scorer.signal_user_factors
         scores = m.scorer.score_row(
             bought,
             hist.data[start:end],
             ages.data[start:end],
             np.asarray(m.scorer.user_factors[user]),
             m.recipes[protocol],
+            signal_vector=None if signals is None else np.asarray(signals[user]),
         )
         if protocol == "novel":
             scores[bought] = -np.inf
@@ -383,12 +397,19 @@ class Recommender:
         values = np.array([weights[i] for i in items], dtype=np.float32)
         moment = max(now or m.reference_time, *newest.values())  # recency counts from now
         purchase_weight = self.event_weights.get("purchase", 1.0) or 1.0
-        vector = self.fold_in(items, values / purchase_weight)
+        recipe = self._session_recipes[protocol]
+        confidence = values / purchase_weight
+        vector = self.fold_in(items, confidence) if recipe.uses("als") else None
+        signal_vector = None
+        if recipe.uses("als_signals"):
+            signal_vector = self.fold_in(items, confidence, signals=True)
         ages = np.array(
             [max((moment - newest[i]).total_seconds() / SECONDS_PER_DAY, 1e-3) for i in items],
             dtype=np.float32,
         )
-        scores = m.scorer.score_row(items, values, ages, vector, self._session_recipes[protocol])
+        scores = m.scorer.score_row(
+            items, values, ages, vector, recipe, signal_vector=signal_vector
+        )
         if protocol == "novel":
             bought = [m.item_index[a.item_id] for a in recent if a.type == "purchase"]
             scores[bought] = -np.inf
@@ -421,17 +442,27 @@ class Recommender:
         return [i for i, _ in ranked] + [i for i in item_ids if i not in m.item_index]
 
     def fold_in(
-        self, items: npt.NDArray[np.int64], confidence: npt.NDArray[np.float32]
+        self,
+        items: npt.NDArray[np.int64],
+        confidence: npt.NDArray[np.float32],
+        *,
+        signals: bool = False,
     ) -> npt.NDArray[np.float32]:
         """ALS user vector for interactions with ``items`` at relative ``confidence``.
 
         Solves (YᵀY + Yᵢᵀ(Cᵢ - 1)Yᵢ + λI) x = Yᵢᵀ Cᵢ 1, the implicit-feedback least squares,
         with Cᵢ scaled so that one purchase weighs like a typical training interaction.
+        ``signals``: against the ``als_signals`` item factors instead (the model must have them).
         """
         m = self.model
-        y = np.asarray(m.scorer.item_factors[items], dtype=np.float64)
+        factors, gram = m.scorer.item_factors, m.gram
+        if signals:
+            if m.scorer.signal_item_factors is None or m.signal_gram is None:
+                raise ValueError("this model has no als_signals factors to fold in against")
+            factors, gram = m.scorer.signal_item_factors, m.signal_gram
+        y = np.asarray(factors[items], dtype=np.float64)
         c = np.asarray(confidence, dtype=np.float64) * m.fold_in_scale
-        a = m.gram + (y.T * (c - 1.0)) @ y + m.regularization * np.eye(y.shape[1])
+        a = gram + (y.T * (c - 1.0)) @ y + m.regularization * np.eye(y.shape[1])
         b = y.T @ c
         try:
             return np.linalg.solve(a, b).astype(np.float32)

@@ -6,6 +6,8 @@ a manifest describes what users get. Plain numpy/scipy; no pandas, no implicit.
 A recipe is a weighted sum of components, each scaled so weights are comparable:
 
 - ``als``: dot product of the user's ALS vector with every item vector, standardised per user;
+- ``als_signals``: the same for a second ALS fitted on purchases plus the weaker signals (views
+  and add-to-carts), present when the model was trained with them;
 - ``ease``: the user's recency-weighted history times EASE's item-item matrix, standardised;
 - ``repeat``: "buy again": ``log1p(orders) * exp(-age / repeat_half_life_days)`` on the
   user's own items, divided by the user's largest such value, plus ``repeat_bonus`` per bought
@@ -24,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-COMPONENTS = ("als", "ease", "repeat", "popularity", "trending")
+COMPONENTS = ("als", "als_signals", "ease", "repeat", "popularity", "trending")
 PROTOCOLS = ("all", "novel")
 
 FloatArray = npt.NDArray[np.float32]
@@ -110,9 +112,13 @@ class Scorer:
         popularity: npt.NDArray[Any],
         trending: npt.NDArray[Any],
         ease_b: FloatArray | None = None,
+        signal_item_factors: FloatArray | None = None,
+        signal_user_factors: FloatArray | None = None,
     ) -> None:
         self.item_factors = item_factors
         self.user_factors = user_factors
+        self.signal_item_factors = signal_item_factors
+        self.signal_user_factors = signal_user_factors
         self.history_counts = history_counts
         self.history_age_days = history_age_days
         self.ease_b = ease_b
@@ -139,24 +145,37 @@ class Scorer:
             popularity=np.asarray(arrays["popularity"]),
             trending=np.asarray(arrays["trending"]),
             ease_b=np.asarray(arrays["ease_b"]) if "ease_b" in arrays else None,
+            signal_item_factors=_optional(arrays, "signal_item_factors"),
+            signal_user_factors=_optional(arrays, "signal_user_factors"),
         )
 
     @property
     def n_items(self) -> int:
         return int(self.item_factors.shape[0])
 
+    @property
+    def has_signals(self) -> bool:
+        return self.signal_item_factors is not None and self.signal_user_factors is not None
+
     def can_use(self, recipe: Recipe) -> bool:
-        """False when the recipe needs a component this model lacks (EASE on a big catalogue)."""
-        return not (recipe.uses("ease") and self.ease_b is None)
+        """False when the recipe needs a component this model lacks (EASE on a big catalogue,
+        ``als_signals`` in a model trained without signals)."""
+        if recipe.uses("ease") and self.ease_b is None:
+            return False
+        return not (recipe.uses("als_signals") and not self.has_signals)
 
     def score_users(self, users: npt.NDArray[np.integer[Any]], recipe: Recipe) -> FloatArray:
         """Scores (len(users) x items) for users known to the model, by their row index."""
         users = np.asarray(users)
+        signal_vectors = None
+        if recipe.uses("als_signals") and self.signal_user_factors is not None:
+            signal_vectors = self.signal_user_factors[users]
         return self.score_histories(
             self.history_counts[users],
             self.history_age_days[users],
             self.user_factors[users] if recipe.uses("als") else None,
             recipe,
+            signal_vectors=signal_vectors,
         )
 
     def score_histories(
@@ -165,20 +184,27 @@ class Scorer:
         age_days: sp.csr_matrix,
         user_vectors: FloatArray | None,
         recipe: Recipe,
+        *,
+        signal_vectors: FloatArray | None = None,
     ) -> FloatArray:
         """Scores for arbitrary histories (rows of counts and ages in the item space).
 
-        ``user_vectors`` (rows x factors) is needed only when the recipe uses ``als``; for a user
-        the model has never seen, pass a folded-in vector.
+        ``user_vectors`` (rows x factors) is needed only when the recipe uses ``als``, and
+        ``signal_vectors`` only when it uses ``als_signals``; for a user the model has never
+        seen, pass folded-in vectors.
         """
         n_rows = counts.shape[0]
         scores = np.zeros((n_rows, self.n_items), dtype=np.float32)
-        w = recipe.weight("als")
-        if w:
-            if user_vectors is None:
-                raise ValueError("recipe uses als but no user vectors were given")
-            part = np.asarray(user_vectors, dtype=np.float32) @ self.item_factors.T
-            scores += w * _standardise_rows(part)
+        for name, vectors, items in (
+            ("als", user_vectors, self.item_factors),
+            ("als_signals", signal_vectors, self.signal_item_factors),
+        ):
+            w = recipe.weight(name)
+            if w:
+                if vectors is None or items is None:
+                    raise ValueError(f"recipe uses {name} but no user vectors were given")
+                part = np.asarray(vectors, dtype=np.float32) @ items.T
+                scores += w * _standardise_rows(part)
         w = recipe.weight("ease")
         if w:
             if self.ease_b is None:
@@ -200,17 +226,23 @@ class Scorer:
         age_days: npt.NDArray[np.floating[Any]],
         user_vector: npt.NDArray[np.float32] | None,
         recipe: Recipe,
+        *,
+        signal_vector: npt.NDArray[np.float32] | None = None,
     ) -> FloatArray:
         """``score_histories`` for one user given as arrays, in plain numpy (the request path).
 
         ``items`` are distinct item rows with their ``counts`` and ``age_days``.
         """
         scores = np.zeros(self.n_items, dtype=np.float32)
-        w = recipe.weight("als")
-        if w:
-            if user_vector is None:
-                raise ValueError("recipe uses als but no user vector was given")
-            scores += w * _standardise_row(self.item_factors @ user_vector.astype(np.float32))
+        for name, vector, factors in (
+            ("als", user_vector, self.item_factors),
+            ("als_signals", signal_vector, self.signal_item_factors),
+        ):
+            w = recipe.weight(name)
+            if w:
+                if vector is None or factors is None:
+                    raise ValueError(f"recipe uses {name} but no user vector was given")
+                scores += w * _standardise_row(factors @ vector.astype(np.float32))
         w = recipe.weight("ease")
         if w and len(items):
             if self.ease_b is None:
@@ -253,3 +285,7 @@ class Scorer:
         row_max[row_max == 0] = 1.0
         value = value / row_max[rows] + recipe.repeat_bonus
         scores[rows, counts.indices] += (weight * value).astype(np.float32)
+
+
+def _optional(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> FloatArray | None:
+    return np.asarray(arrays[name]) if name in arrays else None

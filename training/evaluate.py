@@ -75,6 +75,7 @@ class EvalSet:
     counts: sp.csr_matrix
     age_days: sp.csr_matrix
     user_vectors: npt.NDArray[np.float32]
+    signal_vectors: npt.NDArray[np.float32] | None = None  # for als_signals
     _cache: dict[tuple[Any, ...], npt.NDArray[np.float32]] = field(default_factory=dict)
 
     @property
@@ -82,23 +83,29 @@ class EvalSet:
         return len(self.users)
 
     def _dense(self, name: str, recipe: Recipe) -> npt.NDArray[np.float32]:
-        """The user-dependent dense components (als, ease), computed once per variant."""
+        """The user-dependent dense components (als, als_signals, ease), computed once each."""
         key = (name, recipe.input_half_life_days if name == "ease" else None)
         hit = self._cache.get(key)
         if hit is None:
             unit = Recipe(weights={name: 1.0}, input_half_life_days=recipe.input_half_life_days)
-            hit = self.scorer.score_histories(self.counts, self.age_days, self.user_vectors, unit)
+            hit = self.scorer.score_histories(
+                self.counts,
+                self.age_days,
+                self.user_vectors,
+                unit,
+                signal_vectors=self.signal_vectors,
+            )
             self._cache[key] = hit
         return hit
 
     def scores(self, recipe: Recipe) -> npt.NDArray[np.float32]:
         """Exactly ``Scorer.score_histories`` for these users, assembled from cached parts.
 
-        Only als and ease are cached as users x items matrices; popularity and trending are one
-        row for everybody and repeat is sparse, so they are added directly.
+        Only als, als_signals and ease are cached as users x items matrices; popularity and
+        trending are one row for everybody and repeat is sparse, so they are added directly.
         """
         total = np.zeros((self.n_users, self.scorer.n_items), dtype=np.float32)
-        for name in ("als", "ease"):
+        for name in ("als", "als_signals", "ease"):
             w = recipe.weight(name)
             if w:
                 total += np.float32(w) * self._dense(name, recipe)
@@ -230,4 +237,7 @@ def build_evalset(
         counts=scorer.history_counts[users],
         age_days=scorer.history_age_days[users],
         user_vectors=np.asarray(scorer.user_factors[users], dtype=np.float32),
+        signal_vectors=None
+        if scorer.signal_user_factors is None
+        else np.asarray(scorer.signal_user_factors[users], dtype=np.float32),
     )

@@ -135,7 +135,10 @@ class Stage:
     popularity: npt.NDArray[np.float32]
     trending: npt.NDArray[np.float32]
     ease_b: npt.NDArray[np.float32] | None = None
-    signal_pairs: int = 0  # (user, item) pairs where weaker signals reached ALS
+    # the second ALS, on purchases plus the weaker signals (None in a run without signals)
+    signal_user_factors: npt.NDArray[np.float32] | None = None
+    signal_item_factors: npt.NDArray[np.float32] | None = None
+    signal_pairs: int = 0  # (user, item) pairs where weaker signals reached it
     timings: dict[str, float] = field(default_factory=dict)
 
     def scorer(self) -> Scorer:
@@ -147,6 +150,8 @@ class Stage:
             popularity=self.popularity,
             trending=self.trending,
             ease_b=self.ease_b,
+            signal_item_factors=self.signal_item_factors,
+            signal_user_factors=self.signal_user_factors,
         )
 
     def evalset(self, test: pd.DataFrame, *, max_users: int | None = None) -> EvalSet:
@@ -340,6 +345,23 @@ def reindex_factors(
     return out
 
 
+def _warm_init(
+    previous: Stage,
+    user_factors: npt.NDArray[np.float32],
+    item_factors: npt.NDArray[np.float32] | None,
+    users: npt.NDArray[np.int64],
+    items: npt.NDArray[np.int64],
+    params: ModelParams,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
+    """A previous stage's factors moved to this stage's rows, or None when they cannot be."""
+    if item_factors is None or user_factors.shape[1] != params.factors:
+        return None
+    return (
+        reindex_factors(previous.user_codes, user_factors, users, params.seed),
+        reindex_factors(previous.item_codes, item_factors, items, params.seed + 1),
+    )
+
+
 def fit_stage(
     coded: pd.DataFrame,
     reference_time: pd.Timestamp,
@@ -354,8 +376,11 @@ def fit_stage(
 
     ``with_ease`` None: fit EASE when this slice's catalogue is small enough; a run decides
     once for all its stages (``training.pipeline``) so that they agree.
-    ``signals``: views and add-to-carts (``training.signals``); only those up to
-    ``reference_time`` reach ALS, weighted by ``params``.
+    ``signals``: views and add-to-carts (``training.signals``). With them a second ALS is
+    fitted on purchases plus the signals up to ``reference_time`` (weighted by ``params``), the
+    ``als_signals`` component; the first stays purchase-only. A stage with no signal before its
+    reference time gets a copy of the purchase factors, so every stage of a run has the same
+    components.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -363,22 +388,33 @@ def fit_stage(
     timings["history"] = time.perf_counter() - t0
     init = None
     if warm_from is not None:
-        init = (
-            reindex_factors(warm_from.user_codes, warm_from.user_factors, users, params.seed),
-            reindex_factors(warm_from.item_codes, warm_from.item_factors, items, params.seed + 1),
+        init = _warm_init(
+            warm_from, warm_from.user_factors, warm_from.item_factors, users, items, params
         )
-        if init[0].shape[1] != params.factors:
-            init = None
+    t0 = time.perf_counter()
+    user_factors, item_factors = fit_als(counts, ages, params, init=init)
+    timings["als"] = time.perf_counter() - t0
     weak = None
+    signal_factors = None
     if signals is not None:
         t0 = time.perf_counter()
         weak = signals.matrix(
             users, items, reference_time, params.signal_weights, params.input_half_life_days
         )
-        timings["signals"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    user_factors, item_factors = fit_als(counts, ages, params, init=init, signals=weak)
-    timings["als"] = time.perf_counter() - t0
+        signal_factors = (user_factors.copy(), item_factors.copy())
+        if weak is not None:
+            signal_init = None
+            if warm_from is not None and warm_from.signal_user_factors is not None:
+                signal_init = _warm_init(
+                    warm_from,
+                    warm_from.signal_user_factors,
+                    warm_from.signal_item_factors,
+                    users,
+                    items,
+                    params,
+                )
+            signal_factors = fit_als(counts, ages, params, init=signal_init, signals=weak)
+        timings["als_signals"] = time.perf_counter() - t0
     ease_b = None
     if with_ease is None:
         with_ease = len(items) <= params.ease_max_items
@@ -399,6 +435,8 @@ def fit_stage(
         popularity=_distinct_buyers(counts),
         trending=_trending(counts, ages, params.trending_days),
         ease_b=ease_b,
+        signal_user_factors=None if signal_factors is None else signal_factors[0],
+        signal_item_factors=None if signal_factors is None else signal_factors[1],
         signal_pairs=0 if weak is None else int(weak.nnz),
         timings=timings,
     )
@@ -407,25 +445,31 @@ def fit_stage(
 Candidates = dict[str, dict[str, Recipe]]
 
 
-def default_candidates(with_ease: bool) -> Candidates:
+def default_candidates(with_ease: bool, with_signals: bool = False) -> Candidates:
     """The baselines and the untuned models; ``blend`` is what tuning improves on.
 
-    ``repeat`` is not a candidate under ``novel`` (it can only recommend bought items).
+    ``repeat`` is not a candidate under ``novel`` (it can only recommend bought items). With
+    signals, the ``novel`` blend starts from ``als_signals`` (browsing says most about what a
+    user has not bought yet) and the ``all`` blend from the purchase-only ``als``; tuning may
+    mix both in either.
     """
     cands: Candidates = {
         "popularity": {p: Recipe(weights={"popularity": 1.0}) for p in PROTOCOLS},
         "repeat": {"all": Recipe(weights={"repeat": 1.0, "trending": 1e-3})},
         "als": {p: Recipe(weights={"als": 1.0}) for p in PROTOCOLS},
     }
+    if with_signals:
+        cands["als_signals"] = {p: Recipe(weights={"als_signals": 1.0}) for p in PROTOCOLS}
     if with_ease:
         cands["ease"] = {p: Recipe(weights={"ease": 1.0}) for p in PROTOCOLS}
-    cf = {"als": 1.0, "ease": 1.0} if with_ease else {"als": 1.0}
+    ease = {"ease": 1.0} if with_ease else {}
+    novel_cf = {"als_signals" if with_signals else "als": 1.0, **ease}
     cands["blend"] = {
         "all": Recipe(
-            weights={**cf, "trending": 0.3, "repeat": 6.0},
+            weights={"als": 1.0, **ease, "trending": 0.3, "repeat": 6.0},
             repeat_half_life_days=180.0,
             repeat_bonus=0.5,
         ),
-        "novel": Recipe(weights={**cf, "trending": 0.5}),
+        "novel": Recipe(weights={**novel_cf, "trending": 0.5}),
     }
     return cands

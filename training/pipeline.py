@@ -189,6 +189,9 @@ def _artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray
     }
     if stage.ease_b is not None:
         arrays["ease_b"] = stage.ease_b
+    if stage.signal_user_factors is not None and stage.signal_item_factors is not None:
+        arrays["signal_user_factors"] = stage.signal_user_factors
+        arrays["signal_item_factors"] = stage.signal_item_factors
     items = purchases.items.set_index("item_id").reindex(stage.item_ids)
     if items["name"].notna().any():
         arrays["item_names"] = items["name"].fillna("").astype(str).to_numpy(dtype=str)
@@ -247,6 +250,13 @@ def run(
         signals: Signals | None = None
         if source is not None:
             signals = encode_signals(source, ids.users, ids.items)
+            if not len(signals):
+                progress(
+                    "weaker signals: no view or add-to-cart of a user and item with purchases; "
+                    "purchases only"
+                )
+                signals = None
+        if signals is not None:
             used = signals.summary()
             progress(
                 f"weaker signals: {used['view']} views, {used['add_to_cart']} add-to-carts "
@@ -258,7 +268,7 @@ def run(
         val_split = temporal_split(test_split.train, config.test_days)
         # one decision for every stage: an artifact must have what its recipes use
         with_ease = len(ids.items) <= params.ease_max_items
-        candidates = default_candidates(with_ease=with_ease)
+        candidates = default_candidates(with_ease=with_ease, with_signals=signals is not None)
 
         t0 = time.perf_counter()
         progress(f"fitting on purchases up to {val_split.cutoff:%Y-%m-%d} (validation stage)")

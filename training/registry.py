@@ -237,6 +237,9 @@ def rescore_current(
             counts=evalset.counts,
             age_days=evalset.age_days,
             user_vectors=np.asarray(scorer.user_factors[evalset.users], dtype=np.float32),
+            signal_vectors=None
+            if scorer.signal_user_factors is None
+            else np.asarray(scorer.signal_user_factors[evalset.users], dtype=np.float32),
         )
     out = {}
     for protocol in protocols:

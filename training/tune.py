@@ -47,9 +47,15 @@ class TuneResult:
 
 
 def _neighbours(
-    recipe: Recipe, protocol: str, with_ease: bool, steps: tuple[float, ...] = WEIGHT_STEPS
+    recipe: Recipe,
+    protocol: str,
+    with_ease: bool,
+    steps: tuple[float, ...] = WEIGHT_STEPS,
+    with_signals: bool = False,
 ) -> Iterator[Recipe]:
     names = ["als", "trending", "popularity"]
+    if with_signals:
+        names.append("als_signals")
     if with_ease:
         names.append("ease")
     if protocol == "all":
@@ -96,7 +102,9 @@ def tune_recipe(
         improved = True
         while improved and clock() < deadline:
             improved = False
-            for candidate in _neighbours(best, protocol, with_ease, steps):
+            for candidate in _neighbours(
+                best, protocol, with_ease, steps, evalset.scorer.has_signals
+            ):
                 if clock() >= deadline:
                     break
                 score = evalset.evaluate(candidate, protocol)["ndcg"]

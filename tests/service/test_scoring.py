@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from service.scoring import Recipe, Scorer
 
 
-def _scorer(ease: bool = True) -> Scorer:
+def _scorer(ease: bool = True, signals: bool = True) -> Scorer:
     rng = np.random.default_rng(0)
     n_users, n_items = 3, 6
     counts = sp.csr_matrix(
@@ -25,6 +25,8 @@ def _scorer(ease: bool = True) -> Scorer:
         popularity=np.array([5, 4, 3, 2, 1, 0], dtype=np.float32),
         trending=np.array([0, 1, 2, 3, 4, 5], dtype=np.float32),
         ease_b=rng.random((n_items, n_items), dtype=np.float32) if ease else None,
+        signal_item_factors=rng.random((n_items, 4), dtype=np.float32) if signals else None,
+        signal_user_factors=rng.random((n_users, 4), dtype=np.float32) if signals else None,
     )
 
 
@@ -65,7 +67,14 @@ def test_a_recipe_is_the_weighted_sum_of_its_components() -> None:
     scorer = _scorer()
     users = np.array([0, 1, 2])
     recipe = Recipe(
-        weights={"als": 0.7, "ease": 1.3, "repeat": 2.0, "trending": 0.4, "popularity": 0.1},
+        weights={
+            "als": 0.7,
+            "als_signals": 0.9,
+            "ease": 1.3,
+            "repeat": 2.0,
+            "trending": 0.4,
+            "popularity": 0.1,
+        },
         repeat_half_life_days=30.0,
         repeat_bonus=0.25,
         input_half_life_days=90.0,
@@ -85,6 +94,24 @@ def test_a_recipe_is_the_weighted_sum_of_its_components() -> None:
         for name, w in recipe.weights.items()
     )
     assert total == pytest.approx(parts, abs=1e-4)
+
+
+def test_als_signals_scores_with_the_second_factor_set() -> None:
+    scorer = _scorer()
+    scores = scorer.score_users(np.array([1]), Recipe(weights={"als_signals": 1.0}))[0]
+    raw = scorer.signal_user_factors[1] @ scorer.signal_item_factors.T  # type: ignore[index,union-attr]
+    assert scores == pytest.approx((raw - raw.mean()) / raw.std(), abs=1e-5)
+    plain = scorer.score_users(np.array([1]), Recipe(weights={"als": 1.0}))[0]
+    assert not np.allclose(scores, plain)
+
+
+def test_a_recipe_needing_signals_is_refused_by_a_model_without_them() -> None:
+    scorer = _scorer(signals=False)
+    recipe = Recipe(weights={"als_signals": 1.0, "trending": 0.5})
+    assert not scorer.can_use(recipe)
+    assert scorer.can_use(Recipe(weights={"als": 1.0}))
+    with pytest.raises(ValueError, match="als_signals"):
+        scorer.score_users(np.array([0]), recipe)
 
 
 def test_a_recipe_needing_ease_is_refused_by_a_model_without_it() -> None:
@@ -107,7 +134,14 @@ def test_recipe_round_trips_and_rejects_unknown_components() -> None:
 def test_score_row_is_score_histories_for_one_user() -> None:
     scorer = _scorer()
     recipe = Recipe(
-        weights={"als": 0.7, "ease": 1.3, "repeat": 2.0, "trending": 0.4, "popularity": 0.1},
+        weights={
+            "als": 0.7,
+            "als_signals": 0.9,
+            "ease": 1.3,
+            "repeat": 2.0,
+            "trending": 0.4,
+            "popularity": 0.1,
+        },
         repeat_half_life_days=30.0,
         repeat_bonus=0.25,
         input_half_life_days=90.0,
@@ -120,5 +154,6 @@ def test_score_row_is_score_histories_for_one_user() -> None:
             scorer.history_age_days.data[start:end],
             scorer.user_factors[user],
             recipe,
+            signal_vector=scorer.signal_user_factors[user],  # type: ignore[index]
         )
         assert row == pytest.approx(scorer.score_users(np.array([user]), recipe)[0], abs=1e-5)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -99,7 +100,7 @@ def test_matrix_weighs_decays_caps_and_stops_at_the_reference_time() -> None:
     assert Signals.empty().matrix(stage_users, stage_items, REF, (0.1, 0.3), 60.0) is None
 
 
-def test_zero_weights_fit_exactly_the_purchase_only_model(tiny_purchases: Purchases) -> None:
+def test_signals_fit_a_second_als_and_leave_the_first_alone(tiny_purchases: Purchases) -> None:
     frame, ids = encode(tiny_purchases.frame)
     cutoff = temporal_split(frame, 30).cutoff
     views = frame[["user", "item", "timestamp"]].assign(
@@ -110,11 +111,16 @@ def test_zero_weights_fit_exactly_the_purchase_only_model(tiny_purchases: Purcha
     plain = fit_stage(frame, cutoff, off, ids)
     zero = fit_stage(frame, cutoff, off, ids, signals=signals)
     weighted = fit_stage(frame, cutoff, PARAMS, ids, signals=signals)
-    np.testing.assert_array_equal(plain.item_factors, zero.item_factors)
+    assert plain.signal_item_factors is None
+    assert zero.signal_item_factors is not None
+    assert weighted.signal_item_factors is not None
+    # the second ALS without any signal is the first one
+    np.testing.assert_array_equal(plain.item_factors, zero.signal_item_factors)
     assert zero.signal_pairs == 0
     assert weighted.signal_pairs > 0
-    assert not np.allclose(plain.item_factors, weighted.item_factors)
-    # history, popularity and trending stay purchase-only
+    assert not np.allclose(plain.item_factors, weighted.signal_item_factors)
+    # the purchase-only ALS, history, popularity and trending are untouched by signals
+    np.testing.assert_array_equal(plain.item_factors, weighted.item_factors)
     assert (weighted.counts != plain.counts).nnz == 0
     np.testing.assert_array_equal(weighted.popularity, plain.popularity)
 
@@ -134,14 +140,20 @@ def test_signals_inside_the_test_window_never_reach_the_scored_stages(
     leak["timestamp"] = leak["timestamp"] - pd.Timedelta(minutes=1)
     plain = _train(tiny_purchases, tmp_path / "plain", PARAMS, None)
     leaky = _train(tiny_purchases, tmp_path / "leaky", PARAMS, leak)
-    assert leaky.metrics == plain.metrics
-    assert leaky.validation == plain.validation
+    for figures, unleaked in ((leaky.metrics, plain.metrics), (leaky.validation, plain.validation)):
+        for protocol, table in unleaked.items():
+            for name, values in table.items():
+                assert figures[protocol][name] == values, (protocol, name)
+            # no signal before the cut-off: the second ALS is the first one
+            assert figures[protocol]["als_signals"] == table["als"]
     assert plain.manifest["signals"] is None
     assert leaky.manifest["signals"]["view"] == len(leak)
     assert leaky.manifest["signals"]["pairs"] > 0  # the serving stage did use them
-    served_plain = load_artifact(plain.path).arrays["item_factors"]
-    served_leaky = load_artifact(leaky.path).arrays["item_factors"]
-    assert not np.allclose(served_plain, served_leaky)
+    served_plain = load_artifact(plain.path).arrays
+    served_leaky = load_artifact(leaky.path).arrays
+    assert "signal_item_factors" not in served_plain
+    np.testing.assert_array_equal(served_plain["item_factors"], served_leaky["item_factors"])
+    assert not np.allclose(served_plain["item_factors"], served_leaky["signal_item_factors"])
 
 
 def test_browsing_lifts_recommendations_of_new_products(
@@ -151,11 +163,16 @@ def test_browsing_lifts_recommendations_of_new_products(
     events = browsing_events(small_shop, research_share=0.0)
     off = dataclasses.replace(PARAMS, factors=32, view_weight=0.0, add_to_cart_weight=0.0)
     on = dataclasses.replace(off, view_weight=0.1, add_to_cart_weight=0.3)
-    without = _train(small_purchases, tmp_path / "off", off, events)
+    without = _train(small_purchases, tmp_path / "off", off, None)
     with_signals = _train(small_purchases, tmp_path / "on", on, events)
-    before = without.metrics["novel"]["als"]["ndcg@10"]
-    after = with_signals.metrics["novel"]["als"]["ndcg@10"]
+    ndcg = "ndcg@10"
+    before = with_signals.metrics["novel"]["als"][ndcg]
+    after = with_signals.metrics["novel"]["als_signals"][ndcg]
     assert after > before * 1.2, (before, after)
+    assert with_signals.metrics["novel"]["blend"][ndcg] > without.metrics["novel"]["blend"][ndcg]
+    # recommendations that may repeat purchases keep the purchase-only ALS: not one figure moves
+    assert with_signals.metrics["all"]["blend"] == without.metrics["all"]["blend"]
+    assert with_signals.manifest["recipes"]["novel"]["weights"].get("als_signals")
     assert with_signals.manifest["signals"]["weights"] == {"view": 0.1, "add_to_cart": 0.3}
     assert with_signals.manifest["params"]["view_weight"] == 0.1
 
@@ -235,6 +252,27 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     assert used["ignored_no_purchases"] == len(browsing) - len(usable) > 0
     assert used["weights"] == {"view": 0.1, "add_to_cart": 0.3}
     assert "weaker signals" in result.stderr
+    assert manifest["recipes"]["novel"]["weights"].get("als_signals")
+
+    # the service serves the model with both factor sets: known users and sessions, both protocols
+    serving = Settings(
+        model_dir=models, database_url=database_url, frontend_keys=[FRONTEND], access_log=False
+    )
+    known = str(tiny_shop.purchases["user_id"].iloc[0])
+    visitor = "visitor-after-training"
+    with TestClient(create_app(serving)) as client:
+        viewed = tiny_shop.purchases["item_id"].drop_duplicates().head(3)
+        views = [{"user_id": visitor, "type": "view", "item_id": str(i)} for i in viewed]
+        assert client.post("/v1/events", json={"events": views}, headers=F).status_code == 200
+        for user, source in ((known, "model"), (visitor, "session")):
+            for exclude in ("true", "false"):
+                r = client.get(
+                    f"/v1/users/{user}/recommendations",
+                    params={"exclude_purchased": exclude},
+                    headers=F,
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["source"] == source
 
     off = ["--view-weight", "0", "--add-to-cart-weight", "0", "--json"]
     result = runner.invoke(app, [*command, *off])
@@ -246,6 +284,22 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
     assert manifest["signals"]["view"] == 0
     assert manifest["signals"]["add_to_cart"] == used["add_to_cart"]
+
+
+def test_a_recipe_naming_missing_signals_is_served_without_them() -> None:
+    from service.recommender import _servable
+    from service.scoring import Recipe, Scorer
+
+    scorer = Scorer(
+        item_factors=np.ones((3, 2), dtype=np.float32),
+        user_factors=np.ones((1, 2), dtype=np.float32),
+        history_counts=sp.csr_matrix((1, 3), dtype=np.float32),
+        history_age_days=sp.csr_matrix((1, 3), dtype=np.float32),
+        popularity=np.ones(3),
+        trending=np.ones(3),
+    )
+    recipe = Recipe(weights={"als_signals": 1.0, "trending": 0.5})
+    assert _servable(recipe, scorer).weights == {"trending": 0.5}
 
 
 def test_a_weight_out_of_range_is_refused(tmp_path: Path) -> None:
