@@ -1,4 +1,4 @@
-"""Run every benchmark, then render docs/benchmarks.md (about 40 minutes on 2 cores)."""
+"""Run every benchmark, then render docs/benchmarks.md (about 45 minutes on 2 cores)."""
 
 from __future__ import annotations
 

@@ -186,6 +186,11 @@ class ModelOut(BaseModel):
     served: dict[str, str]
     metrics: dict[str, Any]
     counts: dict[str, Any]
+    signals: dict[str, Any] | None = Field(
+        None,
+        description="Views and add-to-carts the model learnt from (counts and weights); "
+        "null when it learnt from purchases only.",
+    )
     candidates_precomputed: bool
 
 

@@ -261,6 +261,8 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     known = str(tiny_shop.purchases["user_id"].iloc[0])
     visitor = "visitor-after-training"
     with TestClient(create_app(serving)) as client:
+        described = client.get("/v1/model", headers=F).json()
+        assert described["signals"]["view"] == used["view"]
         viewed = tiny_shop.purchases["item_id"].drop_duplicates().head(3)
         views = [{"user_id": visitor, "type": "view", "item_id": str(i)} for i in viewed]
         assert client.post("/v1/events", json={"events": views}, headers=F).status_code == 200

@@ -30,6 +30,7 @@ async def get_model(state: ReaderState) -> ModelOut:
         served=manifest["served"],
         metrics=manifest["metrics"]["test"],
         counts=manifest["counts"],
+        signals=manifest.get("signals"),
         candidates_precomputed=bool(model.candidates),
     )
 
