@@ -52,7 +52,7 @@ class ModelParams:
     ease_max_items: int = 6000  # EASE inverts an items x items matrix: small catalogues only
     trending_days: int = 30
     warm_iterations: int = 2  # iterations when refitting from the previous stage's factors
-    # weaker signals (training.signals): what one event is worth next to one purchase, in ALS only
+    # weaker signals (training.signals): one event next to one purchase, in the second ALS only
     view_weight: float = 0.1
     add_to_cart_weight: float = 0.3
     seed: int = 42
@@ -236,8 +236,9 @@ def als_weights(
 ) -> sp.csr_matrix:
     """The confidence matrix ALS is fitted on (recency-decayed counts, BM25 or log weighting).
 
-    ``signals`` (same shape, already decayed and weighted: ``training.signals``) is added to the
-    decayed purchase counts before the weighting.
+    ``signals`` (same shape, already decayed and weighted: ``training.signals``) join the
+    decayed purchase counts: under BM25 they are weighted with the purchases' statistics and
+    added; under confidence weighting they are added before the log.
     """
     weighted = counts.copy()
     weighted.data = (counts.data * np.exp(-age_days.data / params.input_half_life_days)).astype(

@@ -1,10 +1,11 @@
 """Weaker training signals: the views and add-to-carts the API ingested, next to purchases.
 
 A purchase is the strongest evidence of taste; a view or an add-to-cart is weaker but far more
-plentiful. The trainer adds them to the matrix ALS is fitted on, each event worth a fraction of a
-purchase (``ModelParams.view_weight`` and ``add_to_cart_weight``) and decayed with its age like a
-purchase. Everything else stays purchase-only: history, popularity, trending, EASE, "buy again",
-and every evaluation figure (the model is judged on the purchases it predicts).
+plentiful. The trainer fits a second ALS (the ``als_signals`` component) on the purchases plus
+these events, each worth a fraction of a purchase (``ModelParams.view_weight`` and
+``add_to_cart_weight``) and decayed with its age like a purchase. Everything else stays
+purchase-only: the first ALS, history, popularity, trending, EASE, "buy again", and every
+evaluation figure (the model is judged on the purchases it predicts).
 
 Rules that keep the signals honest:
 

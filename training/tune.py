@@ -122,18 +122,19 @@ def _without_ease(recipe: Recipe) -> Recipe:
 def param_variants(base: ModelParams, *, with_signals: bool = False) -> list[ModelParams]:
     """Hyper-parameter variants tried in phase 2, most promising first.
 
-    ``with_signals``: also purchases only, and the weaker signals weighted three times (at most
-    as much as a purchase).
+    ``with_signals``: also the weaker signals weighted three times (at most as much as a
+    purchase) and a third as much. Turning them off needs no refit: the recipe search can drop
+    ``als_signals``.
     """
     signal_variants = []
     if with_signals:
         signal_variants = [
-            dataclasses.replace(base, view_weight=0.0, add_to_cart_weight=0.0),
             dataclasses.replace(
                 base,
-                view_weight=min(1.0, base.view_weight * 3),
-                add_to_cart_weight=min(1.0, base.add_to_cart_weight * 3),
-            ),
+                view_weight=min(1.0, base.view_weight * factor),
+                add_to_cart_weight=min(1.0, base.add_to_cart_weight * factor),
+            )
+            for factor in (3.0, 1 / 3)
         ]
     out = [
         dataclasses.replace(base, factors=128, iterations=20),
@@ -170,7 +171,7 @@ def tune(
 
     ``train`` and ``validation`` are coded slices (``training.models.encode``); ``stage`` is
     the validation stage already fitted with ``params`` (fitted here if None). With ``signals``,
-    the variants also try the weaker signals switched off and weighted up.
+    the variants also try the weaker signals weighted up and down.
     """
     began = clock()
     deadline = began + max(0.0, seconds)
