@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -640,9 +641,26 @@ def _clean_generic(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> Pu
     rules.drop("non_positive_price", None if mapping.price is None else price <= 0)
     subset = [name for name, role in _FIELD_ROLES if getattr(mapping, role) is not None]
     duplicate = np.zeros(len(raw), dtype=bool)
-    duplicate[rules.alive] = parsed.loc[rules.alive, subset].duplicated().to_numpy()
+    duplicate[rules.alive] = duplicated_rows(parsed.loc[rules.alive, subset])
     rules.drop("duplicate", duplicate)
     return _finish(parsed, rules, source)
+
+
+def duplicated_rows(frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
+    """``frame.duplicated()`` (later copies of a row), comparing text only where it can matter.
+
+    Rows that differ in a number or a time cannot be copies, and comparing those columns is
+    cheap; the text columns (slow to compare) are compared only among rows whose numbers and
+    times all repeat somewhere: a few percent of a purchase history.
+    """
+    cheap = [c for c in frame.columns if frame[c].dtype.kind in "biufmM"]
+    if not cheap or len(cheap) == frame.shape[1]:
+        return np.asarray(frame.duplicated(), dtype=bool)
+    candidate = frame[cheap].duplicated(keep=False).to_numpy()
+    out = np.zeros(len(frame), dtype=bool)
+    if candidate.any():
+        out[candidate] = frame.loc[candidate].duplicated().to_numpy()
+    return out
 
 
 def _clean_online_retail(raw: pd.DataFrame, source: str) -> Purchases:
@@ -650,7 +668,7 @@ def _clean_online_retail(raw: pd.DataFrame, source: str) -> Purchases:
     parsed = _normalise(raw, mapping, source)
     code = parsed["item_id"]
     rules = _Rules(len(raw))
-    rules.drop("duplicate", raw.duplicated().to_numpy())
+    rules.drop("duplicate", duplicated_rows(raw))
     rules.drop("missing_customer", parsed["user_id"].isna())
     rules.drop("cancellation", parsed["order_id"].str.startswith("C").fillna(False))
     rules.drop("non_positive_quantity", parsed["quantity"] <= 0)

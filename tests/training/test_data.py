@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from training.data import (
     COLUMNS,
@@ -19,6 +21,7 @@ from training.data import (
     ColumnMapping,
     DataError,
     Purchases,
+    duplicated_rows,
     load_purchases,
     purchases_from_frame,
 )
@@ -526,3 +529,23 @@ def test_generic_format_picks_up_optional_columns_by_their_default_names(tmp_pat
     assert list(purchases.frame["price"]) == [2.5, 1.0]
     assert list(purchases.items["category"]) == ["toys", "toys"]
     assert list(purchases.items["name"]) == ["Bear", "Car"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2", None]),
+            st.sampled_from(["i1", "i2"]),
+            st.sampled_from([0, 1]),
+            st.sampled_from([1.0, 2.0, float("nan")]),
+        ),
+        max_size=30,
+    )
+)
+def test_duplicated_rows_agrees_with_pandas(rows: list[tuple[object, ...]]) -> None:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "price"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s")
+    for columns in (list(frame.columns), ["user_id", "item_id"], ["timestamp", "price"]):
+        part = frame[columns]
+        np.testing.assert_array_equal(duplicated_rows(part), part.duplicated().to_numpy())
