@@ -21,6 +21,7 @@ from service.errors import RecofferError, RegistryError
 from service.scoring import PROTOCOLS
 from training.data import FORMATS, ColumnMapping, DataError
 from training.evaluate import METRICS, SplitError
+from training.models import ModelParams
 
 log = logging.getLogger("recoffer")
 
@@ -36,7 +37,7 @@ app = typer.Typer(
 _WIDTH = None if sys.stdout.isatty() else 120
 out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
-CANDIDATE_ORDER = ("popularity", "repeat", "als", "ease", "blend", "served")
+CANDIDATE_ORDER = ("popularity", "repeat", "als", "als_signals", "ease", "blend", "served")
 
 
 class UsageProblem(RecofferError):
@@ -55,6 +56,7 @@ ModelDir = Annotated[
     ),
 ]
 DEFAULT_MODEL_DIR = Path("var/models")
+DEFAULT_SIGNAL_WEIGHTS = ModelParams().signal_weights
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -125,19 +127,16 @@ def train(
     view_weight: Annotated[
         float,
         typer.Option(
-            min=0.0,
-            max=1.0,
-            help="With --database-url: one view next to one purchase (0 ignores views).",
+            help="With --database-url: one view next to one purchase, 0 to 1 (0 ignores views).",
         ),
-    ] = 0.1,
+    ] = DEFAULT_SIGNAL_WEIGHTS[0],
     add_to_cart_weight: Annotated[
         float,
         typer.Option(
-            min=0.0,
-            max=1.0,
-            help="With --database-url: one add-to-cart next to one purchase (0 ignores them).",
+            help="With --database-url: one add-to-cart next to one purchase, 0 to 1 (0 ignores "
+            "them).",
         ),
-    ] = 0.3,
+    ] = DEFAULT_SIGNAL_WEIGHTS[1],
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
     fmt: Annotated[
         str, typer.Option("--format", help=f"Input layout: {', '.join(FORMATS)}.")
@@ -183,10 +182,21 @@ def train(
 
       recoffer train --database-url sqlite:///var/recoffer.db --view-weight 0.05
     """
-    from training.models import ModelParams
     from training.pipeline import TrainConfig
 
     _setup_logging(verbose)
+    for option, value in (
+        ("--view-weight", view_weight),
+        ("--add-to-cart-weight", add_to_cart_weight),
+    ):
+        if not 0.0 <= value <= 1.0:  # NaN too
+            raise _fail(f"{option} must be between 0 and 1 (a purchase is 1), not {value}", 2)
+    if database_url is None and (view_weight, add_to_cart_weight) != DEFAULT_SIGNAL_WEIGHTS:
+        err.print(
+            "recoffer: warning: --view-weight and --add-to-cart-weight apply to the events of "
+            "--database-url; without it they change nothing",
+            markup=False,
+        )
     try:
         params = ModelParams(
             factors=factors,

@@ -5,6 +5,7 @@ implicit is untyped; it stays behind ``fit_als`` so the rest of the trainer is t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -372,16 +373,18 @@ def fit_stage(
     warm_from: Stage | None = None,
     with_ease: bool | None = None,
     signals: Signals | None = None,
+    signals_until: pd.Timestamp | None = None,
 ) -> Stage:
     """Fit every component on ``coded`` purchases (all up to ``reference_time``).
 
     ``with_ease`` None: fit EASE when this slice's catalogue is small enough; a run decides
     once for all its stages (``training.pipeline``) so that they agree.
     ``signals``: views and add-to-carts (``training.signals``). With them a second ALS is
-    fitted on purchases plus the signals up to ``reference_time`` (weighted by ``params``), the
-    ``als_signals`` component; the first stays purchase-only. A stage with no signal before its
-    reference time gets a copy of the purchase factors, so every stage of a run has the same
-    components.
+    fitted on purchases plus the signals up to ``signals_until`` (default ``reference_time``;
+    the serving stage passes the newest signal's time, so browsing after the last purchase
+    counts too), weighted by ``params``: the ``als_signals`` component. The first ALS stays
+    purchase-only. A stage with no signal in its range gets a copy of the purchase factors, so
+    every stage of a run has the same components.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -400,7 +403,11 @@ def fit_stage(
     if signals is not None:
         t0 = time.perf_counter()
         weak = signals.matrix(
-            users, items, reference_time, params.signal_weights, params.input_half_life_days
+            users,
+            items,
+            reference_time if signals_until is None else max(signals_until, reference_time),
+            params.signal_weights,
+            params.input_half_life_days,
         )
         signal_factors = (user_factors.copy(), item_factors.copy())
         if weak is not None:
@@ -441,6 +448,33 @@ def fit_stage(
         signal_pairs=0 if weak is None else int(weak.nnz),
         timings=timings,
     )
+
+
+def refit_signals(
+    stage: Stage, signals: Signals, params: ModelParams, until: pd.Timestamp
+) -> Scorer:
+    """``stage``'s scorer with its second ALS refitted under ``params``' signal weights.
+
+    Only that ALS depends on the weights: the purchase components are reused. The refit is
+    warm-started from the stage's own second ALS, as the stage's was from the stage before.
+    """
+    weak = signals.matrix(
+        stage.user_codes,
+        stage.item_codes,
+        until,
+        params.signal_weights,
+        params.input_half_life_days,
+    )
+    factors = (stage.user_factors, stage.item_factors)
+    if weak is not None:
+        init = None
+        if stage.signal_user_factors is not None and stage.signal_item_factors is not None:
+            init = (stage.signal_user_factors, stage.signal_item_factors)
+        factors = fit_als(stage.counts, stage.age_days, params, init=init, signals=weak)
+    refitted = dataclasses.replace(
+        stage, signal_user_factors=factors[0], signal_item_factors=factors[1]
+    )
+    return refitted.scorer()
 
 
 Candidates = dict[str, dict[str, Recipe]]

@@ -13,6 +13,7 @@ Warm starts make the three stages cost little more than one cold ALS fit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import platform
@@ -27,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.artifact import ModelStore, new_version_name, write_artifact
+from service.artifact import ModelStore, new_version_name, read_manifest, write_artifact
+from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe
 from training.data import (
     CleaningReport,
@@ -53,6 +55,7 @@ from training.models import (
 from training.registry import (
     GateDecision,
     current_artifact,
+    current_model_params,
     decide,
     rescore_current,
     trainer_lock,
@@ -215,11 +218,21 @@ def _load(config: TrainConfig) -> Purchases:
     return combine_purchases(from_file, from_database, source)
 
 
-def _signal_source(config: TrainConfig) -> Iterator[pd.DataFrame] | None:
-    """The service's views and add-to-carts of the types with a weight (streamed), or None."""
+def _signal_source(config: TrainConfig, store: ModelStore) -> Iterator[pd.DataFrame] | None:
+    """The service's views and add-to-carts (streamed), or None.
+
+    The types read are those with a weight here or in the current model, whose refit for the
+    quality gate needs the signals it learnt from.
+    """
     if config.database_url is None:
         return None
-    types = [t for t, w in zip(SIGNAL_TYPES, config.params.signal_weights, strict=True) if w > 0]
+    weights = [config.params.signal_weights]
+    path = store.current_path()
+    if path is not None:
+        # unreadable: the gate treats it as absent
+        with contextlib.suppress(ArtifactError, KeyError, TypeError, ValueError):
+            weights.append(current_model_params(read_manifest(path)).signal_weights)
+    types = [t for k, t in enumerate(SIGNAL_TYPES) if any(w[k] > 0 for w in weights)]
     if not types:
         return None
     return load_database_signals(config.database_url, types)
@@ -246,21 +259,24 @@ def run(
             purchases = _load(config)
         frame, ids = encode(purchases.frame)
         params = config.params
-        source = _signal_source(config) if signal_events is None else signal_events
-        signals: Signals | None = None
+        source = _signal_source(config, store) if signal_events is None else signal_events
+        # every signal read (the gate may need some to refit the current model), and those this
+        # model learns from: None when its weights are all 0 or there is none
+        read: Signals | None = None
         if source is not None:
-            signals = encode_signals(source, ids.users, ids.items)
-            if not len(signals):
-                progress(
-                    "weaker signals: no view or add-to-cart of a user and item with purchases; "
-                    "purchases only"
-                )
-                signals = None
-        if signals is not None:
-            used = signals.summary()
+            read = encode_signals(source, ids.users, ids.items)
+        signals = read if read is not None and any(params.signal_weights) else None
+        if signals is not None and not len(signals):
             progress(
-                f"weaker signals: {used['view']} views, {used['add_to_cart']} add-to-carts "
-                f"({signals.ignored} more of users or items without purchases left out)"
+                "weaker signals: no view or add-to-cart of a user and item with purchases; "
+                "purchases only"
+            )
+            signals = None
+        if signals is not None:
+            used = signals.summary(params.signal_weights)
+            progress(
+                f"weaker signals: {used['view']:,} views, {used['add_to_cart']:,} add-to-carts "
+                f"({signals.ignored:,} more of users or items without purchases left out)"
             )
         timings["load"] = time.perf_counter() - started
 
@@ -335,9 +351,7 @@ def run(
         timings["fit_test"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        gate = _gate(
-            store, metrics, served, test_eval, test_stage, params, test_split, ids, signals
-        )
+        gate = _gate(store, metrics, served, test_eval, test_stage, params, test_split, ids, read)
         timings["gate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -350,6 +364,7 @@ def run(
             warm_from=test_stage,
             with_ease=with_ease,
             signals=signals,
+            signals_until=None if signals is None else signals.newest,
         )
         del test_stage, test_eval
         timings["fit_serving"] = time.perf_counter() - t0
@@ -378,7 +393,7 @@ def run(
             else {
                 "source": "database events",
                 "weights": dict(zip(SIGNAL_TYPES, params.signal_weights, strict=True)),
-                **signals.summary(),
+                **signals.summary(params.signal_weights),
                 "pairs": full_stage.signal_pairs,
             },
             "fold_in": {

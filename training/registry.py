@@ -15,10 +15,11 @@ manifest:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,15 @@ from training.evaluate import (
     rank_metrics,
     temporal_split,
 )
-from training.models import IdMaps, ModelParams, Stage, build_history, encode, fit_stage
+from training.models import (
+    IdMaps,
+    ModelParams,
+    Stage,
+    build_history,
+    encode,
+    fit_stage,
+    refit_signals,
+)
 from training.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -98,6 +107,12 @@ def decide(
 ) -> GateDecision:
     """Compare NDCG@10 per protocol; every protocol must pass both floors."""
     reasons: list[str] = []
+    if method == "incomparable":
+        reasons.append(
+            f"the current model {current_version} learnt from views and add-to-carts that this "
+            "run did not read (--database-url, --view-weight, --add-to-cart-weight), so it "
+            "cannot be compared on the new split"
+        )
     for protocol, value in new.items():
         if value + 1e-9 < popularity.get(protocol, float("-inf")):
             reasons.append(
@@ -204,8 +219,17 @@ def rescore_current(
     ids: IdMaps,
     protocols: tuple[str, ...],
     signals: Signals | None = None,
-) -> tuple[dict[str, float], str]:
-    """NDCG@10 per protocol of the current model on the new split, and the method used."""
+) -> tuple[dict[str, float] | None, str]:
+    """NDCG@10 per protocol of the current model on the new split, and the method used.
+
+    ``direct``: the current model saw nothing after the cut-off, so it is scored as it is.
+    Otherwise it is refitted on the new split's training rows with its own parameters:
+    ``same``: its parameters are the new run's, so the new stage is its refit; ``signals``:
+    they differ only in the signal weights, so only the second ALS is refitted (warm-started
+    like the new one), the purchase components being identical; ``refit``: everything is
+    refitted. ``incomparable`` (scores None): the current model learnt from views and
+    add-to-carts that this run did not read, so it cannot be refitted.
+    """
     reference = pd.Timestamp(artifact.manifest["reference_time"])
     if reference <= cutoff:
         user_ids = stage.user_ids[evalset.users]
@@ -218,10 +242,22 @@ def rescore_current(
             },
             "direct",
         )
-    current_params = ModelParams.from_dict(artifact.manifest["params"])
-    ev = evalset
-    if current_params != params:
+    current_params = current_model_params(artifact.manifest)
+    ev, method = evalset, "same"
+    learnt_signals = any(current_params.signal_weights)
+    if learnt_signals and (signals is None or not len(signals)):
+        return None, "incomparable"
+    if stage.signal_user_factors is None:  # the new model learnt no signal, whatever its weights
+        params = _without_signal_weights(params)
+    if current_params == params:
+        pass
+    elif _without_signal_weights(current_params) == _without_signal_weights(params):
+        method = "signals"
+        if learnt_signals and signals is not None:
+            ev = _with_scorer(evalset, refit_signals(stage, signals, current_params, cutoff))
+    else:
         # same training rows, so the refit has the same user and item index as ``stage``
+        method = "refit"
         scorer = fit_stage(
             train,
             cutoff,
@@ -230,24 +266,42 @@ def rescore_current(
             with_ease=evalset.scorer.ease_b is not None,
             signals=signals,
         ).scorer()
-        ev = EvalSet(
-            scorer=scorer,
-            users=evalset.users,
-            truth=evalset.truth,
-            counts=evalset.counts,
-            age_days=evalset.age_days,
-            user_vectors=np.asarray(scorer.user_factors[evalset.users], dtype=np.float32),
-            signal_vectors=None
-            if scorer.signal_user_factors is None
-            else np.asarray(scorer.signal_user_factors[evalset.users], dtype=np.float32),
-        )
+        ev = _with_scorer(evalset, scorer)
     out = {}
     for protocol in protocols:
         recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
         if not ev.scorer.can_use(recipe):
             recipe = Recipe(weights={"popularity": 1.0})
         out[protocol] = ev.evaluate(recipe, protocol)["ndcg"]
-    return out, "refit"
+    return out, method
+
+
+def current_model_params(manifest: Mapping[str, Any]) -> ModelParams:
+    """The parameters a model was trained with; signal weights 0 when it learnt from no signal
+    (trained before they existed, without a database, or with none in it)."""
+    params = ModelParams.from_dict(manifest["params"])
+    if manifest.get("signals") is None:
+        params = dataclasses.replace(params, view_weight=0.0, add_to_cart_weight=0.0)
+    return params
+
+
+def _without_signal_weights(params: ModelParams) -> ModelParams:
+    return dataclasses.replace(params, view_weight=0.0, add_to_cart_weight=0.0)
+
+
+def _with_scorer(evalset: EvalSet, scorer: Scorer) -> EvalSet:
+    """``evalset``'s users and truth, scored by another fit of the same rows."""
+    return EvalSet(
+        scorer=scorer,
+        users=evalset.users,
+        truth=evalset.truth,
+        counts=evalset.counts,
+        age_days=evalset.age_days,
+        user_vectors=np.asarray(scorer.user_factors[evalset.users], dtype=np.float32),
+        signal_vectors=None
+        if scorer.signal_user_factors is None
+        else np.asarray(scorer.signal_user_factors[evalset.users], dtype=np.float32),
+    )
 
 
 def current_artifact(store: ModelStore) -> Artifact | None:

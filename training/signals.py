@@ -60,11 +60,19 @@ class Signals:
         end = int(np.searchsorted(self.ts, pd.Timestamp(moment).value, side="right"))
         return Signals(self.user[:end], self.item[:end], self.ts[:end], self.kind[:end])
 
-    def summary(self) -> dict[str, Any]:
-        """Events used per type and events ignored, for the manifest."""
+    @property
+    def newest(self) -> pd.Timestamp | None:
+        """The time of the latest event (None when there is none)."""
+        return pd.Timestamp(int(self.ts[-1])) if len(self.ts) else None
+
+    def summary(self, weights: tuple[float, float]) -> dict[str, Any]:
+        """Events a model with these weights uses, per type, and events ignored (manifest)."""
         per_type = np.bincount(self.kind, minlength=len(SIGNAL_TYPES))
         return {
-            **{name: int(per_type[k]) for k, name in enumerate(SIGNAL_TYPES)},
+            **{
+                name: int(per_type[k]) if weights[k] > 0 else 0
+                for k, name in enumerate(SIGNAL_TYPES)
+            },
             "ignored_no_purchases": self.ignored,
         }
 

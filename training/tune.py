@@ -131,8 +131,8 @@ def param_variants(base: ModelParams, *, with_signals: bool = False) -> list[Mod
         signal_variants = [
             dataclasses.replace(
                 base,
-                view_weight=min(1.0, base.view_weight * factor),
-                add_to_cart_weight=min(1.0, base.add_to_cart_weight * factor),
+                view_weight=round(min(1.0, base.view_weight * factor), 4),
+                add_to_cart_weight=round(min(1.0, base.add_to_cart_weight * factor), 4),
             )
             for factor in (3.0, 1 / 3)
         ]

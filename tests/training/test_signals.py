@@ -41,9 +41,14 @@ def _frame(*rows: tuple[str, str, str, str]) -> pd.DataFrame:
 
 
 def _train(
-    purchases: Purchases, root: Path, params: ModelParams, events: pd.DataFrame | None
+    purchases: Purchases,
+    root: Path,
+    params: ModelParams,
+    events: pd.DataFrame | None,
+    *,
+    force: bool = True,
 ) -> TrainResult:
-    config = TrainConfig(model_dir=root, params=params, tune_seconds=0, force=True)
+    config = TrainConfig(model_dir=root, params=params, tune_seconds=0, force=force)
     return run(config, purchases, signal_events=events)
 
 
@@ -63,7 +68,9 @@ def test_events_of_unknown_users_items_and_types_are_left_out() -> None:
     assert signals.user.tolist() == [0, 1]  # sorted by time
     assert signals.item.tolist() == [0, 2]
     assert signals.kind.tolist() == [0, 1]
-    assert signals.summary() == {"view": 1, "add_to_cart": 1, "ignored_no_purchases": 2}
+    assert signals.summary((0.1, 0.3)) == {"view": 1, "add_to_cart": 1, "ignored_no_purchases": 2}
+    # a type with weight 0 is not used, so not counted as used
+    assert signals.summary((0.0, 0.3))["view"] == 0
     # chunks (as streamed from the database) give the same result as one frame
     chunked = encode_signals([frame.iloc[:2], frame.iloc[2:]], users, items)
     assert chunked.user.tolist() == signals.user.tolist()
@@ -183,7 +190,7 @@ def test_tuning_tries_the_signals_weighted_up_and_down() -> None:
     with_signals = param_variants(base, with_signals=True)
     assert all(p.signal_weights == base.signal_weights for p in plain)
     views = sorted(p.view_weight for p in with_signals if p.view_weight != base.view_weight)
-    assert views == pytest.approx([base.view_weight / 3, 3 * base.view_weight])
+    assert views == [round(base.view_weight / 3, 4), round(3 * base.view_weight, 4)]
     capped = param_variants(ModelParams(view_weight=0.5, add_to_cart_weight=0.9), with_signals=True)
     assert max(p.add_to_cart_weight for p in capped) == 1.0
 
@@ -282,7 +289,12 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     result = runner.invoke(app, [*command, *off])
     assert result.exit_code == 0, result.stderr
     manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
-    assert manifest["signals"] is None  # not even read
+    # read only for the gate, which refits the current model (it learnt from them)
+    assert manifest["signals"] is None
+    assert (
+        "signal_item_factors"
+        not in load_artifact(Path(json.loads(result.stdout)["model_path"])).arrays
+    )
     only_carts = ["--view-weight", "0", "--json"]
     result = runner.invoke(app, [*command, *only_carts])
     manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
@@ -306,14 +318,90 @@ def test_a_recipe_naming_missing_signals_is_served_without_them() -> None:
     assert _servable(recipe, scorer).weights == {"trending": 0.5}
 
 
-def test_a_weight_out_of_range_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--view-weight", "2"),
+        ("--view-weight", "-1"),
+        ("--view-weight", "nan"),
+        ("--add-to-cart-weight", "1.5"),
+        ("--add-to-cart-weight", "inf"),
+    ],
+)
+def test_a_weight_out_of_range_is_one_line_and_exit_2(
+    tmp_path: Path, option: str, value: str
+) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     result = runner.invoke(
-        app, ["train", "--database-url", url, "--model-dir", str(tmp_path), "--view-weight", "2"]
+        app, ["train", "--database-url", url, "--model-dir", str(tmp_path), option, value]
     )
     assert result.exit_code == 2
-    assert "--view-weight" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"recoffer: error: {option} must be between 0 and 1 (a purchase is 1), not {float(value)}"
+    ]
+
+
+def test_weights_without_a_database_are_said_to_change_nothing(
+    tmp_path: Path, tiny_shop: SyntheticShop
+) -> None:
+    data = tmp_path / "purchases.csv"
+    tiny_shop.purchases.to_csv(data, index=False)
+    command = ["train", "--data", str(data), "--model-dir", str(tmp_path / "m"), *FAST]
+    result = runner.invoke(app, [*command, "--view-weight", "0.5"])
+    assert result.exit_code == 0, result.stderr
+    assert "without it they change nothing" in result.stderr
+    result = runner.invoke(app, command)
+    assert "change nothing" not in result.stderr
+
+
+# --- the quality gate against a current model ----------------------------------------------
+
+
+def test_upgrading_to_signals_compares_like_for_like(
+    small_purchases: Purchases, small_shop: SyntheticShop, tmp_path: Path
+) -> None:
+    """A purchase-only current model is not refitted from cold: its purchase components are the
+    new run's own, so nothing but the signals can make the two differ."""
+    events = browsing_events(small_shop, research_share=0.0)
+    root = tmp_path / "models"
+    first = _train(small_purchases, root, PARAMS, None, force=False)
+    assert first.promoted
+    second = _train(small_purchases, root, PARAMS, events, force=False)
+    assert second.gate.method == "signals"
+    # the all recipe uses no signal: the current model scores exactly what the new one does
+    assert second.gate.current["all"] == second.gate.new["all"]
+    assert second.gate.new["novel"] > second.gate.current["novel"]
+    assert second.promoted, second.gate.reasons
+    # new weights only: the second ALS alone is refitted
+    other = dataclasses.replace(PARAMS, view_weight=0.3)
+    third = _train(small_purchases, root, other, events, force=False)
+    assert third.gate.method == "signals"
+    assert third.gate.current["all"] == third.gate.new["all"]
+
+
+def test_a_model_that_learnt_signals_is_not_replaced_blindly(
+    tiny_purchases: Purchases, tiny_shop: SyntheticShop, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    _train(tiny_purchases, root, PARAMS, browsing_events(tiny_shop), force=False)
+    plain = _train(tiny_purchases, root, PARAMS, None, force=False)
+    assert plain.gate.method == "incomparable"
+    assert not plain.promoted
+    assert "learnt from views and add-to-carts" in plain.gate.reasons[0]
+
+
+def test_browsing_after_the_last_purchase_reaches_the_served_model(
+    tiny_purchases: Purchases, tmp_path: Path
+) -> None:
+    frame = tiny_purchases.frame
+    last = frame["timestamp"].max()
+    pairs = frame.drop_duplicates(["user_id", "item_id"]).head(50)
+    later = pairs[["user_id", "item_id"]].assign(
+        timestamp=last + pd.Timedelta(hours=1), type="view"
+    )
+    result = _train(tiny_purchases, tmp_path / "m", PARAMS, later)
+    assert result.manifest["signals"]["view"] == 50
+    assert result.manifest["signals"]["pairs"] == 50
 
 
 def test_browsing_events_stay_in_the_past_and_in_taste(small_shop: SyntheticShop) -> None:
