@@ -5,7 +5,6 @@ implicit is untyped; it stays behind ``fit_als`` so the rest of the trainer is t
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -305,8 +304,9 @@ def fit_als(
             calculate_training_loss=False,
         )
         if init is not None:
-            model.user_factors = np.ascontiguousarray(init[0], dtype=np.float32)
-            model.item_factors = np.ascontiguousarray(init[1], dtype=np.float32)
+            # copies: implicit updates its factors in place, and ``init`` is the caller's
+            model.user_factors = np.array(init[0], dtype=np.float32, order="C", copy=True)
+            model.item_factors = np.array(init[1], dtype=np.float32, order="C", copy=True)
         model.fit(weights, show_progress=False)
     user_factors = np.asarray(model.user_factors, dtype=np.float32)
     item_factors = np.asarray(model.item_factors, dtype=np.float32)
@@ -382,9 +382,9 @@ def fit_stage(
     ``signals``: views and add-to-carts (``training.signals``). With them a second ALS is
     fitted on purchases plus the signals up to ``signals_until`` (default ``reference_time``;
     the serving stage passes the newest signal's time, so browsing after the last purchase
-    counts too), weighted by ``params``: the ``als_signals`` component. The first ALS stays
-    purchase-only. A stage with no signal in its range gets a copy of the purchase factors, so
-    every stage of a run has the same components.
+    counts too, as the freshest), weighted by ``params``: the ``als_signals`` component. The
+    first ALS stays purchase-only. A stage with no signal in its range gets a copy of the
+    purchase factors, so every stage of a run has the same components.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -405,9 +405,10 @@ def fit_stage(
         weak = signals.matrix(
             users,
             items,
-            reference_time if signals_until is None else max(signals_until, reference_time),
+            reference_time,
             params.signal_weights,
             params.input_half_life_days,
+            until=signals_until,
         )
         signal_factors = (user_factors.copy(), item_factors.copy())
         if weak is not None:
@@ -448,33 +449,6 @@ def fit_stage(
         signal_pairs=0 if weak is None else int(weak.nnz),
         timings=timings,
     )
-
-
-def refit_signals(
-    stage: Stage, signals: Signals, params: ModelParams, until: pd.Timestamp
-) -> Scorer:
-    """``stage``'s scorer with its second ALS refitted under ``params``' signal weights.
-
-    Only that ALS depends on the weights: the purchase components are reused. The refit is
-    warm-started from the stage's own second ALS, as the stage's was from the stage before.
-    """
-    weak = signals.matrix(
-        stage.user_codes,
-        stage.item_codes,
-        until,
-        params.signal_weights,
-        params.input_half_life_days,
-    )
-    factors = (stage.user_factors, stage.item_factors)
-    if weak is not None:
-        init = None
-        if stage.signal_user_factors is not None and stage.signal_item_factors is not None:
-            init = (stage.signal_user_factors, stage.signal_item_factors)
-        factors = fit_als(stage.counts, stage.age_days, params, init=init, signals=weak)
-    refitted = dataclasses.replace(
-        stage, signal_user_factors=factors[0], signal_item_factors=factors[1]
-    )
-    return refitted.scorer()
 
 
 Candidates = dict[str, dict[str, Recipe]]

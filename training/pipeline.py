@@ -41,7 +41,7 @@ from training.data import (
     load_database_signals,
     load_purchases,
 )
-from training.evaluate import EvalSet, metric_key, temporal_split
+from training.evaluate import EvalSet, Split, metric_key, temporal_split
 from training.models import (
     Candidates,
     IdMaps,
@@ -265,7 +265,7 @@ def run(
         read: Signals | None = None
         if source is not None:
             read = encode_signals(source, ids.users, ids.items)
-        signals = read if read is not None and any(params.signal_weights) else None
+        signals = None if read is None else read.only(params.signal_weights)
         if signals is not None and not len(signals):
             progress(
                 "weaker signals: no view or add-to-cart of a user and item with purchases; "
@@ -273,10 +273,11 @@ def run(
             )
             signals = None
         if signals is not None:
-            used = signals.summary(params.signal_weights)
+            used = signals.summary()
             progress(
                 f"weaker signals: {used['view']:,} views, {used['add_to_cart']:,} add-to-carts "
-                f"({signals.ignored:,} more of users or items without purchases left out)"
+                f"({used['ignored_no_purchases']:,} more of users or items without purchases "
+                "left out)"
             )
         timings["load"] = time.perf_counter() - started
 
@@ -351,7 +352,17 @@ def run(
         timings["fit_test"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        gate = _gate(store, metrics, served, test_eval, test_stage, params, test_split, ids, read)
+        gate = _gate(
+            store,
+            metrics,
+            served,
+            test_eval,
+            test_stage,
+            params,
+            (val_split, test_split),
+            ids,
+            read,
+        )
         timings["gate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -393,7 +404,7 @@ def run(
             else {
                 "source": "database events",
                 "weights": dict(zip(SIGNAL_TYPES, params.signal_weights, strict=True)),
-                **signals.summary(params.signal_weights),
+                **signals.summary(),
                 "pairs": full_stage.signal_pairs,
             },
             "fold_in": {
@@ -445,7 +456,7 @@ def _gate(
     evalset: EvalSet,
     stage: Stage,
     params: ModelParams,
-    split: Any,
+    splits: tuple[Split, Split],
     ids: IdMaps,
     signals: Signals | None,
 ) -> GateDecision:
@@ -455,15 +466,29 @@ def _gate(
     current = current_artifact(store)
     if current is None:
         return decide(new, popularity, None, method="first", current_version=None)
+    try:
+        learnt = current_model_params(current.manifest).signal_weights
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning(
+            "current_params_unreadable", extra={"version": current.version, "error": str(exc)}
+        )
+        return decide(
+            new, popularity, None, method="current_unreadable", current_version=current.version
+        )
     scores, method = rescore_current(
         current,
         evalset=evalset,
         stage=stage,
         params=params,
-        train=split.train,
-        cutoff=split.cutoff,
+        validation=splits[0],
+        test=splits[1],
         ids=ids,
         protocols=PROTOCOLS,
         signals=signals,
     )
-    return decide(new, popularity, scores, method=method, current_version=current.version)
+    decision = decide(new, popularity, scores, method=method, current_version=current.version)
+    if not decision.passed and any(learnt) and stage.signal_user_factors is None:
+        decision.reasons.append(
+            "this run learnt from no view or add-to-cart (weights 0?), the current model did"
+        )
+    return decision

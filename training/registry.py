@@ -3,13 +3,17 @@
 The gate promotes a new version only when, under each protocol, its NDCG@10 is not below
 (a) the current model's, scored on the same new split, and (b) popularity's.
 
-"The current model scored on the same split" is done in one of two ways, recorded in the
+"The current model scored on the same split" is done in one of these ways, recorded in the
 manifest:
-- ``direct``: the current artifact only saw purchases up to the new test cut-off, so its own
+- ``direct``: the current artifact only saw events up to the new test cut-off, so its own
   arrays score the new test users (users it does not know get its popularity list);
-- ``refit``: the current artifact already saw the new test window (a retrain on the same or
-  overlapping data), so scoring it directly would reward it for memorising the answers; its
-  recorded hyper-parameters and recipes are refitted on the new training split instead.
+- ``same`` / ``refit``: the current artifact already saw the new test window (a retrain on the
+  same or overlapping data), so scoring it directly would reward it for memorising the answers.
+  Its recorded hyper-parameters and recipes are refitted on the new splits instead, the way the
+  new model was fitted; when those parameters are the new run's, the new run's own fit is it;
+- ``incomparable``: it learnt from views and add-to-carts this run does not have, so it cannot
+  be refitted; the new model is refused (``--force`` overrides);
+- ``current_unreadable``: its parameters cannot be read; only the popularity floor applies.
 """
 
 from __future__ import annotations
@@ -34,20 +38,13 @@ from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.data import ColumnMapping, load_purchases
 from training.evaluate import (
     EvalSet,
+    Split,
     build_truth,
     metric_key,
     rank_metrics,
     temporal_split,
 )
-from training.models import (
-    IdMaps,
-    ModelParams,
-    Stage,
-    build_history,
-    encode,
-    fit_stage,
-    refit_signals,
-)
+from training.models import IdMaps, ModelParams, Stage, build_history, encode, fit_stage
 from training.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -80,7 +77,7 @@ def trainer_lock(root: Path) -> Iterator[None]:
 @dataclass
 class GateDecision:
     passed: bool
-    method: str  # "first" | "direct" | "refit"
+    method: str  # "first" | "direct" | "same" | "refit" | "incomparable" | "current_unreadable"
     current_version: str | None
     new: dict[str, float]
     current: dict[str, float] = field(default_factory=dict)
@@ -109,9 +106,9 @@ def decide(
     reasons: list[str] = []
     if method == "incomparable":
         reasons.append(
-            f"the current model {current_version} learnt from views and add-to-carts that this "
-            "run did not read (--database-url, --view-weight, --add-to-cart-weight), so it "
-            "cannot be compared on the new split"
+            f"the current model {current_version} learnt from views and add-to-carts, and this "
+            "run has none to refit it with (it needs --database-url with those events), so the "
+            "two cannot be compared"
         )
     for protocol, value in new.items():
         if value + 1e-9 < popularity.get(protocol, float("-inf")):
@@ -199,10 +196,10 @@ def rescore_on_file(
         "cutoff": split.cutoff.isoformat(),
         "metrics": metrics,
     }
-    reference = pd.Timestamp(artifact.manifest["reference_time"])
-    if reference > split.cutoff:
+    saw = model_saw_until(artifact.manifest)
+    if saw > split.cutoff:
         document["warning"] = (
-            f"model {artifact.version} saw purchases up to {reference:%Y-%m-%d}, after this "
+            f"model {artifact.version} saw events up to {saw:%Y-%m-%d}, after this "
             f"split's cut-off {split.cutoff:%Y-%m-%d}: these figures are optimistic"
         )
     return document
@@ -214,24 +211,23 @@ def rescore_current(
     evalset: EvalSet,
     stage: Stage,
     params: ModelParams,
-    train: pd.DataFrame,
-    cutoff: pd.Timestamp,
+    validation: Split,
+    test: Split,
     ids: IdMaps,
     protocols: tuple[str, ...],
     signals: Signals | None = None,
 ) -> tuple[dict[str, float] | None, str]:
     """NDCG@10 per protocol of the current model on the new split, and the method used.
 
-    ``direct``: the current model saw nothing after the cut-off, so it is scored as it is.
-    Otherwise it is refitted on the new split's training rows with its own parameters:
-    ``same``: its parameters are the new run's, so the new stage is its refit; ``signals``:
-    they differ only in the signal weights, so only the second ALS is refitted (warm-started
-    like the new one), the purchase components being identical; ``refit``: everything is
-    refitted. ``incomparable`` (scores None): the current model learnt from views and
-    add-to-carts that this run did not read, so it cannot be refitted.
+    ``direct``: the current model saw nothing after the test cut-off, so it is scored as it is.
+    Otherwise it is refitted as the new run fitted its own model: ``same``: its parameters are
+    the new run's (the number of threads aside), so the new test ``stage`` is that refit;
+    ``refit``: a validation stage from cold and a test stage warm-started from it, on the new
+    splits, with its own parameters and, if it learnt from them, ``signals``. ``incomparable``
+    (scores None): it learnt from views and add-to-carts and this run has none to refit it
+    with.
     """
-    reference = pd.Timestamp(artifact.manifest["reference_time"])
-    if reference <= cutoff:
+    if model_saw_until(artifact.manifest) <= test.cutoff:
         user_ids = stage.user_ids[evalset.users]
         return (
             {
@@ -243,30 +239,35 @@ def rescore_current(
             "direct",
         )
     current_params = current_model_params(artifact.manifest)
-    ev, method = evalset, "same"
     learnt_signals = any(current_params.signal_weights)
-    if learnt_signals and (signals is None or not len(signals)):
+    if learnt_signals and (signals is None or not len(signals.only(current_params.signal_weights))):
         return None, "incomparable"
     if stage.signal_user_factors is None:  # the new model learnt no signal, whatever its weights
         params = _without_signal_weights(params)
-    if current_params == params:
-        pass
-    elif _without_signal_weights(current_params) == _without_signal_weights(params):
-        method = "signals"
-        if learnt_signals and signals is not None:
-            ev = _with_scorer(evalset, refit_signals(stage, signals, current_params, cutoff))
-    else:
-        # same training rows, so the refit has the same user and item index as ``stage``
+    ev, method = evalset, "same"
+    if _comparable(current_params) != _comparable(params):
         method = "refit"
-        scorer = fit_stage(
-            train,
-            cutoff,
+        with_ease = evalset.scorer.ease_b is not None
+        own = signals if learnt_signals else None
+        # same training rows as the new run, so the same user and item indexes as ``stage``
+        first = fit_stage(
+            validation.train,
+            validation.cutoff,
             current_params,
             ids,
-            with_ease=evalset.scorer.ease_b is not None,
-            signals=signals,
-        ).scorer()
-        ev = _with_scorer(evalset, scorer)
+            with_ease=with_ease,
+            signals=own,
+        )
+        refitted = fit_stage(
+            test.train,
+            test.cutoff,
+            current_params,
+            ids,
+            warm_from=first,
+            with_ease=with_ease,
+            signals=own,
+        )
+        ev = _with_scorer(evalset, refitted.scorer())
     out = {}
     for protocol in protocols:
         recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
@@ -278,15 +279,31 @@ def rescore_current(
 
 def current_model_params(manifest: Mapping[str, Any]) -> ModelParams:
     """The parameters a model was trained with; signal weights 0 when it learnt from no signal
-    (trained before they existed, without a database, or with none in it)."""
+    (trained before they existed, without a database, or with none in it).
+
+    Raises:
+        KeyError, TypeError, ValueError: the manifest's parameters are missing or invalid.
+    """
     params = ModelParams.from_dict(manifest["params"])
     if manifest.get("signals") is None:
-        params = dataclasses.replace(params, view_weight=0.0, add_to_cart_weight=0.0)
+        params = _without_signal_weights(params)
     return params
+
+
+def model_saw_until(manifest: Mapping[str, Any]) -> pd.Timestamp:
+    """The newest event a model learnt from: its last purchase, or a later view or add-to-cart."""
+    moment = pd.Timestamp(manifest["reference_time"])
+    until = (manifest.get("signals") or {}).get("until")
+    return max(moment, pd.Timestamp(until)) if until else moment
 
 
 def _without_signal_weights(params: ModelParams) -> ModelParams:
     return dataclasses.replace(params, view_weight=0.0, add_to_cart_weight=0.0)
+
+
+def _comparable(params: ModelParams) -> ModelParams:
+    """``params`` without what cannot change a fitted model (the number of threads)."""
+    return dataclasses.replace(params, threads=0)
 
 
 def _with_scorer(evalset: EvalSet, scorer: Scorer) -> EvalSet:

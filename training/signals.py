@@ -38,14 +38,15 @@ PAIR_CAP = 1.0
 class Signals:
     """Signal events in the run's code space (positions in ``IdMaps``), sorted by time.
 
-    ``kind`` indexes ``SIGNAL_TYPES``; ``ts`` is nanoseconds since the epoch (UTC).
+    ``kind`` indexes ``SIGNAL_TYPES``; ``ts`` is nanoseconds since the epoch (UTC);
+    ``ignored`` counts, per type, the events of users or items without any purchase.
     """
 
     user: npt.NDArray[np.int64]
     item: npt.NDArray[np.int64]
     ts: npt.NDArray[np.int64]
     kind: npt.NDArray[np.int8]
-    ignored: int = 0  # events of users or items without any purchase
+    ignored: tuple[int, ...] = (0,) * len(SIGNAL_TYPES)
 
     @classmethod
     def empty(cls) -> Signals:
@@ -60,20 +61,26 @@ class Signals:
         end = int(np.searchsorted(self.ts, pd.Timestamp(moment).value, side="right"))
         return Signals(self.user[:end], self.item[:end], self.ts[:end], self.kind[:end])
 
+    def only(self, weights: tuple[float, ...]) -> Signals:
+        """The events of the types with a weight above 0 (those a model with ``weights`` uses)."""
+        wanted = np.asarray(weights, dtype=np.float64) > 0
+        keep = wanted[self.kind]
+        ignored = tuple(n if wanted[k] else 0 for k, n in enumerate(self.ignored))
+        return Signals(self.user[keep], self.item[keep], self.ts[keep], self.kind[keep], ignored)
+
     @property
     def newest(self) -> pd.Timestamp | None:
         """The time of the latest event (None when there is none)."""
         return pd.Timestamp(int(self.ts[-1])) if len(self.ts) else None
 
-    def summary(self, weights: tuple[float, float]) -> dict[str, Any]:
-        """Events a model with these weights uses, per type, and events ignored (manifest)."""
+    def summary(self) -> dict[str, Any]:
+        """Events per type and events ignored, for the manifest."""
         per_type = np.bincount(self.kind, minlength=len(SIGNAL_TYPES))
+        newest = self.newest
         return {
-            **{
-                name: int(per_type[k]) if weights[k] > 0 else 0
-                for k, name in enumerate(SIGNAL_TYPES)
-            },
-            "ignored_no_purchases": self.ignored,
+            **{name: int(per_type[k]) for k, name in enumerate(SIGNAL_TYPES)},
+            "ignored_no_purchases": sum(self.ignored),
+            "until": None if newest is None else newest.isoformat(),
         }
 
     def matrix(
@@ -83,13 +90,16 @@ class Signals:
         reference_time: pd.Timestamp,
         weights: tuple[float, float],
         half_life_days: float,
+        *,
+        until: pd.Timestamp | None = None,
     ) -> sp.csr_matrix | None:
         """Decayed, weighted signals per (user, item) of a stage, capped at ``PAIR_CAP``.
 
-        ``user_codes`` / ``item_codes`` are a stage's sorted row and column codes; events after
-        ``reference_time`` are left out. None when nothing remains.
+        ``user_codes`` / ``item_codes`` are a stage's sorted row and column codes. Events after
+        ``until`` (default ``reference_time``) are left out; ages count from ``reference_time``,
+        and an event after it is as fresh as can be. None when nothing remains.
         """
-        kept = self.until(reference_time)
+        kept = self.until(reference_time if until is None else max(until, reference_time))
         type_weight = np.asarray(weights, dtype=np.float64)
         if not len(kept) or not type_weight.any():
             return None
@@ -128,8 +138,8 @@ def encode_signals(
 
     ``events`` is one frame or an iterable of chunks (``training.data.load_database_signals``);
     each chunk is reduced to integer codes before the next is read, so memory stays at about 25
-    bytes an event. Events of a user or an item the purchases do not know are counted in
-    ``ignored`` and dropped; types other than those in ``SIGNAL_TYPES`` are dropped silently.
+    bytes an event. Events of a user or an item the purchases do not know are counted (per
+    type) in ``ignored`` and dropped; other types than ``SIGNAL_TYPES`` are dropped silently.
     """
     chunks = [events] if isinstance(events, pd.DataFrame) else events
     parts = [_encode_chunk(chunk, users, items) for chunk in chunks]
@@ -142,7 +152,7 @@ def encode_signals(
         item=np.concatenate([p.item for p in parts])[order],
         ts=ts[order],
         kind=np.concatenate([p.kind for p in parts])[order],
-        ignored=sum(p.ignored for p in parts),
+        ignored=tuple(int(n) for n in np.sum([p.ignored for p in parts], axis=0)),
     )
 
 
@@ -160,5 +170,7 @@ def _encode_chunk(frame: pd.DataFrame, users: pd.Index, items: pd.Index) -> Sign
         item=item[known].astype(np.int64),
         ts=ts[known],
         kind=kind[known].astype(np.int8),
-        ignored=int((typed & ~known).sum()),
+        ignored=tuple(
+            int(n) for n in np.bincount(kind[typed & ~known], minlength=len(SIGNAL_TYPES))
+        ),
     )

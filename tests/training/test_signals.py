@@ -68,14 +68,22 @@ def test_events_of_unknown_users_items_and_types_are_left_out() -> None:
     assert signals.user.tolist() == [0, 1]  # sorted by time
     assert signals.item.tolist() == [0, 2]
     assert signals.kind.tolist() == [0, 1]
-    assert signals.summary((0.1, 0.3)) == {"view": 1, "add_to_cart": 1, "ignored_no_purchases": 2}
-    # a type with weight 0 is not used, so not counted as used
-    assert signals.summary((0.0, 0.3))["view"] == 0
+    assert signals.summary() == {
+        "view": 1,
+        "add_to_cart": 1,
+        "ignored_no_purchases": 2,
+        "until": "2025-01-03T00:00:00",
+    }
+    # a model with view weight 0 keeps neither the views nor their ignored count
+    carts = signals.only((0.0, 0.3))
+    assert carts.summary()["view"] == 0
+    assert carts.summary()["ignored_no_purchases"] == 0
+    assert carts.kind.tolist() == [1]
     # chunks (as streamed from the database) give the same result as one frame
     chunked = encode_signals([frame.iloc[:2], frame.iloc[2:]], users, items)
     assert chunked.user.tolist() == signals.user.tolist()
     assert chunked.ts.tolist() == signals.ts.tolist()
-    assert chunked.ignored == 2
+    assert chunked.ignored == (2, 0)
     assert len(encode_signals([], users, items)) == 0
 
 
@@ -360,23 +368,98 @@ def test_weights_without_a_database_are_said_to_change_nothing(
 def test_upgrading_to_signals_compares_like_for_like(
     small_purchases: Purchases, small_shop: SyntheticShop, tmp_path: Path
 ) -> None:
-    """A purchase-only current model is not refitted from cold: its purchase components are the
-    new run's own, so nothing but the signals can make the two differ."""
+    """The current model is refitted the way the new one was fitted (validation stage from cold,
+    test stage warm), so the purchase components come out identical and only the signals can
+    make the two differ."""
     events = browsing_events(small_shop, research_share=0.0)
     root = tmp_path / "models"
     first = _train(small_purchases, root, PARAMS, None, force=False)
     assert first.promoted
     second = _train(small_purchases, root, PARAMS, events, force=False)
-    assert second.gate.method == "signals"
+    assert second.gate.method == "refit"
     # the all recipe uses no signal: the current model scores exactly what the new one does
     assert second.gate.current["all"] == second.gate.new["all"]
     assert second.gate.new["novel"] > second.gate.current["novel"]
     assert second.promoted, second.gate.reasons
-    # new weights only: the second ALS alone is refitted
+    # other weights: the same purchase components again
     other = dataclasses.replace(PARAMS, view_weight=0.3)
     third = _train(small_purchases, root, other, events, force=False)
-    assert third.gate.method == "signals"
+    assert third.gate.method == "refit"
     assert third.gate.current["all"] == third.gate.new["all"]
+    # the same parameters on other threads: nothing to refit
+    fourth = _train(small_purchases, root, dataclasses.replace(other, threads=2), events)
+    assert fourth.gate.method == "same"
+
+
+def test_the_gate_never_changes_the_new_model(
+    tiny_purchases: Purchases, tiny_shop: SyntheticShop, tmp_path: Path
+) -> None:
+    """Refitting the current model for the gate leaves the new model's own factors alone."""
+    events = browsing_events(tiny_shop)
+    other = dataclasses.replace(PARAMS, view_weight=0.3)
+    _train(tiny_purchases, tmp_path / "a", PARAMS, events)
+    after_a_gate = _train(tiny_purchases, tmp_path / "a", other, events)
+    alone = _train(tiny_purchases, tmp_path / "b", other, events)
+    assert after_a_gate.gate.method == "refit"
+    served = load_artifact(after_a_gate.path).arrays
+    reference = load_artifact(alone.path).arrays
+    for name in ("item_factors", "signal_item_factors", "signal_user_factors"):
+        np.testing.assert_array_equal(served[name], reference[name])
+
+
+def test_a_model_that_saw_later_browsing_is_refitted_not_scored_directly(
+    small_purchases: Purchases, small_shop: SyntheticShop, tmp_path: Path
+) -> None:
+    """Its last purchase is before the new cut-off but its browsing is not: scoring it directly
+    would reward it for the views that precede the test purchases."""
+    events = browsing_events(small_shop)
+    frame = small_purchases.frame
+    early = frame[frame["timestamp"] <= frame["timestamp"].max() - pd.Timedelta(days=40)]
+    older = Purchases(early.reset_index(drop=True), small_purchases.items, small_purchases.report)
+    root = tmp_path / "models"
+    first = _train(older, root, PARAMS, events)
+    assert pd.Timestamp(first.manifest["signals"]["until"]) > pd.Timestamp(
+        first.manifest["reference_time"]
+    )
+    second = _train(small_purchases, root, PARAMS, events, force=False)
+    assert second.gate.method == "same"  # not "direct"
+
+
+def test_types_with_weight_0_are_left_out_of_the_new_model(
+    tiny_purchases: Purchases, tiny_shop: SyntheticShop, tmp_path: Path
+) -> None:
+    events = pd.concat(
+        [browsing_events(tiny_shop), tiny_shop.events[tiny_shop.events["type"] != "purchase"]]
+    )
+    carts_only = dataclasses.replace(PARAMS, view_weight=0.0)
+    result = _train(tiny_purchases, tmp_path / "m", carts_only, events)
+    used = result.manifest["signals"]
+    assert used["view"] == 0
+    assert used["add_to_cart"] > 0
+    known = events["user_id"].isin(tiny_purchases.frame["user_id"]) & events["item_id"].isin(
+        tiny_purchases.frame["item_id"]
+    )
+    carts = events["type"] == "add_to_cart"
+    assert used["ignored_no_purchases"] == int((carts & ~known).sum())
+    # none at all: a purchase-only model, though the views were read for the gate
+    nothing = dataclasses.replace(PARAMS, view_weight=0.0, add_to_cart_weight=0.0)
+    plain = _train(tiny_purchases, tmp_path / "m", nothing, events)
+    assert plain.manifest["signals"] is None
+    assert plain.gate.method == "refit"
+
+
+def test_a_current_model_with_unreadable_parameters_only_faces_popularity(
+    tiny_purchases: Purchases, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    first = _train(tiny_purchases, root, PARAMS, None)
+    manifest_path = first.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["params"]["weighting"] = "bm42"
+    manifest_path.write_text(json.dumps(manifest))
+    second = _train(tiny_purchases, root, PARAMS, None, force=False)
+    assert second.gate.method == "current_unreadable"
+    assert second.promoted
 
 
 def test_a_model_that_learnt_signals_is_not_replaced_blindly(
