@@ -267,10 +267,11 @@ def run(
             read = encode_signals(source, ids.users, ids.items)
         signals = None if read is None else read.only(params.signal_weights)
         if signals is not None and not len(signals):
-            progress(
-                "weaker signals: no view or add-to-cart of a user and item with purchases; "
-                "purchases only"
-            )
+            if any(params.signal_weights):
+                progress(
+                    "weaker signals: no view or add-to-cart of a user and item with purchases; "
+                    "purchases only"
+                )
             signals = None
         if signals is not None:
             used = signals.summary()
