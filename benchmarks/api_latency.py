@@ -230,19 +230,27 @@ def main() -> None:
     save("api_latency", this_command(), results)
 
 
-def recommendation_figures(
-    args: argparse.Namespace, env: dict[str, str], users: list[str], items: list[str]
-) -> dict[str, object]:
-    db = WORK / "api-bench.db"
+def recommendation_paths(
+    db_name: str, users: list[str], items: list[str]
+) -> tuple[str, dict[str, list[str]]]:
+    """A fresh SQLite database under WORK with 1,000 session users, and request paths for the
+    three kinds of user: (database URL, {"known" | "session" | "unknown": paths})."""
+    db = WORK / db_name
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    sqlite_url = f"sqlite:///{db}"
-    sessions = seed_sessions(sqlite_url, items, 1000)
-    kinds = {
+    url = f"sqlite:///{db}"
+    sessions = seed_sessions(url, items, 1000)
+    return url, {
         "known": [f"/v1/users/{u}/recommendations" for u in users],
         "session": [f"/v1/users/{u}/recommendations" for u in sessions],
         "unknown": [f"/v1/users/nobody-{n}/recommendations" for n in range(1000)],
     }
+
+
+def recommendation_figures(
+    args: argparse.Namespace, env: dict[str, str], users: list[str], items: list[str]
+) -> dict[str, object]:
+    sqlite_url, kinds = recommendation_paths("api-bench.db", users, items)
     out: dict[str, object] = {}
     bare = start("benchmarks.bare_app:create_app", 8101, {})
     try:

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmarks.api_latency import KEY, model_root, seed_sessions, start, wrk_script
+from benchmarks.api_latency import KEY, model_root, recommendation_paths, start, wrk_script
 from benchmarks.common import ROOT, WORK, save, this_command
 from service.artifact import ModelStore, load_artifact
 
@@ -97,16 +97,7 @@ def main() -> int:
     artifact = load_artifact(ModelStore(root).current_path())  # type: ignore[arg-type]
     users = [str(u) for u in artifact.arrays["user_ids"]]
     items = [str(i) for i in artifact.arrays["item_ids"]]
-    db = WORK / "concurrency.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    url = f"sqlite:///{db}"
-    sessions = seed_sessions(url, items, 1000)
-    kinds = {
-        "known": [f"/v1/users/{u}/recommendations" for u in users],
-        "session": [f"/v1/users/{u}/recommendations" for u in sessions],
-        "unknown": [f"/v1/users/nobody-{n}/recommendations" for n in range(1000)],
-    }
+    url, kinds = recommendation_paths("concurrency.db", users, items)
     env = {
         "RECOFFER_MODEL_DIR": str(root),
         "RECOFFER_FRONTEND_KEYS": KEY,
