@@ -818,6 +818,20 @@ class Trainer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
 
+    def kill_somewhere(
+        self, rng: random.Random, attempt: int, duration: float, publish: float
+    ) -> None:
+        """SIGKILL at a random moment: on odd attempts anywhere in a run of ``duration``
+        seconds (imports included), on even ones within ``publish`` seconds (and a quarter) of
+        the serving fit's start, aimed at writing and promoting."""
+        if attempt % 2:
+            moment = rng.uniform(0.0, duration)
+        elif self.wait_for("serving"):
+            moment = self.seen["serving"] + rng.uniform(0.0, 1.25 * publish)
+        else:
+            moment = 0.0
+        self.kill_at(moment)
+
     def finish(self, timeout: float = 120.0) -> int:
         try:
             code = self.proc.wait(timeout)
@@ -924,13 +938,7 @@ def kill_figures(kills: int, seed: int) -> dict[str, Any]:
                     attempts += 1
                     versions, leftovers = set(store.versions()), temporaries(root)
                     trainer = Trainer(data, root)
-                    if attempts % 2:  # anywhere in the run, imports included
-                        moment = rng.uniform(0.0, duration)
-                    elif trainer.wait_for("serving"):  # aimed at writing and promoting
-                        moment = trainer.seen["serving"] + rng.uniform(0.0, 1.25 * publish)
-                    else:
-                        moment = 0.0
-                    trainer.kill_at(moment)
+                    trainer.kill_somewhere(rng, attempts, duration, publish)
                     code = trainer.finish()
                     if code == 0:
                         phases["finished before the kill"] += 1

@@ -127,13 +127,7 @@ def test_trainer_killed_at_random_moments_never_disturbs_the_service(
                 attempts += 1
                 before = set(store.versions()), temporaries(root)
                 trainer = Trainer(shop_csv, root)
-                if attempts % 2:  # anywhere in the run, imports included
-                    moment = rng.uniform(0.0, duration)
-                elif trainer.wait_for("serving"):  # aimed at writing and promoting
-                    moment = trainer.seen["serving"] + rng.uniform(0.0, 1.25 * publish)
-                else:
-                    moment = 0.0
-                trainer.kill_at(moment)
+                trainer.kill_somewhere(rng, attempts, duration, publish)
                 code = trainer.finish(60)
                 if code == 0:  # it was done before the signal
                     phases["finished before the kill"] += 1
