@@ -117,6 +117,19 @@ class EvalSet:
         total += self.scorer.score_histories(self.counts, self.age_days, None, rest)
         return total
 
+    def with_scorer(self, scorer: Scorer) -> EvalSet:
+        """The same users and truth, scored by another fit of the same rows (a refit)."""
+        user_vectors, signal_vectors = _vectors(scorer, self.users)
+        return EvalSet(
+            scorer=scorer,
+            users=self.users,
+            truth=self.truth,
+            counts=self.counts,
+            age_days=self.age_days,
+            user_vectors=user_vectors,
+            signal_vectors=signal_vectors,
+        )
+
     def evaluate(self, recipe: Recipe, protocol: str, k: int = DEFAULT_K) -> dict[str, float]:
         """Metrics of ``recipe`` under ``protocol`` (``all`` or ``novel``)."""
         return rank_metrics(self.scores(recipe), self.truth, self.counts, protocol, k)
@@ -230,14 +243,24 @@ def build_evalset(
     users, truth = build_truth(
         user_keys, item_keys, test_users, test_items, max_users=max_users, seed=seed
     )
+    user_vectors, signal_vectors = _vectors(scorer, users)
     return EvalSet(
         scorer=scorer,
         users=users,
         truth=truth,
         counts=scorer.history_counts[users],
         age_days=scorer.history_age_days[users],
-        user_vectors=np.asarray(scorer.user_factors[users], dtype=np.float32),
-        signal_vectors=None
-        if scorer.signal_user_factors is None
-        else np.asarray(scorer.signal_user_factors[users], dtype=np.float32),
+        user_vectors=user_vectors,
+        signal_vectors=signal_vectors,
+    )
+
+
+def _vectors(
+    scorer: Scorer, users: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """``users``' rows of both ALS factor sets (the second None in a model without signals)."""
+    signal = scorer.signal_user_factors
+    return (
+        np.asarray(scorer.user_factors[users], dtype=np.float32),
+        None if signal is None else np.asarray(signal[users], dtype=np.float32),
     )

@@ -267,7 +267,7 @@ def rescore_current(
             with_ease=with_ease,
             signals=own,
         )
-        ev = _with_scorer(evalset, refitted.scorer())
+        ev = evalset.with_scorer(refitted.scorer())
     out = {}
     for protocol in protocols:
         recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
@@ -304,21 +304,6 @@ def _without_signal_weights(params: ModelParams) -> ModelParams:
 def _comparable(params: ModelParams) -> ModelParams:
     """``params`` without what cannot change a fitted model (the number of threads)."""
     return dataclasses.replace(params, threads=0)
-
-
-def _with_scorer(evalset: EvalSet, scorer: Scorer) -> EvalSet:
-    """``evalset``'s users and truth, scored by another fit of the same rows."""
-    return EvalSet(
-        scorer=scorer,
-        users=evalset.users,
-        truth=evalset.truth,
-        counts=evalset.counts,
-        age_days=evalset.age_days,
-        user_vectors=np.asarray(scorer.user_factors[evalset.users], dtype=np.float32),
-        signal_vectors=None
-        if scorer.signal_user_factors is None
-        else np.asarray(scorer.signal_user_factors[evalset.users], dtype=np.float32),
-    )
 
 
 def current_artifact(store: ModelStore) -> Artifact | None:
