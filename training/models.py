@@ -410,7 +410,7 @@ def fit_stage(
             params.input_half_life_days,
             until=signals_until,
         )
-        signal_factors = (user_factors.copy(), item_factors.copy())
+        signal_factors = (user_factors, item_factors)  # no signal in range: the first ALS
         if weak is not None:
             signal_init = None
             if warm_from is not None and warm_from.signal_user_factors is not None:
