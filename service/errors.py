@@ -1,8 +1,23 @@
-"""Exceptions shared by the trainer and the service."""
+"""The one error tree of recoffer, and what each kind means to an HTTP client and to the CLI.
+
+Every error recoffer raises on purpose derives from ``RecofferError``. ``KINDS`` declares, once,
+the HTTP status and body code the API answers with (``service.api.errors``) and the exit code
+the ``recoffer`` command ends with (``training.cli.render``). A subclass without its own row
+takes the row of its nearest listed ancestor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class RecofferError(Exception):
     """Base class of every error recoffer raises on purpose."""
+
+    retry_after: int | None = None  # seconds; sent as Retry-After by the API when set
+
+
+# --- models and their registry ------------------------------------------------------------
 
 
 class ArtifactError(RecofferError):
@@ -11,3 +26,147 @@ class ArtifactError(RecofferError):
 
 class RegistryError(RecofferError):
     """The model registry cannot do what was asked (no such version, nothing to roll back)."""
+
+
+class TrainerBusyError(RecofferError):
+    """Another trainer holds the model root's lock."""
+
+
+# --- training input and fitting -----------------------------------------------------------
+
+
+class DataError(RecofferError, ValueError):
+    """Input data that cannot be used; the message names the file, column and value."""
+
+
+class SplitError(RecofferError, ValueError):
+    """The temporal split cannot be made (window too long, too few purchases after it)."""
+
+
+class ModelFitError(RecofferError, RuntimeError):
+    """A fit produced unusable factors (NaN) or could not be solved."""
+
+
+class UsageProblem(RecofferError):
+    """A command-line value that cannot be used."""
+
+
+class ScheduleError(RecofferError):
+    """A retraining schedule that cannot be parsed."""
+
+
+class CampaignConfigError(RecofferError):
+    """A campaigns file or campaign definition that cannot be used; names campaign and field."""
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+class ModelUnavailable(RecofferError):
+    """No model is loaded and there is nothing to fall back on."""
+
+    retry_after = 30
+
+
+class UnknownItem(RecofferError, LookupError):
+    """An item id the model does not know."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"item {item_id!r} is not in the current model")
+        self.item_id = item_id
+
+
+# --- offers and coupons -------------------------------------------------------------------
+
+
+class OfferError(RecofferError):
+    """Base of the offer engine's refusals."""
+
+
+class UnknownCampaign(OfferError):
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(f"no campaign {campaign_id!r}; see /v1/campaigns")
+        self.campaign_id = campaign_id
+
+
+class CouponNotFound(OfferError):
+    pass
+
+
+class CouponNotYours(OfferError):
+    pass
+
+
+class CouponAlreadyRedeemed(OfferError):
+    pass
+
+
+class CouponExpired(OfferError):
+    pass
+
+
+class BudgetExhausted(OfferError):
+    """A campaign cap is reached (raised inside the issuing transaction, which rolls back)."""
+
+
+class PurchasedMeanwhile(OfferError):
+    """The user bought between the eligibility check and the write (the decision rolls back)."""
+
+
+class TooManyAttempts(RecofferError):
+    """Too many failed coupon lookups for this key; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed coupon lookups; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """How one kind of error reaches the outside.
+
+    ``public``: a fixed text shown instead of the exception's message (coupon refusals must
+    never echo the code they were given).
+    """
+
+    status: int
+    code: str
+    exit_code: int
+    public: str | None = None
+
+
+KINDS: dict[type[RecofferError], ErrorKind] = {
+    RecofferError: ErrorKind(500, "internal_error", 1),
+    ArtifactError: ErrorKind(500, "artifact_error", 1),
+    RegistryError: ErrorKind(409, "registry_error", 2),
+    TrainerBusyError: ErrorKind(409, "trainer_busy", 1),
+    DataError: ErrorKind(422, "invalid_data", 2),
+    SplitError: ErrorKind(422, "invalid_split", 2),
+    ModelFitError: ErrorKind(500, "model_fit_failed", 1),
+    UsageProblem: ErrorKind(400, "invalid_usage", 2),
+    ScheduleError: ErrorKind(422, "invalid_schedule", 2),
+    CampaignConfigError: ErrorKind(422, "invalid_campaign", 2),
+    ModelUnavailable: ErrorKind(503, "model_unavailable", 1),
+    UnknownItem: ErrorKind(404, "unknown_item", 2),
+    OfferError: ErrorKind(409, "offer_refused", 1),
+    UnknownCampaign: ErrorKind(404, "unknown_campaign", 2),
+    CouponNotFound: ErrorKind(404, "coupon_not_found", 2, "no such coupon"),
+    CouponNotYours: ErrorKind(403, "coupon_not_yours", 2, "this coupon belongs to another user"),
+    CouponAlreadyRedeemed: ErrorKind(409, "coupon_already_redeemed", 2, "used by another order"),
+    CouponExpired: ErrorKind(410, "coupon_expired", 2, "this coupon has expired"),
+    TooManyAttempts: ErrorKind(429, "too_many_requests", 1),
+}
+
+
+def kind_of(exc: RecofferError) -> ErrorKind:
+    """The row of ``exc``'s class, or of its nearest ancestor that has one."""
+    for cls in type(exc).__mro__:
+        kind = KINDS.get(cls)
+        if kind is not None:
+            return kind
+    return KINDS[RecofferError]
+
+
+def public_detail(exc: RecofferError) -> str:
+    """What a client or a terminal may be shown about ``exc``."""
+    return kind_of(exc).public or str(exc)

@@ -22,13 +22,14 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.artifact import Artifact
+from service.errors import UnknownItem
 from service.scoring import PROTOCOLS, Recipe, Scorer
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,6 @@ class History:
 NO_HISTORY = History(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
 
 
-class UnknownItem(LookupError):
-    """An item id the model does not know."""
-
-
 @dataclass
 class ServingModel:
     """An artifact prepared for serving: indexes, candidates and fold-in constants."""
@@ -173,7 +170,6 @@ def prepare(
     factors = np.asarray(arrays["item_factors"], dtype=np.float32)
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    params = manifest.get("params", {})
     model = ServingModel(
         artifact=artifact,
         scorer=scorer,
@@ -189,16 +185,16 @@ def prepare(
                 strict=True,
             )
         ],
-        recipes={p: _servable(Recipe.from_dict(manifest["recipes"][p]), scorer) for p in PROTOCOLS},
-        reference_time=_as_utc(datetime.fromisoformat(manifest["reference_time"])),
+        recipes={p: _servable(manifest.recipes[p], scorer) for p in PROTOCOLS},
+        reference_time=manifest.data_until,
         categories=np.asarray(arrays["item_categories"]) if "item_categories" in arrays else None,
         popular_list=np.argsort(
             -scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable"
         ).tolist(),
         unit_factors=(factors / norms).astype(np.float32),
         gram=_gram(factors),
-        regularization=float(params.get("regularization", 0.05)),
-        fold_in_scale=float(manifest.get("fold_in", {}).get("confidence_scale", 1.0)),
+        regularization=manifest.regularization,
+        fold_in_scale=manifest.fold_in.confidence_scale,
         signal_gram=None
         if scorer.signal_item_factors is None
         else _gram(np.asarray(scorer.signal_item_factors, dtype=np.float32)),
@@ -229,11 +225,6 @@ def _servable(recipe: Recipe, scorer: Scorer) -> Recipe:
         missing.add("als_signals")
     weights = {k: v for k, v in recipe.weights.items() if k not in missing}
     return dataclasses.replace(recipe, weights=weights or {"popularity": 1.0})
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """Artifacts store naive UTC times (the trainer's convention)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _precompute(

@@ -125,7 +125,8 @@ class Settings(BaseSettings):
     @field_validator("campaigns_file")
     @classmethod
     def _campaigns_readable(cls, path: Path | None) -> Path | None:
-        from service.offers.campaigns import CampaignConfigError, load_campaigns
+        from service.errors import CampaignConfigError
+        from service.offers.campaigns import load_campaigns
 
         try:
             load_campaigns(path)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from service.errors import DataError
 from service.offers.campaigns import Campaign
 from service.offers.rules import UserFacts, check_eligibility, in_holdout
 from service.tables import EVENT_TYPES
@@ -37,7 +38,6 @@ from service.tables import EVENT_TYPES
 # The purchase loader's readers and parsers, so both kinds of input obey one set of
 # conventions (string ids, naive UTC timestamps, one-line DataError naming file and column).
 from training.data import (
-    DataError,
     as_ids,
     as_text,
     check_columns,

@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from service.artifact import ModelStore, load_artifact
-from service.errors import RecofferError, RegistryError
+from service.errors import RecofferError, UsageProblem, kind_of, public_detail
 from service.scoring import PROTOCOLS
-from training.data import FORMATS, ColumnMapping, DataError
-from training.evaluate import METRICS, SplitError
+from training.data import FORMATS, ColumnMapping
+from training.evaluate import METRICS
 from training.models import ModelParams
 
 log = logging.getLogger("recoffer")
@@ -39,12 +39,6 @@ out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 CANDIDATE_ORDER = ("popularity", "repeat", "als", "als_signals", "ease", "blend", "served")
 
-
-class UsageProblem(RecofferError):
-    """A command-line value that cannot be used (exit code 2)."""
-
-
-BAD_INPUT = (DataError, SplitError, UsageProblem)
 
 ModelDir = Annotated[
     Path,
@@ -257,12 +251,8 @@ class _errors:
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, typer.Exit | KeyboardInterrupt):
             return False
-        if isinstance(exc, BAD_INPUT):
-            raise _fail(str(exc), 2) from None
-        if isinstance(exc, RegistryError):
-            raise _fail(str(exc), 2) from None
         if isinstance(exc, RecofferError):
-            raise _fail(str(exc), 1) from None
+            raise _fail(public_detail(exc), kind_of(exc).exit_code) from None
         log.debug("unexpected failure", exc_info=exc)
         raise _fail(f"{type(exc).__name__}: {exc}", 1) from None
 
@@ -296,8 +286,8 @@ def evaluate(
             raise UsageProblem(f"no current model in {model_dir}; train one first")
         artifact = load_artifact(store.version_path(chosen))
         if data is None:
-            metrics = artifact.manifest["metrics"]["test"]
-            served = artifact.manifest["served"]
+            metrics = artifact.manifest.metrics.test
+            served = artifact.manifest.served
             document: dict[str, Any] = {"version": chosen, "metrics": metrics, "served": served}
         else:
             from training.registry import rescore_on_file
@@ -328,12 +318,11 @@ def models(
             if manifest is None:
                 row["error"] = "unreadable manifest"
             else:
-                test = manifest.get("metrics", {}).get("test", {})
-                served = manifest.get("served", {})
+                test, served = manifest.metrics.test, manifest.served
                 row.update(
-                    created_at=manifest.get("created_at"),
+                    created_at=manifest.created_at.isoformat(),
                     served=served,
-                    promoted_by_gate=manifest.get("gate", {}).get("passed"),
+                    promoted_by_gate=None if manifest.gate is None else manifest.gate.passed,
                     **{
                         f"{p}_ndcg@10": test.get(p, {}).get(served.get(p, ""), {}).get("ndcg@10")
                         for p in PROTOCOLS
@@ -597,15 +586,12 @@ def backtest(
       recoffer backtest --events events.parquet --campaign big_spenders_welcome \\
           --campaigns-file campaigns.toml --json
     """
-    from service.offers.campaigns import CampaignConfigError, load_campaigns
+    from service.offers.campaigns import load_campaigns
     from training.backtest import EventColumns, read_events, read_users, run_backtest
 
     _setup_logging(False)
     with _errors():
-        try:
-            campaigns = load_campaigns(campaigns_file)
-        except CampaignConfigError as exc:
-            raise UsageProblem(str(exc)) from None
+        campaigns = load_campaigns(campaigns_file)  # CampaignConfigError: exit 2
         if campaign_id not in campaigns:
             raise UsageProblem(
                 f"unknown campaign {campaign_id!r}; known: {', '.join(campaigns)}"
@@ -770,20 +756,12 @@ def schedule(
           --model-dir var/models --tune-seconds 120
     """
     from service.logs import configure_logging
-    from training.schedule import (
-        Schedule,
-        ScheduleError,
-        Scheduler,
-        parse_every,
-        train_command,
-    )
+    from training.schedule import Schedule, Scheduler, parse_every, train_command
 
     train_args = list(ctx.args)
-    try:
+    with _errors():
         plan = Schedule(every=parse_every(every) if every else None, cron=cron)
         limit = parse_every(timeout) if timeout else None
-    except ScheduleError as exc:
-        raise _fail(str(exc), 2) from None
     if not train_args:
         raise _fail("give the options of `recoffer train` after the schedule's", 2)
     try:  # refuse bad training options now, not at the first run hours later

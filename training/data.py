@@ -37,6 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from service.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("generic", "online-retail")
@@ -84,10 +86,6 @@ _FLOAT_LOOKING_ID = r"^(-?\d+)\.0+$"
 # What a failing reader may raise; wrapped into DataError (UnicodeDecodeError and
 # pandas' ParserError are ValueErrors, BadGzipFile an OSError).
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError, zlib.error, csv.Error)
-
-
-class DataError(ValueError):
-    """Input data cannot be used; ``str(err)`` is one line naming file, column, row and value."""
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,12 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
+from service.errors import SplitError
 from service.scoring import Recipe, Scorer
 
 METRICS = ("recall", "ndcg", "precision", "hit_rate", "coverage")
 DEFAULT_K = 10
 MAX_EVAL_CELLS = 10_000_000  # users x items scored at once; bounds time and memory
-
-
-class SplitError(ValueError):
-    """The requested split leaves no training or no test data."""
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.artifact import ModelStore, new_version_name, read_manifest, write_artifact
-from service.errors import ArtifactError
+from service.artifact import (
+    Manifest,
+    ManifestBody,
+    ModelStore,
+    new_version_name,
+    read_manifest,
+    write_artifact,
+)
+from service.artifact.manifest import (
+    Counts,
+    DataInfo,
+    Figures,
+    FoldIn,
+    GateInfo,
+    SignalsInfo,
+    SplitInfo,
+)
+from service.errors import ArtifactError, DataError
 from service.scoring import PROTOCOLS, Recipe
 from training.data import (
     CleaningReport,
     ColumnMapping,
-    DataError,
     Purchases,
     combine_purchases,
     load_database_purchases,
@@ -96,7 +111,7 @@ class TrainResult:
     report: CleaningReport
     path: Path
     timings: dict[str, float]
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def served_name(self) -> str:
@@ -384,55 +399,55 @@ def run(
         served_recipes: dict[str, Recipe] = {p: candidates[served[p]][p] for p in PROTOCOLS}
         version = new_version_name()
         promote = gate.passed or config.force
-        manifest = {
-            "created_at": datetime.now(UTC).isoformat(),
-            "reference_time": test_split.end.isoformat(),
-            "data": {
-                "source": purchases.report.source,
-                "fingerprint": data_fingerprint(frame, ids),
-                "cleaning": purchases.report.as_dict(),
-            },
-            "counts": {
-                "users": len(full_stage.user_ids),
-                "items": len(full_stage.item_ids),
-                "interactions": int(full_stage.counts.nnz),
-                "purchases": len(purchases.frame),
-                "factors": params.factors,
-            },
-            "params": params.to_dict(),
-            "signals": None
+        body = ManifestBody(
+            created_at=datetime.now(UTC),
+            reference_time=test_split.end.to_pydatetime(),
+            data=DataInfo(
+                source=purchases.report.source,
+                fingerprint=data_fingerprint(frame, ids),
+                cleaning=purchases.report.as_dict(),
+            ),
+            counts=Counts(
+                users=len(full_stage.user_ids),
+                items=len(full_stage.item_ids),
+                interactions=int(full_stage.counts.nnz),
+                purchases=len(purchases.frame),
+                factors=params.factors,
+            ),
+            params=params.to_dict(),
+            signals=None
             if signals is None
-            else {
-                "source": "database events",
-                "weights": dict(zip(SIGNAL_TYPES, params.signal_weights, strict=True)),
-                **signals.summary(),
-                "pairs": full_stage.signal_pairs,
-            },
-            "fold_in": {
-                # the service scales a new user's events so one purchase weighs like this
-                "confidence_scale": float(
+            else SignalsInfo.model_validate(
+                {
+                    "weights": dict(zip(SIGNAL_TYPES, params.signal_weights, strict=True)),
+                    **signals.summary(),
+                    "pairs": full_stage.signal_pairs,
+                }
+            ),
+            # the service scales a new user's events so one purchase weighs like this
+            fold_in=FoldIn(
+                confidence_scale=float(
                     np.median(als_weights(full_stage.counts, full_stage.age_days, params).data)
-                ),
-            },
-            "recipes": {p: r.to_dict() for p, r in served_recipes.items()},
-            "served": served,
-            "candidates": {
-                name: {p: r.to_dict() for p, r in recipes.items()}
-                for name, recipes in candidates.items()
-            },
-            "metrics": {"test": metrics, "validation": validation},
-            "split": {
-                "test_days": config.test_days,
-                "validation_cutoff": val_split.cutoff.isoformat(),
-                "test_cutoff": test_split.cutoff.isoformat(),
-                "end": test_split.end.isoformat(),
-            },
-            "tuning": tuning,
-            "gate": dict(gate.to_dict(), forced=config.force and not gate.passed),
-            "libraries": _library_versions(),
-        }
+                )
+            ),
+            recipes=served_recipes,
+            served=served,
+            candidates=candidates,
+            metrics=Figures(test=metrics, validation=validation),
+            split=SplitInfo(
+                test_days=config.test_days,
+                validation_cutoff=val_split.cutoff.to_pydatetime(),
+                test_cutoff=test_split.cutoff.to_pydatetime(),
+                end=test_split.end.to_pydatetime(),
+            ),
+            tuning=tuning,
+            gate=GateInfo.model_validate(
+                dict(gate.to_dict(), forced=config.force and not gate.passed)
+            ),
+            libraries=_library_versions(),
+        )
         arrays = _artifact_arrays(full_stage, purchases)
-        path = write_artifact(store.root, version, arrays, manifest)
+        path = write_artifact(store.root, version, arrays, body)
         if promote:
             store.promote(version)
         timings["total"] = time.perf_counter() - started
@@ -446,7 +461,7 @@ def run(
             report=purchases.report,
             path=path,
             timings={k: round(v, 3) for k, v in timings.items()},
-            manifest=manifest,
+            manifest=read_manifest(path),
         )
 
 

@@ -23,7 +23,7 @@ import dataclasses
 import fcntl
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from service.artifact import Artifact, ModelStore, load_artifact
-from service.errors import ArtifactError, RecofferError
+from service.artifact import Artifact, Manifest, ModelStore, load_artifact
+from service.errors import ArtifactError, TrainerBusyError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.data import ColumnMapping, load_purchases
 from training.evaluate import (
@@ -49,10 +49,6 @@ from training.signals import Signals
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".trainer.lock"
-
-
-class TrainerBusyError(RecofferError):
-    """Another trainer holds the lock on this model root."""
 
 
 @contextlib.contextmanager
@@ -146,7 +142,7 @@ def score_artifact_directly(
     users it does not know get its popularity ranking, as the service would do.
     """
     scorer = Scorer.from_arrays(artifact.arrays)
-    recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
+    recipe = artifact.manifest.recipes[protocol]
     own_users = pd.Index(np.asarray(artifact.arrays["user_ids"]).astype(str))
     own_items = pd.Index(np.asarray(artifact.arrays["item_ids"]).astype(str))
     where = own_users.get_indexer(user_ids)
@@ -270,31 +266,32 @@ def rescore_current(
         ev = evalset.with_scorer(refitted.scorer())
     out = {}
     for protocol in protocols:
-        recipe = Recipe.from_dict(artifact.manifest["recipes"][protocol])
+        recipe = artifact.manifest.recipes[protocol]
         if not ev.scorer.can_use(recipe):
             recipe = Recipe(weights={"popularity": 1.0})
         out[protocol] = ev.evaluate(recipe, protocol)["ndcg"]
     return out, method
 
 
-def current_model_params(manifest: Mapping[str, Any]) -> ModelParams:
+def current_model_params(manifest: Manifest) -> ModelParams:
     """The parameters a model was trained with; signal weights 0 when it learnt from no signal
     (trained before they existed, without a database, or with none in it).
 
     Raises:
         KeyError, TypeError, ValueError: the manifest's parameters are missing or invalid.
     """
-    params = ModelParams.from_dict(manifest["params"])
-    if manifest.get("signals") is None:
+    if not manifest.params:
+        raise KeyError("the manifest records no parameters")
+    params = ModelParams.from_dict(manifest.params)
+    if manifest.signals is None:
         params = _without_signal_weights(params)
     return params
 
 
-def model_saw_until(manifest: Mapping[str, Any]) -> pd.Timestamp:
-    """The newest event a model learnt from: its last purchase, or a later view or add-to-cart."""
-    moment = pd.Timestamp(manifest["reference_time"])
-    until = (manifest.get("signals") or {}).get("until")
-    return max(moment, pd.Timestamp(until)) if until else moment
+def model_saw_until(manifest: Manifest) -> pd.Timestamp:
+    """The newest event a model learnt from (``Manifest.saw_until``), as naive UTC like the
+    trainer's split times."""
+    return pd.Timestamp(manifest.saw_until).tz_convert(None)
 
 
 def _without_signal_weights(params: ModelParams) -> ModelParams:

@@ -22,16 +22,12 @@ from types import FrameType
 
 from croniter import croniter
 
-from service.errors import RecofferError
+from service.errors import ScheduleError
 
 log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 # exit codes of `recoffer train` (README): 0 ok, 2 bad input, 1 other failure (a busy lock too)
 OUTCOMES = {0: "ok", 1: "failed", 2: "bad_input"}
-
-
-class ScheduleError(RecofferError):
-    """The interval or the cron expression cannot be used."""
 
 
 def parse_every(text: str) -> timedelta:

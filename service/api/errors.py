@@ -9,20 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.exc import DataError as DatabaseDataError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import ErrorOut
 from service.db import is_outage
-from service.offers.engine import (
-    CouponAlreadyRedeemed,
-    CouponExpired,
-    CouponNotFound,
-    CouponNotYours,
-    UnknownCampaign,
-)
-from service.offers.limiter import TooManyAttempts
-from service.recommender import UnknownItem
+from service.errors import RecofferError, kind_of, public_detail
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +37,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: _documented("Too many failed coupon lookups: retry after `Retry-After` seconds."),
     503: _documented("Model or database unavailable: retry after `Retry-After` seconds."),
 }
-
-
-class ModelUnavailable(Exception):
-    """No model is loaded and there is nothing to fall back on."""
 
 
 def error(
@@ -96,41 +85,17 @@ def add_exception_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(UnknownItem)
-    async def _unknown_item(_: Request, exc: UnknownItem) -> JSONResponse:
-        return error(404, "unknown_item", f"item {exc.args[0]!r} is not in the current model")
-
-    @app.exception_handler(UnknownCampaign)
-    async def _unknown_campaign(_: Request, exc: UnknownCampaign) -> JSONResponse:
-        return error(404, "unknown_campaign", f"no campaign {exc.args[0]!r}; see /v1/campaigns")
-
-    offer_refusals: dict[type[Exception], tuple[int, str, str]] = {
-        CouponNotFound: (404, "coupon_not_found", "no such coupon"),
-        CouponNotYours: (403, "coupon_not_yours", "this coupon belongs to another user"),
-        CouponAlreadyRedeemed: (409, "coupon_already_redeemed", "used by another order"),
-        CouponExpired: (410, "coupon_expired", "this coupon has expired"),
-    }
-
-    async def _coupon_refused(_: Request, exc: Exception) -> JSONResponse:
-        status, code, detail = offer_refusals[type(exc)]
-        return error(status, code, detail)  # never echo the code itself
-
-    for kind in offer_refusals:
-        app.add_exception_handler(kind, _coupon_refused)
-
-    @app.exception_handler(TooManyAttempts)
-    async def _too_many(_: Request, exc: TooManyAttempts) -> JSONResponse:
-        return error(
-            429, "too_many_requests", str(exc), headers={"Retry-After": str(exc.retry_after)}
-        )
-
-    @app.exception_handler(ModelUnavailable)
-    async def _no_model(_: Request, exc: ModelUnavailable) -> JSONResponse:
-        return error(503, "model_unavailable", str(exc), headers={"Retry-After": "30"})
+    @app.exception_handler(RecofferError)
+    async def _domain(_: Request, exc: RecofferError) -> JSONResponse:
+        kind = kind_of(exc)
+        if kind.status >= 500 and kind.status != 503:
+            log.error("domain_error", exc_info=exc)
+        headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        return error(kind.status, kind.code, public_detail(exc), headers=headers)
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
-        if isinstance(exc, DataError):  # a value the database refuses: the client's input
+        if isinstance(exc, DatabaseDataError):  # a value the database refuses: client input
             return error(422, "invalid_request", "a value was refused by the database")
         if is_outage(exc):
             log.warning("database_unavailable", extra={"error": str(exc).splitlines()[0]})

@@ -35,16 +35,12 @@ from pydantic import (
     model_validator,
 )
 
-from service.errors import RecofferError
+from service.errors import CampaignConfigError
 
 BUILT_IN = "new_user_high_intent"
 CampaignId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
 ]
-
-
-class CampaignConfigError(RecofferError):
-    """The campaigns file cannot be read or describes an impossible campaign."""
 
 
 class Campaign(BaseModel):

@@ -16,16 +16,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
-from service.errors import RecofferError
+from service.errors import (
+    BudgetExhausted,
+    CouponAlreadyRedeemed,
+    CouponExpired,
+    CouponNotFound,
+    CouponNotYours,
+    PurchasedMeanwhile,
+    UnknownCampaign,
+)
 from service.offers.campaigns import Campaign
 from service.offers.repository import (
-    BudgetExhausted,
     Caps,
     CouponDraft,
     CouponRecord,
     DecisionRecord,
     OfferRepository,
-    PurchasedMeanwhile,
     Recorded,
 )
 from service.offers.rules import (
@@ -45,30 +51,6 @@ log = logging.getLogger(__name__)
 DecisionKind = Literal["issued", "holdout", "not_eligible", "already_decided", "budget_exhausted"]
 # (user_id, products the user viewed) -> the same products, the model's favourite first
 RankItems = Callable[[str, Sequence[str]], list[str]]
-
-
-class OfferError(RecofferError):
-    """Base class of the offers' refusals; the API maps each to a status."""
-
-
-class UnknownCampaign(OfferError):
-    """No campaign has this id."""
-
-
-class CouponNotFound(OfferError):
-    """No coupon has this code (or the text cannot be a code)."""
-
-
-class CouponNotYours(OfferError):
-    """The coupon is bound to another user."""
-
-
-class CouponAlreadyRedeemed(OfferError):
-    """The coupon was used by another order."""
-
-
-class CouponExpired(OfferError):
-    """The coupon's time is up."""
 
 
 @dataclass(frozen=True)

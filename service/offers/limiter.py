@@ -14,13 +14,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
-
-class TooManyAttempts(Exception):
-    """Too many failed coupon lookups; ``retry_after`` seconds until the next is allowed."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many failed coupon lookups; retry in {retry_after} s")
-        self.retry_after = retry_after
+from service.errors import TooManyAttempts
 
 
 class FailureLimiter:

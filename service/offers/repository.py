@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Float, String, and_, bindparam, case, func, select, update
 from sqlalchemy.engine import Row
 
+from service.errors import BudgetExhausted, PurchasedMeanwhile
 from service.events import Repository
 from service.offers.rules import UserFacts
 from service.tables import (
@@ -96,14 +97,6 @@ class CampaignCounts:
     open_windows: Counter[str]  # users whose conversion window has not closed yet
     discount_known: float  # discount given on redeemed coupons whose order amount was sent
     redeemed_unpriced: list[CouponRecord]  # redeemed without an order amount
-
-
-class BudgetExhausted(Exception):
-    """Raised inside the decision transaction to roll it back when a cap is reached."""
-
-
-class PurchasedMeanwhile(Exception):
-    """The user bought after the facts were read: the decision is rolled back."""
 
 
 def day_of(moment: datetime) -> str:

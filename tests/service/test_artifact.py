@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from service.artifact import (
     REQUIRED_ARRAYS,
+    ManifestBody,
     ModelStore,
     load_artifact,
     write_artifact,
@@ -34,8 +36,24 @@ def _arrays(n_users: int = 4, n_items: int = 5) -> dict[str, np.ndarray]:
     }
 
 
+def _body() -> ManifestBody:
+    """The least a trainer must say about a version."""
+    recipe = {"weights": {"als": 1.0}}
+    return ManifestBody.model_validate(
+        {
+            "created_at": "2026-11-23T18:15:00+00:00",
+            "reference_time": "2026-11-23T00:00:00",
+            "counts": {"users": 4, "items": 5},
+            "recipes": {"all": recipe, "novel": recipe},
+            "served": {"all": "als", "novel": "als"},
+            "metrics": {"test": {}},
+            "note": "test",
+        }
+    )
+
+
 def _write(root: Path, version: str = "v1", **extra: np.ndarray) -> Path:
-    return write_artifact(root, version, {**_arrays(), **extra}, {"note": "test"})
+    return write_artifact(root, version, {**_arrays(), **extra}, _body())
 
 
 def test_round_trip_keeps_every_array_and_maps_numbers(tmp_path: Path) -> None:
@@ -45,8 +63,8 @@ def test_round_trip_keeps_every_array_and_maps_numbers(tmp_path: Path) -> None:
         assert np.array_equal(artifact.arrays[name], array), name
     assert isinstance(artifact.arrays["user_factors"], np.memmap)
     assert not isinstance(artifact.arrays["user_ids"], np.memmap)
-    assert artifact.manifest["note"] == "test"
-    assert artifact.manifest["schema_version"] == 1
+    assert (artifact.manifest.model_extra or {})["note"] == "test"
+    assert artifact.manifest.schema_version == 1
     assert artifact.version == "v1"
     assert (artifact.n_users, artifact.n_items) == (4, 5)
 
@@ -64,7 +82,7 @@ def test_writer_refuses_object_arrays_and_missing_arrays(tmp_path: Path) -> None
     arrays = _arrays()
     del arrays["popularity"]
     with pytest.raises(ArtifactError, match="missing arrays"):
-        write_artifact(tmp_path, "v3", arrays, {})
+        write_artifact(tmp_path, "v3", arrays, _body())
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "versions").iterdir())
 
 
@@ -108,7 +126,7 @@ def test_missing_file_bad_manifest_and_unknown_schema_are_rejected(tmp_path: Pat
 def test_inconsistent_shapes_are_rejected(tmp_path: Path) -> None:
     arrays = _arrays()
     arrays["item_factors"] = arrays["item_factors"][:4]
-    write_artifact(tmp_path, "bad", arrays, {})
+    write_artifact(tmp_path, "bad", arrays, _body())
     with pytest.raises(ArtifactError, match="item_factors rows != items"):
         load_artifact(tmp_path / "versions" / "bad")
 
@@ -116,7 +134,7 @@ def test_inconsistent_shapes_are_rejected(tmp_path: Path) -> None:
 def test_history_pointing_outside_the_catalogue_is_rejected(tmp_path: Path) -> None:
     arrays = _arrays()
     arrays["history_indices"] = np.array([0, 3, 1, 2, 9], dtype=np.int32)
-    write_artifact(tmp_path, "bad", arrays, {})
+    write_artifact(tmp_path, "bad", arrays, _body())
     with pytest.raises(ArtifactError, match="outside the catalogue"):
         load_artifact(tmp_path / "versions" / "bad")
 
@@ -167,3 +185,63 @@ def test_version_names_sort_by_creation_time_within_one_second() -> None:
         for micro in (999_999, 1, 500_000)
     ]
     assert sorted(names) == [names[1], names[2], names[0]]
+
+
+# the keys the first trainer wrote (schema version 1, before signals and fold-in existed)
+FIRST_TRAINER_KEYS = (
+    "schema_version",
+    "version",
+    "arrays",
+    "created_at",
+    "reference_time",
+    "data",
+    "counts",
+    "params",
+    "recipes",
+    "served",
+    "candidates",
+    "metrics",
+    "split",
+    "tuning",
+    "gate",
+    "libraries",
+)
+
+
+def test_a_manifest_of_the_first_trainer_still_loads_and_serves(
+    small_model_root: Path, tmp_path: Path
+) -> None:
+    from service.recommender import Query, Recommender, prepare
+
+    source = ModelStore(small_model_root).current_path()
+    assert source is not None
+    old = tmp_path / "old"
+    shutil.copytree(source, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    first = {key: manifest[key] for key in FIRST_TRAINER_KEYS}
+    first["created_at"] = "2026-11-20T08:00:00.123456+00:00"  # isoformat, as it wrote them
+    (old / "manifest.json").write_text(json.dumps(first, indent=2, sort_keys=True))
+
+    artifact = load_artifact(old)
+    assert artifact.manifest.signals is None
+    assert artifact.manifest.fold_in.confidence_scale == 1.0
+    assert artifact.manifest.trained_at.tzinfo is not None
+    user = str(artifact.arrays["user_ids"][0])
+    result = Recommender(prepare(artifact)).recommend(Query(user_id=user, limit=5))
+    assert result.source == "model"
+    assert len(result.items) == 5
+
+
+def test_a_manifest_without_what_serving_needs_is_refused_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["recipes"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="manifest field 'recipes'"):
+        load_artifact(path)
+    manifest["recipes"] = {"all": {"weights": {"als": 1.0}}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="no recipe for protocol novel"):
+        load_artifact(path)

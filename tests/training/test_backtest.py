@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from service.errors import DataError
 from service.offers.campaigns import Campaign
 from service.offers.rules import in_holdout
 from training.backtest import Backtest, EventColumns, run_backtest
 from training.cli import app
-from training.data import DataError
 from training.synthetic import SyntheticShop
 
 runner = CliRunner()

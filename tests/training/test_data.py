@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.errors import DataError
 from training.data import (
     COLUMNS,
     FORMATS,
     GENERIC_RULES,
     ONLINE_RETAIL_RULES,
     ColumnMapping,
-    DataError,
     Purchases,
     duplicated_rows,
     load_purchases,

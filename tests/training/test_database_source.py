@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from service.db import make_engine, migrate
+from service.errors import DataError
 from service.events import NewEvent, Repository
 from training.cli import app
-from training.data import DataError, combine_purchases, load_database_purchases, load_purchases
+from training.data import combine_purchases, load_database_purchases, load_purchases
 from training.synthetic import SyntheticShop, write_shop
 
 FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]

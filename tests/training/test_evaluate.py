@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from service.errors import SplitError
 from training.data import Purchases
-from training.evaluate import SplitError, build_truth, rank_metrics, temporal_split
+from training.evaluate import build_truth, rank_metrics, temporal_split
 
 SCORES = np.array(
     [[0.9, 0.8, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.4, 0.5], [0.5, 0.4, 0.3, 0.2, 0.1]],

@@ -10,11 +10,12 @@ import pytest
 
 import training.pipeline as pipeline
 from service.artifact import ModelStore, load_artifact
+from service.errors import TrainerBusyError
 from service.scoring import PROTOCOLS
 from training.data import Purchases, purchases_from_frame
 from training.models import ModelParams
 from training.pipeline import TrainConfig, run
-from training.registry import TrainerBusyError, decide, trainer_lock
+from training.registry import decide, trainer_lock
 
 FAST = ModelParams(factors=8, iterations=5, threads=1)
 
@@ -34,21 +35,22 @@ def test_first_run_publishes_and_promotes_a_loadable_version(
     assert store.current() == result.version
     artifact = load_artifact(store.version_path(result.version))
     manifest = artifact.manifest
-    assert manifest["served"] == result.served
-    assert set(manifest["metrics"]["test"]) == set(PROTOCOLS)
+    assert manifest.served == result.served
+    assert set(manifest.metrics.test) == set(PROTOCOLS)
     for protocol in PROTOCOLS:
-        table = manifest["metrics"]["test"][protocol]
+        table = manifest.metrics.test[protocol]
         assert {"popularity", "als", "blend"} <= set(table)
         assert result.served[protocol] in table
         assert set(table["als"]) >= {"recall@10", "ndcg@10", "precision@10", "hit_rate@10"}
-    assert "repeat" in manifest["metrics"]["test"]["all"]
+    assert "repeat" in manifest.metrics.test["all"]
     coded, ids = pipeline.encode(tiny_purchases.frame)
-    assert manifest["data"]["fingerprint"] == pipeline.data_fingerprint(coded, ids)
+    assert manifest.data is not None
+    assert manifest.data.fingerprint == pipeline.data_fingerprint(coded, ids)
     other, other_ids = pipeline.encode(tiny_purchases.frame.iloc[1:])
-    assert pipeline.data_fingerprint(other, other_ids) != manifest["data"]["fingerprint"]
-    assert manifest["counts"]["users"] == artifact.n_users
-    assert {"numpy", "implicit", "scipy"} <= set(manifest["libraries"])
-    assert manifest["params"]["factors"] == 8
+    assert pipeline.data_fingerprint(other, other_ids) != manifest.data.fingerprint
+    assert manifest.counts.users == artifact.n_users
+    assert {"numpy", "implicit", "scipy"} <= set(manifest.libraries)
+    assert manifest.params["factors"] == 8
 
 
 def test_json_document_has_the_documented_shape(tmp_path: Path, tiny_purchases: Purchases) -> None:
@@ -115,7 +117,8 @@ def test_gate_refuses_a_worse_model_and_force_overrides(
 
     forced = _train(tmp_path, tiny_purchases, force=True)
     assert forced.promoted
-    assert forced.manifest["gate"]["forced"] is True
+    assert forced.manifest.gate is not None
+    assert forced.manifest.gate.forced is True
     assert store.current() == forced.version
     assert store.rollback() == good.version
 
@@ -153,9 +156,10 @@ def test_no_stage_ever_sees_purchases_after_its_cutoff(
     monkeypatch.setattr(pipeline, "fit_stage", spy)
     monkeypatch.setattr(pipeline, "tune", tune_spy)
     result = _train(tmp_path, tiny_purchases, tune_seconds=1)
-    split = result.manifest["split"]
-    val_cut, test_cut = pd.Timestamp(split["validation_cutoff"]), pd.Timestamp(split["test_cutoff"])
-    assert [ref for _, ref in seen] == [val_cut, test_cut, pd.Timestamp(split["end"])]
+    split = result.manifest.split
+    assert split is not None
+    val_cut, test_cut = pd.Timestamp(split.validation_cutoff), pd.Timestamp(split.test_cutoff)
+    assert [ref for _, ref in seen] == [val_cut, test_cut, pd.Timestamp(split.end)]
     for latest, ref in seen:
         assert latest <= ref
     # tuning trains before the validation cut-off and validates before the test cut-off
@@ -198,4 +202,4 @@ def test_ease_is_decided_once_so_every_stage_and_the_artifact_agree(
     result = _train(tmp_path, tiny_purchases, params=params)
     artifact = load_artifact(ModelStore(tmp_path).version_path(result.version))
     assert "ease_b" not in artifact.arrays
-    assert all("ease" not in r["weights"] for r in result.manifest["recipes"].values())
+    assert all("ease" not in r.weights for r in result.manifest.recipes.values())

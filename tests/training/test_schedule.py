@@ -18,9 +18,10 @@ import yaml
 from croniter import croniter
 
 from service.artifact import ModelStore
+from service.errors import ScheduleError
 from service.settings import Settings
 from training.cli import app
-from training.schedule import Schedule, ScheduleError, Scheduler, parse_every
+from training.schedule import Schedule, Scheduler, parse_every
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -161,9 +161,10 @@ def test_signals_inside_the_test_window_never_reach_the_scored_stages(
                 assert figures[protocol][name] == values, (protocol, name)
             # no signal before the cut-off: the second ALS is the first one
             assert figures[protocol]["als_signals"] == table["als"]
-    assert plain.manifest["signals"] is None
-    assert leaky.manifest["signals"]["view"] == len(leak)
-    assert leaky.manifest["signals"]["pairs"] > 0  # the serving stage did use them
+    assert plain.manifest.signals is None
+    assert leaky.manifest.signals is not None
+    assert leaky.manifest.signals.view == len(leak)
+    assert leaky.manifest.signals.pairs > 0  # the serving stage did use them
     served_plain = load_artifact(plain.path).arrays
     served_leaky = load_artifact(leaky.path).arrays
     assert "signal_item_factors" not in served_plain
@@ -187,9 +188,10 @@ def test_browsing_lifts_recommendations_of_new_products(
     assert with_signals.metrics["novel"]["blend"][ndcg] > without.metrics["novel"]["blend"][ndcg]
     # recommendations that may repeat purchases keep the purchase-only ALS: not one figure moves
     assert with_signals.metrics["all"]["blend"] == without.metrics["all"]["blend"]
-    assert with_signals.manifest["recipes"]["novel"]["weights"].get("als_signals")
-    assert with_signals.manifest["signals"]["weights"] == {"view": 0.1, "add_to_cart": 0.3}
-    assert with_signals.manifest["params"]["view_weight"] == 0.1
+    assert with_signals.manifest.recipes["novel"].weights.get("als_signals")
+    assert with_signals.manifest.signals is not None
+    assert with_signals.manifest.signals.weights == {"view": 0.1, "add_to_cart": 0.3}
+    assert with_signals.manifest.params["view_weight"] == 0.1
 
 
 def test_tuning_tries_the_signals_weighted_up_and_down() -> None:
@@ -263,13 +265,14 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     result = runner.invoke(app, [*command, "--json"])
     assert result.exit_code == 0, result.stderr
     manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
-    used = manifest["signals"]
-    assert used["view"] == (usable["type"] == "view").sum()
-    assert used["add_to_cart"] == (usable["type"] == "add_to_cart").sum()
-    assert used["ignored_no_purchases"] == len(browsing) - len(usable) > 0
-    assert used["weights"] == {"view": 0.1, "add_to_cart": 0.3}
+    used = manifest.signals
+    assert used is not None
+    assert used.view == (usable["type"] == "view").sum()
+    assert used.add_to_cart == (usable["type"] == "add_to_cart").sum()
+    assert used.ignored_no_purchases == len(browsing) - len(usable) > 0
+    assert used.weights == {"view": 0.1, "add_to_cart": 0.3}
     assert "weaker signals" in result.stderr
-    assert manifest["recipes"]["novel"]["weights"].get("als_signals")
+    assert manifest.recipes["novel"].weights.get("als_signals")
 
     # the service serves the model with both factor sets: known users and sessions, both protocols
     serving = Settings(
@@ -279,7 +282,7 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     visitor = "visitor-after-training"
     with TestClient(create_app(serving)) as client:
         described = client.get("/v1/model", headers=F).json()
-        assert described["signals"]["view"] == used["view"]
+        assert described["signals"]["view"] == used.view
         viewed = tiny_shop.purchases["item_id"].drop_duplicates().head(3)
         views = [{"user_id": visitor, "type": "view", "item_id": str(i)} for i in viewed]
         assert client.post("/v1/events", json={"events": views}, headers=F).status_code == 200
@@ -298,7 +301,7 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     assert result.exit_code == 0, result.stderr
     manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
     # read only for the gate, which refits the current model (it learnt from them)
-    assert manifest["signals"] is None
+    assert manifest.signals is None
     assert (
         "signal_item_factors"
         not in load_artifact(Path(json.loads(result.stdout)["model_path"])).arrays
@@ -306,8 +309,9 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     only_carts = ["--view-weight", "0", "--json"]
     result = runner.invoke(app, [*command, *only_carts])
     manifest = load_artifact(Path(json.loads(result.stdout)["model_path"])).manifest
-    assert manifest["signals"]["view"] == 0
-    assert manifest["signals"]["add_to_cart"] == used["add_to_cart"]
+    assert manifest.signals is not None
+    assert manifest.signals.view == 0
+    assert manifest.signals.add_to_cart == used.add_to_cart
 
 
 def test_a_recipe_naming_missing_signals_is_served_without_them() -> None:
@@ -418,9 +422,9 @@ def test_a_model_that_saw_later_browsing_is_refitted_not_scored_directly(
     older = Purchases(early.reset_index(drop=True), small_purchases.items, small_purchases.report)
     root = tmp_path / "models"
     first = _train(older, root, PARAMS, events)
-    assert pd.Timestamp(first.manifest["signals"]["until"]) > pd.Timestamp(
-        first.manifest["reference_time"]
-    )
+    assert first.manifest.signals is not None
+    assert first.manifest.signals.until is not None
+    assert first.manifest.signals.until > first.manifest.reference_time
     second = _train(small_purchases, root, PARAMS, events, force=False)
     assert second.gate.method == "same"  # not "direct"
 
@@ -433,18 +437,19 @@ def test_types_with_weight_0_are_left_out_of_the_new_model(
     )
     carts_only = dataclasses.replace(PARAMS, view_weight=0.0)
     result = _train(tiny_purchases, tmp_path / "m", carts_only, events)
-    used = result.manifest["signals"]
-    assert used["view"] == 0
-    assert used["add_to_cart"] > 0
+    used = result.manifest.signals
+    assert used is not None
+    assert used.view == 0
+    assert used.add_to_cart > 0
     known = events["user_id"].isin(tiny_purchases.frame["user_id"]) & events["item_id"].isin(
         tiny_purchases.frame["item_id"]
     )
     carts = events["type"] == "add_to_cart"
-    assert used["ignored_no_purchases"] == int((carts & ~known).sum())
+    assert used.ignored_no_purchases == int((carts & ~known).sum())
     # none at all: a purchase-only model, though the views were read for the gate
     nothing = dataclasses.replace(PARAMS, view_weight=0.0, add_to_cart_weight=0.0)
     plain = _train(tiny_purchases, tmp_path / "m", nothing, events)
-    assert plain.manifest["signals"] is None
+    assert plain.manifest.signals is None
     assert plain.gate.method == "refit"
 
 
@@ -483,8 +488,9 @@ def test_browsing_after_the_last_purchase_reaches_the_served_model(
         timestamp=last + pd.Timedelta(hours=1), type="view"
     )
     result = _train(tiny_purchases, tmp_path / "m", PARAMS, later)
-    assert result.manifest["signals"]["view"] == 50
-    assert result.manifest["signals"]["pairs"] == 50
+    assert result.manifest.signals is not None
+    assert result.manifest.signals.view == 50
+    assert result.manifest.signals.pairs == 50
 
 
 def test_browsing_events_stay_in_the_past_and_in_taste(small_shop: SyntheticShop) -> None:

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import AppState, FrontendState
 from service.api.routes.offers import coupon_out
 from service.api.schemas import CouponOut, Id, RedeemIn, RedemptionOut, ReleaseIn
-from service.offers.engine import CouponNotFound, CouponNotYours, CouponStatus
+from service.errors import CouponNotFound, CouponNotYours
+from service.offers.engine import CouponStatus
 
 router = APIRouter(prefix="/v1/coupons", tags=["coupons"])
 Code = Annotated[

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -43,6 +42,6 @@ async def readyz(state: State) -> JSONResponse:
 async def metrics(state: State) -> Response:
     recommender = state.models.current
     if recommender is not None:
-        trained = datetime.fromisoformat(recommender.model.artifact.manifest["created_at"])
-        state.metrics.model_age.set(time.time() - trained.astimezone(UTC).timestamp())
+        trained = recommender.model.artifact.manifest.trained_at
+        state.metrics.model_age.set(time.time() - trained.timestamp())
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

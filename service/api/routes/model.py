@@ -8,8 +8,8 @@ from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AdminState, ReaderState
-from service.api.errors import ModelUnavailable
 from service.api.schemas import ModelOut, ReloadOut
+from service.errors import ModelUnavailable
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
 
@@ -24,13 +24,13 @@ async def get_model(state: ReaderState) -> ModelOut:
     manifest = model.artifact.manifest
     return ModelOut(
         version=model.version,
-        trained_at=manifest["created_at"],
-        data_until=manifest["reference_time"],
+        trained_at=manifest.created_at.isoformat(),
+        data_until=manifest.reference_time.isoformat(),
         loaded_at=datetime.fromtimestamp(model.loaded_at, UTC),
-        served=manifest["served"],
-        metrics=manifest["metrics"]["test"],
-        counts=manifest["counts"],
-        signals=manifest.get("signals"),
+        served=manifest.served,
+        metrics=manifest.metrics.test,
+        counts=manifest.counts.model_dump(exclude_none=True),
+        signals=None if manifest.signals is None else manifest.signals.model_dump(mode="json"),
         candidates_precomputed=bool(model.candidates),
     )
 

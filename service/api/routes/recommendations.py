@@ -11,10 +11,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppState, FrontendState, require
-from service.api.errors import ModelUnavailable
 from service.api.fastpath import openapi_parameters, parse_request
 from service.api.routes.offers import decision_out
 from service.api.schemas import Id, RecommendationParams, RecommendationsOut, SimilarOut
+from service.errors import ModelUnavailable
 from service.recommender import Query as RecQuery
 from service.recommender import Recommendation, Result
 

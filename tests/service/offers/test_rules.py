@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.offers.campaigns import BUILT_IN, Campaign, CampaignConfigError, load_campaigns
-from service.offers.limiter import FailureLimiter, TooManyAttempts
+from service.errors import CampaignConfigError, TooManyAttempts
+from service.offers.campaigns import BUILT_IN, Campaign, load_campaigns
+from service.offers.limiter import FailureLimiter
 from service.offers.rules import (
     CODE_ALPHABET,
     UserFacts,

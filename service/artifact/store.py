@@ -1,4 +1,4 @@
-"""The on-disk model contract: versioned directories, atomic writes, validated loads.
+"""Writing, loading and verifying one model version: atomic writes, validated loads.
 
 Layout under a model root::
 
@@ -17,14 +17,13 @@ the new one, never half of either (see shared/RELIABILITY.md on publishing model
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,13 +32,19 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import ArtifactError, RegistryError
+from service.artifact.manifest import (
+    SCHEMA_VERSION,
+    ArraySpec,
+    Manifest,
+    ManifestBody,
+    manifest_json,
+    parse_manifest,
+)
+from service.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-REGISTRY = "registry.json"
 VERSIONS = "versions"
 TEMP_PREFIX = ".tmp-"
 
@@ -64,12 +69,12 @@ class Artifact:
     """A loaded model version: its manifest and its arrays (numeric ones memory-mapped)."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     arrays: dict[str, npt.NDArray[Any]] = field(repr=False)
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def n_users(self) -> int:
@@ -80,7 +85,8 @@ class Artifact:
         return int(self.arrays["item_ids"].shape[0])
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -88,7 +94,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_bytes_durably(path: Path, data: bytes) -> None:
+def write_bytes_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it."""
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -113,7 +120,7 @@ def write_artifact(
     root: Path,
     version: str,
     arrays: Mapping[str, npt.NDArray[Any]],
-    manifest: Mapping[str, Any],
+    body: ManifestBody,
 ) -> Path:
     """Write one model version atomically under ``root/versions/version``.
 
@@ -121,8 +128,8 @@ def write_artifact(
         root: the model root directory (created when missing).
         version: the new version's name; it must not exist yet.
         arrays: name -> numpy array; string arrays must be fixed-width unicode.
-        manifest: JSON-serialisable description; ``schema_version``, ``version`` and the
-            ``arrays`` table are filled in here.
+        body: what the trainer says about the version; ``schema_version``, ``version`` and
+            the ``arrays`` table are filled in here.
 
     Returns the final directory.
     """
@@ -137,7 +144,7 @@ def write_artifact(
     tmp = versions_dir / f"{TEMP_PREFIX}{version}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        table: dict[str, dict[str, Any]] = {}
+        table: dict[str, ArraySpec] = {}
         for name, array in arrays.items():
             arr = np.ascontiguousarray(array)
             if arr.dtype == object:
@@ -147,22 +154,26 @@ def write_artifact(
                 np.save(fh, arr, allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
-            table[name] = {
-                "file": file.name,
-                "dtype": arr.dtype.str,
-                "shape": list(arr.shape),
-                "bytes": file.stat().st_size,
-                "sha256": _sha256(file),
+            table[name] = ArraySpec(
+                file=file.name,
+                dtype=arr.dtype.str,
+                shape=list(arr.shape),
+                bytes=file.stat().st_size,
+                sha256=_sha256(file),
+            )
+        manifest = Manifest.model_validate(
+            {
+                **body.model_dump(by_alias=True),
+                **(body.model_extra or {}),
+                "schema_version": SCHEMA_VERSION,
+                "version": version,
+                "arrays": table,
             }
-        full = dict(manifest)
-        full["schema_version"] = SCHEMA_VERSION
-        full["version"] = version
-        full["arrays"] = table
-        payload = json.dumps(full, indent=2, sort_keys=True, default=str).encode()
-        _write_bytes_durably(tmp / MANIFEST, payload)
-        _fsync_dir(tmp)
+        )
+        write_bytes_durably(tmp / MANIFEST, manifest_json(manifest))
+        fsync_dir(tmp)
         os.replace(tmp, final)
-        _fsync_dir(versions_dir)
+        fsync_dir(versions_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -170,25 +181,16 @@ def write_artifact(
     return final
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Read and minimally validate ``path/manifest.json``."""
+def read_manifest(path: Path) -> Manifest:
+    """Read and validate ``path/manifest.json`` (ArtifactError naming the problem)."""
     file = path / MANIFEST
     try:
-        manifest = json.loads(file.read_text())
+        data = json.loads(file.read_text())
     except FileNotFoundError:
         raise ArtifactError(f"artifact {path} has no {MANIFEST}") from None
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"artifact {path}: unreadable {MANIFEST} ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"artifact {path}: {MANIFEST} is not an object")
-    schema = manifest.get("schema_version")
-    if schema != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"artifact {path}: schema_version {schema!r}, this build reads {SCHEMA_VERSION}"
-        )
-    if not isinstance(manifest.get("arrays"), dict):
-        raise ArtifactError(f"artifact {path}: manifest has no arrays table")
-    return manifest
+    return parse_manifest(data, f"artifact {path}")
 
 
 def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = True) -> Artifact:
@@ -199,32 +201,32 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
     dtype or shape, or inconsistent array sizes.
     """
     manifest = read_manifest(path)
-    table: dict[str, Any] = manifest["arrays"]
+    table = manifest.arrays
     missing = [name for name in REQUIRED_ARRAYS if name not in table]
     if missing:
         raise ArtifactError(f"artifact {path}: manifest lacks arrays {missing}")
     arrays: dict[str, npt.NDArray[Any]] = {}
     for name, spec in table.items():
-        file = path / str(spec.get("file", ""))
-        if not file.is_file():
+        file = path / spec.file
+        if not spec.file or not file.is_file():
             raise ArtifactError(f"artifact {path}: array file {file.name} is missing")
         size = file.stat().st_size
-        if size != spec.get("bytes"):
+        if size != spec.bytes:
             raise ArtifactError(
-                f"artifact {path}: {file.name} has {size} bytes, manifest says {spec.get('bytes')}"
+                f"artifact {path}: {file.name} has {size} bytes, manifest says {spec.bytes}"
             )
-        if verify_checksums and _sha256(file) != spec.get("sha256"):
+        if verify_checksums and _sha256(file) != spec.sha256:
             raise ArtifactError(f"artifact {path}: {file.name} fails its sha256 check")
         try:
-            dtype = np.dtype(spec["dtype"])
+            dtype = np.dtype(spec.dtype)
             mode: Literal["r"] | None = "r" if mmap and dtype.kind not in "US" else None
             arr = np.load(file, mmap_mode=mode, allow_pickle=False)
         except (ValueError, OSError, KeyError, TypeError) as exc:
             raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None
-        if arr.dtype != dtype or list(arr.shape) != list(spec.get("shape", [])):
+        if arr.dtype != dtype or list(arr.shape) != spec.shape:
             raise ArtifactError(
                 f"artifact {path}: {file.name} is {arr.dtype}{list(arr.shape)}, "
-                f"manifest says {spec.get('dtype')}{spec.get('shape')}"
+                f"manifest says {spec.dtype}{spec.shape}"
             )
         arrays[name] = arr
     _check_consistency(path, arrays)
@@ -264,123 +266,3 @@ def _check_consistency(path: Path, a: Mapping[str, npt.NDArray[Any]]) -> None:
         problems.append("history refers to items outside the catalogue")
     if problems:
         raise ArtifactError(f"artifact {path}: inconsistent arrays: {'; '.join(problems)}")
-
-
-class ModelStore:
-    """Versions under a model root and the atomically switched ``current`` pointer."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.root / VERSIONS
-
-    def version_path(self, version: str) -> Path:
-        if not version or "/" in version or version.startswith("."):
-            raise RegistryError(f"invalid version name {version!r}")
-        return self.versions_dir / version
-
-    def versions(self) -> list[str]:
-        """Published versions, oldest first (names sort by creation time)."""
-        if not self.versions_dir.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.versions_dir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
-        )
-
-    def read_registry(self) -> dict[str, Any]:
-        file = self.root / REGISTRY
-        try:
-            data = json.loads(file.read_text())
-        except FileNotFoundError:
-            return {"current": None, "history": []}
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"registry {file} is unreadable ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("history", []), list):
-            raise RegistryError(f"registry {file} has an unexpected shape")
-        data.setdefault("history", [])
-        data.setdefault("current", None)
-        return data
-
-    def registry_signature(self) -> tuple[int, int] | None:
-        """(mtime in ns, size) of the registry file, or None: a cheap "did it change?" probe."""
-        try:
-            info = (self.root / REGISTRY).stat()
-        except OSError:
-            return None
-        return info.st_mtime_ns, info.st_size
-
-    def current(self) -> str | None:
-        """The version being served, or None before the first promotion."""
-        value = self.read_registry().get("current")
-        return str(value) if value else None
-
-    def current_path(self) -> Path | None:
-        version = self.current()
-        return self.version_path(version) if version else None
-
-    def _write_registry(self, data: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        data = dict(data, updated_at=datetime.now(UTC).isoformat())
-        tmp = self.root / f"{TEMP_PREFIX}{REGISTRY}-{secrets.token_hex(4)}"
-        try:
-            _write_bytes_durably(tmp, json.dumps(data, indent=2).encode())
-            os.replace(tmp, self.root / REGISTRY)
-            _fsync_dir(self.root)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-    def promote(self, version: str) -> None:
-        """Make ``version`` current; the one it replaces stays in the history for rollback."""
-        if not (self.version_path(version) / MANIFEST).is_file():
-            raise RegistryError(f"no such version {version!r} in {self.versions_dir}")
-        data = self.read_registry()
-        history = [v for v in data["history"] if v != version]
-        history.append(version)
-        self._write_registry({"current": version, "history": history})
-
-    def rollback(self, to: str | None = None) -> str:
-        """Switch ``current`` back to the previous promoted version (or to ``to``)."""
-        data = self.read_registry()
-        history: list[str] = [v for v in data["history"] if (self.version_path(v)).is_dir()]
-        current = data.get("current")
-        if to is not None:
-            if not (self.version_path(to) / MANIFEST).is_file():
-                raise RegistryError(f"no such version {to!r} in {self.versions_dir}")
-            target = to
-            history = [v for v in history if v != to] + [to]
-        else:
-            if current in history:
-                history.remove(current)
-            if not history:
-                raise RegistryError("nothing to roll back to: no earlier promoted version")
-            target = history[-1]
-        self._write_registry({"current": target, "history": history})
-        return target
-
-    def cleanup_temporaries(self) -> list[Path]:
-        """Remove leftovers of writers that died mid-write. Call with the trainer lock held."""
-        removed: list[Path] = []
-        for parent in (self.versions_dir, self.root):
-            if not parent.is_dir():
-                continue
-            for p in parent.iterdir():
-                if p.name.startswith(TEMP_PREFIX):
-                    if p.is_dir():
-                        shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        p.unlink(missing_ok=True)
-                    removed.append(p)
-        return removed
-
-    def iter_manifests(self) -> Iterator[tuple[str, dict[str, Any] | None]]:
-        """(version, manifest or None when unreadable) for every version, oldest first."""
-        for version in self.versions():
-            try:
-                yield version, read_manifest(self.version_path(version))
-            except ArtifactError:
-                yield version, None

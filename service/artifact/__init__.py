@@ -1,0 +1,37 @@
+"""The on-disk model contract, owned by the service and written by the trainer.
+
+- ``manifest``: the typed manifest (what a version is);
+- ``store``: one version's directory, written atomically and verified on load (every array a
+  plain ``.npy``, ``allow_pickle=False``, numeric ones memory-mapped, each checked against the
+  manifest's dtype, shape, size and sha256);
+- ``registry``: the model root's versions and the atomically switched ``current`` pointer.
+
+See shared/RELIABILITY.md on publishing models: readers see the old state or the new one.
+"""
+
+from service.artifact.manifest import SCHEMA_VERSION, Manifest, ManifestBody
+from service.artifact.registry import REGISTRY, ModelStore
+from service.artifact.store import (
+    MANIFEST,
+    REQUIRED_ARRAYS,
+    Artifact,
+    load_artifact,
+    new_version_name,
+    read_manifest,
+    write_artifact,
+)
+
+__all__ = [
+    "MANIFEST",
+    "REGISTRY",
+    "REQUIRED_ARRAYS",
+    "SCHEMA_VERSION",
+    "Artifact",
+    "Manifest",
+    "ManifestBody",
+    "ModelStore",
+    "load_artifact",
+    "new_version_name",
+    "read_manifest",
+    "write_artifact",
+]

@@ -1,0 +1,189 @@
+"""The typed manifest: what a model version is, written by the trainer, read by everyone else.
+
+``ManifestBody`` is what a trainer describes (data, counts, recipes, figures, gate);
+``Manifest`` adds what the writer fills in (schema version, version name, the arrays table).
+Every part allows fields it does not know, so a manifest written by a newer trainer loads
+here without losing them. Schema version 1 covers every manifest written so far: the first
+trainer's (no ``signals``, no ``fold_in``) and every one since; what a later field adds has a
+default that means "the old behaviour".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ArtifactError
+from service.scoring import PROTOCOLS, Recipe
+
+SCHEMA_VERSION = 1
+READABLE_SCHEMAS = frozenset({1})
+
+Figure = int | float
+# protocol -> candidate -> metric (``ndcg@10``, ``users``, ...) -> value
+MetricTable = dict[str, dict[str, dict[str, Figure]]]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+
+class ArraySpec(_Part):
+    """One ``.npy`` file of the version: its checks before anything is served from it."""
+
+    file: str
+    dtype: str
+    shape: list[int]
+    bytes: int
+    sha256: str
+
+
+class DataInfo(_Part):
+    """Where the purchases came from and what cleaning did to them."""
+
+    source: str | None = None
+    fingerprint: str | None = None
+    cleaning: dict[str, Any] = Field(default_factory=dict)
+
+
+class Counts(_Part):
+    """Sizes of the served model."""
+
+    users: int
+    items: int
+    interactions: int | None = None
+    purchases: int | None = None
+    factors: int | None = None
+
+
+class SignalsInfo(_Part):
+    """The views and add-to-carts the model learnt from (absent: purchases only)."""
+
+    source: str = "database events"
+    weights: dict[str, float] = Field(default_factory=dict)
+    view: int = 0
+    add_to_cart: int = 0
+    ignored_no_purchases: int = 0
+    until: datetime | None = None  # the newest signal event read
+    pairs: int = 0
+
+
+class FoldIn(_Part):
+    """Constants of the at-request-time fold-in of a new user's events."""
+
+    # a session's events are scaled so one purchase weighs like a typical training interaction
+    confidence_scale: float = 1.0
+
+
+class Figures(_Part):
+    """Ranking metrics at k = 10 of every candidate, on the test and the validation split."""
+
+    test: MetricTable
+    validation: MetricTable = Field(default_factory=dict)
+
+
+class SplitInfo(_Part):
+    test_days: Figure
+    validation_cutoff: datetime
+    test_cutoff: datetime
+    end: datetime
+
+
+class GateInfo(_Part):
+    """The quality gate's decision on this version."""
+
+    passed: bool
+    method: str
+    current_version: str | None = None
+    ndcg_at_10: dict[str, dict[str, float] | None] = Field(default_factory=dict, alias="ndcg@10")
+    reasons: list[str] = Field(default_factory=list)
+    forced: bool = False
+
+
+class ManifestBody(_Part):
+    """What the trainer says about a model version."""
+
+    created_at: datetime
+    reference_time: datetime  # the newest purchase trained on (naive UTC, the trainer's clock)
+    counts: Counts
+    recipes: dict[str, Recipe]  # protocol -> the served scoring recipe
+    served: dict[str, str]  # protocol -> the candidate chosen on the validation split
+    metrics: Figures
+    data: DataInfo | None = None
+    # the trainer's hyper-parameters (``training.models.ModelParams.to_dict()``)
+    params: dict[str, Any] = Field(default_factory=dict)
+    signals: SignalsInfo | None = None
+    fold_in: FoldIn = Field(default_factory=FoldIn)
+    candidates: dict[str, dict[str, Recipe]] = Field(default_factory=dict)
+    split: SplitInfo | None = None
+    tuning: dict[str, Any] | None = None
+    gate: GateInfo | None = None
+    libraries: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("recipes")
+    @classmethod
+    def _every_protocol(cls, recipes: dict[str, Recipe]) -> dict[str, Recipe]:
+        missing = [p for p in PROTOCOLS if p not in recipes]
+        if missing:
+            raise ValueError(f"no recipe for protocol {', '.join(missing)}")
+        return recipes
+
+    @property
+    def trained_at(self) -> datetime:
+        """``created_at`` in UTC."""
+        return as_utc(self.created_at)
+
+    @property
+    def data_until(self) -> datetime:
+        """``reference_time`` in UTC."""
+        return as_utc(self.reference_time)
+
+    @property
+    def regularization(self) -> float:
+        """The ALS regularisation the factors were fitted with (fold-in solves with it)."""
+        return float(self.params.get("regularization", 0.05))
+
+    @property
+    def saw_until(self) -> datetime:
+        """The newest event of any kind the model learnt from (purchases or signals), UTC."""
+        until = self.data_until
+        if self.signals is not None and self.signals.until is not None:
+            until = max(until, as_utc(self.signals.until))
+        return until
+
+
+class Manifest(ManifestBody):
+    """A written version's manifest: the body plus what the writer filled in."""
+
+    schema_version: int
+    version: str
+    arrays: dict[str, ArraySpec]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Manifests store naive UTC times (the trainer's convention) or aware ones."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_manifest(data: object, where: str) -> Manifest:
+    """Validate a decoded ``manifest.json``; ArtifactError names the first bad field."""
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{where}: manifest is not an object")
+    schema = data.get("schema_version")
+    if schema not in READABLE_SCHEMAS:
+        raise ArtifactError(
+            f"{where}: schema_version {schema!r}, this build reads {sorted(READABLE_SCHEMAS)}"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first.get("loc", ())) or "manifest"
+        raise ArtifactError(f"{where}: manifest field {field!r}: {first['msg']}") from None
+
+
+def manifest_json(manifest: Manifest) -> bytes:
+    """The bytes of ``manifest.json``."""
+    return manifest.model_dump_json(indent=2, by_alias=True).encode()
