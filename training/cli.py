@@ -477,45 +477,22 @@ def _serve(
     workers: int,
     development: bool,
 ) -> None:
+    """Replace this process with the API's own entry point, ``python -m service``.
+
+    The API worker then has nothing of the trainer (pandas, implicit) loaded, whichever way it
+    was started; the process id stays, so a supervisor's signals still reach the server.
+    """
     import os
 
-    import uvicorn
-    from pydantic import ValidationError
-
-    from service.settings import Settings
-
-    overrides = {
-        "RECOFFER_MODEL_DIR": str(model_dir),
-        "RECOFFER_HOST": host,
-        "RECOFFER_PORT": str(port),
-    }
+    argv = [sys.executable, "-m", "service", "--host", host, "--port", str(port)]
+    argv += ["--workers", str(workers), "--model-dir", str(model_dir)]
     if database_url:
-        overrides["RECOFFER_DATABASE_URL"] = database_url
+        argv += ["--database-url", database_url]
     if development:
-        overrides["RECOFFER_AUTH_DISABLED"] = "true"
-    os.environ.update(overrides)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        raise _fail(f"bad setting RECOFFER_{where.upper()}: {first.get('msg')}", 2) from None
-    _check_port(host, port)
-    if settings.auth_disabled:
-        err.print(
-            "development mode: API keys are NOT checked (RECOFFER_AUTH_DISABLED); loopback only",
-            markup=False,
-        )
-    err.print(f"serving on http://{host}:{port} (docs: http://{host}:{port}/docs)", markup=False)
-    uvicorn.run(
-        "service.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-    )
+        argv.append("--development")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import typer
 import yaml
 from croniter import croniter
 
+from service.__main__ import parse_args as parse_service_args
 from service.artifact import ModelStore
 from service.errors import ScheduleError
 from service.settings import Settings
@@ -213,10 +214,11 @@ def test_kubernetes_manifests_fit_together_and_fit_the_code() -> None:
     assert api_env["RECOFFER_MODEL_DIR"] == model_dir
     assert any(m["mountPath"] == model_dir for m in train_box["volumeMounts"])
     assert any(m["mountPath"] == model_dir and m["readOnly"] for m in api_box["volumeMounts"])
-    # the training command is one `recoffer train` accepts; the API runs `recoffer serve`
+    # the training command is one `recoffer train` accepts; the API runs its own entry point
     assert train_args[:2] == ["recoffer", "train"]
     _train_parses([a.replace("$(RECOFFER_DATABASE_URL)", "sqlite:///x.db") for a in train_args[2:]])
-    assert api_box["command"][:2] == ["recoffer", "serve"]
+    assert api_box["command"][:3] == ["python", "-m", "service"]
+    parse_service_args(api_box["command"][3:])
     assert docs["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
     assert croniter.is_valid(docs["CronJob"]["spec"]["schedule"])
     # probes hit endpoints that exist; every variable set is a setting the service reads
