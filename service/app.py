@@ -32,8 +32,9 @@ from service.api.routes import (
     recommendations,
     users,
 )
+from service.clock import utc_now
 from service.db import make_engine, migrate
-from service.events import ActivityStore, Repository, utc_now
+from service.events import ActivityStore, Repository
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.model_holder import ModelHolder

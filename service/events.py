@@ -12,24 +12,20 @@ import logging
 import os
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.clock import Clock, utc_now
 from service.recommender import Activity, CatalogueEntry
 from service.tables import events, items, users
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], datetime]
 TAIL_LOOKBACK_IDS = 2_000  # ids may commit out of order on PostgreSQL; re-read this many
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

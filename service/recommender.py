@@ -29,12 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 from service.artifact import Artifact
+from service.clock import SECONDS_PER_DAY
 from service.errors import UnknownItem
 from service.scoring import PROTOCOLS, Recipe, Scorer
 
 log = logging.getLogger(__name__)
 
-SECONDS_PER_DAY = 86_400.0
 MAX_REASON_ANCHORS = 50  # a long history explains through its most bought items
 PRECOMPUTE_BATCH_CELLS = 8_000_000
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0}

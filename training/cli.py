@@ -290,7 +290,7 @@ def evaluate(
             served = artifact.manifest.served
             document: dict[str, Any] = {"version": chosen, "metrics": metrics, "served": served}
         else:
-            from training.registry import rescore_on_file
+            from training.gate import rescore_on_file
 
             document = rescore_on_file(artifact, data, fmt, _parse_columns(columns), test_days)
             metrics, served = document["metrics"], dict.fromkeys(PROTOCOLS, "served")
@@ -364,7 +364,7 @@ def rollback(
     ] = None,
 ) -> None:
     """Switch the current model back to the previously promoted version (or to --to)."""
-    from training.registry import trainer_lock
+    from training.lock import trainer_lock
 
     _setup_logging(False)
     with _errors():

@@ -18,6 +18,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from service.clock import SECONDS_PER_DAY
 from service.errors import ModelFitError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.evaluate import EvalSet, build_evalset
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SECONDS_PER_DAY = 86_400.0
 MIN_AGE_DAYS = 1.0 / 1440.0  # one minute: keeps ages strictly positive in sparse storage
 
 

@@ -57,6 +57,14 @@ from training.data import (
     load_purchases,
 )
 from training.evaluate import EvalSet, Split, metric_key, temporal_split
+from training.gate import (
+    GateDecision,
+    current_artifact,
+    current_model_params,
+    decide,
+    rescore_current,
+)
+from training.lock import trainer_lock
 from training.models import (
     Candidates,
     IdMaps,
@@ -66,14 +74,6 @@ from training.models import (
     default_candidates,
     encode,
     fit_stage,
-)
-from training.registry import (
-    GateDecision,
-    current_artifact,
-    current_model_params,
-    decide,
-    rescore_current,
-    trainer_lock,
 )
 from training.signals import SIGNAL_TYPES, Signals, encode_signals
 from training.tune import tune

@@ -28,7 +28,8 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from training.models import MIN_AGE_DAYS, SECONDS_PER_DAY
+from service.clock import SECONDS_PER_DAY
+from training.models import MIN_AGE_DAYS
 
 SIGNAL_TYPES = ("view", "add_to_cart")
 PAIR_CAP = 1.0

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-_DAY_S = 86_400
+from service.clock import SECONDS_PER_DAY
+
 _HOUR_S = 3_600
 _NS_PER_S = 1_000_000_000
 # Orders per hour of the day (UTC), evening peak, quiet night.
@@ -76,8 +77,8 @@ _OVERSAMPLE_TRIES = 4
 # Views are spread wider than purchases: a flatter Zipf inside the cluster.
 _VIEW_EXPONENT = 0.6
 _VIEW_TASTE_SHARE = 0.85
-_NEW_USER_WINDOW_S = 2 * _DAY_S
-_HESITATION_WINDOW_S = _DAY_S
+_NEW_USER_WINDOW_S = 2 * SECONDS_PER_DAY
+_HESITATION_WINDOW_S = SECONDS_PER_DAY
 _MAX_DAY_ONE_VIEWS = 136
 _ADD_TO_CART_RATE = 0.08
 _PURCHASE_RATE_HIGH_INTENT = 0.30
@@ -298,7 +299,7 @@ def generate_shop(spec: ShopSpec) -> SyntheticShop:
     """Generate the shop described by ``spec``; the same spec always gives the same shop."""
     rng = np.random.default_rng(spec.seed)
     now = pd.Timestamp(spec.end).as_unit("ns")
-    start_s = now.value // _NS_PER_S - spec.days * _DAY_S
+    start_s = now.value // _NS_PER_S - spec.days * SECONDS_PER_DAY
 
     catalogue = _draw_catalogue(spec, rng)
     people = _draw_users(spec, rng, catalogue.cluster_share)
@@ -409,7 +410,8 @@ def browsing_events(
         (
             line_user[research],
             line_item[research],
-            line_ts[research] - rng.integers(_DAY_S, 14 * _DAY_S, int(research.sum())),
+            line_ts[research]
+            - rng.integers(SECONDS_PER_DAY, 14 * SECONDS_PER_DAY, int(research.sum())),
             "view",
         )
     )
@@ -418,7 +420,7 @@ def browsing_events(
     order_user, order_ts = line_user[first_line], line_ts[first_line]
     per_order = rng.poisson(taste_views_per_order, len(order_user))
     view_user = np.repeat(order_user, per_order)
-    view_ts = np.repeat(order_ts, per_order) - rng.integers(0, 3 * _DAY_S, len(view_user))
+    view_ts = np.repeat(order_ts, per_order) - rng.integers(0, 3 * SECONDS_PER_DAY, len(view_user))
     view_item = _by_popularity_in_cluster(
         rng, shop.user_cluster[view_user], shop.item_cluster, line_item
     )
@@ -560,18 +562,18 @@ def _draw_users(spec: ShopSpec, rng: np.random.Generator, cluster_share: np.ndar
 
     # Established customers: 75 % joined before the history starts (up to two years before),
     # the rest during it. Ids follow sign-up order, so the new users get the highest ids.
-    history_s = spec.days * _DAY_S
+    history_s = spec.days * SECONDS_PER_DAY
     joined_before = rng.random(n_established) < 0.75
     signed_up = np.where(
         joined_before,
-        -rng.uniform(0, 2 * 365 * _DAY_S, size=n_established),
-        rng.uniform(0, history_s - 3 * _DAY_S, size=n_established),
+        -rng.uniform(0, 2 * 365 * SECONDS_PER_DAY, size=n_established),
+        rng.uniform(0, history_s - 3 * SECONDS_PER_DAY, size=n_established),
     )
     new_signed_up = rng.uniform(
         history_s - _NEW_USER_WINDOW_S, history_s - 1_800, size=spec.new_users
     )
     signed_up_s = np.concatenate((np.sort(signed_up), np.sort(new_signed_up))).astype(np.int64)
-    active_from_day = np.maximum(0, -(-signed_up_s[:n_established] // _DAY_S))
+    active_from_day = np.maximum(0, -(-signed_up_s[:n_established] // SECONDS_PER_DAY))
     return _People(
         cluster=cluster,
         second_cluster=second,
@@ -621,10 +623,10 @@ def _draw_purchases(
     day = np.clip(day, people.active_from_day[order_user], days - 1)
     hour_cdf = np.cumsum(_HOUR_WEIGHTS) / _HOUR_WEIGHTS.sum()
     hour = np.minimum(np.searchsorted(hour_cdf, rng.random(n_orders), side="right"), 23)
-    order_time = day * _DAY_S + hour * _HOUR_S + rng.integers(0, _HOUR_S, size=n_orders)
+    order_time = day * SECONDS_PER_DAY + hour * _HOUR_S + rng.integers(0, _HOUR_S, size=n_orders)
     del y, day, hour
     # Orders are grouped by user already; sort them by time inside the user.
-    history_s = days * _DAY_S
+    history_s = days * SECONDS_PER_DAY
     user_and_time = order_user * history_s + order_time
     user_and_time.sort()
     order_time = user_and_time - order_user * history_s
@@ -762,7 +764,7 @@ def _draw_new_user_events(
         return _Events(user=empty, item=empty, kind=empty, time_s=empty)
     n_items = spec.n_items
     first_user = spec.n_users - m
-    history_s = spec.days * _DAY_S
+    history_s = spec.days * SECONDS_PER_DAY
     signed_up = people.signed_up_s[first_user:]
     cluster = people.cluster[first_user:]
     # What can be seen of each new user's first day: they may have signed up an hour ago.
@@ -798,9 +800,9 @@ def _draw_new_user_events(
     # Day-one view times, early-weighted, sorted inside each user.
     n_views = len(view_user)
     offset = np.floor(rng.random(n_views) ** 1.5 * window[view_user]).astype(np.int64)
-    user_and_offset = view_user * (2 * _DAY_S) + offset
+    user_and_offset = view_user * (2 * SECONDS_PER_DAY) + offset
     user_and_offset.sort()
-    view_time = signed_up[view_user] + user_and_offset - view_user * (2 * _DAY_S)
+    view_time = signed_up[view_user] + user_and_offset - view_user * (2 * SECONDS_PER_DAY)
     del user_and_offset
 
     # A few views lead to the cart; a minority of users buy one product they viewed.

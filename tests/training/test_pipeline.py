@@ -13,9 +13,10 @@ from service.artifact import ModelStore, load_artifact
 from service.errors import TrainerBusyError
 from service.scoring import PROTOCOLS
 from training.data import Purchases, purchases_from_frame
+from training.gate import decide
+from training.lock import trainer_lock
 from training.models import ModelParams
 from training.pipeline import TrainConfig, run
-from training.registry import decide, trainer_lock
 
 FAST = ModelParams(factors=8, iterations=5, threads=1)
 

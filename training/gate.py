@@ -1,4 +1,4 @@
-"""Quality gate, rescoring of the current model, and the trainer lock.
+"""The quality gate and the rescoring of a model on a split (the current one, or any on a file).
 
 The gate promotes a new version only when, under each protocol, its NDCG@10 is not below
 (a) the current model's, scored on the same new split, and (b) popularity's.
@@ -18,12 +18,8 @@ manifest:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import logging
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.artifact import Artifact, Manifest, ModelStore, load_artifact
-from service.errors import ArtifactError, TrainerBusyError
+from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.data import ColumnMapping, load_purchases
 from training.evaluate import (
@@ -48,26 +44,6 @@ from training.models import IdMaps, ModelParams, Stage, build_history, encode, f
 from training.signals import Signals
 
 log = logging.getLogger(__name__)
-LOCK_FILE = ".trainer.lock"
-
-
-@contextlib.contextmanager
-def trainer_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on the model root; released when the process dies."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainerBusyError(
-                f"another trainer is running on {root} (lock {root / LOCK_FILE})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
 
 
 @dataclass
