@@ -32,6 +32,7 @@ from service.artifact import Artifact, Manifest, ModelStore, load_artifact
 from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.data import ColumnMapping, load_purchases
+from training.encode import IdMaps, encode
 from training.evaluate import (
     EvalSet,
     Split,
@@ -40,7 +41,7 @@ from training.evaluate import (
     rank_metrics,
     temporal_split,
 )
-from training.models import IdMaps, ModelParams, Stage, build_history, encode, fit_stage
+from training.models import ModelParams, Stage, build_history, fit_stage
 from training.signals import Signals
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,14 +21,11 @@ from threadpoolctl import threadpool_limits
 from service.clock import SECONDS_PER_DAY
 from service.errors import ModelFitError
 from service.scoring import PROTOCOLS, Recipe, Scorer
+from training.encode import MIN_AGE_DAYS, IdMaps
 from training.evaluate import EvalSet, build_evalset
-
-if TYPE_CHECKING:
-    from training.signals import Signals
+from training.signals import Signals
 
 log = logging.getLogger(__name__)
-
-MIN_AGE_DAYS = 1.0 / 1440.0  # one minute: keeps ages strictly positive in sparse storage
 
 
 @dataclass(frozen=True)
@@ -82,34 +79,6 @@ class ModelParams:
         values: dict[str, Any] = {"view_weight": 0.0, "add_to_cart_weight": 0.0}
         values.update({k: v for k, v in data.items() if k in known})
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class IdMaps:
-    """The shop's string ids; a code is a position in these indexes."""
-
-    users: pd.Index
-    items: pd.Index
-
-
-def encode(frame: pd.DataFrame) -> tuple[pd.DataFrame, IdMaps]:
-    """Integer codes for users, items and orders: the trainer's compact working frame.
-
-    String ids are factorised once here; every later stage slices and groups integers.
-    Returns (frame with columns user, item, order, timestamp; the id maps).
-    """
-    users, user_ids = pd.factorize(frame["user_id"])
-    items, item_ids = pd.factorize(frame["item_id"])
-    orders, _ = pd.factorize(frame["order_id"])
-    coded = pd.DataFrame(
-        {
-            "user": users.astype(np.int32),
-            "item": items.astype(np.int32),
-            "order": orders.astype(np.int64),
-            "timestamp": frame["timestamp"].to_numpy(dtype="datetime64[ns]"),
-        }
-    )
-    return coded, IdMaps(users=pd.Index(user_ids), items=pd.Index(item_ids))
 
 
 @dataclass

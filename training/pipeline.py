@@ -56,6 +56,7 @@ from training.data import (
     load_database_signals,
     load_purchases,
 )
+from training.encode import IdMaps, encode
 from training.evaluate import EvalSet, Split, metric_key, temporal_split
 from training.gate import (
     GateDecision,
@@ -67,12 +68,10 @@ from training.gate import (
 from training.lock import trainer_lock
 from training.models import (
     Candidates,
-    IdMaps,
     ModelParams,
     Stage,
     als_weights,
     default_candidates,
-    encode,
     fit_stage,
 )
 from training.signals import SIGNAL_TYPES, Signals, encode_signals

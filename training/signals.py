@@ -29,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.clock import SECONDS_PER_DAY
-from training.models import MIN_AGE_DAYS
+from training.encode import MIN_AGE_DAYS
 
 SIGNAL_TYPES = ("view", "add_to_cart")
 PAIR_CAP = 1.0

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from service.scoring import Recipe
+from training.encode import IdMaps
 from training.evaluate import EvalSet, metric_key
-from training.models import IdMaps, ModelParams, Stage, fit_stage
+from training.models import ModelParams, Stage, fit_stage
 from training.signals import Signals
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from service.artifact.registry import REGISTRY, ModelStore
 from service.artifact.store import (
     MANIFEST,
     REQUIRED_ARRAYS,
+    TEMP_PREFIX,
     Artifact,
     load_artifact,
     new_version_name,
@@ -26,6 +27,7 @@ __all__ = [
     "REGISTRY",
     "REQUIRED_ARRAYS",
     "SCHEMA_VERSION",
+    "TEMP_PREFIX",
     "Artifact",
     "Manifest",
     "ManifestBody",

@@ -106,7 +106,8 @@ def test_truth_samples_users_deterministically_when_asked() -> None:
 
 def test_evalset_scores_equal_the_scorer_for_any_recipe(tiny_purchases: Purchases) -> None:
     from service.scoring import Recipe
-    from training.models import ModelParams, encode, fit_stage
+    from training.encode import encode
+    from training.models import ModelParams, fit_stage
 
     coded, ids = encode(tiny_purchases.frame)
     split = temporal_split(coded, 30)

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from training.data import Purchases
+from training.encode import encode
 from training.evaluate import temporal_split
 from training.models import (
     ModelParams,
     build_history,
     default_candidates,
-    encode,
     fit_ease,
     fit_stage,
     reindex_factors,

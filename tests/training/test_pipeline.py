@@ -192,8 +192,8 @@ def test_leftovers_of_a_killed_run_are_cleaned_and_the_next_run_succeeds(
 def test_ease_is_decided_once_so_every_stage_and_the_artifact_agree(
     tmp_path: Path, tiny_purchases: Purchases
 ) -> None:
+    from training.encode import encode
     from training.evaluate import temporal_split
-    from training.models import encode
 
     coded, ids = encode(tiny_purchases.frame)
     before = temporal_split(temporal_split(coded, 30).train, 30).train["item"].nunique()

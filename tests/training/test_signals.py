@@ -18,8 +18,9 @@ from service.artifact import load_artifact
 from service.settings import Settings
 from training.cli import app
 from training.data import Purchases, load_database_signals
+from training.encode import encode
 from training.evaluate import temporal_split
-from training.models import ModelParams, encode, fit_stage
+from training.models import ModelParams, fit_stage
 from training.pipeline import TrainConfig, TrainResult, run
 from training.signals import PAIR_CAP, Signals, encode_signals
 from training.synthetic import SyntheticShop, browsing_events
