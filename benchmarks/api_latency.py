@@ -12,25 +12,32 @@ POST /v1/events with batches of 100, on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
 import subprocess
-import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, save, this_command
+from benchmarks.harness import (
+    BACKENDS,
+    FRONTEND_KEY,
+    Server,
+    fresh_database,
+    fresh_sqlite,
+    seed_sessions,
+    session_users,
+    uvicorn_command,
+)
 from service.artifact import ModelStore, load_artifact
 
-KEY = "bench-frontend-key-0123456789"
 DATA = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
-PG_ADMIN = os.environ.get(
-    "RECOFFER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+BARE_APP = "benchmarks.bare_app:create_app"
+# the bare app has no /readyz: it is up when it answers this
+BARE_PROBE = "/v1/users/probe/recommendations"
 
 
 def model_root() -> Path:
@@ -57,50 +64,14 @@ def model_root() -> Path:
     return root
 
 
-def start(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            "0",
-            PYTHON,
-            "-m",
-            "uvicorn",
-            app,
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if "service.app" not in app:
-                probe = f"http://127.0.0.1:{port}/v1/users/probe/recommendations"
-                with urllib.request.urlopen(probe, timeout=1):
-                    return proc
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if json.loads(r.read())["ready"]:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"{app} did not become ready")
-
-
 def wrk_script(script: Path, paths: list[str], body: str | None = None) -> Path:
     """A wrk Lua script cycling through ``paths`` with the API key (POSTing ``body`` if given)."""
     lua_paths = ",".join(json.dumps(p) for p in paths)
-    lines = [f"local paths = {{{lua_paths}}}", "local i = 0", f'wrk.headers["X-API-Key"] = "{KEY}"']
+    lines = [
+        f"local paths = {{{lua_paths}}}",
+        "local i = 0",
+        f'wrk.headers["X-API-Key"] = "{FRONTEND_KEY}"',
+    ]
     if body is not None:
         lines += [
             'wrk.method = "POST"',
@@ -119,7 +90,8 @@ def wrk_script(script: Path, paths: list[str], body: str | None = None) -> Path:
 
 def wrk(
     port: int, paths: list[str], seconds: int = 10, connections: int = 64, body: str | None = None
-) -> float:
+) -> tuple[float, int]:
+    """Closed-loop throughput with wrk on CPU 1: (requests per second, failed requests)."""
     script = wrk_script(WORK / "wrk.lua", paths, body)
     out = subprocess.run(
         [
@@ -141,8 +113,10 @@ def wrk(
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     timeouts = re.search(r"timeout (\d+)", out)
     failures = (int(errors.group(1)) if errors else 0) + (int(timeouts.group(1)) if timeouts else 0)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rps, failures
+    throughput = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if throughput is None:
+        raise SystemExit(f"no Requests/sec in wrk's output:\n{out[-3000:]}")
+    return float(throughput.group(1)), failures
 
 
 def latency(port: int, paths: list[str], rate: float, seconds: float) -> dict[str, float]:
@@ -150,50 +124,13 @@ def latency(port: int, paths: list[str], rate: float, seconds: float) -> dict[st
     file.write_text("\n".join(paths) + "\n")
     command = ["taskset", "-c", "1", PYTHON, "-m", "benchmarks.loadgen", "--port", str(port)]
     command += ["--paths-file", str(file), "--rate", str(rate), "--seconds", str(seconds)]
-    command += ["--header", f"X-API-Key: {KEY}"]
+    command += ["--header", f"X-API-Key: {FRONTEND_KEY}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"load generator failed:\n{proc.stderr[-3000:]}")
     result: dict[str, float] = json.loads(proc.stdout)
     return result
-
-
-def seed_sessions(database_url: str, item_ids: list[str], users: int) -> list[str]:
-    from service.db import make_engine, migrate
-    from service.events import NewEvent, Repository
-
-    engine = make_engine(database_url)
-    migrate(engine)
-    repo = Repository(engine)
-    rng = np.random.default_rng(7)
-    now = datetime.now(UTC)
-    names = [f"session-{n}" for n in range(users)]
-    batch = [
-        NewEvent(user_id=u, type="view", item_id=str(i), ts=now - timedelta(minutes=10 - k))
-        for u in names
-        for k, i in enumerate(rng.choice(item_ids, size=8, replace=False))
-    ]
-    for start_at in range(0, len(batch), 1000):
-        repo.add_events(batch[start_at : start_at + 1000])
-    engine.dispose()
-    return names
-
-
-def fresh_postgres(name: str) -> str | None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    try:
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-    except Exception as exc:  # no PostgreSQL here: that part is skipped and said so
-        print(f"PostgreSQL unavailable, skipping: {exc}")
-        return None
-    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
 
 
 def main() -> None:
@@ -209,7 +146,7 @@ def main() -> None:
     items = [str(i) for i in artifact.arrays["item_ids"]]
     env = {
         "RECOFFER_MODEL_DIR": str(root),
-        "RECOFFER_FRONTEND_KEYS": KEY,
+        "RECOFFER_FRONTEND_KEYS": FRONTEND_KEY,
         "RECOFFER_LOG_LEVEL": "WARNING",
     }
     previous = RESULTS / "api_latency.json"
@@ -230,17 +167,14 @@ def main() -> None:
     save("api_latency", this_command(), results)
 
 
-def recommendation_paths(
-    db_name: str, users: list[str], items: list[str]
-) -> tuple[str, dict[str, list[str]]]:
-    """A fresh SQLite database under WORK with 1,000 session users, and request paths for the
-    three kinds of user: (database URL, {"known" | "session" | "unknown": paths})."""
-    db = WORK / db_name
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    url = f"sqlite:///{db}"
-    sessions = seed_sessions(url, items, 1000)
-    return url, {
+def recommendation_paths(url: str, users: list[str], items: list[str]) -> dict[str, list[str]]:
+    """Seed 1,000 session users (8 recent views each) into the database at ``url``; request
+    paths for the three kinds of user: {"known" | "session" | "unknown": paths}."""
+    sessions = session_users(1000)
+    seed_sessions(
+        url, sessions, items, views=8, newest_ago=timedelta(minutes=3), seed=7, distinct_items=True
+    )
+    return {
         "known": [f"/v1/users/{u}/recommendations" for u in users],
         "session": [f"/v1/users/{u}/recommendations" for u in sessions],
         "unknown": [f"/v1/users/nobody-{n}/recommendations" for n in range(1000)],
@@ -249,38 +183,31 @@ def recommendation_paths(
 
 def recommendation_figures(
     args: argparse.Namespace, env: dict[str, str], users: list[str], items: list[str]
-) -> dict[str, object]:
-    sqlite_url, kinds = recommendation_paths("api-bench.db", users, items)
-    out: dict[str, object] = {}
-    bare = start("benchmarks.bare_app:create_app", 8101, {})
-    try:
-        rps, failures = wrk(8101, kinds["unknown"], args.throughput_seconds)
-        out["bare"] = {
-            "throughput_rps": rps,
-            "throughput_failures": failures,
-            "latency": latency(8101, kinds["unknown"], args.rate, args.seconds),
-        }
-        print("bare", out["bare"], flush=True)
-    finally:
-        bare.terminate()
-        bare.wait()
-    server = start(
-        "service.app:create_app_from_env", 8102, {**env, "RECOFFER_DATABASE_URL": sqlite_url}
-    )
-    try:
-        for kind, paths in kinds.items():
-            rps, failures = wrk(8102, paths, args.throughput_seconds)
-            out[kind] = {
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    bare_command = functools.partial(uvicorn_command, BARE_APP)
+    with fresh_sqlite("api-bench") as sqlite_url:
+        kinds = recommendation_paths(sqlite_url, users, items)
+        with Server(port=8101, command=bare_command, probe=BARE_PROBE, cpus="0"):
+            rps, failures = wrk(8101, kinds["unknown"], args.throughput_seconds)
+            out["bare"] = {
                 "throughput_rps": rps,
                 "throughput_failures": failures,
-                "latency": latency(8102, paths, args.rate, args.seconds),
+                "latency": latency(8101, kinds["unknown"], args.rate, args.seconds),
             }
-            print(kind, out[kind], flush=True)
-    finally:
-        server.terminate()
-        server.wait()
-    bare_rps = out["bare"]["throughput_rps"]  # type: ignore[index]
-    out["throughput_ratio_known_vs_bare"] = out["known"]["throughput_rps"] / bare_rps  # type: ignore[index]
+            print("bare", out["bare"], flush=True)
+        with Server({**env, "RECOFFER_DATABASE_URL": sqlite_url}, port=8102, cpus="0"):
+            for kind, paths in kinds.items():
+                rps, failures = wrk(8102, paths, args.throughput_seconds)
+                out[kind] = {
+                    "throughput_rps": rps,
+                    "throughput_failures": failures,
+                    "latency": latency(8102, paths, args.rate, args.seconds),
+                }
+                print(kind, out[kind], flush=True)
+    out["throughput_ratio_known_vs_bare"] = (
+        out["known"]["throughput_rps"] / out["bare"]["throughput_rps"]
+    )
     return out
 
 
@@ -296,31 +223,20 @@ def ingestion_figures(
         }
     )
     out: dict[str, object] = {}
-    for backend in ("sqlite", "postgresql"):
-        if backend == "sqlite":
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{WORK / 'ingest.db'}{suffix}").unlink(missing_ok=True)
-            url: str | None = f"sqlite:///{WORK / 'ingest.db'}"
-        else:
-            url = fresh_postgres("recoffer_bench")
-        if url is None:
-            continue
-        server = start(
-            "service.app:create_app_from_env", 8103, {**env, "RECOFFER_DATABASE_URL": url}
-        )
-        try:
-            rps, failures = wrk(
-                8103, ["/v1/events"], args.throughput_seconds, connections=8, body=body
-            )
-            out[backend] = {
-                "batches_per_second": rps,
-                "events_per_second": rps * 100,
-                "failures": failures,
-            }
-            print(backend, out[backend], flush=True)
-        finally:
-            server.terminate()
-            server.wait()
+    for backend in BACKENDS:
+        with fresh_database(backend, "recoffer_bench_ingest") as url:
+            if url is None:
+                continue
+            with Server({**env, "RECOFFER_DATABASE_URL": url}, port=8103, cpus="0"):
+                rps, failures = wrk(
+                    8103, ["/v1/events"], args.throughput_seconds, connections=8, body=body
+                )
+                out[backend] = {
+                    "batches_per_second": rps,
+                    "events_per_second": rps * 100,
+                    "failures": failures,
+                }
+                print(backend, out[backend], flush=True)
     return out
 
 

@@ -1,18 +1,18 @@
-"""Shared helpers: run a child process and measure it, store results, describe the machine."""
+"""Shared helpers: run a child process and measure it, store results, describe the machine.
+
+Servers, the fault proxy, fresh databases and session users: ``benchmarks.harness``.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-import secrets
 import shlex
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "var" / "bench"
 PYTHON = sys.executable
-PG_ADMIN = os.environ.get(
-    "RECOFFER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 @dataclass
@@ -113,35 +110,3 @@ def this_command() -> str:
         [Path(sys.argv[0]).with_suffix("").relative_to(ROOT).as_posix().replace("/", ".")]
         + [shlex.quote(a) for a in sys.argv[1:]]
     )
-
-
-@contextlib.contextmanager
-def fresh_postgres(prefix: str) -> Iterator[str | None]:
-    """A new empty database named ``prefix_<random>``, dropped afterwards.
-
-    None when PostgreSQL is unreachable (that part is skipped and said so), unless
-    RECOFFER_REQUIRE_POSTGRES=1 (CI), where a skip would hide a fault: then it exits.
-    """
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    try:
-        admin = create_engine(
-            PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-        )
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # any failure to connect means "not available here"
-        reason = f"PostgreSQL unavailable: {str(exc).splitlines()[0]}"
-        if os.environ.get("RECOFFER_REQUIRE_POSTGRES") == "1":
-            raise SystemExit(f"{reason} (and RECOFFER_REQUIRE_POSTGRES=1)") from None
-        print(f"{reason}; skipping", flush=True)
-        yield None
-        return
-    try:
-        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

@@ -16,8 +16,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmarks.api_latency import KEY, model_root, recommendation_paths, start, wrk_script
+from benchmarks.api_latency import model_root, recommendation_paths, wrk_script
 from benchmarks.common import ROOT, WORK, save, this_command
+from benchmarks.harness import FRONTEND_KEY, Server, fresh_sqlite
 from service.artifact import ModelStore, load_artifact
 
 LEVELS = (1, 2, 4, 8, 16, 32, 64)
@@ -97,27 +98,23 @@ def main() -> int:
     artifact = load_artifact(ModelStore(root).current_path())  # type: ignore[arg-type]
     users = [str(u) for u in artifact.arrays["user_ids"]]
     items = [str(i) for i in artifact.arrays["item_ids"]]
-    url, kinds = recommendation_paths("concurrency.db", users, items)
     env = {
         "RECOFFER_MODEL_DIR": str(root),
-        "RECOFFER_FRONTEND_KEYS": KEY,
+        "RECOFFER_FRONTEND_KEYS": FRONTEND_KEY,
         "RECOFFER_LOG_LEVEL": "WARNING",
         "RECOFFER_ACCESS_LOG": "false",
-        "RECOFFER_DATABASE_URL": url,
     }
-    server = start("service.app:create_app_from_env", PORT, env)
     results: dict[str, list[dict[str, float]]] = {}
-    try:
-        for kind, paths in kinds.items():
-            wrk_latency(paths, 8, 2)  # warm-up
-            results[kind] = []
-            for level in LEVELS:
-                row = {"connections": level, **wrk_latency(paths, level, args.seconds)}
-                results[kind].append(row)
-                print(kind, row, flush=True)
-    finally:
-        server.terminate()
-        server.wait()
+    with fresh_sqlite("concurrency") as url:
+        kinds = recommendation_paths(url, users, items)
+        with Server({**env, "RECOFFER_DATABASE_URL": url}, port=PORT, cpus="0"):
+            for kind, paths in kinds.items():
+                wrk_latency(paths, 8, 2)  # warm-up
+                results[kind] = []
+                for level in LEVELS:
+                    row = {"connections": level, **wrk_latency(paths, level, args.seconds)}
+                    results[kind].append(row)
+                    print(kind, row, flush=True)
     path = save(
         "concurrency",
         this_command(),

@@ -48,14 +48,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.api_latency import start
-from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, fresh_postgres, save, this_command
+from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, save, this_command
+from benchmarks.harness import BACKENDS, FRONTEND_KEY, Server, fresh_database
 from service.offers.campaigns import BUILT_IN
 from service.offers.rules import in_holdout
 
-FRONTEND_KEY = "bench-frontend-key-0123456789"
 MARKETING_KEY = "bench-marketing-key-0123456789"
-BACKENDS = ("sqlite", "postgresql")
 EVALUATE_P99_MS = 25.0
 CATALOGUE = 20_000  # products
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -301,22 +299,7 @@ def seed_mixed_users(url: str, users: int, now: datetime, rng_seed: int = 13) ->
     )
 
 
-# --- databases and the server -------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_database(backend: str) -> Iterator[str | None]:
-    """A new empty database (None when PostgreSQL is unreachable), removed afterwards."""
-    if backend == "sqlite":
-        WORK.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="offers-", dir=WORK))
-        try:
-            yield f"sqlite:///{folder / 'recoffer.db'}"
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return
-    with fresh_postgres("recoffer_bench_offers") as url:
-        yield url
+# --- the server ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -330,12 +313,10 @@ def served(url: str, port: int) -> Iterator[int]:
         "RECOFFER_MARKETING_KEYS": MARKETING_KEY,
         "RECOFFER_LOG_LEVEL": "WARNING",
     }
-    server = start("service.app:create_app_from_env", port, env)
     try:
-        yield server.pid  # taskset execs uvicorn: this is the server's own process
+        with Server(env, port=port, cpus="0", stop_seconds=60) as server:
+            yield server.pid
     finally:
-        server.terminate()
-        server.wait(timeout=60)
         shutil.rmtree(models, ignore_errors=True)
 
 
@@ -1005,7 +986,7 @@ def main() -> None:
     parts = [args.only] if args.only else ["evaluate", "sweep"]
     for part in parts:
         for backend in backends:
-            with fresh_database(backend) as url:
+            with fresh_database(backend, "recoffer_bench_offers") as url:
                 if url is None:
                     continue
                 figures = (evaluate_figures if part == "evaluate" else sweep_figures)(

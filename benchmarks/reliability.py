@@ -26,22 +26,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import functools
 import json
 import os
 import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,198 +49,40 @@ import httpx
 import numpy as np
 
 from benchmarks.common import PYTHON, ROOT, WORK, save, this_command
-from benchmarks.common import fresh_postgres as common_fresh_postgres
+from benchmarks.harness import (
+    BACKENDS,
+    FRONTEND_KEY,
+    Server,
+    TcpProxy,
+    fresh_database,
+    fresh_postgres,
+    seed_sessions,
+    server_command,
+    session_users,
+)
 from benchmarks.loadgen import encode_request
 from service.artifact import REGISTRY, TEMP_PREFIX, ModelStore, load_artifact
 
-KEY = "bench-frontend-key-0123456789"
 SEED = 20261124
 EVENTS_PER_BATCH = 5
 MIX = {"recommendations": 0.7, "events": 0.2, "offers": 0.1}
-BACKENDS = ("sqlite", "postgresql")
 # memory counts as stable when it grows at most this much over the second half of the run
 # (a leak of 1 KB a request at 150 requests/s adds 4.4 MiB in 30 s)
 STABLE_GROWTH_MIB = 3.0
 
 
-# --- processes, ports, databases ----------------------------------------------------------
+# --- the worker and its database ----------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """One uvicorn worker of the service on a free loopback port; stopped on exit."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        self._log_file = log.open("wb")
-        settings = {
-            "RECOFFER_FRONTEND_KEYS": KEY,
-            "RECOFFER_LOG_LEVEL": "WARNING",
-            "RECOFFER_ACCESS_LOG": "false",
-            **env,
-        }
-        self.proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "uvicorn",
-                "service.app:create_app_from_env",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-access-log",
-                "--timeout-keep-alive",  # the load client does not reconnect idle connections
-                "600",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", **settings},
-            stdout=subprocess.DEVNULL,
-            stderr=self._log_file,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)
-                if r.json().get("ready"):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"the service did not become ready; see {log}:\n{self.log_tail()}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds the worker has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
-
-
-@contextlib.contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[Server]:
-    server = Server(env, log)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class TcpProxy:
-    """Forwards a loopback port to PostgreSQL; ``stop()`` acts as a stopped server.
-
-    Stopped: the listener is closed (connections are refused) and every forwarded connection is
-    reset. ``start()`` listens on the same port again.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.listener: socket.socket | None = None
-        self.sockets: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.down = False
-        self.start()
-
-    def start(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.down = False
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                _close(client)
-                continue
-            with self.lock:
-                if self.down:  # stopped while this connection was being set up
-                    _close(client)
-                    _close(upstream)
-                    continue
-                self.sockets |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                _close(s)
-                with self.lock:
-                    self.sockets.discard(s)
-
-    def stop(self) -> None:
-        with self.lock:
-            self.down = True
-            live, self.sockets = list(self.sockets), set()
-        if self.listener is not None:
-            # close() alone leaves a thread blocked in accept() listening; shutdown wakes it
-            with contextlib.suppress(OSError):
-                self.listener.shutdown(socket.SHUT_RDWR)
-            self.listener.close()
-            self.listener = None
-        for s in live:
-            _close(s)
-
-
-def _close(s: socket.socket) -> None:
-    """Shut down, then close: close() alone leaves the connection open (no FIN sent) while
-    another thread is blocked reading from it, and the peer then waits for ever."""
-    with contextlib.suppress(OSError):
-        s.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        s.close()
-
-
-def fresh_postgres() -> contextlib.AbstractContextManager[str | None]:
-    """A new empty database for this script, dropped afterwards (see common.fresh_postgres)."""
-    return common_fresh_postgres("recoffer_bench_rel")
+# every worker here: quiet, one BLAS thread; keep-alive long, as the load client does not
+# reconnect idle connections
+SERVICE_ENV = {
+    "RECOFFER_FRONTEND_KEYS": FRONTEND_KEY,
+    "RECOFFER_LOG_LEVEL": "WARNING",
+    "RECOFFER_ACCESS_LOG": "false",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+COMMAND = functools.partial(server_command, keep_alive_seconds=600)
+DATABASE_PREFIX = "recoffer_bench_rel"
 
 
 def stored_event_ids(url: str, prefix: str) -> tuple[set[str], int]:
@@ -271,7 +113,7 @@ class Population:
     sessions: list[str] = field(default_factory=list)  # users known only from their events
 
 
-def build_model(root: Path, session_users: int) -> Population:
+def build_model(root: Path, sessions: int) -> Population:
     """Train the "small" synthetic shop (2,000 users, 1,000 items) into ``root``."""
     from training.data import purchases_from_frame
     from training.models import ModelParams
@@ -287,7 +129,7 @@ def build_model(root: Path, session_users: int) -> Population:
     return Population(
         known=[str(u) for u in artifact.arrays["user_ids"]],
         items=[str(i) for i in artifact.arrays["item_ids"]],
-        sessions=[f"session-{n}" for n in range(session_users)],
+        sessions=session_users(sessions),
     )
 
 
@@ -407,7 +249,7 @@ async def drive(
     moments: dict[str, float] = {}
     queue: asyncio.Queue[Request | None] = asyncio.Queue()
     start = time.perf_counter() + 0.2
-    headers = {"X-API-Key": KEY}
+    headers = {"X-API-Key": FRONTEND_KEY}
 
     async def connection() -> None:
         stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -469,7 +311,7 @@ def statuses(outcomes: list[Outcome]) -> dict[str, dict[str, int]]:
 def resend_refused(base_url: str, refused: list[Outcome], attempts: int = 5) -> Counter[int]:
     """Send refused event batches again with the same ids, as a client would; final statuses."""
     final: Counter[int] = Counter()
-    with httpx.Client(base_url=base_url, headers={"X-API-Key": KEY}, timeout=30) as client:
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": FRONTEND_KEY}, timeout=30) as client:
         for outcome in refused:
             status = 0
             for attempt in range(attempts):
@@ -491,7 +333,7 @@ def outage_figures(args: argparse.Namespace, root: Path, people: Population) -> 
     from sqlalchemy.engine import make_url
 
     before, down, after = args.outage_phases
-    with fresh_postgres() as direct:
+    with fresh_postgres(DATABASE_PREFIX) as direct:
         if direct is None:
             return {"skipped": "PostgreSQL unreachable"}
         target = make_url(direct)
@@ -502,7 +344,9 @@ def outage_figures(args: argparse.Namespace, root: Path, people: Population) -> 
             "RECOFFER_DATABASE_URL": via_proxy.render_as_string(hide_password=False),
         }
         try:
-            with serving(env, WORK / "reliability-outage.log") as server:
+            with Server(
+                {**SERVICE_ENV, **env}, command=COMMAND, log=WORK / "reliability-outage.log"
+            ) as server:
                 prefix = f"outage-{secrets.token_hex(3)}-"
                 rng = np.random.default_rng(SEED)
                 plan = plan_load(args.outage_rate, before + down + after, people, prefix, rng)
@@ -637,40 +481,6 @@ def outage_failures(o: dict[str, Any]) -> list[str]:
 # --- 2. sustained load --------------------------------------------------------------------
 
 
-def seed_sessions(url: str, people: Population, per_user: int = 50) -> int:
-    """Give every session user a full window of recent events before the worker starts.
-
-    The worker keeps the last ``per_user`` events of each user in memory; starting full, its
-    memory under load shows steady-state growth only, not that window filling up.
-    """
-    from datetime import UTC, datetime, timedelta
-
-    from service.db import make_engine, migrate
-    from service.events import NewEvent, Repository
-
-    engine = make_engine(url)
-    try:
-        migrate(engine)
-        repository = Repository(engine)
-        rng = np.random.default_rng(SEED + 2)
-        now = datetime.now(UTC)
-        batch = [
-            NewEvent(
-                user_id=user,
-                type="view",
-                item_id=people.items[rng.integers(len(people.items))],
-                ts=now - timedelta(hours=2, minutes=k),
-            )
-            for user in people.sessions
-            for k in range(per_user)
-        ]
-        for first in range(0, len(batch), 1000):
-            repository.add_events(batch[first : first + 1000])
-    finally:
-        engine.dispose()
-    return len(batch)
-
-
 def _slope_mib_per_min(samples: list[tuple[float, float]]) -> float:
     if len(samples) < 2:
         return 0.0
@@ -681,9 +491,14 @@ def _slope_mib_per_min(samples: list[tuple[float, float]]) -> float:
 def sustained_figures(
     args: argparse.Namespace, root: Path, people: Population, backend: str, url: str
 ) -> dict[str, Any]:
-    seeded = seed_sessions(url, people)
+    # every session user starts with a full window (the worker keeps a user's last 50 events in
+    # memory): its memory under load then shows steady-state growth, not the windows filling up
+    seeded = seed_sessions(
+        url, people.sessions, people.items, views=50, newest_ago=timedelta(hours=2), seed=SEED + 2
+    )
     env = {"RECOFFER_MODEL_DIR": str(root), "RECOFFER_DATABASE_URL": url}
-    with serving(env, WORK / f"reliability-sustained-{backend}.log") as server:
+    log = WORK / f"reliability-sustained-{backend}.log"
+    with Server({**SERVICE_ENV, **env}, command=COMMAND, log=log) as server:
         prefix = f"load-{secrets.token_hex(3)}-"
         plan = plan_load(args.rate, args.seconds, people, prefix, np.random.default_rng(SEED + 1))
         samples: list[tuple[float, float]] = [(0.0, server.rss_mib())]
@@ -886,7 +701,7 @@ class Watcher:
         self.thread.start()
 
     def _run(self) -> None:
-        with httpx.Client(headers={"X-API-Key": KEY}, timeout=30) as client:
+        with httpx.Client(headers={"X-API-Key": FRONTEND_KEY}, timeout=30) as client:
             for _ in range(2_000_000):
                 if self.stop.is_set() or time.monotonic() > self.deadline:
                     return
@@ -931,7 +746,8 @@ def kill_figures(kills: int, seed: int) -> dict[str, Any]:
         phases: Counter[str] = Counter()
         done = attempts = 0
         started = time.monotonic()
-        with serving(env, WORK / "reliability-kills.log") as server:
+        log = WORK / "reliability-kills.log"
+        with Server({**SERVICE_ENV, **env}, command=COMMAND, log=log) as server:
             watcher = Watcher(server.url, user, seconds=60 + 10 * kills)
             try:
                 while done < kills and attempts < 3 * kills:
@@ -1158,14 +974,10 @@ def main() -> None:
             print("outage", _brief(doc["outage"]), flush=True)
         if "sustained" in wanted:
             doc["sustained"] = []
-            sqlite = f"sqlite:///{folder / 'load.db'}"
             for backend in args.backend or (["sqlite"] if args.quick else BACKENDS):
-                url = sqlite if backend == "sqlite" else None
-                with contextlib.ExitStack() as stack:
+                with fresh_database(backend, DATABASE_PREFIX) as url:
                     if url is None:
-                        url = stack.enter_context(fresh_postgres())
-                        if url is None:
-                            continue
+                        continue
                     figures = sustained_figures(args, folder / "models", people, backend, url)
                 doc["sustained"].append(figures)
                 failures += sustained_failures(figures)

@@ -24,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import WORK, fresh_postgres, median, save, this_command
+from benchmarks.common import median, save, this_command
+from benchmarks.harness import BACKENDS, fresh_database
 from training.data import load_database_signals, purchases_from_frame
 from training.models import ModelParams
 from training.pipeline import TrainConfig, TrainResult, run
@@ -194,13 +195,10 @@ def main() -> int:
         "tuned": tuned(args.preset, args.tune_seconds),
         "cost": [],
     }
-    WORK.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=WORK) as work:
-        sqlite_url = f"sqlite:///{Path(work) / 'signals.db'}"
-        doc["cost"].append(cost(args.cost_preset, "SQLite", sqlite_url))
-    with fresh_postgres("recoffer_signals") as pg_url:
-        if pg_url is not None:
-            doc["cost"].append(cost(args.cost_preset, "PostgreSQL", pg_url))
+    for backend, name in zip(BACKENDS, ("SQLite", "PostgreSQL"), strict=True):
+        with fresh_database(backend, "recoffer_signals") as url:
+            if url is not None:
+                doc["cost"].append(cost(args.cost_preset, name, url))
     save("signals", this_command(), doc)
     print(json.dumps(doc, indent=1))
     return 0
