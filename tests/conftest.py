@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,10 +55,8 @@ def small_purchases(small_shop: SyntheticShop) -> Purchases:
 
 
 # --- databases ---------------------------------------------------------------------------
-
-POSTGRES_URL = os.environ.get(
-    "RECOFFER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+# PostgreSQL's address and the fresh databases come from benchmarks.harness, shared with the
+# benchmarks; imported where needed, so that tests without PostgreSQL never import it.
 
 
 @pytest.fixture(scope="session")
@@ -67,49 +64,35 @@ def postgres_server() -> str:
     """The PostgreSQL admin URL; skips (fails in CI) when the server is unreachable."""
     from sqlalchemy import create_engine, text
 
+    from benchmarks.harness import POSTGRES_ADMIN_URL
+
     reason = ""
     try:
-        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         engine.dispose()
     except Exception as exc:  # any failure to connect means "not available here"
-        reason = f"PostgreSQL not reachable at {POSTGRES_URL}: {str(exc).splitlines()[0]}"
+        reason = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {str(exc).splitlines()[0]}"
     require_or_skip(not reason, reason, "RECOFFER_REQUIRE_POSTGRES")
-    return POSTGRES_URL
-
-
-@contextmanager
-def _new_postgres_database(server: str) -> Iterator[str]:
-    """A new, empty database on ``server``, dropped on exit."""
-    import secrets
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"recoffer_t_{secrets.token_hex(4)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return POSTGRES_ADMIN_URL
 
 
 @pytest.fixture
 def fresh_postgres(postgres_server: str) -> Iterator[str]:
     """A new, empty database for one test, dropped afterwards."""
-    with _new_postgres_database(postgres_server) as url:
+    from benchmarks.harness import postgres_database
+
+    with postgres_database("recoffer_t", postgres_server) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def module_postgres(postgres_server: str) -> Iterator[str]:
     """A new, empty database shared by the tests of one module, dropped afterwards."""
-    with _new_postgres_database(postgres_server) as url:
+    from benchmarks.harness import postgres_database
+
+    with postgres_database("recoffer_t", postgres_server) as url:
         yield url
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
+from benchmarks.harness import TcpProxy
 from service.app import create_app
 from service.artifact import ModelStore, load_artifact
 from service.settings import Settings
@@ -66,64 +64,6 @@ def test_a_locked_sqlite_database_gives_503_not_500(small_model_root: Path, tmp_
         assert client.post("/v1/events", json=_event(2), headers=H).json()["accepted"] == 1
 
 
-class TcpProxy:
-    """Forwards a loopback port to a target; ``cut()`` drops connections until ``restore()``."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.down = False
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.down:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    # shutdown first: close() alone sends no FIN while another thread reads
-                    s.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    s.close()
-
-    def cut(self) -> None:
-        self.down = True
-        with self.lock:
-            for s in self.sockets:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            self.sockets.clear()
-
-    def restore(self) -> None:
-        self.down = False
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 @pytest.fixture
 def proxied_postgres(fresh_postgres: str) -> Iterator[tuple[str, TcpProxy, str]]:
     url = make_url(fresh_postgres)
@@ -135,7 +75,7 @@ def proxied_postgres(fresh_postgres: str) -> Iterator[tuple[str, TcpProxy, str]]
             fresh_postgres,
         )
     finally:
-        proxy.close()
+        proxy.stop()
 
 
 def test_postgres_outage_keeps_recommendations_and_loses_no_accepted_event(
@@ -147,13 +87,13 @@ def test_postgres_outage_keeps_recommendations_and_loses_no_accepted_event(
     with _client(small_model_root, url, timeout=1.0) as client:
         for n in range(5):
             accepted += client.post("/v1/events", json=_event(n), headers=H).json()["accepted"]
-        proxy.cut()
+        proxy.stop()  # PostgreSQL "stopped": connections reset, new ones refused
         for n in range(5, 10):
             r = client.post("/v1/events", json=_event(n), headers=H)
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "database_unavailable"
             assert client.get(f"/v1/users/{user}/recommendations", headers=H).status_code == 200
-        proxy.restore()
+        proxy.start()
         deadline = time.monotonic() + 10
         status = 0
         while time.monotonic() < deadline:
