@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from typing import Any
 
 from benchmarks.common import PYTHON, ROOT, WORK, measure, median, save, this_command
 
 DATA = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
 
 
-def train(tune_seconds: float, models_name: str) -> tuple[dict[str, object], float, float]:
+def train(tune_seconds: float, models_name: str) -> tuple[dict[str, Any], float, float]:
+    """One measured ``recoffer train --json`` run: (its JSON report, wall seconds, peak MiB)."""
     models = WORK / models_name
     shutil.rmtree(models, ignore_errors=True)
     result = measure(

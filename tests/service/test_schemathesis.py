@@ -8,13 +8,13 @@ app's lifespan runs before the first request (migrations, model load), as in pro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
-from schemathesis import Case, Response
+from schemathesis import Response
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (
@@ -28,6 +28,9 @@ from service.api.fastpath import PlainRoute
 from service.api.routes.recommendations import PATH as RECOMMENDATIONS
 from service.app import create_app
 from service.settings import Settings
+
+if TYPE_CHECKING:  # schemathesis defines the alias for type checkers only
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 ADMIN = "admin-key-0123456789abcd"
 PUBLIC = {"/healthz", "/readyz"}  # answered without a key
@@ -92,7 +95,7 @@ def served(small_model_root: Path, backend_url: str) -> RouteRecorder:
     return RouteRecorder(create_app(settings))
 
 
-def _call(case: Case, served: RouteRecorder, **kwargs: Any) -> Response:
+def _call(case: OpenApiCase, served: RouteRecorder, **kwargs: Any) -> Response:
     response = case.call(app=served, **kwargs)
     assert served.started(), "the lifespan did not load the model and open the database"
     return response
@@ -101,7 +104,7 @@ def _call(case: Case, served: RouteRecorder, **kwargs: Any) -> Response:
 @schema.parametrize()
 @BOUNDED
 def test_no_request_with_an_admin_key_gets_a_server_error(
-    case: Case, served: RouteRecorder
+    case: OpenApiCase, served: RouteRecorder
 ) -> None:
     response = _call(case, served, headers={"X-API-Key": ADMIN})
     checks = [
@@ -119,7 +122,9 @@ def test_no_request_with_an_admin_key_gets_a_server_error(
 @keyless.parametrize()
 @settings(BOUNDED, max_examples=5)
 @pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)  # keys need no PostgreSQL run
-def test_no_request_without_a_key_reaches_a_handler(case: Case, served: RouteRecorder) -> None:
+def test_no_request_without_a_key_reaches_a_handler(
+    case: OpenApiCase, served: RouteRecorder
+) -> None:
     response = _call(case, served)
     case.validate_response(response, checks=[not_a_server_error])
     if case.operation.path not in PUBLIC:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.deps import AppState
 from service.app import create_app
 from service.offers.rules import in_holdout
 from service.settings import Settings
@@ -550,6 +551,13 @@ def test_campaigns_are_listed_for_marketing_only(client: TestClient) -> None:
     assert client.get("/v1/campaigns/nope/stats", headers=M).status_code == 404
 
 
+def _drain_auto_offers(c: TestClient) -> None:
+    """Wait, on the app's own event loop, for the on-view evaluations under way."""
+    state: AppState = c.app.state.recoffer  # type: ignore[attr-defined]
+    assert c.portal is not None, "the client is not started (outside its `with`)"
+    c.portal.call(state.auto_offers.drain)
+
+
 def test_evaluation_on_view_issues_without_a_call(
     small_model_root: Path, database_url: str, clock: Clock, tmp_path: Path
 ) -> None:
@@ -557,11 +565,11 @@ def test_evaluation_on_view_issues_without_a_call(
     with make_client(small_model_root, database_url, clock, campaigns_file=path) as c:
         user = treated_users("auto-", 1)[0]
         sign_up(c, user, ago=timedelta(hours=1), views=10)
-        c.portal.call(c.app.state.recoffer.auto_offers.drain)  # type: ignore[attr-defined]
+        _drain_auto_offers(c)
         assert c.get(f"/v1/users/{user}/offers", headers=F).json()["offers"] == []
         view = {"user_id": user, "type": "view", "item_id": "i00099"}
         assert c.post("/v1/events", json=view, headers=F).status_code == 200
-        c.portal.call(c.app.state.recoffer.auto_offers.drain)  # type: ignore[attr-defined]
+        _drain_auto_offers(c)
         offers = c.get(f"/v1/users/{user}/offers", headers=F).json()["offers"]
         assert len(offers) == 1
 

@@ -224,7 +224,7 @@ def test_concurrent_sweeps_decide_each_user_once(database_url: str) -> None:
             _hesitating(offers, user)
         results = _all_at_once(4, lambda _: offers.sweep(campaign.campaign_id))
         assert not [r for r in results if isinstance(r, BaseException)]
-        made = Counter()
+        made: Counter[str] = Counter()
         for r in results:
             assert not isinstance(r, BaseException)
             made.update({k: v for k, v in r.decisions.items() if k in ("issued", "holdout")})
@@ -260,7 +260,11 @@ def test_a_daily_cap_and_the_retry_of_a_miss_hold_under_concurrency(database_url
             r.decision if not isinstance(r, BaseException) else repr(r) for r in results
         )
         assert kinds == {"issued": 3, "budget_exhausted": 17}
-        missed = next(u for u, r in zip(users, results, strict=True) if r.decision != "issued")
+        missed = next(
+            u
+            for u, r in zip(users, results, strict=True)
+            if not isinstance(r, BaseException) and r.decision != "issued"
+        )
         clock[0] = NOW + timedelta(hours=13)  # the next UTC day, still inside the window
         again = _all_at_once(20, lambda _: offers.evaluate(missed, campaign.campaign_id))
         kinds = Counter(r.decision if not isinstance(r, BaseException) else repr(r) for r in again)
