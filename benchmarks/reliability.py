@@ -115,7 +115,7 @@ class Population:
 
 def build_model(root: Path, sessions: int) -> Population:
     """Train the "small" synthetic shop (2,000 users, 1,000 items) into ``root``."""
-    from training.data import purchases_from_frame
+    from training.data.formats import purchases_from_frame
     from training.models import ModelParams
     from training.pipeline import TrainConfig, run
     from training.synthetic import generate_shop, spec_for

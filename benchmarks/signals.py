@@ -26,7 +26,8 @@ import pandas as pd
 
 from benchmarks.common import median, save, this_command
 from benchmarks.harness import BACKENDS, fresh_database
-from training.data import load_database_signals, purchases_from_frame
+from training.data.database import load_database_signals
+from training.data.formats import purchases_from_frame
 from training.models import ModelParams
 from training.pipeline import TrainConfig, TrainResult, run
 from training.synthetic import browsing_events, generate_shop, spec_for

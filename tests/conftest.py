@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import Purchases, purchases_from_frame
+from training.data.formats import Purchases, purchases_from_frame
 from training.synthetic import SyntheticShop, generate_shop, spec_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -37,14 +37,9 @@ from service.tables import EVENT_TYPES
 
 # The purchase loader's readers and parsers, so both kinds of input obey one set of
 # conventions (string ids, naive UTC timestamps, one-line DataError naming file and column).
-from training.data import (
-    as_ids,
-    as_text,
-    check_columns,
-    parse_mapping,
-    parse_timestamps,
-    read_table,
-)
+from training.data.cells import as_ids, as_text, parse_timestamps
+from training.data.files import check_columns, read_table
+from training.data.formats import parse_mapping
 
 logger = logging.getLogger(__name__)
 

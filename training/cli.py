@@ -19,7 +19,7 @@ from rich.table import Table
 from service.artifact import ModelStore, load_artifact
 from service.errors import RecofferError, UsageProblem, kind_of, public_detail
 from service.scoring import PROTOCOLS
-from training.data import FORMATS, ColumnMapping
+from training.data.formats import FORMATS, ColumnMapping
 from training.evaluate import METRICS
 from training.models import ModelParams
 

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from service.artifact import Artifact, Manifest, ModelStore, load_artifact
 from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
-from training.data import ColumnMapping, load_purchases
+from training.data.formats import ColumnMapping, load_purchases
 from training.encode import IdMaps, encode
 from training.evaluate import (
     EvalSet,

@@ -47,15 +47,12 @@ from service.artifact.manifest import (
 )
 from service.errors import ArtifactError, DataError
 from service.scoring import PROTOCOLS, Recipe
-from training.data import (
-    CleaningReport,
-    ColumnMapping,
-    Purchases,
+from training.data.database import (
     combine_purchases,
     load_database_purchases,
     load_database_signals,
-    load_purchases,
 )
+from training.data.formats import CleaningReport, ColumnMapping, Purchases, load_purchases
 from training.encode import IdMaps, encode
 from training.evaluate import EvalSet, Split, metric_key, temporal_split
 from training.gate import (

@@ -1,4 +1,4 @@
-"""Reading and cleaning purchase histories: training/data.py."""
+"""Reading and cleaning purchase histories: training/data/."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import DataError
-from training.data import (
+from training.data.formats import (
     COLUMNS,
     FORMATS,
     GENERIC_RULES,
@@ -164,7 +164,7 @@ def test_online_retail_reads_latin_1_files_with_a_warning(
     path = tmp_path / "latin.csv"
     # The voucher line holds a pound sign, which is not UTF-8 in Latin-1.
     path.write_bytes("\n".join([RETAIL_HEADER, *SMALL_RETAIL_ROWS]).encode("latin-1"))
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data.files"):
         purchases = load_purchases(path, "online-retail")
     assert purchases.report.rows_kept == 5
     assert "not valid UTF-8" in caplog.text

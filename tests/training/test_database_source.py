@@ -14,7 +14,8 @@ from service.db import make_engine, migrate
 from service.errors import DataError
 from service.events import NewEvent, Repository
 from training.cli import app
-from training.data import combine_purchases, load_database_purchases, load_purchases
+from training.data.database import combine_purchases, load_database_purchases
+from training.data.formats import load_purchases
 from training.synthetic import SyntheticShop, write_shop
 
 FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]

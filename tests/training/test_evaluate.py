@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from service.errors import SplitError
-from training.data import Purchases
+from training.data.formats import Purchases
 from training.evaluate import build_truth, rank_metrics, temporal_split
 
 SCORES = np.array(

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import Purchases
+from training.data.formats import Purchases
 from training.encode import encode
 from training.evaluate import temporal_split
 from training.models import (

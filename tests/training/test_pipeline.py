@@ -12,7 +12,7 @@ import training.pipeline as pipeline
 from service.artifact import ModelStore, load_artifact
 from service.errors import TrainerBusyError
 from service.scoring import PROTOCOLS
-from training.data import Purchases, purchases_from_frame
+from training.data.formats import Purchases, purchases_from_frame
 from training.gate import decide
 from training.lock import trainer_lock
 from training.models import ModelParams

@@ -17,7 +17,8 @@ from service.app import create_app
 from service.artifact import load_artifact
 from service.settings import Settings
 from training.cli import app
-from training.data import Purchases, load_database_signals
+from training.data.database import load_database_signals
+from training.data.formats import Purchases
 from training.encode import encode
 from training.evaluate import temporal_split
 from training.models import ModelParams, fit_stage
