@@ -28,14 +28,14 @@ def encode(frame: pd.DataFrame) -> tuple[pd.DataFrame, IdMaps]:
     String ids are factorised once here; every later stage slices and groups integers.
     Returns (frame with columns user, item, order, timestamp; the id maps).
     """
-    users, user_ids = pd.factorize(frame["user_id"])
-    items, item_ids = pd.factorize(frame["item_id"])
-    orders, _ = pd.factorize(frame["order_id"])
+    user_codes, user_ids = pd.factorize(frame["user_id"])
+    item_codes, item_ids = pd.factorize(frame["item_id"])
+    order_codes, _ = pd.factorize(frame["order_id"])
     coded = pd.DataFrame(
         {
-            "user": users.astype(np.int32),
-            "item": items.astype(np.int32),
-            "order": orders.astype(np.int64),
+            "user": user_codes.astype(np.int32),
+            "item": item_codes.astype(np.int32),
+            "order": order_codes.astype(np.int64),
             "timestamp": frame["timestamp"].to_numpy(dtype="datetime64[ns]"),
         }
     )

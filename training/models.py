@@ -141,15 +141,14 @@ def build_history(
     counts, age_days): the codes of the matrices' rows and columns, and two matrices that share
     one sparsity pattern.
     """
-    u = coded["user"].to_numpy(dtype=np.int64)
-    i = coded["item"].to_numpy(dtype=np.int64)
     o = coded["order"].to_numpy(dtype=np.int64)
     ts = coded["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    # codes are dense (0..n-1), so presence counts replace sorting to find the rows present
-    user_codes, rows = _compact(u)
-    item_codes, cols = _compact(i)
+    # codes are dense (0..n-1), so presence counts replace sorting to find the rows present;
+    # user_idx / item_idx: each purchase's row and column in the matrices
+    user_codes, user_idx = _compact(coded["user"].to_numpy(dtype=np.int64))
+    item_codes, item_idx = _compact(coded["item"].to_numpy(dtype=np.int64))
     n_users, n_items = len(user_codes), len(item_codes)
-    pair = rows * n_items + cols
+    pair = user_idx * n_items + item_idx
     n_orders = int(o.max()) + 1 if len(o) else 1
     if n_users * n_items * n_orders < 2**62:
         order = np.argsort(pair * n_orders + o, kind="stable")  # one int64 sort
@@ -163,12 +162,12 @@ def build_history(
     orders_per_pair = np.add.reduceat(new_order, starts).astype(np.float32)
     last = np.maximum.reduceat(ts, starts)
     pairs = pair[starts]
-    rows_of_pair, cols_of_pair = pairs // n_items, pairs % n_items
+    pair_user_idx, pair_item_idx = pairs // n_items, pairs % n_items
     ref_ns = np.int64(pd.Timestamp(reference_time).value)
     age = np.maximum((ref_ns - last) / (SECONDS_PER_DAY * 1e9), MIN_AGE_DAYS).astype(np.float32)
     indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows_of_pair, minlength=n_users), out=indptr[1:])
-    indices = cols_of_pair.astype(np.int32)
+    np.cumsum(np.bincount(pair_user_idx, minlength=n_users), out=indptr[1:])
+    indices = pair_item_idx.astype(np.int32)
     shape = (n_users, n_items)
     counts = sp.csr_matrix((orders_per_pair, indices, indptr), shape=shape)
     ages = sp.csr_matrix((age, indices.copy(), indptr.copy()), shape=shape)
@@ -317,16 +316,17 @@ def _warm_init(
     previous: Stage,
     user_factors: npt.NDArray[np.float32],
     item_factors: npt.NDArray[np.float32] | None,
-    users: npt.NDArray[np.int64],
-    items: npt.NDArray[np.int64],
+    user_codes: npt.NDArray[np.int64],
+    item_codes: npt.NDArray[np.int64],
     params: ModelParams,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
-    """A previous stage's factors moved to this stage's rows, or None when they cannot be."""
+    """A previous stage's factors moved to the rows of ``user_codes`` / ``item_codes``, or None
+    when they cannot be."""
     if item_factors is None or user_factors.shape[1] != params.factors:
         return None
     return (
-        reindex_factors(previous.user_codes, user_factors, users, params.seed),
-        reindex_factors(previous.item_codes, item_factors, items, params.seed + 1),
+        reindex_factors(previous.user_codes, user_factors, user_codes, params.seed),
+        reindex_factors(previous.item_codes, item_factors, item_codes, params.seed + 1),
     )
 
 
@@ -349,17 +349,22 @@ def fit_stage(
     fitted on purchases plus the signals up to ``signals_until`` (default ``reference_time``;
     the serving stage passes the newest signal's time, so browsing after the last purchase
     counts too, as the freshest), weighted by ``params``: the ``als_signals`` component. The
-    first ALS stays purchase-only. A stage with no signal in its range gets a copy of the
-    purchase factors, so every stage of a run has the same components.
+    first ALS stays purchase-only. A stage with no signal in its range shares the purchase
+    factors, so every stage of a run has the same components.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    users, items, counts, ages = build_history(coded, reference_time)
+    user_codes, item_codes, counts, ages = build_history(coded, reference_time)
     timings["history"] = time.perf_counter() - t0
     init = None
     if warm_from is not None:
         init = _warm_init(
-            warm_from, warm_from.user_factors, warm_from.item_factors, users, items, params
+            warm_from,
+            warm_from.user_factors,
+            warm_from.item_factors,
+            user_codes,
+            item_codes,
+            params,
         )
     t0 = time.perf_counter()
     user_factors, item_factors = fit_als(counts, ages, params, init=init)
@@ -369,8 +374,8 @@ def fit_stage(
     if signals is not None:
         t0 = time.perf_counter()
         weak = signals.matrix(
-            users,
-            items,
+            user_codes,
+            item_codes,
             reference_time,
             params.signal_weights,
             params.input_half_life_days,
@@ -384,24 +389,24 @@ def fit_stage(
                     warm_from,
                     warm_from.signal_user_factors,
                     warm_from.signal_item_factors,
-                    users,
-                    items,
+                    user_codes,
+                    item_codes,
                     params,
                 )
             signal_factors = fit_als(counts, ages, params, init=signal_init, signals=weak)
         timings["als_signals"] = time.perf_counter() - t0
     ease_b = None
     if with_ease is None:
-        with_ease = len(items) <= params.ease_max_items
+        with_ease = len(item_codes) <= params.ease_max_items
     if with_ease:
         t0 = time.perf_counter()
         ease_b = fit_ease(counts, params.ease_lambda)
         timings["ease"] = time.perf_counter() - t0
     return Stage(
-        user_codes=users,
-        item_codes=items,
-        user_ids=ids.users[users],
-        item_ids=ids.items[items],
+        user_codes=user_codes,
+        item_codes=item_codes,
+        user_ids=ids.users[user_codes],
+        item_ids=ids.items[item_codes],
         counts=counts,
         age_days=ages,
         reference_time=pd.Timestamp(reference_time),

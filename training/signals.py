@@ -43,8 +43,8 @@ class Signals:
     ``ignored`` counts, per type, the events of users or items without any purchase.
     """
 
-    user: npt.NDArray[np.int64]
-    item: npt.NDArray[np.int64]
+    user_codes: npt.NDArray[np.int64]
+    item_codes: npt.NDArray[np.int64]
     ts: npt.NDArray[np.int64]
     kind: npt.NDArray[np.int8]
     ignored: tuple[int, ...] = (0,) * len(SIGNAL_TYPES)
@@ -60,14 +60,16 @@ class Signals:
     def until(self, moment: pd.Timestamp) -> Signals:
         """The events at or before ``moment``."""
         end = int(np.searchsorted(self.ts, pd.Timestamp(moment).value, side="right"))
-        return Signals(self.user[:end], self.item[:end], self.ts[:end], self.kind[:end])
+        return Signals(self.user_codes[:end], self.item_codes[:end], self.ts[:end], self.kind[:end])
 
     def only(self, weights: tuple[float, ...]) -> Signals:
         """The events of the types with a weight above 0 (those a model with ``weights`` uses)."""
         wanted = np.asarray(weights, dtype=np.float64) > 0
         keep = wanted[self.kind]
         ignored = tuple(n if wanted[k] else 0 for k, n in enumerate(self.ignored))
-        return Signals(self.user[keep], self.item[keep], self.ts[keep], self.kind[keep], ignored)
+        return Signals(
+            self.user_codes[keep], self.item_codes[keep], self.ts[keep], self.kind[keep], ignored
+        )
 
     @property
     def newest(self) -> pd.Timestamp | None:
@@ -104,8 +106,8 @@ class Signals:
         type_weight = np.asarray(weights, dtype=np.float64)
         if not len(kept) or not type_weight.any():
             return None
-        rows, found_user = _positions(user_codes, kept.user)
-        cols, found_item = _positions(item_codes, kept.item)
+        user_idx, found_user = _positions(user_codes, kept.user_codes)
+        item_idx, found_item = _positions(item_codes, kept.item_codes)
         weight = type_weight[kept.kind]
         use = found_user & found_item & (weight > 0)
         if not use.any():
@@ -114,7 +116,7 @@ class Signals:
         age = np.maximum((ref_ns - kept.ts[use]) / (SECONDS_PER_DAY * 1e9), MIN_AGE_DAYS)
         value = weight[use] * np.exp(-age / half_life_days)
         shape = (len(user_codes), len(item_codes))
-        summed = sp.coo_matrix((value, (rows[use], cols[use])), shape=shape).tocsr()
+        summed = sp.coo_matrix((value, (user_idx[use], item_idx[use])), shape=shape).tocsr()
         summed.sum_duplicates()
         summed.data = np.minimum(summed.data, PAIR_CAP).astype(np.float32)
         summed.eliminate_zeros()
@@ -133,42 +135,46 @@ def _positions(
 
 
 def encode_signals(
-    events: pd.DataFrame | Iterable[pd.DataFrame], users: pd.Index, items: pd.Index
+    events: pd.DataFrame | Iterable[pd.DataFrame], user_ids: pd.Index, item_ids: pd.Index
 ) -> Signals:
     """Signal events (columns user_id, item_id, timestamp, type) in a run's code space.
 
-    ``events`` is one frame or an iterable of chunks (``training.data.load_database_signals``);
-    each chunk is reduced to integer codes before the next is read, so memory stays at about 25
-    bytes an event. Events of a user or an item the purchases do not know are counted (per
-    type) in ``ignored`` and dropped; other types than ``SIGNAL_TYPES`` are dropped silently.
+    ``user_ids`` / ``item_ids`` are the run's ``IdMaps``: an event's codes are its ids'
+    positions there.
+
+    ``events`` is one frame or an iterable of chunks
+    (``training.data.database.load_database_signals``); each chunk is reduced to integer codes
+    before the next is read, so memory stays at about 25 bytes an event. Events of a user or an
+    item the purchases do not know are counted (per type) in ``ignored`` and dropped; other
+    types than ``SIGNAL_TYPES`` are dropped silently.
     """
     chunks = [events] if isinstance(events, pd.DataFrame) else events
-    parts = [_encode_chunk(chunk, users, items) for chunk in chunks]
+    parts = [_encode_chunk(chunk, user_ids, item_ids) for chunk in chunks]
     if not parts:
         return Signals.empty()
     ts = np.concatenate([p.ts for p in parts])
     order = np.argsort(ts, kind="stable")
     return Signals(
-        user=np.concatenate([p.user for p in parts])[order],
-        item=np.concatenate([p.item for p in parts])[order],
+        user_codes=np.concatenate([p.user_codes for p in parts])[order],
+        item_codes=np.concatenate([p.item_codes for p in parts])[order],
         ts=ts[order],
         kind=np.concatenate([p.kind for p in parts])[order],
         ignored=tuple(int(n) for n in np.sum([p.ignored for p in parts], axis=0)),
     )
 
 
-def _encode_chunk(frame: pd.DataFrame, users: pd.Index, items: pd.Index) -> Signals:
+def _encode_chunk(frame: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index) -> Signals:
     if frame.empty:
         return Signals.empty()
     kind = pd.Index(SIGNAL_TYPES).get_indexer(frame["type"])
-    user = users.get_indexer(frame["user_id"])
-    item = items.get_indexer(frame["item_id"])
+    user_codes = user_ids.get_indexer(frame["user_id"])
+    item_codes = item_ids.get_indexer(frame["item_id"])
     typed = kind >= 0
-    known = typed & (user >= 0) & (item >= 0)
+    known = typed & (user_codes >= 0) & (item_codes >= 0)
     ts = pd.to_datetime(frame["timestamp"]).to_numpy(dtype="datetime64[ns]").view(np.int64)
     return Signals(
-        user=user[known].astype(np.int64),
-        item=item[known].astype(np.int64),
+        user_codes=user_codes[known].astype(np.int64),
+        item_codes=item_codes[known].astype(np.int64),
         ts=ts[known],
         kind=kind[known].astype(np.int8),
         ignored=tuple(

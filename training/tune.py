@@ -170,7 +170,7 @@ def tune(
 ) -> TuneResult:
     """Search recipes (and, time allowing, hyper-parameters) within ``seconds``.
 
-    ``train`` and ``validation`` are coded slices (``training.models.encode``); ``stage`` is
+    ``train`` and ``validation`` are coded slices (``training.encode.encode``); ``stage`` is
     the validation stage already fitted with ``params`` (fitted here if None). With ``signals``,
     the variants also try the weaker signals weighted up and down.
     """

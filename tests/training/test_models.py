@@ -29,9 +29,9 @@ def test_history_counts_distinct_orders_and_days_since_last_purchase() -> None:
         }
     )
     coded, ids = encode(frame)
-    users, items, counts, ages = build_history(coded, pd.Timestamp("2024-01-10"))
-    assert list(ids.users[users]) == ["a", "b"]
-    assert list(ids.items[items]) == ["x", "y"]
+    user_codes, item_codes, counts, ages = build_history(coded, pd.Timestamp("2024-01-10"))
+    assert list(ids.users[user_codes]) == ["a", "b"]
+    assert list(ids.items[item_codes]) == ["x", "y"]
     assert counts.toarray().tolist() == [[2, 0], [0, 1]]
     assert ages[0, 0] == pytest.approx(5.0)
     assert ages[1, 1] == pytest.approx(1.0)

@@ -24,7 +24,8 @@ from training.evaluate import temporal_split
 from training.models import ModelParams, fit_stage
 from training.pipeline import TrainConfig, TrainResult, run
 from training.signals import PAIR_CAP, Signals, encode_signals
-from training.synthetic import SyntheticShop, browsing_events
+from training.synthetic.browsing import browsing_events
+from training.synthetic.shop import SyntheticShop
 from training.tune import param_variants
 
 FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]
@@ -58,7 +59,7 @@ def _train(
 
 
 def test_events_of_unknown_users_items_and_types_are_left_out() -> None:
-    users, items = pd.Index(["u0", "u1"]), pd.Index(["i0", "i1", "i2"])
+    user_ids, item_ids = pd.Index(["u0", "u1"]), pd.Index(["i0", "i1", "i2"])
     frame = _frame(
         ("u1", "i2", "2025-01-03", "add_to_cart"),
         ("u0", "i0", "2025-01-02", "view"),
@@ -66,9 +67,9 @@ def test_events_of_unknown_users_items_and_types_are_left_out() -> None:
         ("u0", "new-item", "2025-01-01", "view"),
         ("u0", "i1", "2025-01-01", "purchase"),  # not a signal type: dropped, not counted
     )
-    signals = encode_signals(frame, users, items)
-    assert signals.user.tolist() == [0, 1]  # sorted by time
-    assert signals.item.tolist() == [0, 2]
+    signals = encode_signals(frame, user_ids, item_ids)
+    assert signals.user_codes.tolist() == [0, 1]  # sorted by time
+    assert signals.item_codes.tolist() == [0, 2]
     assert signals.kind.tolist() == [0, 1]
     assert signals.summary() == {
         "view": 1,
@@ -82,15 +83,15 @@ def test_events_of_unknown_users_items_and_types_are_left_out() -> None:
     assert carts.summary()["ignored_no_purchases"] == 0
     assert carts.kind.tolist() == [1]
     # chunks (as streamed from the database) give the same result as one frame
-    chunked = encode_signals([frame.iloc[:2], frame.iloc[2:]], users, items)
-    assert chunked.user.tolist() == signals.user.tolist()
+    chunked = encode_signals([frame.iloc[:2], frame.iloc[2:]], user_ids, item_ids)
+    assert chunked.user_codes.tolist() == signals.user_codes.tolist()
     assert chunked.ts.tolist() == signals.ts.tolist()
     assert chunked.ignored == (2, 0)
-    assert len(encode_signals([], users, items)) == 0
+    assert len(encode_signals([], user_ids, item_ids)) == 0
 
 
 def test_matrix_weighs_decays_caps_and_stops_at_the_reference_time() -> None:
-    users, items = pd.Index(["u0", "u1", "u2"]), pd.Index(["i0", "i1", "i2"])
+    user_ids, item_ids = pd.Index(["u0", "u1", "u2"]), pd.Index(["i0", "i1", "i2"])
     day = pd.Timedelta(days=1)
     frame = _frame(
         ("u0", "i0", str(REF - 60 * day), "view"),  # one half-life parameter old: x exp(-1)
@@ -98,10 +99,10 @@ def test_matrix_weighs_decays_caps_and_stops_at_the_reference_time() -> None:
         ("u1", "i2", str(REF + day), "view"),  # after the reference time: not seen
         ("u2", "i2", str(REF), "view"),  # u2 has no row in this stage
     )
-    signals = encode_signals(frame, users, items)
-    stage_users = np.array([0, 1], dtype=np.int64)  # codes of the stage's rows
-    stage_items = np.array([0, 1, 2], dtype=np.int64)
-    m = signals.matrix(stage_users, stage_items, REF, (0.1, 0.3), 60.0)
+    signals = encode_signals(frame, user_ids, item_ids)
+    user_codes = np.array([0, 1], dtype=np.int64)  # codes of the stage's rows
+    item_codes = np.array([0, 1, 2], dtype=np.int64)
+    m = signals.matrix(user_codes, item_codes, REF, (0.1, 0.3), 60.0)
     assert m is not None
     assert m.shape == (2, 3)
     dense = m.toarray()
@@ -110,11 +111,11 @@ def test_matrix_weighs_decays_caps_and_stops_at_the_reference_time() -> None:
     assert dense[1].sum() == 0
     assert m.nnz == 2
     # one day later the view of u1 counts
-    later = signals.matrix(stage_users, stage_items, REF + day, (0.1, 0.3), 60.0)
+    later = signals.matrix(user_codes, item_codes, REF + day, (0.1, 0.3), 60.0)
     assert later is not None
     assert later[1, 2] > 0
-    assert signals.matrix(stage_users, stage_items, REF, (0.0, 0.0), 60.0) is None
-    assert Signals.empty().matrix(stage_users, stage_items, REF, (0.1, 0.3), 60.0) is None
+    assert signals.matrix(user_codes, item_codes, REF, (0.0, 0.0), 60.0) is None
+    assert Signals.empty().matrix(user_codes, item_codes, REF, (0.1, 0.3), 60.0) is None
 
 
 def test_signals_fit_a_second_als_and_leave_the_first_alone(tiny_purchases: Purchases) -> None:
@@ -317,7 +318,7 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
 
 
 def test_a_recipe_naming_missing_signals_is_served_without_them() -> None:
-    from service.recommender import _servable
+    from service.recommend.serving import _servable
     from service.scoring import Recipe, Scorer
 
     scorer = Scorer(
