@@ -28,6 +28,8 @@ METRICS = ("recall", "ndcg", "precision", "hit_rate", "coverage")
 DEFAULT_K = 10
 MAX_EVAL_CELLS = 10_000_000  # users x items scored at once; bounds time and memory
 
+MetricTable = dict[str, dict[str, dict[str, float]]]  # protocol -> candidate -> metric -> value
+
 
 @dataclass(frozen=True)
 class Split:
@@ -67,8 +69,8 @@ class EvalSet:
     """
 
     scorer: Scorer
-    users: npt.NDArray[np.int64]
-    truth: sp.csr_matrix  # len(users) x items, 1 where bought in the test window
+    user_idx: npt.NDArray[np.int64]  # the test users' rows in the stage's matrices
+    truth: sp.csr_matrix  # len(user_idx) x items, 1 where bought in the test window
     counts: sp.csr_matrix
     age_days: sp.csr_matrix
     user_vectors: npt.NDArray[np.float32]
@@ -77,7 +79,7 @@ class EvalSet:
 
     @property
     def n_users(self) -> int:
-        return len(self.users)
+        return len(self.user_idx)
 
     def _dense(self, name: str, recipe: Recipe) -> npt.NDArray[np.float32]:
         """The user-dependent dense components (als, als_signals, ease), computed once each."""
@@ -116,10 +118,10 @@ class EvalSet:
 
     def with_scorer(self, scorer: Scorer) -> EvalSet:
         """The same users and truth, scored by another fit of the same rows (a refit)."""
-        user_vectors, signal_vectors = _vectors(scorer, self.users)
+        user_vectors, signal_vectors = _vectors(scorer, self.user_idx)
         return EvalSet(
             scorer=scorer,
-            users=self.users,
+            user_idx=self.user_idx,
             truth=self.truth,
             counts=self.counts,
             age_days=self.age_days,
@@ -203,27 +205,30 @@ def build_truth(
     ``user_keys`` / ``item_keys`` name the model's rows and columns (ids or codes) and
     ``test_users`` / ``test_items`` are the test purchases in the same kind of key. When the
     catalogue is big, a seeded sample of users keeps users x items under ``MAX_EVAL_CELLS``
-    unless ``max_users`` says otherwise.
+    unless ``max_users`` says otherwise. Returns (the users' rows, truth: one row each).
     """
-    u = user_keys.get_indexer(test_users)
-    i = item_keys.get_indexer(test_items)
-    known = (u >= 0) & (i >= 0)
-    u, i = u[known], i[known]
-    users = np.unique(u)
+    # each test purchase's row and column in the model's matrices
+    user_idx = user_keys.get_indexer(test_users)
+    item_idx = item_keys.get_indexer(test_items)
+    known = (user_idx >= 0) & (item_idx >= 0)
+    user_idx, item_idx = user_idx[known], item_idx[known]
+    eval_user_idx = np.unique(user_idx)
     limit = max_users if max_users is not None else max(1, MAX_EVAL_CELLS // len(item_keys))
-    if len(users) > limit:
-        users = np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False))
-    row_of = np.full(len(user_keys), -1, dtype=np.int64)
-    row_of[users] = np.arange(len(users))
-    rows = row_of[u]
-    sel = rows >= 0
+    if len(eval_user_idx) > limit:
+        eval_user_idx = np.sort(
+            np.random.default_rng(seed).choice(eval_user_idx, size=limit, replace=False)
+        )
+    truth_row_of = np.full(len(user_keys), -1, dtype=np.int64)
+    truth_row_of[eval_user_idx] = np.arange(len(eval_user_idx))
+    truth_rows = truth_row_of[user_idx]
+    sel = truth_rows >= 0
     truth = sp.csr_matrix(
-        (np.ones(int(sel.sum()), dtype=np.float32), (rows[sel], i[sel])),
-        shape=(len(users), len(item_keys)),
+        (np.ones(int(sel.sum()), dtype=np.float32), (truth_rows[sel], item_idx[sel])),
+        shape=(len(eval_user_idx), len(item_keys)),
     )
     truth.sum_duplicates()
     truth.data[:] = 1.0
-    return users.astype(np.int64), truth
+    return eval_user_idx.astype(np.int64), truth
 
 
 def build_evalset(
@@ -237,27 +242,27 @@ def build_evalset(
     seed: int = 0,
 ) -> EvalSet:
     """An EvalSet over ``build_truth``'s users, scored by ``scorer`` (same index space)."""
-    users, truth = build_truth(
+    user_idx, truth = build_truth(
         user_keys, item_keys, test_users, test_items, max_users=max_users, seed=seed
     )
-    user_vectors, signal_vectors = _vectors(scorer, users)
+    user_vectors, signal_vectors = _vectors(scorer, user_idx)
     return EvalSet(
         scorer=scorer,
-        users=users,
+        user_idx=user_idx,
         truth=truth,
-        counts=scorer.history_counts[users],
-        age_days=scorer.history_age_days[users],
+        counts=scorer.history_counts[user_idx],
+        age_days=scorer.history_age_days[user_idx],
         user_vectors=user_vectors,
         signal_vectors=signal_vectors,
     )
 
 
 def _vectors(
-    scorer: Scorer, users: npt.NDArray[np.int64]
+    scorer: Scorer, user_idx: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
-    """``users``' rows of both ALS factor sets (the second None in a model without signals)."""
+    """These rows of both ALS factor sets (the second None in a model without signals)."""
     signal = scorer.signal_user_factors
     return (
-        np.asarray(scorer.user_factors[users], dtype=np.float32),
-        None if signal is None else np.asarray(signal[users], dtype=np.float32),
+        np.asarray(scorer.user_factors[user_idx], dtype=np.float32),
+        None if signal is None else np.asarray(signal[user_idx], dtype=np.float32),
     )

@@ -35,6 +35,7 @@ from training.data.formats import ColumnMapping, load_purchases
 from training.encode import IdMaps, encode
 from training.evaluate import (
     EvalSet,
+    MetricTable,
     Split,
     build_truth,
     metric_key,
@@ -104,6 +105,59 @@ def decide(
     )
 
 
+def gate_new_model(
+    store: ModelStore,
+    *,
+    metrics: MetricTable,
+    served: dict[str, str],
+    evalset: EvalSet,
+    stage: Stage,
+    params: ModelParams,
+    validation: Split,
+    test: Split,
+    ids: IdMaps,
+    signals: Signals | None,
+) -> GateDecision:
+    """The gate for a new run's test ``metrics``: its served candidates against popularity's
+    and the current model's (rescored with ``rescore_current``).
+
+    ``evalset`` and ``stage`` are the new run's test evaluation set and test stage, fitted with
+    ``params`` on ``validation`` and ``test``; ``signals`` are every signal the run read.
+    """
+    key = metric_key("ndcg")
+    new = {p: metrics[p][served[p]][key] for p in PROTOCOLS}
+    popularity = {p: metrics[p]["popularity"][key] for p in PROTOCOLS}
+    current = current_artifact(store)
+    if current is None:
+        return decide(new, popularity, None, method="first", current_version=None)
+    try:
+        learnt = current_model_params(current.manifest).signal_weights
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning(
+            "current_params_unreadable", extra={"version": current.version, "error": str(exc)}
+        )
+        return decide(
+            new, popularity, None, method="current_unreadable", current_version=current.version
+        )
+    scores, method = rescore_current(
+        current,
+        evalset=evalset,
+        stage=stage,
+        params=params,
+        validation=validation,
+        test=test,
+        ids=ids,
+        protocols=PROTOCOLS,
+        signals=signals,
+    )
+    decision = decide(new, popularity, scores, method=method, current_version=current.version)
+    if not decision.passed and any(learnt) and stage.signal_user_factors is None:
+        decision.reasons.append(
+            "this run learnt from no view or add-to-cart (weights 0?), the current model did"
+        )
+    return decision
+
+
 def score_artifact_directly(
     artifact: Artifact,
     user_ids: pd.Index,
@@ -120,19 +174,20 @@ def score_artifact_directly(
     """
     scorer = Scorer.from_arrays(artifact.arrays)
     recipe = artifact.manifest.recipes[protocol]
-    own_users = pd.Index(np.asarray(artifact.arrays["user_ids"]).astype(str))
-    own_items = pd.Index(np.asarray(artifact.arrays["item_ids"]).astype(str))
-    where = own_users.get_indexer(user_ids)
-    known = where >= 0
-    scores_own = np.empty((len(where), scorer.n_items), dtype=np.float32)
+    own_user_ids = pd.Index(np.asarray(artifact.arrays["user_ids"]).astype(str))
+    own_item_ids = pd.Index(np.asarray(artifact.arrays["item_ids"]).astype(str))
+    # each user's row and each item's column in the artifact's matrices (-1: unknown there)
+    own_user_idx = own_user_ids.get_indexer(user_ids)
+    known = own_user_idx >= 0
+    scores_own = np.empty((len(own_user_idx), scorer.n_items), dtype=np.float32)
     if known.any():
-        scores_own[known] = scorer.score_users(where[known], recipe)
+        scores_own[known] = scorer.score_users(own_user_idx[known], recipe)
     if (~known).any():
         scores_own[~known] = scorer.popularity_z
-    column = own_items.get_indexer(item_ids)
-    scores = np.full((len(where), len(item_ids)), -np.inf, dtype=np.float32)
-    present = column >= 0
-    scores[:, present] = scores_own[:, column[present]]
+    own_item_idx = own_item_ids.get_indexer(item_ids)
+    scores = np.full((len(own_user_idx), len(item_ids)), -np.inf, dtype=np.float32)
+    present = own_item_idx >= 0
+    scores[:, present] = scores_own[:, own_item_idx[present]]
     return rank_metrics(scores, truth, history, protocol)
 
 
@@ -148,16 +203,16 @@ def rescore_on_file(
     coded, ids = encode(purchases.frame)
     split = temporal_split(coded, test_days)
     user_codes, item_codes, counts, _ = build_history(split.train, split.cutoff)
-    rows, truth = build_truth(
+    user_idx, truth = build_truth(
         pd.Index(user_codes), pd.Index(item_codes), split.test["user"], split.test["item"]
     )
-    user_ids, item_ids = ids.users[user_codes[rows]], ids.items[item_codes]
+    user_ids, item_ids = ids.users[user_codes[user_idx]], ids.items[item_codes]
     metrics = {
         p: {
             "served": {
                 metric_key(k) if k != "users" else k: v
                 for k, v in score_artifact_directly(
-                    artifact, user_ids, item_ids, truth, counts[rows], p
+                    artifact, user_ids, item_ids, truth, counts[user_idx], p
                 ).items()
             }
         }
@@ -201,7 +256,7 @@ def rescore_current(
     with.
     """
     if model_saw_until(artifact.manifest) <= test.cutoff:
-        user_ids = stage.user_ids[evalset.users]
+        user_ids = stage.user_ids[evalset.user_idx]
         return (
             {
                 p: score_artifact_directly(

@@ -14,18 +14,13 @@ Warm starts make the three stages cost little more than one cold ALS fit.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from service.artifact import (
@@ -34,19 +29,10 @@ from service.artifact import (
     ModelStore,
     new_version_name,
     read_manifest,
-    write_artifact,
 )
-from service.artifact.manifest import (
-    Counts,
-    DataInfo,
-    Figures,
-    FoldIn,
-    GateInfo,
-    SignalsInfo,
-    SplitInfo,
-)
+from service.artifact.manifest import Figures, GateInfo, SplitInfo
 from service.errors import ArtifactError, DataError
-from service.scoring import PROTOCOLS, Recipe
+from service.scoring import PROTOCOLS
 from training.data.database import (
     combine_purchases,
     load_database_purchases,
@@ -54,30 +40,17 @@ from training.data.database import (
 )
 from training.data.formats import CleaningReport, ColumnMapping, Purchases, load_purchases
 from training.encode import IdMaps, encode
-from training.evaluate import EvalSet, Split, metric_key, temporal_split
-from training.gate import (
-    GateDecision,
-    current_artifact,
-    current_model_params,
-    decide,
-    rescore_current,
-)
+from training.evaluate import EvalSet, MetricTable, Split, metric_key, temporal_split
+from training.gate import GateDecision, current_model_params, gate_new_model
 from training.lock import trainer_lock
-from training.models import (
-    Candidates,
-    ModelParams,
-    Stage,
-    als_weights,
-    default_candidates,
-    fit_stage,
-)
+from training.models import Candidates, ModelParams, Stage, default_candidates, fit_stage
+from training.publish import artifact_arrays, describe, publish
 from training.signals import SIGNAL_TYPES, Signals, encode_signals
 from training.tune import tune
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-MetricTable = dict[str, dict[str, dict[str, float]]]  # protocol -> candidate -> metric -> value
 
 
 @dataclass
@@ -140,20 +113,6 @@ def _noop(_: str) -> None:
     return None
 
 
-def data_fingerprint(coded: pd.DataFrame, ids: IdMaps) -> str:
-    """sha256 of the cleaned purchases: user and item ids, timestamps, order grouping.
-
-    Hashes the integer codes and the id lists rather than every string cell (10x cheaper).
-    """
-    digest = hashlib.sha256()
-    for column in ("user", "item", "order"):
-        digest.update(np.ascontiguousarray(coded[column].to_numpy()).tobytes())
-    digest.update(coded["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64).tobytes())
-    for index in (ids.users, ids.items):
-        digest.update("\x1f".join(map(str, index)).encode())
-    return digest.hexdigest()
-
-
 def evaluate_candidates(evalset: EvalSet, candidates: Candidates, k: int = 10) -> MetricTable:
     """Every candidate under every protocol it applies to."""
     table: MetricTable = {p: {} for p in PROTOCOLS}
@@ -176,44 +135,6 @@ def choose(validation: MetricTable) -> dict[str, str]:
         return max(table, key=lambda name: (table[name][ndcg], table[name][recall]))
 
     return {protocol: best(table) for protocol, table in validation.items()}
-
-
-def _library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("implicit", "numpy", "scipy", "pandas", "pyarrow", "recoffer"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
-
-
-def _artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray[Any, Any]]:
-    arrays: dict[str, np.ndarray[Any, Any]] = {
-        "user_ids": np.asarray(stage.user_ids, dtype=str),
-        "item_ids": np.asarray(stage.item_ids, dtype=str),
-        "user_factors": stage.user_factors,
-        "item_factors": stage.item_factors,
-        "history_indptr": stage.counts.indptr.astype(np.int64),
-        "history_indices": stage.counts.indices.astype(np.int32),
-        "history_counts": stage.counts.data.astype(np.float32),
-        "history_age_days": stage.age_days.data.astype(np.float32),
-        "popularity": stage.popularity,
-        "trending": stage.trending,
-    }
-    if stage.ease_b is not None:
-        arrays["ease_b"] = stage.ease_b
-    if stage.signal_user_factors is not None and stage.signal_item_factors is not None:
-        arrays["signal_user_factors"] = stage.signal_user_factors
-        arrays["signal_item_factors"] = stage.signal_item_factors
-    items = purchases.items.set_index("item_id").reindex(stage.item_ids)
-    if items["name"].notna().any():
-        arrays["item_names"] = items["name"].fillna("").astype(str).to_numpy(dtype=str)
-    if items["category"].notna().any():
-        arrays["item_categories"] = items["category"].fillna("").astype(str).to_numpy(dtype=str)
-    if items["price"].notna().any():
-        arrays["item_prices"] = items["price"].to_numpy(dtype=np.float32)
-    return arrays
 
 
 def _load(config: TrainConfig) -> Purchases:
@@ -249,6 +170,59 @@ def _signal_source(config: TrainConfig, store: ModelStore) -> Iterator[pd.DataFr
     return load_database_signals(config.database_url, types)
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What a run trains on: the purchases, coded once, and the weaker signals."""
+
+    purchases: Purchases
+    coded: pd.DataFrame  # ``encode``'s frame of every purchase
+    ids: IdMaps
+    # every signal read (the gate may need some to refit the current model), and those this
+    # model learns from: None when its weights are all 0 or there is none
+    read: Signals | None
+    signals: Signals | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The two temporal splits and what every stage of the run shares."""
+
+    validation: Split
+    test: Split
+    # one decision for every stage: an artifact must have what its recipes use
+    with_ease: bool
+    candidates: Candidates  # untuned
+
+
+@dataclass(frozen=True)
+class _Validated:
+    """The validation stage after tuning (or without): its fit and the candidates it tunes."""
+
+    params: ModelParams
+    stage: Stage
+    evalset: EvalSet
+    candidates: Candidates
+    tuning: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What the validation split decided; the later stages only follow it."""
+
+    params: ModelParams
+    candidates: Candidates
+    validation: MetricTable
+    served: dict[str, str]
+    tuning: dict[str, Any]
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+
+
 def run(
     config: TrainConfig,
     purchases: Purchases | None = None,
@@ -266,241 +240,243 @@ def run(
     store = ModelStore(config.model_dir)
     with trainer_lock(store.root):
         store.cleanup_temporaries()
-        if purchases is None:
-            purchases = _load(config)
-        frame, ids = encode(purchases.frame)
-        params = config.params
-        source = _signal_source(config, store) if signal_events is None else signal_events
-        # every signal read (the gate may need some to refit the current model), and those this
-        # model learns from: None when its weights are all 0 or there is none
-        read: Signals | None = None
-        if source is not None:
-            read = encode_signals(source, ids.users, ids.items)
-        signals = None if read is None else read.only(params.signal_weights)
-        if signals is not None and not len(signals):
-            if any(params.signal_weights):
-                progress(
-                    "weaker signals: no view or add-to-cart of a user and item with purchases; "
-                    "purchases only"
-                )
-            signals = None
-        if signals is not None:
-            used = signals.summary()
-            progress(
-                f"weaker signals: {used['view']:,} views, {used['add_to_cart']:,} add-to-carts "
-                f"({used['ignored_no_purchases']:,} more of users or items without purchases "
-                "left out)"
-            )
+        inputs = _load_inputs(config, store, purchases, signal_events, progress)
         timings["load"] = time.perf_counter() - started
-
-        test_split = temporal_split(frame, config.test_days)
-        val_split = temporal_split(test_split.train, config.test_days)
-        # one decision for every stage: an artifact must have what its recipes use
-        with_ease = len(ids.items) <= params.ease_max_items
-        candidates = default_candidates(with_ease=with_ease, with_signals=signals is not None)
-
-        t0 = time.perf_counter()
-        progress(f"fitting on purchases up to {val_split.cutoff:%Y-%m-%d} (validation stage)")
-        val_stage = fit_stage(
-            val_split.train,
-            val_split.cutoff,
-            params,
-            ids,
-            with_ease=with_ease,
-            signals=signals,
-        )
-        timings["fit_validation"] = time.perf_counter() - t0
-        tuning: dict[str, Any] = {"seconds_budget": config.tune_seconds}
+        plan = _plan(config, inputs)
+        with _timed(timings, "fit_validation"):
+            val_stage = _validation_stage(inputs, plan, config.params, progress)
         if config.tune_seconds > 0:
-            t0 = time.perf_counter()
-            progress(f"tuning for up to {config.tune_seconds:g} s on the validation split")
-            result = tune(
-                val_split.train,
-                val_split.test,
-                val_split.cutoff,
-                params,
-                {p: candidates["blend"][p] for p in PROTOCOLS},
-                config.tune_seconds,
-                ids,
-                stage=val_stage,
-                max_users=config.eval_users,
-                with_ease=with_ease,
-                signals=signals,
-            )
-            params, val_stage, val_eval = result.params, result.stage, result.evalset
-            candidates["blend"] = dict(result.recipes)
-            tuning.update(
-                seconds_used=round(result.seconds, 2),
-                evaluations=result.evaluations,
-                objective=result.objective,
-                variants=result.variants_tried,
-            )
-            timings["tune"] = time.perf_counter() - t0
+            with _timed(timings, "tune"):
+                validated = _tune(config, inputs, plan, val_stage, progress)
         else:
-            val_eval = val_stage.evalset(val_split.test, max_users=config.eval_users)
-        candidates = {
-            name: recipes
-            for name, recipes in candidates.items()
-            if all(val_stage.scorer().can_use(r) for r in recipes.values())
-        }
-        validation = evaluate_candidates(val_eval, candidates)
-        served = choose(validation)
-        progress("chosen on validation: " + ", ".join(f"{p}={n}" for p, n in served.items()))
-
-        t0 = time.perf_counter()
-        progress(f"fitting on purchases up to {test_split.cutoff:%Y-%m-%d} (test stage)")
-        test_stage = fit_stage(
-            test_split.train,
-            test_split.cutoff,
-            params,
-            ids,
-            warm_from=val_stage,
-            with_ease=with_ease,
-            signals=signals,
-        )
-        del val_stage, val_eval
-        test_eval = test_stage.evalset(test_split.test, max_users=config.eval_users)
-        metrics = evaluate_candidates(test_eval, candidates)
-        timings["fit_test"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        gate = _gate(
-            store,
-            metrics,
-            served,
-            test_eval,
-            test_stage,
-            params,
-            (val_split, test_split),
-            ids,
-            read,
-        )
-        timings["gate"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        progress("fitting on every purchase (serving stage)")
-        full_stage = fit_stage(
-            frame,
-            test_split.end,
-            params,
-            ids,
-            warm_from=test_stage,
-            with_ease=with_ease,
-            signals=signals,
-            signals_until=None if signals is None else signals.newest,
-        )
-        del test_stage, test_eval
-        timings["fit_serving"] = time.perf_counter() - t0
-
-        served_recipes: dict[str, Recipe] = {p: candidates[served[p]][p] for p in PROTOCOLS}
+            validated = _untuned(config, plan, val_stage)
+        del val_stage
+        choice = _choose(validated, progress)
+        with _timed(timings, "fit_test"):
+            test_stage = _test_stage(inputs, plan, choice.params, validated.stage, progress)
+            del validated  # the validation stage and its evaluation set are done with
+            test_eval = test_stage.evalset(plan.test.test, max_users=config.eval_users)
+            metrics = evaluate_candidates(test_eval, choice.candidates)
+        with _timed(timings, "gate"):
+            gate = _gate(store, choice, metrics, test_eval, test_stage, inputs, plan)
+        with _timed(timings, "fit_serving"):
+            serving = _serving_stage(inputs, plan, choice.params, test_stage, progress)
+            del test_stage, test_eval
         version = new_version_name()
         promote = gate.passed or config.force
-        body = ManifestBody(
-            created_at=datetime.now(UTC),
-            reference_time=test_split.end.to_pydatetime(),
-            data=DataInfo(
-                source=purchases.report.source,
-                fingerprint=data_fingerprint(frame, ids),
-                cleaning=purchases.report.as_dict(),
-            ),
-            counts=Counts(
-                users=len(full_stage.user_ids),
-                items=len(full_stage.item_ids),
-                interactions=int(full_stage.counts.nnz),
-                purchases=len(purchases.frame),
-                factors=params.factors,
-            ),
-            params=params.to_dict(),
-            signals=None
-            if signals is None
-            else SignalsInfo.model_validate(
-                {
-                    "weights": dict(zip(SIGNAL_TYPES, params.signal_weights, strict=True)),
-                    **signals.summary(),
-                    "pairs": full_stage.signal_pairs,
-                }
-            ),
-            # the service scales a new user's events so one purchase weighs like this
-            fold_in=FoldIn(
-                confidence_scale=float(
-                    np.median(als_weights(full_stage.counts, full_stage.age_days, params).data)
-                )
-            ),
-            recipes=served_recipes,
-            served=served,
-            candidates=candidates,
-            metrics=Figures(test=metrics, validation=validation),
-            split=SplitInfo(
-                test_days=config.test_days,
-                validation_cutoff=val_split.cutoff.to_pydatetime(),
-                test_cutoff=test_split.cutoff.to_pydatetime(),
-                end=test_split.end.to_pydatetime(),
-            ),
-            tuning=tuning,
-            gate=GateInfo.model_validate(
-                dict(gate.to_dict(), forced=config.force and not gate.passed)
-            ),
-            libraries=_library_versions(),
-        )
-        arrays = _artifact_arrays(full_stage, purchases)
-        path = write_artifact(store.root, version, arrays, body)
-        if promote:
-            store.promote(version)
+        body = _describe(config, inputs, plan, choice, metrics, gate, serving)
+        arrays = artifact_arrays(serving, inputs.purchases)
+        path = publish(store, version, arrays, body, promote=promote)
         timings["total"] = time.perf_counter() - started
         return TrainResult(
             version=version,
             promoted=promote,
-            served=served,
+            served=choice.served,
             metrics=metrics,
-            validation=validation,
+            validation=choice.validation,
             gate=gate,
-            report=purchases.report,
+            report=inputs.purchases.report,
             path=path,
             timings={k: round(v, 3) for k, v in timings.items()},
             manifest=read_manifest(path),
         )
 
 
+def _load_inputs(
+    config: TrainConfig,
+    store: ModelStore,
+    purchases: Purchases | None,
+    signal_events: pd.DataFrame | None,
+    progress: Progress,
+) -> _Inputs:
+    """Load (unless given) and code the purchases; read the signals this run may use."""
+    if purchases is None:
+        purchases = _load(config)
+    coded, ids = encode(purchases.frame)
+    weights = config.params.signal_weights
+    source = _signal_source(config, store) if signal_events is None else signal_events
+    read: Signals | None = None
+    if source is not None:
+        read = encode_signals(source, ids.users, ids.items)
+    signals = None if read is None else read.only(weights)
+    if signals is not None and not len(signals):
+        if any(weights):
+            progress(
+                "weaker signals: no view or add-to-cart of a user and item with purchases; "
+                "purchases only"
+            )
+        signals = None
+    if signals is not None:
+        used = signals.summary()
+        progress(
+            f"weaker signals: {used['view']:,} views, {used['add_to_cart']:,} add-to-carts "
+            f"({used['ignored_no_purchases']:,} more of users or items without purchases "
+            "left out)"
+        )
+    return _Inputs(purchases, coded, ids, read, signals)
+
+
+def _plan(config: TrainConfig, inputs: _Inputs) -> _Plan:
+    """The test split, the validation split inside its training part, and the candidates."""
+    test = temporal_split(inputs.coded, config.test_days)
+    validation = temporal_split(test.train, config.test_days)
+    with_ease = len(inputs.ids.items) <= config.params.ease_max_items
+    candidates = default_candidates(with_ease=with_ease, with_signals=inputs.signals is not None)
+    return _Plan(validation, test, with_ease, candidates)
+
+
+def _validation_stage(
+    inputs: _Inputs, plan: _Plan, params: ModelParams, progress: Progress
+) -> Stage:
+    """Fit on the purchases up to the validation cut-off, from cold."""
+    split = plan.validation
+    progress(f"fitting on purchases up to {split.cutoff:%Y-%m-%d} (validation stage)")
+    return fit_stage(
+        split.train,
+        split.cutoff,
+        params,
+        inputs.ids,
+        with_ease=plan.with_ease,
+        signals=inputs.signals,
+    )
+
+
+def _tune(
+    config: TrainConfig, inputs: _Inputs, plan: _Plan, stage: Stage, progress: Progress
+) -> _Validated:
+    """Search the blend's recipes and the hyper-parameters on the validation split."""
+    split = plan.validation
+    progress(f"tuning for up to {config.tune_seconds:g} s on the validation split")
+    result = tune(
+        split.train,
+        split.test,
+        split.cutoff,
+        config.params,
+        {p: plan.candidates["blend"][p] for p in PROTOCOLS},
+        config.tune_seconds,
+        inputs.ids,
+        stage=stage,
+        max_users=config.eval_users,
+        with_ease=plan.with_ease,
+        signals=inputs.signals,
+    )
+    tuning: dict[str, Any] = {
+        "seconds_budget": config.tune_seconds,
+        "seconds_used": round(result.seconds, 2),
+        "evaluations": result.evaluations,
+        "objective": result.objective,
+        "variants": result.variants_tried,
+    }
+    candidates = {**plan.candidates, "blend": dict(result.recipes)}
+    return _Validated(result.params, result.stage, result.evalset, candidates, tuning)
+
+
+def _untuned(config: TrainConfig, plan: _Plan, stage: Stage) -> _Validated:
+    """The validation stage as fitted, with the default candidates (tuning is off)."""
+    evalset = stage.evalset(plan.validation.test, max_users=config.eval_users)
+    tuning: dict[str, Any] = {"seconds_budget": config.tune_seconds}
+    return _Validated(config.params, stage, evalset, plan.candidates, tuning)
+
+
+def _choose(validated: _Validated, progress: Progress) -> _Choice:
+    """Score the candidates the validation stage can serve and choose one per protocol."""
+    scorer = validated.stage.scorer()
+    candidates = {
+        name: recipes
+        for name, recipes in validated.candidates.items()
+        if all(scorer.can_use(r) for r in recipes.values())
+    }
+    validation = evaluate_candidates(validated.evalset, candidates)
+    served = choose(validation)
+    progress("chosen on validation: " + ", ".join(f"{p}={n}" for p, n in served.items()))
+    return _Choice(validated.params, candidates, validation, served, validated.tuning)
+
+
+def _test_stage(
+    inputs: _Inputs, plan: _Plan, params: ModelParams, warm_from: Stage, progress: Progress
+) -> Stage:
+    """Fit on the purchases up to the test cut-off, warm-started from the validation stage."""
+    split = plan.test
+    progress(f"fitting on purchases up to {split.cutoff:%Y-%m-%d} (test stage)")
+    return fit_stage(
+        split.train,
+        split.cutoff,
+        params,
+        inputs.ids,
+        warm_from=warm_from,
+        with_ease=plan.with_ease,
+        signals=inputs.signals,
+    )
+
+
 def _gate(
     store: ModelStore,
+    choice: _Choice,
     metrics: MetricTable,
-    served: dict[str, str],
     evalset: EvalSet,
     stage: Stage,
-    params: ModelParams,
-    splits: tuple[Split, Split],
-    ids: IdMaps,
-    signals: Signals | None,
+    inputs: _Inputs,
+    plan: _Plan,
 ) -> GateDecision:
-    key = metric_key("ndcg")
-    new = {p: metrics[p][served[p]][key] for p in PROTOCOLS}
-    popularity = {p: metrics[p]["popularity"][key] for p in PROTOCOLS}
-    current = current_artifact(store)
-    if current is None:
-        return decide(new, popularity, None, method="first", current_version=None)
-    try:
-        learnt = current_model_params(current.manifest).signal_weights
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning(
-            "current_params_unreadable", extra={"version": current.version, "error": str(exc)}
-        )
-        return decide(
-            new, popularity, None, method="current_unreadable", current_version=current.version
-        )
-    scores, method = rescore_current(
-        current,
+    """The quality gate on the test figures (``training.gate``)."""
+    return gate_new_model(
+        store,
+        metrics=metrics,
+        served=choice.served,
         evalset=evalset,
         stage=stage,
-        params=params,
-        validation=splits[0],
-        test=splits[1],
-        ids=ids,
-        protocols=PROTOCOLS,
-        signals=signals,
+        params=choice.params,
+        validation=plan.validation,
+        test=plan.test,
+        ids=inputs.ids,
+        signals=inputs.read,
     )
-    decision = decide(new, popularity, scores, method=method, current_version=current.version)
-    if not decision.passed and any(learnt) and stage.signal_user_factors is None:
-        decision.reasons.append(
-            "this run learnt from no view or add-to-cart (weights 0?), the current model did"
-        )
-    return decision
+
+
+def _serving_stage(
+    inputs: _Inputs, plan: _Plan, params: ModelParams, warm_from: Stage, progress: Progress
+) -> Stage:
+    """Fit on every purchase (and every signal), warm-started from the test stage."""
+    progress("fitting on every purchase (serving stage)")
+    signals = inputs.signals
+    return fit_stage(
+        inputs.coded,
+        plan.test.end,
+        params,
+        inputs.ids,
+        warm_from=warm_from,
+        with_ease=plan.with_ease,
+        signals=signals,
+        signals_until=None if signals is None else signals.newest,
+    )
+
+
+def _describe(
+    config: TrainConfig,
+    inputs: _Inputs,
+    plan: _Plan,
+    choice: _Choice,
+    metrics: MetricTable,
+    gate: GateDecision,
+    serving: Stage,
+) -> ManifestBody:
+    """What the new version records about itself (``training.publish.describe``)."""
+    return describe(
+        serving,
+        choice.params,
+        purchases=inputs.purchases,
+        coded=inputs.coded,
+        ids=inputs.ids,
+        signals=inputs.signals,
+        served=choice.served,
+        candidates=choice.candidates,
+        metrics=Figures(test=metrics, validation=choice.validation),
+        split=SplitInfo(
+            test_days=config.test_days,
+            validation_cutoff=plan.validation.cutoff.to_pydatetime(),
+            test_cutoff=plan.test.cutoff.to_pydatetime(),
+            end=plan.test.end.to_pydatetime(),
+        ),
+        tuning=choice.tuning,
+        gate=GateInfo.model_validate(dict(gate.to_dict(), forced=config.force and not gate.passed)),
+    )

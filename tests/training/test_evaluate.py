@@ -86,20 +86,20 @@ def test_split_that_leaves_nothing_to_train_on_is_an_error() -> None:
 
 
 def test_truth_keeps_only_users_and_items_known_at_the_cutoff() -> None:
-    users, items = pd.Index(["a", "b", "c"]), pd.Index(["x", "y"])
+    user_ids, item_ids = pd.Index(["a", "b", "c"]), pd.Index(["x", "y"])
     test = pd.DataFrame(
         {"user_id": ["a", "a", "b", "new", "c"], "item_id": ["x", "new", "y", "x", "y"]}
     )
-    rows, truth = build_truth(users, items, test["user_id"], test["item_id"])
-    assert list(rows) == [0, 1, 2]
+    user_idx, truth = build_truth(user_ids, item_ids, test["user_id"], test["item_id"])
+    assert list(user_idx) == [0, 1, 2]
     assert truth.toarray().tolist() == [[1, 0], [0, 1], [0, 1]]
 
 
 def test_truth_samples_users_deterministically_when_asked() -> None:
-    users, items = pd.Index([f"u{i}" for i in range(50)]), pd.Index(["x"])
-    test = pd.DataFrame({"user_id": list(users), "item_id": ["x"] * 50})
-    a, _ = build_truth(users, items, test["user_id"], test["item_id"], max_users=10, seed=3)
-    b, _ = build_truth(users, items, test["user_id"], test["item_id"], max_users=10, seed=3)
+    user_ids, item_ids = pd.Index([f"u{i}" for i in range(50)]), pd.Index(["x"])
+    test = pd.DataFrame({"user_id": list(user_ids), "item_id": ["x"] * 50})
+    a, _ = build_truth(user_ids, item_ids, test["user_id"], test["item_id"], max_users=10, seed=3)
+    b, _ = build_truth(user_ids, item_ids, test["user_id"], test["item_id"], max_users=10, seed=3)
     assert len(a) == 10
     assert list(a) == list(b)
 
@@ -120,5 +120,5 @@ def test_evalset_scores_equal_the_scorer_for_any_recipe(tiny_purchases: Purchase
         input_half_life_days=90.0,
     )
     for _ in range(2):  # the second time from the cache
-        expected = stage.scorer().score_users(ev.users, recipe)
+        expected = stage.scorer().score_users(ev.user_idx, recipe)
         assert ev.scores(recipe) == pytest.approx(expected, abs=1e-4)

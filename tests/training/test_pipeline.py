@@ -13,10 +13,13 @@ from service.artifact import ModelStore, load_artifact
 from service.errors import TrainerBusyError
 from service.scoring import PROTOCOLS
 from training.data.formats import Purchases, purchases_from_frame
+from training.encode import encode
 from training.gate import decide
 from training.lock import trainer_lock
-from training.models import ModelParams
+from training.models import ModelParams, fit_stage
 from training.pipeline import TrainConfig, run
+from training.publish import data_fingerprint
+from training.tune import tune
 
 FAST = ModelParams(factors=8, iterations=5, threads=1)
 
@@ -44,11 +47,11 @@ def test_first_run_publishes_and_promotes_a_loadable_version(
         assert result.served[protocol] in table
         assert set(table["als"]) >= {"recall@10", "ndcg@10", "precision@10", "hit_rate@10"}
     assert "repeat" in manifest.metrics.test["all"]
-    coded, ids = pipeline.encode(tiny_purchases.frame)
+    coded, ids = encode(tiny_purchases.frame)
     assert manifest.data is not None
-    assert manifest.data.fingerprint == pipeline.data_fingerprint(coded, ids)
-    other, other_ids = pipeline.encode(tiny_purchases.frame.iloc[1:])
-    assert pipeline.data_fingerprint(other, other_ids) != manifest.data.fingerprint
+    assert manifest.data.fingerprint == data_fingerprint(coded, ids)
+    other, other_ids = encode(tiny_purchases.frame.iloc[1:])
+    assert data_fingerprint(other, other_ids) != manifest.data.fingerprint
     assert manifest.counts.users == artifact.n_users
     assert {"numpy", "implicit", "scipy"} <= set(manifest.libraries)
     assert manifest.params["factors"] == 8
@@ -141,14 +144,14 @@ def test_no_stage_ever_sees_purchases_after_its_cutoff(
     tmp_path: Path, tiny_purchases: Purchases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[pd.Timestamp, pd.Timestamp]] = []
-    real_fit_stage = pipeline.fit_stage
+    real_fit_stage = fit_stage
 
     def spy(frame: pd.DataFrame, reference_time: pd.Timestamp, *args: Any, **kw: Any) -> Any:
         seen.append((frame["timestamp"].max(), pd.Timestamp(reference_time)))
         return real_fit_stage(frame, reference_time, *args, **kw)
 
     tuned: list[tuple[pd.Timestamp, pd.Timestamp]] = []
-    real_tune = pipeline.tune
+    real_tune = tune
 
     def tune_spy(train: pd.DataFrame, validation: pd.DataFrame, *args: Any, **kw: Any) -> Any:
         tuned.append((train["timestamp"].max(), validation["timestamp"].max()))
@@ -192,7 +195,6 @@ def test_leftovers_of_a_killed_run_are_cleaned_and_the_next_run_succeeds(
 def test_ease_is_decided_once_so_every_stage_and_the_artifact_agree(
     tmp_path: Path, tiny_purchases: Purchases
 ) -> None:
-    from training.encode import encode
     from training.evaluate import temporal_split
 
     coded, ids = encode(tiny_purchases.frame)
