@@ -118,7 +118,8 @@ def build_model(root: Path, sessions: int) -> Population:
     from training.data.formats import purchases_from_frame
     from training.models import ModelParams
     from training.pipeline import TrainConfig, run
-    from training.synthetic import generate_shop, spec_for
+    from training.synthetic.shop import generate_shop
+    from training.synthetic.spec import spec_for
 
     shop = generate_shop(spec_for("small"))
     meta = shop.items[["item_id", "category", "name"]]
@@ -723,7 +724,8 @@ class Watcher:
 
 
 def kill_figures(kills: int, seed: int) -> dict[str, Any]:
-    from training.synthetic import generate_shop, spec_for, write_shop
+    from training.synthetic.shop import generate_shop, write_shop
+    from training.synthetic.spec import spec_for
 
     WORK.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="reliability-kills-", dir=WORK))

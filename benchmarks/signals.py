@@ -30,7 +30,9 @@ from training.data.database import load_database_signals
 from training.data.formats import purchases_from_frame
 from training.models import ModelParams
 from training.pipeline import TrainConfig, TrainResult, run
-from training.synthetic import browsing_events, generate_shop, spec_for
+from training.synthetic.browsing import browsing_events
+from training.synthetic.shop import generate_shop
+from training.synthetic.spec import spec_for
 
 WEIGHTS = ((0.0, 0.0), (0.05, 0.15), (0.1, 0.3), (0.3, 0.6), (1.0, 1.0))
 DEFAULT = (ModelParams().view_weight, ModelParams().add_to_cart_weight)

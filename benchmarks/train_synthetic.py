@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, measure, median, save, this_command
-from training.synthetic import generate_shop, spec_for, write_shop
+from training.synthetic.shop import generate_shop, write_shop
+from training.synthetic.spec import spec_for
 
 
 def run_size(preset: str, repeats: int) -> dict[str, object]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from training.data.formats import Purchases, purchases_from_frame
-from training.synthetic import SyntheticShop, generate_shop, spec_for
+from training.synthetic.shop import SyntheticShop, generate_shop
+from training.synthetic.spec import spec_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ONLINE_RETAIL = SHARED / "data" / "online-retail" / "online_retail.csv.gz"

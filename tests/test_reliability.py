@@ -36,7 +36,7 @@ from service.app import create_app
 from service.artifact import ModelStore, load_artifact
 from service.settings import Settings
 from training.registry import trainer_lock
-from training.synthetic import SyntheticShop, write_shop
+from training.synthetic.shop import SyntheticShop, write_shop
 
 KEY = "frontend-key-0123456789"
 ADMIN = "admin-key-0123456789abcd"

@@ -18,7 +18,8 @@ import pandas as pd
 from service.artifact import ModelStore
 from training.models import ModelParams
 from training.pipeline import TrainConfig
-from training.synthetic import SyntheticShop, generate_shop, spec_for, write_shop
+from training.synthetic.shop import SyntheticShop, generate_shop, write_shop
+from training.synthetic.spec import spec_for
 
 log = logging.getLogger(__name__)
 SEED_BATCH = 1000
@@ -85,8 +86,9 @@ def _with_item_metadata(shop: SyntheticShop) -> SyntheticShop:
 
 def seed_database(database_url: str, data_dir: Path) -> None:
     """Users who signed up recently, their behaviour events, and the item catalogue."""
+    from service.activity.records import NewEvent
+    from service.activity.repository import Repository
     from service.db import make_engine, migrate
-    from service.events import NewEvent, Repository
 
     engine = make_engine(database_url)
     try:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.artifact import ModelStore, load_artifact
 from service.settings import Settings
-from training.synthetic import SyntheticShop
+from training.synthetic.shop import SyntheticShop
 
 FRONTEND = "frontend-key-0123456789"
 MARKETING = "marketing-key-0123456789"

@@ -9,7 +9,7 @@ import pytest
 
 from service.artifact import ModelStore, load_artifact
 from service.recommender import Activity, Recommender, prepare
-from training.synthetic import SyntheticShop
+from training.synthetic.shop import SyntheticShop
 
 
 @pytest.fixture(scope="module")

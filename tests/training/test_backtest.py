@@ -17,7 +17,7 @@ from service.offers.campaigns import Campaign
 from service.offers.rules import in_holdout
 from training.backtest import Backtest, EventColumns, run_backtest
 from training.cli import app
-from training.synthetic import SyntheticShop
+from training.synthetic.shop import SyntheticShop
 
 runner = CliRunner()
 T0 = pd.Timestamp("2025-03-03 09:00:00")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from service.artifact import ModelStore
 from training.cli import app
-from training.synthetic import SyntheticShop, write_shop
+from training.synthetic.shop import SyntheticShop, write_shop
 
 runner = CliRunner()
 FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]

@@ -16,7 +16,7 @@ from service.events import NewEvent, Repository
 from training.cli import app
 from training.data.database import combine_purchases, load_database_purchases
 from training.data.formats import load_purchases
-from training.synthetic import SyntheticShop, write_shop
+from training.synthetic.shop import SyntheticShop, write_shop
 
 FAST = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]
 runner = CliRunner()

@@ -154,7 +154,7 @@ def test_schedule_refuses_bad_options_at_once(args: list[str], message: str) -> 
 
 @pytest.fixture(scope="module")
 def shop_csv(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Any) -> Path:
-    from training.synthetic import write_shop
+    from training.synthetic.shop import write_shop
 
     return write_shop(tiny_shop, tmp_path_factory.mktemp("shop"))["purchases"]
 

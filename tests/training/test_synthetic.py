@@ -5,20 +5,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from training.synthetic import (
-    PRESETS,
-    ShopSpec,
-    SyntheticShop,
-    generate_shop,
-    spec_for,
-    write_shop,
-)
+from training.synthetic.shop import SyntheticShop, generate_shop, write_shop
+from training.synthetic.spec import PRESETS, ShopSpec, spec_for
 
 PURCHASE_COLUMNS = ["user_id", "item_id", "timestamp", "quantity", "price", "order_id"]
 ITEM_COLUMNS = ["item_id", "category", "price", "name"]
@@ -43,7 +38,8 @@ def many_new_users() -> SyntheticShop:
 
 
 def _user_index(shop: SyntheticShop, ids: pd.Series) -> np.ndarray:
-    return ids.str[1:].astype(np.int64).to_numpy()
+    index: np.ndarray = ids.str[1:].astype(np.int64).to_numpy()
+    return index
 
 
 def _day_one_distinct_views(shop: SyntheticShop) -> pd.Series:
@@ -93,7 +89,7 @@ def test_unknown_preset_is_a_value_error_naming_the_known_ones() -> None:
         {"end": "2025-06-30T00:00:00+02:00"},
     ],
 )
-def test_impossible_specs_are_refused(changes: dict[str, object]) -> None:
+def test_impossible_specs_are_refused(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="invalid ShopSpec"):
         dataclasses.replace(spec_for("tiny"), **changes)
 
