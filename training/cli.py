@@ -564,7 +564,8 @@ def backtest(
           --campaigns-file campaigns.toml --json
     """
     from service.offers.campaigns import load_campaigns
-    from training.backtest import EventColumns, read_events, read_users, run_backtest
+    from training.backtest import run_backtest
+    from training.event_log import EventColumns, read_events, read_users
 
     _setup_logging(False)
     with _errors():

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from service.errors import DataError
 from service.offers.campaigns import Campaign
 from service.offers.rules import in_holdout
-from training.backtest import Backtest, EventColumns, run_backtest
+from training.backtest import Backtest, run_backtest
 from training.cli import app
+from training.event_log import EventColumns
 from training.synthetic.shop import SyntheticShop
 
 runner = CliRunner()
