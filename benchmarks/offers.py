@@ -787,14 +787,15 @@ def _offer_engine(url: str) -> tuple[Any, Any, DatabaseCalls]:
     from service.db import make_engine
     from service.events import Repository
     from service.offers.campaigns import load_campaigns
-    from service.offers.engine import OfferEngine
+    from service.offers.decisions import OfferEngine
     from service.offers.repository import OfferRepository
 
     engine = make_engine(url)
     calls = DatabaseCalls(engine)
     repository = OfferRepository(Repository(engine))
+    decisions = repository.decisions  # the phases a sweep spends its time in
     for name in ("candidates", "record"):
-        setattr(repository, name, calls.timed(getattr(repository, name), f"phase {name}"))
+        setattr(decisions, name, calls.timed(getattr(decisions, name), f"phase {name}"))
     offers = OfferEngine(load_campaigns(None), repository, lambda: datetime.now(UTC))
     return offers, engine, calls
 

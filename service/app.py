@@ -40,8 +40,10 @@ from service.middleware import RequestContext
 from service.model_holder import ModelHolder
 from service.offers.auto import AutoEvaluator
 from service.offers.campaigns import load_campaigns
-from service.offers.engine import OfferEngine
+from service.offers.coupons import Coupons, LookupGuard
+from service.offers.decisions import OfferEngine
 from service.offers.limiter import FailureLimiter
+from service.offers.reports import Reports
 from service.offers.repository import OfferRepository
 from service.settings import Settings
 
@@ -83,9 +85,10 @@ def create_app(
                 return list(item_ids)
             return recommender.rank(user_id, item_ids, activity.recent(user_id), clock())
 
+        offer_repository = OfferRepository(repository)
         offer_engine = OfferEngine(
             campaign_set,
-            OfferRepository(repository),
+            offer_repository,
             clock,
             rank_items=rank_items,
             metrics=metrics,
@@ -99,7 +102,17 @@ def create_app(
             clock=clock,
             offers=offer_engine,
             auto_offers=AutoEvaluator(offer_engine, per_user=settings.session_events),
-            coupon_limiter=FailureLimiter(settings.coupon_failure_window_seconds),
+            coupons=Coupons(
+                offer_repository,
+                clock,
+                guard=LookupGuard(
+                    FailureLimiter(settings.coupon_failure_window_seconds),
+                    per_user=settings.coupon_failures_per_user,
+                    per_client=settings.coupon_failures_per_client,
+                ),
+                metrics=metrics,
+            ),
+            reports=Reports(campaign_set, offer_repository, clock, metrics=metrics),
         )
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()
@@ -246,31 +259,11 @@ async def _tail_loop(state: AppState) -> None:
             _database(state, False)
 
 
-def refresh_offer_metrics(state: AppState) -> None:
-    """Coupons by state and budget left, from the database (every worker sees the same)."""
-    engine, metrics = state.offers, state.metrics
-    now = state.clock()
-    counts = engine.repository.coupon_states(now)
-    for campaign_id in engine.campaigns:
-        for kind in ("active", "redeemed", "expired"):
-            metrics.coupons.labels(campaign_id, kind).set(counts.get((campaign_id, kind), 0))
-    for campaign in engine.campaigns.values():
-        if campaign.max_total is None and campaign.max_per_day is None:
-            continue
-        used = engine.repository.budget_used(campaign.campaign_id, now)
-        if campaign.max_total is not None:
-            left = max(0, campaign.max_total - used["total"])
-            metrics.budget_left.labels(campaign.campaign_id, "total").set(left)
-        if campaign.max_per_day is not None:
-            left = max(0, campaign.max_per_day - used["today"])
-            metrics.budget_left.labels(campaign.campaign_id, "today").set(left)
-
-
 async def _offer_metrics_loop(state: AppState) -> None:
     while True:
         if state.database_ready:
             try:
-                await run_in_threadpool(refresh_offer_metrics, state)
+                await run_in_threadpool(state.reports.refresh_gauges)
             except Exception as exc:  # the gauges keep their last values; the tail sees outages
                 log.warning("offer_metrics_failed", extra={"error": str(exc).splitlines()[0]})
         await asyncio.sleep(state.settings.offer_metrics_seconds)

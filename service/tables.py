@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from service.offers.kinds import RECORDED
+
 ID_LENGTH = 128
 EVENT_TYPES = ("view", "add_to_cart", "purchase", "sign_up")
 
@@ -97,8 +99,6 @@ items = Table(
 
 # --- offers (migration 0002) -------------------------------------------------------------
 
-DECISION_KINDS = ("issued", "holdout", "budget_exhausted")
-
 offer_decisions = Table(
     "offer_decisions",
     metadata,
@@ -111,7 +111,7 @@ offer_decisions = Table(
     Column("views", Integer(), nullable=False),
     Column("decided_at", UTCDateTime(), nullable=False),
     Column("convert_until", UTCDateTime(), nullable=False),
-    CheckConstraint("decision IN ('issued', 'holdout', 'budget_exhausted')", name="decision_kind"),
+    CheckConstraint(f"decision IN ({', '.join(map(repr, RECORDED))})", name="decision_kind"),
     # "one decision per user per campaign, ever" is this index, not a read before a write
     Index("uq_offer_decisions_campaign_id", "campaign_id", "user_id", unique=True),
     Index("uq_offer_decisions_attribution_id", "attribution_id", unique=True),

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
     from service.model_holder import ModelHolder
     from service.offers.auto import AutoEvaluator
-    from service.offers.engine import OfferEngine
-    from service.offers.limiter import FailureLimiter
+    from service.offers.coupons import Coupons
+    from service.offers.decisions import OfferEngine
+    from service.offers.reports import Reports
     from service.settings import Settings
 
 
@@ -35,7 +36,8 @@ class AppState:
     clock: Callable[[], datetime]
     offers: OfferEngine
     auto_offers: AutoEvaluator
-    coupon_limiter: FailureLimiter
+    coupons: Coupons
+    reports: Reports
     database_ready: bool = False
 
 

@@ -19,6 +19,9 @@ from pydantic import (
     field_validator,
 )
 
+from service.offers.campaigns import BUILT_IN, CampaignId
+from service.offers.kinds import CouponState, DecisionKind, FinalKind
+
 MAX_FUTURE = timedelta(hours=1)  # clocks drift; a time from tomorrow is a bug upstream
 
 
@@ -209,16 +212,13 @@ class ErrorOut(BaseModel):
 
 # --- offers ------------------------------------------------------------------------------
 
-CampaignRef = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-]
-DecisionName = Literal["issued", "holdout", "not_eligible", "already_decided", "budget_exhausted"]
+CampaignRef = CampaignId
 
 
 class EvaluateIn(Strict):
     user_id: Id
     campaign_id: CampaignRef = Field(
-        "new_user_high_intent", description="Which campaign decides (default: the built-in)."
+        BUILT_IN, description="Which campaign decides (default: the built-in)."
     )
 
 
@@ -226,7 +226,7 @@ class CouponOut(BaseModel):
     code: str = Field(description="Show this to the customer.", examples=["ABCD-EFGH-JKMN-PQRS"])
     campaign_id: str
     user_id: str
-    status: Literal["active", "redeemed", "expired"]
+    status: CouponState
     discount_percent: float
     item_ids: list[str] | None = Field(description="Only these products; null: store-wide.")
     issued_at: datetime
@@ -238,14 +238,14 @@ class CouponOut(BaseModel):
 class DecisionOut(BaseModel):
     campaign_id: str
     user_id: str
-    decision: DecisionName
+    decision: DecisionKind
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
         "already_purchased; budget_exhausted: the cap reached (cap_total or cap_<day>)"
     )
     views: int | None = Field(description="Views counted inside the window.")
     min_views: int | None
-    previous_decision: Literal["issued", "holdout"] | None = Field(
+    previous_decision: FinalKind | None = Field(
         description="already_decided: what was decided the first time."
     )
     attribution_id: str | None

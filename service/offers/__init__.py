@@ -1,1 +1,5 @@
-"""Offers: campaigns, the high-intent rule, coupons, holdout and uplift."""
+"""Offers: campaigns, the high-intent rule, decisions, coupons, holdout and uplift.
+
+``decisions`` (OfferEngine), ``coupons`` (Coupons) and ``reports`` (Reports) are the domain
+objects, each over its part of ``repository``; ``kinds`` names what a decision can be.
+"""

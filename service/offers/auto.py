@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 
 from starlette.concurrency import run_in_threadpool
 
-from service.offers.engine import OfferEngine
+from service.offers.decisions import OfferEngine
+from service.offers.kinds import SETTLED
+from service.offers.rules import counted_views
 from service.recommender import Activity
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,7 @@ class AutoEvaluator:
                     continue
                 activity = recent.get(user_id, ())
                 views = [a for a in activity if a.type == "view"]
-                counted = (
-                    len({a.item_id for a in views})
-                    if campaign.count == "distinct_items"
-                    else len(views)
-                )
+                counted = counted_views(campaign, len(views), len({a.item_id for a in views}))
                 # a full recent view may have dropped older views: let the database count
                 if counted < campaign.min_views and len(activity) < self.per_user:
                     continue  # cannot qualify yet; the view that makes it will come through
@@ -74,7 +72,7 @@ class AutoEvaluator:
                     extra={"campaign": campaign_id, "user_id": user_id, "error": str(exc)[:200]},
                 )
                 return
-        if decision.decision in ("issued", "holdout", "already_decided"):
+        if decision.decision in SETTLED:
             if len(self._decided) > MAX_REMEMBERED:
                 self._decided.clear()
             self._decided.add((campaign_id, user_id))

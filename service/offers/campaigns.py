@@ -21,6 +21,7 @@ The built-in campaign is always defined; ``enabled = false`` turns it off.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.errors import CampaignConfigError
+from service.errors import CampaignConfigError, UnknownCampaign
 
 BUILT_IN = "new_user_high_intent"
 CampaignId = Annotated[
@@ -124,6 +125,14 @@ class Campaign(BaseModel):
     def public(self) -> dict[str, Any]:
         """The definition as the API shows it."""
         return self.model_dump(mode="json")
+
+
+def find_campaign(campaigns: Mapping[str, Campaign], campaign_id: str) -> Campaign:
+    """The campaign ``campaign_id`` of ``campaigns``; raises UnknownCampaign (404) otherwise."""
+    try:
+        return campaigns[campaign_id]
+    except KeyError:
+        raise UnknownCampaign(campaign_id) from None
 
 
 def load_campaigns(path: Path | None) -> dict[str, Campaign]:

@@ -1,8 +1,10 @@
 """Brute-force guard for coupon codes: failed lookups per key in a sliding window.
 
 OWASP OAT-002 (token cracking): a code is only as strong as the number of guesses allowed.
-Each failed lookup (unknown code, another user's code) counts against the user it was made for
-and against the calling client; past a limit, lookups are refused until the window moves on.
+Each failed lookup (unknown code, another user's code) counts against the user it was made for,
+or, when made for no user, against the calling client (whom it counts against is the coupons'
+policy: ``service.offers.coupons.LookupGuard``); past a limit, lookups are refused until the
+window moves on.
 The counts live in this process (several workers each count their own share).
 """
 

@@ -36,13 +36,18 @@ class Eligibility:
     views: int  # what the campaign counts
 
 
+def counted_views(campaign: Campaign, view_events: int, distinct_items: int) -> int:
+    """What ``campaign`` counts as views: every view event, or the distinct products viewed."""
+    return distinct_items if campaign.count == "distinct_items" else view_events
+
+
 def check_eligibility(campaign: Campaign, facts: UserFacts, now: datetime) -> Eligibility:
     """Apply ``campaign``'s rule to ``facts`` at ``now``; every failed condition is a reason.
 
     Reasons: ``campaign_inactive``, ``unknown_user``, ``not_new`` (the window after sign-up has
     closed), ``too_few_views``, ``already_purchased``.
     """
-    views = facts.distinct_items if campaign.count == "distinct_items" else facts.view_events
+    views = counted_views(campaign, facts.view_events, facts.distinct_items)
     reasons: list[str] = []
     if not campaign.is_active(now):
         reasons.append("campaign_inactive")

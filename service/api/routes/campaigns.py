@@ -60,7 +60,7 @@ async def run_campaign(campaign_id: CampaignPath, state: MarketingState) -> Swee
 @router.get("/{campaign_id}/stats", response_model=CampaignStatsOut)
 async def campaign_stats(campaign_id: CampaignPath, state: MarketingState) -> CampaignStatsOut:
     """Eligible, issued, holdout, redeemed, expired; conversion and uplift with 95 % intervals."""
-    s = await run_in_threadpool(state.offers.stats, campaign_id)
+    s = await run_in_threadpool(state.reports.stats, campaign_id)
     return CampaignStatsOut(
         campaign_id=s.campaign_id,
         at=s.at,

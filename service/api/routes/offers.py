@@ -9,7 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReaderState
 from service.api.schemas import CouponOut, DecisionOut, EvaluateIn, Id, UserOffersOut
-from service.offers.engine import CouponStatus, Decision, OfferEngine
+from service.offers.coupons import CouponStatus, coupon_status
+from service.offers.decisions import Decision, OfferEngine
 from service.offers.rules import format_code
 
 router = APIRouter(tags=["offers"])
@@ -34,7 +35,7 @@ def coupon_out(status: CouponStatus) -> CouponOut:
 def decision_out(decision: Decision, engine: OfferEngine) -> DecisionOut:
     coupon = None
     if decision.coupon is not None:
-        coupon = coupon_out(engine.status_of(decision.coupon))
+        coupon = coupon_out(coupon_status(decision.coupon, engine.clock()))
     return DecisionOut(
         campaign_id=decision.campaign_id,
         user_id=decision.user_id,
@@ -66,5 +67,5 @@ async def user_offers(
     user_id: Annotated[Id, Path(description="The shop's user id.")], state: ReaderState
 ) -> UserOffersOut:
     """The user's active coupons, with their expiry and seconds left."""
-    offers = await run_in_threadpool(state.offers.active_offers, user_id)
+    offers = await run_in_threadpool(state.coupons.active, user_id)
     return UserOffersOut(user_id=user_id, offers=[coupon_out(o) for o in offers])

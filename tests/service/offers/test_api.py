@@ -372,7 +372,7 @@ def test_guessing_codes_is_rate_limited_per_customer(
         assert statuses == [404] * 8 + [429]
         assert c.get(f"/v1/coupons/{other_code}", headers=F).status_code == 429
         # the window moves on
-        c.app.state.recoffer.coupon_limiter.clock = lambda: 10**9  # type: ignore[attr-defined]
+        c.app.state.recoffer.coupons.guard.limiter.clock = lambda: 10**9  # type: ignore[attr-defined]
         assert c.get(f"/v1/coupons/{other_code}", headers=F).status_code == 200
 
 
@@ -575,10 +575,8 @@ def test_evaluation_on_view_issues_without_a_call(
 
 
 def test_offer_metrics_are_exported(client: TestClient) -> None:
-    from service.app import refresh_offer_metrics
-
     issue(client, "metric-")
-    refresh_offer_metrics(client.app.state.recoffer)  # type: ignore[attr-defined]
+    client.app.state.recoffer.reports.refresh_gauges()  # type: ignore[attr-defined]
     text = client.get("/metrics").text
     assert f'recoffer_offer_decisions_total{{campaign="{CAMPAIGN}",decision="issued"}} 1.0' in text
     assert f'recoffer_coupons{{campaign="{CAMPAIGN}",state="active"}} 1.0' in text

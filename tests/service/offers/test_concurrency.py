@@ -18,9 +18,12 @@ import pytest
 from sqlalchemy import func, select
 
 from service.db import make_engine, migrate
+from service.errors import CouponAlreadyRedeemed
 from service.events import NewEvent, Repository
 from service.offers.campaigns import Campaign
-from service.offers.engine import CouponAlreadyRedeemed, OfferEngine
+from service.offers.coupons import Coupons
+from service.offers.decisions import OfferEngine
+from service.offers.reports import Reports
 from service.offers.repository import OfferRepository
 from service.offers.rules import in_holdout
 from service.tables import coupons, offer_decisions
@@ -97,12 +100,13 @@ def test_hundred_parallel_redemptions_of_one_code_succeed_once(offers: OfferEngi
     _hesitating(offers, user)
     coupon = offers.evaluate(user, "new_user_high_intent").coupon
     assert coupon is not None
-    results = _all_at_once(100, lambda i: offers.redeem(coupon.code, user, f"order-{i}"))
+    redeem = Coupons(offers.repository, offers.clock).redeem
+    results = _all_at_once(100, lambda i: redeem(coupon.code, user, f"order-{i}"))
     succeeded = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, CouponAlreadyRedeemed)]
     others = [repr(r) for r in results if isinstance(r, BaseException) and r not in refused]
     assert (len(succeeded), len(refused)) == (1, 99), others[:3]
-    stored = offers.repository.coupon(coupon.code)
+    stored = offers.repository.coupons.coupon(coupon.code)
     assert stored is not None
     assert stored.order_id == succeeded[0][0].coupon.order_id
 
@@ -122,7 +126,7 @@ def test_a_total_cap_holds_under_parallel_evaluations(database_url: str) -> None
         assert kinds == {"issued": 5, "budget_exhausted": 35}
         with offers.repository.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(coupons)).scalar_one() == 5
-        assert offers.repository.budget_used(campaign.campaign_id, NOW)["total"] == 5
+        assert offers.repository.reports.budget_used(campaign.campaign_id, NOW)["total"] == 5
     finally:
         offers.repository.engine.dispose()
 
@@ -134,20 +138,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from service.db import make_engine
 from service.events import Repository
-from service.offers.campaigns import Campaign
-from service.offers.engine import OfferEngine
+from service.offers.coupons import Coupons
 from service.offers.repository import OfferRepository
 
 url, code, user, worker = sys.argv[1:5]
 now = datetime.fromisoformat(sys.argv[5])
 engine = make_engine(url, timeout_seconds=30, pool_size=6)
-offers = OfferEngine({}, OfferRepository(Repository(engine, lambda: now)), lambda: now)
+coupons = Coupons(OfferRepository(Repository(engine, lambda: now)), lambda: now)
 barrier = threading.Barrier(25)
 
 def run(i):
     barrier.wait()
     try:
-        offers.redeem(code, user, f"order-{worker}-{i}")
+        coupons.redeem(code, user, f"order-{worker}-{i}")
         return "ok"
     except Exception as exc:
         return type(exc).__name__
@@ -208,7 +211,8 @@ def test_a_cap_added_later_counts_the_coupons_already_issued(database_url: str) 
             "issued",
             "budget_exhausted",
         ]
-        assert capped.stats("new_user_high_intent").budget["used_total"] == 3
+        stats = Reports(capped.campaigns, capped.repository, capped.clock).stats
+        assert stats("new_user_high_intent").budget["used_total"] == 3
     finally:
         uncapped.repository.engine.dispose()
         capped.repository.engine.dispose()
@@ -292,7 +296,9 @@ def test_caps_hold_back_the_holdout_too_so_both_arms_stay_comparable(database_ur
         assert after
         assert {d.decision for d in after} == {"budget_exhausted"}
         assert any(in_holdout(campaign.campaign_id, d.user_id, 50) for d in after)
-        stats = offers.stats(campaign.campaign_id)
+        stats = Reports(offers.campaigns, offers.repository, offers.clock).stats(
+            campaign.campaign_id
+        )
         assert stats.decisions["budget_exhausted"] == len(after)
     finally:
         offers.repository.engine.dispose()

@@ -1,38 +1,36 @@
-"""Every query of the offers: decisions, coupons, budgets, and the facts the rule reads.
+"""Queries of the decisions: the facts the rule reads, the exactly-once decision write, budgets.
 
 Exactly-once lives in the writes themselves (shared/RELIABILITY.md): a unique index carries
-"one decision per user per campaign", a budget is taken by an UPDATE whose WHERE holds the cap,
-and a coupon is redeemed by an UPDATE whose WHERE holds "not redeemed, not expired, this user".
-No read-then-write anywhere, so the same code is safe on SQLite and on PostgreSQL.
+"one decision per user per campaign", and a budget is taken by an upsert whose WHERE holds the
+cap. No read-then-write anywhere, so the same code is safe on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import Connection, Float, String, and_, bindparam, case, func, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    select,
+    update,
+)
 
 from service.errors import BudgetExhausted, PurchasedMeanwhile
 from service.events import Repository
+from service.offers.kinds import FinalKind
+from service.offers.repository.coupons import CouponRecord, CouponRepository
 from service.offers.rules import UserFacts
-from service.tables import (
-    UTCDateTime,
-    campaign_budgets,
-    coupons,
-    events,
-    items,
-    offer_decisions,
-    users,
-)
-
-FinalKind = Literal["issued", "holdout"]
+from service.tables import UTCDateTime, campaign_budgets, events, offer_decisions, users
 
 
 @dataclass(frozen=True)
@@ -44,22 +42,6 @@ class DecisionRecord:
     views: int
     decided_at: datetime
     convert_until: datetime
-
-
-@dataclass(frozen=True)
-class CouponRecord:
-    code: str
-    campaign_id: str
-    user_id: str
-    attribution_id: str
-    discount_percent: float
-    item_ids: list[str] | None
-    issued_at: datetime
-    expires_at: datetime
-    redeemed_at: datetime | None
-    order_id: str | None
-    order_amount: float | None
-    discount_amount: float | None
 
 
 @dataclass(frozen=True)
@@ -87,46 +69,50 @@ class Recorded:
     coupon: CouponRecord | None
 
 
-@dataclass(frozen=True)
-class CampaignCounts:
-    decisions: Counter[str]
-    coupons_active: int
-    coupons_redeemed: int
-    coupons_expired: int
-    converted: Counter[str]  # users with a purchase inside their conversion window, by decision
-    open_windows: Counter[str]  # users whose conversion window has not closed yet
-    discount_known: float  # discount given on redeemed coupons whose order amount was sent
-    redeemed_unpriced: list[CouponRecord]  # redeemed without an order amount
-
-
 def day_of(moment: datetime) -> str:
+    """The budget period of ``moment``: its UTC day, ``YYYY-MM-DD``."""
     return moment.astimezone(UTC).date().isoformat()
 
 
 # the columns a decision write sets besides its key (campaign, user)
 DECISION_VALUES = ("decision", "attribution_id", "views", "decided_at", "convert_until")
+# when a user's hesitation window starts: sign-up, else the first event seen
+STARTED = func.coalesce(users.c.signed_up_at, users.c.first_seen_at)
+
+
+def user_facts_columns(
+    start: ColumnElement[Any], end: ColumnElement[Any], now: ColumnElement[Any]
+) -> tuple[ColumnElement[int], ...]:
+    """Views in ``[start, end]``, distinct products viewed there, purchases up to ``now``.
+
+    The one definition of the facts the rule reads, over ``events`` of the selected users:
+    for one user (bound values) and for every user of a sweep (``STARTED`` as the start).
+    """
+    e = events
+    in_window = and_(e.c.type == "view", e.c.ts >= start, e.c.ts <= end)
+    return (
+        func.count(case((in_window, 1))),
+        func.count(case((in_window, e.c.item_id)).distinct()),
+        func.count(case((and_(e.c.type == "purchase", e.c.ts <= now), 1))),
+    )
+
+
+def _user_facts(user_id: str, started_at: datetime, counts: Sequence[Any]) -> UserFacts:
+    return UserFacts(user_id, started_at, int(counts[0]), int(counts[1]), bool(counts[2]))
 
 
 class _Statements:
     """The hot statements, built once: building a statement costs 3-4 times running it."""
 
     def __init__(self, base: Repository) -> None:
-        d, c, b, e = offer_decisions, coupons, campaign_budgets, events
+        d, b, e = offer_decisions, campaign_budgets, events
         user = bindparam("user_id", type_=String())
         now = bindparam("now", type_=UTCDateTime())
-        in_window = and_(
-            e.c.type == "view",
-            e.c.ts >= bindparam("start", type_=UTCDateTime()),
-            e.c.ts <= bindparam("end", type_=UTCDateTime()),
+        self.started = select(STARTED).where(users.c.user_id == user)
+        start, end = bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime())
+        self.facts = select(*user_facts_columns(start, end, now)).where(
+            e.c.user_id == user, e.c.ts <= now
         )
-        self.started = select(users.c.signed_up_at, users.c.first_seen_at).where(
-            users.c.user_id == user
-        )
-        self.facts = select(
-            func.count(case((in_window, 1))),
-            func.count(case((in_window, e.c.item_id)).distinct()),
-            func.count(case((e.c.type == "purchase", 1))),
-        ).where(e.c.user_id == user, e.c.ts <= now)
         self.purchased = (
             select(e.c.id)
             .where(e.c.user_id == user, e.c.type == "purchase", e.c.ts <= now)
@@ -168,40 +154,15 @@ class _Statements:
             b.c.campaign_id == bindparam("campaign_id"),
             b.c.period.in_(bindparam("periods", expanding=True)),
         )
-        self.insert_coupon = c.insert()
-        self.coupon_by_code = select(c).where(c.c.code == bindparam("code"))
-        self.coupon_by_attribution = select(c).where(c.c.attribution_id == bindparam("attribution"))
-        self.active = (
-            select(c)
-            .where(c.c.user_id == user, c.c.expires_at > now, c.c.redeemed_at.is_(None))
-            .order_by(c.c.expires_at, c.c.code)
-        )
-        amount = bindparam("amount", type_=Float())
-        self.redeem = (
-            update(c)
-            .where(
-                c.c.code == bindparam("where_code"),
-                c.c.user_id == bindparam("where_user"),
-                c.c.redeemed_at.is_(None),
-                c.c.expires_at > now,
-            )
-            .values(
-                redeemed_at=now,
-                order_id=bindparam("order"),
-                order_amount=amount,
-                # NULL when no amount was sent: NULL times anything is NULL
-                discount_amount=amount * c.c.discount_percent / 100.0,
-            )
-            .returning(*c.c)
-        )
 
 
-class OfferRepository:
-    """Queries of the offer tables, on the shared engine and its SQLite write queue."""
+class DecisionRepository:
+    """Queries of the decisions and budgets, on the shared engine and its SQLite write queue."""
 
-    def __init__(self, base: Repository) -> None:
+    def __init__(self, base: Repository, coupons: CouponRepository) -> None:
         self.base = base
         self.engine = base.engine
+        self.coupons = coupons  # an issued decision writes its coupon in the same transaction
         self._sql = _Statements(base)
 
     # --- facts the rule reads -------------------------------------------------------------
@@ -220,13 +181,13 @@ class OfferRepository:
         user = conn.execute(self._sql.started, {"user_id": user_id}).first()
         if user is None:
             return UserFacts(user_id, None, 0, 0, False)
-        start: datetime = user.signed_up_at or user.first_seen_at
+        start: datetime = user[0]
         # no `start + window`: a start near the end of the calendar must not overflow
         end = now if now - start <= window else start + window
         row = conn.execute(
             self._sql.facts, {"user_id": user_id, "start": start, "end": end, "now": now}
         ).one()
-        return UserFacts(user_id, start, int(row[0]), int(row[1]), bool(row[2]))
+        return _user_facts(user_id, start, row)
 
     def candidates(
         self, campaign_id: str, window: timedelta, now: datetime, limit: int | None = None
@@ -236,8 +197,6 @@ class OfferRepository:
         One aggregate query: a user inside the window started at or after ``now - window``,
         so "inside the window" is simply "at or after the start, not after now".
         """
-        start = func.coalesce(users.c.signed_up_at, users.c.first_seen_at)
-        view_in_window = and_(events.c.type == "view", events.c.ts >= start, events.c.ts <= now)
         decided = (
             select(offer_decisions.c.id)
             .where(
@@ -247,13 +206,12 @@ class OfferRepository:
             )
             .exists()
         )
+        start, moment = STARTED, bindparam("now", now, type_=UTCDateTime())
         query = (
             select(
                 users.c.user_id,
                 start.label("started_at"),
-                func.count(case((view_in_window, 1))),
-                func.count(case((view_in_window, events.c.item_id)).distinct()),
-                func.count(case((and_(events.c.type == "purchase", events.c.ts <= now), 1))),
+                *user_facts_columns(start, moment, moment),
             )
             .select_from(users.outerjoin(events, events.c.user_id == users.c.user_id))
             .where(start >= now - window, start <= now, ~decided)
@@ -263,10 +221,7 @@ class OfferRepository:
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
-            return [
-                UserFacts(str(r[0]), r[1], int(r[2]), int(r[3]), bool(r[4]))
-                for r in conn.execute(query)
-            ]
+            return [_user_facts(str(r[0]), r[1], r[2:]) for r in conn.execute(query)]
 
     def viewed_items(self, user_id: str, since: datetime, now: datetime) -> list[str]:
         """Products the user viewed in ``[since, now]``, most viewed first, then most recent."""
@@ -438,7 +393,7 @@ class OfferRepository:
             order_amount=None,
             discount_amount=None,
         )
-        conn.execute(self._sql.insert_coupon, dataclasses.asdict(coupon))
+        self.coupons.insert(conn, coupon)
         return coupon
 
     def _decision(self, conn: Connection, campaign_id: str, user_id: str) -> DecisionRecord | None:
@@ -450,195 +405,4 @@ class OfferRepository:
     def _coupon_of(self, conn: Connection, decision: DecisionRecord) -> CouponRecord | None:
         if decision.decision != "issued":
             return None
-        row = conn.execute(
-            self._sql.coupon_by_attribution, {"attribution": decision.attribution_id}
-        ).first()
-        return _coupon(row) if row else None
-
-    # --- coupons --------------------------------------------------------------------------
-
-    def coupon_for(self, attribution_id: str) -> CouponRecord | None:
-        """The coupon issued with the decision ``attribution_id``."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                self._sql.coupon_by_attribution, {"attribution": attribution_id}
-            ).first()
-        return _coupon(row) if row else None
-
-    def coupon(self, code: str) -> CouponRecord | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(self._sql.coupon_by_code, {"code": code}).first()
-        return _coupon(row) if row else None
-
-    def active_coupons(self, user_id: str, now: datetime) -> list[CouponRecord]:
-        """Unredeemed, unexpired coupons of a user, the soonest to expire first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(self._sql.active, {"user_id": user_id, "now": now})
-            return [_coupon(r) for r in rows]
-
-    def redeem(
-        self,
-        code: str,
-        user_id: str,
-        order_id: str,
-        order_amount: float | None,
-        now: datetime,
-    ) -> CouponRecord | None:
-        """Mark the coupon used by ``order_id``; None when it is not this user's usable coupon.
-
-        The WHERE is the guard: of any number of concurrent calls exactly one changes the row.
-        """
-        params = {
-            "where_code": code,
-            "where_user": user_id,
-            "now": now,
-            "order": order_id,
-            "amount": order_amount,
-        }
-        with self.base.writing() as conn:
-            row = conn.execute(self._sql.redeem, params).first()
-        return _coupon(row) if row else None
-
-    def release(self, code: str, user_id: str, order_id: str, now: datetime) -> CouponRecord | None:
-        """Put a use back (the order was cancelled) while the coupon is still valid."""
-        query = (
-            update(coupons)
-            .where(
-                coupons.c.code == code,
-                coupons.c.user_id == user_id,
-                coupons.c.order_id == order_id,
-                coupons.c.redeemed_at.is_not(None),
-                coupons.c.expires_at > now,
-            )
-            .values(redeemed_at=None, order_id=None, order_amount=None, discount_amount=None)
-            .returning(*coupons.c)
-        )
-        with self.base.writing() as conn:
-            row = conn.execute(query).first()
-        return _coupon(row) if row else None
-
-    # --- stats ----------------------------------------------------------------------------
-
-    def counts(self, campaign_id: str, now: datetime) -> CampaignCounts:
-        """Everything the campaign's stats are computed from, in a handful of queries.
-
-        One snapshot for all of them (REPEATABLE READ on PostgreSQL; a read transaction is one
-        on SQLite in WAL mode), so the counts agree with each other.
-        """
-        d, c, e = offer_decisions, coupons, events
-        with self.engine.connect() as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            decisions = Counter(
-                {
-                    str(kind): int(n)
-                    for kind, n in conn.execute(
-                        select(d.c.decision, func.count())
-                        .where(d.c.campaign_id == campaign_id)
-                        .group_by(d.c.decision)
-                    )
-                }
-            )
-            open_windows = Counter(
-                {
-                    str(kind): int(n)
-                    for kind, n in conn.execute(
-                        select(d.c.decision, func.count())
-                        .where(d.c.campaign_id == campaign_id, d.c.convert_until > now)
-                        .group_by(d.c.decision)
-                    )
-                }
-            )
-            bought = (
-                select(e.c.id)
-                .where(
-                    e.c.user_id == d.c.user_id,
-                    e.c.type == "purchase",
-                    e.c.ts > d.c.decided_at,
-                    e.c.ts <= d.c.convert_until,
-                    e.c.ts <= now,
-                )
-                .exists()
-            )
-            converted = Counter(
-                {
-                    str(kind): int(n)
-                    for kind, n in conn.execute(
-                        select(d.c.decision, func.count())
-                        .where(d.c.campaign_id == campaign_id, bought)
-                        .group_by(d.c.decision)
-                    )
-                }
-            )
-            row = conn.execute(
-                select(
-                    func.count(case((c.c.redeemed_at.is_not(None), 1))),
-                    func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at <= now), 1))),
-                    func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at > now), 1))),
-                    func.coalesce(func.sum(c.c.discount_amount), 0.0),
-                ).where(c.c.campaign_id == campaign_id)
-            ).one()
-            unpriced = [
-                _coupon(r)
-                for r in conn.execute(
-                    select(c).where(
-                        c.c.campaign_id == campaign_id,
-                        c.c.redeemed_at.is_not(None),
-                        c.c.order_amount.is_(None),
-                    )
-                )
-            ]
-        return CampaignCounts(
-            decisions=decisions,
-            coupons_active=int(row[2]),
-            coupons_redeemed=int(row[0]),
-            coupons_expired=int(row[1]),
-            converted=converted,
-            open_windows=open_windows,
-            discount_known=float(row[3]),
-            redeemed_unpriced=unpriced,
-        )
-
-    def order_lines(self, user_id: str, order_id: str) -> list[tuple[str, float | None]]:
-        """(item, catalogue price) of the purchase events of one order."""
-        query = (
-            select(events.c.item_id, items.c.price)
-            .select_from(events.outerjoin(items, items.c.item_id == events.c.item_id))
-            .where(
-                events.c.user_id == user_id,
-                events.c.order_id == order_id,
-                events.c.type == "purchase",
-            )
-        )
-        with self.engine.connect() as conn:
-            return [(str(i), None if p is None else float(p)) for i, p in conn.execute(query)]
-
-    def budget_used(self, campaign_id: str, now: datetime) -> dict[str, int]:
-        """Coupons counted against the caps: ``total`` and today's."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(campaign_budgets.c.period, campaign_budgets.c.issued).where(
-                    campaign_budgets.c.campaign_id == campaign_id,
-                    campaign_budgets.c.period.in_(["total", day_of(now)]),
-                )
-            )
-            used = {str(p): int(n) for p, n in rows}
-        return {"total": used.get("total", 0), "today": used.get(day_of(now), 0)}
-
-    def coupon_states(self, now: datetime) -> dict[tuple[str, str], int]:
-        """(campaign, active|redeemed|expired) -> coupons, for the metrics."""
-        state = case(
-            (coupons.c.redeemed_at.is_not(None), "redeemed"),
-            (coupons.c.expires_at <= now, "expired"),
-            else_="active",
-        )
-        query = select(coupons.c.campaign_id, state, func.count()).group_by(
-            coupons.c.campaign_id, state
-        )
-        with self.engine.connect() as conn:
-            return {(str(c), str(s)): int(n) for c, s, n in conn.execute(query)}
-
-
-def _coupon(row: Row[Any]) -> CouponRecord:
-    mapping = row._mapping
-    return CouponRecord(**{k: mapping[k] for k in coupons.c.keys()})  # noqa: SIM118
+        return self.coupons.issued_with(decision.attribution_id, conn)

@@ -1,0 +1,278 @@
+"""The offer engine: decide for one user, sweep a campaign's window, the page's offer.
+
+Plain Python over ``OfferRepository.decisions``; the clock is injected, so every rule that
+depends on time is tested without sleeping. Decisions are final once recorded (``issued`` or
+``holdout``); ``not_eligible`` is an answer, not a record, as a user with too few views now
+may qualify later. Caps and the holdout are decided here; the budget is taken by the write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from service.errors import BudgetExhausted, PurchasedMeanwhile
+from service.offers.campaigns import Campaign, find_campaign
+from service.offers.coupons import coupon_status
+from service.offers.kinds import DecisionKind
+from service.offers.repository import OfferRepository
+from service.offers.repository.coupons import CouponRecord
+from service.offers.repository.decisions import Caps, CouponDraft, DecisionRecord, Recorded
+from service.offers.rules import UserFacts, check_eligibility, in_holdout, new_code, redacted
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+# (user_id, products the user viewed) -> the same products, the model's favourite first
+RankItems = Callable[[str, Sequence[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class Decision:
+    campaign_id: str
+    user_id: str
+    decision: DecisionKind
+    reasons: tuple[str, ...] = ()
+    views: int | None = None
+    min_views: int | None = None
+    attribution_id: str | None = None
+    decided_at: datetime | None = None
+    previous: str | None = None  # already_decided: what was decided then
+    coupon: CouponRecord | None = None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    campaign_id: str
+    active: bool
+    evaluated: int
+    decisions: Counter[str]
+    seconds: float
+
+
+class OfferEngine:
+    """Campaign decisions for one service process."""
+
+    def __init__(
+        self,
+        campaigns: Mapping[str, Campaign],
+        repository: OfferRepository,
+        clock: Callable[[], datetime],
+        *,
+        rank_items: RankItems | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.campaigns = dict(campaigns)
+        self.repository = repository
+        self.clock = clock
+        self.rank_items = rank_items
+        self.metrics = metrics
+
+    def campaign(self, campaign_id: str) -> Campaign:
+        return find_campaign(self.campaigns, campaign_id)
+
+    def evaluate(self, user_id: str, campaign_id: str) -> Decision:
+        """Decide for one user now and record it; a user is decided once per campaign."""
+        campaign = self.campaign(campaign_id)
+        now = self.clock()
+        existing, facts = self.repository.decisions.decision_and_facts(
+            campaign_id, user_id, campaign.window, now
+        )
+        if facts is None:
+            assert existing is not None  # a final decision
+            return self._count(self._already(existing, self._coupon_of(existing), campaign))
+        return self._count(self._decide(campaign, facts, now))
+
+    def sweep(self, campaign_id: str) -> SweepResult:
+        """Evaluate every user inside the campaign's window who has no final decision yet.
+
+        Safe to run again and concurrently with itself and with single evaluations: every
+        decision goes through the same exactly-once write. Once a cap is reached, the
+        remaining eligible users are recorded as budget misses in one write.
+        """
+        campaign = self.campaign(campaign_id)
+        started = time.perf_counter()
+        now = self.clock()
+        if not campaign.is_active(now):
+            return SweepResult(campaign_id, False, 0, Counter(), 0.0)
+        candidates = self.repository.decisions.candidates(campaign_id, campaign.window, now)
+        counts: Counter[str] = Counter()
+        missed: list[tuple[str, int]] = []
+        exhausted: str | None = None
+        for facts in candidates:
+            moment = self.clock()  # a long sweep decides each user at their own moment
+            if exhausted is None:
+                decision = self._decide(campaign, facts, moment)
+                if decision.decision == "budget_exhausted":
+                    exhausted = decision.reasons[0]
+            else:
+                eligibility = check_eligibility(campaign, facts, moment)
+                if eligibility.eligible:
+                    missed.append((facts.user_id, eligibility.views))
+                    decision = self._refusal(
+                        campaign, facts.user_id, eligibility.views, "budget_exhausted", (exhausted,)
+                    )
+                else:
+                    decision = self._refusal(
+                        campaign,
+                        facts.user_id,
+                        eligibility.views,
+                        "not_eligible",
+                        eligibility.reasons,
+                    )
+            counts[self._count(decision).decision] += 1
+        moment = self.clock()
+        self.repository.decisions.record_misses(
+            campaign_id, missed, moment, moment + campaign.conversion_window
+        )
+        seconds = time.perf_counter() - started
+        log.info(
+            "campaign_swept",
+            extra={"campaign": campaign_id, "evaluated": len(candidates), **counts},
+        )
+        return SweepResult(campaign_id, True, len(candidates), counts, seconds)
+
+    def offer_for_page(self, user_id: str) -> Decision | None:
+        """The offer to show beside a page's products, deciding now where nothing is decided.
+
+        Every active campaign evaluates the user, in the order of the campaigns file; the
+        first decision with a usable coupon wins, else the first decision is returned without
+        a coupon (a used or expired one is not an offer). None when no campaign is active.
+        """
+        now = self.clock()
+        first: Decision | None = None
+        for campaign in self.campaigns.values():
+            if not campaign.is_active(now):
+                continue
+            decision = self.evaluate(user_id, campaign.campaign_id)
+            if decision.coupon is not None and coupon_status(decision.coupon, now).status == (
+                "active"
+            ):
+                return decision
+            first = first or decision
+        return None if first is None else dataclasses.replace(first, coupon=None)
+
+    @staticmethod
+    def _refusal(
+        campaign: Campaign, user_id: str, views: int, kind: DecisionKind, reasons: tuple[str, ...]
+    ) -> Decision:
+        return Decision(
+            campaign_id=campaign.campaign_id,
+            user_id=user_id,
+            decision=kind,
+            reasons=reasons,
+            views=views,
+            min_views=campaign.min_views,
+        )
+
+    def _decide(self, campaign: Campaign, facts: UserFacts, now: datetime) -> Decision:
+        eligibility = check_eligibility(campaign, facts, now)
+        views = eligibility.views
+        if not eligibility.eligible:
+            return self._refusal(
+                campaign, facts.user_id, views, "not_eligible", eligibility.reasons
+            )
+        held_out = in_holdout(campaign.campaign_id, facts.user_id, campaign.holdout_percent)
+        try:
+            recorded = self.repository.decisions.record(
+                campaign.campaign_id,
+                facts.user_id,
+                "holdout" if held_out else "issued",
+                views=views,
+                now=now,
+                convert_until=now + campaign.conversion_window,
+                coupon=None if held_out else self._draft(campaign, facts, now),
+                # both sides of the holdout face the caps, so they stay comparable
+                caps=Caps(campaign.max_per_day, campaign.max_total),
+                no_purchase=campaign.require_no_purchase,
+            )
+        except BudgetExhausted as exc:
+            return self._refusal(
+                campaign, facts.user_id, views, "budget_exhausted", (f"cap_{exc.args[0]}",)
+            )
+        except PurchasedMeanwhile:
+            return self._refusal(
+                campaign, facts.user_id, views, "not_eligible", ("already_purchased",)
+            )
+        if not recorded.created:
+            return self._already(recorded.decision, recorded.coupon, campaign)
+        return self._made(recorded, campaign.min_views)
+
+    def _made(self, recorded: Recorded, min_views: int) -> Decision:
+        d = recorded.decision
+        if recorded.coupon is not None:
+            log.info(
+                "coupon_issued",
+                extra={
+                    "campaign": d.campaign_id,
+                    "user_id": d.user_id,
+                    "code": redacted(recorded.coupon.code),
+                    "attribution_id": d.attribution_id,
+                },
+            )
+        return Decision(
+            campaign_id=d.campaign_id,
+            user_id=d.user_id,
+            decision="issued" if d.decision == "issued" else "holdout",
+            views=d.views,
+            min_views=min_views,
+            attribution_id=d.attribution_id,
+            decided_at=d.decided_at,
+            coupon=recorded.coupon,
+        )
+
+    def _draft(self, campaign: Campaign, facts: UserFacts, now: datetime) -> CouponDraft:
+        expires = now + campaign.coupon_ttl
+        if campaign.expire_at_window_end and facts.started_at is not None:
+            expires = min(expires, facts.started_at + campaign.window)
+        return CouponDraft(
+            code=new_code(),
+            discount_percent=campaign.discount_percent,
+            item_ids=self._restricted_items(campaign, facts, now),
+            expires_at=expires,
+        )
+
+    def _restricted_items(
+        self, campaign: Campaign, facts: UserFacts, now: datetime
+    ) -> list[str] | None:
+        if campaign.restrict_to_top_items <= 0 or facts.started_at is None:
+            return None
+        viewed = self.repository.decisions.viewed_items(facts.user_id, facts.started_at, now)
+        if self.rank_items is not None and viewed:
+            try:
+                viewed = self.rank_items(facts.user_id, viewed)
+            except Exception:  # no model, or a model swap mid-call: most viewed first instead
+                log.exception("coupon_item_ranking_failed")
+        return viewed[: campaign.restrict_to_top_items] or None
+
+    def _already(
+        self, decision: DecisionRecord, coupon: CouponRecord | None, campaign: Campaign
+    ) -> Decision:
+        return Decision(
+            campaign_id=decision.campaign_id,
+            user_id=decision.user_id,
+            decision="already_decided",
+            views=decision.views,
+            min_views=campaign.min_views,
+            attribution_id=decision.attribution_id,
+            decided_at=decision.decided_at,
+            previous=decision.decision,
+            coupon=coupon,
+        )
+
+    def _coupon_of(self, decision: DecisionRecord) -> CouponRecord | None:
+        if decision.decision != "issued":
+            return None
+        return self.repository.coupons.issued_with(decision.attribution_id)
+
+    def _count(self, decision: Decision) -> Decision:
+        if self.metrics is not None:
+            self.metrics.offer_decisions.labels(decision.campaign_id, decision.decision).inc()
+        return decision

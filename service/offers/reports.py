@@ -1,0 +1,147 @@
+"""Campaign results for marketing, and the offer gauges of the metrics endpoint.
+
+Reach, coupons, budget, conversion of treated and held-out users with the uplift and its
+interval, and the discount given; read-only over ``OfferRepository.reports``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from service.offers.campaigns import Campaign, find_campaign
+from service.offers.kinds import COUPON_STATES, RECORDED
+from service.offers.repository import OfferRepository
+from service.offers.repository.coupons import CouponRecord
+from service.offers.stats import Interval, uplift, wilson
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class CampaignStats:
+    campaign_id: str
+    at: datetime
+    eligible: int
+    decisions: dict[str, int]
+    coupons: dict[str, int]
+    budget: dict[str, int | None]
+    conversion: dict[str, Interval | None]
+    converted: dict[str, int]
+    open_windows: int
+    uplift: Interval | None
+    discount_cost: float
+    discount_cost_estimated: float
+    unpriced_orders: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def budget_left(cap: int | None, used: int) -> int | None:
+    """Coupons still allowed under ``cap`` after ``used``; None without a cap."""
+    return None if cap is None else max(0, cap - used)
+
+
+class Reports:
+    """Campaign stats and offer gauges for one service process."""
+
+    def __init__(
+        self,
+        campaigns: Mapping[str, Campaign],
+        repository: OfferRepository,
+        clock: Callable[[], datetime],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.campaigns = dict(campaigns)
+        self.repository = repository.reports
+        self.clock = clock
+        self.metrics = metrics
+
+    def stats(self, campaign_id: str) -> CampaignStats:
+        """Reach, coupons, budget, conversion of treated and holdout users, and the uplift."""
+        campaign = find_campaign(self.campaigns, campaign_id)
+        now = self.clock()
+        counts = self.repository.counts(campaign_id, now)
+        issued = counts.decisions.get("issued", 0)
+        holdout = counts.decisions.get("holdout", 0)
+        converted_t = min(issued, counts.converted.get("issued", 0))
+        converted_h = min(holdout, counts.converted.get("holdout", 0))
+        estimated, unpriced = self._estimated_discount(counts.redeemed_unpriced)
+        used = self.repository.budget_used(campaign_id, now)
+        notes = []
+        open_windows = counts.open_windows.get("issued", 0) + counts.open_windows.get("holdout", 0)
+        if open_windows:
+            notes.append(
+                f"{open_windows} decided users are still inside their conversion window; "
+                "their conversions so far are counted"
+            )
+        return CampaignStats(
+            campaign_id=campaign_id,
+            at=now,
+            eligible=sum(counts.decisions.values()),
+            decisions={k: counts.decisions.get(k, 0) for k in RECORDED},
+            coupons={
+                "issued": issued,
+                "active": counts.coupons_active,
+                "redeemed": counts.coupons_redeemed,
+                "expired": counts.coupons_expired,
+            },
+            budget={
+                "max_total": campaign.max_total,
+                "used_total": used["total"],
+                "left_total": budget_left(campaign.max_total, used["total"]),
+                "max_per_day": campaign.max_per_day,
+                "used_today": used["today"],
+                "left_today": budget_left(campaign.max_per_day, used["today"]),
+            },
+            conversion={
+                "treated": wilson(converted_t, issued),
+                "holdout": wilson(converted_h, holdout),
+            },
+            converted={"treated": converted_t, "holdout": converted_h},
+            open_windows=open_windows,
+            uplift=uplift(converted_t, issued, converted_h, holdout),
+            discount_cost=round(counts.discount_known + estimated, 2),
+            discount_cost_estimated=round(estimated, 2),
+            unpriced_orders=unpriced,
+            notes=notes,
+        )
+
+    def refresh_gauges(self) -> None:
+        """Coupons by state and budget left, from the database (every worker sees the same).
+
+        Nothing to do without metrics.
+        """
+        metrics = self.metrics
+        if metrics is None:
+            return
+        now = self.clock()
+        counts = self.repository.coupon_states(now)
+        for campaign_id in self.campaigns:
+            for state in COUPON_STATES:
+                metrics.coupons.labels(campaign_id, state).set(counts.get((campaign_id, state), 0))
+        for campaign in self.campaigns.values():
+            if campaign.max_total is None and campaign.max_per_day is None:
+                continue
+            used = self.repository.budget_used(campaign.campaign_id, now)
+            for period, cap in (("total", campaign.max_total), ("today", campaign.max_per_day)):
+                left = budget_left(cap, used[period])
+                if left is not None:
+                    metrics.budget_left.labels(campaign.campaign_id, period).set(left)
+
+    def _estimated_discount(self, redeemed: Sequence[CouponRecord]) -> tuple[float, int]:
+        """Discount on orders redeemed without an amount, from catalogue prices of their lines."""
+        total, unpriced = 0.0, 0
+        for coupon in redeemed:
+            if coupon.order_id is None:
+                continue
+            lines = self.repository.order_lines(coupon.user_id, coupon.order_id)
+            allowed = set(coupon.item_ids) if coupon.item_ids else None
+            prices = [p for item, p in lines if allowed is None or item in allowed]
+            if not prices or any(p is None for p in prices):
+                unpriced += 1
+            total += sum(p for p in prices if p is not None) * coupon.discount_percent / 100.0
+        return total, unpriced
