@@ -1,0 +1,36 @@
+"""``recoffer``: the command line. Parses, calls the pipeline or the registry, prints.
+
+Exit codes: 0 success, 2 bad input (file, column, value, option), 1 any other failure.
+Results go to stdout (a table, or one JSON object with ``--json``); progress goes to stderr.
+
+One module per group of commands; ``render`` prints. Commands are registered here, in the
+order ``recoffer --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from training.cli import backtest, migrate, models, schedule, serve, train
+
+app = typer.Typer(
+    name="recoffer",
+    help="Train, evaluate and publish recommendation models for recoffer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(train.train)
+app.command()(train.evaluate)
+app.command()(models.models)
+app.command()(models.rollback)
+app.command()(serve.demo)
+app.command()(serve.serve)
+app.command()(backtest.backtest)
+app.command()(migrate.migrate)
+app.command(context_settings=schedule.CONTEXT_SETTINGS)(schedule.schedule)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

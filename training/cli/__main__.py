@@ -1,0 +1,5 @@
+"""``python -m training.cli``: the ``recoffer`` command."""
+
+from training.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""``recoffer models`` and ``recoffer rollback``: the versions in a model root, and `current`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from service.artifact import ModelStore, load_artifact
+from service.errors import UsageProblem
+from service.scoring import PROTOCOLS
+from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, setup_logging
+from training.cli.render import err, errors, models_table, out
+
+
+def models(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List model versions, oldest first, with their quality and which one is current."""
+    setup_logging(False)
+    with errors():
+        store = ModelStore(model_dir)
+        current = store.current()
+        rows = []
+        for name, manifest in store.iter_manifests():
+            row: dict[str, Any] = {"version": name, "current": name == current}
+            if manifest is None:
+                row["error"] = "unreadable manifest"
+            else:
+                test, served = manifest.metrics.test, manifest.served
+                row.update(
+                    created_at=manifest.created_at.isoformat(),
+                    served=served,
+                    promoted_by_gate=None if manifest.gate is None else manifest.gate.passed,
+                    **{
+                        f"{p}_ndcg@10": test.get(p, {}).get(served.get(p, ""), {}).get("ndcg@10")
+                        for p in PROTOCOLS
+                    },
+                )
+            rows.append(row)
+    if as_json:
+        out.print(json.dumps({"current": current, "versions": rows}, default=str), markup=False)
+        return
+    if not rows:
+        err.print(f"no model versions in {model_dir}", markup=False)
+        return
+    out.print(models_table(rows, model_dir))
+
+
+def rollback(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    to: Annotated[
+        str | None, typer.Option(help="Version to switch to (default: the previous one).")
+    ] = None,
+) -> None:
+    """Switch the current model back to the previously promoted version (or to --to)."""
+    from training.lock import trainer_lock
+
+    setup_logging(False)
+    with errors():
+        store = ModelStore(model_dir)
+        if not store.versions():
+            raise UsageProblem(f"no model versions in {model_dir}")
+        before = store.current()
+        with trainer_lock(store.root):
+            target = store.rollback(to)
+            if to is not None:
+                load_artifact(store.version_path(target))
+    out.print(f"current: {before} -> {target}", markup=False)

@@ -1,0 +1,230 @@
+"""``recoffer train`` and ``recoffer evaluate``: train and publish a version; show or re-score one.
+
+The trainer's defaults and the checks of its parameters belong to ``training.models.ModelParams``:
+the options take their defaults from it, and a value it refuses ends the command with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from service.artifact import ModelStore, load_artifact
+from service.errors import UsageProblem
+from service.scoring import PROTOCOLS
+from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, parse_columns, setup_logging
+from training.cli.render import err, errors, fail, metrics_tables, out, progress
+from training.data.formats import FORMATS
+from training.models import ModelParams
+
+if TYPE_CHECKING:
+    from training.pipeline import TrainConfig
+
+DEFAULTS = ModelParams()
+# The option of `recoffer train` that sets each parameter of ModelParams it exposes.
+_OPTIONS = {
+    "factors": "--factors",
+    "iterations": "--iterations",
+    "regularization": "--regularization",
+    "threads": "--threads",
+    "view_weight": "--view-weight",
+    "add_to_cart_weight": "--add-to-cart-weight",
+}
+
+
+def train(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Purchase history: .csv, .csv.gz or .parquet."),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Also train on the purchase events the service ingested (sqlite:///... or "
+            "postgresql://...), alone or with --data; its views and add-to-carts count as "
+            "weaker signals.",
+        ),
+    ] = None,
+    view_weight: Annotated[
+        float,
+        typer.Option(
+            help="With --database-url: one view next to one purchase, 0 to 1 (0 ignores views).",
+        ),
+    ] = DEFAULTS.view_weight,
+    add_to_cart_weight: Annotated[
+        float,
+        typer.Option(
+            help="With --database-url: one add-to-cart next to one purchase, 0 to 1 (0 ignores "
+            "them).",
+        ),
+    ] = DEFAULTS.add_to_cart_weight,
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    fmt: Annotated[
+        str, typer.Option("--format", help=f"Input layout: {', '.join(FORMATS)}.")
+    ] = "generic",
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Column mapping for --format generic, e.g. "
+            "'user=customer,item=sku,timestamp=ts,price=unit_price,order=invoice'."
+        ),
+    ] = None,
+    test_days: Annotated[
+        float, typer.Option(help="Length of the test (and validation) window in days.")
+    ] = 30.0,
+    tune_seconds: Annotated[
+        float, typer.Option(help="Time budget for tuning on the validation split; 0 turns it off.")
+    ] = 60.0,
+    factors: Annotated[int, typer.Option(help="ALS latent factors.")] = DEFAULTS.factors,
+    iterations: Annotated[
+        int,
+        typer.Option(
+            help="ALS iterations of the first (cold) fit; later stages add "
+            f"{DEFAULTS.warm_iterations}."
+        ),
+    ] = DEFAULTS.iterations,
+    regularization: Annotated[
+        float, typer.Option(help="ALS L2 regularisation.")
+    ] = DEFAULTS.regularization,
+    threads: Annotated[
+        int, typer.Option(help="Training threads (0: all cores).")
+    ] = DEFAULTS.threads,
+    eval_users: Annotated[
+        int | None, typer.Option(help="Score at most this many test users (default: automatic).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    """Train on a purchase history, evaluate every candidate, gate and publish a new version.
+
+    Examples:
+
+      recoffer train --data purchases.csv --model-dir var/models
+
+      recoffer train --data ../shared/data/online-retail/online_retail.csv.gz \\
+          --format online-retail --tune-seconds 120 --json
+
+      recoffer train --database-url sqlite:///var/recoffer.db --view-weight 0.05
+    """
+    from training.pipeline import TrainConfig
+
+    setup_logging(verbose)
+    with errors():
+        try:
+            params = ModelParams(
+                factors=factors,
+                iterations=iterations,
+                regularization=regularization,
+                threads=threads,
+                view_weight=view_weight,
+                add_to_cart_weight=add_to_cart_weight,
+            )
+        except ValueError as exc:  # NaN and inf weights too
+            raise UsageProblem(_naming_the_option(str(exc))) from None
+    if database_url is None and params.signal_weights != DEFAULTS.signal_weights:
+        err.print(
+            "recoffer: warning: --view-weight and --add-to-cart-weight apply to the events of "
+            "--database-url; without it they change nothing",
+            markup=False,
+        )
+    if tune_seconds < 0:
+        raise fail("--tune-seconds must be >= 0", 2)
+    if data is None and database_url is None:
+        raise fail("give --data (a purchase file), --database-url, or both", 2)
+    config = TrainConfig(
+        model_dir=model_dir,
+        data=data,
+        database_url=database_url,
+        fmt=fmt,
+        columns=None,
+        test_days=test_days,
+        tune_seconds=tune_seconds,
+        force=force,
+        params=params,
+        eval_users=eval_users,
+    )
+    run_training(config, columns, as_json)
+
+
+def _naming_the_option(message: str) -> str:
+    """ModelParams' refusal of one parameter's value, naming the option that set it instead."""
+    about = re.match(r"(\w+) must be ", message)
+    if about is None or about.group(1) not in _OPTIONS:
+        return message
+    return _OPTIONS[about.group(1)] + message[about.end(1) :]
+
+
+def run_training(config: TrainConfig, columns: str | None, as_json: bool) -> None:
+    """Run the pipeline and print its cleaning report, metric tables and verdict."""
+    from training.pipeline import run
+
+    with errors():
+        config.columns = parse_columns(columns)
+        result = run(config, progress=progress)
+    err.print(result.report.render(), markup=False)
+    tables = metrics_tables(result.metrics, result.served)
+    if as_json:
+        err.print(*tables)
+        out.print(json.dumps(result.to_json(), default=str), markup=False)
+    else:
+        out.print(*tables)
+    verdict = "promoted to current" if result.promoted else "NOT promoted"
+    err.print(f"version {result.version}: {verdict}", markup=False)
+    for reason in result.gate.reasons:
+        err.print(f"  gate: {reason}", markup=False)
+    if not result.promoted:
+        err.print("  (use --force to promote anyway)", markup=False)
+
+
+def evaluate(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    version: Annotated[str | None, typer.Option(help="Version to show (default: current).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Re-score the version on this purchase history's temporal split."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Input layout of --data.")] = "generic",
+    columns: Annotated[str | None, typer.Option(help="Column mapping for --data.")] = None,
+    test_days: Annotated[float, typer.Option(help="Test window of the re-scoring split.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show a version's recorded metrics, or re-score it on a (newer) purchase history.
+
+    Examples:
+
+      recoffer evaluate --model-dir var/models
+
+      recoffer evaluate --data new_purchases.csv --test-days 14
+    """
+    setup_logging(False)
+    with errors():
+        store = ModelStore(model_dir)
+        chosen = version or store.current()
+        if chosen is None:
+            raise UsageProblem(f"no current model in {model_dir}; train one first")
+        artifact = load_artifact(store.version_path(chosen))
+        if data is None:
+            metrics = artifact.manifest.metrics.test
+            served = artifact.manifest.served
+            document: dict[str, Any] = {"version": chosen, "metrics": metrics, "served": served}
+        else:
+            from training.gate import rescore_on_file
+
+            document = rescore_on_file(artifact, data, fmt, parse_columns(columns), test_days)
+            metrics, served = document["metrics"], dict.fromkeys(PROTOCOLS, "served")
+    if as_json:
+        out.print(json.dumps(document, default=str), markup=False)
+    else:
+        out.print(*metrics_tables(metrics, served))
+        if "warning" in document:
+            err.print(f"warning: {document['warning']}", markup=False)
