@@ -364,8 +364,9 @@ def seed_sessions(
     items are drawn with ``numpy.random.default_rng(seed)``, all different for one user when
     ``distinct_items``. Returns the number of events stored.
     """
+    from service.activity.records import NewEvent
+    from service.activity.repository import Repository
     from service.db import make_engine, migrate
-    from service.events import NewEvent, Repository
 
     rng = np.random.default_rng(seed)
     newest = datetime.now(UTC) - newest_ago

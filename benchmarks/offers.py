@@ -784,8 +784,8 @@ class DatabaseCalls:
 
 def _offer_engine(url: str) -> tuple[Any, Any, DatabaseCalls]:
     """An OfferEngine as the service builds it (no model, no metrics), its engine, its timer."""
+    from service.activity.repository import Repository
     from service.db import make_engine
-    from service.events import Repository
     from service.offers.campaigns import load_campaigns
     from service.offers.decisions import OfferEngine
     from service.offers.repository import OfferRepository

@@ -71,8 +71,8 @@ def tuned(preset: str, seconds: float) -> dict[str, Any]:
             "ndcg": {
                 p: round(result.metrics[p][n]["ndcg@10"], 4) for p, n in result.served.items()
             },
-            "recipes": result.manifest["recipes"],
-            "params": {k: v for k, v in result.manifest["params"].items() if "weight" in k},
+            "recipes": {p: r.to_dict() for p, r in result.manifest.recipes.items()},
+            "params": {k: v for k, v in result.manifest.params.items() if "weight" in k},
             "seconds": result.timings["total"],
         }
         print(label, out["runs"][label]["ndcg"], flush=True)
@@ -172,7 +172,9 @@ def cost(preset: str, backend: str, url: str) -> dict[str, Any]:
             result = run(config)
         runs[f"{view:g}/{cart:g}"] = {
             "timings": result.timings,
-            "signals": result.manifest["signals"],
+            "signals": None
+            if result.manifest.signals is None
+            else result.manifest.signals.model_dump(mode="json"),
             "ndcg": _figures(result),
         }
     return {

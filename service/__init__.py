@@ -1,1 +1,5 @@
-"""recoffer online service: artifact contract, scoring and (later) the HTTP API."""
+"""recoffer's online service: the HTTP API, recommendations, offers, and the model contract.
+
+Map: docs/architecture.md. Entry point: ``python -m service``. Nothing here imports
+``training``.
+"""

@@ -59,6 +59,22 @@ class CampaignConfigError(RecofferError):
     """A campaigns file or campaign definition that cannot be used; names campaign and field."""
 
 
+# --- what the shop sends ------------------------------------------------------------------
+
+
+class InvalidInput(RecofferError, ValueError):
+    """A value the service's rules refuse (beyond the request schema); names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class BatchTooLarge(RecofferError):
+    """More events in one request than the service accepts."""
+
+
 # --- serving ------------------------------------------------------------------------------
 
 
@@ -146,6 +162,8 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     UsageProblem: ErrorKind(400, "invalid_usage", 2),
     ScheduleError: ErrorKind(422, "invalid_schedule", 2),
     CampaignConfigError: ErrorKind(422, "invalid_campaign", 2),
+    InvalidInput: ErrorKind(422, "invalid_request", 2),
+    BatchTooLarge: ErrorKind(413, "too_large", 2),
     ModelUnavailable: ErrorKind(503, "model_unavailable", 1),
     UnknownItem: ErrorKind(404, "unknown_item", 2),
     OfferError: ErrorKind(409, "offer_refused", 1),

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.recommend.recommender import DEFAULT_EVENT_WEIGHTS
+
 Role = Literal["frontend", "marketing", "admin"]
 ROLES: tuple[Role, ...] = ("frontend", "marketing", "admin")
 
@@ -76,7 +78,7 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often each worker reads new events from the database."
     )
     event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0},
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
         description="Weight of each event type when folding a session into the model.",
     )
     db_pool_size: int = Field(5, ge=1, description="PostgreSQL connection pool size per worker.")
@@ -137,7 +139,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _auth_configured(self) -> Settings:
         if self.auth_disabled:
-            if not _is_loopback(self.host):
+            if not is_loopback(self.host):
                 raise ValueError(
                     "RECOFFER_AUTH_DISABLED is for development on a loopback host only "
                     f"(host is {self.host!r}); configure API keys instead"
@@ -163,7 +165,8 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

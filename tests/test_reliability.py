@@ -35,7 +35,7 @@ from benchmarks.reliability import Trainer, landed_in, temporaries
 from service.app import create_app
 from service.artifact import ModelStore, load_artifact
 from service.settings import Settings
-from training.registry import trainer_lock
+from training.lock import trainer_lock
 from training.synthetic.shop import SyntheticShop, write_shop
 
 KEY = "frontend-key-0123456789"

@@ -1,22 +1,31 @@
-"""Shared dependencies: the app state, and API keys by role (constant-time comparison)."""
+"""Shared dependencies: API keys by role (constant-time comparison), and the narrow domain
+objects each route needs (``RecommendationsDep``, ``IngestDep``, ...), each behind its role.
+
+The lifespan builds one ``AppState``; routes never see it whole.
+"""
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
-from service.settings import Role
+from service.activity.ingest import Ingest
+from service.health import Health
+from service.recommend.holder import ModelHolder
+from service.recommend.service import Recommendations
+from service.settings import Role, is_loopback
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from service.events import ActivityStore, Repository
+    from service.activity.repository import Repository
+    from service.activity.store import ActivityStore
     from service.metrics import Metrics
-    from service.model_holder import ModelHolder
     from service.offers.auto import AutoEvaluator
     from service.offers.coupons import Coupons
     from service.offers.decisions import OfferEngine
@@ -26,7 +35,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class AppState:
-    """What the lifespan builds and every route reads."""
+    """What the lifespan builds: the worker's resources and its domain objects."""
 
     settings: Settings
     repository: Repository
@@ -34,16 +43,13 @@ class AppState:
     models: ModelHolder
     metrics: Metrics
     clock: Callable[[], datetime]
+    recommendations: Recommendations
+    ingest: Ingest
+    health: Health
     offers: OfferEngine
     auto_offers: AutoEvaluator
     coupons: Coupons
     reports: Reports
-    database_ready: bool = False
-
-
-async def get_state(request: Request) -> AppState:
-    # async on purpose: FastAPI runs sync dependencies in a thread pool, a costly hop
-    return _state(request)
 
 
 def _state(request: Request) -> AppState:
@@ -51,15 +57,8 @@ def _state(request: Request) -> AppState:
     return state
 
 
-State = Annotated[AppState, Depends(get_state)]
-
-
 def _from_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(request.client.host if request.client else "")
 
 
 def _presented_key(request: Request) -> str | None:
@@ -116,6 +115,37 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[AppState]]:
 
     return check
 
+
+def require_part(pick: Callable[[AppState], T], *roles: Role) -> Callable[[Request], Awaitable[T]]:
+    """Dependency returning one domain object of the app state once the key is checked."""
+    check = require(*roles)
+
+    async def part(request: Request) -> T:
+        return pick(await check(request))
+
+    return part
+
+
+def _recommendations(state: AppState) -> Recommendations:
+    return state.recommendations
+
+
+def _ingest(state: AppState) -> Ingest:
+    return state.ingest
+
+
+async def get_health(request: Request) -> Health:
+    """No key: probes and Prometheus call it (async: FastAPI runs sync ones in a thread)."""
+    return _state(request).health
+
+
+RecommendationsDep = Annotated[Recommendations, Depends(require_part(_recommendations, "frontend"))]
+ModelReaderDep = Annotated[
+    Recommendations, Depends(require_part(_recommendations, "frontend", "marketing"))
+]
+ModelAdminDep = Annotated[Recommendations, Depends(require_part(_recommendations, "admin"))]
+IngestDep = Annotated[Ingest, Depends(require_part(_ingest, "frontend"))]
+HealthDep = Annotated[Health, Depends(get_health)]
 
 FrontendState = Annotated[AppState, Depends(require("frontend"))]
 AdminState = Annotated[AppState, Depends(require("admin"))]

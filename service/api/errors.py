@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import ErrorOut
 from service.db import is_outage
-from service.errors import RecofferError, kind_of, public_detail
+from service.errors import InvalidInput, RecofferError, kind_of, public_detail
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,10 @@ def add_exception_handlers(app: FastAPI) -> None:
         if kind.status >= 500 and kind.status != 503:
             log.error("domain_error", exc_info=exc)
         headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
-        return error(kind.status, kind.code, public_detail(exc), headers=headers)
+        detail: Any = public_detail(exc)
+        if isinstance(exc, InvalidInput):  # the shape of every other 422: one entry per field
+            detail = [{"field": exc.field, "message": exc.message}]
+        return error(kind.status, kind.code, detail, headers=headers)
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:

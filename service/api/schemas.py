@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -21,16 +20,6 @@ from pydantic import (
 
 from service.offers.campaigns import BUILT_IN, CampaignId
 from service.offers.kinds import CouponState, DecisionKind, FinalKind
-
-MAX_FUTURE = timedelta(hours=1)  # clocks drift; a time from tomorrow is a bug upstream
-
-
-def refuse_future(moment: datetime, now: datetime, loc: tuple[str | int, ...]) -> None:
-    """422 naming the field at ``loc`` when ``moment`` is more than MAX_FUTURE after ``now``."""
-    if moment - now > MAX_FUTURE:
-        message = f"{moment.isoformat()} is more than {MAX_FUTURE} in the future"
-        raise RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])
-
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
 Text = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]  # no NUL

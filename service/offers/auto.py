@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 
 from starlette.concurrency import run_in_threadpool
 
+from service.activity.records import Activity
 from service.offers.decisions import OfferEngine
 from service.offers.kinds import SETTLED
 from service.offers.rules import counted_views
-from service.recommender import Activity
 
 log = logging.getLogger(__name__)
 MAX_REMEMBERED = 1_000_000  # decided (campaign, user) pairs skipped without a database call

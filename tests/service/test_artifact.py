@@ -211,7 +211,8 @@ FIRST_TRAINER_KEYS = (
 def test_a_manifest_of_the_first_trainer_still_loads_and_serves(
     small_model_root: Path, tmp_path: Path
 ) -> None:
-    from service.recommender import Query, Recommender, prepare
+    from service.recommend.recommender import Query, Recommender
+    from service.recommend.serving import prepare
 
     source = ModelStore(small_model_root).current_path()
     assert source is not None

@@ -110,6 +110,6 @@ def test_the_api_worker_loads_nothing_of_the_trainer(
     expected = 2 if "--workers" in command else 1
     assert len(workers) == expected, [len(p) for p in processes]
     for names in workers:
-        assert "service.recommender" in names  # it did serve
+        assert "service.recommend.recommender" in names  # it did serve
         loaded = [n for n in names if n.split(".")[0] in TRAINER_MODULES]
         assert loaded == [], loaded

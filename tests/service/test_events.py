@@ -8,7 +8,8 @@ from pathlib import Path
 def test_own_writes_do_not_move_the_tail_watermark() -> None:
     from datetime import UTC, datetime
 
-    from service.events import ActivityStore, StoredEvent
+    from service.activity.records import StoredEvent
+    from service.activity.store import ActivityStore
 
     store = ActivityStore(lookback=0)
     now = datetime.now(UTC)
@@ -24,8 +25,9 @@ def test_own_writes_do_not_move_the_tail_watermark() -> None:
 def test_sqlite_change_signature_moves_with_writes_only(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
+    from service.activity.records import NewEvent
+    from service.activity.repository import Repository
     from service.db import make_engine, migrate
-    from service.events import NewEvent, Repository
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)

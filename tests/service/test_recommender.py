@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from service.activity.records import Activity
 from service.artifact import ModelStore, load_artifact
-from service.recommender import Activity, Recommender, prepare
+from service.recommend.recommender import Recommender
+from service.recommend.serving import prepare
 from training.synthetic.shop import SyntheticShop
 
 

@@ -70,7 +70,9 @@ class RouteRecorder:
 
     def started(self) -> bool:
         state = getattr(self.app.state, "recoffer", None)
-        return state is not None and state.models.current is not None and state.database_ready
+        return (
+            state is not None and state.models.current is not None and state.health.database_ready
+        )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Body
 
-from service.api.deps import FrontendState
-from service.api.schemas import EventBatch, EventsBody, IngestOut, refuse_future
-from service.events import NewEvent
+from service.activity.ingest import EventDraft
+from service.api.deps import IngestDep
+from service.api.schemas import EventBatch, EventsBody, IngestOut
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -37,35 +36,21 @@ EXAMPLES = {
 @router.post("", response_model=IngestOut)
 async def post_events(
     body: Annotated[EventsBody, Body(openapi_examples=EXAMPLES)],
-    state: FrontendState,
+    ingest: IngestDep,
 ) -> IngestOut:
     """Store one event or a batch; retries with the same client_event_id are not double-counted."""
+    batch = isinstance(body, EventBatch)
     incoming = body.events if isinstance(body, EventBatch) else [body]
-    if len(incoming) > state.settings.max_batch_events:
-        raise HTTPException(413, f"at most {state.settings.max_batch_events} events per request")
-    now = state.clock()
-    batch = []
-    for index, e in enumerate(incoming):
-        ts = e.timestamp or now
-        where = ("events", index, "timestamp") if isinstance(body, EventBatch) else ("timestamp",)
-        refuse_future(ts, now, ("body", *where))
-        batch.append(
-            NewEvent(
-                user_id=e.user_id,
-                type=e.type,
-                ts=ts,
-                item_id=e.item_id,
-                order_id=e.order_id,
-                client_event_id=e.client_event_id,
-            )
+    drafts = [
+        EventDraft(
+            user_id=e.user_id,
+            type=e.type,
+            ts=e.timestamp,
+            item_id=e.item_id,
+            order_id=e.order_id,
+            client_event_id=e.client_event_id,
         )
-    result = await run_in_threadpool(state.repository.add_events, batch)
-    state.activity.add(result.stored, from_tail=False)  # this worker sees its own writes now
-    for stored in result.stored:
-        state.metrics.events.labels(stored.type).inc()
-    if result.duplicates:
-        state.metrics.event_duplicates.inc(result.duplicates)
-    if state.auto_offers.enabled:
-        viewers = {s.user_id for s in result.stored if s.type == "view"}
-        state.auto_offers.on_views(viewers, {u: state.activity.recent(u) for u in viewers})
+        for e in incoming
+    ]
+    result = await ingest.add_events(drafts, batch=batch)
     return IngestOut(accepted=result.accepted, duplicates=result.duplicates)

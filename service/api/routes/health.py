@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import State
-from service.errors import RecofferError
+from service.api.deps import HealthDep
 
 router = APIRouter(tags=["health"])
 
@@ -21,27 +18,18 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(state: State) -> JSONResponse:
+async def readyz(health: HealthDep) -> JSONResponse:
     """Ready when a model is served, or when no model exists yet and events can be stored."""
-    version = state.models.version
-    try:
-        no_model_yet = version is None and state.models.store.current() is None
-    except RecofferError:  # an unreadable registry: not ready, and say why
-        no_model_yet = False
-    ready = version is not None or (no_model_yet and state.database_ready)
+    r = health.readiness()
     body = {
-        "ready": ready,
-        "model_version": version,
-        "database": state.database_ready,
-        "detail": state.models.last_error,
+        "ready": r.ready,
+        "model_version": r.model_version,
+        "database": r.database,
+        "detail": r.detail,
     }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    return JSONResponse(body, status_code=200 if r.ready else 503)
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(state: State) -> Response:
-    recommender = state.models.current
-    if recommender is not None:
-        trained = recommender.model.artifact.manifest.trained_at
-        state.metrics.model_age.set(time.time() - trained.timestamp())
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(health: HealthDep) -> Response:
+    return Response(health.exposition(), media_type=CONTENT_TYPE_LATEST)

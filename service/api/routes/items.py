@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
-from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import FrontendState
+from service.api.deps import IngestDep
 from service.api.schemas import Id, ItemIn, ItemOut
 
 router = APIRouter(prefix="/v1/items", tags=["catalogue"])
@@ -20,16 +19,14 @@ async def put_item(
         ItemIn,
         Body(openapi_examples={"out of stock": {"value": {"in_stock": False, "category": "c07"}}}),
     ],
-    state: FrontendState,
+    ingest: IngestDep,
 ) -> ItemOut:
     """Create or update a catalogue item; fields not sent keep their value."""
-    record = await run_in_threadpool(
-        state.repository.upsert_item,
+    record = await ingest.put_item(
         item_id,
         name=body.name,
         category=body.category,
         price=body.price,
         in_stock=body.in_stock,
     )
-    state.activity.update_catalogue([record])
     return ItemOut(**record.__dict__)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
-from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import FrontendState
-from service.api.schemas import Id, UserIn, UserOut, refuse_future
+from service.api.deps import IngestDep
+from service.api.schemas import Id, UserIn, UserOut
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 USER_EXAMPLE = {"signed_up_at": "2026-11-23T09:30:00Z", "attributes": {"country": "UK"}}
@@ -18,17 +17,13 @@ USER_EXAMPLE = {"signed_up_at": "2026-11-23T09:30:00Z", "attributes": {"country"
 async def put_user(
     user_id: Annotated[Id, Path(description="The shop's user id.")],
     body: Annotated[UserIn, Body(openapi_examples={"sign-up": {"value": USER_EXAMPLE}})],
-    state: FrontendState,
+    ingest: IngestDep,
 ) -> UserOut:
     """Register a user or update their sign-up time and attributes."""
-    if body.signed_up_at is not None:
-        refuse_future(body.signed_up_at, state.clock(), ("body", "signed_up_at"))
-    fields = body.model_fields_set
-    record = await run_in_threadpool(
-        state.repository.upsert_user,
+    record = await ingest.put_user(
         user_id,
         signed_up_at=body.signed_up_at,
-        attributes=body.attributes if "attributes" in fields else None,
+        attributes=body.attributes if "attributes" in body.model_fields_set else None,
     )
     return UserOut(
         user_id=record.user_id,

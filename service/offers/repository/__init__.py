@@ -8,7 +8,7 @@ and gauges. An issued decision inserts its coupon inside its own transaction, so
 
 from __future__ import annotations
 
-from service.events import Repository
+from service.activity.repository import Repository
 from service.offers.repository.coupons import CouponRepository
 from service.offers.repository.decisions import DecisionRepository
 from service.offers.repository.reports import ReportRepository

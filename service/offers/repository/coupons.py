@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Float, String, bindparam, select, update
 from sqlalchemy.engine import Row
 
-from service.events import Repository
+from service.activity.repository import Repository
 from service.tables import UTCDateTime, coupons
 
 

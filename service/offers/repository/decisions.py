@@ -25,8 +25,8 @@ from sqlalchemy import (
     update,
 )
 
+from service.activity.repository import Repository
 from service.errors import BudgetExhausted, PurchasedMeanwhile
-from service.events import Repository
 from service.offers.kinds import FinalKind
 from service.offers.repository.coupons import CouponRecord, CouponRepository
 from service.offers.rules import UserFacts

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, case, func, select
 
-from service.events import Repository
+from service.activity.repository import Repository
 from service.offers.repository.coupons import CouponRecord, coupon_of_row
 from service.offers.repository.decisions import day_of
 from service.tables import campaign_budgets, coupons, events, items, offer_decisions

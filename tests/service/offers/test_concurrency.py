@@ -17,9 +17,10 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import func, select
 
+from service.activity.records import NewEvent
+from service.activity.repository import Repository
 from service.db import make_engine, migrate
 from service.errors import CouponAlreadyRedeemed
-from service.events import NewEvent, Repository
 from service.offers.campaigns import Campaign
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
@@ -137,7 +138,7 @@ import json, sys, threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from service.db import make_engine
-from service.events import Repository
+from service.activity.repository import Repository
 from service.offers.coupons import Coupons
 from service.offers.repository import OfferRepository
 

@@ -1,77 +1,21 @@
-"""Users, behaviour events and catalogue items: the repository and each worker's recent view.
-
-All SQL of these tables lives in ``Repository``. ``ActivityStore`` is an in-memory, per-worker
-copy of recent events per user, filled by tailing the events table, so answering a
-recommendation never waits for the database (and keeps working while it is down).
-"""
+"""Every query on users, events and items (the shop's behaviour as stored)."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
-from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.activity.records import IngestResult, ItemRecord, NewEvent, StoredEvent, UserRecord
 from service.clock import Clock, utc_now
-from service.recommender import Activity, CatalogueEntry
 from service.tables import events, items, users
-
-log = logging.getLogger(__name__)
-TAIL_LOOKBACK_IDS = 2_000  # ids may commit out of order on PostgreSQL; re-read this many
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    user_id: str
-    type: str
-    ts: datetime
-    item_id: str | None = None
-    order_id: str | None = None
-    client_event_id: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    id: int
-    user_id: str
-    item_id: str | None
-    type: str
-    ts: datetime
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    accepted: int
-    duplicates: int
-    stored: list[StoredEvent]
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    user_id: str
-    signed_up_at: datetime | None
-    first_seen_at: datetime
-    attributes: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class ItemRecord:
-    item_id: str
-    name: str | None
-    category: str | None
-    price: float | None
-    in_stock: bool | None
-    updated_at: datetime
 
 
 class Repository:
@@ -281,79 +225,3 @@ class Repository:
             query = query.where(items.c.updated_at >= since)
         with self.engine.connect() as conn:
             return [ItemRecord(**row._mapping) for row in conn.execute(query)]
-
-
-class ActivityStore:
-    """Recent events per user and the catalogue overlay, in this worker's memory.
-
-    Bounded: at most ``per_user`` events for each of at most ``max_users`` users (least
-    recently active users are forgotten first). Thread-safe.
-    """
-
-    def __init__(
-        self, per_user: int = 50, max_users: int = 1_000_000, lookback: int | None = None
-    ) -> None:
-        self.per_user = per_user
-        self.max_users = max_users
-        # SQLite commits ids in order (one writer); PostgreSQL may not, so re-read a window
-        self.lookback = TAIL_LOOKBACK_IDS if lookback is None else lookback
-        self._users: OrderedDict[str, deque[Activity]] = OrderedDict()
-        self._seen: set[int] = set()
-        self._seen_order: deque[int] = deque()
-        self._lock = threading.Lock()
-        self.watermark = 0
-        self.purchases: Counter[str] = Counter()
-        self.catalogue: dict[str, CatalogueEntry] = {}
-        self.catalogue_watermark: datetime | None = None
-
-    def add(self, rows: Iterable[StoredEvent], *, from_tail: bool = True) -> int:
-        """Remember events not seen before; returns how many were new.
-
-        Only rows read by the tail (``from_tail``) move the watermark: a worker's own writes
-        may have ids above events of other workers it has not read yet.
-        """
-        added = 0
-        with self._lock:
-            for row in rows:
-                if from_tail:
-                    self.watermark = max(self.watermark, row.id)
-                if row.id in self._seen:
-                    continue
-                self._remember_id(row.id)
-                added += 1
-                if row.item_id is None:
-                    continue
-                if row.type == "purchase":
-                    self.purchases[row.item_id] += 1
-                queue = self._users.get(row.user_id)
-                if queue is None:
-                    queue = self._users[row.user_id] = deque(maxlen=self.per_user)
-                    if len(self._users) > self.max_users:
-                        self._users.popitem(last=False)
-                else:
-                    self._users.move_to_end(row.user_id)
-                queue.append(Activity(item_id=row.item_id, type=row.type, ts=row.ts))
-        return added
-
-    def _remember_id(self, event_id: int) -> None:
-        self._seen.add(event_id)
-        self._seen_order.append(event_id)
-        while len(self._seen_order) > 4 * TAIL_LOOKBACK_IDS:
-            self._seen.discard(self._seen_order.popleft())
-
-    def recent(self, user_id: str) -> tuple[Activity, ...]:
-        queue = self._users.get(user_id)
-        return tuple(queue) if queue else ()
-
-    def tail_from(self) -> int:
-        """The id after which the next poll should read (with a safety lookback)."""
-        return max(0, self.watermark - self.lookback)
-
-    def update_catalogue(self, rows: Iterable[ItemRecord]) -> None:
-        with self._lock:
-            for row in rows:
-                self.catalogue[row.item_id] = CatalogueEntry(
-                    category=row.category, in_stock=row.in_stock, name=row.name
-                )
-                if self.catalogue_watermark is None or row.updated_at > self.catalogue_watermark:
-                    self.catalogue_watermark = row.updated_at

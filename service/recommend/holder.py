@@ -14,7 +14,8 @@ from pathlib import Path
 
 from service.artifact import ModelStore, load_artifact
 from service.errors import RecofferError
-from service.recommender import Recommender, prepare
+from service.recommend.recommender import Recommender
+from service.recommend.serving import prepare
 
 log = logging.getLogger(__name__)
 

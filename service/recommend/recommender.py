@@ -17,47 +17,24 @@ exclude ids, category, in stock (when the catalogue says), bought within the las
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from service.artifact import Artifact
+from service.activity.records import Activity, CatalogueEntry
 from service.clock import SECONDS_PER_DAY
 from service.errors import UnknownItem
-from service.scoring import PROTOCOLS, Recipe, Scorer
-
-log = logging.getLogger(__name__)
+from service.recommend.serving import ServingModel
+from service.scoring import Recipe
 
 MAX_REASON_ANCHORS = 50  # a long history explains through its most bought items
-PRECOMPUTE_BATCH_CELLS = 8_000_000
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0}
 
 IntArray = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class Activity:
-    """One behaviour event the model did not see (after training, or a new user's)."""
-
-    item_id: str
-    type: str
-    ts: datetime
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    """What the shop said about an item after training; overrides the artifact's metadata."""
-
-    category: str | None = None
-    in_stock: bool | None = None
-    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,145 +89,6 @@ class History:
 NO_HISTORY = History(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
 
 
-@dataclass
-class ServingModel:
-    """An artifact prepared for serving: indexes, candidates and fold-in constants."""
-
-    artifact: Artifact
-    scorer: Scorer
-    user_index: dict[str, int]
-    item_ids: npt.NDArray[np.str_]
-    item_index: dict[str, int]
-    item_labels: list[str]  # ids as Python strings, and names (the id when unknown)
-    item_names: list[str]
-    recipes: dict[str, Recipe]
-    reference_time: datetime
-    categories: npt.NDArray[np.str_] | None
-    popular_list: list[int]  # item rows, most bought recently first
-    unit_factors: npt.NDArray[np.float32]
-    gram: npt.NDArray[np.float64]
-    regularization: float
-    fold_in_scale: float
-    signal_gram: npt.NDArray[np.float64] | None = None  # YᵀY of the als_signals item factors
-    candidates: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = field(
-        default_factory=dict
-    )
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def version(self) -> str:
-        return self.artifact.version
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    def name_of(self, item: int) -> str:
-        return self.item_names[item]
-
-    def category_of(self, item: int) -> str | None:
-        if self.categories is not None and self.categories[item]:
-            return str(self.categories[item])
-        return None
-
-
-def prepare(
-    artifact: Artifact, *, candidates_per_user: int = 200, precompute_max_cells: int = 400_000_000
-) -> ServingModel:
-    """Build the serving structures for ``artifact``; seconds on big models, so call off-loop."""
-    manifest = artifact.manifest
-    arrays = artifact.arrays
-    for array in arrays.values():
-        if isinstance(array, np.memmap) and array.size:
-            # fault every page in now (one byte a page), not on the first requests
-            int(array.reshape(-1).view(np.uint8)[::4096].sum())
-    scorer = Scorer.from_arrays(arrays)
-    item_ids = np.asarray(arrays["item_ids"])
-    user_ids = np.asarray(arrays["user_ids"])
-    factors = np.asarray(arrays["item_factors"], dtype=np.float32)
-    norms = np.linalg.norm(factors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    model = ServingModel(
-        artifact=artifact,
-        scorer=scorer,
-        user_index={str(u): i for i, u in enumerate(user_ids.tolist())},
-        item_ids=item_ids,
-        item_index={str(v): i for i, v in enumerate(item_ids.tolist())},
-        item_labels=[str(v) for v in item_ids.tolist()],
-        item_names=[
-            str(n) or str(i)
-            for i, n in zip(
-                item_ids.tolist(),
-                arrays.get("item_names", item_ids).tolist(),
-                strict=True,
-            )
-        ],
-        recipes={p: _servable(manifest.recipes[p], scorer) for p in PROTOCOLS},
-        reference_time=manifest.data_until,
-        categories=np.asarray(arrays["item_categories"]) if "item_categories" in arrays else None,
-        popular_list=np.argsort(
-            -scorer.trending_z - 1e-3 * scorer.popularity_z, kind="stable"
-        ).tolist(),
-        unit_factors=(factors / norms).astype(np.float32),
-        gram=_gram(factors),
-        regularization=manifest.regularization,
-        fold_in_scale=manifest.fold_in.confidence_scale,
-        signal_gram=None
-        if scorer.signal_item_factors is None
-        else _gram(np.asarray(scorer.signal_item_factors, dtype=np.float32)),
-    )
-    if len(user_ids) * len(item_ids) <= precompute_max_cells:
-        started = time.perf_counter()
-        for protocol in PROTOCOLS:
-            model.candidates[protocol] = _precompute(model, protocol, candidates_per_user)
-        log.info(
-            "candidates_precomputed",
-            extra={"version": artifact.version, "seconds": time.perf_counter() - started},
-        )
-    return model
-
-
-def _gram(factors: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    wide = factors.astype(np.float64)
-    return wide.T @ wide
-
-
-def _servable(recipe: Recipe, scorer: Scorer) -> Recipe:
-    """The recipe, without the components the artifact lacks (EASE, als_signals): never a 500."""
-    if scorer.can_use(recipe):
-        return recipe
-    log.warning("recipe_without_missing_components", extra={"weights": dict(recipe.weights)})
-    missing = {"ease"} if scorer.ease_b is None else set()
-    if not scorer.has_signals:
-        missing.add("als_signals")
-    weights = {k: v for k, v in recipe.weights.items() if k not in missing}
-    return dataclasses.replace(recipe, weights=weights or {"popularity": 1.0})
-
-
-def _precompute(
-    model: ServingModel, protocol: str, k: int
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-    n_users, n_items = len(model.user_index), model.n_items
-    k = min(k, n_items)
-    items = np.empty((n_users, k), dtype=np.int32)
-    scores = np.empty((n_users, k), dtype=np.float32)
-    batch = max(1, PRECOMPUTE_BATCH_CELLS // n_items)
-    recipe = model.recipes[protocol]
-    for start in range(0, n_users, batch):
-        users = np.arange(start, min(n_users, start + batch))
-        block = model.scorer.score_users(users, recipe)
-        if protocol == "novel":
-            hist = model.scorer.history_counts[users]
-            rows = np.repeat(np.arange(len(users)), np.diff(hist.indptr))
-            block[rows, hist.indices] = -np.inf
-        top = np.argpartition(block, -k, axis=1)[:, -k:]
-        top_scores = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        items[users] = np.take_along_axis(top, order, axis=1)
-        scores[users] = np.take_along_axis(top_scores, order, axis=1)
-    return items, scores
-
-
 class Recommender:
     """Answers queries against one ServingModel plus what happened since it was trained."""
 
@@ -281,15 +119,15 @@ class Recommender:
         m = self.model
         catalogue = catalogue or {}
         protocol = "novel" if query.exclude_purchased else "all"
-        user = m.user_index.get(query.user_id)
+        user_idx = m.user_index.get(query.user_id)
         recent_known = [a for a in recent if a.item_id in m.item_index]
         banned = self._banned(query, recent_known, catalogue)
         if query.purchased_within_days is not None:
-            return self._replenish(query, user, recent_known, banned, now)
-        if user is not None:
+            return self._replenish(query, user_idx, recent_known, banned, now)
+        if user_idx is not None:
             source = "model"
-            picked = self._known(user, protocol, query.limit, banned)
-            history = self._history(user)
+            picked = self._known(user_idx, protocol, query.limit, banned)
+            history = self._history(user_idx)
         elif recent_known:
             source = "session"
             picked = self._session(recent_known, protocol, query.limit, banned, now)
@@ -311,17 +149,17 @@ class Recommender:
     def similar(self, item_id: str, limit: int, banned: Iterable[str] = ()) -> list[Recommendation]:
         """Items whose ALS vectors point the same way (cosine), best first."""
         m = self.model
-        item = m.item_index.get(item_id)
-        if item is None:
+        item_idx = m.item_index.get(item_id)
+        if item_idx is None:
             raise UnknownItem(item_id)
-        scores = m.unit_factors @ m.unit_factors[item]
-        scores[item] = -np.inf
+        scores = m.unit_factors @ m.unit_factors[item_idx]
+        scores[item_idx] = -np.inf
         for other in banned:
             idx = m.item_index.get(other)
             if idx is not None:
                 scores[idx] = -np.inf
         top = _top(scores, limit)
-        name = m.name_of(item)
+        name = m.name_of(item_idx)
         return [
             Recommendation(str(m.item_ids[i]), float(scores[i]), f"bought with {name}", "model")
             for i in top
@@ -331,34 +169,36 @@ class Recommender:
     # --- the three kinds of user ----------------------------------------------------------
 
     def _known(
-        self, user: int, protocol: str, limit: int, banned: set[int]
+        self, user_idx: int, protocol: str, limit: int, banned: set[int]
     ) -> list[tuple[int, float]]:
         m = self.model
         cached = m.candidates.get(protocol)
         if cached is not None:
             picked: list[tuple[int, float]] = []
-            for i, s in zip(cached[0][user].tolist(), cached[1][user].tolist(), strict=True):
+            for i, s in zip(
+                cached[0][user_idx].tolist(), cached[1][user_idx].tolist(), strict=True
+            ):
                 if s == -np.inf:
                     break  # sorted: the rest are excluded too
                 if i not in banned:
                     picked.append((i, s))
                     if len(picked) == limit:
                         return picked
-        return _pick(self._known_scores(user, protocol), limit, banned)
+        return _pick(self._known_scores(user_idx, protocol), limit, banned)
 
-    def _known_scores(self, user: int, protocol: str) -> npt.NDArray[np.float32]:
+    def _known_scores(self, user_idx: int, protocol: str) -> npt.NDArray[np.float32]:
         m = self.model
         hist, ages = m.scorer.history_counts, m.scorer.history_age_days
-        start, end = hist.indptr[user], hist.indptr[user + 1]
+        start, end = hist.indptr[user_idx], hist.indptr[user_idx + 1]
         bought = hist.indices[start:end]
         signals = m.scorer.signal_user_factors
         scores = m.scorer.score_row(
             bought,
             hist.data[start:end],
             ages.data[start:end],
-            np.asarray(m.scorer.user_factors[user]),
+            np.asarray(m.scorer.user_factors[user_idx]),
             m.recipes[protocol],
-            signal_vector=None if signals is None else np.asarray(signals[user]),
+            signal_vector=None if signals is None else np.asarray(signals[user_idx]),
         )
         if protocol == "novel":
             scores[bought] = -np.inf
@@ -420,10 +260,10 @@ class Recommender:
         order after the ranked ones.
         """
         m = self.model
-        user = m.user_index.get(user_id)
+        user_idx = m.user_index.get(user_id)
         recent_known = [a for a in recent if a.item_id in m.item_index]
-        if user is not None:
-            scores = self._known_scores(user, "all")
+        if user_idx is not None:
+            scores = self._known_scores(user_idx, "all")
         elif recent_known:
             scores = self._session_scores(recent_known, "all", now)
         else:
@@ -463,7 +303,7 @@ class Recommender:
     def _replenish(
         self,
         query: Query,
-        user: int | None,
+        user_idx: int | None,
         recent: Sequence[Activity],
         banned: set[int],
         now: datetime | None,
@@ -474,8 +314,8 @@ class Recommender:
         days = float(query.purchased_within_days or 0)
         since_training = max(0.0, (now - m.reference_time).total_seconds() / SECONDS_PER_DAY)
         bought: set[int] = set()
-        if user is not None:
-            start, end = m.scorer.history_counts.indptr[user : user + 2]
+        if user_idx is not None:
+            start, end = m.scorer.history_counts.indptr[user_idx : user_idx + 2]
             ages = m.scorer.history_age_days.data[start:end] + since_training
             bought |= {
                 int(i)
@@ -487,9 +327,9 @@ class Recommender:
                 bought.add(m.item_index[a.item_id])
         bought -= banned
         if not bought:
-            return Result(items=[], source="model" if user is not None else "popular")
-        if user is not None:
-            scores = m.scorer.score_users(np.array([user]), m.recipes["all"])[0]
+            return Result(items=[], source="model" if user_idx is not None else "popular")
+        if user_idx is not None:
+            scores = m.scorer.score_users(np.array([user_idx]), m.recipes["all"])[0]
         else:
             scores = m.scorer.popularity_z.copy()
         ranked = sorted(bought, key=lambda i: -float(scores[i]))[: query.limit]
@@ -532,9 +372,9 @@ class Recommender:
                 inside[idx] = entry.category == category
         return set(np.flatnonzero(~inside).tolist())
 
-    def _history(self, user: int) -> History:
+    def _history(self, user_idx: int) -> History:
         hist = self.model.scorer.history_counts
-        start, end = hist.indptr[user], hist.indptr[user + 1]
+        start, end = hist.indptr[user_idx], hist.indptr[user_idx + 1]
         return History(hist.indices[start:end].astype(np.int64), hist.data[start:end])
 
     def _reasons(
@@ -575,13 +415,13 @@ class Recommender:
         m = self.model
         out: list[Recommendation] = []
         need = query.limit
-        for rank, item in enumerate(m.popular_list):
+        for rank, item_idx in enumerate(m.popular_list):
             if len(out) >= need:
                 break
-            if item in taken:
+            if item_idx in taken:
                 continue
             reason = f"popular in {query.category}" if query.category else "popular right now"
-            out.append(Recommendation(str(m.item_ids[item]), float(-rank), reason, "popular"))
+            out.append(Recommendation(str(m.item_ids[item_idx]), float(-rank), reason, "popular"))
         return out
 
 

@@ -1,0 +1,142 @@
+"""Taking in what the shop sends: behaviour events, users and catalogue items.
+
+``Ingest`` checks what the request schema cannot (times in the future, batch size), stores
+(in a worker thread: the database may block), shows this worker its own writes at once,
+counts, and hands new views to the offers that evaluate on a view (on the event loop, where
+those evaluations are scheduled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from starlette.concurrency import run_in_threadpool
+
+from service.activity.records import Activity, IngestResult, ItemRecord, NewEvent, UserRecord
+from service.activity.repository import Repository
+from service.activity.store import ActivityStore
+from service.clock import Clock
+from service.errors import BatchTooLarge, InvalidInput
+from service.metrics import Metrics
+
+MAX_FUTURE = timedelta(hours=1)  # clocks drift; a time from tomorrow is a bug upstream
+
+
+class ViewListener(Protocol):
+    """Whoever acts on new views (the offers evaluated on a view)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def on_views(self, users: set[str], recent: dict[str, Sequence[Activity]]) -> int: ...
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """One event as sent; ``ts`` None means "now"."""
+
+    user_id: str
+    type: str
+    ts: datetime | None = None
+    item_id: str | None = None
+    order_id: str | None = None
+    client_event_id: str | None = None
+
+
+def refuse_future(moment: datetime, now: datetime, field: str) -> None:
+    """InvalidInput naming ``field`` when ``moment`` is more than MAX_FUTURE after ``now``."""
+    if moment - now > MAX_FUTURE:
+        raise InvalidInput(field, f"{moment.isoformat()} is more than {MAX_FUTURE} in the future")
+
+
+class Ingest:
+    """Stores events, users and items, and keeps this worker's recent view current."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        activity: ActivityStore,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        max_batch: int,
+        views: ViewListener | None = None,
+    ) -> None:
+        self.repository = repository
+        self.activity = activity
+        self.metrics = metrics
+        self.clock = clock
+        self.max_batch = max_batch
+        self.views = views
+
+    async def add_events(self, drafts: Sequence[EventDraft], *, batch: bool) -> IngestResult:
+        """Store ``drafts`` in one transaction (a repeated ``client_event_id`` is skipped).
+
+        ``batch``: they came as ``{"events": [...]}``, so a refused time is named
+        ``events.N.timestamp`` rather than ``timestamp``.
+        """
+        if len(drafts) > self.max_batch:
+            raise BatchTooLarge(f"at most {self.max_batch} events per request")
+        now = self.clock()
+        events = []
+        for index, d in enumerate(drafts):
+            ts = d.ts or now
+            refuse_future(ts, now, f"events.{index}.timestamp" if batch else "timestamp")
+            events.append(
+                NewEvent(
+                    user_id=d.user_id,
+                    type=d.type,
+                    ts=ts,
+                    item_id=d.item_id,
+                    order_id=d.order_id,
+                    client_event_id=d.client_event_id,
+                )
+            )
+        result = await run_in_threadpool(self.repository.add_events, events)
+        self.activity.add(result.stored, from_tail=False)  # this worker sees its own writes now
+        for stored in result.stored:
+            self.metrics.events.labels(stored.type).inc()
+        if result.duplicates:
+            self.metrics.event_duplicates.inc(result.duplicates)
+        if self.views is not None and self.views.enabled:
+            viewers = {s.user_id for s in result.stored if s.type == "view"}
+            self.views.on_views(viewers, {u: self.activity.recent(u) for u in viewers})
+        return result
+
+    async def put_user(
+        self,
+        user_id: str,
+        *,
+        signed_up_at: datetime | None,
+        attributes: dict[str, Any] | None,
+    ) -> UserRecord:
+        """Register a user or update the fields given (None: keep the stored value)."""
+        if signed_up_at is not None:
+            refuse_future(signed_up_at, self.clock(), "signed_up_at")
+        return await run_in_threadpool(
+            self.repository.upsert_user, user_id, signed_up_at=signed_up_at, attributes=attributes
+        )
+
+    async def put_item(
+        self,
+        item_id: str,
+        *,
+        name: str | None,
+        category: str | None,
+        price: float | None,
+        in_stock: bool | None,
+    ) -> ItemRecord:
+        """Create or update a catalogue item; this worker's filters see it at once."""
+        record = await run_in_threadpool(
+            self.repository.upsert_item,
+            item_id,
+            name=name,
+            category=category,
+            price=price,
+            in_stock=in_stock,
+        )
+        self.activity.update_catalogue([record])
+        return record

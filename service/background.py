@@ -1,0 +1,101 @@
+"""The periodic work of one worker: picking up new models, tailing events, refreshing gauges.
+
+Each loop runs on the event loop and hops to a thread only for blocking work; a failure is
+logged and the loop goes on (the service keeps serving what it has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import AppState
+from service.db import migrate
+
+log = logging.getLogger(__name__)
+STARTUP_EVENT_DAYS = 30
+STARTUP_EVENT_LIMIT = 500_000
+
+
+async def open_database(state: AppState) -> None:
+    """Migrate when asked, fill the recent-activity view and the catalogue overlay."""
+    engine = state.repository.engine
+    try:
+        if state.settings.migrate_on_start:
+            await run_in_threadpool(migrate, engine)
+        if state.activity.watermark == 0:
+            # first contact: the recent past; after an outage the tail resumes from its mark
+            since = state.clock() - timedelta(days=STARTUP_EVENT_DAYS)
+            recent = await run_in_threadpool(
+                state.repository.events_since, since, STARTUP_EVENT_LIMIT
+            )
+            state.activity.add(recent)
+            state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
+        state.activity.update_catalogue(
+            await run_in_threadpool(state.repository.items_updated_since, None)
+        )
+        state.health.database(True)
+    except Exception as exc:  # the service still serves recommendations without a database
+        state.health.database(False)
+        log.error("database_unavailable_at_start", extra={"error": str(exc).splitlines()[0]})
+
+
+async def refresh_model(state: AppState) -> None:
+    """Load the registry's current version when it changed (in a thread), counted."""
+    state.metrics.model_load(await run_in_threadpool(state.models.refresh))
+
+
+async def model_loop(state: AppState) -> None:
+    """Pick up a newly promoted model."""
+    while True:
+        await asyncio.sleep(state.settings.reload_interval_seconds)
+        # a stat on the loop; the load (in a thread) only when the registry file changed, as
+        # every thread hop competes with requests for the interpreter
+        if not state.models.registry_changed():
+            continue
+        try:
+            await refresh_model(state)
+        except Exception:
+            log.exception("model_refresh_failed")
+
+
+async def tail_loop(state: AppState) -> None:
+    """Read new events and catalogue changes into this worker's view; reopen after outages."""
+    repo, activity = state.repository, state.activity
+    seen: tuple[int, ...] | None = None
+    while True:
+        await asyncio.sleep(state.settings.event_poll_seconds)
+        try:
+            if not state.health.database_ready:
+                await open_database(state)
+                continue
+            signature = repo.change_signature()  # taken before reading: no change is missed
+            if signature is not None and signature == seen:
+                continue
+            seen = signature
+            rows = await run_in_threadpool(repo.events_after, activity.tail_from())
+            activity.add(rows)
+            changed = await run_in_threadpool(
+                repo.items_updated_since, activity.catalogue_watermark
+            )
+            activity.update_catalogue(changed)
+            state.health.database(True)
+        except Exception as exc:
+            seen = None  # read again next time
+            if state.health.database_ready:
+                log.warning("event_tail_failed", extra={"error": str(exc).splitlines()[0]})
+            state.health.database(False)
+
+
+async def offer_metrics_loop(state: AppState) -> None:
+    """Refresh the coupon and budget gauges from the database."""
+    while True:
+        if state.health.database_ready:
+            try:
+                await run_in_threadpool(state.reports.refresh_gauges)
+            except Exception as exc:  # the gauges keep their last values; the tail sees outages
+                log.warning("offer_metrics_failed", extra={"error": str(exc).splitlines()[0]})
+        await asyncio.sleep(state.settings.offer_metrics_seconds)

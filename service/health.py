@@ -1,0 +1,59 @@
+"""Liveness, readiness and the Prometheus exposition of one worker."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prometheus_client import generate_latest
+
+from service.errors import RecofferError
+from service.metrics import Metrics
+from service.recommend.holder import ModelHolder
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    model_version: str | None
+    database: bool
+    detail: str | None
+
+
+class Health:
+    """Whether this worker can serve, and its metrics."""
+
+    def __init__(self, models: ModelHolder, metrics: Metrics) -> None:
+        self.models = models
+        self.metrics = metrics
+        self.database_ready = False
+
+    def database(self, up: bool) -> None:
+        """Record whether the database answered (the tail and start-up call this)."""
+        self.database_ready = up
+        self.metrics.database_up.set(1 if up else 0)
+
+    def readiness(self) -> Readiness:
+        """Ready when a model is served, or when no model exists yet and events can be stored.
+
+        An unreadable registry is not ready (the detail says why).
+        """
+        version = self.models.version
+        try:
+            no_model_yet = version is None and self.models.store.current() is None
+        except RecofferError:
+            no_model_yet = False
+        return Readiness(
+            ready=version is not None or (no_model_yet and self.database_ready),
+            model_version=version,
+            database=self.database_ready,
+            detail=self.models.last_error,
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this worker, with the served model's age brought up to now."""
+        recommender = self.models.current
+        if recommender is not None:
+            trained = recommender.model.artifact.manifest.trained_at
+            self.metrics.model_age.set(time.time() - trained.timestamp())
+        return generate_latest(self.metrics.registry)

@@ -1,0 +1,170 @@
+"""The one place that joins the served model, this worker's recent activity and the clock.
+
+Routes and the offer engine ask ``Recommendations``; nothing else assembles "model + recent
+events + catalogue + now". Without a model it answers from the event log's purchases, with
+the same filters as the model would apply.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from service.activity.records import Activity, CatalogueEntry
+from service.activity.store import ActivityStore
+from service.clock import SECONDS_PER_DAY, Clock
+from service.errors import ModelUnavailable
+from service.metrics import Metrics
+from service.recommend.holder import LoadOutcome, ModelHolder
+from service.recommend.recommender import Query, Recommendation, Result
+
+NO_MODEL = "no model has been trained yet; run `recoffer train`"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A list and the model version that made it (None: from the event log, no model yet)."""
+
+    result: Result
+    version: str | None
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What ``GET /v1/model`` shows about the model being served."""
+
+    version: str
+    trained_at: str
+    data_until: str
+    loaded_at: datetime
+    served: dict[str, str]
+    metrics: dict[str, Any]
+    counts: dict[str, Any]
+    signals: dict[str, Any] | None
+    candidates_precomputed: bool
+
+
+class Recommendations:
+    """Recommendations, similar items and rankings for this worker's current model."""
+
+    def __init__(
+        self, models: ModelHolder, activity: ActivityStore, clock: Clock, metrics: Metrics
+    ) -> None:
+        self.models = models
+        self.activity = activity
+        self.clock = clock
+        self.metrics = metrics
+
+    def recommend(self, query: Query) -> Served:
+        """The ranked list for ``query``, counted by where it came from."""
+        recommender = self.models.current
+        recent = self.activity.recent(query.user_id)
+        if recommender is None:
+            served = Served(self._from_event_log(query, recent), None)
+        else:
+            result = recommender.recommend(query, recent, self.activity.catalogue, now=self.clock())
+            served = Served(result, recommender.model.version)
+        self.metrics.recommendations.labels(served.result.source).inc()
+        return served
+
+    def similar(self, item_id: str, limit: int, exclude: Iterable[str]) -> Served:
+        """Items whose vectors point like this one's (UnknownItem for an item not in the model)."""
+        recommender = self.models.current
+        if recommender is None:
+            raise ModelUnavailable(NO_MODEL)
+        items = recommender.similar(item_id, limit, exclude)
+        return Served(Result(items=items, source="model"), recommender.model.version)
+
+    def rank(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
+        """``item_ids`` by how likely the user is to buy each (given order without a model)."""
+        recommender = self.models.current
+        if recommender is None:
+            return list(item_ids)
+        return recommender.rank(user_id, item_ids, self.activity.recent(user_id), self.clock())
+
+    def reload(self) -> LoadOutcome:
+        """Load the registry's current version now, even one that failed before; counted."""
+        outcome = self.models.refresh(force=True)
+        self.metrics.model_load(outcome)
+        return outcome
+
+    def describe(self) -> ModelDescription:
+        """The served model's version, training time and test figures."""
+        recommender = self.models.current
+        if recommender is None:
+            raise ModelUnavailable(self.models.last_error or "no model has been trained yet")
+        model = recommender.model
+        manifest = model.artifact.manifest
+        return ModelDescription(
+            version=model.version,
+            trained_at=manifest.created_at.isoformat(),
+            data_until=manifest.reference_time.isoformat(),
+            loaded_at=datetime.fromtimestamp(model.loaded_at, UTC),
+            served=manifest.served,
+            metrics=manifest.metrics.test,
+            counts=manifest.counts.model_dump(exclude_none=True),
+            signals=None if manifest.signals is None else manifest.signals.model_dump(mode="json"),
+            candidates_precomputed=bool(model.candidates),
+        )
+
+    def _from_event_log(self, query: Query, recent: Sequence[Activity]) -> Result:
+        """No model yet: the items most bought in the event log, under the query's filters."""
+        ranked = popular_from_events(
+            query, recent, self.activity.catalogue, self.activity.purchases, self.clock()
+        )
+        if not self.activity.purchases:
+            raise ModelUnavailable(
+                "no model has been trained yet and no purchases have been recorded; "
+                "run `recoffer train` (events are still accepted)"
+            )
+        return Result(
+            items=[
+                Recommendation(item, float(len(ranked) - rank), "popular", "popular")
+                for rank, item in enumerate(ranked)
+            ],
+            source="popular",
+        )
+
+
+def popular_from_events(
+    query: Query,
+    recent: Sequence[Activity],
+    catalogue: Mapping[str, CatalogueEntry],
+    purchases: Counter[str],
+    now: datetime,
+) -> list[str]:
+    """Item ids by buyers in the event log, filtered as the model's lists are.
+
+    Parameters:
+        query: the request; every filter applies (exclude, category, in stock, purchased by
+            this user, bought within the last N days).
+        recent: this user's recent events (what they bought).
+        catalogue: the shop's item updates (category, stock).
+        purchases: buyers per item id in the event log.
+        now: the moment "the last N days" count back from.
+    Returns at most ``query.limit`` item ids, most bought first.
+    """
+    bought = [a for a in recent if a.type == "purchase"]
+    wanted: set[str] | None = None
+    if query.purchased_within_days is not None:  # replenishment: only what they bought lately
+        horizon = query.purchased_within_days * SECONDS_PER_DAY
+        wanted = {a.item_id for a in bought if (now - a.ts).total_seconds() <= horizon}
+    banned = set(query.exclude)
+    if query.exclude_purchased:
+        banned |= {a.item_id for a in bought}
+    ranked: list[str] = []
+    for item, _ in purchases.most_common():
+        if item in banned or (wanted is not None and item not in wanted):
+            continue
+        entry = catalogue.get(item)
+        if query.in_stock and entry is not None and entry.in_stock is False:
+            continue
+        if query.category is not None and (entry is None or entry.category != query.category):
+            continue
+        ranked.append(item)
+        if len(ranked) == query.limit:
+            break
+    return ranked
