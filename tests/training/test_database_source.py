@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from service.activity.records import NewEvent
+from service.activity.repository import Repository
 from service.db import make_engine, migrate
 from service.errors import DataError
-from service.events import NewEvent, Repository
 from training.cli import app
 from training.data.database import combine_purchases, load_database_purchases
 from training.data.formats import load_purchases
