@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One place for the project's commands; needs only Python 3.11+ to start.
 
-    python3 tasks.py run        # demo shop -> train -> API on 127.0.0.1:8000 (embedded defaults)
+    python3 tasks.py run        # demo shop -> train -> API on 127.0.0.1:8000 (embedded defaults);
+                                # the API itself is `python -m service`, as in the image
     python3 tasks.py test       # the whole test suite
     python3 tasks.py lint | fmt | typecheck | bench | reliability
 
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     commands = {
+        # `recoffer demo` prepares the shop and the model, then execs `python -m service`
         "run": [str(BIN / "recoffer"), "demo", *rest],
         "test": [str(BIN / "python"), "-m", "pytest", *rest],
         "lint": [str(BIN / "ruff"), "check", ".", *rest],

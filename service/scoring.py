@@ -164,16 +164,16 @@ class Scorer:
             return False
         return not (recipe.uses("als_signals") and not self.has_signals)
 
-    def score_users(self, users: npt.NDArray[np.integer[Any]], recipe: Recipe) -> FloatArray:
-        """Scores (len(users) x items) for users known to the model, by their row index."""
-        users = np.asarray(users)
+    def score_users(self, user_idx: npt.NDArray[np.integer[Any]], recipe: Recipe) -> FloatArray:
+        """Scores (len(user_idx) x items) of users known to the model, by their rows."""
+        user_idx = np.asarray(user_idx)
         signal_vectors = None
         if recipe.uses("als_signals") and self.signal_user_factors is not None:
-            signal_vectors = self.signal_user_factors[users]
+            signal_vectors = self.signal_user_factors[user_idx]
         return self.score_histories(
-            self.history_counts[users],
-            self.history_age_days[users],
-            self.user_factors[users] if recipe.uses("als") else None,
+            self.history_counts[user_idx],
+            self.history_age_days[user_idx],
+            self.user_factors[user_idx] if recipe.uses("als") else None,
             recipe,
             signal_vectors=signal_vectors,
         )
@@ -221,7 +221,7 @@ class Scorer:
 
     def score_row(
         self,
-        items: npt.NDArray[np.integer[Any]],
+        item_idx: npt.NDArray[np.integer[Any]],
         counts: npt.NDArray[np.floating[Any]],
         age_days: npt.NDArray[np.floating[Any]],
         user_vector: npt.NDArray[np.float32] | None,
@@ -231,7 +231,7 @@ class Scorer:
     ) -> FloatArray:
         """``score_histories`` for one user given as arrays, in plain numpy (the request path).
 
-        ``items`` are distinct item rows with their ``counts`` and ``age_days``.
+        ``item_idx`` are distinct item rows with their ``counts`` and ``age_days``.
         """
         scores = np.zeros(self.n_items, dtype=np.float32)
         for name, vector, factors in (
@@ -244,19 +244,19 @@ class Scorer:
                     raise ValueError(f"recipe uses {name} but no user vector was given")
                 scores += w * _standardise_row(factors @ vector.astype(np.float32))
         w = recipe.weight("ease")
-        if w and len(items):
+        if w and len(item_idx):
             if self.ease_b is None:
                 raise ValueError("recipe uses ease but this model has no EASE matrix")
             weights = np.exp(-np.asarray(age_days) / recipe.input_half_life_days)
-            part = weights.astype(np.float32) @ self.ease_b[np.asarray(items)]
+            part = weights.astype(np.float32) @ self.ease_b[np.asarray(item_idx)]
             scores += w * _standardise_row(part)
         self._add_catalogue_wide(scores, recipe)
         w = recipe.weight("repeat")
-        if w and len(items):
+        if w and len(item_idx):
             value = _repeat_strength(counts, age_days, recipe)
             top = value.max()
             value = value / (top if top > 0 else 1.0) + recipe.repeat_bonus
-            scores[np.asarray(items)] += (w * value).astype(np.float32)
+            scores[np.asarray(item_idx)] += (w * value).astype(np.float32)
         return scores
 
     def _add_catalogue_wide(self, scores: FloatArray, recipe: Recipe) -> None:

@@ -26,6 +26,7 @@ from service.scoring import Recipe, Scorer
 
 METRICS = ("recall", "ndcg", "precision", "hit_rate", "coverage")
 DEFAULT_K = 10
+TEST_DAYS = 30.0  # the default test (and validation) window: PRODUCT.md's temporal split
 MAX_EVAL_CELLS = 10_000_000  # users x items scored at once; bounds time and memory
 
 MetricTable = dict[str, dict[str, dict[str, float]]]  # protocol -> candidate -> metric -> value

@@ -40,7 +40,7 @@ from training.data.database import (
 )
 from training.data.formats import CleaningReport, ColumnMapping, Purchases, load_purchases
 from training.encode import IdMaps, encode
-from training.evaluate import EvalSet, MetricTable, Split, metric_key, temporal_split
+from training.evaluate import TEST_DAYS, EvalSet, MetricTable, Split, metric_key, temporal_split
 from training.gate import GateDecision, current_model_params, gate_new_model
 from training.lock import trainer_lock
 from training.models import Candidates, ModelParams, Stage, default_candidates, fit_stage
@@ -62,7 +62,7 @@ class TrainConfig:
     database_url: str | None = None
     fmt: str = "generic"
     columns: ColumnMapping | None = None
-    test_days: float = 30.0
+    test_days: float = TEST_DAYS
     tune_seconds: float = 0.0
     force: bool = False
     params: ModelParams = field(default_factory=ModelParams)

@@ -16,6 +16,9 @@ from fastapi import Depends, HTTPException, Request
 
 from service.activity.ingest import Ingest
 from service.health import Health
+from service.offers.coupons import Coupons
+from service.offers.decisions import OfferEngine
+from service.offers.reports import Reports
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
 from service.settings import Role, is_loopback
@@ -27,9 +30,6 @@ if TYPE_CHECKING:
     from service.activity.store import ActivityStore
     from service.metrics import Metrics
     from service.offers.auto import AutoEvaluator
-    from service.offers.coupons import Coupons
-    from service.offers.decisions import OfferEngine
-    from service.offers.reports import Reports
     from service.settings import Settings
 
 
@@ -147,7 +147,21 @@ ModelAdminDep = Annotated[Recommendations, Depends(require_part(_recommendations
 IngestDep = Annotated[Ingest, Depends(require_part(_ingest, "frontend"))]
 HealthDep = Annotated[Health, Depends(get_health)]
 
-FrontendState = Annotated[AppState, Depends(require("frontend"))]
-AdminState = Annotated[AppState, Depends(require("admin"))]
-MarketingState = Annotated[AppState, Depends(require("marketing"))]
-ReaderState = Annotated[AppState, Depends(require("frontend", "marketing"))]
+
+def _offers(state: AppState) -> OfferEngine:
+    return state.offers
+
+
+def _coupons(state: AppState) -> Coupons:
+    return state.coupons
+
+
+def _reports(state: AppState) -> Reports:
+    return state.reports
+
+
+OffersDep = Annotated[OfferEngine, Depends(require_part(_offers, "frontend", "marketing"))]
+CampaignsDep = Annotated[OfferEngine, Depends(require_part(_offers, "marketing"))]
+CouponsDep = Annotated[Coupons, Depends(require_part(_coupons, "frontend"))]
+CouponReaderDep = Annotated[Coupons, Depends(require_part(_coupons, "frontend", "marketing"))]
+ReportsDep = Annotated[Reports, Depends(require_part(_reports, "marketing"))]

@@ -164,7 +164,6 @@ def write_artifact(
         manifest = Manifest.model_validate(
             {
                 **body.model_dump(by_alias=True),
-                **(body.model_extra or {}),
                 "schema_version": SCHEMA_VERSION,
                 "version": version,
                 "arrays": table,

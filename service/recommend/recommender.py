@@ -224,22 +224,22 @@ class Recommender:
             idx = m.item_index[a.item_id]
             weights[idx] = weights.get(idx, 0.0) + self.event_weights.get(a.type, 0.0)
             newest[idx] = max(newest.get(idx, a.ts), a.ts)
-        items = np.fromiter(weights, dtype=np.int64, count=len(weights))
-        values = np.array([weights[i] for i in items], dtype=np.float32)
+        item_idx = np.fromiter(weights, dtype=np.int64, count=len(weights))
+        values = np.array([weights[i] for i in item_idx], dtype=np.float32)
         moment = max(now or m.reference_time, *newest.values())  # recency counts from now
         purchase_weight = self.event_weights.get("purchase", 1.0) or 1.0
         recipe = self._session_recipes[protocol]
         confidence = values / purchase_weight
-        vector = self.fold_in(items, confidence) if recipe.uses("als") else None
+        vector = self.fold_in(item_idx, confidence) if recipe.uses("als") else None
         signal_vector = None
         if recipe.uses("als_signals"):
-            signal_vector = self.fold_in(items, confidence, signals=True)
+            signal_vector = self.fold_in(item_idx, confidence, signals=True)
         ages = np.array(
-            [max((moment - newest[i]).total_seconds() / SECONDS_PER_DAY, 1e-3) for i in items],
+            [max((moment - newest[i]).total_seconds() / SECONDS_PER_DAY, 1e-3) for i in item_idx],
             dtype=np.float32,
         )
         scores = m.scorer.score_row(
-            items, values, ages, vector, recipe, signal_vector=signal_vector
+            item_idx, values, ages, vector, recipe, signal_vector=signal_vector
         )
         if protocol == "novel":
             bought = [m.item_index[a.item_id] for a in recent if a.type == "purchase"]
@@ -274,12 +274,12 @@ class Recommender:
 
     def fold_in(
         self,
-        items: npt.NDArray[np.int64],
+        item_idx: npt.NDArray[np.int64],
         confidence: npt.NDArray[np.float32],
         *,
         signals: bool = False,
     ) -> npt.NDArray[np.float32]:
-        """ALS user vector for interactions with ``items`` at relative ``confidence``.
+        """ALS user vector for interactions with ``item_idx`` at relative ``confidence``.
 
         Solves (YᵀY + Yᵢᵀ(Cᵢ - 1)Yᵢ + λI) x = Yᵢᵀ Cᵢ 1, the implicit-feedback least squares,
         with Cᵢ scaled so that one purchase weighs like a typical training interaction.
@@ -291,7 +291,7 @@ class Recommender:
             if m.scorer.signal_item_factors is None or m.signal_gram is None:
                 raise ValueError("this model has no als_signals factors to fold in against")
             factors, gram = m.scorer.signal_item_factors, m.signal_gram
-        y = np.asarray(factors[items], dtype=np.float64)
+        y = np.asarray(factors[item_idx], dtype=np.float64)
         c = np.asarray(confidence, dtype=np.float64) * m.fold_in_scale
         a = gram + (y.T * (c - 1.0)) @ y + m.regularization * np.eye(y.shape[1])
         b = y.T @ c

@@ -40,7 +40,7 @@ def demo(
         _check_port(host, port)  # before minutes of generating and training
     with errors():
         try:
-            plan = prepare_demo(workdir, preset, progress=progress)
+            plan = prepare_demo(workdir, preset, progress=progress, tune_seconds=tune_seconds)
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
     if plan.train_config is not None:

@@ -19,6 +19,7 @@ from service.scoring import PROTOCOLS
 from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, parse_columns, setup_logging
 from training.cli.render import err, errors, fail, metrics_tables, out, progress
 from training.data.formats import FORMATS
+from training.evaluate import TEST_DAYS
 from training.models import ModelParams
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def train(
     ] = None,
     test_days: Annotated[
         float, typer.Option(help="Length of the test (and validation) window in days.")
-    ] = 30.0,
+    ] = TEST_DAYS,
     tune_seconds: Annotated[
         float, typer.Option(help="Time budget for tuning on the validation split; 0 turns it off.")
     ] = 60.0,
@@ -195,7 +196,9 @@ def evaluate(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Input layout of --data.")] = "generic",
     columns: Annotated[str | None, typer.Option(help="Column mapping for --data.")] = None,
-    test_days: Annotated[float, typer.Option(help="Test window of the re-scoring split.")] = 30.0,
+    test_days: Annotated[
+        float, typer.Option(help="Test window of the re-scoring split.")
+    ] = TEST_DAYS,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a version's recorded metrics, or re-score it on a (newer) purchase history.

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import MarketingState
+from service.api.deps import CampaignsDep, ReportsDep
 from service.api.schemas import (
     CampaignOut,
     CampaignRef,
@@ -31,23 +31,23 @@ def _interval(value: Interval | None) -> IntervalOut | None:
 
 
 @router.get("", response_model=CampaignsOut)
-async def list_campaigns(state: MarketingState) -> CampaignsOut:
+async def list_campaigns(offers: CampaignsDep) -> CampaignsOut:
     """Every campaign with all its parameters, and whether it is active now."""
-    now = state.clock()
+    now = offers.clock()
     return CampaignsOut(
         campaigns=[
             CampaignOut(
                 campaign_id=c.campaign_id, active_now=c.is_active(now), definition=c.public()
             )
-            for c in state.offers.campaigns.values()
+            for c in offers.campaigns.values()
         ]
     )
 
 
 @router.post("/{campaign_id}/run", response_model=SweepOut)
-async def run_campaign(campaign_id: CampaignPath, state: MarketingState) -> SweepOut:
+async def run_campaign(campaign_id: CampaignPath, offers: CampaignsDep) -> SweepOut:
     """Evaluate every user inside the campaign's window; safe to repeat and to run at once."""
-    result = await run_in_threadpool(state.offers.sweep, campaign_id)
+    result = await run_in_threadpool(offers.sweep, campaign_id)
     return SweepOut(
         campaign_id=result.campaign_id,
         active=result.active,
@@ -58,9 +58,9 @@ async def run_campaign(campaign_id: CampaignPath, state: MarketingState) -> Swee
 
 
 @router.get("/{campaign_id}/stats", response_model=CampaignStatsOut)
-async def campaign_stats(campaign_id: CampaignPath, state: MarketingState) -> CampaignStatsOut:
+async def campaign_stats(campaign_id: CampaignPath, reports: ReportsDep) -> CampaignStatsOut:
     """Eligible, issued, holdout, redeemed, expired; conversion and uplift with 95 % intervals."""
-    s = await run_in_threadpool(state.reports.stats, campaign_id)
+    s = await run_in_threadpool(reports.stats, campaign_id)
     return CampaignStatsOut(
         campaign_id=s.campaign_id,
         at=s.at,

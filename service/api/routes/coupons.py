@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import FrontendState
+from service.api.deps import CouponsDep
 from service.api.routes.offers import coupon_out
 from service.api.schemas import CouponOut, Id, RedeemIn, RedemptionOut, ReleaseIn
 
@@ -21,20 +21,20 @@ Code = Annotated[
 async def validate(
     code: Code,
     request: Request,
-    state: FrontendState,
+    coupons: CouponsDep,
     user_id: Annotated[Id | None, Query(description="403 when the coupon is not theirs.")] = None,
 ) -> CouponOut:
     """Look a coupon up without using it: status, discount, products, expiry."""
     client = request.client.host if request.client else "unknown"
-    status = await run_in_threadpool(state.coupons.validate, code, user_id, client=client)
+    status = await run_in_threadpool(coupons.validate, code, user_id, client=client)
     return coupon_out(status)
 
 
 @router.post("/{code}/redeem", response_model=RedemptionOut)
-async def redeem(code: Code, body: RedeemIn, state: FrontendState) -> RedemptionOut:
+async def redeem(code: Code, body: RedeemIn, coupons: CouponsDep) -> RedemptionOut:
     """Use the coupon for an order, exactly once (a retry with the same order id gets 200)."""
     status, replayed = await run_in_threadpool(
-        state.coupons.redeem, code, body.user_id, body.order_id, body.order_amount
+        coupons.redeem, code, body.user_id, body.order_id, body.order_amount
     )
     c = status.coupon
     return RedemptionOut(
@@ -47,7 +47,7 @@ async def redeem(code: Code, body: RedeemIn, state: FrontendState) -> Redemption
 
 
 @router.post("/{code}/release", response_model=CouponOut)
-async def release(code: Code, body: ReleaseIn, state: FrontendState) -> CouponOut:
+async def release(code: Code, body: ReleaseIn, coupons: CouponsDep) -> CouponOut:
     """Give a use back after the order was cancelled, while the coupon has time left."""
-    status = await run_in_threadpool(state.coupons.release, code, body.user_id, body.order_id)
+    status = await run_in_threadpool(coupons.release, code, body.user_id, body.order_id)
     return coupon_out(status)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ReaderState
+from service.api.deps import CouponReaderDep, OffersDep
 from service.api.schemas import CouponOut, DecisionOut, EvaluateIn, Id, UserOffersOut
 from service.offers.coupons import CouponStatus, coupon_status
 from service.offers.decisions import Decision, OfferEngine
@@ -55,17 +55,17 @@ async def evaluate(
     body: Annotated[
         EvaluateIn, Body(openapi_examples={"built-in campaign": {"value": {"user_id": "u123"}}})
     ],
-    state: ReaderState,
+    offers: OffersDep,
 ) -> DecisionOut:
     """Decide whether the user gets the campaign's coupon now, and record it (once per user)."""
-    decision = await run_in_threadpool(state.offers.evaluate, body.user_id, body.campaign_id)
-    return decision_out(decision, state.offers)
+    decision = await run_in_threadpool(offers.evaluate, body.user_id, body.campaign_id)
+    return decision_out(decision, offers)
 
 
 @router.get("/v1/users/{user_id}/offers", response_model=UserOffersOut)
 async def user_offers(
-    user_id: Annotated[Id, Path(description="The shop's user id.")], state: ReaderState
+    user_id: Annotated[Id, Path(description="The shop's user id.")], coupons: CouponReaderDep
 ) -> UserOffersOut:
     """The user's active coupons, with their expiry and seconds left."""
-    offers = await run_in_threadpool(state.coupons.active, user_id)
-    return UserOffersOut(user_id=user_id, offers=[coupon_out(o) for o in offers])
+    active = await run_in_threadpool(coupons.active, user_id)
+    return UserOffersOut(user_id=user_id, offers=[coupon_out(o) for o in active])
