@@ -402,7 +402,7 @@ def main() -> None:
         "runs were repeated, and ratios are taken within one run.",
         "",
     ]
-    from benchmarks import concurrency, reliability, retrain_pickup, signals
+    from benchmarks import against_commit, concurrency, reliability, retrain_pickup, signals
 
     for name, render in (
         ("train_online_retail", quality),
@@ -410,6 +410,7 @@ def main() -> None:
         ("signals", signals.render),
         ("retrain_pickup", retrain_pickup.render),
         ("api_latency", api),
+        ("against_commit", against_commit.render),
         ("concurrency", concurrency.render),
         ("offers", offers),
         ("reliability", reliability.render),

@@ -12,6 +12,7 @@ STEPS = (
     ["benchmarks.train_synthetic", "--sizes", "100k,1m,2m,10m"],
     ["benchmarks.signals"],
     ["benchmarks.api_latency"],
+    ["benchmarks.against_commit"],
     ["benchmarks.concurrency"],
     ["benchmarks.offers"],
     ["benchmarks.retrain_pickup"],

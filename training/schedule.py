@@ -22,10 +22,11 @@ from types import FrameType
 
 from croniter import croniter
 
+from service.clock import SECONDS_PER_DAY
 from service.errors import ScheduleError
 
 log = logging.getLogger(__name__)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": SECONDS_PER_DAY}
 # exit codes of `recoffer train` (README): 0 ok, 2 bad input, 1 other failure (a busy lock too)
 OUTCOMES = {0: "ok", 1: "failed", 2: "bad_input"}
 

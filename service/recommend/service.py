@@ -24,7 +24,7 @@ from service.recommend.recommender import Query, Recommendation, Result
 NO_MODEL = "no model has been trained yet; run `recoffer train`"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Served:
     """A list and the model version that made it (None: from the event log, no model yet)."""
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from service.errors import UsageProblem
+from service.offers.campaigns import BUILT_IN
 from training.cli.common import setup_logging
 from training.cli.render import backtest_tables, err, errors, out
 
@@ -24,7 +25,7 @@ def backtest(
     ],
     campaign_id: Annotated[
         str, typer.Option("--campaign", help="Campaign to replay.")
-    ] = "new_user_high_intent",
+    ] = BUILT_IN,
     campaigns_file: Annotated[
         Path | None,
         typer.Option(
