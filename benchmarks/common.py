@@ -90,9 +90,13 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def save(name: str, command: str, data: dict[str, Any]) -> Path:
-    """Write one benchmark's result (with date, machine and the command that produced it)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def save(name: str, command: str, data: dict[str, Any], directory: Path = RESULTS) -> Path:
+    """Write one benchmark's result (with date, machine and the command that produced it).
+
+    ``directory``: ``RESULTS`` (tracked, rendered into docs/benchmarks.md) by default; a check
+    run such as CI's writes under ``WORK`` so it leaves the tracked files as they were.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
     doc = {
         "name": name,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -100,7 +104,7 @@ def save(name: str, command: str, data: dict[str, Any]) -> Path:
         "machine": machine(),
         **data,
     }
-    path = RESULTS / f"{name}.json"
+    path = directory / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
 
