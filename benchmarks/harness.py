@@ -198,10 +198,12 @@ class Server:
 
 
 class TcpProxy:
-    """Forwards a loopback port to ``host:port``; ``stop()`` acts as a stopped server.
+    """Forwards a loopback port to ``host:port``; two faults, each undone by its pair.
 
-    Stopped: the listener is closed (connections are refused) and every forwarded connection is
-    reset. ``start()`` listens on the same port again.
+    ``stop()`` / ``start()``: a stopped server: the listener is closed (connections are
+    refused) and every forwarded connection is reset; ``start()`` listens on the same port.
+    ``cut()`` / ``restore()``: a broken path: connections are still accepted but dropped at
+    once, and every forwarded one is reset.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -225,6 +227,9 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.down:  # cut: accepted, then dropped
+                _close(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
@@ -252,10 +257,22 @@ class TcpProxy:
                 with self.lock:
                     self.sockets.discard(s)
 
-    def stop(self) -> None:
+    def cut(self) -> None:
+        """Accept and drop new connections, reset the live ones, until ``restore()``."""
+        for s in self._drop_live():
+            _close(s)
+
+    def restore(self) -> None:
+        self.down = False
+
+    def _drop_live(self) -> list[socket.socket]:
         with self.lock:
             self.down = True
             live, self.sockets = list(self.sockets), set()
+        return live
+
+    def stop(self) -> None:
+        live = self._drop_live()
         if self.listener is not None:
             # close() alone leaves a thread blocked in accept() listening; shutdown wakes it
             with contextlib.suppress(OSError):

@@ -22,7 +22,6 @@ from service import background
 from service.activity.ingest import Ingest
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
-from service.api.deps import AppState
 from service.api.errors import ERROR_RESPONSES, add_exception_handlers
 from service.api.fastpath import PlainRoute
 from service.api.routes import (
@@ -51,6 +50,7 @@ from service.offers.repository import OfferRepository
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
 from service.settings import Settings
+from service.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,12 @@ def create_app(
         # collector from walking it again and again (full collections were latency spikes)
         gc.collect()
         gc.freeze()
-        loops = [background.tail_loop(state)]
+        loops = {"recoffer-tail": background.tail_loop(state)}
         if settings.reload_interval_seconds > 0:
-            loops.append(background.model_loop(state))
+            loops["recoffer-models"] = background.model_loop(state)
         if settings.offer_metrics_seconds > 0:
-            loops.append(background.offer_metrics_loop(state))
-        tasks = [asyncio.create_task(loop) for loop in loops]
+            loops["recoffer-offers"] = background.offer_metrics_loop(state)
+        tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield
         finally:

@@ -12,8 +12,8 @@ from datetime import timedelta
 
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AppState
 from service.db import migrate
+from service.state import AppState
 
 log = logging.getLogger(__name__)
 STARTUP_EVENT_DAYS = 30

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.recommend.recommender import DEFAULT_EVENT_WEIGHTS
+from service.activity.records import DEFAULT_EVENT_WEIGHTS
 
 Role = Literal["frontend", "marketing", "admin"]
 ROLES: tuple[Role, ...] = ("frontend", "marketing", "admin")

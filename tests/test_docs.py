@@ -54,3 +54,10 @@ def test_console_script_and_packages_match_the_layout() -> None:
     data = project["tool"]["setuptools"]["package-data"]["service"]
     assert any("migrations" in pattern for pattern in data)
     assert list((ROOT / "service" / "migrations" / "versions").glob("0001_*.py"))
+
+
+def test_service_never_imports_the_trainer() -> None:
+    # the static half; tests/service/test_entry_point.py checks a running worker's modules
+    for path in (ROOT / "service").rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import) training\b", text, re.M), path

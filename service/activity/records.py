@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# how much each event type weighs when a session is folded into the model (a setting's default)
+DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0}
+
 
 @dataclass(frozen=True)
 class Activity:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
@@ -19,37 +17,11 @@ from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.reports import Reports
-from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
 from service.settings import Role, is_loopback
+from service.state import AppState
 
 T = TypeVar("T")
-
-if TYPE_CHECKING:
-    from service.activity.repository import Repository
-    from service.activity.store import ActivityStore
-    from service.metrics import Metrics
-    from service.offers.auto import AutoEvaluator
-    from service.settings import Settings
-
-
-@dataclass
-class AppState:
-    """What the lifespan builds: the worker's resources and its domain objects."""
-
-    settings: Settings
-    repository: Repository
-    activity: ActivityStore
-    models: ModelHolder
-    metrics: Metrics
-    clock: Callable[[], datetime]
-    recommendations: Recommendations
-    ingest: Ingest
-    health: Health
-    offers: OfferEngine
-    auto_offers: AutoEvaluator
-    coupons: Coupons
-    reports: Reports
 
 
 def _state(request: Request) -> AppState:

@@ -88,8 +88,9 @@ def add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecofferError)
     async def _domain(_: Request, exc: RecofferError) -> JSONResponse:
         kind = kind_of(exc)
-        if kind.status >= 500 and kind.status != 503:
+        if kind.status >= 500 and kind.status != 503:  # ours, not the client's: log, say little
             log.error("domain_error", exc_info=exc)
+            return error(500, "internal_error", "unexpected error; it has been logged")
         headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
         detail: Any = public_detail(exc)
         if isinstance(exc, InvalidInput):  # the shape of every other 422: one entry per field

@@ -11,9 +11,16 @@ default that means "the old behaviour".
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
 
 from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe
@@ -22,6 +29,8 @@ SCHEMA_VERSION = 1
 READABLE_SCHEMAS = frozenset({1})
 
 Figure = int | float
+# a recipe as the trainer has always written it (``Recipe.to_dict``: zero weights left out)
+StoredRecipe = Annotated[Recipe, PlainSerializer(Recipe.to_dict, return_type=dict[str, Any])]
 # protocol -> candidate -> metric (``ndcg@10``, ``users``, ...) -> value
 MetricTable = dict[str, dict[str, dict[str, Figure]]]
 
@@ -108,7 +117,7 @@ class ManifestBody(_Part):
     created_at: datetime
     reference_time: datetime  # the newest purchase trained on (naive UTC, the trainer's clock)
     counts: Counts
-    recipes: dict[str, Recipe]  # protocol -> the served scoring recipe
+    recipes: dict[str, StoredRecipe]  # protocol -> the served scoring recipe
     served: dict[str, str]  # protocol -> the candidate chosen on the validation split
     metrics: Figures
     data: DataInfo | None = None
@@ -116,7 +125,7 @@ class ManifestBody(_Part):
     params: dict[str, Any] = Field(default_factory=dict)
     signals: SignalsInfo | None = None
     fold_in: FoldIn = Field(default_factory=FoldIn)
-    candidates: dict[str, dict[str, Recipe]] = Field(default_factory=dict)
+    candidates: dict[str, dict[str, StoredRecipe]] = Field(default_factory=dict)
     split: SplitInfo | None = None
     tuning: dict[str, Any] | None = None
     gate: GateInfo | None = None
@@ -142,7 +151,11 @@ class ManifestBody(_Part):
 
     @property
     def regularization(self) -> float:
-        """The ALS regularisation the factors were fitted with (fold-in solves with it)."""
+        """The ALS regularisation the factors were fitted with (fold-in solves with it).
+
+        0.05, ``training.models.ModelParams``' default, for a manifest that records none (the
+        service cannot import the trainer's class to ask it).
+        """
         return float(self.params.get("regularization", 0.05))
 
     @property

@@ -1,7 +1,9 @@
 """The offers' vocabulary: what a decision can be, which of them are stored, a coupon's states.
 
-The one place these names are spelled: the engine, the API's schemas and the table's check
-constraint all read them from here. (Migration 0002 keeps its own copy, as migrations are
+The one definition of this vocabulary: the API's schemas and the table's check constraint are
+built from these types, and the records that carry a decision or a coupon state are typed with
+them (mypy refuses an unknown kind there). Comparisons and SQL values in the engine and the
+repositories still spell the names. (Migration 0002 keeps its own copy, as migrations are
 history and must not change when the code does.)
 """
 

@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.activity.records import Activity, CatalogueEntry
+from service.activity.records import DEFAULT_EVENT_WEIGHTS, Activity, CatalogueEntry
 from service.clock import SECONDS_PER_DAY
 from service.errors import UnknownItem
 from service.recommend.serving import ServingModel
 from service.scoring import Recipe
 
 MAX_REASON_ANCHORS = 50  # a long history explains through its most bought items
-DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0}
 
 IntArray = npt.NDArray[np.int64]
 
@@ -68,22 +67,22 @@ class Result:
 class History:
     """A known user's purchases in the model: sorted item rows and order counts (a CSR row)."""
 
-    items: IntArray
+    item_idx: IntArray
     counts: npt.NDArray[np.float32]
 
-    def counts_of(self, items: Sequence[int]) -> npt.NDArray[np.float32]:
-        """Order count of each of ``items`` (0 when never bought)."""
-        wanted = np.asarray(items, dtype=np.int64)
-        if not len(self.items):
+    def counts_of(self, item_idx: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Order count of each of the rows ``item_idx`` (0 when never bought)."""
+        wanted = np.asarray(item_idx, dtype=np.int64)
+        if not len(self.item_idx):
             return np.zeros(len(wanted), dtype=np.float32)
-        pos = np.minimum(np.searchsorted(self.items, wanted), len(self.items) - 1)
-        return np.where(self.items[pos] == wanted, self.counts[pos], 0).astype(np.float32)
+        pos = np.minimum(np.searchsorted(self.item_idx, wanted), len(self.item_idx) - 1)
+        return np.where(self.item_idx[pos] == wanted, self.counts[pos], 0).astype(np.float32)
 
     def anchors(self, k: int) -> IntArray:
         """The (at most) ``k`` most bought items."""
-        if len(self.items) <= k:
-            return self.items
-        return self.items[np.argpartition(-self.counts, k)[:k]]
+        if len(self.item_idx) <= k:
+            return self.item_idx
+        return self.item_idx[np.argpartition(-self.counts, k)[:k]]
 
 
 NO_HISTORY = History(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
@@ -104,7 +103,7 @@ class Recommender:
 
     def _session_recipe(self, recipe: Recipe) -> Recipe:
         """The served recipe without "buy again" (a session's views are not purchases)."""
-        weights = {k: v for k, v in recipe.weights.items() if k != "repeat"} or {"als": 1.0}
+        weights = {k: v for k, v in recipe.weights.items() if k != "repeat" and v} or {"als": 1.0}
         session = Recipe(weights=weights, input_half_life_days=recipe.input_half_life_days)
         return session if self.model.scorer.can_use(session) else Recipe(weights={"als": 1.0})
 
@@ -388,7 +387,7 @@ class Recommender:
         m = self.model
         if not items:
             return []
-        if source == "model" and len(history.items):
+        if source == "model" and len(history.item_idx):
             anchors = history.anchors(MAX_REASON_ANCHORS)
             verbs = ["bought"] * len(anchors)
         elif source == "session" and recent:

@@ -111,15 +111,19 @@ class Recommendations:
         )
 
     def _from_event_log(self, query: Query, recent: Sequence[Activity]) -> Result:
-        """No model yet: the items most bought in the event log, under the query's filters."""
-        ranked = popular_from_events(
-            query, recent, self.activity.catalogue, self.activity.purchases, self.clock()
-        )
+        """No model yet: the items most bought in the event log, under the query's filters.
+
+        ModelUnavailable while the log has no purchase at all; filters that leave nothing give
+        an empty list, as they would on a model's list.
+        """
         if not self.activity.purchases:
             raise ModelUnavailable(
                 "no model has been trained yet and no purchases have been recorded; "
                 "run `recoffer train` (events are still accepted)"
             )
+        ranked = popular_from_events(
+            query, recent, self.activity.catalogue, self.activity.purchases, self.clock()
+        )
         return Result(
             items=[
                 Recommendation(item, float(len(ranked) - rank), "popular", "popular")

@@ -134,7 +134,7 @@ def _servable(recipe: Recipe, scorer: Scorer) -> Recipe:
     missing = {"ease"} if scorer.ease_b is None else set()
     if not scorer.has_signals:
         missing.add("als_signals")
-    weights = {k: v for k, v in recipe.weights.items() if k not in missing}
+    weights = {k: v for k, v in recipe.weights.items() if k not in missing and v}
     return dataclasses.replace(recipe, weights=weights or {"popularity": 1.0})
 
 

@@ -17,6 +17,7 @@ from service.artifact import (
     write_artifact,
 )
 from service.errors import ArtifactError, RegistryError
+from service.scoring import PROTOCOLS, Recipe
 
 
 def _arrays(n_users: int = 4, n_items: int = 5) -> dict[str, np.ndarray]:
@@ -233,6 +234,16 @@ def test_a_manifest_of_the_first_trainer_still_loads_and_serves(
     assert len(result.items) == 5
 
 
+def test_recipes_are_written_as_the_trainer_always_wrote_them(tmp_path: Path) -> None:
+    body = _body().model_copy(
+        update={"recipes": {p: Recipe(weights={"als": 1.0, "ease": 0.0}) for p in PROTOCOLS}}
+    )
+    path = write_artifact(tmp_path, "v1", _arrays(), body)
+    written = json.loads((path / "manifest.json").read_text())["recipes"]
+    assert written == {p: Recipe(weights={"als": 1.0}).to_dict() for p in PROTOCOLS}
+    assert load_artifact(path).manifest.recipes["all"].weights == {"als": 1.0}
+
+
 def test_a_manifest_without_what_serving_needs_is_refused_naming_the_field(
     tmp_path: Path,
 ) -> None:
@@ -246,3 +257,28 @@ def test_a_manifest_without_what_serving_needs_is_refused_naming_the_field(
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="no recipe for protocol novel"):
         load_artifact(path)
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "artifact-f22ca76"
+
+
+def test_a_version_written_by_the_untyped_trainer_loads_and_serves() -> None:
+    from service.activity.records import Activity
+    from service.recommend.recommender import Query, Recommender
+    from service.recommend.serving import prepare
+
+    written = json.loads((FIXTURE / "manifest.json").read_text())
+    artifact = load_artifact(FIXTURE)  # every checksum and shape as that trainer recorded them
+    manifest = artifact.manifest
+    assert manifest.version == written["version"]
+    assert manifest.served == written["served"]
+    assert manifest.metrics.test == written["metrics"]["test"]
+    assert manifest.trained_at.isoformat() == written["created_at"]
+    assert manifest.counts.users == written["counts"]["users"] == artifact.n_users
+    assert {p: r.to_dict() for p, r in manifest.recipes.items()} == written["recipes"]
+    recommender = Recommender(prepare(artifact))
+    user = str(artifact.arrays["user_ids"][0])
+    assert recommender.recommend(Query(user_id=user, limit=5)).source == "model"
+    moment = manifest.data_until
+    viewed = [Activity(str(i), "view", moment) for i in artifact.arrays["item_ids"][:3]]
+    assert recommender.recommend(Query(user_id="new", limit=5), viewed).source == "session"

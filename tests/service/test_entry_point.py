@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,58 +37,33 @@ threading.Thread(target=_write_modules, daemon=True).start()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _serve_and_collect(command: list[str], root: Path, tmp_path: Path) -> list[list[str]]:
-    """Start ``command``, ask for recommendations, stop it; the module lists of its processes."""
+    """Start ``command``, ask for recommendations; the module lists of its processes."""
+    from benchmarks.harness import Server
+
     hook, modules = tmp_path / "hook", tmp_path / "modules"
     hook.mkdir()
     modules.mkdir()
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    port = _free_port()
     env = {
-        **os.environ,
         "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}",
         "RECOFFER_TEST_MODULES_DIR": str(modules),
         "RECOFFER_MODEL_DIR": str(root),
         "RECOFFER_DATABASE_URL": f"sqlite:///{tmp_path / 'recoffer.db'}",
         "RECOFFER_FRONTEND_KEYS": KEY,
         "RECOFFER_HOST": "127.0.0.1",
-        "RECOFFER_PORT": str(port),
     }
     user = str(load_artifact(ModelStore(root).current_path()).arrays["user_ids"][0])  # type: ignore[arg-type]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+    with Server(env, command=lambda port: [*command, "--port", str(port)]) as server:
         headers = {"X-API-Key": KEY}
-        known = httpx.get(f"{base}/v1/users/{user}/recommendations", headers=headers)
+        known = httpx.get(f"{server.url}/v1/users/{user}/recommendations", headers=headers)
         assert known.json()["source"] == "model"
-        event = {
-            "user_id": "visitor",
-            "type": "view",
-            "item_id": known.json()["items"][0]["item_id"],
-        }
-        assert httpx.post(f"{base}/v1/events", json=event, headers=headers).status_code == 200
-        assert httpx.get(f"{base}/v1/model", headers=headers).status_code in (200, 403)
+        item = known.json()["items"][0]["item_id"]
+        event = {"user_id": "visitor", "type": "view", "item_id": item}
+        assert httpx.post(f"{server.url}/v1/events", json=event, headers=headers).is_success
+        assert httpx.get(f"{server.url}/v1/model", headers=headers).status_code == 200
         time.sleep(0.5)  # every process writes its list once more
         return [json.loads(p.read_text()) for p in modules.glob("*.json")]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize(

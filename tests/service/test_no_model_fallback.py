@@ -71,3 +71,7 @@ def test_the_api_without_a_model_honours_exclude_purchased_and_in_stock(tmp_path
         ).json()
         assert filtered["source"] == "popular"
         assert [i["item_id"] for i in filtered["items"]] == ["hit"]
+        # filters that leave nothing: an empty list, as a model's list would be (not a 503)
+        nothing = client.get(url, params={"category": "none-such"}, headers=headers)
+        assert nothing.status_code == 200
+        assert nothing.json()["items"] == []

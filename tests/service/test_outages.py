@@ -87,13 +87,13 @@ def test_postgres_outage_keeps_recommendations_and_loses_no_accepted_event(
     with _client(small_model_root, url, timeout=1.0) as client:
         for n in range(5):
             accepted += client.post("/v1/events", json=_event(n), headers=H).json()["accepted"]
-        proxy.stop()  # PostgreSQL "stopped": connections reset, new ones refused
+        proxy.cut()  # the path to PostgreSQL breaks: connections reset, new ones dropped
         for n in range(5, 10):
             r = client.post("/v1/events", json=_event(n), headers=H)
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "database_unavailable"
             assert client.get(f"/v1/users/{user}/recommendations", headers=H).status_code == 200
-        proxy.start()
+        proxy.restore()
         deadline = time.monotonic() + 10
         status = 0
         while time.monotonic() < deadline:

@@ -23,9 +23,7 @@ def backtest(
             ".csv, .csv.gz or .parquet.",
         ),
     ],
-    campaign_id: Annotated[
-        str, typer.Option("--campaign", help="Campaign to replay.")
-    ] = BUILT_IN,
+    campaign_id: Annotated[str, typer.Option("--campaign", help="Campaign to replay.")] = BUILT_IN,
     campaigns_file: Annotated[
         Path | None,
         typer.Option(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AppState, RecommendationsDep, require_part
+from service.api.deps import RecommendationsDep, require_part
 from service.api.fastpath import openapi_parameters, parse_request
 from service.api.routes.offers import decision_out
 from service.api.schemas import Id, RecommendationParams, RecommendationsOut, SimilarOut
@@ -18,6 +18,7 @@ from service.offers.decisions import OfferEngine
 from service.recommend.recommender import Query as RecQuery
 from service.recommend.recommender import Recommendation
 from service.recommend.service import Recommendations
+from service.state import AppState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommendations"])

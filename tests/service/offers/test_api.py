@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.deps import AppState
 from service.app import create_app
 from service.offers.rules import in_holdout
 from service.settings import Settings
+from service.state import AppState
 
 FRONTEND = "frontend-key-0123456789"
 MARKETING = "marketing-key-0123456789"

@@ -1,0 +1,39 @@
+"""What one worker's lifespan builds: its resources and its domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from service.activity.ingest import Ingest
+from service.activity.repository import Repository
+from service.activity.store import ActivityStore
+from service.health import Health
+from service.metrics import Metrics
+from service.offers.auto import AutoEvaluator
+from service.offers.coupons import Coupons
+from service.offers.decisions import OfferEngine
+from service.offers.reports import Reports
+from service.recommend.holder import ModelHolder
+from service.recommend.service import Recommendations
+from service.settings import Settings
+
+
+@dataclass
+class AppState:
+    """What the lifespan builds: the worker's resources and its domain objects."""
+
+    settings: Settings
+    repository: Repository
+    activity: ActivityStore
+    models: ModelHolder
+    metrics: Metrics
+    clock: Callable[[], datetime]
+    recommendations: Recommendations
+    ingest: Ingest
+    health: Health
+    offers: OfferEngine
+    auto_offers: AutoEvaluator
+    coupons: Coupons
+    reports: Reports
