@@ -153,15 +153,17 @@ def main() -> None:
 
 def render(doc: dict[str, Any]) -> list[str]:
     """The section of docs/benchmarks.md."""
-    runs = doc["throughput_rps"]
+    runs, machine = doc["throughput_rps"], doc["machine"]
     out = [
         "## This tree against an earlier commit",
         "",
-        f"Command: `{doc['command']}` ({doc['date']}; {doc['machine']}).",
+        f"Measured {doc['date']} on {machine['cpu']}, {machine['cpus']} CPUs. "
+        f"Command: `{doc['command']}`",
         "",
         f"Known-user recommendations, one uvicorn worker on CPU 0, wrk on CPU 1 (64 connections, "
         f"{doc['seconds']} s a run), the two trees taking turns; Online Retail model "
-        f"{doc['model']}, SQLite, access log off.",
+        f"{doc['model']}, SQLite, access log off. Only the two trees' figures of one run compare: "
+        "the shared machine's speed changes from hour to hour.",
         "",
         "| tree | runs (req/s) | median req/s | server CPU per request, median |",
         "|---|---|---:|---:|",
