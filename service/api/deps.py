@@ -10,9 +10,10 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Response
 
 from service.activity.ingest import Ingest
+from service.api.schemas import NO_STORE
 from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
@@ -104,6 +105,11 @@ def _recommendations(state: AppState) -> Recommendations:
 
 def _ingest(state: AppState) -> Ingest:
     return state.ingest
+
+
+async def no_store(response: Response) -> None:
+    """For routers whose answers carry coupon codes: no browser, proxy or CDN keeps a copy."""
+    response.headers.update(NO_STORE)
 
 
 async def get_health(request: Request) -> Health:

@@ -37,6 +37,10 @@ AttributeValue = Text | int | float | bool | None
 EventType = Literal["view", "add_to_cart", "purchase", "sign_up"]
 
 
+# on every response that carries a coupon code: no browser, proxy or CDN keeps a copy
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -116,12 +120,9 @@ class ItemOut(BaseModel):
     updated_at: datetime
 
 
-class RecommendationParams(BaseModel):
-    """Path and query parameters of the recommendations endpoint (validated in one step)."""
+class RecommendationFilters(BaseModel):
+    """What a list may hold: its length and its filters (GET query or POST body)."""
 
-    model_config = ConfigDict(extra="ignore")  # unknown query parameters (cache busters) pass
-
-    user_id: Id = Field(description="The shop's user id.", examples=["17850"])
     limit: int = Field(10, ge=1, le=100, description="How many items.")
     exclude_purchased: bool = Field(False, description="Leave out items the user already bought.")
     exclude: list[Id] = Field(
@@ -134,10 +135,31 @@ class RecommendationParams(BaseModel):
     purchased_within_days: int | None = Field(
         None, ge=1, le=3650, description="Replenishment: only items bought in the last N days."
     )
+
+
+class RecommendationParams(RecommendationFilters):
+    """Path and query parameters of the GET endpoint (validated in one step)."""
+
+    model_config = ConfigDict(extra="ignore")  # unknown query parameters (cache busters) pass
+
+    user_id: Id = Field(description="The shop's user id.", examples=["17850"])
     include_offer: bool = Field(
         False,
-        description="Also decide the user's offer now (recorded like /v1/offers/evaluate) and "
-        "return it with its coupon: products and offer in one call.",
+        description="Also return the offer already decided for the user, with its coupon. A GET "
+        "never decides: POST the same parameters with decide_offer to decide now.",
+    )
+
+
+class RecommendationsIn(RecommendationFilters):
+    """The POST body: the GET's parameters, and whether to decide the user's offer now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decide_offer: bool = Field(
+        True,
+        description="Decide the user's offer now (recorded like /v1/offers/evaluate) and return "
+        "it with its coupon: products and offer in one call. false: only an offer already "
+        "decided.",
     )
 
 
@@ -158,8 +180,9 @@ class RecommendationsOut(BaseModel):
     request_id: str
     offer: DecisionOut | None = Field(
         None,
-        description="With include_offer=true: the offer decision made or found now, with the "
-        "coupon to show (null when no campaign is active).",
+        description="The offer decision found (GET with include_offer=true) or made now (POST), "
+        "with the coupon to show; null when no campaign is active or, on a GET, none has "
+        "decided yet. A response with a coupon is never cached (Cache-Control: no-store).",
     )
 
 

@@ -139,19 +139,28 @@ class OfferEngine:
         )
         return SweepResult(campaign_id, True, len(candidates), counts, seconds)
 
-    def offer_for_page(self, user_id: str) -> Decision | None:
-        """The offer to show beside a page's products, deciding now where nothing is decided.
+    def offer_for_page(self, user_id: str, *, decide: bool) -> Decision | None:
+        """The offer to show beside a page's products.
 
-        Every active campaign evaluates the user, in the order of the campaigns file; the
-        first decision with a usable coupon wins, else the first decision is returned without
-        a coupon (a used or expired one is not an offer). None when no campaign is active.
+        ``decide``: every active campaign evaluates the user now (recorded, as ``evaluate``),
+        for the POST of the one-call flow; otherwise only decisions already recorded are read
+        and nothing is written (a GET, which a prefetch or a crawler may send). In the order of
+        the campaigns file, the first decision with a usable coupon wins, else the first
+        decision is returned without a coupon (a used or expired one is not an offer). None
+        when no campaign is active, or, without ``decide``, when none has decided yet.
         """
         now = self.clock()
         first: Decision | None = None
         for campaign in self.campaigns.values():
             if not campaign.is_active(now):
                 continue
-            decision = self.evaluate(user_id, campaign.campaign_id)
+            decision = (
+                self.evaluate(user_id, campaign.campaign_id)
+                if decide
+                else self._recorded(campaign, user_id)
+            )
+            if decision is None:
+                continue
             if decision.coupon is not None and coupon_status(decision.coupon, now).status == (
                 "active"
             ):
@@ -251,6 +260,13 @@ class OfferEngine:
             except Exception:  # no model, or a model swap mid-call: most viewed first instead
                 log.exception("coupon_item_ranking_failed")
         return viewed[: campaign.restrict_to_top_items] or None
+
+    def _recorded(self, campaign: Campaign, user_id: str) -> Decision | None:
+        """The decision already recorded for the user (None before one), read only."""
+        existing = self.repository.decisions.recorded(campaign.campaign_id, user_id)
+        if existing is None:
+            return None
+        return self._already(existing, self._coupon_of(existing), campaign)
 
     def _already(
         self, decision: DecisionRecord, coupon: CouponRecord | None, campaign: Campaign

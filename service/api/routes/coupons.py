@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CouponsDep
+from service.api.deps import CouponsDep, no_store
 from service.api.routes.offers import coupon_out
 from service.api.schemas import CouponOut, Id, RedeemIn, RedemptionOut, ReleaseIn
 
-router = APIRouter(prefix="/v1/coupons", tags=["coupons"])
+router = APIRouter(prefix="/v1/coupons", tags=["coupons"], dependencies=[Depends(no_store)])
 Code = Annotated[
     str, Path(min_length=1, max_length=64, description="As shown to the customer; any case.")
 ]

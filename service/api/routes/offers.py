@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Depends, Path
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CouponReaderDep, OffersDep
+from service.api.deps import CouponReaderDep, OffersDep, no_store
 from service.api.schemas import CouponOut, DecisionOut, EvaluateIn, Id, UserOffersOut
 from service.offers.coupons import CouponStatus, coupon_status
 from service.offers.decisions import Decision, OfferEngine
 from service.offers.rules import format_code
 
-router = APIRouter(tags=["offers"])
+router = APIRouter(tags=["offers"], dependencies=[Depends(no_store)])
 
 
 def coupon_out(status: CouponStatus) -> CouponOut:

@@ -6,14 +6,22 @@ import logging
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import RecommendationsDep, require_part
 from service.api.fastpath import openapi_parameters, parse_request
 from service.api.routes.offers import decision_out
-from service.api.schemas import Id, RecommendationParams, RecommendationsOut, SimilarOut
+from service.api.schemas import (
+    NO_STORE,
+    Id,
+    RecommendationFilters,
+    RecommendationParams,
+    RecommendationsIn,
+    RecommendationsOut,
+    SimilarOut,
+)
 from service.offers.decisions import OfferEngine
 from service.recommend.recommender import Query as RecQuery
 from service.recommend.recommender import Recommendation
@@ -29,6 +37,7 @@ def _page_parts(state: AppState) -> tuple[Recommendations, OfferEngine]:
 
 
 FRONTEND_PAGE = require_part(_page_parts, "frontend")
+PageDep = Annotated[tuple[Recommendations, OfferEngine], Depends(FRONTEND_PAGE)]
 PATH = "/v1/users/{user_id}/recommendations"
 
 
@@ -42,34 +51,68 @@ async def recommendations(request: Request) -> Response:
     # the hot path: key check and one validation inline, no FastAPI parameter resolution
     recommendations, offers = await FRONTEND_PAGE(request)
     params = parse_request(RecommendationParams, request)
-    user_id = params.user_id
-    query = RecQuery(
-        user_id=user_id,
-        limit=params.limit,
-        exclude_purchased=params.exclude_purchased,
-        exclude=frozenset(params.exclude),
-        category=params.category,
-        in_stock=params.in_stock,
-        purchased_within_days=params.purchased_within_days,
+    payload = _page(recommendations, params.user_id, params, request)
+    if not params.include_offer:
+        return Response(orjson.dumps(payload), media_type="application/json")
+    payload["offer"] = await _page_offer(offers, params.user_id, decide=False)
+    return _with_offer(payload)
+
+
+@router.post(PATH, response_model=RecommendationsOut)
+async def recommendations_and_offer(
+    request: Request,
+    user_id: Annotated[Id, Path(description="The shop's user id.", examples=["17850"])],
+    body: Annotated[
+        RecommendationsIn,
+        Body(openapi_examples={"home page": {"value": {"limit": 8, "decide_offer": True}}}),
+    ],
+    parts: PageDep,
+) -> Response:
+    """Products and the offer decided now, in one call (the GET never decides)."""
+    recommendations, offers = parts
+    payload = _page(recommendations, user_id, body, request)
+    payload["offer"] = await _page_offer(offers, user_id, decide=body.decide_offer)
+    return _with_offer(payload)
+
+
+def _page(
+    recommendations: Recommendations,
+    user_id: str,
+    filters: RecommendationFilters,
+    request: Request,
+) -> dict[str, object]:
+    """The list for ``user_id`` under ``filters``, as the response body."""
+    served = recommendations.recommend(
+        RecQuery(
+            user_id=user_id,
+            limit=filters.limit,
+            exclude_purchased=filters.exclude_purchased,
+            exclude=frozenset(filters.exclude),
+            category=filters.category,
+            in_stock=filters.in_stock,
+            purchased_within_days=filters.purchased_within_days,
+        )
     )
-    served = recommendations.recommend(query)
-    result = served.result
-    payload = {
+    return {
         "user_id": user_id,
-        "items": [_item(r) for r in result.items],
-        "source": result.source,
+        "items": [_item(r) for r in served.result.items],
+        "source": served.result.source,
         "model_version": served.version,
         "request_id": request.scope["state"]["request_id"],
     }
-    if params.include_offer:
-        payload["offer"] = await _page_offer(offers, user_id)
-    return Response(orjson.dumps(payload), media_type="application/json")
 
 
-async def _page_offer(offers: OfferEngine, user_id: str) -> dict[str, object] | None:
+def _with_offer(payload: dict[str, object]) -> Response:
+    """A body with the user's offer: never stored by a browser, a proxy or a CDN."""
+    return Response(orjson.dumps(payload), media_type="application/json", headers=NO_STORE)
+
+
+async def _page_offer(
+    offers: OfferEngine, user_id: str, *, decide: bool
+) -> dict[str, object] | None:
     """The offer decision to show with the products; recommendations never fail for it."""
     try:
-        decision = await run_in_threadpool(offers.offer_for_page, user_id)
+        decision = await run_in_threadpool(offers.offer_for_page, user_id, decide=decide)
     except SQLAlchemyError as exc:
         log.warning("offer_lookup_failed", extra={"error": str(exc).splitlines()[0]})
         return None

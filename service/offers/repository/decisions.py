@@ -177,6 +177,11 @@ class DecisionRepository:
                 return decision, None
             return decision, self._facts(conn, user_id, window, now)
 
+    def recorded(self, campaign_id: str, user_id: str) -> DecisionRecord | None:
+        """The user's recorded decision in the campaign, if any (a read, nothing written)."""
+        with self.engine.connect() as conn:
+            return self._decision(conn, campaign_id, user_id)
+
     def _facts(self, conn: Connection, user_id: str, window: timedelta, now: datetime) -> UserFacts:
         user = conn.execute(self._sql.started, {"user_id": user_id}).first()
         if user is None:

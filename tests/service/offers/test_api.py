@@ -406,14 +406,15 @@ def test_one_call_returns_products_and_the_offer_decision(client: TestClient) ->
     url = f"/v1/users/{user}/recommendations"
     plain = client.get(url, headers=F).json()
     assert "offer" not in plain
-    page = client.get(url, params={"include_offer": "true"}, headers=F).json()
+    decide = {"decide_offer": True}
+    page = client.post(url, json=decide, headers=F).json()
     assert len(page["items"]) == 10
     assert page["offer"]["decision"] == "not_eligible"
     assert page["offer"]["reasons"] == ["too_few_views"]
     assert page["offer"]["coupon"] is None
     view = {"user_id": user, "type": "view", "item_id": "i00077"}
     assert client.post("/v1/events", json=view, headers=F).status_code == 200
-    page = client.get(url, params={"include_offer": "true"}, headers=F).json()
+    page = client.post(url, json=decide, headers=F).json()
     offer = page["offer"]
     assert offer["decision"] == "issued"  # decided by the page call itself, and recorded
     assert offer["coupon"]["attribution_id"] == offer["attribution_id"]
@@ -430,6 +431,40 @@ def test_one_call_returns_products_and_the_offer_decision(client: TestClient) ->
     assert client.post(f"/v1/coupons/{code}/redeem", json=redeem, headers=F).status_code == 200
     used = client.get(url, params={"include_offer": "true"}, headers=F).json()["offer"]
     assert (used["decision"], used["coupon"]) == ("already_decided", None)
+    used = client.post(url, json=decide, headers=F).json()["offer"]
+    assert (used["decision"], used["coupon"]) == ("already_decided", None)
+
+
+def test_a_get_never_decides_an_offer_and_no_coupon_response_is_cached(
+    client: TestClient,
+) -> None:
+    user = treated_users("prefetch-", 1)[0]
+    sign_up(client, user, ago=timedelta(hours=1), views=11)  # qualifies
+    url = f"/v1/users/{user}/recommendations"
+    for _ in range(3):  # a browser prefetch, a CDN, a crawler
+        page = client.get(url, params={"include_offer": "true"}, headers=F)
+        assert page.status_code == 200
+        assert page.json()["offer"] is None
+    assert evaluate(client, user)["decision"] == "issued"  # nothing was decided before
+    shown = client.get(url, params={"include_offer": "true"}, headers=F)
+    assert shown.json()["offer"]["decision"] == "already_decided"
+    code = shown.json()["offer"]["coupon"]["code"]
+    assert shown.headers["cache-control"] == "no-store"
+    carrying = [
+        shown,
+        client.post(url, json={"decide_offer": True}, headers=F),
+        client.post(url, json={"decide_offer": False}, headers=F),
+        client.post("/v1/offers/evaluate", json={"user_id": user}, headers=F),
+        client.get(f"/v1/users/{user}/offers", headers=F),
+        client.get(f"/v1/coupons/{code}", params={"user_id": user}, headers=F),
+    ]
+    for response in carrying:
+        assert response.status_code == 200, response.text
+        assert code in response.text
+        assert response.headers["cache-control"] == "no-store", response.request.url
+    assert "cache-control" not in client.get(url, headers=F).headers  # no offer: cacheable
+    bad = client.post(url, json={"decide_offer": True, "include_offer": True}, headers=F)
+    assert (bad.status_code, bad.json()["detail"][0]["field"]) == (422, "include_offer")
 
 
 def test_coupon_restricted_to_the_models_favourites_among_viewed(
