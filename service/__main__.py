@@ -41,7 +41,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _address_free(host: str, port: int) -> str | None:
+def address_problem(host: str, port: int) -> str | None:
     """None when ``host:port`` can be bound, else why not (checked before a long start-up)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
         return _fail(f"bad setting RECOFFER_{where.upper()}: {first.get('msg')}")
-    taken = _address_free(settings.host, settings.port)
+    taken = address_problem(settings.host, settings.port)
     if taken:
         return _fail(taken)
     say = sys.stderr.write

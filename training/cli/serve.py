@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from service.__main__ import address_problem
 from service.errors import UsageProblem
 from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, setup_logging
 from training.cli.render import err, errors, fail, progress
@@ -90,15 +91,9 @@ def serve(
 
 def _check_port(host: str, port: int) -> None:
     """Fail now, with one line, when the address is taken (not after a long start-up)."""
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise fail(f"cannot listen on {host}:{port}: {exc.strerror}", 2) from None
+    problem = address_problem(host, port)
+    if problem:
+        raise fail(problem, 2)
 
 
 def _serve(
