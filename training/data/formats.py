@@ -30,6 +30,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from service.errors import DataError
+from service.ids import ID_MAX_LENGTH, ID_PATTERN, id_problem
 from training.data.cells import as_ids, as_text, parse_numbers, parse_timestamps
 from training.data.files import check_columns, column_names, read_table
 
@@ -319,7 +320,7 @@ def _clean_generic(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> Pu
     duplicate = np.zeros(len(raw), dtype=bool)
     duplicate[rules.alive] = duplicated_rows(parsed.loc[rules.alive, subset])
     rules.drop("duplicate", duplicate)
-    return _finish(parsed, rules, source)
+    return _finish(parsed, rules, source, mapping)
 
 
 def duplicated_rows(frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
@@ -361,7 +362,7 @@ def _clean_online_retail(raw: pd.DataFrame, source: str) -> Purchases:
             raise DataError(
                 f"empty {column!r} in {source}, data row {row} ({int(empty.sum()):,} in all)"
             )
-    return _finish(parsed, rules, source)
+    return _finish(parsed, rules, source, mapping)
 
 
 # (normalised column, mapping role) for the columns a purchase line may carry.
@@ -406,7 +407,7 @@ def _normalise(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.Dat
     return pd.DataFrame(out)
 
 
-def _finish(parsed: pd.DataFrame, rules: _Rules, source: str) -> Purchases:
+def _finish(parsed: pd.DataFrame, rules: _Rules, source: str, mapping: ColumnMapping) -> Purchases:
     kept = parsed.loc[rules.alive]
     rows_read = len(parsed)
     if kept.empty:
@@ -414,6 +415,7 @@ def _finish(parsed: pd.DataFrame, rules: _Rules, source: str) -> Purchases:
         raise DataError(
             f"no purchases left after cleaning {source}: {rows_read:,} rows read; dropped {counts}"
         )
+    check_ids(kept, mapping, source)
     kept = kept.sort_values("timestamp", kind="stable").reset_index(drop=True)
     order = kept["order_id"]
     no_order = order.isna().to_numpy(dtype=bool)
@@ -432,6 +434,25 @@ def _finish(parsed: pd.DataFrame, rules: _Rules, source: str) -> Purchases:
         end=frame["timestamp"].iloc[-1],
     )
     return Purchases(frame=frame, items=_item_table(kept), report=report)
+
+
+def check_ids(kept: pd.DataFrame, mapping: ColumnMapping, source: str) -> None:
+    """Refuse user and item ids the service would refuse (``service.ids``): a model must not
+    hold ids that cannot be asked for. The message names the column, the data row and why."""
+    for field, column in (("user_id", mapping.user), ("item_id", mapping.item)):
+        values = kept[field]
+        fits = values.str.fullmatch(ID_PATTERN).fillna(False).to_numpy(dtype=bool) & (
+            values.str.len() <= ID_MAX_LENGTH
+        ).fillna(False).to_numpy(dtype=bool)
+        if fits.all():
+            continue
+        first = int(np.flatnonzero(~fits)[0])
+        value = str(values.iloc[first])
+        raise DataError(
+            f"{field.replace('_', ' ')} {value!r} in column {column!r} of {source}, data row "
+            f"{int(kept.index[first]) + 1}: {id_problem(value)} ({int((~fits).sum()):,} such "
+            "rows; the service could not be asked for them)"
+        )
 
 
 def _iso(stamps: pd.Series) -> pd.Series:
