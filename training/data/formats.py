@@ -32,7 +32,13 @@ import pandas as pd
 from service.errors import DataError
 from service.ids import ID_MAX_LENGTH, ID_PATTERN, id_problem
 from training.data.cells import as_ids, as_text, parse_numbers, parse_timestamps
-from training.data.files import check_columns, column_names, read_table
+from training.data.files import (
+    DEFAULT_OPTIONS,
+    ReadOptions,
+    check_columns,
+    column_names,
+    read_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +208,10 @@ class Purchases:
 
 
 def load_purchases(
-    path: str | Path, fmt: str = "generic", columns: ColumnMapping | None = None
+    path: str | Path,
+    fmt: str = "generic",
+    columns: ColumnMapping | None = None,
+    options: ReadOptions = DEFAULT_OPTIONS,
 ) -> Purchases:
     """Read and clean the purchase history in ``path`` (``.csv``, ``.csv.gz`` or ``.parquet``).
 
@@ -211,6 +220,8 @@ def load_purchases(
         fmt: ``"generic"`` (columns named by ``columns``) or ``"online-retail"`` (UCI layout,
             fixed mapping: passing ``columns`` too is an error).
         columns: the column mapping for ``generic``; ``None`` means the default names.
+        options: the CSV delimiter and how dates are written (default: sniffed, decided by
+            the data; see ``training.data.cells``).
 
     Returns:
         The cleaned purchases, their item metadata and the cleaning report.
@@ -228,12 +239,12 @@ def load_purchases(
     if fmt == "online-retail":
         mapping = ONLINE_RETAIL_MAPPING
         # Duplicates are judged on the raw rows, so every column of the file is read.
-        raw = read_table(path, required=list(mapping.mapped().values()), everything=True)
-        purchases = _clean_online_retail(raw, source)
+        raw = read_table(path, list(mapping.mapped().values()), everything=True, options=options)
+        purchases = _clean_online_retail(raw, source, options)
     else:
-        mapping = columns if columns is not None else _default_mapping(path)
-        raw = read_table(path, required=list(mapping.mapped().values()), everything=False)
-        purchases = _clean_generic(raw, mapping, source)
+        mapping = columns if columns is not None else _default_mapping(path, options)
+        raw = read_table(path, list(mapping.mapped().values()), everything=False, options=options)
+        purchases = _clean_generic(raw, mapping, source, options)
     report = purchases.report
     logger.info(
         "purchases loaded from %s (%s): %d rows read, %d kept, %d users, %d items",
@@ -279,9 +290,9 @@ _OPTIONAL_DEFAULTS = (
 )
 
 
-def _default_mapping(path: Path) -> ColumnMapping:
+def _default_mapping(path: Path, options: ReadOptions) -> ColumnMapping:
     """Default names for user, item and timestamp, plus every optional column present."""
-    present = column_names(path)
+    present = column_names(path, options)
     if present is None:
         return ColumnMapping()  # read_table names the unsupported type
     found = {role: column for role, column in _OPTIONAL_DEFAULTS if column in present}
@@ -307,8 +318,10 @@ class _Rules:
         self.alive &= ~hit
 
 
-def _clean_generic(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> Purchases:
-    parsed = _normalise(raw, mapping, source)
+def _clean_generic(
+    raw: pd.DataFrame, mapping: ColumnMapping, source: str, options: ReadOptions = DEFAULT_OPTIONS
+) -> Purchases:
+    parsed = _normalise(raw, mapping, source, options)
     rules = _Rules(len(raw))
     rules.drop("missing_user", parsed["user_id"].isna())
     rules.drop("missing_item", parsed["item_id"].isna())
@@ -340,9 +353,9 @@ def duplicated_rows(frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
     return out
 
 
-def _clean_online_retail(raw: pd.DataFrame, source: str) -> Purchases:
+def _clean_online_retail(raw: pd.DataFrame, source: str, options: ReadOptions) -> Purchases:
     mapping = ONLINE_RETAIL_MAPPING
-    parsed = _normalise(raw, mapping, source)
+    parsed = _normalise(raw, mapping, source, options)
     code = parsed["item_id"]
     rules = _Rules(len(raw))
     rules.drop("duplicate", duplicated_rows(raw))
@@ -378,14 +391,16 @@ _FIELD_ROLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _normalise(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.DataFrame:
+def _normalise(
+    raw: pd.DataFrame, mapping: ColumnMapping, source: str, options: ReadOptions
+) -> pd.DataFrame:
     """The mapped columns under normalised names and types, one row per input row."""
     raw = raw.reset_index(drop=True)
     n = len(raw)
     out: dict[str, pd.Series] = {}
     out["user_id"] = as_ids(raw[mapping.user])
     out["item_id"] = as_ids(raw[mapping.item])
-    out["timestamp"] = parse_timestamps(raw[mapping.timestamp], mapping.timestamp, source)
+    out["timestamp"] = parse_timestamps(raw[mapping.timestamp], mapping.timestamp, source, options)
     if mapping.quantity is None:
         out["quantity"] = pd.Series(np.ones(n), dtype="float64")
     else:
