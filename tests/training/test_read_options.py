@@ -239,6 +239,15 @@ def test_train_reads_a_semicolon_day_first_export_like_the_iso_file(
         assert {k: v for k, v in document.items() if k != "source"} == {
             k: v for k, v in documents[0].items() if k != "source"
         }
+    scored = []
+    for data, extra in ((iso, []), (export, ["--delimiter", ";", "--dayfirst"])):
+        models = tmp_path / "models-0"
+        result = CliRunner().invoke(
+            app, ["evaluate", "--model-dir", str(models), "--data", str(data), "--json", *extra]
+        )
+        assert result.exit_code == 0, result.stderr
+        scored.append(json.loads(result.stdout)["metrics"])
+    assert scored[0] == scored[1]
 
 
 @pytest.mark.parametrize(

@@ -212,6 +212,9 @@ def evaluate(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Input layout of --data.")] = "generic",
     columns: Annotated[str | None, typer.Option(help="Column mapping for --data.")] = None,
+    delimiter: Delimiter = None,
+    date_format: DateFormat = None,
+    dayfirst: DayFirst = None,
     test_days: Annotated[
         float, typer.Option(help="Test window of the re-scoring split.")
     ] = TEST_DAYS,
@@ -239,7 +242,10 @@ def evaluate(
         else:
             from training.gate import rescore_on_file
 
-            document = rescore_on_file(artifact, data, fmt, parse_columns(columns), test_days)
+            options = read_options(delimiter, date_format, dayfirst)
+            document = rescore_on_file(
+                artifact, data, fmt, parse_columns(columns), test_days, options
+            )
             metrics, served = document["metrics"], dict.fromkeys(PROTOCOLS, "served")
     if as_json:
         out.print(json.dumps(document, default=str), markup=False)
