@@ -79,6 +79,22 @@ def test_a_month_first_column_is_read_month_first_when_one_row_shows_it(tmp_path
     assert read == ["2026-01-06 00:00:00", "2026-12-13 00:00:00", "2026-02-03 00:00:00"]
 
 
+def test_the_uci_csv_layout_of_online_retail_is_read_month_first(tmp_path: Path) -> None:
+    header = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
+    rows = [
+        "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,12/1/2010 8:26,2.55,17850,UK",
+        "536366,71053,WHITE METAL LANTERN,6,12/13/2010 10:05,3.39,17850,UK",
+        "536367,22633,HAND WARMER UNION JACK,6,1/2/2011 9:00,1.85,13047,UK",
+    ]
+    path = write(tmp_path / "retail.csv", "\n".join([header, *rows]) + "\n")
+    frame = load_purchases(path, "online-retail").frame
+    assert [str(t) for t in frame["timestamp"]] == [
+        "2010-12-01 08:26:00",
+        "2010-12-13 10:05:00",
+        "2011-01-02 09:00:00",
+    ]
+
+
 def test_a_column_mixing_both_orders_is_refused_naming_two_rows(tmp_path: Path) -> None:
     message = refusal(tmp_path, ["01/06/2026", "13/06/2026", "06/14/2026"])
     assert "'timestamp'" in message

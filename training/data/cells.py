@@ -238,7 +238,11 @@ def _year_first(
         + pd.Series(month, dtype="str").str.zfill(2)
         + "-"
         + pd.Series(day, dtype="str").str.zfill(2)
-        + parts[3][numeric].fillna("").reset_index(drop=True)
+        # a one-digit hour ("12/1/2010 8:26") made two, so the fast ISO 8601 parser takes it
+        + parts[3][numeric]
+        .fillna("")
+        .str.replace(r"^([ T])(\d):", r"\g<1>0\2:", regex=True)
+        .reset_index(drop=True)
     )
     out = given.astype("str").copy()
     out[numeric] = iso.to_numpy()
