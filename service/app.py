@@ -74,6 +74,8 @@ def create_app(
         activity = ActivityStore(
             per_user=settings.session_events,
             lookback=0 if settings.is_sqlite else None,
+            max_users=settings.activity_max_users,
+            metrics=metrics,
         )
         models = ModelHolder(
             settings.model_dir,

@@ -84,6 +84,22 @@ class Metrics:
             ["campaign", "state"],
             registry=r,
         )
+        # issue 11, item 10: the activity store's memory (service/activity/store.py)
+        self.activity_users = Gauge(
+            "recoffer_activity_users",
+            "Users whose recent events this process holds in memory",
+            registry=r,
+        )
+        self.activity_bytes = Gauge(
+            "recoffer_activity_bytes_estimated",
+            "Estimated memory of the recent events held (bytes)",
+            registry=r,
+        )
+        self.activity_evictions = Counter(
+            "recoffer_activity_evictions_total",
+            "Users forgotten by the activity store to stay within activity_max_users",
+            registry=r,
+        )
         self.budget_left = Gauge(
             "recoffer_campaign_budget_left",
             "Coupons a campaign may still issue, today and in total (capped campaigns only)",

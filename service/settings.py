@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.activity.records import DEFAULT_EVENT_WEIGHTS
+from service.activity.store import DEFAULT_MAX_USERS as DEFAULT_ACTIVITY_USERS
 
 Role = Literal["frontend", "marketing", "admin"]
 ROLES: tuple[Role, ...] = ("frontend", "marketing", "admin")
@@ -73,6 +74,13 @@ class Settings(BaseSettings):
     )
     session_events: int = Field(
         50, ge=1, le=1000, description="Recent events per user kept for fold-in and filters."
+    )
+    # issue 11, item 10: the activity store's memory bound
+    activity_max_users: int = Field(
+        DEFAULT_ACTIVITY_USERS,
+        ge=1,
+        description="Users whose recent events each worker keeps in memory (the least recently "
+        "active are forgotten first; about 0.9 KB each and 0.2 KB per event held).",
     )
     event_poll_seconds: float = Field(
         1.0, gt=0, description="How often each worker reads new events from the database."

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from service.artifact import Artifact, Manifest, ModelStore, load_artifact
 from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
+from training.data.files import DEFAULT_OPTIONS, ReadOptions
 from training.data.formats import ColumnMapping, load_purchases
 from training.encode import IdMaps, encode
 from training.evaluate import (
@@ -197,9 +198,10 @@ def rescore_on_file(
     fmt: str,
     columns: ColumnMapping | None,
     test_days: float,
+    options: ReadOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     """Score an artifact on the temporal split of a purchase file (``recoffer evaluate``)."""
-    purchases = load_purchases(data, fmt, columns)
+    purchases = load_purchases(data, fmt, columns, options)
     coded, ids = encode(purchases.frame)
     split = temporal_split(coded, test_days)
     user_codes, item_codes, counts, _ = build_history(split.train, split.cutoff)

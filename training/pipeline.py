@@ -38,6 +38,7 @@ from training.data.database import (
     load_database_purchases,
     load_database_signals,
 )
+from training.data.files import ReadOptions
 from training.data.formats import CleaningReport, ColumnMapping, Purchases, load_purchases
 from training.encode import IdMaps, encode
 from training.evaluate import TEST_DAYS, EvalSet, MetricTable, Split, metric_key, temporal_split
@@ -67,6 +68,8 @@ class TrainConfig:
     force: bool = False
     params: ModelParams = field(default_factory=ModelParams)
     eval_users: int | None = None
+    # how the purchase file is written: delimiter, date format or order (issue 11, item 10)
+    read_options: ReadOptions = field(default_factory=ReadOptions)
 
 
 @dataclass
@@ -141,7 +144,11 @@ def _load(config: TrainConfig) -> Purchases:
     """The purchase file, the service's purchase events, or both combined."""
     if config.data is None and config.database_url is None:
         raise DataError("nothing to train on: give a purchase file, a database URL, or both")
-    from_file = load_purchases(config.data, config.fmt, config.columns) if config.data else None
+    from_file = (
+        load_purchases(config.data, config.fmt, config.columns, config.read_options)
+        if config.data
+        else None
+    )
     if config.database_url is None:
         assert from_file is not None
         return from_file

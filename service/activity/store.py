@@ -6,28 +6,62 @@ database (and keeps working while it is down).
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from service.activity.records import Activity, CatalogueEntry, ItemRecord, StoredEvent
 
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+
 TAIL_LOOKBACK_IDS = 2_000  # ids may commit out of order on PostgreSQL; re-read this many
+DEFAULT_MAX_USERS = 100_000
+# one slot and link of the users' OrderedDict (measured with tracemalloc on CPython 3.11)
+_DICT_ENTRY_BYTES = 100
+_TYPICAL_ID = "u-0000000042"
+
+
+def _event_bytes() -> int:
+    """What one remembered event costs: the record, its attributes, its time and item id."""
+    sample = Activity(item_id=_TYPICAL_ID, type="view", ts=datetime.now(UTC))
+    # the attributes' values live beside the object (a pointer each, and a small header);
+    # asking for __dict__ would build a dictionary the store's events never have
+    own = sys.getsizeof(sample) + 8 * (len(fields(Activity)) + 2)
+    return own + sys.getsizeof(sample.ts) + sys.getsizeof(_TYPICAL_ID)
 
 
 class ActivityStore:
     """Recent events per user and the catalogue overlay, in this worker's memory.
 
-    Bounded: at most ``per_user`` events for each of at most ``max_users`` users (least
-    recently active users are forgotten first). Thread-safe.
+    Bounded: at most ``per_user`` events for each of at most ``max_users`` users (the least
+    recently active user is forgotten first, and counted as an eviction). ``estimated_bytes``
+    says what they cost; with ``metrics``, the users held, that estimate and the evictions are
+    reported as they change. Thread-safe.
     """
 
     def __init__(
-        self, per_user: int = 50, max_users: int = 1_000_000, lookback: int | None = None
+        self,
+        per_user: int = 50,
+        max_users: int = DEFAULT_MAX_USERS,
+        lookback: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        if per_user < 1 or max_users < 1:
+            raise ValueError("per_user and max_users must be >= 1")
         self.per_user = per_user
         self.max_users = max_users
+        self.metrics = metrics
+        self.events_held = 0
+        self.evictions = 0
+        self._user_bytes = (
+            sys.getsizeof(deque(maxlen=per_user)) + sys.getsizeof(_TYPICAL_ID) + _DICT_ENTRY_BYTES
+        )
+        self._event_bytes = _event_bytes()
         # SQLite commits ids in order (one writer); PostgreSQL may not, so re-read a window
         self.lookback = TAIL_LOOKBACK_IDS if lookback is None else lookback
         self._users: OrderedDict[str, deque[Activity]] = OrderedDict()
@@ -45,7 +79,7 @@ class ActivityStore:
         Only rows read by the tail (``from_tail``) move the watermark: a worker's own writes
         may have ids above events of other workers it has not read yet.
         """
-        added = 0
+        added = evicted = 0
         with self._lock:
             for row in rows:
                 if from_tail:
@@ -62,11 +96,35 @@ class ActivityStore:
                 if queue is None:
                     queue = self._users[row.user_id] = deque(maxlen=self.per_user)
                     if len(self._users) > self.max_users:
-                        self._users.popitem(last=False)
+                        _, forgotten = self._users.popitem(last=False)
+                        self.events_held -= len(forgotten)
+                        evicted += 1
                 else:
                     self._users.move_to_end(row.user_id)
+                if len(queue) < self.per_user:
+                    self.events_held += 1
                 queue.append(Activity(item_id=row.item_id, type=row.type, ts=row.ts))
+            self.evictions += evicted
+            if added:
+                self._report(evicted)
         return added
+
+    @property
+    def users_held(self) -> int:
+        """Users whose recent events are in memory now."""
+        return len(self._users)
+
+    def estimated_bytes(self) -> int:
+        """An estimate of the memory the users' recent events take (typical id lengths)."""
+        return len(self._users) * self._user_bytes + self.events_held * self._event_bytes
+
+    def _report(self, evicted: int) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.activity_users.set(len(self._users))
+        self.metrics.activity_bytes.set(self.estimated_bytes())
+        if evicted:
+            self.metrics.activity_evictions.inc(evicted)
 
     def _remember_id(self, event_id: int) -> None:
         self._seen.add(event_id)

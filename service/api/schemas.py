@@ -18,10 +18,17 @@ from pydantic import (
     field_validator,
 )
 
+from service.ids import EventId, ItemId, OrderId, ShopId, UserId
 from service.offers.campaigns import BUILT_IN, CampaignId
 from service.offers.kinds import CouponState, DecisionKind, FinalKind
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
+# every id of the shop's: one alphabet (service.ids); ``Id`` names any of them
+Id = ShopId
+# a category is a label, not an id: it never travels in a URL path, so only blanks and control
+# characters are refused
+Category = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")
+]
 Text = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]  # no NUL
 
 
@@ -64,14 +71,14 @@ class UserOut(BaseModel):
 
 
 class EventIn(Strict):
-    user_id: Id
+    user_id: UserId
     type: EventType
-    item_id: Id | None = Field(
+    item_id: ItemId | None = Field(
         None, description="Required except for sign_up.", validate_default=True
     )
     timestamp: UtcDatetime | None = Field(None, description="When it happened; default now.")
-    order_id: Id | None = None
-    client_event_id: Id | None = Field(
+    order_id: OrderId | None = None
+    client_event_id: EventId | None = Field(
         None, description="Your id for this event: a retry with the same id is not counted twice."
     )
 
@@ -106,7 +113,7 @@ class IngestOut(BaseModel):
 
 class ItemIn(Strict):
     name: Text | None = None
-    category: Id | None = None
+    category: Category | None = None
     price: float | None = Field(None, ge=0, strict=True)  # strict: `false` is not a price
     in_stock: bool | None = None
 
@@ -125,10 +132,10 @@ class RecommendationFilters(BaseModel):
 
     limit: int = Field(10, ge=1, le=100, description="How many items.")
     exclude_purchased: bool = Field(False, description="Leave out items the user already bought.")
-    exclude: list[Id] = Field(
+    exclude: list[ItemId] = Field(
         default_factory=list, max_length=100, description="Item ids to leave out (repeatable)."
     )
-    category: Id | None = Field(None, description="Only items of this category.")
+    category: Category | None = Field(None, description="Only items of this category.")
     in_stock: bool = Field(
         False, description="Only items the catalogue does not mark out of stock."
     )
@@ -142,7 +149,7 @@ class RecommendationParams(RecommendationFilters):
 
     model_config = ConfigDict(extra="ignore")  # unknown query parameters (cache busters) pass
 
-    user_id: Id = Field(description="The shop's user id.", examples=["17850"])
+    user_id: UserId = Field(description="The shop's user id.", examples=["17850"])
     include_offer: bool = Field(
         False,
         description="Also return the offer already decided for the user, with its coupon. A GET "
@@ -228,7 +235,7 @@ CampaignRef = CampaignId
 
 
 class EvaluateIn(Strict):
-    user_id: Id
+    user_id: UserId
     campaign_id: CampaignRef = Field(
         BUILT_IN, description="Which campaign decides (default: the built-in)."
     )
@@ -271,8 +278,10 @@ class UserOffersOut(BaseModel):
 
 
 class RedeemIn(Strict):
-    user_id: Id = Field(description="The customer placing the order; must own the coupon.")
-    order_id: Id = Field(description="A retry with the same order id is answered like the first.")
+    user_id: UserId = Field(description="The customer placing the order; must own the coupon.")
+    order_id: OrderId = Field(
+        description="A retry with the same order id is answered like the first."
+    )
     order_amount: float | None = Field(
         None,
         ge=0,
@@ -283,8 +292,8 @@ class RedeemIn(Strict):
 
 
 class ReleaseIn(Strict):
-    user_id: Id
-    order_id: Id = Field(description="The order that used the coupon and was cancelled.")
+    user_id: UserId
+    order_id: OrderId = Field(description="The order that used the coupon and was cancelled.")
 
 
 class RedemptionOut(BaseModel):

@@ -1,4 +1,5 @@
-"""What the commands share: the model root option, logging set-up, the column mapping option."""
+"""What the commands share: the model root option, logging set-up, the column mapping option,
+and the options that say how a shop's files are written (delimiter, dates)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from service.errors import DataError, UsageProblem
+from training.data.files import ReadOptions
 from training.data.formats import ColumnMapping
 
 ModelDir = Annotated[
@@ -33,3 +36,41 @@ def setup_logging(verbose: bool) -> None:
 
 def parse_columns(text: str | None) -> ColumnMapping | None:
     return ColumnMapping.parse(text) if text else None
+
+
+# How a purchase (or event, or catalogue) file is written: every command that reads one takes
+# these three and passes read_options(...) to the readers of training.data.
+Delimiter = Annotated[
+    str | None,
+    typer.Option(
+        "--delimiter",
+        help="CSV field separator: one character, or tab. Default: sniffed from the first lines "
+        "(one of , ; tab |).",
+    ),
+]
+DateFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--date-format",
+        help="strftime format of every timestamp, e.g. '%d/%m/%Y %H:%M'. Default: ISO 8601, or "
+        "the day/month order the column shows (refused when it shows both, or neither).",
+    ),
+]
+DayFirst = Annotated[
+    bool | None,
+    typer.Option(
+        "--dayfirst/--monthfirst",
+        help="Read dates such as 01/06/2026 day-first (1 June) or month-first (6 January). "
+        "Default: the order the column shows.",
+    ),
+]
+
+
+def read_options(
+    delimiter: str | None, date_format: str | None, dayfirst: bool | None
+) -> ReadOptions:
+    """The three file options as one object for the readers; a bad value is a usage error."""
+    try:
+        return ReadOptions(delimiter=delimiter, date_format=date_format, dayfirst=dayfirst)
+    except DataError as exc:
+        raise UsageProblem(str(exc)) from None

@@ -16,7 +16,16 @@ import typer
 from service.artifact import ModelStore, load_artifact
 from service.errors import UsageProblem
 from service.scoring import PROTOCOLS
-from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, parse_columns, setup_logging
+from training.cli.common import (
+    DEFAULT_MODEL_DIR,
+    DateFormat,
+    DayFirst,
+    Delimiter,
+    ModelDir,
+    parse_columns,
+    read_options,
+    setup_logging,
+)
 from training.cli.render import err, errors, fail, metrics_tables, out, progress
 from training.data.formats import FORMATS
 from training.evaluate import TEST_DAYS
@@ -75,6 +84,9 @@ def train(
             "'user=customer,item=sku,timestamp=ts,price=unit_price,order=invoice'."
         ),
     ] = None,
+    delimiter: Delimiter = None,
+    date_format: DateFormat = None,
+    dayfirst: DayFirst = None,
     test_days: Annotated[
         float, typer.Option(help="Length of the test (and validation) window in days.")
     ] = TEST_DAYS,
@@ -116,11 +128,14 @@ def train(
           --format online-retail --tune-seconds 120 --json
 
       recoffer train --database-url sqlite:///var/recoffer.db --view-weight 0.05
+
+      recoffer train --data orders.csv --delimiter ';' --dayfirst
     """
     from training.pipeline import TrainConfig
 
     setup_logging(verbose)
     with errors():
+        options = read_options(delimiter, date_format, dayfirst)
         try:
             params = ModelParams(
                 factors=factors,
@@ -153,6 +168,7 @@ def train(
         force=force,
         params=params,
         eval_users=eval_users,
+        read_options=options,
     )
     run_training(config, columns, as_json)
 
@@ -196,6 +212,9 @@ def evaluate(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Input layout of --data.")] = "generic",
     columns: Annotated[str | None, typer.Option(help="Column mapping for --data.")] = None,
+    delimiter: Delimiter = None,
+    date_format: DateFormat = None,
+    dayfirst: DayFirst = None,
     test_days: Annotated[
         float, typer.Option(help="Test window of the re-scoring split.")
     ] = TEST_DAYS,
@@ -223,7 +242,10 @@ def evaluate(
         else:
             from training.gate import rescore_on_file
 
-            document = rescore_on_file(artifact, data, fmt, parse_columns(columns), test_days)
+            options = read_options(delimiter, date_format, dayfirst)
+            document = rescore_on_file(
+                artifact, data, fmt, parse_columns(columns), test_days, options
+            )
             metrics, served = document["metrics"], dict.fromkeys(PROTOCOLS, "served")
     if as_json:
         out.print(json.dumps(document, default=str), markup=False)

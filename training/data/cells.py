@@ -4,10 +4,24 @@ Ids are strings, never floats (``"00123"`` stays ``"00123"``, a float-looking id
 ``"17850.0"`` becomes ``"17850"``, surrounding blanks are stripped); timestamps are naive,
 timezone-aware values are converted to UTC first. A cell that cannot be parsed raises
 :class:`DataError` naming the column, the data row and the value.
+
+Day and month. With ``ReadOptions.date_format`` every cell must match that strftime format.
+Otherwise year-first dates (ISO 8601, ``2026/06/01``) and dates with a month name read one way;
+a date written ``a/b/year`` (``/``, ``.`` or ``-``; a two-digit year as strftime's ``%y``: 1969
+to 2068) reads only day-first when ``a`` > 12, only month-first when ``b`` > 12, the same either
+way when ``a`` = ``b``, and both ways otherwise (ambiguous). ``dayfirst`` True or False reads
+every such date in that order (one impossible in it is a bad cell). With ``dayfirst`` None the
+column's unambiguous rows decide, and the column is refused, in one line naming it and two
+example rows, when its rows show both orders or when all of them are ambiguous.
+
+Timestamps later than now (plus 14 hours, the widest UTC offset, as naive times may be local)
+are kept, and counted in one warning per column.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 import numpy as np
@@ -16,8 +30,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from service.errors import DataError
+from training.data.files import DEFAULT_OPTIONS, ReadOptions
+
+logger = logging.getLogger(__name__)
 
 _MAX_VALUE_CHARS = 80
+# a/b/year, then nothing, or a time after a blank or a T
+_NUMERIC_DATE = r"^(\d{1,2})[/.-](\d{1,2})[/.-](\d{4}|\d{2})((?:[ T].*)?)$"
+_ORDER_HINT = "give the order with --dayfirst, --monthfirst or --date-format"
+FUTURE_TOLERANCE = timedelta(hours=14)
 # Timestamp layouts parsed with an explicit (fast, strict) format when every value matches.
 _EXPLICIT_TIME_FORMATS: tuple[tuple[str, str], ...] = (
     (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", "%Y-%m-%d %H:%M:%S"),
@@ -106,11 +127,23 @@ def _arrow_text(text: pd.Series) -> pa.Array | None:
     return None
 
 
-def parse_timestamps(values: pd.Series, column: str, source: str) -> pd.Series:
+def parse_timestamps(
+    values: pd.Series, column: str, source: str, options: ReadOptions = DEFAULT_OPTIONS
+) -> pd.Series:
     """Naive datetime64[ns] (UTC for timezone-aware input), NaT for empty cells.
 
-    A non-empty cell that is not a date-time raises DataError naming the column, row and value.
+    A non-empty cell that is not a date-time, or a column whose day/month order cannot be told
+    (see the module's docstring), raises DataError naming the column, rows and values. Times in
+    the future are counted in one warning.
     """
+    stamps = _parse_timestamps(values, column, source, options)
+    _warn_about_the_future(stamps, column, source, options.now)
+    return stamps
+
+
+def _parse_timestamps(
+    values: pd.Series, column: str, source: str, options: ReadOptions
+) -> pd.Series:
     dtype = values.dtype
     if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(dtype):
         if isinstance(dtype, pd.DatetimeTZDtype):
@@ -132,6 +165,12 @@ def parse_timestamps(values: pd.Series, column: str, source: str) -> pd.Series:
     if not present.any():
         return parsed
     given = text[present]
+    if options.date_format is not None:
+        layout = options.date_format
+        stamps = pd.to_datetime(given, format=layout, utc=True, errors="coerce")
+        stamps = stamps.dt.tz_localize(None)
+        kind = f"date-time in the format {layout!r}"
+        return _checked_stamps(stamps, parsed, present, kind, column, source, text)
     for pattern, layout in _EXPLICIT_TIME_FORMATS:
         if given.str.fullmatch(pattern).all():
             fast = _strict_iso(text)
@@ -140,20 +179,132 @@ def parse_timestamps(values: pd.Series, column: str, source: str) -> pd.Series:
             stamps = pd.to_datetime(given, format=layout, errors="coerce")
             break
     else:
+        rows = np.flatnonzero(present) + 1
+        given = _year_first(given, rows, column, source, options.dayfirst)
         stamps = pd.to_datetime(given, format="ISO8601", utc=True, errors="coerce")
         retry = stamps.isna().to_numpy(dtype=bool)
         if retry.any():
             stamps[retry] = pd.to_datetime(given[retry], format="mixed", utc=True, errors="coerce")
         stamps = stamps.dt.tz_localize(None)
-    bad = np.zeros(len(values), dtype=bool)
+    return _checked_stamps(stamps, parsed, present, "date-time", column, source, text)
+
+
+def _checked_stamps(
+    stamps: pd.Series,
+    parsed: pd.Series,
+    present: np.ndarray,
+    kind: str,
+    column: str,
+    source: str,
+    text: pd.Series,
+) -> pd.Series:
+    """``stamps`` (the present cells) placed into ``parsed``; a NaT or out-of-range one raises."""
+    bad = np.zeros(len(parsed), dtype=bool)
     bad[present] = stamps.isna().to_numpy(dtype=bool)
     # Outside datetime64[ns] (years 1677..2262) counts as unparseable here.
     in_range = stamps.between(pd.Timestamp.min, pd.Timestamp.max) | stamps.isna()
     bad[present] |= ~in_range.to_numpy(dtype=bool)
     if bad.any():
-        _raise_bad_cell("date-time", column, source, text, bad)
+        _raise_bad_cell(kind, column, source, text, bad)
     parsed[present] = stamps.astype("datetime64[ns]").to_numpy()
     return parsed
+
+
+def _year_first(
+    given: pd.Series, rows: np.ndarray, column: str, source: str, dayfirst: bool | None
+) -> pd.Series:
+    """``given`` (at data ``rows``) with its ``a/b/year`` dates rewritten year-first (ISO), in
+    the column's order.
+
+    The order is ``dayfirst`` when given, else the one the unambiguous rows show; rows showing
+    both orders, or only ambiguous rows, raise DataError naming the column and two rows.
+    """
+    parts = given.str.extract(_NUMERIC_DATE)
+    numeric = parts[0].notna().to_numpy(dtype=bool)
+    if not numeric.any():
+        return given
+    first = parts[0][numeric].astype("int64").to_numpy()
+    second = parts[1][numeric].astype("int64").to_numpy()
+    if dayfirst is None:
+        dayfirst = _column_order(given[numeric], rows[numeric], first, second, column, source)
+    day, month = (first, second) if dayfirst else (second, first)
+    year_text = parts[2][numeric]
+    year = year_text.astype("int64").to_numpy(copy=True)
+    short = (year_text.str.len() == 2).to_numpy(dtype=bool)
+    year[short] += np.where(year[short] < 69, 2000, 1900)  # strftime's %y
+    iso = (
+        pd.Series(year, dtype="str").str.zfill(4)
+        + "-"
+        + pd.Series(month, dtype="str").str.zfill(2)
+        + "-"
+        + pd.Series(day, dtype="str").str.zfill(2)
+        # a one-digit hour ("12/1/2010 8:26") made two, so the fast ISO 8601 parser takes it
+        + parts[3][numeric]
+        .fillna("")
+        .str.replace(r"^([ T])(\d):", r"\g<1>0\2:", regex=True)
+        .reset_index(drop=True)
+    )
+    out = given.astype("str").copy()
+    out[numeric] = iso.to_numpy()
+    return out
+
+
+def _column_order(
+    dates: pd.Series,
+    rows: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    column: str,
+    source: str,
+) -> bool:
+    """Whether the ``a/b/year`` dates of a column are day-first, from its unambiguous rows."""
+    day_only = (first > 12) & (second <= 12)
+    month_only = (second > 12) & (first <= 12)
+
+    def example(mask: np.ndarray, at: int = 0) -> str:
+        k = int(np.flatnonzero(mask)[at])
+        return f"data row {rows[k]} {_show(dates.iloc[k])}"
+
+    if day_only.any() and month_only.any():
+        raise DataError(
+            f"column {column!r} of {source} mixes day-first and month-first dates: "
+            f"{example(day_only)} reads only day-first, {example(month_only)} only "
+            f"month-first; {_ORDER_HINT}"
+        )
+    if day_only.any() or month_only.any():
+        return bool(day_only.any())
+    ambiguous = (first <= 12) & (second <= 12) & (first != second)
+    if ambiguous.any():
+        shown = example(ambiguous)
+        if int(ambiguous.sum()) > 1:
+            shown += f" and {example(ambiguous, 1)}"
+        raise DataError(
+            f"column {column!r} of {source} has dates that read both day-first and month-first "
+            f"({shown}) and none that shows the order; {_ORDER_HINT}"
+        )
+    return True  # every a/b/year date has a = b: the same either way
+
+
+def _warn_about_the_future(
+    stamps: pd.Series, column: str, source: str, now: datetime | None
+) -> None:
+    clock = now if now is not None else datetime.now(UTC).replace(tzinfo=None)
+    limit = pd.Timestamp(clock) + FUTURE_TOLERANCE
+    future = (stamps > limit).to_numpy(dtype=bool)
+    if not future.any():
+        return
+    latest = int(np.argmax(np.where(future, stamps.to_numpy(dtype="int64"), np.iinfo("int64").min)))
+    logger.warning(
+        "%s: %d timestamps in column %r are in the future (over %d hours after %s); the "
+        "latest, %s, at data row %d",
+        source,
+        int(future.sum()),
+        column,
+        FUTURE_TOLERANCE // timedelta(hours=1),
+        clock.isoformat(sep=" ", timespec="seconds"),
+        stamps.iloc[latest],
+        latest + 1,
+    )
 
 
 def _strict_iso(text: pd.Series) -> pd.Series | None:

@@ -30,8 +30,15 @@ import numpy.typing as npt
 import pandas as pd
 
 from service.errors import DataError
+from service.ids import ID_MAX_LENGTH, ID_PATTERN, id_problem
 from training.data.cells import as_ids, as_text, parse_numbers, parse_timestamps
-from training.data.files import check_columns, column_names, read_table
+from training.data.files import (
+    DEFAULT_OPTIONS,
+    ReadOptions,
+    check_columns,
+    column_names,
+    read_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +208,10 @@ class Purchases:
 
 
 def load_purchases(
-    path: str | Path, fmt: str = "generic", columns: ColumnMapping | None = None
+    path: str | Path,
+    fmt: str = "generic",
+    columns: ColumnMapping | None = None,
+    options: ReadOptions = DEFAULT_OPTIONS,
 ) -> Purchases:
     """Read and clean the purchase history in ``path`` (``.csv``, ``.csv.gz`` or ``.parquet``).
 
@@ -210,6 +220,8 @@ def load_purchases(
         fmt: ``"generic"`` (columns named by ``columns``) or ``"online-retail"`` (UCI layout,
             fixed mapping: passing ``columns`` too is an error).
         columns: the column mapping for ``generic``; ``None`` means the default names.
+        options: the CSV delimiter and how dates are written (default: sniffed, decided by
+            the data; see ``training.data.cells``).
 
     Returns:
         The cleaned purchases, their item metadata and the cleaning report.
@@ -227,12 +239,12 @@ def load_purchases(
     if fmt == "online-retail":
         mapping = ONLINE_RETAIL_MAPPING
         # Duplicates are judged on the raw rows, so every column of the file is read.
-        raw = read_table(path, required=list(mapping.mapped().values()), everything=True)
-        purchases = _clean_online_retail(raw, source)
+        raw = read_table(path, list(mapping.mapped().values()), everything=True, options=options)
+        purchases = _clean_online_retail(raw, source, options)
     else:
-        mapping = columns if columns is not None else _default_mapping(path)
-        raw = read_table(path, required=list(mapping.mapped().values()), everything=False)
-        purchases = _clean_generic(raw, mapping, source)
+        mapping = columns if columns is not None else _default_mapping(path, options)
+        raw = read_table(path, list(mapping.mapped().values()), everything=False, options=options)
+        purchases = _clean_generic(raw, mapping, source, options)
     report = purchases.report
     logger.info(
         "purchases loaded from %s (%s): %d rows read, %d kept, %d users, %d items",
@@ -278,9 +290,9 @@ _OPTIONAL_DEFAULTS = (
 )
 
 
-def _default_mapping(path: Path) -> ColumnMapping:
+def _default_mapping(path: Path, options: ReadOptions) -> ColumnMapping:
     """Default names for user, item and timestamp, plus every optional column present."""
-    present = column_names(path)
+    present = column_names(path, options)
     if present is None:
         return ColumnMapping()  # read_table names the unsupported type
     found = {role: column for role, column in _OPTIONAL_DEFAULTS if column in present}
@@ -306,8 +318,10 @@ class _Rules:
         self.alive &= ~hit
 
 
-def _clean_generic(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> Purchases:
-    parsed = _normalise(raw, mapping, source)
+def _clean_generic(
+    raw: pd.DataFrame, mapping: ColumnMapping, source: str, options: ReadOptions = DEFAULT_OPTIONS
+) -> Purchases:
+    parsed = _normalise(raw, mapping, source, options)
     rules = _Rules(len(raw))
     rules.drop("missing_user", parsed["user_id"].isna())
     rules.drop("missing_item", parsed["item_id"].isna())
@@ -319,7 +333,7 @@ def _clean_generic(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> Pu
     duplicate = np.zeros(len(raw), dtype=bool)
     duplicate[rules.alive] = duplicated_rows(parsed.loc[rules.alive, subset])
     rules.drop("duplicate", duplicate)
-    return _finish(parsed, rules, source)
+    return _finish(parsed, rules, source, mapping)
 
 
 def duplicated_rows(frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
@@ -339,9 +353,9 @@ def duplicated_rows(frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
     return out
 
 
-def _clean_online_retail(raw: pd.DataFrame, source: str) -> Purchases:
+def _clean_online_retail(raw: pd.DataFrame, source: str, options: ReadOptions) -> Purchases:
     mapping = ONLINE_RETAIL_MAPPING
-    parsed = _normalise(raw, mapping, source)
+    parsed = _normalise(raw, mapping, source, options)
     code = parsed["item_id"]
     rules = _Rules(len(raw))
     rules.drop("duplicate", duplicated_rows(raw))
@@ -361,7 +375,7 @@ def _clean_online_retail(raw: pd.DataFrame, source: str) -> Purchases:
             raise DataError(
                 f"empty {column!r} in {source}, data row {row} ({int(empty.sum()):,} in all)"
             )
-    return _finish(parsed, rules, source)
+    return _finish(parsed, rules, source, mapping)
 
 
 # (normalised column, mapping role) for the columns a purchase line may carry.
@@ -377,14 +391,16 @@ _FIELD_ROLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _normalise(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.DataFrame:
+def _normalise(
+    raw: pd.DataFrame, mapping: ColumnMapping, source: str, options: ReadOptions
+) -> pd.DataFrame:
     """The mapped columns under normalised names and types, one row per input row."""
     raw = raw.reset_index(drop=True)
     n = len(raw)
     out: dict[str, pd.Series] = {}
     out["user_id"] = as_ids(raw[mapping.user])
     out["item_id"] = as_ids(raw[mapping.item])
-    out["timestamp"] = parse_timestamps(raw[mapping.timestamp], mapping.timestamp, source)
+    out["timestamp"] = parse_timestamps(raw[mapping.timestamp], mapping.timestamp, source, options)
     if mapping.quantity is None:
         out["quantity"] = pd.Series(np.ones(n), dtype="float64")
     else:
@@ -406,7 +422,7 @@ def _normalise(raw: pd.DataFrame, mapping: ColumnMapping, source: str) -> pd.Dat
     return pd.DataFrame(out)
 
 
-def _finish(parsed: pd.DataFrame, rules: _Rules, source: str) -> Purchases:
+def _finish(parsed: pd.DataFrame, rules: _Rules, source: str, mapping: ColumnMapping) -> Purchases:
     kept = parsed.loc[rules.alive]
     rows_read = len(parsed)
     if kept.empty:
@@ -414,6 +430,7 @@ def _finish(parsed: pd.DataFrame, rules: _Rules, source: str) -> Purchases:
         raise DataError(
             f"no purchases left after cleaning {source}: {rows_read:,} rows read; dropped {counts}"
         )
+    check_ids(kept, mapping, source)
     kept = kept.sort_values("timestamp", kind="stable").reset_index(drop=True)
     order = kept["order_id"]
     no_order = order.isna().to_numpy(dtype=bool)
@@ -432,6 +449,25 @@ def _finish(parsed: pd.DataFrame, rules: _Rules, source: str) -> Purchases:
         end=frame["timestamp"].iloc[-1],
     )
     return Purchases(frame=frame, items=_item_table(kept), report=report)
+
+
+def check_ids(kept: pd.DataFrame, mapping: ColumnMapping, source: str) -> None:
+    """Refuse user and item ids the service would refuse (``service.ids``): a model must not
+    hold ids that cannot be asked for. The message names the column, the data row and why."""
+    for field, column in (("user_id", mapping.user), ("item_id", mapping.item)):
+        values = kept[field]
+        fits = values.str.fullmatch(ID_PATTERN).fillna(False).to_numpy(dtype=bool) & (
+            values.str.len() <= ID_MAX_LENGTH
+        ).fillna(False).to_numpy(dtype=bool)
+        if fits.all():
+            continue
+        first = int(np.flatnonzero(~fits)[0])
+        value = str(values.iloc[first])
+        raise DataError(
+            f"{field.replace('_', ' ')} {value!r} in column {column!r} of {source}, data row "
+            f"{int(kept.index[first]) + 1}: {id_problem(value)} ({int((~fits).sum()):,} such "
+            "rows; the service could not be asked for them)"
+        )
 
 
 def _iso(stamps: pd.Series) -> pd.Series:
