@@ -1,0 +1,51 @@
+"""Erased users as keyed hashes, and the in-memory set every worker checks per request."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections.abc import Iterable
+
+HASH_LENGTH = 64  # hex of HMAC-SHA256
+
+
+def user_hash(key: bytes, user_id: str) -> str:
+    """HMAC-SHA256 of the user id under the installation's key, in hex."""
+    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()
+
+
+class Tombstones:
+    """The erased users this worker knows of: a set of hashes, checked in one lookup.
+
+    Until the key is known (the database was never reached) nothing can be checked and no id
+    counts as erased; ``service.privacy.service.Privacy.refresh`` loads both.
+    """
+
+    def __init__(self, key: bytes | None = None, hashes: Iterable[str] = ()) -> None:
+        self.key = key
+        self._hashes: set[str] = set(hashes)
+        self._lock = threading.Lock()
+        self.watermark = 0  # the highest tombstone row id read
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __contains__(self, hashed: object) -> bool:
+        return hashed in self._hashes
+
+    def hash(self, user_id: str) -> str | None:
+        return None if self.key is None else user_hash(self.key, user_id)
+
+    def is_erased(self, user_id: str) -> bool:
+        """Whether ``user_id`` was erased (no hashing at all while nobody was)."""
+        if not self._hashes or self.key is None:
+            return False
+        return user_hash(self.key, user_id) in self._hashes
+
+    def add(self, hashes: Iterable[str]) -> set[str]:
+        """Remember ``hashes``; returns those that were new."""
+        with self._lock:
+            new = set(hashes) - self._hashes
+            self._hashes |= new
+        return new
