@@ -110,6 +110,7 @@ def create_app(
                 clock,
                 max_batch=settings.max_batch_events,
                 views=auto_offers,
+                erased=tombstones.is_erased,
             ),
             health=Health(models, metrics),
             offers=offer_engine,

@@ -215,6 +215,19 @@ def test_delete_removes_the_user_from_every_table_and_serves_popular(
     )
     assert r.json()["source"] == "popular"
 
+    # nothing new is stored under the id: its events are dropped, its user row refused
+    view = {"user_id": user, "type": "view", "item_id": seeded["items"][0]}
+    r = client.post("/v1/events", json=view, headers=F)
+    assert r.status_code == 200
+    assert r.json()["accepted"] == 0
+    r = client.put(f"/v1/users/{user}", json={"attributes": {}}, headers=F)
+    assert r.status_code == 410
+    assert r.json()["error"] == "user_erased"
+    r = client.post("/v1/offers/evaluate", json={"user_id": user}, headers=F)
+    assert r.json()["decision"] == "not_eligible"
+    assert _holding(engine, user) == []
+    assert _source(client, user) == "popular"
+
     # a repeat: same status, same erasure time, nothing more to remove
     again = client.delete(f"/v1/users/{user}", headers=A)
     assert again.status_code == 200
@@ -366,3 +379,60 @@ def test_erasure_and_export_need_the_admin_role(model_root: Path, tmp_path: Path
         assert client.get(f"/v1/users/{user}/export").status_code == 401
         assert _source(client, user) == "model"  # nothing was erased
         assert client.delete("/v1/users/has%20space", headers=A).status_code == 422
+
+
+# --- migration 0004 --------------------------------------------------------------------
+
+
+def test_migration_0004_keeps_coupons_and_makes_their_user_id_nullable(database_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from alembic import command
+    from sqlalchemy import insert, inspect
+
+    from service.activity.repository import Repository
+    from service.db import alembic_config, make_engine, migrate
+    from service.privacy.repository import PrivacyRepository
+
+    engine = make_engine(database_url)
+    migrate(engine, "0003")
+    now = datetime.now(UTC)
+    coupon = {
+        "code": "ABCDEFGHJKLMNPQR",
+        "campaign_id": BUILT_IN,
+        "user_id": "u-before-0004",
+        "attribution_id": "a1",
+        "discount_percent": 10.0,
+        "issued_at": now,
+        "expires_at": now + timedelta(days=1),
+    }
+    coupons = metadata.tables["coupons"]
+    with engine.begin() as conn:
+        conn.execute(insert(coupons).values(**coupon))
+    migrate(engine)
+    columns = {c["name"]: c for c in inspect(engine).get_columns("coupons")}
+    assert columns["user_id"]["nullable"] is True
+    PrivacyRepository(Repository(engine)).erase("u-before-0004", now)
+    with engine.connect() as conn:
+        row = conn.execute(select(coupons.c.code, coupons.c.user_id)).one()
+        assert tuple(row) == ("ABCDEFGHJKLMNPQR", None)
+        assert conn.execute(select(erasure_keys.c.secret)).scalar_one()  # made by the migration
+
+    config = alembic_config()
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0003")
+        conn.commit()
+    with engine.connect() as conn:  # the accounting row survives, under no user
+        assert tuple(conn.execute(select(coupons.c.code, coupons.c.user_id)).one()) == (
+            "ABCDEFGHJKLMNPQR",
+            "",
+        )
+    names = set(inspect(engine).get_table_names())
+    assert not {"erased_users", "erasure_keys"} & names
+    user_column = next(c for c in inspect(engine).get_columns("coupons") if c["name"] == "user_id")
+    assert user_column["nullable"] is False
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(select(coupons.c.user_id)).scalar_one() is None
+    engine.dispose()

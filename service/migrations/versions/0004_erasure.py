@@ -18,12 +18,14 @@ revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
+NO_USER = ""  # an erased coupon's user id below 0004, where the column is NOT NULL
 
 
 def upgrade() -> None:
     # an erased user's coupons stay for accounting, without the person
     with op.batch_alter_table("coupons") as batch:
         batch.alter_column("user_id", existing_type=sa.String(128), nullable=True)
+    op.execute(f"UPDATE coupons SET user_id = NULL WHERE user_id = '{NO_USER}'")  # a re-upgrade
     op.create_table(
         "erased_users",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -46,7 +48,7 @@ def downgrade() -> None:
     op.drop_table("erasure_keys")
     op.drop_index("uq_erased_users_user_hash", table_name="erased_users")
     op.drop_table("erased_users")
-    # coupons unlinked by an erasure cannot get their user back: they are removed
-    op.execute("DELETE FROM coupons WHERE user_id IS NULL")
+    # coupons unlinked by an erasure stay for accounting, under an id the API never accepts
+    op.execute(f"UPDATE coupons SET user_id = '{NO_USER}' WHERE user_id IS NULL")
     with op.batch_alter_table("coupons") as batch:
         batch.alter_column("user_id", existing_type=sa.String(128), nullable=False)
