@@ -436,3 +436,17 @@ def test_migration_0004_keeps_coupons_and_makes_their_user_id_nullable(database_
     with engine.connect() as conn:
         assert conn.execute(select(coupons.c.user_id)).scalar_one() is None
     engine.dispose()
+
+
+def test_the_per_request_check_hashes_exactly_as_hmac_sha256() -> None:
+    from service.privacy import Tombstones, user_hash
+
+    for key in (b"k" * 32, b"x" * 100, b""):
+        stones = Tombstones(key, [user_hash(key, "u1")])
+        for user_id in ("u1", "u2", "üser/ä", "x" * 128):
+            expected = hmac.new(key, user_id.encode(), sha256).hexdigest()
+            assert user_hash(key, user_id) == expected
+            assert stones.hash(user_id) == expected
+        assert stones.is_erased("u1")
+        assert not stones.is_erased("u2")
+    assert not Tombstones(None, ["anything"]).is_erased("u1")  # no key yet: nothing to check
