@@ -46,6 +46,9 @@ class Privacy:
         self.activity = activity
         self.models = models
         self.clock = clock
+        # erased here since the last poll: a poll that read their events before the erasure
+        # committed adds them back after it, so the next ``refresh`` forgets them once more
+        self._erased_here: set[str] = set()
 
     def erase(self, user_id: str) -> Receipt:
         """Remove the user's data (policy per table), write the tombstone, honour it here now."""
@@ -54,6 +57,7 @@ class Privacy:
             self.tombstones.key = self.repository.key()
         self.tombstones.add([erased.user_hash])
         self.activity.forget(user_id)
+        self._erased_here.add(user_id)
         # counts only: the id itself is not logged
         log.info("user_erased", extra={"removed": erased.removed})
         return Receipt(erased_at=erased.erased_at, removed=erased.removed)
@@ -63,6 +67,9 @@ class Privacy:
 
         Users newly erased elsewhere are dropped from this worker's recent activity too.
         """
+        erased_here, self._erased_here = self._erased_here, set()
+        for user_id in erased_here:
+            self.activity.forget(user_id)
         key, rows = self.repository.tombstones(
             max(0, self.tombstones.watermark - TOMBSTONE_LOOKBACK_IDS)
         )

@@ -450,3 +450,23 @@ def test_the_per_request_check_hashes_exactly_as_hmac_sha256() -> None:
         assert stones.is_erased("u1")
         assert not stones.is_erased("u2")
     assert not Tombstones(None, ["anything"]).is_erased("u1")  # no key yet: nothing to check
+
+
+def test_a_poll_straddling_the_erasure_does_not_bring_the_events_back(
+    model_root: Path, tmp_path: Path
+) -> None:
+    user = _model_user(model_root)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with (
+        make_client(model_root, url, event_poll_seconds=3600) as client,
+        make_client(model_root, url, event_poll_seconds=3600) as other,
+    ):
+        seeded = _seed(other, model_root, user)  # events this worker has not read yet
+        state = client.app.state.recoffer  # type: ignore[attr-defined]
+        read_before = state.repository.events_after(0)  # the tail's read, before the commit
+        assert client.delete(f"/v1/users/{user}", headers=A).status_code == 200
+        state.activity.add(read_before)  # ... added after it
+        assert len(state.activity.recent(user)) == seeded["events"]
+        state.privacy.refresh()  # the end of that same poll
+        assert state.activity.recent(user) == ()
+        assert _source(client, user) == "popular"
