@@ -470,3 +470,33 @@ def test_a_poll_straddling_the_erasure_does_not_bring_the_events_back(
         state.privacy.refresh()  # the end of that same poll
         assert state.activity.recent(user) == ()
         assert _source(client, user) == "popular"
+
+
+def test_a_replica_process_honours_the_erasure_within_its_poll(
+    model_root: Path, database_url: str
+) -> None:
+    import httpx
+
+    from benchmarks.harness import Server
+
+    user = _model_user(model_root)
+    env = {
+        "RECOFFER_MODEL_DIR": str(model_root),
+        "RECOFFER_DATABASE_URL": database_url,
+        "RECOFFER_FRONTEND_KEYS": FRONTEND,
+        "RECOFFER_ADMIN_KEYS": ADMIN,
+        "RECOFFER_EVENT_POLL_SECONDS": "0.2",
+        "RECOFFER_ACCESS_LOG": "false",
+    }
+    with make_client(model_root, database_url) as here, Server(env) as replica:
+        url = f"{replica.url}/v1/users/{user}/recommendations"
+        assert httpx.get(url, headers=F).json()["source"] == "model"
+        assert here.delete(f"/v1/users/{user}", headers=A).status_code == 200
+        deadline = time.monotonic() + 30  # the poll is 0.2 s; 2 cores shared with other tests
+        while httpx.get(url, headers=F).json()["source"] != "popular":
+            assert time.monotonic() < deadline, replica.log_tail()
+            time.sleep(0.05)
+        # and the replica refuses to store anything new under the id
+        view = {"user_id": user, "type": "view", "item_id": _items(here, model_root, 1)[0]}
+        r = httpx.post(f"{replica.url}/v1/events", json=view, headers=F)
+        assert r.json()["accepted"] == 0
