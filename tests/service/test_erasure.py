@@ -334,6 +334,7 @@ def test_export_returns_everything_held_about_the_user(
     client, user, seeded = erased_setup
     r = client.get(f"/v1/users/{user}/export", headers=A)
     assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"  # it carries coupon codes
     body = r.json()
     tables = body["tables"]
     assert body["user_id"] == user

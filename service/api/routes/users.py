@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Depends, Path
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import IngestDep, PrivacyDep
+from service.api.deps import IngestDep, PrivacyDep, no_store
 from service.api.schemas import ErasureOut, Id, UserExport, UserIn, UserOut
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
@@ -42,7 +42,8 @@ async def erase_user(user_id: UserPath, privacy: PrivacyDep) -> ErasureOut:
     return ErasureOut(erased_at=receipt.erased_at, removed=receipt.removed)
 
 
-@router.get("/{user_id}/export", response_model=UserExport)
+# the export carries the user's coupon codes: no browser, proxy or CDN keeps a copy
+@router.get("/{user_id}/export", response_model=UserExport, dependencies=[Depends(no_store)])
 async def export_user(user_id: UserPath, privacy: PrivacyDep) -> UserExport:
     """Everything held about the user: rows per table, recent activity, the model's view."""
     return UserExport(**await run_in_threadpool(privacy.export, user_id))
