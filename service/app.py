@@ -47,6 +47,9 @@ from service.offers.decisions import OfferEngine
 from service.offers.limiter import FailureLimiter
 from service.offers.reports import Reports
 from service.offers.repository import OfferRepository
+from service.privacy.repository import PrivacyRepository
+from service.privacy.service import Privacy
+from service.privacy.tombstones import Tombstones
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
 from service.settings import Settings
@@ -83,7 +86,8 @@ def create_app(
             precompute_max_cells=settings.precompute_max_cells,
             event_weights=settings.event_weights,
         )
-        served = Recommendations(models, activity, clock, metrics)
+        tombstones = Tombstones()  # erased users: no personal answer (service.privacy)
+        served = Recommendations(models, activity, clock, metrics, erased=tombstones)
         offer_repository = OfferRepository(repository)
         offer_engine = OfferEngine(
             campaign_set,
@@ -108,6 +112,7 @@ def create_app(
                 clock,
                 max_batch=settings.max_batch_events,
                 views=auto_offers,
+                erased=tombstones.is_erased,
             ),
             health=Health(models, metrics),
             offers=offer_engine,
@@ -123,6 +128,7 @@ def create_app(
                 metrics=metrics,
             ),
             reports=Reports(campaign_set, offer_repository, clock, metrics=metrics),
+            privacy=Privacy(PrivacyRepository(repository), tombstones, activity, models, clock),
         )
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()

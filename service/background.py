@@ -34,6 +34,7 @@ async def open_database(state: AppState) -> None:
             )
             state.activity.add(recent)
             state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
+        await run_in_threadpool(state.privacy.refresh)  # erased users, before serving anyone
         state.activity.update_catalogue(
             await run_in_threadpool(state.repository.items_updated_since, None)
         )
@@ -82,6 +83,8 @@ async def tail_loop(state: AppState) -> None:
                 repo.items_updated_since, activity.catalogue_watermark
             )
             activity.update_catalogue(changed)
+            # erasures made by other workers and replicas: honoured here within one poll
+            await run_in_threadpool(state.privacy.refresh)
             state.health.database(True)
         except Exception as exc:
             seen = None  # read again next time

@@ -137,6 +137,13 @@ class TooManyAttempts(RecofferError):
         self.retry_after = retry_after
 
 
+class UserErased(RecofferError):
+    """The user id was erased (``DELETE /v1/users/{id}``): nothing new is stored under it."""
+
+    def __init__(self) -> None:
+        super().__init__("this user id was erased; give a returning customer a new id")
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     """How one kind of error reaches the outside.
@@ -173,6 +180,7 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     CouponAlreadyRedeemed: ErrorKind(409, "coupon_already_redeemed", 2, "used by another order"),
     CouponExpired: ErrorKind(410, "coupon_expired", 2, "this coupon has expired"),
     TooManyAttempts: ErrorKind(429, "too_many_requests", 1),
+    UserErased: ErrorKind(410, "user_erased", 2),  # issue 11, item 2
 }
 
 

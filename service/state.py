@@ -15,6 +15,7 @@ from service.offers.auto import AutoEvaluator
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.reports import Reports
+from service.privacy.service import Privacy
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
 from service.settings import Settings
@@ -37,3 +38,4 @@ class AppState:
     auto_offers: AutoEvaluator
     coupons: Coupons
     reports: Reports
+    privacy: Privacy  # erasure, export, tombstones (issue 11, item 2)

@@ -123,7 +123,7 @@ coupons = Table(
     metadata,
     Column("code", String(32), primary_key=True),  # normalised: upper case, no dashes
     Column("campaign_id", String(64), nullable=False),
-    Column("user_id", String(ID_LENGTH), nullable=False),
+    Column("user_id", String(ID_LENGTH), nullable=True),  # None: the user was erased (0004)
     Column("attribution_id", String(32), nullable=False),
     Column("discount_percent", Float(), nullable=False),
     Column("item_ids", JSON(), nullable=True),  # None: store-wide
@@ -144,4 +144,24 @@ campaign_budgets = Table(
     Column("campaign_id", String(64), primary_key=True),
     Column("period", String(10), primary_key=True),  # "total" or a UTC day "YYYY-MM-DD"
     Column("issued", Integer(), nullable=False),
+)
+
+# --- erasure (migration 0004) ------------------------------------------------------------
+
+# erased users, as keyed hashes (service.privacy): the plain id is kept nowhere
+erased_users = Table(
+    "erased_users",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("user_hash", String(64), nullable=False),
+    Column("erased_at", UTCDateTime(), nullable=False),
+    Index("uq_erased_users_user_hash", "user_hash", unique=True),
+)
+
+# the installation's random hashing key, written once by migration 0004
+erasure_keys = Table(
+    "erasure_keys",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("secret", String(128), nullable=False),
 )

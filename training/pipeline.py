@@ -41,6 +41,7 @@ from training.data.database import (
 from training.data.files import ReadOptions
 from training.data.formats import CleaningReport, ColumnMapping, Purchases, load_purchases
 from training.encode import IdMaps, encode
+from training.erasure import honour_erasures
 from training.evaluate import TEST_DAYS, EvalSet, MetricTable, Split, metric_key, temporal_split
 from training.gate import GateDecision, current_model_params, gate_new_model
 from training.lock import trainer_lock
@@ -299,6 +300,7 @@ def _load_inputs(
     """Load (unless given) and code the purchases; read the signals this run may use."""
     if purchases is None:
         purchases = _load(config)
+    purchases = honour_erasures(purchases, config.database_url)  # the service's tombstones
     coded, ids = encode(purchases.frame)
     weights = config.params.signal_weights
     source = _signal_source(config, store) if signal_events is None else signal_events

@@ -8,7 +8,7 @@ those evaluations are scheduled).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ from service.activity.records import Activity, IngestResult, ItemRecord, NewEven
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
 from service.clock import Clock
-from service.errors import BatchTooLarge, InvalidInput
+from service.errors import BatchTooLarge, InvalidInput, UserErased
 from service.metrics import Metrics
 
 MAX_FUTURE = timedelta(hours=1)  # clocks drift; a time from tomorrow is a bug upstream
@@ -64,6 +64,7 @@ class Ingest:
         *,
         max_batch: int,
         views: ViewListener | None = None,
+        erased: Callable[[str], bool] | None = None,
     ) -> None:
         self.repository = repository
         self.activity = activity
@@ -71,6 +72,8 @@ class Ingest:
         self.clock = clock
         self.max_batch = max_batch
         self.views = views
+        # erased ids (service.privacy): their events are dropped, their user row refused
+        self.erased = erased or (lambda _: False)
 
     async def add_events(self, drafts: Sequence[EventDraft], *, batch: bool) -> IngestResult:
         """Store ``drafts`` in one transaction (a repeated ``client_event_id`` is skipped).
@@ -85,6 +88,8 @@ class Ingest:
         for index, d in enumerate(drafts):
             ts = d.ts or now
             refuse_future(ts, now, f"events.{index}.timestamp" if batch else "timestamp")
+            if self.erased(d.user_id):
+                continue  # not stored, not counted as accepted
             events.append(
                 NewEvent(
                     user_id=d.user_id,
@@ -116,6 +121,8 @@ class Ingest:
         """Register a user or update the fields given (None: keep the stored value)."""
         if signed_up_at is not None:
             refuse_future(signed_up_at, self.clock(), "signed_up_at")
+        if self.erased(user_id):
+            raise UserErased()
         return await run_in_threadpool(
             self.repository.upsert_user, user_id, signed_up_at=signed_up_at, attributes=attributes
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -135,6 +135,23 @@ class ActivityStore:
     def recent(self, user_id: str) -> tuple[Activity, ...]:
         queue = self._users.get(user_id)
         return tuple(queue) if queue else ()
+
+    def forget(self, user_id: str) -> None:
+        """Drop the user's recent events (an erasure); aggregate counts are not personal."""
+        with self._lock:
+            forgotten = self._users.pop(user_id, None)
+            if forgotten is not None:
+                self.events_held -= len(forgotten)
+                self._report(0)
+
+    def forget_matching(self, erased: Callable[[str], bool]) -> int:
+        """Drop every user for whom ``erased`` is true (tombstones read from the database)."""
+        with self._lock:
+            users = list(self._users)
+        gone = [u for u in users if erased(u)]  # outside the lock: the tail keeps adding
+        for user_id in gone:
+            self.forget(user_id)
+        return len(gone)
 
     def tail_from(self) -> int:
         """The id after which the next poll should read (with a safety lookback)."""

@@ -18,6 +18,7 @@ from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.reports import Reports
+from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
 from service.settings import Role, is_loopback
 from service.state import AppState
@@ -143,3 +144,10 @@ CampaignsDep = Annotated[OfferEngine, Depends(require_part(_offers, "marketing")
 CouponsDep = Annotated[Coupons, Depends(require_part(_coupons, "frontend"))]
 CouponReaderDep = Annotated[Coupons, Depends(require_part(_coupons, "frontend", "marketing"))]
 ReportsDep = Annotated[Reports, Depends(require_part(_reports, "marketing"))]
+
+
+def _privacy(state: AppState) -> Privacy:
+    return state.privacy
+
+
+PrivacyDep = Annotated[Privacy, Depends(require_part(_privacy, "admin"))]

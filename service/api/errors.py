@@ -31,7 +31,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: _documented("The key's role may not call this (or: the coupon is another user's)."),
     404: _documented("No such user, item, campaign or coupon."),
     409: _documented("Coupon already redeemed by another order."),
-    410: _documented("Coupon expired."),
+    410: _documented("Coupon expired, or the user id was erased."),
     413: _documented("Body too large, or too many events."),
     422: _documented("Invalid input: `detail` lists each field and what is wrong with it."),
     429: _documented("Too many failed coupon lookups: retry after `Retry-After` seconds."),

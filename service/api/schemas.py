@@ -70,6 +70,32 @@ class UserOut(BaseModel):
     attributes: dict[str, Any]
 
 
+class ErasureOut(BaseModel):
+    """The answer to an erasure, the same status on every repeat (issue 11, item 2)."""
+
+    erased_at: datetime = Field(description="When the user was first erased.")
+    removed: dict[str, int] = Field(
+        description="Rows this call deleted or unlinked, per table (zeros on a repeat)."
+    )
+
+
+class UserExport(BaseModel):
+    """Everything the service holds about one user (issue 11, item 2)."""
+
+    user_id: str
+    erased_at: datetime | None = Field(description="When the user was erased; null if never.")
+    tables: dict[str, list[dict[str, Any]]] = Field(
+        description="Every row naming the user, per table (times in ISO 8601, amounts exact)."
+    )
+    recent_activity: list[dict[str, Any]] = Field(
+        description="The recent events this worker keeps in memory for the user."
+    )
+    model: dict[str, Any] | None = Field(
+        description="What the served model holds: version, in_model, purchases (item_id, "
+        "orders), served_personally; null without a model."
+    )
+
+
 class EventIn(Strict):
     user_id: UserId
     type: EventType

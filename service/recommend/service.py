@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,10 +18,13 @@ from service.activity.store import ActivityStore
 from service.clock import SECONDS_PER_DAY, Clock
 from service.errors import ModelUnavailable
 from service.metrics import Metrics
+from service.privacy.tombstones import Tombstones
 from service.recommend.holder import LoadOutcome, ModelHolder
 from service.recommend.recommender import Query, Recommendation, Result
 
 NO_MODEL = "no model has been trained yet; run `recoffer train`"
+# who an erased user is asked as: an id the API's alphabet refuses, so in no model's index
+ANONYMOUS = ""
 
 
 @dataclass(slots=True)
@@ -51,17 +54,33 @@ class Recommendations:
     """Recommendations, similar items and rankings for this worker's current model."""
 
     def __init__(
-        self, models: ModelHolder, activity: ActivityStore, clock: Clock, metrics: Metrics
+        self,
+        models: ModelHolder,
+        activity: ActivityStore,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        erased: Tombstones | None = None,
     ) -> None:
         self.models = models
         self.activity = activity
         self.clock = clock
         self.metrics = metrics
+        self.erased = erased if erased is not None else Tombstones()
+
+    def _personal(self, user_id: str) -> tuple[str, tuple[Activity, ...]]:
+        """The id to look up and the recent events to use: none of either for an erased user,
+        whatever model version is served (their id may still be in its index)."""
+        if self.erased.is_erased(user_id):
+            return ANONYMOUS, ()
+        return user_id, self.activity.recent(user_id)
 
     def recommend(self, query: Query) -> Served:
         """The ranked list for ``query``, counted by where it came from."""
         recommender = self.models.current
-        recent = self.activity.recent(query.user_id)
+        user_id, recent = self._personal(query.user_id)
+        if user_id != query.user_id:
+            query = replace(query, user_id=user_id)
         if recommender is None:
             served = Served(self._from_event_log(query, recent), None)
         else:
@@ -83,7 +102,8 @@ class Recommendations:
         recommender = self.models.current
         if recommender is None:
             return list(item_ids)
-        return recommender.rank(user_id, item_ids, self.activity.recent(user_id), self.clock())
+        user_id, recent = self._personal(user_id)
+        return recommender.rank(user_id, item_ids, recent, self.clock())
 
     def reload(self) -> LoadOutcome:
         """Load the registry's current version now, even one that failed before; counted."""

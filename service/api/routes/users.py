@@ -1,21 +1,23 @@
-"""Users: register or update."""
+"""Users: register or update; erase (GDPR) and export everything held about one."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Depends, Path
+from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import IngestDep
-from service.api.schemas import Id, UserIn, UserOut
+from service.api.deps import IngestDep, PrivacyDep, no_store
+from service.api.schemas import ErasureOut, Id, UserExport, UserIn, UserOut
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 USER_EXAMPLE = {"signed_up_at": "2026-11-23T09:30:00Z", "attributes": {"country": "UK"}}
+UserPath = Annotated[Id, Path(description="The shop's user id.")]
 
 
 @router.put("/{user_id}", response_model=UserOut)
 async def put_user(
-    user_id: Annotated[Id, Path(description="The shop's user id.")],
+    user_id: UserPath,
     body: Annotated[UserIn, Body(openapi_examples={"sign-up": {"value": USER_EXAMPLE}})],
     ingest: IngestDep,
 ) -> UserOut:
@@ -31,3 +33,17 @@ async def put_user(
         first_seen_at=record.first_seen_at,
         attributes=record.attributes,
     )
+
+
+@router.delete("/{user_id}", response_model=ErasureOut)
+async def erase_user(user_id: UserPath, privacy: PrivacyDep) -> ErasureOut:
+    """Erase the user: events, decisions, user row, coupons' link; no personal answer after."""
+    receipt = await run_in_threadpool(privacy.erase, user_id)
+    return ErasureOut(erased_at=receipt.erased_at, removed=receipt.removed)
+
+
+# the export carries the user's coupon codes: no browser, proxy or CDN keeps a copy
+@router.get("/{user_id}/export", response_model=UserExport, dependencies=[Depends(no_store)])
+async def export_user(user_id: UserPath, privacy: PrivacyDep) -> UserExport:
+    """Everything held about the user: rows per table, recent activity, the model's view."""
+    return UserExport(**await run_in_threadpool(privacy.export, user_id))

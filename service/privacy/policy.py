@@ -1,0 +1,44 @@
+"""What erasing a user does to each table that holds a user id: one declaration per table.
+
+A table added later with a ``user_id`` column must add its row here; a test walks the
+metadata and fails for a table without one, so no table can be forgotten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Column, MetaData
+
+Action = Literal["delete", "unlink"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``delete``: the user's rows go; ``unlink``: the rows stay with the column set to NULL
+    (what accounting needs is kept without the person)."""
+
+    action: Action
+    column: str = "user_id"
+    why: str = ""
+
+
+POLICIES: dict[str, Policy] = {
+    "users": Policy("delete", why="the user row"),
+    "events": Policy("delete", why="behaviour: views, carts, purchases, sign-up"),
+    "offer_decisions": Policy("delete", why="who was offered what, holdout included"),
+    "coupons": Policy(
+        "unlink", why="code, campaign, discount, dates, order and amounts stay for accounting"
+    ),
+}
+
+
+def user_columns(metadata: MetaData) -> dict[str, list[Column[object]]]:
+    """Every table's columns named like a user id (``user_id``, ``..._user_id``)."""
+    found: dict[str, list[Column[object]]] = {}
+    for name, table in metadata.tables.items():
+        columns = [c for c in table.columns if c.name == "user_id" or c.name.endswith("_user_id")]
+        if columns:
+            found[name] = columns
+    return found

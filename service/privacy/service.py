@@ -1,0 +1,134 @@
+"""``Privacy``: erase one user, export what is held about them, keep this worker's tombstones.
+
+The worker that handles a DELETE honours it at once (its tombstones and recent activity are
+updated before the answer); every other worker and replica within one event poll
+(``RECOFFER_EVENT_POLL_SECONDS``), when ``service.background`` calls ``refresh``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from service.activity.store import ActivityStore
+from service.clock import Clock
+from service.privacy.repository import TOMBSTONE_LOOKBACK_IDS, PrivacyRepository
+from service.privacy.tombstones import Tombstones
+from service.recommend.holder import ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What ``DELETE /v1/users/{user_id}`` answers: the first erasure's time, this call's counts."""
+
+    erased_at: datetime
+    removed: dict[str, int]
+
+
+class Privacy:
+    """Erasure and export for the API; the tombstone set for ``Recommendations``."""
+
+    def __init__(
+        self,
+        repository: PrivacyRepository,
+        tombstones: Tombstones,
+        activity: ActivityStore,
+        models: ModelHolder,
+        clock: Clock,
+    ) -> None:
+        self.repository = repository
+        self.tombstones = tombstones
+        self.activity = activity
+        self.models = models
+        self.clock = clock
+        # erased here since the last poll: a poll that read their events before the erasure
+        # committed adds them back after it, so the next ``refresh`` forgets them once more
+        self._erased_here: set[str] = set()
+
+    def erase(self, user_id: str) -> Receipt:
+        """Remove the user's data (policy per table), write the tombstone, honour it here now."""
+        erased = self.repository.erase(user_id, self.clock())
+        if self.tombstones.key is None:
+            self.tombstones.key = self.repository.key()
+        self.tombstones.add([erased.user_hash])
+        self.activity.forget(user_id)
+        self._erased_here.add(user_id)
+        # counts only: the id itself is not logged
+        log.info("user_erased", extra={"removed": erased.removed})
+        return Receipt(erased_at=erased.erased_at, removed=erased.removed)
+
+    def refresh(self) -> int:
+        """Read tombstones written since the last call (by any worker); returns how many were new.
+
+        Users newly erased elsewhere are dropped from this worker's recent activity too.
+        """
+        erased_here, self._erased_here = self._erased_here, set()
+        for user_id in erased_here:
+            self.activity.forget(user_id)
+        key, rows = self.repository.tombstones(
+            max(0, self.tombstones.watermark - TOMBSTONE_LOOKBACK_IDS)
+        )
+        if key is None:
+            return 0
+        self.tombstones.key = key
+        if not rows:
+            return 0
+        self.tombstones.watermark = max(self.tombstones.watermark, rows[-1][0])
+        new = self.tombstones.add(h for _, h in rows)
+        if new:
+            self.activity.forget_matching(lambda user_id: self.tombstones.hash(user_id) in new)
+        return len(new)
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything held about ``user_id``: rows per table, this worker's recent activity,
+        and what the served model knows of them (JSON-ready values)."""
+        rows = self.repository.rows_of(user_id)
+        erased_at = self.repository.erased_at(user_id)
+        return {
+            "user_id": user_id,
+            "erased_at": None if erased_at is None else erased_at.isoformat(),
+            "tables": {name: [_plain(row) for row in found] for name, found in rows.items()},
+            "recent_activity": [
+                {"item_id": a.item_id, "type": a.type, "ts": a.ts.isoformat()}
+                for a in self.activity.recent(user_id)
+            ],
+            "model": self._model_part(user_id),
+        }
+
+    def _model_part(self, user_id: str) -> dict[str, Any] | None:
+        recommender = self.models.current
+        if recommender is None:
+            return None
+        model = recommender.model
+        user_idx = model.user_index.get(user_id)
+        purchases: list[dict[str, Any]] = []
+        if user_idx is not None:
+            hist = model.scorer.history_counts
+            start, end = int(hist.indptr[user_idx]), int(hist.indptr[user_idx + 1])
+            purchases = [
+                {"item_id": model.item_labels[int(i)], "orders": float(n)}
+                for i, n in zip(hist.indices[start:end], hist.data[start:end], strict=True)
+            ]
+        return {
+            "version": model.version,
+            "in_model": user_idx is not None,
+            "purchases": purchases,
+            "served_personally": user_idx is not None and not self.tombstones.is_erased(user_id),
+        }
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A database row with JSON-ready values (times in ISO 8601, exact amounts as strings)."""
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Decimal):
+            value = str(value)
+        out[name] = value
+    return out
