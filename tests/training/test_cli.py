@@ -71,6 +71,28 @@ def test_train_prints_tables_then_models_lists_and_rollback_switches(
     assert json.loads(shown.stdout)["version"] == first
 
 
+def test_a_refused_run_exits_3_and_leaves_the_current_model(
+    shop_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.pipeline as pipeline
+
+    code, _, stderr = _train(shop_csv, tmp_path, "--tune-seconds", "2")
+    assert code == 0, stderr
+    good = ModelStore(tmp_path).current()
+    # a model serving plain popularity everywhere is clearly below the current one
+    monkeypatch.setattr(
+        pipeline, "choose", lambda validation: dict.fromkeys(("all", "novel"), "popularity")
+    )
+    code, stdout, stderr = _train(shop_csv, tmp_path, "--json")
+    assert code == 3, stderr
+    assert json.loads(stdout)["promoted"] is False
+    assert "NOT promoted" in stderr
+    assert "below the current model" in stderr
+    assert ModelStore(tmp_path).current() == good
+    code, _, stderr = _train(shop_csv, tmp_path, "--force")
+    assert code == 0, stderr
+
+
 def test_evaluate_rescores_a_model_on_a_data_file(shop_csv: Path, tmp_path: Path) -> None:
     assert _train(shop_csv, tmp_path)[0] == 0
     result = runner.invoke(

@@ -16,11 +16,13 @@ import typer
 from service.artifact import ModelStore, load_artifact
 from service.errors import UsageProblem
 from service.scoring import PROTOCOLS
+from training import exit_codes
 from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, parse_columns, setup_logging
 from training.cli.render import err, errors, fail, metrics_tables, out, progress
 from training.data.formats import FORMATS
 from training.evaluate import TEST_DAYS
 from training.models import ModelParams
+from training.tune import TRIALS
 
 if TYPE_CHECKING:
     from training.pipeline import TrainConfig
@@ -79,8 +81,20 @@ def train(
         float, typer.Option(help="Length of the test (and validation) window in days.")
     ] = TEST_DAYS,
     tune_seconds: Annotated[
-        float, typer.Option(help="Time budget for tuning on the validation split; 0 turns it off.")
+        float,
+        typer.Option(
+            help="Time cap for tuning on the validation split (the search stops starting new "
+            "work past it); 0 turns tuning off."
+        ),
     ] = 60.0,
+    tune_trials: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Hyper-parameter variants tuning tries, in a fixed order (its budget, the same "
+            "on a busy machine as on a quiet one); 0 tunes the blend's weights only.",
+        ),
+    ] = TRIALS,
     factors: Annotated[int, typer.Option(help="ALS latent factors.")] = DEFAULTS.factors,
     iterations: Annotated[
         int,
@@ -150,6 +164,7 @@ def train(
         columns=None,
         test_days=test_days,
         tune_seconds=tune_seconds,
+        tune_trials=tune_trials,
         force=force,
         params=params,
         eval_users=eval_users,
@@ -183,8 +198,11 @@ def run_training(config: TrainConfig, columns: str | None, as_json: bool) -> Non
     err.print(f"version {result.version}: {verdict}", markup=False)
     for reason in result.gate.reasons:
         err.print(f"  gate: {reason}", markup=False)
+    for note in result.gate.notes:
+        err.print(f"  gate: {note}", markup=False)
     if not result.promoted:
         err.print("  (use --force to promote anyway)", markup=False)
+        raise typer.Exit(exit_codes.REFUSED)
 
 
 def evaluate(
