@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from service.artifact import (
+    KEEP_VERSIONS,
     Manifest,
     ManifestBody,
     ModelStore,
@@ -69,6 +70,8 @@ class TrainConfig:
     force: bool = False
     params: ModelParams = field(default_factory=ModelParams)
     eval_users: int | None = None
+    # versions kept after the run besides the current and previous (ModelStore.prune)
+    keep_versions: int = KEEP_VERSIONS
 
 
 @dataclass
@@ -83,6 +86,7 @@ class TrainResult:
     path: Path
     timings: dict[str, float]
     manifest: Manifest
+    pruned: list[str] = field(default_factory=list)
 
     @property
     def served_name(self) -> str:
@@ -108,6 +112,7 @@ class TrainResult:
             "cleaning": self.report.as_dict(),
             "model_path": str(self.path),
             "timings": self.timings,
+            "pruned": self.pruned,
         }
 
 
@@ -271,6 +276,8 @@ def run(
         body = _describe(config, inputs, plan, choice, metrics, gate, serving)
         arrays = artifact_arrays(serving, inputs.purchases)
         path = publish(store, version, arrays, body, promote=promote)
+        manifest = read_manifest(path)
+        pruned = store.prune(config.keep_versions)  # refused runs too: every run adds one
         timings["total"] = time.perf_counter() - started
         return TrainResult(
             version=version,
@@ -282,7 +289,8 @@ def run(
             report=inputs.purchases.report,
             path=path,
             timings={k: round(v, 3) for k, v in timings.items()},
-            manifest=read_manifest(path),
+            manifest=manifest,
+            pruned=pruned,
         )
 
 

@@ -57,6 +57,13 @@ def _write(root: Path, version: str = "v1", **extra: np.ndarray) -> Path:
     return write_artifact(root, version, {**_arrays(), **extra}, _body())
 
 
+def _writable(path: Path) -> Path:
+    """Undo a published version's read-only mode, as an operator editing it by hand would."""
+    for file in path.iterdir():
+        file.chmod(0o644)
+    return path
+
+
 def test_round_trip_keeps_every_array_and_maps_numbers(tmp_path: Path) -> None:
     path = _write(tmp_path)
     artifact = load_artifact(path)
@@ -88,7 +95,7 @@ def test_writer_refuses_object_arrays_and_missing_arrays(tmp_path: Path) -> None
 
 
 def test_truncated_array_is_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path)
+    path = _writable(_write(tmp_path))
     file = path / "item_factors.npy"
     file.write_bytes(file.read_bytes()[:-7])
     with pytest.raises(ArtifactError, match=r"item_factors\.npy has .* bytes"):
@@ -96,7 +103,7 @@ def test_truncated_array_is_rejected(tmp_path: Path) -> None:
 
 
 def test_altered_bytes_fail_the_checksum(tmp_path: Path) -> None:
-    path = _write(tmp_path)
+    path = _writable(_write(tmp_path))
     file = path / "user_factors.npy"
     data = bytearray(file.read_bytes())
     data[-1] ^= 0xFF
@@ -110,11 +117,11 @@ def test_missing_file_bad_manifest_and_unknown_schema_are_rejected(tmp_path: Pat
     (path / "trending.npy").unlink()
     with pytest.raises(ArtifactError, match=r"trending\.npy is missing"):
         load_artifact(path)
-    path2 = _write(tmp_path, "v2")
+    path2 = _writable(_write(tmp_path, "v2"))
     (path2 / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match=r"unreadable manifest\.json"):
         load_artifact(path2)
-    path3 = _write(tmp_path, "v3")
+    path3 = _writable(_write(tmp_path, "v3"))
     manifest = json.loads((path3 / "manifest.json").read_text())
     manifest["schema_version"] = 99
     (path3 / "manifest.json").write_text(json.dumps(manifest))
@@ -219,6 +226,7 @@ def test_a_manifest_of_the_first_trainer_still_loads_and_serves(
     assert source is not None
     old = tmp_path / "old"
     shutil.copytree(source, old)
+    _writable(old)
     manifest = json.loads((old / "manifest.json").read_text())
     first = {key: manifest[key] for key in FIRST_TRAINER_KEYS}
     first["created_at"] = "2026-11-20T08:00:00.123456+00:00"  # isoformat, as it wrote them
@@ -247,7 +255,7 @@ def test_recipes_are_written_as_the_trainer_always_wrote_them(tmp_path: Path) ->
 def test_a_manifest_without_what_serving_needs_is_refused_naming_the_field(
     tmp_path: Path,
 ) -> None:
-    path = _write(tmp_path)
+    path = _writable(_write(tmp_path))
     manifest = json.loads((path / "manifest.json").read_text())
     del manifest["recipes"]
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -282,3 +290,63 @@ def test_a_version_written_by_the_untyped_trainer_loads_and_serves() -> None:
     moment = manifest.data_until
     viewed = [Activity(str(i), "view", moment) for i in artifact.arrays["item_ids"][:3]]
     assert recommender.recommend(Query(user_id="new", limit=5), viewed).source == "session"
+
+
+# --- issue 11, item 9: read-only versions, loads that own their memory, pruning ------------
+
+
+def test_published_files_are_read_only(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in path.iterdir()}
+    assert set(modes) == {f"{name}.npy" for name in REQUIRED_ARRAYS} | {"manifest.json"}
+    assert set(modes.values()) == {0o444}
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_owned_load_is_checked_and_never_reads_the_file_again(
+    tmp_path: Path, verify: bool
+) -> None:
+    path = _write(tmp_path)
+    owned = load_artifact(path, mmap=False, verify_checksums=verify)
+    expected = _arrays()
+    for name, array in owned.arrays.items():
+        assert not isinstance(array, np.memmap)
+        assert not array.flags.writeable
+        np.testing.assert_array_equal(array, expected[name])
+    _writable(path)
+    for file in path.glob("*.npy"):
+        with open(file, "r+b") as fh:  # truncated in place, as `cp backup/* live/` does first
+            fh.truncate(0)
+    np.testing.assert_array_equal(owned.arrays["item_factors"], expected["item_factors"])
+    with pytest.raises(ArtifactError, match="bytes"):
+        load_artifact(path, mmap=False, verify_checksums=verify)
+
+
+def test_an_owned_load_refuses_a_file_overwritten_in_place(tmp_path: Path) -> None:
+    path = _writable(_write(tmp_path))
+    file = path / "popularity.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    with open(file, "r+b") as fh:
+        fh.write(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_artifact(path, mmap=False)
+
+
+def test_pruning_keeps_the_newest_the_current_and_the_previous(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    names = [f"v{i:02d}" for i in range(8)]
+    for name in names:
+        _write(tmp_path, name)
+    store.promote("v01")
+    store.promote("v02")  # current v02, previous v01; v03..v07 refused (never promoted)
+    leftover = tmp_path / "versions" / ".tmp-v08-being-written"
+    leftover.mkdir()
+    assert store.prunable(keep=3) == ["v00", "v03", "v04"]
+    assert store.prune(keep=3) == ["v00", "v03", "v04"]
+    assert store.versions() == ["v01", "v02", "v05", "v06", "v07"]
+    assert leftover.is_dir()  # a version being written is not a version
+    assert store.prune(keep=3) == []
+    assert store.rollback() == "v01"
+    with pytest.raises(RegistryError, match="at least one"):
+        store.prunable(keep=0)

@@ -186,3 +186,40 @@ def test_demo_generates_trains_and_prints_the_table(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.stderr
     assert "already trained" in again.stderr
     assert ModelStore(tmp_path / "models").current() == first
+
+
+def test_runs_prune_old_versions_and_prune_removes_the_rest(
+    shop_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOFFER_KEEP_VERSIONS", "2")
+    for _ in range(3):
+        assert _train(shop_csv, tmp_path, "--force")[0] == 0
+    store = ModelStore(tmp_path)
+    # keep 2 newest + current + previous: the current and previous are among them here
+    assert len(store.versions()) == 2
+    code, _, stderr = _train(shop_csv, tmp_path, "--force", "--keep-versions", "5")
+    assert code == 0, stderr
+    assert len(store.versions()) == 3
+    current, previous = store.current(), store.previous()
+    monkeypatch.delenv("RECOFFER_KEEP_VERSIONS")
+
+    oldest = store.versions()[0]
+    dry = runner.invoke(app, ["prune", "--model-dir", str(tmp_path), "--keep", "1", "--dry-run"])
+    assert dry.exit_code == 0, dry.stderr
+    assert dry.stdout.split() == ["would", "remove", oldest]
+    assert len(store.versions()) == 3
+    done = runner.invoke(app, ["prune", "--model-dir", str(tmp_path), "--keep", "1"])
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout.split() == ["removed", oldest]
+    assert store.versions() == sorted([previous, current])  # type: ignore[type-var]
+    bad = runner.invoke(app, ["prune", "--model-dir", str(tmp_path), "--keep", "0"])
+    assert bad.exit_code == 2
+
+
+def test_prune_waits_for_no_trainer(tmp_path: Path) -> None:
+    from training.lock import trainer_lock
+
+    with trainer_lock(tmp_path):
+        busy = runner.invoke(app, ["prune", "--model-dir", str(tmp_path)])
+    assert busy.exit_code == 1
+    assert "another trainer is running" in busy.stderr

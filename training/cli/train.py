@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from service.artifact import ModelStore, load_artifact
+from service.artifact import KEEP_VERSIONS, ModelStore, load_artifact
 from service.errors import UsageProblem
 from service.scoring import PROTOCOLS
 from training import exit_codes
 from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, parse_columns, setup_logging
+from training.cli.models import KeepVersions
 from training.cli.render import err, errors, fail, metrics_tables, out, progress
 from training.data.formats import FORMATS
 from training.evaluate import TEST_DAYS
@@ -115,6 +116,7 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
     ] = False,
+    keep_versions: KeepVersions = KEEP_VERSIONS,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -168,6 +170,7 @@ def train(
         force=force,
         params=params,
         eval_users=eval_users,
+        keep_versions=keep_versions,
     )
     run_training(config, columns, as_json)
 
@@ -200,6 +203,8 @@ def run_training(config: TrainConfig, columns: str | None, as_json: bool) -> Non
         err.print(f"  gate: {reason}", markup=False)
     for note in result.gate.notes:
         err.print(f"  gate: {note}", markup=False)
+    if result.pruned:
+        err.print(f"pruned {len(result.pruned)} old version(s)", markup=False)
     if not result.promoted:
         err.print("  (use --force to promote anyway)", markup=False)
         raise typer.Exit(exit_codes.REFUSED)
