@@ -350,3 +350,77 @@ def test_pruning_keeps_the_newest_the_current_and_the_previous(tmp_path: Path) -
     assert store.rollback() == "v01"
     with pytest.raises(RegistryError, match="at least one"):
         store.prunable(keep=0)
+
+
+def _cut_in_place(file: Path, keep: int) -> None:
+    """What ``cp backup/x live/x`` does to the live file: truncate it, then write (here: only
+    the first ``keep`` bytes, a copy caught half way)."""
+    data = file.read_bytes()
+    file.chmod(0o644)  # a root operator, or one who made it writable first
+    with open(file, "r+b") as fh:
+        fh.truncate(0)
+        fh.write(data[:keep])
+
+
+def test_a_served_version_changed_in_place_neither_crashes_nor_fails_a_request(
+    small_model_root: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    from benchmarks.harness import Server
+
+    root = tmp_path / "models"
+    shutil.copytree(small_model_root, root)
+    store = ModelStore(root)
+    current, previous = store.current(), store.previous()
+    assert current is not None
+    assert previous is not None
+    live = store.version_path(current)
+    users = [str(u) for u in load_artifact(live).arrays["user_ids"][:20]]
+    key = "frontend-key-0123456789"
+    env = {
+        "RECOFFER_MODEL_DIR": str(root),
+        "RECOFFER_DATABASE_URL": f"sqlite:///{tmp_path / 'recoffer.db'}",
+        "RECOFFER_FRONTEND_KEYS": key,
+        "RECOFFER_ADMIN_KEYS": "admin-key-0123456789abcd",
+        "RECOFFER_RELOAD_INTERVAL_SECONDS": "0.2",
+    }
+
+    def ask(client: httpx.Client) -> list[int]:
+        statuses = []
+        for n, user in enumerate(users):
+            params = {"exclude_purchased": "true" if n % 2 else "false"}
+            r = client.get(f"/v1/users/{user}/recommendations", params=params)
+            statuses.append(r.status_code)
+        # a visitor the model does not know: folded in from item factors at request time
+        item = client.get(f"/v1/users/{users[0]}/recommendations").json()["items"][0]["item_id"]
+        event = {"user_id": "visitor-1", "type": "view", "item_id": item}
+        statuses.append(client.post("/v1/events", json=event).status_code)
+        r = client.get("/v1/users/visitor-1/recommendations")
+        statuses.append(r.status_code)
+        assert r.json()["source"] in ("session", "model")
+        statuses.append(client.get("/v1/model").status_code)
+        return statuses
+
+    with Server(env) as server, httpx.Client(base_url=server.url, headers={"X-API-Key": key}) as c:
+        assert set(ask(c)) == {200}
+        for file in sorted(live.glob("*.npy")):  # every array cut short under the server
+            _cut_in_place(file, keep=file.stat().st_size // 3)
+        popularity = store.version_path(previous) / "popularity.npy"
+        size = popularity.stat().st_size
+        popularity.chmod(0o644)
+        with open(popularity, "r+b") as fh:  # the previous version overwritten in place
+            fh.seek(size - 8)
+            fh.write(b"\xff" * 8)
+        for _ in range(3):
+            assert set(ask(c)) == {200}
+        assert server.proc.poll() is None
+        assert c.get("/v1/model").json()["version"] == current  # still its own copy
+        # switching to either damaged version is refused; the one in memory keeps serving
+        store.rollback()
+        r = c.post("/v1/model/reload", headers={"X-API-Key": "admin-key-0123456789abcd"})
+        assert r.status_code == 409
+        assert "popularity.npy" in r.json()["detail"]
+        assert set(ask(c)) == {200}
+        assert c.get("/v1/model").json()["version"] == current
+        assert server.proc.poll() is None

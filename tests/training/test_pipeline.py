@@ -132,6 +132,23 @@ def _users(*values: float) -> np.ndarray[Any, Any]:
     return np.asarray(values, dtype=np.float64)
 
 
+def test_every_run_prunes_refused_ones_included(
+    tmp_path: Path, tiny_purchases: Purchases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _train(tmp_path, tiny_purchases, keep_versions=1)
+    second = _train(tmp_path, tiny_purchases, keep_versions=1)
+    monkeypatch.setattr(
+        pipeline, "choose", lambda validation: dict.fromkeys(PROTOCOLS, "popularity")
+    )
+    refused = [_train(tmp_path, tiny_purchases, keep_versions=1) for _ in range(2)]
+    assert not any(r.promoted for r in refused)
+    store = ModelStore(tmp_path)
+    # the newest (refused), the current and the previous; the first refused one is gone
+    assert store.versions() == [first.version, second.version, refused[1].version]
+    assert refused[1].pruned == [refused[0].version]
+    assert store.current() == second.version
+
+
 def test_gate_floors() -> None:
     same = _users(0.3, 0.3, 0.3)
     passed = decide(
