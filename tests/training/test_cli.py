@@ -216,9 +216,14 @@ def test_runs_prune_old_versions_and_prune_removes_the_rest(
     assert bad.exit_code == 2
 
 
-def test_prune_waits_for_no_trainer(tmp_path: Path) -> None:
+def test_prune_waits_for_no_trainer(shop_csv: Path, tmp_path: Path) -> None:
     from training.lock import trainer_lock
 
+    empty = runner.invoke(app, ["prune", "--model-dir", str(tmp_path / "none")])
+    assert empty.exit_code == 0
+    assert "no model versions" in empty.stderr
+    assert not (tmp_path / "none").exists()
+    assert _train(shop_csv, tmp_path)[0] == 0
     with trainer_lock(tmp_path):
         busy = runner.invoke(app, ["prune", "--model-dir", str(tmp_path)])
     assert busy.exit_code == 1

@@ -105,6 +105,9 @@ def prune(
     setup_logging(False)
     with errors():
         store = ModelStore(model_dir)
+        if not store.versions():
+            err.print(f"no model versions in {model_dir}", markup=False)
+            return
         with trainer_lock(store.root):
             removed = store.prunable(keep) if dry_run else store.prune(keep)
     verb = "would remove" if dry_run else "removed"
