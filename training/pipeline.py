@@ -359,7 +359,7 @@ def _tune(
     """Search the blend's recipes and the hyper-parameters on the validation split."""
     split = plan.validation
     progress(
-        f"tuning {config.tune_trials} variants on the validation split "
+        f"tuning up to {config.tune_trials} variants on the validation split "
         f"(at most {config.tune_seconds:g} s)"
     )
     result = tune(

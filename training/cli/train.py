@@ -23,7 +23,7 @@ from training.cli.render import err, errors, fail, metrics_tables, out, progress
 from training.data.formats import FORMATS
 from training.evaluate import TEST_DAYS
 from training.models import ModelParams
-from training.tune import TRIALS
+from training.tune import TRIALS, TUNE_SECONDS_CAP
 
 if TYPE_CHECKING:
     from training.pipeline import TrainConfig
@@ -87,7 +87,7 @@ def train(
             help="Time cap for tuning on the validation split (the search stops starting new "
             "work past it); 0 turns tuning off."
         ),
-    ] = 60.0,
+    ] = TUNE_SECONDS_CAP,
     tune_trials: Annotated[
         int,
         typer.Option(
