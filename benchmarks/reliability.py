@@ -827,6 +827,7 @@ def kill_failures(k: dict[str, Any], wanted: int) -> list[str]:
         "served_out_of_order",
         "versions_unreadable",
         "failed_model_loads",
+        # every Trainer runs with --force: promoted, so 0; a refusal (3) would be a change here
         "final_run_exit_code",
         "leftovers_after_final_run",
     ):

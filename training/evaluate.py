@@ -134,6 +134,10 @@ class EvalSet:
         """Metrics of ``recipe`` under ``protocol`` (``all`` or ``novel``)."""
         return rank_metrics(self.scores(recipe), self.truth, self.counts, protocol, k)
 
+    def user_ndcg(self, recipe: Recipe, protocol: str, k: int = DEFAULT_K) -> npt.NDArray[Any]:
+        """NDCG@k of ``recipe`` for each user ``evaluate`` counts (``user_ndcg``)."""
+        return user_ndcg(self.scores(recipe), self.truth, self.counts, protocol, k)
+
 
 def rank_metrics(
     scores: npt.NDArray[np.float32],
@@ -143,6 +147,57 @@ def rank_metrics(
     k: int = DEFAULT_K,
 ) -> dict[str, float]:
     """Ranking metrics for rows of ``scores`` against ``truth``; see the module docstring."""
+    ranked = _rank(scores, truth, history, protocol, k)
+    if ranked is None:
+        return {**dict.fromkeys(METRICS, 0.0), "users": 0.0}
+    hits, sizes, top, valid, k = ranked
+    n_hits = hits.sum(axis=1)
+    covered = np.zeros(scores.shape[1], dtype=bool)
+    covered[top[valid]] = True
+    return {
+        "recall": float(np.mean(n_hits / np.minimum(sizes, k))),
+        "ndcg": float(np.mean(_ndcg(hits, sizes, k))),
+        "precision": float(np.mean(n_hits / k)),
+        "hit_rate": float(np.mean(n_hits > 0)),
+        "coverage": float(covered.mean()),
+        "users": float(len(sizes)),
+    }
+
+
+def user_ndcg(
+    scores: npt.NDArray[np.float32],
+    truth: sp.csr_matrix,
+    history: sp.csr_matrix,
+    protocol: str,
+    k: int = DEFAULT_K,
+) -> npt.NDArray[np.float64]:
+    """NDCG@k of each user ``rank_metrics`` counts (same users, same order; its mean is
+    ``rank_metrics``' ndcg): what the quality gate's paired comparison resamples."""
+    ranked = _rank(scores, truth, history, protocol, k)
+    if ranked is None:
+        return np.zeros(0, dtype=np.float64)
+    hits, sizes, _, _, k = ranked
+    return _ndcg(hits, sizes, k)
+
+
+def _rank(
+    scores: npt.NDArray[np.float32],
+    truth: sp.csr_matrix,
+    history: sp.csr_matrix,
+    protocol: str,
+    k: int,
+) -> (
+    tuple[
+        npt.NDArray[np.bool_],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.bool_],
+        int,
+    ]
+    | None
+):
+    """(hits in each user's top k, truth sizes, top k, valid positions, k) of the users with
+    a non-empty truth under ``protocol``; None when there is none."""
     if protocol not in ("all", "novel"):
         raise ValueError(f"unknown protocol {protocol!r}")
     n_items = scores.shape[1]
@@ -159,26 +214,23 @@ def rank_metrics(
     sizes = np.diff(truth.indptr)
     keep = sizes > 0
     if not keep.any():
-        return {**dict.fromkeys(METRICS, 0.0), "users": 0.0}
+        return None
     scores, truth, sizes = scores[keep], truth[keep], sizes[keep]
     top = top_k(scores, k)
     hits = np.take_along_axis(truth.toarray().astype(bool), top, axis=1)
     # a -inf score is never a recommendation (novel with fewer candidates than k)
     valid = np.isfinite(np.take_along_axis(scores, top, axis=1))
     hits &= valid
+    return hits, sizes.astype(np.int64), top, valid, k
+
+
+def _ndcg(
+    hits: npt.NDArray[np.bool_], sizes: npt.NDArray[np.int64], k: int
+) -> npt.NDArray[np.float64]:
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = np.cumsum(discounts)[np.minimum(sizes, k) - 1]
-    n_hits = hits.sum(axis=1)
-    covered = np.zeros(n_items, dtype=bool)
-    covered[top[valid]] = True
-    return {
-        "recall": float(np.mean(n_hits / np.minimum(sizes, k))),
-        "ndcg": float(np.mean((hits * discounts).sum(axis=1) / ideal)),
-        "precision": float(np.mean(n_hits / k)),
-        "hit_rate": float(np.mean(n_hits > 0)),
-        "coverage": float(covered.mean()),
-        "users": float(len(sizes)),
-    }
+    result: npt.NDArray[np.float64] = (hits * discounts).sum(axis=1) / ideal
+    return result
 
 
 def top_k(scores: npt.NDArray[np.float32], k: int, chunk: int = 256) -> npt.NDArray[np.int64]:

@@ -1,7 +1,16 @@
 """The quality gate and the rescoring of a model on a split (the current one, or any on a file).
 
-The gate promotes a new version only when, under each protocol, its NDCG@10 is not below
-(a) the current model's, scored on the same new split, and (b) popularity's.
+The gate promotes a new version only when, under each protocol, its NDCG@10 is not clearly
+below (a) the current model's, scored on the same new split, and (b) popularity's. "Clearly
+below" allows for the noise of a finite test set: a paired bootstrap over the test users
+(``BOOTSTRAP_RESAMPLES`` resamples of the per-user differences, seeded, so the same figures give
+the same verdict) and the new model is below only when the upper end of the one-sided
+``CONFIDENCE`` interval of its mean difference is below zero. A tie, or a difference smaller
+than the test set can tell apart, never blocks a promotion.
+
+With no current model (a fresh install, or a current version that cannot be read), the run is
+always published: under a protocol where the chosen candidate is clearly below popularity, the
+version serves popularity instead, so there is always something to serve.
 
 "The current model scored on the same split" is done in one of these ways, recorded in the
 manifest:
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
@@ -36,17 +46,25 @@ from training.data.formats import ColumnMapping, load_purchases
 from training.encode import IdMaps, encode
 from training.evaluate import (
     EvalSet,
-    MetricTable,
     Split,
     build_truth,
     metric_key,
     rank_metrics,
     temporal_split,
+    user_ndcg,
 )
-from training.models import ModelParams, Stage, build_history, fit_stage
+from training.models import Candidates, ModelParams, Stage, build_history, fit_stage
 from training.signals import Signals
 
 log = logging.getLogger(__name__)
+
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0
+_BOOTSTRAP_CELLS = 4_000_000  # resamples x users drawn at once: bounded memory
+
+# each test user's NDCG@10, per protocol (the users of ``EvalSet.evaluate``, in its order)
+UserScores = dict[str, npt.NDArray[np.float64]]
 
 
 @dataclass
@@ -58,6 +76,9 @@ class GateDecision:
     current: dict[str, float] = field(default_factory=dict)
     popularity: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    # protocol -> the candidate served instead of the chosen one (first model only)
+    fallback: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,18 +87,55 @@ class GateDecision:
             "current_version": self.current_version,
             "ndcg@10": {"new": self.new, "current": self.current, "popularity": self.popularity},
             "reasons": self.reasons,
+            "rule": f"paired bootstrap over test users, {BOOTSTRAP_RESAMPLES} resamples, "
+            f"one-sided {CONFIDENCE:.0%}, seed {BOOTSTRAP_SEED}",
+            "fallback": self.fallback,
+            "notes": self.notes,
         }
 
 
+def clearly_below(
+    new: npt.NDArray[np.float64],
+    reference: npt.NDArray[np.float64],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> bool:
+    """Whether ``new`` scores below ``reference`` by more than the test users' noise.
+
+    ``new`` and ``reference`` are the same users' scores (paired). The mean difference is
+    resampled over users with replacement; True when even the ``confidence`` quantile of the
+    resampled means is below zero. Deterministic for ``seed``.
+    """
+    diff = np.asarray(new, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    if diff.shape != np.shape(reference) or not len(diff):
+        raise ValueError("the gate compares the same users' scores")
+    if diff.mean() >= -1e-12:
+        return False
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, _BOOTSTRAP_CELLS // len(diff))
+    for start in range(0, resamples, chunk):
+        n = min(chunk, resamples - start)
+        means[start : start + n] = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(1)
+    return bool(np.quantile(means, confidence) < 0.0)
+
+
+def _means(scores: UserScores) -> dict[str, float]:
+    return {p: float(v.mean()) if len(v) else 0.0 for p, v in scores.items()}
+
+
 def decide(
-    new: dict[str, float],
-    popularity: dict[str, float],
-    current: dict[str, float] | None,
+    new: UserScores,
+    popularity: UserScores,
+    current: UserScores | None,
     *,
     method: str,
     current_version: str | None,
 ) -> GateDecision:
-    """Compare NDCG@10 per protocol; every protocol must pass both floors."""
+    """Compare each test user's NDCG@10 per protocol (``clearly_below``); every protocol must
+    pass both floors. The decision records the means."""
     reasons: list[str] = []
     if method == "incomparable":
         reasons.append(
@@ -85,32 +143,54 @@ def decide(
             "run has none to refit it with (it needs --database-url with those events), so the "
             "two cannot be compared"
         )
-    for protocol, value in new.items():
-        if value + 1e-9 < popularity.get(protocol, float("-inf")):
+    new_mean, pop_mean = _means(new), _means(popularity)
+    cur_mean = _means(current) if current is not None else {}
+    for protocol, values in new.items():
+        if not len(values):
+            continue  # no test user under this protocol: nothing to compare
+        if protocol in popularity and clearly_below(values, popularity[protocol]):
             reasons.append(
-                f"{protocol}: NDCG@10 {value:.4f} is below popularity's {popularity[protocol]:.4f}"
+                f"{protocol}: NDCG@10 {new_mean[protocol]:.4f} is below popularity's "
+                f"{pop_mean[protocol]:.4f}"
             )
-        if current is not None and value + 1e-9 < current.get(protocol, float("-inf")):
+        if current is not None and protocol in current and clearly_below(values, current[protocol]):
             reasons.append(
-                f"{protocol}: NDCG@10 {value:.4f} is below the current model's "
-                f"{current[protocol]:.4f} ({method})"
+                f"{protocol}: NDCG@10 {new_mean[protocol]:.4f} is below the current model's "
+                f"{cur_mean[protocol]:.4f} ({method})"
             )
     return GateDecision(
         passed=not reasons,
         method=method,
         current_version=current_version,
-        new=new,
-        current=current or {},
-        popularity=popularity,
+        new=new_mean,
+        current=cur_mean,
+        popularity=pop_mean,
         reasons=reasons,
     )
+
+
+def first_model(new: UserScores, popularity: UserScores) -> GateDecision:
+    """The decision when nothing is served yet: always publish, popularity where the chosen
+    candidate is clearly below it (``fallback``)."""
+    decision = decide(new, popularity, None, method="first", current_version=None)
+    for protocol, values in new.items():
+        if len(values) and clearly_below(values, popularity[protocol]):
+            decision.fallback[protocol] = "popularity"
+            decision.notes.append(
+                f"{protocol}: serving popularity (NDCG@10 {decision.popularity[protocol]:.4f}); "
+                f"the chosen candidate's {decision.new[protocol]:.4f} is below it and there is "
+                "no current model to keep"
+            )
+            decision.new[protocol] = decision.popularity[protocol]
+    decision.passed, decision.reasons = True, []
+    return decision
 
 
 def gate_new_model(
     store: ModelStore,
     *,
-    metrics: MetricTable,
     served: dict[str, str],
+    candidates: Candidates,
     evalset: EvalSet,
     stage: Stage,
     params: ModelParams,
@@ -119,18 +199,18 @@ def gate_new_model(
     ids: IdMaps,
     signals: Signals | None,
 ) -> GateDecision:
-    """The gate for a new run's test ``metrics``: its served candidates against popularity's
-    and the current model's (rescored with ``rescore_current``).
+    """The gate for a new run: its ``served`` candidates (recipes in ``candidates``) against
+    popularity's and the current model's (rescored with ``rescore_current``), user by user on
+    the test split; with no current model, ``first_model``.
 
     ``evalset`` and ``stage`` are the new run's test evaluation set and test stage, fitted with
     ``params`` on ``validation`` and ``test``; ``signals`` are every signal the run read.
     """
-    key = metric_key("ndcg")
-    new = {p: metrics[p][served[p]][key] for p in PROTOCOLS}
-    popularity = {p: metrics[p]["popularity"][key] for p in PROTOCOLS}
+    new = {p: evalset.user_ndcg(candidates[served[p]][p], p) for p in PROTOCOLS}
+    popularity = {p: evalset.user_ndcg(candidates["popularity"][p], p) for p in PROTOCOLS}
     current = current_artifact(store)
     if current is None:
-        return decide(new, popularity, None, method="first", current_version=None)
+        return first_model(new, popularity)
     try:
         learnt = current_model_params(current.manifest).signal_weights
     except (KeyError, TypeError, ValueError) as exc:
@@ -173,6 +253,14 @@ def score_artifact_directly(
     differ from the artifact's: items the artifact does not know are never recommended, and
     users it does not know get its popularity ranking, as the service would do.
     """
+    scores = _artifact_scores(artifact, user_ids, item_ids, protocol)
+    return rank_metrics(scores, truth, history, protocol)
+
+
+def _artifact_scores(
+    artifact: Artifact, user_ids: pd.Index, item_ids: pd.Index, protocol: str
+) -> npt.NDArray[np.float32]:
+    """The artifact's served scores for ``user_ids`` in the item space ``item_ids``."""
     scorer = Scorer.from_arrays(artifact.arrays)
     recipe = artifact.manifest.recipes[protocol]
     own_user_ids = pd.Index(np.asarray(artifact.arrays["user_ids"]).astype(str))
@@ -189,7 +277,7 @@ def score_artifact_directly(
     scores = np.full((len(own_user_idx), len(item_ids)), -np.inf, dtype=np.float32)
     present = own_item_idx >= 0
     scores[:, present] = scores_own[:, own_item_idx[present]]
-    return rank_metrics(scores, truth, history, protocol)
+    return scores
 
 
 def rescore_on_file(
@@ -246,8 +334,9 @@ def rescore_current(
     ids: IdMaps,
     protocols: tuple[str, ...],
     signals: Signals | None = None,
-) -> tuple[dict[str, float] | None, str]:
-    """NDCG@10 per protocol of the current model on the new split, and the method used.
+) -> tuple[UserScores | None, str]:
+    """Each test user's NDCG@10 per protocol for the current model on the new split, and the
+    method used.
 
     ``direct``: the current model saw nothing after the test cut-off, so it is scored as it is.
     Otherwise it is refitted as the new run fitted its own model: ``same``: its parameters are
@@ -261,9 +350,12 @@ def rescore_current(
         user_ids = stage.user_ids[evalset.user_idx]
         return (
             {
-                p: score_artifact_directly(
-                    artifact, user_ids, stage.item_ids, evalset.truth, evalset.counts, p
-                )["ndcg"]
+                p: user_ndcg(
+                    _artifact_scores(artifact, user_ids, stage.item_ids, p),
+                    evalset.truth,
+                    evalset.counts,
+                    p,
+                )
                 for p in protocols
             },
             "direct",
@@ -298,12 +390,12 @@ def rescore_current(
             signals=own,
         )
         ev = evalset.with_scorer(refitted.scorer())
-    out = {}
+    out: UserScores = {}
     for protocol in protocols:
         recipe = artifact.manifest.recipes[protocol]
         if not ev.scorer.can_use(recipe):
             recipe = Recipe(weights={"popularity": 1.0})
-        out[protocol] = ev.evaluate(recipe, protocol)["ndcg"]
+        out[protocol] = ev.user_ndcg(recipe, protocol)
     return out, method
 
 

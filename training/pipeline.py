@@ -14,6 +14,7 @@ Warm starts make the three stages cost little more than one cold ALS fit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from service.artifact import (
+    KEEP_VERSIONS,
     Manifest,
     ManifestBody,
     ModelStore,
@@ -48,7 +50,7 @@ from training.lock import trainer_lock
 from training.models import Candidates, ModelParams, Stage, default_candidates, fit_stage
 from training.publish import artifact_arrays, describe, publish
 from training.signals import SIGNAL_TYPES, Signals, encode_signals
-from training.tune import tune
+from training.tune import TRIALS, tune
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,15 @@ class TrainConfig:
     fmt: str = "generic"
     columns: ColumnMapping | None = None
     test_days: float = TEST_DAYS
-    tune_seconds: float = 0.0
+    tune_seconds: float = 0.0  # the cap on tuning's time; 0 turns tuning off
+    tune_trials: int = TRIALS  # hyper-parameter variants tuning tries (its budget)
     force: bool = False
     params: ModelParams = field(default_factory=ModelParams)
     eval_users: int | None = None
     # how the purchase file is written: delimiter, date format or order (issue 11, item 10)
     read_options: ReadOptions = field(default_factory=ReadOptions)
+    # versions kept after the run besides the current and previous (ModelStore.prune)
+    keep_versions: int = KEEP_VERSIONS
 
 
 @dataclass
@@ -85,6 +90,7 @@ class TrainResult:
     path: Path
     timings: dict[str, float]
     manifest: Manifest
+    pruned: list[str] = field(default_factory=list)
 
     @property
     def served_name(self) -> str:
@@ -110,6 +116,7 @@ class TrainResult:
             "cleaning": self.report.as_dict(),
             "model_path": str(self.path),
             "timings": self.timings,
+            "pruned": self.pruned,
         }
 
 
@@ -266,7 +273,9 @@ def run(
             test_eval = test_stage.evalset(plan.test.test, max_users=config.eval_users)
             metrics = evaluate_candidates(test_eval, choice.candidates)
         with _timed(timings, "gate"):
-            gate = _gate(store, choice, metrics, test_eval, test_stage, inputs, plan)
+            gate = _gate(store, choice, test_eval, test_stage, inputs, plan)
+        if gate.fallback:  # the first model: popularity where the choice falls below it
+            choice = dataclasses.replace(choice, served={**choice.served, **gate.fallback})
         with _timed(timings, "fit_serving"):
             serving = _serving_stage(inputs, plan, choice.params, test_stage, progress)
             del test_stage, test_eval
@@ -275,6 +284,8 @@ def run(
         body = _describe(config, inputs, plan, choice, metrics, gate, serving)
         arrays = artifact_arrays(serving, inputs.purchases)
         path = publish(store, version, arrays, body, promote=promote)
+        manifest = read_manifest(path)
+        pruned = store.prune(config.keep_versions)  # refused runs too: every run adds one
         timings["total"] = time.perf_counter() - started
         return TrainResult(
             version=version,
@@ -286,7 +297,8 @@ def run(
             report=inputs.purchases.report,
             path=path,
             timings={k: round(v, 3) for k, v in timings.items()},
-            manifest=read_manifest(path),
+            manifest=manifest,
+            pruned=pruned,
         )
 
 
@@ -355,7 +367,10 @@ def _tune(
 ) -> _Validated:
     """Search the blend's recipes and the hyper-parameters on the validation split."""
     split = plan.validation
-    progress(f"tuning for up to {config.tune_seconds:g} s on the validation split")
+    progress(
+        f"tuning up to {config.tune_trials} variants on the validation split "
+        f"(at most {config.tune_seconds:g} s)"
+    )
     result = tune(
         split.train,
         split.test,
@@ -364,6 +379,7 @@ def _tune(
         {p: plan.candidates["blend"][p] for p in PROTOCOLS},
         config.tune_seconds,
         inputs.ids,
+        trials=config.tune_trials,
         stage=stage,
         max_users=config.eval_users,
         with_ease=plan.with_ease,
@@ -371,6 +387,7 @@ def _tune(
     )
     tuning: dict[str, Any] = {
         "seconds_budget": config.tune_seconds,
+        "trials_budget": config.tune_trials,
         "seconds_used": round(result.seconds, 2),
         "evaluations": result.evaluations,
         "objective": result.objective,
@@ -421,17 +438,16 @@ def _test_stage(
 def _gate(
     store: ModelStore,
     choice: _Choice,
-    metrics: MetricTable,
     evalset: EvalSet,
     stage: Stage,
     inputs: _Inputs,
     plan: _Plan,
 ) -> GateDecision:
-    """The quality gate on the test figures (``training.gate``)."""
+    """The quality gate on the test split (``training.gate``)."""
     return gate_new_model(
         store,
-        metrics=metrics,
         served=choice.served,
+        candidates=choice.candidates,
         evalset=evalset,
         stage=stage,
         params=choice.params,

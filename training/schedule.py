@@ -24,11 +24,10 @@ from croniter import croniter
 
 from service.clock import SECONDS_PER_DAY
 from service.errors import ScheduleError
+from training.exit_codes import OK, OUTCOMES, REFUSED
 
 log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": SECONDS_PER_DAY}
-# exit codes of `recoffer train` (README): 0 ok, 2 bad input, 1 other failure (a busy lock too)
-OUTCOMES = {0: "ok", 1: "failed", 2: "bad_input"}
 
 
 def parse_every(text: str) -> timedelta:
@@ -76,6 +75,11 @@ class RunOutcome:
     @property
     def outcome(self) -> str:
         return OUTCOMES.get(self.exit_code, "killed" if self.exit_code < 0 else "failed")
+
+    @property
+    def failed(self) -> bool:
+        """A run that did not finish its job (a refused model is a finished job)."""
+        return self.exit_code not in (OK, REFUSED)
 
 
 def train_command(train_args: Sequence[str]) -> list[str]:
@@ -157,7 +161,7 @@ class Scheduler:
         finally:
             self._child = None
         outcome = RunOutcome(started, time.monotonic() - t0, code)
-        level = logging.INFO if code == 0 else logging.ERROR
+        level = logging.ERROR if outcome.failed else logging.INFO
         log.log(
             level,
             "training_finished",

@@ -1,12 +1,20 @@
-"""Time-boxed search for blend weights and model hyper-parameters on the validation split.
+"""Search for blend weights and model hyper-parameters on the validation split, with a budget
+in trials and the time only as a cap.
 
 Nothing here sees the test window: the pipeline hands in a stage fitted on purchases before the
 validation cut-off and the purchases between the two cut-offs.
 
-Two phases share one deadline:
-1. coordinate ascent over the blend's weights and constants, on cached component scores (cheap);
-2. while time remains, refit the components with other ALS/EASE hyper-parameters and re-run a
-   short phase 1 for each; keep a variant only when it raises the mean blend NDCG@10.
+Two phases, each with a budget counted in work, not in seconds, so a loaded machine does the
+same search as a quiet one, only slower:
+1. coordinate ascent over the blend's weights and constants, on cached component scores
+   (cheap), until no move helps or ``evaluations`` recipes per protocol were scored;
+2. the first ``trials`` hyper-parameter variants, in ``param_variants``' fixed order: refit
+   the components and re-run a short phase 1 (``variant_evaluations``); keep a variant only
+   when it raises the mean blend NDCG@10.
+
+The time (``seconds``) is a cap: past it, nothing more is started. A variant whose estimated
+fit does not fit in the time left is skipped (recorded as such) and the next, cheaper ones are
+still tried. Nothing is random, so the search is deterministic as long as the cap is not hit.
 """
 
 from __future__ import annotations
@@ -33,6 +41,12 @@ FINE_STEPS = (0.7, 1.4)  # a second, finer pass once the coarse one has converge
 HALF_LIVES = (30.0, 90.0, 180.0, 365.0)
 BONUSES = (0.0, 0.25, 0.5, 1.0)
 INPUT_HALF_LIVES = (30.0, 60.0, 120.0)
+TRIALS = 12  # hyper-parameter variants tried in phase 2 (all of them by default)
+# `recoffer train`'s default cap: far above what the trials take on a quiet machine (Online
+# Retail: 10 variants in 230 s with two busy cores), so the budget, not the load, ends a search
+TUNE_SECONDS_CAP = 600.0
+EVALUATIONS = 400  # recipes scored per protocol in phase 1
+VARIANT_EVALUATIONS = 100  # per protocol in each variant's short phase 1
 
 
 @dataclass
@@ -90,8 +104,10 @@ def tune_recipe(
     deadline: float,
     *,
     clock: Callable[[], float] = time.monotonic,
+    max_evaluations: int = EVALUATIONS,
 ) -> tuple[Recipe, float, int]:
-    """Coordinate ascent on validation NDCG@10 until no move helps or the deadline passes.
+    """Coordinate ascent on validation NDCG@10 until no move helps, ``max_evaluations``
+    recipes were scored, or the deadline (the cap) passes.
 
     Returns (best recipe, its NDCG@10, evaluations made).
     """
@@ -101,12 +117,12 @@ def tune_recipe(
     evaluations = 1
     for steps in (WEIGHT_STEPS, FINE_STEPS):
         improved = True
-        while improved and clock() < deadline:
+        while improved and evaluations < max_evaluations and clock() < deadline:
             improved = False
             for candidate in _neighbours(
                 best, protocol, with_ease, steps, evalset.scorer.has_signals
             ):
-                if clock() >= deadline:
+                if evaluations >= max_evaluations or clock() >= deadline:
                     break
                 score = evalset.evaluate(candidate, protocol)["ndcg"]
                 evaluations += 1
@@ -162,40 +178,59 @@ def tune(
     seconds: float,
     ids: IdMaps,
     *,
+    trials: int = TRIALS,
+    evaluations: int = EVALUATIONS,
+    variant_evaluations: int = VARIANT_EVALUATIONS,
     stage: Stage | None = None,
     max_users: int | None = None,
     with_ease: bool | None = None,
     signals: Signals | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> TuneResult:
-    """Search recipes (and, time allowing, hyper-parameters) within ``seconds``.
+    """Search recipes and up to ``trials`` hyper-parameter variants, within the cap ``seconds``.
 
     ``train`` and ``validation`` are coded slices (``training.encode.encode``); ``stage`` is
     the validation stage already fitted with ``params`` (fitted here if None). With ``signals``,
-    the variants also try the weaker signals weighted up and down.
+    the variants also try the weaker signals weighted up and down. ``evaluations`` and
+    ``variant_evaluations`` bound phase 1 per protocol (see the module docstring).
     """
     began = clock()
     deadline = began + max(0.0, seconds)
     if stage is None:
+        t0 = clock()
         stage = fit_stage(train, reference_time, params, ids, with_ease=with_ease, signals=signals)
+        base_cost = clock() - t0
+    else:
+        base_cost = sum(stage.timings.values())
     evalset = stage.evalset(validation, max_users=max_users)
-    recipes, objective, evaluations = _tune_all(evalset, start, deadline, clock)
-    best = TuneResult(params, stage, evalset, recipes, objective, evaluations, 0.0, [])
-    for variant in param_variants(params, with_signals=signals is not None and len(signals) > 0):
-        fit_cost = sum(stage.timings.values()) * (variant.factors / params.factors)
-        if clock() + 2 * fit_cost > deadline:
-            break
+    recipes, objective, n_evaluations = _tune_all(evalset, start, deadline, clock, evaluations)
+    best = TuneResult(params, stage, evalset, recipes, objective, n_evaluations, 0.0, [])
+    variants = param_variants(params, with_signals=signals is not None and len(signals) > 0)
+    for variant in variants[: max(0, trials)]:
+        # a fit's cost grows about linearly with the factors and the iterations
+        scale = (variant.factors / params.factors) * (variant.iterations / params.iterations)
+        estimate = base_cost * scale
+        diff = _diff(params, variant)
+        if clock() >= deadline or clock() + estimate > deadline:
+            # the cap: skip what cannot finish in time, a cheaper variant may still fit
+            best.variants_tried.append({"params": diff, "skipped": "time cap"})
+            log.info("tune_variant_skipped", extra={"variant": diff, "estimate_s": estimate})
+            continue
+        t0 = clock()
         v_stage = fit_stage(
             train, reference_time, variant, ids, with_ease=with_ease, signals=signals
         )
+        base_cost = (clock() - t0) / scale  # the latest fit is the best estimate
         v_eval = v_stage.evalset(validation, max_users=max_users)
-        v_recipes, v_objective, n = _tune_all(v_eval, best.recipes, deadline, clock)
+        v_recipes, v_objective, n = _tune_all(
+            v_eval, best.recipes, deadline, clock, variant_evaluations
+        )
         best.evaluations += n
         gain = _mean(v_objective) - _mean(best.objective)
         best.variants_tried.append(
-            {"params": _diff(params, variant), "mean_ndcg": _mean(v_objective), "kept": gain > 0}
+            {"params": diff, "mean_ndcg": _mean(v_objective), "kept": gain > 0}
         )
-        log.info("tune_variant", extra={"variant": _diff(params, variant), "gain": gain})
+        log.info("tune_variant", extra={"variant": diff, "gain": gain})
         if gain > 0:
             best.params, best.stage, best.evalset = variant, v_stage, v_eval
             best.recipes, best.objective = v_recipes, v_objective
@@ -208,18 +243,17 @@ def _tune_all(
     start: dict[str, Recipe],
     deadline: float,
     clock: Callable[[], float],
+    max_evaluations: int,
 ) -> tuple[dict[str, Recipe], dict[str, float], int]:
     recipes: dict[str, Recipe] = {}
     objective: dict[str, float] = {}
     total = 0
-    protocols = list(start)
-    for index, protocol in enumerate(protocols):
-        # split the remaining time fairly between the protocols still to tune
-        share = (deadline - clock()) / (len(protocols) - index)
-        recipe, score, n = tune_recipe(
-            evalset, start[protocol], protocol, clock() + max(0.0, share), clock=clock
+    for protocol, recipe in start.items():
+        # every protocol gets its budget of evaluations; the deadline is only the cap
+        best, score, n = tune_recipe(
+            evalset, recipe, protocol, deadline, clock=clock, max_evaluations=max_evaluations
         )
-        recipes[protocol], objective[protocol], total = recipe, score, total + n
+        recipes[protocol], objective[protocol], total = best, score, total + n
     return recipes, objective, total
 
 

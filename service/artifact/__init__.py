@@ -1,16 +1,18 @@
 """The on-disk model contract, owned by the service and written by the trainer.
 
 - ``manifest``: the typed manifest (what a version is);
-- ``store``: one version's directory, written atomically and verified on load (every array a
-  plain ``.npy``, ``allow_pickle=False``, numeric ones memory-mapped, each checked against the
-  manifest's dtype, shape, size and sha256);
-- ``registry``: the model root's versions and the atomically switched ``current`` pointer.
+- ``store``: one version's directory, written atomically and read-only, verified on load
+  (every array a plain ``.npy``, ``allow_pickle=False``, memory-mapped for the trainer's tools
+  or read into memory the service owns, each checked against the manifest's dtype, shape, size
+  and sha256);
+- ``registry``: the model root's versions, the atomically switched ``current`` pointer, and
+  pruning of old versions.
 
 See shared/RELIABILITY.md on publishing models: readers see the old state or the new one.
 """
 
 from service.artifact.manifest import SCHEMA_VERSION, Manifest, ManifestBody
-from service.artifact.registry import REGISTRY, ModelStore
+from service.artifact.registry import KEEP_VERSIONS, REGISTRY, ModelStore
 from service.artifact.store import (
     MANIFEST,
     REQUIRED_ARRAYS,
@@ -23,6 +25,7 @@ from service.artifact.store import (
 )
 
 __all__ = [
+    "KEEP_VERSIONS",
     "MANIFEST",
     "REGISTRY",
     "REQUIRED_ARRAYS",

@@ -33,6 +33,7 @@ from service.artifact.store import (
 from service.errors import ArtifactError, RegistryError
 
 REGISTRY = "registry.json"
+KEEP_VERSIONS = 10  # versions kept by pruning, besides the current and the previous one
 
 
 class ModelStore:
@@ -130,6 +131,39 @@ class ModelStore:
             target = history[-1]
         self._write_registry({"current": target, "history": history})
         return target
+
+    def previous(self) -> str | None:
+        """The version ``rollback()`` would switch to, or None."""
+        data = self.read_registry()
+        history = [v for v in data["history"] if self.version_path(v).is_dir()]
+        earlier = [v for v in history if v != data.get("current")]
+        return earlier[-1] if earlier else None
+
+    def prunable(self, keep: int = KEEP_VERSIONS) -> list[str]:
+        """The versions ``prune(keep)`` removes, oldest first: all but the ``keep`` newest, the
+        current and the previous one. A version being written is no version yet (it lives
+        under a temporary name) and is never among them."""
+        if keep < 1:
+            raise RegistryError(f"keep at least one version, not {keep}")
+        versions = self.versions()
+        protected = set(versions[-keep:]) | {self.current(), self.previous()}
+        return [v for v in versions if v not in protected]
+
+    def prune(self, keep: int = KEEP_VERSIONS) -> list[str]:
+        """Remove ``prunable(keep)``; returns what was removed. Call with the trainer lock held.
+
+        Each version is first renamed to a temporary name (readers never see half of one), then
+        deleted; a removal cut short is finished by ``cleanup_temporaries``.
+        """
+        removed = []
+        for version in self.prunable(keep):
+            doomed = self.versions_dir / f"{TEMP_PREFIX}pruned-{version}"
+            os.replace(self.version_path(version), doomed)
+            shutil.rmtree(doomed)
+            removed.append(version)
+        if removed:
+            fsync_dir(self.versions_dir)
+        return removed
 
     def cleanup_temporaries(self) -> list[Path]:
         """Remove leftovers of writers that died mid-write. Call with the trainer lock held."""

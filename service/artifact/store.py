@@ -6,18 +6,25 @@ Layout under a model root::
     <root>/versions/<VERSION>/manifest.json
     <root>/versions/<VERSION>/<array>.npy
 
-Every array is a plain ``.npy`` file (``allow_pickle=False``) so numeric arrays load with
-``mmap_mode="r"``. The manifest records each array's dtype, shape, byte size and sha256, so a
-truncated or altered file is refused before anything is served from it.
+Every array is a plain ``.npy`` file (``allow_pickle=False``). The manifest records each
+array's dtype, shape, byte size and sha256, so a truncated or altered file is refused before
+anything is served from it.
 
-A version directory is written under a temporary name, every file fsynced, then renamed into
-place; the registry file is replaced the same way. Readers therefore see either the old state or
-the new one, never half of either (see shared/RELIABILITY.md on publishing models).
+Two ways to load: memory-mapped (``mmap=True``, the trainer's tools: cheap, but a file changed
+in place under a mapping can kill the process with SIGBUS) and owned (``mmap=False``, the
+service: each file is read once into memory of the process, checked there, and nothing is read
+from the file afterwards, so a ``cp`` over the live directory cannot touch what is served).
+
+A version directory is written under a temporary name, every file fsynced and made read-only,
+then renamed into place; the registry file is replaced the same way. Readers therefore see
+either the old state or the new one, never half of either (see shared/RELIABILITY.md on
+publishing models).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -47,6 +54,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 VERSIONS = "versions"
 TEMP_PREFIX = ".tmp-"
+READ_ONLY = 0o444  # a published file: nobody writes it again (a cp over it is refused)
 
 # Arrays every artifact must contain; the rest (ease_b, signal_user_factors and
 # signal_item_factors, item metadata) are optional.
@@ -66,7 +74,7 @@ REQUIRED_ARRAYS = (
 
 @dataclass
 class Artifact:
-    """A loaded model version: its manifest and its arrays (numeric ones memory-mapped)."""
+    """A loaded model version: its manifest and its arrays (memory-mapped or owned)."""
 
     path: Path
     manifest: Manifest
@@ -170,6 +178,8 @@ def write_artifact(
             }
         )
         write_bytes_durably(tmp / MANIFEST, manifest_json(manifest))
+        for file in tmp.iterdir():
+            file.chmod(READ_ONLY)
         fsync_dir(tmp)
         os.replace(tmp, final)
         fsync_dir(versions_dir)
@@ -195,9 +205,11 @@ def read_manifest(path: Path) -> Manifest:
 def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = True) -> Artifact:
     """Load and validate one artifact directory.
 
-    Numeric arrays are memory-mapped (``mmap=True``); string arrays are read into memory.
-    Raises ArtifactError naming the problem for a missing, truncated or corrupt file, a wrong
-    dtype or shape, or inconsistent array sizes.
+    ``mmap=True``: numeric arrays are memory-mapped, string arrays read into memory.
+    ``mmap=False``: every file is read once into memory the process owns and checked there
+    (size, and sha256 unless ``verify_checksums`` is False); the arrays never refer to the
+    file again. Raises ArtifactError naming the problem for a missing, truncated or corrupt
+    file, a wrong dtype or shape, or inconsistent array sizes.
     """
     manifest = read_manifest(path)
     table = manifest.arrays
@@ -209,20 +221,23 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
         file = path / spec.file
         if not spec.file or not file.is_file():
             raise ArtifactError(f"artifact {path}: array file {file.name} is missing")
-        size = file.stat().st_size
-        if size != spec.bytes:
-            raise ArtifactError(
-                f"artifact {path}: {file.name} has {size} bytes, manifest says {spec.bytes}"
-            )
-        if verify_checksums and _sha256(file) != spec.sha256:
-            raise ArtifactError(f"artifact {path}: {file.name} fails its sha256 check")
-        try:
-            dtype = np.dtype(spec.dtype)
-            mode: Literal["r"] | None = "r" if mmap and dtype.kind not in "US" else None
-            arr = np.load(file, mmap_mode=mode, allow_pickle=False)
-        except (ValueError, OSError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None
-        if arr.dtype != dtype or list(arr.shape) != spec.shape:
+        if not mmap:
+            arr = _read_owned(path, file, spec, verify_checksums)
+        else:
+            size = file.stat().st_size
+            if size != spec.bytes:
+                raise ArtifactError(
+                    f"artifact {path}: {file.name} has {size} bytes, manifest says {spec.bytes}"
+                )
+            if verify_checksums and _sha256(file) != spec.sha256:
+                raise ArtifactError(f"artifact {path}: {file.name} fails its sha256 check")
+            try:
+                dtype = np.dtype(spec.dtype)
+                mode: Literal["r"] | None = "r" if dtype.kind not in "US" else None
+                arr = np.load(file, mmap_mode=mode, allow_pickle=False)
+            except (ValueError, OSError, KeyError, TypeError) as exc:
+                raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None
+        if arr.dtype != np.dtype(spec.dtype) or list(arr.shape) != spec.shape:
             raise ArtifactError(
                 f"artifact {path}: {file.name} is {arr.dtype}{list(arr.shape)}, "
                 f"manifest says {spec.dtype}{spec.shape}"
@@ -230,6 +245,47 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
         arrays[name] = arr
     _check_consistency(path, arrays)
     return Artifact(path=path, manifest=manifest, arrays=arrays)
+
+
+def _read_owned(path: Path, file: Path, spec: ArraySpec, verify: bool) -> npt.NDArray[Any]:
+    """``file`` read once into a buffer of this process, checked, and viewed as its array
+    (read-only, no copy). What happens to the file afterwards cannot reach the array."""
+    try:
+        with open(file, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size != spec.bytes:
+                raise ArtifactError(
+                    f"artifact {path}: {file.name} has {size} bytes, manifest says {spec.bytes}"
+                )
+            buffer = bytearray(size)
+            view, filled = memoryview(buffer), 0
+            while filled < size:  # a file cut short while being read: short reads, then 0
+                got = fh.readinto(view[filled:])
+                if not got:
+                    break
+                filled += got
+    except OSError as exc:
+        raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None
+    if filled != size:
+        raise ArtifactError(f"artifact {path}: {file.name} changed while being read")
+    if verify and hashlib.sha256(buffer).hexdigest() != spec.sha256:
+        raise ArtifactError(f"artifact {path}: {file.name} fails its sha256 check")
+    try:
+        header = io.BytesIO(bytes(view[: min(size, 1 << 16)]))
+        major, _ = np.lib.format.read_magic(header)
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+        if dtype.hasobject:
+            raise ValueError("object arrays are never loaded")
+        count = int(np.prod(shape, dtype=np.int64))
+        flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=header.tell())
+        arr = flat.reshape(shape, order="F" if fortran else "C")
+    except (ValueError, OSError, KeyError, TypeError, EOFError) as exc:
+        raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None
+    arr.flags.writeable = False
+    return arr
 
 
 def _check_consistency(path: Path, a: Mapping[str, npt.NDArray[Any]]) -> None:

@@ -3,6 +3,11 @@
 A new version is loaded and prepared completely (checksums, candidates) before the reference
 is swapped; requests in flight keep the object they started with. A version that fails to load
 is logged and counted, and the old one keeps serving.
+
+Versions are loaded into memory this process owns (``load_artifact(mmap=False)``): each file is
+read once and checked against its size and sha256 before anything is served, and never read
+again, so a file truncated or overwritten in place later (a ``cp`` of a backup over the live
+directory) cannot crash the process with SIGBUS the way a memory-mapped one would.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class ModelHolder:
             if wanted == self._failed_version and not force:
                 return LoadOutcome(False, self.version, self.last_error)
             try:
-                artifact = load_artifact(self.store.version_path(wanted))
+                artifact = load_artifact(self.store.version_path(wanted), mmap=False)
                 model = prepare(
                     artifact,
                     candidates_per_user=self.candidates_per_user,

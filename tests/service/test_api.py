@@ -432,6 +432,7 @@ def test_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(
 ) -> None:
     root, store, first, second = two_versions
     factors = store.version_path(second) / "item_factors.npy"
+    factors.chmod(0o644)  # published read-only: undone, as a careless operator would
     factors.write_bytes(factors.read_bytes()[:-100])
     with make_client(root, database_url) as c:
         store.promote(second)

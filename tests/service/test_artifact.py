@@ -57,6 +57,13 @@ def _write(root: Path, version: str = "v1", **extra: np.ndarray) -> Path:
     return write_artifact(root, version, {**_arrays(), **extra}, _body())
 
 
+def _writable(path: Path) -> Path:
+    """Undo a published version's read-only mode, as an operator editing it by hand would."""
+    for file in path.iterdir():
+        file.chmod(0o644)
+    return path
+
+
 def test_round_trip_keeps_every_array_and_maps_numbers(tmp_path: Path) -> None:
     path = _write(tmp_path)
     artifact = load_artifact(path)
@@ -88,7 +95,7 @@ def test_writer_refuses_object_arrays_and_missing_arrays(tmp_path: Path) -> None
 
 
 def test_truncated_array_is_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path)
+    path = _writable(_write(tmp_path))
     file = path / "item_factors.npy"
     file.write_bytes(file.read_bytes()[:-7])
     with pytest.raises(ArtifactError, match=r"item_factors\.npy has .* bytes"):
@@ -96,7 +103,7 @@ def test_truncated_array_is_rejected(tmp_path: Path) -> None:
 
 
 def test_altered_bytes_fail_the_checksum(tmp_path: Path) -> None:
-    path = _write(tmp_path)
+    path = _writable(_write(tmp_path))
     file = path / "user_factors.npy"
     data = bytearray(file.read_bytes())
     data[-1] ^= 0xFF
@@ -110,11 +117,11 @@ def test_missing_file_bad_manifest_and_unknown_schema_are_rejected(tmp_path: Pat
     (path / "trending.npy").unlink()
     with pytest.raises(ArtifactError, match=r"trending\.npy is missing"):
         load_artifact(path)
-    path2 = _write(tmp_path, "v2")
+    path2 = _writable(_write(tmp_path, "v2"))
     (path2 / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match=r"unreadable manifest\.json"):
         load_artifact(path2)
-    path3 = _write(tmp_path, "v3")
+    path3 = _writable(_write(tmp_path, "v3"))
     manifest = json.loads((path3 / "manifest.json").read_text())
     manifest["schema_version"] = 99
     (path3 / "manifest.json").write_text(json.dumps(manifest))
@@ -219,6 +226,7 @@ def test_a_manifest_of_the_first_trainer_still_loads_and_serves(
     assert source is not None
     old = tmp_path / "old"
     shutil.copytree(source, old)
+    _writable(old)
     manifest = json.loads((old / "manifest.json").read_text())
     first = {key: manifest[key] for key in FIRST_TRAINER_KEYS}
     first["created_at"] = "2026-11-20T08:00:00.123456+00:00"  # isoformat, as it wrote them
@@ -247,7 +255,7 @@ def test_recipes_are_written_as_the_trainer_always_wrote_them(tmp_path: Path) ->
 def test_a_manifest_without_what_serving_needs_is_refused_naming_the_field(
     tmp_path: Path,
 ) -> None:
-    path = _write(tmp_path)
+    path = _writable(_write(tmp_path))
     manifest = json.loads((path / "manifest.json").read_text())
     del manifest["recipes"]
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -282,3 +290,137 @@ def test_a_version_written_by_the_untyped_trainer_loads_and_serves() -> None:
     moment = manifest.data_until
     viewed = [Activity(str(i), "view", moment) for i in artifact.arrays["item_ids"][:3]]
     assert recommender.recommend(Query(user_id="new", limit=5), viewed).source == "session"
+
+
+# --- issue 11, item 9: read-only versions, loads that own their memory, pruning ------------
+
+
+def test_published_files_are_read_only(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in path.iterdir()}
+    assert set(modes) == {f"{name}.npy" for name in REQUIRED_ARRAYS} | {"manifest.json"}
+    assert set(modes.values()) == {0o444}
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_owned_load_is_checked_and_never_reads_the_file_again(
+    tmp_path: Path, verify: bool
+) -> None:
+    path = _write(tmp_path)
+    owned = load_artifact(path, mmap=False, verify_checksums=verify)
+    expected = _arrays()
+    for name, array in owned.arrays.items():
+        assert not isinstance(array, np.memmap)
+        assert not array.flags.writeable
+        np.testing.assert_array_equal(array, expected[name])
+    _writable(path)
+    for file in path.glob("*.npy"):
+        with open(file, "r+b") as fh:  # truncated in place, as `cp backup/* live/` does first
+            fh.truncate(0)
+    np.testing.assert_array_equal(owned.arrays["item_factors"], expected["item_factors"])
+    with pytest.raises(ArtifactError, match="bytes"):
+        load_artifact(path, mmap=False, verify_checksums=verify)
+
+
+def test_an_owned_load_refuses_a_file_overwritten_in_place(tmp_path: Path) -> None:
+    path = _writable(_write(tmp_path))
+    file = path / "popularity.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    with open(file, "r+b") as fh:
+        fh.write(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_artifact(path, mmap=False)
+
+
+def test_pruning_keeps_the_newest_the_current_and_the_previous(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    names = [f"v{i:02d}" for i in range(8)]
+    for name in names:
+        _write(tmp_path, name)
+    store.promote("v01")
+    store.promote("v02")  # current v02, previous v01; v03..v07 refused (never promoted)
+    leftover = tmp_path / "versions" / ".tmp-v08-being-written"
+    leftover.mkdir()
+    assert store.prunable(keep=3) == ["v00", "v03", "v04"]
+    assert store.prune(keep=3) == ["v00", "v03", "v04"]
+    assert store.versions() == ["v01", "v02", "v05", "v06", "v07"]
+    assert leftover.is_dir()  # a version being written is not a version
+    assert store.prune(keep=3) == []
+    assert store.rollback() == "v01"
+    with pytest.raises(RegistryError, match="at least one"):
+        store.prunable(keep=0)
+
+
+def _cut_in_place(file: Path, keep: int) -> None:
+    """What ``cp backup/x live/x`` does to the live file: truncate it, then write (here: only
+    the first ``keep`` bytes, a copy caught half way)."""
+    data = file.read_bytes()
+    file.chmod(0o644)  # a root operator, or one who made it writable first
+    with open(file, "r+b") as fh:
+        fh.truncate(0)
+        fh.write(data[:keep])
+
+
+def test_a_served_version_changed_in_place_neither_crashes_nor_fails_a_request(
+    small_model_root: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    from benchmarks.harness import Server
+
+    root = tmp_path / "models"
+    shutil.copytree(small_model_root, root)
+    store = ModelStore(root)
+    current, previous = store.current(), store.previous()
+    assert current is not None
+    assert previous is not None
+    live = store.version_path(current)
+    users = [str(u) for u in load_artifact(live).arrays["user_ids"][:20]]
+    key = "frontend-key-0123456789"
+    env = {
+        "RECOFFER_MODEL_DIR": str(root),
+        "RECOFFER_DATABASE_URL": f"sqlite:///{tmp_path / 'recoffer.db'}",
+        "RECOFFER_FRONTEND_KEYS": key,
+        "RECOFFER_ADMIN_KEYS": "admin-key-0123456789abcd",
+        "RECOFFER_RELOAD_INTERVAL_SECONDS": "0.2",
+    }
+
+    def ask(client: httpx.Client) -> list[int]:
+        statuses = []
+        for n, user in enumerate(users):
+            params = {"exclude_purchased": "true" if n % 2 else "false"}
+            r = client.get(f"/v1/users/{user}/recommendations", params=params)
+            statuses.append(r.status_code)
+        # a visitor the model does not know: folded in from item factors at request time
+        item = client.get(f"/v1/users/{users[0]}/recommendations").json()["items"][0]["item_id"]
+        event = {"user_id": "visitor-1", "type": "view", "item_id": item}
+        statuses.append(client.post("/v1/events", json=event).status_code)
+        r = client.get("/v1/users/visitor-1/recommendations")
+        statuses.append(r.status_code)
+        assert r.json()["source"] in ("session", "model")
+        statuses.append(client.get("/v1/model").status_code)
+        return statuses
+
+    with Server(env) as server, httpx.Client(base_url=server.url, headers={"X-API-Key": key}) as c:
+        assert set(ask(c)) == {200}
+        for file in sorted(live.glob("*.npy")):  # every array cut short under the server
+            _cut_in_place(file, keep=file.stat().st_size // 3)
+        popularity = store.version_path(previous) / "popularity.npy"
+        size = popularity.stat().st_size
+        popularity.chmod(0o644)
+        with open(popularity, "r+b") as fh:  # the previous version overwritten in place
+            fh.seek(size - 8)
+            fh.write(b"\xff" * 8)
+        for _ in range(3):
+            assert set(ask(c)) == {200}
+        assert server.proc.poll() is None
+        assert c.get("/v1/model").json()["version"] == current  # still its own copy
+        # switching to either damaged version is refused; the one in memory keeps serving
+        store.rollback()
+        r = c.post("/v1/model/reload", headers={"X-API-Key": "admin-key-0123456789abcd"})
+        assert r.status_code == 409
+        assert "popularity.npy" in r.json()["detail"]
+        assert set(ask(c)) == {200}
+        assert c.get("/v1/model").json()["version"] == current
+        assert server.proc.poll() is None

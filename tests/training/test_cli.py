@@ -71,6 +71,28 @@ def test_train_prints_tables_then_models_lists_and_rollback_switches(
     assert json.loads(shown.stdout)["version"] == first
 
 
+def test_a_refused_run_exits_3_and_leaves_the_current_model(
+    shop_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.pipeline as pipeline
+
+    code, _, stderr = _train(shop_csv, tmp_path, "--tune-seconds", "2")
+    assert code == 0, stderr
+    good = ModelStore(tmp_path).current()
+    # a model serving plain popularity everywhere is clearly below the current one
+    monkeypatch.setattr(
+        pipeline, "choose", lambda validation: dict.fromkeys(("all", "novel"), "popularity")
+    )
+    code, stdout, stderr = _train(shop_csv, tmp_path, "--json")
+    assert code == 3, stderr
+    assert json.loads(stdout)["promoted"] is False
+    assert "NOT promoted" in stderr
+    assert "below the current model" in stderr
+    assert ModelStore(tmp_path).current() == good
+    code, _, stderr = _train(shop_csv, tmp_path, "--force")
+    assert code == 0, stderr
+
+
 def test_evaluate_rescores_a_model_on_a_data_file(shop_csv: Path, tmp_path: Path) -> None:
     assert _train(shop_csv, tmp_path)[0] == 0
     result = runner.invoke(
@@ -164,3 +186,45 @@ def test_demo_generates_trains_and_prints_the_table(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.stderr
     assert "already trained" in again.stderr
     assert ModelStore(tmp_path / "models").current() == first
+
+
+def test_runs_prune_old_versions_and_prune_removes_the_rest(
+    shop_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOFFER_KEEP_VERSIONS", "2")
+    for _ in range(3):
+        assert _train(shop_csv, tmp_path, "--force")[0] == 0
+    store = ModelStore(tmp_path)
+    # keep 2 newest + current + previous: the current and previous are among them here
+    assert len(store.versions()) == 2
+    code, _, stderr = _train(shop_csv, tmp_path, "--force", "--keep-versions", "5")
+    assert code == 0, stderr
+    assert len(store.versions()) == 3
+    current, previous = store.current(), store.previous()
+    monkeypatch.delenv("RECOFFER_KEEP_VERSIONS")
+
+    oldest = store.versions()[0]
+    dry = runner.invoke(app, ["prune", "--model-dir", str(tmp_path), "--keep", "1", "--dry-run"])
+    assert dry.exit_code == 0, dry.stderr
+    assert dry.stdout.split() == ["would", "remove", oldest]
+    assert len(store.versions()) == 3
+    done = runner.invoke(app, ["prune", "--model-dir", str(tmp_path), "--keep", "1"])
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout.split() == ["removed", oldest]
+    assert store.versions() == sorted([previous, current])  # type: ignore[type-var]
+    bad = runner.invoke(app, ["prune", "--model-dir", str(tmp_path), "--keep", "0"])
+    assert bad.exit_code == 2
+
+
+def test_prune_waits_for_no_trainer(shop_csv: Path, tmp_path: Path) -> None:
+    from training.lock import trainer_lock
+
+    empty = runner.invoke(app, ["prune", "--model-dir", str(tmp_path / "none")])
+    assert empty.exit_code == 0
+    assert "no model versions" in empty.stderr
+    assert not (tmp_path / "none").exists()
+    assert _train(shop_csv, tmp_path)[0] == 0
+    with trainer_lock(tmp_path):
+        busy = runner.invoke(app, ["prune", "--model-dir", str(tmp_path)])
+    assert busy.exit_code == 1
+    assert "another trainer is running" in busy.stderr

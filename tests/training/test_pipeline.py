@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import training.pipeline as pipeline
 from service.artifact import ModelStore, load_artifact
 from service.errors import TrainerBusyError
-from service.scoring import PROTOCOLS
+from service.scoring import PROTOCOLS, Recipe
 from training.data.formats import Purchases, purchases_from_frame
 from training.encode import encode
-from training.gate import decide
+from training.gate import clearly_below, decide, gate_new_model
 from training.lock import trainer_lock
 from training.models import ModelParams, fit_stage
 from training.pipeline import TrainConfig, run
@@ -127,17 +128,113 @@ def test_gate_refuses_a_worse_model_and_force_overrides(
     assert store.rollback() == good.version
 
 
+def _users(*values: float) -> np.ndarray[Any, Any]:
+    return np.asarray(values, dtype=np.float64)
+
+
+def test_every_run_prunes_refused_ones_included(
+    tmp_path: Path, tiny_purchases: Purchases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _train(tmp_path, tiny_purchases, keep_versions=1)
+    second = _train(tmp_path, tiny_purchases, keep_versions=1)
+    monkeypatch.setattr(
+        pipeline, "choose", lambda validation: dict.fromkeys(PROTOCOLS, "popularity")
+    )
+    refused = [_train(tmp_path, tiny_purchases, keep_versions=1) for _ in range(2)]
+    assert not any(r.promoted for r in refused)
+    store = ModelStore(tmp_path)
+    # the newest (refused), the current and the previous; the first refused one is gone
+    assert store.versions() == [first.version, second.version, refused[1].version]
+    assert refused[1].pruned == [refused[0].version]
+    assert store.current() == second.version
+
+
 def test_gate_floors() -> None:
-    passed = decide({"all": 0.3}, {"all": 0.1}, {"all": 0.3}, method="direct", current_version="v")
+    same = _users(0.3, 0.3, 0.3)
+    passed = decide(
+        {"all": same}, {"all": same - 0.2}, {"all": same}, method="direct", current_version="v"
+    )
     assert passed.passed
-    below_pop = decide({"all": 0.05}, {"all": 0.1}, None, method="first", current_version=None)
+    assert passed.new == {"all": pytest.approx(0.3)}
+    below_pop = decide(
+        {"all": _users(0.05, 0.05)},
+        {"all": _users(0.1, 0.1)},
+        None,
+        method="first",
+        current_version=None,
+    )
     assert not below_pop.passed
     assert "popularity" in below_pop.reasons[0]
     below_cur = decide(
-        {"all": 0.2}, {"all": 0.1}, {"all": 0.25}, method="refit", current_version="v"
+        {"all": _users(0.2, 0.2)},
+        {"all": _users(0.1, 0.1)},
+        {"all": _users(0.25, 0.25)},
+        method="refit",
+        current_version="v",
     )
     assert not below_cur.passed
     assert "current model" in below_cur.reasons[0]
+
+
+def test_a_near_tie_is_promoted_and_a_clear_loss_is_not() -> None:
+    rng = np.random.default_rng(7)
+    popularity = rng.uniform(0.0, 1.0, size=2000)
+    # NDCG 0.2764 against 0.2765 on Online Retail: a tiny mean difference, noisy per user
+    near = popularity + rng.normal(0.0, 0.05, size=2000)
+    near += popularity.mean() - near.mean() - 1e-4
+    assert near.mean() < popularity.mean()
+    assert not clearly_below(near, popularity)
+    tie = decide(
+        {"all": near}, {"all": popularity}, {"all": popularity}, method="same", current_version="v"
+    )
+    assert tie.passed, tie.reasons
+    worse = popularity - 0.05 + rng.normal(0.0, 0.05, size=2000)
+    assert clearly_below(worse, popularity)
+    assert not decide(
+        {"all": worse}, {"all": popularity}, None, method="same", current_version="v"
+    ).passed
+    # seeded: the same figures always get the same verdict
+    borderline = popularity - 0.002 + rng.normal(0.0, 0.05, size=2000)
+    assert len({clearly_below(borderline, popularity) for _ in range(3)}) == 1
+    assert not clearly_below(popularity, popularity)  # an exact tie
+
+
+def test_a_fresh_install_serves_popularity_when_the_model_does_not_beat_it(
+    tmp_path: Path, tiny_purchases: Purchases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a model that serves nothing but its most obscure items: clearly below popularity
+    real = gate_new_model
+
+    def worst_recipes(*args: Any, **kwargs: Any) -> Any:
+        worst = Recipe(weights={"popularity": -1.0})
+        kwargs["candidates"] = {**kwargs["candidates"], "worst": dict.fromkeys(PROTOCOLS, worst)}
+        kwargs["served"] = dict.fromkeys(PROTOCOLS, "worst")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "gate_new_model", worst_recipes)
+    result = _train(tmp_path, tiny_purchases)
+    assert result.promoted
+    assert result.gate.method == "first"
+    assert result.gate.fallback == dict.fromkeys(PROTOCOLS, "popularity")
+    assert result.gate.notes
+    store = ModelStore(tmp_path)
+    assert store.current() == result.version
+    manifest = load_artifact(store.current_path()).manifest  # type: ignore[arg-type]
+    assert manifest.served == dict.fromkeys(PROTOCOLS, "popularity")
+    assert manifest.recipes["novel"].weights == {"popularity": 1.0}
+    # and the service serves it
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(model_dir=tmp_path, frontend_keys=["f" * 32], access_log=False)
+    user = str(tiny_purchases.frame["user_id"].iloc[0])
+    with TestClient(create_app(settings)) as client:
+        r = client.get(f"/v1/users/{user}/recommendations", headers={"X-API-Key": "f" * 32})
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == result.version
+        assert r.json()["items"]
 
 
 def test_no_stage_ever_sees_purchases_after_its_cutoff(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import shlex
 import subprocess
@@ -76,6 +77,22 @@ def test_runs_continue_after_a_run_is_killed_and_slots_are_not_doubled(tmp_path:
     # a 0.3 s run on a 0.1 s schedule: the next starts after the last ended, never during it
     for before, after in itertools.pairwise(history):
         assert after.started_at >= before.started_at + timedelta(seconds=before.seconds)
+
+
+def test_a_refused_run_is_logged_as_refused_not_as_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scheduler = Scheduler(
+        Schedule(every=timedelta(hours=1)), _python("raise SystemExit(3)"), run_now=True, max_runs=1
+    )
+    with caplog.at_level(logging.INFO, logger="training.schedule"):
+        (run,) = scheduler.run()
+    assert run.exit_code == 3
+    assert run.outcome == "refused"
+    assert not run.failed
+    (finished,) = [r for r in caplog.records if r.getMessage() == "training_finished"]
+    assert finished.outcome == "refused"  # type: ignore[attr-defined]
+    assert finished.levelno == logging.INFO
 
 
 def test_a_run_over_its_time_limit_is_killed(tmp_path: Path) -> None:
@@ -220,6 +237,16 @@ def test_kubernetes_manifests_fit_together_and_fit_the_code() -> None:
     assert api_box["command"][:3] == ["python", "-m", "service"]
     parse_service_args(api_box["command"][3:])
     assert docs["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
+    # a refused run (exit 3) ends the Job without a retry; a crash is retried
+    job = docs["CronJob"]["spec"]["jobTemplate"]["spec"]
+    rules = job["podFailurePolicy"]["rules"]
+    refused = [r for r in rules if "onExitCodes" in r and 3 in r["onExitCodes"]["values"]]
+    assert refused
+    assert refused[0]["action"] == "FailJob"
+    assert refused[0]["onExitCodes"]["operator"] == "In"
+    assert refused[0]["onExitCodes"]["containerName"] == train_box["name"]
+    assert job["backoffLimit"] >= 1
+    assert _pod_spec(docs["CronJob"])["restartPolicy"] == "Never"  # podFailurePolicy needs it
     assert croniter.is_valid(docs["CronJob"]["spec"]["schedule"])
     # probes hit endpoints that exist; every variable set is a setting the service reads
     assert api_box["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -1,6 +1,7 @@
 """``recoffer``: the command line. Parses, calls the pipeline or the registry, prints.
 
-Exit codes: 0 success, 2 bad input (file, column, value, option), 1 any other failure.
+Exit codes (``training.exit_codes``): 0 success, 3 a training run the quality gate refused,
+2 bad input (file, column, value, option), 1 any other failure.
 Results go to stdout (a table, or one JSON object with ``--json``); progress goes to stderr.
 
 One module per group of commands; ``render`` prints. Commands are registered here, in the
@@ -24,6 +25,7 @@ app.command()(train.train)
 app.command()(train.evaluate)
 app.command()(models.models)
 app.command()(models.rollback)
+app.command()(models.prune)
 app.command()(serve.demo)
 app.command()(serve.serve)
 app.command()(backtest.backtest)

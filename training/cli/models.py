@@ -1,4 +1,5 @@
-"""``recoffer models`` and ``recoffer rollback``: the versions in a model root, and `current`."""
+"""``recoffer models``, ``rollback`` and ``prune``: the versions in a model root, `current`, and
+removing old versions."""
 
 from __future__ import annotations
 
@@ -7,11 +8,23 @@ from typing import Annotated, Any
 
 import typer
 
-from service.artifact import ModelStore, load_artifact
+from service.artifact import KEEP_VERSIONS, ModelStore, load_artifact
 from service.errors import UsageProblem
 from service.scoring import PROTOCOLS
 from training.cli.common import DEFAULT_MODEL_DIR, ModelDir, setup_logging
 from training.cli.render import err, errors, models_table, out
+
+KeepVersions = Annotated[
+    int,
+    typer.Option(
+        "--keep-versions",
+        "--keep",
+        envvar="RECOFFER_KEEP_VERSIONS",
+        min=1,
+        help="Versions to keep besides the current and the previous one (newest first); "
+        "older ones are removed after each training run.",
+    ),
+]
 
 
 def models(
@@ -69,3 +82,36 @@ def rollback(
             if to is not None:
                 load_artifact(store.version_path(target))
     out.print(f"current: {before} -> {target}", markup=False)
+
+
+def prune(
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    keep: KeepVersions = KEEP_VERSIONS,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be removed; remove nothing.")
+    ] = False,
+) -> None:
+    """Remove old model versions: all but the newest --keep, the current and the previous one.
+
+    Training runs do this after each run; this is for a root pruned by hand or with a new
+    --keep. Takes the trainer lock, so a version being written is never touched.
+
+    Examples:
+
+      recoffer prune --model-dir var/models --keep 5 --dry-run
+    """
+    from training.lock import trainer_lock
+
+    setup_logging(False)
+    with errors():
+        store = ModelStore(model_dir)
+        if not store.versions():
+            err.print(f"no model versions in {model_dir}", markup=False)
+            return
+        with trainer_lock(store.root):
+            removed = store.prunable(keep) if dry_run else store.prune(keep)
+    verb = "would remove" if dry_run else "removed"
+    for version in removed:
+        out.print(f"{verb} {version}", markup=False)
+    kept = len(store.versions()) - (len(removed) if dry_run else 0)
+    err.print(f"{verb} {len(removed)} version(s), {kept} kept", markup=False)

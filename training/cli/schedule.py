@@ -69,7 +69,8 @@ def schedule(
     scheduler.install_signal_handlers()
     err.print(f"retraining {plan.describe()}: recoffer train {' '.join(train_args)}", markup=False)
     history = scheduler.run()
-    failed = [r for r in history if r.exit_code != 0]
-    err.print(f"{len(history)} run(s), {len(failed)} failed", markup=False)
+    failed = [r for r in history if r.failed]
+    refused = sum(r.outcome == "refused" for r in history)
+    err.print(f"{len(history)} run(s), {len(failed)} failed, {refused} refused", markup=False)
     if history and failed and failed[-1] is history[-1]:
         raise typer.Exit(1)

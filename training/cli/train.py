@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from service.artifact import ModelStore, load_artifact
+from service.artifact import KEEP_VERSIONS, ModelStore, load_artifact
 from service.errors import UsageProblem
 from service.scoring import PROTOCOLS
+from training import exit_codes
 from training.cli.common import (
     DEFAULT_MODEL_DIR,
     DateFormat,
@@ -26,10 +27,12 @@ from training.cli.common import (
     read_options,
     setup_logging,
 )
+from training.cli.models import KeepVersions
 from training.cli.render import err, errors, fail, metrics_tables, out, progress
 from training.data.formats import FORMATS
 from training.evaluate import TEST_DAYS
 from training.models import ModelParams
+from training.tune import TRIALS, TUNE_SECONDS_CAP
 
 if TYPE_CHECKING:
     from training.pipeline import TrainConfig
@@ -91,8 +94,20 @@ def train(
         float, typer.Option(help="Length of the test (and validation) window in days.")
     ] = TEST_DAYS,
     tune_seconds: Annotated[
-        float, typer.Option(help="Time budget for tuning on the validation split; 0 turns it off.")
-    ] = 60.0,
+        float,
+        typer.Option(
+            help="Time cap for tuning on the validation split (the search stops starting new "
+            "work past it); 0 turns tuning off."
+        ),
+    ] = TUNE_SECONDS_CAP,
+    tune_trials: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Hyper-parameter variants tuning tries, in a fixed order (its budget, the same "
+            "on a busy machine as on a quiet one); 0 tunes the blend's weights only.",
+        ),
+    ] = TRIALS,
     factors: Annotated[int, typer.Option(help="ALS latent factors.")] = DEFAULTS.factors,
     iterations: Annotated[
         int,
@@ -113,6 +128,7 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
     ] = False,
+    keep_versions: KeepVersions = KEEP_VERSIONS,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -165,10 +181,12 @@ def train(
         columns=None,
         test_days=test_days,
         tune_seconds=tune_seconds,
+        tune_trials=tune_trials,
         force=force,
         params=params,
         eval_users=eval_users,
         read_options=options,
+        keep_versions=keep_versions,
     )
     run_training(config, columns, as_json)
 
@@ -199,8 +217,13 @@ def run_training(config: TrainConfig, columns: str | None, as_json: bool) -> Non
     err.print(f"version {result.version}: {verdict}", markup=False)
     for reason in result.gate.reasons:
         err.print(f"  gate: {reason}", markup=False)
+    for note in result.gate.notes:
+        err.print(f"  gate: {note}", markup=False)
+    if result.pruned:
+        err.print(f"pruned {len(result.pruned)} old version(s)", markup=False)
     if not result.promoted:
         err.print("  (use --force to promote anyway)", markup=False)
+        raise typer.Exit(exit_codes.REFUSED)
 
 
 def evaluate(
