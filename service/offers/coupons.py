@@ -218,8 +218,11 @@ class Coupons:
             if self.limiter is not None:
                 try:
                     self.limiter.fail(caller)
-                except (TooManyAttempts, LimiterUnavailable):
+                except TooManyAttempts:
                     self._refused("rate_limited")
+                    raise
+                except LimiterUnavailable:
+                    self._refused("limiter_unavailable")
                     raise
             self._refused(reason)
             raise
