@@ -153,9 +153,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return url or None
+        if not url:
+            return None  # RECOFFER_REDIS_URL= (empty): not configured
+        if not url.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must start with redis://, rediss:// or redis+unix://")
+        return url
 
     @field_validator("database_url")
     @classmethod

@@ -324,3 +324,20 @@ def test_an_unreachable_redis_refuses_failed_lookups_only_never_500(
         assert c.get(f"/v1/coupons/{code}", headers=headers).status_code == 200
         body = {"user_id": user, "order_id": "o"}
         assert c.post(f"/v1/coupons/{code}/redeem", json=body, headers=headers).status_code == 200
+
+
+def test_settings_name_a_bad_proxy_or_redis_url_and_trust_no_proxy_by_default() -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    assert Settings(auth_disabled=True).trusted_proxies == []
+    assert Settings(auth_disabled=True, redis_url="").redis_url is None
+    proxies = Settings(auth_disabled=True, trusted_proxies="10.0.0.0/8, ::1").trusted_proxies
+    assert [str(p) for p in proxies] == ["10.0.0.0/8", "::1/128"]
+    bad: dict[str, Any]
+    for bad in ({"trusted_proxies": "10.0.0.0/8, proxy.local"}, {"redis_url": "x://h"}):
+        (field,) = bad
+        with pytest.raises(ValidationError) as caught:
+            Settings(auth_disabled=True, **bad)
+        assert caught.value.errors()[0]["loc"] == (field,)
