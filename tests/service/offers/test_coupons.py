@@ -335,9 +335,8 @@ def test_settings_name_a_bad_proxy_or_redis_url_and_trust_no_proxy_by_default() 
     assert Settings(auth_disabled=True, redis_url="").redis_url is None
     proxies = Settings(auth_disabled=True, trusted_proxies="10.0.0.0/8, ::1").trusted_proxies
     assert [str(p) for p in proxies] == ["10.0.0.0/8", "::1/128"]
-    bad: dict[str, Any]
-    for bad in ({"trusted_proxies": "10.0.0.0/8, proxy.local"}, {"redis_url": "x://h"}):
-        (field,) = bad
+    for field, value in (("trusted_proxies", "10.0.0.0/8, proxy.local"), ("redis_url", "x://h")):
+        options: dict[str, Any] = {"auth_disabled": True, field: value}
         with pytest.raises(ValidationError) as caught:
-            Settings(auth_disabled=True, **bad)
+            Settings(**options)
         assert caught.value.errors()[0]["loc"] == (field,)
