@@ -27,6 +27,7 @@ from service.errors import (
     CouponNotYours,
     CouponOrderMismatch,
     CouponReleaseLimit,
+    InvalidInput,
     LimiterUnavailable,
     TooManyAttempts,
 )
@@ -116,6 +117,8 @@ class Coupons:
         redemption is kept in the trail with the amount, the discount and ``caller.client``.
         Failed lookups count against ``caller`` as in ``validate``.
         """
+        if (order_amount is None) != (currency is None):
+            raise InvalidInput("currency", "an order amount and its currency go together")
         use = Use(order_id, caller.client, order_amount, currency)
         with self._guarded(caller):
             return self._redeem(text, user_id, use)

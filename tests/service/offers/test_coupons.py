@@ -15,7 +15,12 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from service.db import make_engine, migrate
-from service.errors import CouponNotRedeemed, CouponOrderMismatch, CouponReleaseLimit
+from service.errors import (
+    CouponNotRedeemed,
+    CouponOrderMismatch,
+    CouponReleaseLimit,
+    InvalidInput,
+)
 from service.offers.campaigns import Campaign
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
@@ -76,6 +81,8 @@ def test_redeem_release_redeem_keeps_every_use_and_the_release_limit_holds(
         ("redeem", 2, "o-2", Decimal("50")),
     ]
     assert {(e.user_id, e.actor, e.currency) for e in trail} == {(user, SHOP.client, "EUR")}
+    with pytest.raises(InvalidInput):  # money never travels without its currency
+        coupons.redeem(code, user, "o-3", Decimal("10"), None, caller=SHOP)
     # the first order is not erased: the report counts both uses and the one standing
     stats = Reports(offers.campaigns, offers.repository, offers.clock).stats(CAMPAIGN)
     assert stats.coupons["redeemed"] == 1
