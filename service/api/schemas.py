@@ -316,6 +316,24 @@ class RedemptionOut(BaseModel):
     replayed: bool = Field(description="True when this repeats an earlier, successful call.")
 
 
+class LedgerEntryOut(BaseModel):
+    action: Literal["redeem", "release"]
+    redemption: int = Field(description="Which redemption of the coupon; a release undoes it.")
+    order_id: str
+    user_id: str | None = Field(description="null once the user was erased.")
+    order_amount: Decimal | None
+    discount_amount: Decimal | None
+    currency: str | None
+    actor: str = Field(description="The calling API key's role and fingerprint (not the key).")
+    at: datetime
+
+
+class CouponTrailOut(BaseModel):
+    code: str
+    campaign_id: str
+    entries: list[LedgerEntryOut] = Field(description="Every redemption and release, in order.")
+
+
 class CampaignOut(BaseModel):
     campaign_id: str
     active_now: bool

@@ -34,7 +34,7 @@ from service.errors import (
 from service.offers.kinds import CouponState
 from service.offers.limiter import IN_PROCESS, Caller, FailureLimiter
 from service.offers.repository import OfferRepository
-from service.offers.repository.coupons import CouponRecord, Use
+from service.offers.repository.coupons import CouponRecord, LedgerEntry, Use
 from service.offers.rules import normalise_code, redacted
 
 if TYPE_CHECKING:
@@ -166,6 +166,17 @@ class Coupons:
                 if coupon.releases >= self.max_releases:
                     raise CouponReleaseLimit(redacted(coupon.code))
             raise CouponNotRedeemed(redacted(coupon.code))
+
+    def trail(self, text: str) -> tuple[CouponRecord, list[LedgerEntry]] | None:
+        """The coupon and every redemption and release of it, oldest first; None if unknown.
+
+        For marketing and accounting: not a customer's lookup, not limited.
+        """
+        code = normalise_code(text)
+        coupon = self.repository.coupon(code) if code is not None else None
+        if coupon is None:
+            return None
+        return coupon, self.repository.trail(coupon.code)
 
     def _redeem(self, text: str, user_id: str, use: Use) -> tuple[CouponStatus, bool]:
         code = normalise_code(text)

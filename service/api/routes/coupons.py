@@ -8,11 +8,22 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CouponsDep, _presented_key, no_store, role_of
+from service.api.deps import CouponsDep, _presented_key, no_store, require_part, role_of
 from service.api.routes.offers import coupon_out
-from service.api.schemas import CouponOut, Id, RedeemIn, RedemptionOut, ReleaseIn
+from service.api.schemas import (
+    CouponOut,
+    CouponTrailOut,
+    Id,
+    LedgerEntryOut,
+    RedeemIn,
+    RedemptionOut,
+    ReleaseIn,
+)
+from service.errors import CouponNotFound
 from service.middleware import client_address
+from service.offers.coupons import Coupons
 from service.offers.limiter import Caller
+from service.offers.rules import format_code
 from service.state import AppState
 
 router = APIRouter(prefix="/v1/coupons", tags=["coupons"], dependencies=[Depends(no_store)])
@@ -41,6 +52,13 @@ def caller_of(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(caller_of)]
+
+
+def _coupons(state: AppState) -> Coupons:
+    return state.coupons
+
+
+AuditDep = Annotated[Coupons, Depends(require_part(_coupons, "marketing"))]
 
 
 @router.get("/{code}", response_model=CouponOut)
@@ -86,3 +104,30 @@ async def release(code: Code, body: ReleaseIn, coupons: CouponsDep, caller: Call
         lambda: coupons.release(code, body.user_id, body.order_id, caller=caller)
     )
     return coupon_out(status)
+
+
+@router.get("/{code}/trail", response_model=CouponTrailOut)
+async def trail(code: Code, coupons: AuditDep) -> CouponTrailOut:
+    """Every redemption and release of the coupon: who, which order, amount, when."""
+    found = await run_in_threadpool(coupons.trail, code)
+    if found is None:
+        raise CouponNotFound("no such coupon")
+    coupon, entries = found
+    return CouponTrailOut(
+        code=format_code(coupon.code),
+        campaign_id=coupon.campaign_id,
+        entries=[
+            LedgerEntryOut(
+                action=e.action,
+                redemption=e.redemption,
+                order_id=e.order_id,
+                user_id=e.user_id,
+                order_amount=e.order_amount,
+                discount_amount=e.discount_amount,
+                currency=e.currency,
+                actor=e.actor,
+                at=e.at,
+            )
+            for e in entries
+        ],
+    )

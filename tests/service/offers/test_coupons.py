@@ -199,11 +199,25 @@ def test_release_over_http_answers_409_and_records_the_key_fingerprint(
             f"/v1/coupons/{code}/redeem", json={**other, "order_amount": "5"}, headers=headers
         )
         assert (missing.status_code, missing.json()["detail"][0]["field"]) == (422, "currency")
-        state = c.app.state.recoffer  # type: ignore[attr-defined]
-        trail = state.coupons.repository.trail(code.replace("-", ""))
         fingerprint = "frontend:" + hashlib.sha256(FRONTEND.encode()).hexdigest()[:12]
-        assert {e.actor for e in trail} == {fingerprint}
-        assert FRONTEND not in str(trail)
+        audit = c.get(f"/v1/coupons/{code}/trail", headers=M)
+        assert audit.status_code == 200, audit.text
+        entries = audit.json()["entries"]
+        assert [(e["action"], e["redemption"], e["order_id"]) for e in entries] == [
+            ("redeem", 1, "o-1"),
+            ("release", 1, "o-1"),
+            ("redeem", 2, "o-2"),
+        ]
+        assert [(e["order_amount"], e["currency"]) for e in entries] == [
+            ("20.0000", "GBP"),
+            ("20.0000", "GBP"),
+            (None, None),
+        ]
+        assert {e["actor"] for e in entries} == {fingerprint}
+        assert FRONTEND not in audit.text
+        assert audit.headers["cache-control"] == "no-store"
+        assert c.get(f"/v1/coupons/{code}/trail", headers=headers).status_code == 403
+        assert c.get("/v1/coupons/AAAA-BBBB-CCCC-DDDD/trail", headers=M).status_code == 404
         stats = c.get(f"/v1/campaigns/{CAMPAIGN}/stats", headers=M).json()
         assert stats["coupons"]["redemptions"] == 2
         assert stats["coupons"]["releases"] == 1
