@@ -38,9 +38,9 @@ def api_client(request: Request) -> str:
     Runs after the route's key check, so the key is a configured one.
     """
     key = _presented_key(request)
-    if key is None:  # development mode: no keys
+    role = None if key is None else role_of(key, request.app.state.recoffer_keys)
+    if key is None or role is None:  # development mode (RECOFFER_AUTH_DISABLED): no keys
         return "development"
-    role = role_of(key, request.app.state.recoffer_keys)
     return f"{role}:{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

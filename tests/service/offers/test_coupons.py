@@ -361,3 +361,26 @@ def test_settings_name_a_bad_proxy_or_redis_url_and_trust_no_proxy_by_default() 
         with pytest.raises(ValidationError) as caught:
             Settings(**options)
         assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_the_client_address_reads_x_forwarded_for_from_the_right_through_trusted_proxies() -> None:
+    from ipaddress import ip_network
+
+    from service.middleware import client_address
+
+    def scope(peer: str, *forwarded: str) -> dict[str, Any]:
+        headers = [(b"x-forwarded-for", f.encode()) for f in forwarded]
+        return {"type": "http", "client": (peer, 1234), "headers": headers}
+
+    proxies = [ip_network("10.0.0.0/8"), ip_network("::1/128")]
+    assert client_address(scope("127.0.0.1", "198.51.100.1"), []) == "127.0.0.1"
+    assert client_address(scope("127.0.0.1", "198.51.100.1"), proxies) == "127.0.0.1"
+    assert client_address(scope("10.0.0.2", "6.6.6.6, 198.51.100.1"), proxies) == "198.51.100.1"
+    # two trusted hops, the header split over two lines, the spoofed part left of them
+    chain = scope("10.0.0.2", "6.6.6.6, 198.51.100.1", "10.9.9.9")
+    assert client_address(chain, proxies) == "198.51.100.1"
+    assert client_address(scope("::1", "2001:db8::5"), proxies) == "2001:db8::5"
+    # no header, or only trusted hops: the farthest proxy; garbage: the last address vouched for
+    assert client_address(scope("10.0.0.2"), proxies) == "10.0.0.2"
+    assert client_address(scope("10.0.0.2", "10.1.1.1"), proxies) == "10.1.1.1"
+    assert client_address(scope("10.0.0.2", "not-an-address, 10.1.1.1"), proxies) == "10.1.1.1"
