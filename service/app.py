@@ -42,7 +42,7 @@ from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.offers.auto import AutoEvaluator
 from service.offers.campaigns import load_campaigns
-from service.offers.coupons import Coupons, LookupGuard
+from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.limiter import FailureLimiter
 from service.offers.reports import Reports
@@ -120,11 +120,14 @@ def create_app(
             coupons=Coupons(
                 offer_repository,
                 clock,
-                guard=LookupGuard(
-                    FailureLimiter(settings.coupon_failure_window_seconds),
-                    per_user=settings.coupon_failures_per_user,
+                limiter=FailureLimiter(
                     per_client=settings.coupon_failures_per_client,
+                    per_address=settings.coupon_failures_per_address,
+                    window_seconds=settings.coupon_failure_window_seconds,
+                    redis_url=settings.redis_url,
+                    prefix=settings.redis_prefix,
                 ),
+                max_releases=settings.coupon_max_releases,
                 metrics=metrics,
             ),
             reports=Reports(campaign_set, offer_repository, clock, metrics=metrics),

@@ -121,6 +121,27 @@ class CouponExpired(OfferError):
     pass
 
 
+# --- releases and the failed-lookup limiter (issue 11, items 3 and 4) ---
+
+
+class CouponNotRedeemed(OfferError):
+    """A release of a coupon that no order is using (never redeemed, or released already)."""
+
+
+class CouponOrderMismatch(OfferError):
+    """A release naming another order than the one that redeemed the coupon."""
+
+
+class CouponReleaseLimit(OfferError):
+    """The coupon has been released as often as ``coupon_max_releases`` allows."""
+
+
+class LimiterUnavailable(RecofferError):
+    """The shared failed-lookup limiter (Redis) cannot be reached: failed lookups are refused."""
+
+    retry_after = 5
+
+
 class BudgetExhausted(OfferError):
     """A campaign cap is reached (raised inside the issuing transaction, which rolls back)."""
 
@@ -176,11 +197,24 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     OfferError: ErrorKind(409, "offer_refused", 1),
     UnknownCampaign: ErrorKind(404, "unknown_campaign", 2),
     CouponNotFound: ErrorKind(404, "coupon_not_found", 2, "no such coupon"),
-    CouponNotYours: ErrorKind(403, "coupon_not_yours", 2, "this coupon belongs to another user"),
+    # another user's coupon answers exactly like an unknown one: no existence oracle (item 4)
+    CouponNotYours: ErrorKind(404, "coupon_not_found", 2, "no such coupon"),
     CouponAlreadyRedeemed: ErrorKind(409, "coupon_already_redeemed", 2, "used by another order"),
     CouponExpired: ErrorKind(410, "coupon_expired", 2, "this coupon has expired"),
     TooManyAttempts: ErrorKind(429, "too_many_requests", 1),
     UserErased: ErrorKind(410, "user_erased", 2),  # issue 11, item 2
+    CouponNotRedeemed: ErrorKind(
+        409, "coupon_not_redeemed", 2, "no order is using this coupon: nothing to release"
+    ),
+    CouponOrderMismatch: ErrorKind(
+        409, "coupon_order_mismatch", 2, "this coupon was redeemed by another order"
+    ),
+    CouponReleaseLimit: ErrorKind(
+        409, "coupon_release_limit", 2, "this coupon has been released as often as allowed"
+    ),
+    LimiterUnavailable: ErrorKind(
+        503, "limiter_unavailable", 1, "failed coupon lookups cannot be counted now; retry later"
+    ),
 }
 
 

@@ -1,10 +1,14 @@
-"""Pure ASGI middleware: request id, body-size limit, latency metric, JSON access log."""
+"""Pure ASGI middleware: request id, body-size limit, latency metric, JSON access log; and
+the client's address as far as trusted proxies vouch for it."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import time
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -115,3 +119,36 @@ async def _reply(send: Send, status: int, body: bytes, request_id: str) -> None:
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def client_address(scope: Scope, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
+    """The address of whoever sent the request, as far as it can be known.
+
+    The TCP peer, unless the peer is one of the ``trusted`` proxies: then X-Forwarded-For is
+    read from the right (each proxy appends the address it saw) and the first hop that is
+    not a trusted proxy is the client. An untrusted peer's X-Forwarded-For is ignored, since
+    anyone can write one; loopback is trusted only when listed.
+    """
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not trusted or not _within(peer, trusted):
+        return peer
+    values = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-forwarded-for"]
+    hops = [hop.strip() for hop in ",".join(values).split(",") if hop.strip()]
+    address = peer
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return address  # not an address: the last hop a trusted proxy vouched for
+        address = hop
+    return address
+
+
+def _within(address: str, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

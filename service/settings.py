@@ -7,6 +7,7 @@ with a message naming the variable.
 from __future__ import annotations
 
 import ipaddress
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -97,15 +98,36 @@ class Settings(BaseSettings):
         None,
         description="TOML file of campaigns; the built-in new_user_high_intent always exists.",
     )
-    coupon_failures_per_user: int = Field(
-        10, ge=1, description="Failed coupon lookups per user and window before 429."
+    coupon_failures_per_address: int = Field(
+        100, ge=1, description="Failed coupon lookups per client address and window before 429."
     )
     coupon_failures_per_client: int = Field(
-        100, ge=1, description="Failed coupon lookups per client address and window before 429."
+        1000, ge=1, description="Failed coupon lookups per API key and window before 429."
     )
     coupon_failure_window_seconds: float = Field(
         600.0, gt=0, description="The window of the failed-lookup limits."
     )
+    # --- issue 11, items 3 and 4: coupon releases, shared limits, trusted proxies ---
+    coupon_max_releases: int = Field(
+        1, ge=0, le=100, description="How often one coupon may be released (cancelled orders)."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:port/db: failed-lookup limits shared by every worker and "
+        "replica (without it each process counts alone).",
+    )
+    redis_prefix: str = Field(
+        "recoffer",
+        min_length=1,
+        max_length=64,
+        description="Prefix of this deployment's Redis keys (several deployments, one Redis).",
+    )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description="Proxies (addresses or CIDR networks, comma-separated) whose "
+        "X-Forwarded-For names the client; none by default, loopback included.",
+    )
+
     offer_metrics_seconds: float = Field(
         15.0, ge=0, description="How often coupon and budget gauges are refreshed (0: never)."
     )
@@ -124,6 +146,26 @@ class Settings(BaseSettings):
             if len(key.get_secret_value()) < 16:
                 raise ValueError("API keys must be at least 16 characters")
         return keys
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        parts = _split(value)
+        if not isinstance(parts, list):
+            return parts
+        try:
+            return [ipaddress.ip_network(str(p), strict=False) for p in parts]
+        except ValueError as exc:
+            raise ValueError(f"not an address or network: {exc}") from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if not url:
+            return None  # RECOFFER_REDIS_URL= (empty): not configured
+        if not url.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must start with redis://, rediss:// or redis+unix://")
+        return url
 
     @field_validator("database_url")
     @classmethod

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from service.money import AmountColumn
 from service.offers.kinds import RECORDED
 
 ID_LENGTH = 128
@@ -131,8 +132,11 @@ coupons = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("redeemed_at", UTCDateTime(), nullable=True),
     Column("order_id", String(ID_LENGTH), nullable=True),
-    Column("order_amount", Float(), nullable=True),
-    Column("discount_amount", Float(), nullable=True),
+    # the standing redemption's money, exact since 0003; every use is kept in coupon_ledger
+    Column("order_amount", AmountColumn(), nullable=True),
+    Column("discount_amount", AmountColumn(), nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("releases", Integer(), nullable=False, server_default="0"),  # bounded (item 3)
     Index("ix_coupons_user_id", "user_id", "expires_at"),
     Index("ix_coupons_campaign_id", "campaign_id"),
     Index("ix_coupons_attribution_id", "attribution_id"),
@@ -164,4 +168,32 @@ erasure_keys = Table(
     metadata,
     Column("name", String(32), primary_key=True),
     Column("secret", String(128), nullable=False),
+)
+
+# --- the coupons' audit trail (migration 0003, issue 11 item 3) ---------------------------
+
+LEDGER_ACTIONS = ("redeem", "release")
+
+# Append-only: one row per redemption and per release, never updated (erasure only sets
+# user_id to NULL) nor deleted; migration 0003 adds triggers that refuse anything else.
+coupon_ledger = Table(
+    "coupon_ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("code", String(32), nullable=False),
+    Column("campaign_id", String(64), nullable=False),
+    Column("user_id", String(ID_LENGTH), nullable=True),  # NULL once the user is erased
+    Column("action", String(8), nullable=False),
+    # which redemption of the coupon (1, 2, ...); a release carries the number it undoes
+    Column("redemption", Integer(), nullable=False),
+    Column("order_id", String(ID_LENGTH), nullable=False),
+    Column("order_amount", AmountColumn(), nullable=True),
+    Column("discount_amount", AmountColumn(), nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("actor", String(64), nullable=False),  # the API key's role and fingerprint
+    Column("at", UTCDateTime(), nullable=False),
+    CheckConstraint("action IN ('redeem', 'release')", name="ledger_action"),
+    Index("uq_coupon_ledger_code", "code", "redemption", "action", unique=True),
+    Index("ix_coupon_ledger_campaign_id", "campaign_id", "at"),
+    Index("ix_coupon_ledger_user_id", "user_id"),
 )

@@ -106,6 +106,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The local Redis URL (RECOFFER_TEST_REDIS_URL); skips (fails in CI) when unreachable."""
+    import redis
+
+    url = os.environ.get("RECOFFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    reason = ""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        reason = f"Redis not reachable at {url}: {exc}"
+    require_or_skip(not reason, reason, "RECOFFER_REQUIRE_REDIS")
+    return url
+
+
 # --- a trained model ---------------------------------------------------------------------
 
 

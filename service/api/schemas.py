@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
 )
 
 from service.ids import EventId, ItemId, OrderId, ShopId, UserId
+from service.money import Amount, Currency
 from service.offers.campaigns import BUILT_IN, CampaignId
 from service.offers.kinds import CouponState, DecisionKind, FinalKind
 
@@ -308,26 +310,63 @@ class RedeemIn(Strict):
     order_id: OrderId = Field(
         description="A retry with the same order id is answered like the first."
     )
-    order_amount: float | None = Field(
+    order_amount: Amount | None = Field(
         None,
-        ge=0,
-        le=1e9,
         description="What the discount applies to, before it (the order total; for a coupon "
-        "restricted to products, those products' total): reported as the discount's cost.",
+        'restricted to products, those products\' total), exact: a string such as "80.00". '
+        "Kept in the coupon's trail and reported as the discount's cost.",
     )
+    currency: Currency | None = Field(
+        None, validate_default=True, description="The order's currency; required with an amount."
+    )
+
+    @field_validator("currency")
+    @classmethod
+    def _currency_with_amount(cls, currency: str | None, info: ValidationInfo) -> str | None:
+        if "order_amount" not in info.data:
+            return currency  # the amount itself was refused; that error names it
+        if info.data["order_amount"] is not None and currency is None:
+            raise ValueError("required with order_amount (ISO 4217, e.g. EUR)")
+        if info.data["order_amount"] is None and currency is not None:
+            raise ValueError("given without order_amount")
+        return currency
 
 
 class ReleaseIn(Strict):
     user_id: UserId
-    order_id: OrderId = Field(description="The order that used the coupon and was cancelled.")
+    order_id: OrderId = Field(
+        description="The order that redeemed the coupon and was cancelled (409 for another)."
+    )
 
 
 class RedemptionOut(BaseModel):
     coupon: CouponOut
     order_id: str | None
     redeemed_at: datetime | None
-    discount_amount: float | None = Field(description="order_amount x discount, when sent.")
+    order_amount: Decimal | None = Field(description="As sent with the redemption.")
+    discount_amount: Decimal | None = Field(
+        description="order_amount x discount, exact to 4 decimals, when an amount was sent."
+    )
+    currency: str | None = Field(description="The currency of both amounts.")
     replayed: bool = Field(description="True when this repeats an earlier, successful call.")
+
+
+class LedgerEntryOut(BaseModel):
+    action: Literal["redeem", "release"]
+    redemption: int = Field(description="Which redemption of the coupon; a release undoes it.")
+    order_id: str
+    user_id: str | None = Field(description="null once the user was erased.")
+    order_amount: Decimal | None
+    discount_amount: Decimal | None
+    currency: str | None
+    actor: str = Field(description="The calling API key's role and fingerprint (not the key).")
+    at: datetime
+
+
+class CouponTrailOut(BaseModel):
+    code: str
+    campaign_id: str
+    entries: list[LedgerEntryOut] = Field(description="Every redemption and release, in order.")
 
 
 class CampaignOut(BaseModel):
@@ -359,7 +398,10 @@ class CampaignStatsOut(BaseModel):
     at: datetime
     eligible: int = Field(description="Users found eligible: issued + holdout + budget_exhausted.")
     decisions: dict[str, int]
-    coupons: dict[str, int] = Field(description="issued, active, redeemed, expired.")
+    coupons: dict[str, int] = Field(
+        description="issued, active, redeemed (standing redemptions), expired; from the "
+        "coupons' trail: redemptions (all, released ones included) and releases."
+    )
     budget: dict[str, int | None]
     converted: dict[str, int] = Field(
         description="Users with a purchase within the conversion window after the decision."
@@ -371,10 +413,15 @@ class CampaignStatsOut(BaseModel):
         description="Treated minus holdout conversion, Newcombe 95 % interval."
     )
     open_windows: int = Field(description="Decided users still inside their conversion window.")
-    discount_cost: float = Field(description="Discount given on redeemed coupons.")
-    discount_cost_estimated: float = Field(
-        description="Part of discount_cost estimated from catalogue prices (no order amount)."
+    discount_cost: dict[str, Decimal] = Field(
+        description="Discount given on the redemptions standing (released ones excluded), by "
+        "currency, exact, from the coupons' trail; XXX: amounts recorded before currencies were."
     )
+    discount_cost_estimated: Decimal = Field(
+        description="Estimated from catalogue prices for standing redemptions sent without an "
+        "amount (in the catalogue's currency; not part of discount_cost)."
+    )
+
     unpriced_orders: int
     notes: list[str]
 

@@ -1,9 +1,12 @@
-"""Coupons at checkout: validate, redeem exactly once, release, and the failed-lookup limits.
+"""Coupons at checkout: validate, redeem exactly once, release a bounded number of times,
+and the failed-lookup limits.
 
 Plain Python over ``OfferRepository.coupons``; the clock is injected. Exactly-once is the
-repository's conditional UPDATE (shared/RELIABILITY.md); this module turns what it did into an
-answer or one of the domain's errors. Failed lookups (an unknown code, another user's code)
-are limited here, next to the lookups themselves (OWASP OAT-002, token cracking).
+repository's conditional UPDATE (shared/RELIABILITY.md), and every redemption and release is
+appended, in the same transaction, to the trail ``coupon_ledger``; this module turns what it
+did into an answer or one of the domain's errors. Failed lookups (an unknown code, another
+user's code) are limited here, next to the lookups themselves (OWASP OAT-002, token
+cracking), and another user's code is refused exactly like an unknown one.
 """
 
 from __future__ import annotations
@@ -13,19 +16,25 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from service.errors import (
     CouponAlreadyRedeemed,
     CouponExpired,
     CouponNotFound,
+    CouponNotRedeemed,
     CouponNotYours,
+    CouponOrderMismatch,
+    CouponReleaseLimit,
+    InvalidInput,
+    LimiterUnavailable,
     TooManyAttempts,
 )
 from service.offers.kinds import CouponState
-from service.offers.limiter import FailureLimiter
+from service.offers.limiter import IN_PROCESS, Caller, FailureLimiter
 from service.offers.repository import OfferRepository
-from service.offers.repository.coupons import CouponRecord
+from service.offers.repository.coupons import CouponRecord, LedgerEntry, Use
 from service.offers.rules import normalise_code, redacted
 
 if TYPE_CHECKING:
@@ -53,25 +62,6 @@ def coupon_status(coupon: CouponRecord, now: datetime) -> CouponStatus:
     return CouponStatus(coupon, status, left if status == "active" else 0)
 
 
-@dataclass(frozen=True)
-class LookupGuard:
-    """Failed lookups allowed within the limiter's window, and whom they count against.
-
-    A lookup made for a user counts against that user only: the shop's backend calls for all
-    its customers from one address, and one customer's typos must not lock out the others.
-    Anonymous lookups count against the calling client (its address).
-    """
-
-    limiter: FailureLimiter
-    per_user: int
-    per_client: int
-
-    def limits(self, user_id: str | None, client: str) -> list[tuple[str, int]]:
-        if user_id is not None:
-            return [(f"user:{user_id}", self.per_user)]
-        return [(f"client:{client}", self.per_client)]
-
-
 class Coupons:
     """The coupons of one service process: look-ups, redemptions, releases."""
 
@@ -80,12 +70,14 @@ class Coupons:
         repository: OfferRepository,
         clock: Callable[[], datetime],
         *,
-        guard: LookupGuard | None = None,
+        limiter: FailureLimiter | None = None,
+        max_releases: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
         self.repository = repository.coupons
         self.clock = clock
-        self.guard = guard  # None: lookups are not limited (in-process callers, tests)
+        self.limiter = limiter  # None: lookups are not limited (in-process callers, tests)
+        self.max_releases = max_releases
         self.metrics = metrics
 
     def active(self, user_id: str) -> list[CouponStatus]:
@@ -94,66 +86,120 @@ class Coupons:
         return [coupon_status(c, now) for c in self.repository.active(user_id, now)]
 
     def validate(
-        self, text: str, user_id: str | None = None, *, client: str = "unknown"
+        self, text: str, user_id: str | None = None, *, caller: Caller = IN_PROCESS
     ) -> CouponStatus:
         """The coupon behind ``text`` and whether it can be used now; redeems nothing.
 
         Raises:
-            TooManyAttempts: the user's (or, without a user, the client's) failed lookups
-                are used up; CouponNotFound, CouponNotYours: a failed lookup, counted.
+            CouponNotFound, CouponNotYours: a failed lookup (both answer alike), counted;
+            TooManyAttempts: a failed lookup past the caller's limit.
         """
-        with self._guarded(user_id, client):
+        with self._guarded(caller):
             coupon = self._find(text)
             if user_id is not None and coupon.user_id != user_id:
-                raise CouponNotYours(redacted(coupon.code))
+                raise CouponNotYours("no such coupon")
             return coupon_status(coupon, self.clock())
 
     def redeem(
-        self, text: str, user_id: str, order_id: str, order_amount: float | None = None
+        self,
+        text: str,
+        user_id: str,
+        order_id: str,
+        order_amount: Decimal | None = None,
+        currency: str | None = None,
+        *,
+        caller: Caller = IN_PROCESS,
     ) -> tuple[CouponStatus, bool]:
         """Use the coupon for ``order_id``, exactly once; returns (status, replayed).
 
         A retry with the same order id answers like the first call (``replayed`` True).
-        Failed lookups count against ``user_id`` as in ``validate``.
+        ``order_amount`` (with its ``currency``) is what the discount applies to; the
+        redemption is kept in the trail with the amount, the discount and ``caller.client``.
+        Failed lookups count against ``caller`` as in ``validate``.
         """
-        with self._guarded(user_id):
-            return self._redeem(text, user_id, order_id, order_amount)
+        if (order_amount is None) != (currency is None):
+            raise InvalidInput("currency", "an order amount and its currency go together")
+        use = Use(order_id, caller.client, order_amount, currency)
+        with self._guarded(caller):
+            return self._redeem(text, user_id, use)
 
-    def release(self, text: str, user_id: str, order_id: str) -> CouponStatus:
-        """Undo a redemption (the order was cancelled) while the coupon has time left."""
-        with self._guarded(user_id):
+    def release(
+        self, text: str, user_id: str, order_id: str, *, caller: Caller = IN_PROCESS
+    ) -> CouponStatus:
+        """Undo the redemption by ``order_id`` (the order was cancelled) while the coupon has
+        time left, at most ``max_releases`` times per coupon; kept in the trail.
+
+        Raises:
+            CouponNotRedeemed: no order is using the coupon (a second release lands here);
+            CouponOrderMismatch: another order redeemed it; CouponReleaseLimit: released as
+            often as allowed; CouponExpired; CouponNotFound, CouponNotYours as in ``validate``.
+        """
+        use = Use(order_id, caller.client)
+        with self._guarded(caller):
             coupon = self._find(text)
             if coupon.user_id != user_id:
-                raise CouponNotYours(redacted(coupon.code))
+                raise CouponNotYours("no such coupon")
             now = self.clock()
-            released = self.repository.release(coupon.code, user_id, order_id, now)
-            if released is not None:
-                return coupon_status(released, now)
-            if coupon.expires_at <= now:
-                raise CouponExpired(redacted(coupon.code))
-            if coupon.redeemed_at is None:
-                return coupon_status(coupon, now)  # nothing to undo: idempotent
-            raise CouponAlreadyRedeemed(redacted(coupon.code))  # used by another order
+            for _ in range(2):  # a second try only when the row changed between two reads
+                released = self.repository.release(
+                    coupon.code, user_id, use, now, max_releases=self.max_releases
+                )
+                if released is not None:
+                    log.info(
+                        "coupon_released",
+                        extra={
+                            "campaign": released.campaign_id,
+                            "code": redacted(released.code),
+                            "order_id": order_id,
+                            "client": caller.client,
+                        },
+                    )
+                    return coupon_status(released, now)
+                # nothing changed: say why, from the row as it is now
+                coupon = self.repository.coupon(coupon.code) or coupon
+                if coupon.redeemed_at is None:
+                    raise CouponNotRedeemed(redacted(coupon.code))
+                if coupon.order_id != order_id:
+                    raise CouponOrderMismatch(redacted(coupon.code))
+                if coupon.expires_at <= now:
+                    raise CouponExpired(redacted(coupon.code))
+                if coupon.releases >= self.max_releases:
+                    raise CouponReleaseLimit(redacted(coupon.code))
+            raise CouponNotRedeemed(redacted(coupon.code))
 
-    def _redeem(
-        self, text: str, user_id: str, order_id: str, order_amount: float | None
-    ) -> tuple[CouponStatus, bool]:
+    def trail(self, text: str) -> tuple[CouponRecord, list[LedgerEntry]] | None:
+        """The coupon and every redemption and release of it, oldest first; None if unknown.
+
+        For marketing and accounting: not a customer's lookup, not limited.
+        """
+        code = normalise_code(text)
+        coupon = self.repository.coupon(code) if code is not None else None
+        if coupon is None:
+            return None
+        return coupon, self.repository.trail(coupon.code)
+
+    def _redeem(self, text: str, user_id: str, use: Use) -> tuple[CouponStatus, bool]:
         code = normalise_code(text)
         if code is None:
             raise CouponNotFound("not a coupon code")
         now = self.clock()
-        used = self.repository.redeem(code, user_id, order_id, order_amount, now)
+        used = self.repository.redeem(code, user_id, use, now)
         coupon = None if used is not None else self.repository.coupon(code)
         if coupon is not None and coupon.redeemed_at is None and coupon.expires_at > now:
             # usable after all: another order's use was released between the two reads
-            used = self.repository.redeem(code, user_id, order_id, order_amount, now)
+            used = self.repository.redeem(code, user_id, use, now)
             coupon = None if used is not None else self.repository.coupon(code)
         if used is not None:
             if self.metrics is not None:
                 self.metrics.coupons_redeemed.labels(used.campaign_id).inc()
             log.info(
                 "coupon_redeemed",
-                extra={"campaign": used.campaign_id, "code": redacted(code), "order_id": order_id},
+                extra={
+                    "campaign": used.campaign_id,
+                    "code": redacted(code),
+                    "order_id": use.order_id,
+                    "client": use.actor,
+                },
             )
             return coupon_status(used, now), False
         if coupon is None:
@@ -161,7 +207,7 @@ class Coupons:
         if coupon.user_id != user_id:
             raise CouponNotYours(redacted(code))
         if coupon.redeemed_at is not None:
-            if coupon.order_id == order_id:
+            if coupon.order_id == use.order_id:
                 return coupon_status(coupon, now), True
             raise CouponAlreadyRedeemed(redacted(code))
         raise CouponExpired(redacted(code))
@@ -174,22 +220,25 @@ class Coupons:
         return coupon
 
     @contextlib.contextmanager
-    def _guarded(self, user_id: str | None, client: str = "unknown") -> Iterator[None]:
-        """Refuse (429) once the failed lookups are used up; count this one if it fails."""
-        if self.guard is None:
-            yield
-            return
-        limits = self.guard.limits(user_id, client)
-        try:
-            self.guard.limiter.check(limits)
-        except TooManyAttempts:
-            self._refused("rate_limited")
-            raise
+    def _guarded(self, caller: Caller) -> Iterator[None]:
+        """Count a failed lookup against ``caller``; past its limit, refuse it (429).
+
+        Nothing is checked before the lookup: a valid code is never refused.
+        """
         try:
             yield
         except (CouponNotFound, CouponNotYours) as exc:
-            self.guard.limiter.fail(key for key, _ in limits)
-            self._refused("not_found" if isinstance(exc, CouponNotFound) else "not_yours")
+            reason = "not_found" if isinstance(exc, CouponNotFound) else "not_yours"
+            if self.limiter is not None:
+                try:
+                    self.limiter.fail(caller)
+                except TooManyAttempts:
+                    self._refused("rate_limited")
+                    raise
+                except LimiterUnavailable:
+                    self._refused("limiter_unavailable")
+                    raise
+            self._refused(reason)
             raise
 
     def _refused(self, reason: str) -> None:

@@ -1,69 +1,124 @@
-"""Brute-force guard for coupon codes: failed lookups per key in a sliding window.
+"""Brute-force guard for coupon codes: failed lookups per caller in a moving window.
 
 OWASP OAT-002 (token cracking): a code is only as strong as the number of guesses allowed.
-Each failed lookup (unknown code, another user's code) counts against the user it was made for,
-or, when made for no user, against the calling client (whom it counts against is the coupons'
-policy: ``service.offers.coupons.LookupGuard``); past a limit, lookups are refused until the
-window moves on.
-The counts live in this process (several workers each count their own share).
+Each failed lookup (an unknown code, another user's code) counts against what a guesser
+cannot rotate: the API client (a fingerprint of the key that called) and the caller's
+address (``service.middleware.client_address``: X-Forwarded-For only from trusted proxies).
+Never against the ``user_id`` in the request, which the caller chooses freely. Only failures
+are counted and only failures are refused: a valid code is never refused, so a guesser's
+failures cannot lock customers behind the same shop backend out of their coupons.
+
+The counts live in the maintained ``limits`` library: in Redis when ``RECOFFER_REDIS_URL`` is
+set, so that every worker and replica shares one count (its moving window is one atomic Lua
+script per hit); otherwise in this process's memory, which suits the embedded single-process
+setup only (N workers would allow N times the limit).
+
+When Redis is configured but cannot be reached, the guard fails closed: a failed lookup is
+answered 503 (``LimiterUnavailable``) instead of being let through uncounted, since failing
+open would hand unlimited guesses to whoever can slow Redis down. Valid codes never touch the
+limiter, so customers are unaffected.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from service.errors import TooManyAttempts
+from service.errors import LimiterUnavailable, TooManyAttempts
+
+if TYPE_CHECKING:  # ``limits`` is imported when a limiter is built, not with this module
+    from limits import RateLimitItem
+    from limits.strategies import MovingWindowRateLimiter
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_SECONDS = 0.5  # a lookup waits at most this long for an unreachable Redis
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a lookup, in the terms the limiter counts by."""
+
+    client: str  # the API key's role and fingerprint ("frontend:1a2b3c4d5e6f"), never the key
+    address: str  # the peer, or the forwarded address when the peer is a trusted proxy
+
+
+IN_PROCESS = Caller("in-process", "in-process")  # calls made from Python, not over HTTP
 
 
 class FailureLimiter:
-    """At most ``limit`` failures per key within ``window`` seconds (bounded memory)."""
+    """At most ``per_client`` failures per API client and ``per_address`` per address within
+    ``window_seconds``, counted in Redis (``redis_url``) or in this process.
+    """
 
     def __init__(
         self,
-        window: float,
-        max_keys: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        *,
+        per_client: int,
+        per_address: int,
+        window_seconds: float,
+        redis_url: str | None = None,
+        prefix: str = "recoffer",
     ) -> None:
-        self.window = window
-        self.max_keys = max_keys
-        self.clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
+        from limits import RateLimitItemPerSecond
+        from limits.storage import MemoryStorage, RedisStorage, Storage
+        from limits.strategies import MovingWindowRateLimiter
 
-    def check(self, limits: Iterable[tuple[str, int]]) -> None:
-        """Raise TooManyAttempts when any (key, limit) has used its failures up."""
-        now = self.clock()
-        wait = 0.0
-        with self._lock:
-            for key, limit in limits:
-                times = self._failures.get(key)
-                if times is None:
-                    continue
-                self._expire(times, now)
-                if len(times) >= limit:
-                    wait = max(wait, times[len(times) - limit] + self.window - now)
-        if wait > 0:
-            raise TooManyAttempts(max(1, math.ceil(wait)))
+        window = max(1, math.ceil(window_seconds))
+        self._items: dict[str, RateLimitItem] = {
+            "client": RateLimitItemPerSecond(per_client, window),
+            "address": RateLimitItemPerSecond(per_address, window),
+        }
+        self.shared = redis_url is not None
+        storage: Storage
+        if redis_url is None:
+            storage = MemoryStorage()
+        else:
+            storage = RedisStorage(
+                redis_url,
+                key_prefix=f"{prefix}:coupon-failures",
+                wrap_exceptions=True,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
+        self._limiter: MovingWindowRateLimiter = MovingWindowRateLimiter(storage)
 
-    def fail(self, keys: Iterable[str]) -> None:
-        """Count one failure against each key."""
-        now = self.clock()
-        with self._lock:
-            for key in keys:
-                times = self._failures.get(key)
-                if times is None:
-                    times = self._failures[key] = deque(maxlen=10_000)
-                    if len(self._failures) > self.max_keys:
-                        self._failures.popitem(last=False)
-                else:
-                    self._failures.move_to_end(key)
-                self._expire(times, now)
-                times.append(now)
+    def fail(self, caller: Caller) -> None:
+        """Count one failed lookup against the caller's client and address.
 
-    def _expire(self, times: deque[float], now: float) -> None:
-        while times and times[0] <= now - self.window:
-            times.popleft()
+        Raises:
+            TooManyAttempts: one of them had used its failures up (this one is refused).
+            LimiterUnavailable: Redis cannot be reached; the failure cannot be counted.
+        """
+        from limits.errors import StorageError
+
+        keys = (("client", caller.client), ("address", caller.address))
+        try:
+            refused = [
+                (self._items[kind], kind, value)
+                for kind, value in keys
+                if not self._limiter.hit(self._items[kind], kind, value)
+            ]
+            if not refused:
+                return
+            reset = max(
+                self._limiter.get_window_stats(item, kind, value).reset_time
+                for item, kind, value in refused
+            )
+        except StorageError as exc:
+            log.warning("coupon_limiter_unavailable", extra={"error": type(exc).__name__})
+            raise LimiterUnavailable("the coupon failure limiter cannot be reached") from None
+        raise TooManyAttempts(max(1, math.ceil(reset - time.time())))
+
+    def clear(self, caller: Caller) -> None:
+        """Forget the caller's failures (an operator unblocking a client)."""
+        from limits.errors import StorageError
+
+        try:
+            for kind, value in (("client", caller.client), ("address", caller.address)):
+                self._limiter.clear(self._items[kind], kind, value)
+        except StorageError:
+            raise LimiterUnavailable("the coupon failure limiter cannot be reached") from None

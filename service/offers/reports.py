@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from service.money import QUANTUM
 from service.offers.campaigns import Campaign, find_campaign
 from service.offers.kinds import COUPON_STATES, RECORDED
 from service.offers.repository import OfferRepository
-from service.offers.repository.coupons import CouponRecord
+from service.offers.repository.reports import UnpricedRedemption
 from service.offers.stats import Interval, uplift, wilson
 
 if TYPE_CHECKING:
@@ -33,8 +35,8 @@ class CampaignStats:
     converted: dict[str, int]
     open_windows: int
     uplift: Interval | None
-    discount_cost: float
-    discount_cost_estimated: float
+    discount_cost: dict[str, Decimal]  # exact, by currency, from the trail
+    discount_cost_estimated: Decimal  # from catalogue prices; not part of discount_cost
     unpriced_orders: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -88,6 +90,8 @@ class Reports:
                 "active": counts.coupons_active,
                 "redeemed": counts.coupons_redeemed,
                 "expired": counts.coupons_expired,
+                "redemptions": counts.redemptions,
+                "releases": counts.releases,
             },
             budget={
                 "max_total": campaign.max_total,
@@ -104,8 +108,8 @@ class Reports:
             converted={"treated": converted_t, "holdout": converted_h},
             open_windows=open_windows,
             uplift=uplift(converted_t, issued, converted_h, holdout),
-            discount_cost=round(counts.discount_known + estimated, 2),
-            discount_cost_estimated=round(estimated, 2),
+            discount_cost=dict(sorted(counts.discount_known.items())),
+            discount_cost_estimated=estimated,
             unpriced_orders=unpriced,
             notes=notes,
         )
@@ -132,16 +136,22 @@ class Reports:
                 if left is not None:
                     metrics.budget_left.labels(campaign.campaign_id, period).set(left)
 
-    def _estimated_discount(self, redeemed: Sequence[CouponRecord]) -> tuple[float, int]:
-        """Discount on orders redeemed without an amount, from catalogue prices of their lines."""
-        total, unpriced = 0.0, 0
-        for coupon in redeemed:
-            if coupon.order_id is None:
+    def _estimated_discount(self, redeemed: Sequence[UnpricedRedemption]) -> tuple[Decimal, int]:
+        """Discount on orders redeemed without an amount, from catalogue prices of their lines.
+
+        An estimate (the catalogue's prices now, in its currency); orders it cannot price,
+        and those of erased users, are counted as unpriced.
+        """
+        total, unpriced = Decimal(0), 0
+        for use in redeemed:
+            if use.user_id is None:
+                unpriced += 1
                 continue
-            lines = self.repository.order_lines(coupon.user_id, coupon.order_id)
-            allowed = set(coupon.item_ids) if coupon.item_ids else None
+            lines = self.repository.order_lines(use.user_id, use.order_id)
+            allowed = set(use.item_ids) if use.item_ids else None
             prices = [p for item, p in lines if allowed is None or item in allowed]
             if not prices or any(p is None for p in prices):
                 unpriced += 1
-            total += sum(p for p in prices if p is not None) * coupon.discount_percent / 100.0
-        return total, unpriced
+            percent = Decimal(str(use.discount_percent))
+            total += sum((Decimal(str(p)) for p in prices if p is not None), Decimal(0)) * percent
+        return (total / 100).quantize(QUANTUM), unpriced

@@ -31,6 +31,9 @@ POLICIES: dict[str, Policy] = {
     "coupons": Policy(
         "unlink", why="code, campaign, discount, dates, order and amounts stay for accounting"
     ),
+    "coupon_ledger": Policy(
+        "unlink", why="the append-only trail of redemptions and releases stays for accounting"
+    ),
 }
 
 

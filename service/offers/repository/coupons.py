@@ -1,9 +1,13 @@
-"""Queries of the coupons table: look a coupon up, redeem it exactly once, release it.
+"""Queries of the coupons table and its trail: look a coupon up, redeem it exactly once,
+release it a bounded number of times.
 
 A coupon is redeemed by an UPDATE whose WHERE holds "not redeemed, not expired, this user"
-(shared/RELIABILITY.md): of any number of concurrent calls exactly one changes the row, on
-SQLite and on PostgreSQL alike. Coupons are inserted by the decision write
-(``repository.decisions``), inside its transaction, through ``insert``.
+(shared/RELIABILITY.md), and released by one whose WHERE holds "redeemed by this order, fewer
+releases than allowed": of any number of concurrent calls exactly one changes the row, on
+SQLite and on PostgreSQL alike. The same transaction appends the use to ``coupon_ledger``,
+whose unique (code, redemption, action) makes a second row for one use impossible as well.
+Coupons are inserted by the decision write (``repository.decisions``), inside its
+transaction, through ``insert``.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
 
-from sqlalchemy import Connection, Float, String, bindparam, select, update
+from sqlalchemy import Connection, Integer, String, bindparam, select, update
 from sqlalchemy.engine import Row
 
 from service.activity.repository import Repository
-from service.tables import UTCDateTime, coupons
+from service.money import QUANTUM, AmountColumn
+from service.tables import UTCDateTime, coupon_ledger, coupons
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,46 @@ class CouponRecord:
     expires_at: datetime
     redeemed_at: datetime | None
     order_id: str | None
-    order_amount: float | None
-    discount_amount: float | None
+    order_amount: Decimal | None
+    discount_amount: Decimal | None
+    currency: str | None = None
+    releases: int = 0
+
+
+@dataclass(frozen=True)
+class Use:
+    """What the shop says about one redemption or release, as the trail keeps it."""
+
+    order_id: str
+    actor: str  # the API key's role and fingerprint (never the key)
+    order_amount: Decimal | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the append-only trail ``coupon_ledger``."""
+
+    id: int
+    code: str
+    campaign_id: str
+    user_id: str | None
+    action: Literal["redeem", "release"]
+    redemption: int
+    order_id: str
+    order_amount: Decimal | None
+    discount_amount: Decimal | None
+    currency: str | None
+    actor: str
+    at: datetime
+
+
+def discount_of(order_amount: Decimal | None, percent: float) -> Decimal | None:
+    """``percent`` of ``order_amount``, to the stored precision; None without an amount."""
+    if order_amount is None:
+        return None
+    exact = order_amount * Decimal(str(percent)) / 100
+    return exact.quantize(QUANTUM, rounding=ROUND_HALF_UP)
 
 
 def coupon_of_row(row: Row[Any]) -> CouponRecord:
@@ -60,7 +104,6 @@ class _Statements:
             )
             .order_by(c.c.expires_at, c.c.code)
         )
-        amount = bindparam("amount", type_=Float())
         self.redeem = (
             update(c)
             .where(
@@ -72,12 +115,45 @@ class _Statements:
             .values(
                 redeemed_at=now,
                 order_id=bindparam("order"),
-                order_amount=amount,
-                # NULL when no amount was sent: NULL times anything is NULL
-                discount_amount=amount * c.c.discount_percent / 100.0,
+                order_amount=bindparam("amount", type_=AmountColumn()),
+                currency=bindparam("currency", type_=String()),
+                discount_amount=None,  # set below from the row's percent, exactly
             )
             .returning(*c.c)
         )
+        self.set_discount = (
+            update(c)
+            .where(c.c.code == bindparam("where_code"))
+            .values(discount_amount=bindparam("discount", type_=AmountColumn()))
+        )
+        self.release = (
+            update(c)
+            .where(
+                c.c.code == bindparam("where_code"),
+                c.c.user_id == bindparam("where_user"),
+                c.c.order_id == bindparam("where_order"),
+                c.c.redeemed_at.is_not(None),
+                c.c.expires_at > now,
+                c.c.releases < bindparam("max_releases", type_=Integer()),
+            )
+            .values(
+                redeemed_at=None,
+                order_id=None,
+                order_amount=None,
+                discount_amount=None,
+                currency=None,
+                releases=c.c.releases + 1,
+            )
+            .returning(*c.c)
+        )
+        t = coupon_ledger
+        self.append = t.insert()
+        self.redemption = select(t).where(
+            t.c.code == bindparam("code"),
+            t.c.redemption == bindparam("redemption"),
+            t.c.action == "redeem",
+        )
+        self.trail = select(t).where(t.c.code == bindparam("code")).order_by(t.c.id)
 
 
 class CouponRepository:
@@ -99,15 +175,9 @@ class CouponRepository:
             rows = conn.execute(self._sql.active, {"user_id": user_id, "now": now})
             return [coupon_of_row(r) for r in rows]
 
-    def redeem(
-        self,
-        code: str,
-        user_id: str,
-        order_id: str,
-        order_amount: float | None,
-        now: datetime,
-    ) -> CouponRecord | None:
-        """Mark the coupon used by ``order_id``; None when it is not this user's usable coupon.
+    def redeem(self, code: str, user_id: str, use: Use, now: datetime) -> CouponRecord | None:
+        """Mark the coupon used by ``use.order_id`` and append the redemption to the trail;
+        None when it is not this user's usable coupon.
 
         The WHERE is the guard: of any number of concurrent calls exactly one changes the row.
         """
@@ -115,30 +185,89 @@ class CouponRepository:
             "where_code": code,
             "where_user": user_id,
             "now": now,
-            "order": order_id,
-            "amount": order_amount,
+            "order": use.order_id,
+            "amount": use.order_amount,
+            "currency": use.currency,
         }
         with self.base.writing() as conn:
             row = conn.execute(self._sql.redeem, params).first()
-        return coupon_of_row(row) if row else None
+            if row is None:
+                return None
+            used = coupon_of_row(row)
+            discount = discount_of(used.order_amount, used.discount_percent)
+            if discount is not None:
+                conn.execute(self._sql.set_discount, {"where_code": code, "discount": discount})
+                used = dataclasses.replace(used, discount_amount=discount)
+            # the n-th redemption follows n - 1 releases
+            self._append(conn, used, "redeem", used.releases + 1, use, now)
+        return used
 
-    def release(self, code: str, user_id: str, order_id: str, now: datetime) -> CouponRecord | None:
-        """Put a use back (the order was cancelled) while the coupon is still valid."""
-        query = (
-            update(coupons)
-            .where(
-                coupons.c.code == code,
-                coupons.c.user_id == user_id,
-                coupons.c.order_id == order_id,
-                coupons.c.redeemed_at.is_not(None),
-                coupons.c.expires_at > now,
-            )
-            .values(redeemed_at=None, order_id=None, order_amount=None, discount_amount=None)
-            .returning(*coupons.c)
-        )
+    def release(
+        self, code: str, user_id: str, use: Use, now: datetime, *, max_releases: int
+    ) -> CouponRecord | None:
+        """Put a use back (the order was cancelled) while the coupon is valid and has been
+        released fewer than ``max_releases`` times; appends the release to the trail.
+
+        None when nothing changed: not this user's, not redeemed by this order, expired, or
+        released as often as allowed.
+        """
+        params = {
+            "where_code": code,
+            "where_user": user_id,
+            "where_order": use.order_id,
+            "now": now,
+            "max_releases": max_releases,
+        }
         with self.base.writing() as conn:
-            row = conn.execute(query).first()
-        return coupon_of_row(row) if row else None
+            row = conn.execute(self._sql.release, params).first()
+            if row is None:
+                return None
+            released = coupon_of_row(row)
+            number = released.releases  # the redemption undone: releases before it, plus one
+            redeemed = conn.execute(
+                self._sql.redemption, {"code": code, "redemption": number}
+            ).first()
+            # the release repeats the money of the redemption it undoes
+            undone = dataclasses.replace(
+                released,
+                order_amount=None if redeemed is None else redeemed.order_amount,
+                discount_amount=None if redeemed is None else redeemed.discount_amount,
+                currency=None if redeemed is None else redeemed.currency,
+            )
+            self._append(conn, undone, "release", number, use, now)
+        return released
+
+    def trail(self, code: str) -> list[LedgerEntry]:
+        """Every redemption and release of the coupon, the oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._sql.trail, {"code": code})
+            return [LedgerEntry(**r._mapping) for r in rows]
+
+    def _append(
+        self,
+        conn: Connection,
+        coupon: CouponRecord,
+        action: Literal["redeem", "release"],
+        redemption: int,
+        use: Use,
+        now: datetime,
+    ) -> None:
+        conn.execute(
+            self._sql.append,
+            {
+                "code": coupon.code,
+                "campaign_id": coupon.campaign_id,
+                "user_id": coupon.user_id,
+                "action": action,
+                "redemption": redemption,
+                "order_id": use.order_id,
+                "order_amount": coupon.order_amount,
+                "discount_amount": coupon.discount_amount,
+                "currency": coupon.currency,
+                "actor": use.actor,
+                "at": now,
+            },
+        )
 
     def issued_with(
         self, attribution_id: str, conn: Connection | None = None

@@ -1,6 +1,8 @@
 """Queries the reports read: a campaign's counts, order lines, budget used, coupons by state.
 
-Reads only; nothing here takes part in a decision or a redemption.
+Redemptions, releases and the discount given are counted from the coupons' trail
+(``coupon_ledger``): a redemption stands unless a release of the same coupon carries its
+number. Reads only; nothing here takes part in a decision or a redemption.
 """
 
 from __future__ import annotations
@@ -8,25 +10,46 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import and_, case, func, select
 
 from service.activity.repository import Repository
-from service.offers.repository.coupons import CouponRecord, coupon_of_row
 from service.offers.repository.decisions import day_of
-from service.tables import campaign_budgets, coupons, events, items, offer_decisions
+from service.tables import (
+    campaign_budgets,
+    coupon_ledger,
+    coupons,
+    events,
+    items,
+    offer_decisions,
+)
+
+NO_CURRENCY = "XXX"  # ISO 4217's code for "no currency": amounts recorded before currencies
+
+
+@dataclass(frozen=True)
+class UnpricedRedemption:
+    """A standing redemption sent without an order amount (its discount is estimated)."""
+
+    user_id: str | None  # None once the user is erased
+    order_id: str
+    item_ids: list[str] | None
+    discount_percent: float
 
 
 @dataclass(frozen=True)
 class CampaignCounts:
     decisions: Counter[str]
     coupons_active: int
-    coupons_redeemed: int
+    coupons_redeemed: int  # standing redemptions, from the trail
     coupons_expired: int
     converted: Counter[str]  # users with a purchase inside their conversion window, by decision
     open_windows: Counter[str]  # users whose conversion window has not closed yet
-    discount_known: float  # discount given on redeemed coupons whose order amount was sent
-    redeemed_unpriced: list[CouponRecord]  # redeemed without an order amount
+    discount_known: dict[str, Decimal]  # by currency, on standing redemptions with an amount
+    redeemed_unpriced: list[UnpricedRedemption]  # standing, without an order amount
+    redemptions: int = 0  # every redemption in the trail, released ones included
+    releases: int = 0
 
 
 class ReportRepository:
@@ -86,33 +109,60 @@ class ReportRepository:
                     )
                 }
             )
-            row = conn.execute(
+            active, expired = conn.execute(
                 select(
-                    func.count(case((c.c.redeemed_at.is_not(None), 1))),
-                    func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at <= now), 1))),
                     func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at > now), 1))),
-                    func.coalesce(func.sum(c.c.discount_amount), 0.0),
+                    func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at <= now), 1))),
                 ).where(c.c.campaign_id == campaign_id)
             ).one()
+            r, x = coupon_ledger.alias("r"), coupon_ledger.alias("x")
+            redemptions, releases = conn.execute(
+                select(
+                    func.count(case((r.c.action == "redeem", 1))),
+                    func.count(case((r.c.action == "release", 1))),
+                ).where(r.c.campaign_id == campaign_id)
+            ).one()
+            released = (
+                select(x.c.id)
+                .where(
+                    x.c.code == r.c.code,
+                    x.c.redemption == r.c.redemption,
+                    x.c.action == "release",
+                )
+                .exists()
+            )
+            standing = and_(r.c.campaign_id == campaign_id, r.c.action == "redeem", ~released)
+            standing_count = 0
+            discount: dict[str, Decimal] = {}
+            for currency, n, total in conn.execute(
+                select(r.c.currency, func.count(), func.sum(r.c.discount_amount))
+                .where(standing)
+                .group_by(r.c.currency)
+            ):
+                standing_count += int(n)
+                if total is not None:
+                    key = str(currency or NO_CURRENCY)
+                    discount[key] = discount.get(key, Decimal(0)) + total
             unpriced = [
-                coupon_of_row(r)
-                for r in conn.execute(
-                    select(c).where(
-                        c.c.campaign_id == campaign_id,
-                        c.c.redeemed_at.is_not(None),
-                        c.c.order_amount.is_(None),
-                    )
+                UnpricedRedemption(user, str(order), item_ids, float(percent))
+                for user, order, item_ids, percent in conn.execute(
+                    select(r.c.user_id, r.c.order_id, c.c.item_ids, c.c.discount_percent)
+                    .select_from(r.join(c, c.c.code == r.c.code))
+                    .where(standing, r.c.order_amount.is_(None))
+                    .order_by(r.c.id)
                 )
             ]
         return CampaignCounts(
             decisions=decisions,
-            coupons_active=int(row[2]),
-            coupons_redeemed=int(row[0]),
-            coupons_expired=int(row[1]),
+            coupons_active=int(active),
+            coupons_redeemed=standing_count,
+            coupons_expired=int(expired),
             converted=converted,
             open_windows=open_windows,
-            discount_known=float(row[3]),
+            discount_known=discount,
             redeemed_unpriced=unpriced,
+            redemptions=int(redemptions),
+            releases=int(releases),
         )
 
     def order_lines(self, user_id: str, order_id: str) -> list[tuple[str, float | None]]:

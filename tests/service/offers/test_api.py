@@ -275,12 +275,13 @@ def test_redeem_exactly_once_with_replay_conflict_and_ownership(client: TestClie
     lower = code.lower().replace("-", "")  # customers type codes any way
     r = client.post(
         f"/v1/coupons/{lower}/redeem",
-        json={"user_id": user, "order_id": "o-1", "order_amount": 80.0},
+        json={"user_id": user, "order_id": "o-1", "order_amount": "80.05", "currency": "EUR"},
         headers=F,
     )
     assert r.status_code == 200, r.text
     assert r.json()["replayed"] is False
-    assert r.json()["discount_amount"] == 8.0
+    # exact: 10 % of 80.05 is 8.005, not the float 8.004999...
+    assert (r.json()["discount_amount"], r.json()["currency"]) == ("8.0050", "EUR")
     assert r.json()["coupon"]["status"] == "redeemed"
     retry = client.post(
         f"/v1/coupons/{code}/redeem", json={"user_id": user, "order_id": "o-1"}, headers=F
@@ -296,12 +297,13 @@ def test_redeem_exactly_once_with_replay_conflict_and_ownership(client: TestClie
     thief = client.post(
         f"/v1/coupons/{code}/redeem", json={"user_id": "someone-else", "order_id": "o-3"}, headers=F
     )
-    assert (thief.status_code, thief.json()["error"]) == (403, "coupon_not_yours")
     assert code not in thief.text
     unknown = client.post(
         "/v1/coupons/AAAA-BBBB-CCCC-DDDD/redeem", json={"user_id": user, "order_id": "o"}, headers=F
     )
     assert (unknown.status_code, unknown.json()["error"]) == (404, "coupon_not_found")
+    # another user's coupon is answered exactly like an unknown one: no existence oracle
+    assert (thief.status_code, thief.content) == (unknown.status_code, unknown.content)
     assert client.get(f"/v1/coupons/{code}", headers=F).json()["status"] == "redeemed"
 
 
@@ -318,64 +320,6 @@ def test_coupon_expires_after_its_time_to_live(client: TestClient, clock: Clock)
     assert client.get(f"/v1/users/{user}/offers", headers=F).json()["offers"] == []
 
 
-def test_release_gives_the_use_back_for_the_same_order_only(client: TestClient) -> None:
-    user, code = issue(client, "release-")
-    body = {"user_id": user, "order_id": "o-1"}
-    assert client.post(f"/v1/coupons/{code}/redeem", json=body, headers=F).status_code == 200
-    wrong = client.post(
-        f"/v1/coupons/{code}/release", json={"user_id": user, "order_id": "o-9"}, headers=F
-    )
-    assert wrong.status_code == 409
-    r = client.post(f"/v1/coupons/{code}/release", json=body, headers=F)
-    assert (r.status_code, r.json()["status"]) == (200, "active")
-    again = {"user_id": user, "order_id": "o-2"}
-    assert client.post(f"/v1/coupons/{code}/redeem", json=again, headers=F).status_code == 200
-
-
-def test_guessing_codes_is_rate_limited_per_customer(
-    small_model_root: Path, database_url: str, clock: Clock
-) -> None:
-    with make_client(
-        small_model_root,
-        database_url,
-        clock,
-        coupon_failures_per_user=5,
-        coupon_failures_per_client=8,
-    ) as c:
-        user, code = issue(c, "guess-")
-        for n in range(5):
-            r = c.post(
-                f"/v1/coupons/AAAA-BBBB-CCCC-DDD{'ABCDE'[n]}/redeem",
-                json={"user_id": user, "order_id": "o"},
-                headers=F,
-            )
-            assert r.status_code == 404
-        blocked = c.post(
-            f"/v1/coupons/{code}/redeem", json={"user_id": user, "order_id": "o"}, headers=F
-        )
-        assert blocked.status_code == 429
-        assert int(blocked.headers["retry-after"]) > 0
-        # the shop calls for every customer from one address: others' typos (more than the
-        # client limit in all) must not lock a customer out
-        for n in range(10):
-            r = c.get("/v1/coupons/AAAA-BBBB-CCCC-DDDD", params={"user_id": f"typo-{n}"}, headers=F)
-            assert r.status_code == 404
-        other, other_code = issue(c, "innocent-")
-        r = c.post(
-            f"/v1/coupons/{other_code}/redeem", json={"user_id": other, "order_id": "o"}, headers=F
-        )
-        assert r.status_code == 200
-        # anonymous lookups count against the calling address
-        statuses = [
-            c.get("/v1/coupons/AAAA-BBBB-CCCC-DDDD", headers=F).status_code for _ in range(9)
-        ]
-        assert statuses == [404] * 8 + [429]
-        assert c.get(f"/v1/coupons/{other_code}", headers=F).status_code == 429
-        # the window moves on
-        c.app.state.recoffer.coupons.guard.limiter.clock = lambda: 10**9  # type: ignore[attr-defined]
-        assert c.get(f"/v1/coupons/{other_code}", headers=F).status_code == 200
-
-
 def test_malformed_input_gets_4xx_naming_the_field(client: TestClient) -> None:
     r = client.post("/v1/offers/evaluate", json={"user_id": ""}, headers=F)
     assert r.status_code == 422
@@ -385,7 +329,7 @@ def test_malformed_input_gets_4xx_naming_the_field(client: TestClient) -> None:
     assert r.json()["detail"][0]["field"] == "extra"
     r = client.post(
         "/v1/coupons/ABCD/redeem",
-        json={"user_id": "u", "order_id": "o", "order_amount": -1},
+        json={"user_id": "u", "order_id": "o", "order_amount": -1, "currency": "EUR"},
         headers=F,
     )
     assert r.status_code == 422
@@ -557,7 +501,12 @@ def test_stats_report_conversion_and_uplift(
             )
             assert r.status_code == 200
         code = c.get(f"/v1/users/{treated[0]}/offers", headers=F).json()["offers"][0]["code"]
-        redeem = {"user_id": treated[0], "order_id": treated[0], "order_amount": 50.0}
+        redeem = {
+            "user_id": treated[0],
+            "order_id": treated[0],
+            "order_amount": "50.00",
+            "currency": "EUR",
+        }
         assert c.post(f"/v1/coupons/{code}/redeem", json=redeem, headers=F).status_code == 200
         clock.advance(hours=30)  # every window closed; a late purchase does not count
         late = {"user_id": held[1], "type": "purchase", "item_id": "i00002"}
@@ -568,8 +517,15 @@ def test_stats_report_conversion_and_uplift(
         assert s["conversion"]["holdout"]["estimate"] == 0.25
         assert s["uplift"]["estimate"] == 0.5
         assert -1 <= s["uplift"]["low"] < 0.5 < s["uplift"]["high"] <= 1
-        assert s["coupons"] == {"issued": 4, "active": 0, "redeemed": 1, "expired": 3}
-        assert s["discount_cost"] == 5.0
+        assert s["coupons"] == {
+            "issued": 4,
+            "active": 0,
+            "redeemed": 1,
+            "expired": 3,
+            "redemptions": 1,
+            "releases": 0,
+        }
+        assert s["discount_cost"] == {"EUR": "5.0000"}
         assert s["open_windows"] == 0
 
 

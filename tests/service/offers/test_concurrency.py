@@ -27,7 +27,7 @@ from service.offers.decisions import OfferEngine
 from service.offers.reports import Reports
 from service.offers.repository import OfferRepository
 from service.offers.rules import in_holdout
-from service.tables import coupons, offer_decisions
+from service.tables import coupon_ledger, coupons, offer_decisions
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 T = TypeVar("T")
@@ -144,6 +144,7 @@ from service.offers.repository import OfferRepository
 
 url, code, user, worker = sys.argv[1:5]
 now = datetime.fromisoformat(sys.argv[5])
+mode = sys.argv[6] if len(sys.argv) > 6 else "redeem"
 engine = make_engine(url, timeout_seconds=30, pool_size=6)
 coupons = Coupons(OfferRepository(Repository(engine, lambda: now)), lambda: now)
 barrier = threading.Barrier(25)
@@ -151,8 +152,11 @@ barrier = threading.Barrier(25)
 def run(i):
     barrier.wait()
     try:
-        coupons.redeem(code, user, f"order-{worker}-{i}")
-        return "ok"
+        if mode == "redeem" or i % 2:
+            coupons.redeem(code, user, f"order-{worker}-{i}")
+            return "ok"
+        coupons.release(code, user, "order-first")  # "race": half release the first order
+        return "released"
     except Exception as exc:
         return type(exc).__name__
 
@@ -193,6 +197,98 @@ def test_redemptions_from_four_processes_succeed_once(
     assert successes == 1
     assert set(errors) == {"CouponAlreadyRedeemed"}
     assert len(errors) == 99
+
+
+def _trail(offers: OfferEngine, code: str) -> list[tuple[str, int, str]]:
+    return [(e.action, e.redemption, e.order_id) for e in offers.repository.coupons.trail(code)]
+
+
+def test_fifty_parallel_releases_of_one_redemption_succeed_once(offers: OfferEngine) -> None:
+    user = _treated("unrelease-")
+    _hesitating(offers, user)
+    coupon = offers.evaluate(user, "new_user_high_intent").coupon
+    assert coupon is not None
+    coupons = Coupons(offers.repository, offers.clock, max_releases=5)
+    coupons.redeem(coupon.code, user, "order-1")
+    results = _all_at_once(50, lambda _: coupons.release(coupon.code, user, "order-1"))
+    outcomes = Counter(type(r).__name__ for r in results)
+    assert outcomes == {"CouponStatus": 1, "CouponNotRedeemed": 49}
+    assert _trail(offers, coupon.code) == [("redeem", 1, "order-1"), ("release", 1, "order-1")]
+    stored = offers.repository.coupons.coupon(coupon.code)
+    assert stored is not None
+    assert (stored.redeemed_at, stored.releases) == (None, 1)
+
+
+def test_racing_releases_and_redemptions_keep_one_order_at_a_time(offers: OfferEngine) -> None:
+    user = _treated("seesaw-")
+    _hesitating(offers, user)
+    coupon = offers.evaluate(user, "new_user_high_intent").coupon
+    assert coupon is not None
+    coupons = Coupons(offers.repository, offers.clock)  # one release allowed
+    coupons.redeem(coupon.code, user, "order-first")
+
+    def release_or_redeem(i: int) -> object:
+        if i % 2:
+            return coupons.redeem(coupon.code, user, f"order-{i}")
+        return coupons.release(coupon.code, user, "order-first")
+
+    results = _all_at_once(40, release_or_redeem)
+    released = [r for i, r in enumerate(results) if i % 2 == 0 and not isinstance(r, Exception)]
+    redeemed = [r for i, r in enumerate(results) if i % 2 and not isinstance(r, Exception)]
+    refusals = {type(r).__name__ for r in results if isinstance(r, Exception)}
+    assert len(released) == 1  # the first order's use comes back exactly once
+    assert len(redeemed) <= 1  # and at most one other order takes it
+    assert refusals <= {"CouponNotRedeemed", "CouponAlreadyRedeemed", "CouponOrderMismatch"}
+    _assert_trail_matches_the_coupon(offers, coupon.code, redeemed=len(redeemed))
+
+
+def _assert_trail_matches_the_coupon(offers: OfferEngine, code: str, *, redeemed: int) -> None:
+    """The trail: the first order, its release, then at most one more order; the coupon agrees."""
+    trail = _trail(offers, code)
+    assert trail[:2] == [("redeem", 1, "order-first"), ("release", 1, "order-first")]
+    assert [(a, n) for a, n, _ in trail[2:]] == [("redeem", 2)] * redeemed
+    stored = offers.repository.coupons.coupon(code)
+    assert stored is not None
+    assert stored.releases == 1
+    assert stored.order_id == (trail[2][2] if redeemed else None)
+    with offers.repository.engine.connect() as conn:
+        rows = conn.execute(
+            select(func.count()).select_from(coupon_ledger).where(coupon_ledger.c.code == code)
+        ).scalar_one()
+    assert rows == 2 + redeemed
+
+
+def test_releases_and_redemptions_from_four_processes_keep_one_order_at_a_time(
+    offers: OfferEngine, database_url: str
+) -> None:
+    user = _treated("procrelease-")
+    _hesitating(offers, user)
+    coupon = offers.evaluate(user, "new_user_high_intent").coupon
+    assert coupon is not None
+    Coupons(offers.repository, offers.clock).redeem(coupon.code, user, "order-first")
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    args = [database_url, coupon.code, user]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, *args, str(w), NOW.isoformat(), "race"],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=root,
+            text=True,
+        )
+        for w in range(4)
+    ]
+    outcomes: Counter[str] = Counter()
+    for w in workers:
+        out, _ = w.communicate(timeout=120)
+        assert w.returncode == 0
+        outcomes.update(json.loads(out))
+    assert outcomes.pop("released") == 1
+    redeemed = outcomes.pop("ok", 0)
+    assert redeemed <= 1
+    assert set(outcomes) <= {"CouponNotRedeemed", "CouponAlreadyRedeemed", "CouponOrderMismatch"}
+    _assert_trail_matches_the_coupon(offers, coupon.code, redeemed=redeemed)
 
 
 def test_a_cap_added_later_counts_the_coupons_already_issued(database_url: str) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from service.errors import CampaignConfigError, TooManyAttempts
 from service.offers.campaigns import BUILT_IN, Campaign, load_campaigns
-from service.offers.limiter import FailureLimiter
+from service.offers.limiter import Caller, FailureLimiter
 from service.offers.rules import (
     CODE_ALPHABET,
     UserFacts,
@@ -167,19 +167,21 @@ def test_wilson_and_newcombe_match_the_published_example() -> None:
     assert uplift(1, 2, 0, 0) is None
 
 
-def test_the_failure_limiter_counts_per_key_in_a_sliding_window() -> None:
-    now = [0.0]
-    limiter = FailureLimiter(window=60, clock=lambda: now[0])
-    limits = [("user:a", 3), ("client:x", 100)]
+def test_the_failure_limiter_counts_per_client_and_per_address() -> None:
+    limiter = FailureLimiter(per_client=5, per_address=3, window_seconds=60)
     for _ in range(3):
-        limiter.check(limits)
-        limiter.fail(["user:a", "client:x"])
+        limiter.fail(Caller("frontend:aaaa", "192.0.2.1"))
     with pytest.raises(TooManyAttempts) as caught:
-        limiter.check(limits)
-    assert caught.value.retry_after == 60
-    limiter.check([("user:b", 3), ("client:x", 100)])  # another user is not blocked
-    now[0] = 60.5
-    limiter.check(limits)  # the window moved on
+        limiter.fail(Caller("frontend:aaaa", "192.0.2.1"))
+    assert caught.value.retry_after is not None
+    assert 0 < caught.value.retry_after <= 60
+    # another address of the same key counts on, up to the key's own limit of 5 in all
+    limiter.fail(Caller("frontend:aaaa", "192.0.2.2"))
+    with pytest.raises(TooManyAttempts):
+        limiter.fail(Caller("frontend:aaaa", "192.0.2.3"))
+    limiter.fail(Caller("frontend:bbbb", "192.0.2.4"))  # another key, another address: free
+    limiter.clear(Caller("frontend:aaaa", "192.0.2.1"))
+    limiter.fail(Caller("frontend:aaaa", "192.0.2.1"))
 
 
 def test_the_example_campaign_file_in_the_docs_loads() -> None:
