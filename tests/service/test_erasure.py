@@ -105,7 +105,7 @@ def _seed(client: TestClient, root: Path, user: str) -> dict[str, Any]:
     code = decision["coupon"]["code"]
     r = client.post(
         f"/v1/coupons/{code}/redeem",
-        json={"user_id": user, "order_id": "order-1", "order_amount": 80.0},
+        json={"user_id": user, "order_id": "order-1", "order_amount": "80.00", "currency": "EUR"},
         headers=F,
     )
     assert r.status_code == 200, r.text
@@ -189,6 +189,7 @@ def test_delete_removes_the_user_from_every_table_and_serves_popular(
         "events": seeded["events"],
         "offer_decisions": 1,
         "coupons": 1,
+        "coupon_ledger": 1,  # the redemption stays in the trail, without the user
     }
     assert _holding(engine, user) == []
     with engine.connect() as conn:
