@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import HealthDep
+from service.api.deps import HealthDep, MetricsReaderDep
 
 router = APIRouter(tags=["health"])
 
@@ -31,5 +31,5 @@ async def readyz(health: HealthDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(health: HealthDep) -> Response:
+async def metrics(health: MetricsReaderDep) -> Response:
     return Response(health.exposition(), media_type=CONTENT_TYPE_LATEST)
