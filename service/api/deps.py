@@ -23,6 +23,8 @@ from service.settings import Role, is_loopback
 from service.state import AppState
 
 T = TypeVar("T")
+# the dependencies that check an API key: the OpenAPI document marks their routes (api/docs.py)
+KEY_CHECKS: set[Callable[..., object]] = set()
 
 
 def _state(request: Request) -> AppState:
@@ -86,6 +88,7 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[AppState]]:
             )
         return state
 
+    KEY_CHECKS.add(check)
     return check
 
 
@@ -96,6 +99,7 @@ def require_part(pick: Callable[[AppState], T], *roles: Role) -> Callable[[Reque
     async def part(request: Request) -> T:
         return pick(await check(request))
 
+    KEY_CHECKS.add(part)
     return part
 
 

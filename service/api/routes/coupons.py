@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CouponsDep, no_store
+from service.api.docs import documented
 from service.api.routes.offers import coupon_out
 from service.api.schemas import CouponOut, Id, RedeemIn, RedemptionOut, ReleaseIn
 
@@ -17,7 +18,7 @@ Code = Annotated[
 ]
 
 
-@router.get("/{code}", response_model=CouponOut)
+@router.get("/{code}", response_model=CouponOut, responses=documented(403, 404))
 async def validate(
     code: Code,
     request: Request,
@@ -30,7 +31,9 @@ async def validate(
     return coupon_out(status)
 
 
-@router.post("/{code}/redeem", response_model=RedemptionOut)
+@router.post(
+    "/{code}/redeem", response_model=RedemptionOut, responses=documented(403, 404, 409, 410)
+)
 async def redeem(code: Code, body: RedeemIn, coupons: CouponsDep) -> RedemptionOut:
     """Use the coupon for an order, exactly once (a retry with the same order id gets 200)."""
     status, replayed = await run_in_threadpool(
@@ -46,7 +49,7 @@ async def redeem(code: Code, body: RedeemIn, coupons: CouponsDep) -> RedemptionO
     )
 
 
-@router.post("/{code}/release", response_model=CouponOut)
+@router.post("/{code}/release", response_model=CouponOut, responses=documented(403, 404, 409, 410))
 async def release(code: Code, body: ReleaseIn, coupons: CouponsDep) -> CouponOut:
     """Give a use back after the order was cancelled, while the coupon has time left."""
     status = await run_in_threadpool(coupons.release, code, body.user_id, body.order_id)
