@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -183,3 +184,20 @@ def test_a_worker_that_died_keeps_its_counts_and_leaves_the_live_figures(
             assert str(victim) not in {labels["pid"] for labels, _ in samples["process_open_fds"]}
         assert list(shared.glob(f"counter_{victim}.db"))  # its counts stay
         assert not list(shared.glob(f"gauge_live*_{victim}.db"))  # its live gauges went
+
+
+def test_a_start_that_fails_leaves_no_metrics_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.__main__ import main
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert main(["--workers", "0"]) == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["--port", port, "--host", "127.0.0.1", "--development"]) == 2
+    assert list(tmp_path.iterdir()) == []
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
