@@ -4,18 +4,27 @@ Settings come from the ``RECOFFER_*`` variables (``service.settings``); the opti
 the few a person types. Nothing of ``training/`` is imported here, so pandas, implicit and the
 trainer stay out of every API worker (the Docker image, Kubernetes and ``recoffer serve`` all
 start the API this way). Exit codes: 0 stopped, 2 a bad setting or a taken address.
+
+Before anything imports prometheus_client, each start makes a fresh, private directory and
+names it in ``PROMETHEUS_MULTIPROC_DIR``: every worker keeps its metrics there, any worker's
+``/metrics`` sums them (``service.metrics``), and the directory goes when the server stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 APP_FACTORY = "service.app:create_app_from_env"
+METRICS_DIR_PREFIX = "recoffer-metrics-"  # under TMPDIR (Kubernetes: the writable /tmp volume)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -56,6 +65,30 @@ def address_problem(host: str, port: int) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate the settings, then run uvicorn with the app factory."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # a fresh directory per start: counts of an earlier run never leak into this one's sums
+    shared = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
+    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # before prometheus_client is imported
+    # uvicorn raises the signal it stopped on again once it has stopped: with these handlers
+    # that ends in SystemExit (status 0, "stopped"), so the directory is removed
+    previous_handlers = {sig: signal.signal(sig, _stopped) for sig in STOP_SIGNALS}
+    try:
+        return _serve(args)
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(shared, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _serve(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= 64:
         return _fail(f"--workers {args.workers}: between 1 and 64")
     overrides = {

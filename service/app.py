@@ -22,7 +22,8 @@ from service import background
 from service.activity.ingest import Ingest
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
-from service.api.errors import ERROR_RESPONSES, add_exception_handlers
+from service.api.docs import add_docs, document, operation_id
+from service.api.errors import add_exception_handlers
 from service.api.fastpath import PlainRoute
 from service.api.routes import (
     campaigns,
@@ -163,7 +164,9 @@ def create_app(
         version="0.1.0",
         summary="Personalised recommendations and time-limited offers for an online shop.",
         lifespan=lifespan,
-        responses=ERROR_RESPONSES,  # every error body is {"error", "detail"} (api/errors.py)
+        docs_url=None,  # served offline by api/docs.add_docs
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     add_exception_handlers(app)
     # the hot route first, as a plain Starlette route (see service.api.fastpath.PlainRoute)
@@ -182,6 +185,14 @@ def create_app(
         health.router,
     ):
         app.include_router(router)
+    add_docs(app)
+    # each operation's errors, from its dependencies (the hot route checks its key inline)
+    page = recommendations.FRONTEND_PAGE
+    document(
+        app,
+        inline_checks={recommendations.recommendations: page},
+        dependency_errors={page: (503,)},  # no model, and no events to rank from
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,11 +1,11 @@
-"""Liveness, readiness and the Prometheus exposition of one worker."""
+"""Liveness, readiness and the Prometheus exposition (of this worker, or of all the server's)."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-
-from prometheus_client import generate_latest
+from pathlib import Path
 
 from service.errors import RecofferError
 from service.metrics import Metrics
@@ -47,13 +47,26 @@ class Health:
             ready=version is not None or (no_model_yet and self.database_ready),
             model_version=version,
             database=self.database_ready,
-            detail=self.models.last_error,
+            detail=None if self.models.last_error is None else self.public(self.models.last_error),
         )
 
+    def public(self, text: str) -> str:
+        """``text`` without this machine's layout: the model root named by its setting, any
+        other absolute path (a database file, a registry file) cut to its last component."""
+        root = self.models.store.root
+        for path in sorted({str(root.resolve()), str(root)}, key=len, reverse=True):
+            if Path(path).is_absolute():
+                text = text.replace(path, "RECOFFER_MODEL_DIR")
+        return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
     def exposition(self) -> bytes:
-        """The Prometheus text of this worker, with the served model's age brought up to now."""
+        """The Prometheus text, with this worker's model age brought up to now."""
         recommender = self.models.current
         if recommender is not None:
             trained = recommender.model.artifact.manifest.trained_at
             self.metrics.model_age.set(time.time() - trained.timestamp())
-        return generate_latest(self.metrics.registry)
+        return self.metrics.render()
+
+
+# a slash-separated absolute path, not preceded by a word (so RECOFFER_MODEL_DIR/v2 stays)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s'\"(),;:]+")

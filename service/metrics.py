@@ -1,11 +1,43 @@
-"""Prometheus metrics of one service process (a registry per app, so tests stay isolated)."""
+"""Prometheus metrics of the service: one registry per app, and one sum over a server's workers.
+
+A process started without ``PROMETHEUS_MULTIPROC_DIR`` (tests, a plain ``uvicorn`` worker) keeps
+its metrics in memory and exposes them with its own ``process_*`` and ``python_*`` metrics.
+``python -m service`` sets that variable to a fresh directory before any worker starts
+(``service.__main__``); prometheus_client then keeps every value in a file per process there, and
+any worker that answers ``/metrics`` reads them all (``Metrics.render``): counters and histograms
+are summed over every worker the server has had (a restarted worker's counts are kept, so they
+never go backwards), each gauge is merged by its ``multiprocess_mode``, ``process_*`` is read for
+each live worker with a ``pid`` label, and ``python_gc_*`` is the answering worker's, with its
+``pid`` (a collector cannot read another process's interpreter, and a ``gc`` callback must not
+write to the files: it may run while their one lock is held).
+Whoever adds a gauge gives it a ``multiprocess_mode`` that means what it says across workers.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    values,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable, read at its import
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -19,9 +51,20 @@ class LoadResult(Protocol):
     def attempted(self) -> bool: ...
 
 
+def shared_directory() -> Path | None:
+    """The directory this process shares its metrics through, or None (in-memory metrics).
+
+    Decided by prometheus_client when it was first imported, from ``PROMETHEUS_MULTIPROC_DIR``.
+    """
+    if values.ValueClass is values.MutexValue:
+        return None
+    return Path(os.environ[MULTIPROC_DIR])
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    shared: Path | None = field(default_factory=shared_directory)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -47,18 +90,26 @@ class Metrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "recoffer_model_info", "The served model version (value 1)", ["version"], registry=r
+            "recoffer_model_info",
+            "The served model version (value 1; 0 for a version no worker serves any more)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",  # 1 while any live worker serves it
         )
         self.model_age = Gauge(
             "recoffer_model_age_seconds",
             "Seconds since the served model was trained",
             registry=r,
+            multiprocess_mode="livemostrecent",  # set by the worker answering the scrape
         )
         self.model_loads = Counter(
             "recoffer_model_loads_total", "Model loads by outcome", ["outcome"], registry=r
         )
         self.database_up = Gauge(
-            "recoffer_database_up", "1 when the last database call succeeded", registry=r
+            "recoffer_database_up",
+            "1 when the last database call succeeded (in every live worker)",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.offer_decisions = Counter(
             "recoffer_offer_decisions_total",
@@ -74,7 +125,7 @@ class Metrics:
         )
         self.coupon_refusals = Counter(
             "recoffer_coupon_refusals_total",
-            "Coupon lookups refused: not_found, not_yours, rate_limited",
+            "Coupon lookups refused: not_found, not_yours, rate_limited, limiter_unavailable",
             ["reason"],
             registry=r,
         )
@@ -83,17 +134,20 @@ class Metrics:
             "Coupons in the database by campaign and state (active, redeemed, expired)",
             ["campaign", "state"],
             registry=r,
+            multiprocess_mode="livemostrecent",  # every worker counts the same database
         )
         # issue 11, item 10: the activity store's memory (service/activity/store.py)
         self.activity_users = Gauge(
             "recoffer_activity_users",
-            "Users whose recent events this process holds in memory",
+            "Users whose recent events the workers hold in memory (summed over live workers)",
             registry=r,
+            multiprocess_mode="livesum",  # each worker holds its own store
         )
         self.activity_bytes = Gauge(
             "recoffer_activity_bytes_estimated",
-            "Estimated memory of the recent events held (bytes)",
+            "Estimated memory of the recent events held (bytes, summed over live workers)",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.activity_evictions = Counter(
             "recoffer_activity_evictions_total",
@@ -105,7 +159,13 @@ class Metrics:
             "Coupons a campaign may still issue, today and in total (capped campaigns only)",
             ["campaign", "period"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
+        if self.shared is None:  # this process alone: its own process and interpreter figures
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self._served_version: str | None = None
 
     def model_load(self, outcome: LoadResult) -> None:
         """Count an attempted model load and, on success, switch the version label."""
@@ -113,5 +173,86 @@ class Metrics:
             return
         self.model_loads.labels("ok" if outcome.changed else "failed").inc()
         if outcome.changed and outcome.version:
+            if self._served_version is not None:
+                # a worker's file keeps every label it ever had: the old version reads 0 there
+                self.model_info.labels(self._served_version).set(0)
             self.model_info.clear()
             self.model_info.labels(outcome.version).set(1)
+            self._served_version = outcome.version
+
+    def render(self) -> bytes:
+        """The Prometheus text: this process's registry, or the sum over the server's workers."""
+        if self.shared is None:
+            return generate_latest(self.registry)
+        live = forget_dead_workers(self.shared)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.shared))  # type: ignore[no-untyped-call]
+        registry.register(WorkerProcesses(live))
+        PlatformCollector(registry=registry)
+        registry.register(_Labelled(GCCollector(registry=CollectorRegistry()), os.getpid()))
+        return generate_latest(registry)
+
+
+# --- several workers ----------------------------------------------------------------------
+
+_PID = re.compile(r"_(\d+)\.db$")  # prometheus_client names each file <kind>[_<mode>]_<pid>.db
+
+
+def forget_dead_workers(directory: Path) -> list[int]:
+    """The pids of the live workers that wrote to ``directory``; dead ones' live gauges removed.
+
+    A dead worker's counters stay (the sums must not go backwards); its ``live*`` gauges go.
+    """
+    pids = {int(m.group(1)) for f in directory.glob("*.db") if (m := _PID.search(f.name))}
+    live = []
+    for pid in sorted(pids):
+        if _alive(pid):
+            live.append(pid)
+        else:
+            mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    return live
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class WorkerProcesses(Collector):
+    """``process_*`` of each live worker, read from ``/proc`` by whichever worker is scraped."""
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self.pids = list(pids)
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self.pids:
+            reader = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            _add_pid(families, reader.collect(), pid)
+        return list(families.values())
+
+
+class _Labelled(Collector):
+    """Another collector's metrics with a ``pid`` label."""
+
+    def __init__(self, collector: Collector, pid: int) -> None:
+        self.collector, self.pid = collector, pid
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        _add_pid(families, self.collector.collect(), self.pid)
+        return list(families.values())
+
+
+def _add_pid(families: dict[str, Metric], metrics: Iterable[Metric], pid: int) -> None:
+    for metric in metrics:
+        family = families.setdefault(
+            metric.name, Metric(metric.name, metric.documentation, metric.type)
+        )
+        for sample in metric.samples:
+            family.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)

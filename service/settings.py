@@ -134,6 +134,25 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 
+    # issue 11, item 5: who may read /metrics
+    metrics_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys that may read /metrics (admin keys may too), comma-separated; "
+        "none: /metrics answers anyone.",
+    )
+
+    @field_validator("metrics_keys", mode="before")
+    @classmethod
+    def _metrics_keys_comma_separated(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("metrics_keys")
+    @classmethod
+    def _metrics_keys_long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        if any(len(key.get_secret_value()) < 16 for key in keys):
+            raise ValueError("metrics keys must be at least 16 characters")
+        return keys
+
     @field_validator("frontend_keys", "marketing_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

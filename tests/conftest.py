@@ -35,6 +35,20 @@ def online_retail_path() -> Path:
     return ONLINE_RETAIL
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright downloads no browser here
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """The browser for page tests; skips (fails in CI) when it is not installed."""
+    require_or_skip(
+        CHROMIUM.is_file(),
+        f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)",
+        "RECOFFER_REQUIRE_BROWSER",
+    )
+    return CHROMIUM
+
+
 @pytest.fixture(scope="session")
 def tiny_shop() -> SyntheticShop:
     return generate_shop(spec_for("tiny"))

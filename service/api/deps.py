@@ -24,6 +24,8 @@ from service.settings import Role, is_loopback
 from service.state import AppState
 
 T = TypeVar("T")
+# the dependencies that check an API key: the OpenAPI document marks their routes (api/docs.py)
+KEY_CHECKS: set[Callable[..., object]] = set()
 
 
 def _state(request: Request) -> AppState:
@@ -87,6 +89,7 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[AppState]]:
             )
         return state
 
+    KEY_CHECKS.add(check)
     return check
 
 
@@ -97,6 +100,7 @@ def require_part(pick: Callable[[AppState], T], *roles: Role) -> Callable[[Reque
     async def part(request: Request) -> T:
         return pick(await check(request))
 
+    KEY_CHECKS.add(part)
     return part
 
 
@@ -118,6 +122,23 @@ async def get_health(request: Request) -> Health:
     return _state(request).health
 
 
+async def get_metrics_reader(request: Request) -> Health:
+    """For ``/metrics``: a metrics or admin key when RECOFFER_METRICS_KEYS is set, else none."""
+    state = _state(request)
+    allowed = [k.get_secret_value() for k in state.settings.metrics_keys]
+    if not allowed or state.settings.auth_disabled:
+        return state.health
+    key = _presented_key(request)
+    given = (key or "").encode()
+    found = False
+    for candidate in allowed + request.app.state.recoffer_keys["admin"]:
+        found |= hmac.compare_digest(given, candidate.encode())  # every key, constant time each
+    if not found:
+        why = "invalid metrics key" if key else "missing key: send it as X-API-Key or Bearer"
+        raise HTTPException(401, why, headers={"WWW-Authenticate": "Bearer"})
+    return state.health
+
+
 RecommendationsDep = Annotated[Recommendations, Depends(require_part(_recommendations, "frontend"))]
 ModelReaderDep = Annotated[
     Recommendations, Depends(require_part(_recommendations, "frontend", "marketing"))
@@ -125,6 +146,7 @@ ModelReaderDep = Annotated[
 ModelAdminDep = Annotated[Recommendations, Depends(require_part(_recommendations, "admin"))]
 IngestDep = Annotated[Ingest, Depends(require_part(_ingest, "frontend"))]
 HealthDep = Annotated[Health, Depends(get_health)]
+MetricsReaderDep = Annotated[Health, Depends(get_metrics_reader)]
 
 
 def _offers(state: AppState) -> OfferEngine:

@@ -28,7 +28,7 @@ def _documented(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("Malformed request."),
     401: _documented("No API key, or an unknown one."),
-    403: _documented("The key's role may not call this (or: the coupon is another user's)."),
+    403: _documented("The key's role may not call this."),
     404: _documented("No such user, item, campaign or coupon."),
     409: _documented("Coupon already redeemed by another order."),
     410: _documented("Coupon expired, or the user id was erased."),

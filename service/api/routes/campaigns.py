@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CampaignsDep, ReportsDep
+from service.api.docs import documented
 from service.api.schemas import (
     CampaignOut,
     CampaignRef,
@@ -44,7 +45,7 @@ async def list_campaigns(offers: CampaignsDep) -> CampaignsOut:
     )
 
 
-@router.post("/{campaign_id}/run", response_model=SweepOut)
+@router.post("/{campaign_id}/run", response_model=SweepOut, responses=documented(404, 503))
 async def run_campaign(campaign_id: CampaignPath, offers: CampaignsDep) -> SweepOut:
     """Evaluate every user inside the campaign's window; safe to repeat and to run at once."""
     result = await run_in_threadpool(offers.sweep, campaign_id)
@@ -57,7 +58,7 @@ async def run_campaign(campaign_id: CampaignPath, offers: CampaignsDep) -> Sweep
     )
 
 
-@router.get("/{campaign_id}/stats", response_model=CampaignStatsOut)
+@router.get("/{campaign_id}/stats", response_model=CampaignStatsOut, responses=documented(404))
 async def campaign_stats(campaign_id: CampaignPath, reports: ReportsDep) -> CampaignStatsOut:
     """Eligible, issued, holdout, redeemed, expired; conversion and uplift with 95 % intervals."""
     s = await run_in_threadpool(reports.stats, campaign_id)

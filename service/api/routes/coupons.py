@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CouponsDep, _presented_key, no_store, require_part, role_of
+from service.api.docs import documented
 from service.api.routes.offers import coupon_out
 from service.api.schemas import (
     CouponOut,
@@ -61,7 +62,7 @@ def _coupons(state: AppState) -> Coupons:
 AuditDep = Annotated[Coupons, Depends(require_part(_coupons, "marketing"))]
 
 
-@router.get("/{code}", response_model=CouponOut)
+@router.get("/{code}", response_model=CouponOut, responses=documented(404))
 async def validate(
     code: Code,
     coupons: CouponsDep,
@@ -75,7 +76,7 @@ async def validate(
     return coupon_out(status)
 
 
-@router.post("/{code}/redeem", response_model=RedemptionOut)
+@router.post("/{code}/redeem", response_model=RedemptionOut, responses=documented(404, 409, 410))
 async def redeem(
     code: Code, body: RedeemIn, coupons: CouponsDep, caller: CallerDep
 ) -> RedemptionOut:
@@ -97,7 +98,7 @@ async def redeem(
     )
 
 
-@router.post("/{code}/release", response_model=CouponOut)
+@router.post("/{code}/release", response_model=CouponOut, responses=documented(404, 409, 410))
 async def release(code: Code, body: ReleaseIn, coupons: CouponsDep, caller: CallerDep) -> CouponOut:
     """Give the use back after the order that redeemed it was cancelled (bounded times)."""
     status = await run_in_threadpool(
@@ -106,7 +107,7 @@ async def release(code: Code, body: ReleaseIn, coupons: CouponsDep, caller: Call
     return coupon_out(status)
 
 
-@router.get("/{code}/trail", response_model=CouponTrailOut)
+@router.get("/{code}/trail", response_model=CouponTrailOut, responses=documented(404))
 async def trail(code: Code, coupons: AuditDep) -> CouponTrailOut:
     """Every redemption and release of the coupon: who, which order, amount, when."""
     found = await run_in_threadpool(coupons.trail, code)

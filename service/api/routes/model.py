@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ModelAdminDep, ModelReaderDep
+from service.api.docs import documented
 from service.api.schemas import ModelOut, ReloadOut
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
@@ -19,7 +20,7 @@ async def get_model(recommendations: ModelReaderDep) -> ModelOut:
     return ModelOut(**dataclasses.asdict(recommendations.describe()))
 
 
-@router.post("/reload", response_model=ReloadOut)
+@router.post("/reload", response_model=ReloadOut, responses=documented(409))
 async def reload_model(recommendations: ModelAdminDep) -> ReloadOut:
     """Load the registry's current version now (it is also picked up automatically)."""
     outcome = await run_in_threadpool(recommendations.reload)

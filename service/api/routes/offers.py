@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CouponReaderDep, OffersDep, no_store
+from service.api.docs import documented
 from service.api.schemas import CouponOut, DecisionOut, EvaluateIn, Id, UserOffersOut
 from service.offers.coupons import CouponStatus, coupon_status
 from service.offers.decisions import Decision, OfferEngine
@@ -50,7 +51,7 @@ def decision_out(decision: Decision, engine: OfferEngine) -> DecisionOut:
     )
 
 
-@router.post("/v1/offers/evaluate", response_model=DecisionOut)
+@router.post("/v1/offers/evaluate", response_model=DecisionOut, responses=documented(404))
 async def evaluate(
     body: Annotated[
         EvaluateIn, Body(openapi_examples={"built-in campaign": {"value": {"user_id": "u123"}}})

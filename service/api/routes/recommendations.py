@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import RecommendationsDep, require_part
+from service.api.docs import documented
 from service.api.fastpath import openapi_parameters, parse_request
 from service.api.routes.offers import decision_out
 from service.api.schemas import (
@@ -130,7 +131,7 @@ def _item(r: Recommendation) -> dict[str, object]:
     }
 
 
-@router.get("/v1/items/{item_id}/similar", response_model=SimilarOut)
+@router.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=documented(404))
 async def similar(
     request: Request,
     item_id: Annotated[Id, Path(description="The shop's item id.", examples=["85123A"])],
