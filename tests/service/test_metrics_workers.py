@@ -193,11 +193,16 @@ def test_a_start_that_fails_leaves_no_metrics_directory(
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    assert main(["--workers", "0"]) == 2
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        assert main(["--port", port, "--host", "127.0.0.1", "--development"]) == 2
-    assert list(tmp_path.iterdir()) == []
-    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    before = dict(os.environ)
+    try:
+        assert main(["--workers", "0"]) == 2
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = str(taken.getsockname()[1])
+            assert main(["--port", port, "--host", "127.0.0.1", "--development"]) == 2
+        assert list(tmp_path.iterdir()) == []
+        assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    finally:  # main() hands its options to the workers as RECOFFER_* variables of this process
+        os.environ.clear()
+        os.environ.update(before)
