@@ -85,8 +85,6 @@ class ActivityStore:
     def update_catalogue(self, rows: Iterable[ItemRecord]) -> None:
         with self._lock:
             for row in rows:
-                self.catalogue[row.item_id] = CatalogueEntry(
-                    category=row.category, in_stock=row.in_stock, name=row.name
-                )
+                self.catalogue[row.item_id] = row.entry()
                 if self.catalogue_watermark is None or row.updated_at > self.catalogue_watermark:
                     self.catalogue_watermark = row.updated_at

@@ -347,6 +347,8 @@ class Recommender:
     ) -> set[int]:
         m = self.model
         banned = {m.item_index[i] for i in query.exclude if i in m.item_index}
+        # hidden or deleted in the catalogue: never recommended, whatever the query
+        banned |= {m.item_index[i] for i, e in catalogue.items() if e.hidden and i in m.item_index}
         if query.exclude_purchased:
             banned |= {m.item_index[a.item_id] for a in recent if a.type == "purchase"}
         if query.in_stock:

@@ -75,7 +75,8 @@ class Recommendations:
         recommender = self.models.current
         if recommender is None:
             raise ModelUnavailable(NO_MODEL)
-        items = recommender.similar(item_id, limit, exclude)
+        hidden = [i for i, e in self.activity.catalogue.items() if e.hidden]
+        items = recommender.similar(item_id, limit, [*exclude, *hidden])
         return Served(Result(items=items, source="model"), recommender.model.version)
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
@@ -164,6 +165,8 @@ def popular_from_events(
         if item in banned or (wanted is not None and item not in wanted):
             continue
         entry = catalogue.get(item)
+        if entry is not None and entry.hidden:  # hidden or deleted: never recommended
+            continue
         if query.in_stock and entry is not None and entry.in_stock is False:
             continue
         if query.category is not None and (entry is None or entry.category != query.category):
