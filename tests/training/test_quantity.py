@@ -49,7 +49,9 @@ def test_each_order_weighs_one_plus_w_log_of_its_units() -> None:
 
 
 def test_quantity_changes_the_matrix_als_is_fitted_on() -> None:
-    params = ModelParams(factors=4, iterations=2, threads=1, weighting="confidence")
+    params = ModelParams(
+        factors=4, iterations=2, threads=1, weighting="confidence", quantity_weight=0.5
+    )
     stages = {}
     for units in (1, 12):
         coded, ids = encode(_frame([units, units, 1, 1]))
@@ -63,11 +65,9 @@ def test_quantity_changes_the_matrix_als_is_fitted_on() -> None:
     light = als_weights(single.strength, single.age_days, params)
     assert heavy[0, 0] > light[0, 0]
     assert heavy[1, 1] == pytest.approx(light[1, 1])
-    # quantity_weight 0 is the old behaviour: ALS sees distinct orders only
+    # quantity_weight 0 (the default) is the old behaviour: ALS sees distinct orders only
     coded, ids = encode(_frame([12, 12, 1, 1]))
-    flat = fit_stage(
-        coded, REFERENCE, ModelParams(factors=4, iterations=2, threads=1, quantity_weight=0.0), ids
-    )
+    flat = fit_stage(coded, REFERENCE, ModelParams(factors=4, iterations=2, threads=1), ids)
     assert flat.strength is flat.counts
 
 
