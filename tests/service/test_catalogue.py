@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select, text
 
 from service.app import create_app
 from service.artifact import ModelStore, load_artifact
-from service.db import make_engine, migrate
+from service.db import alembic_config, make_engine, migrate
 from service.settings import Settings
 from service.tables import events, items
 
@@ -271,6 +272,14 @@ def test_migration_0005_turns_float_prices_into_exact_amounts(database_url: str)
             assert (row.price, row.currency, row.status) == (Decimal("2.55"), None, "active")
         columns = {c["name"] for c in inspect(engine).get_columns("events")}
         assert {"quantity", "price", "currency", "order_id"} <= columns
+        # and back: the downgrade gives the float price again
+        config = alembic_config()
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0004")
+            conn.commit()
+            assert conn.execute(text("SELECT price FROM items")).scalar_one() == 2.55
+        assert "quantity" not in {c["name"] for c in inspect(engine).get_columns("events")}
     finally:
         engine.dispose()
 

@@ -45,7 +45,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("items") as batch:
-        batch.drop_constraint("ck_items_item_status", type_="check")
+        batch.drop_constraint(op.f("ck_items_item_status"), type_="check")
         batch.add_column(sa.Column("price_float", sa.Float(), nullable=True))
     op.execute(f"UPDATE items SET price_float = price / {float(UNITS)}")
     with op.batch_alter_table("items") as batch:
