@@ -65,7 +65,13 @@ class Recommendations:
         if recommender is None:
             served = Served(self._from_event_log(query, recent), None)
         else:
-            result = recommender.recommend(query, recent, self.activity.catalogue, now=self.clock())
+            result = recommender.recommend(
+                query,
+                recent,
+                self.activity.catalogue,
+                now=self.clock(),
+                hidden=self.activity.hidden,
+            )
             served = Served(result, recommender.model.version)
         self.metrics.recommendations.labels(served.result.source).inc()
         return served
@@ -75,8 +81,7 @@ class Recommendations:
         recommender = self.models.current
         if recommender is None:
             raise ModelUnavailable(NO_MODEL)
-        hidden = [i for i, e in self.activity.catalogue.items() if e.hidden]
-        items = recommender.similar(item_id, limit, [*exclude, *hidden])
+        items = recommender.similar(item_id, limit, [*exclude, *self.activity.hidden])
         return Served(Result(items=items, source="model"), recommender.model.version)
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[str]:

@@ -299,3 +299,25 @@ def test_the_tables_match_the_migrations(database_url: str) -> None:
         assert ours == []
     finally:
         engine.dispose()
+
+
+def test_each_worker_keeps_the_hidden_items_as_one_set_replaced_whole() -> None:
+    from datetime import UTC, datetime
+
+    from service.activity.records import ItemRecord
+    from service.activity.store import ActivityStore
+
+    store = ActivityStore()
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def record(item: str, status: Any) -> ItemRecord:
+        return ItemRecord(item, None, None, None, moment, status=status)
+
+    store.update_catalogue([record("a", "hidden"), record("b", "deleted"), record("c", "active")])
+    before = store.hidden
+    assert before == {"a", "b"}
+    assert store.catalogue["b"].hidden
+    assert not store.catalogue["c"].hidden
+    store.update_catalogue([record("a", "active")])
+    assert store.hidden == {"b"}
+    assert before == {"a", "b"}  # a reader holding the old set is not disturbed
