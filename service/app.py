@@ -112,6 +112,7 @@ def create_app(
                 metrics,
                 clock,
                 max_batch=settings.max_batch_events,
+                max_items=settings.max_batch_items,
                 views=auto_offers,
                 erased=tombstones.is_erased,
             ),

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     offer_metrics_seconds: float = Field(
         15.0, ge=0, description="How often coupon and budget gauges are refreshed (0: never)."
     )
+    # --- issue 11, item 10: the bulk catalogue endpoint ---
+    max_batch_items: int = Field(
+        1000, ge=1, le=10_000, description="Items per POST /v1/items:batch at most."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 

@@ -22,11 +22,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-from service.money import AmountColumn
+from service.money import CURRENCY_LENGTH, AmountColumn
 from service.offers.kinds import RECORDED
 
 ID_LENGTH = 128
 EVENT_TYPES = ("view", "add_to_cart", "purchase", "sign_up")
+ITEM_STATUSES = ("active", "hidden", "deleted")
 
 metadata = MetaData(
     naming_convention={
@@ -81,6 +82,10 @@ events = Table(
     Column("order_id", String(ID_LENGTH), nullable=True),
     Column("client_event_id", String(ID_LENGTH), nullable=True),
     Column("received_at", UTCDateTime(), nullable=False),
+    # a purchase's units, unit price and its currency (migration 0005; null on other types)
+    Column("quantity", Integer(), nullable=True),
+    Column("price", AmountColumn(), nullable=True),
+    Column("currency", String(CURRENCY_LENGTH), nullable=True),
     CheckConstraint("type IN ('view', 'add_to_cart', 'purchase', 'sign_up')", name="event_type"),
     Index("ix_events_user_id_ts", "user_id", "ts"),
     Index("uq_events_client_event_id", "client_event_id", unique=True),
@@ -92,9 +97,15 @@ items = Table(
     Column("item_id", String(ID_LENGTH), primary_key=True),
     Column("name", String(512), nullable=True),
     Column("category", String(ID_LENGTH), nullable=True),
-    Column("price", Float(), nullable=True),
     Column("in_stock", Boolean(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # migration 0005: an exact price with its currency, attributes, and active / hidden /
+    # deleted (a deleted item stays as a tombstone so every worker's catalogue tail sees it)
+    Column("price", AmountColumn(), nullable=True),
+    Column("currency", String(CURRENCY_LENGTH), nullable=True),
+    Column("attributes", JSON(), nullable=True),
+    Column("status", String(8), nullable=False, server_default="active"),
+    CheckConstraint(f"status IN ({', '.join(map(repr, ITEM_STATUSES))})", name="item_status"),
     Index("ix_items_updated_at", "updated_at"),
 )
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ from training.synthetic.spec import spec_for
 
 log = logging.getLogger(__name__)
 SEED_BATCH = 1000
+DEMO_CURRENCY = "EUR"  # the synthetic shop's prices
 
 
 @dataclass
@@ -100,7 +102,8 @@ def seed_database(database_url: str, data_dir: Path) -> None:
                 str(row.item_id),
                 name=str(row.name),
                 category=str(row.category),
-                price=float(row.price),
+                price=Decimal(f"{float(row.price):.2f}"),  # exact money, never a float
+                currency=DEMO_CURRENCY,
                 in_stock=True,
             )
         events = pd.read_csv(data_dir / "events.csv", dtype={"user_id": str, "item_id": str})

@@ -26,7 +26,8 @@ def encode(frame: pd.DataFrame) -> tuple[pd.DataFrame, IdMaps]:
     """Integer codes for users, items and orders: the trainer's compact working frame.
 
     String ids are factorised once here; every later stage slices and groups integers.
-    Returns (frame with columns user, item, order, timestamp; the id maps).
+    Returns (frame with columns user, item, order, timestamp, quantity (1.0 when the input
+    has none); the id maps).
     """
     user_codes, user_ids = pd.factorize(frame["user_id"])
     item_codes, item_ids = pd.factorize(frame["item_id"])
@@ -37,6 +38,11 @@ def encode(frame: pd.DataFrame) -> tuple[pd.DataFrame, IdMaps]:
             "item": item_codes.astype(np.int32),
             "order": order_codes.astype(np.int64),
             "timestamp": frame["timestamp"].to_numpy(dtype="datetime64[ns]"),
+            "quantity": (
+                frame["quantity"].to_numpy(dtype=np.float32)
+                if "quantity" in frame
+                else np.ones(len(frame), dtype=np.float32)
+            ),
         }
     )
     return coded, IdMaps(users=pd.Index(user_ids), items=pd.Index(item_ids))

@@ -133,7 +133,13 @@ def describe(
         # the service scales a new user's events so one purchase weighs like this
         fold_in=FoldIn(
             confidence_scale=float(
-                np.median(als_weights(serving.counts, serving.age_days, params).data)
+                np.median(
+                    als_weights(
+                        serving.counts if serving.strength is None else serving.strength,
+                        serving.age_days,
+                        params,
+                    ).data
+                )
             )
         ),
         recipes={p: candidates[served[p]][p] for p in PROTOCOLS},

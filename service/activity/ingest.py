@@ -11,11 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
-from service.activity.records import Activity, IngestResult, ItemRecord, NewEvent, UserRecord
+from service.activity.records import (
+    Activity,
+    IngestResult,
+    ItemChange,
+    ItemRecord,
+    ItemResult,
+    NewEvent,
+    UserRecord,
+)
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
 from service.clock import Clock
@@ -44,6 +53,9 @@ class EventDraft:
     item_id: str | None = None
     order_id: str | None = None
     client_event_id: str | None = None
+    quantity: int | None = None
+    price: Decimal | None = None
+    currency: str | None = None
 
 
 def refuse_future(moment: datetime, now: datetime, field: str) -> None:
@@ -63,6 +75,7 @@ class Ingest:
         clock: Clock,
         *,
         max_batch: int,
+        max_items: int = 1000,
         views: ViewListener | None = None,
         erased: Callable[[str], bool] | None = None,
     ) -> None:
@@ -71,6 +84,7 @@ class Ingest:
         self.metrics = metrics
         self.clock = clock
         self.max_batch = max_batch
+        self.max_items = max_items
         self.views = views
         # erased ids (service.privacy): their events are dropped, their user row refused
         self.erased = erased or (lambda _: False)
@@ -87,7 +101,10 @@ class Ingest:
         events = []
         for index, d in enumerate(drafts):
             ts = d.ts or now
-            refuse_future(ts, now, f"events.{index}.timestamp" if batch else "timestamp")
+            prefix = f"events.{index}." if batch else ""
+            refuse_future(ts, now, f"{prefix}timestamp")
+            if d.price is not None and d.currency is None:
+                raise InvalidInput(f"{prefix}currency", "a price needs its currency")
             if self.erased(d.user_id):
                 continue  # not stored, not counted as accepted
             events.append(
@@ -98,6 +115,9 @@ class Ingest:
                     item_id=d.item_id,
                     order_id=d.order_id,
                     client_event_id=d.client_event_id,
+                    quantity=d.quantity,
+                    price=d.price,
+                    currency=d.currency,
                 )
             )
         result = await run_in_threadpool(self.repository.add_events, events)
@@ -133,17 +153,34 @@ class Ingest:
         *,
         name: str | None,
         category: str | None,
-        price: float | None,
+        price: Decimal | None,
+        currency: str | None = None,
         in_stock: bool | None,
+        attributes: dict[str, Any] | None = None,
     ) -> ItemRecord:
         """Create or update a catalogue item; this worker's filters see it at once."""
+        if price is not None and currency is None:
+            raise InvalidInput("currency", "a price needs its currency")
         record = await run_in_threadpool(
             self.repository.upsert_item,
             item_id,
             name=name,
             category=category,
             price=price,
+            currency=currency,
             in_stock=in_stock,
+            attributes=attributes,
         )
         self.activity.update_catalogue([record])
         return record
+
+    async def change_items(self, changes: Sequence[ItemChange]) -> list[ItemResult]:
+        """Apply a catalogue batch, all or nothing; this worker's filters see it at once."""
+        if len(changes) > self.max_items:
+            raise BatchTooLarge(f"at most {self.max_items} items per request")
+        for index, change in enumerate(changes):
+            if change.price is not None and change.currency is None:
+                raise InvalidInput(f"items.{index}.currency", "a price needs its currency")
+        results, records = await run_in_threadpool(self.repository.apply_items, changes)
+        self.activity.update_catalogue(records)
+        return results

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 # how much each event type weighs when a session is folded into the model (a setting's default)
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 6.0}
@@ -26,6 +27,7 @@ class CatalogueEntry:
     category: str | None = None
     in_stock: bool | None = None
     name: str | None = None
+    hidden: bool = False  # hidden or deleted: never recommended
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class NewEvent:
     item_id: str | None = None
     order_id: str | None = None
     client_event_id: str | None = None
+    quantity: int | None = None  # a purchase's units (stored as 1 when not sent)
+    price: Decimal | None = None  # a purchase's unit price, with its currency
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,56 @@ class UserRecord:
     updated_at: datetime
 
 
+ItemStatus = Literal["active", "hidden", "deleted"]
+
+
 @dataclass(frozen=True)
 class ItemRecord:
     item_id: str
     name: str | None
     category: str | None
-    price: float | None
     in_stock: bool | None
     updated_at: datetime
+    price: Decimal | None = None
+    currency: str | None = None
+    attributes: dict[str, Any] | None = None
+    status: ItemStatus = "active"
+
+    def entry(self) -> CatalogueEntry:
+        """What recommendations need of this item: its filters, and whether it may be shown."""
+        return CatalogueEntry(
+            category=self.category,
+            in_stock=self.in_stock,
+            name=self.name,
+            hidden=self.status != "active",
+        )
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    """One operation of a catalogue batch; fields left None keep their stored value.
+
+    ``op``: ``upsert`` (create or update; brings a deleted item back), ``hide`` (kept, never
+    recommended), ``show`` (undo hide) or ``delete`` (fields cleared, a tombstone kept).
+    """
+
+    op: Literal["upsert", "hide", "show", "delete"]
+    item_id: str
+    name: str | None = None
+    category: str | None = None
+    price: Decimal | None = None
+    currency: str | None = None
+    in_stock: bool | None = None
+    attributes: dict[str, Any] | None = None
+
+
+ItemOutcome = Literal["created", "updated", "hidden", "shown", "deleted", "not_found"]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What one operation of a batch did (``not_found``: hide, show or delete of no item)."""
+
+    item_id: str
+    op: str
+    result: ItemOutcome

@@ -8,13 +8,24 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, select
+from sqlalchemy import Connection, Engine, case, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.activity.records import IngestResult, ItemRecord, NewEvent, StoredEvent, UserRecord
+from service.activity.records import (
+    IngestResult,
+    ItemChange,
+    ItemOutcome,
+    ItemRecord,
+    ItemResult,
+    NewEvent,
+    StoredEvent,
+    UserRecord,
+)
 from service.clock import Clock, utc_now
+from service.money import to_units
 from service.tables import events, items, users
 
 
@@ -108,6 +119,21 @@ class Repository:
         """
         if not batch:
             return IngestResult(0, 0, [])
+        user_stmt, user_rows, event_rows = self._event_rows(batch)
+        event_stmt = (
+            self.insert(events)
+            .on_conflict_do_nothing(index_elements=[events.c.client_event_id])
+            .returning(events.c.id, events.c.user_id, events.c.item_id, events.c.type, events.c.ts)
+        )
+        with self.writing() as conn:
+            conn.execute(user_stmt, user_rows)
+            stored = [StoredEvent(*row) for row in conn.execute(event_stmt, event_rows)]
+        return IngestResult(len(stored), len(batch) - len(stored), stored)
+
+    def _event_rows(
+        self, batch: Sequence[NewEvent]
+    ) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the users upsert, its rows, the event rows) of a batch."""
         now = self.clock()
         first_seen: dict[str, datetime] = {}
         signed_up: dict[str, datetime] = {}
@@ -151,18 +177,80 @@ class Repository:
                 "order_id": e.order_id,
                 "client_event_id": e.client_event_id,
                 "received_at": now,
+                # a purchase is at least one unit; other events carry no money
+                "quantity": (e.quantity or 1) if e.type == "purchase" else None,
+                "price": e.price,
+                "currency": e.currency if e.price is not None else None,
             }
             for e in batch
         ]
-        event_stmt = (
-            self.insert(events)
-            .on_conflict_do_nothing(index_elements=[events.c.client_event_id])
-            .returning(events.c.id, events.c.user_id, events.c.item_id, events.c.type, events.c.ts)
-        )
+        return user_stmt, user_rows, event_rows
+
+    def import_events(self, batch: Sequence[NewEvent]) -> tuple[int, int]:
+        """Bulk-store past events (``recoffer import``): (stored, skipped as already there).
+
+        As :meth:`add_events` (users registered, a repeated ``client_event_id`` skipped) but
+        returns no rows; on PostgreSQL the batch goes through COPY into a temporary table and
+        two INSERT ... SELECT, as a multi-row VALUES statement spends its time in the driver.
+        """
+        if not batch:
+            return 0, 0
+        if self.engine.dialect.name != "postgresql":
+            # no RETURNING: the driver's own executemany, and its count of rows changed
+            user_stmt, user_rows, event_rows = self._event_rows(batch)
+            event_stmt = self.insert(events).on_conflict_do_nothing(
+                index_elements=[events.c.client_event_id]
+            )
+            with self.writing() as conn:
+                conn.execute(user_stmt, user_rows)
+                stored = conn.execute(event_stmt, event_rows).rowcount
+            return stored, len(batch) - stored
+        now = self.clock()
+        names = "user_id, item_id, type, ts, order_id, client_event_id, quantity, price, currency"
         with self.writing() as conn:
-            conn.execute(user_stmt, user_rows)
-            stored = [StoredEvent(*row) for row in conn.execute(event_stmt, event_rows)]
-        return IngestResult(len(stored), len(batch) - len(stored), stored)
+            conn.exec_driver_sql(
+                "CREATE TEMPORARY TABLE import_batch (user_id text, item_id text, type text, "
+                "ts timestamptz, order_id text, client_event_id text, quantity integer, "
+                "price bigint, currency text) ON COMMIT DROP"
+            )
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(f"COPY import_batch ({names}) FROM STDIN") as copy:
+                for e in batch:
+                    purchase = e.type == "purchase"
+                    copy.write_row(
+                        (
+                            e.user_id,
+                            e.item_id,
+                            e.type,
+                            e.ts,
+                            e.order_id,
+                            e.client_event_id,
+                            (e.quantity or 1) if purchase else None,
+                            None if e.price is None else to_units(e.price),
+                            e.currency if e.price is not None else None,
+                        )
+                    )
+            conn.execute(
+                text(
+                    "INSERT INTO users (user_id, signed_up_at, first_seen_at, attributes, "
+                    "created_at, updated_at) "
+                    "SELECT user_id, MIN(ts) FILTER (WHERE type = 'sign_up'), MIN(ts), "
+                    "CAST('{}' AS json), :now, :now FROM import_batch GROUP BY user_id "
+                    "ON CONFLICT (user_id) DO UPDATE SET "
+                    "first_seen_at = LEAST(users.first_seen_at, excluded.first_seen_at), "
+                    "signed_up_at = COALESCE(users.signed_up_at, excluded.signed_up_at)"
+                ),
+                {"now": now},
+            )
+            stored = conn.execute(
+                text(
+                    f"INSERT INTO events ({names}, received_at) "
+                    f"SELECT {names}, :now FROM import_batch "
+                    "ON CONFLICT (client_event_id) DO NOTHING"
+                ),
+                {"now": now},
+            ).rowcount
+        return stored, len(batch) - stored
 
     def events_after(self, after_id: int, limit: int = 10_000) -> list[StoredEvent]:
         query = (
@@ -204,20 +292,127 @@ class Repository:
         *,
         name: str | None = None,
         category: str | None = None,
-        price: float | None = None,
+        price: Decimal | None = None,
+        currency: str | None = None,
         in_stock: bool | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> ItemRecord:
         """Create or update one catalogue item; fields left None keep their stored value."""
-        now = self.clock()
-        values = {"name": name, "category": category, "price": price, "in_stock": in_stock}
-        stmt = self.insert(items).values(item_id=item_id, updated_at=now, **values)
-        changes = {k: stmt.excluded[k] for k, v in values.items() if v is not None}
-        changes["updated_at"] = stmt.excluded.updated_at
-        stmt = stmt.on_conflict_do_update(index_elements=[items.c.item_id], set_=changes)
+        change = ItemChange(
+            "upsert",
+            item_id,
+            name=name,
+            category=category,
+            price=price,
+            currency=currency,
+            in_stock=in_stock,
+            attributes=attributes,
+        )
         with self.writing() as conn:
-            conn.execute(stmt)
+            self._apply(conn, change, self.clock())
             row = conn.execute(select(items).where(items.c.item_id == item_id)).one()
         return ItemRecord(**row._mapping)
+
+    def apply_items(
+        self, changes: Sequence[ItemChange]
+    ) -> tuple[list[ItemResult], list[ItemRecord]]:
+        """Apply a catalogue batch in one transaction (all or nothing), in order.
+
+        Returns (what each operation did, the rows as stored afterwards).
+        """
+        if not changes:
+            return [], []
+        ids = list(dict.fromkeys(c.item_id for c in changes))
+        now = self.clock()
+        results: list[ItemResult] = []
+        with self.writing() as conn:
+            status = {
+                str(i): str(s)
+                for i, s in conn.execute(
+                    select(items.c.item_id, items.c.status).where(items.c.item_id.in_(ids))
+                )
+            }
+            for change in changes:
+                before = status.get(change.item_id)
+                outcome, after = _outcome(change.op, before)
+                if after is not None:
+                    self._apply(conn, change, now)
+                    status[change.item_id] = after
+                results.append(ItemResult(change.item_id, change.op, outcome))
+            rows = conn.execute(select(items).where(items.c.item_id.in_(ids)))
+            records = [ItemRecord(**row._mapping) for row in rows]
+        return results, records
+
+    def _apply(self, conn: Connection, change: ItemChange, now: datetime) -> None:
+        """Write one operation of a batch."""
+        if change.op == "upsert":
+            values: dict[str, Any] = {
+                "name": change.name,
+                "category": change.category,
+                "price": change.price,
+                "currency": change.currency if change.price is not None else None,
+                "in_stock": change.in_stock,
+                "attributes": change.attributes,
+            }
+            stmt = self.insert(items).values(
+                item_id=change.item_id, updated_at=now, status="active", **values
+            )
+            updates = {k: stmt.excluded[k] for k, v in values.items() if v is not None}
+            updates["updated_at"] = stmt.excluded.updated_at
+            updates["status"] = case(  # an upsert brings a deleted item back, keeps it hidden
+                (items.c.status == "deleted", "active"), else_=items.c.status
+            )
+            conn.execute(stmt.on_conflict_do_update(index_elements=[items.c.item_id], set_=updates))
+            return
+        where = items.c.item_id == change.item_id
+        if change.op == "delete":
+            cleared = dict.fromkeys(("name", "category", "price", "currency", "in_stock"))
+            update = (
+                items.update()
+                .where(where)
+                .values(status="deleted", attributes=None, updated_at=now, **cleared)
+            )
+        elif change.op == "hide":
+            update = (
+                items.update()
+                .where(where, items.c.status != "deleted")
+                .values(status="hidden", updated_at=now)
+            )
+        else:  # show
+            update = (
+                items.update()
+                .where(where, items.c.status == "hidden")
+                .values(status="active", updated_at=now)
+            )
+        conn.execute(update)
+
+    def import_items(self, rows: Sequence[dict[str, Any]], *, replace: bool = True) -> int:
+        """Bulk-write catalogue rows (``recoffer import``) in one statement; returns rows written.
+
+        Each row has item_id and any of name, category, price, currency, in_stock, attributes.
+        ``replace``: the columns the rows name replace the stored ones, and a deleted item comes
+        back; otherwise only items not in the catalogue yet are added. A repeated id: the last.
+        """
+        latest = {r["item_id"]: r for r in rows}
+        if not latest:
+            return 0
+        now = self.clock()
+        columns = ("name", "category", "price", "currency", "in_stock", "attributes")
+        given = [c for c in columns if any(c in r for r in latest.values())]
+        values = [
+            {"item_id": i, "updated_at": now, "status": "active"} | {c: r.get(c) for c in given}
+            for i, r in latest.items()
+        ]
+        stmt = self.insert(items)
+        if replace:
+            updates = {c: stmt.excluded[c] for c in given}
+            updates |= {"updated_at": stmt.excluded.updated_at, "status": stmt.excluded.status}
+            stmt = stmt.on_conflict_do_update(index_elements=[items.c.item_id], set_=updates)
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=[items.c.item_id])
+        with self.writing() as conn:
+            written = conn.execute(stmt.returning(items.c.item_id), values).all()
+        return len(written)
 
     def items_updated_since(self, since: datetime | None) -> list[ItemRecord]:
         query = select(items).order_by(items.c.updated_at)
@@ -225,3 +420,18 @@ class Repository:
             query = query.where(items.c.updated_at >= since)
         with self.engine.connect() as conn:
             return [ItemRecord(**row._mapping) for row in conn.execute(query)]
+
+
+def _outcome(op: str, before: str | None) -> tuple[ItemOutcome, str | None]:
+    """(what ``op`` does to an item whose status is ``before``, its status after; None: nothing)."""
+    if op == "upsert":
+        if before in (None, "deleted"):
+            return "created", "active"
+        return "updated", before
+    if before is None or (before == "deleted" and op != "delete"):
+        return "not_found", None
+    if op == "delete":
+        return "deleted", "deleted"
+    if op == "hide":
+        return "hidden", "hidden"
+    return "shown", "active"

@@ -72,6 +72,8 @@ class ActivityStore:
         self.purchases: Counter[str] = Counter()
         self.catalogue: dict[str, CatalogueEntry] = {}
         self.catalogue_watermark: datetime | None = None
+        # hidden or deleted items (never recommended); replaced whole, so readers need no lock
+        self.hidden: frozenset[str] = frozenset()
 
     def add(self, rows: Iterable[StoredEvent], *, from_tail: bool = True) -> int:
         """Remember events not seen before; returns how many were new.
@@ -159,9 +161,11 @@ class ActivityStore:
 
     def update_catalogue(self, rows: Iterable[ItemRecord]) -> None:
         with self._lock:
+            hidden = set(self.hidden)
             for row in rows:
-                self.catalogue[row.item_id] = CatalogueEntry(
-                    category=row.category, in_stock=row.in_stock, name=row.name
-                )
+                entry = self.catalogue[row.item_id] = row.entry()
+                (hidden.add if entry.hidden else hidden.discard)(row.item_id)
                 if self.catalogue_watermark is None or row.updated_at > self.catalogue_watermark:
                     self.catalogue_watermark = row.updated_at
+            if hidden != self.hidden:
+                self.hidden = frozenset(hidden)

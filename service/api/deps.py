@@ -145,6 +145,7 @@ ModelReaderDep = Annotated[
 ]
 ModelAdminDep = Annotated[Recommendations, Depends(require_part(_recommendations, "admin"))]
 IngestDep = Annotated[Ingest, Depends(require_part(_ingest, "frontend"))]
+CatalogueDep = Annotated[Ingest, Depends(require_part(_ingest, "marketing"))]  # bulk catalogue
 HealthDep = Annotated[Health, Depends(get_health)]
 MetricsReaderDep = Annotated[Health, Depends(get_metrics_reader)]
 

@@ -109,6 +109,22 @@ class EventIn(Strict):
     client_event_id: EventId | None = Field(
         None, description="Your id for this event: a retry with the same id is not counted twice."
     )
+    # issue 11, item 10: what a purchase line says (purchases only)
+    quantity: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        strict=True,
+        description="Purchase only: units bought (default 1); the trainer weighs it.",
+    )
+    price: Amount | None = Field(
+        None, description='Purchase only: the unit price, exact ("12.50"); needs currency.'
+    )
+    currency: Currency | None = Field(
+        None,
+        description="The price's ISO 4217 currency; required with price.",
+        validate_default=True,
+    )
 
     @field_validator("item_id")
     @classmethod
@@ -117,6 +133,21 @@ class EventIn(Strict):
         if item_id is None and kind is not None and kind != "sign_up":
             raise ValueError(f"item_id is required for {kind} events")
         return item_id
+
+    @field_validator("quantity", "price")
+    @classmethod
+    def _purchase_only(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("type")
+        if value is not None and kind is not None and kind != "purchase":
+            raise ValueError(f"{info.field_name} is only for purchase events, not {kind}")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency_with_price(cls, currency: str | None, info: ValidationInfo) -> str | None:
+        if currency is None and info.data.get("price") is not None:
+            raise ValueError("a price needs its currency")
+        return currency
 
 
 class EventBatch(Strict):
@@ -139,20 +170,85 @@ class IngestOut(BaseModel):
     duplicates: int = Field(description="Events skipped: their client_event_id was seen before.")
 
 
+ItemAttributes = dict[Annotated[Text, StringConstraints(max_length=64)], AttributeValue]
+
+
 class ItemIn(Strict):
     name: Text | None = None
     category: Category | None = None
-    price: float | None = Field(None, ge=0, strict=True)  # strict: `false` is not a price
+    price: Amount | None = Field(None, description='Exact unit price ("12.50"); needs currency.')
+    currency: Currency | None = Field(
+        None,
+        description="The price's ISO 4217 currency; required with price.",
+        validate_default=True,
+    )
     in_stock: bool | None = None
+    attributes: ItemAttributes | None = Field(
+        None, max_length=50, description="Free-form attributes (JSON), replaced as a whole."
+    )
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # `false` is not a price
+            raise ValueError("a price is a decimal string or number")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency_with_price(cls, currency: str | None, info: ValidationInfo) -> str | None:
+        if currency is None and info.data.get("price") is not None:
+            raise ValueError("a price needs its currency")
+        return currency
 
 
 class ItemOut(BaseModel):
     item_id: str
     name: str | None
     category: str | None
-    price: float | None
+    price: Decimal | None = Field(description="Exact, as a string.")
+    currency: str | None
     in_stock: bool | None
+    attributes: dict[str, Any] | None
+    status: Literal["active", "hidden", "deleted"] = Field(
+        description="hidden and deleted items are never recommended."
+    )
     updated_at: datetime
+
+
+class ItemUpsert(ItemIn):
+    op: Literal["upsert"]
+    item_id: Id
+
+
+class ItemAction(Strict):
+    op: Literal["hide", "show", "delete"]
+    item_id: Id
+
+
+ItemOperation = Annotated[ItemUpsert | ItemAction, Field(discriminator="op")]
+
+
+class ItemBatchIn(Strict):
+    items: list[ItemOperation] = Field(
+        min_length=1,
+        max_length=10_000,  # the setting RECOFFER_MAX_BATCH_ITEMS bounds it further
+        description="Applied in order, in one transaction: all or nothing. upsert: create or "
+        "update (fields not sent keep their value; brings a deleted item back); hide: kept "
+        "but never recommended; show: undo hide; delete: never recommended, fields cleared.",
+    )
+
+
+class ItemResultOut(BaseModel):
+    item_id: str
+    op: str
+    result: Literal["created", "updated", "hidden", "shown", "deleted", "not_found"] = Field(
+        description="not_found: hide, show or delete of an item that does not exist."
+    )
+
+
+class ItemBatchOut(BaseModel):
+    results: list[ItemResultOut] = Field(description="One per operation, in the order sent.")
 
 
 class RecommendationFilters(BaseModel):

@@ -17,7 +17,7 @@ exclude ids, category, in stock (when the catalogue says), bought within the las
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -113,14 +113,19 @@ class Recommender:
         recent: Sequence[Activity] = (),
         catalogue: Mapping[str, CatalogueEntry] | None = None,
         now: datetime | None = None,
+        hidden: Collection[str] = (),
     ) -> Result:
-        """The ranked list for ``query``; ``recent`` are the user's events since training."""
+        """The ranked list for ``query``; ``recent`` are the user's events since training.
+
+        ``hidden``: items hidden or deleted in the catalogue, never recommended.
+        """
         m = self.model
         catalogue = catalogue or {}
         protocol = "novel" if query.exclude_purchased else "all"
         user_idx = m.user_index.get(query.user_id)
         recent_known = [a for a in recent if a.item_id in m.item_index]
         banned = self._banned(query, recent_known, catalogue)
+        banned |= {m.item_index[i] for i in hidden if i in m.item_index}
         if query.purchased_within_days is not None:
             return self._replenish(query, user_idx, recent_known, banned, now)
         if user_idx is not None:

@@ -84,7 +84,13 @@ class Recommendations:
         if recommender is None:
             served = Served(self._from_event_log(query, recent), None)
         else:
-            result = recommender.recommend(query, recent, self.activity.catalogue, now=self.clock())
+            result = recommender.recommend(
+                query,
+                recent,
+                self.activity.catalogue,
+                now=self.clock(),
+                hidden=self.activity.hidden,
+            )
             served = Served(result, recommender.model.version)
         self.metrics.recommendations.labels(served.result.source).inc()
         return served
@@ -94,7 +100,7 @@ class Recommendations:
         recommender = self.models.current
         if recommender is None:
             raise ModelUnavailable(NO_MODEL)
-        items = recommender.similar(item_id, limit, exclude)
+        items = recommender.similar(item_id, limit, [*exclude, *self.activity.hidden])
         return Served(Result(items=items, source="model"), recommender.model.version)
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
@@ -184,6 +190,8 @@ def popular_from_events(
         if item in banned or (wanted is not None and item not in wanted):
             continue
         entry = catalogue.get(item)
+        if entry is not None and entry.hidden:  # hidden or deleted: never recommended
+            continue
         if query.in_stock and entry is not None and entry.in_stock is False:
             continue
         if query.category is not None and (entry is None or entry.category != query.category):

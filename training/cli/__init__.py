@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from training.cli import backtest, migrate, models, schedule, serve, train
+from training.cli import backtest, import_, migrate, models, schedule, serve, train
 
 app = typer.Typer(
     name="recoffer",
@@ -30,6 +30,7 @@ app.command()(serve.demo)
 app.command()(serve.serve)
 app.command()(backtest.backtest)
 app.command()(migrate.migrate)
+app.command("import")(import_.import_)
 app.command(context_settings=schedule.CONTEXT_SETTINGS)(schedule.schedule)
 
 

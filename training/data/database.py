@@ -8,21 +8,26 @@ from typing import Any
 import pandas as pd
 
 from service.errors import DataError
+from service.money import SCALE
 from training.data.formats import Purchases, purchases_from_frame
 
 CHUNK_ROWS = 100_000  # rows per chunk when streaming events from the database
+UNITS_PER_MAJOR = 10**SCALE  # service.money stores amounts as integer ten-thousandths
 
 
 def load_database_purchases(database_url: str) -> pd.DataFrame:
     """The ``purchase`` events the API ingested, as a frame of the normalised column names.
 
     Columns: user_id, item_id, timestamp (naive UTC), order_id (``user@timestamp`` when the shop
-    sent none), and the catalogue's category, name and price when the items table has them.
+    sent none), quantity (the units of the line; 1 when not sent), price (the line's unit price,
+    else the catalogue's; NaN when neither is known), and the catalogue's category and name.
+    Prices are exact in the database; the trainer reads them as floats (a model feature, never
+    an amount charged).
 
     Raises:
         DataError: the database cannot be reached or has no events table (not migrated).
     """
-    from sqlalchemy import select
+    from sqlalchemy import BigInteger, func, select
 
     from service.tables import events, items
 
@@ -32,19 +37,32 @@ def load_database_purchases(database_url: str) -> pd.DataFrame:
             events.c.item_id,
             events.c.ts.label("timestamp"),
             events.c.order_id,
+            func.coalesce(events.c.quantity, 1).label("quantity"),
+            # raw ten-thousandths (AmountColumn's storage): one integer division below
+            func.coalesce(events.c.price, items.c.price, type_=BigInteger).label("price"),
             items.c.category,
             items.c.name,
-            items.c.price,
         )
         .select_from(events.outerjoin(items, items.c.item_id == events.c.item_id))
         .where(events.c.type == "purchase", events.c.item_id.is_not(None))
         .order_by(events.c.id)
     )
-    columns = ["user_id", "item_id", "timestamp", "order_id", "category", "name", "price"]
+    columns = [
+        "user_id",
+        "item_id",
+        "timestamp",
+        "order_id",
+        "quantity",
+        "price",
+        "category",
+        "name",
+    ]
     chunks = list(_read_database(database_url, query, columns, "purchases"))
     frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=columns)
     stamps = pd.to_datetime(frame["timestamp"], utc=True)
     frame["timestamp"] = stamps.dt.tz_localize(None)
+    frame["quantity"] = pd.to_numeric(frame["quantity"]).astype("float64")
+    frame["price"] = pd.to_numeric(frame["price"]).astype("float64") / UNITS_PER_MAJOR
     missing = frame["order_id"].isna()
     frame.loc[missing, "order_id"] = (
         frame.loc[missing, "user_id"] + "@" + frame.loc[missing, "timestamp"].astype(str)
@@ -131,7 +149,7 @@ def combine_purchases(
     if len(frames) == 1:
         return purchases_from_frame(frames[0], source=source)
     merged = pd.concat(frames, ignore_index=True)
-    # the same line in both (the database lacks quantity and price): keep the file's
+    # the same line in both (imported from the file, or sent twice): keep the file's
     shared = merged.duplicated(["user_id", "item_id", "timestamp", "order_id"], keep="first")
     combined = purchases_from_frame(merged.loc[~shared], source=source)
     combined.report.rows_read = len(merged)

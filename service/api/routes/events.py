@@ -26,7 +26,15 @@ EXAMPLES = {
             "events": [
                 {"user_id": "u123", "type": "sign_up", "timestamp": "2026-11-23T09:30:00Z"},
                 {"user_id": "u123", "type": "add_to_cart", "item_id": "85123A"},
-                {"user_id": "u123", "type": "purchase", "item_id": "85123A", "order_id": "o-1"},
+                {
+                    "user_id": "u123",
+                    "type": "purchase",
+                    "item_id": "85123A",
+                    "order_id": "o-1",
+                    "quantity": 6,
+                    "price": "2.55",
+                    "currency": "GBP",
+                },
             ]
         }
     },
@@ -49,6 +57,9 @@ async def post_events(
             item_id=e.item_id,
             order_id=e.order_id,
             client_event_id=e.client_event_id,
+            quantity=e.quantity,
+            price=e.price,
+            currency=e.currency,
         )
         for e in incoming
     ]
