@@ -274,3 +274,34 @@ def test_the_natural_key_depends_on_every_field_of_the_row(tmp_path: Path) -> No
         ("u1", "purchase", "i1", "2024-01-01T10:00:00.000000", "o1", 3, Decimal("2.55"), "GBP")
     )
     assert expected in stored
+
+
+def test_an_import_never_brings_an_erased_user_back(tmp_path: Path, database_url: str) -> None:
+    from service.activity.repository import Repository
+    from service.privacy.repository import PrivacyRepository
+
+    path = _write(tmp_path / "p.csv", PURCHASES)
+    assert _run("purchases", str(path), "--database-url", database_url).exit_code == 0
+    engine = make_engine(database_url)
+    try:
+        PrivacyRepository(Repository(engine)).erase("u1", datetime.now(UTC))
+    finally:
+        engine.dispose()
+    assert {r["user_id"] for r in _rows(database_url, events)} == {"u2"}
+    again = _run("purchases", str(path), "--database-url", database_url, "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["skipped"]["erased_users"] == 2  # u1's two lines
+    assert {r["user_id"] for r in _rows(database_url, events)} == {"u2"}
+
+
+def test_an_import_reads_semicolons_and_day_first_dates_like_train(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    text = "user_id;item_id;timestamp\nu1;i1;01/06/2024 10:00\nu2;i2;02/06/2024 11:00\n"
+    path = _write(tmp_path / "p.csv", text)
+    refused = _run("purchases", str(path), "--database-url", url)
+    assert refused.exit_code == 2  # only ambiguous dates: the order must be said
+    assert "timestamp" in refused.stderr
+    done = _run("purchases", str(path), "--database-url", url, "--dayfirst", "--delimiter", ";")
+    assert done.exit_code == 0, done.stderr
+    stamps = sorted(r["ts"] for r in _rows(url, events))
+    assert [(t.month, t.day) for t in stamps] == [(6, 1), (6, 2)]  # June, not January

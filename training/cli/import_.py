@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from training.cli.common import setup_logging
+from training.cli.common import DateFormat, DayFirst, Delimiter, read_options, setup_logging
 from training.cli.render import errors, out
 from training.data.imports import BATCH_ROWS, KINDS
 
@@ -46,6 +46,9 @@ def import_(
     batch_rows: Annotated[
         int, typer.Option(min=1, max=100_000, help="Rows per transaction.")
     ] = BATCH_ROWS,
+    delimiter: Delimiter = None,
+    date_format: DateFormat = None,
+    dayfirst: DayFirst = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -70,6 +73,7 @@ def import_(
 
     setup_logging(verbose)
     with errors():
+        options = read_options(delimiter, date_format, dayfirst)
         report = import_file(
             kind,
             path,
@@ -79,6 +83,7 @@ def import_(
             currency=currency,
             skip_bad=skip_bad_rows,
             batch_rows=batch_rows,
+            options=options,
         )
     if as_json:
         out.print(json.dumps(report.as_dict()), markup=False)

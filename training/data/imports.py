@@ -37,7 +37,7 @@ import pandas as pd
 
 from service.errors import DataError
 from training.data.cells import as_ids, as_text, parse_numbers, parse_timestamps
-from training.data.files import column_names, read_table
+from training.data.files import DEFAULT_OPTIONS, ReadOptions, column_names, read_table
 from training.data.formats import (
     NON_PRODUCT_CODES,
     NON_PRODUCT_PREFIX,
@@ -181,7 +181,9 @@ class _Table:
         return self.columns.get(role)
 
 
-def _mapping(kind: str, path: Path, fmt: str, columns: str | None) -> dict[str, str]:
+def _mapping(
+    kind: str, path: Path, fmt: str, columns: str | None, options: ReadOptions
+) -> dict[str, str]:
     """role -> column in the file."""
     if fmt == "online-retail":
         if kind != "purchases":
@@ -193,7 +195,7 @@ def _mapping(kind: str, path: Path, fmt: str, columns: str | None) -> dict[str, 
         raise DataError(f"unknown format {fmt!r}; expected generic or online-retail")
     roles = ROLES[kind]
     chosen = parse_mapping(columns, list(roles)) if columns else {}
-    present = column_names(path) or []
+    present = column_names(path, options) or []
     mapping = {}
     for role, default in roles.items():
         column = chosen.get(role, default)
@@ -208,13 +210,20 @@ def _line_namer(path: Path) -> Callable[[int], str]:
     return lambda position: f"line {position + 2}"  # line 1 is the header
 
 
-def read_rows(kind: str, path: Path, *, fmt: str = "generic", columns: str | None = None) -> _Table:
+def read_rows(
+    kind: str,
+    path: Path,
+    *,
+    fmt: str = "generic",
+    columns: str | None = None,
+    options: ReadOptions = DEFAULT_OPTIONS,
+) -> _Table:
     """The file's rows under role names; unparseable cells raise DataError (one line)."""
     if kind not in KINDS:
         raise DataError(f"unknown kind {kind!r}; expected one of: {', '.join(KINDS)}")
-    mapping = _mapping(kind, path, fmt, columns)
+    mapping = _mapping(kind, path, fmt, columns, options)
     everything = kind == "items"  # unmapped columns become attributes
-    raw = read_table(path, required=list(mapping.values()), everything=everything)
+    raw = read_table(path, required=list(mapping.values()), everything=everything, options=options)
     raw = raw.reset_index(drop=True)
     source = str(path)
     typed: dict[str, pd.Series] = {}
@@ -223,7 +232,7 @@ def read_rows(kind: str, path: Path, *, fmt: str = "generic", columns: str | Non
         if role in ("user", "item", "order", "client_event_id"):
             typed[role] = as_ids(values)
         elif role == "timestamp":
-            typed[role] = parse_timestamps(values, column, source)
+            typed[role] = parse_timestamps(values, column, source, options)
         elif role == "quantity":
             typed[role] = parse_numbers(values, column, source)
         elif role == "price":
@@ -370,6 +379,7 @@ def prepare(
     currency: str | None = None,
     now: datetime | None = None,
     skip_bad: bool = False,
+    options: ReadOptions = DEFAULT_OPTIONS,
 ) -> Prepared:
     """Read ``path``, check every row, and build what :func:`write` stores.
 
@@ -380,7 +390,7 @@ def prepare(
     """
     path = Path(path)
     now = now or datetime.now(UTC)
-    table = read_rows(kind, path, fmt=fmt, columns=columns)
+    table = read_rows(kind, path, fmt=fmt, columns=columns, options=options)
     report = ImportReport(kind=kind, source=str(path), rows_read=table.rows)
     if kind == "items":
         prepared = _prepare_items(table, report, currency)
@@ -613,6 +623,7 @@ def write(prepared: Prepared, database_url: str, *, batch_rows: int = BATCH_ROWS
         raise DataError(f"--database-url: {exc}") from None
     try:
         migrate(engine)
+        _leave_out_erased(prepared, engine)
         repo = Repository(engine)
         for start in range(0, len(prepared.items), batch_rows):
             report.written += repo.import_items(prepared.items[start : start + batch_rows])
@@ -632,6 +643,28 @@ def write(prepared: Prepared, database_url: str, *, batch_rows: int = BATCH_ROWS
     return report
 
 
+def _leave_out_erased(prepared: Prepared, engine: Any) -> None:
+    """Drop the events of erased users (service.privacy's tombstones): an import of old history
+    never brings back someone who asked to be forgotten. Counted under ``skipped``."""
+    from service.privacy.repository import read_key, read_tombstones
+    from service.privacy.tombstones import user_hash
+
+    with engine.connect() as conn:
+        key = read_key(conn)
+        hashes = {h for _, h in read_tombstones(conn)}
+    if key is None or not hashes or not prepared.events:
+        return
+    erased = {
+        user for user in {e.user_id for e in prepared.events} if user_hash(key, user) in hashes
+    }
+    if not erased:
+        return
+    kept = [e for e in prepared.events if e.user_id not in erased]
+    report = prepared.report
+    report.skipped = {**report.skipped, "erased_users": len(prepared.events) - len(kept)}
+    prepared.events = kept
+
+
 def import_file(
     kind: str,
     path: Path,
@@ -643,11 +676,19 @@ def import_file(
     skip_bad: bool = False,
     batch_rows: int = BATCH_ROWS,
     now: datetime | None = None,
+    options: ReadOptions = DEFAULT_OPTIONS,
 ) -> ImportReport:
     """Read, check and store one file; the report's seconds cover the whole import."""
     started = time.perf_counter()
     prepared = prepare(
-        kind, path, fmt=fmt, columns=columns, currency=currency, now=now, skip_bad=skip_bad
+        kind,
+        path,
+        fmt=fmt,
+        columns=columns,
+        currency=currency,
+        now=now,
+        skip_bad=skip_bad,
+        options=options,
     )
     prepared.report.seconds = time.perf_counter() - started
     return write(prepared, database_url, batch_rows=batch_rows)
