@@ -67,5 +67,32 @@ def main() -> None:
     save("import_online_retail", this_command(), {"repeats": args.repeats, **results})
 
 
+def render(doc: dict[str, Any]) -> list[str]:
+    """The markdown section of docs/benchmarks.md."""
+    m = doc["machine"]
+    out = [
+        "## `recoffer import`: Online Retail into the service's database",
+        "",
+        f"Measured {doc['date']} on {m.get('cpu', '?')}, {m.get('cpus')} CPUs. "
+        f"Command: `{doc['command']}`",
+        "",
+        f"The whole command (read, check, write) on a fresh database, then the same file again "
+        f"(stores nothing twice); medians of {doc['repeats']} runs.",
+        "",
+        "| database | rows read | stored | first import (s) | rows/s | again (s) | rows/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("postgresql", "sqlite"):
+        r = doc.get(name)
+        if r is None:
+            continue
+        out.append(
+            f"| {name} | {r['rows_read']:,} | {r['written']:,} | {r['seconds_median']:.1f} | "
+            f"{r['rows_per_second_median']:,.0f} | {r['again_seconds_median']:.1f} | "
+            f"{r['again_rows_per_second_median']:,.0f} |"
+        )
+    return [*out, ""]
+
+
 if __name__ == "__main__":
     main()

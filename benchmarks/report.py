@@ -402,7 +402,15 @@ def main() -> None:
         "runs were repeated, and ratios are taken within one run.",
         "",
     ]
-    from benchmarks import against_commit, concurrency, reliability, retrain_pickup, signals
+    from benchmarks import (
+        against_commit,
+        concurrency,
+        import_online_retail,
+        reliability,
+        retrain_pickup,
+        serving_memory,
+        signals,
+    )
 
     for name, render in (
         ("train_online_retail", quality),
@@ -412,6 +420,8 @@ def main() -> None:
         ("api_latency", api),
         ("against_commit", against_commit.render),
         ("concurrency", concurrency.render),
+        ("serving_memory", serving_memory.render),
+        ("import_online_retail", import_online_retail.render),
         ("offers", offers),
         ("reliability", reliability.render),
     ):

@@ -14,6 +14,8 @@ STEPS = (
     ["benchmarks.api_latency"],
     ["benchmarks.against_commit"],
     ["benchmarks.concurrency"],
+    ["benchmarks.serving_memory"],
+    ["benchmarks.import_online_retail", "--repeats", "2"],
     ["benchmarks.offers"],
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],

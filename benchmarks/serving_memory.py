@@ -146,5 +146,37 @@ def main() -> None:
             print(f"| {name} | {w} | {m['worker_rss_mib']:.1f} | {m['server_pss_mib']:.1f} |")
 
 
+def render(doc: dict[str, Any]) -> list[str]:
+    """The markdown section of docs/benchmarks.md."""
+    m = doc["machine"]
+    out = [
+        "## Serving memory: model arrays owned by each worker",
+        "",
+        f"Measured {doc['date']} on {m.get('cpu', '?')}, {m.get('cpus')} CPUs. "
+        f"Command: `{doc['command']}`",
+        "",
+        f"`python -m service --workers N` serving the Online Retail model "
+        f"({doc['model_files_mib']} MiB of files), `{doc['baseline']}` (arrays memory-mapped) "
+        "against this tree (each file read once into the worker's own memory, so a file changed "
+        "in place cannot crash it), medians of the runs:",
+        "",
+        "| tree | workers | RSS per worker (MiB) | PSS of the whole server (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for tree, by_workers in doc["medians"].items():
+        for workers, row in sorted(by_workers.items()):
+            out.append(
+                f"| {tree} | {workers} | {row['worker_rss_mib']:.1f} | "
+                f"{row['server_pss_mib']:.1f} |"
+            )
+    out += [
+        "",
+        "Each worker's RSS is unchanged; the machine's total (PSS) grows by about one model's "
+        "files per extra worker, since workers no longer share the mapped pages.",
+        "",
+    ]
+    return out
+
+
 if __name__ == "__main__":
     main()
