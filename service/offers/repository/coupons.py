@@ -30,7 +30,7 @@ from service.tables import UTCDateTime, coupon_ledger, coupons
 class CouponRecord:
     code: str
     campaign_id: str
-    user_id: str
+    user_id: str | None  # None once the user was erased (the coupon stays for accounting)
     attribution_id: str
     discount_percent: float
     item_ids: list[str] | None
