@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     offer_metrics_seconds: float = Field(
         15.0, ge=0, description="How often coupon and budget gauges are refreshed (0: never)."
     )
+    # campaign sweep jobs (issue 11, item 11)
+    sweep_stale_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A running sweep job silent this long (no heartbeat) is failed: its worker "
+        "died; the campaign may then be run again.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 

@@ -14,6 +14,7 @@ from service.metrics import Metrics
 from service.offers.auto import AutoEvaluator
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
+from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
@@ -37,3 +38,4 @@ class AppState:
     auto_offers: AutoEvaluator
     coupons: Coupons
     reports: Reports
+    sweeps: SweepJobs  # campaign sweeps in the background (issue 11, item 11)

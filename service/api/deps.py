@@ -17,6 +17,7 @@ from service.api.schemas import NO_STORE
 from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
+from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
 from service.recommend.service import Recommendations
 from service.settings import Role, is_loopback
@@ -143,3 +144,10 @@ CampaignsDep = Annotated[OfferEngine, Depends(require_part(_offers, "marketing")
 CouponsDep = Annotated[Coupons, Depends(require_part(_coupons, "frontend"))]
 CouponReaderDep = Annotated[Coupons, Depends(require_part(_coupons, "frontend", "marketing"))]
 ReportsDep = Annotated[Reports, Depends(require_part(_reports, "marketing"))]
+
+
+def _sweeps(state: AppState) -> SweepJobs:
+    return state.sweeps
+
+
+SweepsDep = Annotated[SweepJobs, Depends(require_part(_sweeps, "marketing"))]

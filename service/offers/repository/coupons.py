@@ -153,3 +153,9 @@ class CouponRepository:
     def insert(self, conn: Connection, coupon: CouponRecord) -> None:
         """Store a new coupon inside the decision write's transaction ``conn``."""
         conn.execute(self._sql.insert, dataclasses.asdict(coupon))
+
+    def insert_many(self, conn: Connection, batch: list[CouponRecord]) -> None:
+        """Store new coupons inside a batched decision write's transaction ``conn`` (one
+        statement for the batch: a campaign sweep issues thousands)."""
+        if batch:
+            conn.execute(self._sql.insert, [dataclasses.asdict(c) for c in batch])
