@@ -180,3 +180,12 @@ sweep_jobs = Table(
     ),
     Index("ix_sweep_jobs_campaign_id", "campaign_id", "requested_at"),
 )
+# a sweep checks a batch of users for purchases made meanwhile: this makes it one probe each
+PURCHASE = "type = 'purchase'"
+Index(
+    "ix_events_purchases",
+    events.c.user_id,
+    events.c.ts,
+    sqlite_where=text(PURCHASE),
+    postgresql_where=text(PURCHASE),
+)

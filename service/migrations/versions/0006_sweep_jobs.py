@@ -19,6 +19,7 @@ depends_on = None
 
 # a copy, not an import: migrations are history and must not change when the code does
 ACTIVE = "state IN ('queued', 'running')"
+PURCHASE = "type = 'purchase'"
 
 
 def upgrade() -> None:
@@ -52,9 +53,17 @@ def upgrade() -> None:
         postgresql_where=sa.text(ACTIVE),
     )
     op.create_index("ix_sweep_jobs_campaign_id", "sweep_jobs", ["campaign_id", "requested_at"])
+    op.create_index(
+        "ix_events_purchases",
+        "events",
+        ["user_id", "ts"],
+        sqlite_where=sa.text(PURCHASE),
+        postgresql_where=sa.text(PURCHASE),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_events_purchases", table_name="events")
     op.drop_index("ix_sweep_jobs_campaign_id", table_name="sweep_jobs")
     op.drop_index("uq_sweep_jobs_active", table_name="sweep_jobs")
     op.drop_table("sweep_jobs")

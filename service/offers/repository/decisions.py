@@ -27,6 +27,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal,
     select,
     update,
 )
@@ -158,9 +159,11 @@ class _Statements:
         self.facts = select(*user_facts_columns(start, end, now)).where(
             e.c.user_id == user, e.c.ts <= now
         )
+        # the kind inline, not bound: so the planners may use the partial index of purchases
+        purchase = literal("purchase", literal_execute=True)
         self.purchased = (
             select(e.c.id)
-            .where(e.c.user_id == user, e.c.type == "purchase", e.c.ts <= now)
+            .where(e.c.user_id == user, e.c.type == purchase, e.c.ts <= now)
             .limit(1)
         )
         self.decision = select(
@@ -201,10 +204,10 @@ class _Statements:
         )
         # --- the batched write of a sweep (record_batch)
         many: BindParameter[str] = bindparam("users", expanding=True)
-        campaign = bindparam("campaign_id", type_=String())
+        campaign = bindparam("where_campaign", type_=String())
         self.purchasers = (
             select(e.c.user_id)
-            .where(e.c.user_id.in_(many), e.c.type == "purchase", e.c.ts <= now)
+            .where(e.c.user_id.in_(many), e.c.type == purchase, e.c.ts <= now)
             .distinct()
         )
         self.claim_many = (
@@ -479,7 +482,7 @@ class DecisionRepository:
             conflicting = [u for u in rows if u not in inserted]
             if conflicting:  # a budget miss may still become final: replace it
                 dropped = conn.execute(
-                    self._sql.drop_misses, {"campaign_id": campaign_id, "users": conflicting}
+                    self._sql.drop_misses, {"where_campaign": campaign_id, "users": conflicting}
                 )
                 again = [rows[str(r[0])] for r in dropped]
                 inserted |= self._claim_many(conn, again)
@@ -488,7 +491,7 @@ class DecisionRepository:
             if refused:
                 conn.execute(
                     self._sql.demote,
-                    {"campaign_id": campaign_id, "users": [c.user_id for c in refused]},
+                    {"where_campaign": campaign_id, "users": [c.user_id for c in refused]},
                 )
             made: list[Recorded] = []
             for claim in granted:
