@@ -402,7 +402,7 @@ def main() -> None:
         "runs were repeated, and ratios are taken within one run.",
         "",
     ]
-    from benchmarks import against_commit, concurrency, reliability, retrain_pickup, signals
+    from benchmarks import against_commit, concurrency, reliability, retrain_pickup, signals, sweep
 
     for name, render in (
         ("train_online_retail", quality),
@@ -413,6 +413,7 @@ def main() -> None:
         ("against_commit", against_commit.render),
         ("concurrency", concurrency.render),
         ("offers", offers),
+        ("sweep", sweep.render),
         ("reliability", reliability.render),
     ):
         doc = _load(name)

@@ -15,6 +15,7 @@ STEPS = (
     ["benchmarks.against_commit"],
     ["benchmarks.concurrency"],
     ["benchmarks.offers"],
+    ["benchmarks.sweep"],
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
 )
