@@ -105,16 +105,20 @@ class SweepJobs:
         if not campaign.is_active(now):
             raise CampaignInactive(campaign_id)
         silent_since = now - self.stale_after
-        created, active = self.repository.create(
-            campaign_id,
-            self.worker,
-            now,
-            silent_since=silent_since,
-            error=SILENT.format(since=silent_since.isoformat()),
-        )
-        if created is None:
-            # None: the active one finished between the two statements; it is done, not running
-            raise SweepRunning(campaign_id, active.job_id if active else "(just finished)")
+        for _ in range(3):  # the active job may end between the insert and the read
+            created, active = self.repository.create(
+                campaign_id,
+                self.worker,
+                now,
+                silent_since=silent_since,
+                error=SILENT.format(since=silent_since.isoformat()),
+            )
+            if created is not None:
+                break
+            if active is not None:
+                raise SweepRunning(campaign_id, active.job_id)
+        else:
+            raise SweepRunning(campaign_id, "(one that just ended)")
         thread = threading.Thread(
             target=self._run, args=(created.job_id, campaign_id), name=f"sweep-{campaign_id}"
         )

@@ -382,3 +382,32 @@ def test_an_inactive_campaign_is_not_swept(tmp_path: Path, database_url: str, cl
         assert "not active" in r.json()["detail"]
         with state_of(c).repository.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(sweep_jobs)).scalar_one() == 0
+
+
+def test_a_batched_sweep_restricts_coupons_to_the_products_viewed_most(database_url: str) -> None:
+    offers = offer_engine(
+        database_url, Campaign(holdout_percent=0, restrict_to_top_items=2), lambda: NOW
+    )
+    try:
+        base = offers.repository.base
+        start = NOW - timedelta(hours=2)
+        for n, user in enumerate(("top-a", "top-b", "top-c")):
+            base.upsert_user(user, signed_up_at=start)
+            # product p{n} viewed 6 times, q{n} 4 times, the rest once each
+            items = [f"p{n}"] * 6 + [f"q{n}"] * 4 + [f"r{n}{k}" for k in range(3)]
+            base.add_events(
+                [
+                    NewEvent(user, "view", start + timedelta(minutes=k + 1), item_id=item)
+                    for k, item in enumerate(items)
+                ]
+            )
+        assert offers.sweep(BUILT_IN).decisions == {"issued": 3}
+        with offers.repository.engine.connect() as conn:
+            rows = conn.execute(select(coupons.c.user_id, coupons.c.item_ids)).all()
+        assert {str(u): i for u, i in rows} == {
+            "top-a": ["p0", "q0"],
+            "top-b": ["p1", "q1"],
+            "top-c": ["p2", "q2"],
+        }
+    finally:
+        offers.repository.engine.dispose()
