@@ -216,7 +216,8 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"{doc['rounds']} rounds taking turns, the offer tables emptied before each sweep; "
         "every sweep is checked (one decision per user, a coupon for every issued decision "
         "and none without, the budget counter equal to the coupons) and every user's decision "
-        "compared with the first sweep's.",
+        "compared with the first sweep's. (The section above measured the per-user sweep "
+        "behind a synchronous request, before this change.)",
         "",
         "| database | evaluated | issued | holdout | before s (median) | after s (median) | "
         "speedup | after, each round s | same decisions | checks |",

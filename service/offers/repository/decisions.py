@@ -102,6 +102,7 @@ def day_of(moment: datetime) -> str:
     return moment.astimezone(UTC).date().isoformat()
 
 
+SWEEP_READ_TIMEOUT_MS = 600_000  # the candidates of a sweep: one read, in the background
 # the columns a decision write sets besides its key (campaign, user)
 DECISION_VALUES = ("decision", "attribution_id", "views", "decided_at", "convert_until")
 # when a user's hesitation window starts: sign-up, else the first event seen
@@ -319,6 +320,10 @@ class DecisionRepository:
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # a sweep runs in the background: its one big read may outlast the timeout
+                # that keeps requests short (SET LOCAL: this transaction only)
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
             return [_user_facts(str(r[0]), r[1], r[2:]) for r in conn.execute(query)]
 
     def viewed_items(self, user_id: str, since: datetime, now: datetime) -> list[str]:
