@@ -6,11 +6,12 @@ signed up over the last 23 h, Taobao-like view streams, some who bought; not tim
 ``--rounds`` rounds taking turns (the baseline first in odd rounds, this tree first in even
 ones): the offer tables emptied (every user undecided again), then ``OfferEngine.sweep`` of the
 built-in campaign in a fresh process of each tree (the baseline exported with ``git archive``),
-timed inside the process (imports excluded). After every sweep the offer tables are checked
-(one decision per user, a coupon for every ``issued`` decision and none without, the budget
-counter equal to the coupons) and every user's decision is compared with the first sweep's:
-batched and per-user must decide the same (the built-in campaign has no cap). Medians of the
-rounds are reported.
+timed inside the process (imports excluded), on an engine with a 120 s timeout (the service's
+5 s would cancel the per-user sweep's candidates read on a loaded machine). After every sweep
+the offer tables are checked (one decision per user, a coupon for every ``issued`` decision
+and none without, the budget counter equal to the coupons) and every user's decision is
+compared with the first sweep's: batched and per-user must decide the same (the built-in
+campaign has no cap). Medians of the rounds are reported.
 
 Then the served flow of this tree: one server process, ``POST .../run`` timed (202 at once),
 a second POST while it runs (409), the job polled with ``GET .../runs/{job_id}`` until done.
@@ -24,6 +25,7 @@ import json
 import subprocess
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ from service.db import make_engine
 from service.offers.campaigns import BUILT_IN, load_campaigns
 from service.offers.decisions import OfferEngine
 from service.offers.repository import OfferRepository
-engine = make_engine(sys.argv[1])
+engine = make_engine(sys.argv[1], timeout_seconds=120)
 offers = OfferEngine(
     load_campaigns(None), OfferRepository(Repository(engine)), lambda: datetime.now(UTC)
 )
@@ -146,8 +148,6 @@ def served(url: str) -> dict[str, Any]:
 def measure(
     backend: str, url: str, trees: dict[str, Path], args: argparse.Namespace
 ) -> dict[str, Any]:
-    from datetime import UTC, datetime
-
     population = seed_new_users(url, args.users, datetime.now(UTC))
     print(backend, "seeded", population.describe(), flush=True)
     expected = population.expected()
@@ -204,10 +204,13 @@ def render(doc: dict[str, Any]) -> list[str]:
     out = [
         "## Offers: campaign sweep as a background job, batched",
         "",
-        f"Measured {doc['date']} on {m.get('cpu', '?')}, {m.get('cpus')} CPUs, "
-        f"{m.get('memory_gib')} GiB, Python {m.get('python')}.",
-        "",
-        f"Command: `{doc['command']}`",
+        f"On {m.get('cpu', '?')}, {m.get('cpus')} CPUs, {m.get('memory_gib')} GiB, "
+        f"Python {m.get('python')}; "
+        + "; ".join(
+            f"{b}: measured {r.get('date', doc['date'])} with `{r.get('command', doc['command'])}`"
+            for b, r in doc["backends"].items()
+        )
+        + ".",
         "",
         f"`OfferEngine.sweep` of the built-in campaign over a fresh database of "
         f"{doc['users']:,} users signed up over the last 23 h (the users of the sweep above), "
@@ -285,17 +288,22 @@ def main() -> None:
         trees["baseline"] = export(args.baseline)
     trees["batched"] = ROOT
     backends = [args.backend] if args.backend else list(BACKENDS)
+    previous = args.out / "sweep.json"
+    kept = json.loads(previous.read_text()).get("backends", {}) if previous.is_file() else {}
     results: dict[str, Any] = {
         "users": args.users,
         "rounds": args.rounds,
         "baseline": args.baseline or None,
-        "backends": {},
+        "backends": {b: row for b, row in kept.items() if b not in backends},  # not re-measured
     }
     for backend in backends:
         with fresh_database(backend, "recoffer_bench_sweep") as url:
             if url is None:
                 continue
-            results["backends"][backend] = measure(backend, url, trees, args)
+            row = measure(backend, url, trees, args)
+            row["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            row["command"] = this_command()
+            results["backends"][backend] = row
         save("sweep", this_command(), results, args.out)  # after each database: nothing lost
     for backend, row in results["backends"].items():
         print(backend, "median seconds", row["median_seconds"], "met", row["met"])
