@@ -219,12 +219,14 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"{doc['rounds']} rounds taking turns, the offer tables emptied before each sweep; "
         "every sweep is checked (one decision per user, a coupon for every issued decision "
         "and none without, the budget counter equal to the coupons) and every user's decision "
-        "compared with the first sweep's. (The section above measured the per-user sweep "
-        "behind a synchronous request, before this change.)",
+        "compared with the first sweep's. `CPUs busy before` is how many of the 2 CPUs other "
+        "processes kept busy just before each sweep (the machine is shared). (The section "
+        "above measured the per-user sweep behind a synchronous request, before this change.)",
         "",
         "| database | evaluated | issued | holdout | before s (median) | after s (median) | "
-        "speedup | after, each round s | same decisions | checks |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "speedup | after, each round s | CPUs busy before each (before / after) | same "
+        "decisions | checks |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for backend, row in doc["backends"].items():
         after = row["runs"]["batched"]
@@ -233,10 +235,14 @@ def render(doc: dict[str, Any]) -> list[str]:
         before_text = "—" if before is None else f"{before:.1f}"
         speedup = "—" if row["speedup"] is None else f"{row['speedup']:g}x"
         each = ", ".join(f"{r['seconds']:.1f}" for r in after)
+        busy = "; ".join(
+            " / ".join(f"{r['cpus_busy_before']:.2f}" for r in pair)
+            for pair in zip(row["runs"].get("baseline", after), after, strict=False)
+        )
         out.append(
             f"| {backend} | {after[0]['evaluated']:,} | {mix.get('issued', 0):,} | "
             f"{mix.get('holdout', 0):,} | {before_text} | "
-            f"{row['median_seconds']['batched']:.1f} | {speedup} | {each} | "
+            f"{row['median_seconds']['batched']:.1f} | {speedup} | {each} | {busy} | "
             f"{'yes' if row['same_decisions'] else 'NO'} | "
             f"{'ok' if row['checks_ok'] else 'FAILED'} |"
         )
