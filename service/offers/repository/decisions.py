@@ -163,9 +163,7 @@ class _Statements:
         # the kind inline, not bound: so the planners may use the partial index of purchases
         purchase = literal("purchase", literal_execute=True)
         self.purchased = (
-            select(e.c.id)
-            .where(e.c.user_id == user, e.c.type == purchase, e.c.ts <= now)
-            .limit(1)
+            select(e.c.id).where(e.c.user_id == user, e.c.type == purchase, e.c.ts <= now).limit(1)
         )
         self.decision = select(
             d.c.campaign_id,
