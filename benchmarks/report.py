@@ -410,6 +410,7 @@ def main() -> None:
         retrain_pickup,
         serving_memory,
         signals,
+        sweep,
     )
 
     for name, render in (
@@ -423,6 +424,7 @@ def main() -> None:
         ("serving_memory", serving_memory.render),
         ("import_online_retail", import_online_retail.render),
         ("offers", offers),
+        ("sweep", sweep.render),
         ("reliability", reliability.render),
     ):
         doc = _load(name)

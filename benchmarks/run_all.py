@@ -17,6 +17,7 @@ STEPS = (
     ["benchmarks.serving_memory"],
     ["benchmarks.import_online_retail", "--repeats", "2"],
     ["benchmarks.offers"],
+    ["benchmarks.sweep"],
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
 )

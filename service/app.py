@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -45,9 +45,11 @@ from service.offers.auto import AutoEvaluator
 from service.offers.campaigns import load_campaigns
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
+from service.offers.jobs import SweepJobs
 from service.offers.limiter import FailureLimiter
 from service.offers.reports import Reports
 from service.offers.repository import OfferRepository
+from service.offers.repository.jobs import SweepJobRepository
 from service.privacy.repository import PrivacyRepository
 from service.privacy.service import Privacy
 from service.privacy.tombstones import Tombstones
@@ -134,6 +136,12 @@ def create_app(
             ),
             reports=Reports(campaign_set, offer_repository, clock, metrics=metrics),
             privacy=Privacy(PrivacyRepository(repository), tombstones, activity, models, clock),
+            sweeps=SweepJobs(
+                offer_engine,
+                SweepJobRepository(repository),
+                clock,
+                stale_after=timedelta(seconds=settings.sweep_stale_seconds),
+            ),
         )
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()
@@ -158,6 +166,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.auto_offers.drain()
+            # sweeps stop after their batch under way and are marked failed (a restart, not a loss)
+            await asyncio.to_thread(state.sweeps.stop, 30.0)
             engine.dispose()
 
     app = FastAPI(

@@ -150,6 +150,30 @@ class PurchasedMeanwhile(OfferError):
     """The user bought between the eligibility check and the write (the decision rolls back)."""
 
 
+# campaign sweep jobs (issue 11, item 11)
+class CampaignInactive(OfferError):
+    """The campaign is disabled or outside its active period: there is nothing to sweep."""
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(f"campaign {campaign_id!r} is not active now; see /v1/campaigns")
+
+
+class SweepRunning(OfferError):
+    """A sweep of the campaign is queued or running (one at a time, across every worker)."""
+
+    def __init__(self, campaign_id: str, job_id: str) -> None:
+        super().__init__(
+            f"campaign {campaign_id!r} is being swept by job {job_id}: "
+            f"GET /v1/campaigns/{campaign_id}/runs/{job_id}"
+        )
+        self.job_id = job_id
+
+
+class UnknownSweepJob(OfferError):
+    def __init__(self, campaign_id: str, job_id: str) -> None:
+        super().__init__(f"no sweep job {job_id!r} of campaign {campaign_id!r}")
+
+
 class TooManyAttempts(RecofferError):
     """Too many failed coupon lookups for this key; retry after ``retry_after`` seconds."""
 
@@ -215,6 +239,8 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     LimiterUnavailable: ErrorKind(
         503, "limiter_unavailable", 1, "failed coupon lookups cannot be counted now; retry later"
     ),
+    SweepRunning: ErrorKind(409, "sweep_running", 1),  # issue 11, item 11
+    UnknownSweepJob: ErrorKind(404, "unknown_sweep_job", 2),  # issue 11, item 11
 }
 
 

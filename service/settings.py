@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(
         1000, ge=1, le=10_000, description="Items per POST /v1/items:batch at most."
     )
+    # campaign sweep jobs (issue 11, item 11)
+    sweep_stale_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A running sweep job silent this long (no heartbeat) is failed: its worker "
+        "died; the campaign may then be run again.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 

@@ -14,6 +14,7 @@ from service.metrics import Metrics
 from service.offers.auto import AutoEvaluator
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
+from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
 from service.privacy.service import Privacy
 from service.recommend.holder import ModelHolder
@@ -39,3 +40,4 @@ class AppState:
     coupons: Coupons
     reports: Reports
     privacy: Privacy  # erasure, export, tombstones (issue 11, item 2)
+    sweeps: SweepJobs  # campaign sweeps in the background (issue 11, item 11)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -207,4 +208,47 @@ coupon_ledger = Table(
     Index("uq_coupon_ledger_code", "code", "redemption", "action", unique=True),
     Index("ix_coupon_ledger_campaign_id", "campaign_id", "at"),
     Index("ix_coupon_ledger_user_id", "user_id"),
+)
+
+# --- campaign sweep jobs (migration 0006, issue 11 item 11) --------------------------------
+
+SWEEP_STATES = ("queued", "running", "done", "failed")
+ACTIVE_SWEEP = "state IN ('queued', 'running')"
+
+sweep_jobs = Table(
+    "sweep_jobs",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    # the running worker writes it with every batch; a silent one has died (service.offers.jobs)
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
+    Column("worker", String(200), nullable=False),
+    Column("evaluated", Integer(), nullable=True),  # candidates, once counted
+    Column("processed", Integer(), nullable=False),
+    Column("counts", JSON(), nullable=False),
+    Column("seconds", Float(), nullable=True),
+    Column("error", String(500), nullable=True),
+    CheckConstraint(f"state IN ({', '.join(map(repr, SWEEP_STATES))})", name="sweep_state"),
+    # "one sweep per campaign at a time", across workers and replicas, is this index
+    Index(
+        "uq_sweep_jobs_active",
+        "campaign_id",
+        unique=True,
+        sqlite_where=text(ACTIVE_SWEEP),
+        postgresql_where=text(ACTIVE_SWEEP),
+    ),
+    Index("ix_sweep_jobs_campaign_id", "campaign_id", "requested_at"),
+)
+# a sweep checks a batch of users for purchases made meanwhile: this makes it one probe each
+PURCHASE = "type = 'purchase'"
+Index(
+    "ix_events_purchases",
+    events.c.user_id,
+    events.c.ts,
+    sqlite_where=text(PURCHASE),
+    postgresql_where=text(PURCHASE),
 )

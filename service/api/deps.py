@@ -17,6 +17,7 @@ from service.api.schemas import NO_STORE
 from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
+from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
 from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
@@ -174,3 +175,10 @@ def _privacy(state: AppState) -> Privacy:
 
 
 PrivacyDep = Annotated[Privacy, Depends(require_part(_privacy, "admin"))]
+
+
+def _sweeps(state: AppState) -> SweepJobs:
+    return state.sweeps
+
+
+SweepsDep = Annotated[SweepJobs, Depends(require_part(_sweeps, "marketing"))]

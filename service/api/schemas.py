@@ -475,12 +475,40 @@ class CampaignsOut(BaseModel):
     campaigns: list[CampaignOut]
 
 
-class SweepOut(BaseModel):
+class SweepJobOut(BaseModel):
+    """A campaign sweep run in the background (issue 11, item 11)."""
+
+    job_id: str
     campaign_id: str
-    active: bool
-    evaluated: int = Field(description="Users inside the window without a final decision.")
-    decisions: dict[str, int]
-    seconds: float
+    state: Literal["queued", "running", "done", "failed"] = Field(
+        description="failed: the sweep raised, its worker shut down, or its worker went silent "
+        "(no heartbeat for RECOFFER_SWEEP_STALE_SECONDS); run the campaign again to finish."
+    )
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime = Field(description="Written by the running worker after each batch.")
+    evaluated: int | None = Field(
+        description="Users inside the window without a final decision (None until counted)."
+    )
+    processed: int = Field(description="Of those, how many are done.")
+    progress: float | None = Field(description="processed / evaluated.")
+    eligible: int = Field(
+        description="Users the rule accepted: issued, holdout, budget "
+        "exhausted or decided meanwhile by another call."
+    )
+    issued: int
+    holdout: int
+    budget_exhausted: int
+    not_eligible: int
+    already_decided: int
+    seconds: float | None = Field(description="The sweep's own time, once done.")
+    error: str | None
+
+
+class SweepJobsOut(BaseModel):
+    campaign_id: str
+    jobs: list[SweepJobOut] = Field(description="The latest requested first.")
 
 
 class IntervalOut(BaseModel):

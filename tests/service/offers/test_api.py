@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -454,6 +453,19 @@ def test_daily_and_total_caps_are_enforced(
         assert stats["budget"]["used_today"] == 1
 
 
+def run_sweep(client: TestClient, campaign: str = CAMPAIGN) -> dict[str, Any]:
+    """POST the run (202 and the job), wait for this worker's sweep, GET the job."""
+    r = client.post(f"/v1/campaigns/{campaign}/run", headers=M)
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/campaigns/{campaign}/runs/{r.json()['job_id']}"
+    state: AppState = client.app.state.recoffer  # type: ignore[attr-defined]
+    assert state.sweeps.wait(60)
+    job = client.get(r.headers["location"], headers=M)
+    assert job.status_code == 200, job.text
+    body: dict[str, Any] = job.json()
+    return body
+
+
 def test_sweep_decides_everyone_in_the_window_once(
     small_model_root: Path, database_url: str, clock: Clock
 ) -> None:
@@ -463,19 +475,19 @@ def test_sweep_decides_everyone_in_the_window_once(
             sign_up(c, user, ago=timedelta(hours=3), views=12)
         sign_up(c, "sweep-few", ago=timedelta(hours=3), views=4)
         sign_up(c, "sweep-old", ago=timedelta(hours=30), views=20)
-        r = c.post(f"/v1/campaigns/{CAMPAIGN}/run", headers=M)
-        assert r.status_code == 200, r.text
-        first = r.json()
+        first = run_sweep(c)
+        assert first["state"] == "done", first
         holdout = sum(in_holdout(CAMPAIGN, u, 10) for u in eligible)
-        assert first["evaluated"] == 31  # the old user is outside the window
-        expected = {"issued": 30 - holdout, "holdout": holdout, "not_eligible": 1}
-        assert first["decisions"] == {k: v for k, v in expected.items() if v}
-        # repeated, and concurrently: nobody is decided twice, no coupon duplicated
-        with ThreadPoolExecutor(4) as pool:
-            again = list(
-                pool.map(lambda _: c.post(f"/v1/campaigns/{CAMPAIGN}/run", headers=M), range(4))
-            )
-        assert all(r.json()["decisions"] == {"not_eligible": 1} for r in again)
+        assert first["evaluated"] == first["processed"] == 31  # the old user is outside
+        assert (first["issued"], first["holdout"], first["not_eligible"]) == (
+            30 - holdout,
+            holdout,
+            1,
+        )
+        assert first["eligible"] == 30
+        # repeated: nobody is decided twice, no coupon duplicated
+        again = run_sweep(c)
+        assert (again["evaluated"], again["not_eligible"], again["issued"]) == (1, 1, 0)
         stats = c.get(f"/v1/campaigns/{CAMPAIGN}/stats", headers=M).json()
         assert stats["coupons"]["issued"] == 30 - holdout
         assert stats["eligible"] == 30
