@@ -132,6 +132,10 @@ class CouponOrderMismatch(OfferError):
     """A release naming another order than the one that redeemed the coupon."""
 
 
+class RedemptionMismatch(OfferError):
+    """A retried redemption of the same order with another amount or currency."""
+
+
 class CouponReleaseLimit(OfferError):
     """The coupon has been released as often as ``coupon_max_releases`` allows."""
 
@@ -229,6 +233,12 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     UserErased: ErrorKind(410, "user_erased", 2),  # issue 11, item 2
     CouponNotRedeemed: ErrorKind(
         409, "coupon_not_redeemed", 2, "no order is using this coupon: nothing to release"
+    ),
+    RedemptionMismatch: ErrorKind(
+        409,
+        "redemption_mismatch",
+        2,
+        "this order redeemed the coupon with another amount or currency",
     ),
     CouponOrderMismatch: ErrorKind(
         409, "coupon_order_mismatch", 2, "this coupon was redeemed by another order"

@@ -26,10 +26,12 @@ from service.offers.kinds import CouponState, DecisionKind, FinalKind
 
 # every id of the shop's: one alphabet (service.ids); ``Id`` names any of them
 Id = ShopId
-# a category is a label, not an id: it never travels in a URL path, so only blanks and control
-# characters are refused
+# a category is a label, not an id: it never travels in a URL path, so only control characters
+# and blanks at either end are refused
 Category = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^\S(?:[^\x00-\x1f]*\S)?$"),
+    Field(description="A label such as 'Home decor': no control character, no blank at an end."),
 ]
 Text = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]  # no NUL
 
@@ -368,7 +370,7 @@ class EvaluateIn(Strict):
 class CouponOut(BaseModel):
     code: str = Field(description="Show this to the customer.", examples=["ABCD-EFGH-JKMN-PQRS"])
     campaign_id: str
-    user_id: str
+    user_id: str | None = Field(description="Null once the user was erased.")
     status: CouponState
     discount_percent: float
     item_ids: list[str] | None = Field(description="Only these products; null: store-wide.")

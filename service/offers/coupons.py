@@ -29,6 +29,7 @@ from service.errors import (
     CouponReleaseLimit,
     InvalidInput,
     LimiterUnavailable,
+    RedemptionMismatch,
     TooManyAttempts,
 )
 from service.offers.kinds import CouponState
@@ -208,6 +209,13 @@ class Coupons:
             raise CouponNotYours(redacted(code))
         if coupon.redeemed_at is not None:
             if coupon.order_id == use.order_id:
+                # a retry may leave the amount out; one that states it must state the same
+                stated = use.order_amount is not None
+                if stated and (coupon.order_amount, coupon.currency) != (
+                    use.order_amount,
+                    use.currency,
+                ):
+                    raise RedemptionMismatch(redacted(code))
                 return coupon_status(coupon, now), True
             raise CouponAlreadyRedeemed(redacted(code))
         raise CouponExpired(redacted(code))

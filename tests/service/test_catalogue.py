@@ -153,6 +153,9 @@ def test_item_price_is_exact_with_its_currency_and_attributes_are_stored(
     [row] = _rows(database_url, items)
     assert (row["price"], row["currency"], row["in_stock"]) == (Decimal("19.99"), "GBP", False)
     assert row["attributes"] == {"colour": "red", "size": 3}
+    # a category is a label: words with spaces are fine
+    r = client.put("/v1/items/i1", json={"category": "Home decor"}, headers=F)
+    assert (r.status_code, r.json()["category"]) == (200, "Home decor"), r.text
 
 
 @pytest.mark.parametrize(
@@ -162,6 +165,8 @@ def test_item_price_is_exact_with_its_currency_and_attributes_are_stored(
         ({"price": False, "currency": "EUR"}, "price"),
         ({"price": "2.123456", "currency": "EUR"}, "price"),
         ({"attributes": {"k": {"nested": 1}}}, "attributes"),
+        ({"category": " Home decor"}, "category"),
+        ({"category": "Home\ndecor"}, "category"),
     ],
 )
 def test_bad_item_fields_are_a_422_naming_the_field(

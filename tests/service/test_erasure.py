@@ -208,6 +208,11 @@ def test_delete_removes_the_user_from_every_table_and_serves_popular(
     assert coupon.redeemed_at is not None
     assert coupon.issued_at is not None
     assert coupon.discount_percent > 0
+    # its code still looks up (no 500 for the missing owner), naming nobody; and nobody's it is
+    r = client.get(f"/v1/coupons/{seeded['code']}", headers=F)
+    assert (r.status_code, r.json()["user_id"]) == (200, None), r.text
+    r = client.get(f"/v1/coupons/{seeded['code']}", params={"user_id": user}, headers=F)
+    assert r.status_code == 404
 
     # this worker at once: no precomputed candidates, no history, no recent events
     assert _source(client, user) == "popular"

@@ -204,6 +204,25 @@ def test_events_keep_their_own_keys_and_types(tmp_path: Path, database_url: str)
     assert (again["written"], again["already_there"]) == (0, 3)
 
 
+def test_an_event_log_with_money_columns_imports_its_views_too(
+    tmp_path: Path, database_url: str
+) -> None:
+    path = _write(
+        tmp_path / "e.csv",
+        "user_id,type,item_id,timestamp,order_id,quantity,price,currency,client_event_id\n"
+        "u1,sign_up,,2024-01-01 09:00:00,,,,,e1\n"
+        "u1,view,i1,2024-01-01 09:01:00,,,,,e2\n"
+        "u1,purchase,i1,2024-01-01 09:05:00,o1,2,2.55,GBP,e3\n"
+        "u1,view,i2,2024-01-01 09:06:00,,, ,,e4\n",  # a blank cell is an empty one
+    )
+    result = _run("events", str(path), "--database-url", database_url, "--json")
+    assert result.exit_code == 0, result.stderr
+    stored = {r["client_event_id"]: r for r in _rows(database_url, events)}
+    assert set(stored) == {"e1", "e2", "e3", "e4"}
+    assert (stored["e3"]["price"], stored["e3"]["currency"]) == (Decimal("2.55"), "GBP")
+    assert stored["e2"]["price"] is None
+
+
 def test_the_catalogue_imports_exact_prices_attributes_and_replaces_on_rerun(
     tmp_path: Path, database_url: str
 ) -> None:

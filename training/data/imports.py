@@ -458,7 +458,8 @@ def _prepare_events(
         for role in ("quantity", "price"):
             values = table.get(role)
             if values is not None:
-                table.refuse(not_purchase & values.notna().to_numpy(), _purchase_only(role, types))
+                given = values.notna() & (values.astype(str).str.strip() != "")
+                table.refuse(not_purchase & given.to_numpy(), _purchase_only(role, types))
     _check_ids(table, ("user", "item", "order", "client_event_id"))
     stamps = _check_times(table, now)
     quantity = _check_quantity(table)

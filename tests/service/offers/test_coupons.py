@@ -20,6 +20,7 @@ from service.errors import (
     CouponOrderMismatch,
     CouponReleaseLimit,
     InvalidInput,
+    RedemptionMismatch,
 )
 from service.offers.campaigns import Campaign
 from service.offers.coupons import Coupons
@@ -83,6 +84,13 @@ def test_redeem_release_redeem_keeps_every_use_and_the_release_limit_holds(
     assert {(e.user_id, e.actor, e.currency) for e in trail} == {(user, SHOP.client, "EUR")}
     with pytest.raises(InvalidInput):  # money never travels without its currency
         coupons.redeem(code, user, "o-3", Decimal("10"), None, caller=SHOP)
+    # a retry of the standing order: without an amount, or with the same one, answers like the
+    # first; one stating another amount or currency is a conflict, not a silent replay
+    assert coupons.redeem(code, user, "o-2", caller=SHOP)[1] is True
+    assert coupons.redeem(code, user, "o-2", Decimal("50.00"), "EUR", caller=SHOP)[1] is True
+    for amount, currency in ((Decimal("100"), "EUR"), (Decimal("50"), "GBP")):
+        with pytest.raises(RedemptionMismatch):
+            coupons.redeem(code, user, "o-2", amount, currency, caller=SHOP)
     # the first order is not erased: the report counts both uses and the one standing
     stats = Reports(offers.campaigns, offers.repository, offers.clock).stats(CAMPAIGN)
     assert stats.coupons["redeemed"] == 1
