@@ -51,13 +51,8 @@ class Health:
         )
 
     def public(self, text: str) -> str:
-        """``text`` without this machine's layout: the model root named by its setting, any
-        other absolute path (a database file, a registry file) cut to its last component."""
-        root = self.models.store.root
-        for path in sorted({str(root.resolve()), str(root)}, key=len, reverse=True):
-            if Path(path).is_absolute():
-                text = text.replace(path, "RECOFFER_MODEL_DIR")
-        return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+        """``text`` without this machine's layout (see :func:`without_paths`)."""
+        return without_paths(text, self.models.store.root)
 
     def exposition(self) -> bytes:
         """The Prometheus text, with this worker's model age brought up to now."""
@@ -70,3 +65,12 @@ class Health:
 
 # a slash-separated absolute path, not preceded by a word (so RECOFFER_MODEL_DIR/v2 stays)
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s'\"(),;:]+")
+
+
+def without_paths(text: str, model_root: Path) -> str:
+    """``text`` without this machine's layout, for an answer: the model root named by its
+    setting, any other absolute path (a database file, a registry file) cut to its last part."""
+    for path in sorted({str(model_root.resolve()), str(model_root)}, key=len, reverse=True):
+        if Path(path).is_absolute():
+            text = text.replace(path, "RECOFFER_MODEL_DIR")
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)

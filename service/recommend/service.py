@@ -17,6 +17,7 @@ from service.activity.records import Activity, CatalogueEntry
 from service.activity.store import ActivityStore
 from service.clock import SECONDS_PER_DAY, Clock
 from service.errors import ModelUnavailable
+from service.health import without_paths
 from service.metrics import Metrics
 from service.privacy.tombstones import Tombstones
 from service.recommend.holder import LoadOutcome, ModelHolder
@@ -111,6 +112,10 @@ class Recommendations:
         user_id, recent = self._personal(user_id)
         return recommender.rank(user_id, item_ids, recent, self.clock())
 
+    def public(self, text: str) -> str:
+        """A load error as a caller may see it: no absolute path of this machine."""
+        return without_paths(text, self.models.store.root)
+
     def reload(self) -> LoadOutcome:
         """Load the registry's current version now, even one that failed before; counted."""
         outcome = self.models.refresh(force=True)
@@ -121,7 +126,9 @@ class Recommendations:
         """The served model's version, training time and test figures."""
         recommender = self.models.current
         if recommender is None:
-            raise ModelUnavailable(self.models.last_error or "no model has been trained yet")
+            if self.models.last_error is None:
+                raise ModelUnavailable("no model has been trained yet")
+            raise ModelUnavailable(self.public(self.models.last_error))
         model = recommender.model
         manifest = model.artifact.manifest
         return ModelDescription(

@@ -87,6 +87,27 @@ def test_readiness_names_no_absolute_path(small_model_root: Path, tmp_path: Path
     assert str(root.resolve()) not in r.text
 
 
+def test_the_model_routes_name_no_absolute_path_either(
+    small_model_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(small_model_root, root)
+    store = ModelStore(root)
+    current = store.current()
+    assert current is not None
+    (store.version_path(current) / "manifest.json").write_text("{}")
+    with _client(root, tmp_path) as c:
+        described = c.get("/v1/model", headers={"X-API-Key": ADMIN})
+        reloaded = c.post("/v1/model/reload", headers={"X-API-Key": ADMIN})
+    assert described.status_code == 503
+    assert reloaded.status_code == 409
+    assert "nothing served yet" in reloaded.json()["detail"]
+    for r in (described, reloaded):
+        assert "RECOFFER_MODEL_DIR" in r.json()["detail"], r.text
+        assert str(tmp_path) not in r.text
+        assert str(root.resolve()) not in r.text
+
+
 def test_readiness_detail_keeps_the_file_name_of_any_other_path(
     small_model_root: Path, tmp_path: Path
 ) -> None:

@@ -25,5 +25,6 @@ async def reload_model(recommendations: ModelAdminDep) -> ReloadOut:
     """Load the registry's current version now (it is also picked up automatically)."""
     outcome = await run_in_threadpool(recommendations.reload)
     if outcome.error:
-        raise HTTPException(409, f"{outcome.error}; still serving {outcome.version}")
+        serving = f"still serving {outcome.version}" if outcome.version else "nothing served yet"
+        raise HTTPException(409, f"{recommendations.public(outcome.error)}; {serving}")
     return ReloadOut(changed=outcome.changed, version=outcome.version)
