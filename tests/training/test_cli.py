@@ -147,6 +147,16 @@ def test_rollback_with_nothing_to_roll_back_exits_2(shop_csv: Path, tmp_path: Pa
     assert "nothing to roll back" in only_one.stderr
 
 
+@pytest.mark.parametrize("command", ["models", "prune", "rollback"])
+def test_a_mistyped_model_dir_is_one_line_and_exit_2(command: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, [command, "--model-dir", str(tmp_path / "modles")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"recoffer: error: --model-dir: no such directory: {tmp_path / 'modles'}"
+    ]
+    assert not (tmp_path / "modles").exists()
+
+
 def test_evaluate_without_a_model_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path)])
     assert result.exit_code == 2
@@ -219,10 +229,11 @@ def test_runs_prune_old_versions_and_prune_removes_the_rest(
 def test_prune_waits_for_no_trainer(shop_csv: Path, tmp_path: Path) -> None:
     from training.lock import trainer_lock
 
+    (tmp_path / "none").mkdir()
     empty = runner.invoke(app, ["prune", "--model-dir", str(tmp_path / "none")])
-    assert empty.exit_code == 0
+    assert empty.exit_code == 0  # an empty root: nothing to prune
     assert "no model versions" in empty.stderr
-    assert not (tmp_path / "none").exists()
+    assert list((tmp_path / "none").iterdir()) == []
     assert _train(shop_csv, tmp_path)[0] == 0
     with trainer_lock(tmp_path):
         busy = runner.invoke(app, ["prune", "--model-dir", str(tmp_path)])

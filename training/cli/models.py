@@ -4,6 +4,7 @@ removing old versions."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +28,14 @@ KeepVersions = Annotated[
 ]
 
 
+def _existing_store(model_dir: Path) -> ModelStore:
+    """The model root of a listing or pruning command: a mistyped --model-dir is bad input
+    (exit 2), not an empty root."""
+    if not model_dir.is_dir():
+        raise UsageProblem(f"--model-dir: no such directory: {model_dir}")
+    return ModelStore(model_dir)
+
+
 def models(
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -34,7 +43,7 @@ def models(
     """List model versions, oldest first, with their quality and which one is current."""
     setup_logging(False)
     with errors():
-        store = ModelStore(model_dir)
+        store = _existing_store(model_dir)
         current = store.current()
         rows = []
         for name, manifest in store.iter_manifests():
@@ -73,7 +82,7 @@ def rollback(
 
     setup_logging(False)
     with errors():
-        store = ModelStore(model_dir)
+        store = _existing_store(model_dir)
         if not store.versions():
             raise UsageProblem(f"no model versions in {model_dir}")
         before = store.current()
@@ -104,7 +113,7 @@ def prune(
 
     setup_logging(False)
     with errors():
-        store = ModelStore(model_dir)
+        store = _existing_store(model_dir)
         if not store.versions():
             err.print(f"no model versions in {model_dir}", markup=False)
             return
