@@ -353,3 +353,40 @@ def _decisions(offers: OfferEngine) -> list[tuple[str, str, str]]:
     with offers.repository.engine.connect() as conn:
         rows = conn.execute(select(d.c.campaign_id, d.c.user_id, d.c.decision)).all()
     return [(str(c), str(u), str(k)) for c, u, k in rows]
+
+
+def test_the_files_rules_answer_over_http_and_a_bad_one_stops_the_start(
+    tmp_path: Path, database_url: str
+) -> None:
+    path = tmp_path / "campaigns.toml"
+    path.write_text(
+        f"[campaigns.{BUILT_IN}]\nholdout_percent = 0\nmin_account_age_hours = 1\n"
+        'require_attributes = ["email_verified"]\n'
+    )
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        database_url=database_url,
+        frontend_keys=[FRONTEND],
+        campaigns_file=path,
+        reload_interval_seconds=0,
+        offer_metrics_seconds=0,
+        access_log=False,
+    )
+    key = {"X-API-Key": FRONTEND}
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        base: Repository = client.app.state.recoffer.repository  # type: ignore[attr-defined]
+        viewer(base, "web-new", signed_up_hours_ago=0.5, attributes={"email_verified": True})
+        viewer(base, "web-old", signed_up_hours_ago=2, attributes={"email_verified": False})
+        for user, reasons in (
+            ("web-new", ["account_too_new"]),
+            ("web-old", ["attribute_not_true:email_verified"]),
+        ):
+            answer = client.post("/v1/offers/evaluate", json={"user_id": user}, headers=key)
+            assert answer.status_code == 200
+            assert (answer.json()["decision"], answer.json()["reasons"]) == (
+                "not_eligible",
+                reasons,
+            )
+    path.write_text(f"[campaigns.{BUILT_IN}]\nrequire_attributes = [1]\n")
+    with pytest.raises(ValueError, match="require_attributes"):
+        Settings(model_dir=tmp_path / "models", database_url=database_url, campaigns_file=path)
