@@ -61,6 +61,16 @@ HOUR_US = 3_600 * 10**6
 EVALUATE_KINDS = ("eligible", "too_few_views", "already_purchased", "not_new")
 EVALUATE_MIX = (0.25, 0.35, 0.20, 0.20)
 CODE_AT_START: dict[str, Any] = {}  # service/ as this process imported it
+
+
+def uncapped_campaigns(directory: Path) -> Path:
+    """A campaigns file that lifts the built-in campaign's default daily cap (issue 12, item 7):
+    these benchmarks measure evaluations and sweeps of 100,000 users, not the cap."""
+    path = directory / "campaigns.toml"
+    path.write_text(f'[campaigns.{BUILT_IN}]\nmax_per_day = "unlimited"\n')
+    return path
+
+
 RUN_FIELDS = (
     "p50_ms",
     "p95_ms",
@@ -312,6 +322,7 @@ def served(url: str, port: int) -> Iterator[int]:
         "RECOFFER_FRONTEND_KEYS": FRONTEND_KEY,
         "RECOFFER_MARKETING_KEYS": MARKETING_KEY,
         "RECOFFER_LOG_LEVEL": "WARNING",
+        "RECOFFER_CAMPAIGNS_FILE": str(uncapped_campaigns(models)),
     }
     try:
         with Server(env, port=port, cpus="0", stop_seconds=60) as server:
@@ -811,7 +822,9 @@ def _offer_engine(url: str) -> tuple[Any, Any, DatabaseCalls]:
     decisions = repository.decisions  # the phases a sweep spends its time in
     for name in ("candidates", "record"):
         setattr(decisions, name, calls.timed(getattr(decisions, name), f"phase {name}"))
-    offers = OfferEngine(load_campaigns(None), repository, lambda: datetime.now(UTC))
+    campaigns = load_campaigns(None)  # the built-in without its daily cap (issue 12, item 7)
+    campaigns[BUILT_IN] = campaigns[BUILT_IN].model_copy(update={"max_per_day": None})
+    offers = OfferEngine(campaigns, repository, lambda: datetime.now(UTC))
     return offers, engine, calls
 
 

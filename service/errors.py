@@ -9,6 +9,7 @@ takes the row of its nearest listed ancestor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class RecofferError(Exception):
@@ -69,6 +70,17 @@ class InvalidInput(RecofferError, ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class SignUpMovedLater(InvalidInput):
+    """A ``signed_up_at`` later than the one stored (issue 12, item 7): it never moves later."""
+
+    def __init__(self, stored: datetime) -> None:
+        super().__init__(
+            "signed_up_at",
+            f"is already {stored.isoformat()}; it may move earlier, never later",
+        )
+        self.stored = stored
 
 
 class BatchTooLarge(RecofferError):
@@ -251,6 +263,7 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     ),
     SweepRunning: ErrorKind(409, "sweep_running", 1),  # issue 11, item 11
     UnknownSweepJob: ErrorKind(404, "unknown_sweep_job", 2),  # issue 11, item 11
+    SignUpMovedLater: ErrorKind(409, "signed_up_at_conflict", 2),  # issue 12, item 7
 }
 
 

@@ -138,7 +138,11 @@ class Ingest:
         signed_up_at: datetime | None,
         attributes: dict[str, Any] | None,
     ) -> UserRecord:
-        """Register a user or update the fields given (None: keep the stored value)."""
+        """Register a user or update the fields given (None: keep the stored value).
+
+        A ``signed_up_at`` later than the stored one raises ``SignUpMovedLater`` (409, naming
+        the field): the repository's upsert refuses it in its WHERE (issue 12, item 7).
+        """
         if signed_up_at is not None:
             refuse_future(signed_up_at, self.clock(), "signed_up_at")
         if self.erased(user_id):

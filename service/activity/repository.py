@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, select, text
+from sqlalchemy import Connection, Engine, case, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.activity.records import (
@@ -25,6 +25,7 @@ from service.activity.records import (
     UserRecord,
 )
 from service.clock import Clock, utc_now
+from service.errors import SignUpMovedLater
 from service.money import to_units
 from service.tables import events, items, users
 
@@ -83,7 +84,14 @@ class Repository:
         signed_up_at: datetime | None = None,
         attributes: dict[str, Any] | None = None,
     ) -> UserRecord:
-        """Register a user or update the fields given; returns the stored row."""
+        """Register a user or update the fields given; returns the stored row.
+
+        ``signed_up_at`` never moves later once set (issue 12, item 7: a later sign-up would
+        reopen the new-user window of an old account): an earlier or equal one is taken, a
+        later one raises ``SignUpMovedLater`` and nothing of the request is written. The rule
+        is the WHERE of the upsert, checked on the row as the write finds it (locked on
+        PostgreSQL, one writer on SQLite), so two racing PUTs cannot let the later one win.
+        """
         now = self.clock()
         stmt = self.insert(users).values(
             user_id=user_id,
@@ -98,10 +106,19 @@ class Repository:
             updates["signed_up_at"] = stmt.excluded.signed_up_at
         if attributes is not None:
             updates["attributes"] = stmt.excluded.attributes
-        stmt = stmt.on_conflict_do_update(index_elements=[users.c.user_id], set_=updates)
+        keep_earliest = None
+        if signed_up_at is not None:
+            keep_earliest = or_(
+                users.c.signed_up_at.is_(None), users.c.signed_up_at >= stmt.excluded.signed_up_at
+            )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[users.c.user_id], set_=updates, where=keep_earliest
+        ).returning(users.c.user_id)
         with self.writing() as conn:
-            conn.execute(stmt)
+            written = conn.execute(stmt).first()
             row = conn.execute(select(users).where(users.c.user_id == user_id)).one()
+        if written is None:  # the WHERE refused: a sign-up time earlier than this one is stored
+            raise SignUpMovedLater(row.signed_up_at)
         return UserRecord(**row._mapping)
 
     def get_user(self, user_id: str) -> UserRecord | None:

@@ -386,7 +386,8 @@ class DecisionOut(BaseModel):
     decision: DecisionKind
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
-        "already_purchased; budget_exhausted: the cap reached (cap_total or cap_<day>)"
+        "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
+        "budget_exhausted: the cap reached (cap_total or cap_<day>)"
     )
     views: int | None = Field(description="Views counted inside the window.")
     min_views: int | None

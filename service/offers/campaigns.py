@@ -16,6 +16,12 @@ The file (``RECOFFER_CAMPAIGNS_FILE``) holds one table per campaign::
     count = "distinct_items"
 
 The built-in campaign is always defined; ``enabled = false`` turns it off.
+
+Abuse (issue 12, item 7): a new account is the cheapest way to farm first-day coupons, so every
+campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its table says
+otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
+ask for a minimum account age (``min_account_age_hours``, counted from the shop's
+``signed_up_at``) and for attributes the shop has verified (``require_attributes``).
 """
 
 from __future__ import annotations
@@ -33,15 +39,27 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from service.errors import CampaignConfigError, UnknownCampaign
 
 BUILT_IN = "new_user_high_intent"
+# The default daily cap. PRODUCT.md's figures: about a quarter of new users view more than 10
+# products on day one, and 90 % of those are treated, so 1,000 coupons a day is reached only by
+# a shop signing up about 4,400 users a day; a smaller shop never meets it on ordinary days,
+# while a farm of fresh accounts gets at most 1,000 coupons a day (its worst case).
+DEFAULT_MAX_PER_DAY = 1_000
+# what a campaigns file writes for "no cap" (TOML has no null)
+UNLIMITED = "unlimited"
 CampaignId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
 ]
+
+
+# a user attribute's name, as PUT /v1/users accepts it
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class Campaign(BaseModel):
@@ -83,8 +101,28 @@ class Campaign(BaseModel):
 
     # how many, and who is held out
     holdout_percent: float = Field(10.0, ge=0, le=100)
-    max_per_day: int | None = Field(None, ge=0, description="Coupons per UTC day at most.")
-    max_total: int | None = Field(None, ge=0, description="Coupons in total at most.")
+    max_per_day: int | None = Field(
+        DEFAULT_MAX_PER_DAY,
+        ge=0,
+        description=f"Coupons per UTC day at most (null, or {UNLIMITED!r} in the file: no cap).",
+    )
+    max_total: int | None = Field(
+        None, ge=0, description=f"Coupons in total at most (null or {UNLIMITED!r}: no cap)."
+    )
+
+    # abuse (issue 12, item 7): who may get a coupon at all
+    min_account_age_hours: float | None = Field(
+        None,
+        gt=0,
+        le=24 * 365,
+        description="The account must be at least this old, from the shop's signed_up_at "
+        "(a user without one is refused).",
+    )
+    require_attributes: tuple[AttributeName, ...] = Field(
+        (),
+        max_length=20,
+        description="User attributes that must hold true (e.g. email_verified).",
+    )
     conversion_window_hours: float | None = Field(
         None,
         gt=0,
@@ -96,11 +134,29 @@ class Campaign(BaseModel):
         False, description="Evaluate a user automatically when a view event arrives."
     )
 
+    @field_validator("max_per_day", "max_total", mode="before")
+    @classmethod
+    def _unlimited(cls, value: Any) -> Any:
+        return None if value == UNLIMITED else value
+
     @model_validator(mode="after")
     def _consistent(self) -> Campaign:
         if self.active_from and self.active_until and self.active_from >= self.active_until:
             raise ValueError("active_from must be before active_until")
+        age = self.min_account_age_hours
+        if age is not None and age >= self.new_user_window_hours:
+            raise ValueError(
+                "min_account_age_hours must be shorter than new_user_window_hours "
+                "(no account could be both old enough and still new)"
+            )
+        if len(set(self.require_attributes)) != len(self.require_attributes):
+            raise ValueError("require_attributes names an attribute twice")
         return self
+
+    @property
+    def min_account_age(self) -> timedelta | None:
+        hours = self.min_account_age_hours
+        return None if hours is None else timedelta(hours=hours)
 
     @property
     def window(self) -> timedelta:

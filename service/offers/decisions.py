@@ -92,7 +92,7 @@ class OfferEngine:
         campaign = self.campaign(campaign_id)
         now = self.clock()
         existing, facts = self.repository.decisions.decision_and_facts(
-            campaign_id, user_id, campaign.window, now
+            campaign_id, user_id, campaign.window, now, attributes=bool(campaign.require_attributes)
         )
         if facts is None:
             assert existing is not None  # a final decision
@@ -118,7 +118,9 @@ class OfferEngine:
         now = self.clock()
         if not campaign.is_active(now):
             return SweepResult(campaign_id, False, 0, Counter(), 0.0)
-        candidates = self.repository.decisions.candidates(campaign_id, campaign.window, now)
+        candidates = self.repository.decisions.candidates(
+            campaign_id, campaign.window, now, attributes=bool(campaign.require_attributes)
+        )
         counts: Counter[str] = Counter()
         if progress is not None:
             progress(0, len(candidates), counts)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from service.offers.campaigns import Campaign
 
@@ -28,6 +30,10 @@ class UserFacts:
     view_events: int  # views inside the window (up to now)
     distinct_items: int  # distinct products viewed inside the window
     has_purchased: bool  # any purchase, ever
+    # the shop's own sign-up time (not the first event: a client can date an event back)
+    signed_up_at: datetime | None = None
+    # the user's attributes; only read when a campaign requires some (else left empty)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,10 @@ def check_eligibility(campaign: Campaign, facts: UserFacts, now: datetime) -> El
     """Apply ``campaign``'s rule to ``facts`` at ``now``; every failed condition is a reason.
 
     Reasons: ``campaign_inactive``, ``unknown_user``, ``not_new`` (the window after sign-up has
-    closed), ``too_few_views``, ``already_purchased``.
+    closed), ``too_few_views``, ``already_purchased``; and the abuse rules (issue 12, item 7):
+    ``account_age_unknown`` (a minimum age is asked and the shop never sent signed_up_at),
+    ``account_too_new``, and ``attribute_not_true:<name>`` for each required attribute that
+    is not JSON ``true`` (missing, false, or any other value).
     """
     views = counted_views(campaign, facts.view_events, facts.distinct_items)
     reasons: list[str] = []
@@ -60,6 +69,15 @@ def check_eligibility(campaign: Campaign, facts: UserFacts, now: datetime) -> El
         reasons.append("too_few_views")
     if campaign.require_no_purchase and facts.has_purchased:
         reasons.append("already_purchased")
+    min_age = campaign.min_account_age
+    if min_age is not None:
+        if facts.signed_up_at is None:
+            reasons.append("account_age_unknown")
+        elif now - facts.signed_up_at < min_age:
+            reasons.append("account_too_new")
+    for name in campaign.require_attributes:
+        if facts.attributes.get(name) is not True:
+            reasons.append(f"attribute_not_true:{name}")
     return Eligibility(eligible=not reasons, reasons=tuple(reasons), views=views)
 
 

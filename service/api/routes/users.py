@@ -8,14 +8,20 @@ from fastapi import APIRouter, Body, Depends, Path
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import IngestDep, PrivacyDep, no_store
-from service.api.schemas import ErasureOut, Id, UserExport, UserIn, UserOut
+from service.api.schemas import ErasureOut, ErrorOut, Id, UserExport, UserIn, UserOut
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 USER_EXAMPLE = {"signed_up_at": "2026-11-23T09:30:00Z", "attributes": {"country": "UK"}}
 UserPath = Annotated[Id, Path(description="The shop's user id.")]
+# issue 12, item 7: signed_up_at never moves later once set
+SIGNED_UP_LATER = {
+    "model": ErrorOut,
+    "description": "`signed_up_at` later than the one stored (`signed_up_at_conflict`): it may "
+    "move earlier, never later; nothing of the request is written.",
+}
 
 
-@router.put("/{user_id}", response_model=UserOut)
+@router.put("/{user_id}", response_model=UserOut, responses={409: SIGNED_UP_LATER})
 async def put_user(
     user_id: UserPath,
     body: Annotated[UserIn, Body(openapi_examples={"sign-up": {"value": USER_EXAMPLE}})],

@@ -28,6 +28,7 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    null,
     select,
     update,
 )
@@ -126,8 +127,22 @@ def user_facts_columns(
     )
 
 
-def _user_facts(user_id: str, started_at: datetime, counts: Sequence[Any]) -> UserFacts:
-    return UserFacts(user_id, started_at, int(counts[0]), int(counts[1]), bool(counts[2]))
+def _user_facts(
+    user_id: str,
+    started_at: datetime,
+    counts: Sequence[Any],
+    signed_up_at: datetime | None,
+    attributes: dict[str, Any] | None,
+) -> UserFacts:
+    return UserFacts(
+        user_id,
+        started_at,
+        int(counts[0]),
+        int(counts[1]),
+        bool(counts[2]),
+        signed_up_at=signed_up_at,
+        attributes=attributes or {},
+    )
 
 
 def _coupon(decision: DecisionRecord, draft: CouponDraft, now: datetime) -> CouponRecord:
@@ -155,7 +170,10 @@ class _Statements:
         d, b, e = offer_decisions, campaign_budgets, events
         user = bindparam("user_id", type_=String())
         now = bindparam("now", type_=UTCDateTime())
-        self.started = select(STARTED).where(users.c.user_id == user)
+        self.started = select(STARTED, users.c.signed_up_at).where(users.c.user_id == user)
+        self.started_attributes = select(STARTED, users.c.signed_up_at, users.c.attributes).where(
+            users.c.user_id == user
+        )
         start, end = bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime())
         self.facts = select(*user_facts_columns(start, end, now)).where(
             e.c.user_id == user, e.c.ts <= now
@@ -260,22 +278,35 @@ class DecisionRepository:
     # --- facts the rule reads -------------------------------------------------------------
 
     def decision_and_facts(
-        self, campaign_id: str, user_id: str, window: timedelta, now: datetime
+        self,
+        campaign_id: str,
+        user_id: str,
+        window: timedelta,
+        now: datetime,
+        *,
+        attributes: bool = False,
     ) -> tuple[DecisionRecord | None, UserFacts | None]:
-        """The user's recorded decision, and the facts only when it is not final (one read)."""
+        """The user's recorded decision, and the facts only when it is not final (one read).
+
+        ``attributes``: read the user's attributes too (a campaign requires some); otherwise
+        the facts carry none, so a rule requiring one refuses rather than grants.
+        """
         with self.engine.connect() as conn:
             decision = self._decision(conn, campaign_id, user_id)
             if decision is not None and decision.decision != "budget_exhausted":
                 return decision, None
-            return decision, self._facts(conn, user_id, window, now)
+            return decision, self._facts(conn, user_id, window, now, attributes)
 
     def recorded(self, campaign_id: str, user_id: str) -> DecisionRecord | None:
         """The user's recorded decision in the campaign, if any (a read, nothing written)."""
         with self.engine.connect() as conn:
             return self._decision(conn, campaign_id, user_id)
 
-    def _facts(self, conn: Connection, user_id: str, window: timedelta, now: datetime) -> UserFacts:
-        user = conn.execute(self._sql.started, {"user_id": user_id}).first()
+    def _facts(
+        self, conn: Connection, user_id: str, window: timedelta, now: datetime, attributes: bool
+    ) -> UserFacts:
+        started = self._sql.started_attributes if attributes else self._sql.started
+        user = conn.execute(started, {"user_id": user_id}).first()
         if user is None:
             return UserFacts(user_id, None, 0, 0, False)
         start: datetime = user[0]
@@ -284,15 +315,22 @@ class DecisionRepository:
         row = conn.execute(
             self._sql.facts, {"user_id": user_id, "start": start, "end": end, "now": now}
         ).one()
-        return _user_facts(user_id, start, row)
+        return _user_facts(user_id, start, row, user[1], user[2] if attributes else None)
 
     def candidates(
-        self, campaign_id: str, window: timedelta, now: datetime, limit: int | None = None
+        self,
+        campaign_id: str,
+        window: timedelta,
+        now: datetime,
+        limit: int | None = None,
+        *,
+        attributes: bool = False,
     ) -> list[UserFacts]:
         """Facts of every user whose window is open at ``now`` and who has no final decision.
 
         One aggregate query: a user inside the window started at or after ``now - window``,
-        so "inside the window" is simply "at or after the start, not after now".
+        so "inside the window" is simply "at or after the start, not after now". The same
+        facts as ``decision_and_facts`` (``attributes`` likewise).
         """
         decided = (
             select(offer_decisions.c.id)
@@ -308,11 +346,14 @@ class DecisionRepository:
             select(
                 users.c.user_id,
                 start.label("started_at"),
+                users.c.signed_up_at,
+                # a JSON column cannot be grouped on PostgreSQL; it depends on the key grouped
+                users.c.attributes if attributes else null(),
                 *user_facts_columns(start, moment, moment),
             )
             .select_from(users.outerjoin(events, events.c.user_id == users.c.user_id))
             .where(start >= now - window, start <= now, ~decided)
-            .group_by(users.c.user_id, start)
+            .group_by(users.c.user_id, start, users.c.signed_up_at)
             .order_by(users.c.user_id)
         )
         if limit is not None:
@@ -322,7 +363,7 @@ class DecisionRepository:
                 # a sweep runs in the background: its one big read may outlast the timeout
                 # that keeps requests short (SET LOCAL: this transaction only)
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
-            return [_user_facts(str(r[0]), r[1], r[2:]) for r in conn.execute(query)]
+            return [_user_facts(str(r[0]), r[1], r[4:], r[2], r[3]) for r in conn.execute(query)]
 
     def viewed_items(self, user_id: str, since: datetime, now: datetime) -> list[str]:
         """Products the user viewed in ``[since, now]``, most viewed first, then most recent."""
