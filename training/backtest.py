@@ -40,12 +40,14 @@ from training.event_log import prepare_events, prepare_users
 logger = logging.getLogger(__name__)
 
 START_SOURCES: tuple[str, ...] = ("sign_up_event", "users_file", "first_event")
-# Why a user in the log does not qualify; the last three are check_eligibility's reasons.
+# Why a user in the log does not qualify; from "not_new" on, check_eligibility's reasons.
 NOT_QUALIFYING_REASONS: tuple[str, ...] = (
     "too_few_views",
     "campaign_inactive",
     "not_new",
     "already_purchased",
+    "account_age_unknown",
+    "account_too_new",
 )
 
 
@@ -177,6 +179,12 @@ def run_backtest(
     Raises:
         DataError: a missing column, a bad timestamp, or no usable event at all.
     """
+    if campaign.require_attributes:
+        raise DataError(
+            f"campaign {campaign.campaign_id} requires user attributes "
+            f"({', '.join(campaign.require_attributes)}), which an event log does not carry: "
+            "a backtest cannot tell who would pass"
+        )
     if ignore_schedule:
         campaign = unscheduled(campaign)
     distinct = campaign.count == "distinct_items"
@@ -345,6 +353,8 @@ def _judge(
     moment = candidates["moment"]
     purchased = first_purchase.reindex(candidates.index) <= moment
     started = people.loc[candidates.index, "started_at"].dt.tz_localize("UTC")
+    # what the service knows as signed_up_at: a sign_up event or the users file, not a guess
+    told = (people.loc[candidates.index, "start_from"] != START_SOURCES[2]).to_numpy()
     verdicts = [
         check_eligibility(
             campaign,
@@ -354,12 +364,14 @@ def _judge(
                 view_events=int(views),
                 distinct_items=int(items),
                 has_purchased=bool(bought),
+                signed_up_at=start.to_pydatetime() if signed else None,
             ),
             now=at.to_pydatetime(),
         )
-        for user, start, at, views, items, bought in zip(
+        for user, start, signed, at, views, items, bought in zip(
             candidates.index,
             started,
+            told,
             moment.dt.tz_localize("UTC"),
             candidates["view_events"],
             candidates["distinct_items"],

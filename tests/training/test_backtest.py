@@ -486,3 +486,28 @@ def test_backtest_on_a_missing_file_exits_2(tmp_path: Path) -> None:
     code, _, stderr = _backtest("--events", str(tmp_path / "nope.csv"))
     assert code == 2
     assert "file not found" in stderr
+
+
+# --- the abuse rules (issue 12, item 7) ----------------------------------------------------
+
+
+def test_a_minimum_account_age_counts_from_the_sign_up_the_service_would_know() -> None:
+    aged = Campaign(holdout_percent=0, min_account_age_hours=1)
+    # u1 signed up (the event sets signed_up_at); its 11th view comes 2 h 10 min after it
+    told = replay(aged, signs_up("u1"), views("u1", 11))
+    assert told.qualifying == 1
+    # u2 never told the shop when it signed up: the service cannot check its age either
+    untold = replay(aged, views("u2", 11))
+    assert untold.qualifying == 0
+    assert untold.not_qualifying["account_age_unknown"] == 1
+    # u3's 11th view comes sooner than the minimum age
+    early = replay(
+        Campaign(holdout_percent=0, min_account_age_hours=3), signs_up("u3"), views("u3", 11)
+    )
+    assert early.not_qualifying["account_too_new"] == 1
+
+
+def test_a_campaign_needing_attributes_cannot_be_backtested_and_says_why() -> None:
+    verified = Campaign(holdout_percent=0, require_attributes=["email_verified"])
+    with pytest.raises(DataError, match="email_verified"):
+        replay(verified, signs_up("u1"), views("u1", 11))
