@@ -580,6 +580,9 @@ def sustained_failures(s: dict[str, Any]) -> list[str]:
 
 # small model, no tuning: one run is about a second of work after the imports
 FAST_TRAIN = ["--tune-seconds", "0", "--factors", "8", "--iterations", "4", "--threads", "1"]
+# every version served during the kills is checked whole afterwards, so none may be pruned
+# meanwhile (a run keeps the newest 10 by default; pruning has its own tests)
+FAST_TRAIN += ["--keep-versions", "1000"]
 MARKERS = (
     ("loaded", "purchases loaded from"),
     ("validation", "(validation stage)"),
