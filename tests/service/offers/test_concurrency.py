@@ -166,20 +166,24 @@ engine.dispose()
 """
 
 
-def test_redemptions_from_four_processes_succeed_once(
-    offers: OfferEngine, database_url: str
-) -> None:
-    """Each process has its own write queue: here only the database itself keeps it exact."""
-    user = _treated("procs-")
-    _hesitating(offers, user)
-    coupon = offers.evaluate(user, "new_user_high_intent").coupon
-    assert coupon is not None
+def _four_processes(database_url: str, code: str, user: str, *mode: str) -> Counter[str]:
+    """Run WORKER in four processes at once (``mode`` "race": releases against redemptions)
+    and add up what their 25 threads each met."""
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    args = [database_url, coupon.code, user]
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, *args, str(w), NOW.isoformat()],
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                database_url,
+                code,
+                user,
+                str(w),
+                NOW.isoformat(),
+                *mode,
+            ],
             stdout=subprocess.PIPE,
             env=env,
             cwd=root,
@@ -192,6 +196,18 @@ def test_redemptions_from_four_processes_succeed_once(
         out, _ = w.communicate(timeout=120)
         assert w.returncode == 0
         outcomes.update(json.loads(out))
+    return outcomes
+
+
+def test_redemptions_from_four_processes_succeed_once(
+    offers: OfferEngine, database_url: str
+) -> None:
+    """Each process has its own write queue: here only the database itself keeps it exact."""
+    user = _treated("procs-")
+    _hesitating(offers, user)
+    coupon = offers.evaluate(user, "new_user_high_intent").coupon
+    assert coupon is not None
+    outcomes = _four_processes(database_url, coupon.code, user)
     successes = outcomes.pop("ok", 0)
     errors = list(outcomes.elements())
     assert successes == 1
@@ -266,24 +282,7 @@ def test_releases_and_redemptions_from_four_processes_keep_one_order_at_a_time(
     coupon = offers.evaluate(user, "new_user_high_intent").coupon
     assert coupon is not None
     Coupons(offers.repository, offers.clock).redeem(coupon.code, user, "order-first")
-    root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    args = [database_url, coupon.code, user]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, *args, str(w), NOW.isoformat(), "race"],
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd=root,
-            text=True,
-        )
-        for w in range(4)
-    ]
-    outcomes: Counter[str] = Counter()
-    for w in workers:
-        out, _ = w.communicate(timeout=120)
-        assert w.returncode == 0
-        outcomes.update(json.loads(out))
+    outcomes = _four_processes(database_url, coupon.code, user, "race")
     assert outcomes.pop("released") == 1
     redeemed = outcomes.pop("ok", 0)
     assert redeemed <= 1
