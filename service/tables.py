@@ -252,3 +252,38 @@ Index(
     sqlite_where=text(PURCHASE),
     postgresql_where=text(PURCHASE),
 )
+
+# --- user segments (migration 0007, issue 12 item 1) ---------------------------------------
+
+LIFECYCLE_STAGES = ("new", "active", "at_risk", "lapsed", "returning")
+LOYALTY_TYPES = ("not_loyal", "habitual", "mercenary", "latent", "committed")
+
+# one row per user, recomputed in bulk and kept current as their events arrive; the two
+# vocabularies are disjoint, so a segment is named by its value alone ("mercenary", "lapsed")
+user_segments = Table(
+    "user_segments",
+    metadata,
+    Column("user_id", String(ID_LENGTH), primary_key=True),
+    Column("orders", Integer(), nullable=False),
+    Column("coupon_orders", Integer(), nullable=False),  # orders that redeemed a coupon
+    Column("first_order_at", UTCDateTime(), nullable=True),
+    Column("last_order_at", UTCDateTime(), nullable=True),
+    Column("monetary", AmountColumn(), nullable=True),  # spent, in the user's currency
+    Column("currency", String(CURRENCY_LENGTH), nullable=True),
+    Column("views", Integer(), nullable=False),  # in the engagement window
+    Column("active_days", Integer(), nullable=False),  # distinct days with events, same window
+    Column("r_score", Integer(), nullable=True),  # 1..5, None without an order
+    Column("f_score", Integer(), nullable=True),
+    Column("m_score", Integer(), nullable=True),
+    Column("lifecycle_stage", String(16), nullable=False),
+    Column("loyalty_type", String(16), nullable=False),
+    Column("computed_at", UTCDateTime(), nullable=False),
+    CheckConstraint(
+        f"lifecycle_stage IN ({', '.join(map(repr, LIFECYCLE_STAGES))})", name="lifecycle_stage"
+    ),
+    CheckConstraint(
+        f"loyalty_type IN ({', '.join(map(repr, LOYALTY_TYPES))})", name="loyalty_type"
+    ),
+    Index("ix_user_segments_lifecycle_stage", "lifecycle_stage"),
+    Index("ix_user_segments_loyalty_type", "loyalty_type"),
+)

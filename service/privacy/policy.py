@@ -34,6 +34,7 @@ POLICIES: dict[str, Policy] = {
     "coupon_ledger": Policy(
         "unlink", why="the append-only trail of redemptions and releases stays for accounting"
     ),
+    "user_segments": Policy("delete", why="RFM figures, lifecycle stage and loyalty type"),
 }
 
 
