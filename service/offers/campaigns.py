@@ -17,6 +17,17 @@ The file (``RECOFFER_CAMPAIGNS_FILE``) holds one table per campaign::
 
 The built-in campaign is always defined; ``enabled = false`` turns it off.
 
+Kinds (issue 12, item 2): a table's ``kind`` says which moment of a customer's life it serves,
+``new_user_high_intent`` by default. Each kind reads its own fields (``KIND_FIELDS``); a field
+of another kind set in a table is refused, so a typo in a win-back campaign cannot silently
+keep the new-user default. The rules of each kind are in ``service.offers.occasions``::
+
+    [campaigns.come_back]
+    kind = "win_back"
+    min_orders = 2
+    lapse_rhythm_factor = 2.0      # last order older than twice their own interval
+    lapse_days = 90                # for a customer whose interval is unknown (one order)
+
 Abuse (issue 12, item 7): a new account is the cheapest way to farm first-day coupons, so every
 campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its table says
 otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
@@ -30,7 +41,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -53,6 +64,22 @@ BUILT_IN = "new_user_high_intent"
 DEFAULT_MAX_PER_DAY = 1_000
 # what a campaigns file writes for "no cap" (TOML has no null)
 UNLIMITED = "unlimited"
+CampaignKind = Literal[
+    "new_user_high_intent",
+    "win_back",
+    "purchase_anniversary",
+    "birthday",
+    "frequent_buyer",
+    "abandoned_cart",
+]
+CAMPAIGN_KINDS: tuple[CampaignKind, ...] = get_args(CampaignKind)
+# kinds decided once per user per occurrence (a lapse, a year, a milestone, a cart) rather
+# than once per user; the occurrence key is part of the decision's unique index
+RECURRING: frozenset[CampaignKind] = frozenset(CAMPAIGN_KINDS) - {"new_user_high_intent"}
+# kinds that start from a point in time rather than from a page view: they run on a schedule
+TIME_DRIVEN: frozenset[CampaignKind] = frozenset(
+    ("win_back", "purchase_anniversary", "birthday", "frequent_buyer", "abandoned_cart")
+)
 CampaignId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
 ]
@@ -68,6 +95,9 @@ class Campaign(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     campaign_id: CampaignId = BUILT_IN
+    kind: CampaignKind = Field(
+        "new_user_high_intent", description="Which moment of the customer's life it serves."
+    )
     name: str = Field("Coupon for hesitating new users", max_length=200)
     enabled: bool = True
     active_from: AwareDatetime | None = Field(None, description="Not before (inclusive).")
@@ -94,8 +124,10 @@ class Campaign(BaseModel):
         ge=0,
         le=100,
         description=(
-            "0: store-wide. N > 0: only the N products the model ranks highest among those "
-            "the user viewed."
+            "0: store-wide. N > 0: only the N products the model ranks highest: among those "
+            "the user viewed (new_user_high_intent), in the whole catalogue for them (win_back, "
+            "purchase_anniversary, birthday, frequent_buyer), in the cart (abandoned_cart, "
+            "whose coupon is always restricted to the cart: 0 there means the whole cart)."
         ),
     )
 
@@ -134,6 +166,75 @@ class Campaign(BaseModel):
         False, description="Evaluate a user automatically when a view event arrives."
     )
 
+    # --- the lifecycle kinds' own fields (issue 12, item 2); which kind reads which is
+    # KIND_FIELDS, and service.offers.occasions applies them
+    min_orders: int = Field(
+        2,
+        ge=1,
+        le=10_000,
+        description="win_back: orders the customer must have made; frequent_buyer: orders "
+        "within within_days that earn the thank-you (again at every multiple).",
+    )
+    lapse_rhythm_factor: float | None = Field(
+        2.0,
+        gt=1,
+        le=100,
+        description="win_back: lapsed once the last order is older than this many of the "
+        "customer's own intervals between orders (null: lapse_days only).",
+    )
+    lapse_days: float = Field(
+        90.0,
+        gt=0,
+        le=3650,
+        description="win_back: lapsed after this many days without an order when the "
+        "customer's interval is unknown (one order) or lapse_rhythm_factor is null.",
+    )
+    min_lapse_days: float = Field(
+        14.0, ge=0, le=3650, description="win_back: never lapsed sooner than this."
+    )
+    max_lapse_days: float | None = Field(
+        730.0,
+        gt=0,
+        le=36500,
+        description="win_back: customers gone longer than this are left alone (null: never).",
+    )
+    within_days: float = Field(
+        90.0, gt=0, le=3650, description="frequent_buyer: the window the orders are counted in."
+    )
+    days_before: int = Field(
+        3,
+        ge=0,
+        le=60,
+        description="purchase_anniversary, birthday: the offer opens this many days before "
+        "the date.",
+    )
+    days_after: int = Field(
+        7,
+        ge=0,
+        le=60,
+        description="purchase_anniversary, birthday: and closes this many days after it.",
+    )
+    birthday_attribute: AttributeName = Field(
+        "birthday",
+        description="birthday: the user attribute holding it, 'MM-DD' or 'YYYY-MM-DD'.",
+    )
+    cart_idle_hours: float = Field(
+        4.0,
+        gt=0,
+        le=24 * 60,
+        description="abandoned_cart: hours after the last add-to-cart without a purchase.",
+    )
+    cart_max_age_hours: float = Field(
+        72.0,
+        gt=0,
+        le=24 * 365,
+        description="abandoned_cart: a cart older than this (from its last add) is left alone.",
+    )
+
+    # --- money (issue 12, item 3)
+
+    # --- targeting (issue 12, item 4)
+
     @field_validator("max_per_day", "max_total", mode="before")
     @classmethod
     def _unlimited(cls, value: Any) -> Any:
@@ -144,7 +245,8 @@ class Campaign(BaseModel):
         if self.active_from and self.active_until and self.active_from >= self.active_until:
             raise ValueError("active_from must be before active_until")
         age = self.min_account_age_hours
-        if age is not None and age >= self.new_user_window_hours:
+        new_user = self.kind == "new_user_high_intent"
+        if new_user and age is not None and age >= self.new_user_window_hours:
             raise ValueError(
                 "min_account_age_hours must be shorter than new_user_window_hours "
                 "(no account could be both old enough and still new)"
@@ -152,6 +254,35 @@ class Campaign(BaseModel):
         if len(set(self.require_attributes)) != len(self.require_attributes):
             raise ValueError("require_attributes names an attribute twice")
         return self
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Campaign:
+        foreign = sorted(
+            name
+            for name in self.model_fields_set
+            if name in KIND_SPECIFIC and name not in KIND_FIELDS[self.kind]
+        )
+        if foreign:
+            raise ValueError(
+                f"{', '.join(foreign)}: not a field of kind {self.kind!r} "
+                f"(its own: {', '.join(sorted(KIND_FIELDS[self.kind])) or 'none'})"
+            )
+        if self.kind == "abandoned_cart" and self.cart_idle_hours >= self.cart_max_age_hours:
+            raise ValueError("cart_idle_hours must be shorter than cart_max_age_hours")
+        longest = self.max_lapse_days
+        if self.kind == "win_back" and longest is not None and longest <= self.min_lapse_days:
+            raise ValueError("max_lapse_days must be longer than min_lapse_days")
+        return self
+
+    @property
+    def recurring(self) -> bool:
+        """Decided once per user per occurrence (``occasions.occasion``), not once per user."""
+        return self.kind in RECURRING
+
+    @property
+    def time_driven(self) -> bool:
+        """Its users qualify as time passes, so it runs on a schedule, not on a page view."""
+        return self.kind in TIME_DRIVEN
 
     @property
     def min_account_age(self) -> timedelta | None:
@@ -181,6 +312,24 @@ class Campaign(BaseModel):
     def public(self) -> dict[str, Any]:
         """The definition as the API shows it."""
         return self.model_dump(mode="json")
+
+
+# the fields that belong to one kind or a few; every other field applies to all kinds
+_NEW_USER = frozenset(
+    ("new_user_window_hours", "min_views", "count", "require_no_purchase", "expire_at_window_end")
+)
+_DATES = frozenset(("days_before", "days_after"))
+KIND_FIELDS: dict[CampaignKind, frozenset[str]] = {
+    "new_user_high_intent": _NEW_USER,
+    "win_back": frozenset(
+        ("min_orders", "lapse_rhythm_factor", "lapse_days", "min_lapse_days", "max_lapse_days")
+    ),
+    "purchase_anniversary": _DATES,
+    "birthday": _DATES | {"birthday_attribute"},
+    "frequent_buyer": frozenset(("min_orders", "within_days")),
+    "abandoned_cart": frozenset(("cart_idle_hours", "cart_max_age_hours")),
+}
+KIND_SPECIFIC: frozenset[str] = frozenset().union(*KIND_FIELDS.values())
 
 
 def find_campaign(campaigns: Mapping[str, Campaign], campaign_id: str) -> Campaign:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from service.offers.campaigns import Campaign
+from service.offers.occasions import ONCE, occasion
 
 # No look-alikes: 0/O, 1/I/L are gone; 31 symbols, 16 of them carry 79 bits (>= 60 asked).
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -34,6 +35,15 @@ class UserFacts:
     signed_up_at: datetime | None = None
     # the user's attributes; only read when a campaign requires some (else left empty)
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    # --- what the lifecycle kinds read (service.offers.occasions); the new-user rule does not
+    orders: int = 0  # distinct orders up to now
+    first_order_at: datetime | None = None
+    last_order_at: datetime | None = None
+    recent_orders: int = 0  # orders within the campaign's within_days (frequent_buyer)
+    # the open cart: add-to-carts after the last purchase (abandoned_cart)
+    cart_started_at: datetime | None = None
+    cart_last_at: datetime | None = None
+    cart_items: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Eligibility:
     eligible: bool
     reasons: tuple[str, ...]  # why not; empty when eligible
     views: int  # what the campaign counts
+    occurrence: str = ONCE  # a recurring kind's occurrence (service.offers.occasions)
 
 
 def counted_views(campaign: Campaign, view_events: int, distinct_items: int) -> int:
@@ -51,24 +62,32 @@ def counted_views(campaign: Campaign, view_events: int, distinct_items: int) -> 
 def check_eligibility(campaign: Campaign, facts: UserFacts, now: datetime) -> Eligibility:
     """Apply ``campaign``'s rule to ``facts`` at ``now``; every failed condition is a reason.
 
-    Reasons: ``campaign_inactive``, ``unknown_user``, ``not_new`` (the window after sign-up has
-    closed), ``too_few_views``, ``already_purchased``; and the abuse rules (issue 12, item 7):
+    Reasons: ``campaign_inactive``, ``unknown_user``; for ``new_user_high_intent``, ``not_new``
+    (the window after sign-up has closed), ``too_few_views``, ``already_purchased``; for the
+    lifecycle kinds, those of ``occasions.occasion`` (and the occurrence when eligible); and
+    the abuse rules (issue 12, item 7):
     ``account_age_unknown`` (a minimum age is asked and the shop never sent signed_up_at),
     ``account_too_new``, and ``attribute_not_true:<name>`` for each required attribute that
     is not JSON ``true`` (missing, false, or any other value).
     """
     views = counted_views(campaign, facts.view_events, facts.distinct_items)
     reasons: list[str] = []
+    occurrence = ONCE
     if not campaign.is_active(now):
         reasons.append("campaign_inactive")
     if facts.started_at is None:
         reasons.append("unknown_user")
+    elif campaign.kind != "new_user_high_intent":
+        found = occasion(campaign, facts, now)
+        reasons.extend(found.reasons)
+        occurrence = found.occurrence
     elif now - facts.started_at > campaign.window:
         reasons.append("not_new")
-    if views < campaign.min_views:
-        reasons.append("too_few_views")
-    if campaign.require_no_purchase and facts.has_purchased:
-        reasons.append("already_purchased")
+    if campaign.kind == "new_user_high_intent":
+        if views < campaign.min_views:
+            reasons.append("too_few_views")
+        if campaign.require_no_purchase and facts.has_purchased:
+            reasons.append("already_purchased")
     min_age = campaign.min_account_age
     if min_age is not None:
         if facts.signed_up_at is None:
@@ -78,7 +97,8 @@ def check_eligibility(campaign: Campaign, facts: UserFacts, now: datetime) -> El
     for name in campaign.require_attributes:
         if facts.attributes.get(name) is not True:
             reasons.append(f"attribute_not_true:{name}")
-    return Eligibility(eligible=not reasons, reasons=tuple(reasons), views=views)
+    eligible = not reasons
+    return Eligibility(eligible, tuple(reasons), views, occurrence if eligible else ONCE)
 
 
 def in_holdout(campaign_id: str, user_id: str, percent: float) -> bool:
