@@ -378,6 +378,20 @@ class CouponOut(BaseModel):
     expires_at: datetime
     seconds_left: int
     attribution_id: str = Field(description="Shared by the decision, the coupon and its use.")
+    # the money terms (issue 12, item 3)
+    discount_kind: Literal["percent", "fixed"] = Field(
+        "percent", description="percent: discount_percent of the eligible amount; fixed: "
+        "fixed_discount, capped at the eligible amount."
+    )
+    fixed_discount: Decimal | None = Field(None, description="The fixed amount, in currency.")
+    currency: str | None = Field(
+        None,
+        description="The currency of fixed_discount and min_order_amount: the order must be "
+        "in it (null: any currency).",
+    )
+    min_order_amount: Decimal | None = Field(
+        None, description="The order must be at least this (null: no minimum)."
+    )
 
 
 class DecisionOut(BaseModel):
@@ -418,6 +432,12 @@ class RedeemIn(Strict):
     currency: Currency | None = Field(
         None, validate_default=True, description="The order's currency; required with an amount."
     )
+    order_total: Amount | None = Field(
+        None,
+        description="The whole order before the discount, when order_amount is only the "
+        "restricted products' part: the coupon's minimum order is checked on it (default: "
+        "order_amount). At least order_amount.",
+    )
 
     @field_validator("currency")
     @classmethod
@@ -444,7 +464,8 @@ class RedemptionOut(BaseModel):
     redeemed_at: datetime | None
     order_amount: Decimal | None = Field(description="As sent with the redemption.")
     discount_amount: Decimal | None = Field(
-        description="order_amount x discount, exact to 4 decimals, when an amount was sent."
+        description="The discount the service computed, exact to 4 decimals, when an amount "
+        "was sent: the coupon's percent of order_amount, or its fixed amount capped at it."
     )
     currency: str | None = Field(description="The currency of both amounts.")
     replayed: bool = Field(description="True when this repeats an earlier, successful call.")
