@@ -380,8 +380,9 @@ class CouponOut(BaseModel):
     attribution_id: str = Field(description="Shared by the decision, the coupon and its use.")
     # the money terms (issue 12, item 3)
     discount_kind: Literal["percent", "fixed"] = Field(
-        "percent", description="percent: discount_percent of the eligible amount; fixed: "
-        "fixed_discount, capped at the eligible amount."
+        "percent",
+        description="percent: discount_percent of the eligible amount; fixed: "
+        "fixed_discount, capped at the eligible amount.",
     )
     fixed_discount: Decimal | None = Field(None, description="The fixed amount, in currency.")
     currency: str | None = Field(
@@ -541,6 +542,42 @@ class IntervalOut(BaseModel):
     high: float
 
 
+class MoneyIntervalOut(BaseModel):
+    estimate: Decimal
+    low: Decimal = Field(description="95 % interval, lower end.")
+    high: Decimal
+
+
+class RevenueOut(BaseModel):
+    """One currency's revenue figures of a campaign (issue 12, item 3)."""
+
+    treated_users: int
+    holdout_users: int
+    treated_revenue: Decimal = Field(description="Every treated user's, in their windows.")
+    holdout_revenue: Decimal
+    treated_per_user: Decimal | None
+    holdout_per_user: Decimal | None
+    difference_per_user: MoneyIntervalOut | None = Field(
+        description="Treated minus holdout revenue per user, Welch normal 95 % interval "
+        "(null with fewer than two users in an arm)."
+    )
+    incremental: MoneyIntervalOut | None = Field(description="difference_per_user x treated users.")
+    discount_cost: Decimal = Field(description="Discount given on standing redemptions.")
+    net_incremental: MoneyIntervalOut | None = Field(
+        description="incremental - discount_cost: what the coupons earned after paying for them."
+    )
+
+
+class MoneyBudgetOut(BaseModel):
+    currency: str
+    max_total: Decimal | None
+    spent_total: Decimal
+    left_total: Decimal | None
+    max_per_day: Decimal | None
+    spent_today: Decimal = Field(description="On today's UTC day.")
+    left_today: Decimal | None
+
+
 class CampaignStatsOut(BaseModel):
     campaign_id: str
     at: datetime
@@ -572,6 +609,24 @@ class CampaignStatsOut(BaseModel):
 
     unpriced_orders: int
     notes: list[str]
+    # money (issue 12, item 3)
+    revenue: dict[str, RevenueOut] = Field(
+        default_factory=dict,
+        description="By currency: revenue per user (price x quantity of purchase events in "
+        "the conversion window) in treated and holdout, the incremental revenue and the same "
+        "net of the discount cost, with Welch 95 % intervals.",
+    )
+    unpriced_purchases: int = Field(
+        0, description="Purchases in the conversion windows without a price (not in revenue)."
+    )
+    budget_money: MoneyBudgetOut | None = Field(
+        None, description="The money budget, the discount given against it and what is left."
+    )
+    discount_given: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict,
+        description="Discount actually given, {total, today: {currency: amount}}, counted at "
+        "redemption (releases taken back): what the money budget is checked against.",
+    )
 
 
 RecommendationsOut.model_rebuild()

@@ -10,8 +10,10 @@ redemption (``repository.spend``) and stops new coupons once reached; coupons ou
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
+from service.money import QUANTUM
 from service.offers.campaigns import Campaign
 from service.offers.repository.spend import MoneyCaps
 
@@ -19,14 +21,18 @@ from service.offers.repository.spend import MoneyCaps
 def coupon_terms(campaign: Campaign) -> dict[str, Any]:
     """The money fields of a coupon ``campaign`` issues (``CouponDraft``'s keywords)."""
     fixed = campaign.discount_kind == "fixed"
-    return {
+    return {  # amounts as the database gives them back: the same figure before and after
         # the percent column stays for compatibility; a fixed coupon takes no percent
         "discount_percent": 0.0 if fixed else campaign.discount_percent,
         "discount_kind": campaign.discount_kind,
-        "discount_fixed": campaign.fixed_discount,
+        "discount_fixed": _stored(campaign.fixed_discount),
         "terms_currency": campaign.currency,
-        "min_order_amount": campaign.min_order_amount,
+        "min_order_amount": _stored(campaign.min_order_amount),
     }
+
+
+def _stored(amount: Decimal | None) -> Decimal | None:
+    return None if amount is None else amount.quantize(QUANTUM)
 
 
 def money_caps(campaign: Campaign) -> MoneyCaps | None:

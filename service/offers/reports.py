@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from service.money import QUANTUM
 from service.offers.campaigns import Campaign, find_campaign
+from service.offers.discounts import money_caps
 from service.offers.kinds import COUPON_STATES, RECORDED
 from service.offers.repository import OfferRepository
-from service.offers.discounts import money_caps
 from service.offers.repository.reports import NO_CURRENCY, UnpricedRedemption
 from service.offers.revenue import CurrencyRevenue, revenue_by_currency
 from service.offers.stats import Interval, uplift, wilson

@@ -277,7 +277,10 @@ class CouponRepository:
             if redeemed is not None and redeemed.discount_amount and redeemed.currency:
                 # given back: off the total and the day it was given on
                 self._spend.add_spend(
-                    conn, released.campaign_id, redeemed.at, redeemed.currency,
+                    conn,
+                    released.campaign_id,
+                    redeemed.at,
+                    redeemed.currency,
                     -redeemed.discount_amount,
                 )
         return released

@@ -209,7 +209,9 @@ class ReportRepository:
 
     # --- money (issue 12, item 3) ---------------------------------------------------------
 
-    def revenue(self, campaign_id: str, now: datetime) -> tuple[list[tuple[str, str, Decimal]], int]:
+    def revenue(
+        self, campaign_id: str, now: datetime
+    ) -> tuple[list[tuple[str, str, Decimal]], int]:
         """Each decided user's revenue in each currency inside the decision's conversion window
         (``price x quantity`` of purchase events), as (``issued`` | ``holdout``, currency,
         amount), users without a purchase left out; and the purchases without a price there.

@@ -72,8 +72,12 @@ class SpendStatements:
         for period in (TOTAL, day_key(at)):  # total first, by every writer: no deadlock
             conn.execute(
                 self.add,
-                {"campaign_id": campaign_id, "period": period, "currency": currency,
-                 "spent": amount},
+                {
+                    "campaign_id": campaign_id,
+                    "period": period,
+                    "currency": currency,
+                    "spent": amount,
+                },
             )
 
     def spent(
