@@ -402,7 +402,8 @@ class DecisionOut(BaseModel):
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
         "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
-        "budget_exhausted: the cap reached (cap_total or cap_<day>)"
+        "budget_exhausted: the cap reached (cap_total or cap_<day>; a money budget: "
+        "budget_money_total or budget_money_day)"
     )
     views: int | None = Field(description="Views counted inside the window.")
     min_views: int | None

@@ -103,7 +103,7 @@ class BatchRecorded:
     already: list[str]  # a final decision was there first
     purchased: list[str]  # bought meanwhile (seen inside the transaction): nothing written
     missed: list[str]  # a cap was reached: left as budget_exhausted
-    exhausted: str | None  # the period whose cap refused the first miss
+    exhausted: str | None  # the period whose cap refused the first miss, or budget_money_*
 
 
 def day_of(moment: datetime) -> str:
