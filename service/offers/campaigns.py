@@ -33,6 +33,18 @@ campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its tab
 otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
 ask for a minimum account age (``min_account_age_hours``, counted from the shop's
 ``signed_up_at``) and for attributes the shop has verified (``require_attributes``).
+
+Money (issue 12, item 3): a discount is ``discount_percent`` or a ``fixed_discount`` in the
+campaign's ``currency``, with an optional ``min_order_amount``, and a money budget
+(``max_discount_per_day``, ``max_discount_total``) beside the coupon caps; amounts are exact
+(strings or integers, never floats). What a coupon copies of them and how the budget is
+counted: ``service.offers.discounts``::
+
+    [campaigns.five_off_twenty]
+    fixed_discount = "5.00"
+    currency = "EUR"
+    min_order_amount = "20.00"
+    max_discount_per_day = "250.00"
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ appended, in the same transaction, to the trail ``coupon_ledger``; this module t
 did into an answer or one of the domain's errors. Failed lookups (an unknown code, another
 user's code) are limited here, next to the lookups themselves (OWASP OAT-002, token
 cracking), and another user's code is refused exactly like an unknown one.
+
+A coupon's money terms (issue 12, item 3: its currency, its minimum order) are part of the
+redemption's WHERE; when the write refuses, ``check_terms`` says why from the row read
+afterwards (the terms never change once issued, so that read cannot go stale).
 """
 
 from __future__ import annotations
