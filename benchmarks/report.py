@@ -406,6 +406,7 @@ def main() -> None:
         against_commit,
         concurrency,
         import_online_retail,
+        money,
         reliability,
         retrain_pickup,
         serving_memory,
@@ -425,6 +426,7 @@ def main() -> None:
         ("import_online_retail", import_online_retail.render),
         ("offers", offers),
         ("sweep", sweep.render),
+        ("money", money.render),  # issue 12, item 3
         ("reliability", reliability.render),
     ):
         doc = _load(name)

@@ -18,6 +18,7 @@ STEPS = (
     ["benchmarks.import_online_retail", "--repeats", "2"],
     ["benchmarks.offers"],
     ["benchmarks.sweep"],
+    ["benchmarks.money"],
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
 )

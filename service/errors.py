@@ -205,6 +205,21 @@ class UserErased(RecofferError):
         super().__init__("this user id was erased; give a returning customer a new id")
 
 
+# --- money: minimum order and the coupon's currency (issue 12, item 3)
+
+
+class BelowMinimumOrder(InvalidInput):
+    """An order under the coupon's minimum order value: not redeemed, nothing written."""
+
+
+class CouponCurrencyMismatch(InvalidInput):
+    """An order in another currency than the coupon's terms (a fixed amount, a minimum)."""
+
+
+class OrderAmountRequired(InvalidInput):
+    """A coupon with money terms redeemed without the order amount they are checked on."""
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     """How one kind of error reaches the outside.
@@ -264,6 +279,10 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     SweepRunning: ErrorKind(409, "sweep_running", 1),  # issue 11, item 11
     UnknownSweepJob: ErrorKind(404, "unknown_sweep_job", 2),  # issue 11, item 11
     SignUpMovedLater: ErrorKind(409, "signed_up_at_conflict", 2),  # issue 12, item 7
+    # issue 12, item 3: each names its field in the 422's detail
+    BelowMinimumOrder: ErrorKind(422, "below_minimum_order", 2),
+    CouponCurrencyMismatch: ErrorKind(422, "coupon_currency_mismatch", 2),
+    OrderAmountRequired: ErrorKind(422, "order_amount_required", 2),
 }
 
 

@@ -161,6 +161,24 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        # money budgets (issue 12, item 3): read from the database by whichever worker
+        # refreshes, so every worker reports the same figure: the most recent one is right
+        self.discount_given = Gauge(
+            "recoffer_campaign_discount_given",
+            "Discount actually given at redemption, today and in total, by currency "
+            "(released redemptions taken back)",
+            ["campaign", "period", "currency"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.budget_money_left = Gauge(
+            "recoffer_campaign_budget_money_left",
+            "Discount a campaign may still give before its money cap stops new coupons, today "
+            "and in total, in its currency (campaigns with a money budget only)",
+            ["campaign", "period", "currency"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         if self.shared is None:  # this process alone: its own process and interpreter figures
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)

@@ -287,3 +287,33 @@ user_segments = Table(
     Index("ix_user_segments_lifecycle_stage", "lifecycle_stage"),
     Index("ix_user_segments_loyalty_type", "loyalty_type"),
 )
+
+# --- money: fixed and percent discounts, minimum order, money budgets (migration 0010,
+# issue 12 item 3) ----------------------------------------------------------------------------
+
+DISCOUNT_KINDS = ("percent", "fixed")
+
+# a coupon carries its terms, fixed when it is issued: the kind of discount, a fixed amount,
+# the currency the fixed amount and the minimum order are in (a redemption in another one is
+# refused), and the minimum order; null on coupons issued before 0010 (percent, no minimum)
+coupons.append_column(Column("discount_kind", String(8), nullable=False, server_default="percent"))
+coupons.append_column(Column("discount_fixed", AmountColumn(), nullable=True))
+coupons.append_column(Column("terms_currency", String(CURRENCY_LENGTH), nullable=True))
+coupons.append_column(Column("min_order_amount", AmountColumn(), nullable=True))
+coupons.append_constraint(
+    CheckConstraint(
+        f"discount_kind IN ({', '.join(map(repr, DISCOUNT_KINDS))})", name="discount_kind"
+    )
+)
+
+# the discount actually given, by campaign, period ("total" or a UTC day "YYYY-MM-DD", the
+# day of the redemption) and currency: added by a redemption, taken back by its release, in
+# the same transaction as the coupon's row; what a money budget is checked against
+campaign_spend = Table(
+    "campaign_spend",
+    metadata,
+    Column("campaign_id", String(64), primary_key=True),
+    Column("period", String(10), primary_key=True),
+    Column("currency", String(CURRENCY_LENGTH), primary_key=True),
+    Column("spent", AmountColumn(), nullable=False),
+)

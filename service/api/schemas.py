@@ -378,6 +378,21 @@ class CouponOut(BaseModel):
     expires_at: datetime
     seconds_left: int
     attribution_id: str = Field(description="Shared by the decision, the coupon and its use.")
+    # the money terms (issue 12, item 3)
+    discount_kind: Literal["percent", "fixed"] = Field(
+        "percent",
+        description="percent: discount_percent of the eligible amount; fixed: "
+        "fixed_discount, capped at the eligible amount.",
+    )
+    fixed_discount: Decimal | None = Field(None, description="The fixed amount, in currency.")
+    currency: str | None = Field(
+        None,
+        description="The currency of fixed_discount and min_order_amount: the order must be "
+        "in it (null: any currency).",
+    )
+    min_order_amount: Decimal | None = Field(
+        None, description="The order must be at least this (null: no minimum)."
+    )
 
 
 class DecisionOut(BaseModel):
@@ -387,7 +402,8 @@ class DecisionOut(BaseModel):
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
         "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
-        "budget_exhausted: the cap reached (cap_total or cap_<day>)"
+        "budget_exhausted: the cap reached (cap_total or cap_<day>; a money budget: "
+        "budget_money_total or budget_money_day)"
     )
     views: int | None = Field(description="Views counted inside the window.")
     min_views: int | None
@@ -418,6 +434,12 @@ class RedeemIn(Strict):
     currency: Currency | None = Field(
         None, validate_default=True, description="The order's currency; required with an amount."
     )
+    order_total: Amount | None = Field(
+        None,
+        description="The whole order before the discount, when order_amount is only the "
+        "restricted products' part: the coupon's minimum order is checked on it (default: "
+        "order_amount). At least order_amount.",
+    )
 
     @field_validator("currency")
     @classmethod
@@ -444,7 +466,8 @@ class RedemptionOut(BaseModel):
     redeemed_at: datetime | None
     order_amount: Decimal | None = Field(description="As sent with the redemption.")
     discount_amount: Decimal | None = Field(
-        description="order_amount x discount, exact to 4 decimals, when an amount was sent."
+        description="The discount the service computed, exact to 4 decimals, when an amount "
+        "was sent: the coupon's percent of order_amount, or its fixed amount capped at it."
     )
     currency: str | None = Field(description="The currency of both amounts.")
     replayed: bool = Field(description="True when this repeats an earlier, successful call.")
@@ -520,6 +543,42 @@ class IntervalOut(BaseModel):
     high: float
 
 
+class MoneyIntervalOut(BaseModel):
+    estimate: Decimal
+    low: Decimal = Field(description="95 % interval, lower end.")
+    high: Decimal
+
+
+class RevenueOut(BaseModel):
+    """One currency's revenue figures of a campaign (issue 12, item 3)."""
+
+    treated_users: int
+    holdout_users: int
+    treated_revenue: Decimal = Field(description="Every treated user's, in their windows.")
+    holdout_revenue: Decimal
+    treated_per_user: Decimal | None
+    holdout_per_user: Decimal | None
+    difference_per_user: MoneyIntervalOut | None = Field(
+        description="Treated minus holdout revenue per user, Welch normal 95 % interval "
+        "(null with fewer than two users in an arm)."
+    )
+    incremental: MoneyIntervalOut | None = Field(description="difference_per_user x treated users.")
+    discount_cost: Decimal = Field(description="Discount given on standing redemptions.")
+    net_incremental: MoneyIntervalOut | None = Field(
+        description="incremental - discount_cost: what the coupons earned after paying for them."
+    )
+
+
+class MoneyBudgetOut(BaseModel):
+    currency: str
+    max_total: Decimal | None
+    spent_total: Decimal
+    left_total: Decimal | None
+    max_per_day: Decimal | None
+    spent_today: Decimal = Field(description="On today's UTC day.")
+    left_today: Decimal | None
+
+
 class CampaignStatsOut(BaseModel):
     campaign_id: str
     at: datetime
@@ -551,6 +610,24 @@ class CampaignStatsOut(BaseModel):
 
     unpriced_orders: int
     notes: list[str]
+    # money (issue 12, item 3)
+    revenue: dict[str, RevenueOut] = Field(
+        default_factory=dict,
+        description="By currency: revenue per user (price x quantity of purchase events in "
+        "the conversion window) in treated and holdout, the incremental revenue and the same "
+        "net of the discount cost, with Welch 95 % intervals.",
+    )
+    unpriced_purchases: int = Field(
+        0, description="Purchases in the conversion windows without a price (not in revenue)."
+    )
+    budget_money: MoneyBudgetOut | None = Field(
+        None, description="The money budget, the discount given against it and what is left."
+    )
+    discount_given: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict,
+        description="Discount actually given, {total, today: {currency: amount}}, counted at "
+        "redemption (releases taken back): what the money budget is checked against.",
+    )
 
 
 RecommendationsOut.model_rebuild()

@@ -33,6 +33,18 @@ campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its tab
 otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
 ask for a minimum account age (``min_account_age_hours``, counted from the shop's
 ``signed_up_at``) and for attributes the shop has verified (``require_attributes``).
+
+Money (issue 12, item 3): a discount is ``discount_percent`` or a ``fixed_discount`` in the
+campaign's ``currency``, with an optional ``min_order_amount``, and a money budget
+(``max_discount_per_day``, ``max_discount_total``) beside the coupon caps; amounts are exact
+(strings or integers, never floats). What a coupon copies of them and how the budget is
+counted: ``service.offers.discounts``::
+
+    [campaigns.five_off_twenty]
+    fixed_discount = "5.00"
+    currency = "EUR"
+    min_order_amount = "20.00"
+    max_discount_per_day = "250.00"
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ from pydantic import (
 )
 
 from service.errors import CampaignConfigError, UnknownCampaign
+from service.money import Amount, Currency
 
 BUILT_IN = "new_user_high_intent"
 # The default daily cap. PRODUCT.md's figures: about a quarter of new users view more than 10
@@ -232,6 +245,28 @@ class Campaign(BaseModel):
     )
 
     # --- money (issue 12, item 3)
+    fixed_discount: Amount | None = Field(
+        None,
+        gt=0,
+        description="A fixed amount off (in currency) instead of discount_percent, capped at "
+        'the eligible amount; exact, a string such as "5.00".',
+    )
+    currency: Currency | None = Field(
+        None,
+        description="The currency of fixed_discount, min_order_amount and the money budgets; "
+        "its coupons are redeemed in it only. Required with any of them.",
+    )
+    min_order_amount: Amount | None = Field(
+        None, gt=0, description="A redemption needs an order of at least this (in currency)."
+    )
+    max_discount_per_day: Amount | None = Field(
+        None,
+        description="Discount given per UTC day at most, counted at redemption (in currency); "
+        "once reached, no coupon is issued that day. Null: no money cap.",
+    )
+    max_discount_total: Amount | None = Field(
+        None, description="Discount given in total at most, likewise (null: no money cap)."
+    )
 
     # --- targeting (issue 12, item 4)
 
@@ -274,6 +309,34 @@ class Campaign(BaseModel):
             raise ValueError("max_lapse_days must be longer than min_lapse_days")
         return self
 
+    @field_validator(
+        "fixed_discount",
+        "min_order_amount",
+        "max_discount_per_day",
+        "max_discount_total",
+        mode="before",
+    )
+    @classmethod
+    def _money_not_float(cls, value: Any) -> Any:
+        if isinstance(value, float | bool):  # a binary float is not an exact amount
+            raise ValueError('money is exact: write it as a string ("5.00") or an integer')
+        return value
+
+    @model_validator(mode="after")
+    def _money(self) -> Campaign:
+        """Money needs its currency, and a discount is a percent or a fixed amount."""
+        if self.fixed_discount is not None and "discount_percent" in self.model_fields_set:
+            raise ValueError("a discount is discount_percent or fixed_discount, not both")
+        money = [name for name in MONEY_FIELDS if getattr(self, name) is not None]
+        if money and self.currency is None:
+            raise ValueError(f"{', '.join(money)}: needs currency (ISO 4217, e.g. EUR)")
+        return self
+
+    @property
+    def discount_kind(self) -> Literal["percent", "fixed"]:
+        """``fixed`` with a ``fixed_discount``, else ``percent`` (every campaign before)."""
+        return "percent" if self.fixed_discount is None else "fixed"
+
     @property
     def recurring(self) -> bool:
         """Decided once per user per occurrence (``occasions.occasion``), not once per user."""
@@ -312,6 +375,10 @@ class Campaign(BaseModel):
     def public(self) -> dict[str, Any]:
         """The definition as the API shows it."""
         return self.model_dump(mode="json")
+
+
+# the money fields that need the campaign's currency (issue 12, item 3)
+MONEY_FIELDS = ("fixed_discount", "min_order_amount", "max_discount_per_day", "max_discount_total")
 
 
 # the fields that belong to one kind or a few; every other field applies to all kinds

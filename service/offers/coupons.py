@@ -7,6 +7,10 @@ appended, in the same transaction, to the trail ``coupon_ledger``; this module t
 did into an answer or one of the domain's errors. Failed lookups (an unknown code, another
 user's code) are limited here, next to the lookups themselves (OWASP OAT-002, token
 cracking), and another user's code is refused exactly like an unknown one.
+
+A coupon's money terms (issue 12, item 3: its currency, its minimum order) are part of the
+redemption's WHERE; when the write refuses, ``check_terms`` says why from the row read
+afterwards (the terms never change once issued, so that read cannot go stale).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from service.errors import (
+    BelowMinimumOrder,
     CouponAlreadyRedeemed,
+    CouponCurrencyMismatch,
     CouponExpired,
     CouponNotFound,
     CouponNotRedeemed,
@@ -29,6 +35,7 @@ from service.errors import (
     CouponReleaseLimit,
     InvalidInput,
     LimiterUnavailable,
+    OrderAmountRequired,
     RedemptionMismatch,
     TooManyAttempts,
 )
@@ -61,6 +68,31 @@ def coupon_status(coupon: CouponRecord, now: datetime) -> CouponStatus:
         status = "active"
     left = max(0, int((coupon.expires_at - now).total_seconds()))
     return CouponStatus(coupon, status, left if status == "active" else 0)
+
+
+def check_terms(coupon: CouponRecord, use: Use) -> None:
+    """Refuse ``use`` when it does not meet ``coupon``'s money terms (issue 12, item 3).
+
+    Raises:
+        OrderAmountRequired: the coupon has terms and no amount was sent;
+        CouponCurrencyMismatch: the order is in another currency than the terms';
+        BelowMinimumOrder: the order is under the minimum.
+    """
+    terms = coupon.terms_currency
+    if terms is None:
+        return
+    if use.order_amount is None or use.currency is None:
+        raise OrderAmountRequired(
+            "order_amount", f"this coupon's discount is checked on the order amount, in {terms}"
+        )
+    if use.currency != terms:
+        raise CouponCurrencyMismatch(
+            "currency", f"this coupon is redeemed in {terms}, not {use.currency}"
+        )
+    minimum, total = coupon.min_order_amount, use.checked_total
+    if minimum is not None and total is not None and total < minimum:
+        field = "order_amount" if use.order_total is None else "order_total"
+        raise BelowMinimumOrder(field, f"the minimum order for this coupon is {minimum} {terms}")
 
 
 class Coupons:
@@ -110,6 +142,7 @@ class Coupons:
         currency: str | None = None,
         *,
         caller: Caller = IN_PROCESS,
+        order_total: Decimal | None = None,
     ) -> tuple[CouponStatus, bool]:
         """Use the coupon for ``order_id``, exactly once; returns (status, replayed).
 
@@ -117,10 +150,18 @@ class Coupons:
         ``order_amount`` (with its ``currency``) is what the discount applies to; the
         redemption is kept in the trail with the amount, the discount and ``caller.client``.
         Failed lookups count against ``caller`` as in ``validate``.
+
+        The discount is the service's: the coupon's percent of ``order_amount``, or its fixed
+        amount capped at it. A coupon with money terms needs the amount in its currency, and
+        at least its minimum order, checked on ``order_total`` (the whole order; default
+        ``order_amount``): otherwise OrderAmountRequired, CouponCurrencyMismatch or
+        BelowMinimumOrder (422), and nothing is written.
         """
         if (order_amount is None) != (currency is None):
             raise InvalidInput("currency", "an order amount and its currency go together")
-        use = Use(order_id, caller.client, order_amount, currency)
+        if order_total is not None and (order_amount is None or order_total < order_amount):
+            raise InvalidInput("order_total", "needs order_amount, and is at least order_amount")
+        use = Use(order_id, caller.client, order_amount, currency, order_total)
         with self._guarded(caller):
             return self._redeem(text, user_id, use)
 
@@ -186,6 +227,9 @@ class Coupons:
         now = self.clock()
         used = self.repository.redeem(code, user_id, use, now)
         coupon = None if used is not None else self.repository.coupon(code)
+        usable = coupon is not None and coupon.redeemed_at is None and coupon.expires_at > now
+        if usable and coupon is not None and coupon.user_id == user_id:
+            check_terms(coupon, use)  # the order may be what the WHERE refused
         if coupon is not None and coupon.redeemed_at is None and coupon.expires_at > now:
             # usable after all: another order's use was released between the two reads
             used = self.repository.redeem(code, user_id, use, now)

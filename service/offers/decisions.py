@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from service.errors import BudgetExhausted, PurchasedMeanwhile
 from service.offers.campaigns import Campaign, find_campaign
 from service.offers.coupons import coupon_status
+from service.offers.discounts import budget_reason, coupon_terms, money_caps
 from service.offers.kinds import DecisionKind
 from service.offers.repository import OfferRepository
 from service.offers.repository.coupons import CouponRecord
@@ -187,7 +188,7 @@ class OfferEngine:
             claims,
             now=now,
             convert_until=now + campaign.conversion_window,
-            caps=Caps(campaign.max_per_day, campaign.max_total),
+            caps=Caps(campaign.max_per_day, campaign.max_total, money_caps(campaign)),
             no_purchase=campaign.require_no_purchase,
         )
         for made in recorded.made:
@@ -200,7 +201,7 @@ class OfferEngine:
                 "budget_exhausted": len(recorded.missed),
             }
         )
-        exhausted = None if recorded.exhausted is None else f"cap_{recorded.exhausted}"
+        exhausted = None if recorded.exhausted is None else budget_reason(recorded.exhausted)
         return counts, exhausted
 
     def offer_for_page(self, user_id: str, *, decide: bool) -> Decision | None:
@@ -263,12 +264,12 @@ class OfferEngine:
                 convert_until=now + campaign.conversion_window,
                 coupon=None if held_out else self._draft(campaign, facts, now),
                 # both sides of the holdout face the caps, so they stay comparable
-                caps=Caps(campaign.max_per_day, campaign.max_total),
+                caps=Caps(campaign.max_per_day, campaign.max_total, money_caps(campaign)),
                 no_purchase=campaign.require_no_purchase,
             )
         except BudgetExhausted as exc:
             return self._refusal(
-                campaign, facts.user_id, views, "budget_exhausted", (f"cap_{exc.args[0]}",)
+                campaign, facts.user_id, views, "budget_exhausted", (budget_reason(exc.args[0]),)
             )
         except PurchasedMeanwhile:
             return self._refusal(
@@ -314,9 +315,9 @@ class OfferEngine:
             expires = min(expires, facts.started_at + campaign.window)
         return CouponDraft(
             code=new_code(),
-            discount_percent=campaign.discount_percent,
             item_ids=self._restricted_items(campaign, facts, now, viewed),
             expires_at=expires,
+            **coupon_terms(campaign),  # percent or fixed, currency, minimum (issue 12, item 3)
         )
 
     def _restricted_items(

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 
 from service.money import QUANTUM
 from service.offers.campaigns import Campaign, find_campaign
+from service.offers.discounts import money_caps
 from service.offers.kinds import COUPON_STATES, RECORDED
 from service.offers.repository import OfferRepository
-from service.offers.repository.reports import UnpricedRedemption
+from service.offers.repository.reports import NO_CURRENCY, UnpricedRedemption
+from service.offers.revenue import CurrencyRevenue, revenue_by_currency
 from service.offers.stats import Interval, uplift, wilson
 
 if TYPE_CHECKING:
@@ -39,6 +41,47 @@ class CampaignStats:
     discount_cost_estimated: Decimal  # from catalogue prices; not part of discount_cost
     unpriced_orders: int = 0
     notes: list[str] = field(default_factory=list)
+    # money (issue 12, item 3): revenue per user and the incremental revenue, by currency
+    revenue: dict[str, CurrencyRevenue] = field(default_factory=dict)
+    unpriced_purchases: int = 0  # in the conversion windows, without a price: not in revenue
+    budget_money: MoneyBudget | None = None
+    discount_given: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MoneyBudget:
+    """A money budget and the discount given against it, in its currency."""
+
+    currency: str
+    max_total: Decimal | None
+    spent_total: Decimal
+    left_total: Decimal | None
+    max_per_day: Decimal | None
+    spent_today: Decimal
+    left_today: Decimal | None
+
+
+def money_left(cap: Decimal | None, spent: Decimal) -> Decimal | None:
+    """Discount still allowed under ``cap`` after ``spent``; None without a cap."""
+    return None if cap is None else max(Decimal(0), cap - spent).quantize(QUANTUM)
+
+
+def money_budget(campaign: Campaign, spent: dict[str, dict[str, Decimal]]) -> MoneyBudget | None:
+    """``campaign``'s money budget against ``spent`` (``ReportRepository.spent``)."""
+    caps = money_caps(campaign)
+    if caps is None:
+        return None
+    total = spent["total"].get(caps.currency, Decimal(0)).quantize(QUANTUM)
+    today = spent["today"].get(caps.currency, Decimal(0)).quantize(QUANTUM)
+    return MoneyBudget(
+        currency=caps.currency,
+        max_total=caps.total,
+        spent_total=total,
+        left_total=money_left(caps.total, total),
+        max_per_day=caps.per_day,
+        spent_today=today,
+        left_today=money_left(caps.per_day, today),
+    )
 
 
 def budget_left(cap: int | None, used: int) -> int | None:
@@ -80,7 +123,21 @@ class Reports:
                 f"{open_windows} decided users are still inside their conversion window; "
                 "their conversions so far are counted"
             )
+        # money (issue 12, item 3)
+        per_user, unpriced_purchases = self.repository.revenue(campaign_id, now)
+        known_cost = {k: v for k, v in counts.discount_known.items() if k != NO_CURRENCY}
+        revenue = revenue_by_currency(per_user, issued, holdout, known_cost)
+        spent = self.repository.spent(campaign_id, now)
+        if unpriced_purchases:
+            notes.append(
+                f"{unpriced_purchases} purchases in the conversion windows have no price; "
+                "they are not in the revenue"
+            )
         return CampaignStats(
+            revenue=revenue,
+            unpriced_purchases=unpriced_purchases,
+            budget_money=money_budget(campaign, spent),
+            discount_given=spent,
             campaign_id=campaign_id,
             at=now,
             eligible=sum(counts.decisions.values()),
@@ -135,6 +192,28 @@ class Reports:
                 left = budget_left(cap, used[period])
                 if left is not None:
                     metrics.budget_left.labels(campaign.campaign_id, period).set(left)
+        self._refresh_money_gauges(metrics, now)
+
+    def _refresh_money_gauges(self, metrics: Metrics, now: datetime) -> None:
+        """The discount given and the money budget left (issue 12, item 3)."""
+        for campaign in self.campaigns.values():
+            spent = self.repository.spent(campaign.campaign_id, now)
+            # today reads 0 in a currency given in before, not yesterday's figure
+            currencies = set(spent["total"]) | set(spent["today"])
+            for period, amounts in spent.items():
+                for currency in currencies:
+                    amount = amounts.get(currency, Decimal(0))
+                    metrics.discount_given.labels(campaign.campaign_id, period, currency).set(
+                        float(amount)
+                    )
+            budget = money_budget(campaign, spent)
+            if budget is None:
+                continue
+            for period, left in (("total", budget.left_total), ("today", budget.left_today)):
+                if left is not None:
+                    metrics.budget_money_left.labels(
+                        campaign.campaign_id, period, budget.currency
+                    ).set(float(left))
 
     def _estimated_discount(self, redeemed: Sequence[UnpricedRedemption]) -> tuple[Decimal, int]:
         """Discount on orders redeemed without an amount, from catalogue prices of their lines.

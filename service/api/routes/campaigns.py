@@ -3,6 +3,7 @@ results with uplift."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -16,10 +17,14 @@ from service.api.schemas import (
     CampaignsOut,
     CampaignStatsOut,
     IntervalOut,
+    MoneyBudgetOut,
+    MoneyIntervalOut,
+    RevenueOut,
     SweepJobOut,
     SweepJobsOut,
 )
 from service.offers.jobs import SweepJob
+from service.offers.revenue import CurrencyRevenue, MoneyInterval
 from service.offers.stats import Interval
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -128,4 +133,32 @@ async def campaign_stats(campaign_id: CampaignPath, reports: ReportsDep) -> Camp
         discount_cost_estimated=s.discount_cost_estimated,
         unpriced_orders=s.unpriced_orders,
         notes=s.notes,
+        revenue={k: _revenue(v) for k, v in s.revenue.items()},
+        unpriced_purchases=s.unpriced_purchases,
+        budget_money=None
+        if s.budget_money is None
+        else MoneyBudgetOut(**dataclasses.asdict(s.budget_money)),
+        discount_given=s.discount_given,
+    )
+
+
+# --- money (issue 12, item 3)
+
+
+def _money(value: MoneyInterval | None) -> MoneyIntervalOut | None:
+    return None if value is None else MoneyIntervalOut(**dataclasses.asdict(value))
+
+
+def _revenue(r: CurrencyRevenue) -> RevenueOut:
+    return RevenueOut(
+        treated_users=r.treated_users,
+        holdout_users=r.holdout_users,
+        treated_revenue=r.treated_revenue,
+        holdout_revenue=r.holdout_revenue,
+        treated_per_user=r.treated_per_user,
+        holdout_per_user=r.holdout_per_user,
+        difference_per_user=_money(r.difference_per_user),
+        incremental=_money(r.incremental),
+        discount_cost=r.discount_cost,
+        net_incremental=_money(r.net_incremental),
     )

@@ -76,14 +76,22 @@ async def validate(
     return coupon_out(status)
 
 
-@router.post("/{code}/redeem", response_model=RedemptionOut, responses=documented(404, 409, 410))
+@router.post(
+    "/{code}/redeem", response_model=RedemptionOut, responses=documented(404, 409, 410, 422)
+)
 async def redeem(
     code: Code, body: RedeemIn, coupons: CouponsDep, caller: CallerDep
 ) -> RedemptionOut:
     """Use the coupon for an order, exactly once (a retry with the same order id gets 200)."""
     status, replayed = await run_in_threadpool(
         lambda: coupons.redeem(
-            code, body.user_id, body.order_id, body.order_amount, body.currency, caller=caller
+            code,
+            body.user_id,
+            body.order_id,
+            body.order_amount,
+            body.currency,
+            caller=caller,
+            order_total=body.order_total,
         )
     )
     c = status.coupon

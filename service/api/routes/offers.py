@@ -30,6 +30,10 @@ def coupon_out(status: CouponStatus) -> CouponOut:
         expires_at=c.expires_at,
         seconds_left=status.seconds_left,
         attribution_id=c.attribution_id,
+        discount_kind="fixed" if c.discount_kind == "fixed" else "percent",
+        fixed_discount=c.discount_fixed,
+        currency=c.terms_currency,
+        min_order_amount=c.min_order_amount,
     )
 
 

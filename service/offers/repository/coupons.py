@@ -18,11 +18,12 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Integer, String, bindparam, select, update
+from sqlalchemy import Connection, Integer, String, bindparam, or_, select, update
 from sqlalchemy.engine import Row
 
 from service.activity.repository import Repository
 from service.money import QUANTUM, AmountColumn
+from service.offers.repository.spend import SpendStatements
 from service.tables import UTCDateTime, coupon_ledger, coupons
 
 
@@ -42,6 +43,11 @@ class CouponRecord:
     discount_amount: Decimal | None
     currency: str | None = None
     releases: int = 0
+    # the terms (issue 12, item 3): fixed when issued; before 0010 percent, no minimum
+    discount_kind: str = "percent"
+    discount_fixed: Decimal | None = None
+    terms_currency: str | None = None
+    min_order_amount: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,12 @@ class Use:
     actor: str  # the API key's role and fingerprint (never the key)
     order_amount: Decimal | None = None
     currency: str | None = None
+    # the whole order, which the minimum order is checked on (default: order_amount)
+    order_total: Decimal | None = None
+
+    @property
+    def checked_total(self) -> Decimal | None:
+        return self.order_amount if self.order_total is None else self.order_total
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,16 @@ def discount_of(order_amount: Decimal | None, percent: float) -> Decimal | None:
         return None
     exact = order_amount * Decimal(str(percent)) / 100
     return exact.quantize(QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def discount_given(coupon: CouponRecord, eligible: Decimal | None) -> Decimal | None:
+    """What ``coupon`` takes off ``eligible``: its percent of it, or its fixed amount capped
+    at it; None without an amount."""
+    if eligible is None:
+        return None
+    if coupon.discount_kind == "fixed" and coupon.discount_fixed is not None:
+        return min(coupon.discount_fixed, eligible).quantize(QUANTUM)
+    return discount_of(eligible, coupon.discount_percent)
 
 
 def coupon_of_row(row: Row[Any]) -> CouponRecord:
@@ -111,13 +133,22 @@ class _Statements:
                 c.c.user_id == bindparam("where_user"),
                 c.c.redeemed_at.is_(None),
                 c.c.expires_at > now,
+                # the terms (issue 12, item 3): the coupon's currency and minimum order
+                or_(
+                    c.c.terms_currency.is_(None),
+                    c.c.terms_currency == bindparam("where_currency", type_=String()),
+                ),
+                or_(
+                    c.c.min_order_amount.is_(None),
+                    c.c.min_order_amount <= bindparam("where_total", type_=AmountColumn()),
+                ),
             )
             .values(
                 redeemed_at=now,
                 order_id=bindparam("order"),
                 order_amount=bindparam("amount", type_=AmountColumn()),
                 currency=bindparam("currency", type_=String()),
-                discount_amount=None,  # set below from the row's percent, exactly
+                discount_amount=None,  # set below from the row's terms, exactly
             )
             .returning(*c.c)
         )
@@ -163,6 +194,7 @@ class CouponRepository:
         self.base = base
         self.engine = base.engine
         self._sql = _Statements()
+        self._spend = SpendStatements(base)
 
     def coupon(self, code: str) -> CouponRecord | None:
         with self.engine.connect() as conn:
@@ -177,7 +209,10 @@ class CouponRepository:
 
     def redeem(self, code: str, user_id: str, use: Use, now: datetime) -> CouponRecord | None:
         """Mark the coupon used by ``use.order_id`` and append the redemption to the trail;
-        None when it is not this user's usable coupon.
+        None when it is not this user's usable coupon, or the order does not meet its terms
+        (its currency, its minimum order). The discount is computed here from the coupon's
+        terms and ``use.order_amount``, and added to the campaign's spend in the same
+        transaction (``repository.spend``).
 
         The WHERE is the guard: of any number of concurrent calls exactly one changes the row.
         """
@@ -188,16 +223,20 @@ class CouponRepository:
             "order": use.order_id,
             "amount": use.order_amount,
             "currency": use.currency,
+            "where_currency": use.currency,
+            "where_total": use.checked_total,
         }
         with self.base.writing() as conn:
             row = conn.execute(self._sql.redeem, params).first()
             if row is None:
                 return None
             used = coupon_of_row(row)
-            discount = discount_of(used.order_amount, used.discount_percent)
+            discount = discount_given(used, used.order_amount)
             if discount is not None:
                 conn.execute(self._sql.set_discount, {"where_code": code, "discount": discount})
                 used = dataclasses.replace(used, discount_amount=discount)
+                if used.currency is not None:  # the money budgets count what was given
+                    self._spend.add_spend(conn, used.campaign_id, now, used.currency, discount)
             # the n-th redemption follows n - 1 releases
             self._append(conn, used, "redeem", used.releases + 1, use, now)
         return used
@@ -235,6 +274,15 @@ class CouponRepository:
                 currency=None if redeemed is None else redeemed.currency,
             )
             self._append(conn, undone, "release", number, use, now)
+            if redeemed is not None and redeemed.discount_amount and redeemed.currency:
+                # given back: off the total and the day it was given on
+                self._spend.add_spend(
+                    conn,
+                    released.campaign_id,
+                    redeemed.at,
+                    redeemed.currency,
+                    -redeemed.discount_amount,
+                )
         return released
 
     def trail(self, code: str) -> list[LedgerEntry]:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -37,6 +38,7 @@ from service.activity.repository import Repository
 from service.errors import BudgetExhausted, PurchasedMeanwhile
 from service.offers.kinds import FinalKind
 from service.offers.repository.coupons import CouponRecord, CouponRepository
+from service.offers.repository.spend import MoneyCaps, SpendStatements
 from service.offers.rules import UserFacts
 from service.tables import UTCDateTime, campaign_budgets, events, offer_decisions, users
 
@@ -60,12 +62,18 @@ class CouponDraft:
     discount_percent: float
     item_ids: list[str] | None
     expires_at: datetime
+    # the money terms (issue 12, item 3), as CouponRecord keeps them
+    discount_kind: str = "percent"
+    discount_fixed: Decimal | None = None
+    terms_currency: str | None = None
+    min_order_amount: Decimal | None = None
 
 
 @dataclass(frozen=True)
 class Caps:
     per_day: int | None
     total: int | None
+    money: MoneyCaps | None = None  # the discount given (issue 12, item 3)
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class BatchRecorded:
     already: list[str]  # a final decision was there first
     purchased: list[str]  # bought meanwhile (seen inside the transaction): nothing written
     missed: list[str]  # a cap was reached: left as budget_exhausted
-    exhausted: str | None  # the period whose cap refused the first miss
+    exhausted: str | None  # the period whose cap refused the first miss, or budget_money_*
 
 
 def day_of(moment: datetime) -> str:
@@ -160,6 +168,10 @@ def _coupon(decision: DecisionRecord, draft: CouponDraft, now: datetime) -> Coup
         order_id=None,
         order_amount=None,
         discount_amount=None,
+        discount_kind=draft.discount_kind,
+        discount_fixed=draft.discount_fixed,
+        terms_currency=draft.terms_currency,
+        min_order_amount=draft.min_order_amount,
     )
 
 
@@ -274,6 +286,7 @@ class DecisionRepository:
         self.engine = base.engine
         self.coupons = coupons  # an issued decision writes its coupon in the same transaction
         self._sql = _Statements(base)
+        self._spend = SpendStatements(base)
 
     # --- facts the rule reads -------------------------------------------------------------
 
@@ -575,6 +588,9 @@ class DecisionRepository:
         ``record``). Every coupon is counted, capped or not.
         """
         periods = (("total", caps.total), (day_of(now), caps.per_day))
+        money = self._spend.exhausted(conn, campaign_id, caps.money, now)
+        if money is not None:  # the discount given reached a money cap: nothing is granted
+            return [], list(claimed), money
         left: dict[str, int] = {}
         for period, cap in periods:
             if cap is not None:  # locked until this transaction ends, then read
@@ -620,6 +636,7 @@ class DecisionRepository:
 
     def _check_budget(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:
         """Raise BudgetExhausted when a cap is reached; counts nothing (a holdout decision)."""
+        self._check_money(conn, campaign_id, caps, now)
         limits = {
             p: c for p, c in (("total", caps.total), (day_of(now), caps.per_day)) if c is not None
         }
@@ -639,7 +656,9 @@ class DecisionRepository:
         Every coupon is counted, capped or not, so a cap added later starts from the truth.
         The cap is the WHERE of the upsert: PostgreSQL re-checks it on the locked row after
         waiting for a concurrent writer, and SQLite has one writer at a time.
+        A money budget reached refuses it too (``_check_money``), before anything is counted.
         """
+        self._check_money(conn, campaign_id, caps, now)
         for period, cap in (("total", caps.total), (day_of(now), caps.per_day)):
             if cap is not None and cap <= 0:
                 raise BudgetExhausted(period)
@@ -650,6 +669,13 @@ class DecisionRepository:
                 taken = conn.execute(self._sql.count_capped_coupon, {**row, "cap": cap}).first()
             if taken is None:
                 raise BudgetExhausted(period)
+
+    def _check_money(self, conn: Connection, campaign_id: str, caps: Caps, now: datetime) -> None:
+        """Raise BudgetExhausted(``budget_money_total`` or ``budget_money_day``) once the
+        discount given reaches a money cap (issue 12, item 3; ``repository.spend``)."""
+        reached = self._spend.exhausted(conn, campaign_id, caps.money, now)
+        if reached is not None:
+            raise BudgetExhausted(reached)
 
     def _insert_coupon(
         self, conn: Connection, decision: DecisionRecord, draft: CouponDraft, now: datetime

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import BigInteger, and_, case, func, select, type_coerce
 
 from service.activity.repository import Repository
+from service.money import from_units
 from service.offers.repository.decisions import day_of
+from service.offers.repository.spend import SpendStatements
 from service.tables import (
     campaign_budgets,
     coupon_ledger,
@@ -57,6 +59,7 @@ class ReportRepository:
 
     def __init__(self, base: Repository) -> None:
         self.engine = base.engine
+        self._spend = SpendStatements(base)
 
     def counts(self, campaign_id: str, now: datetime) -> CampaignCounts:
         """Everything the campaign's stats are computed from, in a handful of queries.
@@ -203,3 +206,45 @@ class ReportRepository:
         )
         with self.engine.connect() as conn:
             return {(str(c), str(s)): int(n) for c, s, n in conn.execute(query)}
+
+    # --- money (issue 12, item 3) ---------------------------------------------------------
+
+    def revenue(
+        self, campaign_id: str, now: datetime
+    ) -> tuple[list[tuple[str, str, Decimal]], int]:
+        """Each decided user's revenue in each currency inside the decision's conversion window
+        (``price x quantity`` of purchase events), as (``issued`` | ``holdout``, currency,
+        amount), users without a purchase left out; and the purchases without a price there.
+
+        One row per decision rather than per user: a recurring campaign decides a user once
+        per occurrence, and each occurrence has its own window.
+        """
+        d, e = offer_decisions, events
+        units = type_coerce(e.c.price, BigInteger) * func.coalesce(e.c.quantity, 1)
+        window = and_(
+            e.c.user_id == d.c.user_id,
+            e.c.type == "purchase",
+            e.c.ts > d.c.decided_at,
+            e.c.ts <= d.c.convert_until,
+            e.c.ts <= now,
+        )
+        query = (
+            select(d.c.id, d.c.decision, e.c.currency, func.sum(units), func.count())
+            .select_from(d.join(e, window))
+            .where(d.c.campaign_id == campaign_id, d.c.decision.in_(["issued", "holdout"]))
+            .group_by(d.c.id, d.c.decision, e.c.currency)
+        )
+        rows: list[tuple[str, str, Decimal]] = []
+        unpriced = 0
+        with self.engine.connect() as conn:
+            for _, decision, currency, total, n in conn.execute(query):
+                if currency is None or total is None:
+                    unpriced += int(n)
+                else:
+                    rows.append((str(decision), str(currency), from_units(int(total))))
+        return rows, unpriced
+
+    def spent(self, campaign_id: str, now: datetime) -> dict[str, dict[str, Decimal]]:
+        """Discount given, ``{"total" | "today": {currency: amount}}`` (``repository.spend``)."""
+        with self.engine.connect() as conn:
+            return self._spend.spent(conn, campaign_id, now)
