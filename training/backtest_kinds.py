@@ -73,7 +73,8 @@ class Activity:
 
     ``orders``: user_id, order_id, at (naive UTC), value (float, NaN when a line has no price),
     sorted by user and time. ``adds``: user_id, at, item_id (NaN when unknown), sorted likewise.
-    ``known``: per user, since when the service would know them (sign-up, else first event).
+    ``known``: per user, since when the service would know them (sign-up or first event,
+    whichever is earlier; the log's first day for a users-file row without a sign-up time).
     """
 
     orders: pd.DataFrame
@@ -132,13 +133,12 @@ def activity_from(
             if values:
                 attributes[str(record["user_id"])] = values
         ids = ids.union(pd.Index(known_users["user_id"]))
-    # since when the service knows a user: signed up, else first seen; a users-file row with
-    # neither was sent before the log began
-    known = (
-        signed.reindex(ids)
-        .combine(first_event.reindex(ids), _earliest)
-        .fillna(log_start.floor("D"))
-    )
+    # since when the service knows a user: signed up or first seen, whichever is earlier; a
+    # users-file row without a sign-up time is the shop's customer from the log's first day
+    known = signed.reindex(ids).combine(first_event.reindex(ids), _earliest)
+    if users is not None:
+        listed = pd.Index(users["user_id"].dropna().unique())
+        known.loc[listed.difference(signed.dropna().index)] = log_start.floor("D")
     return Activity(
         orders=orders,
         adds=adds,
@@ -430,23 +430,26 @@ def _carts(campaign: Campaign, activity: Activity) -> tuple[npt.NDArray[Any], In
     orders = pd.DataFrame(
         {
             "user_id": activity.orders["user_id"].to_numpy(dtype=object),
-            "order_at": _ns(activity.orders, "at"),
+            "order_at": activity.orders["at"].to_numpy(dtype="datetime64[ns]"),
         }
     )
     frame = frame.sort_values("at", kind="stable")
     if orders.empty:
         frame["next_order"] = NEVER
     else:
+        # on datetimes, not nanosecond integers: "no next order" is NaT, never a float
         joined = pd.merge_asof(
-            frame,
+            frame.assign(stamp=pd.to_datetime(frame["at"], unit="ns")),
             orders.sort_values("order_at", kind="stable"),
-            left_on="at",
+            left_on="stamp",
             right_on="order_at",
             by="user_id",
             direction="forward",
             allow_exact_matches=True,  # an order at the add's moment closes the cart
         )
-        frame["next_order"] = joined["order_at"].fillna(NEVER).astype(np.int64).to_numpy()
+        found = joined["order_at"]
+        nanos = found.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        frame["next_order"] = np.where(found.notna().to_numpy(), nanos, NEVER)
     at = frame["at"].to_numpy(dtype=np.int64)
     idle = int(campaign.cart_idle_hours * 3600 * 10**9)
     oldest = int(campaign.cart_max_age_hours * 3600 * 10**9)
