@@ -404,6 +404,7 @@ def main() -> None:
     ]
     from benchmarks import (
         against_commit,
+        backtest_kinds,
         concurrency,
         import_online_retail,
         reliability,
@@ -426,6 +427,7 @@ def main() -> None:
         ("offers", offers),
         ("sweep", sweep.render),
         ("reliability", reliability.render),
+        ("backtest_kinds", backtest_kinds.render),
     ):
         doc = _load(name)
         if doc is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -523,6 +524,7 @@ class LifecycleBacktest:
     every: timedelta
     sweeps: int
     evaluated: int
+    seconds: float  # the replay (candidates, sweeps, outcomes), without reading the log
     per_day: pd.DataFrame  # day -> eligible, issued, holdout, budget_misses
     eligible_occurrences: int
     eligible_users: int
@@ -562,6 +564,7 @@ class LifecycleBacktest:
                 "every_hours": self.every.total_seconds() / 3600,
                 "count": self.sweeps,
                 "evaluated": self.evaluated,
+                "seconds": round(self.seconds, 3),
             },
             "eligible": {"occurrences": self.eligible_occurrences, "users": self.eligible_users},
             "issued": self.issued,
@@ -676,6 +679,7 @@ def run_lifecycle_backtest(
     problem = refusal(campaign, activity, users_given)
     if problem is not None:
         raise DataError(problem)
+    started = time.perf_counter()
     every = every or default_every(campaign)
     step = int(every / timedelta(microseconds=1)) * 1000
     if step <= 0:
@@ -699,6 +703,8 @@ def run_lifecycle_backtest(
     _outcomes(decisions, facts, campaign)
     per_day = replay.per_day(origin, activity.log_end.value)
     money = _money(campaign, decisions, activity, currency)
+    bought = _bought_anyway(decisions, campaign) if len(activity.orders) else None
+    seconds = time.perf_counter() - started
     result = LifecycleBacktest(
         campaign=campaign,
         schedule_ignored=ignore_schedule,
@@ -706,6 +712,7 @@ def run_lifecycle_backtest(
         every=every,
         sweeps=len(sweeps),
         evaluated=replay.evaluated,
+        seconds=seconds,
         per_day=per_day,
         eligible_occurrences=len(replay.eligible),
         eligible_users=len({user for user, _ in replay.eligible}),
@@ -715,7 +722,7 @@ def run_lifecycle_backtest(
         already_decided=replay.already,
         refused_at_sweep=dict(sorted(replay.refused.items())),
         money=money,
-        bought_anyway=_bought_anyway(decisions, campaign) if len(activity.orders) else None,
+        bought_anyway=bought,
         decisions=decisions,
     )
     logger.info(

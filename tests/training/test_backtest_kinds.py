@@ -79,7 +79,7 @@ def decided(result: LifecycleBacktest) -> list[tuple[str, str, str]]:
     ]
 
 
-# --- each kind on a hand-made log -------------------------------------------------------------
+# --- each kind on a hand-made log ----------------------------------------------------------------
 
 
 def test_win_back_decides_once_per_lapse_at_the_first_sweep_past_twice_the_rhythm() -> None:
@@ -153,7 +153,7 @@ def test_birthday_needs_the_attribute_and_decides_once_a_year() -> None:
         ("a", "year:2025", "2025-03-15 00:00"),
         ("b", "year:2025", "2025-07-01 00:00"),
     ]
-    with pytest.raises(DataError, match="birthday attribute|'birthday' attribute"):
+    with pytest.raises(DataError, match="no users file"):
         replay(kind("birthday"), rows)
     with pytest.raises(DataError, match="users file has no 'birthday' column"):
         replay(kind("birthday"), rows, pd.DataFrame({"user_id": ["a"], "city": ["x"]}))
@@ -197,7 +197,7 @@ def test_abandoned_cart_hourly_after_cart_idle_hours_unless_bought() -> None:
         replay(kind("abandoned_cart"), [order("a", T0)])
 
 
-# --- the holdout and the caps ------------------------------------------------------------------
+# --- the holdout and the caps --------------------------------------------------------------------
 
 
 def _lapsing_crowd(n: int) -> list[dict[str, Any]]:
@@ -279,7 +279,7 @@ def test_holdout_is_drawn_like_the_service() -> None:
     assert 0 < result.holdout < 12
 
 
-# --- money and bought anyway --------------------------------------------------------------------
+# --- money and bought anyway ---------------------------------------------------------------------
 
 
 def test_money_and_bought_anyway_per_side() -> None:
@@ -318,7 +318,7 @@ def test_a_percent_discount_is_exact_to_the_cent() -> None:
     assert discount_on(campaign, Decimal("0.10")) == Decimal("0.02")
 
 
-# --- the candidates against every user at every sweep -------------------------------------------
+# --- the candidates against every user at every sweep --------------------------------------------
 
 
 def _random_log(seed: int, users: int, days: int) -> tuple[list[dict[str, Any]], pd.DataFrame]:
@@ -458,7 +458,7 @@ def test_backtest_command_bad_input_is_one_line_and_exit_2(
     assert len(stderr.strip().splitlines()) == 1
 
 
-# --- Online Retail ---------------------------------------------------------------------------------
+# --- Online Retail -------------------------------------------------------------------------------
 
 
 def test_online_retail_backtests_win_back_anniversary_and_frequent_buyer_in_seconds(
