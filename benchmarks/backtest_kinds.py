@@ -20,7 +20,6 @@ from typing import Any
 from benchmarks.common import PYTHON, ROOT, median, save, this_command
 
 DATA = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
-CAMPAIGNS = ROOT / "benchmarks" / "backtest_kinds.toml"
 REPLAYED = ("come_back", "first_order_anniversary", "thank_you")
 REFUSED = ("birthday", "cart_reminder")
 
@@ -35,9 +34,8 @@ def backtest_command(campaign: str) -> list[str]:
 
 
 def run(campaign: str) -> tuple[int, str, str, float]:
+    # the quoted command itself, from the repository root (its paths are relative to it)
     command = [PYTHON, "-m", "training.cli", *backtest_command(campaign)[1:]]
-    command[command.index("../shared/data/online-retail/online_retail.csv.gz")] = str(DATA)
-    command[command.index("benchmarks/backtest_kinds.toml")] = str(CAMPAIGNS)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     return done.returncode, done.stdout, done.stderr, time.perf_counter() - started
@@ -103,8 +101,10 @@ def render(doc: dict[str, Any]) -> list[str]:
         'first seen in its first weeks. No coupon was used in this history: "bought anyway" '
         "is what the treated and the held-out customers did without one, the baseline an "
         'uplift has to beat. "replay": the sweeps, the rule and the outcomes, timed inside '
-        'the last run; "whole command": the process, reading and cleaning the 541,909 lines '
-        "included.",
+        'the last run; "whole command": the process, reading and cleaning the file included '
+        f"({_first(doc)['events']['rows']:,} purchase lines kept, "
+        f"{_first(doc)['events']['users']:,} customers, {_first(doc)['events']['orders']:,} "
+        "orders).",
         "",
     ]
     header = (
@@ -126,7 +126,8 @@ def render(doc: dict[str, Any]) -> list[str]:
         )
     out += [
         "",
-        "Money (estimates from the log's prices, GBP) and the customers who bought in the "
+        f"Money (estimates from the log's prices, {_first(doc)['money']['currency']}) and the "
+        "customers who bought in the "
         "conversion window (the coupon's two weeks) without a coupon:",
         "",
         "| campaign | discount | cost if every coupon were redeemed at the customer's typical "
@@ -155,6 +156,11 @@ def render(doc: dict[str, Any]) -> list[str]:
         out.append(f"- `{campaign}` (exit {refusal['exit_code']}): `{refusal['message']}`")
     out.append("")
     return out
+
+
+def _first(doc: dict[str, Any]) -> dict[str, Any]:
+    report: dict[str, Any] = next(iter(doc["kinds"].values()))["report"]
+    return report
 
 
 def _percent(share: float | None) -> str:

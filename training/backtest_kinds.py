@@ -492,10 +492,15 @@ class Money:
 def discount_on(campaign: Campaign, order_value: Decimal) -> Decimal:
     """The discount one coupon of ``campaign`` takes off an order worth ``order_value``.
 
-    The one place the backtest turns a coupon into money: a percent of the order today; a
-    fixed amount (never more than the order) when the campaign defines one.
+    The one place the backtest turns a coupon into money: a percent of the order, or a fixed
+    amount (``fixed_discount``, never more than the order) where the campaign has the money
+    fields of issue 12's item 3; nothing on an order below its ``min_order_amount``. Read with
+    ``getattr`` so this module does not depend on those fields being there.
     """
-    fixed = getattr(campaign, "discount_amount", None)
+    minimum = getattr(campaign, "min_order_amount", None)
+    if minimum is not None and order_value < Decimal(minimum):
+        return Decimal(0)
+    fixed = getattr(campaign, "fixed_discount", None)
     if fixed is not None:
         return min(Decimal(fixed), order_value)
     share = Decimal(str(campaign.discount_percent)) / 100
@@ -503,7 +508,7 @@ def discount_on(campaign: Campaign, order_value: Decimal) -> Decimal:
 
 
 def _discount_label(campaign: Campaign, currency: str | None) -> str:
-    fixed = getattr(campaign, "discount_amount", None)
+    fixed = getattr(campaign, "fixed_discount", None)
     if fixed is not None:
         return f"{fixed} {currency or ''}".strip()
     return f"{campaign.discount_percent:g} %"
@@ -702,7 +707,7 @@ def run_lifecycle_backtest(
     decisions = replay.frame()
     _outcomes(decisions, facts, campaign)
     per_day = replay.per_day(origin, activity.log_end.value)
-    money = _money(campaign, decisions, activity, currency)
+    money = _money(campaign, decisions, activity, currency or getattr(campaign, "currency", None))
     bought = _bought_anyway(decisions, campaign) if len(activity.orders) else None
     seconds = time.perf_counter() - started
     result = LifecycleBacktest(

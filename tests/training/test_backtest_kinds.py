@@ -318,6 +318,18 @@ def test_a_percent_discount_is_exact_to_the_cent() -> None:
     assert discount_on(campaign, Decimal("0.10")) == Decimal("0.02")
 
 
+@pytest.mark.skipif(
+    "fixed_discount" not in Campaign.model_fields, reason="the money fields (item 3) not merged"
+)
+def test_a_fixed_discount_is_never_more_than_the_order_and_needs_the_minimum() -> None:
+    campaign = kind("win_back", fixed_discount="5.00", currency="GBP", min_order_amount="20.00")
+    assert discount_on(campaign, Decimal("100.00")) == Decimal("5.00")
+    assert discount_on(campaign, Decimal("19.99")) == Decimal(0)
+    assert discount_on(kind("win_back", fixed_discount="50", currency="GBP"), Decimal("30")) == (
+        Decimal("30")
+    )
+
+
 # --- the candidates against every user at every sweep --------------------------------------------
 
 
@@ -438,6 +450,43 @@ def test_backtest_command_replays_a_lifecycle_kind_and_writes_json(
     assert code == 0
     assert "reach per UTC day" in stdout
     assert "bought within" in stdout
+
+
+def test_backtest_command_reads_the_online_retail_layout(
+    shop: dict[str, Path], tmp_path: Path
+) -> None:
+    lines = [
+        # (invoice, customer, date, quantity, unit price): C-invoices are cancellations
+        ("536365", "17850", "2025-01-01 12:00:00", 6, 2.55),
+        ("536366", "17850", "2025-01-11 12:00:00", 2, 10.00),
+        ("C536367", "17850", "2025-01-12 12:00:00", -1, 10.00),
+        ("536368", "13047", "2025-01-01 09:00:00", 1, 5.00),
+        ("536369", "12583", "2025-02-10 12:00:00", 1, 5.00),
+    ]
+    retail = tmp_path / "online_retail.csv"
+    pd.DataFrame(
+        {
+            "InvoiceNo": [x[0] for x in lines],
+            "StockCode": "85123A",
+            "Description": "WHITE HANGING HEART T-LIGHT HOLDER",
+            "Quantity": [x[3] for x in lines],
+            "InvoiceDate": [x[2] for x in lines],
+            "UnitPrice": [x[4] for x in lines],
+            "CustomerID": [x[1] for x in lines],
+            "Country": "United Kingdom",
+        }
+    ).to_csv(retail, index=False)
+    code, stdout, stderr = _backtest(
+        "--events", str(retail), "--format", "online-retail",
+        "--campaigns-file", str(shop["campaigns"]), "--campaign", "come_back", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["events"]["orders"] == 4  # the cancellation is no order
+    assert doc["issued"] == 1  # 17850, lapsed on 1 Feb; 13047 has one order
+    assert doc["per_day"]["2025-02-01"]["issued"] == 1
+    # typical order 15.30 (6 x 2.55) and 20.00: median 17.65, 10 % of it
+    assert doc["money"]["if_every_coupon_redeemed"] == "1.76"
 
 
 @pytest.mark.parametrize(

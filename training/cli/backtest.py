@@ -44,7 +44,8 @@ def backtest(
         Path | None,
         typer.Option(
             help="Users file (user_id, signed_up_at): the sign-up time of users without a "
-            "sign_up event."
+            "sign_up event; for the lifecycle kinds every other column is a user attribute "
+            "(birthday as MM-DD or YYYY-MM-DD, email_verified as true/false...)."
         ),
     ] = None,
     columns: Annotated[
