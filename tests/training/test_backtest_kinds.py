@@ -197,6 +197,30 @@ def test_abandoned_cart_hourly_after_cart_idle_hours_unless_bought() -> None:
         replay(kind("abandoned_cart"), [order("a", T0)])
 
 
+def test_required_attributes_and_account_age_come_from_the_users_file() -> None:
+    rows = [order("a", T0), order("a", T0 + 10 * DAY), order("b", T0), order("b", T0 + 10 * DAY)]
+    rows.append(view("z", T0 + 40 * DAY))
+    users = pd.DataFrame(
+        {
+            "user_id": ["a", "b"],
+            "signed_up_at": ["2024-06-01T00:00:00Z", "2025-01-20T00:00:00Z"],
+            "email_verified": ["true", "false"],
+        }
+    )
+    verified = replay(kind("win_back", require_attributes=("email_verified",)), rows, users)
+    assert [u for u, _, _ in decided(verified)] == ["a"]
+    assert verified.refused_at_sweep == {"attribute_not_true:email_verified": 10}  # 1-10 Feb
+    old = replay(kind("win_back", min_account_age_hours=24 * 14), rows, users)
+    # b signed up on 20 Jan: 14 days old on 3 Feb, decided at that sweep
+    assert decided(old) == [
+        ("a", "lapse:2025-01-11", "2025-02-01 00:00"),
+        ("b", "lapse:2025-01-11", "2025-02-03 00:00"),
+    ]
+    assert old.refused_at_sweep == {"account_too_new": 2}
+    with pytest.raises(DataError, match="email_verified"):
+        replay(kind("win_back", require_attributes=("email_verified",)), rows)
+
+
 # --- the holdout and the caps --------------------------------------------------------------------
 
 

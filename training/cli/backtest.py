@@ -272,6 +272,12 @@ def _lifecycle(
             "timestamp, or an unknown type)",
             markup=False,
         )
+    if not result.sweeps:
+        err.print(
+            "warning: the campaign is not active at any moment of the log (--ignore-schedule "
+            "replays it as if always active)",
+            markup=False,
+        )
     refused = result.refused_at_sweep
     if refused:
         err.print(
