@@ -404,6 +404,7 @@ def main() -> None:
     ]
     from benchmarks import (
         against_commit,
+        backtest_kinds,
         concurrency,
         import_online_retail,
         money,
@@ -428,6 +429,7 @@ def main() -> None:
         ("sweep", sweep.render),
         ("money", money.render),  # issue 12, item 3
         ("reliability", reliability.render),
+        ("backtest_kinds", backtest_kinds.render),
     ):
         doc = _load(name)
         if doc is not None:

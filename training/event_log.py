@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from service.errors import DataError
-from training.data.cells import as_ids, as_text, parse_timestamps
-from training.data.files import check_columns, read_table
+from training.data.cells import as_ids, as_text, parse_numbers, parse_timestamps
+from training.data.files import check_columns, column_names, read_table
 from training.data.formats import parse_mapping
 
 
@@ -30,6 +30,11 @@ class EventColumns:
     timestamp: str = "timestamp"
     item: str = "item_id"
     signed_up_at: str = "signed_up_at"
+    # a purchase's order, units and unit price: read when present (the lifecycle kinds count
+    # orders and value them); a purchase without an order id is an order of its own
+    order: str = "order_id"
+    quantity: str = "quantity"
+    price: str = "price"
 
     def __post_init__(self) -> None:
         for role in (f.name for f in fields(self)):
@@ -62,7 +67,10 @@ def read_events(
     required = [columns.user, columns.type, columns.timestamp]
     if need_item:
         required.append(columns.item)
-    raw = read_table(path, required=required, everything=False)
+    present = column_names(path) or []
+    optional = [columns.item, columns.order, columns.quantity, columns.price]
+    wanted = required + [c for c in optional if c in present and c not in required]
+    raw = read_table(path, required=wanted, everything=False)
     return prepare_events(raw, columns, source=str(path), need_item=need_item)
 
 
@@ -98,6 +106,11 @@ def prepare_events(
     )
     if columns.item in raw.columns:
         frame["item_id"] = as_ids(raw[columns.item])
+    if columns.order in raw.columns:
+        frame["order_id"] = as_ids(raw[columns.order])
+    for role, name in ((columns.quantity, "quantity"), (columns.price, "price")):
+        if role in raw.columns:
+            frame[name] = parse_numbers(raw[role], role, source)
     return frame
 
 
@@ -114,3 +127,42 @@ def prepare_users(
             ),
         }
     )
+
+
+def read_user_attributes(path: Path, columns: EventColumns = DEFAULT_COLUMNS) -> pd.DataFrame:
+    """Read a users file with every column: :func:`prepare_user_attributes` form."""
+    raw = read_table(path, required=[columns.user], everything=True)
+    return prepare_user_attributes(raw, columns, source=str(path))
+
+
+def prepare_user_attributes(
+    raw: pd.DataFrame, columns: EventColumns = DEFAULT_COLUMNS, *, source: str = "<users>"
+) -> pd.DataFrame:
+    """Normalise a users file whose other columns are user attributes (``birthday``,
+    ``email_verified``...): user_id (str), signed_up_at (naive UTC, NaT when absent), and each
+    attribute as the service would hold it: ``true``/``false`` cells as booleans, dates as
+    ``YYYY-MM-DD``, other cells as text, empty cells missing.
+    """
+    check_columns([columns.user], raw.columns, source)
+    frame = pd.DataFrame({"user_id": as_ids(raw[columns.user])})
+    if columns.signed_up_at in raw.columns:
+        frame["signed_up_at"] = parse_timestamps(
+            raw[columns.signed_up_at], columns.signed_up_at, source
+        )
+    else:
+        frame["signed_up_at"] = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+    for name in raw.columns:
+        if name in (columns.user, columns.signed_up_at):
+            continue
+        frame[str(name)] = _attribute_values(raw[name])
+    return frame
+
+
+def _attribute_values(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.astype(object)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return values.dt.strftime("%Y-%m-%d").astype(object)
+    text = as_text(values)
+    flags = text.str.lower().map({"true": True, "false": False})
+    return flags.where(flags.notna(), text).astype(object)

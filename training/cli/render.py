@@ -166,5 +166,84 @@ def backtest_tables(document: dict[str, Any]) -> list[Table]:
     return [summary, per_day]
 
 
+def lifecycle_backtest_tables(document: dict[str, Any]) -> list[Table]:
+    """A lifecycle kind's backtest for people: summary, reach per day, money, bought anyway."""
+    span = document["events"]
+    summary = Table(
+        title=f"backtest of {document['campaign']} ({document['kind']}) on {span['source']} "
+        f"({span['start'][:10]} .. {span['end'][:10]})",
+        title_justify="left",
+        show_header=False,
+    )
+    summary.add_column("", style="bold")
+    summary.add_column("", justify="right")
+    sweeps = document["sweeps"]
+    eligible = document["eligible"]
+    money = document["money"]
+    currency = f" {money['currency']}" if money["currency"] else ""
+    rows: list[tuple[str, str]] = [
+        (
+            "users / orders / add-to-carts in the log",
+            _counts(span, "users", "orders", "add_to_carts"),
+        ),
+        ("sweeps (every ... hours)", f"{sweeps['count']:,} ({sweeps['every_hours']:g} h)"),
+        ("eligible occurrences (users)", f"{eligible['occurrences']:,} ({eligible['users']:,})"),
+        ("  issued", f"{document['issued']:,}"),
+        ("  held out", f"{document['holdout']:,}"),
+        ("  budget misses never decided", f"{document['budget_misses_never_decided']:,}"),
+        ("  occurrences already decided (deduplicated)", f"{document['already_decided']:,}"),
+        (
+            f"discount cost if every coupon were redeemed ({money['discount']})",
+            f"{money['if_every_coupon_redeemed']}{currency}",
+        ),
+        (
+            "  on the orders placed anyway in the window",
+            f"{money['on_orders_placed_anyway']}{currency} ({money['orders_placed_anyway']:,})",
+        ),
+    ]
+    bought = document["bought_anyway"]
+    if bought is None:
+        rows.append(("bought anyway", "no purchases in the log"))
+    else:
+        for side in ("treated", "holdout"):
+            b = bought[side]
+            rows.append(
+                (
+                    f"{side} who bought within {bought['conversion_window_hours']:g} h (no coupon)",
+                    f"{b['bought']:,} of {b['decided']:,} ({_percent(b['share'])})",
+                )
+            )
+    for reason, n in document["refused_at_sweep"].items():
+        rows.append((f"refused at a sweep: {reason}", f"{n:,}"))
+    for label, value in rows:
+        summary.add_row(label, value)
+    reach = Table(title="reach per UTC day", title_justify="left")
+    reach.add_column("")
+    for column in ("eligible", "issued", "holdout", "budget_misses"):
+        reach.add_column(column.replace("_", " "), justify="right")
+    stats = document["per_day_summary"]
+    for stat in ("median", "max", "total"):
+        reach.add_row(
+            stat,
+            *(
+                f"{stats[c][stat]:,.1f}" if stat == "median" else f"{stats[c][stat]:,}"
+                for c in ("eligible", "issued", "holdout", "budget_misses")
+            ),
+        )
+    busiest = sorted(document["per_day"].items(), key=lambda kv: (-kv[1]["eligible"], kv[0]))[:10]
+    days = Table(title="the ten busiest days", title_justify="left")
+    for column in ("day", "eligible", "issued", "holdout", "budget misses"):
+        days.add_column(column, justify="left" if column == "day" else "right")
+    for day, n in sorted(d for d in busiest if d[1]["eligible"]):
+        days.add_row(
+            day, *(f"{n[c]:,}" for c in ("eligible", "issued", "holdout", "budget_misses"))
+        )
+    return [summary, reach, days]
+
+
+def _counts(document: dict[str, Any], *keys: str) -> str:
+    return " / ".join(f"{document[k]:,}" for k in keys)
+
+
 def _percent(share: float | None) -> str:
     return "—" if share is None else f"{100 * share:.1f} %"
