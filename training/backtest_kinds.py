@@ -493,14 +493,13 @@ def discount_on(campaign: Campaign, order_value: Decimal) -> Decimal:
     """The discount one coupon of ``campaign`` takes off an order worth ``order_value``.
 
     The one place the backtest turns a coupon into money: a percent of the order, or a fixed
-    amount (``fixed_discount``, never more than the order) where the campaign has the money
-    fields of issue 12's item 3; nothing on an order below its ``min_order_amount``. Read with
-    ``getattr`` so this module does not depend on those fields being there.
+    amount (``fixed_discount``, never more than the order); nothing on an order below its
+    ``min_order_amount``.
     """
-    minimum = getattr(campaign, "min_order_amount", None)
-    if minimum is not None and order_value < Decimal(minimum):
+    minimum = campaign.min_order_amount
+    if minimum is not None and order_value < minimum:
         return Decimal(0)
-    fixed = getattr(campaign, "fixed_discount", None)
+    fixed = campaign.fixed_discount
     if fixed is not None:
         return min(Decimal(fixed), order_value)
     share = Decimal(str(campaign.discount_percent)) / 100
@@ -508,7 +507,7 @@ def discount_on(campaign: Campaign, order_value: Decimal) -> Decimal:
 
 
 def _discount_label(campaign: Campaign, currency: str | None) -> str:
-    fixed = getattr(campaign, "fixed_discount", None)
+    fixed = campaign.fixed_discount
     if fixed is not None:
         return f"{fixed} {currency or ''}".strip()
     return f"{campaign.discount_percent:g} %"
@@ -707,7 +706,7 @@ def run_lifecycle_backtest(
     decisions = replay.frame()
     _outcomes(decisions, facts, campaign)
     per_day = replay.per_day(origin, activity.log_end.value)
-    money = _money(campaign, decisions, activity, currency or getattr(campaign, "currency", None))
+    money = _money(campaign, decisions, activity, currency or campaign.currency)
     bought = _bought_anyway(decisions, campaign) if len(activity.orders) else None
     seconds = time.perf_counter() - started
     result = LifecycleBacktest(

@@ -342,9 +342,6 @@ def test_a_percent_discount_is_exact_to_the_cent() -> None:
     assert discount_on(campaign, Decimal("0.10")) == Decimal("0.02")
 
 
-@pytest.mark.skipif(
-    "fixed_discount" not in Campaign.model_fields, reason="the money fields (item 3) not merged"
-)
 def test_a_fixed_discount_is_never_more_than_the_order_and_needs_the_minimum() -> None:
     campaign = kind("win_back", fixed_discount="5.00", currency="GBP", min_order_amount="20.00")
     assert discount_on(campaign, Decimal("100.00")) == Decimal("5.00")
