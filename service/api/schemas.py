@@ -386,8 +386,10 @@ class DecisionOut(BaseModel):
     decision: DecisionKind
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
-        "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
-        "budget_exhausted: the cap reached (cap_total or cap_<day>)"
+        "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>, "
+        "not_in_audience, excluded_segment:<name>; "
+        "budget_exhausted: the cap reached (cap_total or cap_<day>); "
+        "not_targeted: no_measured_uplift:<segment>"
     )
     views: int | None = Field(description="Views counted inside the window.")
     min_views: int | None
@@ -506,6 +508,7 @@ class SweepJobOut(BaseModel):
     not_eligible: int
     already_decided: int
     seconds: float | None = Field(description="The sweep's own time, once done.")
+    not_targeted: int = Field(0, description="Left out by uplift targeting (issue 12, item 4).")
     error: str | None
 
 
@@ -523,7 +526,9 @@ class IntervalOut(BaseModel):
 class CampaignStatsOut(BaseModel):
     campaign_id: str
     at: datetime
-    eligible: int = Field(description="Users found eligible: issued + holdout + budget_exhausted.")
+    eligible: int = Field(
+        description="Users found eligible: issued + holdout + not_targeted + budget_exhausted."
+    )
     decisions: dict[str, int]
     coupons: dict[str, int] = Field(
         description="issued, active, redeemed (standing redemptions), expired; from the "
@@ -551,6 +556,33 @@ class CampaignStatsOut(BaseModel):
 
     unpriced_orders: int
     notes: list[str]
+    segments: list[SegmentStatsOut] = Field(
+        default_factory=list,
+        description="Per segment of each axis (issue 12, item 4), as recorded with each "
+        "decision: 'unknown' for users without a segment then.",
+    )
+
+
+class SegmentStatsOut(BaseModel):
+    """One segment of a campaign's stats, and whether the campaign targets it now, and why."""
+
+    axis: Literal["lifecycle_stage", "loyalty_type"]
+    segment: str
+    decided: int = Field(description="treated + holdout + not_targeted.")
+    treated: int = Field(description="Issued a coupon (exploration included).")
+    holdout: int
+    not_targeted: int = Field(description="Left out by uplift targeting: no coupon.")
+    converted: dict[str, int] = Field(description="treated, holdout, not_targeted.")
+    uplift: IntervalOut | None = Field(
+        description="Treated minus holdout conversion in the segment, Newcombe 95 % interval."
+    )
+    targeted: bool
+    reason: str = Field(
+        description="excluded, outside_audience (refused by the audience); not_measured (uplift "
+        "targeting off, or on the other axis); learning (too few users decided yet); "
+        "uplift_above_zero; no_measured_uplift (holdout and exploration only)."
+    )
 
 
 RecommendationsOut.model_rebuild()
+CampaignStatsOut.model_rebuild()

@@ -13,11 +13,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from service.money import QUANTUM
+from service.offers.audience import AXES
 from service.offers.campaigns import Campaign, find_campaign
 from service.offers.kinds import COUPON_STATES, RECORDED
 from service.offers.repository import OfferRepository
 from service.offers.repository.reports import UnpricedRedemption
 from service.offers.stats import Interval, uplift, wilson
+from service.offers.targeting import SegmentRow, segment_rows
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -39,6 +41,8 @@ class CampaignStats:
     discount_cost_estimated: Decimal  # from catalogue prices; not part of discount_cost
     unpriced_orders: int = 0
     notes: list[str] = field(default_factory=list)
+    # per segment of both axes, as recorded with each decision (issue 12, item 4)
+    segments: list[SegmentRow] = field(default_factory=list)
 
 
 def budget_left(cap: int | None, used: int) -> int | None:
@@ -80,6 +84,13 @@ class Reports:
                 f"{open_windows} decided users are still inside their conversion window; "
                 "their conversions so far are counted"
             )
+        by_axis = {axis: self.repository.segment_counts(campaign_id, axis, now) for axis in AXES}
+        segments = segment_rows(campaign, by_axis)
+        if campaign.uplift_targeting:
+            notes.append(
+                "uplift targeting treats some segments less, so the treated users over-represent "
+                "the targeted ones: compare treated and holdout per segment"
+            )
         return CampaignStats(
             campaign_id=campaign_id,
             at=now,
@@ -112,6 +123,7 @@ class Reports:
             discount_cost_estimated=estimated,
             unpriced_orders=unpriced,
             notes=notes,
+            segments=segments,
         )
 
     def refresh_gauges(self) -> None:

@@ -16,11 +16,13 @@ from service.api.schemas import (
     CampaignsOut,
     CampaignStatsOut,
     IntervalOut,
+    SegmentStatsOut,
     SweepJobOut,
     SweepJobsOut,
 )
 from service.offers.jobs import SweepJob
 from service.offers.stats import Interval
+from service.offers.targeting import SegmentRow
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 CampaignPath = Annotated[CampaignRef, Path(description="The campaign's id.")]
@@ -68,6 +70,7 @@ def _job(job: SweepJob) -> SweepJobOut:
         budget_exhausted=counts.get("budget_exhausted", 0),
         not_eligible=counts.get("not_eligible", 0),
         already_decided=counts.get("already_decided", 0),
+        not_targeted=counts.get("not_targeted", 0),
         seconds=r.seconds,
         error=job.error,
     )
@@ -128,4 +131,25 @@ async def campaign_stats(campaign_id: CampaignPath, reports: ReportsDep) -> Camp
         discount_cost_estimated=s.discount_cost_estimated,
         unpriced_orders=s.unpriced_orders,
         notes=s.notes,
+        segments=[_segment(row) for row in s.segments],
+    )
+
+
+def _segment(row: SegmentRow) -> SegmentStatsOut:
+    r = row.result
+    return SegmentStatsOut(
+        axis=row.axis,
+        segment=r.segment,
+        decided=r.decided,
+        treated=r.treated,
+        holdout=r.holdout,
+        not_targeted=r.not_targeted,
+        converted={
+            "treated": r.treated_converted,
+            "holdout": r.holdout_converted,
+            "not_targeted": r.not_targeted_converted,
+        },
+        uplift=_interval(r.uplift),
+        targeted=row.targeted,
+        reason=row.reason,
     )

@@ -26,6 +26,8 @@ from service.tables import (
 )
 
 NO_CURRENCY = "XXX"  # ISO 4217's code for "no currency": amounts recorded before currencies
+UNKNOWN_SEGMENT = "unknown"  # a decision recorded without a segment (service.offers.audience)
+SEGMENT_SIDES = ("issued", "holdout", "not_targeted")  # the final decisions, sliced by segment
 
 
 @dataclass(frozen=True)
@@ -203,3 +205,35 @@ class ReportRepository:
         )
         with self.engine.connect() as conn:
             return {(str(c), str(s)): int(n) for c, s, n in conn.execute(query)}
+
+    # --- per-segment counts (issue 12, item 4) ----------------------------------------------
+
+    def segment_counts(
+        self, campaign_id: str, axis: str, now: datetime
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """(segment on ``axis`` at decision time, decision) -> (users, converted), final only.
+
+        The segment is the one recorded with the decision (``unknown``: the user had no
+        segment row then), so a user whose segment changed since, maybe because of the
+        coupon, stays where they were measured. Conversions as ``counts`` counts them.
+        """
+        d, e = offer_decisions, events
+        segment = func.coalesce(d.c[axis], UNKNOWN_SEGMENT)
+        bought = (
+            select(e.c.id)
+            .where(
+                e.c.user_id == d.c.user_id,
+                e.c.type == "purchase",
+                e.c.ts > d.c.decided_at,
+                e.c.ts <= d.c.convert_until,
+                e.c.ts <= now,
+            )
+            .exists()
+        )
+        query = (
+            select(segment, d.c.decision, func.count(), func.count(case((bought, 1))))
+            .where(d.c.campaign_id == campaign_id, d.c.decision.in_(SEGMENT_SIDES))
+            .group_by(segment, d.c.decision)
+        )
+        with self.engine.connect() as conn:
+            return {(str(s), str(k)): (int(n), int(c)) for s, k, n, c in conn.execute(query)}

@@ -1,0 +1,172 @@
+"""Uplift targeting (issue 12, item 4): treat only the segments where the coupon measurably works.
+
+A campaign with ``uplift_targeting`` measures its uplift per segment of ``uplift_by`` (the
+loyalty type by default) from its own decisions: treated (``issued``) against ``holdout``
+users of the segment, conversions counted as the stats count them, the 95 % interval of
+``stats.uplift`` (Newcombe). Each segment is, at any moment:
+
+- ``learning``: fewer than ``uplift_min_users`` treated or held-out users decided yet; treated
+  as usual, so the campaign learns;
+- ``uplift_above_zero``: the interval's lower bound is above zero; treated as usual;
+- ``no_measured_uplift``: the lower bound is at or below zero. Its users are still drawn for the
+  holdout as before, and of the others a deterministic ``uplift_exploration_percent`` is still
+  treated (``issued``); the rest are recorded ``not_targeted`` (final: no coupon, no second
+  decision). So both sides of the measurement keep growing: a segment whose uplift shows up
+  later (a season, a better discount) comes back on its own, and one that never had any costs
+  only the exploration share.
+
+The verdicts are taken from each campaign's per-segment counts, read in one grouped query and
+kept for ``uplift_refresh_seconds`` (by the injected clock), not recomputed per decision. Each
+replica keeps its own copy, so replicas may disagree for that long; every decision is recorded
+with its kind and segment, so the measurement stays exact whatever they decided.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from service.offers.audience import AXIS_SEGMENTS, Axis, closed_segment, segment_on
+from service.offers.campaigns import Campaign
+from service.offers.kinds import FinalKind
+from service.offers.repository.reports import ReportRepository
+from service.offers.rules import UserFacts, in_holdout
+from service.offers.stats import Interval, uplift
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """A campaign's decided users of one segment, by side, and their conversions."""
+
+    segment: str
+    treated: int = 0
+    treated_converted: int = 0
+    holdout: int = 0
+    holdout_converted: int = 0
+    not_targeted: int = 0
+    not_targeted_converted: int = 0
+
+    @property
+    def decided(self) -> int:
+        return self.treated + self.holdout + self.not_targeted
+
+    @property
+    def uplift(self) -> Interval | None:
+        """Treated minus holdout conversion, with its 95 % interval; None if a side is empty."""
+        return uplift(self.treated_converted, self.treated, self.holdout_converted, self.holdout)
+
+
+def verdict(campaign: Campaign, result: SegmentResult) -> tuple[bool, str]:
+    """Whether uplift targeting treats ``result``'s segment now, and why (module docstring)."""
+    least = campaign.uplift_min_users
+    if result.treated < least or result.holdout < least:
+        return True, "learning"
+    measured = result.uplift
+    if measured is not None and measured.low > 0:
+        return True, "uplift_above_zero"
+    return False, "no_measured_uplift"
+
+
+def explored(campaign_id: str, user_id: str, percent: float) -> bool:
+    """Deterministic exploration draw, independent of the holdout's (its own salt)."""
+    return in_holdout(f"{campaign_id}\x1fexplore", user_id, percent)
+
+
+def results_from(
+    counts: Mapping[tuple[str, str], tuple[int, int]], axis: Axis
+) -> dict[str, SegmentResult]:
+    """Every segment of ``axis`` from (segment, decision) -> (users, converted)."""
+
+    def side(segment: str, kind: str) -> tuple[int, int]:
+        users, converted = counts.get((segment, kind), (0, 0))
+        return users, min(users, converted)
+
+    out = {}
+    for segment in AXIS_SEGMENTS[axis]:
+        t, h, n = side(segment, "issued"), side(segment, "holdout"), side(segment, "not_targeted")
+        out[segment] = SegmentResult(segment, t[0], t[1], h[0], h[1], n[0], n[1])
+    return out
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    """One segment in a campaign's stats: its results and whether it is targeted, and why."""
+
+    axis: Axis
+    result: SegmentResult
+    targeted: bool
+    reason: str  # excluded, outside_audience, not_measured, learning, uplift_above_zero, ...
+
+
+def segment_rows(
+    campaign: Campaign, counts: Mapping[Axis, Mapping[tuple[str, str], tuple[int, int]]]
+) -> list[SegmentRow]:
+    """The stats' per-segment rows of both axes, with the targeting verdict of each now.
+
+    ``not_measured``: uplift targeting is off, or measures the other axis; the segment is
+    treated as usual.
+    """
+    rows = []
+    for axis, by_segment in counts.items():
+        for segment, result in results_from(by_segment, axis).items():
+            closed = closed_segment(campaign, axis, segment)
+            if closed is not None:
+                targeted, reason = False, closed
+            elif campaign.uplift_targeting and axis == campaign.uplift_by:
+                targeted, reason = verdict(campaign, result)
+            else:
+                targeted, reason = True, "not_measured"
+            rows.append(SegmentRow(axis, result, targeted, reason))
+    return rows
+
+
+class UpliftTargeting:
+    """The side of the next decision: holdout, treated, or not targeted; verdicts cached."""
+
+    def __init__(self, reports: ReportRepository, clock: Callable[[], datetime]) -> None:
+        self.reports = reports
+        self.clock = clock
+        self._cache: dict[tuple[str, Axis], tuple[datetime, dict[str, SegmentResult]]] = {}
+        self._refreshing = threading.Lock()  # one read per campaign and period, not one each
+
+    def side(self, campaign: Campaign, facts: UserFacts) -> tuple[FinalKind, str | None]:
+        """``holdout`` (the campaign's draw, in every segment), ``issued``, or
+        ``not_targeted``; with the reason ``no_measured_uplift:<segment>`` for the last."""
+        if in_holdout(campaign.campaign_id, facts.user_id, campaign.holdout_percent):
+            return "holdout", None
+        if not campaign.uplift_targeting:
+            return "issued", None
+        segment = segment_on(campaign.uplift_by, facts.lifecycle_stage, facts.loyalty_type)
+        result = self.results(campaign).get(segment, SegmentResult(segment))
+        targeted, _ = verdict(campaign, result)
+        percent = campaign.uplift_exploration_percent
+        if targeted or explored(campaign.campaign_id, facts.user_id, percent):
+            return "issued", None
+        return "not_targeted", f"no_measured_uplift:{segment}"
+
+    def results(self, campaign: Campaign) -> dict[str, SegmentResult]:
+        """The campaign's per-segment results, at most ``uplift_refresh_seconds`` old."""
+        key = (campaign.campaign_id, campaign.uplift_by)
+        fresh_for = timedelta(seconds=campaign.uplift_refresh_seconds)
+
+        def cached() -> dict[str, SegmentResult] | None:
+            entry = self._cache.get(key)
+            now = self.clock()
+            if entry is not None and entry[0] <= now < entry[0] + fresh_for:
+                return entry[1]
+            return None
+
+        found = cached()
+        if found is not None:
+            return found
+        with self._refreshing:
+            found = cached()  # another thread may have read it meanwhile
+            if found is not None:
+                return found
+            now = self.clock()
+            counts = self.reports.segment_counts(campaign.campaign_id, campaign.uplift_by, now)
+            results = results_from(counts, campaign.uplift_by)
+            self._cache[key] = (now, results)
+            return results

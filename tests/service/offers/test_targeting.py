@@ -1,0 +1,377 @@
+"""Targeting (issue 12, item 4): audiences, excluded segments, uplift targeting, stats by segment.
+
+Segments are written into ``user_segments`` directly (item 1 computes them); the clock is
+injected; SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from service.activity.records import NewEvent
+from service.activity.repository import Repository
+from service.db import make_engine, migrate
+from service.errors import CampaignConfigError
+from service.offers.audience import in_audience
+from service.offers.campaigns import Campaign, load_campaigns
+from service.offers.decisions import OfferEngine
+from service.offers.reports import Reports
+from service.offers.repository import OfferRepository
+from service.offers.rules import in_holdout
+from service.offers.targeting import explored
+from service.tables import offer_decisions, user_segments
+from tests.service.offers.test_api import (
+    CAMPAIGN,
+    Clock,
+    M,
+    campaigns_file,
+    evaluate,
+    make_client,
+    sign_up,
+)
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def put_segment(engine: Engine, user_id: str, stage: str, loyalty: str) -> None:
+    """The user's row of user_segments, as item 1 writes it (the figures do not matter here)."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(user_segments).values(
+                user_id=user_id,
+                orders=0,
+                coupon_orders=0,
+                views=0,
+                active_days=0,
+                lifecycle_stage=stage,
+                loyalty_type=loyalty,
+                computed_at=T0,
+            )
+        )
+
+
+# --- the definition --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"exclude_segments": ["mercenery"]}, "exclude_segments"),
+        ({"audience": ["lapsed", "vip"]}, "audience"),
+    ],
+)
+def test_an_unknown_segment_is_refused_naming_the_field(
+    tmp_path: Path, fields: dict[str, list[str]], names: str
+) -> None:
+    [(field, values)] = fields.items()
+    text = f"[campaigns.{CAMPAIGN}]\n{field} = {values!r}\n".replace("'", '"')
+    with pytest.raises(CampaignConfigError, match=rf"{names}: Value error, unknown segment"):
+        load_campaigns(campaigns_file(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"audience": ["habitual"], "exclude_segments": ["habitual"]}, "also in the audience"),
+        ({"exclude_segments": ["mercenary", "mercenary"]}, "names a segment twice"),
+        ({"uplift_min_users": 50}, "only read with uplift_targeting"),
+        ({"uplift_targeting": True, "holdout_percent": 0}, "needs holdout_percent above 0"),
+    ],
+)
+def test_inconsistent_targeting_is_refused(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Campaign.model_validate(fields)
+
+
+def test_an_audience_admits_any_value_of_an_axis_and_both_axes_when_both_are_listed() -> None:
+    audience = ("at_risk", "lapsed", "habitual")
+    assert in_audience(audience, "lapsed", "habitual")
+    assert in_audience(audience, "at_risk", "habitual")
+    assert not in_audience(audience, "lapsed", "mercenary")
+    assert not in_audience(audience, "active", "habitual")
+    assert not in_audience(audience, None, None)  # no segment yet
+    assert in_audience(("unknown", "new"), None, None)
+    assert in_audience(("unknown", "new"), "new", "latent")
+    assert not in_audience(("unknown",), "new", "latent")
+    assert in_audience((), None, None)
+
+
+# --- audience and exclusion over HTTP ----------------------------------------------------------
+
+
+@pytest.fixture
+def targeted_client(
+    small_model_root: Path, database_url: str, tmp_path: Path
+) -> Iterator[TestClient]:
+    path = campaigns_file(
+        tmp_path,
+        f'[campaigns.{CAMPAIGN}]\nexclude_segments = ["mercenary"]\nholdout_percent = 0\n'
+        '[campaigns.lapsed_only]\naudience = ["lapsed", "at_risk"]\nholdout_percent = 0\n',
+    )
+    with make_client(small_model_root, database_url, Clock(T0), campaigns_file=path) as c:
+        yield c
+
+
+def test_mercenary_users_are_refused_and_the_others_decided_with_their_segment(
+    targeted_client: TestClient,
+) -> None:
+    c = targeted_client
+    engine = c.app.state.recoffer.repository.engine  # type: ignore[attr-defined]
+    for user, loyalty in (("merc", "mercenary"), ("habit", "habitual")):
+        sign_up(c, user, ago=timedelta(hours=1), views=11)
+        put_segment(engine, user, "new", loyalty)
+    sign_up(c, "fresh", ago=timedelta(hours=1), views=11)  # no segment row yet
+    body = evaluate(c, "merc")
+    assert (body["decision"], body["reasons"]) == ("not_eligible", ["excluded_segment:mercenary"])
+    assert evaluate(c, "habit")["decision"] == "issued"
+    assert evaluate(c, "fresh")["decision"] == "issued"
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                offer_decisions.c.user_id,
+                offer_decisions.c.lifecycle_stage,
+                offer_decisions.c.loyalty_type,
+            ).where(offer_decisions.c.campaign_id == CAMPAIGN)
+        ).all()
+    assert sorted(tuple(r) for r in rows) == [("fresh", None, None), ("habit", "new", "habitual")]
+    stats = c.get(f"/v1/campaigns/{CAMPAIGN}/stats", headers=M).json()
+    rows_by = {(s["axis"], s["segment"]): s for s in stats["segments"]}
+    assert len(rows_by) == 12  # every stage and loyalty type, and unknown, on each axis
+    merc = rows_by[("loyalty_type", "mercenary")]
+    assert (merc["decided"], merc["targeted"], merc["reason"]) == (0, False, "excluded")
+    habitual = rows_by[("loyalty_type", "habitual")]
+    assert (habitual["treated"], habitual["targeted"], habitual["reason"]) == (
+        1,
+        True,
+        "not_measured",
+    )
+    assert rows_by[("lifecycle_stage", "unknown")]["treated"] == 1
+    assert rows_by[("lifecycle_stage", "new")]["treated"] == 1
+
+
+def test_an_audience_admits_only_its_segments(targeted_client: TestClient) -> None:
+    c = targeted_client
+    engine = c.app.state.recoffer.repository.engine  # type: ignore[attr-defined]
+    for user, stage in (("gone", "lapsed"), ("slipping", "at_risk"), ("busy", "active")):
+        sign_up(c, user, ago=timedelta(hours=1), views=11)
+        put_segment(engine, user, stage, "habitual")
+    sign_up(c, "nobody", ago=timedelta(hours=1), views=11)
+    assert evaluate(c, "gone", "lapsed_only")["decision"] == "issued"
+    assert evaluate(c, "slipping", "lapsed_only")["decision"] == "issued"
+    for user in ("busy", "nobody"):
+        body = evaluate(c, user, "lapsed_only")
+        assert (body["decision"], body["reasons"]) == ("not_eligible", ["not_in_audience"])
+    # a user whose segment changes is judged by the segment they have when evaluated
+    with engine.begin() as conn:
+        conn.execute(
+            update(user_segments)
+            .where(user_segments.c.user_id == "busy")
+            .values(lifecycle_stage="at_risk")
+        )
+    assert evaluate(c, "busy", "lapsed_only")["decision"] == "issued"
+    stats = c.get("/v1/campaigns/lapsed_only/stats", headers=M).json()
+    reasons = {
+        s["segment"]: s["reason"] for s in stats["segments"] if s["axis"] == "lifecycle_stage"
+    }
+    assert reasons["active"] == "outside_audience"
+    assert reasons["unknown"] == "outside_audience"
+    assert reasons["lapsed"] == "not_measured"
+
+
+# --- uplift targeting ------------------------------------------------------------------------
+
+UPLIFT = Campaign(
+    campaign_id="thank_you",
+    min_views=1,
+    holdout_percent=50,
+    max_per_day=None,
+    uplift_targeting=True,
+    uplift_min_users=20,
+    uplift_exploration_percent=20,
+    uplift_refresh_seconds=60,
+)
+
+
+def offer_engine(url: str, clock: Callable[[], datetime]) -> tuple[OfferEngine, Reports]:
+    engine = make_engine(url, timeout_seconds=30)
+    migrate(engine)
+    repository = OfferRepository(Repository(engine, clock))
+    campaigns = {UPLIFT.campaign_id: UPLIFT}
+    return OfferEngine(campaigns, repository, clock), Reports(campaigns, repository, clock)
+
+
+def arrive(base: Repository, users: list[str], loyalty: str, now: datetime) -> None:
+    """New users, signed up a minute before ``now`` with one view, in segment ``loyalty``."""
+    for user in users:
+        base.upsert_user(user, signed_up_at=now - timedelta(minutes=1))
+        put_segment(base.engine, user, "new", loyalty)
+    base.add_events([NewEvent(u, "view", now - timedelta(seconds=30), item_id="i1") for u in users])
+
+
+def buy(base: Repository, users: list[str], at: datetime) -> None:
+    base.add_events([NewEvent(u, "purchase", at, item_id="i1", order_id=f"o-{u}") for u in users])
+
+
+def buyers(merc: list[str], habit: list[str], side: dict[str, str]) -> list[str]:
+    """Mercenary users buy whatever they get: every other one on each side, so the coupon
+    changes nothing; habitual ones buy when treated (four in five), never in the holdout."""
+    out = []
+    for kind in ("issued", "holdout", "not_targeted"):
+        out += [u for u in merc if side[u] == kind][::2]
+    treated = [u for u in habit if side[u] == "issued"]
+    return out + [u for n, u in enumerate(treated) if n % 5 != 0]
+
+
+def test_uplift_targeting_stops_treating_a_segment_without_uplift_and_keeps_its_holdout(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(T0)
+    offers, reports = offer_engine(database_url, clock)
+    base = offers.repository.base
+    cid = UPLIFT.campaign_id
+    side = {}  # user -> recorded decision
+
+    def holdout(user: str) -> bool:
+        return in_holdout(cid, user, UPLIFT.holdout_percent)
+
+    # learning: 80 users of each segment, every one treated or held out as usual
+    merc = [f"m{n:03d}" for n in range(80)]
+    habit = [f"h{n:03d}" for n in range(80)]
+    arrive(base, merc, "mercenary", clock.now)
+    arrive(base, habit, "habitual", clock.now)
+    for user in merc[:40] + habit[:40]:
+        side[user] = offers.evaluate(user, cid).decision
+    swept = offers.sweep(cid)  # the batched path decides the rest
+    assert swept.decisions["not_targeted"] == 0
+    with offers.repository.engine.connect() as conn:
+        side.update(
+            conn.execute(
+                select(offer_decisions.c.user_id, offer_decisions.c.decision).where(
+                    offer_decisions.c.campaign_id == cid
+                )
+            ).all()
+        )
+    assert all(side[u] == ("holdout" if holdout(u) else "issued") for u in merc + habit)
+    bought = buyers(merc, habit, side)
+    buy(base, bought, T0 + timedelta(minutes=30))
+
+    # the verdicts are read once per refresh period, not per decision
+    reads: list[str] = []
+    segment_counts = offers.targeting.reports.segment_counts
+
+    def counting(*args: Any) -> Any:
+        reads.append(args[0])
+        return segment_counts(*args)
+
+    monkeypatch.setattr(offers.targeting.reports, "segment_counts", counting)
+    clock.advance(hours=1)  # the learning verdicts (cached at T0) are stale now
+    later_merc = [f"lm{n:03d}" for n in range(120)]
+    later_habit = [f"lh{n:03d}" for n in range(60)]
+    arrive(base, later_merc, "mercenary", clock.now)
+    arrive(base, later_habit, "habitual", clock.now)
+    answers = {u: offers.evaluate(u, cid) for u in later_merc[:60] + later_habit[:30]}
+    assert reads == [cid]
+    offers.sweep(cid)
+    assert reads == [cid]
+    with offers.repository.engine.connect() as conn:
+        recorded = dict(
+            conn.execute(
+                select(offer_decisions.c.user_id, offer_decisions.c.decision).where(
+                    offer_decisions.c.campaign_id == cid
+                )
+            ).all()
+        )
+    for user in later_merc:
+        if holdout(user):
+            want = "holdout"
+        elif explored(cid, user, UPLIFT.uplift_exploration_percent):
+            want = "issued"
+        else:
+            want = "not_targeted"
+        assert recorded[user] == want, user
+        if user in answers and want == "not_targeted":
+            assert answers[user].reasons == ("no_measured_uplift:mercenary",)
+    for user in later_habit:
+        assert recorded[user] == ("holdout" if holdout(user) else "issued"), user
+    kinds = [recorded[u] for u in later_merc]
+    assert kinds.count("not_targeted") > 0
+    assert kinds.count("issued") > 0  # the exploration share
+    assert kinds.count("holdout") > 0  # the holdout never stops
+    later_bought = buyers(later_merc, later_habit, recorded)
+    buy(base, later_bought, clock.now + timedelta(seconds=10))
+    bought += later_bought
+    clock.advance(seconds=61)
+    arrive(base, ["late"], "mercenary", clock.now)
+    offers.evaluate("late", cid)
+    assert reads == [cid, cid]  # re-read once the period is over
+
+    # the stats by segment, against the arithmetic of what was seeded
+    stats = reports.stats(cid)
+    rows = {(r.axis, r.result.segment): r for r in stats.segments}
+    everyone = merc + habit + later_merc + later_habit + ["late"]
+    recorded["late"] = offers.repository.decisions.recorded(cid, "late").decision  # type: ignore[union-attr]
+    for loyalty, users in (
+        ("mercenary", merc + later_merc + ["late"]),
+        ("habitual", habit + later_habit),
+    ):
+        row = rows[("loyalty_type", loyalty)].result
+        treated = [u for u in users if recorded[u] == "issued"]
+        held = [u for u in users if recorded[u] == "holdout"]
+        left = [u for u in users if recorded[u] == "not_targeted"]
+        assert (row.treated, row.holdout, row.not_targeted) == (len(treated), len(held), len(left))
+        assert row.decided == len(users)
+        converted_t = sum(u in bought for u in treated)
+        converted_h = sum(u in bought for u in held)
+        assert (row.treated_converted, row.holdout_converted) == (converted_t, converted_h)
+        measured = row.uplift
+        assert measured is not None
+        assert measured.estimate == pytest.approx(
+            converted_t / len(treated) - converted_h / len(held)
+        )
+        assert measured.low < measured.estimate < measured.high
+    merc_row, habit_row = rows[("loyalty_type", "mercenary")], rows[("loyalty_type", "habitual")]
+    assert (merc_row.targeted, merc_row.reason) == (False, "no_measured_uplift")
+    assert merc_row.result.uplift is not None
+    assert merc_row.result.uplift.low <= 0
+    assert (habit_row.targeted, habit_row.reason) == (True, "uplift_above_zero")
+    assert habit_row.result.uplift is not None
+    assert habit_row.result.uplift.low > 0
+    assert rows[("loyalty_type", "latent")].reason == "learning"
+    new = rows[("lifecycle_stage", "new")]
+    assert (new.result.decided, new.reason) == (len(everyone), "not_measured")
+    assert stats.decisions["not_targeted"] == sum(recorded[u] == "not_targeted" for u in everyone)
+
+
+def test_the_decision_kind_constraint_knows_not_targeted(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate(engine)
+    row = {
+        "campaign_id": "c",
+        "user_id": "u",
+        "views": 1,
+        "decided_at": T0,
+        "convert_until": T0,
+        "lifecycle_stage": "new",
+        "loyalty_type": "mercenary",
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            insert(offer_decisions).values(
+                {**row, "decision": "not_targeted", "attribution_id": "a"}
+            )
+        )
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(
+            insert(offer_decisions).values(
+                {**row, "user_id": "v", "decision": "maybe", "attribution_id": "b"}
+            )
+        )
+    engine.dispose()
