@@ -33,6 +33,14 @@ campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its tab
 otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
 ask for a minimum account age (``min_account_age_hours``, counted from the shop's
 ``signed_up_at``) and for attributes the shop has verified (``require_attributes``).
+
+Targeting (issue 12, item 4): ``audience`` and ``exclude_segments`` name segments of
+``user_segments`` (``service.offers.audience``); ``uplift_targeting`` treats only the segments
+whose uplift, measured on the campaign's own holdout, is above zero (``service.offers.targeting``)::
+
+    exclude_segments = ["mercenary"]
+    uplift_targeting = true
+    uplift_min_users = 300         # treated and held-out users per segment before a verdict
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ injected; SQLite and PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,59 @@ def test_the_decision_kind_constraint_knows_not_targeted(database_url: str) -> N
             )
         )
     engine.dispose()
+
+
+def seed_decisions(engine: Engine, campaign_id: str, loyalty: str, n: int, at: datetime) -> None:
+    """``n`` treated and ``n`` held-out decisions in segment ``loyalty``, none converted."""
+    rows = [
+        {
+            "campaign_id": campaign_id,
+            "user_id": f"seed-{kind}-{i}",
+            "decision": kind,
+            "attribution_id": f"{kind[:1]}{i:031d}",
+            "views": 1,
+            "decided_at": at,
+            "convert_until": at + timedelta(hours=24),
+            "lifecycle_stage": "active",
+            "loyalty_type": loyalty,
+        }
+        for kind in ("issued", "holdout")
+        for i in range(n)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(offer_decisions), rows)
+
+
+def test_parallel_evaluations_of_a_left_out_user_record_one_not_targeted_decision(
+    database_url: str,
+) -> None:
+    clock = Clock(T0)
+    offers, _ = offer_engine(database_url, clock)
+    base = offers.repository.base
+    cid = UPLIFT.campaign_id
+    seed_decisions(base.engine, cid, "mercenary", UPLIFT.uplift_min_users, T0 - timedelta(hours=2))
+    user = next(
+        u
+        for u in (f"left-{n}" for n in range(100))
+        if not in_holdout(cid, u, UPLIFT.holdout_percent)
+        and not explored(cid, u, UPLIFT.uplift_exploration_percent)
+    )
+    arrive(base, [user], "mercenary", clock.now)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda _: offers.evaluate(user, cid), range(40)))
+    made = [a for a in answers if a.decision == "not_targeted"]
+    assert len(made) == 1
+    assert made[0].reasons == ("no_measured_uplift:mercenary",)
+    assert all(
+        (a.decision, a.previous) == ("already_decided", "not_targeted")
+        for a in answers
+        if a is not made[0]
+    )
+    assert all(a.coupon is None for a in answers)
+    with base.engine.connect() as conn:
+        rows = conn.execute(
+            select(offer_decisions.c.decision, offer_decisions.c.loyalty_type).where(
+                offer_decisions.c.user_id == user
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("not_targeted", "mercenary")]
