@@ -16,13 +16,18 @@ users of the segment, conversions counted as the stats count them, the 95 % inte
   only the exploration share.
 
 The verdicts are taken from each campaign's per-segment counts, read in one grouped query and
-kept for ``uplift_refresh_seconds`` (by the injected clock), not recomputed per decision. Each
-replica keeps its own copy, so replicas may disagree for that long; every decision is recorded
-with its kind and segment, so the measurement stays exact whatever they decided.
+kept for ``uplift_refresh_seconds`` (by the injected clock), not recomputed per decision. Once
+they are older, the next decision starts one read in a background thread and is decided on the
+previous verdicts meanwhile, so no request waits for the read but the very first of each
+campaign in a process (about a second for 100,000 decisions, docs/benchmarks.md); a read that
+fails is logged and the previous verdicts stay until one succeeds. Each replica keeps its own
+copy, so replicas may disagree for a period; every decision is recorded with its kind and
+segment, so the measurement stays exact whatever they decided.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +39,8 @@ from service.offers.kinds import FinalKind
 from service.offers.repository.reports import ReportRepository
 from service.offers.rules import UserFacts, in_holdout
 from service.offers.stats import Interval, uplift
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,13 +130,26 @@ def segment_rows(
 
 
 class UpliftTargeting:
-    """The side of the next decision: holdout, treated, or not targeted; verdicts cached."""
+    """The side of the next decision: holdout, treated, or not targeted; verdicts cached.
 
-    def __init__(self, reports: ReportRepository, clock: Callable[[], datetime]) -> None:
+    ``background``: stale verdicts are re-read in a thread while the previous ones serve (the
+    service); False reads them in the calling thread (deterministic, for tests and tools).
+    """
+
+    def __init__(
+        self,
+        reports: ReportRepository,
+        clock: Callable[[], datetime],
+        *,
+        background: bool = True,
+    ) -> None:
         self.reports = reports
         self.clock = clock
+        self.background = background
         self._cache: dict[tuple[str, Axis], tuple[datetime, dict[str, SegmentResult]]] = {}
-        self._refreshing = threading.Lock()  # one read per campaign and period, not one each
+        self._reading = threading.Lock()  # one read at a time, not one per waiting request
+        self._threads: dict[tuple[str, Axis], threading.Thread] = {}
+        self._starting = threading.Lock()  # guards _threads
 
     def side(self, campaign: Campaign, facts: UserFacts) -> tuple[FinalKind, str | None]:
         """``holdout`` (the campaign's draw, in every segment), ``issued``, or
@@ -147,26 +167,52 @@ class UpliftTargeting:
         return "not_targeted", f"no_measured_uplift:{segment}"
 
     def results(self, campaign: Campaign) -> dict[str, SegmentResult]:
-        """The campaign's per-segment results, at most ``uplift_refresh_seconds`` old."""
+        """The campaign's per-segment results: read at most ``uplift_refresh_seconds`` ago,
+        or, while a background read of newer ones runs, the previous ones."""
         key = (campaign.campaign_id, campaign.uplift_by)
-        fresh_for = timedelta(seconds=campaign.uplift_refresh_seconds)
-
-        def cached() -> dict[str, SegmentResult] | None:
-            entry = self._cache.get(key)
-            now = self.clock()
-            if entry is not None and entry[0] <= now < entry[0] + fresh_for:
+        entry = self._cache.get(key)
+        if entry is not None and self._fresh(campaign, entry[0]):
+            return entry[1]
+        if entry is not None and self.background:
+            self._read_later(campaign)
+            return entry[1]
+        with self._reading:
+            entry = self._cache.get(key)  # another thread may have read it meanwhile
+            if entry is not None and self._fresh(campaign, entry[0]):
                 return entry[1]
-            return None
+            return self._read(campaign)
 
-        found = cached()
-        if found is not None:
-            return found
-        with self._refreshing:
-            found = cached()  # another thread may have read it meanwhile
-            if found is not None:
-                return found
-            now = self.clock()
-            counts = self.reports.segment_counts(campaign.campaign_id, campaign.uplift_by, now)
-            results = results_from(counts, campaign.uplift_by)
-            self._cache[key] = (now, results)
-            return results
+    def wait(self) -> None:
+        """Until the background reads started so far are done (tests, shutdown)."""
+        for thread in list(self._threads.values()):
+            thread.join()
+
+    def _fresh(self, campaign: Campaign, read_at: datetime) -> bool:
+        now = self.clock()
+        return read_at <= now < read_at + timedelta(seconds=campaign.uplift_refresh_seconds)
+
+    def _read(self, campaign: Campaign) -> dict[str, SegmentResult]:
+        now = self.clock()
+        axis = campaign.uplift_by
+        counts = self.reports.segment_counts(campaign.campaign_id, axis, now, long=True)
+        results = results_from(counts, axis)
+        self._cache[(campaign.campaign_id, axis)] = (now, results)
+        return results
+
+    def _read_later(self, campaign: Campaign) -> None:
+        key = (campaign.campaign_id, campaign.uplift_by)
+        with self._starting:
+            running = self._threads.get(key)
+            if running is not None and running.is_alive():
+                return
+            thread = threading.Thread(
+                target=self._read_quietly, args=(campaign,), name="uplift-verdicts", daemon=True
+            )
+            self._threads[key] = thread
+            thread.start()
+
+    def _read_quietly(self, campaign: Campaign) -> None:
+        try:
+            self._read(campaign)
+        except Exception:  # the previous verdicts stay; the next decision tries again
+            log.exception("uplift_verdicts_read_failed", extra={"campaign": campaign.campaign_id})

@@ -15,7 +15,7 @@ from decimal import Decimal
 from sqlalchemy import and_, case, func, select
 
 from service.activity.repository import Repository
-from service.offers.repository.decisions import day_of
+from service.offers.repository.decisions import SWEEP_READ_TIMEOUT_MS, day_of
 from service.tables import (
     campaign_budgets,
     coupon_ledger,
@@ -209,13 +209,15 @@ class ReportRepository:
     # --- per-segment counts (issue 12, item 4) ----------------------------------------------
 
     def segment_counts(
-        self, campaign_id: str, axis: str, now: datetime
+        self, campaign_id: str, axis: str, now: datetime, *, long: bool = False
     ) -> dict[tuple[str, str], tuple[int, int]]:
         """(segment on ``axis`` at decision time, decision) -> (users, converted), final only.
 
         The segment is the one recorded with the decision (``unknown``: the user had no
         segment row then), so a user whose segment changed since, maybe because of the
         coupon, stays where they were measured. Conversions as ``counts`` counts them.
+        ``long``: the read of uplift targeting's verdicts, once per period and out of the
+        requests' way, may outlast the timeout that keeps requests short (PostgreSQL).
         """
         d, e = offer_decisions, events
         segment = func.coalesce(d.c[axis], UNKNOWN_SEGMENT)
@@ -236,4 +238,6 @@ class ReportRepository:
             .group_by(segment, d.c.decision)
         )
         with self.engine.connect() as conn:
+            if long and conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
             return {(str(s), str(k)): (int(n), int(c)) for s, k, n, c in conn.execute(query)}

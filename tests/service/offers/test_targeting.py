@@ -6,7 +6,7 @@ injected; SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,9 +27,10 @@ from service.offers.decisions import OfferEngine
 from service.offers.reports import Reports
 from service.offers.repository import OfferRepository
 from service.offers.rules import in_holdout
-from service.offers.targeting import explored
+from service.offers.targeting import UpliftTargeting, explored
 from service.tables import offer_decisions, user_segments
-from tests.service.offers.test_api import (
+
+from .test_api import (
     CAMPAIGN,
     Clock,
     M,
@@ -201,12 +202,17 @@ UPLIFT = Campaign(
 )
 
 
-def offer_engine(url: str, clock: Callable[[], datetime]) -> tuple[OfferEngine, Reports]:
+def offer_engine(
+    url: str, clock: Callable[[], datetime], *, background: bool = False
+) -> tuple[OfferEngine, Reports]:
     engine = make_engine(url, timeout_seconds=30)
     migrate(engine)
     repository = OfferRepository(Repository(engine, clock))
     campaigns = {UPLIFT.campaign_id: UPLIFT}
-    return OfferEngine(campaigns, repository, clock), Reports(campaigns, repository, clock)
+    # verdicts re-read in the calling thread, so each decision's side is known to the test
+    targeting = UpliftTargeting(repository.reports, clock, background=background)
+    offers = OfferEngine(campaigns, repository, clock, targeting=targeting)
+    return offers, Reports(campaigns, repository, clock)
 
 
 def arrive(base: Repository, users: list[str], loyalty: str, now: datetime) -> None:
@@ -221,7 +227,7 @@ def buy(base: Repository, users: list[str], at: datetime) -> None:
     base.add_events([NewEvent(u, "purchase", at, item_id="i1", order_id=f"o-{u}") for u in users])
 
 
-def buyers(merc: list[str], habit: list[str], side: dict[str, str]) -> list[str]:
+def buyers(merc: list[str], habit: list[str], side: Mapping[str, str]) -> list[str]:
     """Mercenary users buy whatever they get: every other one on each side, so the coupon
     changes nothing; habitual ones buy when treated (four in five), never in the holdout."""
     out = []
@@ -268,9 +274,9 @@ def test_uplift_targeting_stops_treating_a_segment_without_uplift_and_keeps_its_
     reads: list[str] = []
     segment_counts = offers.targeting.reports.segment_counts
 
-    def counting(*args: Any) -> Any:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         reads.append(args[0])
-        return segment_counts(*args)
+        return segment_counts(*args, **kwargs)
 
     monkeypatch.setattr(offers.targeting.reports, "segment_counts", counting)
     clock.advance(hours=1)  # the learning verdicts (cached at T0) are stale now
@@ -432,3 +438,21 @@ def test_parallel_evaluations_of_a_left_out_user_record_one_not_targeted_decisio
             )
         ).all()
     assert [tuple(r) for r in rows] == [("not_targeted", "mercenary")]
+
+
+def test_stale_verdicts_serve_while_newer_ones_are_read_in_the_background(
+    database_url: str,
+) -> None:
+    clock = Clock(T0)
+    offers, _ = offer_engine(database_url, clock, background=True)
+    base = offers.repository.base
+    cid = UPLIFT.campaign_id
+    targeting = offers.targeting
+    assert targeting.results(UPLIFT)["mercenary"].decided == 0  # the first read: in the call
+    seed_decisions(base.engine, cid, "mercenary", UPLIFT.uplift_min_users, T0)
+    clock.advance(seconds=61)
+    # stale: this call answers from the previous read and starts a new one beside it
+    assert targeting.results(UPLIFT)["mercenary"].decided == 0
+    targeting.wait()
+    fresh = targeting.results(UPLIFT)["mercenary"]
+    assert (fresh.treated, fresh.holdout) == (UPLIFT.uplift_min_users, UPLIFT.uplift_min_users)
