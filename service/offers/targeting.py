@@ -19,7 +19,7 @@ The verdicts are taken from each campaign's per-segment counts, read in one grou
 kept for ``uplift_refresh_seconds`` (by the injected clock), not recomputed per decision. Once
 they are older, the next decision starts one read in a background thread and is decided on the
 previous verdicts meanwhile, so no request waits for the read but the very first of each
-campaign in a process (about a second for 100,000 decisions, docs/benchmarks.md); a read that
+campaign in a process (its cost: docs/benchmarks.md, "Uplift targeting"); a read that
 fails is logged and the previous verdicts stay until one succeeds. Each replica keeps its own
 copy, so replicas may disagree for a period; every decision is recorded with its kind and
 segment, so the measurement stays exact whatever they decided.

@@ -449,7 +449,8 @@ class DecisionRepository:
         the transaction is rolled back, a ``budget_exhausted`` row is left, and
         ``BudgetExhausted`` is raised. With ``no_purchase``, a purchase by the user up to ``now``
         seen inside the transaction rolls it back and raises ``PurchasedMeanwhile`` (the facts
-        the decision was based on went stale while it was being made).
+        the decision was based on went stale while it was being made). ``lifecycle_stage`` and
+        ``loyalty_type``: the user's segment as read with the facts, kept with the decision.
         """
         caps = caps or Caps(None, None)
         attribution = uuid.uuid4().hex
