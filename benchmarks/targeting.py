@@ -95,9 +95,9 @@ def measure_backend(url: str, decisions: int, rounds: int) -> dict[str, Any]:
     try:
         for _ in range(rounds):
             started = time.perf_counter()
-            counts = repository.reports.segment_counts(CAMPAIGN.campaign_id, "loyalty_type", NOW)
+            counts = repository.reports.segment_counts(CAMPAIGN.campaign_id, NOW)
             reads.append(time.perf_counter() - started)
-            assert sum(n for n, _ in counts.values()) == decisions
+            assert sum(n for n, _ in counts["loyalty_type"].values()) == decisions
             targeting = UpliftTargeting(repository.reports, lambda: NOW)
             targeting.results(CAMPAIGN)  # the verdicts read once, as the first decision does
             facts = [
@@ -132,7 +132,8 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"Command: `{doc['command']}`",
         "",
         "One campaign's per-segment counts (`ReportRepository.segment_counts`: decisions by "
-        "loyalty type and side, with the conversions inside each decision's window), the read "
+        "lifecycle stage, loyalty type and side, with the conversions inside each decision's "
+        "window, one grouped read), the read "
         "behind its verdicts, made once per `uplift_refresh_seconds` (60 s by default) per "
         "replica; and the side of one decision (`UpliftTargeting.side`) with the verdicts "
         f"cached. Medians of {doc['rounds']} rounds.",

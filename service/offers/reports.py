@@ -84,8 +84,8 @@ class Reports:
                 f"{open_windows} decided users are still inside their conversion window; "
                 "their conversions so far are counted"
             )
-        by_axis = {axis: self.repository.segment_counts(campaign_id, axis, now) for axis in AXES}
-        segments = segment_rows(campaign, by_axis)
+        by_axis = self.repository.segment_counts(campaign_id, now)
+        segments = segment_rows(campaign, {axis: by_axis[axis] for axis in AXES})
         if campaign.uplift_targeting:
             notes.append(
                 "uplift targeting treats some segments less, so the treated users over-represent "

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service.offers.audience import AXIS_SEGMENTS, Axis, closed_segment, segment_on
+from service.offers.audience import AXES, AXIS_SEGMENTS, Axis, closed_segment, segment_on
 from service.offers.campaigns import Campaign
 from service.offers.kinds import FinalKind
 from service.offers.repository.reports import ReportRepository
@@ -146,9 +146,10 @@ class UpliftTargeting:
         self.reports = reports
         self.clock = clock
         self.background = background
-        self._cache: dict[tuple[str, Axis], tuple[datetime, dict[str, SegmentResult]]] = {}
+        # campaign -> (read at, axis -> segment -> results): both axes come from one read
+        self._cache: dict[str, tuple[datetime, dict[Axis, dict[str, SegmentResult]]]] = {}
         self._reading = threading.Lock()  # one read at a time, not one per waiting request
-        self._threads: dict[tuple[str, Axis], threading.Thread] = {}
+        self._threads: dict[str, threading.Thread] = {}
         self._starting = threading.Lock()  # guards _threads
 
     def side(self, campaign: Campaign, facts: UserFacts) -> tuple[FinalKind, str | None]:
@@ -169,18 +170,18 @@ class UpliftTargeting:
     def results(self, campaign: Campaign) -> dict[str, SegmentResult]:
         """The campaign's per-segment results: read at most ``uplift_refresh_seconds`` ago,
         or, while a background read of newer ones runs, the previous ones."""
-        key = (campaign.campaign_id, campaign.uplift_by)
+        key, axis = campaign.campaign_id, campaign.uplift_by
         entry = self._cache.get(key)
         if entry is not None and self._fresh(campaign, entry[0]):
-            return entry[1]
+            return entry[1][axis]
         if entry is not None and self.background:
             self._read_later(campaign)
-            return entry[1]
+            return entry[1][axis]
         with self._reading:
             entry = self._cache.get(key)  # another thread may have read it meanwhile
             if entry is not None and self._fresh(campaign, entry[0]):
-                return entry[1]
-            return self._read(campaign)
+                return entry[1][axis]
+            return self._read(campaign)[axis]
 
     def wait(self) -> None:
         """Until the background reads started so far are done (tests, shutdown)."""
@@ -191,16 +192,15 @@ class UpliftTargeting:
         now = self.clock()
         return read_at <= now < read_at + timedelta(seconds=campaign.uplift_refresh_seconds)
 
-    def _read(self, campaign: Campaign) -> dict[str, SegmentResult]:
+    def _read(self, campaign: Campaign) -> dict[Axis, dict[str, SegmentResult]]:
         now = self.clock()
-        axis = campaign.uplift_by
-        counts = self.reports.segment_counts(campaign.campaign_id, axis, now, long=True)
-        results = results_from(counts, axis)
-        self._cache[(campaign.campaign_id, axis)] = (now, results)
+        counts = self.reports.segment_counts(campaign.campaign_id, now, long=True)
+        results = {axis: results_from(counts[axis], axis) for axis in AXES}
+        self._cache[campaign.campaign_id] = (now, results)
         return results
 
     def _read_later(self, campaign: Campaign) -> None:
-        key = (campaign.campaign_id, campaign.uplift_by)
+        key = campaign.campaign_id
         with self._starting:
             running = self._threads.get(key)
             if running is not None and running.is_alive():

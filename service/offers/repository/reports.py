@@ -209,9 +209,10 @@ class ReportRepository:
     # --- per-segment counts (issue 12, item 4) ----------------------------------------------
 
     def segment_counts(
-        self, campaign_id: str, axis: str, now: datetime, *, long: bool = False
-    ) -> dict[tuple[str, str], tuple[int, int]]:
-        """(segment on ``axis`` at decision time, decision) -> (users, converted), final only.
+        self, campaign_id: str, now: datetime, *, long: bool = False
+    ) -> dict[str, dict[tuple[str, str], tuple[int, int]]]:
+        """Per axis (``lifecycle_stage``, ``loyalty_type``): (segment at decision time,
+        decision) -> (users, converted), final decisions only; one grouped read.
 
         The segment is the one recorded with the decision (``unknown``: the user had no
         segment row then), so a user whose segment changed since, maybe because of the
@@ -220,7 +221,8 @@ class ReportRepository:
         requests' way, may outlast the timeout that keeps requests short (PostgreSQL).
         """
         d, e = offer_decisions, events
-        segment = func.coalesce(d.c[axis], UNKNOWN_SEGMENT)
+        stage = func.coalesce(d.c.lifecycle_stage, UNKNOWN_SEGMENT)
+        loyalty = func.coalesce(d.c.loyalty_type, UNKNOWN_SEGMENT)
         bought = (
             select(e.c.id)
             .where(
@@ -233,11 +235,21 @@ class ReportRepository:
             .exists()
         )
         query = (
-            select(segment, d.c.decision, func.count(), func.count(case((bought, 1))))
+            select(stage, loyalty, d.c.decision, func.count(), func.count(case((bought, 1))))
             .where(d.c.campaign_id == campaign_id, d.c.decision.in_(SEGMENT_SIDES))
-            .group_by(segment, d.c.decision)
+            .group_by(stage, loyalty, d.c.decision)
         )
+        out: dict[str, dict[tuple[str, str], tuple[int, int]]] = {
+            "lifecycle_stage": {},
+            "loyalty_type": {},
+        }
         with self.engine.connect() as conn:
             if long and conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
-            return {(str(s), str(k)): (int(n), int(c)) for s, k, n, c in conn.execute(query)}
+            rows = conn.execute(query).all()
+        for s, t, kind, n, c in rows:
+            for axis, segment in (("lifecycle_stage", str(s)), ("loyalty_type", str(t))):
+                key = (segment, str(kind))
+                users, converted = out[axis].get(key, (0, 0))
+                out[axis][key] = (users + int(n), converted + int(c))
+        return out
