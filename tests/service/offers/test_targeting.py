@@ -456,3 +456,46 @@ def test_stale_verdicts_serve_while_newer_ones_are_read_in_the_background(
     targeting.wait()
     fresh = targeting.results(UPLIFT)["mercenary"]
     assert (fresh.treated, fresh.holdout) == (UPLIFT.uplift_min_users, UPLIFT.uplift_min_users)
+
+
+def test_a_left_out_segment_is_answered_not_targeted_over_http(
+    small_model_root: Path, database_url: str, tmp_path: Path
+) -> None:
+    path = campaigns_file(
+        tmp_path,
+        "[campaigns.thank_you]\nmin_views = 1\nholdout_percent = 50\nmax_per_day = 1000\n"
+        "uplift_targeting = true\nuplift_min_users = 20\nuplift_exploration_percent = 20\n",
+    )
+    cid = "thank_you"
+    with make_client(small_model_root, database_url, Clock(T0), campaigns_file=path) as c:
+        engine = c.app.state.recoffer.repository.engine  # type: ignore[attr-defined]
+        seed_decisions(engine, cid, "mercenary", 20, T0 - timedelta(hours=3))
+        left = [
+            u
+            for u in (f"web-{n}" for n in range(200))
+            if not in_holdout(cid, u, 50) and not explored(cid, u, 20)
+        ][:2]
+        for user, loyalty in zip(left, ("mercenary", "committed"), strict=True):
+            sign_up(c, user, ago=timedelta(hours=1), views=1)
+            put_segment(engine, user, "active", loyalty)
+        body = evaluate(c, left[0], cid)
+        assert (body["decision"], body["reasons"]) == (
+            "not_targeted",
+            ["no_measured_uplift:mercenary"],
+        )
+        assert body["coupon"] is None
+        again = evaluate(c, left[0], cid)
+        assert (again["decision"], again["previous_decision"]) == (
+            "already_decided",
+            "not_targeted",
+        )
+        assert evaluate(c, left[1], cid)["decision"] == "issued"  # committed: still learning
+        stats = c.get(f"/v1/campaigns/{cid}/stats", headers=M).json()
+        assert stats["decisions"]["not_targeted"] == 1
+        rows = {s["segment"]: s for s in stats["segments"] if s["axis"] == "loyalty_type"}
+        merc = rows["mercenary"]
+        assert (merc["treated"], merc["holdout"], merc["not_targeted"]) == (20, 20, 1)
+        assert (merc["targeted"], merc["reason"]) == (False, "no_measured_uplift")
+        assert merc["uplift"]["estimate"] == 0.0
+        assert merc["uplift"]["low"] < 0 < merc["uplift"]["high"]
+        assert (rows["committed"]["treated"], rows["committed"]["reason"]) == (1, "learning")
