@@ -426,8 +426,8 @@ def main() -> None:
         ("import_online_retail", import_online_retail.render),
         ("offers", offers),
         ("sweep", sweep.render),
-        ("reliability", reliability.render),
         ("targeting", targeting.render),
+        ("reliability", reliability.render),
     ):
         doc = _load(name)
         if doc is not None:

@@ -383,13 +383,15 @@ class CouponOut(BaseModel):
 class DecisionOut(BaseModel):
     campaign_id: str
     user_id: str
-    decision: DecisionKind
+    decision: DecisionKind = Field(
+        description="Targeting (issue 12, item 4) adds the reasons not_in_audience and "
+        "excluded_segment:<name> to not_eligible, and not_targeted (no coupon, final) with "
+        "no_measured_uplift:<segment>."
+    )
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
-        "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>, "
-        "not_in_audience, excluded_segment:<name>; "
-        "budget_exhausted: the cap reached (cap_total or cap_<day>); "
-        "not_targeted: no_measured_uplift:<segment>"
+        "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
+        "budget_exhausted: the cap reached (cap_total or cap_<day>)"
     )
     views: int | None = Field(description="Views counted inside the window.")
     min_views: int | None
@@ -523,46 +525,6 @@ class IntervalOut(BaseModel):
     high: float
 
 
-class CampaignStatsOut(BaseModel):
-    campaign_id: str
-    at: datetime
-    eligible: int = Field(
-        description="Users found eligible: issued + holdout + not_targeted + budget_exhausted."
-    )
-    decisions: dict[str, int]
-    coupons: dict[str, int] = Field(
-        description="issued, active, redeemed (standing redemptions), expired; from the "
-        "coupons' trail: redemptions (all, released ones included) and releases."
-    )
-    budget: dict[str, int | None]
-    converted: dict[str, int] = Field(
-        description="Users with a purchase within the conversion window after the decision."
-    )
-    conversion: dict[str, IntervalOut | None] = Field(
-        description="treated and holdout conversion rates with Wilson 95 % intervals."
-    )
-    uplift: IntervalOut | None = Field(
-        description="Treated minus holdout conversion, Newcombe 95 % interval."
-    )
-    open_windows: int = Field(description="Decided users still inside their conversion window.")
-    discount_cost: dict[str, Decimal] = Field(
-        description="Discount given on the redemptions standing (released ones excluded), by "
-        "currency, exact, from the coupons' trail; XXX: amounts recorded before currencies were."
-    )
-    discount_cost_estimated: Decimal = Field(
-        description="Estimated from catalogue prices for standing redemptions sent without an "
-        "amount (in the catalogue's currency; not part of discount_cost)."
-    )
-
-    unpriced_orders: int
-    notes: list[str]
-    segments: list[SegmentStatsOut] = Field(
-        default_factory=list,
-        description="Per segment of each axis (issue 12, item 4), as recorded with each "
-        "decision: 'unknown' for users without a segment then.",
-    )
-
-
 class SegmentStatsOut(BaseModel):
     """One segment of a campaign's stats, and whether the campaign targets it now, and why."""
 
@@ -584,5 +546,44 @@ class SegmentStatsOut(BaseModel):
     )
 
 
+class CampaignStatsOut(BaseModel):
+    campaign_id: str
+    at: datetime
+    eligible: int = Field(
+        description="Users found eligible: issued + holdout + not_targeted + budget_exhausted."
+    )
+    decisions: dict[str, int]
+    coupons: dict[str, int] = Field(
+        description="issued, active, redeemed (standing redemptions), expired; from the "
+        "coupons' trail: redemptions (all, released ones included) and releases."
+    )
+    budget: dict[str, int | None]
+    converted: dict[str, int] = Field(
+        description="Users with a purchase within the conversion window after the decision."
+    )
+    conversion: dict[str, IntervalOut | None] = Field(
+        description="treated and holdout conversion rates with Wilson 95 % intervals."
+    )
+    uplift: IntervalOut | None = Field(
+        description="Treated minus holdout conversion, Newcombe 95 % interval."
+    )
+    segments: list[SegmentStatsOut] = Field(
+        default_factory=list,
+        description="Per segment of each axis (issue 12, item 4), as recorded with each "
+        "decision: 'unknown' for users without a segment then.",
+    )
+    open_windows: int = Field(description="Decided users still inside their conversion window.")
+    discount_cost: dict[str, Decimal] = Field(
+        description="Discount given on the redemptions standing (released ones excluded), by "
+        "currency, exact, from the coupons' trail; XXX: amounts recorded before currencies were."
+    )
+    discount_cost_estimated: Decimal = Field(
+        description="Estimated from catalogue prices for standing redemptions sent without an "
+        "amount (in the catalogue's currency; not part of discount_cost)."
+    )
+
+    unpriced_orders: int
+    notes: list[str]
+
+
 RecommendationsOut.model_rebuild()
-CampaignStatsOut.model_rebuild()

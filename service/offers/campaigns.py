@@ -28,12 +28,6 @@ keep the new-user default. The rules of each kind are in ``service.offers.occasi
     lapse_rhythm_factor = 2.0      # last order older than twice their own interval
     lapse_days = 90                # for a customer whose interval is unknown (one order)
 
-Abuse (issue 12, item 7): a new account is the cheapest way to farm first-day coupons, so every
-campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its table says
-otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
-ask for a minimum account age (``min_account_age_hours``, counted from the shop's
-``signed_up_at``) and for attributes the shop has verified (``require_attributes``).
-
 Targeting (issue 12, item 4): ``audience`` and ``exclude_segments`` name segments of
 ``user_segments`` (``service.offers.audience``); ``uplift_targeting`` treats only the segments
 whose uplift, measured on the campaign's own holdout, is above zero (``service.offers.targeting``)::
@@ -41,6 +35,12 @@ whose uplift, measured on the campaign's own holdout, is above zero (``service.o
     exclude_segments = ["mercenary"]
     uplift_targeting = true
     uplift_min_users = 300         # treated and held-out users per segment before a verdict
+
+Abuse (issue 12, item 7): a new account is the cheapest way to farm first-day coupons, so every
+campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its table says
+otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
+ask for a minimum account age (``min_account_age_hours``, counted from the shop's
+``signed_up_at``) and for attributes the shop has verified (``require_attributes``).
 """
 
 from __future__ import annotations
@@ -242,7 +242,9 @@ class Campaign(BaseModel):
 
     # --- money (issue 12, item 3)
 
-    # --- targeting (issue 12, item 4): service.offers.audience, service.offers.targeting
+    # --- targeting (issue 12, item 4)
+    # who the campaign speaks to (service.offers.audience) and where its coupon works
+    # (service.offers.targeting)
     audience: tuple[str, ...] = Field(
         (),
         max_length=len(SEGMENTS),
@@ -289,6 +291,32 @@ class Campaign(BaseModel):
     def _unlimited(cls, value: Any) -> Any:
         return None if value == UNLIMITED else value
 
+    @field_validator("audience", "exclude_segments")
+    @classmethod
+    def _known_segments(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in SEGMENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown segment(s) {', '.join(map(repr, unknown))} (known: {', '.join(SEGMENTS)})"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("names a segment twice")
+        return names
+
+    @model_validator(mode="after")
+    def _targeting(self) -> Campaign:
+        both = sorted(set(self.audience) & set(self.exclude_segments))
+        if both:
+            raise ValueError(f"exclude_segments: {', '.join(both)} also in the audience")
+        tuning = sorted(n for n in self.model_fields_set if n in UPLIFT_FIELDS)
+        if tuning and not self.uplift_targeting:
+            raise ValueError(f"{', '.join(tuning)}: only read with uplift_targeting = true")
+        if self.uplift_targeting and self.holdout_percent <= 0:
+            raise ValueError(
+                "uplift_targeting: needs holdout_percent above 0 (the holdout measures it)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _consistent(self) -> Campaign:
         if self.active_from and self.active_until and self.active_from >= self.active_until:
@@ -321,32 +349,6 @@ class Campaign(BaseModel):
         longest = self.max_lapse_days
         if self.kind == "win_back" and longest is not None and longest <= self.min_lapse_days:
             raise ValueError("max_lapse_days must be longer than min_lapse_days")
-        return self
-
-    @field_validator("audience", "exclude_segments")
-    @classmethod
-    def _known_segments(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [n for n in names if n not in SEGMENTS]
-        if unknown:
-            raise ValueError(
-                f"unknown segment(s) {', '.join(map(repr, unknown))} (known: {', '.join(SEGMENTS)})"
-            )
-        if len(set(names)) != len(names):
-            raise ValueError("names a segment twice")
-        return names
-
-    @model_validator(mode="after")
-    def _targeting(self) -> Campaign:
-        both = sorted(set(self.audience) & set(self.exclude_segments))
-        if both:
-            raise ValueError(f"exclude_segments: {', '.join(both)} also in the audience")
-        tuning = sorted(n for n in self.model_fields_set if n in UPLIFT_FIELDS)
-        if tuning and not self.uplift_targeting:
-            raise ValueError(f"{', '.join(tuning)}: only read with uplift_targeting = true")
-        if self.uplift_targeting and self.holdout_percent <= 0:
-            raise ValueError(
-                "uplift_targeting: needs holdout_percent above 0 (the holdout measures it)"
-            )
         return self
 
     @property

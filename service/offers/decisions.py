@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from service.errors import BudgetExhausted, PurchasedMeanwhile
 from service.offers.campaigns import Campaign, find_campaign
 from service.offers.coupons import coupon_status
-from service.offers.kinds import FINAL, DecisionKind, FinalKind
+from service.offers.kinds import DecisionKind
 from service.offers.repository import OfferRepository
 from service.offers.repository.coupons import CouponRecord
 from service.offers.repository.decisions import (
@@ -31,7 +31,7 @@ from service.offers.repository.decisions import (
     Recorded,
 )
 from service.offers.rules import UserFacts, check_eligibility, new_code, redacted
-from service.offers.targeting import UpliftTargeting
+from service.offers.targeting import UpliftTargeting, final_kind
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -42,7 +42,6 @@ RankItems = Callable[[str, Sequence[str]], list[str]]
 # (users done, of how many, decisions so far by kind): called by a sweep after every batch
 SweepProgress = Callable[[int, int, Counter[str]], None]
 SWEEP_BATCH = 2_000  # users evaluated per batch; about a fifth of them are written
-FINAL_KINDS: dict[str, FinalKind] = {k: k for k in FINAL}  # a recorded kind, typed
 
 
 @dataclass(frozen=True)
@@ -303,7 +302,7 @@ class OfferEngine:
         return Decision(
             campaign_id=d.campaign_id,
             user_id=d.user_id,
-            decision=FINAL_KINDS.get(d.decision, "holdout"),
+            decision=final_kind(d.decision),
             views=d.views,
             min_views=min_views,
             attribution_id=d.attribution_id,

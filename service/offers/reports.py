@@ -40,9 +40,9 @@ class CampaignStats:
     discount_cost: dict[str, Decimal]  # exact, by currency, from the trail
     discount_cost_estimated: Decimal  # from catalogue prices; not part of discount_cost
     unpriced_orders: int = 0
-    notes: list[str] = field(default_factory=list)
     # per segment of both axes, as recorded with each decision (issue 12, item 4)
     segments: list[SegmentRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def budget_left(cap: int | None, used: int) -> int | None:
@@ -78,18 +78,19 @@ class Reports:
         estimated, unpriced = self._estimated_discount(counts.redeemed_unpriced)
         used = self.repository.budget_used(campaign_id, now)
         notes = []
-        open_windows = counts.open_windows.get("issued", 0) + counts.open_windows.get("holdout", 0)
-        if open_windows:
-            notes.append(
-                f"{open_windows} decided users are still inside their conversion window; "
-                "their conversions so far are counted"
-            )
+        # per segment (issue 12, item 4)
         by_axis = self.repository.segment_counts(campaign_id, now)
         segments = segment_rows(campaign, {axis: by_axis[axis] for axis in AXES})
         if campaign.uplift_targeting:
             notes.append(
                 "uplift targeting treats some segments less, so the treated users over-represent "
                 "the targeted ones: compare treated and holdout per segment"
+            )
+        open_windows = counts.open_windows.get("issued", 0) + counts.open_windows.get("holdout", 0)
+        if open_windows:
+            notes.append(
+                f"{open_windows} decided users are still inside their conversion window; "
+                "their conversions so far are counted"
             )
         return CampaignStats(
             campaign_id=campaign_id,
@@ -119,11 +120,11 @@ class Reports:
             converted={"treated": converted_t, "holdout": converted_h},
             open_windows=open_windows,
             uplift=uplift(converted_t, issued, converted_h, holdout),
+            segments=segments,
             discount_cost=dict(sorted(counts.discount_known.items())),
             discount_cost_estimated=estimated,
             unpriced_orders=unpriced,
             notes=notes,
-            segments=segments,
         )
 
     def refresh_gauges(self) -> None:

@@ -35,12 +35,13 @@ from datetime import datetime, timedelta
 
 from service.offers.audience import AXES, AXIS_SEGMENTS, Axis, closed_segment, segment_on
 from service.offers.campaigns import Campaign
-from service.offers.kinds import FinalKind
+from service.offers.kinds import FINAL, FinalKind
 from service.offers.repository.reports import ReportRepository
 from service.offers.rules import UserFacts, in_holdout
 from service.offers.stats import Interval, uplift
 
 log = logging.getLogger(__name__)
+FINAL_KINDS: dict[str, FinalKind] = {k: k for k in FINAL}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ def verdict(campaign: Campaign, result: SegmentResult) -> tuple[bool, str]:
     if measured is not None and measured.low > 0:
         return True, "uplift_above_zero"
     return False, "no_measured_uplift"
+
+
+def final_kind(recorded: str) -> FinalKind:
+    """A final decision as stored, typed (anything else, as before: ``holdout``)."""
+    return FINAL_KINDS.get(recorded, "holdout")
 
 
 def explored(campaign_id: str, user_id: str, percent: float) -> bool:

@@ -37,6 +37,26 @@ def _interval(value: Interval | None) -> IntervalOut | None:
     )
 
 
+def _segment(row: SegmentRow) -> SegmentStatsOut:
+    r = row.result
+    return SegmentStatsOut(
+        axis=row.axis,
+        segment=r.segment,
+        decided=r.decided,
+        treated=r.treated,
+        holdout=r.holdout,
+        not_targeted=r.not_targeted,
+        converted={
+            "treated": r.treated_converted,
+            "holdout": r.holdout_converted,
+            "not_targeted": r.not_targeted_converted,
+        },
+        uplift=_interval(r.uplift),
+        targeted=row.targeted,
+        reason=row.reason,
+    )
+
+
 @router.get("", response_model=CampaignsOut)
 async def list_campaigns(offers: CampaignsDep) -> CampaignsOut:
     """Every campaign with all its parameters, and whether it is active now."""
@@ -126,30 +146,10 @@ async def campaign_stats(campaign_id: CampaignPath, reports: ReportsDep) -> Camp
         converted=s.converted,
         conversion={k: _interval(v) for k, v in s.conversion.items()},
         uplift=_interval(s.uplift),
+        segments=[_segment(row) for row in s.segments],
         open_windows=s.open_windows,
         discount_cost=s.discount_cost,
         discount_cost_estimated=s.discount_cost_estimated,
         unpriced_orders=s.unpriced_orders,
         notes=s.notes,
-        segments=[_segment(row) for row in s.segments],
-    )
-
-
-def _segment(row: SegmentRow) -> SegmentStatsOut:
-    r = row.result
-    return SegmentStatsOut(
-        axis=row.axis,
-        segment=r.segment,
-        decided=r.decided,
-        treated=r.treated,
-        holdout=r.holdout,
-        not_targeted=r.not_targeted,
-        converted={
-            "treated": r.treated_converted,
-            "holdout": r.holdout_converted,
-            "not_targeted": r.not_targeted_converted,
-        },
-        uplift=_interval(r.uplift),
-        targeted=row.targeted,
-        reason=row.reason,
     )

@@ -15,7 +15,7 @@ from decimal import Decimal
 from sqlalchemy import and_, case, func, select
 
 from service.activity.repository import Repository
-from service.offers.repository.decisions import SWEEP_READ_TIMEOUT_MS, day_of
+from service.offers.repository.decisions import day_of
 from service.tables import (
     campaign_budgets,
     coupon_ledger,
@@ -28,6 +28,7 @@ from service.tables import (
 NO_CURRENCY = "XXX"  # ISO 4217's code for "no currency": amounts recorded before currencies
 UNKNOWN_SEGMENT = "unknown"  # a decision recorded without a segment (service.offers.audience)
 SEGMENT_SIDES = ("issued", "holdout", "not_targeted")  # the final decisions, sliced by segment
+VERDICTS_READ_TIMEOUT_MS = 600_000  # uplift targeting's read, out of the requests' way
 
 
 @dataclass(frozen=True)
@@ -167,45 +168,6 @@ class ReportRepository:
             releases=int(releases),
         )
 
-    def order_lines(self, user_id: str, order_id: str) -> list[tuple[str, float | None]]:
-        """(item, catalogue price) of the purchase events of one order."""
-        query = (
-            select(events.c.item_id, items.c.price)
-            .select_from(events.outerjoin(items, items.c.item_id == events.c.item_id))
-            .where(
-                events.c.user_id == user_id,
-                events.c.order_id == order_id,
-                events.c.type == "purchase",
-            )
-        )
-        with self.engine.connect() as conn:
-            return [(str(i), None if p is None else float(p)) for i, p in conn.execute(query)]
-
-    def budget_used(self, campaign_id: str, now: datetime) -> dict[str, int]:
-        """Coupons counted against the caps: ``total`` and today's."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(campaign_budgets.c.period, campaign_budgets.c.issued).where(
-                    campaign_budgets.c.campaign_id == campaign_id,
-                    campaign_budgets.c.period.in_(["total", day_of(now)]),
-                )
-            )
-            used = {str(p): int(n) for p, n in rows}
-        return {"total": used.get("total", 0), "today": used.get(day_of(now), 0)}
-
-    def coupon_states(self, now: datetime) -> dict[tuple[str, str], int]:
-        """(campaign, active|redeemed|expired) -> coupons, for the metrics."""
-        state = case(
-            (coupons.c.redeemed_at.is_not(None), "redeemed"),
-            (coupons.c.expires_at <= now, "expired"),
-            else_="active",
-        )
-        query = select(coupons.c.campaign_id, state, func.count()).group_by(
-            coupons.c.campaign_id, state
-        )
-        with self.engine.connect() as conn:
-            return {(str(c), str(s)): int(n) for c, s, n in conn.execute(query)}
-
     # --- per-segment counts (issue 12, item 4) ----------------------------------------------
 
     def segment_counts(
@@ -245,7 +207,7 @@ class ReportRepository:
         }
         with self.engine.connect() as conn:
             if long and conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {VERDICTS_READ_TIMEOUT_MS}")
             rows = conn.execute(query).all()
         for s, t, kind, n, c in rows:
             for axis, segment in (("lifecycle_stage", str(s)), ("loyalty_type", str(t))):
@@ -253,3 +215,42 @@ class ReportRepository:
                 users, converted = out[axis].get(key, (0, 0))
                 out[axis][key] = (users + int(n), converted + int(c))
         return out
+
+    def order_lines(self, user_id: str, order_id: str) -> list[tuple[str, float | None]]:
+        """(item, catalogue price) of the purchase events of one order."""
+        query = (
+            select(events.c.item_id, items.c.price)
+            .select_from(events.outerjoin(items, items.c.item_id == events.c.item_id))
+            .where(
+                events.c.user_id == user_id,
+                events.c.order_id == order_id,
+                events.c.type == "purchase",
+            )
+        )
+        with self.engine.connect() as conn:
+            return [(str(i), None if p is None else float(p)) for i, p in conn.execute(query)]
+
+    def budget_used(self, campaign_id: str, now: datetime) -> dict[str, int]:
+        """Coupons counted against the caps: ``total`` and today's."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(campaign_budgets.c.period, campaign_budgets.c.issued).where(
+                    campaign_budgets.c.campaign_id == campaign_id,
+                    campaign_budgets.c.period.in_(["total", day_of(now)]),
+                )
+            )
+            used = {str(p): int(n) for p, n in rows}
+        return {"total": used.get("total", 0), "today": used.get(day_of(now), 0)}
+
+    def coupon_states(self, now: datetime) -> dict[tuple[str, str], int]:
+        """(campaign, active|redeemed|expired) -> coupons, for the metrics."""
+        state = case(
+            (coupons.c.redeemed_at.is_not(None), "redeemed"),
+            (coupons.c.expires_at <= now, "expired"),
+            else_="active",
+        )
+        query = select(coupons.c.campaign_id, state, func.count()).group_by(
+            coupons.c.campaign_id, state
+        )
+        with self.engine.connect() as conn:
+            return {(str(c), str(s)): int(n) for c, s, n in conn.execute(query)}
