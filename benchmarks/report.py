@@ -425,8 +425,8 @@ def main() -> None:
         ("serving_memory", serving_memory.render),
         ("import_online_retail", import_online_retail.render),
         ("offers", offers),
+        ("targeting", targeting.render),  # issue 12, item 4
         ("sweep", sweep.render),
-        ("targeting", targeting.render),
         ("reliability", reliability.render),
     ):
         doc = _load(name)

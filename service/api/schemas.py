@@ -525,27 +525,6 @@ class IntervalOut(BaseModel):
     high: float
 
 
-class SegmentStatsOut(BaseModel):
-    """One segment of a campaign's stats, and whether the campaign targets it now, and why."""
-
-    axis: Literal["lifecycle_stage", "loyalty_type"]
-    segment: str
-    decided: int = Field(description="treated + holdout + not_targeted.")
-    treated: int = Field(description="Issued a coupon (exploration included).")
-    holdout: int
-    not_targeted: int = Field(description="Left out by uplift targeting: no coupon.")
-    converted: dict[str, int] = Field(description="treated, holdout, not_targeted.")
-    uplift: IntervalOut | None = Field(
-        description="Treated minus holdout conversion in the segment, Newcombe 95 % interval."
-    )
-    targeted: bool
-    reason: str = Field(
-        description="excluded, outside_audience (refused by the audience); not_measured (uplift "
-        "targeting off, or on the other axis); learning (too few users decided yet); "
-        "uplift_above_zero; no_measured_uplift (holdout and exploration only)."
-    )
-
-
 class CampaignStatsOut(BaseModel):
     campaign_id: str
     at: datetime
@@ -587,3 +566,27 @@ class CampaignStatsOut(BaseModel):
 
 
 RecommendationsOut.model_rebuild()
+
+
+class SegmentStatsOut(BaseModel):
+    """One segment of a campaign's stats, and whether the campaign targets it now, and why."""
+
+    axis: Literal["lifecycle_stage", "loyalty_type"]
+    segment: str
+    decided: int = Field(description="treated + holdout + not_targeted.")
+    treated: int = Field(description="Issued a coupon (exploration included).")
+    holdout: int
+    not_targeted: int = Field(description="Left out by uplift targeting: no coupon.")
+    converted: dict[str, int] = Field(description="treated, holdout, not_targeted.")
+    uplift: IntervalOut | None = Field(
+        description="Treated minus holdout conversion in the segment, Newcombe 95 % interval."
+    )
+    targeted: bool
+    reason: str = Field(
+        description="excluded, outside_audience (refused by the audience); not_measured (uplift "
+        "targeting off, or on the other axis); learning (too few users decided yet); "
+        "uplift_above_zero; no_measured_uplift (holdout and exploration only)."
+    )
+
+
+CampaignStatsOut.model_rebuild()  # its segments (SegmentStatsOut) are defined after it
