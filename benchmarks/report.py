@@ -413,6 +413,7 @@ def main() -> None:
         serving_memory,
         signals,
         sweep,
+        targeting,
     )
 
     for name, render in (
@@ -426,6 +427,7 @@ def main() -> None:
         ("serving_memory", serving_memory.render),
         ("import_online_retail", import_online_retail.render),
         ("offers", offers),
+        ("targeting", targeting.render),  # issue 12, item 4
         ("sweep", sweep.render),
         ("money", money.render),  # issue 12, item 3
         ("reliability", reliability.render),

@@ -124,6 +124,9 @@ offer_decisions = Table(
     Column("views", Integer(), nullable=False),
     Column("decided_at", UTCDateTime(), nullable=False),
     Column("convert_until", UTCDateTime(), nullable=False),
+    # the user's segment when decided (migration 0012; null: no user_segments row then)
+    Column("lifecycle_stage", String(16), nullable=True),
+    Column("loyalty_type", String(16), nullable=True),
     CheckConstraint(f"decision IN ({', '.join(map(repr, RECORDED))})", name="decision_kind"),
     # "one decision per user per campaign, ever" is this index, not a read before a write
     Index("uq_offer_decisions_campaign_id", "campaign_id", "user_id", unique=True),

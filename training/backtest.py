@@ -185,6 +185,12 @@ def run_backtest(
             f"({', '.join(campaign.require_attributes)}), which an event log does not carry: "
             "a backtest cannot tell who would pass"
         )
+    segments = (*campaign.audience, *campaign.exclude_segments)
+    if segments:  # targeting (issue 12, item 4)
+        raise DataError(
+            f"campaign {campaign.campaign_id} targets segments ({', '.join(segments)}), which "
+            "an event log does not carry: a backtest cannot tell who would pass"
+        )
     if ignore_schedule:
         campaign = unscheduled(campaign)
     distinct = campaign.count == "distinct_items"

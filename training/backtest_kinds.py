@@ -643,6 +643,12 @@ def refusal(campaign: Campaign, activity: Activity, users_given: bool) -> str | 
             + ": "
             "a backtest cannot tell who would pass"
         )
+    segments = (*campaign.audience, *campaign.exclude_segments)
+    if segments:  # targeting (issue 12, item 4): segments come from the service's database
+        return (
+            f"campaign {cid} targets segments ({', '.join(segments)}), which an event log does "
+            "not carry: a backtest cannot tell who would pass"
+        )
     return None
 
 

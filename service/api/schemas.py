@@ -398,7 +398,11 @@ class CouponOut(BaseModel):
 class DecisionOut(BaseModel):
     campaign_id: str
     user_id: str
-    decision: DecisionKind
+    decision: DecisionKind = Field(
+        description="Targeting (issue 12, item 4) adds the reasons not_in_audience and "
+        "excluded_segment:<name> to not_eligible, and not_targeted (no coupon, final) with "
+        "no_measured_uplift:<segment>."
+    )
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
         "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
@@ -529,6 +533,7 @@ class SweepJobOut(BaseModel):
     not_eligible: int
     already_decided: int
     seconds: float | None = Field(description="The sweep's own time, once done.")
+    not_targeted: int = Field(0, description="Left out by uplift targeting (issue 12, item 4).")
     error: str | None
 
 
@@ -582,7 +587,9 @@ class MoneyBudgetOut(BaseModel):
 class CampaignStatsOut(BaseModel):
     campaign_id: str
     at: datetime
-    eligible: int = Field(description="Users found eligible: issued + holdout + budget_exhausted.")
+    eligible: int = Field(
+        description="Users found eligible: issued + holdout + not_targeted + budget_exhausted."
+    )
     decisions: dict[str, int]
     coupons: dict[str, int] = Field(
         description="issued, active, redeemed (standing redemptions), expired; from the "
@@ -597,6 +604,11 @@ class CampaignStatsOut(BaseModel):
     )
     uplift: IntervalOut | None = Field(
         description="Treated minus holdout conversion, Newcombe 95 % interval."
+    )
+    segments: list[SegmentStatsOut] = Field(
+        default_factory=list,
+        description="Per segment of each axis (issue 12, item 4), as recorded with each "
+        "decision: 'unknown' for users without a segment then.",
     )
     open_windows: int = Field(description="Decided users still inside their conversion window.")
     discount_cost: dict[str, Decimal] = Field(
@@ -631,3 +643,27 @@ class CampaignStatsOut(BaseModel):
 
 
 RecommendationsOut.model_rebuild()
+
+
+class SegmentStatsOut(BaseModel):
+    """One segment of a campaign's stats, and whether the campaign targets it now, and why."""
+
+    axis: Literal["lifecycle_stage", "loyalty_type"]
+    segment: str
+    decided: int = Field(description="treated + holdout + not_targeted.")
+    treated: int = Field(description="Issued a coupon (exploration included).")
+    holdout: int
+    not_targeted: int = Field(description="Left out by uplift targeting: no coupon.")
+    converted: dict[str, int] = Field(description="treated, holdout, not_targeted.")
+    uplift: IntervalOut | None = Field(
+        description="Treated minus holdout conversion in the segment, Newcombe 95 % interval."
+    )
+    targeted: bool
+    reason: str = Field(
+        description="excluded, outside_audience (refused by the audience); not_measured (uplift "
+        "targeting off, or on the other axis); learning (too few users decided yet); "
+        "uplift_above_zero; no_measured_uplift (holdout and exploration only)."
+    )
+
+
+CampaignStatsOut.model_rebuild()  # its segments (SegmentStatsOut) are defined after it

@@ -28,6 +28,14 @@ keep the new-user default. The rules of each kind are in ``service.offers.occasi
     lapse_rhythm_factor = 2.0      # last order older than twice their own interval
     lapse_days = 90                # for a customer whose interval is unknown (one order)
 
+Targeting (issue 12, item 4): ``audience`` and ``exclude_segments`` name segments of
+``user_segments`` (``service.offers.audience``); ``uplift_targeting`` treats only the segments
+whose uplift, measured on the campaign's own holdout, is above zero (``service.offers.targeting``)::
+
+    exclude_segments = ["mercenary"]
+    uplift_targeting = true
+    uplift_min_users = 300         # treated and held-out users per segment before a verdict
+
 Abuse (issue 12, item 7): a new account is the cheapest way to farm first-day coupons, so every
 campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its table says
 otherwise (``max_per_day = "unlimited"`` says "no daily cap" explicitly), and a campaign may
@@ -68,6 +76,7 @@ from pydantic import (
 
 from service.errors import CampaignConfigError, UnknownCampaign
 from service.money import Amount, Currency
+from service.offers.audience import SEGMENTS, Axis
 
 BUILT_IN = "new_user_high_intent"
 # The default daily cap. PRODUCT.md's figures: about a quarter of new users view more than 10
@@ -269,11 +278,79 @@ class Campaign(BaseModel):
     )
 
     # --- targeting (issue 12, item 4)
+    # who the campaign speaks to (service.offers.audience) and where its coupon works
+    # (service.offers.targeting)
+    audience: tuple[str, ...] = Field(
+        (),
+        max_length=len(SEGMENTS),
+        description="Only users in these segments (lifecycle stages, loyalty types, 'unknown' "
+        "for users without one); within an axis any listed value, both axes when both are "
+        "listed. Empty: everyone.",
+    )
+    exclude_segments: tuple[str, ...] = Field(
+        (),
+        max_length=len(SEGMENTS),
+        description="Users in any of these segments are refused (e.g. 'mercenary').",
+    )
+    uplift_targeting: bool = Field(
+        False,
+        description="Treat only the segments whose uplift, measured on this campaign's own "
+        "holdout, has a 95 % lower bound above zero (still learning: treated as usual).",
+    )
+    uplift_by: Axis = Field(
+        "loyalty_type", description="uplift_targeting: the axis whose segments are measured."
+    )
+    uplift_min_users: int = Field(
+        200,
+        ge=10,
+        le=10_000_000,
+        description="uplift_targeting: treated and held-out users a segment needs, each, "
+        "before its uplift decides.",
+    )
+    uplift_exploration_percent: float = Field(
+        10.0,
+        ge=0,
+        le=100,
+        description="uplift_targeting: share of a left-out segment's users (outside the "
+        "holdout) still treated, so its uplift keeps being measured.",
+    )
+    uplift_refresh_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="uplift_targeting: how long the per-segment verdicts are reused.",
+    )
 
     @field_validator("max_per_day", "max_total", mode="before")
     @classmethod
     def _unlimited(cls, value: Any) -> Any:
         return None if value == UNLIMITED else value
+
+    @field_validator("audience", "exclude_segments")
+    @classmethod
+    def _known_segments(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in SEGMENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown segment(s) {', '.join(map(repr, unknown))} (known: {', '.join(SEGMENTS)})"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("names a segment twice")
+        return names
+
+    @model_validator(mode="after")
+    def _targeting(self) -> Campaign:
+        both = sorted(set(self.audience) & set(self.exclude_segments))
+        if both:
+            raise ValueError(f"exclude_segments: {', '.join(both)} also in the audience")
+        tuning = sorted(n for n in self.model_fields_set if n in UPLIFT_FIELDS)
+        if tuning and not self.uplift_targeting:
+            raise ValueError(f"{', '.join(tuning)}: only read with uplift_targeting = true")
+        if self.uplift_targeting and self.holdout_percent <= 0:
+            raise ValueError(
+                "uplift_targeting: needs holdout_percent above 0 (the holdout measures it)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Campaign:
@@ -397,6 +474,10 @@ KIND_FIELDS: dict[CampaignKind, frozenset[str]] = {
     "abandoned_cart": frozenset(("cart_idle_hours", "cart_max_age_hours")),
 }
 KIND_SPECIFIC: frozenset[str] = frozenset().union(*KIND_FIELDS.values())
+# the fields uplift targeting reads, refused without it (a typo must not look like targeting)
+UPLIFT_FIELDS = frozenset(
+    ("uplift_by", "uplift_min_users", "uplift_exploration_percent", "uplift_refresh_seconds")
+)
 
 
 def find_campaign(campaigns: Mapping[str, Campaign], campaign_id: str) -> Campaign:

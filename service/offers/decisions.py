@@ -31,7 +31,8 @@ from service.offers.repository.decisions import (
     DecisionRecord,
     Recorded,
 )
-from service.offers.rules import UserFacts, check_eligibility, in_holdout, new_code, redacted
+from service.offers.rules import UserFacts, check_eligibility, new_code, redacted
+from service.offers.targeting import UpliftTargeting, final_kind
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -78,12 +79,15 @@ class OfferEngine:
         *,
         rank_items: RankItems | None = None,
         metrics: Metrics | None = None,
+        targeting: UpliftTargeting | None = None,
     ) -> None:
         self.campaigns = dict(campaigns)
         self.repository = repository
         self.clock = clock
         self.rank_items = rank_items
         self.metrics = metrics
+        # the side of each decision: the holdout draw, and uplift targeting (issue 12, item 4)
+        self.targeting = targeting or UpliftTargeting(repository.reports, clock)
 
     def campaign(self, campaign_id: str) -> Campaign:
         return find_campaign(self.campaigns, campaign_id)
@@ -172,15 +176,17 @@ class OfferEngine:
             )
         claims = []
         for facts, views in eligible:
-            held_out = in_holdout(campaign.campaign_id, facts.user_id, campaign.holdout_percent)
+            kind, _ = self.targeting.side(campaign, facts)
             claims.append(
                 Claim(
                     facts.user_id,
-                    "holdout" if held_out else "issued",
+                    kind,
                     views,
                     None
-                    if held_out
+                    if kind != "issued"
                     else self._draft(campaign, facts, now, viewed.get(facts.user_id)),
+                    lifecycle_stage=facts.lifecycle_stage,
+                    loyalty_type=facts.loyalty_type,
                 )
             )
         recorded = self.repository.decisions.record_batch(
@@ -253,19 +259,21 @@ class OfferEngine:
             return self._refusal(
                 campaign, facts.user_id, views, "not_eligible", eligibility.reasons
             )
-        held_out = in_holdout(campaign.campaign_id, facts.user_id, campaign.holdout_percent)
+        kind, why = self.targeting.side(campaign, facts)
         try:
             recorded = self.repository.decisions.record(
                 campaign.campaign_id,
                 facts.user_id,
-                "holdout" if held_out else "issued",
+                kind,
                 views=views,
                 now=now,
                 convert_until=now + campaign.conversion_window,
-                coupon=None if held_out else self._draft(campaign, facts, now),
+                coupon=None if kind != "issued" else self._draft(campaign, facts, now),
                 # both sides of the holdout face the caps, so they stay comparable
                 caps=Caps(campaign.max_per_day, campaign.max_total, money_caps(campaign)),
                 no_purchase=campaign.require_no_purchase,
+                lifecycle_stage=facts.lifecycle_stage,
+                loyalty_type=facts.loyalty_type,
             )
         except BudgetExhausted as exc:
             return self._refusal(
@@ -277,7 +285,8 @@ class OfferEngine:
             )
         if not recorded.created:
             return self._already(recorded.decision, recorded.coupon, campaign)
-        return self._made(recorded, campaign.min_views)
+        made = self._made(recorded, campaign.min_views)
+        return made if why is None else dataclasses.replace(made, reasons=(why,))
 
     def _made(self, recorded: Recorded, min_views: int) -> Decision:
         d = recorded.decision
@@ -294,7 +303,7 @@ class OfferEngine:
         return Decision(
             campaign_id=d.campaign_id,
             user_id=d.user_id,
-            decision="issued" if d.decision == "issued" else "holdout",
+            decision=final_kind(d.decision),
             views=d.views,
             min_views=min_views,
             attribution_id=d.attribution_id,

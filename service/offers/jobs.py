@@ -37,7 +37,7 @@ from service.offers.repository.jobs import (
 log = logging.getLogger(__name__)
 STOPPED = "stopped: the worker shut down; run the campaign again to finish (decisions are kept)"
 SILENT = "no heartbeat since {since}: its worker stopped; run the campaign again to finish"
-DECIDED = ("issued", "holdout", "budget_exhausted", "already_decided")
+DECIDED = ("issued", "holdout", "budget_exhausted", "already_decided", "not_targeted")
 
 
 class _Stopped(Exception):

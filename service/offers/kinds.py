@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-# final decisions: a user is decided once per campaign, and these are never changed
-FinalKind = Literal["issued", "holdout"]
+# final decisions: a user is decided once per campaign, and these are never changed;
+# not_targeted: uplift targeting left the user's segment out (issue 12, item 4)
+FinalKind = Literal["issued", "holdout", "not_targeted"]
 # what a decision row may hold: a budget miss may still become final later
 RecordedKind = Literal[FinalKind, "budget_exhausted"]
 # every answer of an evaluation; not_eligible and already_decided are answers, not rows

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from service.money import QUANTUM
+from service.offers.audience import AXES
 from service.offers.campaigns import Campaign, find_campaign
 from service.offers.discounts import money_caps
 from service.offers.kinds import COUPON_STATES, RECORDED
@@ -20,6 +21,7 @@ from service.offers.repository import OfferRepository
 from service.offers.repository.reports import NO_CURRENCY, UnpricedRedemption
 from service.offers.revenue import CurrencyRevenue, revenue_by_currency
 from service.offers.stats import Interval, uplift, wilson
+from service.offers.targeting import SegmentRow, segment_rows
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -40,6 +42,8 @@ class CampaignStats:
     discount_cost: dict[str, Decimal]  # exact, by currency, from the trail
     discount_cost_estimated: Decimal  # from catalogue prices; not part of discount_cost
     unpriced_orders: int = 0
+    # per segment of both axes, as recorded with each decision (issue 12, item 4)
+    segments: list[SegmentRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # money (issue 12, item 3): revenue per user and the incremental revenue, by currency
     revenue: dict[str, CurrencyRevenue] = field(default_factory=dict)
@@ -117,6 +121,14 @@ class Reports:
         estimated, unpriced = self._estimated_discount(counts.redeemed_unpriced)
         used = self.repository.budget_used(campaign_id, now)
         notes = []
+        # per segment (issue 12, item 4)
+        by_axis = self.repository.segment_counts(campaign_id, now)
+        segments = segment_rows(campaign, {axis: by_axis[axis] for axis in AXES})
+        if campaign.uplift_targeting:
+            notes.append(
+                "uplift targeting treats some segments less, so the treated users over-represent "
+                "the targeted ones: compare treated and holdout per segment"
+            )
         open_windows = counts.open_windows.get("issued", 0) + counts.open_windows.get("holdout", 0)
         if open_windows:
             notes.append(
@@ -165,6 +177,7 @@ class Reports:
             converted={"treated": converted_t, "holdout": converted_h},
             open_windows=open_windows,
             uplift=uplift(converted_t, issued, converted_h, holdout),
+            segments=segments,
             discount_cost=dict(sorted(counts.discount_known.items())),
             discount_cost_estimated=estimated,
             unpriced_orders=unpriced,

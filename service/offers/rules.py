@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from service.offers.audience import audience_reasons
 from service.offers.campaigns import Campaign
 from service.offers.occasions import ONCE, occasion
 
@@ -44,6 +45,9 @@ class UserFacts:
     cart_started_at: datetime | None = None
     cart_last_at: datetime | None = None
     cart_items: tuple[str, ...] = ()
+    # --- the user's segment (issue 12, item 4), from user_segments; None: no row yet
+    lifecycle_stage: str | None = None
+    loyalty_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ def check_eligibility(campaign: Campaign, facts: UserFacts, now: datetime) -> El
     the abuse rules (issue 12, item 7):
     ``account_age_unknown`` (a minimum age is asked and the shop never sent signed_up_at),
     ``account_too_new``, and ``attribute_not_true:<name>`` for each required attribute that
-    is not JSON ``true`` (missing, false, or any other value).
+    is not JSON ``true`` (missing, false, or any other value); targeting (issue 12, item 4):
+    ``not_in_audience`` and ``excluded_segment:<name>`` (``audience.audience_reasons``).
     """
     views = counted_views(campaign, facts.view_events, facts.distinct_items)
     reasons: list[str] = []
@@ -97,6 +102,8 @@ def check_eligibility(campaign: Campaign, facts: UserFacts, now: datetime) -> El
     for name in campaign.require_attributes:
         if facts.attributes.get(name) is not True:
             reasons.append(f"attribute_not_true:{name}")
+    # targeting (issue 12, item 4): the audience and the excluded segments
+    reasons.extend(audience_reasons(campaign, facts.lifecycle_stage, facts.loyalty_type))
     eligible = not reasons
     return Eligibility(eligible, tuple(reasons), views, occurrence if eligible else ONCE)
 

@@ -219,6 +219,9 @@ def test_required_attributes_and_account_age_come_from_the_users_file() -> None:
     assert old.refused_at_sweep == {"account_too_new": 2}
     with pytest.raises(DataError, match="email_verified"):
         replay(kind("win_back", require_attributes=("email_verified",)), rows)
+    # segments live in the service's database, not in a log: refused, not "nobody qualifies"
+    with pytest.raises(DataError, match=r"targets segments \(mercenary\)"):
+        replay(kind("win_back", exclude_segments=("mercenary",)), rows, users)
 
 
 # --- the holdout and the caps --------------------------------------------------------------------

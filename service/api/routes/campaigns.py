@@ -20,12 +20,14 @@ from service.api.schemas import (
     MoneyBudgetOut,
     MoneyIntervalOut,
     RevenueOut,
+    SegmentStatsOut,
     SweepJobOut,
     SweepJobsOut,
 )
 from service.offers.jobs import SweepJob
 from service.offers.revenue import CurrencyRevenue, MoneyInterval
 from service.offers.stats import Interval
+from service.offers.targeting import SegmentRow
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 CampaignPath = Annotated[CampaignRef, Path(description="The campaign's id.")]
@@ -37,6 +39,26 @@ def _interval(value: Interval | None) -> IntervalOut | None:
         return None
     return IntervalOut(
         estimate=round(value.estimate, 6), low=round(value.low, 6), high=round(value.high, 6)
+    )
+
+
+def _segment(row: SegmentRow) -> SegmentStatsOut:
+    r = row.result
+    return SegmentStatsOut(
+        axis=row.axis,
+        segment=r.segment,
+        decided=r.decided,
+        treated=r.treated,
+        holdout=r.holdout,
+        not_targeted=r.not_targeted,
+        converted={
+            "treated": r.treated_converted,
+            "holdout": r.holdout_converted,
+            "not_targeted": r.not_targeted_converted,
+        },
+        uplift=_interval(r.uplift),
+        targeted=row.targeted,
+        reason=row.reason,
     )
 
 
@@ -73,6 +95,7 @@ def _job(job: SweepJob) -> SweepJobOut:
         budget_exhausted=counts.get("budget_exhausted", 0),
         not_eligible=counts.get("not_eligible", 0),
         already_decided=counts.get("already_decided", 0),
+        not_targeted=counts.get("not_targeted", 0),
         seconds=r.seconds,
         error=job.error,
     )
@@ -128,6 +151,7 @@ async def campaign_stats(campaign_id: CampaignPath, reports: ReportsDep) -> Camp
         converted=s.converted,
         conversion={k: _interval(v) for k, v in s.conversion.items()},
         uplift=_interval(s.uplift),
+        segments=[_segment(row) for row in s.segments],
         open_windows=s.open_windows,
         discount_cost=s.discount_cost,
         discount_cost_estimated=s.discount_cost_estimated,

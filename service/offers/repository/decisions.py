@@ -40,7 +40,14 @@ from service.offers.kinds import FinalKind
 from service.offers.repository.coupons import CouponRecord, CouponRepository
 from service.offers.repository.spend import MoneyCaps, SpendStatements
 from service.offers.rules import UserFacts
-from service.tables import UTCDateTime, campaign_budgets, events, offer_decisions, users
+from service.tables import (
+    UTCDateTime,
+    campaign_budgets,
+    events,
+    offer_decisions,
+    user_segments,
+    users,
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class Claim:
     kind: FinalKind
     views: int
     coupon: CouponDraft | None  # with ``issued``
+    lifecycle_stage: str | None = None  # the user's segment, recorded with the decision
+    loyalty_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,14 @@ def day_of(moment: datetime) -> str:
 
 SWEEP_READ_TIMEOUT_MS = 600_000  # the candidates of a sweep: one read, in the background
 # the columns a decision write sets besides its key (campaign, user)
-DECISION_VALUES = ("decision", "attribution_id", "views", "decided_at", "convert_until")
+# and the user's segment at that moment (issue 12, item 4)
+DECISION_VALUES = (
+    *("decision", "attribution_id", "views", "decided_at", "convert_until"),
+    *("lifecycle_stage", "loyalty_type"),
+)
+# a user's segment (issue 12, item 4): read with the facts, from the same join
+SEGMENT = (user_segments.c.lifecycle_stage, user_segments.c.loyalty_type)
+WITH_SEGMENT = users.outerjoin(user_segments, user_segments.c.user_id == users.c.user_id)
 # when a user's hesitation window starts: sign-up, else the first event seen
 STARTED = func.coalesce(users.c.signed_up_at, users.c.first_seen_at)
 
@@ -141,6 +157,7 @@ def _user_facts(
     counts: Sequence[Any],
     signed_up_at: datetime | None,
     attributes: dict[str, Any] | None,
+    segment: Sequence[Any] = (None, None),
 ) -> UserFacts:
     return UserFacts(
         user_id,
@@ -150,6 +167,8 @@ def _user_facts(
         bool(counts[2]),
         signed_up_at=signed_up_at,
         attributes=attributes or {},
+        lifecycle_stage=segment[0],
+        loyalty_type=segment[1],
     )
 
 
@@ -182,9 +201,15 @@ class _Statements:
         d, b, e = offer_decisions, campaign_budgets, events
         user = bindparam("user_id", type_=String())
         now = bindparam("now", type_=UTCDateTime())
-        self.started = select(STARTED, users.c.signed_up_at).where(users.c.user_id == user)
-        self.started_attributes = select(STARTED, users.c.signed_up_at, users.c.attributes).where(
-            users.c.user_id == user
+        self.started = (
+            select(STARTED, users.c.signed_up_at, *SEGMENT)
+            .select_from(WITH_SEGMENT)
+            .where(users.c.user_id == user)
+        )
+        self.started_attributes = (
+            select(STARTED, users.c.signed_up_at, users.c.attributes, *SEGMENT)
+            .select_from(WITH_SEGMENT)
+            .where(users.c.user_id == user)
         )
         start, end = bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime())
         self.facts = select(*user_facts_columns(start, end, now)).where(
@@ -328,7 +353,8 @@ class DecisionRepository:
         row = conn.execute(
             self._sql.facts, {"user_id": user_id, "start": start, "end": end, "now": now}
         ).one()
-        return _user_facts(user_id, start, row, user[1], user[2] if attributes else None)
+        attrs = user[2] if attributes else None
+        return _user_facts(user_id, start, row, user[1], attrs, segment=user[-2:])
 
     def candidates(
         self,
@@ -363,10 +389,11 @@ class DecisionRepository:
                 # a JSON column cannot be grouped on PostgreSQL; it depends on the key grouped
                 users.c.attributes if attributes else null(),
                 *user_facts_columns(start, moment, moment),
+                *SEGMENT,
             )
-            .select_from(users.outerjoin(events, events.c.user_id == users.c.user_id))
+            .select_from(WITH_SEGMENT.outerjoin(events, events.c.user_id == users.c.user_id))
             .where(start >= now - window, start <= now, ~decided)
-            .group_by(users.c.user_id, start, users.c.signed_up_at)
+            .group_by(users.c.user_id, start, users.c.signed_up_at, *SEGMENT)
             .order_by(users.c.user_id)
         )
         if limit is not None:
@@ -376,7 +403,10 @@ class DecisionRepository:
                 # a sweep runs in the background: its one big read may outlast the timeout
                 # that keeps requests short (SET LOCAL: this transaction only)
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
-            return [_user_facts(str(r[0]), r[1], r[4:], r[2], r[3]) for r in conn.execute(query)]
+            return [
+                _user_facts(str(r[0]), r[1], r[4:], r[2], r[3], segment=r[-2:])
+                for r in conn.execute(query)
+            ]
 
     def viewed_items(self, user_id: str, since: datetime, now: datetime) -> list[str]:
         """Products the user viewed in ``[since, now]``, most viewed first, then most recent."""
@@ -421,6 +451,8 @@ class DecisionRepository:
         coupon: CouponDraft | None = None,
         caps: Caps | None = None,
         no_purchase: bool = False,
+        lifecycle_stage: str | None = None,
+        loyalty_type: str | None = None,
     ) -> Recorded:
         """Record a final decision (and its coupon) unless one exists; exactly once.
 
@@ -430,7 +462,8 @@ class DecisionRepository:
         the transaction is rolled back, a ``budget_exhausted`` row is left, and
         ``BudgetExhausted`` is raised. With ``no_purchase``, a purchase by the user up to ``now``
         seen inside the transaction rolls it back and raises ``PurchasedMeanwhile`` (the facts
-        the decision was based on went stale while it was being made).
+        the decision was based on went stale while it was being made). ``lifecycle_stage`` and
+        ``loyalty_type``: the user's segment as read with the facts, kept with the decision.
         """
         caps = caps or Caps(None, None)
         attribution = uuid.uuid4().hex
@@ -440,6 +473,8 @@ class DecisionRepository:
             "views": views,
             "decided_at": now,
             "convert_until": convert_until,
+            "lifecycle_stage": lifecycle_stage,
+            "loyalty_type": loyalty_type,
         }
         claimed: str | None = None
         try:
@@ -532,6 +567,8 @@ class DecisionRepository:
                     "views": c.views,
                     "decided_at": now,
                     "convert_until": convert_until,
+                    "lifecycle_stage": c.lifecycle_stage,
+                    "loyalty_type": c.loyalty_type,
                 }
                 for c in wanted
             }

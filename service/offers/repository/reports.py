@@ -28,6 +28,9 @@ from service.tables import (
 )
 
 NO_CURRENCY = "XXX"  # ISO 4217's code for "no currency": amounts recorded before currencies
+UNKNOWN_SEGMENT = "unknown"  # a decision recorded without a segment (service.offers.audience)
+SEGMENT_SIDES = ("issued", "holdout", "not_targeted")  # the final decisions, sliced by segment
+VERDICTS_READ_TIMEOUT_MS = 600_000  # uplift targeting's read, out of the requests' way
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,54 @@ class ReportRepository:
             redemptions=int(redemptions),
             releases=int(releases),
         )
+
+    # --- per-segment counts (issue 12, item 4) ----------------------------------------------
+
+    def segment_counts(
+        self, campaign_id: str, now: datetime, *, long: bool = False
+    ) -> dict[str, dict[tuple[str, str], tuple[int, int]]]:
+        """Per axis (``lifecycle_stage``, ``loyalty_type``): (segment at decision time,
+        decision) -> (users, converted), final decisions only; one grouped read.
+
+        The segment is the one recorded with the decision (``unknown``: the user had no
+        segment row then), so a user whose segment changed since, maybe because of the
+        coupon, stays where they were measured. Conversions as ``counts`` counts them.
+        ``long``: the read of uplift targeting's verdicts, once per period and out of the
+        requests' way, may outlast the timeout that keeps requests short (PostgreSQL).
+        """
+        d, e = offer_decisions, events
+        stage = func.coalesce(d.c.lifecycle_stage, UNKNOWN_SEGMENT)
+        loyalty = func.coalesce(d.c.loyalty_type, UNKNOWN_SEGMENT)
+        bought = (
+            select(e.c.id)
+            .where(
+                e.c.user_id == d.c.user_id,
+                e.c.type == "purchase",
+                e.c.ts > d.c.decided_at,
+                e.c.ts <= d.c.convert_until,
+                e.c.ts <= now,
+            )
+            .exists()
+        )
+        query = (
+            select(stage, loyalty, d.c.decision, func.count(), func.count(case((bought, 1))))
+            .where(d.c.campaign_id == campaign_id, d.c.decision.in_(SEGMENT_SIDES))
+            .group_by(stage, loyalty, d.c.decision)
+        )
+        out: dict[str, dict[tuple[str, str], tuple[int, int]]] = {
+            "lifecycle_stage": {},
+            "loyalty_type": {},
+        }
+        with self.engine.connect() as conn:
+            if long and conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {VERDICTS_READ_TIMEOUT_MS}")
+            rows = conn.execute(query).all()
+        for s, t, kind, n, c in rows:
+            for axis, segment in (("lifecycle_stage", str(s)), ("loyalty_type", str(t))):
+                key = (segment, str(kind))
+                users, converted = out[axis].get(key, (0, 0))
+                out[axis][key] = (users + int(n), converted + int(c))
+        return out
 
     def order_lines(self, user_id: str, order_id: str) -> list[tuple[str, float | None]]:
         """(item, catalogue price) of the purchase events of one order."""

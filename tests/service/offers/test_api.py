@@ -448,7 +448,12 @@ def test_daily_and_total_caps_are_enforced(
         assert evaluate(c, users[3])["decision"] == "budget_exhausted"
         assert evaluate(c, users[3])["reasons"] == ["cap_total"]
         stats = c.get(f"/v1/campaigns/{CAMPAIGN}/stats", headers=M).json()
-        assert stats["decisions"] == {"issued": 3, "holdout": 0, "budget_exhausted": 1}
+        assert stats["decisions"] == {
+            "issued": 3,
+            "holdout": 0,
+            "not_targeted": 0,
+            "budget_exhausted": 1,
+        }
         assert stats["budget"]["left_total"] == 0
         assert stats["budget"]["used_today"] == 1
 
