@@ -61,7 +61,9 @@ from service.offers.repository.store import (
 
 log = logging.getLogger(__name__)
 FILE_ACTOR = "file"  # the actor of the campaigns file's sync
-RETRIES = 5  # a change without an expected version is re-read and re-applied this many times
+# a change without an expected version is read and applied again after each change that came
+# first (each such loss is another writer's win, so this bounds the writers at once, not time)
+RETRIES = 50
 # Listener: receives the new map of campaigns (a fresh dict, never changed afterwards)
 Listener = Callable[[dict[str, Campaign]], None]
 # status -> (action, the status it leads to) for pause, resume and archive
