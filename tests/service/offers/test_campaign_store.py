@@ -108,20 +108,25 @@ def _evaluate(client: TestClient, user_id: str, campaign_id: str = BUILT_IN) -> 
 
 def test_a_campaign_is_created_read_and_listed_with_its_version(client: TestClient) -> None:
     made = _ok(client.post("/v1/campaigns", json=WIN_BACK, headers=M), 201)
-    assert made["version"] == 1 and made["status"] == "active" and made["source"] == "api"
+    assert made["version"] == 1
+    assert made["status"] == "active"
+    assert made["source"] == "api"
     assert made["definition"]["min_orders"] == 3
     assert made["definition"]["lapse_days"] == 90  # the defaults, as the file's campaigns
     got = _ok(client.get("/v1/campaigns/come_back", headers=M))
     assert got == made
     listed = {c["campaign_id"]: c for c in _ok(client.get("/v1/campaigns", headers=M))["campaigns"]}
     assert list(listed) == [BUILT_IN, "come_back"]  # the built-in one (file order) first
-    assert listed[BUILT_IN]["source"] == "default" and listed[BUILT_IN]["version"] == 1
+    assert listed[BUILT_IN]["source"] == "default"
+    assert listed[BUILT_IN]["version"] == 1
     (change,) = _history(client, "come_back")
-    assert change["action"] == "create" and change["version"] == 1
+    assert change["action"] == "create"
+    assert change["version"] == 1
     assert change["actor"] == ACTOR
     assert change["definition"] == made["definition"]
     again = client.post("/v1/campaigns", json=WIN_BACK, headers=M)
-    assert again.status_code == 409 and again.json()["error"] == "campaign_exists"
+    assert again.status_code == 409
+    assert again.json()["error"] == "campaign_exists"
     assert client.post("/v1/campaigns", json=WIN_BACK, headers=F).status_code == 403
     assert client.get("/v1/campaigns/nope", headers=M).status_code == 404
     assert client.get("/v1/campaigns/nope/history", headers=M).status_code == 404
@@ -167,7 +172,8 @@ def test_a_bad_change_is_a_422_and_writes_nothing(client: TestClient) -> None:
         assert field in [d["field"] for d in r.json()["detail"]], (body, r.json())
     assert client.patch("/v1/campaigns/come_back", json=[1], headers=M).status_code == 422
     r = client.patch("/v1/campaigns/come_back?expected_version=0", json={}, headers=M)
-    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "expected_version"
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["field"] == "expected_version"
     assert _ok(client.get("/v1/campaigns/come_back", headers=M))["version"] == 1
     assert len(_history(client, "come_back")) == 1
 
@@ -175,7 +181,8 @@ def test_a_bad_change_is_a_422_and_writes_nothing(client: TestClient) -> None:
 def test_changes_pause_resume_archive_keep_a_trail(client: TestClient) -> None:
     _ok(client.post("/v1/campaigns", json=WIN_BACK, headers=M), 201)
     changed = _ok(client.patch("/v1/campaigns/come_back", json={"min_orders": 4}, headers=M))
-    assert changed["version"] == 2 and changed["definition"]["min_orders"] == 4
+    assert changed["version"] == 2
+    assert changed["definition"]["min_orders"] == 4
     same = _ok(client.patch("/v1/campaigns/come_back", json={"min_orders": 4}, headers=M))
     assert same["version"] == 2  # nothing changed: no new version
     paused = _ok(client.post("/v1/campaigns/come_back/pause", headers=M))
@@ -190,7 +197,8 @@ def test_changes_pause_resume_archive_keep_a_trail(client: TestClient) -> None:
         client.post("/v1/campaigns/come_back/resume", headers=M),
         client.post("/v1/campaigns/come_back/pause", headers=M),
     ):
-        assert r.status_code == 409 and r.json()["error"] == "campaign_archived", r.text
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == "campaign_archived"
     trail = _history(client, "come_back")
     assert [(c["version"], c["action"], c["status"]) for c in trail] == [
         (1, "create", "active"),
@@ -225,10 +233,12 @@ def test_a_stale_expected_version_is_a_409(client: TestClient) -> None:
     r = client.patch(
         "/v1/campaigns/come_back?expected_version=1", json={"min_orders": 5}, headers=M
     )
-    assert r.status_code == 409 and r.json()["error"] == "campaign_version_conflict"
+    assert r.status_code == 409
+    assert r.json()["error"] == "campaign_version_conflict"
     assert "version 2" in r.json()["detail"]
     r = client.post("/v1/campaigns/come_back/pause?expected_version=1", headers=M)
-    assert r.status_code == 409 and r.json()["error"] == "campaign_version_conflict"
+    assert r.status_code == 409
+    assert r.json()["error"] == "campaign_version_conflict"
     assert _ok(client.get("/v1/campaigns/come_back", headers=M))["definition"]["min_orders"] == 4
 
 
@@ -278,7 +288,8 @@ def test_two_changes_from_one_version_one_wins(database_url: str) -> None:
         )
         won = [r for r in results if not isinstance(r, Exception)]
         lost = [r for r in results if isinstance(r, CampaignVersionConflict)]
-        assert len(won) == 1 and len(lost) == n - 1
+        assert len(won) == 1
+        assert len(lost) == n - 1
         assert won[0].stored.version == 2
         trail = stores[1].history("come_back")
         assert [c.version for c in trail] == [1, 2]
@@ -332,9 +343,11 @@ def test_the_files_campaigns_are_synced_in_and_read_only(
         assert (spring["source"], spring["version"]) == ("file", 1)
         assert _history(c, "spring")[0]["actor"] == "file"
         r = c.patch("/v1/campaigns/spring", json={"days_before": 6}, headers=M)
-        assert r.status_code == 409 and r.json()["error"] == "campaign_from_file"
+        assert r.status_code == 409
+        assert r.json()["error"] == "campaign_from_file"
         r = c.post("/v1/campaigns/spring/archive", headers=M)
-        assert r.status_code == 409 and r.json()["error"] == "campaign_from_file"
+        assert r.status_code == 409
+        assert r.json()["error"] == "campaign_from_file"
         # the emergency brake works on the file's campaigns too
         assert _ok(c.post("/v1/campaigns/spring/pause", headers=M))["status"] == "paused"
         # the built-in campaign, which the file does not name, is the API's
@@ -345,7 +358,8 @@ def test_the_files_campaigns_are_synced_in_and_read_only(
     path.write_text('[campaigns.spring]\nkind = "birthday"\ndays_before = 7\n')
     with make_client(small_model_root, database_url, campaigns_file=path) as c:
         spring = _ok(c.get("/v1/campaigns/spring", headers=M))
-        assert spring["definition"]["days_before"] == 7 and spring["version"] == 3
+        assert spring["definition"]["days_before"] == 7
+        assert spring["version"] == 3
         assert spring["status"] == "paused"  # the sync never undoes a pause
         assert [(h["action"], h["actor"]) for h in _history(c, "spring")] == [
             ("create", "file"),
@@ -407,13 +421,16 @@ def test_a_change_through_one_app_is_applied_by_another_within_a_poll(
 def test_each_decision_records_the_definition_version_in_force(client: TestClient) -> None:
     _hesitating(client, "u1")
     first = _evaluate(client, "u1")
-    assert first["decision"] in ("issued", "holdout") and first["campaign_version"] == 1
+    assert first["decision"] in ("issued", "holdout")
+    assert first["campaign_version"] == 1
     _ok(client.patch(f"/v1/campaigns/{BUILT_IN}", json={"holdout_percent": 20}, headers=M))
     _hesitating(client, "u2")
     second = _evaluate(client, "u2")
-    assert second["decision"] in ("issued", "holdout") and second["campaign_version"] == 2
+    assert second["decision"] in ("issued", "holdout")
+    assert second["campaign_version"] == 2
     again = _evaluate(client, "u1")
-    assert again["decision"] == "already_decided" and again["campaign_version"] == 1
+    assert again["decision"] == "already_decided"
+    assert again["campaign_version"] == 1
     trail = {h["version"]: h["definition"] for h in _history(client, BUILT_IN)}
     assert (trail[1]["holdout_percent"], trail[2]["holdout_percent"]) == (10, 20)
     stats = _ok(client.get(f"/v1/campaigns/{BUILT_IN}/stats", headers=M))
