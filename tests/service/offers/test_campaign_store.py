@@ -8,6 +8,7 @@ poll; and the definition version each decision records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -278,10 +279,12 @@ def test_two_changes_from_one_version_one_wins(database_url: str) -> None:
         n = 8
         results = _race(
             [
-                (
-                    lambda s=stores[i % 2], i=i: s.update(
-                        "come_back", {"min_orders": 10 + i}, f"actor{i}", expected_version=1
-                    )
+                functools.partial(
+                    stores[i % 2].update,
+                    "come_back",
+                    {"min_orders": 10 + i},
+                    f"actor{i}",
+                    expected_version=1,
                 )
                 for i in range(n)
             ]
@@ -297,11 +300,7 @@ def test_two_changes_from_one_version_one_wins(database_url: str) -> None:
         # without an expected version every change lands, each on a version of its own
         results = _race(
             [
-                (
-                    lambda s=stores[i % 2], i=i: s.update(
-                        "come_back", {"max_total": 100 + i}, f"actor{i}"
-                    )
-                )
+                functools.partial(stores[i % 2].update, "come_back", {"max_total": 100 + i}, "a")
                 for i in range(n)
             ]
         )
@@ -398,7 +397,8 @@ def test_a_change_through_one_app_is_applied_by_another_within_a_poll(
 
         def b_knows() -> bool:
             body = {"user_id": "u1", "campaign_id": "come_back"}
-            return b.post("/v1/offers/evaluate", json=body, headers=F).status_code == 200
+            status: int = b.post("/v1/offers/evaluate", json=body, headers=F).status_code
+            return status == 200
 
         _until(b_knows)
         state = b.app.state.recoffer  # type: ignore[attr-defined]
