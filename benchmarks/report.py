@@ -404,6 +404,7 @@ def main() -> None:
     ]
     from benchmarks import (
         against_commit,
+        campaign_store,
         concurrency,
         import_online_retail,
         reliability,
@@ -426,6 +427,7 @@ def main() -> None:
         ("offers", offers),
         ("sweep", sweep.render),
         ("reliability", reliability.render),
+        ("campaign_store", campaign_store.render),  # issue 12, item 5
     ):
         doc = _load(name)
         if doc is not None:

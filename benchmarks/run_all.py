@@ -20,6 +20,7 @@ STEPS = (
     ["benchmarks.sweep"],
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
+    ["benchmarks.campaign_store"],  # issue 12, item 5
 )
 
 
