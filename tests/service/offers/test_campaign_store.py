@@ -452,3 +452,20 @@ def test_the_change_log_is_append_only(client: TestClient) -> None:
         with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
             conn.execute(statement)
     assert len(_history(client, BUILT_IN)) == 1
+
+
+def test_a_sweep_records_the_definition_version_in_force(client: TestClient) -> None:
+    for user_id in ("s1", "s2", "s3"):
+        _hesitating(client, user_id)
+    _ok(client.patch(f"/v1/campaigns/{BUILT_IN}", json={"max_total": 2}, headers=M))
+    _ok(client.post(f"/v1/campaigns/{BUILT_IN}/run", headers=M), 202)
+    state = client.app.state.recoffer  # type: ignore[attr-defined]
+    assert state.sweeps.wait(30)
+    engine = state.repository.engine
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(offer_decisions.c.decision, offer_decisions.c.campaign_version)
+        ).all()
+    # none of the three is held out: two coupons, then the cap (a miss, written by the batch)
+    assert sorted(r[0] for r in rows) == ["budget_exhausted", "issued", "issued"]
+    assert {r[1] for r in rows} == {2}
