@@ -405,6 +405,7 @@ def main() -> None:
     from benchmarks import (
         against_commit,
         backtest_kinds,
+        campaign_store,
         concurrency,
         import_online_retail,
         money,
@@ -432,6 +433,7 @@ def main() -> None:
         ("money", money.render),  # issue 12, item 3
         ("reliability", reliability.render),
         ("backtest_kinds", backtest_kinds.render),
+        ("campaign_store", campaign_store.render),  # issue 12, item 5
     ):
         doc = _load(name)
         if doc is not None:

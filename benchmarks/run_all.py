@@ -21,6 +21,7 @@ STEPS = (
     ["benchmarks.money"],
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
+    ["benchmarks.campaign_store"],  # issue 12, item 5
 )
 
 

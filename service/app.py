@@ -31,6 +31,7 @@ from service.api.routes import (
     events,
     health,
     items,
+    manage,
     model,
     offers,
     recommendations,
@@ -50,6 +51,8 @@ from service.offers.limiter import FailureLimiter
 from service.offers.reports import Reports
 from service.offers.repository import OfferRepository
 from service.offers.repository.jobs import SweepJobRepository
+from service.offers.repository.store import CampaignRepository
+from service.offers.store import CampaignStore, file_campaign_ids
 from service.privacy.repository import PrivacyRepository
 from service.privacy.service import Privacy
 from service.privacy.tombstones import Tombstones
@@ -142,11 +145,20 @@ def create_app(
                 clock,
                 stale_after=timedelta(seconds=settings.sweep_stale_seconds),
             ),
+            campaign_store=CampaignStore(
+                CampaignRepository(repository),
+                clock,
+                file_campaigns=campaign_set,
+                file_ids=file_campaign_ids(settings.campaigns_file),
+            ),
         )
+        # every holder of the campaigns gets each new map the store installs
+        state.campaign_store.on_change(background.campaigns_to(state))
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()
         await background.open_database(state)
         await background.refresh_model(state)
+        await background.refresh_campaigns(state)  # the file synced in, the store's applied
         # everything loaded so far lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again (full collections were latency spikes)
         gc.collect()
@@ -156,6 +168,8 @@ def create_app(
             loops["recoffer-models"] = background.model_loop(state)
         if settings.offer_metrics_seconds > 0:
             loops["recoffer-offers"] = background.offer_metrics_loop(state)
+        if settings.campaign_poll_seconds > 0:
+            loops["recoffer-campaigns"] = background.campaign_loop(state)
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield
@@ -192,6 +206,7 @@ def create_app(
         offers.router,
         coupons.router,
         campaigns.router,
+        manage.router,  # campaigns managed at run time (issue 12, item 5)
         model.router,
         health.router,
     ):
@@ -209,7 +224,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials="*" not in settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from starlette.concurrency import run_in_threadpool
 
 from service.db import migrate
+from service.offers.campaigns import Campaign
 from service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -102,3 +104,35 @@ async def offer_metrics_loop(state: AppState) -> None:
             except Exception as exc:  # the gauges keep their last values; the tail sees outages
                 log.warning("offer_metrics_failed", extra={"error": str(exc).splitlines()[0]})
         await asyncio.sleep(state.settings.offer_metrics_seconds)
+
+
+# --- campaigns managed at run time (issue 12, item 5) -------------------------------------
+
+
+def campaigns_to(state: AppState) -> Callable[[dict[str, Campaign]], None]:
+    """What a new map of campaigns replaces in this worker: each holder's map, swapped whole
+    (an attribute assignment: a request reading the old map finishes with it)."""
+
+    def install(campaigns: dict[str, Campaign]) -> None:
+        state.offers.campaigns = campaigns  # evaluations, the page's offer, sweeps
+        state.reports.campaigns = campaigns  # stats and the gauges
+        state.auto_offers.campaigns = [c for c in campaigns.values() if c.evaluate_on_view]
+
+    return install
+
+
+async def refresh_campaigns(state: AppState) -> None:
+    """Sync the campaigns file into the store (once) and apply the store's campaigns when
+    they changed; a failure is logged and the worker keeps the campaigns it has."""
+    try:
+        await run_in_threadpool(state.campaign_store.refresh)
+    except Exception as exc:
+        log.warning("campaign_refresh_failed", extra={"error": str(exc).splitlines()[0]})
+
+
+async def campaign_loop(state: AppState) -> None:
+    """Apply campaign changes made by other workers and replicas within one poll."""
+    while True:
+        await asyncio.sleep(state.settings.campaign_poll_seconds)
+        if state.health.database_ready:
+            await refresh_campaigns(state)

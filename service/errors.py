@@ -190,6 +190,43 @@ class UnknownSweepJob(OfferError):
         super().__init__(f"no sweep job {job_id!r} of campaign {campaign_id!r}")
 
 
+# campaigns managed at run time (issue 12, item 5)
+class CampaignExists(OfferError):
+    """A campaign with this id exists (archived ones included: an id is never reused)."""
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(f"campaign {campaign_id!r} exists; change it with PATCH")
+
+
+class CampaignVersionConflict(OfferError):
+    """The campaign changed since the version the caller expected (optimistic concurrency)."""
+
+    def __init__(self, campaign_id: str, expected: int | None, current: int) -> None:
+        since = "changed while this change was made" if expected is None else f"not {expected}"
+        super().__init__(
+            f"campaign {campaign_id!r} is at version {current}, {since}: read it again "
+            "and retry with expected_version"
+        )
+        self.current = current
+
+
+class CampaignFromFile(OfferError):
+    """The campaign is defined in the campaigns file, which only the file may change."""
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(
+            f"campaign {campaign_id!r} is defined in the campaigns file "
+            "(RECOFFER_CAMPAIGNS_FILE): change it there, or remove it there to manage it here"
+        )
+
+
+class CampaignArchived(OfferError):
+    """An archived campaign is final: it never decides again and cannot be changed."""
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(f"campaign {campaign_id!r} is archived; create a new one instead")
+
+
 class TooManyAttempts(RecofferError):
     """Too many failed coupon lookups for this key; retry after ``retry_after`` seconds."""
 
@@ -283,6 +320,11 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     BelowMinimumOrder: ErrorKind(422, "below_minimum_order", 2),
     CouponCurrencyMismatch: ErrorKind(422, "coupon_currency_mismatch", 2),
     OrderAmountRequired: ErrorKind(422, "order_amount_required", 2),
+    # issue 12, item 5
+    CampaignExists: ErrorKind(409, "campaign_exists", 2),
+    CampaignVersionConflict: ErrorKind(409, "campaign_version_conflict", 2),
+    CampaignFromFile: ErrorKind(409, "campaign_from_file", 2),
+    CampaignArchived: ErrorKind(409, "campaign_archived", 2),
 }
 
 

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         description="A running sweep job silent this long (no heartbeat) is failed: its worker "
         "died; the campaign may then be run again.",
     )
+    # campaigns managed at run time (issue 12, item 5)
+    campaign_poll_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often each worker looks for campaign changes made through the API "
+        "(by any worker or replica) and applies them (0: only its own, and at start).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 

@@ -16,6 +16,7 @@ from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
+from service.offers.store import CampaignStore
 from service.privacy.service import Privacy
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
@@ -41,3 +42,4 @@ class AppState:
     reports: Reports
     privacy: Privacy  # erasure, export, tombstones (issue 11, item 2)
     sweeps: SweepJobs  # campaign sweeps in the background (issue 11, item 11)
+    campaign_store: CampaignStore  # campaigns managed at run time (issue 12, item 5)

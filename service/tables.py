@@ -127,6 +127,8 @@ offer_decisions = Table(
     # the user's segment when decided (migration 0012; null: no user_segments row then)
     Column("lifecycle_stage", String(16), nullable=True),
     Column("loyalty_type", String(16), nullable=True),
+    # the campaign's definition version in force (campaign_changes); None before 0011
+    Column("campaign_version", Integer(), nullable=True),
     CheckConstraint(f"decision IN ({', '.join(map(repr, RECORDED))})", name="decision_kind"),
     # "one decision per user per campaign, ever" is this index, not a read before a write
     Index("uq_offer_decisions_campaign_id", "campaign_id", "user_id", unique=True),
@@ -319,4 +321,50 @@ campaign_spend = Table(
     Column("period", String(10), primary_key=True),
     Column("currency", String(CURRENCY_LENGTH), primary_key=True),
     Column("spent", AmountColumn(), nullable=False),
+)
+
+# --- campaigns managed at run time (migration 0011, issue 12 item 5) -----------------------
+
+CAMPAIGN_STATUSES = ("active", "paused", "archived")
+CAMPAIGN_SOURCES = ("file", "default", "api")
+CAMPAIGN_ACTIONS = ("create", "update", "pause", "resume", "archive")
+
+# each campaign's current definition (the fields given, validated by offers.campaigns.Campaign);
+# ``version`` grows by one with every change, and the change's row in campaign_changes has it
+campaign_definitions = Table(
+    "campaign_definitions",
+    metadata,
+    Column("campaign_id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("definition", JSON(), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("version", Integer(), nullable=False),
+    Column("source", String(10), nullable=False),  # file, default (the built-in) or api
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(
+        f"status IN ({', '.join(map(repr, CAMPAIGN_STATUSES))})", name="campaign_status"
+    ),
+    CheckConstraint(
+        f"source IN ({', '.join(map(repr, CAMPAIGN_SOURCES))})", name="campaign_source"
+    ),
+)
+
+# Append-only: one row per change, never updated nor deleted (migration 0011's triggers);
+# "one change per version" is the unique index, so a version is written exactly once
+campaign_changes = Table(
+    "campaign_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("version", Integer(), nullable=False),
+    Column("action", String(8), nullable=False),
+    Column("status", String(10), nullable=False),  # after the change
+    Column("definition", JSON(), nullable=False),  # the whole definition after it, defaults in
+    Column("actor", String(64), nullable=False),  # the API key's role and fingerprint, or file
+    Column("at", UTCDateTime(), nullable=False),
+    CheckConstraint(
+        f"action IN ({', '.join(map(repr, CAMPAIGN_ACTIONS))})", name="campaign_action"
+    ),
+    Index("uq_campaign_changes_campaign_id", "campaign_id", "version", unique=True),
 )

@@ -19,6 +19,7 @@ from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
+from service.offers.store import CampaignStore
 from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
 from service.settings import Role, is_loopback
@@ -182,3 +183,10 @@ def _sweeps(state: AppState) -> SweepJobs:
 
 
 SweepsDep = Annotated[SweepJobs, Depends(require_part(_sweeps, "marketing"))]
+
+
+def _campaign_store(state: AppState) -> CampaignStore:
+    return state.campaign_store
+
+
+CampaignStoreDep = Annotated[CampaignStore, Depends(require_part(_campaign_store, "marketing"))]

@@ -417,6 +417,11 @@ class DecisionOut(BaseModel):
     attribution_id: str | None
     decided_at: datetime | None
     coupon: CouponOut | None
+    campaign_version: int | None = Field(
+        None,
+        description="The campaign's definition version the decision was made with (its "
+        "definition: GET /v1/campaigns/{id}/history).",
+    )
 
 
 class UserOffersOut(BaseModel):
@@ -499,10 +504,42 @@ class CampaignOut(BaseModel):
     campaign_id: str
     active_now: bool
     definition: dict[str, Any] = Field(description="Every parameter, defaults included.")
+    # campaigns managed at run time (issue 12, item 5)
+    status: Literal["active", "paused", "archived"] | None = Field(
+        None, description="paused and archived campaigns decide nothing; archived is final."
+    )
+    version: int | None = Field(
+        None, description="Grows by one with every change; PATCH's expected_version."
+    )
+    source: Literal["file", "default", "api"] | None = Field(
+        None,
+        description="file: the campaigns file's, read-only here (but pause and resume); "
+        "default: the built-in campaign with its defaults; api: made through the API.",
+    )
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 class CampaignsOut(BaseModel):
     campaigns: list[CampaignOut]
+
+
+class CampaignChangeOut(BaseModel):
+    """One change of a campaign, as its append-only log keeps it (issue 12, item 5)."""
+
+    version: int = Field(description="The campaign's version after the change.")
+    action: Literal["create", "update", "pause", "resume", "archive"]
+    status: Literal["active", "paused", "archived"] = Field(description="After the change.")
+    definition: dict[str, Any] = Field(description="The whole definition after the change.")
+    actor: str = Field(
+        description="The calling API key's role and fingerprint (not the key), or file."
+    )
+    at: datetime
+
+
+class CampaignHistoryOut(BaseModel):
+    campaign_id: str
+    changes: list[CampaignChangeOut] = Field(description="The oldest first.")
 
 
 class SweepJobOut(BaseModel):
@@ -639,6 +676,15 @@ class CampaignStatsOut(BaseModel):
         default_factory=dict,
         description="Discount actually given, {total, today: {currency: amount}}, counted at "
         "redemption (releases taken back): what the money budget is checked against.",
+    )
+    # issue 12, item 5
+    definition_version: int | None = Field(
+        None, description="The campaign's definition version applied now."
+    )
+    decisions_by_version: dict[str, int] = Field(
+        default_factory=dict,
+        description="Recorded decisions by the definition version they were made with "
+        "(none: before versions were recorded).",
     )
 
 

@@ -32,6 +32,7 @@ from service.offers.repository.decisions import (
     Recorded,
 )
 from service.offers.rules import UserFacts, check_eligibility, new_code, redacted
+from service.offers.store import version_of
 from service.offers.targeting import UpliftTargeting, final_kind
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Decision:
     decided_at: datetime | None = None
     previous: str | None = None  # already_decided: what was decided then
     coupon: CouponRecord | None = None
+    campaign_version: int | None = None  # the definition it was decided with (item 5)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class OfferEngine:
                     [(facts.user_id, views) for facts, views in eligible],
                     moment,
                     moment + campaign.conversion_window,
+                    version_of(campaign),
                 )
                 made["budget_exhausted"] += len(eligible)
             made = +made  # no zero counts
@@ -196,6 +199,7 @@ class OfferEngine:
             convert_until=now + campaign.conversion_window,
             caps=Caps(campaign.max_per_day, campaign.max_total, money_caps(campaign)),
             no_purchase=campaign.require_no_purchase,
+            campaign_version=version_of(campaign),
         )
         for made in recorded.made:
             self._made(made, campaign.min_views)
@@ -250,6 +254,7 @@ class OfferEngine:
             reasons=reasons,
             views=views,
             min_views=campaign.min_views,
+            campaign_version=version_of(campaign),
         )
 
     def _decide(self, campaign: Campaign, facts: UserFacts, now: datetime) -> Decision:
@@ -274,6 +279,7 @@ class OfferEngine:
                 no_purchase=campaign.require_no_purchase,
                 lifecycle_stage=facts.lifecycle_stage,
                 loyalty_type=facts.loyalty_type,
+                campaign_version=version_of(campaign),
             )
         except BudgetExhausted as exc:
             return self._refusal(
@@ -309,6 +315,7 @@ class OfferEngine:
             attribution_id=d.attribution_id,
             decided_at=d.decided_at,
             coupon=recorded.coupon,
+            campaign_version=d.campaign_version,
         )
 
     def _draft(
@@ -363,6 +370,7 @@ class OfferEngine:
             decided_at=decision.decided_at,
             previous=decision.decision,
             coupon=coupon,
+            campaign_version=decision.campaign_version,
         )
 
     def _coupon_of(self, decision: DecisionRecord) -> CouponRecord | None:

@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CampaignsDep, ReportsDep, SweepsDep
+from service.api.deps import CampaignStoreDep, ReportsDep, SweepsDep
 from service.api.docs import documented
+from service.api.routes.manage import campaign_out
 from service.api.schemas import (
-    CampaignOut,
     CampaignRef,
     CampaignsOut,
     CampaignStatsOut,
@@ -27,6 +27,7 @@ from service.api.schemas import (
 from service.offers.jobs import SweepJob
 from service.offers.revenue import CurrencyRevenue, MoneyInterval
 from service.offers.stats import Interval
+from service.offers.store import version_of
 from service.offers.targeting import SegmentRow
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -63,17 +64,11 @@ def _segment(row: SegmentRow) -> SegmentStatsOut:
 
 
 @router.get("", response_model=CampaignsOut)
-async def list_campaigns(offers: CampaignsDep) -> CampaignsOut:
-    """Every campaign with all its parameters, and whether it is active now."""
-    now = offers.clock()
-    return CampaignsOut(
-        campaigns=[
-            CampaignOut(
-                campaign_id=c.campaign_id, active_now=c.is_active(now), definition=c.public()
-            )
-            for c in offers.campaigns.values()
-        ]
-    )
+async def list_campaigns(store: CampaignStoreDep) -> CampaignsOut:
+    """Every campaign with all its parameters, its status and version, and whether it is
+    active now (archived ones included; from the store, so every replica answers the same)."""
+    views = await run_in_threadpool(store.all)
+    return CampaignsOut(campaigns=[campaign_out(v) for v in views])
 
 
 def _job(job: SweepJob) -> SweepJobOut:
@@ -138,10 +133,17 @@ async def get_run(campaign_id: CampaignPath, job_id: JobPath, sweeps: SweepsDep)
 
 
 @router.get("/{campaign_id}/stats", response_model=CampaignStatsOut, responses=documented(404))
-async def campaign_stats(campaign_id: CampaignPath, reports: ReportsDep) -> CampaignStatsOut:
+async def campaign_stats(
+    campaign_id: CampaignPath, reports: ReportsDep, store: CampaignStoreDep
+) -> CampaignStatsOut:
     """Eligible, issued, holdout, redeemed, expired; conversion and uplift with 95 % intervals."""
     s = await run_in_threadpool(reports.stats, campaign_id)
+    by_version = await run_in_threadpool(store.decisions_by_version, campaign_id)
     return CampaignStatsOut(
+        definition_version=version_of(reports.campaigns.get(campaign_id)),
+        decisions_by_version={
+            "none" if v is None else str(v): n for v, n in sorted(by_version.items(), key=_key)
+        },
         campaign_id=s.campaign_id,
         at=s.at,
         eligible=s.eligible,
@@ -186,3 +188,7 @@ def _revenue(r: CurrencyRevenue) -> RevenueOut:
         discount_cost=r.discount_cost,
         net_incremental=_money(r.net_incremental),
     )
+
+
+def _key(item: tuple[int | None, int]) -> int:
+    return -1 if item[0] is None else item[0]

@@ -52,6 +52,7 @@ def decision_out(decision: Decision, engine: OfferEngine) -> DecisionOut:
         attribution_id=decision.attribution_id,
         decided_at=decision.decided_at,
         coupon=coupon,
+        campaign_version=decision.campaign_version,
     )
 
 

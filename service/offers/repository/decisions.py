@@ -59,6 +59,7 @@ class DecisionRecord:
     views: int
     decided_at: datetime
     convert_until: datetime
+    campaign_version: int | None = None  # the definition in force (issue 12, item 5)
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,11 @@ def day_of(moment: datetime) -> str:
 SWEEP_READ_TIMEOUT_MS = 600_000  # the candidates of a sweep: one read, in the background
 # the columns a decision write sets besides its key (campaign, user)
 # and the user's segment at that moment (issue 12, item 4)
+# and the campaign's definition version in force (issue 12, item 5)
 DECISION_VALUES = (
     *("decision", "attribution_id", "views", "decided_at", "convert_until"),
     *("lifecycle_stage", "loyalty_type"),
+    "campaign_version",
 )
 # a user's segment (issue 12, item 4): read with the facts, from the same join
 SEGMENT = (user_segments.c.lifecycle_stage, user_segments.c.loyalty_type)
@@ -228,6 +231,7 @@ class _Statements:
             d.c.views,
             d.c.decided_at,
             d.c.convert_until,
+            d.c.campaign_version,
         ).where(d.c.campaign_id == bindparam("campaign_id"), d.c.user_id == user)
         keys = [d.c.campaign_id, d.c.user_id]
         self.claim = base.insert(d).on_conflict_do_nothing(index_elements=keys).returning(d.c.id)
@@ -453,6 +457,7 @@ class DecisionRepository:
         no_purchase: bool = False,
         lifecycle_stage: str | None = None,
         loyalty_type: str | None = None,
+        campaign_version: int | None = None,
     ) -> Recorded:
         """Record a final decision (and its coupon) unless one exists; exactly once.
 
@@ -475,6 +480,7 @@ class DecisionRepository:
             "convert_until": convert_until,
             "lifecycle_stage": lifecycle_stage,
             "loyalty_type": loyalty_type,
+            "campaign_version": campaign_version,
         }
         claimed: str | None = None
         try:
@@ -488,7 +494,14 @@ class DecisionRepository:
                     raise PurchasedMeanwhile(user_id)
                 # the row as written (no read back: a lookup per decision is a plan to go wrong)
                 decision = DecisionRecord(
-                    campaign_id, user_id, kind, attribution, views, now, convert_until
+                    campaign_id,
+                    user_id,
+                    kind,
+                    attribution,
+                    views,
+                    now,
+                    convert_until,
+                    campaign_version,
                 )
                 stored: CouponRecord | None = None
                 if coupon is not None:
@@ -499,7 +512,9 @@ class DecisionRepository:
                 return Recorded(True, decision, stored)
         except BudgetExhausted:
             if claimed != "upgraded":  # an upgraded row was a miss already: nothing to write
-                self.record_misses(campaign_id, [(user_id, views)], now, convert_until)
+                self.record_misses(
+                    campaign_id, [(user_id, views)], now, convert_until, campaign_version
+                )
             raise
 
     def record_misses(
@@ -508,6 +523,7 @@ class DecisionRepository:
         users: Sequence[tuple[str, int]],
         now: datetime,
         convert_until: datetime,
+        campaign_version: int | None = None,
     ) -> None:
         """``budget_exhausted`` rows for (user, views) without a decision yet, in one write."""
         if not users:
@@ -521,6 +537,7 @@ class DecisionRepository:
                 "views": views,
                 "decided_at": now,
                 "convert_until": convert_until,
+                "campaign_version": campaign_version,
             }
             for user_id, views in users
         ]
@@ -536,6 +553,7 @@ class DecisionRepository:
         convert_until: datetime,
         caps: Caps | None = None,
         no_purchase: bool = False,
+        campaign_version: int | None = None,
     ) -> BatchRecorded:
         """``record`` for many users in one transaction, with the same guarantees.
 
@@ -569,6 +587,7 @@ class DecisionRepository:
                     "convert_until": convert_until,
                     "lifecycle_stage": c.lifecycle_stage,
                     "loyalty_type": c.loyalty_type,
+                    "campaign_version": campaign_version,
                 }
                 for c in wanted
             }
@@ -598,6 +617,7 @@ class DecisionRepository:
                     claim.views,
                     now,
                     convert_until,
+                    campaign_version,
                 )
                 coupon = None if claim.coupon is None else _coupon(decision, claim.coupon, now)
                 made.append(Recorded(True, decision, coupon))
