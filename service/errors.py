@@ -205,6 +205,13 @@ class UserErased(RecofferError):
         super().__init__("this user id was erased; give a returning customer a new id")
 
 
+class UnknownWebhookEvent(RecofferError, LookupError):
+    """No webhook event with this id (issue 12, item 6)."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"no webhook event {event_id!r}")
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     """How one kind of error reaches the outside.
@@ -264,6 +271,7 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     SweepRunning: ErrorKind(409, "sweep_running", 1),  # issue 11, item 11
     UnknownSweepJob: ErrorKind(404, "unknown_sweep_job", 2),  # issue 11, item 11
     SignUpMovedLater: ErrorKind(409, "signed_up_at_conflict", 2),  # issue 12, item 7
+    UnknownWebhookEvent: ErrorKind(404, "unknown_webhook_event", 2),  # issue 12, item 6
 }
 
 
