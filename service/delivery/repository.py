@@ -210,17 +210,28 @@ class DeliveryRepository:
             .order_by(c.c.expires_at, c.c.attribution_id)
             .limit(EXPIRING_BATCH)
         )
-        insert = self.base.insert(e).on_conflict_do_nothing(index_elements=[e.c.event_key])
+        insert = (
+            self.base.insert(e)
+            .on_conflict_do_nothing(index_elements=[e.c.event_key])
+            .returning(e.c.id)
+        )
         lead_seconds = int(lead.total_seconds())
         written = 0
         while True:
             with self.base.writing() as conn:
                 found = [coupon_of_row(r) for r in conn.execute(query)]
-                for coupon in found:
-                    data = {**coupon_data(coupon), "lead_seconds": lead_seconds}
-                    key = f"expiring:{coupon.attribution_id}"
-                    row = event_row("coupon.expiring", key, coupon, data, now)
-                    written += int(conn.execute(insert, row).rowcount)
+                events = [
+                    event_row(
+                        "coupon.expiring",
+                        f"expiring:{c.attribution_id}",
+                        c,
+                        {**coupon_data(c), "lead_seconds": lead_seconds},
+                        now,
+                    )
+                    for c in found
+                ]
+                if events:  # the rows a concurrent scanner wrote first come back as none
+                    written += len(conn.execute(insert, events).all())
             if len(found) < EXPIRING_BATCH:
                 return written
 

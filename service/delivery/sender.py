@@ -105,13 +105,24 @@ class Sender:
         self.metrics = metrics
         self.draw = draw
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"[:64]
-        self._client = httpx.AsyncClient(
-            timeout=config.timeout_seconds, transport=transport, follow_redirects=False
-        )
+        self.transport = transport
+        self._client: httpx.AsyncClient | None = None  # made on the loop that uses it
         self._scanned_at: datetime | None = None
 
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.config.timeout_seconds,
+                transport=self.transport,
+                follow_redirects=False,
+            )
+        return self._client
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Close the HTTP connections (a later send opens new ones)."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def send_due(self) -> int:
         """Claim one batch of due events, send them side by side, record; how many were sent.
@@ -157,7 +168,7 @@ class Sender:
         status: int | None = None
         error: str | None = None
         try:
-            answer = await self._client.post(self.config.url, content=payload, headers=headers)
+            answer = await self._http().post(self.config.url, content=payload, headers=headers)
             status = answer.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
