@@ -1,9 +1,10 @@
 """Every query of the webhooks: claims, results and their log, the expiry scan, listings,
 replays, and the coupons a shop pulls.
 
-A sender claims due events with a conditional UPDATE (``claimed_until`` in its WHERE): on
-PostgreSQL a second claimer waits for the first one's row lock and then finds the claim taken,
-on SQLite there is one writer; so two workers or replicas never hold one event at once. An
+A sender claims due events in one write transaction: the due rows are read ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL (a concurrent claimer takes the next ones), SQLite has one writer, and
+the UPDATE that claims them re-checks ``claimed_until`` in its WHERE; so two workers or
+replicas never hold one event at once. An
 expired claim (its sender died) is free again. An event is due only when no earlier event of
 its coupon is undelivered (pending or dead): that keeps the order per coupon, across senders.
 """
@@ -120,12 +121,17 @@ class DeliveryRepository:
 
         At most one event per coupon (a later one waits for the earlier to be delivered).
         """
-        with self.engine.connect() as conn:
-            ids = [int(r[0]) for r in conn.execute(self._due.limit(limit), {"now": now})]
-        if not ids:
-            return []
-        params = {"ids": ids, "now": now, "sender": sender, "until": now + lease}
+        # PostgreSQL: rows another claimer is taking are skipped, not waited for (it takes
+        # the next ones instead); SQLite: one writer, the second claimer sees the first's claims
+        with self.engine.connect() as conn:  # idle polls cost a read, not a write lock
+            if conn.execute(self._due.limit(1), {"now": now}).first() is None:
+                return []
+        due = self._due.limit(limit).with_for_update(skip_locked=True, of=webhook_events)
         with self.base.writing() as conn:
+            ids = [int(r[0]) for r in conn.execute(due, {"now": now})]
+            if not ids:
+                return []
+            params = {"ids": ids, "now": now, "sender": sender, "until": now + lease}
             claimed = [_event(r) for r in conn.execute(self._claim, params)]
         return sorted(claimed, key=lambda ev: ev.id)
 
@@ -289,7 +295,7 @@ class DeliveryRepository:
             query = query.where(d.c.at < until)
         if failed is not None:
             ok = and_(d.c.status_code >= 200, d.c.status_code < 300)
-            query = query.where(~ok if failed else ok)
+            query = query.where(or_(d.c.status_code.is_(None), ~ok) if failed else ok)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(d.c.id).limit(limit))
             return [DeliveryLogEntry(**r._mapping) for r in rows]
