@@ -39,7 +39,7 @@ class Receiver:
         self._lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server protocol
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 doc = json.loads(raw)
                 signed = verify(
@@ -51,7 +51,10 @@ class Receiver:
                 with receiver._lock:
                     receiver.got.append(
                         Received(
-                            doc["id"], doc["type"], doc["data"], signed,
+                            doc["id"],
+                            doc["type"],
+                            doc["data"],
+                            signed,
                             self.headers.get(EVENT_ID_HEADER),
                         )
                     )
@@ -60,7 +63,7 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

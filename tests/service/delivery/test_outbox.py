@@ -10,10 +10,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from service.db import migrate
 from service.delivery import outbox
 from service.delivery.repository import DeliveryRepository
 from service.errors import CouponAlreadyRedeemed
-from service.db import migrate
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.rules import format_code
@@ -107,7 +107,8 @@ def test_redemptions_write_coupon_redeemed_with_the_order_each_use_once(
     first, second = events[1]["payload"], events[2]["payload"]
     assert (first["order_id"], first["order_amount"], first["redemption"]) == ("o-1", "80.0000", 1)
     assert (second["order_id"], second["redemption"]) == ("o-2", 2)
-    assert first["discount_amount"] is not None and first["currency"] == "EUR"
+    assert first["discount_amount"] is not None
+    assert first["currency"] == "EUR"
     assert len({e["coupon_ref"] for e in events}) == 1  # one coupon: one line of order
 
 
@@ -145,8 +146,7 @@ def test_concurrent_scanners_write_coupon_expiring_once_per_coupon(database_url:
         clock.advance(hours=1)  # every coupon (24 h) within the lead time (24 h)
         # four scanners on separate engines, as four replicas would be
         scanners = [
-            DeliveryRepository(engine_for(database_url, clock).repository.base)
-            for _ in range(4)
+            DeliveryRepository(engine_for(database_url, clock).repository.base) for _ in range(4)
         ]
         written = all_at_once(4, lambda i: scanners[i].scan_expiring(clock(), LEAD))
         assert not [w for w in written if isinstance(w, BaseException)], written

@@ -46,12 +46,17 @@ def test_an_event_is_delivered_signed_with_its_id_and_logged(
     assert step(sender) == 1
     [got] = receiver.got
     [event] = rows(offers)
-    assert got.signed and got.header_id == got.event_id == event["event_id"]
-    assert got.type == "coupon.issued" and got.data == event["payload"]
+    assert got.signed
+    assert got.header_id == got.event_id == event["event_id"]
+    assert got.type == "coupon.issued"
+    assert got.data == event["payload"]
     assert (event["state"], event["attempts"], event["last_status"]) == ("delivered", 1, 200)
     [line] = DeliveryRepository(offers.repository.base).deliveries()
     assert (line.event_id, line.attempt, line.status_code, line.error) == (
-        event["event_id"], 1, 200, None,
+        event["event_id"],
+        1,
+        200,
+        None,
     )
     assert line.duration_ms > 0
     assert step(sender) == 0  # delivered: never sent again
@@ -79,7 +84,8 @@ def test_failures_are_retried_after_a_growing_wait_until_delivered(
     assert rows(offers)[0]["state"] == "delivered"
     log = DeliveryRepository(offers.repository.base).deliveries()
     assert [(d.attempt, d.status_code) for d in log] == [(1, 503), (2, 500), (3, 429), (4, 200)]
-    assert len(set(receiver.ids())) == 1 and len(receiver.got) == 4  # at least once
+    assert len(set(receiver.ids())) == 1
+    assert len(receiver.got) == 4
 
 
 def test_a_receiver_that_is_down_gets_everything_once_it_is_back(
@@ -95,7 +101,8 @@ def test_a_receiver_that_is_down_gets_everything_once_it_is_back(
         assert step(sender) == 5
         clock.advance(seconds=4)
     log = DeliveryRepository(offers.repository.base).deliveries(failed=True)
-    assert len(log) == 20 and all(d.status_code is None and d.error for d in log)
+    assert len(log) == 20
+    assert all(d.status_code is None and d.error for d in log)
     back = Receiver(clock)
     try:
         sender = make_sender(offers, back.url, clock)
