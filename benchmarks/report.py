@@ -411,6 +411,7 @@ def main() -> None:
         serving_memory,
         signals,
         sweep,
+        webhooks,
     )
 
     for name, render in (
@@ -426,6 +427,7 @@ def main() -> None:
         ("offers", offers),
         ("sweep", sweep.render),
         ("reliability", reliability.render),
+        ("webhooks", webhooks.render),
     ):
         doc = _load(name)
         if doc is not None:

@@ -207,13 +207,17 @@ class Sender:
 
     async def run(self) -> None:
         """Forever: scan when due, send while there is work, else wait ``poll_seconds``."""
+        failing = False
         while True:
             sent = 0
             try:
                 await self.scan_if_due()
                 sent = await self.send_due()
                 await self.refresh_backlog()
+                failing = False
             except Exception as exc:  # the database may be away: try again after a pause
-                log.warning("webhook_sender_failed", extra={"error": _error(exc)})
+                if not failing:  # once per outage, not once per poll
+                    log.warning("webhook_sender_failed", extra={"error": _error(exc)})
+                failing = True
             if sent < self.config.batch:
                 await asyncio.sleep(self.config.poll_seconds)

@@ -25,7 +25,9 @@ coupon_router = APIRouter(
 )
 EventPath = Annotated[str, Path(min_length=1, max_length=32, description="The event's id.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Rows at most.")]
-After = Annotated[int, Query(ge=0, description="Cursor: the next_after of the previous page.")]
+After = Annotated[
+    int, Query(ge=0, le=2**62, description="Cursor: the next_after of the previous page.")
+]
 Since = Annotated[UtcDatetime | None, Query(description="From this time on (included).")]
 Until = Annotated[UtcDatetime | None, Query(description="Before this time (excluded).")]
 EventState = Literal["pending", "delivered", "dead"]
