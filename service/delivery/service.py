@@ -11,7 +11,6 @@ from datetime import datetime
 
 from service.delivery.repository import CouponState, DeliveryRepository, OutboxEvent
 from service.errors import InvalidInput, UnknownWebhookEvent
-from service.offers.campaigns import find_campaign
 from service.offers.decisions import OfferEngine
 from service.offers.repository.coupons import CouponRecord
 
@@ -87,7 +86,7 @@ class Webhooks:
         limit: int,
     ) -> CouponPage:
         """One page of the campaign's coupons in issue order; UnknownCampaign (404)."""
-        find_campaign(self.offers.campaigns, campaign_id)
+        self.offers.campaign(campaign_id)  # the engine's campaigns, as every route sees them
         after = None if cursor is None else decode_cursor(cursor)
         found = self.repository.campaign_coupons(
             campaign_id,

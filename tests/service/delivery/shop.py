@@ -34,9 +34,11 @@ class Clock:
         self.now += timedelta(**delta)
 
 
-def engine_for(url: str, clock: Callable[[], datetime]) -> OfferEngine:
-    """The built-in campaign without a holdout, so every eligible user gets a coupon."""
-    campaign = Campaign(holdout_percent=0)
+def engine_for(
+    url: str, clock: Callable[[], datetime], campaign: Campaign | None = None
+) -> OfferEngine:
+    """The built-in campaign, by default without a holdout: every eligible user is issued one."""
+    campaign = campaign or Campaign(holdout_percent=0)
     engine = make_engine(url, timeout_seconds=30, pool_size=10)
     base = Repository(engine, clock)
     return OfferEngine({campaign.campaign_id: campaign}, OfferRepository(base), clock)

@@ -14,6 +14,7 @@ from service.db import migrate
 from service.delivery import outbox
 from service.delivery.repository import DeliveryRepository
 from service.errors import CouponAlreadyRedeemed
+from service.offers.campaigns import Campaign
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 from service.offers.rules import format_code
@@ -78,6 +79,21 @@ def test_an_event_that_cannot_be_written_refuses_the_coupon(
         offers.evaluate("u-refused", CAMPAIGN)
     with offers.repository.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(coupons)).scalar_one() == 0
+
+
+def test_a_decision_refused_by_the_cap_writes_no_event(database_url: str) -> None:
+    clock = Clock(NOW)
+    offers = engine_for(database_url, clock, Campaign(holdout_percent=0, max_total=1))
+    try:
+        migrate(offers.repository.engine)
+        outbox.enable(offers.repository.base, outbox.Outbox(LEAD))
+        issue(offers, "u-first")
+        hesitating(offers, "u-second")
+        assert offers.evaluate("u-second", CAMPAIGN).decision == "budget_exhausted"
+        assert [e["user_id"] for e in rows(offers)] == ["u-first"]
+    finally:
+        outbox.disable(offers.repository.base)
+        offers.repository.engine.dispose()
 
 
 def test_a_sweep_writes_one_event_per_coupon_it_issues(offers: OfferEngine) -> None:
