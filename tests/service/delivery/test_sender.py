@@ -4,8 +4,10 @@ and on PostgreSQL, with the clock moved by the test."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from service.delivery.events import body, sign, verify
@@ -176,3 +178,16 @@ def test_two_senders_never_claim_the_same_event(offers: OfferEngine, clock: Cloc
     assert len(held) == len(set(held)) == 30
     clock.advance(seconds=31)  # the claims expired (their senders died): free again
     assert len(repo.claim("sender-late", clock(), lease, 100)) == 30
+
+
+def test_the_readmes_verification_snippet_accepts_our_signature_and_nothing_else() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("**Verify the signature.**", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(snippet, scope)  # the shop's code, as the README gives it
+    payload = body("e1", "coupon.redeemed", NOW, {"order_id": "o-1"})
+    header = sign(SECRET, int(time.time()), payload)
+    assert scope["verified"](SECRET, header, payload)
+    assert not scope["verified"](SECRET, header, payload.replace(b"o-1", b"o-2"))
+    assert not scope["verified"](SECRET, sign(SECRET, int(time.time()) - 600, payload), payload)
