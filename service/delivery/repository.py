@@ -197,6 +197,7 @@ class DeliveryRepository:
 
         Batches of ``EXPIRING_BATCH`` in write transactions; the unique ``event_key`` makes a
         concurrent scanner's rows (or a repeat) conflict and be skipped, never doubled.
+        A coupon redeemed meanwhile is never announced after its redemption.
         """
         c, e = coupons, webhook_events
         announced = (
@@ -215,6 +216,10 @@ class DeliveryRepository:
             )
             .order_by(c.c.expires_at, c.c.attribution_id)
             .limit(EXPIRING_BATCH)
+            # PostgreSQL: FOR SHARE, so a redemption under way is waited for and its coupon
+            # re-checked (then left out), and one that comes later waits for this commit: its
+            # coupon.redeemed follows the coupon.expiring. SQLite: one writer at a time.
+            .with_for_update(read=True, of=c)
         )
         insert = (
             self.base.insert(e)

@@ -4,11 +4,13 @@ many scanners run. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select, text, update
 
 from service.db import migrate
 from service.delivery import outbox
@@ -174,3 +176,47 @@ def test_concurrent_scanners_write_coupon_expiring_once_per_coupon(database_url:
     finally:
         outbox.disable(offers.repository.base)
         offers.repository.engine.dispose()
+
+
+def test_a_redemption_under_way_keeps_the_scan_from_announcing_its_coupon(
+    fresh_postgres: str,
+) -> None:
+    clock = Clock(NOW)
+    offers = engine_for(fresh_postgres, clock)
+    try:
+        migrate(offers.repository.engine)
+        outbox.enable(offers.repository.base, outbox.Outbox(LEAD))
+        code = issue(offers, "u-race")
+        scanner = DeliveryRepository(engine_for(fresh_postgres, clock).repository.base)
+        with offers.repository.base.writing() as conn:  # a redemption, not committed yet
+            conn.execute(update(coupons).where(coupons.c.code == code).values(redeemed_at=NOW))
+            with ThreadPoolExecutor(1) as pool:
+                scan = pool.submit(scanner.scan_expiring, NOW, LEAD)
+                _until_waiting_on_a_lock(conn)  # the scan waits for this transaction to end
+                assert not scan.done()
+                conn.commit()
+                assert scan.result(timeout=30) == 0  # redeemed: not announced
+        scanner.engine.dispose()
+    finally:
+        outbox.disable(offers.repository.base)
+        offers.repository.engine.dispose()
+
+
+def _until_waiting_on_a_lock(conn: Connection, seconds: float = 20.0) -> None:
+    """Until another session of this database waits for a lock (the scan on our row)."""
+    from sqlalchemy.exc import OperationalError
+
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND datname = current_database()"
+    )
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with conn.engine.connect() as probe:
+            try:
+                if probe.execute(query).scalar_one():
+                    return
+            except OperationalError:
+                pass
+        time.sleep(0.01)
+    raise AssertionError("the scan never waited for the redemption's lock")
