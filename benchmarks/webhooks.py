@@ -313,9 +313,11 @@ def render(doc: dict[str, Any]) -> list[str]:
         "the API at a steady pace (every second one redeemed); the receiver is killed after "
         f"{doc['up_seconds']:g} s, stays down (`down s`, at least 60) while issuing and "
         "redeeming go on, then comes back on the same port. `drain` is the time from its "
-        "return until the last event arrived: an event written as the outage began is in its "
-        "sixth wait (32-64 s with the default backoff) when the receiver returns, so the "
-        "drain is about that wait; a lower `RECOFFER_WEBHOOK_BACKOFF_MAX_SECONDS` shortens it.",
+        "return until the last event arrived: an event written as the outage began has "
+        "failed five or six times when the receiver returns and waits up to 64 s (the default "
+        "backoff) before its next try, so the drain is about that wait, plus the poll and the "
+        "writes of each try on this loaded machine; a lower "
+        "`RECOFFER_WEBHOOK_BACKOFF_MAX_SECONDS` shortens it.",
         "",
         "| database | down s | coupons issued / redeemed | events (issued / redeemed / "
         "expiring) | received (distinct) | lost | duplicates | bad signatures | coupons in "
