@@ -415,6 +415,7 @@ def main() -> None:
         signals,
         sweep,
         targeting,
+        webhooks,
     )
 
     for name, render in (
@@ -434,6 +435,7 @@ def main() -> None:
         ("reliability", reliability.render),
         ("backtest_kinds", backtest_kinds.render),
         ("campaign_store", campaign_store.render),  # issue 12, item 5
+        ("webhooks", webhooks.render),
     ):
         doc = _load(name)
         if doc is not None:

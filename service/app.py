@@ -36,9 +36,14 @@ from service.api.routes import (
     offers,
     recommendations,
     users,
+    webhooks,
 )
 from service.clock import utc_now
 from service.db import make_engine
+from service.delivery import outbox
+from service.delivery.repository import DeliveryRepository
+from service.delivery.sender import Sender, SenderConfig
+from service.delivery.service import Webhooks
 from service.health import Health
 from service.metrics import Metrics
 from service.middleware import RequestContext
@@ -154,6 +159,13 @@ def create_app(
         )
         # every holder of the campaigns gets each new map the store installs
         state.campaign_store.on_change(background.campaigns_to(state))
+        # webhooks (issue 12, item 6): written and sent only when a URL is configured
+        webhook_config = SenderConfig.from_settings(settings)
+        if webhook_config is not None:
+            outbox.enable(repository, outbox.Outbox(webhook_config.expiring_lead))
+        state.webhooks = Webhooks(
+            DeliveryRepository(repository), offer_engine, clock, enabled=webhook_config is not None
+        )
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()
         await background.open_database(state)
@@ -170,6 +182,10 @@ def create_app(
             loops["recoffer-offers"] = background.offer_metrics_loop(state)
         if settings.campaign_poll_seconds > 0:
             loops["recoffer-campaigns"] = background.campaign_loop(state)
+        sender = None
+        if webhook_config is not None:
+            sender = Sender(state.webhooks.repository, webhook_config, clock, metrics=metrics)
+            loops["recoffer-webhooks"] = sender.run()
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield
@@ -182,6 +198,9 @@ def create_app(
             await state.auto_offers.drain()
             # sweeps stop after their batch under way and are marked failed (a restart, not a loss)
             await asyncio.to_thread(state.sweeps.stop, 30.0)
+            if sender is not None:
+                await sender.aclose()
+            outbox.disable(repository)
             engine.dispose()
 
     app = FastAPI(
@@ -209,6 +228,8 @@ def create_app(
         manage.router,  # campaigns managed at run time (issue 12, item 5)
         model.router,
         health.router,
+        webhooks.router,
+        webhooks.coupon_router,
     ):
         app.include_router(router)
     add_docs(app)

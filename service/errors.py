@@ -257,6 +257,13 @@ class OrderAmountRequired(InvalidInput):
     """A coupon with money terms redeemed without the order amount they are checked on."""
 
 
+class UnknownWebhookEvent(RecofferError, LookupError):
+    """No webhook event with this id (issue 12, item 6)."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"no webhook event {event_id!r}")
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     """How one kind of error reaches the outside.
@@ -325,6 +332,7 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     CampaignVersionConflict: ErrorKind(409, "campaign_version_conflict", 2),
     CampaignFromFile: ErrorKind(409, "campaign_from_file", 2),
     CampaignArchived: ErrorKind(409, "campaign_archived", 2),
+    UnknownWebhookEvent: ErrorKind(404, "unknown_webhook_event", 2),  # issue 12, item 6
 }
 
 

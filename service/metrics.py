@@ -179,6 +179,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        # issue 12, item 6: webhooks (service/delivery)
+        self.webhook_deliveries = Counter(
+            "recoffer_webhook_deliveries_total",
+            "Webhook deliveries tried, by outcome (delivered, failed: retried later, dead)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_backlog = Gauge(
+            "recoffer_webhook_backlog",
+            "Webhook events in the outbox not delivered, by state (pending, dead)",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livemostrecent",  # every worker counts the same database
+        )
         if self.shared is None:  # this process alone: its own process and interpreter figures
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)

@@ -11,7 +11,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.activity.records import DEFAULT_EVENT_WEIGHTS
@@ -158,6 +158,71 @@ class Settings(BaseSettings):
         description="Keys that may read /metrics (admin keys may too), comma-separated; "
         "none: /metrics answers anyone.",
     )
+
+    # --- issue 12, item 6: webhooks to the shop (service/delivery) ---
+    webhook_url: str | None = Field(
+        None,
+        description="Where coupon events are POSTed (http:// or https://); none: webhooks off, "
+        "nothing is written to the outbox.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        validate_default=True,
+        description="Shared secret of the HMAC-SHA256 signature (at least 16 characters); "
+        "required with RECOFFER_WEBHOOK_URL.",
+    )
+    webhook_expiring_lead_hours: float = Field(
+        24.0, gt=0, le=24 * 365, description="coupon.expiring is sent this long before expiry."
+    )
+    webhook_max_attempts: int = Field(
+        20, ge=1, le=1000, description="Tries of one event before it is marked dead."
+    )
+    webhook_backoff_seconds: float = Field(
+        2.0, gt=0, description="Wait after the first failed try; doubled after each next one."
+    )
+    webhook_backoff_max_seconds: float = Field(
+        600.0, gt=0, description="The longest wait between two tries (before jitter)."
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="How long one POST may take before it counts as failed."
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, description="How often each worker looks for due events when idle."
+    )
+    webhook_batch: int = Field(
+        50, ge=1, le=1000, description="Events one worker claims and sends at once."
+    )
+    webhook_expiring_scan_seconds: float = Field(
+        60.0, gt=0, description="How often coupons are scanned for coupon.expiring."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_scheme(cls, url: str | None) -> str | None:
+        if not url:
+            return None  # RECOFFER_WEBHOOK_URL= (empty): off
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if secret is not None and not secret.get_secret_value():
+            secret = None
+        if info.data.get("webhook_url") and secret is None:
+            raise ValueError("required when RECOFFER_WEBHOOK_URL is set (the shop verifies it)")
+        if secret is not None and len(secret.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return secret
+
+    @field_validator("webhook_backoff_max_seconds")
+    @classmethod
+    def _webhook_backoff(cls, cap: float, info: ValidationInfo) -> float:
+        first = info.data.get("webhook_backoff_seconds")
+        if first is not None and cap < first:
+            raise ValueError("must be at least RECOFFER_WEBHOOK_BACKOFF_SECONDS")
+        return cap
 
     @field_validator("metrics_keys", mode="before")
     @classmethod

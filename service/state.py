@@ -9,6 +9,7 @@ from datetime import datetime
 from service.activity.ingest import Ingest
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
+from service.delivery.service import Webhooks
 from service.health import Health
 from service.metrics import Metrics
 from service.offers.auto import AutoEvaluator
@@ -43,3 +44,4 @@ class AppState:
     privacy: Privacy  # erasure, export, tombstones (issue 11, item 2)
     sweeps: SweepJobs  # campaign sweeps in the background (issue 11, item 11)
     campaign_store: CampaignStore  # campaigns managed at run time (issue 12, item 5)
+    webhooks: Webhooks | None = None  # the outbox, its log, the coupon export (issue 12, item 6)

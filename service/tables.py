@@ -368,3 +368,60 @@ campaign_changes = Table(
     ),
     Index("uq_campaign_changes_campaign_id", "campaign_id", "version", unique=True),
 )
+
+# --- webhook outbox and delivery log (migration 0008, issue 12 item 6) ---------------------
+
+WEBHOOK_EVENT_TYPES = ("coupon.issued", "coupon.redeemed", "coupon.expiring")
+WEBHOOK_STATES = ("pending", "delivered", "dead")
+
+# One row per event for the shop, written in the transaction of the fact it tells
+# (service.delivery.outbox); ``id`` orders the events of a coupon (``coupon_ref``: the coupon's
+# attribution id, so no full code sits in a key or an index).
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("event_id", String(32), nullable=False),  # stable: the receiver's idempotency key
+    Column("event_key", String(96), nullable=False),  # "what happened once": type + coupon (+ use)
+    Column("type", String(24), nullable=False),
+    Column("coupon_ref", String(32), nullable=False),
+    Column("campaign_id", String(64), nullable=False),
+    Column("user_id", String(ID_LENGTH), nullable=True),
+    Column("payload", JSON(), nullable=False),  # the body's "data"; holds the full code
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("claimed_by", String(64), nullable=True),  # a sender holds it until claimed_until
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("last_status", Integer(), nullable=True),
+    Column("last_error", String(300), nullable=True),
+    CheckConstraint(
+        f"type IN ({', '.join(map(repr, WEBHOOK_EVENT_TYPES))})", name="webhook_event_type"
+    ),
+    CheckConstraint(f"state IN ({', '.join(map(repr, WEBHOOK_STATES))})", name="webhook_state"),
+    Index("uq_webhook_events_event_id", "event_id", unique=True),
+    # "one coupon.expiring per coupon", across scanners and replicas, is this index
+    Index("uq_webhook_events_event_key", "event_key", unique=True),
+    Index("ix_webhook_events_state", "state", "next_attempt_at"),
+    Index("ix_webhook_events_coupon_ref", "coupon_ref", "id"),
+    Index("ix_webhook_events_user_id", "user_id"),
+    Index("ix_webhook_events_created_at", "created_at"),
+)
+
+# every attempt to deliver an event: when, how it ended, how long it took (no personal data)
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("event_id", String(32), nullable=False),
+    Column("attempt", Integer(), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("status_code", Integer(), nullable=True),  # None: no answer (see error)
+    Column("error", String(300), nullable=True),
+    Column("duration_ms", Float(), nullable=False),
+    Column("sender", String(64), nullable=False),
+    Index("ix_webhook_deliveries_event_id", "event_id", "id"),
+    Index("ix_webhook_deliveries_at", "at"),
+)

@@ -450,8 +450,10 @@ class Campaign(BaseModel):
         return self.active_until is None or now < self.active_until
 
     def public(self) -> dict[str, Any]:
-        """The definition as the API shows it."""
-        return self.model_dump(mode="json")
+        """The definition as the API shows it, every default in; a fixed discount shows no
+        ``discount_percent`` (its default would read as a second discount)."""
+        exclude = {"discount_percent"} if self.fixed_discount is not None else None
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 # the money fields that need the campaign's currency (issue 12, item 3)

@@ -35,6 +35,11 @@ POLICIES: dict[str, Policy] = {
         "unlink", why="the append-only trail of redemptions and releases stays for accounting"
     ),
     "user_segments": Policy("delete", why="RFM figures, lifecycle stage and loyalty type"),
+    "webhook_events": Policy(
+        "delete",
+        why="webhook payloads name the user (and hold the code): delivered or not, they go, "
+        "and nothing more is sent about the user; the delivery log keeps no personal data",
+    ),
 }
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Integer, String, bindparam, or_, select, upda
 from sqlalchemy.engine import Row
 
 from service.activity.repository import Repository
+from service.delivery import outbox
 from service.money import QUANTUM, AmountColumn
 from service.offers.repository.spend import SpendStatements
 from service.tables import UTCDateTime, coupon_ledger, coupons
@@ -239,6 +240,7 @@ class CouponRepository:
                     self._spend.add_spend(conn, used.campaign_id, now, used.currency, discount)
             # the n-th redemption follows n - 1 releases
             self._append(conn, used, "redeem", used.releases + 1, use, now)
+            outbox.coupon_redeemed(self.base, conn, used)  # the shop's webhook, same transaction
         return used
 
     def release(

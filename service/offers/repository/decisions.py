@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 
 from service.activity.repository import Repository
+from service.delivery import outbox
 from service.errors import BudgetExhausted, PurchasedMeanwhile
 from service.offers.kinds import FinalKind
 from service.offers.repository.coupons import CouponRecord, CouponRepository
@@ -622,6 +623,7 @@ class DecisionRepository:
                 coupon = None if claim.coupon is None else _coupon(decision, claim.coupon, now)
                 made.append(Recorded(True, decision, coupon))
             self.coupons.insert_many(conn, [r.coupon for r in made if r.coupon is not None])
+            outbox.coupons_issued(self.base, conn, [r.coupon for r in made])  # webhooks
         return BatchRecorded(
             made=made,
             already=[c.user_id for c in wanted if c.user_id not in inserted],
@@ -739,6 +741,7 @@ class DecisionRepository:
     ) -> CouponRecord:
         coupon = _coupon(decision, draft, now)
         self.coupons.insert(conn, coupon)
+        outbox.coupons_issued(self.base, conn, [coupon])  # the shop's webhook, same transaction
         return coupon
 
     def _decision(self, conn: Connection, campaign_id: str, user_id: str) -> DecisionRecord | None:

@@ -106,6 +106,7 @@ def test_money_fields_need_their_currency_and_are_never_floats() -> None:
     fixed = Campaign(fixed_discount="5.00", currency="EUR")
     assert (fixed.discount_kind, fixed.fixed_discount) == ("fixed", Decimal("5.00"))
     assert fixed.public()["fixed_discount"] == "5.00"  # exact in the API too
+    assert "discount_percent" not in fixed.public()  # its default is no second discount
     with pytest.raises(ValidationError, match="needs currency"):
         Campaign(fixed_discount=Decimal(5))
     with pytest.raises(ValidationError, match="needs currency"):
