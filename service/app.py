@@ -34,6 +34,7 @@ from service.api.routes import (
     model,
     offers,
     recommendations,
+    segments,
     users,
 )
 from service.clock import utc_now
@@ -55,6 +56,8 @@ from service.privacy.service import Privacy
 from service.privacy.tombstones import Tombstones
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
+from service.segments.repository import SegmentRepository
+from service.segments.service import SegmentRefresher, Segments
 from service.settings import Settings
 from service.state import AppState
 
@@ -100,6 +103,8 @@ def create_app(
             metrics=metrics,
         )
         auto_offers = AutoEvaluator(offer_engine, per_user=settings.session_events)
+        user_segments = Segments(SegmentRepository(repository), settings.segments, clock)
+        segment_refresher = SegmentRefresher(user_segments)
         state = AppState(
             settings=settings,
             repository=repository,
@@ -117,6 +122,7 @@ def create_app(
                 max_items=settings.max_batch_items,
                 views=auto_offers,
                 erased=tombstones.is_erased,
+                segments=segment_refresher,
             ),
             health=Health(models, metrics),
             offers=offer_engine,
@@ -142,6 +148,8 @@ def create_app(
                 clock,
                 stale_after=timedelta(seconds=settings.sweep_stale_seconds),
             ),
+            segments=user_segments,
+            segment_refresher=segment_refresher,
         )
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()
@@ -166,6 +174,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.auto_offers.drain()
+            await state.segment_refresher.drain()
             # sweeps stop after their batch under way and are marked failed (a restart, not a loss)
             await asyncio.to_thread(state.sweeps.stop, 30.0)
             engine.dispose()
@@ -192,6 +201,7 @@ def create_app(
         offers.router,
         coupons.router,
         campaigns.router,
+        segments.router,
         model.router,
         health.router,
     ):

@@ -205,6 +205,14 @@ class UserErased(RecofferError):
         super().__init__("this user id was erased; give a returning customer a new id")
 
 
+class UnknownUser(RecofferError, LookupError):
+    """A user id with no event and no registration (issue 12, item 1: their profile)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"no user {user_id!r}: no event and no registration under this id")
+        self.user_id = user_id
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     """How one kind of error reaches the outside.
@@ -264,6 +272,7 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     SweepRunning: ErrorKind(409, "sweep_running", 1),  # issue 11, item 11
     UnknownSweepJob: ErrorKind(404, "unknown_sweep_job", 2),  # issue 11, item 11
     SignUpMovedLater: ErrorKind(409, "signed_up_at_conflict", 2),  # issue 12, item 7
+    UnknownUser: ErrorKind(404, "unknown_user", 2),  # issue 12, item 1
 }
 
 

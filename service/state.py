@@ -19,6 +19,7 @@ from service.offers.reports import Reports
 from service.privacy.service import Privacy
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
+from service.segments.service import SegmentRefresher, Segments
 from service.settings import Settings
 
 
@@ -41,3 +42,5 @@ class AppState:
     reports: Reports
     privacy: Privacy  # erasure, export, tombstones (issue 11, item 2)
     sweeps: SweepJobs  # campaign sweeps in the background (issue 11, item 11)
+    segments: Segments  # RFM, lifecycle stage, loyalty type (issue 12, item 1)
+    segment_refresher: SegmentRefresher

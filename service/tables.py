@@ -287,3 +287,20 @@ user_segments = Table(
     Index("ix_user_segments_lifecycle_stage", "lifecycle_stage"),
     Index("ix_user_segments_loyalty_type", "loyalty_type"),
 )
+
+# the shop-level figures of each bulk run (service.segments): the latest one's thresholds
+# score and stage one user when their events arrive, until the next run
+segment_runs = Table(
+    "segment_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("as_of", UTCDateTime(), nullable=False),  # the moment the figures describe
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=False),
+    Column("users", Integer(), nullable=False),
+    Column("customers", Integer(), nullable=False),  # users with at least one order
+    Column("typical_interval_days", Float(), nullable=False),
+    Column("thresholds", JSON(), nullable=False),  # score breakpoints (service.segments.rules)
+    Column("counts", JSON(), nullable=False),  # users per stage x type
+    Column("seconds", Float(), nullable=False),
+)

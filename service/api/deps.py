@@ -21,6 +21,7 @@ from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
 from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
+from service.segments.service import Segments
 from service.settings import Role, is_loopback
 from service.state import AppState
 
@@ -182,3 +183,10 @@ def _sweeps(state: AppState) -> SweepJobs:
 
 
 SweepsDep = Annotated[SweepJobs, Depends(require_part(_sweeps, "marketing"))]
+
+
+def _segments(state: AppState) -> Segments:
+    return state.segments
+
+
+SegmentsDep = Annotated[Segments, Depends(require_part(_segments, "marketing"))]  # issue 12

@@ -69,6 +69,7 @@ DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[int, ...]] = {
     _call(deps.ReportsDep): (503,),
     _call(deps.CouponsDep): (429, 503),  # the failed-lookup limits
     _call(deps.CouponReaderDep): (503,),
+    _call(deps.SegmentsDep): (503,),  # issue 12, item 1
 }
 
 
