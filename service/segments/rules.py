@@ -19,8 +19,8 @@ A customer's rhythm is the mean interval between their orders, (last - first) / 
 when they have ``rhythm_min_orders`` orders or more, else the shop's typical interval (the
 median of those rhythms over the shop's customers); never below ``min_interval_days``.
 
-Loyalty type, behaviour (regular: ``regular_min_orders`` orders and the last one within
-``at_risk_after``) against engagement (``engaged_min_views`` views or
+Loyalty type, behaviour (regular: ``regular_min_orders`` orders and the stage ``new`` or
+``active``, i.e. buying on their rhythm) against engagement (``engaged_min_views`` views or
 ``engaged_min_active_days`` days with events in the last ``engagement_days``), first rule that
 holds: ``mercenary`` (``mercenary_min_orders`` orders and a coupon share of at least
 ``mercenary_share``), ``committed`` (regular, engaged, a coupon share of at most
@@ -246,7 +246,8 @@ def loyalty_type(figures: Figures, stage: Stage, settings: SegmentSettings) -> L
     share = figures.coupon_share
     if figures.orders >= settings.mercenary_min_orders and share >= settings.mercenary_share:
         return "mercenary"
-    regular = figures.orders >= settings.regular_min_orders and stage not in ("at_risk", "lapsed")
+    # a returning customer is not regular again until an order comes on their rhythm
+    regular = figures.orders >= settings.regular_min_orders and stage in ("new", "active")
     engaged = is_engaged(figures, settings)
     if regular and engaged and share <= settings.committed_max_share:
         return "committed"
