@@ -408,6 +408,8 @@ def main() -> None:
         import_online_retail,
         reliability,
         retrain_pickup,
+        segments,
+        segments_online_retail,
         serving_memory,
         signals,
         sweep,
@@ -426,6 +428,8 @@ def main() -> None:
         ("offers", offers),
         ("sweep", sweep.render),
         ("reliability", reliability.render),
+        ("segments", segments.render),  # issue 12, item 1
+        ("segments_online_retail", segments_online_retail.render),
     ):
         doc = _load(name)
         if doc is not None:

@@ -103,7 +103,7 @@ def create_app(
             metrics=metrics,
         )
         auto_offers = AutoEvaluator(offer_engine, per_user=settings.session_events)
-        user_segments = Segments(SegmentRepository(repository), settings.segments, clock)
+        user_segments = Segments(SegmentRepository(repository), settings.segment, clock)
         segment_refresher = SegmentRefresher(user_segments)
         state = AppState(
             settings=settings,

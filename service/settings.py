@@ -50,9 +50,7 @@ class SegmentSettings(BaseSettings):
     min_interval_days: float = Field(
         1.0, gt=0, description="A rhythm is never taken shorter than this (same-day orders)."
     )
-    new_days: float = Field(
-        30.0, ge=0, description="A first order at most this old: stage new."
-    )
+    new_days: float = Field(30.0, ge=0, description="A first order at most this old: stage new.")
     at_risk_factor: float = Field(
         2.0, gt=0, description="at_risk once the last order is older than this many rhythms."
     )
@@ -245,7 +243,7 @@ class Settings(BaseSettings):
     )
 
     # issue 12, item 1: the thresholds of user segments (RECOFFER_SEGMENT_*)
-    segments: SegmentSettings = Field(
+    segment: SegmentSettings = Field(
         default_factory=SegmentSettings, description="Segment thresholds: RECOFFER_SEGMENT_*."
     )
 

@@ -281,9 +281,7 @@ class SegmentRepository:
                 conn.commit()
 
     def _read(self, conn: Connection, query: Select[Any], chunk: int) -> Iterator[Figures]:
-        result = conn.execute(
-            query, execution_options={"stream_results": True, "yield_per": chunk}
-        )
+        result = conn.execute(query, execution_options={"stream_results": True, "yield_per": chunk})
         try:
             for row in result:
                 yield _figures(row)

@@ -3,6 +3,7 @@ bulk run against one user's refresh on SQLite and PostgreSQL, the API, export an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -43,7 +44,7 @@ def days(n: float) -> datetime:
     return NOW - timedelta(days=n)
 
 
-def buyer(order_days_ago: list[float], **extra: Any) -> Figures:
+def buyer(order_days_ago: Sequence[float], **extra: Any) -> Figures:
     """A customer whose orders were placed these many days before NOW."""
     at = sorted(days(d) for d in order_days_ago)
     return Figures(
@@ -108,6 +109,12 @@ def test_every_stage_threshold_is_configurable() -> None:
     assert stage(buyer(weekly), patient) == "active"
     strict = SegmentSettings(at_risk_min_days=10, lapsed_min_days=20, lapsed_factor=3)
     assert stage(buyer(weekly), strict) == "lapsed"
+
+
+def test_every_threshold_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in SegmentSettings.model_fields:
+        assert f"RECOFFER_SEGMENT_{name.upper()}" in readme, name
 
 
 def test_inconsistent_thresholds_are_refused_naming_the_variables() -> None:
@@ -259,7 +266,8 @@ def rows(engine: Any) -> dict[str, dict[str, Any]]:
 def test_bulk_run_segments_each_history_on_both_databases(shop: Any) -> None:
     segments, engine = shop
     summary = segments.run()
-    assert summary.users == 6 and summary.customers == 5  # "future" has no event yet
+    assert summary.users == 6
+    assert summary.customers == 5
     got = rows(engine)
     assert {u: (r["lifecycle_stage"], r["loyalty_type"]) for u, r in got.items()} == {
         "regular": ("active", "committed"),
@@ -273,14 +281,18 @@ def test_bulk_run_segments_each_history_on_both_databases(shop: Any) -> None:
     assert regular["orders"] == 5  # two purchase lines per order: orders, not lines
     assert regular["monetary"] == Decimal("100.0000")  # exact money
     # 12 days with views, and 3 more with purchases inside the 30-day window
-    assert regular["views"] == 12 and regular["active_days"] == 15
+    assert regular["views"] == 12
+    assert regular["active_days"] == 15
     assert got["first"]["monetary"] == Decimal("299.9700")
     assert got["bargain"]["coupon_orders"] == 2
-    assert got["browser"]["r_score"] is None and got["browser"]["views"] == 15
+    assert got["browser"]["r_score"] is None
+    assert got["browser"]["views"] == 15
     assert got["browser"]["active_days"] == 10
     counts = segments.counts()
-    assert counts.per_stage()["new"] == 3 and counts.per_type()["mercenary"] == 1
-    assert counts.last_run is not None and counts.last_run["users"] == 6
+    assert counts.per_stage()["new"] == 3
+    assert counts.per_type()["mercenary"] == 1
+    assert counts.last_run is not None
+    assert counts.last_run["users"] == 6
 
 
 def test_one_users_refresh_agrees_with_the_bulk_run(shop: Any) -> None:
@@ -341,18 +353,21 @@ def test_profile_and_counts_through_the_api(tmp_path: Path, database_url: str) -
         assert r.status_code == 200, r.text
         body = r.json()
         assert (body["lifecycle_stage"], body["loyalty_type"]) == ("active", "committed")
-        assert body["r_score"] is None and body["orders"] == 5 and body["frequency"] == 5
-        assert body["monetary"] == "100.0000" and body["currency"] == "EUR"
+        assert body["r_score"] is None
+        assert body["orders"] == 5
+        assert body["frequency"] == 5
+        assert body["monetary"] == "100.0000"
+        assert body["currency"] == "EUR"
 
         c.app.state.recoffer.segments.run()  # type: ignore[attr-defined]
         body = c.get("/v1/users/bargain/profile", headers=M).json()
-        assert body["loyalty_type"] == "mercenary" and body["coupon_share"] == pytest.approx(
-            2 / 3, abs=1e-3
-        )
+        assert body["loyalty_type"] == "mercenary"
+        assert body["coupon_share"] == pytest.approx(2 / 3, abs=1e-3)
         assert body["r_score"] in range(1, 6)
 
         r = c.get("/v1/users/nobody/profile", headers=M)
-        assert r.status_code == 404 and r.json()["error"] == "unknown_user"
+        assert r.status_code == 404
+        assert r.json()["error"] == "unknown_user"
         r = c.put("/v1/users/signed", json={"attributes": {}}, headers={"X-API-Key": FRONTEND})
         assert r.status_code == 200
         body = c.get("/v1/users/signed/profile", headers=M).json()
@@ -361,8 +376,10 @@ def test_profile_and_counts_through_the_api(tmp_path: Path, database_url: str) -
         r = c.get("/v1/users/regular/profile", headers={"X-API-Key": FRONTEND})
         assert r.status_code == 403
         seg = c.get("/v1/segments", headers=M).json()
-        assert seg["users"] == 7 and seg["stages"]["returning"] == 1
-        assert seg["loyalty_types"]["latent"] == 1 and seg["matrix"]["new"]["mercenary"] == 1
+        assert seg["users"] == 7
+        assert seg["stages"]["returning"] == 1
+        assert seg["loyalty_types"]["latent"] == 1
+        assert seg["matrix"]["new"]["mercenary"] == 1
         # the median of the rhythms of regular 7, bargain 10, gone 20 and back 131.7 days
         assert seg["typical_interval_days"] == pytest.approx(15.0)
         assert seg["last_run_as_of"].startswith("2026-06-01")

@@ -49,9 +49,7 @@ def upgrade() -> None:
     op.create_index("ix_user_segments_loyalty_type", "user_segments", ["loyalty_type"])
     op.create_table(
         "segment_runs",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("as_of", UTCDateTime(), nullable=False),
         sa.Column("started_at", UTCDateTime(), nullable=False),
         sa.Column("finished_at", UTCDateTime(), nullable=False),
