@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -78,3 +79,30 @@ def test_bad_input_is_one_line_and_exit_2(
     assert len(lines) == 1
     assert lines[0].startswith("recoffer: error:")
     assert message in lines[0]
+
+
+def test_online_retail_customers_segment_with_purchases_only(
+    online_retail_path: Path, tmp_path: Path
+) -> None:
+    # the first 20,000 lines of the log: enough customers, seconds to import
+    with gzip.open(online_retail_path, "rt", encoding="latin-1") as src:
+        head = [line for _, line in zip(range(20_001), src, strict=False)]
+    sample = tmp_path / "online_retail_head.csv"
+    sample.write_text("".join(head), encoding="latin-1")
+    url = f"sqlite:///{tmp_path / 'or.db'}"
+    r = runner.invoke(
+        app,
+        ["import", "purchases", str(sample), "--format", "online-retail", "--currency", "GBP",
+         "--skip-bad-rows", "--database-url", url],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["segments", "--database-url", url, "--as-of", "2011-01-01", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["users"] > 100
+    assert doc["customers"] == doc["users"]
+    assert doc["loyalty_types"]["mercenary"] == 0  # no coupons in the log
+    assert doc["loyalty_types"]["latent"] == 0  # nobody in it browses without buying
+    assert sum(doc["stages"].values()) == doc["users"]
+    assert doc["stages"]["active"] > 0
+    assert doc["stages"]["new"] > 0
