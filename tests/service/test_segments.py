@@ -3,7 +3,9 @@ bulk run against one user's refresh on SQLite and PostgreSQL, the API, export an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
@@ -28,7 +30,7 @@ from service.segments.rules import (
     score,
     segment,
 )
-from service.segments.service import Segments
+from service.segments.service import SegmentRefresher, Segments
 from service.settings import SegmentSettings, Settings
 from service.tables import coupons, user_segments
 
@@ -422,3 +424,47 @@ def test_export_carries_the_segment_row_and_erasure_deletes_it(
         r = c.delete("/v1/users/regular", headers=a)
         assert r.json()["removed"]["user_segments"] == 1
         assert c.get("/v1/users/regular/profile", headers=M).status_code == 404
+
+
+def test_parallel_refreshes_and_a_bulk_run_leave_one_row_per_user(shop: Any) -> None:
+    segments, engine = shop
+    segments.run()
+    users = ["regular", "gone", "back", "first", "bargain", "browser"]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = [pool.submit(segments.compute, u) for u in users * 5]
+        jobs.append(pool.submit(segments.run))
+        for job in jobs:
+            job.result()  # no conflict, no lock error
+    got = rows(engine)
+    assert sorted(got) == sorted(users)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(user_segments)).scalar_one() == 6
+    assert got["bargain"]["loyalty_type"] == "mercenary"
+
+
+class _Recorder:
+    """Stands in for ``Segments``: records whom it computed."""
+
+    def __init__(self, settings: SegmentSettings) -> None:
+        self.settings = settings
+        self.computed: list[str] = []
+
+    def compute(self, user_id: str, *, require_run: bool = False) -> None:
+        self.computed.append(user_id)
+        if user_id == "broken":
+            raise RuntimeError("database gone")
+
+
+def test_the_refresher_throttles_views_and_survives_failures() -> None:
+    recorder = _Recorder(SegmentSettings(refresh_view_seconds=300))
+
+    async def scenario() -> list[int]:
+        refresher = SegmentRefresher(recorder)  # type: ignore[arg-type]
+        counts = [refresher.on_events([("a", "view"), ("b", "purchase"), ("c", "add_to_cart")])]
+        await refresher.drain()
+        counts.append(refresher.on_events([("a", "view"), ("b", "purchase"), ("broken", "view")]))
+        await refresher.drain()  # the failure is logged, not raised
+        return counts
+
+    assert asyncio.run(scenario()) == [2, 2]  # a's second view within 300 s: skipped
+    assert sorted(recorder.computed) == ["a", "b", "b", "broken"]
