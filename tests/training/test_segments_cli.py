@@ -106,3 +106,19 @@ def test_online_retail_customers_segment_with_purchases_only(
     assert sum(doc["stages"].values()) == doc["users"]
     assert doc["stages"]["active"] > 0
     assert doc["stages"]["new"] > 0
+
+
+def test_the_scheduled_job_runs_the_command_as_a_child(tmp_path: Path) -> None:
+    url = _database(tmp_path)
+    r = runner.invoke(app, ["segments", "--database-url", url, "--every", "24h", "--max-runs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "1 run(s), 0 failed" in r.stderr
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        from sqlalchemy import func, select
+
+        from service.tables import segment_runs, user_segments
+
+        assert conn.execute(select(func.count()).select_from(segment_runs)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(user_segments)).scalar_one() == 5
+    engine.dispose()
