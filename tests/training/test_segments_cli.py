@@ -9,11 +9,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
 from service.db import make_engine, migrate
+from service.tables import segment_runs, user_segments
 from training.cli import app
 
 runner = CliRunner()
@@ -115,10 +117,6 @@ def test_the_scheduled_job_runs_the_command_as_a_child(tmp_path: Path) -> None:
     assert "1 run(s), 0 failed" in r.stderr
     engine = make_engine(url)
     with engine.connect() as conn:
-        from sqlalchemy import func, select
-
-        from service.tables import segment_runs, user_segments
-
         assert conn.execute(select(func.count()).select_from(segment_runs)).scalar_one() == 1
         assert conn.execute(select(func.count()).select_from(user_segments)).scalar_one() == 5
     engine.dispose()
