@@ -238,7 +238,9 @@ def render(doc: dict[str, Any]) -> list[str]:
         "rest views, over 365 days; coupons on about 3 % of purchases), in a fresh process: "
         "one SQL aggregate per user into a temporary table, read twice in chunks (the shop's "
         "thresholds, then the rows), rows upserted in batches. Peak RSS is the run's own process "
-        f"(the database server's memory is not in it). Medians of {doc['rounds']} run(s).",
+        f"(the database server's memory is not in it). Medians of {doc['rounds']} run(s). "
+        "Each database is seeded and segmented as of its own moment (the seed's times are "
+        "relative to it), so a few users on a threshold may land in a neighbouring stage.",
         "",
         "| database | users segmented | with orders | seconds (median) | peak RSS MiB "
         "(median) | each run s | seeding s |",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import statistics
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from service.clock import SECONDS_PER_DAY
+from service.money import from_units, to_units
 from service.settings import SegmentSettings
 
 Stage = Literal["new", "active", "at_risk", "lapsed", "returning"]
@@ -156,17 +158,17 @@ def typical_interval(rhythms: Iterable[float], settings: SegmentSettings) -> flo
 class ThresholdBuilder:
     """Collects the customers' figures of a bulk run, one at a time, into ``ShopThresholds``.
 
-    Keeps three numbers per customer (compact arrays would save little next to the rows
-    themselves, which are never kept).
+    Keeps a few numbers per customer in compact arrays (8 bytes each, money in
+    ten-thousandths), never the rows: a million customers cost some 30 MB.
     """
 
     def __init__(self, settings: SegmentSettings, now: datetime) -> None:
         self.settings = settings
         self.now = now
-        self.recency: list[float] = []
-        self.frequency: list[int] = []
-        self.monetary: dict[str, list[Decimal]] = {}
-        self.rhythms: list[float] = []
+        self.recency = array("d")
+        self.frequency = array("q")
+        self.monetary: dict[str, array[int]] = {}
+        self.rhythms = array("d")
 
     def add(self, figures: Figures) -> None:
         recency = figures.recency_days(self.now)
@@ -175,7 +177,8 @@ class ThresholdBuilder:
         self.recency.append(recency)
         self.frequency.append(figures.orders)
         if figures.monetary is not None and figures.currency is not None:
-            self.monetary.setdefault(figures.currency, []).append(figures.monetary)
+            spent = self.monetary.setdefault(figures.currency, array("q"))
+            spent.append(to_units(figures.monetary))
         rhythm = figures.own_rhythm_days(self.settings.rhythm_min_orders)
         if rhythm is not None:
             self.rhythms.append(rhythm)
@@ -189,7 +192,10 @@ class ThresholdBuilder:
             typical_interval_days=typical_interval(self.rhythms, self.settings),
             recency=breakpoints(self.recency),
             frequency=breakpoints(self.frequency),
-            monetary={c: breakpoints(v) for c, v in sorted(self.monetary.items())},
+            monetary={
+                c: tuple(from_units(b) for b in breakpoints(v))
+                for c, v in sorted(self.monetary.items())
+            },
         )
 
 
