@@ -20,6 +20,8 @@ STEPS = (
     ["benchmarks.sweep"],
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
+    ["benchmarks.segments"],  # issue 12, item 1
+    ["benchmarks.segments_online_retail"],
 )
 
 
