@@ -411,6 +411,8 @@ def main() -> None:
         money,
         reliability,
         retrain_pickup,
+        segments,
+        segments_online_retail,
         serving_memory,
         signals,
         sweep,
@@ -436,6 +438,8 @@ def main() -> None:
         ("backtest_kinds", backtest_kinds.render),
         ("campaign_store", campaign_store.render),  # issue 12, item 5
         ("webhooks", webhooks.render),
+        ("segments", segments.render),  # issue 12, item 1
+        ("segments_online_retail", segments_online_retail.render),
     ):
         doc = _load(name)
         if doc is not None:

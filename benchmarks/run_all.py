@@ -22,6 +22,8 @@ STEPS = (
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
     ["benchmarks.campaign_store"],  # issue 12, item 5
+    ["benchmarks.segments"],  # issue 12, item 1
+    ["benchmarks.segments_online_retail"],
 )
 
 

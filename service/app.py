@@ -35,6 +35,7 @@ from service.api.routes import (
     model,
     offers,
     recommendations,
+    segments,
     users,
     webhooks,
 )
@@ -63,6 +64,8 @@ from service.privacy.service import Privacy
 from service.privacy.tombstones import Tombstones
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
+from service.segments.repository import SegmentRepository
+from service.segments.service import SegmentRefresher, Segments
 from service.settings import Settings
 from service.state import AppState
 
@@ -108,6 +111,8 @@ def create_app(
             metrics=metrics,
         )
         auto_offers = AutoEvaluator(offer_engine, per_user=settings.session_events)
+        user_segments = Segments(SegmentRepository(repository), settings.segment, clock)
+        segment_refresher = SegmentRefresher(user_segments)
         state = AppState(
             settings=settings,
             repository=repository,
@@ -125,6 +130,7 @@ def create_app(
                 max_items=settings.max_batch_items,
                 views=auto_offers,
                 erased=tombstones.is_erased,
+                segments=segment_refresher,
             ),
             health=Health(models, metrics),
             offers=offer_engine,
@@ -156,6 +162,8 @@ def create_app(
                 file_campaigns=campaign_set,
                 file_ids=file_campaign_ids(settings.campaigns_file),
             ),
+            segments=user_segments,
+            segment_refresher=segment_refresher,
         )
         # every holder of the campaigns gets each new map the store installs
         state.campaign_store.on_change(background.campaigns_to(state))
@@ -196,6 +204,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.auto_offers.drain()
+            await state.segment_refresher.drain()
             # sweeps stop after their batch under way and are marked failed (a restart, not a loss)
             await asyncio.to_thread(state.sweeps.stop, 30.0)
             if sender is not None:
@@ -226,6 +235,7 @@ def create_app(
         coupons.router,
         campaigns.router,
         manage.router,  # campaigns managed at run time (issue 12, item 5)
+        segments.router,
         model.router,
         health.router,
         webhooks.router,

@@ -264,6 +264,14 @@ class UnknownWebhookEvent(RecofferError, LookupError):
         super().__init__(f"no webhook event {event_id!r}")
 
 
+class UnknownUser(RecofferError, LookupError):
+    """A user id with no event and no registration (issue 12, item 1: their profile)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"no user {user_id!r}: no event and no registration under this id")
+        self.user_id = user_id
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     """How one kind of error reaches the outside.
@@ -333,6 +341,7 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     CampaignFromFile: ErrorKind(409, "campaign_from_file", 2),
     CampaignArchived: ErrorKind(409, "campaign_archived", 2),
     UnknownWebhookEvent: ErrorKind(404, "unknown_webhook_event", 2),  # issue 12, item 6
+    UnknownUser: ErrorKind(404, "unknown_user", 2),  # issue 12, item 1
 }
 
 

@@ -27,6 +27,96 @@ def _split(value: object) -> object:
     return value
 
 
+class SegmentSettings(BaseSettings):
+    """The thresholds of user segments (issue 12, item 1): ``RECOFFER_SEGMENT_*``.
+
+    Each threshold is explained in the README's "Segments" section; ``service.segments.rules``
+    applies them.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECOFFER_SEGMENT_", env_file=None, extra="ignore", frozen=True
+    )
+
+    rhythm_min_orders: int = Field(
+        3,
+        ge=2,
+        description="Orders a customer needs for their own rhythm (mean interval between their "
+        "orders); fewer: the shop's typical interval (median of those rhythms).",
+    )
+    default_interval_days: float = Field(
+        30.0, gt=0, description="The typical interval while no customer has a rhythm yet."
+    )
+    min_interval_days: float = Field(
+        1.0, gt=0, description="A rhythm is never taken shorter than this (same-day orders)."
+    )
+    new_days: float = Field(30.0, ge=0, description="A first order at most this old: stage new.")
+    at_risk_factor: float = Field(
+        2.0, gt=0, description="at_risk once the last order is older than this many rhythms."
+    )
+    at_risk_min_days: float = Field(
+        30.0, ge=0, description="...and older than this many days at least."
+    )
+    lapsed_factor: float = Field(
+        4.0, gt=0, description="lapsed once the last order is older than this many rhythms."
+    )
+    lapsed_min_days: float = Field(
+        90.0, ge=0, description="...and older than this many days at least."
+    )
+    engagement_days: float = Field(
+        30.0, gt=0, description="The window in which views and active days are counted."
+    )
+    engaged_min_views: int = Field(
+        10, ge=1, description="Views in the window that make a user engaged."
+    )
+    engaged_min_active_days: int = Field(
+        4, ge=1, description="Or days with any event in the window that make a user engaged."
+    )
+    regular_min_orders: int = Field(
+        3, ge=1, description="Orders of a regular buyer (habitual, committed) at least."
+    )
+    mercenary_min_orders: int = Field(
+        2, ge=1, description="Orders at least before a user can be called mercenary."
+    )
+    mercenary_share: float = Field(
+        0.5, gt=0, le=1, description="Share of orders that redeemed a coupon: mercenary from it."
+    )
+    committed_max_share: float = Field(
+        0.25, ge=0, le=1, description="A committed customer's coupon share at most (full price)."
+    )
+    batch_rows: int = Field(
+        5000, ge=100, le=100_000, description="Rows per write transaction of a bulk run."
+    )
+    refresh_view_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A user's row is recomputed on a view at most this often per worker "
+        "(purchases always recompute it).",
+    )
+    refresh_on_ingest: bool = Field(
+        True, description="Recompute a user's row as their purchases and views arrive."
+    )
+
+    @model_validator(mode="after")
+    def _lapsed_after_at_risk(self) -> SegmentSettings:
+        if self.lapsed_factor <= self.at_risk_factor:
+            raise ValueError(
+                "RECOFFER_SEGMENT_LAPSED_FACTOR must be greater than "
+                "RECOFFER_SEGMENT_AT_RISK_FACTOR"
+            )
+        if self.lapsed_min_days < self.at_risk_min_days:
+            raise ValueError(
+                "RECOFFER_SEGMENT_LAPSED_MIN_DAYS must be at least "
+                "RECOFFER_SEGMENT_AT_RISK_MIN_DAYS"
+            )
+        if self.committed_max_share >= self.mercenary_share:
+            raise ValueError(
+                "RECOFFER_SEGMENT_COMMITTED_MAX_SHARE must be below "
+                "RECOFFER_SEGMENT_MERCENARY_SHARE"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Configuration of one service process."""
 
@@ -223,6 +313,11 @@ class Settings(BaseSettings):
         if first is not None and cap < first:
             raise ValueError("must be at least RECOFFER_WEBHOOK_BACKOFF_SECONDS")
         return cap
+
+    # issue 12, item 1: the thresholds of user segments (RECOFFER_SEGMENT_*)
+    segment: SegmentSettings = Field(
+        default_factory=SegmentSettings, description="Segment thresholds: RECOFFER_SEGMENT_*."
+    )
 
     @field_validator("metrics_keys", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from service.offers.store import CampaignStore
 from service.privacy.service import Privacy
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
+from service.segments.service import SegmentRefresher, Segments
 from service.settings import Settings
 
 
@@ -44,4 +45,6 @@ class AppState:
     privacy: Privacy  # erasure, export, tombstones (issue 11, item 2)
     sweeps: SweepJobs  # campaign sweeps in the background (issue 11, item 11)
     campaign_store: CampaignStore  # campaigns managed at run time (issue 12, item 5)
+    segments: Segments  # RFM, lifecycle stage, loyalty type (issue 12, item 1)
+    segment_refresher: SegmentRefresher
     webhooks: Webhooks | None = None  # the outbox, its log, the coupon export (issue 12, item 6)

@@ -425,3 +425,22 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_event_id", "event_id", "id"),
     Index("ix_webhook_deliveries_at", "at"),
 )
+
+# --- segment runs (migration 0007, issue 12 item 1) ----------------------------------------
+
+# the shop-level figures of each bulk run (service.segments): the latest one's thresholds
+# score and stage one user when their events arrive, until the next run
+segment_runs = Table(
+    "segment_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("as_of", UTCDateTime(), nullable=False),  # the moment the figures describe
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=False),
+    Column("users", Integer(), nullable=False),
+    Column("customers", Integer(), nullable=False),  # users with at least one order
+    Column("typical_interval_days", Float(), nullable=False),
+    Column("thresholds", JSON(), nullable=False),  # score breakpoints (service.segments.rules)
+    Column("counts", JSON(), nullable=False),  # users per stage x type
+    Column("seconds", Float(), nullable=False),
+)

@@ -8,7 +8,8 @@ those evaluations are scheduled).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -31,6 +32,7 @@ from service.clock import Clock
 from service.errors import BatchTooLarge, InvalidInput, UserErased
 from service.metrics import Metrics
 
+log = logging.getLogger(__name__)
 MAX_FUTURE = timedelta(hours=1)  # clocks drift; a time from tomorrow is a bug upstream
 
 
@@ -41,6 +43,15 @@ class ViewListener(Protocol):
     def enabled(self) -> bool: ...
 
     def on_views(self, users: set[str], recent: dict[str, Sequence[Activity]]) -> int: ...
+
+
+class EventListener(Protocol):
+    """Whoever acts on every stored event's user and type (segments kept current, issue 12)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def on_events(self, stored: Iterable[tuple[str, str]]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ class Ingest:
         max_items: int = 1000,
         views: ViewListener | None = None,
         erased: Callable[[str], bool] | None = None,
+        segments: EventListener | None = None,
     ) -> None:
         self.repository = repository
         self.activity = activity
@@ -88,6 +100,7 @@ class Ingest:
         self.views = views
         # erased ids (service.privacy): their events are dropped, their user row refused
         self.erased = erased or (lambda _: False)
+        self.segments = segments  # recomputes the users' segment rows in the background
 
     async def add_events(self, drafts: Sequence[EventDraft], *, batch: bool) -> IngestResult:
         """Store ``drafts`` in one transaction (a repeated ``client_event_id`` is skipped).
@@ -129,6 +142,11 @@ class Ingest:
         if self.views is not None and self.views.enabled:
             viewers = {s.user_id for s in result.stored if s.type == "view"}
             self.views.on_views(viewers, {u: self.activity.recent(u) for u in viewers})
+        if self.segments is not None and self.segments.enabled and result.stored:
+            try:
+                self.segments.on_events((s.user_id, s.type) for s in result.stored)
+            except Exception:  # the events are stored: a segment refresh never fails them
+                log.warning("segment_refresh_not_scheduled", exc_info=True)
         return result
 
     async def put_user(

@@ -22,6 +22,7 @@ from service.offers.reports import Reports
 from service.offers.store import CampaignStore
 from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
+from service.segments.service import Segments
 from service.settings import Role, is_loopback
 from service.state import AppState
 
@@ -190,3 +191,10 @@ def _campaign_store(state: AppState) -> CampaignStore:
 
 
 CampaignStoreDep = Annotated[CampaignStore, Depends(require_part(_campaign_store, "marketing"))]
+
+
+def _segments(state: AppState) -> Segments:
+    return state.segments
+
+
+SegmentsDep = Annotated[Segments, Depends(require_part(_segments, "marketing"))]  # issue 12

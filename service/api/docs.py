@@ -70,6 +70,7 @@ DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[int, ...]] = {
     _call(deps.CouponsDep): (429, 503),  # the failed-lookup limits
     _call(deps.CouponReaderDep): (503,),
     _call(deps.CampaignStoreDep): (503,),  # the store is the database (issue 12, item 5)
+    _call(deps.SegmentsDep): (503,),  # issue 12, item 1
 }
 
 

@@ -713,3 +713,55 @@ class SegmentStatsOut(BaseModel):
 
 
 CampaignStatsOut.model_rebuild()  # its segments (SegmentStatsOut) are defined after it
+# --- user segments (issue 12, item 1) ----------------------------------------------------
+
+LifecycleStage = Literal["new", "active", "at_risk", "lapsed", "returning"]
+LoyaltyTypeName = Literal["not_loyal", "habitual", "mercenary", "latent", "committed"]
+
+
+class ProfileOut(BaseModel):
+    """One user's segment: RFM figures and scores, lifecycle stage and loyalty type."""
+
+    user_id: str
+    lifecycle_stage: LifecycleStage
+    loyalty_type: LoyaltyTypeName
+    recency_days: float | None = Field(
+        description="Days from the last order to computed_at; null without an order."
+    )
+    frequency: int = Field(description="Orders (distinct order ids) so far.")
+    monetary: Decimal | None = Field(
+        description="Spent, exact (price x quantity of every purchase), in `currency`; null "
+        "without a priced purchase or when paid in more than one currency."
+    )
+    currency: str | None
+    r_score: int | None = Field(description="1..5 against the shop's customers; null: no order.")
+    f_score: int | None
+    m_score: int | None
+    orders: int
+    coupon_orders: int = Field(description="Orders that redeemed a coupon.")
+    coupon_share: float = Field(description="coupon_orders / orders (0 without an order).")
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+    views: int = Field(description="Views in the engagement window before computed_at.")
+    active_days: int = Field(description="Days with any event in that window.")
+    computed_at: datetime
+
+
+class SegmentsOut(BaseModel):
+    """Users per lifecycle stage, per loyalty type and per stage x type."""
+
+    users: int
+    stages: dict[LifecycleStage, int]
+    loyalty_types: dict[LoyaltyTypeName, int]
+    matrix: dict[LifecycleStage, dict[LoyaltyTypeName, int]] = Field(
+        description="stage -> loyalty type -> users."
+    )
+    computed_from: datetime | None = Field(description="The oldest row's computed_at.")
+    computed_until: datetime | None = Field(description="The newest row's computed_at.")
+    last_run_at: datetime | None = Field(
+        description="When the latest bulk run finished; null if none ran yet."
+    )
+    last_run_as_of: datetime | None = Field(description="The moment that run described.")
+    typical_interval_days: float | None = Field(
+        description="The shop's typical interval between orders in that run."
+    )

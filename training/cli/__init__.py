@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from training.cli import backtest, import_, migrate, models, schedule, serve, train
+from training.cli import backtest, import_, migrate, models, schedule, segments, serve, train
 
 app = typer.Typer(
     name="recoffer",
@@ -32,6 +32,7 @@ app.command()(backtest.backtest)
 app.command()(migrate.migrate)
 app.command("import")(import_.import_)
 app.command(context_settings=schedule.CONTEXT_SETTINGS)(schedule.schedule)
+app.command()(segments.segments)  # issue 12, item 1
 
 
 def main() -> None:

@@ -47,9 +47,24 @@ def upgrade() -> None:
     )
     op.create_index("ix_user_segments_lifecycle_stage", "user_segments", ["lifecycle_stage"])
     op.create_index("ix_user_segments_loyalty_type", "user_segments", ["loyalty_type"])
+    op.create_table(
+        "segment_runs",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("as_of", UTCDateTime(), nullable=False),
+        sa.Column("started_at", UTCDateTime(), nullable=False),
+        sa.Column("finished_at", UTCDateTime(), nullable=False),
+        sa.Column("users", sa.Integer(), nullable=False),
+        sa.Column("customers", sa.Integer(), nullable=False),
+        sa.Column("typical_interval_days", sa.Float(), nullable=False),
+        sa.Column("thresholds", sa.JSON(), nullable=False),
+        sa.Column("counts", sa.JSON(), nullable=False),
+        sa.Column("seconds", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_segment_runs"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("segment_runs")
     op.drop_index("ix_user_segments_loyalty_type", table_name="user_segments")
     op.drop_index("ix_user_segments_lifecycle_stage", table_name="user_segments")
     op.drop_table("user_segments")
