@@ -98,6 +98,7 @@ def create_app(
             clock,
             rank_items=served.rank,
             metrics=metrics,
+            top_items=served.top_items,  # the lifecycle kinds' coupons (issue 12, item 2)
         )
         auto_offers = AutoEvaluator(offer_engine, per_user=settings.session_events)
         state = AppState(

@@ -124,9 +124,13 @@ offer_decisions = Table(
     Column("views", Integer(), nullable=False),
     Column("decided_at", UTCDateTime(), nullable=False),
     Column("convert_until", UTCDateTime(), nullable=False),
+    # migration 0009 (issue 12, item 2): a recurring campaign's occurrence ('' for a campaign
+    # decided once per user): see service.offers.occasions
+    Column("occurrence", String(64), nullable=False, server_default=""),
     CheckConstraint(f"decision IN ({', '.join(map(repr, RECORDED))})", name="decision_kind"),
-    # "one decision per user per campaign, ever" is this index, not a read before a write
-    Index("uq_offer_decisions_campaign_id", "campaign_id", "user_id", unique=True),
+    # "one decision per user per campaign and occurrence, ever" is this index, not a read
+    # before a write
+    Index("uq_offer_decisions_occurrence", "campaign_id", "user_id", "occurrence", unique=True),
     Index("uq_offer_decisions_attribution_id", "attribution_id", unique=True),
     Index("ix_offer_decisions_user_id", "user_id"),
 )

@@ -387,6 +387,9 @@ class DecisionOut(BaseModel):
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
         "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
+        "the lifecycle kinds': too_few_orders, not_lapsed, lapsed_too_long, no_order, "
+        "not_anniversary, birthday_unknown, birthday_invalid, not_birthday, "
+        "too_few_recent_orders, no_open_cart, cart_still_active, cart_too_old; "
         "budget_exhausted: the cap reached (cap_total or cap_<day>)"
     )
     views: int | None = Field(description="Views counted inside the window.")
@@ -397,6 +400,11 @@ class DecisionOut(BaseModel):
     attribution_id: str | None
     decided_at: datetime | None
     coupon: CouponOut | None
+    occurrence: str = Field(
+        "",
+        description="A recurring campaign's occurrence (lapse:<day>, year:<year>, orders:<m>, "
+        "cart:<time>): decided once per user per occurrence; '' for a once-per-user campaign.",
+    )
 
 
 class UserOffersOut(BaseModel):

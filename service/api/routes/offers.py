@@ -48,6 +48,7 @@ def decision_out(decision: Decision, engine: OfferEngine) -> DecisionOut:
         attribution_id=decision.attribution_id,
         decided_at=decision.decided_at,
         coupon=coupon,
+        occurrence=decision.occurrence,
     )
 
 

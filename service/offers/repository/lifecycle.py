@@ -1,0 +1,239 @@
+"""The facts the lifecycle kinds read (issue 12, item 2), for one user and for a sweep.
+
+Orders are the distinct ``order_id`` of a user's purchase events up to now; a purchase sent
+without one counts as an order of its own. From them: how many, the first and the last one's
+time, and how many fall within a frequent-buyer campaign's ``within_days``. The open cart is
+the add-to-cart events after the last purchase: its first and last time and its products,
+the latest added first. Attributes are read from the user's row (the birthday).
+
+A sweep does not read every user's facts: each kind first picks its candidates in SQL with a
+condition the rule implies (``candidate_ids``): win-back, at least ``min_orders`` orders and
+the last one older than ``min_lapse_days``; frequent buyer, ``min_orders`` recent orders;
+anniversary, a first order in a month the window touches and at least about a year ago;
+birthday, users with the attribute; abandoned cart, a last add-to-cart between
+``cart_max_age_hours`` and ``cart_idle_hours`` ago. The pure rule (``occasions``) then
+decides on the facts, which ``facts_of`` reads the same way for one user or a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+)
+
+from service.offers.campaigns import Campaign
+from service.offers.rules import UserFacts
+from service.tables import UTCDateTime, events, users
+
+# a purchase without an order id is an order of its own: keyed by its event id (the prefix is
+# a control character, which no shop's order id carries)
+ORDER_KEY: ColumnElement[Any] = func.coalesce(
+    events.c.order_id, literal("\x1f", String()).concat(cast(events.c.id, String()))
+)
+# the kind inline, not bound: so the planners may use the partial index of purchases
+PURCHASE = literal("purchase", literal_execute=True)
+ADD_TO_CART = literal("add_to_cart", literal_execute=True)
+STARTED = func.coalesce(users.c.signed_up_at, users.c.first_seen_at)
+
+
+@dataclass(frozen=True)
+class Orders:
+    orders: int
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+    recent_orders: int
+
+
+NO_ORDERS = Orders(0, None, None, 0)
+
+
+def recent_since(campaign: Campaign, now: datetime) -> datetime:
+    """The start of the window a frequent-buyer campaign counts its orders in."""
+    return now - timedelta(days=campaign.within_days)
+
+
+def order_columns(since: ColumnElement[Any]) -> tuple[ColumnElement[Any], ...]:
+    """Orders, first and last order time, orders at or after ``since``: over purchase events."""
+    e = events
+    return (
+        func.count(ORDER_KEY.distinct()),
+        func.min(e.c.ts),
+        func.max(e.c.ts),
+        func.count(case((e.c.ts >= since, ORDER_KEY)).distinct()),
+    )
+
+
+def _orders(row: Sequence[Any]) -> Orders:
+    return Orders(int(row[0]), row[1], row[2], int(row[3]))
+
+
+def _month(column: ColumnElement[Any], dialect: str) -> ColumnElement[int]:
+    """The UTC month (1-12) of a time column (SQLite stores UTC already)."""
+    if dialect == "postgresql":
+        return cast(func.extract("month", func.timezone("UTC", column)), Integer())
+    return cast(func.strftime("%m", column), Integer())
+
+
+def _months(campaign: Campaign, now: datetime) -> list[int]:
+    """The months of the dates whose yearly window (days_before, days_after) holds today."""
+    today = now.astimezone(UTC).date()
+    first = today - timedelta(days=campaign.days_after)
+    span = campaign.days_before + campaign.days_after
+    return sorted({(first + timedelta(days=n)).month for n in range(span + 1)})
+
+
+def candidate_ids(campaign: Campaign, now: datetime, dialect: str) -> Select[Any]:
+    """The users a sweep of ``campaign`` (a lifecycle kind) reads the facts of, by id."""
+    e, kind = events, campaign.kind
+    moment = bindparam("now", now, type_=UTCDateTime())
+    if kind == "birthday":
+        return (
+            select(users.c.user_id)
+            .where(users.c.attributes[campaign.birthday_attribute].as_string().is_not(None))
+            .order_by(users.c.user_id)
+        )
+    if kind == "abandoned_cart":
+        oldest = now - timedelta(hours=campaign.cart_max_age_hours)
+        newest = now - timedelta(hours=campaign.cart_idle_hours)
+        return (
+            select(e.c.user_id)
+            .where(e.c.type == ADD_TO_CART, e.c.ts <= moment, e.c.ts >= oldest)
+            .group_by(e.c.user_id)
+            .having(func.max(e.c.ts) <= newest)
+            .order_by(e.c.user_id)
+        )
+    orders, first, last, recent = order_columns(bindparam("since", recent_since(campaign, now)))
+    query = (
+        select(e.c.user_id)
+        .where(e.c.type == PURCHASE, e.c.ts <= moment)
+        .group_by(e.c.user_id)
+        .order_by(e.c.user_id)
+    )
+    if kind == "win_back":
+        query = query.having(
+            orders >= campaign.min_orders, last < now - timedelta(days=campaign.min_lapse_days)
+        )
+        if campaign.max_lapse_days is not None:
+            query = query.having(last >= now - timedelta(days=campaign.max_lapse_days))
+        return query
+    if kind == "frequent_buyer":
+        return query.having(recent >= campaign.min_orders)
+    if kind == "purchase_anniversary":
+        # the first anniversary's window opens days_before ahead of a year after the order
+        a_year_ago = now - timedelta(days=365 - campaign.days_before - 2)
+        return query.having(
+            first <= a_year_ago, _month(first, dialect).in_(_months(campaign, now))
+        )
+    raise ValueError(f"not a lifecycle kind: {kind}")
+
+
+class LifecycleFacts:
+    """Reads ``UserFacts`` with the lifecycle fields for a list of users, three queries."""
+
+    def __init__(self) -> None:
+        e = events
+        many: BindParameter[str] = bindparam("users", expanding=True)
+        now = bindparam("now", type_=UTCDateTime())
+        since = bindparam("since", type_=UTCDateTime())
+        self.people = select(
+            users.c.user_id, STARTED, users.c.signed_up_at, users.c.attributes
+        ).where(users.c.user_id.in_(many))
+        self.people_plain = select(users.c.user_id, STARTED, users.c.signed_up_at).where(
+            users.c.user_id.in_(many)
+        )
+        self.orders = (
+            select(e.c.user_id, *order_columns(since))
+            .where(e.c.user_id.in_(many), e.c.type == PURCHASE, e.c.ts <= now)
+            .group_by(e.c.user_id)
+        )
+        self.carts = (
+            select(e.c.user_id, e.c.item_id, e.c.ts)
+            .where(
+                e.c.user_id.in_(many),
+                e.c.type == ADD_TO_CART,
+                e.c.ts <= now,
+                e.c.item_id.is_not(None),
+            )
+            .order_by(e.c.user_id, e.c.ts)
+        )
+
+    def facts_of(
+        self,
+        conn: Connection,
+        user_ids: Sequence[str],
+        campaign: Campaign,
+        now: datetime,
+        *,
+        attributes: bool,
+    ) -> list[UserFacts]:
+        """The facts of ``user_ids`` known to the shop (in that order) at ``now``.
+
+        ``attributes``: read them (a birthday campaign, or one requiring attributes); else
+        the facts carry none. The cart is read for an abandoned-cart campaign only.
+        """
+        if not user_ids:
+            return []
+        ids = list(user_ids)
+        query = self.people if attributes else self.people_plain
+        people = {str(r[0]): r for r in conn.execute(query, {"users": ids})}
+        orders = {
+            str(r[0]): _orders(r[1:])
+            for r in conn.execute(
+                self.orders, {"users": ids, "now": now, "since": recent_since(campaign, now)}
+            )
+        }
+        carts: dict[str, list[tuple[str, datetime]]] = {}
+        if campaign.kind == "abandoned_cart":
+            for user_id, item_id, ts in conn.execute(self.carts, {"users": ids, "now": now}):
+                carts.setdefault(str(user_id), []).append((str(item_id), ts))
+        out = []
+        for user_id in ids:
+            person = people.get(user_id)
+            if person is None:
+                continue
+            made = orders.get(user_id, NO_ORDERS)
+            last = made.last_order_at
+            cart = [(i, ts) for i, ts in carts.get(user_id, ()) if last is None or ts > last]
+            out.append(
+                UserFacts(
+                    user_id,
+                    person[1],
+                    0,
+                    0,
+                    made.orders > 0,
+                    signed_up_at=person[2],
+                    attributes=(person[3] or {}) if attributes else {},
+                    orders=made.orders,
+                    first_order_at=made.first_order_at,
+                    last_order_at=last,
+                    recent_orders=made.recent_orders,
+                    cart_started_at=cart[0][1] if cart else None,
+                    cart_last_at=cart[-1][1] if cart else None,
+                    cart_items=_latest_first(cart),
+                )
+            )
+        return out
+
+
+def _latest_first(cart: list[tuple[str, datetime]]) -> tuple[str, ...]:
+    """The cart's distinct products, the latest added first."""
+    seen: dict[str, None] = {}
+    for item_id, _ in reversed(cart):
+        seen.setdefault(item_id, None)
+    return tuple(seen)
