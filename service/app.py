@@ -157,6 +157,8 @@ def create_app(
             loops["recoffer-models"] = background.model_loop(state)
         if settings.offer_metrics_seconds > 0:
             loops["recoffer-offers"] = background.offer_metrics_loop(state)
+        if settings.campaign_schedule_seconds > 0:  # the time-driven campaigns (issue 12)
+            loops["recoffer-schedule"] = background.campaign_schedule_loop(state)
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield

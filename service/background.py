@@ -13,6 +13,7 @@ from datetime import timedelta
 from starlette.concurrency import run_in_threadpool
 
 from service.db import migrate
+from service.offers.schedule import CampaignSchedule
 from service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -102,3 +103,19 @@ async def offer_metrics_loop(state: AppState) -> None:
             except Exception as exc:  # the gauges keep their last values; the tail sees outages
                 log.warning("offer_metrics_failed", extra={"error": str(exc).splitlines()[0]})
         await asyncio.sleep(state.settings.offer_metrics_seconds)
+
+
+async def campaign_schedule_loop(state: AppState) -> None:
+    """Start the sweeps of the time-driven campaigns that are due (``service.offers.schedule``).
+
+    Every worker of every replica runs it; the database lets one sweep through per interval.
+    """
+    schedule = CampaignSchedule(state.sweeps, state.clock)
+    while True:
+        await asyncio.sleep(state.settings.campaign_schedule_seconds)
+        if not state.health.database_ready:
+            continue
+        try:
+            await run_in_threadpool(schedule.tick)
+        except Exception as exc:  # the next tick tries again
+            log.warning("campaign_schedule_failed", extra={"error": str(exc).splitlines()[0]})

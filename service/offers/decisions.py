@@ -205,7 +205,8 @@ class OfferEngine:
             ids = candidates[first : first + SWEEP_BATCH]
             moment = self.clock()
             eligible: list[tuple[UserFacts, Eligibility]] = []
-            for facts in decisions.lifecycle_facts_many(campaign, ids, moment, attributes=attributes):
+            batch = decisions.lifecycle_facts_many(campaign, ids, moment, attributes=attributes)
+            for facts in batch:
                 eligibility = check_eligibility(campaign, facts, moment)
                 if eligibility.eligible:
                     eligible.append((facts, eligibility))

@@ -24,9 +24,7 @@ depends_on = None
 def upgrade() -> None:
     # every existing decision is its campaign's one decision for the user: occurrence ''
     with op.batch_alter_table("offer_decisions") as batch:
-        batch.add_column(
-            sa.Column("occurrence", sa.String(64), nullable=False, server_default="")
-        )
+        batch.add_column(sa.Column("occurrence", sa.String(64), nullable=False, server_default=""))
     op.create_index(
         "uq_offer_decisions_occurrence",
         "offer_decisions",

@@ -137,9 +137,7 @@ def candidate_ids(campaign: Campaign, now: datetime, dialect: str) -> Select[Any
     if kind == "purchase_anniversary":
         # the first anniversary's window opens days_before ahead of a year after the order
         a_year_ago = now - timedelta(days=365 - campaign.days_before - 2)
-        return query.having(
-            first <= a_year_ago, _month(first, dialect).in_(_months(campaign, now))
-        )
+        return query.having(first <= a_year_ago, _month(first, dialect).in_(_months(campaign, now)))
     raise ValueError(f"not a lifecycle kind: {kind}")
 
 
