@@ -129,10 +129,11 @@ def cart(user: str, at: datetime, item: str) -> dict[str, Any]:
 
 
 def evaluate(client: TestClient, user: str, campaign: str) -> dict[str, Any]:
-    r = client.post("/v1/offers/evaluate", json={"user_id": user, "campaign_id": campaign}, headers=F)
+    body = {"user_id": user, "campaign_id": campaign}
+    r = client.post("/v1/offers/evaluate", json=body, headers=F)
     assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    decided: dict[str, Any] = r.json()
+    return decided
 
 
 def run(client: TestClient, campaign: str) -> dict[str, int]:
