@@ -186,8 +186,9 @@ class OfferEngine:
         started: float,
         progress: SweepProgress | None,
     ) -> SweepResult:
-        """``sweep`` of a recurring campaign: its kind's candidates (an SQL pre-filter), their
-        facts batch by batch, the rule, and the batched write once per user per occurrence.
+        """``sweep`` of a recurring campaign: its kind's candidates with their facts (an SQL
+        pre-filter, one read), the rule batch by batch, and the batched write once per user
+        per occurrence.
 
         A user already decided for the occurrence the rule finds is counted
         ``already_decided`` and nothing is written for them (the unique index would refuse
@@ -195,17 +196,16 @@ class OfferEngine:
         """
         cid = campaign.campaign_id
         decisions = self.repository.decisions
-        candidates = decisions.lifecycle_candidates(campaign, now)
         attributes = _reads_attributes(campaign)
+        candidates = decisions.lifecycle_candidates(campaign, now, attributes=attributes)
         counts: Counter[str] = Counter()
         if progress is not None:
             progress(0, len(candidates), counts)
         exhausted: str | None = None
         for first in range(0, len(candidates), SWEEP_BATCH):
-            ids = candidates[first : first + SWEEP_BATCH]
-            moment = self.clock()
+            batch = candidates[first : first + SWEEP_BATCH]
+            moment = self.clock()  # the facts are the sweep's, the rule applies at this moment
             eligible: list[tuple[UserFacts, Eligibility]] = []
-            batch = decisions.lifecycle_facts_many(campaign, ids, moment, attributes=attributes)
             for facts in batch:
                 eligibility = check_eligibility(campaign, facts, moment)
                 if eligibility.eligible:
@@ -214,7 +214,7 @@ class OfferEngine:
             fresh = [(f, e) for f, e in eligible if (f.user_id, e.occurrence) not in done]
             made = Counter(
                 {
-                    "not_eligible": len(ids) - len(eligible),
+                    "not_eligible": len(batch) - len(eligible),
                     "already_decided": len(eligible) - len(fresh),
                 }
             )
@@ -234,7 +234,7 @@ class OfferEngine:
             self._count_many(cid, made)
             counts.update(made)
             if progress is not None:
-                progress(first + len(ids), len(candidates), counts)
+                progress(first + len(batch), len(candidates), counts)
         seconds = time.perf_counter() - started
         log.info("campaign_swept", extra={"campaign": cid, "evaluated": len(candidates), **counts})
         return SweepResult(cid, True, len(candidates), counts, seconds)

@@ -40,7 +40,13 @@ from service.offers.campaigns import Campaign
 from service.offers.kinds import FinalKind
 from service.offers.occasions import ONCE
 from service.offers.repository.coupons import CouponRecord, CouponRepository
-from service.offers.repository.lifecycle import LifecycleFacts, candidate_ids
+from service.offers.repository.lifecycle import (
+    ORDER_KINDS,
+    LifecycleFacts,
+    candidate_ids,
+    facts_from_row,
+    order_candidates,
+)
 from service.offers.rules import UserFacts
 from service.tables import UTCDateTime, campaign_budgets, events, offer_decisions, users
 
@@ -112,6 +118,7 @@ def day_of(moment: datetime) -> str:
 
 
 SWEEP_READ_TIMEOUT_MS = 600_000  # the candidates of a sweep: one read, in the background
+FACTS_BATCH = 2_000  # users whose facts are read in one go (a list of ids in the queries)
 # the columns a decision write sets besides its key (campaign, user)
 DECISION_VALUES = ("decision", "attribution_id", "views", "decided_at", "convert_until")
 # when a user's hesitation window starts: sign-up, else the first event seen
@@ -251,9 +258,10 @@ class _Statements:
         )
         # (user, occurrence) pairs: a recurring campaign's other occurrences are not touched
         pairs: BindParameter[Any] = bindparam("pairs", expanding=True)
+        # the final decisions of many users, every occurrence (the unique index's prefix)
         self.finals = select(d.c.user_id, d.c.occurrence).where(
             d.c.campaign_id == campaign,
-            tuple_(d.c.user_id, d.c.occurrence).in_(pairs),
+            d.c.user_id.in_(many),
             d.c.decision != "budget_exhausted",
         )
         self.claim_many = (
@@ -347,30 +355,34 @@ class DecisionRepository:
             found = self._lifecycle.facts_of(conn, [user_id], campaign, now, attributes=attributes)
         return found[0] if found else UserFacts(user_id, None, 0, 0, False)
 
-    def lifecycle_candidates(self, campaign: Campaign, now: datetime) -> list[str]:
-        """The users a sweep of a lifecycle ``campaign`` looks at (its kind's SQL pre-filter)."""
+    def lifecycle_candidates(
+        self, campaign: Campaign, now: datetime, *, attributes: bool
+    ) -> list[UserFacts]:
+        """The facts of the users a sweep of a lifecycle ``campaign`` looks at, at ``now``:
+        its kind's SQL pre-filter (``lifecycle``), the rule decides on them."""
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":  # one big read, in the background
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
-            query = candidate_ids(campaign, now, conn.dialect.name)
-            return [str(r[0]) for r in conn.execute(query)]
-
-    def lifecycle_facts_many(
-        self, campaign: Campaign, user_ids: Sequence[str], now: datetime, *, attributes: bool
-    ) -> list[UserFacts]:
-        """``lifecycle_facts`` of a batch of users in three queries (those the shop knows)."""
-        with self.engine.connect() as conn:
-            return self._lifecycle.facts_of(conn, user_ids, campaign, now, attributes=attributes)
+            if campaign.kind in ORDER_KINDS:
+                query = order_candidates(campaign, now, conn.dialect.name, attributes=attributes)
+                return [facts_from_row(r, attributes) for r in conn.execute(query)]
+            ids = [str(r[0]) for r in conn.execute(candidate_ids(campaign, now))]
+            found: list[UserFacts] = []
+            for first in range(0, len(ids), FACTS_BATCH):
+                found += self._lifecycle.facts_of(
+                    conn, ids[first : first + FACTS_BATCH], campaign, now, attributes=attributes
+                )
+            return found
 
     def decided(self, campaign_id: str, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """The (user, occurrence) pairs of ``pairs`` with a final decision in the campaign."""
         if not pairs:
             return set()
+        wanted = set(pairs)
+        users = sorted({u for u, _ in wanted})
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                self._sql.finals, {"where_campaign": campaign_id, "pairs": list(pairs)}
-            )
-            return {(str(u), str(o)) for u, o in rows}
+            rows = conn.execute(self._sql.finals, {"where_campaign": campaign_id, "users": users})
+            return {(str(u), str(o)) for u, o in rows} & wanted
 
     def _facts(
         self, conn: Connection, user_id: str, window: timedelta, now: datetime, attributes: bool

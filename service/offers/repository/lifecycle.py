@@ -34,6 +34,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    null,
     select,
 )
 
@@ -98,17 +99,20 @@ def _months(campaign: Campaign, now: datetime) -> list[int]:
     return sorted({(first + timedelta(days=n)).month for n in range(span + 1)})
 
 
-def candidate_ids(campaign: Campaign, now: datetime, dialect: str) -> Select[Any]:
-    """The users a sweep of ``campaign`` (a lifecycle kind) reads the facts of, by id."""
-    e, kind = events, campaign.kind
+ORDER_KINDS = frozenset(("win_back", "frequent_buyer", "purchase_anniversary"))
+
+
+def candidate_ids(campaign: Campaign, now: datetime) -> Select[Any]:
+    """The users a sweep of a birthday or abandoned-cart ``campaign`` reads the facts of."""
+    e = events
     moment = bindparam("now", now, type_=UTCDateTime())
-    if kind == "birthday":
+    if campaign.kind == "birthday":
         return (
             select(users.c.user_id)
             .where(users.c.attributes[campaign.birthday_attribute].as_string().is_not(None))
             .order_by(users.c.user_id)
         )
-    if kind == "abandoned_cart":
+    if campaign.kind == "abandoned_cart":
         oldest = now - timedelta(hours=campaign.cart_max_age_hours)
         newest = now - timedelta(hours=campaign.cart_idle_hours)
         return (
@@ -118,12 +122,34 @@ def candidate_ids(campaign: Campaign, now: datetime, dialect: str) -> Select[Any
             .having(func.max(e.c.ts) <= newest)
             .order_by(e.c.user_id)
         )
-    orders, first, last, recent = order_columns(bindparam("since", recent_since(campaign, now)))
+    raise ValueError(f"not a kind whose candidates are read by id: {campaign.kind}")
+
+
+def order_candidates(
+    campaign: Campaign, now: datetime, dialect: str, *, attributes: bool
+) -> Select[Any]:
+    """A sweep's candidates of an order-based kind (``ORDER_KINDS``) with their facts: one
+    aggregate over the purchases, the kind's condition in its HAVING, joined to the users.
+
+    Columns: user id, start, signed_up_at, attributes (or null), then ``order_columns``.
+    """
+    e, kind = events, campaign.kind
+    moment = bindparam("now", now, type_=UTCDateTime())
+    columns = order_columns(bindparam("since", recent_since(campaign, now), type_=UTCDateTime()))
+    orders, first, last, recent = columns
     query = (
-        select(e.c.user_id)
+        select(
+            users.c.user_id,
+            STARTED,
+            users.c.signed_up_at,
+            # a JSON column cannot be grouped on PostgreSQL; it depends on the key grouped
+            users.c.attributes if attributes else null(),
+            *columns,
+        )
+        .select_from(users.join(e, e.c.user_id == users.c.user_id))
         .where(e.c.type == PURCHASE, e.c.ts <= moment)
-        .group_by(e.c.user_id)
-        .order_by(e.c.user_id)
+        .group_by(users.c.user_id)
+        .order_by(users.c.user_id)
     )
     if kind == "win_back":
         query = query.having(
@@ -138,7 +164,25 @@ def candidate_ids(campaign: Campaign, now: datetime, dialect: str) -> Select[Any
         # the first anniversary's window opens days_before ahead of a year after the order
         a_year_ago = now - timedelta(days=365 - campaign.days_before - 2)
         return query.having(first <= a_year_ago, _month(first, dialect).in_(_months(campaign, now)))
-    raise ValueError(f"not a lifecycle kind: {kind}")
+    raise ValueError(f"not an order-based kind: {kind}")
+
+
+def facts_from_row(row: Sequence[Any], attributes: bool) -> UserFacts:
+    """``UserFacts`` of a row of ``order_candidates``."""
+    made = _orders(row[4:])
+    return UserFacts(
+        str(row[0]),
+        row[1],
+        0,
+        0,
+        made.orders > 0,
+        signed_up_at=row[2],
+        attributes=(row[3] or {}) if attributes else {},
+        orders=made.orders,
+        first_order_at=made.first_order_at,
+        last_order_at=made.last_order_at,
+        recent_orders=made.recent_orders,
+    )
 
 
 class LifecycleFacts:
