@@ -406,6 +406,7 @@ def main() -> None:
         against_commit,
         concurrency,
         import_online_retail,
+        lifecycle_sweep,
         reliability,
         retrain_pickup,
         serving_memory,
@@ -426,6 +427,7 @@ def main() -> None:
         ("offers", offers),
         ("sweep", sweep.render),
         ("reliability", reliability.render),
+        ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
     ):
         doc = _load(name)
         if doc is not None:

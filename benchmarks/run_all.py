@@ -18,6 +18,7 @@ STEPS = (
     ["benchmarks.import_online_retail", "--repeats", "2"],
     ["benchmarks.offers"],
     ["benchmarks.sweep"],
+    ["benchmarks.lifecycle_sweep"],  # issue 12, item 2
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
 )
