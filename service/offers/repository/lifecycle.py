@@ -26,9 +26,11 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Connection,
+    Float,
     Integer,
     Select,
     String,
+    and_,
     bindparam,
     case,
     cast,
@@ -40,7 +42,7 @@ from sqlalchemy import (
 
 from service.offers.campaigns import Campaign
 from service.offers.rules import UserFacts
-from service.tables import UTCDateTime, events, users
+from service.tables import UTCDateTime, events, offer_decisions, users
 
 # a purchase without an order id is an order of its own: keyed by its event id (the prefix is
 # a control character, which no shop's order id carries)
@@ -91,6 +93,25 @@ def _month(column: ColumnElement[Any], dialect: str) -> ColumnElement[int]:
     return cast(func.strftime("%m", column), Integer())
 
 
+def _seconds(column: ColumnElement[Any], dialect: str) -> ColumnElement[float]:
+    """A time column as seconds since the epoch (SQLite stores UTC already)."""
+    if dialect == "postgresql":
+        return cast(func.extract("epoch", column), Float())
+    return (func.julianday(column) - 2440587.5) * 86400.0
+
+
+def _day(column: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
+    """A time column's UTC day, ``YYYY-MM-DD`` (as ``date.isoformat``)."""
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD", type_=String())
+    return func.date(column, type_=String())
+
+
+# the SQL pre-filter of a win-back sweep lets through customers this close to their lapse, so
+# that the float arithmetic of two databases never leaves out one the rule would take
+_SLACK_SECONDS = 3600.0
+
+
 def _months(campaign: Campaign, now: datetime) -> list[int]:
     """The months of the dates whose yearly window (days_before, days_after) holds today."""
     today = now.astimezone(UTC).date()
@@ -136,7 +157,7 @@ def order_candidates(
     e, kind = events, campaign.kind
     moment = bindparam("now", now, type_=UTCDateTime())
     columns = order_columns(bindparam("since", recent_since(campaign, now), type_=UTCDateTime()))
-    orders, first, last, recent = columns
+    _, first, _, recent = columns
     query = (
         select(
             users.c.user_id,
@@ -152,12 +173,7 @@ def order_candidates(
         .order_by(users.c.user_id)
     )
     if kind == "win_back":
-        query = query.having(
-            orders >= campaign.min_orders, last < now - timedelta(days=campaign.min_lapse_days)
-        )
-        if campaign.max_lapse_days is not None:
-            query = query.having(last >= now - timedelta(days=campaign.max_lapse_days))
-        return query
+        return _win_back(campaign, query, columns, now, dialect)
     if kind == "frequent_buyer":
         return query.having(recent >= campaign.min_orders)
     if kind == "purchase_anniversary":
@@ -165,6 +181,55 @@ def order_candidates(
         a_year_ago = now - timedelta(days=365 - campaign.days_before - 2)
         return query.having(first <= a_year_ago, _month(first, dialect).in_(_months(campaign, now)))
     raise ValueError(f"not an order-based kind: {kind}")
+
+
+def _win_back(
+    campaign: Campaign,
+    query: Select[Any],
+    columns: tuple[ColumnElement[Any], ...],
+    now: datetime,
+    dialect: str,
+) -> Select[Any]:
+    """The win-back candidates: ``min_orders`` orders, gone longer than their own lapse (the
+    rule's threshold in SQL, less a little slack), and not decided for this lapse yet.
+
+    The lapse (the occurrence ``lapse:<day of the last order>``) is computed in SQL too, so a
+    daily run reads only the customers who lapsed since the last one; the engine still skips
+    any (user, occurrence) it finds decided.
+    """
+    orders, first, last, _ = columns
+    gone = now.timestamp() - _seconds(last, dialect)
+    day = 86400.0
+    fallback = campaign.lapse_days * day
+    factor = campaign.lapse_rhythm_factor
+    own: ColumnElement[Any] = literal(fallback)
+    if factor is not None:
+        span = _seconds(last, dialect) - _seconds(first, dialect)
+        own = case(
+            (and_(orders >= 2, span > 0), factor * span / (orders - 1)), else_=literal(fallback)
+        )
+    query = query.having(
+        orders >= campaign.min_orders,
+        last < now - timedelta(days=campaign.min_lapse_days),
+        gone > own - _SLACK_SECONDS,
+    )
+    if campaign.max_lapse_days is not None:
+        query = query.having(last >= now - timedelta(days=campaign.max_lapse_days))
+    lapse = literal("lapse:", String()).concat(_day(last, dialect)).label("occurrence")
+    found = query.add_columns(lapse).order_by(None).subquery()
+    d = offer_decisions
+    decided = (
+        select(d.c.id)
+        .where(
+            d.c.campaign_id == campaign.campaign_id,
+            d.c.user_id == found.c.user_id,
+            d.c.occurrence == found.c.occurrence,
+            d.c.decision != "budget_exhausted",
+        )
+        .exists()
+    )
+    wanted = [c for c in found.c if c.name != "occurrence"]
+    return select(*wanted).where(~decided).order_by(found.c.user_id)
 
 
 def facts_from_row(row: Sequence[Any], attributes: bool) -> UserFacts:
