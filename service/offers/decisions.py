@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 RankItems = Callable[[str, Sequence[str]], list[str]]
 # (user_id, n) -> the n products of the whole catalogue the model ranks highest for the user
 TopItems = Callable[[str, int], list[str]]
-# kinds whose offer a purchase made meanwhile takes back: the facts' last purchase is the mark
-# (a new user's: any purchase; a win-back's: an order after the last one seen; a cart's: a
-# purchase after the cart was filled)
+# lifecycle kinds whose offer a purchase made meanwhile takes back, a purchase after the
+# facts' last one (a win-back's: an order after the last one seen; a cart's: the cart bought);
+# the new-user kind's is any purchase (require_no_purchase)
 _PURCHASE_GUARDED = frozenset(("win_back", "abandoned_cart"))
 # (users done, of how many, decisions so far by kind): called by a sweep after every batch
 SweepProgress = Callable[[int, int, Counter[str]], None]

@@ -7,12 +7,13 @@ the add-to-cart events after the last purchase: its first and last time and its 
 the latest added first. Attributes are read from the user's row (the birthday).
 
 A sweep does not read every user's facts: each kind first picks its candidates in SQL with a
-condition the rule implies (``candidate_ids``): win-back, at least ``min_orders`` orders and
-the last one older than ``min_lapse_days``; frequent buyer, ``min_orders`` recent orders;
-anniversary, a first order in a month the window touches and at least about a year ago;
-birthday, users with the attribute; abandoned cart, a last add-to-cart between
-``cart_max_age_hours`` and ``cart_idle_hours`` ago. The pure rule (``occasions``) then
-decides on the facts, which ``facts_of`` reads the same way for one user or a batch.
+condition the rule implies: win-back, at least ``min_orders`` orders, the last one older than
+the customer's own lapse threshold, and that lapse not decided yet; frequent buyer,
+``min_orders`` recent orders; anniversary, a first order in a month the window touches and at
+least about a year ago (``order_candidates``: one aggregate over the purchases that returns the
+facts too); birthday, users with the attribute; abandoned cart, a last add-to-cart between
+``cart_max_age_hours`` and ``cart_idle_hours`` ago (``candidate_ids``, then ``facts_of``, which
+reads the facts the same way for one user or a batch). The pure rule (``occasions``) decides.
 """
 
 from __future__ import annotations

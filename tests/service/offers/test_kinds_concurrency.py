@@ -27,6 +27,7 @@ from service.offers.decisions import OfferEngine
 from service.offers.jobs import SweepJobs
 from service.offers.repository import OfferRepository
 from service.offers.repository.jobs import SweepJobRepository
+from service.offers.rules import check_eligibility
 from service.offers.schedule import CampaignSchedule
 from service.tables import coupons, offer_decisions, sweep_jobs
 
@@ -271,3 +272,45 @@ def test_a_campaign_of_another_kind_cannot_set_a_schedule() -> None:
     assert Campaign().run_every is None
     assert CART.run_every == timedelta(hours=1)
     assert WIN_BACK.run_every == timedelta(days=1)
+
+
+# --- the sweep's SQL pre-filter against the rule ---------------------------------------------
+
+
+def test_a_win_back_sweep_decides_exactly_whom_the_rule_takes_day_after_day(
+    replicas: tuple[OfferEngine, OfferEngine],
+) -> None:
+    """Random histories: the customers a sweep decides (its SQL pre-filter, the lapse computed
+    in SQL) are those the rule takes user by user, on the first day and on the next ones."""
+    import random
+
+    offers, _ = replicas
+    rng = random.Random(7)
+    events = []
+    for n in range(120):
+        last = NOW - timedelta(days=rng.uniform(0, 800))
+        for k in range(rng.choice((1, 2, 3, 5))):
+            at = last - timedelta(days=k * rng.uniform(1, 60))
+            events.append(NewEvent(f"r{n:03d}", "purchase", at, item_id="i1", order_id=f"o{k}"))
+    offers.repository.base.add_events(events)
+    campaign = offers.campaign("come_back")
+    users = sorted({e.user_id for e in events})
+    wanted: set[tuple[str, str]] = set()
+    moment = NOW
+    for _ in range(3):
+        offers.clock = lambda moment=moment: moment  # type: ignore[misc]
+        for user in users:
+            facts = offers.repository.decisions.lifecycle_facts(
+                campaign, user, moment, attributes=False
+            )
+            found = check_eligibility(campaign, facts, moment)
+            if found.eligible:
+                wanted.add((user, found.occurrence))
+        offers.sweep("come_back")
+        with offers.repository.engine.connect() as conn:
+            rows = conn.execute(
+                select(offer_decisions.c.user_id, offer_decisions.c.occurrence)
+            ).all()
+        assert {(str(u), str(o)) for u, o in rows} == wanted
+        moment += timedelta(days=rng.uniform(1, 30))
+    assert len(wanted) > 20
