@@ -257,6 +257,15 @@ Index(
     postgresql_where=text(PURCHASE),
 )
 
+# an abandoned-cart sweep reads the recent add-to-carts (migration 0009, issue 12 item 2)
+CART = "type = 'add_to_cart'"
+Index(
+    "ix_events_carts",
+    events.c.ts,
+    sqlite_where=text(CART),
+    postgresql_where=text(CART),
+)
+
 # --- user segments (migration 0007, issue 12 item 1) ---------------------------------------
 
 LIFECYCLE_STAGES = ("new", "active", "at_risk", "lapsed", "returning")

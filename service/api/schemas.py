@@ -500,7 +500,8 @@ class SweepJobOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime = Field(description="Written by the running worker after each batch.")
     evaluated: int | None = Field(
-        description="Users inside the window without a final decision (None until counted)."
+        description="Users inside the window without a final decision (None until counted); "
+        "for a lifecycle kind, the candidates its SQL pre-filter found."
     )
     processed: int = Field(description="Of those, how many are done.")
     progress: float | None = Field(description="processed / evaluated.")

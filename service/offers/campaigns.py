@@ -27,6 +27,7 @@ keep the new-user default. The rules of each kind are in ``service.offers.occasi
     min_orders = 2
     lapse_rhythm_factor = 2.0      # last order older than twice their own interval
     lapse_days = 90                # for a customer whose interval is unknown (one order)
+    run_every_minutes = 1440       # the schedule of the time-driven kinds (offers.schedule)
 
 Abuse (issue 12, item 7): a new account is the cheapest way to farm first-day coupons, so every
 campaign is capped at ``DEFAULT_MAX_PER_DAY`` coupons per UTC day unless its table says

@@ -20,6 +20,9 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
+# a copy, not an import: migrations are history and must not change when the code does
+CART = "type = 'add_to_cart'"
+
 
 def upgrade() -> None:
     # every existing decision is its campaign's one decision for the user: occurrence ''
@@ -32,9 +35,18 @@ def upgrade() -> None:
         unique=True,
     )
     op.drop_index("uq_offer_decisions_campaign_id", table_name="offer_decisions")
+    # an abandoned-cart sweep reads the add-to-carts of the last hours or days
+    op.create_index(
+        "ix_events_carts",
+        "events",
+        ["ts"],
+        sqlite_where=sa.text(CART),
+        postgresql_where=sa.text(CART),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_events_carts", table_name="events")
     # one decision per user and campaign again: the latest occurrence's stays
     op.execute(
         "DELETE FROM offer_decisions WHERE id NOT IN "
