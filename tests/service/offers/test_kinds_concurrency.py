@@ -199,6 +199,11 @@ def test_a_total_cap_holds_when_two_replicas_sweep_a_recurring_campaign(
         issued = sum(r.decisions.get("issued", 0) for r in results if not isinstance(r, Exception))
         assert issued == 5
         assert stored(first, "come_back") == (20, 5)  # the others left as budget misses
+        # a larger budget: the misses of this lapse become final, nobody is decided twice
+        first.campaigns["come_back"] = capped.model_copy(update={"max_total": 12})
+        again = first.sweep("come_back")
+        assert again.decisions["issued"] == 7
+        assert stored(first, "come_back") == (20, 12)
     finally:
         first.repository.engine.dispose()
         second.repository.engine.dispose()
