@@ -408,6 +408,7 @@ def main() -> None:
         campaign_store,
         concurrency,
         import_online_retail,
+        lifecycle_sweep,
         money,
         reliability,
         retrain_pickup,
@@ -440,6 +441,7 @@ def main() -> None:
         ("webhooks", webhooks.render),
         ("segments", segments.render),  # issue 12, item 1
         ("segments_online_retail", segments_online_retail.render),
+        ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
     ):
         doc = _load(name)
         if doc is not None:

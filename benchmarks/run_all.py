@@ -19,6 +19,7 @@ STEPS = (
     ["benchmarks.offers"],
     ["benchmarks.sweep"],
     ["benchmarks.money"],
+    ["benchmarks.lifecycle_sweep"],  # issue 12, item 2
     ["benchmarks.retrain_pickup"],
     ["benchmarks.reliability"],
     ["benchmarks.campaign_store"],  # issue 12, item 5

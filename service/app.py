@@ -109,6 +109,7 @@ def create_app(
             clock,
             rank_items=served.rank,
             metrics=metrics,
+            top_items=served.top_items,  # the lifecycle kinds' coupons (issue 12, item 2)
         )
         auto_offers = AutoEvaluator(offer_engine, per_user=settings.session_events)
         user_segments = Segments(SegmentRepository(repository), settings.segment, clock)
@@ -194,6 +195,8 @@ def create_app(
         if webhook_config is not None:
             sender = Sender(state.webhooks.repository, webhook_config, clock, metrics=metrics)
             loops["recoffer-webhooks"] = sender.run()
+        if settings.campaign_schedule_seconds > 0:  # the time-driven campaigns (issue 12)
+            loops["recoffer-schedule"] = background.campaign_schedule_loop(state)
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield

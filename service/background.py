@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.db import migrate
 from service.offers.campaigns import Campaign
+from service.offers.schedule import CampaignSchedule
 from service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -136,3 +137,19 @@ async def campaign_loop(state: AppState) -> None:
         await asyncio.sleep(state.settings.campaign_poll_seconds)
         if state.health.database_ready:
             await refresh_campaigns(state)
+
+
+async def campaign_schedule_loop(state: AppState) -> None:
+    """Start the sweeps of the time-driven campaigns that are due (``service.offers.schedule``).
+
+    Every worker of every replica runs it; the database lets one sweep through per interval.
+    """
+    schedule = CampaignSchedule(state.sweeps, state.clock)
+    while True:
+        await asyncio.sleep(state.settings.campaign_schedule_seconds)
+        if not state.health.database_ready:
+            continue
+        try:
+            await run_in_threadpool(schedule.tick)
+        except Exception as exc:  # the next tick tries again
+            log.warning("campaign_schedule_failed", extra={"error": str(exc).splitlines()[0]})

@@ -239,6 +239,13 @@ class Settings(BaseSettings):
         description="How often each worker looks for campaign changes made through the API "
         "(by any worker or replica) and applies them (0: only its own, and at start).",
     )
+    # the schedule of the time-driven campaigns (issue 12, item 2)
+    campaign_schedule_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often each worker checks whether a time-driven campaign's sweep is "
+        "due (its run_every_minutes); 0: never (run them with POST /v1/campaigns/{id}/run).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 

@@ -129,9 +129,13 @@ offer_decisions = Table(
     Column("loyalty_type", String(16), nullable=True),
     # the campaign's definition version in force (campaign_changes); None before 0011
     Column("campaign_version", Integer(), nullable=True),
+    # migration 0009 (issue 12, item 2): a recurring campaign's occurrence ('' for a campaign
+    # decided once per user): see service.offers.occasions
+    Column("occurrence", String(64), nullable=False, server_default=""),
     CheckConstraint(f"decision IN ({', '.join(map(repr, RECORDED))})", name="decision_kind"),
-    # "one decision per user per campaign, ever" is this index, not a read before a write
-    Index("uq_offer_decisions_campaign_id", "campaign_id", "user_id", unique=True),
+    # "one decision per user per campaign and occurrence, ever" is this index, not a read
+    # before a write
+    Index("uq_offer_decisions_occurrence", "campaign_id", "user_id", "occurrence", unique=True),
     Index("uq_offer_decisions_attribution_id", "attribution_id", unique=True),
     Index("ix_offer_decisions_user_id", "user_id"),
 )
@@ -256,6 +260,15 @@ Index(
     events.c.ts,
     sqlite_where=text(PURCHASE),
     postgresql_where=text(PURCHASE),
+)
+
+# an abandoned-cart sweep reads the recent add-to-carts (migration 0009, issue 12 item 2)
+CART = "type = 'add_to_cart'"
+Index(
+    "ix_events_carts",
+    events.c.ts,
+    sqlite_where=text(CART),
+    postgresql_where=text(CART),
 )
 
 # --- user segments (migration 0007, issue 12 item 1) ---------------------------------------

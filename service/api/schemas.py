@@ -406,6 +406,9 @@ class DecisionOut(BaseModel):
     reasons: list[str] = Field(
         description="not_eligible: campaign_inactive, unknown_user, not_new, too_few_views, "
         "already_purchased, account_age_unknown, account_too_new, attribute_not_true:<name>; "
+        "the lifecycle kinds': too_few_orders, not_lapsed, lapsed_too_long, no_order, "
+        "not_anniversary, birthday_unknown, birthday_invalid, not_birthday, "
+        "too_few_recent_orders, no_open_cart, cart_still_active, cart_too_old; "
         "budget_exhausted: the cap reached (cap_total or cap_<day>; a money budget: "
         "budget_money_total or budget_money_day)"
     )
@@ -421,6 +424,11 @@ class DecisionOut(BaseModel):
         None,
         description="The campaign's definition version the decision was made with (its "
         "definition: GET /v1/campaigns/{id}/history).",
+    )
+    occurrence: str = Field(
+        "",
+        description="A recurring campaign's occurrence (lapse:<day>, year:<year>, orders:<m>, "
+        "cart:<time>): decided once per user per occurrence; '' for a once-per-user campaign.",
     )
 
 
@@ -556,7 +564,8 @@ class SweepJobOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime = Field(description="Written by the running worker after each batch.")
     evaluated: int | None = Field(
-        description="Users inside the window without a final decision (None until counted)."
+        description="Users inside the window without a final decision (None until counted); "
+        "for a lifecycle kind, the candidates its SQL pre-filter found."
     )
     processed: int = Field(description="Of those, how many are done.")
     progress: float | None = Field(description="processed / evaluated.")

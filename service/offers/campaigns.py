@@ -27,6 +27,7 @@ keep the new-user default. The rules of each kind are in ``service.offers.occasi
     min_orders = 2
     lapse_rhythm_factor = 2.0      # last order older than twice their own interval
     lapse_days = 90                # for a customer whose interval is unknown (one order)
+    run_every_minutes = 1440       # the schedule of the time-driven kinds (offers.schedule)
 
 Targeting (issue 12, item 4): ``audience`` and ``exclude_segments`` name segments of
 ``user_segments`` (``service.offers.audience``); ``uplift_targeting`` treats only the segments
@@ -252,6 +253,14 @@ class Campaign(BaseModel):
         le=24 * 365,
         description="abandoned_cart: a cart older than this (from its last add) is left alone.",
     )
+    # the schedule of the time-driven kinds (service.offers.schedule)
+    run_every_minutes: float | None = Field(
+        None,
+        ge=1,
+        le=60 * 24 * 31,
+        description="Time-driven kinds: the service sweeps the campaign when its last run is "
+        "older than this (default: 60 for abandoned_cart, 1440 for the others).",
+    )
 
     # --- money (issue 12, item 3)
     fixed_discount: Amount | None = Field(
@@ -425,6 +434,16 @@ class Campaign(BaseModel):
         return self.kind in TIME_DRIVEN
 
     @property
+    def run_every(self) -> timedelta | None:
+        """How often the service sweeps a time-driven campaign (None: not time-driven)."""
+        if not self.time_driven:
+            return None
+        minutes = self.run_every_minutes
+        if minutes is None:
+            minutes = DEFAULT_RUN_EVERY_MINUTES.get(self.kind, 24 * 60)
+        return timedelta(minutes=minutes)
+
+    @property
     def min_account_age(self) -> timedelta | None:
         hours = self.min_account_age_hours
         return None if hours is None else timedelta(hours=hours)
@@ -465,16 +484,20 @@ _NEW_USER = frozenset(
     ("new_user_window_hours", "min_views", "count", "require_no_purchase", "expire_at_window_end")
 )
 _DATES = frozenset(("days_before", "days_after"))
+_SCHEDULED = frozenset(("run_every_minutes",))  # every time-driven kind
 KIND_FIELDS: dict[CampaignKind, frozenset[str]] = {
     "new_user_high_intent": _NEW_USER,
     "win_back": frozenset(
         ("min_orders", "lapse_rhythm_factor", "lapse_days", "min_lapse_days", "max_lapse_days")
-    ),
-    "purchase_anniversary": _DATES,
-    "birthday": _DATES | {"birthday_attribute"},
-    "frequent_buyer": frozenset(("min_orders", "within_days")),
-    "abandoned_cart": frozenset(("cart_idle_hours", "cart_max_age_hours")),
+    )
+    | _SCHEDULED,
+    "purchase_anniversary": _DATES | _SCHEDULED,
+    "birthday": _DATES | {"birthday_attribute"} | _SCHEDULED,
+    "frequent_buyer": frozenset(("min_orders", "within_days")) | _SCHEDULED,
+    "abandoned_cart": frozenset(("cart_idle_hours", "cart_max_age_hours")) | _SCHEDULED,
 }
+# a cart goes cold in hours, the other moments in days
+DEFAULT_RUN_EVERY_MINUTES: dict[CampaignKind, float] = {"abandoned_cart": 60.0}
 KIND_SPECIFIC: frozenset[str] = frozenset().union(*KIND_FIELDS.values())
 # the fields uplift targeting reads, refused without it (a typo must not look like targeting)
 UPLIFT_FIELDS = frozenset(

@@ -22,6 +22,7 @@ from service.offers.campaigns import Campaign, find_campaign
 from service.offers.coupons import coupon_status
 from service.offers.discounts import budget_reason, coupon_terms, money_caps
 from service.offers.kinds import DecisionKind
+from service.offers.occasions import ONCE
 from service.offers.repository import OfferRepository
 from service.offers.repository.coupons import CouponRecord
 from service.offers.repository.decisions import (
@@ -31,7 +32,7 @@ from service.offers.repository.decisions import (
     DecisionRecord,
     Recorded,
 )
-from service.offers.rules import UserFacts, check_eligibility, new_code, redacted
+from service.offers.rules import Eligibility, UserFacts, check_eligibility, new_code, redacted
 from service.offers.store import version_of
 from service.offers.targeting import UpliftTargeting, final_kind
 
@@ -41,6 +42,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # (user_id, products the user viewed) -> the same products, the model's favourite first
 RankItems = Callable[[str, Sequence[str]], list[str]]
+# (user_id, n) -> the n products of the whole catalogue the model ranks highest for the user
+TopItems = Callable[[str, int], list[str]]
+# lifecycle kinds whose offer a purchase made meanwhile takes back, a purchase after the
+# facts' last one (a win-back's: an order after the last one seen; a cart's: the cart bought);
+# the new-user kind's is any purchase (require_no_purchase)
+_PURCHASE_GUARDED = frozenset(("win_back", "abandoned_cart"))
 # (users done, of how many, decisions so far by kind): called by a sweep after every batch
 SweepProgress = Callable[[int, int, Counter[str]], None]
 SWEEP_BATCH = 2_000  # users evaluated per batch; about a fifth of them are written
@@ -59,6 +66,7 @@ class Decision:
     previous: str | None = None  # already_decided: what was decided then
     coupon: CouponRecord | None = None
     campaign_version: int | None = None  # the definition it was decided with (item 5)
+    occurrence: str = ONCE  # a recurring campaign's occurrence (service.offers.occasions)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class OfferEngine:
         rank_items: RankItems | None = None,
         metrics: Metrics | None = None,
         targeting: UpliftTargeting | None = None,
+        top_items: TopItems | None = None,
     ) -> None:
         self.campaigns = dict(campaigns)
         self.repository = repository
@@ -90,14 +99,18 @@ class OfferEngine:
         self.metrics = metrics
         # the side of each decision: the holdout draw, and uplift targeting (issue 12, item 4)
         self.targeting = targeting or UpliftTargeting(repository.reports, clock)
+        self.top_items = top_items
 
     def campaign(self, campaign_id: str) -> Campaign:
         return find_campaign(self.campaigns, campaign_id)
 
     def evaluate(self, user_id: str, campaign_id: str) -> Decision:
-        """Decide for one user now and record it; a user is decided once per campaign."""
+        """Decide for one user now and record it; a user is decided once per campaign (once
+        per occurrence in a recurring one)."""
         campaign = self.campaign(campaign_id)
         now = self.clock()
+        if campaign.recurring:
+            return self._count(self._evaluate_occasion(campaign, user_id, now))
         existing, facts = self.repository.decisions.decision_and_facts(
             campaign_id, user_id, campaign.window, now, attributes=bool(campaign.require_attributes)
         )
@@ -125,6 +138,8 @@ class OfferEngine:
         now = self.clock()
         if not campaign.is_active(now):
             return SweepResult(campaign_id, False, 0, Counter(), 0.0)
+        if campaign.recurring:
+            return self._sweep_occasions(campaign, now, started, progress)
         candidates = self.repository.decisions.candidates(
             campaign_id, campaign.window, now, attributes=bool(campaign.require_attributes)
         )
@@ -135,11 +150,11 @@ class OfferEngine:
         for first in range(0, len(candidates), SWEEP_BATCH):
             batch = candidates[first : first + SWEEP_BATCH]
             moment = self.clock()  # a long sweep decides each batch at its own moment
-            eligible: list[tuple[UserFacts, int]] = []
+            eligible: list[tuple[UserFacts, Eligibility]] = []
             for facts in batch:
                 eligibility = check_eligibility(campaign, facts, moment)
                 if eligibility.eligible:
-                    eligible.append((facts, eligibility.views))
+                    eligible.append((facts, eligibility))
             made = Counter({"not_eligible": len(batch) - len(eligible)})
             if exhausted is None:
                 outcome, exhausted = self._decide_batch(campaign, eligible, moment)
@@ -147,7 +162,7 @@ class OfferEngine:
             elif eligible:
                 self.repository.decisions.record_misses(
                     campaign_id,
-                    [(facts.user_id, views) for facts, views in eligible],
+                    [(facts.user_id, e.views) for facts, e in eligible],
                     moment,
                     moment + campaign.conversion_window,
                     version_of(campaign),
@@ -165,31 +180,95 @@ class OfferEngine:
         )
         return SweepResult(campaign_id, True, len(candidates), counts, seconds)
 
+    def _sweep_occasions(
+        self,
+        campaign: Campaign,
+        now: datetime,
+        started: float,
+        progress: SweepProgress | None,
+    ) -> SweepResult:
+        """``sweep`` of a recurring campaign: its kind's candidates with their facts (an SQL
+        pre-filter, one read), the rule batch by batch, and the batched write once per user
+        per occurrence.
+
+        A user already decided for the occurrence the rule finds is counted
+        ``already_decided`` and nothing is written for them (the unique index would refuse
+        it anyway; skipping them first spares the coupon drafts).
+        """
+        cid = campaign.campaign_id
+        decisions = self.repository.decisions
+        attributes = _reads_attributes(campaign)
+        candidates = decisions.lifecycle_candidates(campaign, now, attributes=attributes)
+        counts: Counter[str] = Counter()
+        if progress is not None:
+            progress(0, len(candidates), counts)
+        exhausted: str | None = None
+        for first in range(0, len(candidates), SWEEP_BATCH):
+            batch = candidates[first : first + SWEEP_BATCH]
+            moment = self.clock()  # the facts are the sweep's, the rule applies at this moment
+            eligible: list[tuple[UserFacts, Eligibility]] = []
+            for facts in batch:
+                eligibility = check_eligibility(campaign, facts, moment)
+                if eligibility.eligible:
+                    eligible.append((facts, eligibility))
+            done = decisions.decided(cid, [(f.user_id, e.occurrence) for f, e in eligible])
+            fresh = [(f, e) for f, e in eligible if (f.user_id, e.occurrence) not in done]
+            made = Counter(
+                {
+                    "not_eligible": len(batch) - len(eligible),
+                    "already_decided": len(eligible) - len(fresh),
+                }
+            )
+            if exhausted is None:
+                outcome, exhausted = self._decide_batch(campaign, fresh, moment)
+                made.update(outcome)
+            elif fresh:
+                decisions.record_misses(
+                    cid,
+                    [(f.user_id, e.views) for f, e in fresh],
+                    moment,
+                    moment + campaign.conversion_window,
+                    version_of(campaign),
+                    occurrences={f.user_id: e.occurrence for f, e in fresh},
+                )
+                made["budget_exhausted"] += len(fresh)
+            made = +made
+            self._count_many(cid, made)
+            counts.update(made)
+            if progress is not None:
+                progress(first + len(batch), len(candidates), counts)
+        seconds = time.perf_counter() - started
+        log.info("campaign_swept", extra={"campaign": cid, "evaluated": len(candidates), **counts})
+        return SweepResult(cid, True, len(candidates), counts, seconds)
+
     def _decide_batch(
-        self, campaign: Campaign, eligible: list[tuple[UserFacts, int]], now: datetime
+        self, campaign: Campaign, eligible: list[tuple[UserFacts, Eligibility]], now: datetime
     ) -> tuple[Counter[str], str | None]:
         """Record the decisions of eligible users in one write: their counts by kind, and the
         reason (``cap_<period>``) when a cap was reached."""
         if not eligible:
             return Counter(), None
         viewed: dict[str, list[str]] = {}
-        if campaign.restrict_to_top_items > 0:
+        if campaign.restrict_to_top_items > 0 and campaign.kind == "new_user_high_intent":
             viewed = self.repository.decisions.viewed_items_many(
                 [facts.user_id for facts, _ in eligible], now
             )
+        no_purchase, _ = _purchase_guard(campaign, None)
         claims = []
-        for facts, views in eligible:
+        for facts, eligibility in eligible:
             kind, _ = self.targeting.side(campaign, facts)
             claims.append(
                 Claim(
                     facts.user_id,
                     kind,
-                    views,
+                    eligibility.views,
                     None
                     if kind != "issued"
                     else self._draft(campaign, facts, now, viewed.get(facts.user_id)),
                     lifecycle_stage=facts.lifecycle_stage,
                     loyalty_type=facts.loyalty_type,
+                    occurrence=eligibility.occurrence,
+                    purchase_after=_purchase_guard(campaign, facts)[1],
                 )
             )
         recorded = self.repository.decisions.record_batch(
@@ -198,11 +277,11 @@ class OfferEngine:
             now=now,
             convert_until=now + campaign.conversion_window,
             caps=Caps(campaign.max_per_day, campaign.max_total, money_caps(campaign)),
-            no_purchase=campaign.require_no_purchase,
+            no_purchase=no_purchase,
             campaign_version=version_of(campaign),
         )
         for made in recorded.made:
-            self._made(made, campaign.min_views)
+            self._made(made, _min_views(campaign))
         counts = Counter(r.decision.decision for r in recorded.made)
         counts.update(
             {
@@ -219,7 +298,9 @@ class OfferEngine:
 
         ``decide``: every active campaign evaluates the user now (recorded, as ``evaluate``),
         for the POST of the one-call flow; otherwise only decisions already recorded are read
-        and nothing is written (a GET, which a prefetch or a crawler may send). In the order of
+        and nothing is written (a GET, which a prefetch or a crawler may send; a recurring
+        campaign shows the decision of the occurrence the user qualifies for now, if any, not
+        an earlier occurrence's). In the order of
         the campaigns file, the first decision with a usable coupon wins, else the first
         decision is returned without a coupon (a used or expired one is not an offer). None
         when no campaign is active, or, without ``decide``, when none has decided yet.
@@ -232,7 +313,7 @@ class OfferEngine:
             decision = (
                 self.evaluate(user_id, campaign.campaign_id)
                 if decide
-                else self._recorded(campaign, user_id)
+                else self._recorded(campaign, user_id, now)
             )
             if decision is None:
                 continue
@@ -253,9 +334,23 @@ class OfferEngine:
             decision=kind,
             reasons=reasons,
             views=views,
-            min_views=campaign.min_views,
+            min_views=_min_views(campaign),
             campaign_version=version_of(campaign),
         )
+
+    def _evaluate_occasion(self, campaign: Campaign, user_id: str, now: datetime) -> Decision:
+        """``evaluate`` of a recurring campaign: the facts first, as the occurrence they give
+        says which decision to look for; a user decided for it gets that decision back."""
+        decisions = self.repository.decisions
+        facts = decisions.lifecycle_facts(
+            campaign, user_id, now, attributes=_reads_attributes(campaign)
+        )
+        eligibility = check_eligibility(campaign, facts, now)
+        if eligibility.eligible:
+            existing = decisions.recorded(campaign.campaign_id, user_id, eligibility.occurrence)
+            if existing is not None and existing.decision != "budget_exhausted":
+                return self._already(existing, self._coupon_of(existing), campaign)
+        return self._decide(campaign, facts, now)
 
     def _decide(self, campaign: Campaign, facts: UserFacts, now: datetime) -> Decision:
         eligibility = check_eligibility(campaign, facts, now)
@@ -265,6 +360,7 @@ class OfferEngine:
                 campaign, facts.user_id, views, "not_eligible", eligibility.reasons
             )
         kind, why = self.targeting.side(campaign, facts)
+        no_purchase, purchase_after = _purchase_guard(campaign, facts)
         try:
             recorded = self.repository.decisions.record(
                 campaign.campaign_id,
@@ -276,10 +372,12 @@ class OfferEngine:
                 coupon=None if kind != "issued" else self._draft(campaign, facts, now),
                 # both sides of the holdout face the caps, so they stay comparable
                 caps=Caps(campaign.max_per_day, campaign.max_total, money_caps(campaign)),
-                no_purchase=campaign.require_no_purchase,
+                no_purchase=no_purchase,
                 lifecycle_stage=facts.lifecycle_stage,
                 loyalty_type=facts.loyalty_type,
                 campaign_version=version_of(campaign),
+                occurrence=eligibility.occurrence,
+                purchase_after=purchase_after,
             )
         except BudgetExhausted as exc:
             return self._refusal(
@@ -291,10 +389,10 @@ class OfferEngine:
             )
         if not recorded.created:
             return self._already(recorded.decision, recorded.coupon, campaign)
-        made = self._made(recorded, campaign.min_views)
+        made = self._made(recorded, _min_views(campaign))
         return made if why is None else dataclasses.replace(made, reasons=(why,))
 
-    def _made(self, recorded: Recorded, min_views: int) -> Decision:
+    def _made(self, recorded: Recorded, min_views: int | None) -> Decision:
         d = recorded.decision
         if recorded.coupon is not None:
             log.info(
@@ -316,6 +414,7 @@ class OfferEngine:
             decided_at=d.decided_at,
             coupon=recorded.coupon,
             campaign_version=d.campaign_version,
+            occurrence=d.occurrence,
         )
 
     def _draft(
@@ -339,20 +438,48 @@ class OfferEngine:
     def _restricted_items(
         self, campaign: Campaign, facts: UserFacts, now: datetime, viewed: list[str] | None
     ) -> list[str] | None:
-        if campaign.restrict_to_top_items <= 0 or facts.started_at is None:
+        """The coupon's products (None: store-wide), as ``restrict_to_top_items`` says per kind."""
+        top = campaign.restrict_to_top_items
+        if campaign.kind == "abandoned_cart":  # always the cart; N > 0 keeps its top N
+            cart = self._ranked(facts.user_id, list(facts.cart_items))
+            return (cart[:top] if top > 0 else cart) or None
+        if top > 0 and campaign.kind != "new_user_high_intent":  # the whole catalogue
+            if self.top_items is None:
+                return None
+            try:
+                return self.top_items(facts.user_id, top)[:top] or None
+            except Exception:  # no model, or a model swap mid-call: store-wide, said in the log
+                log.exception("coupon_item_ranking_failed")
+                return None
+        if top <= 0 or facts.started_at is None:
             return None
         if viewed is None:
             viewed = self.repository.decisions.viewed_items(facts.user_id, facts.started_at, now)
-        if self.rank_items is not None and viewed:
+        return self._ranked(facts.user_id, viewed)[: campaign.restrict_to_top_items] or None
+
+    def _ranked(self, user_id: str, item_ids: list[str]) -> list[str]:
+        """``item_ids``, the model's favourite first (as given when it cannot rank them)."""
+        if self.rank_items is not None and item_ids:
             try:
-                viewed = self.rank_items(facts.user_id, viewed)
+                return self.rank_items(user_id, item_ids)
             except Exception:  # no model, or a model swap mid-call: most viewed first instead
                 log.exception("coupon_item_ranking_failed")
-        return viewed[: campaign.restrict_to_top_items] or None
+        return item_ids
 
-    def _recorded(self, campaign: Campaign, user_id: str) -> Decision | None:
-        """The decision already recorded for the user (None before one), read only."""
-        existing = self.repository.decisions.recorded(campaign.campaign_id, user_id)
+    def _recorded(self, campaign: Campaign, user_id: str, now: datetime) -> Decision | None:
+        """The decision already recorded for the user (None before one), read only; in a
+        recurring campaign, the decision of the occurrence the user qualifies for now."""
+        decisions = self.repository.decisions
+        occurrence = ONCE
+        if campaign.recurring:
+            facts = decisions.lifecycle_facts(
+                campaign, user_id, now, attributes=_reads_attributes(campaign)
+            )
+            eligibility = check_eligibility(campaign, facts, now)
+            if not eligibility.eligible:
+                return None
+            occurrence = eligibility.occurrence
+        existing = decisions.recorded(campaign.campaign_id, user_id, occurrence)
         if existing is None:
             return None
         return self._already(existing, self._coupon_of(existing), campaign)
@@ -365,12 +492,13 @@ class OfferEngine:
             user_id=decision.user_id,
             decision="already_decided",
             views=decision.views,
-            min_views=campaign.min_views,
+            min_views=_min_views(campaign),
             attribution_id=decision.attribution_id,
             decided_at=decision.decided_at,
             previous=decision.decision,
             coupon=coupon,
             campaign_version=decision.campaign_version,
+            occurrence=decision.occurrence,
         )
 
     def _coupon_of(self, decision: DecisionRecord) -> CouponRecord | None:
@@ -387,3 +515,26 @@ class OfferEngine:
         if self.metrics is not None:
             for kind, n in counts.items():
                 self.metrics.offer_decisions.labels(campaign_id, kind).inc(n)
+
+
+def _min_views(campaign: Campaign) -> int | None:
+    """The views a decision is compared with: the new-user kind's alone counts them."""
+    return campaign.min_views if campaign.kind == "new_user_high_intent" else None
+
+
+def _reads_attributes(campaign: Campaign) -> bool:
+    """A lifecycle campaign reads the user's attributes: a birthday, or required ones."""
+    return campaign.kind == "birthday" or bool(campaign.require_attributes)
+
+
+def _purchase_guard(campaign: Campaign, facts: UserFacts | None) -> tuple[bool, datetime | None]:
+    """Whether a purchase made meanwhile takes the offer back, and after which moment.
+
+    The new-user kind: any purchase (``require_no_purchase``); win-back and abandoned cart:
+    a purchase after the last one the facts saw; the others: none (a thank-you, a date).
+    """
+    if campaign.kind == "new_user_high_intent":
+        return campaign.require_no_purchase, None
+    if campaign.kind in _PURCHASE_GUARDED:
+        return True, None if facts is None else facts.last_order_at
+    return False, None

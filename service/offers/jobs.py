@@ -119,6 +119,30 @@ class SweepJobs:
                 raise SweepRunning(campaign_id, active.job_id)
         else:
             raise SweepRunning(campaign_id, "(one that just ended)")
+        return self._launch(created, now)
+
+    def start_due(self, campaign_id: str, every: timedelta) -> SweepJob | None:
+        """Start a sweep of ``campaign_id`` unless one was requested within ``every`` (by any
+        worker or replica) or one is active; None then. The schedule's call
+        (``service.offers.schedule``); an inactive campaign is not due."""
+        campaign = self.engine.campaign(campaign_id)
+        now = self.clock()
+        if not campaign.is_active(now):
+            return None
+        silent_since = now - self.stale_after
+        created = self.repository.create_due(
+            campaign_id,
+            self.worker,
+            now,
+            since=now - every,
+            silent_since=silent_since,
+            error=SILENT.format(since=silent_since.isoformat()),
+        )
+        return None if created is None else self._launch(created, now)
+
+    def _launch(self, created: SweepJobRecord, now: datetime) -> SweepJob:
+        """Run the queued job ``created`` in a thread of this process."""
+        campaign_id = created.campaign_id
         thread = threading.Thread(
             target=self._run, args=(created.job_id, campaign_id), name=f"sweep-{campaign_id}"
         )

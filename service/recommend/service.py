@@ -112,6 +112,24 @@ class Recommendations:
         user_id, recent = self._personal(user_id)
         return recommender.rank(user_id, item_ids, recent, self.clock())
 
+    def top_items(self, user_id: str, n: int) -> list[str]:
+        """The ``n`` products the model ranks highest for the user in the whole catalogue
+        (the event log's best sellers without a model); not counted as a recommendation.
+
+        A lifecycle campaign's coupon is restricted to them (issue 12, item 2).
+        """
+        recommender = self.models.current
+        query = Query(user_id=user_id, limit=n)
+        user, recent = self._personal(user_id)
+        if user != user_id:
+            query = replace(query, user_id=user)
+        if recommender is None:
+            return [r.item_id for r in self._from_event_log(query, recent).items]
+        result = recommender.recommend(
+            query, recent, self.activity.catalogue, now=self.clock(), hidden=self.activity.hidden
+        )
+        return [r.item_id for r in result.items]
+
     def public(self, text: str) -> str:
         """A load error as a caller may see it: no absolute path of this machine."""
         return without_paths(text, self.models.store.root)

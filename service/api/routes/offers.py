@@ -53,6 +53,7 @@ def decision_out(decision: Decision, engine: OfferEngine) -> DecisionOut:
         decided_at=decision.decided_at,
         coupon=coupon,
         campaign_version=decision.campaign_version,
+        occurrence=decision.occurrence,
     )
 
 

@@ -11,8 +11,9 @@ is the write, so the read cannot go stale before the count is written in the sam
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,14 +32,24 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    tuple_,
     update,
 )
 
 from service.activity.repository import Repository
 from service.delivery import outbox
 from service.errors import BudgetExhausted, PurchasedMeanwhile
+from service.offers.campaigns import Campaign
 from service.offers.kinds import FinalKind
+from service.offers.occasions import ONCE
 from service.offers.repository.coupons import CouponRecord, CouponRepository
+from service.offers.repository.lifecycle import (
+    ORDER_KINDS,
+    LifecycleFacts,
+    candidate_ids,
+    facts_from_row,
+    order_candidates,
+)
 from service.offers.repository.spend import MoneyCaps, SpendStatements
 from service.offers.rules import UserFacts
 from service.tables import (
@@ -61,6 +72,7 @@ class DecisionRecord:
     decided_at: datetime
     convert_until: datetime
     campaign_version: int | None = None  # the definition in force (issue 12, item 5)
+    occurrence: str = ONCE  # a recurring campaign's occurrence (issue 12, item 2)
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,9 @@ class Claim:
     coupon: CouponDraft | None  # with ``issued``
     lifecycle_stage: str | None = None  # the user's segment, recorded with the decision
     loyalty_type: str | None = None
+    occurrence: str = ONCE  # a recurring campaign's occurrence
+    # the facts' last purchase: only a purchase after it refuses the claim (None: any does)
+    purchase_after: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,7 @@ def day_of(moment: datetime) -> str:
 
 
 SWEEP_READ_TIMEOUT_MS = 600_000  # the candidates of a sweep: one read, in the background
+FACTS_BATCH = 2_000  # users whose facts are read in one go (a list of ids in the queries)
 # the columns a decision write sets besides its key (campaign, user)
 # and the user's segment at that moment (issue 12, item 4)
 # and the campaign's definition version in force (issue 12, item 5)
@@ -224,6 +240,12 @@ class _Statements:
         self.purchased = (
             select(e.c.id).where(e.c.user_id == user, e.c.type == purchase, e.c.ts <= now).limit(1)
         )
+        after = bindparam("after", type_=UTCDateTime())
+        self.purchased_after = (
+            select(e.c.id)
+            .where(e.c.user_id == user, e.c.type == purchase, e.c.ts > after, e.c.ts <= now)
+            .limit(1)
+        )
         self.decision = select(
             d.c.campaign_id,
             d.c.user_id,
@@ -233,8 +255,14 @@ class _Statements:
             d.c.decided_at,
             d.c.convert_until,
             d.c.campaign_version,
-        ).where(d.c.campaign_id == bindparam("campaign_id"), d.c.user_id == user)
-        keys = [d.c.campaign_id, d.c.user_id]
+            d.c.occurrence,
+        ).where(
+            d.c.campaign_id == bindparam("campaign_id"),
+            d.c.user_id == user,
+            d.c.occurrence == bindparam("occurrence", type_=String()),
+        )
+        # the unique index: one decision per user, campaign and occurrence
+        keys = [d.c.campaign_id, d.c.user_id, d.c.occurrence]
         self.claim = base.insert(d).on_conflict_do_nothing(index_elements=keys).returning(d.c.id)
         self.misses = base.insert(d).on_conflict_do_nothing(index_elements=keys)
         self.upgrade = (
@@ -242,6 +270,7 @@ class _Statements:
             .where(
                 d.c.campaign_id == bindparam("where_campaign"),
                 d.c.user_id == bindparam("where_user"),
+                d.c.occurrence == bindparam("where_occurrence"),
                 d.c.decision == "budget_exhausted",
             )
             .values({col: bindparam(f"new_{col}") for col in DECISION_VALUES})
@@ -261,13 +290,26 @@ class _Statements:
             b.c.campaign_id == bindparam("campaign_id"),
             b.c.period.in_(bindparam("periods", expanding=True)),
         )
+        # the segments of a list of users (the lifecycle kinds' facts, issue 12 item 4)
+        self.segments_of = select(user_segments.c.user_id, *SEGMENT).where(
+            user_segments.c.user_id.in_(bindparam("users", expanding=True))
+        )
         # --- the batched write of a sweep (record_batch)
         many: BindParameter[str] = bindparam("users", expanding=True)
         campaign = bindparam("where_campaign", type_=String())
+        # each user's last purchase: a claim's purchase_after says which of them refuse it
         self.purchasers = (
-            select(e.c.user_id)
+            select(e.c.user_id, func.max(e.c.ts))
             .where(e.c.user_id.in_(many), e.c.type == purchase, e.c.ts <= now)
-            .distinct()
+            .group_by(e.c.user_id)
+        )
+        # (user, occurrence) pairs: a recurring campaign's other occurrences are not touched
+        pairs: BindParameter[Any] = bindparam("pairs", expanding=True)
+        # the final decisions of many users, every occurrence (the unique index's prefix)
+        self.finals = select(d.c.user_id, d.c.occurrence).where(
+            d.c.campaign_id == campaign,
+            d.c.user_id.in_(many),
+            d.c.decision != "budget_exhausted",
         )
         self.claim_many = (
             base.insert(d).on_conflict_do_nothing(index_elements=keys).returning(d.c.user_id)
@@ -276,14 +318,14 @@ class _Statements:
             delete(d)
             .where(
                 d.c.campaign_id == campaign,
-                d.c.user_id.in_(many),
+                tuple_(d.c.user_id, d.c.occurrence).in_(pairs),
                 d.c.decision == "budget_exhausted",
             )
             .returning(d.c.user_id)
         )
         self.demote = (
             update(d)
-            .where(d.c.campaign_id == campaign, d.c.user_id.in_(many))
+            .where(d.c.campaign_id == campaign, tuple_(d.c.user_id, d.c.occurrence).in_(pairs))
             .values(decision="budget_exhausted")
         )
         # ON CONFLICT DO UPDATE locks the row (PostgreSQL) and returns what it holds
@@ -317,6 +359,7 @@ class DecisionRepository:
         self.coupons = coupons  # an issued decision writes its coupon in the same transaction
         self._sql = _Statements(base)
         self._spend = SpendStatements(base)
+        self._lifecycle = LifecycleFacts()
 
     # --- facts the rule reads -------------------------------------------------------------
 
@@ -340,10 +383,75 @@ class DecisionRepository:
                 return decision, None
             return decision, self._facts(conn, user_id, window, now, attributes)
 
-    def recorded(self, campaign_id: str, user_id: str) -> DecisionRecord | None:
-        """The user's recorded decision in the campaign, if any (a read, nothing written)."""
+    def recorded(
+        self, campaign_id: str, user_id: str, occurrence: str = ONCE
+    ) -> DecisionRecord | None:
+        """The user's recorded decision in the campaign (for ``occurrence``), if any (a read)."""
         with self.engine.connect() as conn:
-            return self._decision(conn, campaign_id, user_id)
+            return self._decision(conn, campaign_id, user_id, occurrence)
+
+    # --- the lifecycle kinds' facts (service.offers.repository.lifecycle) -------------------
+
+    def lifecycle_facts(
+        self, campaign: Campaign, user_id: str, now: datetime, *, attributes: bool
+    ) -> UserFacts:
+        """One user's facts for a lifecycle ``campaign`` (orders, cart, attributes) at ``now``.
+
+        A user the shop does not know has no start (the rule answers ``unknown_user``).
+        """
+        with self.engine.connect() as conn:
+            found = self._lifecycle.facts_of(conn, [user_id], campaign, now, attributes=attributes)
+            found = self._with_segments(conn, found)
+        return found[0] if found else UserFacts(user_id, None, 0, 0, False)
+
+    def lifecycle_candidates(
+        self, campaign: Campaign, now: datetime, *, attributes: bool
+    ) -> list[UserFacts]:
+        """The facts of the users a sweep of a lifecycle ``campaign`` looks at, at ``now``:
+        its kind's SQL pre-filter (``lifecycle``), the rule decides on them."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # one big read, in the background
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {SWEEP_READ_TIMEOUT_MS}")
+            if campaign.kind in ORDER_KINDS:
+                query = order_candidates(campaign, now, conn.dialect.name, attributes=attributes)
+                found = [facts_from_row(r, attributes) for r in conn.execute(query)]
+            else:
+                ids = [str(r[0]) for r in conn.execute(candidate_ids(campaign, now))]
+                found = []
+                for first in range(0, len(ids), FACTS_BATCH):
+                    found += self._lifecycle.facts_of(
+                        conn, ids[first : first + FACTS_BATCH], campaign, now, attributes=attributes
+                    )
+            return self._with_segments(conn, found)
+
+    def _with_segments(self, conn: Connection, found: list[UserFacts]) -> list[UserFacts]:
+        """``found`` with each user's segment (issue 12, item 4: audience, exclusion, uplift
+        targeting and the segment recorded with the decision), read in batches of ids."""
+        segments: dict[str, tuple[str, str]] = {}
+        for first in range(0, len(found), FACTS_BATCH):
+            ids = [f.user_id for f in found[first : first + FACTS_BATCH]]
+            rows = conn.execute(self._sql.segments_of, {"users": ids})
+            segments.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
+        return [
+            f
+            if f.user_id not in segments
+            else dataclasses.replace(
+                f,
+                lifecycle_stage=segments[f.user_id][0],
+                loyalty_type=segments[f.user_id][1],
+            )
+            for f in found
+        ]
+
+    def decided(self, campaign_id: str, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (user, occurrence) pairs of ``pairs`` with a final decision in the campaign."""
+        if not pairs:
+            return set()
+        wanted = set(pairs)
+        users = sorted({u for u, _ in wanted})
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._sql.finals, {"where_campaign": campaign_id, "users": users})
+            return {(str(u), str(o)) for u, o in rows} & wanted
 
     def _facts(
         self, conn: Connection, user_id: str, window: timedelta, now: datetime, attributes: bool
@@ -459,6 +567,8 @@ class DecisionRepository:
         lifecycle_stage: str | None = None,
         loyalty_type: str | None = None,
         campaign_version: int | None = None,
+        occurrence: str = ONCE,
+        purchase_after: datetime | None = None,
     ) -> Recorded:
         """Record a final decision (and its coupon) unless one exists; exactly once.
 
@@ -468,8 +578,11 @@ class DecisionRepository:
         the transaction is rolled back, a ``budget_exhausted`` row is left, and
         ``BudgetExhausted`` is raised. With ``no_purchase``, a purchase by the user up to ``now``
         seen inside the transaction rolls it back and raises ``PurchasedMeanwhile`` (the facts
-        the decision was based on went stale while it was being made). ``lifecycle_stage`` and
-        ``loyalty_type``: the user's segment as read with the facts, kept with the decision.
+        the decision was based on went stale while it was being made); ``purchase_after``: only
+        a purchase after it does (the last purchase the facts saw: a win-back's last order).
+        ``occurrence``: a recurring campaign decides once per user per occurrence.
+        ``lifecycle_stage`` and ``loyalty_type``: the user's segment as read with the facts,
+        kept with the decision.
         """
         caps = caps or Caps(None, None)
         attribution = uuid.uuid4().hex
@@ -486,12 +599,12 @@ class DecisionRepository:
         claimed: str | None = None
         try:
             with self.base.writing() as conn:
-                claimed = self._claim(conn, campaign_id, user_id, values)
+                claimed = self._claim(conn, campaign_id, user_id, occurrence, values)
                 if claimed is None:
-                    existing = self._decision(conn, campaign_id, user_id)
+                    existing = self._decision(conn, campaign_id, user_id, occurrence)
                     assert existing is not None  # the unique index said it is there
                     return Recorded(False, existing, self._coupon_of(conn, existing))
-                if no_purchase and self._purchased(conn, user_id, now):
+                if no_purchase and self._purchased(conn, user_id, now, purchase_after):
                     raise PurchasedMeanwhile(user_id)
                 # the row as written (no read back: a lookup per decision is a plan to go wrong)
                 decision = DecisionRecord(
@@ -503,6 +616,7 @@ class DecisionRepository:
                     now,
                     convert_until,
                     campaign_version,
+                    occurrence,
                 )
                 stored: CouponRecord | None = None
                 if coupon is not None:
@@ -514,7 +628,12 @@ class DecisionRepository:
         except BudgetExhausted:
             if claimed != "upgraded":  # an upgraded row was a miss already: nothing to write
                 self.record_misses(
-                    campaign_id, [(user_id, views)], now, convert_until, campaign_version
+                    campaign_id,
+                    [(user_id, views)],
+                    now,
+                    convert_until,
+                    campaign_version,
+                    occurrences={user_id: occurrence},
                 )
             raise
 
@@ -525,14 +644,21 @@ class DecisionRepository:
         now: datetime,
         convert_until: datetime,
         campaign_version: int | None = None,
+        *,
+        occurrences: Mapping[str, str] | None = None,
     ) -> None:
-        """``budget_exhausted`` rows for (user, views) without a decision yet, in one write."""
+        """``budget_exhausted`` rows for (user, views) without a decision yet, in one write.
+
+        ``occurrences``: each user's occurrence in a recurring campaign (default ``ONCE``).
+        """
         if not users:
             return
+        occurrences = occurrences or {}
         rows = [
             {
                 "campaign_id": campaign_id,
                 "user_id": user_id,
+                "occurrence": occurrences.get(user_id, ONCE),
                 "decision": "budget_exhausted",
                 "attribution_id": uuid.uuid4().hex,
                 "views": views,
@@ -575,12 +701,20 @@ class DecisionRepository:
                 found = conn.execute(
                     self._sql.purchasers, {"users": [c.user_id for c in claims], "now": now}
                 )
-                purchased = {str(r[0]) for r in found}
+                last = {str(r[0]): r[1] for r in found}
+                purchased = {
+                    c.user_id
+                    for c in claims
+                    if c.user_id in last
+                    and (c.purchase_after is None or last[c.user_id] > c.purchase_after)
+                }
             wanted = [c for c in claims if c.user_id not in purchased]
+            occurrence = {c.user_id: c.occurrence for c in wanted}
             rows: dict[str, dict[str, Any]] = {
                 c.user_id: {
                     "campaign_id": campaign_id,
                     "user_id": c.user_id,
+                    "occurrence": c.occurrence,
                     "decision": c.kind,
                     "attribution_id": uuid.uuid4().hex,
                     "views": c.views,
@@ -596,7 +730,11 @@ class DecisionRepository:
             conflicting = [u for u in rows if u not in inserted]
             if conflicting:  # a budget miss may still become final: replace it
                 dropped = conn.execute(
-                    self._sql.drop_misses, {"where_campaign": campaign_id, "users": conflicting}
+                    self._sql.drop_misses,
+                    {
+                        "where_campaign": campaign_id,
+                        "pairs": [(u, occurrence[u]) for u in conflicting],
+                    },
                 )
                 again = [rows[str(r[0])] for r in dropped]
                 inserted |= self._claim_many(conn, again)
@@ -605,7 +743,10 @@ class DecisionRepository:
             if refused:
                 conn.execute(
                     self._sql.demote,
-                    {"where_campaign": campaign_id, "users": [c.user_id for c in refused]},
+                    {
+                        "where_campaign": campaign_id,
+                        "pairs": [(c.user_id, c.occurrence) for c in refused],
+                    },
                 )
             made: list[Recorded] = []
             for claim in granted:
@@ -619,6 +760,7 @@ class DecisionRepository:
                     now,
                     convert_until,
                     campaign_version,
+                    claim.occurrence,
                 )
                 coupon = None if claim.coupon is None else _coupon(decision, claim.coupon, now)
                 made.append(Recorded(True, decision, coupon))
@@ -675,20 +817,34 @@ class DecisionRepository:
                 conn.execute(self._sql.add_budget, row)
         return granted, refused, exhausted
 
-    def _purchased(self, conn: Connection, user_id: str, now: datetime) -> bool:
+    def _purchased(
+        self, conn: Connection, user_id: str, now: datetime, after: datetime | None = None
+    ) -> bool:
+        if after is not None:
+            row = {"user_id": user_id, "now": now, "after": after}
+            return conn.execute(self._sql.purchased_after, row).first() is not None
         return (
             conn.execute(self._sql.purchased, {"user_id": user_id, "now": now}).first() is not None
         )
 
     def _claim(
-        self, conn: Connection, campaign_id: str, user_id: str, values: dict[str, Any]
+        self,
+        conn: Connection,
+        campaign_id: str,
+        user_id: str,
+        occurrence: str,
+        values: dict[str, Any],
     ) -> str | None:
         """``inserted``, ``upgraded`` (a budget miss made final) or None (already decided)."""
-        row = {"campaign_id": campaign_id, "user_id": user_id, **values}
+        row = {"campaign_id": campaign_id, "user_id": user_id, "occurrence": occurrence, **values}
         if conn.execute(self._sql.claim, row).first() is not None:
             return "inserted"
         # a row is there: only a budget miss may still become final (the WHERE re-checks it)
-        where = {"where_campaign": campaign_id, "where_user": user_id}
+        where = {
+            "where_campaign": campaign_id,
+            "where_user": user_id,
+            "where_occurrence": occurrence,
+        }
         where.update({f"new_{col}": value for col, value in values.items()})
         upgraded = conn.execute(self._sql.upgrade, where).first()
         return "upgraded" if upgraded is not None else None
@@ -744,9 +900,12 @@ class DecisionRepository:
         outbox.coupons_issued(self.base, conn, [coupon])  # the shop's webhook, same transaction
         return coupon
 
-    def _decision(self, conn: Connection, campaign_id: str, user_id: str) -> DecisionRecord | None:
+    def _decision(
+        self, conn: Connection, campaign_id: str, user_id: str, occurrence: str = ONCE
+    ) -> DecisionRecord | None:
         row = conn.execute(
-            self._sql.decision, {"campaign_id": campaign_id, "user_id": user_id}
+            self._sql.decision,
+            {"campaign_id": campaign_id, "user_id": user_id, "occurrence": occurrence},
         ).first()
         return DecisionRecord(*row) if row else None
 

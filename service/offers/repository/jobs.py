@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import String, bindparam, select, text, update
+from sqlalchemy import JSON, String, bindparam, literal, select, text, update
 
 from service.activity.repository import Repository
 from service.tables import ACTIVE_SWEEP, UTCDateTime, sweep_jobs
@@ -53,6 +53,31 @@ class SweepJobRepository:
         j = sweep_jobs
         self._create = (
             base.insert(j)
+            .on_conflict_do_nothing(
+                index_elements=[j.c.campaign_id], index_where=text(ACTIVE_SWEEP)
+            )
+            .returning(*j.c)
+        )
+        # the schedule's create (issue 12, item 2): not when a job of the campaign was
+        # requested since the given moment, in the same statement as the insert
+        recent = (
+            select(j.c.job_id)
+            .where(
+                j.c.campaign_id == bindparam("campaign_id", type_=String()),
+                j.c.requested_at >= bindparam("since", type_=UTCDateTime()),
+            )
+            .exists()
+        )
+        fields = ("job_id", "campaign_id", "requested_at", "heartbeat_at", "worker")
+        row = select(
+            *(bindparam(name, type_=j.c[name].type) for name in fields),
+            literal("queued", String()),
+            literal(0),
+            bindparam("counts", type_=JSON()),
+        ).where(~recent)
+        self._create_due = (
+            base.insert(j)
+            .from_select([*fields, "state", "processed", "counts"], row)
             .on_conflict_do_nothing(
                 index_elements=[j.c.campaign_id], index_where=text(ACTIVE_SWEEP)
             )
@@ -108,6 +133,44 @@ class SweepJobRepository:
                 return _record(created), None
             active = conn.execute(self._active, {"campaign_id": campaign_id}).first()
         return None, None if active is None else _record(active)
+
+    def create_due(
+        self,
+        campaign_id: str,
+        worker: str,
+        now: datetime,
+        *,
+        since: datetime,
+        silent_since: datetime,
+        error: str,
+    ) -> SweepJobRecord | None:
+        """``create``, unless a job of the campaign was requested at or after ``since``.
+
+        The schedule of the time-driven campaigns: every worker of every replica asks, the
+        statement lets one job through per interval (the check and the insert are one write;
+        two at the same moment meet the index of active jobs). None: not due, or one active.
+        """
+        with self.base.writing() as conn:
+            conn.execute(
+                self._fail_silent,
+                {
+                    "where_campaign": campaign_id,
+                    "silent_since": silent_since,
+                    "now": now,
+                    "error": error,
+                },
+            )
+            row = {
+                "job_id": uuid.uuid4().hex,
+                "campaign_id": campaign_id,
+                "requested_at": now,
+                "heartbeat_at": now,
+                "worker": worker[:200],
+                "counts": {},
+                "since": since,
+            }
+            created = conn.execute(self._create_due, row).first()
+        return None if created is None else _record(created)
 
     def update(self, job_id: str, **values: Any) -> None:
         """Set ``values`` (state, heartbeat_at, processed, counts, ...) on the job."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from service.errors import CampaignConfigError, TooManyAttempts
-from service.offers.campaigns import BUILT_IN, Campaign, load_campaigns
+from service.offers.campaigns import BUILT_IN, CAMPAIGN_KINDS, Campaign, load_campaigns
 from service.offers.limiter import Caller, FailureLimiter
 from service.offers.rules import (
     CODE_ALPHABET,
@@ -189,5 +189,7 @@ def test_the_example_campaign_file_in_the_docs_loads() -> None:
     campaigns = load_campaigns(path)
     assert list(campaigns)[:2] == [BUILT_IN, "browsers_week_one"]
     assert campaigns["five_off_twenty"].discount_kind == "fixed"  # money (issue 12, item 3)
+    kinds = {c.kind for c in campaigns.values()}
+    assert kinds == set(CAMPAIGN_KINDS)  # an example of every kind (README, "Campaign kinds")
     assert campaigns[BUILT_IN].max_per_day == 500
     assert campaigns["browsers_week_one"].count == "distinct_items"
