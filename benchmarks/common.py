@@ -53,12 +53,28 @@ def measure(command: list[str], *, env: dict[str, str] | None = None) -> Measure
 PEAK_MARK = "PEAK_RSS_MIB="
 
 
-def report_peak() -> None:
-    """Called at the end of a measured child: prints its peak RSS for ``measure`` to read."""
+def peak_rss_mib() -> float:
+    """This process image's peak RSS in MiB: ``VmHWM`` of /proc/self/status.
+
+    Not ``ru_maxrss``: Linux carries into it the peak of the image an ``exec`` replaced, so a
+    child started by a large parent reported the parent's size (489 MiB for a 120 MiB run).
+    ``ru_maxrss`` stays the answer where /proc is not there.
+    """
     import resource
 
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{PEAK_MARK}{peak_kib / 1024:.1f}", file=sys.stderr)
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report_peak() -> None:
+    """Called at the end of a measured child: prints its peak RSS for ``measure`` to read."""
+    print(f"{PEAK_MARK}{peak_rss_mib():.1f}", file=sys.stderr)
 
 
 def _peak_from_stderr(stderr: str) -> float:

@@ -35,15 +35,10 @@ from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, median, save, this_co
 from benchmarks.harness import BACKENDS, fresh_database
 
 CHUNK = 500_000
-# VmHWM, the high-water mark of this process's own memory: ru_maxrss would carry the peak of
-# the parent (the seeding, which holds a chunk of rows) across fork and exec on Linux
+# the child's own peak (benchmarks.common.peak_rss_mib: not the seeding parent's)
 CHILD = """
 import json, sys, time
-def peak_mib():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from benchmarks.common import peak_rss_mib as peak_mib
 from service.activity.repository import Repository
 from service.clock import utc_now
 from service.db import make_engine
