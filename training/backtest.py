@@ -12,7 +12,9 @@ disqualifies when the campaign requires none. The counting is vectorised; each c
 verdict then comes from :func:`check_eligibility` itself, and the holdout from
 :func:`in_holdout`, so the two paths cannot drift apart.
 
-Coupons are handed out in order of qualification: holdout users get none and use no budget;
+Coupons are handed out in order of qualification, as the service decides: holdout users get
+none and use no budget, but a user of either side who qualifies while a cap is full is turned
+away (the service records a budget miss for both sides, so they stay comparable);
 ``max_per_day`` applies per UTC day and ``max_total`` over the whole log. A capped user is not
 evaluated again later (the online service might, on a later view inside the window).
 
@@ -25,6 +27,7 @@ qualify bought within ``window + conversion window`` of their start.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,7 +267,7 @@ def run_backtest(
         qualifying=n_qualified,
         qualifying_per_day=_per_day(people.loc[qualified, "qualified_at"], days),
         not_qualifying={r: int((people["reason"] == r).sum()) for r in NOT_QUALIFYING_REASONS},
-        holdout=int(people["holdout"].sum()),
+        holdout=int((people["holdout"] & ~people["capped"]).sum()),
         treated=int((qualified & ~people["holdout"]).sum()),
         expected_coupons=int(people["coupon"].sum()),
         coupons_per_day=_per_day(people.loc[people["coupon"], "qualified_at"], days),
@@ -392,23 +395,40 @@ def _judge(
 
 
 def _hand_out(people: pd.DataFrame, campaign: Campaign) -> tuple[int, int]:
-    """Set ``coupon``: treated users in order of qualification, under the daily and total caps.
+    """Set ``coupon`` and ``capped``: qualified users in order of qualification, as the service
+    decides them: both sides of the holdout face the caps (a held-out user who qualifies while
+    a cap is full is turned away too, so the two sides stay comparable), and only coupons count
+    against the caps.
 
-    Returns how many treated users the daily cap, then the total cap, left without a coupon.
+    Returns how many qualified users (either side) the daily cap, then the total cap, turned
+    away.
     """
     people["coupon"] = False
-    treated = people.loc[(people["reason"] == "") & ~people["holdout"], ["qualified_at"]]
-    treated = treated.rename_axis("user_id").reset_index()
-    treated = treated.sort_values(["qualified_at", "user_id"], kind="stable")
-    coupon = np.ones(len(treated), dtype=bool)
-    if campaign.max_per_day is not None:
-        day = treated["qualified_at"].dt.floor("D")
-        coupon &= (treated.groupby(day).cumcount() < campaign.max_per_day).to_numpy(dtype=bool)
-    after_day = int(coupon.sum())
-    if campaign.max_total is not None:
-        coupon &= np.cumsum(coupon) <= campaign.max_total
-    people.loc[treated["user_id"].to_numpy()[coupon], "coupon"] = True
-    return len(treated) - after_day, after_day - int(coupon.sum())
+    people["capped"] = False
+    qualified = people.loc[people["reason"] == "", ["qualified_at", "holdout"]]
+    qualified = qualified.rename_axis("user_id").reset_index()
+    qualified = qualified.sort_values(["qualified_at", "user_id"], kind="stable")
+    per_day: Counter[pd.Timestamp] = Counter()
+    total = by_day = by_total = 0
+    coupons: list[str] = []
+    capped: list[str] = []
+    for user, at, held in zip(
+        qualified["user_id"], qualified["qualified_at"], qualified["holdout"], strict=True
+    ):
+        day = at.floor("D")
+        if campaign.max_per_day is not None and per_day[day] >= campaign.max_per_day:
+            by_day += 1
+            capped.append(user)
+        elif campaign.max_total is not None and total >= campaign.max_total:
+            by_total += 1
+            capped.append(user)
+        elif not held:
+            coupons.append(user)
+            per_day[day] += 1
+            total += 1
+    people.loc[coupons, "coupon"] = True
+    people.loc[capped, "capped"] = True
+    return by_day, by_total
 
 
 def _bought_between(

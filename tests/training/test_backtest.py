@@ -255,12 +255,18 @@ def test_holdout_users_are_drawn_like_the_service_and_get_no_coupon() -> None:
     result = replay(campaign, *parts)
     held = {u for u in result.decisions.index if in_holdout(campaign.campaign_id, u, 50)}
     assert set(result.decisions.index[result.decisions["holdout"]]) == held
-    assert 0 < result.holdout < 40
-    assert result.holdout + result.treated == result.qualifying == 40
     assert not (result.decisions["holdout"] & result.decisions["coupon"]).any()
-    # the total cap counts coupons only: holdout users use no budget
+    # the total cap counts coupons only: holdout users use no budget, but once it is full a
+    # held-out user is turned away too, as the service does (a budget miss on both sides)
     assert result.expected_coupons == 5
-    assert result.capped_by_total == result.treated - 5
+    order = sorted(result.decisions.index)  # qualified at one moment: in order of user id
+    fifth = [u for u in order if u not in held][4]
+    before = order[: order.index(fifth) + 1]
+    assert result.holdout == len([u for u in before if u in held])
+    assert 0 < result.holdout < len(held)
+    assert result.treated == 40 - len(held)
+    assert result.capped_by_total == 40 - 5 - result.holdout
+    assert set(result.decisions.index[result.decisions["capped"]]) == set(order) - set(before)
 
 
 def test_daily_and_total_caps_cut_expected_coupons_in_order_of_qualification() -> None:
@@ -282,7 +288,9 @@ def test_daily_and_total_caps_cut_expected_coupons_in_order_of_qualification() -
 
     both = replay(Campaign(holdout_percent=0, max_per_day=2, max_total=3), *day_one, *day_two)
     assert both.expected_coupons == 3
-    assert (both.capped_by_day, both.capped_by_total) == (4, 1)
+    # in order, as the service decides: a2-a4 meet the full day, then b1 and b2 the full total
+    # (their day has room: b0 is its only coupon)
+    assert (both.capped_by_day, both.capped_by_total) == (3, 2)
     assert sorted(both.decisions.index[both.decisions["coupon"]]) == ["a0", "a1", "b0"]
 
 

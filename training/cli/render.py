@@ -120,11 +120,11 @@ def backtest_tables(document: dict[str, Any]) -> list[Table]:
         ("users in the log", f"{document['users']:,}"),
         ("new users (sign-up inside the log)", f"{document['new_users']:,}"),
         ("qualifying", f"{document['qualifying']:,}"),
-        ("  held out", f"{document['holdout']:,}"),
+        ("  held out (under the caps)", f"{document['holdout']:,}"),
         ("  would be treated", f"{document['treated']:,}"),
         ("expected coupons (under the caps)", f"{document['expected_coupons']:,}"),
-        ("  cut by the daily cap", f"{document['capped']['per_day']:,}"),
-        ("  cut by the total cap", f"{document['capped']['total']:,}"),
+        ("  turned away by the daily cap (either side)", f"{document['capped']['per_day']:,}"),
+        ("  turned away by the total cap (either side)", f"{document['capped']['total']:,}"),
     ]
     starts = document["start_from"]
     rows.insert(
