@@ -87,10 +87,16 @@ def _with_item_metadata(shop: SyntheticShop) -> SyntheticShop:
 
 
 def seed_database(database_url: str, data_dir: Path) -> None:
-    """Users who signed up recently, their behaviour events, and the item catalogue."""
+    """Users who signed up recently, their behaviour events, the item catalogue, the shop's
+    past orders, and a first computation of everyone's segments."""
     from service.activity.records import NewEvent
     from service.activity.repository import Repository
+    from service.clock import utc_now
     from service.db import make_engine, migrate
+    from service.segments.repository import SegmentRepository
+    from service.segments.service import Segments
+    from service.settings import SegmentSettings
+    from training.data.imports import import_file
 
     engine = make_engine(database_url)
     try:
@@ -123,7 +129,21 @@ def seed_database(database_url: str, data_dir: Path) -> None:
         ]
         for start in range(0, len(batch), SEED_BATCH):
             repo.add_events(batch[start : start + SEED_BATCH])
-        log.info("demo_database_seeded", extra={"events": len(batch), "items": len(items)})
+        # the shop's past orders, as `recoffer import` loads them: the lifecycle campaigns
+        # (win-back, anniversary, frequent buyer) and the segments have customers to look at
+        imported = import_file(
+            "purchases", data_dir / "purchases.csv", database_url, currency=DEMO_CURRENCY
+        )
+        summary = Segments(SegmentRepository(repo), SegmentSettings(), utc_now).run()
+        log.info(
+            "demo_database_seeded",
+            extra={
+                "events": len(batch),
+                "items": len(items),
+                "purchases": imported.written,
+                "segmented_users": summary.users,
+            },
+        )
     finally:
         engine.dispose()
 

@@ -330,6 +330,16 @@ class Campaign(BaseModel):
         description="uplift_targeting: how long the per-segment verdicts are reused.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_of_kind(cls, data: Any) -> Any:
+        """A campaign without a name is named after its kind (not the built-in's name)."""
+        if isinstance(data, dict) and "name" not in data:
+            kind = data.get("kind", BUILT_IN)
+            if isinstance(kind, str) and kind in KIND_NAMES:
+                data = {**data, "name": KIND_NAMES[kind]}
+        return data
+
     @field_validator("max_per_day", "max_total", mode="before")
     @classmethod
     def _unlimited(cls, value: Any) -> Any:
@@ -470,8 +480,14 @@ class Campaign(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """The definition as the API shows it, every default in; a fixed discount shows no
-        ``discount_percent`` (its default would read as a second discount)."""
-        exclude = {"discount_percent"} if self.fixed_discount is not None else None
+        ``discount_percent`` (its default would read as a second discount), no kind shows the
+        fields of other kinds, nor a campaign the tuning of uplift targeting it does not use; so
+        what it shows validates again as the same campaign."""
+        exclude = set(KIND_SPECIFIC - KIND_FIELDS[self.kind])  # other kinds' say nothing
+        if self.fixed_discount is not None:
+            exclude.add("discount_percent")
+        if not self.uplift_targeting:
+            exclude.update(UPLIFT_FIELDS)
         return self.model_dump(mode="json", exclude=exclude)
 
 
@@ -499,6 +515,15 @@ KIND_FIELDS: dict[CampaignKind, frozenset[str]] = {
 # a cart goes cold in hours, the other moments in days
 DEFAULT_RUN_EVERY_MINUTES: dict[CampaignKind, float] = {"abandoned_cart": 60.0}
 KIND_SPECIFIC: frozenset[str] = frozenset().union(*KIND_FIELDS.values())
+# the name of a campaign that gives none
+KIND_NAMES: dict[str, str] = {
+    "new_user_high_intent": "Coupon for hesitating new users",
+    "win_back": "Win back lapsed customers",
+    "purchase_anniversary": "Anniversary of the first order",
+    "birthday": "Birthday coupon",
+    "frequent_buyer": "Thank-you for frequent buyers",
+    "abandoned_cart": "Abandoned cart reminder",
+}
 # the fields uplift targeting reads, refused without it (a typo must not look like targeting)
 UPLIFT_FIELDS = frozenset(
     ("uplift_by", "uplift_min_users", "uplift_exploration_percent", "uplift_refresh_seconds")

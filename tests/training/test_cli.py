@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from service.artifact import ModelStore
+from service.db import make_engine
+from service.tables import events, user_segments
 from training.cli import app
 from training.synthetic.shop import SyntheticShop, write_shop
 
@@ -190,6 +194,20 @@ def test_demo_generates_trains_and_prints_the_table(tmp_path: Path) -> None:
     first = ModelStore(tmp_path / "models").current()
     assert first is not None
     assert (tmp_path / "recoffer.db").is_file()  # seeded with the new users' events
+    # ...and the shop's past orders, every one of them, with everyone's segment computed
+    purchases = pd.read_csv(tmp_path / "data" / "tiny" / "purchases.csv")
+    engine = make_engine(f"sqlite:///{tmp_path / 'recoffer.db'}")
+    try:
+        with engine.connect() as conn:
+            kept = conn.execute(
+                select(func.count()).select_from(events).where(events.c.type == "purchase")
+            ).scalar_one()
+            segmented = conn.execute(select(func.count()).select_from(user_segments)).scalar_one()
+    finally:
+        engine.dispose()
+    new_users = pd.read_csv(tmp_path / "data" / "tiny" / "events.csv")
+    assert kept == len(purchases) + int((new_users["type"] == "purchase").sum())
+    assert segmented >= purchases["user_id"].nunique()
     again = runner.invoke(
         app, ["demo", "--workdir", str(tmp_path), "--preset", "tiny", "--no-serve"]
     )

@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service.errors import CampaignConfigError
-from service.offers.campaigns import Campaign, load_campaigns
+from service.offers.campaigns import (
+    KIND_FIELDS,
+    KIND_NAMES,
+    KIND_SPECIFIC,
+    Campaign,
+    load_campaigns,
+)
 from service.offers.occasions import lapse_threshold, parse_month_day, yearly_window
 from service.offers.rules import UserFacts, check_eligibility
 
@@ -124,3 +130,18 @@ def test_a_field_of_another_kind_is_refused(tmp_path: object) -> None:
     e = check_eligibility(plain, facts(attributes={"birthday": "06-15"}), NOW)
     assert e.eligible
     assert "too_few_views" not in e.reasons
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_FIELDS))
+def test_what_the_api_shows_of_a_campaign_validates_again_as_the_same_campaign(kind: str) -> None:
+    variants: list[dict[str, object]] = [
+        {},
+        {"fixed_discount": "5.00", "currency": "EUR", "min_order_amount": "20"},
+        {"uplift_targeting": True, "exclude_segments": ["mercenary"], "holdout_percent": 20},
+    ]
+    for extra in variants:
+        c = Campaign.model_validate({"campaign_id": "c", "kind": kind, **extra})
+        shown = c.public()
+        assert Campaign.model_validate(shown) == c
+        assert not (set(shown) & (KIND_SPECIFIC - KIND_FIELDS[c.kind]))  # no other kind's field
+        assert c.name == KIND_NAMES[kind]  # named after its kind when no name is given
