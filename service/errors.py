@@ -166,6 +166,10 @@ class PurchasedMeanwhile(OfferError):
     """The user bought between the eligibility check and the write (the decision rolls back)."""
 
 
+class ErasedMeanwhile(OfferError):
+    """The user was erased between the facts' read and the write (the decision rolls back)."""
+
+
 # campaign sweep jobs (issue 11, item 11)
 class CampaignInactive(OfferError):
     """The campaign is disabled or outside its active period: there is nothing to sweep."""

@@ -269,7 +269,11 @@ class Settings(BaseSettings):
         "required with RECOFFER_WEBHOOK_URL.",
     )
     webhook_expiring_lead_hours: float = Field(
-        24.0, gt=0, le=24 * 365, description="coupon.expiring is sent this long before expiry."
+        6.0,
+        gt=0,
+        le=24 * 365,
+        description="coupon.expiring is sent this long before expiry (not for a coupon that "
+        "lives no longer than this).",
     )
     webhook_max_attempts: int = Field(
         20, ge=1, le=1000, description="Tries of one event before it is marked dead."

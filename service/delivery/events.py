@@ -39,10 +39,11 @@ def coupon_data(coupon: CouponRecord) -> dict[str, Any]:
         "campaign_id": coupon.campaign_id,
         "code": format_code(coupon.code),
         "discount_percent": coupon.discount_percent,
-        # the terms (issue 12, item 3): a fixed amount in terms_currency, a minimum order
+        # the terms (issue 12, item 3), named as the API's coupons name them: a fixed amount
+        # and a minimum order in currency (a redemption's currency is its order's: the same)
         "discount_kind": coupon.discount_kind,
-        "discount_fixed": _money(coupon.discount_fixed),
-        "terms_currency": coupon.terms_currency,
+        "fixed_discount": _money(coupon.discount_fixed),
+        "currency": coupon.terms_currency,
         "min_order_amount": _money(coupon.min_order_amount),
         "item_ids": coupon.item_ids,  # None: store-wide
         "issued_at": coupon.issued_at.isoformat(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import aliased
 
 from service.activity.repository import Repository
@@ -205,6 +205,13 @@ class DeliveryRepository:
             .where(e.c.coupon_ref == c.c.attribution_id, e.c.type == "coupon.expiring")
             .exists()
         )
+        # only coupons the shop was told of: one issued while webhooks were off stays untold
+        # (a URL set later must not announce the whole stock of coupons out at once)
+        told = (
+            select(e.c.id)
+            .where(e.c.coupon_ref == c.c.attribution_id, e.c.type == "coupon.issued")
+            .exists()
+        )
         query = (
             select(c)
             .where(
@@ -212,6 +219,9 @@ class DeliveryRepository:
                 c.c.user_id.is_not(None),  # an erased user's coupon is told to no one
                 c.c.expires_at > now,
                 c.c.expires_at <= now + lead,
+                # a coupon living no longer than the lead would be "expiring" when issued
+                self._lives_longer_than(lead),
+                told,
                 ~announced,
             )
             .order_by(c.c.expires_at, c.c.attribution_id)
@@ -245,6 +255,15 @@ class DeliveryRepository:
                     written += len(conn.execute(insert, events).all())
             if len(found) < EXPIRING_BATCH:
                 return written
+
+    def _lives_longer_than(self, lead: timedelta) -> ColumnElement[bool]:
+        """A coupon's time to live (issue to expiry) is longer than ``lead``, on either
+        database (SQLite keeps times as text: day numbers there)."""
+        c = coupons
+        if self.base.engine.dialect.name == "sqlite":
+            days = func.julianday(c.c.expires_at) - func.julianday(c.c.issued_at)
+            return days > lead.total_seconds() / 86_400
+        return c.c.expires_at - c.c.issued_at > literal(lead)
 
     # --- the admin's view -----------------------------------------------------------------
 

@@ -43,7 +43,7 @@ class SenderConfig:
     timeout_seconds: float = 10.0
     batch: int = 50
     poll_seconds: float = 1.0
-    expiring_lead: timedelta = timedelta(hours=24)
+    expiring_lead: timedelta = timedelta(hours=6)
     scan_seconds: float = 60.0
 
     @property

@@ -496,8 +496,17 @@ MONEY_FIELDS = ("fixed_discount", "min_order_amount", "max_discount_per_day", "m
 
 
 # the fields that belong to one kind or a few; every other field applies to all kinds
+# (evaluate_on_view too: the lifecycle kinds qualify as time passes, not at a view, and their
+# schedule sweeps them)
 _NEW_USER = frozenset(
-    ("new_user_window_hours", "min_views", "count", "require_no_purchase", "expire_at_window_end")
+    (
+        "new_user_window_hours",
+        "min_views",
+        "count",
+        "require_no_purchase",
+        "expire_at_window_end",
+        "evaluate_on_view",
+    )
 )
 _DATES = frozenset(("days_before", "days_after"))
 _SCHEDULED = frozenset(("run_every_minutes",))  # every time-driven kind

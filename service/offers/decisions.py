@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from service.errors import BudgetExhausted, PurchasedMeanwhile
+from service.errors import BudgetExhausted, ErasedMeanwhile, PurchasedMeanwhile
 from service.offers.campaigns import Campaign, find_campaign
 from service.offers.coupons import coupon_status
 from service.offers.discounts import budget_reason, coupon_terms, money_caps
@@ -131,7 +131,9 @@ class OfferEngine:
 
         ``progress`` is called after every batch is committed (users done so far, of how
         many, the counts); an exception it raises stops the sweep there, with every batch
-        written so far kept.
+        written so far kept. Each batch applies the campaign as this worker holds it then: a
+        change made through the API meanwhile applies from the next batch, and a pause or an
+        archive stops the sweep there.
         """
         campaign = self.campaign(campaign_id)
         started = time.perf_counter()
@@ -150,6 +152,10 @@ class OfferEngine:
         for first in range(0, len(candidates), SWEEP_BATCH):
             batch = candidates[first : first + SWEEP_BATCH]
             moment = self.clock()  # a long sweep decides each batch at its own moment
+            current = self._still_on(campaign_id, moment)
+            if current is None:
+                break
+            campaign = current  # a change made meanwhile applies from the next batch
             eligible: list[tuple[UserFacts, Eligibility]] = []
             for facts in batch:
                 eligibility = check_eligibility(campaign, facts, moment)
@@ -206,6 +212,10 @@ class OfferEngine:
         for first in range(0, len(candidates), SWEEP_BATCH):
             batch = candidates[first : first + SWEEP_BATCH]
             moment = self.clock()  # the facts are the sweep's, the rule applies at this moment
+            current = self._still_on(cid, moment)
+            if current is None:
+                break
+            campaign = current  # a change made meanwhile applies from the next batch
             eligible: list[tuple[UserFacts, Eligibility]] = []
             for facts in batch:
                 eligibility = check_eligibility(campaign, facts, moment)
@@ -240,6 +250,16 @@ class OfferEngine:
         seconds = time.perf_counter() - started
         log.info("campaign_swept", extra={"campaign": cid, "evaluated": len(candidates), **counts})
         return SweepResult(cid, True, len(candidates), counts, seconds)
+
+    def _still_on(self, campaign_id: str, now: datetime) -> Campaign | None:
+        """The campaign as this worker holds it now, None when it was paused, archived or
+        ended since the sweep began: a sweep stops at its next batch (what was written stays).
+        """
+        current = self.campaigns.get(campaign_id)
+        if current is None or not current.is_active(now):
+            log.info("campaign_sweep_stopped", extra={"campaign": campaign_id})
+            return None
+        return current
 
     def _decide_batch(
         self, campaign: Campaign, eligible: list[tuple[UserFacts, Eligibility]], now: datetime
@@ -286,7 +306,7 @@ class OfferEngine:
         counts.update(
             {
                 "already_decided": len(recorded.already),
-                "not_eligible": len(recorded.purchased),
+                "not_eligible": len(recorded.purchased) + len(recorded.gone),
                 "budget_exhausted": len(recorded.missed),
             }
         )
@@ -350,7 +370,21 @@ class OfferEngine:
             existing = decisions.recorded(campaign.campaign_id, user_id, eligibility.occurrence)
             if existing is not None and existing.decision != "budget_exhausted":
                 return self._already(existing, self._coupon_of(existing), campaign)
-        return self._decide(campaign, facts, now)
+            return self._decide(campaign, facts, now)
+        # not (or no longer) qualifying: a coupon of an earlier occurrence still usable stays
+        # the user's offer (a customer back at their cart, a birthday coupon after the day)
+        live = self._live(campaign, user_id, now)
+        return live if live is not None else self._decide(campaign, facts, now)
+
+    def _live(self, campaign: Campaign, user_id: str, now: datetime) -> Decision | None:
+        """The user's latest decision in ``campaign`` while its coupon can still be used."""
+        latest = self.repository.decisions.latest(campaign.campaign_id, user_id)
+        if latest is None or latest.decision != "issued":
+            return None
+        coupon = self._coupon_of(latest)
+        if coupon is None or coupon_status(coupon, now).status != "active":
+            return None
+        return self._already(latest, coupon, campaign)
 
     def _decide(self, campaign: Campaign, facts: UserFacts, now: datetime) -> Decision:
         eligibility = check_eligibility(campaign, facts, now)
@@ -383,6 +417,8 @@ class OfferEngine:
             return self._refusal(
                 campaign, facts.user_id, views, "budget_exhausted", (budget_reason(exc.args[0]),)
             )
+        except ErasedMeanwhile:
+            return self._refusal(campaign, facts.user_id, views, "not_eligible", ("unknown_user",))
         except PurchasedMeanwhile:
             return self._refusal(
                 campaign, facts.user_id, views, "not_eligible", ("already_purchased",)
@@ -468,7 +504,8 @@ class OfferEngine:
 
     def _recorded(self, campaign: Campaign, user_id: str, now: datetime) -> Decision | None:
         """The decision already recorded for the user (None before one), read only; in a
-        recurring campaign, the decision of the occurrence the user qualifies for now."""
+        recurring campaign, the decision of the occurrence the user qualifies for now, else
+        the latest one while its coupon is usable."""
         decisions = self.repository.decisions
         occurrence = ONCE
         if campaign.recurring:
@@ -476,8 +513,8 @@ class OfferEngine:
                 campaign, user_id, now, attributes=_reads_attributes(campaign)
             )
             eligibility = check_eligibility(campaign, facts, now)
-            if not eligibility.eligible:
-                return None
+            if not eligibility.eligible:  # an earlier occurrence's coupon may still be live
+                return self._live(campaign, user_id, now)
             occurrence = eligibility.occurrence
         existing = decisions.recorded(campaign.campaign_id, user_id, occurrence)
         if existing is None:

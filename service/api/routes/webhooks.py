@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import no_store, require_part
 from service.api.docs import documented
-from service.api.schemas import CampaignRef, Strict, UtcDatetime
+from service.api.routes.offers import coupon_out
+from service.api.schemas import CampaignRef, CouponOut, Strict, UtcDatetime
 from service.delivery.repository import CouponState, DeliveryLogEntry, OutboxEvent
 from service.delivery.service import Webhooks
 from service.offers.coupons import coupon_status
-from service.offers.rules import format_code, redacted
+from service.offers.rules import redacted
 from service.state import AppState
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -95,17 +96,11 @@ class ReplayOut(BaseModel):
     replayed: int
 
 
-class CampaignCouponOut(BaseModel):
-    code: str = Field(description="The full code, to show the customer.")
-    user_id: str | None = Field(description="Null once the user was erased.")
-    status: CouponState
-    discount_percent: float
-    item_ids: list[str] | None = Field(description="Only these products; null: store-wide.")
-    issued_at: datetime
-    expires_at: datetime
+class CampaignCouponOut(CouponOut):
+    """A coupon as every other answer shows it (its money terms included), and its use."""
+
     redeemed_at: datetime | None
     order_id: str | None
-    attribution_id: str
 
 
 class CampaignCouponsOut(BaseModel):
@@ -242,16 +237,7 @@ async def campaign_coupons(
         status = coupon_status(c, now)
         out.append(
             CampaignCouponOut(
-                code=format_code(c.code),
-                user_id=c.user_id,
-                status=status.status,
-                discount_percent=c.discount_percent,
-                item_ids=c.item_ids,
-                issued_at=c.issued_at,
-                expires_at=c.expires_at,
-                redeemed_at=c.redeemed_at,
-                order_id=c.order_id,
-                attribution_id=c.attribution_id,
+                **coupon_out(status).model_dump(), redeemed_at=c.redeemed_at, order_id=c.order_id
             )
         )
     return CampaignCouponsOut(campaign_id=campaign_id, coupons=out, next_cursor=page.next_cursor)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,7 +38,7 @@ from sqlalchemy import (
 
 from service.activity.repository import Repository
 from service.delivery import outbox
-from service.errors import BudgetExhausted, PurchasedMeanwhile
+from service.errors import BudgetExhausted, ErasedMeanwhile, PurchasedMeanwhile
 from service.offers.campaigns import Campaign
 from service.offers.kinds import FinalKind
 from service.offers.occasions import ONCE
@@ -130,6 +130,7 @@ class BatchRecorded:
     purchased: list[str]  # bought meanwhile (seen inside the transaction): nothing written
     missed: list[str]  # a cap was reached: left as budget_exhausted
     exhausted: str | None  # the period whose cap refused the first miss, or budget_money_*
+    gone: list[str] = field(default_factory=list)  # erased meanwhile: nothing written
 
 
 def day_of(moment: datetime) -> str:
@@ -261,6 +262,25 @@ class _Statements:
             d.c.user_id == user,
             d.c.occurrence == bindparam("occurrence", type_=String()),
         )
+        # the users of a write that still exist (an erasure may have run since the facts were
+        # read); FOR SHARE on PostgreSQL holds their rows until the write commits, so an
+        # erasure starting meanwhile waits and then deletes what this write made
+        self.existing = (
+            select(users.c.user_id)
+            .where(users.c.user_id.in_(bindparam("users", expanding=True)))
+            .with_for_update(read=True)
+        )
+        # a recurring campaign's latest final decision for the user, whatever its occurrence
+        self.latest = (
+            select(*self.decision.selected_columns)
+            .where(
+                d.c.campaign_id == bindparam("campaign_id"),
+                d.c.user_id == user,
+                d.c.decision != "budget_exhausted",
+            )
+            .order_by(d.c.decided_at.desc(), d.c.id.desc())
+            .limit(1)
+        )
         # the unique index: one decision per user, campaign and occurrence
         keys = [d.c.campaign_id, d.c.user_id, d.c.occurrence]
         self.claim = base.insert(d).on_conflict_do_nothing(index_elements=keys).returning(d.c.id)
@@ -389,6 +409,14 @@ class DecisionRepository:
         """The user's recorded decision in the campaign (for ``occurrence``), if any (a read)."""
         with self.engine.connect() as conn:
             return self._decision(conn, campaign_id, user_id, occurrence)
+
+    def latest(self, campaign_id: str, user_id: str) -> DecisionRecord | None:
+        """The user's latest final decision in the campaign, of any occurrence (a read)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                self._sql.latest, {"campaign_id": campaign_id, "user_id": user_id}
+            ).first()
+        return DecisionRecord(*row) if row else None
 
     # --- the lifecycle kinds' facts (service.offers.repository.lifecycle) -------------------
 
@@ -599,6 +627,8 @@ class DecisionRepository:
         claimed: str | None = None
         try:
             with self.base.writing() as conn:
+                if conn.execute(self._sql.existing, {"users": [user_id]}).first() is None:
+                    raise ErasedMeanwhile(user_id)  # erased since the facts were read
                 claimed = self._claim(conn, campaign_id, user_id, occurrence, values)
                 if claimed is None:
                     existing = self._decision(conn, campaign_id, user_id, occurrence)
@@ -669,7 +699,11 @@ class DecisionRepository:
             for user_id, views in users
         ]
         with self.base.writing() as conn:
-            conn.execute(self._sql.misses, rows)
+            ids = [r["user_id"] for r in rows]
+            present = {str(r[0]) for r in conn.execute(self._sql.existing, {"users": ids})}
+            rows = [r for r in rows if r["user_id"] in present]  # none for an erased user
+            if rows:
+                conn.execute(self._sql.misses, rows)
 
     def record_batch(
         self,
@@ -696,6 +730,12 @@ class DecisionRepository:
         if not claims:
             return BatchRecorded([], [], [], [], None)
         with self.base.writing() as conn:
+            ids = [c.user_id for c in claims]
+            present = {str(r[0]) for r in conn.execute(self._sql.existing, {"users": ids})}
+            gone = [c.user_id for c in claims if c.user_id not in present]
+            claims = [c for c in claims if c.user_id in present]
+            if not claims:
+                return BatchRecorded([], [], [], [], None, gone)
             purchased: set[str] = set()
             if no_purchase:
                 found = conn.execute(
@@ -772,6 +812,7 @@ class DecisionRepository:
             purchased=[c.user_id for c in claims if c.user_id in purchased],
             missed=[c.user_id for c in refused],
             exhausted=exhausted,
+            gone=gone,
         )
 
     def _claim_many(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:

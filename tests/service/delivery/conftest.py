@@ -20,7 +20,7 @@ from service.tables import webhook_events
 from .receiver import SECRET, Receiver
 from .shop import NOW, Clock, engine_for
 
-LEAD = timedelta(hours=24)
+LEAD = timedelta(hours=6)
 
 
 @pytest.fixture

@@ -276,13 +276,16 @@ def test_expiring_is_announced_by_the_service_scan(
     on = {
         "webhook_url": receiver.url,
         "webhook_secret": SECRET,
-        "webhook_expiring_lead_hours": 25,  # the built-in coupon lives 24 h: at once
+        "webhook_expiring_lead_hours": 1,
         "webhook_expiring_scan_seconds": 0.05,
     }
     with _client(tmp_path, database_url, clock, **on) as client:
         [user] = _treated("soon-", 1)
         _issue_all(client, [user], clock)
         clock.advance(seconds=timedelta(minutes=1).total_seconds())
+        time.sleep(0.3)  # scans run meanwhile: the coupon (24 h) is far from its last hour
+        assert receiver.ids("coupon.expiring") == []
+        clock.advance(seconds=timedelta(hours=23, minutes=30).total_seconds())
         _until(lambda: receiver.ids("coupon.expiring") != [])
         _until(lambda: len(receiver.got) >= 2)
         assert [r.type for r in receiver.got] == ["coupon.issued", "coupon.expiring"]

@@ -41,7 +41,7 @@ def test_an_issued_coupon_writes_one_coupon_issued_event_with_what_the_shop_need
     stored = offers.repository.coupons.coupon(code)
     assert stored is not None
     # the money terms travel too (issue 12, item 3): a percent coupon without a minimum
-    assert (data["discount_kind"], data["discount_fixed"], data["min_order_amount"]) == (
+    assert (data["discount_kind"], data["fixed_discount"], data["min_order_amount"]) == (
         stored.discount_kind,
         None,
         None,
@@ -158,6 +158,29 @@ def test_the_expiry_scan_announces_each_unredeemed_coupon_once(
     assert repo.scan_expiring(clock(), lead) == 0  # expired: nothing more
 
 
+def test_the_scan_announces_only_coupons_the_shop_was_told_of_and_living_past_the_lead(
+    offers: OfferEngine, clock: Clock
+) -> None:
+    outbox.disable(offers.repository.base)
+    untold = issue(offers, "u-untold")  # issued while webhooks were off
+    outbox.enable(offers.repository.base, outbox.Outbox(LEAD))
+    told = issue(offers, "u-told")
+    repo = DeliveryRepository(offers.repository.base)
+    coupon = offers.repository.coupons.coupon(told)
+    assert coupon is not None
+    clock.now = coupon.expires_at - timedelta(hours=1)
+    assert repo.scan_expiring(clock(), LEAD) == 1
+    announced = [e["user_id"] for e in rows(offers) if e["type"] == "coupon.expiring"]
+    assert announced == ["u-told"]
+    assert offers.repository.coupons.coupon(untold) is not None
+    # a lead as long as the coupon's life: it would be "expiring" from its issue, so never
+    short = offers.repository.coupons.coupon(issue(offers, "u-short"))
+    assert short is not None
+    clock.now = short.expires_at - timedelta(hours=1)
+    assert repo.scan_expiring(clock(), timedelta(hours=24)) == 0
+    assert repo.scan_expiring(clock(), LEAD) == 1  # with a shorter lead it is announced
+
+
 def test_concurrent_scanners_write_coupon_expiring_once_per_coupon(database_url: str) -> None:
     clock = Clock(NOW)
     offers = engine_for(database_url, clock)
@@ -167,7 +190,7 @@ def test_concurrent_scanners_write_coupon_expiring_once_per_coupon(database_url:
         for n in range(40):
             hesitating(offers, f"u-scan-{n}")
         offers.sweep(CAMPAIGN)
-        clock.advance(hours=1)  # every coupon (24 h) within the lead time (24 h)
+        clock.advance(hours=19)  # every coupon (24 h) within the lead time (6 h)
         # four scanners on separate engines, as four replicas would be
         scanners = [
             DeliveryRepository(engine_for(database_url, clock).repository.base) for _ in range(4)
@@ -197,7 +220,8 @@ def test_a_redemption_under_way_keeps_the_scan_from_announcing_its_coupon(
         with offers.repository.base.writing() as conn:  # a redemption, not committed yet
             conn.execute(update(coupons).where(coupons.c.code == code).values(redeemed_at=NOW))
             with ThreadPoolExecutor(1) as pool:
-                scan = pool.submit(scanner.scan_expiring, NOW, LEAD)
+                # 20 h on, the coupon (24 h) is within the lead (6 h)
+                scan = pool.submit(scanner.scan_expiring, NOW + timedelta(hours=20), LEAD)
                 _until_waiting_on_a_lock(conn)  # the scan waits for this transaction to end
                 assert not scan.done()
                 conn.commit()

@@ -393,7 +393,8 @@ def test_a_change_through_one_app_is_applied_by_another_within_a_poll(
         make_client(small_model_root, database_url, campaign_poll_seconds=0.05) as a,
         make_client(small_model_root, database_url, campaign_poll_seconds=0.05) as b,
     ):
-        _ok(a.post("/v1/campaigns", json={**WIN_BACK, "evaluate_on_view": True}, headers=M), 201)
+        eager = {"campaign_id": "come_back", "min_views": 3, "evaluate_on_view": True}
+        _ok(a.post("/v1/campaigns", json=eager, headers=M), 201)
 
         def b_knows() -> bool:
             body = {"user_id": "u1", "campaign_id": "come_back"}
