@@ -6,10 +6,11 @@ with two workers, so two senders claim from one outbox) with webhooks on at thei
 backoff (2 s doubled up to 600 s, 20 tries) and a 5 s expiry scan; a real receiver process
 that checks every signature and appends what it got, in arrival order, to a file. Coupons are
 issued through the API (a user signs up, views 11 products, is evaluated) at a steady pace and
-every second one is redeemed; ``coupon.expiring`` follows from the scan (the built-in coupon
-lives 24 h, the lead time is 24 h). After ``--up`` seconds the receiver is killed (SIGKILL)
-and stays down ``--down`` seconds while coupons go on being issued and redeemed; then it is
-started again on the same port and the producing stops. Measured: events in the outbox
+every second one is redeemed; ``coupon.expiring`` follows from the scan (here the built-in
+coupon lives 1 h and the lead time is 0.99 h, so it is written 36 s after the issue). After
+``--up`` seconds the receiver is killed (SIGKILL) and stays down ``--down`` seconds while
+coupons go on being issued and redeemed; then it is started again on the same port and the
+producing stops. Measured: events in the outbox
 against distinct event ids received (signed), duplicates, whether each coupon's events
 arrived in the outbox's order, and the time from the receiver's return until the last event
 arrived (the drain, bounded by the backoff wait in progress when it came back).
@@ -37,6 +38,19 @@ from typing import Any
 from benchmarks.common import PYTHON, ROOT, WORK, save, this_command
 from benchmarks.harness import BACKENDS, Server, free_port, fresh_database
 from benchmarks.offers import MARKETING_KEY, call, uncapped_campaigns
+
+# coupon.expiring within the run: coupons of 1 h, announced 0.99 h before they expire (a lead
+# must be shorter than a coupon's life for it to be announced at all)
+COUPON_TTL_HOURS = 1
+EXPIRING_LEAD_HOURS = 0.99
+
+
+def _campaigns(folder: Path) -> Path:
+    """The benchmarks' uncapped built-in campaign, with coupons of ``COUPON_TTL_HOURS``."""
+    path = uncapped_campaigns(folder)
+    path.write_text(path.read_text() + f"coupon_ttl_hours = {COUPON_TTL_HOURS}\n")
+    return path
+
 
 SECRET = "bench-webhook-secret-0123456789"
 FRONTEND_KEY = "bench-frontend-key-0123456789"
@@ -206,7 +220,8 @@ def run_backend(
         "RECOFFER_ADMIN_KEYS": ADMIN_KEY,
         "RECOFFER_LOG_LEVEL": "ERROR",
         "RECOFFER_ACCESS_LOG": "false",
-        "RECOFFER_CAMPAIGNS_FILE": str(uncapped_campaigns(folder)),
+        "RECOFFER_CAMPAIGNS_FILE": str(_campaigns(folder)),
+        "RECOFFER_WEBHOOK_EXPIRING_LEAD_HOURS": str(EXPIRING_LEAD_HOURS),
         "RECOFFER_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/hooks",
         "RECOFFER_WEBHOOK_SECRET": SECRET,
         "RECOFFER_WEBHOOK_EXPIRING_SCAN_SECONDS": "5",
