@@ -208,7 +208,8 @@ class Metrics:
             if self._served_version is not None:
                 # a worker's file keeps every label it ever had: the old version reads 0 there
                 self.model_info.labels(self._served_version).set(0)
-            self.model_info.clear()
+            if self.shared is None:  # one process: drop the old label (multiprocess mode
+                self.model_info.clear()  # cannot, and warns at every start if asked)
             self.model_info.labels(outcome.version).set(1)
             self._served_version = outcome.version
 
