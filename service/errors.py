@@ -198,8 +198,11 @@ class UnknownSweepJob(OfferError):
 class CampaignExists(OfferError):
     """A campaign with this id exists (archived ones included: an id is never reused)."""
 
-    def __init__(self, campaign_id: str) -> None:
-        super().__init__(f"campaign {campaign_id!r} exists; change it with PATCH")
+    def __init__(self, campaign_id: str, *, archived: bool = False) -> None:
+        if archived:
+            super().__init__(f"campaign {campaign_id!r} was archived; an id is never reused")
+        else:
+            super().__init__(f"campaign {campaign_id!r} exists; change it with PATCH")
 
 
 class CampaignVersionConflict(OfferError):

@@ -548,6 +548,9 @@ class CampaignChangeOut(BaseModel):
 class CampaignHistoryOut(BaseModel):
     campaign_id: str
     changes: list[CampaignChangeOut] = Field(description="The oldest first.")
+    next_after: int | None = Field(
+        None, description="Pass as `after` for the next page; null: no more changes."
+    )
 
 
 class SweepJobOut(BaseModel):

@@ -281,7 +281,9 @@ class CampaignStore:
         fields = given_fields(campaign)
         change = self._change(campaign, fields, "active", "api", "create", actor)
         if not self.repository.create(campaign.campaign_id, change):
-            raise CampaignExists(campaign.campaign_id)
+            there = self.repository.get(campaign.campaign_id)
+            archived = there is not None and there.status == "archived"
+            raise CampaignExists(campaign.campaign_id, archived=archived)
         return self._applied(campaign.campaign_id)
 
     def update(

@@ -200,4 +200,5 @@ async def campaign_history(
             )
             for c in changes
         ],
+        next_after=changes[-1].version if len(changes) == limit else None,
     )

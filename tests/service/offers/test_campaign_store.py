@@ -210,18 +210,21 @@ def test_changes_pause_resume_archive_keep_a_trail(client: TestClient) -> None:
     ]
     assert [c["definition"]["min_orders"] for c in trail] == [3, 4, 4, 4, 4]
     assert {c["actor"] for c in trail} == {ACTOR}
-    assert [
-        c["version"]
-        for c in _ok(client.get("/v1/campaigns/come_back/history?after=3&limit=1", headers=M))[
-            "changes"
-        ]
-    ] == [4]
+    page = _ok(client.get("/v1/campaigns/come_back/history?after=3&limit=1", headers=M))
+    assert [c["version"] for c in page["changes"]] == [4]
+    assert page["next_after"] == 4  # a full page: there may be more
+    last = _ok(client.get("/v1/campaigns/come_back/history?after=4&limit=5", headers=M))
+    assert [c["version"] for c in last["changes"]] == [5]
+    assert last["next_after"] is None
     # archived: decides nothing, its stats stay readable
     assert _evaluate(client, "u1", "come_back")["reasons"][:1] == ["campaign_inactive"]
     stats = _ok(client.get("/v1/campaigns/come_back/stats", headers=M))
     assert stats["definition_version"] == 5
     run = client.post("/v1/campaigns/come_back/run", headers=M)
     assert run.status_code == 409
+    reused = client.post("/v1/campaigns", json=WIN_BACK, headers=M)  # an id is never reused
+    assert (reused.status_code, reused.json()["error"]) == (409, "campaign_exists")
+    assert "was archived" in str(reused.json()["detail"])
 
 
 def test_a_stale_expected_version_is_a_409(client: TestClient) -> None:
