@@ -14,7 +14,9 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def line(user: str, order: str, ts: str, item: str | None, amount: str | None, cur: str = "EUR"):
+def line(
+    user: str, order: str, ts: str, item: str | None, amount: str | None, cur: str = "EUR"
+) -> Line:
     return Line(user, order, at(ts), item, None if amount is None else Decimal(amount), cur)
 
 
@@ -110,7 +112,8 @@ def test_no_orders_and_no_previous_customers() -> None:
     assert loyalty([], "month") == {"period": "month", "periods": []}
     first = loyalty(LINES[1:3], "month")["periods"][0]
     assert first["customers_at_start"] == 0
-    assert first["retention"] is None and first["churn"] is None
+    assert first["retention"] is None
+    assert first["churn"] is None
 
 
 @pytest.mark.parametrize("period", ["week", "month"])

@@ -123,4 +123,5 @@ def test_report_bad_input_is_one_line_and_exit_2(args: list[str], message: str) 
     result = CliRunner().invoke(cli, ["report", *args])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], result.stderr

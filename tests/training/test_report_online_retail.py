@@ -63,7 +63,8 @@ def test_customers_retention_and_first_cohort(report: dict[str, Any], lines: pd.
     assert periods["2011-01"]["new_customers"] == new
     cohort = set(first[first == december].index)
     first_row = report["cohorts"]["cohorts"][0]
-    assert first_row["cohort"] == "2010-12" and first_row["size"] == len(cohort)
+    assert first_row["cohort"] == "2010-12"
+    assert first_row["size"] == len(cohort)
     month_1 = len(cohort & buyers[january]) / len(cohort)
     assert first_row["share"][1] == pytest.approx(month_1, rel=1e-12)
 
