@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.analytics.loyalty import Period, cohorts, loyalty, next_start, period_start, report_end
-from service.analytics.orders import read_lines
+from service.analytics.orders import check_segment, read_lines
 from service.errors import InvalidInput
 
 MAX_PERIODS = 1_000  # a report longer than this is refused (about 19 years of weeks)
@@ -39,12 +39,21 @@ class Analytics:
         self.engine = engine
 
     def loyalty(
-        self, period: Period, since: datetime | None, until: datetime | None
+        self,
+        period: Period,
+        since: datetime | None,
+        until: datetime | None,
+        segment: str | None = None,
     ) -> dict[str, Any]:
         check_range(period, since, until)
-        lines = read_lines(self.engine, report_end(period, until))
+        check_segment(segment)
+        lines = read_lines(self.engine, report_end(period, until), segment)
         return loyalty(lines, period, since, until)
 
-    def cohorts(self, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    def cohorts(
+        self, since: datetime | None, until: datetime | None, segment: str | None = None
+    ) -> dict[str, Any]:
         check_range("month", since, until)
-        return cohorts(read_lines(self.engine, report_end("month", until)), since, until)
+        check_segment(segment)
+        lines = read_lines(self.engine, report_end("month", until), segment)
+        return cohorts(lines, since, until)

@@ -125,3 +125,36 @@ def test_report_bad_input_is_one_line_and_exit_2(args: list[str], message: str) 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert message in lines[0], result.stderr
+
+
+def test_per_segment_reports_split_the_customers(tmp_path: Path, database_url: str) -> None:
+    from service.tables import LIFECYCLE_STAGES
+
+    path = tmp_path / "purchases.csv"
+    path.write_text(PURCHASES)
+    import_file("purchases", path, database_url)
+    ran = CliRunner().invoke(
+        cli, ["segments", "--database-url", database_url, "--as-of", "2024-04-15"]
+    )
+    assert ran.exit_code == 0, ran.output
+    with client(tmp_path, database_url) as api:
+        whole = api.get("/v1/analytics/loyalty", headers=M).json()["periods"]
+        per_stage = {}
+        for stage in LIFECYCLE_STAGES:
+            answer = api.get("/v1/analytics/loyalty", params={"segment": stage}, headers=M)
+            assert answer.status_code == 200, answer.text
+            per_stage[stage] = {p["period"]: p for p in answer.json()["periods"]}
+        refused = api.get("/v1/analytics/cohorts", params={"segment": "vip"}, headers=M)
+    assert refused.status_code == 422
+    assert "segment" in refused.text
+    for period in whole:
+        parts = [
+            s[period["period"]]["customers_at_end"]
+            for s in per_stage.values()
+            if period["period"] in s
+        ]
+        assert sum(parts) == period["customers_at_end"]
+    some = next(stage for stage, rows in per_stage.items() if rows)
+    from_cli = cli_json("--database-url", database_url, "--segment", some)
+    assert [p["period"] for p in from_cli["loyalty"]["periods"]] == list(per_stage[some])
+    assert from_cli["loyalty"]["periods"] == list(per_stage[some].values())

@@ -96,6 +96,10 @@ def report(
     skip_bad_rows: Annotated[
         bool, typer.Option("--skip-bad-rows", help="--data: leave out the rows import refuses.")
     ] = False,
+    segment: Annotated[
+        str | None,
+        typer.Option(help="--database-url: only users of this lifecycle stage or loyalty type."),
+    ] = None,
     period: Annotated[str, typer.Option(help="week (from Monday) or month, UTC.")] = "month",
     since: Annotated[
         str | None, typer.Option(help="Start with the period holding this time (ISO 8601).")
@@ -125,6 +129,7 @@ def report(
       recoffer report --database-url sqlite:///var/recoffer.db --period week --json
     """
     from service.analytics.loyalty import Line, cohorts, loyalty, report_end
+    from service.analytics.orders import check_segment
     from service.analytics.service import check_range
     from service.api.schemas import CohortsOut, LoyaltyOut
 
@@ -132,6 +137,9 @@ def report(
     with errors():
         if (data is None) == (database_url is None):
             raise UsageProblem("give one of --data FILE or --database-url URL")
+        if segment is not None and data is not None:
+            raise UsageProblem("--segment needs --database-url (segments live in the database)")
+        check_segment(segment)
         if period not in ("week", "month"):
             raise UsageProblem(f"--period {period!r}: use week or month")
         start, end = _moment("--since", since), _moment("--until", until)
@@ -153,7 +161,8 @@ def report(
             )
         else:
             ends = [report_end(p, end) for p in (chosen, "month")]  # a week may end later
-            lines = _database_lines(str(database_url), None if end is None else max(ends))  # type: ignore[type-var]
+            before = None if end is None else max(ends)  # type: ignore[type-var]
+            lines = _database_lines(str(database_url), before, segment)
         by_period = LoyaltyOut.model_validate(loyalty(lines, chosen, start, end))
         matrix = CohortsOut.model_validate(cohorts(lines, start, end))
     if as_json:
@@ -167,8 +176,8 @@ def report(
     out.print(cohort_table(matrix.model_dump(mode="json")))
 
 
-def _database_lines(url: str, before: datetime | None) -> list[Any]:
-    """Every purchase line of the database at ``url`` (before ``before``)."""
+def _database_lines(url: str, before: datetime | None, segment: str | None) -> list[Any]:
+    """Every purchase line of the database at ``url`` (before ``before``, of ``segment``)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from service.analytics.orders import read_lines
@@ -180,7 +189,7 @@ def _database_lines(url: str, before: datetime | None) -> list[Any]:
     except Exception as exc:  # a malformed URL
         raise DataError(f"--database-url: {exc}") from None
     try:
-        return list(read_lines(engine, before))
+        return list(read_lines(engine, before, segment))
     except SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise DataError(f"cannot read the database: {first}") from None
