@@ -26,6 +26,7 @@ from service.api.docs import add_docs, document, operation_id
 from service.api.errors import add_exception_handlers
 from service.api.fastpath import PlainRoute
 from service.api.routes import (
+    analytics,
     campaigns,
     coupons,
     events,
@@ -239,6 +240,7 @@ def create_app(
         campaigns.router,
         manage.router,  # campaigns managed at run time (issue 12, item 5)
         segments.router,
+        analytics.router,  # loyalty analytics (issue 13, item 1)
         model.router,
         health.router,
         webhooks.router,

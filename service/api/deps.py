@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Request, Response
 
 from service.activity.ingest import Ingest
+from service.analytics.service import Analytics
 from service.api.schemas import NO_STORE
 from service.health import Health
 from service.offers.coupons import Coupons
@@ -198,3 +199,10 @@ def _segments(state: AppState) -> Segments:
 
 
 SegmentsDep = Annotated[Segments, Depends(require_part(_segments, "marketing"))]  # issue 12
+
+
+def _analytics(state: AppState) -> Analytics:
+    return Analytics(state.repository.engine)
+
+
+AnalyticsDep = Annotated[Analytics, Depends(require_part(_analytics, "marketing"))]  # issue 13

@@ -71,6 +71,7 @@ DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[int, ...]] = {
     _call(deps.CouponReaderDep): (503,),
     _call(deps.CampaignStoreDep): (503,),  # the store is the database (issue 12, item 5)
     _call(deps.SegmentsDep): (503,),  # issue 12, item 1
+    _call(deps.AnalyticsDep): (503,),  # issue 13, item 1
 }
 
 

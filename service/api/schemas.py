@@ -777,3 +777,57 @@ class SegmentsOut(BaseModel):
     typical_interval_days: float | None = Field(
         description="The shop's typical interval between orders in that run."
     )
+
+
+# --- loyalty analytics (issue 13, item 1) --------------------------------------------------
+
+
+class LifetimeValueOut(BaseModel):
+    """Historical lifetime value in one currency over the customers with an amount in it."""
+
+    customers: int
+    mean: str = Field(description="Exact amount, rounded half-even to 4 decimals.")
+    median: str
+
+
+class LoyaltyPeriodOut(BaseModel):
+    """One period's loyalty figures; definitions in the README section "Loyalty metrics"."""
+
+    period: str = Field(description="The period's first day (UTC), YYYY-MM-DD.")
+    start: datetime
+    end: datetime
+    customers_at_start: int = Field(description="S: customers of the period before.")
+    new_customers: int = Field(description="N: customers whose first order is in the period.")
+    customers_at_end: int = Field(description="E: customers with an order in the period.")
+    retained: int = Field(description="Customers of both this period and the one before.")
+    reactivated: int = Field(description="E - N - retained: back after a gap.")
+    retention: float | None = Field(description="(E - N) / S; null when S = 0.")
+    churn: float | None = Field(description="1 - retention.")
+    orders: int
+    repeat_orders: int = Field(description="Orders whose customer has an earlier order.")
+    repurchase_rate: float | None = Field(description="repeat_orders / orders.")
+    repeat_customers: int = Field(description="Customers of E with 2+ orders up to the end.")
+    repeat_customer_rate: float | None = Field(description="repeat_customers / E.")
+    purchase_frequency: float | None = Field(description="orders / E.")
+    average_order_value: dict[str, str] = Field(description="Currency -> exact amount.")
+    multi_product_customers: int
+    single_product_customers: int
+    upsell_rate: float | None = Field(description="multi / (multi + single).")
+    lifetime_value: dict[str, LifetimeValueOut] = Field(description="Currency -> mean, median.")
+
+
+class LoyaltyOut(BaseModel):
+    period: Literal["week", "month"]
+    periods: list[LoyaltyPeriodOut]
+
+
+class CohortOut(BaseModel):
+    cohort: str = Field(description="Month of the first order, YYYY-MM.")
+    size: int
+    active: list[int] = Field(description="Customers with an order in month 0, 1, 2, ...")
+    share: list[float | None] = Field(description="active / size.")
+
+
+class CohortsOut(BaseModel):
+    months: list[str]
+    cohorts: list[CohortOut]

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 import typer
 
-from training.cli import backtest, import_, migrate, models, schedule, segments, serve, train
+from training.cli import (
+    backtest,
+    import_,
+    migrate,
+    models,
+    report,
+    schedule,
+    segments,
+    serve,
+    train,
+)
 
 app = typer.Typer(
     name="recoffer",
@@ -33,6 +43,7 @@ app.command()(migrate.migrate)
 app.command("import")(import_.import_)
 app.command(context_settings=schedule.CONTEXT_SETTINGS)(schedule.schedule)
 app.command()(segments.segments)  # issue 12, item 1
+app.command()(report.report)  # issue 13, item 1
 
 
 def main() -> None:

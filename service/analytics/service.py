@@ -1,0 +1,59 @@
+"""The API's side of the loyalty metrics: the database's order lines through the pure core."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from service.analytics.loyalty import Period, cohorts, loyalty, next_start, period_start, report_end
+from service.analytics.orders import check_segment, read_lines
+from service.errors import InvalidInput
+
+MAX_PERIODS = 1_000  # a report longer than this is refused (about 19 years of weeks)
+
+
+def check_range(period: Period, since: datetime | None, until: datetime | None) -> None:
+    """Refuse ``until`` before ``since`` and ranges of more than :data:`MAX_PERIODS` periods.
+
+    Raises:
+        InvalidInput: naming ``until`` or ``since``.
+    """
+    if since is None or until is None:
+        return
+    since, until = (m.replace(tzinfo=UTC) if m.tzinfo is None else m for m in (since, until))
+    if until < since:
+        raise InvalidInput("until", "is before since")
+    start, count = period_start(since, period), 0
+    while start <= until:
+        start, count = next_start(start, period), count + 1
+        if count > MAX_PERIODS:
+            raise InvalidInput("since", f"the range spans more than {MAX_PERIODS:,} {period}s")
+
+
+class Analytics:
+    """Loyalty metrics and cohorts over the service's purchase events."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def loyalty(
+        self,
+        period: Period,
+        since: datetime | None,
+        until: datetime | None,
+        segment: str | None = None,
+    ) -> dict[str, Any]:
+        check_range(period, since, until)
+        check_segment(segment)
+        lines = read_lines(self.engine, report_end(period, until), segment)
+        return loyalty(lines, period, since, until)
+
+    def cohorts(
+        self, since: datetime | None, until: datetime | None, segment: str | None = None
+    ) -> dict[str, Any]:
+        check_range("month", since, until)
+        check_segment(segment)
+        lines = read_lines(self.engine, report_end("month", until), segment)
+        return cohorts(lines, since, until)

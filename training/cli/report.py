@@ -1,0 +1,197 @@
+"""``recoffer report``: the loyalty metrics and the cohort matrix of a purchase file or database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+import typer
+from rich.table import Table
+
+from service.errors import UsageProblem
+from training.cli.common import DateFormat, DayFirst, Delimiter, read_options, setup_logging
+from training.cli.render import errors, out
+
+if TYPE_CHECKING:
+    from service.analytics.loyalty import Period
+
+
+def _moment(option: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageProblem(f"{option} {text!r}: use an ISO 8601 time, e.g. 2011-01-01") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _money(per_currency: dict[str, str]) -> str:
+    return ", ".join(f"{cur} {amount}" for cur, amount in per_currency.items()) or "-"
+
+
+def loyalty_table(report: dict[str, Any]) -> Table:
+    """One row per period: S, N, E, the rates, order value and lifetime value."""
+    table = Table(title=f"loyalty per {report['period']} (UTC)", title_justify="left")
+    for name in ("period", "S", "N", "E", "retention", "churn", "repurchase", "repeat cust.",
+                 "frequency", "upsell", "avg order", "LTV mean / median"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "period" else "right")
+    for p in report["periods"]:
+        ltv = ", ".join(
+            f"{cur} {v['mean']} / {v['median']}" for cur, v in p["lifetime_value"].items()
+        )
+        frequency = p["purchase_frequency"]
+        table.add_row(
+            p["period"],
+            f"{p['customers_at_start']:,}",
+            f"{p['new_customers']:,}",
+            f"{p['customers_at_end']:,}",
+            _rate(p["retention"]),
+            _rate(p["churn"]),
+            _rate(p["repurchase_rate"]),
+            _rate(p["repeat_customer_rate"]),
+            "-" if frequency is None else f"{frequency:.3f}",
+            _rate(p["upsell_rate"]),
+            _money(p["average_order_value"]),
+            ltv or "-",
+        )
+    return table
+
+
+def cohort_table(matrix: dict[str, Any]) -> Table:
+    """One row per cohort month: its size and the share active in month 0, 1, 2, ..."""
+    table = Table(title="cohort retention (share active in month k)", title_justify="left")
+    table.add_column("cohort")
+    table.add_column("size", justify="right")
+    for k in range(len(matrix["months"])):
+        table.add_column(f"m{k}", justify="right")
+    for row in matrix["cohorts"]:
+        table.add_row(row["cohort"], f"{row['size']:,}", *(_rate(s) for s in row["share"]))
+    return table
+
+
+def report(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="A purchase file: .csv, .csv.gz or .parquet.")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Or the service's database: sqlite:///path or postgresql://..."),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="--data: generic (named columns) or online-retail.")
+    ] = "generic",
+    columns: Annotated[
+        str | None, typer.Option(help="--data: column mapping, as for recoffer import.")
+    ] = None,
+    currency: Annotated[
+        str | None, typer.Option(help="--data: currency of prices without a currency column.")
+    ] = None,
+    skip_bad_rows: Annotated[
+        bool, typer.Option("--skip-bad-rows", help="--data: leave out the rows import refuses.")
+    ] = False,
+    segment: Annotated[
+        str | None,
+        typer.Option(help="--database-url: only users of this lifecycle stage or loyalty type."),
+    ] = None,
+    period: Annotated[str, typer.Option(help="week (from Monday) or month, UTC.")] = "month",
+    since: Annotated[
+        str | None, typer.Option(help="Start with the period holding this time (ISO 8601).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End with the period holding this time (ISO 8601).")
+    ] = None,
+    delimiter: Delimiter = None,
+    date_format: DateFormat = None,
+    dayfirst: DayFirst = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    """Print the loyalty metrics per period and the cohort retention matrix.
+
+    The figures are the API's (GET /v1/analytics/loyalty and /v1/analytics/cohorts), to the
+    last digit: a file is read as recoffer import would store it. Definitions: README,
+    "Loyalty metrics".
+
+    Examples:
+
+      recoffer report --data ../shared/data/online-retail/online_retail.csv.gz \\
+          --format online-retail --currency GBP
+
+      recoffer report --database-url sqlite:///var/recoffer.db --period week --json
+    """
+    from service.analytics.loyalty import Line, cohorts, loyalty, report_end
+    from service.analytics.orders import check_segment
+    from service.analytics.service import check_range
+    from service.api.schemas import CohortsOut, LoyaltyOut
+
+    setup_logging(verbose)
+    with errors():
+        if (data is None) == (database_url is None):
+            raise UsageProblem("give one of --data FILE or --database-url URL")
+        if segment is not None and data is not None:
+            raise UsageProblem("--segment needs --database-url (segments live in the database)")
+        check_segment(segment)
+        if period not in ("week", "month"):
+            raise UsageProblem(f"--period {period!r}: use week or month")
+        start, end = _moment("--since", since), _moment("--until", until)
+        chosen = cast("Period", period)
+        check_range(chosen, start, end)
+        check_range("month", start, end)
+        lines: list[Line]
+        if data is not None:
+            from training.report import file_lines
+
+            options = read_options(delimiter, date_format, dayfirst)
+            lines = file_lines(
+                data,
+                fmt=fmt,
+                columns=columns,
+                currency=currency,
+                skip_bad=skip_bad_rows,
+                options=options,
+            )
+        else:
+            ends = [report_end(p, end) for p in (chosen, "month")]  # a week may end later
+            before = None if end is None else max(ends)  # type: ignore[type-var]
+            lines = _database_lines(str(database_url), before, segment)
+        by_period = LoyaltyOut.model_validate(loyalty(lines, chosen, start, end))
+        matrix = CohortsOut.model_validate(cohorts(lines, start, end))
+    if as_json:
+        body = {
+            "loyalty": by_period.model_dump(mode="json"),
+            "cohorts": matrix.model_dump(mode="json"),
+        }
+        out.print(json.dumps(body), markup=False)
+        return
+    out.print(loyalty_table(by_period.model_dump(mode="json")))
+    out.print(cohort_table(matrix.model_dump(mode="json")))
+
+
+def _database_lines(url: str, before: datetime | None, segment: str | None) -> list[Any]:
+    """Every purchase line of the database at ``url`` (before ``before``, of ``segment``)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.analytics.orders import read_lines
+    from service.db import make_engine
+    from service.errors import DataError
+
+    try:
+        engine = make_engine(url)
+    except Exception as exc:  # a malformed URL
+        raise DataError(f"--database-url: {exc}") from None
+    try:
+        return list(read_lines(engine, before, segment))
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise DataError(f"cannot read the database: {first}") from None
+    finally:
+        engine.dispose()
