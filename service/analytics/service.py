@@ -15,13 +15,15 @@ MAX_PERIODS = 1_000  # a report longer than this is refused (about 19 years of w
 
 
 def check_range(period: Period, since: datetime | None, until: datetime | None) -> None:
-    """Refuse ``until`` before ``since`` and ranges of more than :data:`MAX_PERIODS` periods.
+    """Refuse ``until`` before ``since`` and ranges of more than :data:`MAX_PERIODS` periods
+    (without ``until``, up to now).
 
     Raises:
         InvalidInput: naming ``until`` or ``since``.
     """
-    if since is None or until is None:
+    if since is None:
         return
+    until = until or datetime.now(UTC)  # no end given: the report runs to the last order
     since, until = (m.replace(tzinfo=UTC) if m.tzinfo is None else m for m in (since, until))
     if until < since:
         raise InvalidInput("until", "is before since")
