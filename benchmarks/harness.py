@@ -19,11 +19,13 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -411,3 +413,47 @@ def seed_sessions(
     finally:
         engine.dispose()
     return len(batch)
+
+
+# --- races, shared with the tests ---------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def all_at_once(n: int, call: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``call(0..n-1)`` in n threads released together; results or exceptions."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> T | BaseException:
+        barrier.wait()
+        try:
+            return call(i)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def processes_at_once(
+    script: str, argvs: Sequence[Sequence[str]], *, timeout: float = 120.0
+) -> Counter[str]:
+    """Run ``python -c script`` once per argument list, all at the same time, from the
+    project's root; add up the JSON list of outcomes each prints (each must exit 0)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [PYTHON, "-c", script, *argv],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    outcomes: Counter[str] = Counter()
+    for w in workers:
+        out, _ = w.communicate(timeout=timeout)
+        assert w.returncode == 0, f"a worker exited {w.returncode}"
+        outcomes.update(json.loads(out))
+    return outcomes

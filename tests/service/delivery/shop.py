@@ -3,11 +3,8 @@ released together."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
@@ -18,7 +15,6 @@ from service.offers.repository import OfferRepository
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CAMPAIGN = "new_user_high_intent"
-T = TypeVar("T")
 
 
 class Clock:
@@ -63,18 +59,3 @@ def issue(engine: OfferEngine, user_id: str) -> str:
     decision = engine.evaluate(user_id, CAMPAIGN)
     assert decision.coupon is not None, decision
     return decision.coupon.code
-
-
-def all_at_once(n: int, call: Callable[[int], T]) -> list[T | BaseException]:
-    """Run ``call(0..n-1)`` in n threads released together; results or exceptions."""
-    barrier = threading.Barrier(n)
-
-    def run(i: int) -> T | BaseException:
-        barrier.wait()
-        try:
-            return call(i)
-        except Exception as exc:
-            return exc
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(run, range(n)))

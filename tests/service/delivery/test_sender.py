@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import all_at_once
 from service.delivery.events import body, sign, verify
 from service.delivery.repository import DeliveryRepository
 from service.delivery.sender import backoff
@@ -18,7 +19,7 @@ from service.offers.decisions import OfferEngine
 
 from .conftest import make_sender, rows, step
 from .receiver import SECRET, Receiver
-from .shop import NOW, Clock, all_at_once, issue
+from .shop import NOW, Clock, issue
 
 
 def test_the_signature_covers_time_and_body_and_refuses_anything_else() -> None:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, select
 
+from benchmarks.harness import all_at_once, processes_at_once
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
 from service.db import make_engine, migrate
@@ -30,7 +23,6 @@ from service.offers.rules import in_holdout
 from service.tables import coupon_ledger, coupons, offer_decisions
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-T = TypeVar("T")
 
 
 def _engine_for(url: str, campaign: Campaign) -> OfferEngine:
@@ -60,21 +52,6 @@ def _hesitating(engine: OfferEngine, user_id: str, views: int = 11) -> None:
     )
 
 
-def _all_at_once(n: int, call: Callable[[int], T]) -> list[T | BaseException]:
-    """Run ``call(0..n-1)`` in n threads released together; results or exceptions."""
-    barrier = threading.Barrier(n)
-
-    def run(i: int) -> T | BaseException:
-        barrier.wait()
-        try:
-            return call(i)
-        except Exception as exc:
-            return exc
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(run, range(n)))
-
-
 def _treated(prefix: str) -> str:
     return next(
         f"{prefix}{i}"
@@ -86,7 +63,7 @@ def _treated(prefix: str) -> str:
 def test_fifty_parallel_evaluations_of_one_user_issue_one_coupon(offers: OfferEngine) -> None:
     user = _treated("race-")
     _hesitating(offers, user)
-    results = _all_at_once(50, lambda _: offers.evaluate(user, "new_user_high_intent"))
+    results = all_at_once(50, lambda _: offers.evaluate(user, "new_user_high_intent"))
     kinds = Counter(r.decision if not isinstance(r, BaseException) else repr(r) for r in results)
     assert kinds == {"issued": 1, "already_decided": 49}
     codes = {r.coupon.code for r in results if not isinstance(r, BaseException) and r.coupon}
@@ -102,7 +79,7 @@ def test_hundred_parallel_redemptions_of_one_code_succeed_once(offers: OfferEngi
     coupon = offers.evaluate(user, "new_user_high_intent").coupon
     assert coupon is not None
     redeem = Coupons(offers.repository, offers.clock).redeem
-    results = _all_at_once(100, lambda i: redeem(coupon.code, user, f"order-{i}"))
+    results = all_at_once(100, lambda i: redeem(coupon.code, user, f"order-{i}"))
     succeeded = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, CouponAlreadyRedeemed)]
     others = [repr(r) for r in results if isinstance(r, BaseException) and r not in refused]
@@ -120,7 +97,7 @@ def test_a_total_cap_holds_under_parallel_evaluations(database_url: str) -> None
         users = [f"capped-{n}" for n in range(40)]
         for user in users:
             _hesitating(offers, user)
-        results = _all_at_once(40, lambda i: offers.evaluate(users[i], campaign.campaign_id))
+        results = all_at_once(40, lambda i: offers.evaluate(users[i], campaign.campaign_id))
         kinds = Counter(
             r.decision if not isinstance(r, BaseException) else repr(r) for r in results
         )
@@ -169,34 +146,9 @@ engine.dispose()
 def _four_processes(database_url: str, code: str, user: str, *mode: str) -> Counter[str]:
     """Run WORKER in four processes at once (``mode`` "race": releases against redemptions)
     and add up what their 25 threads each met."""
-    root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WORKER,
-                database_url,
-                code,
-                user,
-                str(w),
-                NOW.isoformat(),
-                *mode,
-            ],
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd=root,
-            text=True,
-        )
-        for w in range(4)
-    ]
-    outcomes: Counter[str] = Counter()
-    for w in workers:
-        out, _ = w.communicate(timeout=120)
-        assert w.returncode == 0
-        outcomes.update(json.loads(out))
-    return outcomes
+    return processes_at_once(
+        WORKER, [[database_url, code, user, str(w), NOW.isoformat(), *mode] for w in range(4)]
+    )
 
 
 def test_redemptions_from_four_processes_succeed_once(
@@ -226,7 +178,7 @@ def test_fifty_parallel_releases_of_one_redemption_succeed_once(offers: OfferEng
     assert coupon is not None
     coupons = Coupons(offers.repository, offers.clock, max_releases=5)
     coupons.redeem(coupon.code, user, "order-1")
-    results = _all_at_once(50, lambda _: coupons.release(coupon.code, user, "order-1"))
+    results = all_at_once(50, lambda _: coupons.release(coupon.code, user, "order-1"))
     outcomes = Counter(type(r).__name__ for r in results)
     assert outcomes == {"CouponStatus": 1, "CouponNotRedeemed": 49}
     assert _trail(offers, coupon.code) == [("redeem", 1, "order-1"), ("release", 1, "order-1")]
@@ -248,7 +200,7 @@ def test_racing_releases_and_redemptions_keep_one_order_at_a_time(offers: OfferE
             return coupons.redeem(coupon.code, user, f"order-{i}")
         return coupons.release(coupon.code, user, "order-first")
 
-    results = _all_at_once(40, release_or_redeem)
+    results = all_at_once(40, release_or_redeem)
     released = [r for i, r in enumerate(results) if i % 2 == 0 and not isinstance(r, Exception)]
     redeemed = [r for i, r in enumerate(results) if i % 2 and not isinstance(r, Exception)]
     refusals = {type(r).__name__ for r in results if isinstance(r, Exception)}
@@ -322,7 +274,7 @@ def test_concurrent_sweeps_decide_each_user_once(database_url: str) -> None:
         users = [f"swept-{n}" for n in range(60)]
         for user in users:
             _hesitating(offers, user)
-        results = _all_at_once(4, lambda _: offers.sweep(campaign.campaign_id))
+        results = all_at_once(4, lambda _: offers.sweep(campaign.campaign_id))
         assert not [r for r in results if isinstance(r, BaseException)]
         made: Counter[str] = Counter()
         for r in results:
@@ -355,7 +307,7 @@ def test_a_daily_cap_and_the_retry_of_a_miss_hold_under_concurrency(database_url
         users = [f"daily-{n}" for n in range(20)]
         for user in users:
             _hesitating(offers, user)
-        results = _all_at_once(20, lambda i: offers.evaluate(users[i], campaign.campaign_id))
+        results = all_at_once(20, lambda i: offers.evaluate(users[i], campaign.campaign_id))
         kinds = Counter(
             r.decision if not isinstance(r, BaseException) else repr(r) for r in results
         )
@@ -366,7 +318,7 @@ def test_a_daily_cap_and_the_retry_of_a_miss_hold_under_concurrency(database_url
             if not isinstance(r, BaseException) and r.decision != "issued"
         )
         clock[0] = NOW + timedelta(hours=13)  # the next UTC day, still inside the window
-        again = _all_at_once(20, lambda _: offers.evaluate(missed, campaign.campaign_id))
+        again = all_at_once(20, lambda _: offers.evaluate(missed, campaign.campaign_id))
         kinds = Counter(r.decision if not isinstance(r, BaseException) else repr(r) for r in again)
         assert kinds == {"issued": 1, "already_decided": 19}
         with engine.connect() as conn:

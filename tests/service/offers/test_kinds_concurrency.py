@@ -4,21 +4,14 @@ clock: one sweep per interval however many workers ask."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, select
 
+from benchmarks.harness import all_at_once, processes_at_once
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
 from service.db import make_engine, migrate
@@ -32,7 +25,6 @@ from service.offers.schedule import CampaignSchedule
 from service.tables import coupons, offer_decisions, sweep_jobs
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-T = TypeVar("T")
 WIN_BACK = Campaign(campaign_id="come_back", kind="win_back", holdout_percent=0)
 CART = Campaign(campaign_id="cart", kind="abandoned_cart", holdout_percent=0)
 
@@ -73,20 +65,6 @@ def lapsed(offers: OfferEngine, user_id: str, *, last: datetime = NOW - timedelt
             NewEvent(user_id, "purchase", last, item_id="i2", order_id="b"),
         ]
     )
-
-
-def all_at_once(n: int, call: Callable[[int], T]) -> list[T | BaseException]:
-    barrier = threading.Barrier(n)
-
-    def run(i: int) -> T | BaseException:
-        barrier.wait()
-        try:
-            return call(i)
-        except Exception as exc:
-            return exc
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(run, range(n)))
 
 
 def stored(offers: OfferEngine, campaign_id: str) -> tuple[int, int]:
@@ -164,23 +142,7 @@ def test_four_processes_evaluating_one_lapsed_customer_issue_one_coupon(
 ) -> None:
     first, _ = replicas
     lapsed(first, "procs")
-    root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, database_url, "procs", NOW.isoformat()],
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd=root,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    answers: Counter[str] = Counter()
-    for w in workers:
-        out, _ = w.communicate(timeout=120)
-        assert w.returncode == 0
-        answers.update(json.loads(out))
+    answers = processes_at_once(WORKER, [[database_url, "procs", NOW.isoformat()]] * 4)
     assert answers == {"issued": 1, "already_decided": 39}
     assert stored(first, "come_back") == (1, 1)
 

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from benchmarks.harness import all_at_once
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
 from service.db import make_engine, migrate
@@ -37,7 +38,7 @@ from service.offers.stats import Z95
 from service.tables import campaign_spend, coupon_ledger, coupons
 
 from .test_api import Clock, F, M, campaigns_file, evaluate, make_client, sign_up, treated_users
-from .test_concurrency import NOW, _all_at_once
+from .test_concurrency import NOW
 
 CAMPAIGN = "new_user_high_intent"
 FIXED = {"fixed_discount": "10.00", "currency": "EUR", "holdout_percent": 0}
@@ -265,7 +266,7 @@ def test_parallel_redemptions_count_every_discount_exactly(database_url: str) ->
         users = [f"p{n}" for n in range(12)]
         codes = [shop.issue(u) for u in users]  # 120 promised while nothing was spent
         amounts = [Decimal(f"{7 + n}.25") for n in range(12)]  # 7.25 .. 18.25: some capped
-        results = _all_at_once(
+        results = all_at_once(
             24,
             lambda i: shop.coupons.redeem(
                 codes[i % 12], users[i % 12], f"o{i % 12}", amounts[i % 12], "EUR"
@@ -275,7 +276,7 @@ def test_parallel_redemptions_count_every_discount_exactly(database_url: str) ->
         expected = sum((min(a, Decimal(10)) for a in amounts), Decimal(0))
         assert shop.spent()[("total", "EUR")] == expected == shop.ledger_discount()
         assert shop.spent()[(NOW.date().isoformat(), "EUR")] == expected
-        _all_at_once(
+        all_at_once(
             8,
             lambda i: (
                 shop.coupons.release(codes[i % 4], users[i % 4], f"o{i % 4}")
@@ -288,7 +289,7 @@ def test_parallel_redemptions_count_every_discount_exactly(database_url: str) ->
         late = [f"late{n}" for n in range(10)]
         for user in late:
             shop.hesitating(user)
-        decided = _all_at_once(10, lambda i: shop.offers.evaluate(late[i], CAMPAIGN))
+        decided = all_at_once(10, lambda i: shop.offers.evaluate(late[i], CAMPAIGN))
         assert {d.decision for d in decided if not isinstance(d, BaseException)} == {
             "budget_exhausted"
         }
@@ -317,7 +318,7 @@ def test_racing_issues_and_redemptions_overspend_only_by_the_coupons_out(
             shop.coupons.redeem(decision.coupon.code, users[i], f"o{i}", Decimal(99), "EUR")
             return "redeemed"
 
-        results = _all_at_once(threads, issue_and_redeem)
+        results = all_at_once(threads, issue_and_redeem)
         outcome = Counter(r if isinstance(r, str) else repr(r) for r in results)
         assert set(outcome) <= {"redeemed", "budget_exhausted"}, outcome
         spent = shop.spent()[("total", "EUR")]
