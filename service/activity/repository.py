@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, or_, select, text
+from sqlalchemy import Connection, Engine, bindparam, case, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.activity.records import (
@@ -28,6 +28,13 @@ from service.clock import Clock, utc_now
 from service.errors import SignUpMovedLater
 from service.money import to_units
 from service.tables import events, items, users
+
+# the users of a list that still have their row, their rows held (Repository.present_users)
+_PRESENT_USERS = (
+    select(users.c.user_id)
+    .where(users.c.user_id.in_(bindparam("users", expanding=True)))
+    .with_for_update(read=True)
+)
 
 
 class Repository:
@@ -76,6 +83,20 @@ class Repository:
         return dialect.insert(table)
 
     # --- users ----------------------------------------------------------------------------
+
+    @staticmethod
+    def present_users(conn: Connection, user_ids: Sequence[str]) -> set[str]:
+        """Which of ``user_ids`` still have their row, inside the caller's write transaction.
+
+        A write made from facts read earlier calls it before writing about a user, so an
+        erasure that ran since is not undone; FOR SHARE on PostgreSQL holds the rows until the
+        write commits (an erasure starting meanwhile waits, then deletes what it made), and
+        SQLite's single writer orders the two.
+        """
+        if not user_ids:
+            return set()
+        rows = conn.execute(_PRESENT_USERS, {"users": list(user_ids)})
+        return {str(r[0]) for r in rows}
 
     def upsert_user(
         self,

@@ -241,17 +241,8 @@ class SegmentRepository:
             where=user_segments.c.computed_at <= excluded.computed_at,
         )
         with self.repository.writing() as conn:
-            # none for a user erased since the run read the events (FOR SHARE on PostgreSQL
-            # holds the users' rows until this commits, so an erasure then deletes the rows)
-            ids = [v["user_id"] for v in values]
-            present = {
-                str(r[0])
-                for r in conn.execute(
-                    select(users.c.user_id)
-                    .where(users.c.user_id.in_(ids))
-                    .with_for_update(read=True)
-                )
-            }
+            # none for a user erased since the run read the events
+            present = self.repository.present_users(conn, [v["user_id"] for v in values])
             values = [v for v in values if v["user_id"] in present]
             if values:
                 conn.execute(statement, values)

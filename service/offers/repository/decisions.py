@@ -262,14 +262,6 @@ class _Statements:
             d.c.user_id == user,
             d.c.occurrence == bindparam("occurrence", type_=String()),
         )
-        # the users of a write that still exist (an erasure may have run since the facts were
-        # read); FOR SHARE on PostgreSQL holds their rows until the write commits, so an
-        # erasure starting meanwhile waits and then deletes what this write made
-        self.existing = (
-            select(users.c.user_id)
-            .where(users.c.user_id.in_(bindparam("users", expanding=True)))
-            .with_for_update(read=True)
-        )
         # a recurring campaign's latest final decision for the user, whatever its occurrence
         self.latest = (
             select(*self.decision.selected_columns)
@@ -627,7 +619,7 @@ class DecisionRepository:
         claimed: str | None = None
         try:
             with self.base.writing() as conn:
-                if conn.execute(self._sql.existing, {"users": [user_id]}).first() is None:
+                if not self.base.present_users(conn, [user_id]):
                     raise ErasedMeanwhile(user_id)  # erased since the facts were read
                 claimed = self._claim(conn, campaign_id, user_id, occurrence, values)
                 if claimed is None:
@@ -699,8 +691,7 @@ class DecisionRepository:
             for user_id, views in users
         ]
         with self.base.writing() as conn:
-            ids = [r["user_id"] for r in rows]
-            present = {str(r[0]) for r in conn.execute(self._sql.existing, {"users": ids})}
+            present = self.base.present_users(conn, [user_id for user_id, _ in users])
             rows = [r for r in rows if r["user_id"] in present]  # none for an erased user
             if rows:
                 conn.execute(self._sql.misses, rows)
@@ -730,8 +721,7 @@ class DecisionRepository:
         if not claims:
             return BatchRecorded([], [], [], [], None)
         with self.base.writing() as conn:
-            ids = [c.user_id for c in claims]
-            present = {str(r[0]) for r in conn.execute(self._sql.existing, {"users": ids})}
+            present = self.base.present_users(conn, [c.user_id for c in claims])
             gone = [c.user_id for c in claims if c.user_id not in present]
             claims = [c for c in claims if c.user_id in present]
             if not claims:
