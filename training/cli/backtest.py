@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -178,18 +179,7 @@ def backtest(
         result = run_backtest(
             campaign, frame, people, source=str(events), ignore_schedule=ignore_schedule
         )
-    document = result.to_json()
-    _write(document, output)
-    if as_json:
-        out.print(json.dumps(document), markup=False)
-    else:
-        out.print(*backtest_tables(document))
-    if result.ignored_rows:
-        err.print(
-            f"warning: {result.ignored_rows:,} of {result.rows:,} rows ignored (no user, no "
-            "timestamp, or an unknown type)",
-            markup=False,
-        )
+    _report(result.to_json(), output, as_json, backtest_tables, result.ignored_rows, result.rows)
     inactive = result.not_qualifying["campaign_inactive"]
     if inactive:
         err.print(
@@ -260,18 +250,14 @@ def _lifecycle(
             ignore_schedule=ignore_schedule,
             currency=currency,
         )
-    document = result.to_json()
-    _write(document, output)
-    if as_json:
-        out.print(json.dumps(document), markup=False)
-    else:
-        out.print(*lifecycle_backtest_tables(document))
-    if activity.ignored_rows:
-        err.print(
-            f"warning: {activity.ignored_rows:,} of {activity.rows:,} rows ignored (no user, no "
-            "timestamp, or an unknown type)",
-            markup=False,
-        )
+    _report(
+        result.to_json(),
+        output,
+        as_json,
+        lifecycle_backtest_tables,
+        activity.ignored_rows,
+        activity.rows,
+    )
     if not result.sweeps:
         err.print(
             "warning: the campaign is not active at any moment of the log (--ignore-schedule "
@@ -283,6 +269,28 @@ def _lifecycle(
         err.print(
             "note: candidates refused at a sweep by the rules every kind shares: "
             + ", ".join(f"{k} {v:,}" for k, v in refused.items()),
+            markup=False,
+        )
+
+
+def _report(
+    document: dict[str, Any],
+    output: Path | None,
+    as_json: bool,
+    tables: Callable[[dict[str, Any]], Sequence[Any]],
+    ignored_rows: int,
+    rows: int,
+) -> None:
+    """Write the report to ``--output``, print it (JSON or tables), warn of ignored rows."""
+    _write(document, output)
+    if as_json:
+        out.print(json.dumps(document), markup=False)
+    else:
+        out.print(*tables(document))
+    if ignored_rows:
+        err.print(
+            f"warning: {ignored_rows:,} of {rows:,} rows ignored (no user, no timestamp, or an "
+            "unknown type)",
             markup=False,
         )
 
