@@ -41,6 +41,7 @@ from service.api.routes import (
     webhooks,
 )
 from service.clock import utc_now
+from service.console import add_console
 from service.db import make_engine
 from service.delivery import outbox
 from service.delivery.repository import DeliveryRepository
@@ -248,6 +249,7 @@ def create_app(
     ):
         app.include_router(router)
     add_docs(app)
+    add_console(app)  # /console for marketing and ops (issue 13, item 2)
     # each operation's errors, from its dependencies (the hot route checks its key inline)
     page = recommendations.FRONTEND_PAGE
     document(

@@ -16,13 +16,38 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["Series", "bar_chart", "heat_table", "line_chart", "percent", "plain"]
+__all__ = ["CSS", "Series", "bar_chart", "heat_table", "line_chart", "percent", "plain"]
 
 # Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), each series
 # also with its own dash pattern and marker: colour is never the only cue.
 _COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _DASHES = ("", "6 3", "2 3", "8 3 2 3", "1 2", "10 4", "4 2 1 2")
 _MARKERS = ("circle", "square", "triangle", "diamond", "circle", "square", "triangle")
+
+
+# the charts' styles: served by the console as /console/charts.css, inlined by the HTML report
+CSS = "\n".join(
+    [
+        ".chart { margin: 0 0 1.5rem; max-width: 100%; }",
+        ".chart figcaption { font-weight: 600; margin-bottom: 0.25rem; }",
+        ".chart svg { width: 100%; height: auto; display: block; }",
+        ".chart .grid { stroke: #d0d0d0; stroke-width: 1; }",
+        ".chart .axis, .chart .value { font: 11px system-ui, sans-serif; fill: #333; }",
+        ".chart .chart-empty { font: 14px system-ui, sans-serif; fill: #555; color: #555; }",
+        ".chart .legend { list-style: none; padding: 0; margin: 0.25rem 0 0;"
+        " display: flex; flex-wrap: wrap; gap: 0.25rem 1rem; font-size: 0.9rem; }",
+        ".chart .legend svg { display: inline; width: 36px; vertical-align: middle; }",
+        ".table-scroll { overflow-x: auto; }",
+        "table.heat { border-collapse: collapse; font-size: 0.85rem; }",
+        "table.heat th, table.heat td { padding: 0.2rem 0.45rem; text-align: right;"
+        " border: 1px solid #e0e0e0; white-space: nowrap; }",
+        *(
+            f"table.heat td.shade-{n} {{ background: rgba(0, 114, 178, {n / 10:.1f});"
+            f" color: {'#fff' if n > 5 else '#000'}; }}"
+            for n in range(11)
+        ),
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,12 +251,8 @@ def heat_table(
             if value is None:
                 parts.append('<td class="none"></td>')
                 continue
-            share = min(max(value, 0.0), 1.0)
-            ink = "#fff" if share > 0.5 else "#000"
-            parts.append(
-                f'<td style="background: rgba(0, 114, 178, {share:.2f}); color: {ink}">'
-                f"{escape(fmt(value))}</td>"
-            )
+            shade = round(min(max(value, 0.0), 1.0) * 10)  # classes, not style: CSP-safe
+            parts.append(f'<td class="shade-{shade}">{escape(fmt(value))}</td>')
         parts.append("</tr>")
     parts.append("</tbody></table></div></figure>")
     return "".join(parts)

@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         False,
         description="Development mode: no API keys, every caller is admin. Loopback hosts only.",
     )
+    console_session_hours: float = Field(
+        8.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a console sign-in lasts (issue 13, item 2); signing out ends it.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Browser origins allowed by CORS, comma-separated."
     )

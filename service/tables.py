@@ -457,3 +457,19 @@ segment_runs = Table(
     Column("counts", JSON(), nullable=False),  # users per stage x type
     Column("seconds", Float(), nullable=False),
 )
+
+# --- console sessions (migration 0013, issue 13 item 2) ------------------------------------
+
+# a console sign-in: an API key exchanged for a random session token kept in an HttpOnly
+# cookie; only the token's SHA-256 is stored, with the digest of the key it came from (a key
+# removed from the settings ends its sessions) and the session's CSRF token
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("key_digest", String(64), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
