@@ -8,7 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.service.console.conftest import KEYS, console_settings, hidden, sign_in
+
+from .pages import KEYS, console_settings, hidden, sign_in
 
 
 def test_a_page_without_a_session_sends_to_the_sign_in_form(console: TestClient) -> None:
