@@ -270,3 +270,15 @@ def test_too_many_wrong_keys_from_one_address_are_refused_with_429(tmp_path: Pat
         assert "recoffer_console=" not in text
         other = TestClient(app, client=("203.0.113.8", 5000))  # the same app and limiter
         assert _attempt(other, KEYS["admin"])[0] == 303  # another address is not affected
+
+
+def test_the_ops_endpoints_document_the_errors_they_answer(ops: TestClient) -> None:
+    spec = ops.get("/openapi.json").json()
+    paths = spec["paths"]
+
+    def errors(path: str, method: str) -> set[int]:
+        return {int(c) for c in paths[path][method]["responses"] if c[0] in "45"}
+
+    assert errors("/v1/model/versions", "get") == {401, 403}
+    assert errors("/v1/model/runs", "get") == {401, 403, 422}
+    assert errors("/v1/model/rollback", "post") == {401, 403, 409, 422}
