@@ -32,7 +32,8 @@ def test_promoted_and_refused_runs_are_recorded_with_the_gates_reasons(
         pipeline, "choose", lambda validation: dict.fromkeys(PROTOCOLS, "popularity")
     )
     refused = run(TrainConfig(model_dir=tmp_path, params=FAST), purchases=tiny_purchases)
-    assert first.promoted and not refused.promoted
+    assert first.promoted
+    assert not refused.promoted
     newest, oldest = read_runs(tmp_path).runs
     assert oldest.outcome == "promoted"
     assert oldest.exit_code == exit_codes.OK
@@ -42,7 +43,8 @@ def test_promoted_and_refused_runs_are_recorded_with_the_gates_reasons(
     assert newest.exit_code == exit_codes.REFUSED
     assert newest.version == refused.version
     assert newest.current_before == first.version
-    assert newest.reasons == refused.gate.reasons and newest.reasons
+    assert newest.reasons == refused.gate.reasons
+    assert newest.reasons
     assert newest.started_at >= oldest.finished_at
     assert 0 < newest.seconds <= (newest.finished_at - newest.started_at).total_seconds() + 0.01
 
@@ -79,7 +81,8 @@ def test_a_run_that_finds_another_trainer_is_recorded_as_skipped(
         run(TrainConfig(model_dir=tmp_path, params=FAST), purchases=tiny_purchases)
     (skipped,) = read_runs(tmp_path).runs
     assert skipped.outcome == "skipped"
-    assert skipped.error is not None and "another trainer is running" in skipped.error
+    assert skipped.error is not None
+    assert "another trainer is running" in skipped.error
 
 
 def _run(minute: int) -> TrainingRun:

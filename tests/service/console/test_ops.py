@@ -68,7 +68,8 @@ def test_the_models_page_shows_the_figures_the_api_gives(ops: TestClient) -> Non
         gate = version["gate"]
         assert gate is not None
         words = "forced past a refusal" if gate["forced"] else "passed" if gate["passed"] else ""
-        assert words and words in _text(row)
+        assert words
+        assert words in _text(row)
 
 
 def test_the_runs_are_listed_as_the_api_gives_them(ops: TestClient) -> None:
@@ -108,9 +109,7 @@ def test_rolling_back_through_the_confirm_page_changes_what_is_served(
     assert f'id="target">{previous}<' in confirm.text
     assert "What changes" in confirm.text
     assert hidden(confirm.text, "expected_current") == current
-    done = ops.post(
-        "/console/models/rollback", data={"csrf": csrf, "expected_current": current}
-    )
+    done = ops.post("/console/models/rollback", data={"csrf": csrf, "expected_current": current})
     assert done.status_code == 200, done.text
     assert f"rolled back from {current} to {previous}" in done.text
     assert ModelStore(tmp_path / "models").current() == previous
@@ -220,9 +219,7 @@ def test_the_health_page_says_ok_or_why_in_words(ops: TestClient) -> None:
     assert "admin-key" not in page.text
 
 
-def test_the_health_page_names_a_model_that_failed_to_load(
-    ops: TestClient, tmp_path: Path
-) -> None:
+def test_the_health_page_names_a_model_that_failed_to_load(ops: TestClient, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     previous = store.previous()
     assert previous is not None
@@ -263,7 +260,8 @@ def test_too_many_wrong_keys_from_one_address_are_refused_with_429(tmp_path: Pat
         status, text, retry = _attempt(client, "wrong-key-0123456789")
         assert status == 429
         assert "Too many failed sign-ins from this address" in text
-        assert retry is not None and int(retry) > 0
+        assert retry is not None
+        assert int(retry) > 0
         # the right key is refused too while the window lasts: a guess cannot be told apart
         status, text, _ = _attempt(client, KEYS["admin"])
         assert status == 429
