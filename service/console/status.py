@@ -112,6 +112,11 @@ def _ago(now: datetime, moment: datetime | None) -> str:
     return f"{seconds / 86400:.1f} days ago"
 
 
+def _age(age: timedelta) -> str:
+    days = age.total_seconds() / 86400
+    return f"{days:.1f} days" if days >= 1 else f"{age.total_seconds() / 3600:.1f} hours"
+
+
 def _moment(moment: datetime | None) -> str:
     return "—" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
 
@@ -204,7 +209,7 @@ def model_check(state: AppState) -> Check:
         ("Serving", current.model.version),
         ("Trained", f"{_moment(trained)} ({_ago(now, trained)})"),
         ("Data until", _moment(manifest.data_until)),
-        ("Age", f"{age.total_seconds() / 86400:.1f} days"),
+        ("Age", _age(age)),
         ("Users × items", f"{manifest.counts.users:,} × {manifest.counts.items:,}"),
     ]
     if holder.last_error is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.artifact import RUNS, ModelStore
 from service.console.status import safe_url
+from service.tables import sweep_jobs
 from training.data.formats import Purchases
 from training.models import ModelParams
 from training.pipeline import TrainConfig, run
@@ -207,6 +209,7 @@ def test_the_health_page_says_ok_or_why_in_words(ops: TestClient) -> None:
     page = ops.get("/console/health")
     assert page.status_code == 200
     words = _text(page.text)
+    assert "Nothing failing" in words
     assert "Database: OK" in words
     assert "reachable and migrated" in words
     version = ops.get("/v1/model", headers=ADMIN).json()["version"]
@@ -230,6 +233,7 @@ def test_the_health_page_names_a_model_that_failed_to_load(ops: TestClient, tmp_
     assert ops.post("/v1/model/reload", headers=ADMIN).status_code == 409
     sign_in(ops, "admin")
     words = _text(ops.get("/console/health").text)
+    assert "1 failing: Model." in words
     assert "Model: failing" in words
     assert f"cannot load model {previous}" in words
     assert str(tmp_path) not in words  # no path of this machine
@@ -280,3 +284,53 @@ def test_the_ops_endpoints_document_the_errors_they_answer(ops: TestClient) -> N
     assert errors("/v1/model/versions", "get") == {401, 403}
     assert errors("/v1/model/runs", "get") == {401, 403, 422}
     assert errors("/v1/model/rollback", "post") == {401, 403, 409, 422}
+
+
+def test_the_health_page_lists_sweeps_and_fails_a_silent_one(tmp_path: Path) -> None:
+    settings = console_settings(
+        tmp_path,
+        webhook_url="http://127.0.0.1:9/hooks",
+        webhook_secret="a-webhook-secret-0123456789",
+        sweep_stale_seconds=60,
+    )
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.recoffer  # type: ignore[attr-defined]
+        now = state.clock()
+        row = {
+            "worker": "w1",
+            "processed": 40,
+            "counts": {},
+            "requested_at": now - timedelta(minutes=30),
+            "heartbeat_at": now - timedelta(minutes=29),
+            "finished_at": None,
+        }
+        with state.repository.engine.begin() as conn:
+            conn.execute(
+                sweep_jobs.insert(),
+                [
+                    {
+                        **row,
+                        "job_id": "a" * 32,
+                        "campaign_id": "win_back",
+                        "state": "done",
+                        "finished_at": now - timedelta(minutes=29),
+                    },
+                    {
+                        **row,
+                        "job_id": "b" * 32,
+                        "campaign_id": "birthday",
+                        "state": "running",
+                        "requested_at": now - timedelta(minutes=10),
+                        "heartbeat_at": now - timedelta(minutes=9),
+                    },
+                ],
+            )
+        sign_in(client, "admin")
+        html = client.get("/console/health").text
+        words = _text(html)
+        assert "Campaign sweeps failing last sweep failed: birthday" in words
+        sweeps = html.split('id="sweeps"', 1)[1].split("</table>", 1)[0]
+        assert "its worker stopped (no heartbeat)" in sweeps
+        assert _text(sweeps).count("done") == 1
+        assert "Webhook outbox OK 0 pending" in words
+        assert "Last delivery none yet" in words
