@@ -186,12 +186,27 @@ class DeliveryRepository:
 
     def backlog(self) -> dict[str, int]:
         """Events not delivered, by state (``pending``, ``dead``)."""
+        return self.backlog_and_oldest()[0]
+
+    def backlog_and_oldest(self) -> tuple[dict[str, int], datetime | None]:
+        """:meth:`backlog`, and when the oldest pending event was written (None: none is).
+
+        One query over the undelivered rows, as the backlog alone read them.
+        """
         e = webhook_events
-        query = select(e.c.state, func.count()).where(e.c.state != "delivered").group_by(e.c.state)
+        query = (
+            select(e.c.state, func.count(), func.min(e.c.created_at))
+            .where(e.c.state != "delivered")
+            .group_by(e.c.state)
+        )
         out = {"pending": 0, "dead": 0}
+        oldest: datetime | None = None
         with self.engine.connect() as conn:
-            out.update({str(s): int(n) for s, n in conn.execute(query)})
-        return out
+            for state, count, first in conn.execute(query):
+                out[str(state)] = int(count)
+                if state == "pending":
+                    oldest = first
+        return out, oldest
 
     def prune(self, before: datetime) -> int:
         """Delete the events that are done (delivered or dead) and were written before

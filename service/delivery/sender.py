@@ -221,10 +221,12 @@ class Sender:
         return await run_in_threadpool(self.repository.prune, now - self.config.retention)
 
     async def refresh_backlog(self) -> dict[str, int]:
-        backlog = await run_in_threadpool(self.repository.backlog)
+        backlog, oldest = await run_in_threadpool(self.repository.backlog_and_oldest)
         if self.metrics is not None:
             for state, count in backlog.items():
                 self.metrics.webhook_backlog.labels(state).set(count)
+            age = 0.0 if oldest is None else (self.clock() - oldest).total_seconds()
+            self.metrics.webhook_oldest_pending.set(max(0.0, age))
         return backlog
 
     async def run(self) -> None:

@@ -17,6 +17,7 @@ from benchmarks.harness import all_at_once
 from service.delivery.events import body, sign, verify
 from service.delivery.repository import DeliveryRepository
 from service.delivery.sender import backoff
+from service.metrics import Metrics
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 
@@ -238,3 +239,30 @@ def test_a_retention_shorter_than_the_expiring_lead_is_refused() -> None:
     with pytest.raises(ValidationError, match="longer than RECOFFER_WEBHOOK_EXPIRING_LEAD"):
         Settings(auth_disabled=True, webhook_retention_days=0.1)  # 2.4 h against 6 h
     assert Settings(auth_disabled=True, webhook_retention_days=0).webhook_retention_days == 0
+
+
+def test_the_backlog_gauges_say_what_waits_and_since_when(
+    offers: OfferEngine, clock: Clock, receiver: Receiver
+) -> None:
+    """Issue 13, item 4: the oldest pending event's age, for the alert on an old backlog."""
+    metrics = Metrics()
+    sender = make_sender(offers, receiver.url, clock)
+    sender.metrics = metrics
+
+    def gauges() -> tuple[float, float | None]:
+        asyncio.run(sender.refresh_backlog())
+        pending = metrics.registry.get_sample_value(
+            "recoffer_webhook_backlog", {"state": "pending"}
+        )
+        age = metrics.registry.get_sample_value("recoffer_webhook_oldest_pending_age_seconds")
+        assert age is not None
+        return age, pending
+
+    assert gauges() == (0.0, 0.0)
+    issue(offers, "u-old")
+    clock.advance(minutes=5)
+    issue(offers, "u-new")
+    clock.advance(minutes=10)
+    assert gauges() == (15 * 60.0, 2.0)  # since the first coupon's event was written
+    assert step(sender) == 2
+    assert gauges() == (0.0, 0.0)
