@@ -48,7 +48,13 @@ def _quality_chart(listing: Versions) -> str:
             row = next((f for f in v.figures if f.protocol == protocol), None)
             values.append(None if row is None else row.test.get("ndcg@10"))
         series.append(Series(protocol, values))
-    return line_chart(labels, series, title="Test NDCG@10 of the served candidate, per version")
+    return line_chart(
+        labels,
+        series,
+        title="Test NDCG@10 of the served candidate, per version",
+        fmt=lambda value: f"{value:.3f}",
+        height=200,  # lower than the default: the table below carries the figures
+    )
 
 
 def _models_page(
