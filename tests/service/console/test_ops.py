@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -334,3 +335,46 @@ def test_the_health_page_lists_sweeps_and_fails_a_silent_one(tmp_path: Path) -> 
         assert _text(sweeps).count("done") == 1
         assert "Webhook outbox OK 0 pending" in words
         assert "Last delivery none yet" in words
+
+
+def test_with_redis_every_worker_counts_the_same_failed_sign_ins(
+    tmp_path: Path, redis_server: str
+) -> None:
+    settings = console_settings(
+        tmp_path,
+        console_sign_in_failures=2,
+        redis_url=redis_server,
+        redis_prefix=f"recoffer-test-{uuid.uuid4().hex}",  # a count of this test's own
+    )
+    address = ("198.51.100.4", 5000)
+    with (
+        TestClient(create_app(settings), client=address) as one,
+        TestClient(create_app(settings), client=address) as two,  # another worker
+    ):
+        assert _attempt(one, "wrong-key-0123456789")[0] == 401
+        assert _attempt(two, "wrong-key-0123456789")[0] == 401
+        assert _attempt(one, KEYS["admin"])[0] == 429  # two failures, one on each worker
+
+
+def test_a_version_that_does_not_load_is_shown_and_never_rolled_back_to(
+    ops: TestClient, tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path / "models")
+    current, previous = store.current(), store.previous()
+    assert previous is not None
+    manifest = store.version_path(previous) / "manifest.json"
+    manifest.chmod(0o644)
+    manifest.write_text("{ not json")
+    csrf = sign_in(ops, "admin")
+    page = ops.get("/console/models")
+    assert page.status_code == 200
+    assert "unreadable manifest" in page.text
+    assert ops.get("/console/models/rollback").status_code == 200
+    refused = ops.post("/console/models/rollback", data={"csrf": csrf, "expected_current": current})
+    assert refused.status_code == 409
+    assert f"version {previous} does not load" in refused.text
+    assert f"{current} stays current" in refused.text
+    assert str(tmp_path) not in refused.text
+    assert store.current() == current
+    api = ops.get("/v1/model/versions", headers=ADMIN).json()
+    assert api["versions"][1]["error"] == "unreadable manifest"
