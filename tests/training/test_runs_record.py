@@ -4,6 +4,7 @@ skipped, and by the scheduler for a run killed before it could write; torn lines
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -167,3 +168,33 @@ def test_the_scheduler_does_not_double_a_run_the_trainer_recorded(tmp_path: Path
     assert outcome.outcome == "refused"
     (only,) = read_runs(tmp_path).runs
     assert (only.outcome, only.by) == ("refused", "train")
+
+
+def test_the_schedule_command_records_a_run_that_stopped_before_training(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    # `recoffer train` without --data or --database-url stops at once (exit 2), in the CLI
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "schedule",
+            "--every",
+            "1h",
+            "--run-now",
+            "--max-runs",
+            "1",
+            "--model-dir",
+            str(models),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    (stopped,) = read_runs(models).runs
+    assert (stopped.outcome, stopped.exit_code, stopped.by) == ("failed", 2, "schedule")
+    assert stopped.error == "recoffer train exited with code 2 before training started"
