@@ -152,6 +152,15 @@ class Settings(BaseSettings):
         le=24 * 30,
         description="How long a console sign-in lasts (issue 13, item 2); signing out ends it.",
     )
+    console_sign_in_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed console sign-ins (a wrong key) per client address and window; "
+        "past them the sign-in form answers 429 until the window has moved on.",
+    )
+    console_sign_in_window_seconds: float = Field(
+        900.0, gt=0, description="The window of the failed console sign-ins."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Browser origins allowed by CORS, comma-separated."
     )

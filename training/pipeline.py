@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,22 @@ from service.artifact import (
     Manifest,
     ManifestBody,
     ModelStore,
+    TrainingRun,
     new_version_name,
     read_manifest,
+    record_run,
 )
 from service.artifact.manifest import Figures, GateInfo, SplitInfo
-from service.errors import ArtifactError, DataError
+from service.artifact.runs import Outcome
+from service.errors import (
+    ArtifactError,
+    DataError,
+    RecofferError,
+    TrainerBusyError,
+    kind_of,
+)
 from service.scoring import PROTOCOLS
+from training import exit_codes
 from training.data.database import (
     combine_purchases,
     load_database_purchases,
@@ -248,8 +259,86 @@ def run(
     """Train, evaluate, gate and publish one model version; see the module docstring.
 
     ``purchases`` and ``signal_events`` (user_id, item_id, timestamp, type) replace what
-    ``config`` would load.
+    ``config`` would load. Every run is recorded in the model root's ``runs.jsonl``
+    (``service.artifact.runs``): promoted, refused by the gate, failed (its error), or skipped
+    when another trainer holds the lock.
     """
+    started = datetime.now(UTC)
+    store = ModelStore(config.model_dir)
+    before = _current_or_none(store)
+    try:
+        result = _run(config, purchases, progress, signal_events)
+    except BaseException as exc:
+        skipped = isinstance(exc, TrainerBusyError)
+        code = kind_of(exc).exit_code if isinstance(exc, RecofferError) else exit_codes.FAILED
+        _record(
+            config.model_dir,
+            started,
+            "skipped" if skipped else "failed",
+            code,
+            current_before=before,
+            error=_why(exc),
+        )
+        raise
+    _record(
+        config.model_dir,
+        started,
+        "promoted" if result.promoted else "refused",
+        exit_codes.OK if result.promoted else exit_codes.REFUSED,
+        current_before=before,
+        version=result.version,
+        forced=result.promoted and not result.gate.passed,
+        reasons=list(result.gate.reasons),
+    )
+    return result
+
+
+def _why(exc: BaseException) -> str:
+    """An exception in one line: its class and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _current_or_none(store: ModelStore) -> str | None:
+    try:
+        return store.current()
+    except RecofferError:  # an unreadable registry: the run itself says what is wrong
+        return None
+
+
+def _record(
+    root: Path,
+    started: datetime,
+    outcome: Outcome,
+    exit_code: int,
+    **fields: Any,
+) -> None:
+    """Append this run to the model root's runs; a record that cannot be written is logged,
+    never the reason a run fails."""
+    finished = datetime.now(UTC)
+    try:
+        record_run(
+            root,
+            TrainingRun(
+                started_at=started,
+                finished_at=finished,
+                seconds=round((finished - started).total_seconds(), 3),
+                outcome=outcome,
+                exit_code=exit_code,
+                by="train",
+                **fields,
+            ),
+        )
+    except OSError as exc:
+        log.warning("training_run_not_recorded", extra={"error": str(exc)})
+
+
+def _run(
+    config: TrainConfig,
+    purchases: Purchases | None,
+    progress: Progress,
+    signal_events: pd.DataFrame | None,
+) -> TrainResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     store = ModelStore(config.model_dir)

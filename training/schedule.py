@@ -18,13 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 from croniter import croniter
 
+from service.artifact.runs import TrainingRun, read_runs, record_run
 from service.clock import SECONDS_PER_DAY
 from service.errors import ScheduleError
-from training.exit_codes import OK, OUTCOMES, REFUSED
+from training.exit_codes import FAILED, OK, OUTCOMES, REFUSED
 
 log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": SECONDS_PER_DAY}
@@ -99,6 +101,7 @@ class Scheduler:
         max_runs: int | None = None,
         timeout: timedelta | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        model_dir: Path | None = None,
     ) -> None:
         self.schedule = schedule
         self.command = list(command)
@@ -106,6 +109,8 @@ class Scheduler:
         self.max_runs = max_runs
         self.timeout = timeout
         self.clock = clock
+        # the runs' record (``service.artifact.runs``): what a run could not write itself
+        self.model_dir = model_dir
         self.history: list[RunOutcome] = []
         self._stop = threading.Event()
         self._child: subprocess.Popen[bytes] | None = None
@@ -145,11 +150,13 @@ class Scheduler:
                 skipped += 1
             if skipped:
                 log.warning("schedule_slots_skipped", extra={"skipped": skipped})
+                self._record_skipped(skipped, now)
         return self.history
 
     def _run_once(self, started: datetime) -> RunOutcome:
         log.info("training_started", extra={"command": " ".join(self.command[2:])})
         t0 = time.monotonic()
+        timed_out = False
         self._child = subprocess.Popen(self.command)
         try:
             timeout = self.timeout.total_seconds() if self.timeout is not None else None
@@ -158,9 +165,11 @@ class Scheduler:
             log.error("training_timed_out", extra={"seconds": round(time.monotonic() - t0, 1)})
             self._child.kill()
             code = self._child.wait()
+            timed_out = True
         finally:
             self._child = None
         outcome = RunOutcome(started, time.monotonic() - t0, code)
+        self._record_unrecorded(outcome, timed_out)
         level = logging.ERROR if outcome.failed else logging.INFO
         log.log(
             level,
@@ -172,3 +181,56 @@ class Scheduler:
             },
         )
         return outcome
+
+    def _record(self, run: TrainingRun) -> None:
+        if self.model_dir is None:
+            return
+        try:
+            record_run(self.model_dir, run)
+        except OSError as exc:
+            log.warning("training_run_not_recorded", extra={"error": str(exc)})
+
+    def _record_unrecorded(self, outcome: RunOutcome, timed_out: bool) -> None:
+        """Record a run that ended without recording itself: killed (out of memory, kill -9,
+        the time limit) or stopped before the pipeline started."""
+        if self.model_dir is None:
+            return
+        since = outcome.started_at - timedelta(seconds=1)  # the child's clock read it later
+        try:
+            recorded = any(r.started_at >= since for r in read_runs(self.model_dir, 5).runs)
+        except OSError:
+            recorded = False
+        if recorded:
+            return
+        code = outcome.exit_code
+        if timed_out:
+            why = f"timed out after {outcome.seconds:.0f} s (--timeout) and was killed"
+        elif code < 0:
+            why = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            why = f"recoffer train exited with code {code} before training started"
+        finished = outcome.started_at + timedelta(seconds=outcome.seconds)
+        self._record(
+            TrainingRun(
+                started_at=outcome.started_at,
+                finished_at=finished,
+                seconds=round(outcome.seconds, 3),
+                outcome="refused" if code == REFUSED else "failed",
+                exit_code=code if code >= 0 else FAILED,
+                by="schedule",
+                error=None if code == REFUSED else why,
+            )
+        )
+
+    def _record_skipped(self, skipped: int, now: datetime) -> None:
+        self._record(
+            TrainingRun(
+                started_at=now,
+                finished_at=now,
+                seconds=0.0,
+                outcome="skipped",
+                exit_code=OK,
+                by="schedule",
+                error=f"{skipped} scheduled slot(s) skipped: the previous run outlasted them",
+            )
+        )

@@ -23,6 +23,7 @@ from service.offers.reports import Reports
 from service.offers.store import CampaignStore
 from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
+from service.recommend.versions import ModelVersions
 from service.segments.service import Segments
 from service.settings import Role, is_loopback
 from service.state import AppState
@@ -206,3 +207,11 @@ def _analytics(state: AppState) -> Analytics:
 
 
 AnalyticsDep = Annotated[Analytics, Depends(require_part(_analytics, "marketing"))]  # issue 13
+
+
+def _model_versions(state: AppState) -> ModelVersions:
+    return ModelVersions(state.recommendations)
+
+
+# model versions, training runs and rollback for ops (issue 13, item 2)
+ModelVersionsDep = Annotated[ModelVersions, Depends(require_part(_model_versions, "admin"))]

@@ -831,3 +831,70 @@ class CohortOut(BaseModel):
 class CohortsOut(BaseModel):
     months: list[str]
     cohorts: list[CohortOut]
+
+
+# --- model versions, training runs and rollback for ops (issue 13, item 2) ----------------
+
+
+class ProtocolFiguresOut(BaseModel):
+    protocol: str
+    served: str = Field(description="The candidate served under this protocol.")
+    test: dict[str, float] = Field(description="Its figures at k = 10 on the test split.")
+    validation: dict[str, float] = Field(description="Its figures on the validation split.")
+
+
+class GateOut(BaseModel):
+    passed: bool
+    method: str
+    forced: bool = Field(description="Promoted with --force although the gate refused.")
+    compared_with: str | None = Field(description="The current version it was compared with.")
+    reasons: list[str]
+
+
+class VersionOut(BaseModel):
+    version: str
+    current: bool = Field(description="The registry's current version.")
+    serving: bool = Field(description="The version the worker that answered serves now.")
+    created_at: datetime | None
+    data_until: datetime | None
+    users: int | None
+    items: int | None
+    figures: list[ProtocolFiguresOut]
+    gate: GateOut | None = Field(description="The quality gate's decision on this version.")
+    error: str | None = Field(description="Why the version's manifest cannot be read.")
+
+
+class VersionsOut(BaseModel):
+    current: str | None
+    serving: str | None
+    previous: str | None = Field(description="The version a rollback goes back to.")
+    versions: list[VersionOut] = Field(description="Newest first.")
+
+
+class TrainingRunOut(BaseModel):
+    started_at: datetime
+    finished_at: datetime
+    seconds: float
+    outcome: Literal["promoted", "refused", "failed", "skipped"]
+    exit_code: int
+    by: str = Field(description="train: the trainer itself; schedule: the scheduler for it.")
+    version: str | None = Field(description="The version the run published.")
+    current_before: str | None
+    forced: bool
+    reasons: list[str] = Field(description="The gate's reasons (refused, or close).")
+    error: str | None = Field(description="Why the run failed or was skipped.")
+
+
+class TrainingRunsOut(BaseModel):
+    runs: list[TrainingRunOut] = Field(description="Newest first.")
+    unreadable_lines: int = Field(
+        description="Lines of runs.jsonl that are not whole records (a writer killed mid-line)."
+    )
+
+
+class RollbackOut(BaseModel):
+    before: str | None
+    current: str
+    serving: str | None = Field(description="What the worker that answered serves now.")
+    reloaded: bool
+    error: str | None = Field(description="Why that worker could not load it (it keeps serving).")

@@ -23,6 +23,9 @@ from service.console.web import (
     sessions_of,
     state_of,
 )
+from service.errors import LimiterUnavailable, TooManyAttempts
+from service.middleware import client_address
+from service.offers.limiter import Caller, FailureLimiter
 from service.settings import Role, is_loopback
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -63,6 +66,46 @@ def _sign_in_form(
     return response
 
 
+def _limiter(request: Request) -> FailureLimiter:
+    """Failed sign-ins per client address (built on first use; in Redis when configured, so
+    every worker and replica counts together, as for failed coupon lookups)."""
+    limiter: FailureLimiter | None = getattr(request.app.state, "recoffer_sign_in_limiter", None)
+    if limiter is None:
+        settings = state_of(request).settings
+        limiter = FailureLimiter(
+            per_client=None,
+            per_address=settings.console_sign_in_failures,
+            window_seconds=settings.console_sign_in_window_seconds,
+            redis_url=settings.redis_url,
+            prefix=settings.redis_prefix,
+            name="console-sign-in-failures",
+        )
+        request.app.state.recoffer_sign_in_limiter = limiter
+    return limiter
+
+
+async def _throttled(request: Request, caller: Caller, *, count: bool) -> HTMLResponse | None:
+    """The 429 (or 503) form when ``caller``'s failed sign-ins are used up; None otherwise.
+    ``count``: this attempt failed and counts against them."""
+    limiter = _limiter(request)
+    try:
+        await run_in_threadpool(limiter.fail if count else limiter.check, caller)
+    except TooManyAttempts as exc:
+        wait = exc.retry_after or 60
+        minutes = max(1, -(-wait // 60))
+        problem = (
+            "Too many failed sign-ins from this address: sign-in is refused for about "
+            f"{minutes} minute{'s' if minutes != 1 else ''}, whatever the key."
+        )
+        response = _sign_in_form(request, status=429, problem=problem)
+        response.headers["Retry-After"] = str(wait)
+        return response
+    except LimiterUnavailable:
+        problem = "Sign-in attempts cannot be counted now (Redis is unreachable): try again soon."
+        return _sign_in_form(request, status=503, problem=problem)
+    return None
+
+
 @router.get("/sign-in", response_class=HTMLResponse)
 async def sign_in_form(request: Request, next: str | None = None) -> HTMLResponse:
     return _sign_in_form(request, target=next)
@@ -80,6 +123,13 @@ async def sign_in(request: Request) -> Response:
     state = state_of(request)
     key = form.get("key")
     key = key.strip() if isinstance(key, str) else ""
+    caller = Caller("console", client_address(request.scope, state.settings.trusted_proxies))
+    if not state.settings.auth_disabled:
+        # refused before the key is compared: a right key after too many wrong ones is refused
+        # too, or a guesser would tell a hit from a miss by the answer
+        throttled = await _throttled(request, caller, count=False)
+        if throttled is not None:
+            return throttled
     if state.settings.auth_disabled:
         client = request.client.host if request.client else ""
         if not is_loopback(client):
@@ -95,6 +145,9 @@ async def sign_in(request: Request) -> Response:
             )
         found = role_of(key, request.app.state.recoffer_keys)
         if found is None:
+            throttled = await _throttled(request, caller, count=True)
+            if throttled is not None:
+                return throttled
             return _sign_in_form(
                 request, status=401, problem="key: not a valid API key.", target=target
             )

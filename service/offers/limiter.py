@@ -57,21 +57,24 @@ class FailureLimiter:
     def __init__(
         self,
         *,
-        per_client: int,
+        per_client: int | None,
         per_address: int,
         window_seconds: float,
         redis_url: str | None = None,
         prefix: str = "recoffer",
+        name: str = "coupon-failures",
     ) -> None:
         from limits import RateLimitItemPerSecond
         from limits.storage import MemoryStorage, RedisStorage, Storage
         from limits.strategies import MovingWindowRateLimiter
 
         window = max(1, math.ceil(window_seconds))
+        # per_client None: counted per address only (the console's sign-in has no key yet)
         self._items: dict[str, RateLimitItem] = {
-            "client": RateLimitItemPerSecond(per_client, window),
-            "address": RateLimitItemPerSecond(per_address, window),
+            "address": RateLimitItemPerSecond(per_address, window)
         }
+        if per_client is not None:
+            self._items["client"] = RateLimitItemPerSecond(per_client, window)
         self.shared = redis_url is not None
         storage: Storage
         if redis_url is None:
@@ -79,7 +82,7 @@ class FailureLimiter:
         else:
             storage = RedisStorage(
                 redis_url,
-                key_prefix=f"{prefix}:coupon-failures",
+                key_prefix=f"{prefix}:{name}",
                 wrap_exceptions=True,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
@@ -95,7 +98,7 @@ class FailureLimiter:
         """
         from limits.errors import StorageError
 
-        keys = (("client", caller.client), ("address", caller.address))
+        keys = self._keys(caller)
         try:
             refused = [
                 (self._items[kind], kind, value)
@@ -113,12 +116,39 @@ class FailureLimiter:
             raise LimiterUnavailable("the coupon failure limiter cannot be reached") from None
         raise TooManyAttempts(max(1, math.ceil(reset - time.time())))
 
+    def _keys(self, caller: Caller) -> list[tuple[str, str]]:
+        pairs = (("client", caller.client), ("address", caller.address))
+        return [(kind, value) for kind, value in pairs if kind in self._items]
+
+    def check(self, caller: Caller) -> None:
+        """Refuse, without counting, a caller that has used its failures up (TooManyAttempts);
+        for an attempt whose success must not be told apart (a sign-in): refused before the
+        key is even compared."""
+        from limits.errors import StorageError
+
+        try:
+            refused = [
+                (self._items[kind], kind, value)
+                for kind, value in self._keys(caller)
+                if not self._limiter.test(self._items[kind], kind, value)
+            ]
+            if not refused:
+                return
+            reset = max(
+                self._limiter.get_window_stats(item, kind, value).reset_time
+                for item, kind, value in refused
+            )
+        except StorageError as exc:
+            log.warning("failure_limiter_unavailable", extra={"error": type(exc).__name__})
+            raise LimiterUnavailable("the failure limiter cannot be reached") from None
+        raise TooManyAttempts(max(1, math.ceil(reset - time.time())))
+
     def clear(self, caller: Caller) -> None:
         """Forget the caller's failures (an operator unblocking a client)."""
         from limits.errors import StorageError
 
         try:
-            for kind, value in (("client", caller.client), ("address", caller.address)):
+            for kind, value in self._keys(caller):
                 self._limiter.clear(self._items[kind], kind, value)
         except StorageError:
             raise LimiterUnavailable("the coupon failure limiter cannot be reached") from None

@@ -7,6 +7,7 @@ app's lifespan runs before the first request (migrations, model load), as in pro
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,10 +85,14 @@ def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="module")
-def served(small_model_root: Path, backend_url: str) -> RouteRecorder:
+def served(
+    small_model_root: Path, backend_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> RouteRecorder:
     """One app per backend; its lifespan starts with the first request of each test."""
+    models = tmp_path_factory.mktemp("schemathesis-models") / "models"
+    shutil.copytree(small_model_root, models)  # POST /v1/model/rollback switches its current
     settings = Settings(
-        model_dir=small_model_root,
+        model_dir=models,
         database_url=backend_url,
         admin_keys=[ADMIN],
         reload_interval_seconds=0,

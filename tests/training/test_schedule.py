@@ -19,7 +19,7 @@ import yaml
 from croniter import croniter
 
 from service.__main__ import parse_args as parse_service_args
-from service.artifact import ModelStore
+from service.artifact import ModelStore, read_runs
 from service.errors import ScheduleError
 from service.settings import Settings
 from training.cli import app
@@ -145,6 +145,13 @@ def test_schedule_command_trains_twice_and_publishes(tmp_path: Path, shop_csv: P
     store = ModelStore(models)
     assert len(store.versions()) == 2
     assert store.current() == store.versions()[-1]
+    # each run recorded once, by the trainer itself; the scheduler adds only the 1 s slots
+    # that a run outlasted, as skipped
+    runs = read_runs(models).runs
+    trained = [r for r in runs if r.by == "train"]
+    assert [r.outcome for r in trained] == ["promoted"] * 2
+    assert [r.version for r in trained] == store.versions()[::-1]
+    assert {(r.outcome, r.by) for r in runs if r not in trained} <= {("skipped", "schedule")}
 
 
 @pytest.mark.parametrize(

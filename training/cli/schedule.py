@@ -54,9 +54,8 @@ def schedule(
     if not train_args:
         raise fail("give the options of `recoffer train` after the schedule's", 2)
     try:  # refuse bad training options now, not at the first run hours later
-        typer.main.get_command(app).commands["train"].make_context(  # type: ignore[attr-defined]
-            "train", list(train_args)
-        )
+        train_command_ = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+        parsed = train_command_.make_context("train", list(train_args))
     except typer.Exit:
         return
     except typer.TyperException as exc:  # typer's own usage errors (unknown option, bad value)
@@ -64,7 +63,12 @@ def schedule(
         raise fail(f"training options: {message}", 2) from None
     configure_logging("INFO")
     scheduler = Scheduler(
-        plan, train_command(train_args), run_now=run_now, max_runs=max_runs, timeout=limit
+        plan,
+        train_command(train_args),
+        run_now=run_now,
+        max_runs=max_runs,
+        timeout=limit,
+        model_dir=parsed.params.get("model_dir"),  # where the runs are recorded
     )
     scheduler.install_signal_handlers()
     err.print(f"retraining {plan.describe()}: recoffer train {' '.join(train_args)}", markup=False)
