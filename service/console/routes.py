@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 
 from service.api.deps import role_of
 from service.charts import CSS
+from service.console import marketing
 from service.console.sessions import Session
 from service.console.web import (
     COOKIE,
@@ -141,4 +142,5 @@ def overview(
     request: Request, session: Annotated[Session, Depends(allowed("marketing"))]
 ) -> HTMLResponse:
     pages = [item for item in NAV[1:] if session.role == "admin" or session.role in item.roles]
-    return page(request, "overview.html", session, title="Overview", pages=pages)
+    figures = marketing.headline(state_of(request))  # marketing's headline figures
+    return page(request, "overview.html", session, title="Overview", pages=pages, figures=figures)
