@@ -17,10 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from service.analytics.service import Analytics
 from service.api.schemas import CohortsOut, LoyaltyOut
 from service.charts import Series, bar_chart, heat_table, line_chart, percent
 from service.console import campaign_form as cf
+from service.console.figures import FiguresCache
 from service.console.sessions import Session
 from service.console.web import allowed, checked_form, page, state_of
 from service.errors import InvalidInput, RecofferError, UnknownCampaign, kind_of
@@ -540,10 +540,8 @@ def loyalty(
     request: Request, session: Marketing, period: str | None = None, segment: str | None = None
 ) -> HTMLResponse:
     chosen, chosen_segment, problem = _filters(period, segment)
-    analytics = Analytics(state_of(request).repository.engine)
-    report = LoyaltyOut.model_validate(
-        analytics.loyalty("week" if chosen == "week" else "month", None, None, chosen_segment)
-    )
+    figures = figures_of(request).loyalty("week" if chosen == "week" else "month", chosen_segment)
+    report = LoyaltyOut.model_validate(figures.result)
     rows = report.periods
     labels = [r.period for r in rows]
     currencies = sorted({c for r in rows for c in (*r.average_order_value, *r.lifetime_value)})
@@ -626,14 +624,15 @@ def loyalty(
         rows=rows,
         currencies=currencies,
         rate=_rate,
+        computed_at=figures.computed_at,
     )
 
 
 @router.get("/cohorts", response_class=HTMLResponse)
 def cohort_matrix(request: Request, session: Marketing, segment: str | None = None) -> HTMLResponse:
     _, chosen_segment, problem = _filters(None, segment)
-    analytics = Analytics(state_of(request).repository.engine)
-    matrix = CohortsOut.model_validate(analytics.cohorts(None, None, chosen_segment))
+    figures = figures_of(request).cohorts(chosen_segment)
+    matrix = CohortsOut.model_validate(figures.result)
     width = max((len(c.share) for c in matrix.cohorts), default=0)
     grid = heat_table(
         [
@@ -655,7 +654,23 @@ def cohort_matrix(request: Request, session: Marketing, segment: str | None = No
         segments=SEGMENTS,
         grid=grid,
         matrix=matrix,
+        computed_at=figures.computed_at,
     )
+
+
+def figures_of(request: Request) -> FiguresCache:
+    """This worker's loyalty and cohort figures (``console.figures``), made on first use."""
+    engine = state_of(request).repository.engine
+    cache: FiguresCache | None = getattr(request.app.state, "console_figures", None)
+    if cache is None or cache.engine is not engine:
+        cache = FiguresCache(engine)
+        request.app.state.console_figures = cache
+    return cache
+
+
+def warm(request: Request) -> None:
+    """Compute the loyalty and cohort pages' default views (a background task)."""
+    figures_of(request).warm()
 
 
 def headline(state: AppState) -> list[tuple[str, str]]:

@@ -503,3 +503,23 @@ def test_the_overview_has_marketings_headline_figures(shop: TestClient) -> None:
     text = _text(shop.get("/console").text)
     assert "Campaigns deciding now 1" in text
     assert "Users with a segment 0" in text
+
+
+def test_kept_loyalty_figures_follow_a_new_purchase(shop: TestClient) -> None:
+    _orders(shop)
+    sign_in(shop, "marketing")
+    before = shop.get("/console/loyalty")
+    orders = sum(int(n) for n in _figure(before.text, "orders"))
+    assert orders == sum(
+        p["orders"] for p in shop.get("/v1/analytics/loyalty", headers=M).json()["periods"]
+    )
+    late = {
+        "user_id": "c0",
+        "type": "purchase",
+        "item_id": "i00003",
+        "order_id": "late",
+        "timestamp": "2026-10-30T10:00:00+00:00",
+    }
+    assert shop.post("/v1/events", json=late, headers=F).status_code == 200
+    after = shop.get("/console/loyalty")
+    assert sum(int(n) for n in _figure(after.text, "orders")) == orders + 1
