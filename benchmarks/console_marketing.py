@@ -4,9 +4,12 @@ The demo shop of ``recoffer demo`` (preset ``demo``: 5,000 users, 150,000 purcha
 users' views) is generated and seeded into a fresh SQLite database under ``var/bench`` (not
 timed; no model is trained, the pages read none), its segments computed, a win-back campaign
 created and both it and the built-in campaign swept, so the campaigns have decisions and
-coupons. Then each marketing page is fetched ``--repeats`` times through the app in process
-(signed in as marketing), and the median time from request to the whole HTML received is
-reported (the browser test reports the time to first render on a real server).
+coupons. Then each marketing page is fetched ``1 + --repeats`` times through the app in
+process (signed in as marketing): the first fetch, and the median of the others, from request
+to the whole HTML received (the browser test reports the time to first render on a real
+server). The first fetch of the loyalty and cohort pages computes their figures
+(``console.figures``); the overview, fetched last, warms them for later visitors (in process the
+client waits for that background task, so its first fetch includes it).
 
     python -m benchmarks.console_marketing
 """
@@ -26,8 +29,7 @@ from service.settings import Settings
 
 KEY = "bench-marketing-key-0123456789"
 FRONTEND = "bench-frontend-key-0123456789"
-PAGES = (
-    "/console",
+PAGES = (  # the overview last: it warms the loyalty and cohort figures after answering
     "/console/campaigns",
     "/console/campaigns/new?kind=win_back",
     "/console/campaigns/come_back",
@@ -36,6 +38,7 @@ PAGES = (
     "/console/loyalty",
     "/console/loyalty?period=week",
     "/console/cohorts",
+    "/console",
 )
 
 
@@ -83,7 +86,7 @@ def main() -> None:
         reload_interval_seconds=0,
         offer_metrics_seconds=0,
         access_log=False,
-    )  # type: ignore[call-arg]
+    )
     rows = []
     with TestClient(create_app(settings)) as client:
         headers = {"X-API-Key": KEY}
@@ -94,7 +97,7 @@ def main() -> None:
         for path in PAGES:
             times = []
             size = 0
-            for _ in range(args.repeats):
+            for _ in range(args.repeats + 1):
                 started = time.perf_counter()
                 answer = client.get(path)
                 times.append(time.perf_counter() - started)
@@ -103,12 +106,14 @@ def main() -> None:
             rows.append(
                 {
                     "page": path,
-                    "median_ms": round(median(times) * 1000, 1),
-                    "max_ms": round(max(times) * 1000, 1),
+                    "first_ms": round(times[0] * 1000, 1),
+                    "median_ms": round(median(times[1:]) * 1000, 1),
+                    "max_ms": round(max(times[1:]) * 1000, 1),
                     "kib": round(size / 1024, 1),
                 }
             )
-            print(f"{path:45s} {rows[-1]['median_ms']:8.1f} ms  {rows[-1]['kib']:7.1f} KiB")
+            r = rows[-1]
+            print(f"{path:45s} {r['first_ms']:8.1f} {r['median_ms']:8.1f} ms {r['kib']:7.1f} KiB")
     data = {
         "repeats": args.repeats,
         "seeding_seconds": round(seeding, 1),
@@ -132,15 +137,20 @@ def render(doc: dict[str, Any]) -> list[str]:
         "",
         "Each page of marketing fetched in process (TestClient, signed in as marketing) on the "
         "demo shop (5,000 users, 150,000 purchases) on SQLite, after its segments were computed "
-        f"and two campaigns swept ({sweeps}); the time from request to the whole page, median "
-        f"of {doc['repeats']} fetches. The browser test reports the time to first render.",
+        f"and two campaigns swept ({sweeps}); the time from request to the whole page: the "
+        f"first fetch, and the median of {doc['repeats']} later ones. The first fetch of "
+        "loyalty and cohorts computes their figures over every purchase (`Analytics`); later "
+        "ones reuse them while no purchase arrives, and the overview warms them after it "
+        "answers (its first fetch here includes that, as the in-process client waits for it). "
+        "The browser test reports the time to first render.",
         "",
-        "| page | median ms | max ms | KiB |",
-        "|---|---:|---:|---:|",
+        "| page | first fetch ms | median ms (later) | max ms (later) | KiB |",
+        "|---|---:|---:|---:|---:|",
     ]
     for row in doc["pages"]:
         out.append(
-            f"| `{row['page']}` | {row['median_ms']:,.1f} | {row['max_ms']:,.1f} | {row['kib']} |"
+            f"| `{row['page']}` | {row['first_ms']:,.1f} | {row['median_ms']:,.1f} | "
+            f"{row['max_ms']:,.1f} | {row['kib']} |"
         )
     out.append("")
     return out

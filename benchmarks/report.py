@@ -407,6 +407,7 @@ def main() -> None:
         backtest_kinds,
         campaign_store,
         concurrency,
+        console_marketing,
         import_online_retail,
         lifecycle_sweep,
         money,
@@ -442,6 +443,7 @@ def main() -> None:
         ("segments", segments.render),  # issue 12, item 1
         ("segments_online_retail", segments_online_retail.render),
         ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
+        ("console_marketing", console_marketing.render),  # issue 13, item 2
     ):
         doc = _load(name)
         if doc is not None:

@@ -350,15 +350,13 @@ def _campaign_page(
     kind = cf.kind_of(s.kind)
     own, common = cf.fields_of(kind) if kind else ([], [])
     definition = view.definition
-    shown = {f.name: definition.get(f.name) for f in [*own, *common]}
-    current = {
-        name: (
-            value
-            if isinstance(value, list)
-            else ("" if name not in definition else cf.shown(value))
-        )
-        for name, value in shown.items()
-    }
+    current: dict[str, Any] = {}
+    for f in [*own, *common]:
+        value = definition.get(f.name)
+        if f.widget == "segments":
+            current[f.name] = list(value or [])
+        else:
+            current[f.name] = cf.shown(value) if f.name in definition else ""
     changes = state.campaign_store.history(s.campaign_id, limit=1000)
     return page(
         request,
