@@ -2,11 +2,11 @@
 unchanged.
 
 ``Analytics`` reads every purchase line to compute them (seconds on a shop of 150,000
-purchases), so each result is kept with the version of its data: the count and the highest id
-of the purchase events, and for a segment filter the count and newest ``computed_at`` of the
-segment rows. A page reuses a result whose data has not moved since, and the overview page
-warms the default views after its answer is sent; one computation per view at a time (a second
-request waits for it rather than starting another).
+purchases), so each result is kept with the version of its data: the newest purchase event,
+the number of erasures and, for a segment filter, the latest segment run. A page reuses a
+result whose data has not moved since, for at most ``MAX_AGE``; the overview page warms the
+default views after its answer is sent; one computation per view at a time (a second request
+waits for it rather than starting another).
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from service.analytics.loyalty import Period
 from service.analytics.service import Analytics
-from service.tables import events, user_segments
+from service.tables import erased_users, events, segment_runs
 
 Key = tuple[str, str, str | None]  # (loyalty | cohorts, period, segment)
+# a result is computed again after this long even when its data version has not moved: a
+# purchase committed out of id order (PostgreSQL) or a user re-segmented between runs shows
+MAX_AGE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -34,16 +37,19 @@ class Figures:
 
 
 def data_version(engine: Engine, segment: str | None) -> tuple[Any, ...]:
-    """What the figures depend on, cheaply: purchases (and segment rows for a filter)."""
-    e, s = events.c, user_segments.c
+    """What the figures depend on, in reads that stop at once: the newest purchase event, the
+    erasures (the only way events are deleted) and, for a segment filter, the latest segment
+    run."""
+    e = events.c
     with engine.connect() as conn:
-        purchases = conn.execute(
-            select(func.count(), func.max(e.id)).where(e.type == "purchase")
-        ).one()
-        version: tuple[Any, ...] = (int(purchases[0]), purchases[1])
+        newest = conn.execute(
+            select(e.id).where(e.type == "purchase").order_by(e.id.desc()).limit(1)
+        ).scalar()
+        erased = conn.execute(select(func.count()).select_from(erased_users)).scalar()
+        version: tuple[Any, ...] = (newest, erased)
         if segment is not None:
-            rows = conn.execute(select(func.count(), func.max(s.computed_at))).one()
-            version += (int(rows[0]), rows[1])
+            run = conn.execute(select(func.max(segment_runs.c.id))).scalar()
+            version += (run,)
     return version
 
 
@@ -61,14 +67,24 @@ class FiguresCache:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
+    @staticmethod
+    def _fresh(kept: Figures | None, version: tuple[Any, ...]) -> bool:
+        return (
+            kept is not None
+            and kept.version == version
+            and datetime.now(UTC) - kept.computed_at < MAX_AGE
+        )
+
     def _get(self, key: Key, compute: Callable[[], dict[str, Any]]) -> Figures:
         version = data_version(self.engine, key[2])
         kept = self._kept.get(key)
-        if kept is not None and kept.version == version:
+        if self._fresh(kept, version):
+            assert kept is not None
             return kept
         with self._lock(key):
             kept = self._kept.get(key)  # computed meanwhile by the request we waited for
-            if kept is not None and kept.version == version:
+            if self._fresh(kept, version):
+                assert kept is not None
                 return kept
             figures = Figures(compute(), datetime.now(UTC), version)
             self._kept[key] = figures
