@@ -20,12 +20,12 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -457,3 +457,32 @@ def processes_at_once(
         assert w.returncode == 0, f"a worker exited {w.returncode}"
         outcomes.update(json.loads(out))
     return outcomes
+
+
+# --- a real browser (the offline-docs and console tests, the console benchmark) ------------
+
+# Debian's chromium as root on a closed network: without the background-networking flags it
+# tries Google's hosts at every start (machine notes of the `env` entry)
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOCAL_SCHEMES = ("data:", "blob:", "about:")  # no network
+
+
+def requests_outside(requests: Iterable[Any], base_url: str) -> list[str]:
+    """The URLs of Playwright requests that went anywhere but ``base_url`` (a request the
+    page's CSP refused never left, and is not counted)."""
+    return [
+        r.url
+        for r in requests
+        if not r.url.startswith(f"{base_url}/")
+        and not r.url.startswith(LOCAL_SCHEMES)
+        and r.failure != "csp"
+    ]

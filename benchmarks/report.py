@@ -408,6 +408,7 @@ def main() -> None:
         campaign_store,
         concurrency,
         console_marketing,
+        console_pages,
         import_online_retail,
         lifecycle_sweep,
         money,
@@ -444,6 +445,7 @@ def main() -> None:
         ("segments_online_retail", segments_online_retail.render),
         ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
         ("console_marketing", console_marketing.render),  # issue 13, item 2
+        ("console_pages", console_pages.render),  # issue 13, items 2 and 3
     ):
         doc = _load(name)
         if doc is not None:

@@ -30,7 +30,9 @@ CSS = "\n".join(
     [
         ".chart { margin: 0 0 1.5rem; max-width: 100%; }",
         ".chart figcaption { font-weight: 600; margin-bottom: 0.25rem; }",
-        ".chart svg { width: 100%; height: auto; display: block; }",
+        ".chart-scroll { overflow-x: auto; }",
+        # below 30rem the chart scrolls sideways rather than shrinking its text unreadably
+        ".chart-scroll > svg { width: 100%; min-width: 30rem; height: auto; display: block; }",
         ".chart .grid { stroke: #d0d0d0; stroke-width: 1; }",
         ".chart .axis, .chart .value { font: 11px system-ui, sans-serif; fill: #333; }",
         ".chart .chart-empty { font: 14px system-ui, sans-serif; fill: #555; color: #555; }",
@@ -116,16 +118,16 @@ def line_chart(
         raise ValueError("every series needs one value per label")
     figures = [v for s in series for v in s.values if v is not None]
     head = (
-        f'<figure class="chart"><figcaption>{escape(title)}</figcaption>'
+        f'<figure class="chart"><figcaption>{escape(title)}</figcaption><div class="chart-scroll">'
         f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
         f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">'
     )
     if not figures or not labels:
         return (
             head + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" '
-            'class="chart-empty">No figures yet</text></svg></figure>'
+            'class="chart-empty">No figures yet</text></svg></div></figure>'
         )
-    left, right, top, bottom = 64, 12, 12, 40
+    left, right, top, bottom = 64, 40, 12, 40
     ticks = _ticks(min(0.0, *figures), max(figures))
     low, high = ticks[0], ticks[-1]
     span_x = max(len(labels) - 1, 1)
@@ -148,7 +150,7 @@ def line_chart(
         )
     every = max(1, -(-len(labels) // 8))  # at most about 8 x labels, evenly spaced
     for i, label in enumerate(labels):
-        if i % every == 0 or i == len(labels) - 1:
+        if i % every == 0:
             parts.append(
                 f'<text x="{x_of(i):.1f}" y="{height - bottom + 16}" text-anchor="middle" '
                 f'class="axis">{escape(label)}</text>'
@@ -176,7 +178,7 @@ def line_chart(
             if value is not None:
                 tip = f"{line.name}, {labels[i]}: {fmt(value)}"
                 parts.append(_marker(shape, x_of(i), y_of(value), colour, tip))
-    parts.append("</svg>")
+    parts.append("</svg></div>")
     parts.append('<ul class="legend">')
     for n, line in enumerate(series):
         colour, dash, shape = (
@@ -210,8 +212,8 @@ def bar_chart(
     top = max((value for _, value in bars), default=0.0) or 1.0
     parts = [
         head,
-        f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
-        'xmlns="http://www.w3.org/2000/svg">',
+        f'<div class="chart-scroll"><svg viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
     ]
     for i, (label, value) in enumerate(bars):
         y = 4 + i * row
@@ -224,7 +226,7 @@ def bar_chart(
             f'<text x="{left + length + 6:.1f}" y="{y + 15}" class="value">'
             f"{escape(fmt(value))}</text>"
         )
-    parts.append("</svg></figure>")
+    parts.append("</svg></div></figure>")
     return "".join(parts)
 
 

@@ -39,6 +39,9 @@ from prometheus_client.registry import Collector
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable, read at its import
 
+# the reasons of recoffer_event_write_failures_total (service.activity.ingest.write_failure)
+EVENT_WRITE_FAILURES = ("database_unavailable", "refused", "error")
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -192,6 +195,29 @@ class Metrics:
             ["state"],
             registry=r,
             multiprocess_mode="livemostrecent",  # every worker counts the same database
+        )
+        # issue 13, item 4: what the alert rules under deploy/prometheus/ need besides the above
+        self.event_write_failures = Counter(
+            "recoffer_event_write_failures_total",
+            "Events not stored because their write failed, by reason (database_unavailable, "
+            "refused: a value the database refused, error: anything else)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in EVENT_WRITE_FAILURES:  # at 0 from the start, so rate() sees the first
+            self.event_write_failures.labels(reason)
+        self.webhook_oldest_pending = Gauge(
+            "recoffer_webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook event not delivered yet and not dead (0: none pending)",
+            registry=r,
+            multiprocess_mode="livemostrecent",  # every worker reads the same outbox
+        )
+        self.campaign_active_until = Gauge(
+            "recoffer_campaign_active_until_timestamp_seconds",
+            "When a campaign stops (its active_until, Unix time; 0: no end)",
+            ["campaign"],
+            registry=r,
+            multiprocess_mode="livemostrecent",  # every worker reads the same definitions
         )
         if self.shared is None:  # this process alone: its own process and interpreter figures
             ProcessCollector(registry=r)

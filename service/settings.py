@@ -302,6 +302,13 @@ class Settings(BaseSettings):
     webhook_expiring_scan_seconds: float = Field(
         60.0, gt=0, description="How often coupons are scanned for coupon.expiring."
     )
+    webhook_retention_days: float = Field(
+        30.0,
+        ge=0,
+        le=3650,
+        description="Delivered and dead webhook events, and the log of delivery attempts, are "
+        "deleted once this many days old (0: kept for ever). Longer than the expiring lead.",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -322,6 +329,17 @@ class Settings(BaseSettings):
         if secret is not None and len(secret.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return secret
+
+    @field_validator("webhook_retention_days")
+    @classmethod
+    def _webhook_retention(cls, days: float, info: ValidationInfo) -> float:
+        lead = info.data.get("webhook_expiring_lead_hours")
+        if days and lead is not None and days * 24 <= lead:
+            # an expiring event pruned before its coupon expires could be announced again
+            raise ValueError(
+                "must be longer than RECOFFER_WEBHOOK_EXPIRING_LEAD_HOURS (or 0: keep for ever)"
+            )
+        return days
 
     @field_validator("webhook_backoff_max_seconds")
     @classmethod

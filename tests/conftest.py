@@ -50,6 +50,21 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool (Debian's prometheus package, or RECOFFER_PROMTOOL); skips (fails
+    in CI) when absent. Checks the alert rules under deploy/prometheus (issue 13, item 4)."""
+    import shutil
+
+    path = os.environ.get("RECOFFER_PROMTOOL") or shutil.which("promtool") or ""
+    require_or_skip(
+        bool(path) and Path(path).is_file(),
+        "promtool not found (apt-get install prometheus, or RECOFFER_PROMTOOL=path)",
+        "RECOFFER_REQUIRE_PROMTOOL",
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_shop() -> SyntheticShop:
     return generate_shop(spec_for("tiny"))
 

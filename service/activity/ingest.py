@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from service.activity.records import (
@@ -29,6 +30,7 @@ from service.activity.records import (
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
 from service.clock import Clock
+from service.db import is_outage
 from service.errors import BatchTooLarge, InvalidInput, UserErased
 from service.metrics import Metrics
 
@@ -73,6 +75,15 @@ def refuse_future(moment: datetime, now: datetime, field: str) -> None:
     """InvalidInput naming ``field`` when ``moment`` is more than MAX_FUTURE after ``now``."""
     if moment - now > MAX_FUTURE:
         raise InvalidInput(field, f"{moment.isoformat()} is more than {MAX_FUTURE} in the future")
+
+
+def write_failure(exc: BaseException) -> str:
+    """The ``reason`` label of an event write that raised ``exc``."""
+    if is_outage(exc):
+        return "database_unavailable"  # locked, unreachable, timed out: the client may retry
+    if isinstance(exc, DataError):
+        return "refused"  # a value the database would not take (answered 422)
+    return "error"
 
 
 class Ingest:
@@ -133,7 +144,11 @@ class Ingest:
                     currency=d.currency,
                 )
             )
-        result = await run_in_threadpool(self.repository.add_events, events)
+        try:
+            result = await run_in_threadpool(self.repository.add_events, events)
+        except Exception as exc:  # counted for the alerts, then answered as before (503, 422)
+            self.metrics.event_write_failures.labels(write_failure(exc)).inc(len(events))
+            raise
         self.activity.add(result.stored, from_tail=False)  # this worker sees its own writes now
         for stored in result.stored:
             self.metrics.events.labels(stored.type).inc()

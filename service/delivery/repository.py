@@ -25,6 +25,7 @@ from service.offers.repository.coupons import CouponRecord, coupon_of_row
 from service.tables import UTCDateTime, coupons, webhook_deliveries, webhook_events
 
 EXPIRING_BATCH = 1000  # coupons per scan transaction
+PRUNE_BATCH = 5000  # rows per delete transaction: short locks, even after a long outage
 ERROR_LENGTH = 300
 CouponState = Literal["active", "redeemed", "expired"]
 
@@ -185,12 +186,53 @@ class DeliveryRepository:
 
     def backlog(self) -> dict[str, int]:
         """Events not delivered, by state (``pending``, ``dead``)."""
+        return self.backlog_and_oldest()[0]
+
+    def backlog_and_oldest(self) -> tuple[dict[str, int], datetime | None]:
+        """:meth:`backlog`, and when the oldest pending event was written (None: none is).
+
+        One query over the undelivered rows, as the backlog alone read them.
+        """
         e = webhook_events
-        query = select(e.c.state, func.count()).where(e.c.state != "delivered").group_by(e.c.state)
+        query = (
+            select(e.c.state, func.count(), func.min(e.c.created_at))
+            .where(e.c.state != "delivered")
+            .group_by(e.c.state)
+        )
         out = {"pending": 0, "dead": 0}
+        oldest: datetime | None = None
         with self.engine.connect() as conn:
-            out.update({str(s): int(n) for s, n in conn.execute(query)})
-        return out
+            for state, count, first in conn.execute(query):
+                out[str(state)] = int(count)
+                if state == "pending":
+                    oldest = first
+        return out, oldest
+
+    def prune(self, before: datetime) -> int:
+        """Delete the events that are done (delivered or dead) and were written before
+        ``before``, and the attempts logged before it; how many rows went.
+
+        A pending event is never deleted, however old: it is still owed to the shop. In
+        batches of :data:`PRUNE_BATCH` rows, each its own transaction.
+        """
+        e, d = webhook_events, webhook_deliveries
+        old_events = (
+            select(e.c.id)
+            .where(e.c.state.in_(("delivered", "dead")), e.c.created_at < before)
+            .limit(PRUNE_BATCH)
+        )
+        old_attempts = select(d.c.id).where(d.c.at < before).limit(PRUNE_BATCH)
+        deleted = 0
+        for table, query in ((e, old_events), (d, old_attempts)):
+            while True:
+                with self.base.writing() as conn:
+                    ids = list(conn.execute(query).scalars())
+                    if ids:
+                        conn.execute(table.delete().where(table.c.id.in_(ids)))
+                deleted += len(ids)
+                if len(ids) < PRUNE_BATCH:
+                    break
+        return deleted
 
     def scan_expiring(self, now: datetime, lead: timedelta) -> int:
         """Write ``coupon.expiring`` for unredeemed coupons expiring within ``lead``; how many.

@@ -45,6 +45,8 @@ class SenderConfig:
     poll_seconds: float = 1.0
     expiring_lead: timedelta = timedelta(hours=6)
     scan_seconds: float = 60.0
+    retention: timedelta | None = timedelta(days=30)  # None: delivered events kept for ever
+    prune_seconds: float = 3600.0
 
     @property
     def lease(self) -> timedelta:
@@ -67,6 +69,11 @@ class SenderConfig:
             poll_seconds=settings.webhook_poll_seconds,
             expiring_lead=timedelta(hours=settings.webhook_expiring_lead_hours),
             scan_seconds=settings.webhook_expiring_scan_seconds,
+            retention=(
+                timedelta(days=settings.webhook_retention_days)
+                if settings.webhook_retention_days
+                else None
+            ),
         )
 
 
@@ -108,6 +115,7 @@ class Sender:
         self.transport = transport
         self._client: httpx.AsyncClient | None = None  # made on the loop that uses it
         self._scanned_at: datetime | None = None
+        self._pruned_at: datetime | None = None
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -198,11 +206,27 @@ class Sender:
             self.repository.scan_expiring, now, self.config.expiring_lead
         )
 
+    async def prune_if_due(self) -> int:
+        """Delete what is past the retention, at most every ``prune_seconds``; rows deleted.
+
+        Every worker may run it: the deletes are idempotent, in small batches.
+        """
+        if self.config.retention is None:
+            return 0
+        now = self.clock()
+        every = timedelta(seconds=self.config.prune_seconds)
+        if self._pruned_at is not None and now - self._pruned_at < every:
+            return 0
+        self._pruned_at = now
+        return await run_in_threadpool(self.repository.prune, now - self.config.retention)
+
     async def refresh_backlog(self) -> dict[str, int]:
-        backlog = await run_in_threadpool(self.repository.backlog)
+        backlog, oldest = await run_in_threadpool(self.repository.backlog_and_oldest)
         if self.metrics is not None:
             for state, count in backlog.items():
                 self.metrics.webhook_backlog.labels(state).set(count)
+            age = 0.0 if oldest is None else (self.clock() - oldest).total_seconds()
+            self.metrics.webhook_oldest_pending.set(max(0.0, age))
         return backlog
 
     async def run(self) -> None:
@@ -212,6 +236,7 @@ class Sender:
             sent = 0
             try:
                 await self.scan_if_due()
+                await self.prune_if_due()
                 sent = await self.send_due()
                 await self.refresh_backlog()
                 failing = False

@@ -198,6 +198,10 @@ class Reports:
             for state in COUPON_STATES:
                 metrics.coupons.labels(campaign_id, state).set(counts.get((campaign_id, state), 0))
         for campaign in self.campaigns.values():
+            # when the total budget must last until (the budget-burn alert); 0: no end
+            until = campaign.active_until
+            ends = 0.0 if until is None else until.timestamp()
+            metrics.campaign_active_until.labels(campaign.campaign_id).set(ends)
             if campaign.max_total is None and campaign.max_per_day is None:
                 continue
             used = self.repository.budget_used(campaign.campaign_id, now)

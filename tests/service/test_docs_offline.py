@@ -16,21 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.harness import Server
+from benchmarks.harness import BROWSER_ARGS, Server, requests_outside
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "frontend-key-0123456789"
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-LOCAL_SCHEMES = ("data:", "blob:", "about:")  # no network
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +68,7 @@ def _operations(server: Server) -> list[dict[str, Any]]:
 
 
 def _outside(requests: list[Any], server: Server) -> list[str]:
-    """Requests that left the browser for anywhere but the server (a CSP refusal never does)."""
-    return [
-        r.url
-        for r in requests
-        if not r.url.startswith(f"{server.url}/")
-        and not r.url.startswith(LOCAL_SCHEMES)
-        and r.failure != "csp"
-    ]
+    return requests_outside(requests, server.url)
 
 
 def test_swagger_ui_shows_every_operation_and_authorizes_with_a_key(

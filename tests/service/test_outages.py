@@ -93,6 +93,9 @@ def test_postgres_outage_keeps_recommendations_and_loses_no_accepted_event(
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "database_unavailable"
             assert client.get(f"/v1/users/{user}/recommendations", headers=H).status_code == 200
+        # counted for the alert on event write failures (issue 13, item 4)
+        failures = 'recoffer_event_write_failures_total{reason="database_unavailable"} 5.0'
+        assert failures in client.get("/metrics").text
         proxy.restore()
         deadline = time.monotonic() + 10
         status = 0

@@ -4,16 +4,20 @@ and on PostgreSQL, with the clock moved by the test."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.harness import all_at_once
 from service.delivery.events import body, sign, verify
 from service.delivery.repository import DeliveryRepository
 from service.delivery.sender import backoff
+from service.metrics import Metrics
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
 
@@ -192,3 +196,73 @@ def test_the_readmes_verification_snippet_accepts_our_signature_and_nothing_else
     assert scope["verified"](SECRET, header, payload)
     assert not scope["verified"](SECRET, header, payload.replace(b"o-1", b"o-2"))
     assert not scope["verified"](SECRET, sign(SECRET, int(time.time()) - 600, payload), payload)
+
+
+def test_done_events_and_their_log_go_after_the_retention_pending_ones_stay(
+    offers: OfferEngine, receiver: Receiver, clock: Clock
+) -> None:
+    issue(offers, "u-old")  # delivered at once
+    sender = make_sender(offers, receiver.url, clock, retention=timedelta(days=30))
+    step(sender)
+    receiver.answer = lambda _: 500
+    issue(offers, "u-owed")  # failing: stays pending however old it gets
+    step(sender)
+    clock.advance(days=29)
+    assert asyncio.run(sender.prune_if_due()) == 0  # nothing is 30 days old yet
+    clock.advance(days=2)
+    assert asyncio.run(sender.prune_if_due()) == 3  # the delivered event and both attempts
+    assert asyncio.run(sender.prune_if_due()) == 0  # not again within the hour
+    [left] = rows(offers)
+    assert (left["user_id"], left["state"]) == ("u-owed", "pending")
+    assert DeliveryRepository(offers.repository.base).deliveries() == []
+    receiver.answer = lambda _: 200
+    clock.advance(hours=1)
+    assert step(sender) == 1  # still delivered once the receiver answers
+
+
+def test_without_a_retention_nothing_is_pruned(
+    offers: OfferEngine, receiver: Receiver, clock: Clock
+) -> None:
+    issue(offers, "u-kept")
+    sender = make_sender(offers, receiver.url, clock, retention=None)
+    step(sender)
+    clock.advance(days=3650)
+    assert asyncio.run(sender.prune_if_due()) == 0
+    assert len(rows(offers)) == 1
+
+
+def test_a_retention_shorter_than_the_expiring_lead_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="longer than RECOFFER_WEBHOOK_EXPIRING_LEAD"):
+        Settings(auth_disabled=True, webhook_retention_days=0.1)  # 2.4 h against 6 h
+    assert Settings(auth_disabled=True, webhook_retention_days=0).webhook_retention_days == 0
+
+
+def test_the_backlog_gauges_say_what_waits_and_since_when(
+    offers: OfferEngine, clock: Clock, receiver: Receiver
+) -> None:
+    """Issue 13, item 4: the oldest pending event's age, for the alert on an old backlog."""
+    metrics = Metrics()
+    sender = make_sender(offers, receiver.url, clock)
+    sender.metrics = metrics
+
+    def gauges() -> tuple[float, float | None]:
+        asyncio.run(sender.refresh_backlog())
+        pending = metrics.registry.get_sample_value(
+            "recoffer_webhook_backlog", {"state": "pending"}
+        )
+        age = metrics.registry.get_sample_value("recoffer_webhook_oldest_pending_age_seconds")
+        assert age is not None
+        return age, pending
+
+    assert gauges() == (0.0, 0.0)
+    issue(offers, "u-old")
+    clock.advance(minutes=5)
+    issue(offers, "u-new")
+    clock.advance(minutes=10)
+    assert gauges() == (15 * 60.0, 2.0)  # since the first coupon's event was written
+    assert step(sender) == 2
+    assert gauges() == (0.0, 0.0)
