@@ -5,8 +5,8 @@ unchanged.
 purchases), so each result is kept with the version of its data: the newest purchase event,
 the number of erasures and, for a segment filter, the latest segment run. A page reuses a
 result whose data has not moved since, for at most ``MAX_AGE``; the overview page warms the
-default views after its answer is sent; one computation per view at a time (a second request
-waits for it rather than starting another).
+unfiltered views (loyalty per month and per week, cohorts) after its answer is sent; one
+computation per view at a time (a second request waits for it rather than starting another).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from service.analytics.loyalty import Period
+from service.analytics.loyalty import Period, cohorts, loyalty
+from service.analytics.orders import read_lines
 from service.analytics.service import Analytics
 from service.tables import erased_users, events, segment_runs
 
@@ -104,6 +105,24 @@ class FiguresCache:
         )
 
     def warm(self) -> None:
-        """Compute the pages' default views now (after an answer, out of a request's way)."""
-        self.loyalty("month", None)
-        self.cohorts(None)
+        """Compute the pages' unfiltered views now (after an answer, out of a request's way):
+        the purchase lines read once for the three of them, each then computed by the same
+        functions ``Analytics`` calls (with no range it reads every line, as here)."""
+        keys: list[Key] = [("loyalty", "month", None), ("loyalty", "week", None)]
+        keys.append(("cohorts", "month", None))
+        locks = [self._lock(key) for key in keys]  # always in this order: no deadlock
+        for lock in locks:
+            lock.acquire()
+        try:
+            version = data_version(self.engine, None)
+            missing = [k for k in keys if not self._fresh(self._kept.get(k), version)]
+            if not missing:
+                return
+            lines = list(read_lines(self.engine))
+            for key in missing:
+                period: Period = "week" if key[1] == "week" else "month"
+                result = cohorts(lines) if key[0] == "cohorts" else loyalty(lines, period)
+                self._kept[key] = Figures(result, datetime.now(UTC), version)
+        finally:
+            for lock in reversed(locks):
+                lock.release()

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.schemas import CohortsOut, LoyaltyOut
 from service.app import create_app
 from service.charts import percent
+from service.console.figures import FiguresCache
 from service.offers.history import History
 from service.offers.repository.history import HistoryRepository
 from service.offers.rules import in_holdout
@@ -523,3 +525,19 @@ def test_kept_loyalty_figures_follow_a_new_purchase(shop: TestClient) -> None:
     assert shop.post("/v1/events", json=late, headers=F).status_code == 200
     after = shop.get("/console/loyalty")
     assert sum(int(n) for n in _figure(after.text, "orders")) == orders + 1
+
+
+def test_the_warmed_figures_are_the_apis(shop: TestClient) -> None:
+    _orders(shop)
+    state = shop.app.state.recoffer  # type: ignore[attr-defined]
+    cache = FiguresCache(state.repository.engine)
+    cache.warm()
+    for period in ("month", "week"):
+        api = shop.get(f"/v1/analytics/loyalty?period={period}", headers=M).json()
+        assert (
+            LoyaltyOut.model_validate(cache.loyalty(period, None).result).model_dump(mode="json")
+            == api
+        )
+    assert CohortsOut.model_validate(cache.cohorts(None).result).model_dump(mode="json") == (
+        shop.get("/v1/analytics/cohorts", headers=M).json()
+    )
