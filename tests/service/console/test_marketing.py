@@ -148,6 +148,10 @@ def test_the_last_day_of_the_results_is_the_stats_total(
         stats = client.get(f"/v1/campaigns/{CAMPAIGN}/stats", headers=M).json()
         state = client.app.state.recoffer  # type: ignore[attr-defined]
         history = History(HistoryRepository(state.repository), clock).results(CAMPAIGN)
+        latest = History(HistoryRepository(state.repository), clock).results(CAMPAIGN, max_days=2)
+    assert [d.day for d in latest.days] == ["2026-11-22", "2026-11-23"]
+    assert latest.first_day == "2026-11-20"  # the days before still count
+    assert latest.days[-1] == history.days[-1]
     days = history.days
     assert [d.day for d in days] == ["2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"]
     last = days[-1]
@@ -270,6 +274,13 @@ def test_create_pause_resume_and_archive_through_the_forms(shop: TestClient) -> 
     assert shop.get("/v1/campaigns/come_back", headers=M).json()["status"] == "archived"
     history = shop.get("/v1/campaigns/come_back/history", headers=M).json()["changes"]
     assert [c["action"] for c in history] == ["create", "pause", "resume", "archive"]
+    archived = shop.get("/console/campaigns/come_back")
+    assert "status: archived" in archived.text
+    assert "/pause" not in archived.text
+    assert "/edit" not in archived.text
+    again = shop.post("/console/campaigns/come_back/resume", data={"csrf": csrf})
+    assert again.status_code == 409  # archived for good: a page saying so, not a 500
+    assert "archived" in again.text
     fingerprint = history[0]["actor"]
     assert fingerprint.startswith("marketing:")  # the key's fingerprint, as the API records it
 
@@ -540,4 +551,21 @@ def test_the_warmed_figures_are_the_apis(shop: TestClient) -> None:
         )
     assert CohortsOut.model_validate(cache.cohorts(None).result).model_dump(mode="json") == (
         shop.get("/v1/analytics/cohorts", headers=M).json()
+    )
+
+
+def test_an_edit_of_a_version_changed_meanwhile_is_refused(shop: TestClient) -> None:
+    csrf = sign_in(shop, "marketing")
+    page = shop.get(f"/console/campaigns/{CAMPAIGN}")
+    version = hidden(page.text, "version")
+    r = shop.patch(f"/v1/campaigns/{CAMPAIGN}", json={"max_per_day": 10}, headers=M)
+    assert r.status_code == 200
+    answer = shop.post(
+        f"/console/campaigns/{CAMPAIGN}/edit",
+        data={"csrf": csrf, "version": version, "max_per_day": "20"},
+    )
+    assert answer.status_code == 409
+    assert "version" in _text(answer.text)
+    assert (
+        shop.get(f"/v1/campaigns/{CAMPAIGN}", headers=M).json()["definition"]["max_per_day"] == 10
     )
