@@ -418,11 +418,22 @@ async def edit_campaign(request: Request, campaign_id: str, session: Marketing) 
         await _call(lambda: store.update(campaign_id, changes, actor, expected_version=expected))
     except (ValidationError, InvalidInput) as exc:
         errors = cf.field_errors(exc, names)
-        return _campaign_page(request, session, view, values=values, errors=errors, status=422)
-    except RecofferError as exc:
+        return await _call(
+            lambda: _campaign_page(request, session, view, values=values, errors=errors, status=422)
+        )
+    except RecofferError as exc:  # changed meanwhile, archived, from the file
         errors = {"definition": str(exc)}
         status = kind_of(exc).status
-        return _campaign_page(request, session, view, values=values, errors=errors, status=status)
+        return await _call(  # the campaign as it is now, with what was typed
+            lambda: _campaign_page(
+                request,
+                session,
+                store.get(campaign_id),
+                values=values,
+                errors=errors,
+                status=status,
+            )
+        )
     return RedirectResponse(f"/console/campaigns/{campaign_id}?done=saved", status_code=303)
 
 

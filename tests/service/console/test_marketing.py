@@ -566,6 +566,8 @@ def test_an_edit_of_a_version_changed_meanwhile_is_refused(shop: TestClient) -> 
     )
     assert answer.status_code == 409
     assert "version" in _text(answer.text)
+    assert hidden(answer.text, "version") == "2"  # the form is now on the current version
+    assert 'value="20"' in answer.text  # with what was typed
     assert (
         shop.get(f"/v1/campaigns/{CAMPAIGN}", headers=M).json()["definition"]["max_per_day"] == 10
     )
