@@ -407,6 +407,7 @@ def main() -> None:
         backtest_kinds,
         campaign_store,
         concurrency,
+        console_marketing,
         console_pages,
         import_online_retail,
         lifecycle_sweep,
@@ -443,6 +444,7 @@ def main() -> None:
         ("segments", segments.render),  # issue 12, item 1
         ("segments_online_retail", segments_online_retail.render),
         ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
+        ("console_marketing", console_marketing.render),  # issue 13, item 2
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
     ):
         doc = _load(name)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from service.api.deps import role_of
 from service.charts import CSS
+from service.console import marketing
 from service.console.sessions import Session
 from service.console.web import (
     COOKIE,
@@ -191,7 +192,11 @@ async def charts_css() -> Response:
 
 @router.get("", response_class=HTMLResponse)
 def overview(
-    request: Request, session: Annotated[Session, Depends(allowed("marketing"))]
+    request: Request,
+    session: Annotated[Session, Depends(allowed("marketing"))],
+    background: BackgroundTasks,
 ) -> HTMLResponse:
     pages = [item for item in NAV[1:] if session.role == "admin" or session.role in item.roles]
-    return page(request, "overview.html", session, title="Overview", pages=pages)
+    figures = marketing.headline(state_of(request))  # marketing's headline figures
+    background.add_task(marketing.warm, request)  # loyalty and cohorts, after the answer
+    return page(request, "overview.html", session, title="Overview", pages=pages, figures=figures)

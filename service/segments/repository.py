@@ -301,6 +301,19 @@ class SegmentRepository:
             ).first()
         return dict(row._mapping) if row is not None else None
 
+    def runs(self, limit: int) -> list[dict[str, Any]]:
+        """The latest ``limit`` bulk runs' moment and counts, the oldest first (the console's
+        segment sizes over time)."""
+        r = segment_runs.c
+        query = (
+            select(r.as_of, r.users, r.customers, r.typical_interval_days, r.counts, r.seconds)
+            .order_by(r.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        return rows[::-1]
+
     def latest_thresholds(self) -> tuple[ShopThresholds, datetime] | None:
         run = self.latest_run()
         if run is None:

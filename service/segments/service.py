@@ -216,6 +216,22 @@ class Segments:
         matrix, oldest, newest = self.repository.counts()
         return SegmentCounts(matrix, oldest, newest, self.repository.latest_run())
 
+    def runs(self, limit: int = 100) -> list[RunSummary]:
+        """The latest ``limit`` bulk runs, the oldest first: users per stage x type each time."""
+        return [
+            RunSummary(
+                as_of=row["as_of"],
+                users=row["users"],
+                customers=row["customers"],
+                typical_interval_days=row["typical_interval_days"],
+                matrix={
+                    s: {t: int(row["counts"].get(s, {}).get(t, 0)) for t in TYPES} for s in STAGES
+                },
+                seconds=row["seconds"],
+            )
+            for row in self.repository.runs(limit)
+        ]
+
 
 class SegmentRefresher:
     """Keeps users' rows current as their events arrive, in the background of the ingest.

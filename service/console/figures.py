@@ -1,0 +1,128 @@
+"""The loyalty metrics and cohorts the console shows, kept while the data they come from is
+unchanged.
+
+``Analytics`` reads every purchase line to compute them (seconds on a shop of 150,000
+purchases), so each result is kept with the version of its data: the newest purchase event,
+the number of erasures and, for a segment filter, the latest segment run. A page reuses a
+result whose data has not moved since, for at most ``MAX_AGE``; the overview page warms the
+unfiltered views (loyalty per month and per week, cohorts) after its answer is sent; one
+computation per view at a time (a second request waits for it rather than starting another).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from service.analytics.loyalty import Period, cohorts, loyalty
+from service.analytics.orders import read_lines
+from service.analytics.service import Analytics
+from service.tables import erased_users, events, segment_runs
+
+Key = tuple[str, str, str | None]  # (loyalty | cohorts, period, segment)
+# a result is computed again after this long even when its data version has not moved: a
+# purchase committed out of id order (PostgreSQL) or a user re-segmented between runs shows
+MAX_AGE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Figures:
+    result: dict[str, Any]
+    computed_at: datetime
+    version: tuple[Any, ...]
+
+
+def data_version(engine: Engine, segment: str | None) -> tuple[Any, ...]:
+    """What the figures depend on, in reads that stop at once: the newest purchase event, the
+    erasures (the only way events are deleted) and, for a segment filter, the latest segment
+    run."""
+    e = events.c
+    with engine.connect() as conn:
+        newest = conn.execute(
+            select(e.id).where(e.type == "purchase").order_by(e.id.desc()).limit(1)
+        ).scalar()
+        erased = conn.execute(select(func.count()).select_from(erased_users)).scalar()
+        version: tuple[Any, ...] = (newest, erased)
+        if segment is not None:
+            run = conn.execute(select(func.max(segment_runs.c.id))).scalar()
+            version += (run,)
+    return version
+
+
+class FiguresCache:
+    """Loyalty and cohort results of one worker, by view, with the data version of each."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.analytics = Analytics(engine)
+        self._kept: dict[Key, Figures] = {}
+        self._locks: dict[Key, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: Key) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    @staticmethod
+    def _fresh(kept: Figures | None, version: tuple[Any, ...]) -> bool:
+        return (
+            kept is not None
+            and kept.version == version
+            and datetime.now(UTC) - kept.computed_at < MAX_AGE
+        )
+
+    def _get(self, key: Key, compute: Callable[[], dict[str, Any]]) -> Figures:
+        version = data_version(self.engine, key[2])
+        kept = self._kept.get(key)
+        if self._fresh(kept, version):
+            assert kept is not None
+            return kept
+        with self._lock(key):
+            kept = self._kept.get(key)  # computed meanwhile by the request we waited for
+            if self._fresh(kept, version):
+                assert kept is not None
+                return kept
+            figures = Figures(compute(), datetime.now(UTC), version)
+            self._kept[key] = figures
+            return figures
+
+    def loyalty(self, period: Period, segment: str | None) -> Figures:
+        """``Analytics.loyalty`` over every period (what the API answers without a range)."""
+        return self._get(
+            ("loyalty", period, segment),
+            lambda: self.analytics.loyalty(period, None, None, segment),
+        )
+
+    def cohorts(self, segment: str | None) -> Figures:
+        """``Analytics.cohorts`` over every month."""
+        return self._get(
+            ("cohorts", "month", segment), lambda: self.analytics.cohorts(None, None, segment)
+        )
+
+    def warm(self) -> None:
+        """Compute the pages' unfiltered views now (after an answer, out of a request's way):
+        the purchase lines read once for the three of them, each then computed by the same
+        functions ``Analytics`` calls (with no range it reads every line, as here)."""
+        keys: list[Key] = [("loyalty", "month", None), ("loyalty", "week", None)]
+        keys.append(("cohorts", "month", None))
+        locks = [self._lock(key) for key in keys]  # always in this order: no deadlock
+        for lock in locks:
+            lock.acquire()
+        try:
+            version = data_version(self.engine, None)
+            missing = [k for k in keys if not self._fresh(self._kept.get(k), version)]
+            if not missing:
+                return
+            lines = list(read_lines(self.engine))
+            for key in missing:
+                period: Period = "week" if key[1] == "week" else "month"
+                result = cohorts(lines) if key[0] == "cohorts" else loyalty(lines, period)
+                self._kept[key] = Figures(result, datetime.now(UTC), version)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
