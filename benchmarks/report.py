@@ -406,6 +406,7 @@ def main() -> None:
         against_commit,
         backtest_kinds,
         campaign_store,
+        clv,
         concurrency,
         import_online_retail,
         lifecycle_sweep,
@@ -442,6 +443,7 @@ def main() -> None:
         ("segments", segments.render),  # issue 12, item 1
         ("segments_online_retail", segments_online_retail.render),
         ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
+        ("clv", clv.render),  # issue 13, item 1
     ):
         doc = _load(name)
         if doc is not None:

@@ -197,10 +197,11 @@ def clv(
         summary = CustomerValueSummaryOut.model_validate(
             summarize(prediction.values, prediction.run, top)
         ).model_dump(mode="json")
-    body = {
+    info = model.model_info(prediction.fitted)
+    body: dict[str, Any] = {
         "summary": summary,
         "holdout": check,
-        "model": model.model_info(prediction.fitted),
+        "model": info,
         "orders": orders.orders,
         "orders_left_out": orders.orders_left_out,
         "written": written,
@@ -214,13 +215,13 @@ def clv(
         out.print(frequency_table(check))
     for table in value_tables(summary):
         out.print(table)
-    parameters = body["model"]["parameters"]
+    parameters = info["parameters"]
     bg, gg = parameters["bg_nbd"], parameters["gamma_gamma"]
     out.print(
         f"{orders.orders:,} orders in {summary['currency']} ({orders.orders_left_out:,} without "
         f"an amount in it left out); BG/NBD r={bg['r']:.4g} alpha={bg['alpha']:.4g} "
         f"a={bg['a']:.4g} b={bg['b']:.4g}, Gamma-Gamma p={gg['p']:.4g} q={gg['q']:.4g} "
-        f"v={gg['v']:.4g}; pymc-marketing {body['model']['version']}, MAP, {seconds:.1f} s",
+        f"v={gg['v']:.4g}; pymc-marketing {info['version']}, MAP, {seconds:.1f} s",
         markup=False,
     )
     if written is not None:
