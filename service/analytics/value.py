@@ -3,23 +3,24 @@
 The model (BG/NBD and Gamma-Gamma, ``training.clv``) runs in the trainer; the service only
 reads its table ``customer_value``, so nothing of the model library is on the API's path.
 
-The summary of a run, the same function for the command and the API (so both agree to the last
-digit): the customers, the total and the mean of their predicted values, the quantiles of the
-predicted value (linear between the two nearest ranks, exact in :class:`~decimal.Decimal`,
-rounded half-even to cents), the sum of the expected purchases (``math.fsum``, independent of
-the order rows are read in), and the top customers by predicted value (ties by user id).
+The summary of a run, computed the same way by the command (from its predictions in memory) and
+by the API (with SQL aggregates and the index on ``predicted_value``: a few rows read, however
+many customers), so both agree to the last digit: the customers, the total and the mean of
+their predicted values, the quantiles of the predicted value (linear between the two nearest
+ranks, exact in :class:`~decimal.Decimal`, rounded half-even to cents), the sum of the expected
+purchases (each stored to 6 decimals, so summed exactly as integer millionths, in any order),
+and the top customers by predicted value (ties by user id).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import ColumnElement, Engine, delete, func, select
 
 from service.tables import customer_value
 
@@ -60,13 +61,28 @@ def cents(value: Decimal) -> Decimal:
     return value.quantize(CENTS, rounding=ROUND_HALF_EVEN)
 
 
+def positions(count: int, p: Decimal) -> tuple[int, Decimal]:
+    """Where the ``p`` quantile of ``count`` ascending values lies: the lower rank (from 0)
+    and the fraction of the way to the next one."""
+    position = (count - 1) * p
+    low = int(position.to_integral_value(rounding=ROUND_FLOOR))
+    return low, position - low
+
+
+def between(low: Decimal, high: Decimal | None, fraction: Decimal) -> Decimal:
+    return low if high is None or not fraction else low + (high - low) * fraction
+
+
 def quantile(ordered: Sequence[Decimal], p: Decimal) -> Decimal:
     """The ``p`` quantile of ascending ``ordered`` (not empty): linear between nearest ranks."""
-    position = (len(ordered) - 1) * p
-    low = int(position.to_integral_value(rounding=ROUND_FLOOR))
-    if low + 1 >= len(ordered):
-        return ordered[-1]
-    return ordered[low] + (ordered[low + 1] - ordered[low]) * (position - low)
+    low, fraction = positions(len(ordered), p)
+    high = ordered[low + 1] if low + 1 < len(ordered) else None
+    return between(ordered[low], high, fraction)
+
+
+def micro(value: float) -> int:
+    """A stored expected-purchases figure (6 decimals) in exact millionths."""
+    return round(value * 1_000_000)
 
 
 def _row(v: CustomerValue) -> dict[str, Any]:
@@ -79,26 +95,36 @@ def _row(v: CustomerValue) -> dict[str, Any]:
     }
 
 
+def _summary(
+    run: Run | None,
+    customers: int,
+    purchases_micro: int,
+    total: Decimal,
+    quantiles: dict[str, Decimal],
+    top: list[CustomerValue],
+) -> dict[str, Any]:
+    return {
+        "customers": customers,
+        "currency": run.currency if run else None,
+        "horizon_days": run.horizon_days if run else None,
+        "as_of": run.as_of if run else None,
+        "fitted_at": run.fitted_at if run else None,
+        "expected_purchases": purchases_micro / 1_000_000,
+        "total": str(cents(total)) if customers else None,
+        "mean": str(cents(total / customers)) if customers else None,
+        "quantiles": {n: str(cents(v)) for n, v in quantiles.items()} if customers else None,
+        "top": [_row(v) for v in top],
+    }
+
+
 def summarize(values: Iterable[CustomerValue], run: Run | None, limit: int) -> dict[str, Any]:
     """The run's summary of the module's docstring and its ``limit`` top customers."""
     rows = list(values)
     amounts = sorted(v.predicted_value for v in rows)
     top = sorted(rows, key=lambda v: (-v.predicted_value, v.user_id))[:limit]
-    total = sum(amounts, Decimal(0))
-    return {
-        "customers": len(rows),
-        "currency": run.currency if run else None,
-        "horizon_days": run.horizon_days if run else None,
-        "as_of": run.as_of if run else None,
-        "fitted_at": run.fitted_at if run else None,
-        "expected_purchases": math.fsum(v.expected_purchases for v in rows),
-        "total": str(cents(total)) if rows else None,
-        "mean": str(cents(total / len(rows))) if rows else None,
-        "quantiles": {name: str(cents(quantile(amounts, p))) for name, p in QUANTILES}
-        if rows
-        else None,
-        "top": [_row(v) for v in top],
-    }
+    quantiles = {name: quantile(amounts, p) for name, p in QUANTILES} if rows else {}
+    purchases = sum(micro(v.expected_purchases) for v in rows)
+    return _summary(run, len(rows), purchases, sum(amounts, Decimal(0)), quantiles, top)
 
 
 def write(engine: Engine, values: Sequence[CustomerValue], run: Run) -> int:
@@ -148,26 +174,43 @@ def _value(row: Any) -> CustomerValue:
 
 
 def read_summary(engine: Engine, limit: int) -> dict[str, Any]:
-    """The stored run's summary (``customers`` 0 and nulls when no run was written)."""
+    """The stored run's summary (``customers`` 0 and nulls when no run was written), from SQL
+    aggregates, the ranks the quantiles need and the top rows, in one snapshot."""
     t = customer_value
-    query = select(
-        t.c.user_id,
-        t.c.expected_purchases,
-        t.c.p_alive,
-        t.c.expected_order_value,
-        t.c.predicted_value,
-        t.c.currency,
-        t.c.horizon_days,
-        t.c.as_of,
-        t.c.fitted_at,
+    by_value = select(t.c.predicted_value).order_by(t.c.predicted_value)
+    user: ColumnElement[Any] = t.c.user_id
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":  # one snapshot for every statement below
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            user = user.collate("C")  # ties ordered by code point, as Python orders them
+        with conn.begin():
+            first = conn.execute(
+                select(t.c.currency, t.c.horizon_days, t.c.as_of, t.c.fitted_at).limit(1)
+            ).one_or_none()
+            count, total, purchases = conn.execute(
+                select(
+                    func.count(),
+                    func.sum(t.c.predicted_value),
+                    func.sum(func.round(t.c.expected_purchases * 1_000_000)),
+                )
+            ).one()
+            quantiles = {}
+            for name, p in QUANTILES if count else ():
+                low, fraction = positions(count, p)
+                pair = list(conn.execute(by_value.limit(2).offset(low)).scalars())
+                quantiles[name] = between(pair[0], pair[1] if len(pair) > 1 else None, fraction)
+            top = conn.execute(
+                select(t).order_by(t.c.predicted_value.desc(), user).limit(limit)
+            ).all()
+    run = None if first is None else Run(*first)
+    return _summary(
+        run,
+        int(count),
+        int(purchases or 0),
+        total if total is not None else Decimal(0),
+        quantiles,
+        [_value(row) for row in top],
     )
-    values, run = [], None
-    with engine.connect() as conn:  # one statement: one run's rows, whatever writes meanwhile
-        for row in conn.execution_options(stream_results=True, yield_per=10_000).execute(query):
-            values.append(_value(row))
-            if run is None:
-                run = Run(row.currency, row.horizon_days, row.as_of, row.fitted_at)
-    return summarize(values, run, limit)
 
 
 def value_of(engine: Engine, user_id: str) -> dict[str, Any] | None:

@@ -20,7 +20,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from service.analytics.value import CustomerValue, Run, quantile, summarize, write
+from service.analytics.value import (
+    CustomerValue,
+    Run,
+    quantile,
+    read_summary,
+    summarize,
+    write,
+)
 from service.app import create_app
 from service.db import make_engine, migrate
 from service.settings import Settings
@@ -268,6 +275,32 @@ def test_a_write_replaces_the_run_and_skips_users_without_a_row(database_url: st
         with engine.connect() as conn:
             rows = conn.execute(select(customer_value.c.user_id, customer_value.c.predicted_value))
             assert [tuple(r) for r in rows] == [("c", Decimal("3.0000"))]
+    finally:
+        engine.dispose()
+
+
+def test_the_stored_summary_is_the_one_computed_in_memory(database_url: str) -> None:
+    from service.activity.repository import Repository
+
+    amounts = ("5.00", "1.25", "5.00", "0.00", "12.34", "5.00", "7.77")
+    values = [
+        CustomerValue(f"user-{n}", round(0.1 * n + 1 / 3, 6), 0.5, Decimal("2.50"), Decimal(a))
+        for n, a in enumerate(amounts)
+    ]
+    values.append(CustomerValue("User-9", 0.25, 0.5, Decimal("2.50"), Decimal("5.00")))
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        assert read_summary(engine, 3) == summarize([], None, 3)
+        repo = Repository(engine)
+        for v in values:
+            repo.upsert_user(v.user_id)
+        at = datetime(2024, 1, 1, 12, 30, tzinfo=UTC)
+        run = Run("EUR", 30, at, at)
+        write(engine, values, run)
+        # ties at 5.00 go by user id, by code point (User-9 first); the quantiles of the eight
+        # values fall between ranks
+        assert read_summary(engine, 4) == summarize(values, run, 4)
     finally:
         engine.dispose()
 
