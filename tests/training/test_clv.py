@@ -230,6 +230,24 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert message in lines[0], result.stderr
 
 
+def test_without_the_extra_the_command_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, shop_file: Path
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pymc_marketing" else real(name, *a),
+    )
+    result = CliRunner().invoke(cli, ["clv", "--data", str(shop_file), "--currency", "EUR"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "recoffer: error: recoffer clv needs the clv extra: pip install 'recoffer[clv]'"
+    )
+
+
 def test_data_the_models_cannot_use_is_one_line_and_exit_2(shop_file: Path, tmp_path: Path) -> None:
     few = tmp_path / "few.csv"
     few.write_text(
