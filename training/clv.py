@@ -58,7 +58,6 @@ from service.errors import DataError, ModelFitError
 if TYPE_CHECKING:
     from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
 
-log = logging.getLogger(__name__)
 
 HORIZON_DAYS = 90
 HOLDOUT_DAYS = 90
