@@ -406,6 +406,7 @@ def main() -> None:
         against_commit,
         backtest_kinds,
         campaign_store,
+        clv,
         concurrency,
         console_marketing,
         console_pages,
@@ -446,6 +447,7 @@ def main() -> None:
         ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
         ("console_marketing", console_marketing.render),  # issue 13, item 2
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
+        ("clv", clv.render),  # issue 13, item 1
     ):
         doc = _load(name)
         if doc is not None:

@@ -473,3 +473,22 @@ console_sessions = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )
+
+# --- predicted customer lifetime value (migration 0014, issue 13 item 1) --------------------
+
+# one row per customer of the latest `recoffer clv --write` run (BG/NBD + Gamma-Gamma), the
+# whole table replaced in one transaction by each run; what the API serves, read only
+customer_value = Table(
+    "customer_value",
+    metadata,
+    Column("user_id", String(ID_LENGTH), primary_key=True),
+    Column("expected_purchases", Float(), nullable=False),  # purchase days in the horizon
+    Column("p_alive", Float(), nullable=False),
+    Column("expected_order_value", AmountColumn(), nullable=False),  # in `currency`
+    Column("predicted_value", AmountColumn(), nullable=False),  # in `currency`, the horizon's
+    Column("currency", String(CURRENCY_LENGTH), nullable=False),
+    Column("horizon_days", Integer(), nullable=False),
+    Column("as_of", UTCDateTime(), nullable=False),  # end of the data: the horizon starts here
+    Column("fitted_at", UTCDateTime(), nullable=False),
+    Index("ix_customer_value_predicted_value", "predicted_value"),
+)

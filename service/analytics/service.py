@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from service.analytics.loyalty import Period, cohorts, loyalty, next_start, period_start, report_end
 from service.analytics.orders import check_segment, read_lines
+from service.analytics.value import read_summary, value_of
 from service.errors import InvalidInput
 
 MAX_PERIODS = 1_000  # a report longer than this is refused (about 19 years of weeks)
@@ -59,3 +60,11 @@ class Analytics:
         check_segment(segment)
         lines = read_lines(self.engine, report_end("month", until), segment)
         return cohorts(lines, since, until)
+
+    def customer_value(self, limit: int) -> dict[str, Any]:
+        """The latest ``recoffer clv --write`` run: summary and the ``limit`` top customers."""
+        return read_summary(self.engine, limit)
+
+    def value_of(self, user_id: str) -> dict[str, Any] | None:
+        """One user's stored prediction, None without one."""
+        return value_of(self.engine, user_id)

@@ -757,6 +757,10 @@ class ProfileOut(BaseModel):
     views: int = Field(description="Views in the engagement window before computed_at.")
     active_days: int = Field(description="Days with any event in that window.")
     computed_at: datetime
+    predicted_lifetime_value: PredictedValueOut | None = Field(
+        default=None,
+        description="The latest `recoffer clv --write` prediction; null without one.",
+    )
 
 
 class SegmentsOut(BaseModel):
@@ -898,3 +902,42 @@ class RollbackOut(BaseModel):
     serving: str | None = Field(description="What the worker that answered serves now.")
     reloaded: bool
     error: str | None = Field(description="Why that worker could not load it (it keeps serving).")
+
+
+# --- predicted lifetime value (issue 13, item 1: `recoffer clv --write`) --------------------
+
+
+class CustomerValueOut(BaseModel):
+    """One customer's prediction over the run's horizon (BG/NBD and Gamma-Gamma)."""
+
+    user_id: str
+    expected_purchases: float = Field(description="Expected purchase days in the horizon.")
+    p_alive: float = Field(description="Probability the customer is still active (BG/NBD).")
+    expected_order_value: str = Field(description="Expected value of an order (Gamma-Gamma).")
+    predicted_value: str = Field(
+        description="expected_purchases x expected_order_value, rounded half-even to cents."
+    )
+
+
+class CustomerValueSummaryOut(BaseModel):
+    """The latest run's predicted lifetime value; definitions: README "Loyalty metrics"."""
+
+    customers: int = Field(description="Customers with a prediction (0: no run written yet).")
+    currency: str | None
+    horizon_days: int | None
+    as_of: datetime | None = Field(description="End of the data the model saw.")
+    fitted_at: datetime | None
+    expected_purchases: float = Field(description="Sum over the customers.")
+    total: str | None = Field(description="Sum of predicted values, to cents.")
+    mean: str | None
+    quantiles: dict[str, str] | None = Field(description="p10 ... p99 of the predicted value.")
+    top: list[CustomerValueOut] = Field(description="Highest predicted value first.")
+
+
+class PredictedValueOut(CustomerValueOut):
+    """A profile's prediction, with what its run says about it."""
+
+    currency: str
+    horizon_days: int
+    as_of: datetime
+    fitted_at: datetime

@@ -35,6 +35,7 @@ POLICIES: dict[str, Policy] = {
         "unlink", why="the append-only trail of redemptions and releases stays for accounting"
     ),
     "user_segments": Policy("delete", why="RFM figures, lifecycle stage and loyalty type"),
+    "customer_value": Policy("delete", why="predicted lifetime value (recoffer clv --write)"),
     "webhook_events": Policy(
         "delete",
         why="webhook payloads name the user (and hold the code): delivered or not, they go, "

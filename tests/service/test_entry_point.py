@@ -20,7 +20,7 @@ from service.artifact import ModelStore, load_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "frontend-key-0123456789"
-TRAINER_MODULES = ("pandas", "implicit", "training", "pyarrow", "typer")
+TRAINER_MODULES = ("pandas", "implicit", "training", "pyarrow", "typer", "pymc", "pytensor")
 
 SITECUSTOMIZE = """
 import json, os, sys, threading, time

@@ -191,6 +191,7 @@ def test_delete_removes_the_user_from_every_table_and_serves_popular(
         "coupons": 1,
         "coupon_ledger": 1,  # the redemption stays in the trail, without the user
         "user_segments": 0,  # no segment computed yet in this seeding
+        "customer_value": 0,  # no `recoffer clv --write` in this seeding
         "webhook_events": 0,  # webhooks off here (no URL): nothing was written
     }
     assert _holding(engine, user) == []

@@ -14,6 +14,7 @@ import typer
 
 from training.cli import (
     backtest,
+    clv,
     import_,
     migrate,
     models,
@@ -44,6 +45,7 @@ app.command("import")(import_.import_)
 app.command(context_settings=schedule.CONTEXT_SETTINGS)(schedule.schedule)
 app.command()(segments.segments)  # issue 12, item 1
 app.command()(report.report)  # issue 13, item 1
+app.command()(clv.clv)  # issue 13, item 1: predicted lifetime value
 
 
 def main() -> None:

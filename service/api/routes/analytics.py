@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AnalyticsDep
-from service.api.schemas import CohortsOut, LoyaltyOut
+from service.api.schemas import CohortsOut, CustomerValueSummaryOut, LoyaltyOut
 
 router = APIRouter(tags=["analytics"])
 Segment = Annotated[
@@ -53,3 +53,13 @@ async def get_cohorts(
     """Customers by month of first order, and the share of them ordering in each later month."""
     matrix = await run_in_threadpool(analytics.cohorts, since, until, segment)
     return CohortsOut.model_validate(matrix)
+
+
+@router.get("/v1/analytics/customer-value", response_model=CustomerValueSummaryOut)
+async def get_customer_value(
+    analytics: AnalyticsDep,
+    limit: Annotated[int, Query(ge=0, le=1000, description="Top customers at most.")] = 10,
+) -> CustomerValueSummaryOut:
+    """Predicted lifetime value of the latest `recoffer clv --write`: summary and top customers."""
+    summary = await run_in_threadpool(analytics.customer_value, limit)
+    return CustomerValueSummaryOut.model_validate(summary)

@@ -7,18 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import SegmentsDep
+from service.api.deps import AnalyticsDep, SegmentsDep
 from service.api.docs import documented
-from service.api.schemas import Id, ProfileOut, SegmentsOut
+from service.api.schemas import Id, PredictedValueOut, ProfileOut, SegmentsOut
 
 router = APIRouter(tags=["segments"])
 UserPath = Annotated[Id, Path(description="The shop's user id.")]
 
 
 @router.get("/v1/users/{user_id}/profile", response_model=ProfileOut, responses=documented(404))
-async def get_profile(user_id: UserPath, segments: SegmentsDep) -> ProfileOut:
-    """RFM figures and scores, lifecycle stage and loyalty type (computed now if missing)."""
+async def get_profile(
+    user_id: UserPath, segments: SegmentsDep, analytics: AnalyticsDep
+) -> ProfileOut:
+    """RFM figures and scores, lifecycle stage and loyalty type (computed now if missing), and
+    the predicted lifetime value of the latest `recoffer clv --write` when it has one."""
     p = await run_in_threadpool(segments.profile, user_id)
+    value = await run_in_threadpool(analytics.value_of, user_id)
     return ProfileOut(
         user_id=p.user_id,
         lifecycle_stage=p.lifecycle_stage,
@@ -38,6 +42,7 @@ async def get_profile(user_id: UserPath, segments: SegmentsDep) -> ProfileOut:
         views=p.views,
         active_days=p.active_days,
         computed_at=p.computed_at,
+        predicted_lifetime_value=None if value is None else PredictedValueOut(**value),
     )
 
 
