@@ -396,6 +396,97 @@ def prepare(
         prepared = _prepare_items(table, report, currency)
     else:
         prepared = _prepare_events(kind, table, report, fmt, currency, now)
+    _finish(table, report, path, skip_bad)
+    return prepared
+
+
+def purchase_columns(
+    path: Path,
+    *,
+    fmt: str = "generic",
+    columns: str | None = None,
+    currency: str | None = None,
+    now: datetime | None = None,
+    skip_bad: bool = False,
+    options: ReadOptions = DEFAULT_OPTIONS,
+) -> pd.DataFrame:
+    """The purchase lines :func:`prepare` would store from ``path``, as columns, not objects.
+
+    The same reading, skipping and checks (and the same refusal of bad rows); a line with the
+    natural key of an earlier one is left out, as the import stores it once. Columns: ``user``,
+    ``item``, ``order`` (text, missing as NA), ``ts`` (naive UTC ``datetime64[us]``),
+    ``quantity``, ``units`` (price x quantity in ten-thousandths, 0 without a price),
+    ``priced`` and ``currency`` (None without a price).
+
+    Raises:
+        DataError: as :func:`prepare`.
+        OverflowError: an amount would not fit 62 bits (the caller reads the lines instead).
+    """
+    from service.money import to_units
+
+    path = Path(path)
+    now = now or datetime.now(UTC)
+    table = read_rows("purchases", path, fmt=fmt, columns=columns, options=options)
+    report = ImportReport(kind="purchases", source=str(path), rows_read=table.rows)
+    checked = _check_events("purchases", table, report, fmt, currency, now)
+    _finish(table, report, path, skip_bad)
+    alive = np.flatnonzero(table.alive)
+
+    def ids(role: str) -> pd.Series:
+        values = table.get(role)
+        if values is None:
+            return pd.Series([None] * len(alive), dtype=object)
+        return values.iloc[alive].reset_index(drop=True)
+
+    quantity = (
+        np.ones(len(alive), dtype=np.int64)
+        if checked.quantity is None
+        else np.nan_to_num(checked.quantity.iloc[alive].to_numpy(dtype="float64"), nan=1.0).astype(
+            np.int64
+        )
+    )
+    price_key = np.full(len(alive), -1, dtype=np.int64)
+    units = np.zeros(len(alive), dtype=np.int64)
+    price = table.get("price")
+    if price is not None and checked.prices is not None:
+        text = as_text(price) if not pd.api.types.is_numeric_dtype(price.dtype) else price
+        codes, _ = pd.factorize(text.iloc[alive].reset_index(drop=True))
+        present = np.flatnonzero(codes >= 0)
+        _, first = np.unique(codes[present], return_index=True)
+        exact = [checked.prices[int(alive[present[f]])] for f in first.tolist()]
+        # the natural key holds the price as written (10.0 and 10.00 are two keys)
+        spelled, _ = pd.factorize(pd.Series([str(e) for e in exact], dtype=object))
+        per_code = np.array([to_units(e) for e in exact if e is not None] or [0], dtype=object)
+        if (
+            max((abs(u) for u in per_code), default=0) * max(int(quantity.max(initial=1)), 1)
+            >= 2**62
+        ):
+            raise OverflowError("an amount does not fit 62 bits")
+        price_key[present] = spelled[codes[present]]
+        units[present] = per_code.astype(np.int64)[codes[present]] * quantity[present]
+    priced = price_key >= 0
+    currencies = np.asarray(checked.currencies, dtype=object)[alive]
+    currencies[~priced] = None
+    stamps = pd.DatetimeIndex(checked.stamps.iloc[alive]).to_numpy(dtype="datetime64[us]")
+    frame = pd.DataFrame(
+        {
+            "user": ids("user"),
+            "item": ids("item"),
+            "order": ids("order"),
+            "ts": stamps,
+            "quantity": quantity,
+            "price_key": price_key,
+            "units": units,
+            "priced": priced,
+            "currency": currencies,
+        }
+    )
+    key = ["user", "item", "ts", "order", "quantity", "price_key", "currency"]
+    return frame[~frame.duplicated(subset=key)].reset_index(drop=True)
+
+
+def _finish(table: _Table, report: ImportReport, path: Path, skip_bad: bool) -> None:
+    """Count the skipped and bad rows into ``report``; refuse bad rows unless ``skip_bad``."""
     report.skipped = table.skipped
     report.bad_rows = len(table.bad)
     report.bad = [BadRow(table.lines(p), r) for p, r in sorted(table.bad.items())[:MAX_BAD_ROWS]]
@@ -404,18 +495,28 @@ def prepare(
         raise DataError(
             f"{report.bad_rows:,} bad rows in {path} ({shown}); fix them or pass --skip-bad-rows"
         )
-    return prepared
 
 
-def _prepare_events(
+@dataclass
+class _Checked:
+    """The checked columns of an event or purchase file (rows still ``table.alive`` are kept)."""
+
+    types: pd.Series
+    stamps: pd.Series
+    quantity: pd.Series | None
+    prices: list[Decimal | None] | None
+    currencies: list[str | None]
+
+
+def _check_events(
     kind: str,
     table: _Table,
     report: ImportReport,
     fmt: str,
     currency: str | None,
     now: datetime,
-) -> Prepared:
-    from service.activity.records import NewEvent
+) -> _Checked:
+    """Skip what is not imported and refuse the bad rows of an event or purchase file."""
     from service.tables import EVENT_TYPES
 
     user, item = table.columns["user"], table.get("item")
@@ -467,6 +568,23 @@ def _prepare_events(
     currencies = _currencies(table, prices, currency)
     if quantity is not None:
         table.refuse((quantity > 1_000_000).to_numpy(), "quantity above 1,000,000")
+    return _Checked(types, stamps, quantity, prices, currencies)
+
+
+def _prepare_events(
+    kind: str,
+    table: _Table,
+    report: ImportReport,
+    fmt: str,
+    currency: str | None,
+    now: datetime,
+) -> Prepared:
+    from service.activity.records import NewEvent
+
+    checked = _check_events(kind, table, report, fmt, currency, now)
+    types, stamps, quantity = checked.types, checked.stamps, checked.quantity
+    prices, currencies = checked.prices, checked.currencies
+    item = table.get("item")
     alive = np.flatnonzero(table.alive)
 
     def column(role: str) -> list[Any]:
