@@ -8,7 +8,8 @@ per-period figures, with the reference's own division and rounding.
 
 The input is a frame of purchase lines (``training.data.imports.purchase_columns``, or
 :func:`frame_of` for ``Line`` objects): ``user``, ``order`` (missing: an order of its own),
-``ts`` (naive UTC), ``item`` (missing: none), ``units``, ``priced``, ``currency``.
+``ts`` (naive UTC), ``item`` (missing: none), ``units``, ``priced``, ``currency``; or that
+frame turned into integers by :func:`encode`, once for both reports.
 """
 
 from __future__ import annotations
@@ -85,11 +86,58 @@ def _decimal(units: int) -> Decimal:
     return Decimal(units).scaleb(-SCALE)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A frame's lines as integers (from :func:`encode`): what both reports start from."""
+
+    user: np.ndarray  # per line, user number
+    order: np.ndarray  # per line, order number (an order: one user's lines of one order id)
+    us: np.ndarray  # per line, microseconds since 1970 (UTC)
+    item: np.ndarray  # per line, item number (-1: none)
+    units: np.ndarray
+    priced: np.ndarray  # the line has an amount and a currency
+    currency: np.ndarray  # per line, currency number (-1: none)
+    currencies: list[str]
+
+
+def encode(frame: pd.DataFrame) -> Encoded:
+    """Number the users, orders, items and currencies of ``frame`` (see the module's docstring).
+
+    Raises:
+        OverflowError: the amounts (or the orders) do not fit 62-bit integers.
+    """
+    user, _ = pd.factorize(frame["user"])
+    # an order is (user, order id); a line without an order id is an order of its own
+    named, _ = pd.factorize(frame["order"])  # missing: -1
+    alone = named < 0
+    named[alone] = int(named.max(initial=-1)) + 1 + np.arange(int(alone.sum()))
+    width = int(named.max(initial=0)) + 1
+    if (int(user.max(initial=0)) + 1) * width >= LIMIT:
+        raise OverflowError("too many lines for one 64-bit order key")
+    order, _ = pd.factorize(user.astype(np.int64) * width + named)
+    item, _ = pd.factorize(frame["item"])  # missing: -1
+    currency, names = pd.factorize(frame["currency"])
+    priced = frame["priced"].to_numpy(dtype=bool) & (currency >= 0)
+    units = frame["units"].to_numpy(dtype=np.int64)
+    if int(np.abs(units[priced]).sum(dtype=np.float64)) >= LIMIT:
+        raise OverflowError("the amounts do not fit 62 bits")
+    return Encoded(
+        user=user.astype(np.int64),
+        order=order.astype(np.int64),
+        us=frame["ts"].to_numpy(dtype="datetime64[us]").astype(np.int64),
+        item=item.astype(np.int64),
+        units=units,
+        priced=priced,
+        currency=currency.astype(np.int64),
+        currencies=[str(n) for n in names],
+    )
+
+
 @dataclass
 class _Orders:
     """The orders of the lines before a cutoff: per order its user, time and period number."""
 
-    user: np.ndarray  # per order, user number
+    user: np.ndarray  # per order, user number (users and orders numbered 0, 1, ... here)
     at: np.ndarray  # per order, microseconds since 1970
     line_order: np.ndarray  # per kept line, its order number
     line_user: np.ndarray
@@ -101,42 +149,27 @@ class _Orders:
     users: int
 
 
-def _orders(frame: pd.DataFrame, before: datetime | None) -> _Orders:
-    us = frame["ts"].to_numpy(dtype="datetime64[us]").astype(np.int64)
-    keep = np.ones(len(frame), dtype=bool)
-    if before is not None:
-        keep = us < int((before - EPOCH) / timedelta(microseconds=1))
-    part = frame[keep]
-    us = us[keep]
-    user, _ = pd.factorize(part["user"])
-    order = part["order"].to_numpy(dtype=object)
-    alone = pd.isna(order)
-    # an order is (user, order id); a line without an order id is an order of its own
-    keys = pd.DataFrame(
-        {"u": user, "o": np.where(alone, "", order), "a": np.where(alone, np.arange(len(part)), -1)}
-    )
-    line_order = keys.groupby(["u", "o", "a"], sort=False).ngroup().to_numpy()
+def _orders(lines: Encoded | pd.DataFrame, before: datetime | None) -> _Orders:
+    e = lines if isinstance(lines, Encoded) else encode(lines)
+    keep = slice(None) if before is None else e.us < (before - EPOCH) // timedelta(microseconds=1)
+    user, _ = pd.factorize(e.user[keep])
+    line_order, _ = pd.factorize(e.order[keep])
+    us = e.us[keep]
     orders = int(line_order.max()) + 1 if len(line_order) else 0
     at = np.full(orders, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(at, line_order, us)
     order_user = np.zeros(orders, dtype=np.int64)
     order_user[line_order] = user
-    item, _ = pd.factorize(part["item"])  # missing: -1
-    currency, names = pd.factorize(part["currency"])
-    priced = part["priced"].to_numpy(dtype=bool) & (currency >= 0)
-    units = part["units"].to_numpy(dtype=np.int64)
-    if int(np.abs(units[priced]).sum(dtype=np.float64)) >= LIMIT:
-        raise OverflowError("the amounts do not fit 62 bits")
     return _Orders(
         user=order_user,
         at=at,
         line_order=line_order,
         line_user=user,
-        item=item,
-        units=units,
-        priced=priced,
-        currency=currency,
-        currencies=[str(n) for n in names],
+        item=e.item[keep],
+        units=e.units[keep],
+        priced=e.priced[keep],
+        currency=e.currency[keep],
+        currencies=e.currencies,
         users=int(user.max()) + 1 if len(user) else 0,
     )
 
@@ -149,7 +182,7 @@ def _span(o: _Orders) -> tuple[datetime | None, datetime | None]:
 
 
 def loyalty(
-    frame: pd.DataFrame,
+    frame: Encoded | pd.DataFrame,
     period: Period = "month",
     since: datetime | None = None,
     until: datetime | None = None,
@@ -188,8 +221,8 @@ def loyalty(
     # upsell: distinct items per (user, period)
     line_pair = o.line_user * size + pc[o.line_order]
     with_item = o.item >= 0
-    items = int(o.item.max(initial=-1)) + 1
-    distinct = np.unique(line_pair[with_item] * max(items, 1) + o.item[with_item]) // max(items, 1)
+    bought_items = pd.DataFrame({"pair": line_pair[with_item], "item": o.item[with_item]})
+    distinct = bought_items.drop_duplicates()["pair"].to_numpy()
     bought, how_many = np.unique(distinct, return_counts=True)
     multi = np.bincount(bought[how_many > 1] % size, minlength=size)
     single = np.bincount(bought[how_many == 1] % size, minlength=size)
@@ -283,7 +316,7 @@ def _lifetime(holders: np.ndarray) -> dict[str, Any]:
 
 
 def cohorts(
-    frame: pd.DataFrame, since: datetime | None = None, until: datetime | None = None
+    frame: Encoded | pd.DataFrame, since: datetime | None = None, until: datetime | None = None
 ) -> dict[str, Any]:
     """:func:`service.analytics.loyalty.cohorts` of the lines in ``frame``."""
     o = _orders(frame, report_end("month", until))

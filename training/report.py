@@ -102,9 +102,11 @@ def report_figures(
                 options=options,
             )  # fmt: skip
             read = time.perf_counter()
+            encoded = fast.encode(frame)
+            del frame
             figures = {
-                "loyalty": fast.loyalty(frame, period, since, until),
-                "cohorts": fast.cohorts(frame, since, until),
+                "loyalty": fast.loyalty(encoded, period, since, until),
+                "cohorts": fast.cohorts(encoded, since, until),
             }
         except OverflowError:
             reference = True

@@ -16,7 +16,7 @@ from service.analytics import loyalty as reference
 from service.analytics.loyalty import Line, Period
 from training import loyalty_columns as columns
 from training.data.imports import purchase_columns
-from training.report import file_lines
+from training.report import file_lines, report_figures
 
 BASE = datetime(2023, 12, 25, tzinfo=UTC)
 
@@ -65,9 +65,8 @@ def demo_purchases(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_demo_shop_gives_the_reference_figures(demo_purchases: Path, chosen: Period) -> None:
     path = demo_purchases
     lines = file_lines(path, currency="EUR")
-    frame = purchase_columns(path, currency="EUR")
-    assert len(frame) == len(lines)
-    fast = columns.loyalty(frame, chosen)
-    assert fast["periods"], "a report with figures"
-    assert fast == reference.loyalty(lines, chosen)
-    assert columns.cohorts(frame) == reference.cohorts(lines)
+    assert len(purchase_columns(path, currency="EUR")) == len(lines)  # the same lines kept
+    fast = report_figures(path, period=chosen, currency="EUR")
+    assert fast["loyalty"]["periods"], "a report with figures"
+    assert fast == report_figures(path, period=chosen, currency="EUR", reference=True)
+    assert fast["cohorts"] == reference.cohorts(lines)

@@ -51,6 +51,7 @@ BATCH_ROWS = 5_000
 SHOWN_BAD_ROWS = 5  # in the one-line refusal; the report keeps up to MAX_BAD_ROWS
 MAX_BAD_ROWS = 1_000
 KEY_PREFIX = "import:"
+_PLAIN_ID = r"[A-Za-z0-9._:@-]{1,128}"  # service.ids' alphabet and length (dot segments aside)
 
 # role -> default column name, per kind (a --columns mapping renames)
 ROLES: dict[str, dict[str, str]] = {
@@ -264,7 +265,13 @@ def _check_ids(table: _Table, roles: Sequence[str]) -> None:
         if values is None:
             continue
         refused: dict[str, str] = {}
-        for value in pd.unique(values[table.alive & values.notna().to_numpy()]):
+        unique = pd.Series(pd.unique(values[table.alive & values.notna().to_numpy()]))
+        # text of the alphabet, 1 to 128 long, and no dot segment, is an id: only the rest
+        # goes through the API's validator, one value at a time, for its message
+        plain = unique.astype(object).map(lambda v: isinstance(v, str)).astype(bool)
+        plain &= unique.where(plain, "").astype(str).str.fullmatch(_PLAIN_ID).astype(bool)
+        plain &= ~unique.isin([".", ".."])
+        for value in unique[~plain].tolist():
             try:
                 adapter.validate_python(value)
             except ValidationError as exc:
@@ -456,14 +463,12 @@ def purchase_columns(
         exact = [checked.prices[int(alive[present[f]])] for f in first.tolist()]
         # the natural key holds the price as written (10.0 and 10.00 are two keys)
         spelled, _ = pd.factorize(pd.Series([str(e) for e in exact], dtype=object))
-        per_code = np.array([to_units(e) for e in exact if e is not None] or [0], dtype=object)
-        if (
-            max((abs(u) for u in per_code), default=0) * max(int(quantity.max(initial=1)), 1)
-            >= 2**62
-        ):
+        per_code = [0 if e is None else to_units(e) for e in exact]  # never None: checked
+        largest = max((abs(u) for u in per_code), default=0) * int(quantity.max(initial=1))
+        if largest >= 2**62:
             raise OverflowError("an amount does not fit 62 bits")
         price_key[present] = spelled[codes[present]]
-        units[present] = per_code.astype(np.int64)[codes[present]] * quantity[present]
+        units[present] = np.array(per_code, dtype=np.int64)[codes[present]] * quantity[present]
     priced = price_key >= 0
     currencies = np.asarray(checked.currencies, dtype=object)[alive]
     currencies[~priced] = None
