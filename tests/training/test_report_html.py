@@ -195,3 +195,28 @@ def test_a_bad_html_path_is_one_line_and_exit_2(
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert not (tmp_path / "missing").exists()
+
+
+def test_the_database_page_shows_the_file_page_figures(purchases: Path, tmp_path: Path) -> None:
+    from training.data.imports import import_file
+
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    import_file("purchases", purchases, url)
+    pages = {}
+    for name, source in (("file", ["--data", str(purchases)]), ("db", ["--database-url", url])):
+        result = run(*source, "--html", str(tmp_path / f"{name}.html"))
+        assert result.exit_code == 0, result.output
+        root = ET.fromstring((tmp_path / f"{name}.html").read_text())
+        pages[name] = [
+            ET.tostring(t) for t in root.iter("table")
+        ]  # the figures and the cohort grid
+    assert pages["file"] == pages["db"]
+    assert len(pages["file"]) == 2
+
+
+def test_the_page_never_shows_a_database_password() -> None:
+    from training.cli.report import _shown_url
+
+    shown = _shown_url("postgresql+psycopg://shop:s3cret@db.internal:5432/recoffer")
+    assert "s3cret" not in shown
+    assert "db.internal" in shown
