@@ -23,14 +23,14 @@ h2 { font-size: 1.2rem; margin: 2rem 0 .5rem; border-bottom: 1px solid #ccc; }
 p.meta { color: #444; margin: 0 0 1rem; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(20rem, 1fr)); gap: 1rem; }
 figure.chart { margin: 0; }
-figure.chart svg { width: 100%; height: auto; }
+figure.chart > svg { width: 100%; height: auto; }
 figcaption { font-weight: 600; margin-bottom: .25rem; }
 .grid { stroke: #ddd; stroke-width: 1; }
 .axis, .value { font-size: 11px; fill: #333; }
 .chart-empty { fill: #666; }
 ul.legend { list-style: none; padding: 0; margin: .25rem 0 0; display: flex; flex-wrap: wrap;
   gap: .25rem 1rem; font-size: 13px; }
-ul.legend svg { vertical-align: middle; }
+ul.legend svg { vertical-align: middle; width: 36px; height: 12px; }
 .table-scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
 th, td { padding: .2rem .45rem; border: 1px solid #ddd; text-align: right; white-space: nowrap; }

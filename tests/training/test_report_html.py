@@ -162,6 +162,9 @@ def test_the_page_is_written_atomically(
     assert len(replaced) == 1
     assert replaced[0][1] == str(target)
     assert target.read_text().startswith("<!DOCTYPE html>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     assert {p.name for p in tmp_path.iterdir()} == {"purchases.csv", "report.html"}
 
 

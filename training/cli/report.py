@@ -227,6 +227,9 @@ def _write_html(path: Path, body: dict[str, Any], source: str) -> None:
     except OSError as exc:
         raise UsageProblem(f"--html: cannot write {path} ({exc.strerror})") from None
     try:
+        umask = os.umask(0)  # mkstemp's file is private: give it a report's usual mode
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(page)
         os.replace(temporary, path)
