@@ -268,8 +268,10 @@ def _check_ids(table: _Table, roles: Sequence[str]) -> None:
         unique = pd.Series(pd.unique(values[table.alive & values.notna().to_numpy()]))
         # text of the alphabet, 1 to 128 long, and no dot segment, is an id: only the rest
         # goes through the API's validator, one value at a time, for its message
-        plain = unique.astype(object).map(lambda v: isinstance(v, str)).astype(bool)
-        plain &= unique.where(plain, "").astype(str).str.fullmatch(_PLAIN_ID).astype(bool)
+        try:  # a value that is no text is NA here, so it goes to the validator
+            plain = unique.str.fullmatch(_PLAIN_ID).fillna(False).astype(bool)
+        except AttributeError:  # not text at all
+            plain = pd.Series(False, index=unique.index)
         plain &= ~unique.isin([".", ".."])
         for value in unique[~plain].tolist():
             try:
@@ -321,7 +323,8 @@ def _amounts(table: _Table) -> list[Decimal | None] | None:
     text = as_text(price) if not pd.api.types.is_numeric_dtype(price.dtype) else price
     exact: dict[Any, Decimal | None] = {}
     problems: dict[Any, str] = {}
-    for value in pd.unique(text):
+    codes, uniques = pd.factorize(text)  # missing cells: -1
+    for value in uniques.tolist():
         if value is None or (isinstance(value, float) and math.isnan(value)):
             exact[value] = None
             continue
@@ -337,7 +340,8 @@ def _amounts(table: _Table) -> list[Decimal | None] | None:
     if problems:
         mask = text.isin(list(problems)).to_numpy()
         table.refuse(mask, lambda p: problems[text.iloc[p]])
-    return [exact.get(v) for v in text.tolist()]
+    per_code = [exact.get(v) for v in uniques.tolist()]
+    return [None if c < 0 else per_code[c] for c in codes.tolist()]
 
 
 def _currencies(
@@ -361,7 +365,9 @@ def _currencies(
     if prices is not None:
         priced = np.array([p is not None for p in prices])
         table.refuse(priced & values.isna().to_numpy(), "a price without its currency")
-    return [None if pd.isna(v) else str(v) for v in values.tolist()]
+    codes, uniques = pd.factorize(values)  # missing: -1; one string object per currency
+    names = [str(v) for v in uniques.tolist()]
+    return [None if c < 0 else names[c] for c in codes.tolist()]
 
 
 # --- the three kinds -------------------------------------------------------------------------
@@ -439,11 +445,11 @@ def purchase_columns(
     _finish(table, report, path, skip_bad)
     alive = np.flatnonzero(table.alive)
 
-    def ids(role: str) -> pd.Series:
+    def ids(role: str) -> pd.Series:  # categorical: compared and grouped by integer codes
         values = table.get(role)
         if values is None:
-            return pd.Series([None] * len(alive), dtype=object)
-        return values.iloc[alive].reset_index(drop=True)
+            return pd.Series(pd.Categorical([None] * len(alive)))
+        return pd.Series(pd.Categorical(values.iloc[alive].reset_index(drop=True)))
 
     quantity = (
         np.ones(len(alive), dtype=np.int64)
