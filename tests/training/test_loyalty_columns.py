@@ -72,3 +72,15 @@ def test_the_demo_shop_gives_the_reference_figures(demo_purchases: Path, chosen:
     assert fast["loyalty"]["periods"], "a report with figures"
     assert fast == report_figures(path, period=chosen, currency="EUR", reference=True)
     assert fast["cohorts"] == reference.cohorts(lines)
+
+
+def test_the_benchmark_file_gives_the_same_figures_on_both_paths(tmp_path: Path) -> None:
+    from benchmarks.loyalty import generate
+
+    path = tmp_path / "shop.parquet"
+    counts = generate(path, customers=300, orders=3_000, seed=5)
+    assert counts["orders"] == 3_000
+    fast = report_figures(path)
+    assert sum(p["orders"] for p in fast["loyalty"]["periods"]) == 3_000
+    assert fast["cohorts"]["cohorts"][0]["size"] > 0
+    assert fast == report_figures(path, reference=True)

@@ -445,12 +445,6 @@ def purchase_columns(
     _finish(table, report, path, skip_bad)
     alive = np.flatnonzero(table.alive)
 
-    def ids(role: str) -> pd.Series:  # categorical: compared and grouped by integer codes
-        values = table.get(role)
-        if values is None:
-            return pd.Series(pd.Categorical([None] * len(alive)))
-        return pd.Series(pd.Categorical(values.iloc[alive].reset_index(drop=True)))
-
     quantity = (
         np.ones(len(alive), dtype=np.int64)
         if checked.quantity is None
@@ -478,18 +472,20 @@ def purchase_columns(
     priced = price_key >= 0
     currencies = np.asarray(checked.currencies, dtype=object)[alive]
     currencies[~priced] = None
-    stamps = pd.DatetimeIndex(checked.stamps.iloc[alive]).to_numpy(dtype="datetime64[us]")
+    columns_: dict[str, Any] = {}
+    for role in ("user", "item", "order"):  # categorical: compared and grouped by codes
+        values = table.get(role)
+        kept = [None] * len(alive) if values is None else values.iloc[alive].reset_index(drop=True)
+        columns_[role] = pd.Categorical(kept)
     frame = pd.DataFrame(
         {
-            "user": ids("user"),
-            "item": ids("item"),
-            "order": ids("order"),
-            "ts": stamps,
+            **columns_,
+            "ts": pd.DatetimeIndex(checked.stamps.iloc[alive]).to_numpy(dtype="datetime64[us]"),
             "quantity": quantity,
             "price_key": price_key,
             "units": units,
             "priced": priced,
-            "currency": currencies,
+            "currency": pd.Categorical(currencies),
         }
     )
     key = ["user", "item", "ts", "order", "quantity", "price_key", "currency"]
