@@ -126,8 +126,8 @@ def render(doc: dict[str, Any]) -> list[str]:
         "## Loyalty metrics: `recoffer report` on 1,000,000 customers and 10,000,000 orders",
         "",
         f"On {m.get('cpu', '?')}, {m.get('cpus')} CPUs, {m.get('memory_gib')} GiB, "
-        f"Python {m.get('python')}, shared with other agents' work while measured. Each row "
-        "was measured with its own command (last column).",
+        f"Python {m.get('python')}, shared with other agents' work while measured (figures "
+        "from a loaded machine). Each row was measured with its own command (last column).",
         "",
         "A seeded Parquet purchase file (`benchmarks/loyalty.py`: every customer a first order "
         "over two years, the other orders by a lognormal weight: at 10 orders per customer on "
@@ -139,15 +139,15 @@ def render(doc: dict[str, Any]) -> list[str]:
         "core on `Line` objects that the API runs on the database's lines.",
         "",
         "| customers | orders | lines | path | seconds | of which reading | metrics | "
-        "peak RSS MiB | command |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        "peak RSS MiB | measured | command |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for row in sorted(doc["runs"].values(), key=lambda r: (r["orders"], r["path"])):
         t = row["timings"]
         out.append(
             f"| {row['customers']:,} | {row['orders']:,} | {row['lines']:,} | {row['path']} | "
             f"{row['seconds']:.1f} | {t['read']:.1f} | {t['metrics']:.1f} | "
-            f"{row['peak_rss_mib']:.0f} | `{row['command']}` |"
+            f"{row['peak_rss_mib']:.0f} | {row['date']} | `{row['command']}` |"
         )
     out.append("")
     runs = list(doc["runs"].values())

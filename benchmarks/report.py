@@ -409,6 +409,7 @@ def main() -> None:
         concurrency,
         import_online_retail,
         lifecycle_sweep,
+        loyalty,
         money,
         reliability,
         retrain_pickup,
@@ -442,6 +443,7 @@ def main() -> None:
         ("segments", segments.render),  # issue 12, item 1
         ("segments_online_retail", segments_online_retail.render),
         ("lifecycle_sweep", lifecycle_sweep.render),  # issue 12, item 2
+        ("loyalty", loyalty.render),  # issue 13, item 1
     ):
         doc = _load(name)
         if doc is not None:

@@ -25,6 +25,7 @@ STEPS = (
     ["benchmarks.campaign_store"],  # issue 12, item 5
     ["benchmarks.segments"],  # issue 12, item 1
     ["benchmarks.segments_online_retail"],
+    ["benchmarks.loyalty"],  # issue 13, item 1
 )
 
 
