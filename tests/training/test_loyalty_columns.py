@@ -84,3 +84,24 @@ def test_the_benchmark_file_gives_the_same_figures_on_both_paths(tmp_path: Path)
     assert sum(p["orders"] for p in fast["loyalty"]["periods"]) == 3_000
     assert fast["cohorts"]["cohorts"][0]["size"] > 0
     assert fast == report_figures(path, reference=True)
+
+
+def test_the_benchmark_database_gives_the_file_figures(tmp_path: Path) -> None:
+    from benchmarks.loyalty import generate, seed
+    from service.analytics.service import Analytics
+    from service.db import make_engine
+
+    path = tmp_path / "shop.parquet"
+    generate(path, customers=200, orders=1_000, seed=7)
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    seed(path, url)
+    engine = make_engine(url)
+    try:
+        analytics = Analytics(engine)
+        stored = {
+            "loyalty": analytics.loyalty("month", None, None),
+            "cohorts": analytics.cohorts(None, None),
+        }
+    finally:
+        engine.dispose()
+    assert stored == report_figures(path)
