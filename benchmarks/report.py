@@ -412,6 +412,7 @@ def main() -> None:
         console_pages,
         import_online_retail,
         lifecycle_sweep,
+        loyalty,
         money,
         reliability,
         retrain_pickup,
@@ -448,6 +449,7 @@ def main() -> None:
         ("console_marketing", console_marketing.render),  # issue 13, item 2
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
         ("clv", clv.render),  # issue 13, item 1
+        ("loyalty", loyalty.render),  # issue 13, item 1
     ):
         doc = _load(name)
         if doc is not None:

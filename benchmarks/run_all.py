@@ -26,6 +26,7 @@ STEPS = (
     ["benchmarks.segments"],  # issue 12, item 1
     ["benchmarks.segments_online_retail"],
     ["benchmarks.clv"],  # issue 13, item 1: predicted lifetime value
+    ["benchmarks.loyalty"],  # issue 13, item 1
 )
 
 

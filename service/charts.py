@@ -237,9 +237,12 @@ def heat_table(
     title: str,
     fmt: Callable[[float], str] = percent,
     row_header: str = "",
+    tips: Sequence[Sequence[str | None]] | None = None,
 ) -> str:
     """A grid of shares (0-1) such as the cohort matrix: each cell prints its figure and is
-    shaded by it (darker is more); an empty cell (``None``) has no figure."""
+    shaded by it (darker is more); an empty cell (``None``) has no figure. ``tips``, one per
+    cell where given, becomes the cell's ``title`` (shown on hover: e.g. the counts behind a
+    share)."""
     parts = [
         f'<figure class="chart heat"><figcaption>{escape(title)}</figcaption>'
         '<div class="table-scroll"><table class="heat"><thead><tr>'
@@ -247,14 +250,16 @@ def heat_table(
     ]
     parts.extend(f'<th scope="col">{escape(column)}</th>' for column in columns)
     parts.append("</tr></thead><tbody>")
-    for label, values in rows:
+    for r, (label, values) in enumerate(rows):
         parts.append(f'<tr><th scope="row">{escape(label)}</th>')
-        for value in values:
+        for c, value in enumerate(values):
+            tip = tips[r][c] if tips is not None and c < len(tips[r]) else None
+            title = "" if tip is None else f' title="{escape(tip)}"'
             if value is None:
-                parts.append('<td class="none"></td>')
+                parts.append(f'<td class="none"{title}></td>')
                 continue
             shade = round(min(max(value, 0.0), 1.0) * 10)  # classes, not style: CSP-safe
-            parts.append(f'<td class="shade-{shade}">{escape(fmt(value))}</td>')
+            parts.append(f'<td class="shade-{shade}"{title}>{escape(fmt(value))}</td>')
         parts.append("</tr>")
     parts.append("</tbody></table></div></figure>")
     return "".join(parts)

@@ -9,9 +9,12 @@ core (``service.analytics.loyalty``) gives the same figures to the last digit.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from service.analytics.loyalty import Line
+from service.analytics.loyalty import Line, Period
 from service.analytics.orders import ALONE
 from training.data.files import DEFAULT_OPTIONS, ReadOptions
 from training.data.imports import prepare
@@ -59,3 +62,63 @@ def file_lines(
             )
         )
     return lines
+
+
+def report_figures(
+    path: Path,
+    *,
+    period: Period = "month",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    fmt: str = "generic",
+    columns: str | None = None,
+    currency: str | None = None,
+    skip_bad: bool = False,
+    options: ReadOptions = DEFAULT_OPTIONS,
+    reference: bool = False,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """``{"loyalty": ..., "cohorts": ...}`` of the purchase file ``path`` (the core's dicts).
+
+    On columns (``training.loyalty_columns``: the same figures to the last digit, in a few
+    integer arrays); with ``reference`` (or amounts too large for 62 bits) through the
+    reference core on ``Line`` objects. ``timings``, when given, receives the seconds spent
+    reading and computing.
+
+    Raises:
+        DataError: the file cannot be used, or has bad rows and not ``skip_bad``.
+    """
+    from service.analytics import loyalty as core
+    from training import loyalty_columns as fast
+    from training.data.imports import purchase_columns
+
+    started = time.perf_counter()
+    figures: dict[str, Any]
+    read = started
+    if not reference:
+        try:
+            frame = purchase_columns(
+                path, fmt=fmt, columns=columns, currency=currency, skip_bad=skip_bad,
+                options=options,
+            )  # fmt: skip
+            read = time.perf_counter()
+            encoded = fast.encode(frame)
+            del frame
+            figures = {
+                "loyalty": fast.loyalty(encoded, period, since, until),
+                "cohorts": fast.cohorts(encoded, since, until),
+            }
+        except OverflowError:
+            reference = True
+    if reference:
+        lines = file_lines(
+            path, fmt=fmt, columns=columns, currency=currency, skip_bad=skip_bad, options=options
+        )
+        read = time.perf_counter()
+        figures = {
+            "loyalty": core.loyalty(lines, period, since, until),
+            "cohorts": core.cohorts(lines, since, until),
+        }
+    if timings is not None:
+        timings.update(read=read - started, metrics=time.perf_counter() - read)
+    return figures

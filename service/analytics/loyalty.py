@@ -141,10 +141,24 @@ def _range(
     orders: list[Order], period: Period, since: datetime | None, until: datetime | None
 ) -> list[datetime]:
     """The starts of the report's periods (whole periods from ``since`` to ``until``)."""
-    if not orders and (since is None or until is None):
+    if not orders:
+        return period_starts(None, None, period, since, until)
+    return period_starts(orders[0].at, orders[-1].at, period, since, until)
+
+
+def period_starts(
+    first_at: datetime | None,
+    last_at: datetime | None,
+    period: Period,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[datetime]:
+    """The starts of the report's periods, given the times of the first and last orders."""
+    low = since if since is not None else first_at
+    high = until if until is not None else last_at
+    if low is None or high is None:
         return []
-    first = period_start(since if since is not None else orders[0].at, period)
-    last = period_start(until if until is not None else orders[-1].at, period)
+    first, last = period_start(low, period), period_start(high, period)
     starts = []
     while first <= last:
         starts.append(first)

@@ -63,6 +63,18 @@ def test_the_heat_table_prints_each_share_in_its_cell() -> None:
     root = _parse(html)
     cells = [td.text for td in root.iter("td")]
     assert cells == ["100.0%", "25.0%", None, "100.0%", None, None]
+    assert all(td.get("title") is None for td in root.iter("td"))
+
+
+def test_the_heat_table_gives_each_cell_its_tip() -> None:
+    html = heat_table(
+        [("2024-01", [1.0, 0.25]), ("2024-02", [1.0])],
+        ["0", "1"],
+        title="Cohorts",
+        tips=[["4 of 4", "1 of 4 <&>"], ["2 of 2"]],
+    )
+    root = _parse(html)
+    assert [td.get("title") for td in root.iter("td")] == ["4 of 4", "1 of 4 <&>", "2 of 2"]
 
 
 def test_bars_print_their_values() -> None:

@@ -324,3 +324,19 @@ def test_an_import_reads_semicolons_and_day_first_dates_like_train(tmp_path: Pat
     assert done.exit_code == 0, done.stderr
     stamps = sorted(r["ts"] for r in _rows(url, events))
     assert [(t.month, t.day) for t in stamps] == [(6, 1), (6, 2)]  # June, not January
+
+
+def test_ids_at_the_edges_of_the_alphabet(tmp_path: Path) -> None:
+    """Plain ids pass without the per-value validator; every other one still gets its reason."""
+    from training.data.imports import prepare
+
+    good = [".a", "...", "a" * 128, "a@b:c-d_e.f", "..x"]
+    bad = {".": "path step", "..": "path step", "b" * 129: "at most 128", "a/b": "'/'"}
+    rows = "".join(f"{u},i1,2024-01-01\n" for u in [*good, *bad])
+    path = _write(tmp_path / "ids.csv", "user_id,item_id,timestamp\n" + rows)
+    prepared = prepare("purchases", path, skip_bad=True)
+    assert [e.user_id for e in prepared.events] == good
+    reasons = [b.reason for b in prepared.report.bad]
+    assert len(reasons) == len(bad)
+    for reason, expected in zip(reasons, bad.values(), strict=True):
+        assert expected in reason, reasons

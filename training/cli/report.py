@@ -12,7 +12,7 @@ from rich.table import Table
 
 from service.errors import UsageProblem
 from training.cli.common import DateFormat, DayFirst, Delimiter, read_options, setup_logging
-from training.cli.render import errors, out
+from training.cli.render import err, errors, out
 
 if TYPE_CHECKING:
     from service.analytics.loyalty import Period
@@ -113,6 +113,13 @@ def report(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write the report as one self-contained HTML page with charts.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Print the loyalty metrics per period and the cohort retention matrix.
@@ -127,8 +134,10 @@ def report(
           --format online-retail --currency GBP
 
       recoffer report --database-url sqlite:///var/recoffer.db --period week --json
+
+      recoffer report --data purchases.csv --currency EUR --html loyalty.html
     """
-    from service.analytics.loyalty import Line, cohorts, loyalty, report_end
+    from service.analytics.loyalty import cohorts, loyalty, report_end
     from service.analytics.orders import check_segment
     from service.analytics.service import check_range
     from service.api.schemas import CohortsOut, LoyaltyOut
@@ -146,34 +155,101 @@ def report(
         chosen = cast("Period", period)
         check_range(chosen, start, end)
         check_range("month", start, end)
-        lines: list[Line]
+        if html is not None:
+            _check_writable(html)
         if data is not None:
-            from training.report import file_lines
+            from training.report import report_figures
 
             options = read_options(delimiter, date_format, dayfirst)
-            lines = file_lines(
+            figures = report_figures(
                 data,
+                period=chosen,
+                since=start,
+                until=end,
                 fmt=fmt,
                 columns=columns,
                 currency=currency,
                 skip_bad=skip_bad_rows,
                 options=options,
             )
+            source = f"purchase file {data.name}"
         else:
             ends = [report_end(p, end) for p in (chosen, "month")]  # a week may end later
             before = None if end is None else max(ends)  # type: ignore[type-var]
             lines = _database_lines(str(database_url), before, segment)
-        by_period = LoyaltyOut.model_validate(loyalty(lines, chosen, start, end))
-        matrix = CohortsOut.model_validate(cohorts(lines, start, end))
-    if as_json:
+            figures = {
+                "loyalty": loyalty(lines, chosen, start, end),
+                "cohorts": cohorts(lines, start, end),
+            }
+            source = f"database {_shown_url(str(database_url))}"
+            if segment is not None:
+                source += f", segment {segment}"
         body = {
-            "loyalty": by_period.model_dump(mode="json"),
-            "cohorts": matrix.model_dump(mode="json"),
+            "loyalty": LoyaltyOut.model_validate(figures["loyalty"]).model_dump(mode="json"),
+            "cohorts": CohortsOut.model_validate(figures["cohorts"]).model_dump(mode="json"),
         }
+        if html is not None:
+            _write_html(html, body, source)
+    if as_json:
         out.print(json.dumps(body), markup=False)
         return
-    out.print(loyalty_table(by_period.model_dump(mode="json")))
-    out.print(cohort_table(matrix.model_dump(mode="json")))
+    out.print(loyalty_table(body["loyalty"]))
+    out.print(cohort_table(body["cohorts"]))
+    if html is not None:
+        err.print(f"wrote {html}", markup=False)
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an ``--html`` path that cannot be written, before the work starts."""
+    if path.is_dir():
+        raise UsageProblem(f"--html: {path} is a directory")
+    if not path.parent.is_dir():
+        raise UsageProblem(f"--html: cannot write {path} (no directory {path.parent})")
+
+
+def _write_html(path: Path, body: dict[str, Any], source: str) -> None:
+    """The HTML page, written beside ``path`` and renamed over it (never half a file)."""
+    import os
+    import tempfile
+
+    from service.analytics.html import report_page
+
+    page = report_page(
+        body["loyalty"],
+        body["cohorts"],
+        source=source,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as exc:
+        raise UsageProblem(f"--html: cannot write {path} ({exc.strerror})") from None
+    try:
+        umask = os.umask(0)  # mkstemp's file is private: give it a report's usual mode
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(page)
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise UsageProblem(f"--html: cannot write {path} ({exc.strerror})") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _shown_url(url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsed URL)"
 
 
 def _database_lines(url: str, before: datetime | None, segment: str | None) -> list[Any]:

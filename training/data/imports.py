@@ -51,6 +51,7 @@ BATCH_ROWS = 5_000
 SHOWN_BAD_ROWS = 5  # in the one-line refusal; the report keeps up to MAX_BAD_ROWS
 MAX_BAD_ROWS = 1_000
 KEY_PREFIX = "import:"
+_PLAIN_ID = r"[A-Za-z0-9._:@-]{1,128}"  # service.ids' alphabet and length (dot segments aside)
 
 # role -> default column name, per kind (a --columns mapping renames)
 ROLES: dict[str, dict[str, str]] = {
@@ -264,7 +265,15 @@ def _check_ids(table: _Table, roles: Sequence[str]) -> None:
         if values is None:
             continue
         refused: dict[str, str] = {}
-        for value in pd.unique(values[table.alive & values.notna().to_numpy()]):
+        unique = pd.Series(pd.unique(values[table.alive & values.notna().to_numpy()]))
+        # text of the alphabet, 1 to 128 long, and no dot segment, is an id: only the rest
+        # goes through the API's validator, one value at a time, for its message
+        try:  # a value that is no text is NA here, so it goes to the validator
+            plain = unique.str.fullmatch(_PLAIN_ID).fillna(False).astype(bool)
+        except AttributeError:  # not text at all
+            plain = pd.Series(False, index=unique.index)
+        plain &= ~unique.isin([".", ".."])
+        for value in unique[~plain].tolist():
             try:
                 adapter.validate_python(value)
             except ValidationError as exc:
@@ -314,7 +323,8 @@ def _amounts(table: _Table) -> list[Decimal | None] | None:
     text = as_text(price) if not pd.api.types.is_numeric_dtype(price.dtype) else price
     exact: dict[Any, Decimal | None] = {}
     problems: dict[Any, str] = {}
-    for value in pd.unique(text):
+    codes, uniques = pd.factorize(text)  # missing cells: -1
+    for value in uniques.tolist():
         if value is None or (isinstance(value, float) and math.isnan(value)):
             exact[value] = None
             continue
@@ -330,7 +340,8 @@ def _amounts(table: _Table) -> list[Decimal | None] | None:
     if problems:
         mask = text.isin(list(problems)).to_numpy()
         table.refuse(mask, lambda p: problems[text.iloc[p]])
-    return [exact.get(v) for v in text.tolist()]
+    per_code = [exact.get(v) for v in uniques.tolist()]
+    return [None if c < 0 else per_code[c] for c in codes.tolist()]
 
 
 def _currencies(
@@ -354,7 +365,9 @@ def _currencies(
     if prices is not None:
         priced = np.array([p is not None for p in prices])
         table.refuse(priced & values.isna().to_numpy(), "a price without its currency")
-    return [None if pd.isna(v) else str(v) for v in values.tolist()]
+    codes, uniques = pd.factorize(values)  # missing: -1; one string object per currency
+    names = [str(v) for v in uniques.tolist()]
+    return [None if c < 0 else names[c] for c in codes.tolist()]
 
 
 # --- the three kinds -------------------------------------------------------------------------
@@ -396,6 +409,91 @@ def prepare(
         prepared = _prepare_items(table, report, currency)
     else:
         prepared = _prepare_events(kind, table, report, fmt, currency, now)
+    _finish(table, report, path, skip_bad)
+    return prepared
+
+
+def purchase_columns(
+    path: Path,
+    *,
+    fmt: str = "generic",
+    columns: str | None = None,
+    currency: str | None = None,
+    now: datetime | None = None,
+    skip_bad: bool = False,
+    options: ReadOptions = DEFAULT_OPTIONS,
+) -> pd.DataFrame:
+    """The purchase lines :func:`prepare` would store from ``path``, as columns, not objects.
+
+    The same reading, skipping and checks (and the same refusal of bad rows); a line with the
+    natural key of an earlier one is left out, as the import stores it once. Columns: ``user``,
+    ``item``, ``order`` (text, missing as NA), ``ts`` (naive UTC ``datetime64[us]``),
+    ``quantity``, ``units`` (price x quantity in ten-thousandths, 0 without a price),
+    ``priced`` and ``currency`` (None without a price).
+
+    Raises:
+        DataError: as :func:`prepare`.
+        OverflowError: an amount would not fit 62 bits (the caller reads the lines instead).
+    """
+    from service.money import to_units
+
+    path = Path(path)
+    now = now or datetime.now(UTC)
+    table = read_rows("purchases", path, fmt=fmt, columns=columns, options=options)
+    report = ImportReport(kind="purchases", source=str(path), rows_read=table.rows)
+    checked = _check_events("purchases", table, report, fmt, currency, now)
+    _finish(table, report, path, skip_bad)
+    alive = np.flatnonzero(table.alive)
+
+    quantity = (
+        np.ones(len(alive), dtype=np.int64)
+        if checked.quantity is None
+        else np.nan_to_num(checked.quantity.iloc[alive].to_numpy(dtype="float64"), nan=1.0).astype(
+            np.int64
+        )
+    )
+    price_key = np.full(len(alive), -1, dtype=np.int64)
+    units = np.zeros(len(alive), dtype=np.int64)
+    price = table.get("price")
+    if price is not None and checked.prices is not None:
+        text = as_text(price) if not pd.api.types.is_numeric_dtype(price.dtype) else price
+        codes, _ = pd.factorize(text.iloc[alive].reset_index(drop=True))
+        present = np.flatnonzero(codes >= 0)
+        _, first = np.unique(codes[present], return_index=True)
+        exact = [checked.prices[int(alive[present[f]])] for f in first.tolist()]
+        # the natural key holds the price as written (10.0 and 10.00 are two keys)
+        spelled, _ = pd.factorize(pd.Series([str(e) for e in exact], dtype=object))
+        per_code = [0 if e is None else to_units(e) for e in exact]  # never None: checked
+        largest = max((abs(u) for u in per_code), default=0) * int(quantity.max(initial=1))
+        if largest >= 2**62:
+            raise OverflowError("an amount does not fit 62 bits")
+        price_key[present] = spelled[codes[present]]
+        units[present] = np.array(per_code, dtype=np.int64)[codes[present]] * quantity[present]
+    priced = price_key >= 0
+    currencies = np.asarray(checked.currencies, dtype=object)[alive]
+    currencies[~priced] = None
+    columns_: dict[str, Any] = {}
+    for role in ("user", "item", "order"):  # categorical: compared and grouped by codes
+        values = table.get(role)
+        kept = [None] * len(alive) if values is None else values.iloc[alive].reset_index(drop=True)
+        columns_[role] = pd.Categorical(kept)
+    frame = pd.DataFrame(
+        {
+            **columns_,
+            "ts": pd.DatetimeIndex(checked.stamps.iloc[alive]).to_numpy(dtype="datetime64[us]"),
+            "quantity": quantity,
+            "price_key": price_key,
+            "units": units,
+            "priced": priced,
+            "currency": pd.Categorical(currencies),
+        }
+    )
+    key = ["user", "item", "ts", "order", "quantity", "price_key", "currency"]
+    return frame[~frame.duplicated(subset=key)].reset_index(drop=True)
+
+
+def _finish(table: _Table, report: ImportReport, path: Path, skip_bad: bool) -> None:
+    """Count the skipped and bad rows into ``report``; refuse bad rows unless ``skip_bad``."""
     report.skipped = table.skipped
     report.bad_rows = len(table.bad)
     report.bad = [BadRow(table.lines(p), r) for p, r in sorted(table.bad.items())[:MAX_BAD_ROWS]]
@@ -404,18 +502,28 @@ def prepare(
         raise DataError(
             f"{report.bad_rows:,} bad rows in {path} ({shown}); fix them or pass --skip-bad-rows"
         )
-    return prepared
 
 
-def _prepare_events(
+@dataclass
+class _Checked:
+    """The checked columns of an event or purchase file (rows still ``table.alive`` are kept)."""
+
+    types: pd.Series
+    stamps: pd.Series
+    quantity: pd.Series | None
+    prices: list[Decimal | None] | None
+    currencies: list[str | None]
+
+
+def _check_events(
     kind: str,
     table: _Table,
     report: ImportReport,
     fmt: str,
     currency: str | None,
     now: datetime,
-) -> Prepared:
-    from service.activity.records import NewEvent
+) -> _Checked:
+    """Skip what is not imported and refuse the bad rows of an event or purchase file."""
     from service.tables import EVENT_TYPES
 
     user, item = table.columns["user"], table.get("item")
@@ -467,6 +575,23 @@ def _prepare_events(
     currencies = _currencies(table, prices, currency)
     if quantity is not None:
         table.refuse((quantity > 1_000_000).to_numpy(), "quantity above 1,000,000")
+    return _Checked(types, stamps, quantity, prices, currencies)
+
+
+def _prepare_events(
+    kind: str,
+    table: _Table,
+    report: ImportReport,
+    fmt: str,
+    currency: str | None,
+    now: datetime,
+) -> Prepared:
+    from service.activity.records import NewEvent
+
+    checked = _check_events(kind, table, report, fmt, currency, now)
+    types, stamps, quantity = checked.types, checked.stamps, checked.quantity
+    prices, currencies = checked.prices, checked.currencies
+    item = table.get("item")
     alive = np.flatnonzero(table.alive)
 
     def column(role: str) -> list[Any]:
