@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from service.charts import Series, heat_table, line_chart, percent, plain
+from service.charts import CSS, Series, heat_table, line_chart, percent, plain
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b1b1b;
@@ -21,17 +21,9 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 1.5rem; margin: 0 0 .25rem; }
 h2 { font-size: 1.2rem; margin: 2rem 0 .5rem; border-bottom: 1px solid #ccc; }
 p.meta { color: #444; margin: 0 0 1rem; }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(20rem, 1fr)); gap: 1rem; }
-figure.chart { margin: 0; }
-figure.chart > svg { width: 100%; height: auto; }
-figcaption { font-weight: 600; margin-bottom: .25rem; }
-.grid { stroke: #ddd; stroke-width: 1; }
-.axis, .value { font-size: 11px; fill: #333; }
-.chart-empty { fill: #666; }
-ul.legend { list-style: none; padding: 0; margin: .25rem 0 0; display: flex; flex-wrap: wrap;
-  gap: .25rem 1rem; font-size: 13px; }
-ul.legend svg { vertical-align: middle; width: 36px; height: 12px; }
-.table-scroll { overflow-x: auto; }
+.charts { display: grid; gap: 1rem;
+  grid-template-columns: repeat(auto-fit, minmax(min(100%, 30rem), 1fr)); }
+.charts > * { min-width: 0; }
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
 th, td { padding: .2rem .45rem; border: 1px solid #ddd; text-align: right; white-space: nowrap; }
 th[scope="row"], thead th:first-child { text-align: left; }
@@ -232,6 +224,6 @@ def report_page(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>'
         '<meta name="viewport" content="width=device-width, initial-scale=1"/>'
-        f"<title>Loyalty report per {escape(period)}</title><style>{STYLE}</style></head>"
+        f"<title>Loyalty report per {escape(period)}</title><style>{STYLE}{CSS}</style></head>"
         f"<body>{''.join(body)}</body></html>\n"
     )
