@@ -1,5 +1,5 @@
 """The demo shop behind a real server with one API key per role: what the console's browser
-tests (``tests/browser``) and its page-timing run (``benchmarks/bench_console.py``) open.
+tests (``tests/browser``) and its page-timing run (``benchmarks/console_pages.py``) open.
 
 The shop is the one ``python3 tasks.py run`` serves (the ``demo`` preset of the synthetic shop,
 its model, its database with past orders and segments), with two model versions so that ops can

@@ -13,15 +13,20 @@ from service.analytics.value import read_summary, value_of
 from service.errors import InvalidInput
 
 MAX_PERIODS = 1_000  # a report longer than this is refused (about 19 years of weeks)
+# the dates a range may name: well inside what datetime can hold after any offset and a period
+FIRST_YEAR, LAST_YEAR = 1900, 9000
 
 
 def check_range(period: Period, since: datetime | None, until: datetime | None) -> None:
-    """Refuse ``until`` before ``since`` and ranges of more than :data:`MAX_PERIODS` periods
-    (without ``until``, up to now).
+    """Refuse dates outside :data:`FIRST_YEAR` .. :data:`LAST_YEAR`, ``until`` before
+    ``since`` and ranges of more than :data:`MAX_PERIODS` periods (without ``until``, to now).
 
     Raises:
         InvalidInput: naming ``until`` or ``since``.
     """
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and not FIRST_YEAR <= moment.year <= LAST_YEAR:
+            raise InvalidInput(name, f"must be within the years {FIRST_YEAR} to {LAST_YEAR}")
     if since is None:
         return
     until = until or datetime.now(UTC)  # no end given: the report runs to the last order

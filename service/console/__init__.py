@@ -8,6 +8,8 @@ role that may not see a page and a form without its CSRF token.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -32,7 +34,7 @@ def add_console(app: FastAPI) -> None:
     async def _sign_in(request: Request, exc: SignInNeeded) -> Response:
         target = request.scope.get("root_path", "") + "/console/sign-in"
         if exc.path.rstrip("/") not in {"/console", ""}:
-            return RedirectResponse(f"{target}?next={exc.path}", status_code=303)
+            return RedirectResponse(f"{target}?next={quote(exc.path)}", status_code=303)
         return RedirectResponse(target, status_code=303)
 
     @app.exception_handler(NotAllowed)

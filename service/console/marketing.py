@@ -409,7 +409,15 @@ async def edit_campaign(request: Request, campaign_id: str, session: Marketing) 
     values = cf.submitted(form, fields)
     changes = cf.changes_of(values, fields, view.definition)
     raw_version = form.get("version")
-    expected = int(raw_version) if isinstance(raw_version, str) and raw_version.isdigit() else None
+    if not (
+        isinstance(raw_version, str)
+        and raw_version.isascii()
+        and raw_version.isdigit()
+        and len(raw_version) <= 18
+    ):  # the form always carries the version it was made from: without it, no blind overwrite
+        problem = InvalidInput("version", "missing from the form: reload the campaign's page")
+        return _problem(request, session, problem)
+    expected = int(raw_version)
     names = [f.name for f in fields]
     if not changes:
         return RedirectResponse(f"/console/campaigns/{campaign_id}?done=unchanged", status_code=303)
@@ -531,12 +539,13 @@ def segments(request: Request, session: Marketing) -> HTMLResponse:
 
 
 def _filters(period: str | None, segment: str | None) -> tuple[str, str | None, str | None]:
-    """The GET form's period and segment, or the field that is wrong and why."""
-    if period not in (None, "", "week", "month"):
-        return "month", segment, f"period: {period[:20]!r} is not week or month"
+    """The GET form's period and segment, or the field that is wrong and why (a wrong field
+    falls back to its default, so the page still shows figures)."""
     chosen_segment = segment or None
     if chosen_segment is not None and chosen_segment not in SEGMENTS:
-        return period or "month", None, f"segment: {chosen_segment[:40]!r} is not a segment"
+        return "month", None, f"segment: {chosen_segment[:40]!r} is not a segment"
+    if period not in (None, "", "week", "month"):
+        return "month", chosen_segment, f"period: {period[:20]!r} is not week or month"
     return period or "month", chosen_segment, None
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -99,13 +100,26 @@ def _key_still_configured(request: Request, session: Session) -> bool:
     return found
 
 
+def _back_to(request: Request) -> str:
+    """Where to come back after signing in: the page asked for, with its query; for a form
+    posted with an expired session (a button's POST-only path), the page the form was on."""
+    if request.method == "GET":
+        query = request.url.query
+        return request.url.path + (f"?{query}" if query else "")
+    referer = urlsplit(request.headers.get("referer", ""))
+    same_host = referer.netloc == request.url.netloc
+    if same_host and referer.path.startswith("/console"):
+        return referer.path + (f"?{referer.query}" if referer.query else "")
+    return "/console"
+
+
 def current_session(request: Request) -> Session:
     """The signed-in console user, or :class:`SignInNeeded` (a FastAPI dependency; sync, so it
     runs in the thread pool, as it reads the database)."""
     token = request.cookies.get(COOKIE)
     session = sessions_of(state_of(request)).find(token) if token else None
     if session is None or not _key_still_configured(request, session):
-        raise SignInNeeded(request.url.path)
+        raise SignInNeeded(_back_to(request))
     return session
 
 

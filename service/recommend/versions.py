@@ -10,13 +10,14 @@ picks it up at its next registry poll (``RECOFFER_RELOAD_INTERVAL_SECONDS``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from service.artifact import Manifest, ModelStore, RunLog, TrainingRun, load_artifact, read_runs
 from service.artifact.lock import trainer_lock
-from service.errors import ArtifactError, RegistryError
+from service.errors import ArtifactError, RegistryError, TrainerBusyError
 from service.recommend.service import Recommendations
 from service.scoring import PROTOCOLS
 
@@ -186,7 +187,11 @@ class ModelVersions:
         TrainerBusyError while a trainer holds the lock; RegistryError when there is nothing
         to go back to or the version it would go back to does not load.
         """
-        with trainer_lock(self.store.root):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(trainer_lock(self.store.root))
+            except TrainerBusyError as exc:  # its text names the lock file: no paths to callers
+                raise TrainerBusyError(self.public(str(exc))) from None
             before, target = self.store.current(), self.store.previous()
             if expected_current is not None and before != expected_current:
                 raise RegistryError(

@@ -1,7 +1,7 @@
 """What the console's browser tests share: signing in through the form, opening a page and
 timing its first render, screenshots, and the pages' timings for the report.
 
-Screenshots go to ``RECOFFER_CONSOLE_SHOTS`` when it is set (``benchmarks/bench_console.py``
+Screenshots go to ``RECOFFER_CONSOLE_SHOTS`` when it is set (``benchmarks/console_pages.py``
 sets it to ``docs/img``), else to the test's temporary directory: the tests never change the
 project's files. Each page's time to first render is collected in :data:`TIMINGS`; the session
 prints them at its end and, with ``RECOFFER_CONSOLE_TIMINGS`` set, writes them to that JSON file.

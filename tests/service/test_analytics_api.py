@@ -96,6 +96,12 @@ def test_bad_input_is_a_422_naming_the_field(tmp_path: Path) -> None:
             ("/v1/analytics/loyalty", {"since": "yesterday"}, "since"),
             ("/v1/analytics/cohorts", {"since": "2024-05-01", "until": "2024-01-01"}, "until"),
             ("/v1/analytics/loyalty", {"period": "week", "since": "1900-01-01"}, "since"),
+            # the ends of the calendar: no overflow, a 422 (issue 13 review)
+            ("/v1/analytics/loyalty", {"until": "9999-12-31"}, "until"),
+            ("/v1/analytics/cohorts", {"until": "9999-12-31"}, "until"),
+            ("/v1/analytics/loyalty", {"since": "9999-12-01", "until": "9999-12-31"}, "since"),
+            ("/v1/analytics/loyalty", {"since": "0001-01-01", "until": "0001-01-02"}, "since"),
+            ("/v1/analytics/cohorts", {"since": "0001-01-01T00:00:00+14:00"}, "since"),
         ]
         for path, params, field in cases:
             for until in ({"until": "2024-01-01"}, {}):  # a range to now is bounded too
@@ -117,6 +123,7 @@ def test_bad_input_is_a_422_naming_the_field(tmp_path: Path) -> None:
         (["--data", "missing.csv"], "file not found"),
         (["--database-url", "sqlite://", "--period", "day"], "--period 'day'"),
         (["--database-url", "sqlite://", "--since", "soon"], "--since 'soon'"),
+        (["--database-url", "sqlite://", "--until", "9999-12-31"], "until"),
     ],
 )
 def test_report_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

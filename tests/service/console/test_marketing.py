@@ -402,6 +402,7 @@ def test_without_a_session_the_pages_send_to_sign_in(shop: TestClient) -> None:
         ("/console/loyalty?period=year", 422),
         ("/console/loyalty?segment=whales", 422),
         ("/console/loyalty?period=week&segment=", 200),
+        ("/console/loyalty?period=x&segment=bogus", 422),  # a page, not the API's JSON
         ("/console/cohorts?segment=%27%3B--", 422),
         (f"/console/campaigns/{CAMPAIGN}?done=%3Cscript%3E", 200),
     ],
@@ -412,6 +413,7 @@ def test_odd_query_parameters_get_a_page_not_a_500(
     sign_in(shop, "marketing")
     answer = shop.get(path)
     assert answer.status_code == status, answer.text[:300]
+    assert answer.headers["content-type"].startswith("text/html")
     assert "<script>" not in answer.text
 
 
@@ -571,3 +573,18 @@ def test_an_edit_of_a_version_changed_meanwhile_is_refused(shop: TestClient) -> 
     assert (
         shop.get(f"/v1/campaigns/{CAMPAIGN}", headers=M).json()["definition"]["max_per_day"] == 10
     )
+
+
+@pytest.mark.parametrize("version", [None, "", "²", "9" * 5000, "-1", "1.0"])
+def test_an_edit_without_a_sound_version_is_refused_and_changes_nothing(
+    shop: TestClient, version: str | None
+) -> None:
+    csrf = sign_in(shop, "marketing")
+    before = shop.get(f"/v1/campaigns/{CAMPAIGN}", headers=M).json()
+    data = {"csrf": csrf, "max_per_day": "33"}
+    if version is not None:
+        data["version"] = version
+    answer = shop.post(f"/console/campaigns/{CAMPAIGN}/edit", data=data)
+    assert answer.status_code == 422
+    assert "version" in _text(answer.text)
+    assert shop.get(f"/v1/campaigns/{CAMPAIGN}", headers=M).json() == before

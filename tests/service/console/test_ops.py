@@ -205,6 +205,20 @@ def test_the_api_rolls_back_and_this_worker_serves_it_at_once(
     assert ops.get("/v1/model", headers=ADMIN).json()["version"] == listing["previous"]
 
 
+def test_a_rollback_while_a_trainer_runs_is_refused_without_naming_paths(
+    ops: TestClient, tmp_path: Path
+) -> None:
+    from service.artifact.lock import trainer_lock
+
+    before = ops.get("/v1/model/versions", headers=ADMIN).json()["current"]
+    with trainer_lock(tmp_path / "models"):
+        answer = ops.post("/v1/model/rollback", headers=ADMIN)
+    assert answer.status_code == 409
+    assert answer.json()["error"] == "trainer_busy"
+    assert str(tmp_path) not in answer.text
+    assert ops.get("/v1/model/versions", headers=ADMIN).json()["current"] == before
+
+
 def test_the_health_page_says_ok_or_why_in_words(ops: TestClient) -> None:
     sign_in(ops, "admin")
     page = ops.get("/console/health")

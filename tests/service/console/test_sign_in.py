@@ -135,3 +135,32 @@ def test_development_mode_enters_as_admin_from_this_machine_only(tmp_path: Path)
         form = client.get("/console/sign-in")
         answer = client.post("/console/sign-in", data={"csrf": hidden(form.text, "csrf")})
         assert answer.status_code == 403
+
+
+def test_after_signing_in_again_the_page_comes_back_with_its_query(console: TestClient) -> None:
+    answer = console.get("/console/loyalty?period=week", follow_redirects=False)
+    assert answer.headers["location"] == "/console/sign-in?next=/console/loyalty%3Fperiod%3Dweek"
+    form = console.get(answer.headers["location"])
+    assert hidden(form.text, "next") == "/console/loyalty?period=week"
+
+
+def test_a_button_pressed_after_the_session_ended_comes_back_to_its_page(
+    console: TestClient,
+) -> None:
+    page = "http://testserver/console/campaigns/new_user_high_intent"
+    answer = console.post(
+        "/console/campaigns/new_user_high_intent/pause",
+        data={"csrf": "old"},
+        headers={"referer": page},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"] == (
+        "/console/sign-in?next=/console/campaigns/new_user_high_intent"
+    )
+    elsewhere = console.post(
+        "/console/campaigns/new_user_high_intent/pause",
+        headers={"referer": "https://evil.example/console/x"},
+        follow_redirects=False,
+    )
+    assert elsewhere.headers["location"] == "/console/sign-in"
