@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from service.analytics.orders import SEGMENTS as REPORT_SEGMENTS
 from service.api.schemas import CohortsOut, LoyaltyOut
 from service.charts import Series, bar_chart, heat_table, line_chart, percent
 from service.console import campaign_form as cf
@@ -97,11 +98,13 @@ def key_figures(stats: CampaignStats) -> list[tuple[str, str]]:
         ("Expired unused", f"{stats.coupons['expired']:,}"),
         (
             "Conversion, treated",
-            f"{_pct(stats.conversion['treated'])} ({stats.converted['treated']:,} users)",
+            f"{_pct(stats.conversion['treated'])} "
+            f"({stats.converted['treated']:,} of {stats.coupons['issued']:,} bought)",
         ),
         (
             "Conversion, holdout",
-            f"{_pct(stats.conversion['holdout'])} ({stats.converted['holdout']:,} users)",
+            f"{_pct(stats.conversion['holdout'])} "
+            f"({stats.converted['holdout']:,} of {stats.decisions.get('holdout', 0):,} bought)",
         ),
         ("Uplift", _interval(stats.uplift)),
     ]
@@ -542,7 +545,7 @@ def _filters(period: str | None, segment: str | None) -> tuple[str, str | None, 
     """The GET form's period and segment, or the field that is wrong and why (a wrong field
     falls back to its default, so the page still shows figures)."""
     chosen_segment = segment or None
-    if chosen_segment is not None and chosen_segment not in SEGMENTS:
+    if chosen_segment is not None and chosen_segment not in REPORT_SEGMENTS:
         return "month", None, f"segment: {chosen_segment[:40]!r} is not a segment"
     if period not in (None, "", "week", "month"):
         return "month", chosen_segment, f"period: {period[:20]!r} is not week or month"
@@ -637,7 +640,7 @@ def loyalty(
         problem=problem,
         period=chosen,
         segment=chosen_segment or "",
-        segments=SEGMENTS,
+        segments=REPORT_SEGMENTS,
         charts=charts,
         rows=rows,
         currencies=currencies,
@@ -669,7 +672,7 @@ def cohort_matrix(request: Request, session: Marketing, segment: str | None = No
         status=422 if problem else 200,
         problem=problem,
         segment=chosen_segment or "",
-        segments=SEGMENTS,
+        segments=REPORT_SEGMENTS,
         grid=grid,
         matrix=matrix,
         computed_at=figures.computed_at,

@@ -101,15 +101,15 @@ def rollback_confirm(request: Request, session: Admin) -> HTMLResponse:
     versions = _versions(request)
     try:
         plan = versions.plan_rollback()
-    except RegistryError as exc:
+    except RegistryError as exc:  # a normal state (one version so far): said, not an error
         return page(
             request,
             "rollback.html",
             session,
             title="Roll back",
-            status=409,
             plan=None,
-            problem=str(exc),
+            problem=None,
+            nothing=str(exc),
             protocols=PROTOCOLS,
             reload_seconds=0,
         )
