@@ -23,6 +23,12 @@ and ``Analytics.cohorts`` (what ``/v1/analytics/*`` call), each reading the line
     python -m benchmarks.loyalty                                  # 1M customers, 10M orders
     python -m benchmarks.loyalty --customers 100000 --orders 1000000 --path sqlite
     python -m benchmarks.loyalty --customers 100000 --orders 1000000 --path reference
+
+With ``--database URL`` the measured process is the same API's way on an existing database
+(the demo shop's: ``recoffer demo --no-serve --workdir DIR --preset demo``), nothing seeded;
+its row is keyed by the database's name.
+
+    python -m benchmarks.loyalty --database sqlite:////tmp/fa-demo/recoffer.db
 """
 
 from __future__ import annotations
@@ -243,7 +249,7 @@ def render(doc: dict[str, Any]) -> list[str]:
         "customers in GBP), read and "
         "checked as `recoffer import` would, then the monthly metrics and the cohort matrix, in "
         "a fresh process: its wall time (imports excluded) and its own peak RSS. `columns` is "
-        "what `recoffer report --data` runs (`training/loyalty_columns.py`), `reference` the "
+        "what `recoffer report --data` runs (`service/analytics/columns.py`), `reference` the "
         "core on `Line` objects that the API runs on the database's lines.",
         "",
         "`sqlite` and `postgresql` are the API's way (`Analytics.loyalty` and `.cohorts`, "
@@ -302,10 +308,20 @@ def main() -> None:
         help="the file on columns or on the reference core, or the API's way: the file's "
         "lines stored in a fresh database, read back by the service (reference core)",
     )
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="measure the API's way on this existing database instead (e.g. the demo shop's)",
+    )
+    parser.add_argument("--name", default="demo shop", help="what --database holds (its row)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where loyalty.json goes")
     args = parser.parse_args()
     if args.orders < args.customers:
         parser.error("--orders must be at least --customers (every customer has an order)")
+    if args.database:
+        row = existing(args.database, args.name)
+        save_row(args.out, row["path"], row)
+        return
     data = WORK / f"loyalty-{args.customers}-{args.orders}-{args.seed}.parquet"
     counts: dict[str, Any] = {"customers": args.customers, "orders": args.orders}
     if not data.is_file():
@@ -326,14 +342,43 @@ def main() -> None:
             print("seeded", url.split("@")[-1], f"{seconds:.0f} s", flush=True)
             measured = run_database(url)
             measured["seed_seconds"] = round(seconds, 1)
-    row = {**counts, "path": args.path, **measured}
+    save_row(
+        args.out,
+        f"{args.customers}/{args.orders}/{args.path}",
+        {**counts, "path": args.path, **measured},
+    )
+
+
+def existing(url: str, label: str) -> dict[str, Any]:
+    """The API's way on a database as it is: its counts (not timed), then the measured run."""
+    from sqlalchemy import func, select
+
+    from service.db import make_engine
+    from service.tables import events
+
+    engine = make_engine(url)
+    e = events.c
+    with engine.connect() as conn:
+        purchases = e.type == "purchase"
+        lines = conn.execute(select(func.count()).where(purchases)).scalar_one()
+        customers = conn.execute(select(func.count(func.distinct(e.user_id))).where(purchases))
+        users = customers.scalar_one()
+    engine.dispose()
+    measured = run_database(url)
+    name = f"{engine.dialect.name} ({label})"
+    counts = {"customers": users, "orders": measured["orders"], "lines": lines}
+    return {**counts, "path": name, **measured}
+
+
+def save_row(out: Path, key: str, row: dict[str, Any]) -> None:
+    """Add ``row`` to ``loyalty.json`` under ``key``, keeping the other rows."""
     row["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     row["command"] = this_command()
     print(json.dumps(row), flush=True)
-    previous = args.out / "loyalty.json"
+    previous = out / "loyalty.json"
     runs = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
-    runs[f"{args.customers}/{args.orders}/{args.path}"] = row
-    save("loyalty", this_command(), {"runs": runs}, args.out)
+    runs[key] = row
+    save("loyalty", this_command(), {"runs": runs}, out)
 
 
 if __name__ == "__main__":
