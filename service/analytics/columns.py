@@ -111,36 +111,38 @@ def read_columns(
         result = options.execute(query)  # no column has a result processor (see the casts)
         while rows := result.fetchmany(CHUNK):
             # column by column through each row's own iteration: several times faster than a
-            # frame made of the rows (pandas probes every row object)
+            # frame made of the rows (pandas probes every row object); each chunk's times and
+            # amounts become arrays at once, only the ids stay Python strings
             values = zip(*rows, strict=True)
-            parts.append(pd.DataFrame(dict(zip(names, values, strict=True)), dtype=object))
+            parts.append(_lines(dict(zip(names, values, strict=True)), sqlite))
     if not parts:
-        parts.append(pd.DataFrame({name: pd.Series([], dtype=object) for name in names}))
-    raw = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    if sqlite:  # stored naive UTC
-        moments = pd.to_datetime(raw["ts"], format="ISO8601")
+        return _lines(dict.fromkeys(names, ()), sqlite)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _lines(raw: dict[str, Any], sqlite: bool) -> pd.DataFrame:
+    if sqlite:  # stored as naive-UTC text
+        moments = pd.to_datetime(pd.Series(raw["ts"], dtype=object), format="ISO8601")
     else:
-        moments = pd.to_datetime(raw["ts"], utc=True).dt.tz_convert(None)
-    return _lines(raw, moments)
-
-
-def _lines(raw: pd.DataFrame, moments: pd.Series) -> pd.DataFrame:
-    has_price = raw["price"].notna().to_numpy()
-    prices = raw["price"].where(raw["price"].notna(), 0).to_numpy(dtype=object)
-    quantities = raw["quantity"].where(raw["quantity"].notna(), 1).to_numpy(dtype=object)
+        moments = pd.to_datetime(pd.Series(raw["ts"], dtype=object), utc=True).dt.tz_convert(None)
+    price = pd.Series(raw["price"], dtype=object)
+    quantity = pd.Series(raw["quantity"], dtype=object)
+    currency = pd.Series(raw["currency"], dtype=object)
+    has_price = price.notna().to_numpy()
+    prices = price.where(has_price, 0).to_numpy(dtype=np.int64)
+    quantities = quantity.where(quantity.notna(), 1).to_numpy(dtype=np.int64)
     big = np.abs(prices.astype(np.float64)) * np.abs(quantities.astype(np.float64))
     if len(big) and float(big.max()) >= LIMIT:
         raise OverflowError("a line's amount does not fit 62 bits")
-    units = prices.astype(np.int64) * quantities.astype(np.int64)
     return pd.DataFrame(
         {
-            "user": raw["user"].astype(object),
-            "order": raw["order"].astype(object),
+            "user": pd.Series(raw["user"], dtype=object),
+            "order": pd.Series(raw["order"], dtype=object),
             "ts": moments.astype("datetime64[us]"),
-            "item": raw["item"].astype(object),
-            "units": units,
-            "priced": has_price & raw["currency"].notna().to_numpy(),
-            "currency": raw["currency"].astype(object),
+            "item": pd.Series(raw["item"], dtype=object),
+            "units": prices * quantities,
+            "priced": has_price & currency.notna().to_numpy(),
+            "currency": currency,
         }
     )
 
