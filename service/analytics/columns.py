@@ -83,7 +83,8 @@ def read_columns(
 
     Raises:
         InvalidInput: ``segment`` is neither a stage nor a loyalty type.
-        OverflowError: a line's ``price x quantity`` does not fit 62 bits.
+        OverflowError: a line's ``price x quantity`` does not fit 62 bits (or, on pandas 2
+            and PostgreSQL, a time is outside 1677-2262): the reference core reads them.
     """
     e = events
     check_segment(segment)
@@ -121,10 +122,14 @@ def read_columns(
 
 
 def _lines(raw: dict[str, Any], sqlite: bool) -> pd.DataFrame:
-    if sqlite:  # stored as naive-UTC text
-        moments = pd.to_datetime(pd.Series(raw["ts"], dtype=object), format="ISO8601")
-    else:
-        moments = pd.to_datetime(pd.Series(raw["ts"], dtype=object), utc=True).dt.tz_convert(None)
+    try:
+        if sqlite:  # stored as naive-UTC ISO text: numpy parses it at microseconds, any year
+            moments = pd.Series(np.array(raw["ts"], dtype="datetime64[us]"))
+        else:
+            aware = pd.to_datetime(pd.Series(raw["ts"], dtype=object), utc=True)
+            moments = aware.dt.tz_convert(None)
+    except pd.errors.OutOfBoundsDatetime as exc:  # pandas 2 at nanoseconds: years 1677-2262
+        raise OverflowError(f"a purchase time is out of range: {exc}") from None
     price = pd.Series(raw["price"], dtype=object)
     quantity = pd.Series(raw["quantity"], dtype=object)
     currency = pd.Series(raw["currency"], dtype=object)

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -160,6 +161,19 @@ def test_amounts_beyond_62_bits_still_give_the_reference_figures(sqlite_engine: 
         columns.read_columns(sqlite_engine)
     figures = assert_same_figures(sqlite_engine, "month", None, None, None)
     assert figures["periods"][0]["average_order_value"] == {"EUR": "90000000000000000000.0000"}
+
+
+def test_times_in_any_year_give_the_reference_figures(sqlite_engine: Engine) -> None:
+    far = [datetime(1, 1, 3, tzinfo=UTC), datetime(2300, 5, 1, 12, 0, 0, 1, tzinfo=UTC)]
+    row = {"user_id": "a", "item_id": "x", "price": Decimal("2"), "currency": "EUR"}
+    store(sqlite_engine, [row | {"ts": ts, "order_id": str(n)} for n, ts in enumerate(far)])
+    assert columns.read_columns(sqlite_engine)["ts"].tolist() == [
+        pd.Timestamp(t.replace(tzinfo=None)) for t in far
+    ]
+    since, until = datetime(2300, 1, 1, tzinfo=UTC), datetime(2300, 6, 1, tzinfo=UTC)
+    figures = assert_same_figures(sqlite_engine, "month", since, until, None)
+    assert figures["periods"][4]["customers_at_end"] == 1  # May 2300, after year 1
+    assert figures["periods"][4]["repeat_orders"] == 1
 
 
 def test_the_demo_shop_in_the_database_gives_the_reference_figures(tmp_path: Path) -> None:
