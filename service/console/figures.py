@@ -4,7 +4,7 @@ unchanged.
 ``Analytics`` reads every purchase line to compute them: on columns (``service.analytics.
 columns``) this is about 1 s on the demo shop's 150,000 purchases (read 0.7-1 s of it, the
 figures 0.1 s; the first request of a worker also imports numpy and pandas, about 0.7 s), down
-from 6-8 s on ``Line`` objects, and grows with the purchases (about 10-20 s per report at
+from 6-8 s on ``Line`` objects, and grows with the purchases (about 8-14 s per report at
 1,000,000 orders: docs/benchmarks.md). A page shows three views, so they are still kept, each
 with the version of its data: the newest purchase event, the number of erasures and, for a
 segment filter, the latest segment run. A page reuses a result whose data has not moved since,
