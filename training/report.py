@@ -80,7 +80,7 @@ def report_figures(
 ) -> dict[str, Any]:
     """``{"loyalty": ..., "cohorts": ...}`` of the purchase file ``path`` (the core's dicts).
 
-    On columns (``training.loyalty_columns``: the same figures to the last digit, in a few
+    On columns (``service.analytics.columns``: the same figures to the last digit, in a few
     integer arrays); with ``reference`` (or amounts too large for 62 bits) through the
     reference core on ``Line`` objects. ``timings``, when given, receives the seconds spent
     reading and computing.
@@ -88,8 +88,8 @@ def report_figures(
     Raises:
         DataError: the file cannot be used, or has bad rows and not ``skip_bad``.
     """
+    from service.analytics import columns as fast
     from service.analytics import loyalty as core
-    from training import loyalty_columns as fast
     from training.data.imports import purchase_columns
 
     started = time.perf_counter()

@@ -1,4 +1,11 @@
-"""The API's side of the loyalty metrics: the database's order lines through the pure core."""
+"""The API's side of the loyalty metrics: the database's order lines on columns.
+
+``Analytics`` reads the purchase lines straight into columns (``columns.read_columns``) and
+computes the figures with ``service.analytics.columns`` (the same figures to the last digit as
+the pure core of ``loyalty``, which a test checks); numpy and pandas are imported at the first
+such request, not when a worker starts. Amounts too large for 62-bit integers go through the
+pure core on ``Line`` objects.
+"""
 
 from __future__ import annotations
 
@@ -55,16 +62,27 @@ class Analytics:
     ) -> dict[str, Any]:
         check_range(period, since, until)
         check_segment(segment)
-        lines = read_lines(self.engine, report_end(period, until), segment)
-        return loyalty(lines, period, since, until)
+        end = report_end(period, until)
+        from service.analytics import columns  # numpy, pandas: not at a worker's start
+
+        try:
+            frame = columns.read_columns(self.engine, end, segment)
+            return columns.loyalty(frame, period, since, until)
+        except OverflowError:
+            return loyalty(read_lines(self.engine, end, segment), period, since, until)
 
     def cohorts(
         self, since: datetime | None, until: datetime | None, segment: str | None = None
     ) -> dict[str, Any]:
         check_range("month", since, until)
         check_segment(segment)
-        lines = read_lines(self.engine, report_end("month", until), segment)
-        return cohorts(lines, since, until)
+        end = report_end("month", until)
+        from service.analytics import columns  # numpy, pandas: not at a worker's start
+
+        try:
+            return columns.cohorts(columns.read_columns(self.engine, end, segment), since, until)
+        except OverflowError:
+            return cohorts(read_lines(self.engine, end, segment), since, until)
 
     def customer_value(self, limit: int) -> dict[str, Any]:
         """The latest ``recoffer clv --write`` run: summary and the ``limit`` top customers."""

@@ -1,12 +1,16 @@
 """The loyalty metrics and cohorts the console shows, kept while the data they come from is
 unchanged.
 
-``Analytics`` reads every purchase line to compute them (seconds on a shop of 150,000
-purchases), so each result is kept with the version of its data: the newest purchase event,
-the number of erasures and, for a segment filter, the latest segment run. A page reuses a
-result whose data has not moved since, for at most ``MAX_AGE``; the overview page warms the
-unfiltered views (loyalty per month and per week, cohorts) after its answer is sent; one
-computation per view at a time (a second request waits for it rather than starting another).
+``Analytics`` reads every purchase line to compute them: on columns (``service.analytics.
+columns``) this is about 1 s on the demo shop's 150,000 purchases (read 0.7-1 s of it, the
+figures 0.1 s; the first request of a worker also imports numpy and pandas, about 0.7 s), down
+from 6-8 s on ``Line`` objects, and grows with the purchases (about 8-14 s per report at
+1,000,000 orders: docs/benchmarks.md). A page shows three views, so they are still kept, each
+with the version of its data: the newest purchase event, the number of erasures and, for a
+segment filter, the latest segment run. A page reuses a result whose data has not moved since,
+for at most ``MAX_AGE``; the overview page warms the unfiltered views (loyalty per month and per
+week, cohorts: one read of the lines for the three) after its answer is sent; one computation
+per view at a time (a second request waits for it rather than starting another).
 """
 
 from __future__ import annotations
@@ -118,11 +122,30 @@ class FiguresCache:
             missing = [k for k in keys if not self._fresh(self._kept.get(k), version)]
             if not missing:
                 return
-            lines = list(read_lines(self.engine))
-            for key in missing:
-                period: Period = "week" if key[1] == "week" else "month"
-                result = cohorts(lines) if key[0] == "cohorts" else loyalty(lines, period)
+            for key, result in zip(missing, self._compute(missing), strict=True):
                 self._kept[key] = Figures(result, datetime.now(UTC), version)
         finally:
             for lock in reversed(locks):
                 lock.release()
+
+    def _compute(self, keys: list[Key]) -> list[dict[str, Any]]:
+        """The unfiltered views ``keys`` from one read of every purchase line (on columns, or
+        on ``Line`` objects for amounts beyond 62 bits, as ``Analytics`` does)."""
+        from service.analytics import columns  # numpy, pandas: not at a worker's start
+
+        def period(key: Key) -> Period:
+            return "week" if key[1] == "week" else "month"
+
+        try:
+            encoded = columns.encode(columns.read_columns(self.engine))
+            return [
+                columns.cohorts(encoded)
+                if k[0] == "cohorts"
+                else columns.loyalty(encoded, period(k))
+                for k in keys
+            ]
+        except OverflowError:
+            lines = list(read_lines(self.engine))
+            return [
+                cohorts(lines) if k[0] == "cohorts" else loyalty(lines, period(k)) for k in keys
+            ]

@@ -1,4 +1,4 @@
-"""The columnar loyalty metrics (``training.loyalty_columns``, what ``recoffer report --data``
+"""The columnar loyalty metrics (``service.analytics.columns``, what ``recoffer report --data``
 uses) give the reference core's figures to the last digit: on the demo shop's purchases, on
 the hand-made orders of the API test, and on random orders."""
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.analytics import columns
 from service.analytics import loyalty as reference
 from service.analytics.loyalty import Line, Period
-from training import loyalty_columns as columns
 from training.data.imports import purchase_columns
 from training.report import file_lines, report_figures
 
