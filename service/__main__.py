@@ -119,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.auth_disabled:
         say("development mode: API keys are NOT checked (RECOFFER_AUTH_DISABLED); loopback only\n")
     where = f"http://{settings.host}:{settings.port}"
-    say(f"serving on {where} (docs: {where}/docs)\n")
+    say(f"serving on {where} (docs: {where}/docs, console: {where}/console)\n")
     uvicorn.run(
         APP_FACTORY,
         factory=True,

@@ -30,7 +30,15 @@ CSS = "\n".join(
     [
         ".chart { margin: 0 0 1.5rem; max-width: 100%; }",
         ".chart figcaption { font-weight: 600; margin-bottom: 0.25rem; }",
-        ".chart-scroll { overflow-x: auto; }",
+        # a box wider than the screen scrolls sideways, with a shadow on the side that has more
+        # (backgrounds that scroll with the content cover the shadows at either end)
+        ".chart-scroll, .table-scroll { overflow-x: auto; background:"
+        " linear-gradient(to right, #fff 30%, rgba(255, 255, 255, 0)) left / 2rem 100% no-repeat"
+        " local, linear-gradient(to left, #fff 30%, rgba(255, 255, 255, 0)) right / 2rem 100%"
+        " no-repeat local, radial-gradient(farthest-side at 0 50%, rgba(0, 0, 0, 0.3),"
+        " rgba(0, 0, 0, 0)) left / 0.75rem 100% no-repeat scroll, radial-gradient(farthest-side"
+        " at 100% 50%, rgba(0, 0, 0, 0.3), rgba(0, 0, 0, 0)) right / 0.75rem 100% no-repeat"
+        " scroll; }",
         # below 30rem the chart scrolls sideways rather than shrinking its text unreadably
         ".chart-scroll > svg { width: 100%; min-width: 30rem; height: auto; display: block; }",
         ".chart .grid { stroke: #d0d0d0; stroke-width: 1; }",
@@ -39,7 +47,6 @@ CSS = "\n".join(
         ".chart .legend { list-style: none; padding: 0; margin: 0.25rem 0 0;"
         " display: flex; flex-wrap: wrap; gap: 0.25rem 1rem; font-size: 0.9rem; }",
         ".chart .legend svg { display: inline; width: 36px; vertical-align: middle; }",
-        ".table-scroll { overflow-x: auto; }",
         "table.heat { border-collapse: collapse; font-size: 0.85rem; }",
         "table.heat th, table.heat td { padding: 0.2rem 0.45rem; text-align: right;"
         " border: 1px solid #e0e0e0; white-space: nowrap; }",

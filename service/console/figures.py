@@ -1,20 +1,27 @@
-"""The loyalty metrics and cohorts the console shows, kept while the data they come from is
-unchanged.
+"""The loyalty metrics and cohorts the console shows: kept per worker, and served at once
+while a newer computation runs (stale while revalidating).
 
 ``Analytics`` reads every purchase line to compute them: on columns (``service.analytics.
 columns``) this is about 1 s on the demo shop's 150,000 purchases (read 0.7-1 s of it, the
-figures 0.1 s; the first request of a worker also imports numpy and pandas, about 0.7 s), down
-from 6-8 s on ``Line`` objects, and grows with the purchases (about 8-14 s per report at
-1,000,000 orders: docs/benchmarks.md). A page shows three views, so they are still kept, each
-with the version of its data: the newest purchase event, the number of erasures and, for a
-segment filter, the latest segment run. A page reuses a result whose data has not moved since,
-for at most ``MAX_AGE``; the overview page warms the unfiltered views (loyalty per month and per
-week, cohorts: one read of the lines for the three) after its answer is sent; one computation
-per view at a time (a second request waits for it rather than starting another).
-"""
+figures 0.1 s; the first request of a worker also imports numpy and pandas, about 0.7 s), and
+grows with the purchases (about 8-14 s per report at 1,000,000 orders: docs/benchmarks.md).
+A live shop's purchases never stop, so waiting for figures that match the last purchase would
+make most visits slow. Each result is kept with the version of its data (the newest purchase
+event, the number of erasures and, for a segment filter, the latest segment run):
+
+- the data has not moved and the result is younger than ``MAX_AGE``: it is served;
+- it has moved (or the result is older): the kept result is served at once, marked as not
+  current (the page says when it was computed and that newer figures are on their way), and
+  one computation starts in the background; the next visit gets its result;
+- nothing kept yet (a worker's first visit of a view): the request computes it and waits.
+
+The overview page warms the unfiltered views (loyalty per month and per week, cohorts: one read
+of the lines for the three) after its answer is sent. One computation per view at a time."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +35,7 @@ from service.analytics.orders import read_lines
 from service.analytics.service import Analytics
 from service.tables import erased_users, events, segment_runs
 
+log = logging.getLogger(__name__)
 Key = tuple[str, str, str | None]  # (loyalty | cohorts, period, segment)
 # a result is computed again after this long even when its data version has not moved: a
 # purchase committed out of id order (PostgreSQL) or a user re-segmented between runs shows
@@ -39,6 +47,7 @@ class Figures:
     result: dict[str, Any]
     computed_at: datetime
     version: tuple[Any, ...]
+    current: bool = True  # False: newer data arrived since; a newer result is being computed
 
 
 def data_version(engine: Engine, segment: str | None) -> tuple[Any, ...]:
@@ -86,6 +95,17 @@ class FiguresCache:
         if self._fresh(kept, version):
             assert kept is not None
             return kept
+        if kept is not None:  # serve what is kept now; compute the newer result meanwhile
+            lock = self._lock(key)
+            if lock.acquire(blocking=False):
+                worker = threading.Thread(
+                    target=self._refresh,
+                    args=(key, compute, version, lock),
+                    name="recoffer-console-figures",
+                    daemon=True,
+                )
+                worker.start()
+            return dataclasses.replace(kept, current=False)
         with self._lock(key):
             kept = self._kept.get(key)  # computed meanwhile by the request we waited for
             if self._fresh(kept, version):
@@ -94,6 +114,21 @@ class FiguresCache:
             figures = Figures(compute(), datetime.now(UTC), version)
             self._kept[key] = figures
             return figures
+
+    def _refresh(
+        self,
+        key: Key,
+        compute: Callable[[], dict[str, Any]],
+        version: tuple[Any, ...],
+        lock: threading.Lock,
+    ) -> None:
+        """Compute ``key`` again in the background (``lock`` held by the caller for it)."""
+        try:
+            self._kept[key] = Figures(compute(), datetime.now(UTC), version)
+        except Exception:  # the database may be away: the kept result stays, the next visit retries
+            log.warning("console_figures_refresh_failed", exc_info=True)
+        finally:
+            lock.release()
 
     def loyalty(self, period: Period, segment: str | None) -> Figures:
         """``Analytics.loyalty`` over every period (what the API answers without a range)."""

@@ -646,6 +646,7 @@ def loyalty(
         currencies=currencies,
         rate=_rate,
         computed_at=figures.computed_at,
+        current=figures.current,
     )
 
 
@@ -676,6 +677,7 @@ def cohort_matrix(request: Request, session: Marketing, segment: str | None = No
         grid=grid,
         matrix=matrix,
         computed_at=figures.computed_at,
+        current=figures.current,
     )
 
 

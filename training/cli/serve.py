@@ -32,7 +32,8 @@ def demo(
 
     Generates the seeded demo shop (once), trains when no model exists yet, loads the shop's
     new-user events and catalogue into the database (once), then serves the API in development
-    mode (no API keys, loopback only) at http://127.0.0.1:8000 (docs at /docs).
+    mode (no API keys, loopback only) at http://127.0.0.1:8000 (docs at /docs, console at
+    /console).
     """
     from training.demo import prepare_demo
 
