@@ -339,6 +339,8 @@ def loyalty(
     cursor = 0
     names = sorted(range(len(o.currencies)), key=lambda c: o.currencies[c])
     rows = []
+    # without `until` the report runs to the data's end, which may fall inside its last period
+    last_at = _span(o)[1] if until is None else None
     for start, start_code in zip(starts, start_codes, strict=True):
         p = start_code - low
         upto = int(np.searchsorted(order_pc, p, side="right"))
@@ -363,6 +365,7 @@ def loyalty(
                 "period": start.date().isoformat(),
                 "start": start.isoformat(),
                 "end": next_start(start, period).isoformat(),
+                "partial": last_at is not None and next_start(start, period) > last_at,
                 "customers_at_start": before,
                 "new_customers": fresh,
                 "customers_at_end": mine,

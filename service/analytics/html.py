@@ -88,7 +88,7 @@ def _money_series(
 def charts(report: dict[str, Any]) -> str:
     """The per-period metrics as line charts (rates in percent, amounts per currency)."""
     periods = report["periods"]
-    labels = [p["period"] for p in periods]
+    labels = [f"{p['period']} (so far)" if p.get("partial") else p["period"] for p in periods]
     s = _series
     parts = [
         line_chart(
@@ -158,7 +158,9 @@ def figures_table(report: dict[str, Any]) -> str:
     for p in periods:
         parts.append(
             f'<tr data-period="{escape(p["period"])}"><th scope="row" '
-            f'title="{escape(p["start"])} to {escape(p["end"])}">{escape(p["period"])}</th>'
+            f'title="{escape(p["start"])} to {escape(p["end"])}">{escape(p["period"])}'
+            f"{' <small>(so far: the data stops inside it)</small>' if p.get('partial') else ''}"
+            "</th>"
         )
         parts.extend(_cell(p[key], kind) for key, _, kind in FIGURES)
         for c in orders:

@@ -193,6 +193,8 @@ def loyalty(
     totals: dict[str, dict[str, Decimal]] = defaultdict(dict)  # currency -> user -> amount
     cursor = 0
     rows = []
+    # without `until` the report runs to the data's end, which may fall inside its last period
+    last_at = orders[-1].at if orders and until is None else None
     for start in starts:
         end = next_start(start, period)
         while cursor < len(orders) and orders[cursor].at < end:
@@ -224,6 +226,7 @@ def loyalty(
                 "period": start.date().isoformat(),
                 "start": start.isoformat(),
                 "end": end.isoformat(),
+                "partial": last_at is not None and end > last_at,
                 "customers_at_start": len(before),
                 "new_customers": len(new),
                 "customers_at_end": len(customers),

@@ -800,6 +800,11 @@ class LoyaltyPeriodOut(BaseModel):
     period: str = Field(description="The period's first day (UTC), YYYY-MM-DD.")
     start: datetime
     end: datetime
+    partial: bool = Field(
+        description="Without `until`, the period the data stops in (its last order is before the "
+        "period's end): its figures cover only part of it, e.g. the month so far. With `until` "
+        "every period counts as whole."
+    )
     customers_at_start: int = Field(description="S: customers of the period before.")
     new_customers: int = Field(description="N: customers whose first order is in the period.")
     customers_at_end: int = Field(description="E: customers with an order in the period.")

@@ -564,7 +564,7 @@ def loyalty(
     figures = figures_of(request).loyalty("week" if chosen == "week" else "month", chosen_segment)
     report = LoyaltyOut.model_validate(figures.result)
     rows = report.periods
-    labels = [r.period for r in rows]
+    labels = [f"{r.period} (so far)" if r.partial else r.period for r in rows]
     currencies = sorted({c for r in rows for c in (*r.average_order_value, *r.lifetime_value)})
     charts = [
         line_chart(

@@ -121,3 +121,21 @@ def test_naive_times_are_utc(period: str) -> None:
     naive = [Line("a", "1", datetime(2024, 1, 31, 23, 30), "x", Decimal(1), "EUR")]
     report = loyalty(naive, period)  # type: ignore[arg-type]
     assert report["periods"][0]["customers_at_end"] == 1
+
+
+def test_only_the_period_the_data_stops_in_is_partial() -> None:
+    report = loyalty(LINES, "month")
+    flags = {p["period"]: p["partial"] for p in report["periods"]}
+    # the last order is on 2 April: April is partial, the months before are whole
+    assert flags == {
+        "2023-12-01": False,
+        "2024-01-01": False,
+        "2024-02-01": False,
+        "2024-03-01": False,
+        "2024-04-01": True,
+    }
+    # with a range, periods count as whole (the orders after it are not read)
+    ranged = loyalty(LINES, "month", at("2024-01-01T00:00:00"), at("2024-02-15T00:00:00"))
+    assert [p["partial"] for p in ranged["periods"]] == [False, False]
+    one = [line("a", "A1", "2024-03-31T23:59:59", "x", "1.00")]  # a second before the end
+    assert [p["partial"] for p in loyalty(one, "month")["periods"]] == [True]

@@ -38,17 +38,25 @@ def _money(per_currency: dict[str, str]) -> str:
 
 def loyalty_table(report: dict[str, Any]) -> Table:
     """One row per period: S, N, E, the rates, order value and lifetime value."""
-    table = Table(title=f"loyalty per {report['period']} (UTC)", title_justify="left")
+    table = Table(
+        title=f"loyalty per {report['period']} (UTC)",
+        title_justify="left",
+        caption="* the data stops inside this period: its figures cover only part of it"
+        if any(p.get("partial") for p in report["periods"])
+        else None,
+        caption_justify="left",
+    )
     for name in ("period", "S", "N", "E", "retention", "churn", "repurchase", "repeat cust.",
                  "frequency", "upsell", "avg order", "LTV mean / median"):  # fmt: skip
-        table.add_column(name, justify="left" if name == "period" else "right")
+        # a narrow terminal wraps a figure onto two lines rather than cutting it ("2010-12…")
+        table.add_column(name, justify="left" if name == "period" else "right", overflow="fold")
     for p in report["periods"]:
         ltv = ", ".join(
             f"{cur} {v['mean']} / {v['median']}" for cur, v in p["lifetime_value"].items()
         )
         frequency = p["purchase_frequency"]
         table.add_row(
-            p["period"],
+            f"{p['period']} *" if p.get("partial") else p["period"],
             f"{p['customers_at_start']:,}",
             f"{p['new_customers']:,}",
             f"{p['customers_at_end']:,}",
@@ -67,10 +75,10 @@ def loyalty_table(report: dict[str, Any]) -> Table:
 def cohort_table(matrix: dict[str, Any]) -> Table:
     """One row per cohort month: its size and the share active in month 0, 1, 2, ..."""
     table = Table(title="cohort retention (share active in month k)", title_justify="left")
-    table.add_column("cohort")
-    table.add_column("size", justify="right")
+    table.add_column("cohort", overflow="fold")
+    table.add_column("size", justify="right", overflow="fold")
     for k in range(len(matrix["months"])):
-        table.add_column(f"m{k}", justify="right")
+        table.add_column(f"m{k}", justify="right", overflow="fold")
     for row in matrix["cohorts"]:
         table.add_row(row["cohort"], f"{row['size']:,}", *(_rate(s) for s in row["share"]))
     return table
