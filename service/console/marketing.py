@@ -18,8 +18,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from service.analytics.orders import SEGMENTS as REPORT_SEGMENTS
-from service.api.schemas import CohortsOut, LoyaltyOut
-from service.charts import Series, bar_chart, heat_table, line_chart, percent
+from service.analytics.service import Analytics
+from service.api.schemas import CohortsOut, CustomerValueSummaryOut, LoyaltyOut
+from service.charts import Series, bar_chart, heat_table, line_chart, percent, plain
 from service.console import campaign_form as cf
 from service.console.figures import FiguresCache
 from service.console.sessions import Session
@@ -37,6 +38,7 @@ from service.state import AppState
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 Marketing = Annotated[Session, Depends(allowed("marketing"))]
+TOP_CUSTOMERS = 20  # on the customer value page
 T = TypeVar("T")
 SEGMENT_RUNS = 60  # segment runs drawn at most (the latest)
 NOTICES = {
@@ -710,3 +712,29 @@ def headline(state: AppState) -> list[tuple[str, str]]:
         ("Active customers", f"{stages.get('active', 0):,}"),
         ("At risk", f"{stages.get('at_risk', 0):,}"),
     ]
+
+
+@router.get("/customer-value", response_class=HTMLResponse)
+def customer_value(request: Request, session: Marketing) -> HTMLResponse:
+    """The latest ``recoffer clv --write`` run: what ``GET /v1/analytics/customer-value``
+    answers, with its top customers and the spread of the predicted value."""
+    summary = CustomerValueSummaryOut.model_validate(
+        Analytics(state_of(request).repository.engine).customer_value(TOP_CUSTOMERS)
+    )
+    spread = (
+        bar_chart(
+            [(name, float(Decimal(amount))) for name, amount in summary.quantiles.items()],
+            title=f"Predicted value per customer, {summary.currency}: quantiles",
+            fmt=plain,
+        )
+        if summary.quantiles
+        else ""
+    )
+    return page(
+        request,
+        "customer_value.html",
+        session,
+        title="Customer value",
+        summary=summary,
+        spread=spread,
+    )

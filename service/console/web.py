@@ -55,6 +55,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Segments", "/segments", ("marketing",)),
     NavItem("Loyalty", "/loyalty", ("marketing",)),
     NavItem("Cohorts", "/cohorts", ("marketing",)),
+    NavItem("Customer value", "/customer-value", ("marketing",)),
     NavItem("Models", "/models", ("admin",)),
     NavItem("Health", "/health", ("admin",)),
 )

@@ -27,6 +27,7 @@ PAGES = (
     ("loyalty", "/console/loyalty"),
     ("loyalty-week", "/console/loyalty?period=week"),
     ("cohorts", "/console/cohorts"),
+    ("customer-value", "/console/customer-value"),  # no `recoffer clv --write` on the demo
 )
 
 
