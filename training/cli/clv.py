@@ -13,7 +13,19 @@ import typer
 from rich.table import Table
 
 from service.errors import DataError, UsageProblem
-from training.cli.common import DateFormat, DayFirst, Delimiter, read_options, setup_logging
+from training.cli.common import (
+    DateFormat,
+    DayFirst,
+    Delimiter,
+    FileColumns,
+    FileCurrency,
+    FileFormat,
+    PurchaseFile,
+    SkipBadRows,
+    SourceDatabase,
+    read_options,
+    setup_logging,
+)
 from training.cli.render import errors, out, progress
 
 if TYPE_CHECKING:
@@ -102,25 +114,12 @@ def value_tables(summary: dict[str, Any]) -> list[Table]:
 
 
 def clv(
-    data: Annotated[
-        Path | None, typer.Option("--data", help="A purchase file: .csv, .csv.gz or .parquet.")
-    ] = None,
-    database_url: Annotated[
-        str | None,
-        typer.Option(help="Or the service's database: sqlite:///path or postgresql://..."),
-    ] = None,
-    fmt: Annotated[
-        str, typer.Option("--format", help="--data: generic (named columns) or online-retail.")
-    ] = "generic",
-    columns: Annotated[
-        str | None, typer.Option(help="--data: column mapping, as for recoffer import.")
-    ] = None,
-    currency: Annotated[
-        str | None, typer.Option(help="--data: currency of prices without a currency column.")
-    ] = None,
-    skip_bad_rows: Annotated[
-        bool, typer.Option("--skip-bad-rows", help="--data: leave out the rows import refuses.")
-    ] = False,
+    data: PurchaseFile = None,
+    database_url: SourceDatabase = None,
+    fmt: FileFormat = "generic",
+    columns: FileColumns = None,
+    currency: FileCurrency = None,
+    skip_bad_rows: SkipBadRows = False,
     horizon_days: Annotated[
         int, typer.Option(min=1, max=3650, help="Predict purchases and value this many days.")
     ] = 90,

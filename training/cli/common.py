@@ -25,6 +25,28 @@ ModelDir = Annotated[
 ]
 DEFAULT_MODEL_DIR = Path("var/models")
 
+# the source options of the commands that read orders from a file or the database
+# (`recoffer report`, `recoffer clv`)
+PurchaseFile = Annotated[
+    Path | None, typer.Option("--data", help="A purchase file: .csv, .csv.gz or .parquet.")
+]
+SourceDatabase = Annotated[
+    str | None,
+    typer.Option(help="Or the service's database: sqlite:///path or postgresql://..."),
+]
+FileFormat = Annotated[
+    str, typer.Option("--format", help="--data: generic (named columns) or online-retail.")
+]
+FileColumns = Annotated[
+    str | None, typer.Option(help="--data: column mapping, as for recoffer import.")
+]
+FileCurrency = Annotated[
+    str | None, typer.Option(help="--data: currency of prices without a currency column.")
+]
+SkipBadRows = Annotated[
+    bool, typer.Option("--skip-bad-rows", help="--data: leave out the rows import refuses.")
+]
+
 
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(

@@ -11,7 +11,19 @@ import typer
 from rich.table import Table
 
 from service.errors import UsageProblem
-from training.cli.common import DateFormat, DayFirst, Delimiter, read_options, setup_logging
+from training.cli.common import (
+    DateFormat,
+    DayFirst,
+    Delimiter,
+    FileColumns,
+    FileCurrency,
+    FileFormat,
+    PurchaseFile,
+    SkipBadRows,
+    SourceDatabase,
+    read_options,
+    setup_logging,
+)
 from training.cli.render import err, errors, out
 
 if TYPE_CHECKING:
@@ -85,25 +97,12 @@ def cohort_table(matrix: dict[str, Any]) -> Table:
 
 
 def report(
-    data: Annotated[
-        Path | None, typer.Option("--data", help="A purchase file: .csv, .csv.gz or .parquet.")
-    ] = None,
-    database_url: Annotated[
-        str | None,
-        typer.Option(help="Or the service's database: sqlite:///path or postgresql://..."),
-    ] = None,
-    fmt: Annotated[
-        str, typer.Option("--format", help="--data: generic (named columns) or online-retail.")
-    ] = "generic",
-    columns: Annotated[
-        str | None, typer.Option(help="--data: column mapping, as for recoffer import.")
-    ] = None,
-    currency: Annotated[
-        str | None, typer.Option(help="--data: currency of prices without a currency column.")
-    ] = None,
-    skip_bad_rows: Annotated[
-        bool, typer.Option("--skip-bad-rows", help="--data: leave out the rows import refuses.")
-    ] = False,
+    data: PurchaseFile = None,
+    database_url: SourceDatabase = None,
+    fmt: FileFormat = "generic",
+    columns: FileColumns = None,
+    currency: FileCurrency = None,
+    skip_bad_rows: SkipBadRows = False,
     segment: Annotated[
         str | None,
         typer.Option(help="--database-url: only users of this lifecycle stage or loyalty type."),
