@@ -96,41 +96,29 @@ class FailureLimiter:
             TooManyAttempts: one of them had used its failures up (this one is refused).
             LimiterUnavailable: Redis cannot be reached; the failure cannot be counted.
         """
-        from limits.errors import StorageError
-
-        keys = self._keys(caller)
-        try:
-            refused = [
-                (self._items[kind], kind, value)
-                for kind, value in keys
-                if not self._limiter.hit(self._items[kind], kind, value)
-            ]
-            if not refused:
-                return
-            reset = max(
-                self._limiter.get_window_stats(item, kind, value).reset_time
-                for item, kind, value in refused
-            )
-        except StorageError as exc:
-            log.warning("coupon_limiter_unavailable", extra={"error": type(exc).__name__})
-            raise LimiterUnavailable("the coupon failure limiter cannot be reached") from None
-        raise TooManyAttempts(max(1, math.ceil(reset - time.time())))
-
-    def _keys(self, caller: Caller) -> list[tuple[str, str]]:
-        pairs = (("client", caller.client), ("address", caller.address))
-        return [(kind, value) for kind, value in pairs if kind in self._items]
+        self._apply(caller, count=True)
 
     def check(self, caller: Caller) -> None:
         """Refuse, without counting, a caller that has used its failures up (TooManyAttempts);
         for an attempt whose success must not be told apart (a sign-in): refused before the
         key is even compared."""
+        self._apply(caller, count=False)
+
+    def _keys(self, caller: Caller) -> list[tuple[str, str]]:
+        pairs = (("client", caller.client), ("address", caller.address))
+        return [(kind, value) for kind, value in pairs if kind in self._items]
+
+    def _apply(self, caller: Caller, *, count: bool) -> None:
+        """Hit (``count``) or test each of the caller's windows; TooManyAttempts with the
+        latest reset among those used up."""
         from limits.errors import StorageError
 
+        step = self._limiter.hit if count else self._limiter.test
         try:
             refused = [
                 (self._items[kind], kind, value)
                 for kind, value in self._keys(caller)
-                if not self._limiter.test(self._items[kind], kind, value)
+                if not step(self._items[kind], kind, value)
             ]
             if not refused:
                 return
@@ -151,4 +139,4 @@ class FailureLimiter:
             for kind, value in self._keys(caller):
                 self._limiter.clear(self._items[kind], kind, value)
         except StorageError:
-            raise LimiterUnavailable("the coupon failure limiter cannot be reached") from None
+            raise LimiterUnavailable("the failure limiter cannot be reached") from None
