@@ -21,10 +21,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, String, and_, func, select, type_coerce
+from sqlalchemy import BigInteger, ColumnElement, String, func, select, type_coerce
 
 from service.activity.repository import Repository
 from service.money import from_units
+from service.offers.repository.reports import converted_within
 from service.offers.repository.spend import TOTAL
 from service.tables import campaign_spend, coupon_ledger, coupons, events, offer_decisions
 
@@ -85,13 +86,7 @@ class HistoryRepository:
             ):
                 out.decided.setdefault(str(day), {})[str(kind)] = int(n)
 
-            window = and_(
-                e.c.user_id == d.c.user_id,
-                e.c.type == "purchase",
-                e.c.ts > d.c.decided_at,
-                e.c.ts <= d.c.convert_until,
-                e.c.ts <= now,
-            )
+            window = converted_within(now)
             first = (
                 select(d.c.decision.label("side"), func.min(e.c.ts).label("first_at"))
                 .select_from(d.join(e, window))

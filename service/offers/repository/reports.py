@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, and_, case, func, select, type_coerce
+from sqlalchemy import BigInteger, ColumnElement, and_, case, func, select, type_coerce
 
 from service.activity.repository import Repository
 from service.money import from_units
@@ -31,6 +31,20 @@ NO_CURRENCY = "XXX"  # ISO 4217's code for "no currency": amounts recorded befor
 UNKNOWN_SEGMENT = "unknown"  # a decision recorded without a segment (service.offers.audience)
 SEGMENT_SIDES = ("issued", "holdout", "not_targeted")  # the final decisions, sliced by segment
 VERDICTS_READ_TIMEOUT_MS = 600_000  # uplift targeting's read, out of the requests' way
+
+
+def converted_within(now: datetime) -> ColumnElement[bool]:
+    """The join of a decision (``offer_decisions``) to the purchases (``events``) that convert
+    it: its user's, after the decision, within its conversion window, and not after ``now``.
+    Shared by the stats, the segment verdicts, the revenue and the daily history."""
+    d, e = offer_decisions, events
+    return and_(
+        e.c.user_id == d.c.user_id,
+        e.c.type == "purchase",
+        e.c.ts > d.c.decided_at,
+        e.c.ts <= d.c.convert_until,
+        e.c.ts <= now,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,17 +108,7 @@ class ReportRepository:
                     )
                 }
             )
-            bought = (
-                select(e.c.id)
-                .where(
-                    e.c.user_id == d.c.user_id,
-                    e.c.type == "purchase",
-                    e.c.ts > d.c.decided_at,
-                    e.c.ts <= d.c.convert_until,
-                    e.c.ts <= now,
-                )
-                .exists()
-            )
+            bought = select(e.c.id).where(converted_within(now)).exists()
             converted = Counter(
                 {
                     str(kind): int(n)
@@ -188,17 +192,7 @@ class ReportRepository:
         d, e = offer_decisions, events
         stage = func.coalesce(d.c.lifecycle_stage, UNKNOWN_SEGMENT)
         loyalty = func.coalesce(d.c.loyalty_type, UNKNOWN_SEGMENT)
-        bought = (
-            select(e.c.id)
-            .where(
-                e.c.user_id == d.c.user_id,
-                e.c.type == "purchase",
-                e.c.ts > d.c.decided_at,
-                e.c.ts <= d.c.convert_until,
-                e.c.ts <= now,
-            )
-            .exists()
-        )
+        bought = select(e.c.id).where(converted_within(now)).exists()
         query = (
             select(stage, loyalty, d.c.decision, func.count(), func.count(case((bought, 1))))
             .where(d.c.campaign_id == campaign_id, d.c.decision.in_(SEGMENT_SIDES))
@@ -272,13 +266,7 @@ class ReportRepository:
         """
         d, e = offer_decisions, events
         units = type_coerce(e.c.price, BigInteger) * func.coalesce(e.c.quantity, 1)
-        window = and_(
-            e.c.user_id == d.c.user_id,
-            e.c.type == "purchase",
-            e.c.ts > d.c.decided_at,
-            e.c.ts <= d.c.convert_until,
-            e.c.ts <= now,
-        )
+        window = converted_within(now)
         query = (
             select(d.c.id, d.c.decision, e.c.currency, func.sum(units), func.count())
             .select_from(d.join(e, window))
