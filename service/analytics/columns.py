@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, DateTime, Engine, String, select, type_coerce
+from sqlalchemy import BigInteger, DateTime, Engine, String, type_coerce
 
 from service.analytics.loyalty import (
     Line,
@@ -38,9 +38,9 @@ from service.analytics.loyalty import (
     period_starts,
     report_end,
 )
-from service.analytics.orders import check_segment
+from service.analytics.orders import purchases
 from service.money import SCALE, to_units
-from service.tables import LIFECYCLE_STAGES, events, user_segments
+from service.tables import events
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LIMIT = 2**62  # sums of ten-thousandths above this would not be exact in int64
@@ -87,24 +87,14 @@ def read_columns(
             and PostgreSQL, a time is outside 1677-2262): the reference core reads them.
     """
     e = events
-    check_segment(segment)
     sqlite = engine.dialect.name == "sqlite"
     ts = type_coerce(e.c.ts, String() if sqlite else DateTime(timezone=True))
-    query = select(
-        e.c.user_id,
-        e.c.order_id,
-        ts,
-        e.c.item_id,
-        type_coerce(e.c.price, BigInteger),
-        e.c.quantity,
-        e.c.currency,
-    ).where(e.c.type == "purchase")
-    if before is not None:
-        query = query.where(e.c.ts < before)
-    if segment is not None:
-        s = user_segments
-        column = s.c.lifecycle_stage if segment in LIFECYCLE_STAGES else s.c.loyalty_type
-        query = query.where(e.c.user_id.in_(select(s.c.user_id).where(column == segment)))
+    price = type_coerce(e.c.price, BigInteger)
+    query = purchases(
+        (e.c.user_id, e.c.order_id, ts, e.c.item_id, price, e.c.quantity, e.c.currency),
+        before,
+        segment,
+    )
     names = ["user", "order", "ts", "item", "price", "quantity", "currency"]
     parts = []
     with engine.connect() as conn:

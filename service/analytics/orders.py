@@ -8,10 +8,11 @@ groups orders). Its amount is ``price x quantity`` (quantity 1 when absent). Onl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import ColumnElement, Engine, Select, select
 
 from service.analytics.loyalty import Line
 from service.errors import InvalidInput
@@ -32,6 +33,27 @@ def check_segment(segment: str | None) -> None:
         raise InvalidInput("segment", f"{segment!r} is not one of {', '.join(SEGMENTS)}")
 
 
+def purchases(
+    columns: Sequence[ColumnElement[Any]], before: datetime | None, segment: str | None
+) -> Select[Any]:
+    """``columns`` of the purchase events before ``before`` (of the users whose current
+    segment is ``segment``, all their history): what both readers of the lines select.
+
+    Raises:
+        InvalidInput: ``segment`` is neither a stage nor a loyalty type.
+    """
+    e = events
+    check_segment(segment)
+    query = select(*columns).where(e.c.type == "purchase")
+    if before is not None:
+        query = query.where(e.c.ts < before)
+    if segment is not None:
+        s = user_segments
+        column = s.c.lifecycle_stage if segment in LIFECYCLE_STAGES else s.c.loyalty_type
+        query = query.where(e.c.user_id.in_(select(s.c.user_id).where(column == segment)))
+    return query
+
+
 def read_lines(
     engine: Engine, before: datetime | None = None, segment: str | None = None
 ) -> Iterator[Line]:
@@ -43,24 +65,9 @@ def read_lines(
     Raises:
         InvalidInput: ``segment`` is neither a stage nor a loyalty type (when read).
     """
-    e = events
-    check_segment(segment)
-    query = select(
-        e.c.id,
-        e.c.user_id,
-        e.c.order_id,
-        e.c.ts,
-        e.c.item_id,
-        e.c.price,
-        e.c.quantity,
-        e.c.currency,
-    ).where(e.c.type == "purchase")
-    if before is not None:
-        query = query.where(e.c.ts < before)
-    if segment is not None:
-        s = user_segments
-        column = s.c.lifecycle_stage if segment in LIFECYCLE_STAGES else s.c.loyalty_type
-        query = query.where(e.c.user_id.in_(select(s.c.user_id).where(column == segment)))
+    c = events.c
+    wanted = (c.id, c.user_id, c.order_id, c.ts, c.item_id, c.price, c.quantity, c.currency)
+    query = purchases(wanted, before, segment)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=10_000).execute(query)
         for id_, user, order, ts, item, price, quantity, currency in result:
