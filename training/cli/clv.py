@@ -20,9 +20,11 @@ from training.cli.common import (
     FileColumns,
     FileCurrency,
     FileFormat,
+    JsonOutput,
     PurchaseFile,
     SkipBadRows,
     SourceDatabase,
+    Verbose,
     read_options,
     setup_logging,
 )
@@ -141,10 +143,8 @@ def clv(
     delimiter: Delimiter = None,
     date_format: DateFormat = None,
     dayfirst: DayFirst = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    as_json: JsonOutput = False,
+    verbose: Verbose = False,
 ) -> None:
     """Predict each customer's purchases and value over the horizon (BG/NBD + Gamma-Gamma,
     pymc-marketing) and check the model on a holdout window against a naive baseline.

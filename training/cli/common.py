@@ -25,6 +25,9 @@ ModelDir = Annotated[
 ]
 DEFAULT_MODEL_DIR = Path("var/models")
 
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
 # the source options of the commands that read orders from a file or the database
 # (`recoffer report`, `recoffer clv`)
 PurchaseFile = Annotated[

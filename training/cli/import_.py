@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from training.cli.common import DateFormat, DayFirst, Delimiter, read_options, setup_logging
+from training.cli.common import (
+    DateFormat,
+    DayFirst,
+    Delimiter,
+    JsonOutput,
+    Verbose,
+    read_options,
+    setup_logging,
+)
 from training.cli.render import errors, out
 from training.data.imports import BATCH_ROWS, KINDS
 
@@ -49,10 +57,8 @@ def import_(
     delimiter: Delimiter = None,
     date_format: DateFormat = None,
     dayfirst: DayFirst = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    as_json: JsonOutput = False,
+    verbose: Verbose = False,
 ) -> None:
     """Bulk-load a file of past purchases, events or catalogue items; safe to run again.
 

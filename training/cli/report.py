@@ -18,9 +18,11 @@ from training.cli.common import (
     FileColumns,
     FileCurrency,
     FileFormat,
+    JsonOutput,
     PurchaseFile,
     SkipBadRows,
     SourceDatabase,
+    Verbose,
     read_options,
     setup_logging,
 )
@@ -117,9 +119,7 @@ def report(
     delimiter: Delimiter = None,
     date_format: DateFormat = None,
     dayfirst: DayFirst = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
+    as_json: JsonOutput = False,
     html: Annotated[
         Path | None,
         typer.Option(
@@ -127,7 +127,7 @@ def report(
             help="Also write the report as one self-contained HTML page with charts.",
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Print the loyalty metrics per period and the cohort retention matrix.
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from service.errors import UsageProblem
-from training.cli.common import setup_logging
+from training.cli.common import JsonOutput, Verbose, setup_logging
 from training.cli.render import err, errors, out
 
 if TYPE_CHECKING:
@@ -46,10 +46,8 @@ def segments(
     max_runs: Annotated[
         int | None, typer.Option(min=1, help="With --every/--cron: stop after this many runs.")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    as_json: JsonOutput = False,
+    verbose: Verbose = False,
 ) -> None:
     """Compute every user's RFM scores, lifecycle stage and loyalty type; print the counts.
 

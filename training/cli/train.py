@@ -22,7 +22,9 @@ from training.cli.common import (
     DateFormat,
     DayFirst,
     Delimiter,
+    JsonOutput,
     ModelDir,
+    Verbose,
     parse_columns,
     read_options,
     setup_logging,
@@ -129,10 +131,8 @@ def train(
         bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
     ] = False,
     keep_versions: KeepVersions = KEEP_VERSIONS,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    as_json: JsonOutput = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train on a purchase history, evaluate every candidate, gate and publish a new version.
 
