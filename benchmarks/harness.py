@@ -486,3 +486,19 @@ def requests_outside(requests: Iterable[Any], base_url: str) -> list[str]:
         and not r.url.startswith(LOCAL_SCHEMES)
         and r.failure != "csp"
     ]
+
+
+# --- a clock a test moves ------------------------------------------------------------------
+
+
+class ManualClock:
+    """The service's clock (``service.clock.Clock``), moved by the test: nothing sleeps."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.harness import ManualClock as Clock
 from service.api.schemas import CohortsOut, LoyaltyOut
 from service.app import create_app
 from service.charts import percent
@@ -29,19 +30,6 @@ F = {"X-API-Key": KEYS["frontend"]}
 M = {"X-API-Key": KEYS["marketing"]}
 CAMPAIGN = "new_user_high_intent"
 T0 = datetime(2026, 11, 20, 20, 0, tzinfo=UTC)
-
-
-class Clock:
-    """The service's clock, moved by the test."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def _users(prefix: str, n: int, held: bool) -> list[str]:

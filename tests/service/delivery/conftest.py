@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from benchmarks.harness import ManualClock as Clock
 from service.db import migrate
 from service.delivery import outbox
 from service.delivery.repository import DeliveryRepository
@@ -18,7 +19,7 @@ from service.offers.decisions import OfferEngine
 from service.tables import webhook_events
 
 from .receiver import SECRET, Receiver
-from .shop import NOW, Clock, engine_for
+from .shop import NOW, engine_for
 
 LEAD = timedelta(hours=6)
 

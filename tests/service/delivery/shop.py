@@ -17,19 +17,6 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CAMPAIGN = "new_user_high_intent"
 
 
-class Clock:
-    """The service's clock, moved by the test (nothing sleeps)."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 def engine_for(
     url: str, clock: Callable[[], datetime], campaign: Campaign | None = None
 ) -> OfferEngine:

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from benchmarks.harness import ManualClock as Clock
 from service.__main__ import main
 from service.app import create_app
 from service.offers.coupons import Coupons
@@ -24,7 +25,7 @@ from service.settings import Settings
 
 from .conftest import rows
 from .receiver import SECRET, Receiver
-from .shop import CAMPAIGN, Clock, hesitating
+from .shop import CAMPAIGN, hesitating
 
 FRONTEND, MARKETING, ADMIN = "f" * 16, "m" * 16, "a" * 16
 F, M, A = ({"X-API-Key": k} for k in (FRONTEND, MARKETING, ADMIN))

@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Connection, func, select, text, update
 
+from benchmarks.harness import ManualClock as Clock
 from benchmarks.harness import all_at_once
 from service.db import migrate
 from service.delivery import outbox
@@ -24,7 +25,7 @@ from service.offers.rules import format_code
 from service.tables import coupons, offer_decisions, webhook_events
 
 from .conftest import LEAD, rows
-from .shop import CAMPAIGN, NOW, Clock, engine_for, hesitating, issue
+from .shop import CAMPAIGN, NOW, engine_for, hesitating, issue
 
 
 def test_an_issued_coupon_writes_one_coupon_issued_event_with_what_the_shop_needs(

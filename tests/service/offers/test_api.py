@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.harness import ManualClock as Clock
 from service.app import create_app
 from service.offers.rules import in_holdout
 from service.settings import Settings
@@ -23,19 +24,6 @@ F = {"X-API-Key": FRONTEND}
 M = {"X-API-Key": MARKETING}
 T0 = datetime(2026, 11, 20, 20, 0, tzinfo=UTC)  # 20:00 UTC: six hours later is another day
 CAMPAIGN = "new_user_high_intent"
-
-
-class Clock:
-    """The service's clock, moved by the test (nothing sleeps)."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def treated_users(

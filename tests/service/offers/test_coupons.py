@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from benchmarks.harness import ManualClock as Clock
 from service.db import make_engine, migrate
 from service.errors import (
     CouponNotRedeemed,
@@ -29,7 +30,7 @@ from service.offers.limiter import Caller
 from service.offers.reports import Reports
 from service.tables import coupon_ledger
 
-from .test_api import FRONTEND, Clock, M, issue, make_client
+from .test_api import FRONTEND, M, issue, make_client
 from .test_concurrency import NOW, _engine_for, _hesitating, _treated
 
 CAMPAIGN = "new_user_high_intent"

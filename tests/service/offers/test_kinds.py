@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from benchmarks.harness import ManualClock as Clock
 from service.app import create_app
 from service.offers.rules import in_holdout
 from service.settings import Settings
@@ -71,17 +72,6 @@ kind = "win_back"
 exclude_segments = ["mercenary"]
 holdout_percent = 0
 """
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from benchmarks.harness import ManualClock as Clock
 from benchmarks.harness import all_at_once, processes_at_once
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
@@ -27,17 +28,6 @@ from service.tables import coupons, offer_decisions, sweep_jobs
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 WIN_BACK = Campaign(campaign_id="come_back", kind="win_back", holdout_percent=0)
 CART = Campaign(campaign_id="cart", kind="abandoned_cart", holdout_percent=0)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def replica(url: str, campaigns: list[Campaign], clock: Callable[[], datetime]) -> OfferEngine:

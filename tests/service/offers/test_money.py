@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from benchmarks.harness import ManualClock as Clock
 from benchmarks.harness import all_at_once
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
@@ -37,7 +38,7 @@ from service.offers.rules import in_holdout
 from service.offers.stats import Z95
 from service.tables import campaign_spend, coupon_ledger, coupons
 
-from .test_api import Clock, F, M, campaigns_file, evaluate, make_client, sign_up, treated_users
+from .test_api import F, M, campaigns_file, evaluate, make_client, sign_up, treated_users
 from .test_concurrency import NOW
 
 CAMPAIGN = "new_user_high_intent"

@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select
 
+from benchmarks.harness import ManualClock as Clock
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
 from service.app import create_app
@@ -37,17 +38,6 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 MARKETING = "marketing-key-0123456789"
 M = {"X-API-Key": MARKETING}
 RUN = f"/v1/campaigns/{BUILT_IN}/run"
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def hesitating(

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from benchmarks.harness import ManualClock as Clock
 from service.activity.records import NewEvent
 from service.activity.repository import Repository
 from service.db import make_engine, migrate
@@ -32,7 +33,6 @@ from service.tables import offer_decisions, user_segments
 
 from .test_api import (
     CAMPAIGN,
-    Clock,
     M,
     campaigns_file,
     evaluate,
