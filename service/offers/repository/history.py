@@ -25,7 +25,7 @@ from sqlalchemy import BigInteger, ColumnElement, String, func, select, type_coe
 
 from service.activity.repository import Repository
 from service.money import from_units
-from service.offers.repository.reports import converted_within
+from service.offers.repository.reports import converted_within, standing_redemptions
 from service.offers.repository.spend import TOTAL
 from service.tables import campaign_spend, coupon_ledger, coupons, events, offer_decisions
 
@@ -100,20 +100,11 @@ class HistoryRepository:
             ):
                 out.converted.setdefault(str(day), {})[str(side)] = int(n)
 
-            r, x = coupon_ledger.alias("r"), coupon_ledger.alias("x")
-            released = (
-                select(x.c.id)
-                .where(
-                    x.c.code == r.c.code,
-                    x.c.redemption == r.c.redemption,
-                    x.c.action == "release",
-                )
-                .exists()
-            )
+            r = coupon_ledger.alias("r")
             redeemed_day = utc_day(r.c.at, dialect)
             for day, currency, n, total in conn.execute(
                 select(redeemed_day, r.c.currency, func.count(), func.sum(r.c.discount_amount))
-                .where(r.c.campaign_id == campaign_id, r.c.action == "redeem", ~released)
+                .where(standing_redemptions(r, campaign_id))
                 .group_by(redeemed_day, r.c.currency)
             ):
                 key = str(day)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, ColumnElement, and_, case, func, select, type_coerce
+from sqlalchemy import BigInteger, ColumnElement, FromClause, and_, case, func, select, type_coerce
 
 from service.activity.repository import Repository
 from service.money import from_units
@@ -31,6 +31,18 @@ NO_CURRENCY = "XXX"  # ISO 4217's code for "no currency": amounts recorded befor
 UNKNOWN_SEGMENT = "unknown"  # a decision recorded without a segment (service.offers.audience)
 SEGMENT_SIDES = ("issued", "holdout", "not_targeted")  # the final decisions, sliced by segment
 VERDICTS_READ_TIMEOUT_MS = 600_000  # uplift targeting's read, out of the requests' way
+
+
+def standing_redemptions(r: FromClause, campaign_id: str) -> ColumnElement[bool]:
+    """The redemptions of ``campaign_id`` in ``r`` (an alias of ``coupon_ledger``) that no
+    later release took back: what counts as redeemed in the stats and the daily history."""
+    x = coupon_ledger.alias("x")
+    released = (
+        select(x.c.id)
+        .where(x.c.code == r.c.code, x.c.redemption == r.c.redemption, x.c.action == "release")
+        .exists()
+    )
+    return and_(r.c.campaign_id == campaign_id, r.c.action == "redeem", ~released)
 
 
 def converted_within(now: datetime) -> ColumnElement[bool]:
@@ -125,23 +137,14 @@ class ReportRepository:
                     func.count(case((and_(c.c.redeemed_at.is_(None), c.c.expires_at <= now), 1))),
                 ).where(c.c.campaign_id == campaign_id)
             ).one()
-            r, x = coupon_ledger.alias("r"), coupon_ledger.alias("x")
+            r = coupon_ledger.alias("r")
             redemptions, releases = conn.execute(
                 select(
                     func.count(case((r.c.action == "redeem", 1))),
                     func.count(case((r.c.action == "release", 1))),
                 ).where(r.c.campaign_id == campaign_id)
             ).one()
-            released = (
-                select(x.c.id)
-                .where(
-                    x.c.code == r.c.code,
-                    x.c.redemption == r.c.redemption,
-                    x.c.action == "release",
-                )
-                .exists()
-            )
-            standing = and_(r.c.campaign_id == campaign_id, r.c.action == "redeem", ~released)
+            standing = standing_redemptions(r, campaign_id)
             standing_count = 0
             discount: dict[str, Decimal] = {}
             for currency, n, total in conn.execute(
