@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import PYTHON, RESULTS, WORK, measure, save, this_command
+from benchmarks.harness import events_bulk_load
 
 CHUNK = 1_000_000  # orders written per Parquet row group
 START = np.datetime64("2023-01-01T00:00:00", "s")
@@ -151,48 +152,35 @@ def seed(path: Path, url: str) -> float:  # a file's lines into the events table
 
     import pyarrow.parquet as pq
 
-    from service.db import make_engine, migrate
-    from service.tables import events as events_table
-
     started = time.perf_counter()
-    engine = make_engine(url, timeout_seconds=600)
-    migrate(engine)
-    with engine.begin() as conn:
-        for index in events_table.indexes:
-            index.drop(conn)
-    received = "2025-01-01 00:00:00.000000"
-    columns = "user_id, item_id, type, ts, order_id, quantity, price, currency, received_at"
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        assert database is not None
-        raw = sqlite3.connect(database)
-        raw.execute("PRAGMA synchronous=OFF")
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK):
-            raw.executemany(
-                f"INSERT INTO events ({columns}) VALUES (?, ?, 'purchase', ?, ?, ?, ?, ?, ?)",
-                _rows(batch, " ", received),
-            )
-            raw.commit()
-        raw.close()
-    else:
-        raw_conn = engine.raw_connection()
-        try:
-            cursor = raw_conn.cursor()
+    with events_bulk_load(url) as engine:
+        received = "2025-01-01 00:00:00.000000"
+        columns = "user_id, item_id, type, ts, order_id, quantity, price, currency, received_at"
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database
+            assert database is not None
+            raw = sqlite3.connect(database)
+            raw.execute("PRAGMA synchronous=OFF")
             for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK):
-                with cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
-                    for row in _rows(batch, "T", received):
-                        copy.write_row(
-                            (*row[:2], "purchase", f"{row[2]}+00", *row[3:7], f"{row[7]}+00")
-                        )
-                raw_conn.commit()
-        finally:
-            raw_conn.close()
-    with engine.begin() as conn:
-        for index in events_table.indexes:
-            index.create(conn)
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("ANALYZE")
-    engine.dispose()
+                raw.executemany(
+                    f"INSERT INTO events ({columns}) VALUES (?, ?, 'purchase', ?, ?, ?, ?, ?, ?)",
+                    _rows(batch, " ", received),
+                )
+                raw.commit()
+            raw.close()
+        else:
+            raw_conn = engine.raw_connection()
+            try:
+                cursor = raw_conn.cursor()
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK):
+                    with cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
+                        for row in _rows(batch, "T", received):
+                            copy.write_row(
+                                (*row[:2], "purchase", f"{row[2]}+00", *row[3:7], f"{row[7]}+00")
+                            )
+                    raw_conn.commit()
+            finally:
+                raw_conn.close()
     return time.perf_counter() - started
 
 

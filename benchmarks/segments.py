@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, median, save, this_command
-from benchmarks.harness import BACKENDS, fresh_database
+from benchmarks.harness import BACKENDS, events_bulk_load, fresh_database
 
 CHUNK = 500_000
 # the child's own peak (benchmarks.common.peak_rss_mib: not the seeding parent's)
@@ -121,75 +121,63 @@ def _coupons(chunk: dict[str, Any], sep: str, first: int) -> Iterator[tuple[Any,
 
 def seed(url: str, users: int, events: int, seed_value: int) -> dict[str, Any]:
     """Migrate ``url`` and store the seeded events and coupons; returns counts and seconds."""
-    from service.db import make_engine, migrate
-    from service.tables import events as events_table
-
     started = time.perf_counter()
     now = datetime.now(UTC).replace(microsecond=0)
-    engine = make_engine(url, timeout_seconds=600)
-    migrate(engine)
-    with engine.begin() as conn:
-        for index in events_table.indexes:
-            index.drop(conn)
-    coupons = 0
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        assert database is not None
-        raw = sqlite3.connect(database)
-        raw.execute("PRAGMA synchronous=OFF")
-        for number, chunk in enumerate(_chunks(users, events, seed_value, now)):
-            received = now.strftime("%Y-%m-%d %H:%M:%S.000000")
-            raw.executemany(
-                "INSERT INTO events (user_id, item_id, type, ts, order_id, quantity, price, "
-                f"currency, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{received}')",
-                _rows(chunk, " "),
-            )
-            rows = list(_coupons(chunk, " ", number * CHUNK))
-            raw.executemany(
-                "INSERT INTO coupons (code, campaign_id, user_id, attribution_id, "
-                "discount_percent, issued_at, expires_at, redeemed_at, order_id, releases) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                rows,
-            )
-            coupons += len(rows)
-            raw.commit()
-        raw.close()
-    else:
-        raw_conn = engine.raw_connection()
-        try:
-            cursor = raw_conn.cursor()
+    with events_bulk_load(url) as engine:
+        coupons = 0
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database
+            assert database is not None
+            raw = sqlite3.connect(database)
+            raw.execute("PRAGMA synchronous=OFF")
             for number, chunk in enumerate(_chunks(users, events, seed_value, now)):
-                with cursor.copy(
-                    "COPY events (user_id, item_id, type, ts, order_id, quantity, price, "
-                    "currency, received_at) FROM STDIN"
-                ) as copy:
-                    received = now.isoformat()
-                    lines = [
-                        "\t".join(
-                            "\\N" if v is None else (f"{v}+00" if i == 3 else str(v))
-                            for i, v in enumerate(row)
-                        )
-                        + f"\t{received}\n"
-                        for row in _rows(chunk, "T")
-                    ]
-                    copy.write("".join(lines))
-                rows = list(_coupons(chunk, "T", number * CHUNK))
-                with cursor.copy(
-                    "COPY coupons (code, campaign_id, user_id, attribution_id, discount_percent, "
-                    "issued_at, expires_at, redeemed_at, order_id, releases) FROM STDIN"
-                ) as copy:
-                    for row in rows:
-                        copy.write_row((*row[:5], *(f"{v}+00" for v in row[5:8]), row[8], 0))
+                received = now.strftime("%Y-%m-%d %H:%M:%S.000000")
+                raw.executemany(
+                    "INSERT INTO events (user_id, item_id, type, ts, order_id, quantity, price, "
+                    f"currency, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{received}')",
+                    _rows(chunk, " "),
+                )
+                rows = list(_coupons(chunk, " ", number * CHUNK))
+                raw.executemany(
+                    "INSERT INTO coupons (code, campaign_id, user_id, attribution_id, "
+                    "discount_percent, issued_at, expires_at, redeemed_at, order_id, releases) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    rows,
+                )
                 coupons += len(rows)
-                raw_conn.commit()
-        finally:
-            raw_conn.close()
-    with engine.begin() as conn:
-        for index in events_table.indexes:
-            index.create(conn)
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("ANALYZE")
-    engine.dispose()
+                raw.commit()
+            raw.close()
+        else:
+            raw_conn = engine.raw_connection()
+            try:
+                cursor = raw_conn.cursor()
+                for number, chunk in enumerate(_chunks(users, events, seed_value, now)):
+                    with cursor.copy(
+                        "COPY events (user_id, item_id, type, ts, order_id, quantity, price, "
+                        "currency, received_at) FROM STDIN"
+                    ) as copy:
+                        received = now.isoformat()
+                        lines = [
+                            "\t".join(
+                                "\\N" if v is None else (f"{v}+00" if i == 3 else str(v))
+                                for i, v in enumerate(row)
+                            )
+                            + f"\t{received}\n"
+                            for row in _rows(chunk, "T")
+                        ]
+                        copy.write("".join(lines))
+                    rows = list(_coupons(chunk, "T", number * CHUNK))
+                    with cursor.copy(
+                        "COPY coupons (code, campaign_id, user_id, attribution_id, "
+                        "discount_percent, issued_at, expires_at, redeemed_at, order_id, "
+                        "releases) FROM STDIN"
+                    ) as copy:
+                        for row in rows:
+                            copy.write_row((*row[:5], *(f"{v}+00" for v in row[5:8]), row[8], 0))
+                    coupons += len(rows)
+                    raw_conn.commit()
+            finally:
+                raw_conn.close()
     return {"events": events, "coupons": coupons, "seed_seconds": time.perf_counter() - started}
 
 
