@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,22 @@ ModelDir = Annotated[
     ),
 ]
 DEFAULT_MODEL_DIR = Path("var/models")
+
+
+def utc_option(option: str, text: str | None, example: str) -> datetime | None:
+    """An option's ISO 8601 time in UTC (a time without offset is UTC); None when not given.
+
+    Raises:
+        UsageProblem: not a time, naming ``option`` (one line, exit 2).
+    """
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageProblem(f"{option} {text!r}: use an ISO 8601 time, e.g. {example}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
 
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]

@@ -25,21 +25,12 @@ from training.cli.common import (
     Verbose,
     read_options,
     setup_logging,
+    utc_option,
 )
 from training.cli.render import err, errors, out
 
 if TYPE_CHECKING:
     from service.analytics.loyalty import Period
-
-
-def _moment(option: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageProblem(f"{option} {text!r}: use an ISO 8601 time, e.g. 2011-01-01") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _rate(value: float | None) -> str:
@@ -158,7 +149,8 @@ def report(
         check_segment(segment)
         if period not in ("week", "month"):
             raise UsageProblem(f"--period {period!r}: use week or month")
-        start, end = _moment("--since", since), _moment("--until", until)
+        start = utc_option("--since", since, "2011-01-01")
+        end = utc_option("--until", until, "2011-01-01")
         chosen = cast("Period", period)
         check_range(chosen, start, end)
         check_range("month", start, end)

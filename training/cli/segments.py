@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.errors import UsageProblem
-from training.cli.common import JsonOutput, Verbose, setup_logging
+from training.cli.common import JsonOutput, Verbose, setup_logging, utc_option
 from training.cli.render import err, errors, out
 
 if TYPE_CHECKING:
     from service.segments.service import RunSummary
-
-
-def _as_of(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageProblem(f"--as-of {text!r}: use an ISO 8601 time, e.g. 2011-12-10") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def segments(
@@ -65,7 +55,7 @@ def segments(
         _scheduled(database_url, as_json, every, cron, max_runs)
         return
     with errors():
-        summary = _run_once(database_url, _as_of(as_of))
+        summary = _run_once(database_url, utc_option("--as-of", as_of, "2011-12-10"))
     stages, kinds = summary.per_stage(), summary.per_type()
     if as_json:
         doc = {
