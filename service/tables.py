@@ -492,3 +492,113 @@ customer_value = Table(
     Column("fitted_at", UTCDateTime(), nullable=False),
     Index("ix_customer_value_predicted_value", "predicted_value"),
 )
+
+# --- recommendation feedback (migration 0015, issue 14 items 1 and 2) -----------------------
+
+# what made each list shown: the served list's id (``request_id``) and the model version,
+# recipe, source, experiment and arm read from its signed token (service.feedback.token);
+# natural key (request_id, item_id): the same item of the same list is counted once, whatever
+# the frontend retries
+FEEDBACK_COLUMNS = ("model_version", "recipe", "source", "placement", "experiment_id", "arm")
+
+
+def _served_columns() -> list[Column[Any]]:
+    return [
+        Column("request_id", String(64), nullable=False),
+        Column("user_id", String(ID_LENGTH), nullable=False),
+        Column("item_id", String(ID_LENGTH), nullable=False),
+        Column("position", Integer(), nullable=True),  # 0-based place in the list shown
+        Column("placement", String(32), nullable=False),  # home, product, cart, ...
+        Column("model_version", String(64), nullable=True),  # None: no model (event log)
+        Column("recipe", String(64), nullable=False),  # all, novel, or a candidate's name
+        Column("source", String(16), nullable=False),  # model, session, popular, new_arrivals
+        Column("experiment_id", String(64), nullable=True),
+        Column("arm", String(16), nullable=True),  # control, candidate
+        Column("served_at", UTCDateTime(), nullable=False),
+        Column("ts", UTCDateTime(), nullable=False),
+        Column("client_event_id", String(ID_LENGTH), nullable=True, unique=True),
+    ]
+
+
+rec_impressions = Table(
+    "rec_impressions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    *_served_columns(),
+    Index("ux_rec_impressions_request_item", "request_id", "item_id", unique=True),
+    Index("ix_rec_impressions_user_id", "user_id", "item_id", "ts"),
+    Index("ix_rec_impressions_ts", "ts"),
+    Index("ix_rec_impressions_experiment_id", "experiment_id", "arm"),
+)
+
+rec_clicks = Table(
+    "rec_clicks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    *_served_columns(),
+    Index("ux_rec_clicks_request_item", "request_id", "item_id", unique=True),
+    Index("ix_rec_clicks_user_id", "user_id", "item_id", "ts"),
+    Index("ix_rec_clicks_ts", "ts"),
+)
+
+# an add-to-cart or purchase event credited to the list whose click (or, failing one, whose
+# impression) of the same user and item came last within the attribution window; one row per
+# event (its ``events.id``), written in the event's transaction
+rec_attributions = Table(
+    "rec_attributions",
+    metadata,
+    Column("event_id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("kind", String(16), nullable=False),  # add_to_cart, purchase
+    Column("via", String(16), nullable=False),  # click, impression
+    Column("request_id", String(64), nullable=False),
+    Column("user_id", String(ID_LENGTH), nullable=False),
+    Column("item_id", String(ID_LENGTH), nullable=False),
+    Column("placement", String(32), nullable=False),
+    Column("model_version", String(64), nullable=True),
+    Column("recipe", String(64), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("experiment_id", String(64), nullable=True),
+    Column("arm", String(16), nullable=True),
+    Column("quantity", Integer(), nullable=False),
+    Column("revenue", AmountColumn(), nullable=True),  # price x quantity; None: no price sent
+    Column("currency", String(CURRENCY_LENGTH), nullable=True),
+    Column("ts", UTCDateTime(), nullable=False),
+    Index("ix_rec_attributions_request_id", "request_id", "item_id"),
+    Index("ix_rec_attributions_ts", "ts"),
+    Index("ix_rec_attributions_user_id", "user_id"),
+)
+
+# --- A/B tests of recommenders (migration 0016, issue 14 item 3) ----------------------------
+
+# one experiment at a time (the partial unique index on a running one); a second model
+# version, or a second recipe of the same version, served to ``share`` of the users (a hash
+# of experiment and user); stopped by hand, by the guard, or by a promotion
+EXPERIMENT_STATUSES = ("running", "stopped", "promoted")
+RUNNING_EXPERIMENT = "status = 'running'"
+
+rec_experiments = Table(
+    "rec_experiments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("control_version", String(64), nullable=False),  # `current` when it started
+    Column("control_recipe", String(64), nullable=True),  # None: the version's served recipe
+    Column("candidate_version", String(64), nullable=False),
+    Column("candidate_recipe", String(64), nullable=True),
+    Column("share", Float(), nullable=False),  # of users in the candidate arm, 0 < share < 1
+    Column("settings", JSON(), nullable=False),  # the guard's and the analysis' thresholds
+    Column("created_by", String(128), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime(), nullable=True),
+    Column("outcome", JSON(), nullable=True),  # why it ended, with the figures at that moment
+    Column("version", Integer(), nullable=False, server_default=text("1")),
+    CheckConstraint("status IN ('running', 'stopped', 'promoted')", name="status"),
+    Index(
+        "ux_rec_experiments_running",
+        "status",
+        unique=True,
+        sqlite_where=text(RUNNING_EXPERIMENT),
+        postgresql_where=text(RUNNING_EXPERIMENT),
+    ),
+)

@@ -300,17 +300,32 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float
     reason: str = Field(examples=["because you bought WHITE HANGING HEART T-LIGHT HOLDER"])
-    source: Literal["model", "session", "popular"]
+    source: Literal["model", "session", "popular", "new_arrivals"]
 
 
 class RecommendationsOut(BaseModel):
     user_id: str
     items: list[RecommendedItem]
-    source: Literal["model", "session", "popular"] = Field(
-        description="model: known user; session: folded in from recent events; popular: fallback"
+    source: Literal["model", "session", "popular", "new_arrivals"] = Field(
+        description="model: known user; session: folded in from recent events; popular: "
+        "fallback; new_arrivals: products newer than the model (issue 14, item 4)"
     )
     model_version: str | None
-    request_id: str
+    recipe: str = Field(
+        description="The scoring recipe that ranked the list: all (repurchases allowed), novel "
+        "(exclude_purchased), or an experiment's candidate recipe."
+    )
+    experiment_id: str | None = Field(
+        None, description="The A/B test this user is in (null: none running)."
+    )
+    arm: Literal["control", "candidate"] | None = Field(
+        None, description="The experiment's arm that served this list (null: no experiment)."
+    )
+    request_id: str = Field(
+        description="The list's id: send it, unchanged, with the list's impression and click "
+        "events. Signed: it says which model version, recipe, arm and source made each "
+        "position (service/feedback/token.py)."
+    )
     offer: DecisionOut | None = Field(
         None,
         description="The offer decision found (GET with include_offer=true) or made now (POST), "

@@ -17,6 +17,7 @@ from service.activity.records import Activity, CatalogueEntry
 from service.activity.store import ActivityStore
 from service.clock import SECONDS_PER_DAY, Clock
 from service.errors import ModelUnavailable
+from service.feedback.token import ListIds, ServedList
 from service.health import without_paths
 from service.metrics import Metrics
 from service.privacy.tombstones import Tombstones
@@ -30,10 +31,26 @@ ANONYMOUS = ""
 
 @dataclass(slots=True)
 class Served:
-    """A list and the model version that made it (None: from the event log, no model yet)."""
+    """A list and what made it: the model version (None: from the event log, no model yet),
+    the recipe, and the experiment's arm when one is running (issue 14, item 3)."""
 
     result: Result
     version: str | None
+    recipe: str = "all"
+    experiment_id: str | None = None
+    arm: str | None = None
+
+    def described(self, served_at: datetime) -> ServedList:
+        """What the list's signed id carries (``service.feedback.token``)."""
+        return ServedList(
+            request_id="",
+            model_version=self.version,
+            recipe=self.recipe,
+            sources=tuple(r.source for r in self.result.items),
+            served_at=served_at,
+            experiment_id=self.experiment_id,
+            arm=self.arm,
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class Recommendations:
         self.clock = clock
         self.metrics = metrics
         self.erased = erased if erased is not None else Tombstones()
+        # each list's signed id, under a key derived from the installation's (issue 14)
+        self.list_ids = ListIds(lambda: self.erased.key)
 
     def _personal(self, user_id: str) -> tuple[str, tuple[Activity, ...]]:
         """The id to look up and the recent events to use: none of either for an erased user,
@@ -82,8 +101,9 @@ class Recommendations:
         user_id, recent = self._personal(query.user_id)
         if user_id != query.user_id:
             query = replace(query, user_id=user_id)
+        recipe = "novel" if query.exclude_purchased else "all"
         if recommender is None:
-            served = Served(self._from_event_log(query, recent), None)
+            served = Served(self._from_event_log(query, recent), None, recipe)
         else:
             result = recommender.recommend(
                 query,
@@ -92,7 +112,7 @@ class Recommendations:
                 now=self.clock(),
                 hidden=self.activity.hidden,
             )
-            served = Served(result, recommender.model.version)
+            served = Served(result, recommender.model.version, recipe)
         self.metrics.recommendations.labels(served.result.source).inc()
         return served
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Annotated
 
 import orjson
@@ -99,8 +100,22 @@ def _page(
         "items": [_item(r) for r in served.result.items],
         "source": served.result.source,
         "model_version": served.version,
-        "request_id": request.scope["state"]["request_id"],
+        "recipe": served.recipe,
+        "experiment_id": served.experiment_id,
+        "arm": served.arm,
+        "request_id": recommendations.list_ids.issue(
+            _list_request_id(request), user_id, served.described(recommendations.clock())
+        ),
     }
+
+
+def _list_request_id(request: Request) -> str:
+    """The id part of a list's id: the middleware's own request id, or a fresh one when the
+    client sent an X-Request-ID (a page may send the same one with several lists)."""
+    own: str = request.scope["state"]["request_id"]
+    if "x-request-id" in request.headers:
+        return secrets.token_hex(8)
+    return own
 
 
 def _with_offer(payload: dict[str, object]) -> Response:
