@@ -374,11 +374,11 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     UnknownWebhookEvent: ErrorKind(404, "unknown_webhook_event", 2),  # issue 12, item 6
     UnknownUser: ErrorKind(404, "unknown_user", 2),  # issue 12, item 1
     # issue 14, item 3: experiments
-    ExperimentError: ErrorKind(409, "experiment_refused", 2),
+    ExperimentError: ErrorKind(409, "experiment_refused", 1),
     UnknownExperiment: ErrorKind(404, "unknown_experiment", 2),
-    ExperimentRunning: ErrorKind(409, "experiment_running", 2),
-    ExperimentEnded: ErrorKind(409, "experiment_ended", 2),
-    ExperimentRefused: ErrorKind(409, "experiment_refused", 2),
+    ExperimentRunning: ErrorKind(409, "experiment_running", 1),
+    ExperimentEnded: ErrorKind(409, "experiment_ended", 1),
+    ExperimentRefused: ErrorKind(409, "experiment_refused", 1),
 }
 
 

@@ -79,6 +79,8 @@ class Experiments:
         recommendations: Recommendations,
         clock: Callable[[], datetime],
         guard: GuardSettings | None = None,
+        *,
+        serve_here: bool = True,
     ) -> None:
         self.repository = repository
         self.recommendations = recommendations
@@ -86,6 +88,8 @@ class Experiments:
         self.store: ModelStore = self.models.store
         self.clock = clock
         self.guard = guard or GuardSettings()
+        # False for ``recoffer experiment``: a command serves nothing, the workers pick it up
+        self.serve_here = serve_here
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -280,8 +284,10 @@ class Experiments:
             self.store.promote(target)
             self._record_promotion(experiment, before, outcome)
         log.info("experiment_promoted", extra={"experiment": experiment.id, "version": target})
-        reloaded = self.recommendations.reload()
         ended = self.get(experiment.id)
+        if not self.serve_here:
+            return Promotion(ended, before, target, None, None)
+        reloaded = self.recommendations.reload()
         self.refresh(ended)
         error = None if reloaded.error is None else self.recommendations.public(reloaded.error)
         return Promotion(ended, before, target, reloaded.version, error)
@@ -321,6 +327,8 @@ class Experiments:
 
     def refresh(self, running: Experiment | None = None) -> bool:
         """Serve the running experiment's arms on this worker (read it when not given)."""
+        if not self.serve_here:
+            return False
         if running is None:
             running = self.repository.running()
         return self.models.refresh_experiment(running)
