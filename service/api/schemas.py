@@ -1061,6 +1061,14 @@ class ExperimentOut(BaseModel):
     results: ExperimentResultsOut | None = Field(
         None, description="Figures now (GET /v1/experiments/{id} only)."
     )
+    served_here: bool | None = Field(
+        None,
+        description="Whether the worker that answered serves the arms now (GET one only; "
+        "every worker loads them within RECOFFER_EXPERIMENT_POLL_SECONDS).",
+    )
+    load_error: str | None = Field(
+        None, description="Why the worker that answered could not load the arms, if so."
+    )
 
 
 class ExperimentsOut(BaseModel):

@@ -45,6 +45,9 @@ def test_every_response_says_its_arm_and_each_arm_serves_its_version(
     started = _start(api, candidate_version=previous, share=0.5)
     assert started["status"] == "running"
     assert (started["control_version"], started["candidate_version"]) == (current, previous)
+    detail = api.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
+    assert detail["served_here"] is True
+    assert detail["load_error"] is None
     served = _served(api, range(200))
     arms = {u: r["arm"] for u, r in served.items()}
     assert set(arms.values()) == {"control", "candidate"}
@@ -384,3 +387,28 @@ def test_rank_and_top_items_follow_the_users_arm_and_similar_has_none(
     assert similar.status_code == 200, similar.text
     assert similar.json()["model_version"] == current  # always the current version
     assert "arm" not in similar.json()
+
+
+def test_a_worker_that_cannot_load_the_candidate_serves_without_an_arm(
+    tmp_path: Path, models: Path, database_url: str
+) -> None:
+    previous, current = versions(models)
+    settings = service_settings(tmp_path, database_url)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        started = _start(first, candidate_version=previous)
+        # the candidate's files damaged after the start, before the second worker's poll
+        version_dir = ModelStore(models).version_path(previous)
+        damaged = next(p for p in sorted(version_dir.glob("*.npy")))
+        damaged.chmod(0o644)
+        damaged.write_bytes(damaged.read_bytes()[:-8])
+        other = state_of(second)
+        assert other.experiments is not None
+        other.experiments.refresh()
+        assert other.models.experiment is None
+        detail = second.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
+        assert detail["served_here"] is False
+        assert detail["load_error"] is not None
+        assert str(models) not in detail["load_error"]
+        served = _served(second, range(20))
+        assert all(r["arm"] is None for r in served.values())
+        assert {r["model_version"] for r in served.values()} == {current}
