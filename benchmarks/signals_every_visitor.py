@@ -33,6 +33,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
 from benchmarks.common import median, save, this_command
 from training.data.formats import purchases_from_frame
 from training.models import ModelParams
@@ -76,8 +80,10 @@ def quality(preset: str, factors: int) -> dict[str, Any]:
         shop = generate_shop(dataclasses.replace(spec_for(preset), seed=seed))
         log = every_visitor_events(shop, seed=seed)
         purchases = purchases_from_frame(log.purchases, source=f"{preset} seed {seed}")
+        no_weights = dataclasses.replace(base, view_weight=0.0, add_to_cart_weight=0.0)
         signals = {
-            RUNS[0]: (None, base),
+            # the events are read but weigh nothing: a purchase-only model on the same truth
+            RUNS[0]: (log.events, no_weights),
             RUNS[1]: (log.events, dataclasses.replace(base, every_visitor=False)),
             RUNS[2]: (log.events, base),
         }
@@ -129,12 +135,105 @@ def quality(preset: str, factors: int) -> dict[str, Any]:
     }
 
 
+def browsers(preset: str, factors: int, seed: int = SEEDS[0]) -> dict[str, Any]:
+    """Visitors with no purchase before the test cut-off who buy in the test window: served
+    from their learnt rows of the signals fit (as known users would be), or by the service's
+    session fold-in of their last 50 events (what they get: they are not rows of the served
+    model), or by popularity (no events at all).
+
+    One model, fitted on everything up to the cut-off with every visitor; the service's
+    ``Recommender`` over its arrays (constants from a pipeline run on the same data) does the
+    fold-in. Recipes: ``als_signals`` alone and the default ``novel`` blend (for a user with
+    no purchase, all and novel are the same).
+    """
+    from service.activity.records import Activity
+    from service.artifact import load_artifact
+    from service.recommend.recommender import Recommender
+    from service.recommend.serving import prepare
+    from service.scoring import Recipe
+    from training.encode import encode
+    from training.evaluate import rank_metrics, temporal_split, truth_of
+    from training.models import default_candidates, fit_stage
+    from training.publish import artifact_arrays
+    from training.signals import encode_signals
+
+    shop = generate_shop(dataclasses.replace(spec_for(preset), seed=seed))
+    log = every_visitor_events(shop, seed=seed)
+    purchases = purchases_from_frame(log.purchases, source=f"{preset} seed {seed}")
+    coded, ids = encode(purchases.frame)
+    split = temporal_split(coded, 30.0)
+    params = ModelParams(factors=factors)
+    before = log.events[log.events["timestamp"] <= split.cutoff]
+    signals = encode_signals(before, ids.users, ids.items)
+    stage = fit_stage(split.train, split.cutoff, params, ids, signals=signals)
+    with tempfile.TemporaryDirectory() as models:
+        trained = run(
+            TrainConfig(model_dir=Path(models), params=params, tune_seconds=0, force=True),
+            purchases_from_frame(
+                log.purchases[log.purchases["timestamp"] <= split.cutoff], source="cut"
+            ),
+            signal_events=before,
+        )
+        artifact = load_artifact(trained.path)
+    artifact = dataclasses.replace(artifact, arrays=artifact_arrays(stage, purchases))
+    recommender = Recommender(prepare(artifact))
+    model = recommender.model
+    visitors = stage.extra_user_ids
+    test = split.test
+    buyers = pd.Index(ids.users[test["user"].unique()])
+    target = visitors.intersection(buyers)
+    rows = np.asarray(visitors.get_indexer(target), dtype=np.int64)
+    items = pd.Index(model.item_labels)
+    test_ids = ids.users[test["user"].to_numpy()]
+    truth = truth_of(
+        np.arange(len(target)),
+        pd.Index(target),
+        items,
+        test_ids,
+        ids.items[test["item"].to_numpy()],
+    )
+    empty = sp.csr_matrix((len(target), len(items)), dtype=np.float32)
+    assert stage.signal_user_factors is not None
+    learnt = stage.signal_user_factors[len(stage.user_codes) :][rows]
+    zeros = np.zeros((len(target), model.scorer.item_factors.shape[1]), dtype=np.float32)
+    recent: dict[str, list[Activity]] = {}
+    for u, i, k, t in before[before["user_id"].isin(target)].itertuples(index=False):
+        recent.setdefault(u, []).append(Activity(item_id=i, type=k, ts=t.tz_localize("UTC")))
+    now = split.cutoff.tz_localize("UTC").to_pydatetime()
+    blend = default_candidates(with_ease=model.scorer.ease_b is not None, with_signals=True)
+    out: dict[str, Any] = {"seed": seed, "visitors": len(visitors), "buyers": len(target)}
+    for name, recipe in (
+        ("als_signals", Recipe(weights={"als_signals": 1.0})),
+        ("novel blend", blend["blend"]["novel"]),
+    ):
+        model.recipes["novel"] = recipe
+        recommender = Recommender(model)
+        learnt_scores = model.scorer.score_histories(
+            empty, empty, zeros, recipe, signal_vectors=learnt
+        )
+        session = np.stack(
+            [recommender._session_scores(recent[u][-50:], "novel", now) for u in target]
+        )
+        popular = np.tile(model.scorer.popularity_z, (len(target), 1))
+        for how, scores in (
+            ("learnt rows", learnt_scores),
+            ("session fold-in", session),
+            ("popularity", popular),
+        ):
+            values = rank_metrics(scores, truth, empty, "novel")
+            out[f"{name}/{how}"] = {m: round(values[m], 4) for m in ("recall", "ndcg")}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="demo", help="synthetic shop")
     parser.add_argument("--factors", type=int, default=64, help="ALS factors of every run")
     args = parser.parse_args()
-    doc = {"quality": quality(args.preset, args.factors)}
+    doc = {
+        "quality": quality(args.preset, args.factors),
+        "browsers": browsers(args.preset, args.factors),
+    }
     save("signals_every_visitor", this_command(), doc)
     print(json.dumps(doc, indent=1))
     return 0
@@ -176,7 +275,7 @@ def render(doc: dict[str, Any]) -> list[str]:
         "sold before the cut-off).",
         "",
     ]
-    out += _table(q["median"], "test", METRICS)
+    out += _table(q["median"], "test", extra=False)
     out += [
         "",
         "**With the products never sold before the cut-off in the truth** (same users; an item "
@@ -185,7 +284,8 @@ def render(doc: dict[str, Any]) -> list[str]:
         "such products found in the top 10.",
         "",
     ]
-    out += _table(q["median"], "new", (*METRICS, "shown", "hits"))
+    out += _table(q["median"], "new", extra=True)
+    out += ["", *_browsers(doc["browsers"])]
     out += [
         "",
         "Public browsing log: none could be measured. Only the PyPI, npm and Debian registries "
@@ -198,25 +298,51 @@ def render(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def _table(
-    median_of: dict[str, dict[str, float]], part: str, metrics: tuple[str, ...]
-) -> list[str]:
-    cells = [f"{p} {c} {m}" for p in ("all", "novel") for c in CANDIDATES for m in metrics]
-    head = ["| model | " + " | ".join(cells) + " |", "|---|" + "---:|" * len(cells)]
+def _table(median_of: dict[str, dict[str, float]], part: str, extra: bool) -> list[str]:
+    """One row per protocol and candidate, one column per model: recall@10 / NDCG@10 (and,
+    with ``extra``, the share of slots holding a product never sold and its hits)."""
+    what = "recall / NDCG" + (" / shown / hits of truth" if extra else "")
+    head = [
+        "| protocol, candidate | " + " | ".join(f"{r}: {what}" for r in RUNS) + " |",
+        "|---|" + "---:|" * len(RUNS),
+    ]
     rows = []
-    for label in RUNS:
-        values = median_of[label]
-        row = []
-        for p in ("all", "novel"):
-            for c in CANDIDATES:
-                for m in metrics:
-                    v = values.get(f"{part}/{p}/{c}/{m}", 0.0)
-                    if m == "hits":
-                        row.append(f"{v:g} of {values.get(f'{part}/{p}/{c}/truth', 0.0):g}")
-                    else:
-                        row.append(f"{v:.4f}")
-        rows.append(f"| {label} | " + " | ".join(row) + " |")
+    for p in ("all", "novel"):
+        for c in CANDIDATES:
+            cells = []
+            for label in RUNS:
+                v = median_of[label]
+                key = f"{part}/{p}/{c}"
+                cell = f"{v.get(key + '/recall@10', 0.0):.4f} / {v.get(key + '/ndcg@10', 0.0):.4f}"
+                if extra:
+                    cell += (
+                        f" / {v.get(key + '/shown', 0.0):.2%} / "
+                        f"{v.get(key + '/hits', 0.0):g} of {v.get(key + '/truth', 0.0):g}"
+                    )
+                cells.append(cell)
+            rows.append(f"| {p}, {c} | " + " | ".join(cells) + " |")
     return head + rows
+
+
+def _browsers(b: dict[str, Any]) -> list[str]:
+    out = [
+        f"**Visitors served from their rows or by the session fold-in** (seed {b['seed']}): "
+        f"{b['buyers']} of the {b['visitors']:,} users without a purchase before the test "
+        "cut-off (rows of the signals fit) buy in the test window. Their test purchases "
+        "scored three ways on one model: from their learnt rows (as if the served model had "
+        "them as users), by the service's session fold-in of their last 50 events before the "
+        "cut-off (what they get: they are not users of the served model), by popularity.",
+        "",
+        "| recipe | learnt rows: recall / NDCG | session fold-in | popularity |",
+        "|---|---:|---:|---:|",
+    ]
+    for recipe in ("als_signals", "novel blend"):
+        cells = []
+        for how in ("learnt rows", "session fold-in", "popularity"):
+            v = b[f"{recipe}/{how}"]
+            cells.append(f"{v['recall']:.4f} / {v['ndcg']:.4f}")
+        out.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    return out
 
 
 if __name__ == "__main__":

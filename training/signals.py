@@ -253,7 +253,8 @@ class _NewIds:
         fresh = pd.Index(pd.unique(ids.to_numpy(dtype=object))).difference(self._seen, sort=False)
         if len(fresh):
             self._seen = self._seen.append(fresh)
-        return self.known + self._seen.get_indexer(ids).astype(np.int64)
+        codes: npt.NDArray[np.int64] = self._seen.get_indexer(ids).astype(np.int64)
+        return codes + self.known
 
     def index(self) -> pd.Index:
         return self._seen

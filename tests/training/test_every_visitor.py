@@ -67,8 +67,10 @@ def test_browse_only_users_and_view_only_items_are_rows_of_the_signals_fit(
     )
     signals = encode_signals(events, ids.users, ids.items)
     stage = fit_stage(frame[frame["timestamp"] <= cutoff], cutoff, PARAMS, ids, signals=signals)
-    assert stage.signal_user_codes is not None and stage.signal_item_codes is not None
-    assert stage.signal_user_factors is not None and stage.signal_item_factors is not None
+    assert stage.signal_user_codes is not None
+    assert stage.signal_item_codes is not None
+    assert stage.signal_user_factors is not None
+    assert stage.signal_item_factors is not None
     n_users, n_items = len(stage.user_codes), len(stage.item_codes)
     # the purchase rows first, in their order; then the visitors and items seen up to the cut-off
     np.testing.assert_array_equal(stage.signal_user_codes[:n_users], stage.user_codes)
@@ -86,7 +88,8 @@ def test_browse_only_users_and_view_only_items_are_rows_of_the_signals_fit(
     assert stage.scorer().n_items == n_items
     served = stage.served_scorer()
     assert served.n_items == n_items + 1
-    assert served.popularity[-1] == 0 and served.trending[-1] == 0
+    assert served.popularity[-1] == 0
+    assert served.trending[-1] == 0
     assert not served.item_factors[-1].any()
     # the rule before: purchasers only, no extra row
     before = fit_stage(
@@ -270,7 +273,8 @@ def test_a_product_only_viewed_is_recommended_to_buyers_of_its_taste(
     assert model.scorer.popularity[new] == 0
     # the als_signals vectors alone: taste A's buyers rank it high, taste B's low
     vectors = model.scorer.signal_user_factors
-    assert vectors is not None and model.scorer.signal_item_factors is not None
+    assert vectors is not None
+    assert model.scorer.signal_item_factors is not None
     scores = vectors @ model.scorer.signal_item_factors.T
     ranks = (scores > scores[:, [new]]).sum(axis=1)
     a_rows = [i for u, i in model.user_index.items() if u.startswith("a-")]
@@ -309,3 +313,39 @@ def test_a_product_only_viewed_is_recommended_to_buyers_of_its_taste(
         return [r.item_id for r in got.items].index("A-new")
 
     assert session_place("A") < session_place("B")
+
+    # every other query handles an item with no purchase: no crash, no "buy again"
+    assert len(recommender.similar("A-new", 5)) == 5
+    assert recommender.similar("A00", 30)  # its zero purchase-ALS vector is no nan
+    again = recommender.recommend(Query(user_id="a-buyer-00", limit=10, purchased_within_days=400))
+    assert "A-new" not in [r.item_id for r in again.items]
+    assert recommender.rank("a-buyer-00", ["A-new", "B00", "unknown"])[-1] == "unknown"
+    everything = recommender.recommend(Query(user_id="a-buyer-00", limit=len(model.item_ids)))
+    assert all(np.isfinite(r.score) for r in everything.items)
+
+    # --purchasers-only: the rule before, the unsold product is not served and its views and the
+    # visitors' are counted as left out
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--database-url",
+            database_url,
+            "--model-dir",
+            str(models),
+            "--force",
+            "--purchasers-only",
+            *FAST,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    before = load_artifact(Path(json.loads(result.stdout)["model_path"]))
+    assert before.manifest.signals is not None
+    assert not before.manifest.signals.every_visitor
+    assert before.manifest.signals.ignored_no_purchases == int(
+        (events["item_id"].eq("A-new") | events["user_id"].str.startswith("a-visitor")).sum()
+    )
+    assert "A-new" not in before.arrays["item_ids"].tolist()
