@@ -58,6 +58,7 @@ from training.data.formats import CleaningReport, ColumnMapping, Purchases, load
 from training.encode import IdMaps, encode
 from training.erasure import honour_erasures
 from training.evaluate import (
+    MAX_EVAL_CELLS,
     METRICS,
     TEST_DAYS,
     EvalSet,
@@ -176,8 +177,9 @@ def new_product_figures(
     """Every candidate's test figures when the truth also holds the products nobody bought
     before the cut-off, and how often they are shown and hit (``unbought_figures``).
 
-    The users are the test evaluation's (``evalset``: the same as every other figure); the
-    items, every item known at the cut-off, by a purchase or by a view or add-to-cart read
+    The users are the test evaluation's (``evalset``: the same as every other figure; a seeded
+    subset when users x items would pass ``MAX_EVAL_CELLS``); the items, every item known at
+    the cut-off, by a purchase or by a view or add-to-cart read
     (``read``), whether or not this model learnt it: one it did not learn is never recommended,
     so a model trained on purchasers only is scored against the same truth. Empty without
     signals.
@@ -189,22 +191,29 @@ def new_product_figures(
     seen = np.unique(read.until(test.cutoff).item_codes)
     universe = np.concatenate([learnt, np.setdiff1d(seen, learnt)])
     unlearnt = len(universe) - len(learnt)
+    user_idx, user_rows = evalset.user_idx, np.arange(evalset.n_users)
+    limit = max(1, MAX_EVAL_CELLS // len(universe))
+    if len(user_idx) > limit:  # a catalogue of many products only viewed: a seeded subset
+        user_rows = np.sort(np.random.default_rng(0).choice(len(user_idx), limit, replace=False))
+        user_idx = user_idx[user_rows]
     truth = truth_of(
-        evalset.user_idx,
+        user_idx,
         pd.Index(stage.user_codes),
         pd.Index(universe),
         test.test["user"].to_numpy(),
         test.test["item"].to_numpy(),
     )
-    counts = served.history_counts[evalset.user_idx]
+    counts = served.history_counts[user_idx]
     wide = EvalSet(
         scorer=served,
-        user_idx=evalset.user_idx,
+        user_idx=user_idx,
         truth=truth[:, : len(learnt)],
         counts=counts,
-        age_days=served.history_age_days[evalset.user_idx],
-        user_vectors=evalset.user_vectors,
-        signal_vectors=evalset.signal_vectors,
+        age_days=served.history_age_days[user_idx],
+        user_vectors=evalset.user_vectors[user_rows],
+        signal_vectors=None
+        if evalset.signal_vectors is None
+        else evalset.signal_vectors[user_rows],
     )
     history = sp.csr_matrix(
         (counts.data, counts.indices, counts.indptr), shape=(counts.shape[0], len(universe))
