@@ -2,10 +2,10 @@
 
 Issue 14, item 4. Before: the ``als_signals`` fit had rows only for users and items with
 purchases (views of a visitor who never bought, or of a product not sold yet, were ignored).
-After (``ModelParams.every_visitor``, the default): they get rows too. One run trains three
+After (``ModelParams.every_visitor``, the default): they get rows too. One run trains five
 models on the same purchases: purchases only, the signals of purchasers only (before), and every
-visitor's signals (after), with the same parameters and no tuning (so the figures differ by the
-rule alone).
+visitor's signals (after), the last two with the default weights and with three times as much
+(the variant tuning tries), all with the same other parameters and no tuning.
 
 Data: a synthetic shop (``--preset``, three shop seeds) with
 ``training.synthetic.browsing.every_visitor_events``: customers' views around their orders,
@@ -46,7 +46,13 @@ from training.synthetic.shop import generate_shop
 from training.synthetic.spec import spec_for
 
 SEEDS = (42, 43, 44)
-RUNS = ("purchases only", "purchasers' signals (before)", "every visitor (after)")
+RUNS = (
+    "purchases only",
+    "purchasers' signals (before)",
+    "every visitor (after)",
+    "before, weights x3",
+    "after, weights x3",
+)
 CANDIDATES = ("als", "als_signals", "blend")
 METRICS = ("recall@10", "ndcg@10")
 NEW = ("shown", "users_shown", "hits", "truth")
@@ -81,11 +87,19 @@ def quality(preset: str, factors: int) -> dict[str, Any]:
         log = every_visitor_events(shop, seed=seed)
         purchases = purchases_from_frame(log.purchases, source=f"{preset} seed {seed}")
         no_weights = dataclasses.replace(base, view_weight=0.0, add_to_cart_weight=0.0)
+        tripled = dataclasses.replace(
+            base,
+            view_weight=round(3 * base.view_weight, 4),
+            add_to_cart_weight=min(1.0, round(3 * base.add_to_cart_weight, 4)),
+        )
         signals = {
             # the events are read but weigh nothing: a purchase-only model on the same truth
             RUNS[0]: (log.events, no_weights),
             RUNS[1]: (log.events, dataclasses.replace(base, every_visitor=False)),
             RUNS[2]: (log.events, base),
+            # the weights tuning also tries (training.tune.param_variants): three times as much
+            RUNS[3]: (log.events, dataclasses.replace(tripled, every_visitor=False)),
+            RUNS[4]: (log.events, tripled),
         }
         users = {}
         manifests = {}
@@ -257,9 +271,11 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"{shop['browser_events']:,} of them, {shop['new_products']} products launched 50 days "
         "before the end and first sold in the test window, viewed "
         f"{shop['new_product_events_before_first_sale']:,} times before their first sale). "
-        "Three models on the same purchases, same parameters "
-        f"({q['factors']} factors, default weights, no tuning): purchases only; the signals of "
-        "purchasers only (the rule before); every visitor's signals (now the default). "
+        "Five models on the same purchases, same parameters "
+        f"({q['factors']} factors, no tuning): purchases only; the signals of purchasers only "
+        "(the rule before) and every visitor's signals (now the default), with the default "
+        "weights (view 0.1, add-to-cart 0.3) and with three times as much (0.3, 0.9: the "
+        "variant tuning tries). "
         f"Medians over shop seeds {', '.join(map(str, q['seeds']))}.",
         "",
         "Signals used by the serving fit, seed "
@@ -270,7 +286,7 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"{after.get('items_without_purchases', 0):,} items without a purchase.",
         "",
         "**Test split, evaluated on purchases only** (the figures the gate and the manifest use; "
-        f"the same test users for all three models: {shop['test_users']['all']:,} under `all`, "
+        f"the same test users for all five models: {shop['test_users']['all']:,} under `all`, "
         f"{shop['test_users']['novel']:,} under `novel`; truth: their test purchases of items "
         "sold before the cut-off).",
         "",

@@ -349,3 +349,43 @@ def test_a_product_only_viewed_is_recommended_to_buyers_of_its_taste(
         (events["item_id"].eq("A-new") | events["user_id"].str.startswith("a-visitor")).sum()
     )
     assert "A-new" not in before.arrays["item_ids"].tolist()
+
+
+# --- the synthetic browsing stream ------------------------------------------------------------
+
+
+def test_the_every_visitor_stream_is_seeded_and_keeps_its_promises(
+    tiny_shop: SyntheticShop,
+) -> None:
+    log = every_visitor_events(tiny_shop, seed=3)
+    again = every_visitor_events(tiny_shop, seed=3)
+    pd.testing.assert_frame_equal(log.events, again.events)
+    pd.testing.assert_frame_equal(log.purchases, again.purchases)
+    assert not every_visitor_events(tiny_shop, seed=4).events.equals(log.events)
+    events = log.events
+    assert set(events["type"]) == {"view", "add_to_cart"}
+    assert events["timestamp"].is_monotonic_increasing
+    assert events["timestamp"].max() <= tiny_shop.now
+    # visitors who never buy, and do browse
+    assert not log.purchases["user_id"].isin(log.browsers).any()
+    assert events["user_id"].isin(log.browsers).sum() > len(log.browsers)
+    # new products: never sold before their first sale, never seen before their launch, viewed
+    # between the two
+    new = log.purchases["item_id"].isin(log.new_products)
+    assert (log.purchases.loc[new, "timestamp"] >= log.first_sale).all()
+    seen = events["item_id"].isin(log.new_products)
+    assert (events.loc[seen, "timestamp"] >= log.launch).all()
+    assert (seen & (events["timestamp"] < log.first_sale)).sum() > 0
+    # the same taste structure: a visitor's views are mostly of their main cluster's items
+    cluster_of = dict(zip(tiny_shop.items["item_id"], tiny_shop.item_cluster, strict=True))
+    browsing = events[events["user_id"].isin(log.browsers) & (events["type"] == "view")]
+    by_visitor = browsing.assign(cluster=browsing["item_id"].map(cluster_of))
+    main = by_visitor.groupby("user_id")["cluster"].agg(lambda c: c.value_counts().iloc[0] / len(c))
+    assert main.median() >= 0.7
+    # the shop's own purchases of the other products are untouched
+    assert len(log.purchases) + int(
+        (
+            tiny_shop.purchases["item_id"].isin(log.new_products)
+            & (tiny_shop.purchases["timestamp"] < log.first_sale)
+        ).sum()
+    ) == len(tiny_shop.purchases)
