@@ -420,6 +420,7 @@ def main() -> None:
         segments_online_retail,
         serving_memory,
         signals,
+        signals_every_visitor,
         sweep,
         targeting,
         webhooks,
@@ -429,6 +430,7 @@ def main() -> None:
         ("train_online_retail", quality),
         ("train_synthetic", synthetic),
         ("signals", signals.render),
+        ("signals_every_visitor", signals_every_visitor.render),  # issue 14, item 4
         ("retrain_pickup", retrain_pickup.render),
         ("api_latency", api),
         ("against_commit", against_commit.render),
