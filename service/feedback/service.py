@@ -9,6 +9,7 @@ the batch's transaction.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -153,12 +154,12 @@ class Feedback:
         """The ingest counters on ``/metrics``."""
         if self.metrics is None:
             return
-        for source in written.impressions:
-            self.metrics.rec_impressions.labels(source).inc()
-        for source in written.clicks:
-            self.metrics.rec_clicks.labels(source).inc()
-        for credit in written.credits:
-            self.metrics.rec_attributed.labels(credit.kind, credit.via).inc()
+        for source, n in Counter(written.impressions).items():
+            self.metrics.rec_impressions.labels(source).inc(n)
+        for source, n in Counter(written.clicks).items():
+            self.metrics.rec_clicks.labels(source).inc(n)
+        for (kind, via), n in Counter((c.kind, c.via) for c in written.credits).items():
+            self.metrics.rec_attributed.labels(kind, via).inc(n)
 
     # --- the figures -----------------------------------------------------------------------
 
