@@ -410,6 +410,7 @@ def main() -> None:
         concurrency,
         console_marketing,
         console_pages,
+        feedback_overhead,
         import_online_retail,
         lifecycle_sweep,
         loyalty,
@@ -452,6 +453,7 @@ def main() -> None:
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
         ("clv", clv.render),  # issue 13, item 1
         ("loyalty", loyalty.render),  # issue 13, item 1
+        ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
     ):
         doc = _load(name)
         if doc is not None:

@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request, Response
 from service.activity.ingest import Ingest
 from service.analytics.service import Analytics
 from service.api.schemas import NO_STORE
+from service.feedback.service import Feedback
 from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
@@ -215,3 +216,15 @@ def _model_versions(state: AppState) -> ModelVersions:
 
 # model versions, training runs and rollback for ops (issue 13, item 2)
 ModelVersionsDep = Annotated[ModelVersions, Depends(require_part(_model_versions, "admin"))]
+
+
+# --- recommendation feedback (issue 14) ----------------------------------------------------
+
+
+def _feedback(state: AppState) -> Feedback:
+    if state.feedback is None:
+        raise RuntimeError("the feedback component is built by the app's lifespan")
+    return state.feedback
+
+
+FeedbackDep = Annotated[Feedback, Depends(require_part(_feedback, "marketing"))]
