@@ -412,6 +412,7 @@ def main() -> None:
         console_pages,
         experiment_guard,
         experiment_serving,
+        feedback_overhead,
         import_online_retail,
         lifecycle_sweep,
         loyalty,
@@ -422,6 +423,7 @@ def main() -> None:
         segments_online_retail,
         serving_memory,
         signals,
+        signals_every_visitor,
         sweep,
         targeting,
         webhooks,
@@ -431,6 +433,7 @@ def main() -> None:
         ("train_online_retail", quality),
         ("train_synthetic", synthetic),
         ("signals", signals.render),
+        ("signals_every_visitor", signals_every_visitor.render),  # issue 14, item 4
         ("retrain_pickup", retrain_pickup.render),
         ("api_latency", api),
         ("against_commit", against_commit.render),
@@ -454,6 +457,7 @@ def main() -> None:
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
         ("clv", clv.render),  # issue 13, item 1
         ("loyalty", loyalty.render),  # issue 13, item 1
+        ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
     ):
         doc = _load(name)
         if doc is not None:

@@ -29,6 +29,7 @@ STEPS = (
     ["benchmarks.segments_online_retail"],
     ["benchmarks.clv"],  # issue 13, item 1: predicted lifetime value
     ["benchmarks.loyalty"],  # issue 13, item 1
+    ["benchmarks.feedback_overhead"],  # issue 14, target 1
 )
 
 

@@ -41,6 +41,7 @@ from service.api.routes import (
     webhooks,
 )
 from service.api.routes import experiments as experiment_routes  # issue 14, item 3
+from service.api.routes import feedback as feedback_routes
 from service.clock import utc_now
 from service.console import add_console
 from service.db import make_engine
@@ -50,6 +51,8 @@ from service.delivery.sender import Sender, SenderConfig
 from service.delivery.service import Webhooks
 from service.experiments.repository import ExperimentRepository
 from service.experiments.service import Experiments, GuardSettings
+from service.feedback.repository import FeedbackRepository
+from service.feedback.service import Feedback
 from service.health import Health
 from service.metrics import Metrics
 from service.middleware import RequestContext
@@ -107,6 +110,10 @@ def create_app(
         )
         tombstones = Tombstones()  # erased users: no personal answer (service.privacy)
         served = Recommendations(models, activity, clock, metrics, erased=tombstones)
+        # impressions, clicks and the lists credited with carts and purchases (issue 14)
+        feedback = Feedback.from_settings(
+            FeedbackRepository(repository), served.list_ids, clock, settings, metrics
+        )
         offer_repository = OfferRepository(repository)
         offer_engine = OfferEngine(
             campaign_set,
@@ -137,6 +144,7 @@ def create_app(
                 views=auto_offers,
                 erased=tombstones.is_erased,
                 segments=segment_refresher,
+                feedback=feedback,
             ),
             health=Health(models, metrics),
             offers=offer_engine,
@@ -170,6 +178,7 @@ def create_app(
             ),
             segments=user_segments,
             segment_refresher=segment_refresher,
+            feedback=feedback,
         )
         # every holder of the campaigns gets each new map the store installs
         state.campaign_store.on_change(background.campaigns_to(state))
@@ -216,6 +225,8 @@ def create_app(
             loops["recoffer-schedule"] = background.campaign_schedule_loop(state)
         if settings.experiment_poll_seconds > 0 or settings.experiment_guard_seconds > 0:
             loops["recoffer-experiments"] = background.experiment_loop(state)  # issue 14
+        if feedback.retention is not None:  # old impressions, clicks, attributions (issue 14)
+            loops["recoffer-feedback-prune"] = background.feedback_prune_loop(state)
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield
@@ -259,6 +270,7 @@ def create_app(
         manage.router,  # campaigns managed at run time (issue 12, item 5)
         segments.router,
         analytics.router,  # loyalty analytics (issue 13, item 1)
+        feedback_routes.router,  # online metrics of recommendations (issue 14)
         model.router,
         health.router,
         webhooks.router,

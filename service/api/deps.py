@@ -16,6 +16,7 @@ from service.activity.ingest import Ingest
 from service.analytics.service import Analytics
 from service.api.schemas import NO_STORE
 from service.experiments.service import Experiments
+from service.feedback.service import Feedback
 from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
@@ -227,3 +228,14 @@ def _experiments(state: AppState) -> Experiments:
 # A/B tests of recommenders (issue 14, item 3): marketing reads, admin changes
 ExperimentsReaderDep = Annotated[Experiments, Depends(require_part(_experiments, "marketing"))]
 ExperimentsAdminDep = Annotated[Experiments, Depends(require_part(_experiments, "admin"))]
+
+# --- recommendation feedback (issue 14) ----------------------------------------------------
+
+
+def _feedback(state: AppState) -> Feedback:
+    if state.feedback is None:
+        raise RuntimeError("the feedback component is built by the app's lifespan")
+    return state.feedback
+
+
+FeedbackDep = Annotated[Feedback, Depends(require_part(_feedback, "marketing"))]
