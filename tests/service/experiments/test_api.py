@@ -412,3 +412,48 @@ def test_a_worker_that_cannot_load_the_candidate_serves_without_an_arm(
         served = _served(second, range(20))
         assert all(r["arm"] is None for r in served.values())
         assert {r["model_version"] for r in served.values()} == {current}
+
+
+def test_impressions_and_clicks_posted_as_events_are_counted_per_arm(
+    api: TestClient, models: Path
+) -> None:
+    """End to end with the feedback events: lists served in the experiment, shown and clicked
+    through ``POST /v1/events`` with their signed request ids, counted per arm."""
+    previous, _ = versions(models)
+    started = _start(api, candidate_version=previous)
+    served = _served(api, range(60))
+    events: list[dict[str, Any]] = []
+    expected = {"control": [0, 0], "candidate": [0, 0]}  # impressions, clicks
+    for user, answer in served.items():
+        arm = answer["arm"]
+        for position, item in enumerate(answer["items"][:3]):
+            events.append(
+                {
+                    "type": "impression",
+                    "user_id": user,
+                    "item_id": item["item_id"],
+                    "request_id": answer["request_id"],
+                    "placement": "home",
+                    "position": position,
+                }
+            )
+            expected[arm][0] += 1
+        if arm == "control":  # only the control's users click: the candidate looks worse
+            first = answer["items"][0]["item_id"]
+            events.append(
+                {
+                    "type": "click",
+                    "user_id": user,
+                    "item_id": first,
+                    "request_id": answer["request_id"],
+                }
+            )
+            expected[arm][1] += 1
+    posted = api.post("/v1/events", json={"events": events}, headers=FRONTEND)
+    assert posted.status_code == 200, posted.text
+    found = api.get(f"/v1/experiments/{started['id']}", headers=MARKETING).json()["results"]
+    for arm, (impressions, clicks) in expected.items():
+        figures = found["arms"][arm]
+        assert (figures["impressions"], figures["clicks"]) == (impressions, clicks), arm
+        assert figures["users"] == sum(1 for r in served.values() if r["arm"] == arm)
+    assert found["ctr"]["difference"]["estimate"] < 0
