@@ -147,7 +147,7 @@ def candidate_recipes(manifest: Manifest, name: str) -> tuple[dict[str, Recipe],
     return recipes, frozenset(p for p in PROTOCOLS if p in own)
 
 
-ARMS_REMEMBERED = 200_000  # users whose arm each worker keeps (then it starts again)
+ARMS_REMEMBERED = 50_000  # users whose arm each worker keeps (about 8 MB; then it starts again)
 
 
 @dataclass(frozen=True)
