@@ -101,6 +101,7 @@ class Ingest:
         views: ViewListener | None = None,
         erased: Callable[[str], bool] | None = None,
         segments: EventListener | None = None,
+        catalogue: Callable[[Sequence[ItemRecord]], None] | None = None,
     ) -> None:
         self.repository = repository
         self.activity = activity
@@ -112,6 +113,8 @@ class Ingest:
         # erased ids (service.privacy): their events are dropped, their user row refused
         self.erased = erased or (lambda _: False)
         self.segments = segments  # recomputes the users' segment rows in the background
+        # told the catalogue rows that changed (new products' vectors, issue 14); in a thread
+        self.catalogue = catalogue
 
     async def add_events(self, drafts: Sequence[EventDraft], *, batch: bool) -> IngestResult:
         """Store ``drafts`` in one transaction (a repeated ``client_event_id`` is skipped).
@@ -208,7 +211,7 @@ class Ingest:
             in_stock=in_stock,
             attributes=attributes,
         )
-        self.activity.update_catalogue([record])
+        await self._catalogue_changed(self.activity.update_catalogue([record]))
         return record
 
     async def change_items(self, changes: Sequence[ItemChange]) -> list[ItemResult]:
@@ -219,5 +222,14 @@ class Ingest:
             if change.price is not None and change.currency is None:
                 raise InvalidInput(f"items.{index}.currency", "a price needs its currency")
         results, records = await run_in_threadpool(self.repository.apply_items, changes)
-        self.activity.update_catalogue(records)
+        await self._catalogue_changed(self.activity.update_catalogue(records))
         return results
+
+    async def _catalogue_changed(self, rows: Sequence[ItemRecord]) -> None:
+        """Hand the changed rows on (in a thread); the write is done, so never fail it."""
+        if self.catalogue is None or not rows:
+            return
+        try:
+            await run_in_threadpool(self.catalogue, rows)
+        except Exception:
+            log.warning("catalogue_listener_failed", exc_info=True)

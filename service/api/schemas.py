@@ -216,6 +216,9 @@ class ItemOut(BaseModel):
         description="hidden and deleted items are never recommended."
     )
     updated_at: datetime
+    created_at: datetime | None = Field(
+        None, description="When the catalogue first saw the item (new arrivals count from it)."
+    )
 
 
 class ItemUpsert(ItemIn):

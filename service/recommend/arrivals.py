@@ -1,0 +1,406 @@
+"""Products the served model does not know: their vectors, and the ``new_arrivals`` source.
+
+A product added to the catalogue after training has no row in the artifact, so no list could
+hold it before a retrain. Each worker gives every such product (in the catalogue, active, not
+out of stock) a vector in the ALS item space:
+
+- **content**: the mean of the ALS item factors of the model's items of the same category
+  (the catalogue's category, else the artifact's), each weighted by its buyers, and weighted
+  once more for every attribute value it shares with the new product (``{"colour": "red"}``
+  on both: that item counts twice); a product whose category the model has no item of is
+  placed among all the model's items the same way;
+- **fold-in**: once users the model knows viewed, carted or bought it since the model's
+  ``saw_until``, the vector solved from those users' factors, the mirror of the user fold-in
+  (``Recommender.fold_in``): (XᵀX + X_uᵀ(C_u - 1)X_u + λI) y = X_uᵀ C_u 1, XᵀX precomputed
+  once per model version. It replaces the content vector.
+
+The content part is computed when the catalogue changes (``on_catalogue``: this worker's own
+writes at once, the others' through the catalogue tail); the fold-in by a light periodic
+refresh (``refresh``: one query for the new products' events); both build a new
+``ArrivalIndex`` off the event loop and swap it whole, so a request reads one consistent
+snapshot without a lock. A new model version is rebuilt for as soon as it is loaded.
+
+``ArrivalIndex.pick`` is the query side: the new arrivals (added within
+``RECOFFER_NEW_ARRIVALS_DAYS``) ranked for one user, under the query's filters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from service.activity.records import DEFAULT_EVENT_WEIGHTS, Activity, CatalogueEntry, ItemRecord
+from service.clock import SECONDS_PER_DAY, Clock
+
+if TYPE_CHECKING:
+    from service.activity.store import ActivityStore
+    from service.recommend.recommender import Query, Recommendation, Recommender
+    from service.recommend.serving import ServingModel
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+MAX_FOLD_IN_ITEMS = 50_000  # the refresh's query names at most this many (the newest) products
+
+
+class ItemEvents(Protocol):
+    """Where the refresh reads the new products' events (``activity.Repository``)."""
+
+    def item_event_counts(
+        self, item_ids: Sequence[str], since: datetime
+    ) -> list[tuple[str, str, str, int]]: ...
+
+
+class Models(Protocol):
+    """Whoever holds the served Recommender (``recommend.holder.ModelHolder``)."""
+
+    @property
+    def current(self) -> Recommender | None: ...
+
+
+@dataclass(frozen=True)
+class ArrivalIndex:
+    """One model version's vectors of the products it does not know, as arrays (read-only)."""
+
+    version: str
+    item_ids: list[str]
+    vectors: FloatArray  # (products, factors), in the model's ALS item space
+    folded: npt.NDArray[np.bool_]  # the vector is a fold-in (else the content vector)
+    categories: npt.NDArray[np.object_]  # str or None
+    created: npt.NDArray[np.float64]  # first seen, seconds since the epoch (nan: unknown)
+    in_stock: npt.NDArray[np.object_]  # True, False or None (unknown)
+    popularity: npt.NDArray[np.float64]  # distinct users since training (views, carts, buys)
+    days: float
+    slots: int
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def vector_of(self, item_id: str) -> FloatArray | None:
+        """The vector of one product the model does not know (None when it has none)."""
+        if item_id not in self.item_ids:
+            return None
+        vector: FloatArray = self.vectors[self.item_ids.index(item_id)]
+        return vector
+
+    def pick(
+        self,
+        query: Query,
+        user_vector: FloatArray | None,
+        recent: Sequence[Activity],
+        now: datetime,
+        unservable: Collection[str],
+        n: int,
+    ) -> list[Recommendation]:
+        """At most ``n`` new arrivals for one user, best first, under every filter of ``query``.
+
+        Ranked by ``user_vector`` (a known user's factors, a session's folded-in vector); with
+        none, by popularity since arrival, then newest first. ``unservable``: hidden, deleted
+        or out of stock now (the catalogue may have changed since this index was built).
+        """
+        from service.recommend.recommender import Recommendation
+
+        if n <= 0 or not self.item_ids:
+            return []
+        eligible = self.created >= now.timestamp() - self.days * SECONDS_PER_DAY
+        if query.category is not None:
+            eligible &= self.categories == query.category
+        if query.in_stock:
+            eligible &= self.in_stock == True  # noqa: E712 (an object array: None stays out)
+        rows = np.flatnonzero(eligible)
+        if not len(rows):
+            return []
+        if user_vector is not None:
+            scores = self.vectors[rows] @ user_vector.astype(np.float32)
+            order = rows[np.argsort(-scores, kind="stable")]
+            score_of = dict(zip(rows.tolist(), scores.tolist(), strict=True))
+        else:
+            order = rows[np.lexsort((-self.created[rows], -self.popularity[rows]))]
+            score_of = {int(r): float(self.popularity[r]) for r in rows}
+        banned = set(query.exclude)
+        if query.exclude_purchased:
+            banned |= {a.item_id for a in recent if a.type == "purchase"}
+        out: list[Recommendation] = []
+        for row in order.tolist():
+            item_id = self.item_ids[row]
+            if item_id in banned or item_id in unservable:
+                continue
+            category = self.categories[row]
+            reason = f"new in {category}" if category else "new in the shop"
+            out.append(Recommendation(item_id, float(score_of[row]), reason, "new_arrivals"))
+            if len(out) == n:
+                break
+        return out
+
+
+@dataclass
+class _Space:
+    """What one model version lends the products it does not know (built once per version)."""
+
+    version: str
+    saw_until: datetime
+    item_factors: FloatArray
+    weights: npt.NDArray[np.float64]  # buyers per model item (at least 1)
+    pools: dict[str, npt.NDArray[np.int64]]  # category -> the model's item rows in it
+    attribute_rows: dict[tuple[str, str], npt.NDArray[np.int64]]  # (key, value) -> rows
+    user_index: Mapping[str, int]
+    user_factors: FloatArray
+    user_gram: npt.NDArray[np.float64]  # XᵀX of the user factors
+    regularization: float
+    fold_in_scale: float
+    model_items: Mapping[str, int]
+    means: dict[str | None, FloatArray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: ServingModel, catalogue: Mapping[str, CatalogueEntry]) -> _Space:
+        n = model.n_items
+        categories: list[str | None] = [model.category_of(i) for i in range(n)]
+        attribute_rows: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for item_id, entry in catalogue.items():
+            row = model.item_index.get(item_id)
+            if row is None:
+                continue
+            if entry.category is not None:
+                categories[row] = entry.category
+            for key, value in _attribute_pairs(entry.attributes):
+                attribute_rows[(key, value)].append(row)
+        pools: dict[str, list[int]] = defaultdict(list)
+        for row, category in enumerate(categories):
+            if category:
+                pools[category].append(row)
+        users = np.asarray(model.scorer.user_factors, dtype=np.float32)
+        wide = users.astype(np.float64)
+        return cls(
+            version=model.version,
+            saw_until=model.artifact.manifest.saw_until,
+            item_factors=np.asarray(model.scorer.item_factors, dtype=np.float32),
+            weights=np.maximum(np.asarray(model.scorer.popularity, dtype=np.float64), 1.0),
+            pools={c: np.asarray(r, dtype=np.int64) for c, r in pools.items()},
+            attribute_rows={k: np.asarray(r, dtype=np.int64) for k, r in attribute_rows.items()},
+            user_index=model.user_index,
+            user_factors=users,
+            user_gram=wide.T @ wide,
+            regularization=model.regularization,
+            fold_in_scale=model.fold_in_scale,
+            model_items=model.item_index,
+        )
+
+    def content_vector(self, entry: CatalogueEntry) -> FloatArray:
+        """The popularity-weighted mean of the factors of the product's category, sharpened
+        by its attribute values (see the module's docstring)."""
+        category = entry.category if entry.category in self.pools else None
+        pairs = [p for p in _attribute_pairs(entry.attributes) if p in self.attribute_rows]
+        if not pairs:
+            cached = self.means.get(category)
+            if cached is None:
+                cached = self.means[category] = self._mean(category, [])
+            return cached
+        return self._mean(category, pairs)
+
+    def _mean(self, category: str | None, pairs: list[tuple[str, str]]) -> FloatArray:
+        pool = self.pools[category] if category is not None else None
+        weights = self.weights.copy() if pool is None else self.weights[pool].copy()
+        base = weights.copy()
+        for pair in pairs:
+            rows = self.attribute_rows[pair]
+            if pool is None:
+                weights[rows] += base[rows]
+            else:
+                weights += base * np.isin(pool, rows)
+        factors = self.item_factors if pool is None else self.item_factors[pool]
+        total = float(weights.sum())
+        if total <= 0:
+            return np.zeros(self.item_factors.shape[1], dtype=np.float32)
+        return np.asarray((weights @ factors) / total, dtype=np.float32)
+
+    def fold_in(self, users: Mapping[int, float]) -> FloatArray:
+        """The item vector for interactions of the model's users (rows) at their confidence."""
+        rows = np.fromiter(users, dtype=np.int64, count=len(users))
+        c = np.array([users[r] for r in rows.tolist()], dtype=np.float64) * self.fold_in_scale
+        x = self.user_factors[rows].astype(np.float64)
+        a = self.user_gram + (x.T * (c - 1.0)) @ x + self.regularization * np.eye(x.shape[1])
+        try:
+            return np.linalg.solve(a, x.T @ c).astype(np.float32)
+        except np.linalg.LinAlgError:
+            return np.zeros(x.shape[1], dtype=np.float32)
+
+
+def _attribute_pairs(attributes: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(key, value) pairs of an item's attributes, values as JSON text (1 and "1" differ)."""
+    if not attributes:
+        return []
+    out = []
+    for key, value in attributes.items():
+        values = value if isinstance(value, list) else [value]
+        out += [(str(key), json.dumps(v, sort_keys=True)) for v in values if v is not None]
+    return out
+
+
+class NewArrivals:
+    """One worker's vectors of the products its model does not know, and their refresh."""
+
+    def __init__(
+        self,
+        models: Models,
+        activity: ActivityStore,
+        clock: Clock,
+        *,
+        days: float = 30.0,
+        slots: int = 2,
+        events: ItemEvents | None = None,
+        event_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        self.models = models
+        self.activity = activity
+        self.clock = clock
+        self.days = days
+        self.slots = slots
+        self.events = events
+        self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
+        self.index: ArrivalIndex | None = None  # replaced whole; readers take no lock
+        self._space: _Space | None = None
+        self._content: dict[str, FloatArray] = {}
+        self._folded: dict[str, FloatArray] = {}
+        self._popularity: dict[str, float] = {}
+        self._stale = False
+        self._lock = threading.Lock()
+        self.on_swap: Callable[[ArrivalIndex], None] | None = None  # metrics, tests
+
+    def for_version(self, version: str) -> ArrivalIndex | None:
+        """The index built for ``version`` (None while it is being rebuilt for a new one)."""
+        index = self.index
+        if index is None or index.version != version or not self.slots:
+            return None
+        return index
+
+    # --- the builds (in a thread: call them through run_in_threadpool) -------------------
+
+    def on_catalogue(self, rows: Iterable[ItemRecord]) -> None:
+        """Content vectors for the products of ``rows`` the model does not know, then a swap.
+
+        A model item whose category or attributes changed makes the next refresh rebuild the
+        category means.
+        """
+        rows = list(rows)
+        with self._lock:
+            space = self._current_space()
+            if space is None:
+                return
+            touched = False
+            for row in rows:
+                if row.item_id in space.model_items:
+                    self._stale = True  # the category means move: rebuilt at the next refresh
+                    continue
+                entry = self.activity.catalogue.get(row.item_id) or row.entry()
+                self._content[row.item_id] = space.content_vector(entry)
+                touched = True
+            if touched:
+                self._publish(space)
+
+    def refresh(self) -> None:
+        """Rebuild for the served model when it changed, then fold in the new products'
+        events since its ``saw_until`` (one query) and swap."""
+        with self._lock:
+            space = self._current_space()
+            if space is None:
+                return
+            unknown = self._unknown(space)
+            if self.events is not None and unknown:
+                newest = sorted(unknown, key=lambda i: -_created(unknown[i]))
+                counts = self.events.item_event_counts(
+                    newest[:MAX_FOLD_IN_ITEMS], space.saw_until
+                )
+                self._fold_in(space, counts)
+            self._publish(space)
+
+    def rebuild(self) -> None:
+        """Everything again for the served model (a new version was loaded)."""
+        with self._lock:
+            self._space = None
+        self.refresh()
+
+    def _current_space(self) -> _Space | None:
+        recommender = self.models.current
+        if recommender is None:
+            self.index = None
+            return None
+        model = recommender.model
+        space = self._space
+        if space is None or space.version != model.version:
+            self._folded, self._popularity = {}, {}  # another model: another space
+        if space is None or space.version != model.version or self._stale:
+            started = time.perf_counter()
+            space = self._space = _Space.of(model, self.activity.catalogue)
+            self._content = {i: space.content_vector(e) for i, e in self._unknown(space).items()}
+            self._stale = False
+            log.info(
+                "new_items_space_built",
+                extra={
+                    "version": model.version,
+                    "products": len(self._content),
+                    "seconds": time.perf_counter() - started,
+                },
+            )
+        return space
+
+    def _unknown(self, space: _Space) -> dict[str, CatalogueEntry]:
+        """The catalogue's products the model does not know, that may be served."""
+        return {
+            i: e
+            for i, e in self.activity.catalogue.items()
+            if i not in space.model_items and e.servable
+        }
+
+    def _fold_in(self, space: _Space, counts: Iterable[tuple[str, str, str, int]]) -> None:
+        purchase = self.event_weights.get("purchase", 1.0) or 1.0
+        confidence: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        visitors: dict[str, set[str]] = defaultdict(set)
+        for item_id, user_id, kind, n in counts:
+            visitors[item_id].add(user_id)
+            row = space.user_index.get(user_id)
+            weight = self.event_weights.get(kind, 0.0)
+            if row is not None and weight:
+                confidence[item_id][row] += n * weight / purchase
+        self._popularity = {i: float(len(u)) for i, u in visitors.items()}
+        self._folded = {i: space.fold_in(users) for i, users in confidence.items() if users}
+
+    def _publish(self, space: _Space) -> None:
+        unknown = self._unknown(space)
+        ids = [i for i in unknown if i in self._content]
+        factors = space.item_factors.shape[1]
+        vectors = np.zeros((len(ids), factors), dtype=np.float32)
+        folded = np.zeros(len(ids), dtype=bool)
+        for row, item_id in enumerate(ids):
+            vector = self._folded.get(item_id)
+            folded[row] = vector is not None
+            vectors[row] = self._content[item_id] if vector is None else vector
+        index = ArrivalIndex(
+            version=space.version,
+            item_ids=ids,
+            vectors=vectors,
+            folded=folded,
+            categories=np.array([unknown[i].category for i in ids] or [], dtype=object),
+            created=np.array([_created(unknown[i]) for i in ids], dtype=np.float64),
+            in_stock=np.array([unknown[i].in_stock for i in ids] or [], dtype=object),
+            popularity=np.array([self._popularity.get(i, 0.0) for i in ids], dtype=np.float64),
+            days=self.days,
+            slots=self.slots,
+        )
+        self.index = index
+        if self.on_swap is not None:
+            self.on_swap(index)
+
+
+def _created(entry: CatalogueEntry) -> float:
+    return entry.created_at.timestamp() if entry.created_at is not None else float("nan")
+
