@@ -317,9 +317,7 @@ class NewArrivals:
             unknown = self._unknown(space)
             if self.events is not None and unknown:
                 newest = sorted(unknown, key=lambda i: -_created(unknown[i]))
-                counts = self.events.item_event_counts(
-                    newest[:MAX_FOLD_IN_ITEMS], space.saw_until
-                )
+                counts = self.events.item_event_counts(newest[:MAX_FOLD_IN_ITEMS], space.saw_until)
                 self._fold_in(space, counts)
             self._publish(space)
 
@@ -403,4 +401,3 @@ class NewArrivals:
 
 def _created(entry: CatalogueEntry) -> float:
     return entry.created_at.timestamp() if entry.created_at is not None else float("nan")
-
