@@ -414,6 +414,7 @@ def main() -> None:
         lifecycle_sweep,
         loyalty,
         money,
+        new_arrivals,
         reliability,
         retrain_pickup,
         segments,
@@ -450,6 +451,7 @@ def main() -> None:
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
         ("clv", clv.render),  # issue 13, item 1
         ("loyalty", loyalty.render),  # issue 13, item 1
+        ("new_arrivals", new_arrivals.render),  # issue 14, item 4
     ):
         doc = _load(name)
         if doc is not None:

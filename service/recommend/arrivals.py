@@ -12,7 +12,13 @@ out of stock) a vector in the ALS item space:
 - **fold-in**: once users the model knows viewed, carted or bought it since the model's
   ``saw_until``, the vector solved from those users' factors, the mirror of the user fold-in
   (``Recommender.fold_in``): (XᵀX + X_uᵀ(C_u - 1)X_u + λI) y = X_uᵀ C_u 1, XᵀX precomputed
-  once per model version. It replaces the content vector.
+  once per model version. It takes over from the content vector as the users come: the
+  served direction is n/(n + K) of the fold-in's and K/(n + K) of the content vector's (unit
+  vectors, n the known users seen, K = ``FOLD_IN_PRIOR_USERS``), at the content vector's
+  length. The fold-in's own length is no measure of the product: with a handful of users the
+  solve is shrunk towards zero by XᵀX (every user who did not touch it), and ranked by its
+  raw length a product with a few early visitors would fall below every product nobody saw;
+  ``benchmarks/new_arrivals.py`` measures both.
 
 The content part is computed when the catalogue changes (``on_catalogue``: this worker's own
 writes at once, the others' through the catalogue tail); the fold-in by a light periodic
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 MAX_FOLD_IN_ITEMS = 50_000  # the refresh's query names at most this many (the newest) products
+FOLD_IN_PRIOR_USERS = 30.0  # known users at which the fold-in's direction weighs half
 
 
 class ItemEvents(Protocol):
@@ -270,7 +277,7 @@ class NewArrivals:
         self.index: ArrivalIndex | None = None  # replaced whole; readers take no lock
         self._space: _Space | None = None
         self._content: dict[str, FloatArray] = {}
-        self._folded: dict[str, FloatArray] = {}
+        self._folded: dict[str, tuple[FloatArray, int]] = {}  # the solve, its known users
         self._popularity: dict[str, float] = {}
         self._stale = False
         self._lock = threading.Lock()
@@ -370,7 +377,9 @@ class NewArrivals:
             if row is not None and weight:
                 confidence[item_id][row] += n * weight / purchase
         self._popularity = {i: float(len(u)) for i, u in visitors.items()}
-        self._folded = {i: space.fold_in(users) for i, users in confidence.items() if users}
+        self._folded = {
+            i: (space.fold_in(users), len(users)) for i, users in confidence.items() if users
+        }
 
     def _publish(self, space: _Space) -> None:
         unknown = self._unknown(space)
@@ -379,9 +388,10 @@ class NewArrivals:
         vectors = np.zeros((len(ids), factors), dtype=np.float32)
         folded = np.zeros(len(ids), dtype=bool)
         for row, item_id in enumerate(ids):
-            vector = self._folded.get(item_id)
-            folded[row] = vector is not None
-            vectors[row] = self._content[item_id] if vector is None else vector
+            content = self._content[item_id]
+            solved = self._folded.get(item_id)
+            folded[row] = solved is not None
+            vectors[row] = content if solved is None else _blend(content, *solved)
         index = ArrivalIndex(
             version=space.version,
             item_ids=ids,
@@ -397,6 +407,20 @@ class NewArrivals:
         self.index = index
         if self.on_swap is not None:
             self.on_swap(index)
+
+
+def _blend(content: FloatArray, solved: FloatArray, users: int) -> FloatArray:
+    """The served vector of a product with a fold-in (see the module's docstring)."""
+    length = float(np.linalg.norm(content))
+    solved_length = float(np.linalg.norm(solved))
+    if solved_length == 0:
+        return content
+    if length == 0:
+        return solved
+    share = users / (users + FOLD_IN_PRIOR_USERS)
+    direction = share * solved / solved_length + (1 - share) * content / length
+    norm = float(np.linalg.norm(direction))
+    return content if norm == 0 else np.asarray(direction * (length / norm), dtype=np.float32)
 
 
 def _created(entry: CatalogueEntry) -> float:
