@@ -27,7 +27,9 @@ refresh (``refresh``: one query for the new products' events); both build a new
 snapshot without a lock. A new model version is rebuilt for as soon as it is loaded.
 
 ``ArrivalIndex.pick`` is the query side: the new arrivals (added within
-``RECOFFER_NEW_ARRIVALS_DAYS``) ranked for one user, under the query's filters.
+``RECOFFER_NEW_ARRIVALS_DAYS``) ranked for one user, under the query's filters, by their
+match with the user and their popularity since arrival (inside a category the content
+vectors are alike: the popularity is what tells those products apart).
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ import numpy.typing as npt
 
 from service.activity.records import DEFAULT_EVENT_WEIGHTS, Activity, CatalogueEntry, ItemRecord
 from service.clock import SECONDS_PER_DAY, Clock
+from service.recommend.recommender import Recommendation
 
 if TYPE_CHECKING:
     from service.activity.store import ActivityStore
-    from service.recommend.recommender import Query, Recommendation, Recommender
+    from service.recommend.recommender import Query, Recommender
     from service.recommend.serving import ServingModel
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 MAX_FOLD_IN_ITEMS = 50_000  # the refresh's query names at most this many (the newest) products
 FOLD_IN_PRIOR_USERS = 30.0  # known users at which the fold-in's direction weighs half
+POPULARITY_WEIGHT = 1.0  # of the standardised popularity since arrival, beside the user's match
 
 
 class ItemEvents(Protocol):
@@ -85,10 +89,14 @@ class ArrivalIndex:
     folded: npt.NDArray[np.bool_]  # the vector is a fold-in (else the content vector)
     categories: npt.NDArray[np.object_]  # str or None
     created: npt.NDArray[np.float64]  # first seen, seconds since the epoch (nan: unknown)
-    in_stock: npt.NDArray[np.object_]  # True, False or None (unknown)
+    confirmed: npt.NDArray[np.bool_]  # the catalogue says in stock (not merely unknown)
     popularity: npt.NDArray[np.float64]  # distinct users since training (views, carts, buys)
     days: float
     slots: int
+    reasons: list[str] = field(default_factory=list)  # "new in <category>", per product
+    # the order for a user without a vector: popularity since arrival, then the newest
+    unknown_rank: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    popularity_z: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -111,40 +119,38 @@ class ArrivalIndex:
     ) -> list[Recommendation]:
         """At most ``n`` new arrivals for one user, best first, under every filter of ``query``.
 
-        Ranked by ``user_vector`` (a known user's factors, a session's folded-in vector); with
-        none, by popularity since arrival, then newest first. ``unservable``: hidden, deleted
-        or out of stock now (the catalogue may have changed since this index was built).
+        Ranked by ``user_vector`` (a known user's factors, a session's folded-in vector):
+        the product's vector times it, standardised over the new products, plus
+        ``POPULARITY_WEIGHT`` times their standardised log popularity since arrival (the two
+        components as a recipe adds them); with none, by popularity since arrival, then newest
+        first. ``unservable``: hidden, deleted or out of stock now (the catalogue may have
+        changed since this index was built).
         """
-        from service.recommend.recommender import Recommendation
-
         if n <= 0 or not self.item_ids:
             return []
         eligible = self.created >= now.timestamp() - self.days * SECONDS_PER_DAY
         if query.category is not None:
             eligible &= self.categories == query.category
         if query.in_stock:
-            eligible &= self.in_stock == True  # noqa: E712 (an object array: None stays out)
-        rows = np.flatnonzero(eligible)
-        if not len(rows):
-            return []
-        if user_vector is not None:
-            scores = self.vectors[rows] @ user_vector.astype(np.float32)
-            order = rows[np.argsort(-scores, kind="stable")]
-            score_of = dict(zip(rows.tolist(), scores.tolist(), strict=True))
+            eligible &= self.confirmed
+        if user_vector is None:
+            ranked: npt.NDArray[np.floating[Any]] = self.unknown_rank
         else:
-            order = rows[np.lexsort((-self.created[rows], -self.popularity[rows]))]
-            score_of = {int(r): float(self.popularity[r]) for r in rows}
+            ranked = _standardised(self.vectors @ user_vector.astype(np.float32, copy=False))
+            ranked += POPULARITY_WEIGHT * self.popularity_z
+        scores = np.where(eligible, ranked, -np.inf)
         banned = set(query.exclude)
         if query.exclude_purchased:
             banned |= {a.item_id for a in recent if a.type == "purchase"}
         out: list[Recommendation] = []
-        for row in order.tolist():
+        for row in np.argsort(-scores, kind="stable").tolist():
+            score = float(scores[row])
+            if score == -np.inf:
+                break  # sorted: the rest are not eligible either
             item_id = self.item_ids[row]
             if item_id in banned or item_id in unservable:
                 continue
-            category = self.categories[row]
-            reason = f"new in {category}" if category else "new in the shop"
-            out.append(Recommendation(item_id, float(score_of[row]), reason, "new_arrivals"))
+            out.append(Recommendation(item_id, score, self.reasons[row], "new_arrivals"))
             if len(out) == n:
                 break
         return out
@@ -280,6 +286,7 @@ class NewArrivals:
         self._folded: dict[str, tuple[FloatArray, int]] = {}  # the solve, its known users
         self._popularity: dict[str, float] = {}
         self._stale = False
+        self._catalogue: dict[str, CatalogueEntry] = {}  # a copy, taken under the lock
         self._lock = threading.Lock()
         self.on_swap: Callable[[ArrivalIndex], None] | None = None  # metrics, tests
 
@@ -300,6 +307,7 @@ class NewArrivals:
         """
         rows = list(rows)
         with self._lock:
+            self._catalogue = self.activity.catalogue.copy()  # the tail writes it meanwhile
             space = self._current_space()
             if space is None:
                 return
@@ -308,7 +316,7 @@ class NewArrivals:
                 if row.item_id in space.model_items:
                     self._stale = True  # the category means move: rebuilt at the next refresh
                     continue
-                entry = self.activity.catalogue.get(row.item_id) or row.entry()
+                entry = self._catalogue.get(row.item_id) or row.entry()
                 self._content[row.item_id] = space.content_vector(entry)
                 touched = True
             if touched:
@@ -318,13 +326,20 @@ class NewArrivals:
         """Rebuild for the served model when it changed, then fold in the new products'
         events since its ``saw_until`` (one query) and swap."""
         with self._lock:
+            self._catalogue = self.activity.catalogue.copy()  # the tail writes it meanwhile
             space = self._current_space()
             if space is None:
                 return
             unknown = self._unknown(space)
             if self.events is not None and unknown:
-                newest = sorted(unknown, key=lambda i: -_created(unknown[i]))
-                counts = self.events.item_event_counts(newest[:MAX_FOLD_IN_ITEMS], space.saw_until)
+                newest = sorted(unknown, key=lambda i: -np.nan_to_num(_created(unknown[i])))
+                try:
+                    counts = self.events.item_event_counts(
+                        newest[:MAX_FOLD_IN_ITEMS], space.saw_until
+                    )
+                except Exception:  # no database: the content vectors serve meanwhile
+                    self._publish(space)
+                    raise
                 self._fold_in(space, counts)
             self._publish(space)
 
@@ -345,7 +360,7 @@ class NewArrivals:
             self._folded, self._popularity = {}, {}  # another model: another space
         if space is None or space.version != model.version or self._stale:
             started = time.perf_counter()
-            space = self._space = _Space.of(model, self.activity.catalogue)
+            space = self._space = _Space.of(model, self._catalogue)
             self._content = {i: space.content_vector(e) for i, e in self._unknown(space).items()}
             self._stale = False
             log.info(
@@ -361,9 +376,7 @@ class NewArrivals:
     def _unknown(self, space: _Space) -> dict[str, CatalogueEntry]:
         """The catalogue's products the model does not know, that may be served."""
         return {
-            i: e
-            for i, e in self.activity.catalogue.items()
-            if i not in space.model_items and e.servable
+            i: e for i, e in self._catalogue.items() if i not in space.model_items and e.servable
         }
 
     def _fold_in(self, space: _Space, counts: Iterable[tuple[str, str, str, int]]) -> None:
@@ -392,17 +405,25 @@ class NewArrivals:
             solved = self._folded.get(item_id)
             folded[row] = solved is not None
             vectors[row] = content if solved is None else _blend(content, *solved)
+        popularity = np.array([self._popularity.get(i, 0.0) for i in ids], dtype=np.float64)
+        created = np.array([_created(unknown[i]) for i in ids], dtype=np.float64)
         index = ArrivalIndex(
             version=space.version,
             item_ids=ids,
             vectors=vectors,
             folded=folded,
             categories=np.array([unknown[i].category for i in ids] or [], dtype=object),
-            created=np.array([_created(unknown[i]) for i in ids], dtype=np.float64),
-            in_stock=np.array([unknown[i].in_stock for i in ids] or [], dtype=object),
-            popularity=np.array([self._popularity.get(i, 0.0) for i in ids], dtype=np.float64),
+            created=created,
+            confirmed=np.array([unknown[i].in_stock is True for i in ids], dtype=bool),
+            popularity=popularity,
             days=self.days,
             slots=self.slots,
+            reasons=[
+                f"new in {unknown[i].category}" if unknown[i].category else "new in the shop"
+                for i in ids
+            ],
+            unknown_rank=_unknown_rank(popularity, created),
+            popularity_z=_standardised(np.log1p(popularity)),
         )
         self.index = index
         if self.on_swap is not None:
@@ -421,6 +442,23 @@ def _blend(content: FloatArray, solved: FloatArray, users: int) -> FloatArray:
     direction = share * solved / solved_length + (1 - share) * content / length
     norm = float(np.linalg.norm(direction))
     return content if norm == 0 else np.asarray(direction * (length / norm), dtype=np.float32)
+
+
+def _standardised(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    """(values - mean) / std, zeros where they are all equal."""
+    wide = np.asarray(values, dtype=np.float64)
+    std = float(wide.std()) if len(wide) else 0.0
+    return (wide - wide.mean()) / std if std > 0 else np.zeros(len(wide), dtype=np.float64)
+
+
+def _unknown_rank(
+    popularity: npt.NDArray[np.float64], created: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Scores ordering by popularity, then the newest: the rank of each, best highest."""
+    order = np.lexsort((-np.nan_to_num(created), -popularity))
+    rank = np.empty(len(order), dtype=np.float64)
+    rank[order] = np.arange(len(order), 0, -1, dtype=np.float64)
+    return rank
 
 
 def _created(entry: CatalogueEntry) -> float:

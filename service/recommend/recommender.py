@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,9 +33,11 @@ import numpy.typing as npt
 from service.activity.records import DEFAULT_EVENT_WEIGHTS, Activity, CatalogueEntry
 from service.clock import SECONDS_PER_DAY
 from service.errors import UnknownItem
-from service.recommend.arrivals import ArrivalIndex
 from service.recommend.serving import ServingModel
 from service.scoring import Recipe
+
+if TYPE_CHECKING:
+    from service.recommend.arrivals import ArrivalIndex
 
 MAX_REASON_ANCHORS = 50  # a long history explains through its most bought items
 
