@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.artifact import ModelStore, load_artifact
-from service.recommend.recommender import Recommendation, _place
+from service.recommend.arrivals import ArrivalIndex, _standardised, _unknown_rank
+from service.recommend.recommender import Query, Recommendation, _place
 from service.settings import Settings
 from service.state import AppState
 from training.synthetic.shop import SyntheticShop
@@ -25,6 +27,7 @@ FRONTEND = "frontend-key-0123456789"
 MARKETING = "marketing-key-0123456789"
 F = {"X-API-Key": FRONTEND}
 M = {"X-API-Key": MARKETING}
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
 
 def make_client(model_dir: Path, database_url: str, **overrides: Any) -> TestClient:
@@ -381,3 +384,45 @@ def test_new_arrivals_are_spread_through_the_list_and_never_first_of_a_list(
     )
     assert [p for p, r in enumerate(placed) if r.source == "new"] == positions
     assert [r.item_id for r in placed if r.source == "model"] == [f"m{i}" for i in range(base)]
+
+
+# --- the ranking of one index --------------------------------------------------------------
+
+
+def _index(vectors: np.ndarray, popularity: list[float]) -> ArrivalIndex:
+    n = len(vectors)
+    created = np.full(n, NOW.timestamp())
+    pop = np.asarray(popularity, dtype=np.float64)
+    return ArrivalIndex(
+        version="v",
+        item_ids=[f"n{i}" for i in range(n)],
+        vectors=vectors.astype(np.float32),
+        folded=np.zeros(n, dtype=bool),
+        categories=np.array(["c"] * n, dtype=object),
+        created=created,
+        confirmed=np.ones(n, dtype=bool),
+        popularity=pop,
+        days=30,
+        slots=2,
+        reasons=["new in c"] * n,
+        unknown_rank=_unknown_rank(pop, created),
+        popularity_z=_standardised(np.log1p(pop)),
+    )
+
+
+def test_among_alike_new_products_the_more_visited_comes_first() -> None:
+    vectors = np.tile(np.array([1.0, 0.5]), (4, 1))  # one category: the same content vector
+    index = _index(vectors, [0, 7, 2, 0])
+    picked = index.pick(Query(user_id="u"), np.array([1.0, 1.0], np.float32), (), NOW, (), 2)
+    assert [r.item_id for r in picked] == ["n1", "n2"]
+    assert all(r.source == "new_arrivals" and r.reason == "new in c" for r in picked)
+
+
+def test_the_pick_looks_past_the_best_few_when_the_catalogue_hid_them() -> None:
+    vectors = np.linspace(1.0, 0.0, 50)[:, None] * np.ones((1, 2))
+    index = _index(vectors, [0] * 50)
+    gone = frozenset(f"n{i}" for i in range(20))  # the 20 best: hidden since the index was built
+    picked = index.pick(Query(user_id="u"), np.ones(2, np.float32), (), NOW, gone, 2)
+    assert [r.item_id for r in picked] == ["n20", "n21"]
+    later = NOW + timedelta(days=31)  # and none once they are older than the window
+    assert index.pick(Query(user_id="u"), np.ones(2, np.float32), (), later, (), 2) == []
