@@ -258,18 +258,34 @@ def _top_category(model: Any, user: str) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def test_a_new_model_version_rebuilds_the_vectors(client: TestClient) -> None:
-    s = state(client)
-    assert s.arrivals is not None
-    assert client.put("/v1/items/new-z", json={"category": "c01"}, headers=F).is_success
-    index = s.arrivals.index
-    assert index is not None
-    assert "new-z" in index.item_ids
-    s.arrivals.index = None
-    s.arrivals.rebuild()
-    assert s.arrivals.index is not None
-    assert "new-z" in s.arrivals.index.item_ids
-    assert s.arrivals.for_version("another-version") is None
+def test_a_new_model_version_rebuilds_the_vectors(
+    small_model_root: Path, tmp_path: Path, taste: tuple[str, str, str]
+) -> None:
+    import shutil
+
+    user, liked, _ = taste
+    root = tmp_path / "models"
+    shutil.copytree(small_model_root, root)
+    store = ModelStore(root)
+    first, second = store.versions()
+    store.promote(first)
+    with make_client(
+        root, f"sqlite:///{tmp_path / 'db.sqlite'}", reload_interval_seconds=0.05
+    ) as client:
+        s = state(client)
+        assert s.arrivals is not None
+        assert client.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
+        index = s.arrivals.index
+        assert index is not None and (index.version, index.item_ids) == (first, ["new-near"])
+        store.promote(second)
+        deadline = time.monotonic() + 10
+        while s.recommendations.models.version != second or s.arrivals.index is index:
+            assert time.monotonic() < deadline, "the new version's vectors were never built"
+            time.sleep(0.05)
+        rebuilt = s.arrivals.index
+        assert rebuilt is not None and (rebuilt.version, rebuilt.item_ids) == (second, ["new-near"])
+        assert s.arrivals.for_version(first) is None  # the old version's index is gone
+        assert "new-near" in _ids(client, user)
 
 
 # --- never served: hidden, deleted, out of stock -----------------------------------------
