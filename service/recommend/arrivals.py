@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -299,7 +299,6 @@ class NewArrivals:
         self._stale = False
         self._catalogue: dict[str, CatalogueEntry] = {}  # a copy, taken under the lock
         self._lock = threading.Lock()
-        self.on_swap: Callable[[ArrivalIndex], None] | None = None  # metrics, tests
 
     def for_version(self, version: str) -> ArrivalIndex | None:
         """The index built for ``version`` (None while it is being rebuilt for a new one)."""
@@ -437,8 +436,6 @@ class NewArrivals:
             popularity_z=_standardised(np.log1p(popularity)),
         )
         self.index = index
-        if self.on_swap is not None:
-            self.on_swap(index)
 
 
 def _blend(content: FloatArray, solved: FloatArray, users: int) -> FloatArray:

@@ -31,15 +31,14 @@ NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
 
 def make_client(model_dir: Path, database_url: str, **overrides: Any) -> TestClient:
+    """An app on ``model_dir``; the periodic refresh is off unless asked (tests call it)."""
     settings = Settings(
         model_dir=model_dir,
         database_url=database_url,
         frontend_keys=[FRONTEND],
         marketing_keys=[MARKETING],
-        event_poll_seconds=0.05,
-        new_items_refresh_seconds=0,  # the tests call refresh themselves
         access_log=False,
-        **overrides,
+        **({"event_poll_seconds": 0.05, "new_items_refresh_seconds": 0} | overrides),
     )
     return TestClient(create_app(settings))
 
@@ -276,14 +275,16 @@ def test_a_new_model_version_rebuilds_the_vectors(
         assert s.arrivals is not None
         assert client.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
         index = s.arrivals.index
-        assert index is not None and (index.version, index.item_ids) == (first, ["new-near"])
+        assert index is not None
+        assert (index.version, index.item_ids) == (first, ["new-near"])
         store.promote(second)
         deadline = time.monotonic() + 10
         while s.recommendations.models.version != second or s.arrivals.index is index:
             assert time.monotonic() < deadline, "the new version's vectors were never built"
             time.sleep(0.05)
         rebuilt = s.arrivals.index
-        assert rebuilt is not None and (rebuilt.version, rebuilt.item_ids) == (second, ["new-near"])
+        assert rebuilt is not None
+        assert (rebuilt.version, rebuilt.item_ids) == (second, ["new-near"])
         assert s.arrivals.for_version(first) is None  # the old version's index is gone
         assert "new-near" in _ids(client, user)
 
@@ -442,3 +443,45 @@ def test_the_pick_looks_past_the_best_few_when_the_catalogue_hid_them() -> None:
     assert [r.item_id for r in picked] == ["n20", "n21"]
     later = NOW + timedelta(days=31)  # and none once they are older than the window
     assert index.pick(Query(user_id="u"), np.ones(2, np.float32), (), later, (), 2) == []
+
+
+def test_the_periodic_refresh_folds_new_products_in_on_its_own(
+    small_model_root: Path, tmp_path: Path, taste: tuple[str, str, str]
+) -> None:
+    user, liked, _ = taste
+    with make_client(
+        small_model_root, f"sqlite:///{tmp_path / 'db.sqlite'}", new_items_refresh_seconds=0.05
+    ) as client:
+        assert client.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
+        view = {"user_id": user, "type": "view", "item_id": "new-near"}
+        assert client.post("/v1/events", json=view, headers=F).status_code == 200
+        arrivals = state(client).arrivals
+        assert arrivals is not None
+        deadline = time.monotonic() + 10
+        while True:
+            index = arrivals.index
+            if index is not None and index.folded.any():
+                break
+            assert time.monotonic() < deadline, "the refresh never folded the product in"
+            time.sleep(0.05)
+        assert index.popularity.tolist() == [1.0]
+
+
+def test_without_the_database_the_refresh_keeps_the_content_vectors(
+    client: TestClient, taste: tuple[str, str, str]
+) -> None:
+    arrivals = state(client).arrivals
+    assert arrivals is not None
+
+    class Down:
+        def item_event_counts(self, item_ids: Any, since: Any) -> list[tuple[str, str, str, int]]:
+            raise ConnectionError("database unavailable")
+
+    assert client.put("/v1/items/new-near", json={"category": taste[1]}, headers=F).is_success
+    arrivals.events = Down()
+    with pytest.raises(ConnectionError):
+        arrivals.rebuild()  # a new model version while the database is down
+    index = arrivals.index
+    assert index is not None
+    assert index.item_ids == ["new-near"]
+    assert "new-near" in _ids(client, taste[0])
