@@ -69,6 +69,7 @@ TEST_DAYS = 30
 OBSERVE_DAYS = 7
 SLOTS = 2
 SEEDS = (42, 43, 44)
+HTTP_TURNS = 3  # servers of each kind, alternating
 CALLS = int(os.environ.get("NEW_ARRIVALS_CALLS", "20000"))  # of each kind
 FOLDED = "fold-in replacing content"
 VECTOR = "content, then fold-in (the served vector alone)"
@@ -281,9 +282,64 @@ def _cost(world: _World) -> dict[str, Any]:
     return out
 
 
+def _http(world: _World, models: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """Known users' lists over HTTP, one uvicorn worker with slots 0 and one with 2, in turns."""
+    import httpx
+
+    from benchmarks.api_latency import latency
+    from benchmarks.harness import FRONTEND_KEY, Server, fresh_sqlite
+
+    m = world.recommender.model
+    users = list(m.user_index)[:2000]
+    paths = [f"/v1/users/{u}/recommendations" for u in users]
+    env = {
+        "RECOFFER_MODEL_DIR": str(models),
+        "RECOFFER_FRONTEND_KEYS": FRONTEND_KEY,
+        "RECOFFER_LOG_LEVEL": "WARNING",
+        "RECOFFER_NEW_ITEMS_REFRESH_SECONDS": "0",
+        "OPENBLAS_NUM_THREADS": "1",  # as the Docker image runs it
+    }
+    category = dict(zip(world.shop.items["item_id"], world.shop.items["category"], strict=True))
+    runs: dict[str, list[dict[str, float]]] = {"without new arrivals": [], "with new arrivals": []}
+    listed: dict[str, bool] = {}
+    with fresh_sqlite("new-arrivals") as url:
+        for turn in range(HTTP_TURNS):
+            for label, slots in (("without new arrivals", "0"), ("with new arrivals", "2")):
+                server_env = {**env, "RECOFFER_DATABASE_URL": url}
+                server_env["RECOFFER_NEW_ARRIVALS_SLOTS"] = slots
+                with Server(server_env, cpus="0") as server:
+                    headers = {"X-API-Key": FRONTEND_KEY}
+                    with httpx.Client(base_url=server.url, headers=headers) as client:
+                        if turn == 0 and slots == "0":  # the new products, once, stored
+                            for item in world.new_items:
+                                body = {"category": str(category[item]), "in_stock": True}
+                                client.put(f"/v1/items/{item}", json=body).raise_for_status()
+                        items = client.get(paths[0]).json()["items"]
+                        listed[label] = any(i["source"] == "new_arrivals" for i in items)
+                    runs[label].append(latency(server.port, paths, rate, seconds))
+                    print(label, turn, runs[label][-1], flush=True)
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "turns": HTTP_TURNS,
+        "lists_hold_new_arrivals": listed,
+        **{
+            label: {
+                key: round(median([r[key] for r in rows]), 3)
+                for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms")
+            }
+            | {"errors": int(sum(r.get("errors", 0) for r in rows))}
+            for label, rows in runs.items()
+        },
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="demo", help="synthetic shop")
+    parser.add_argument("--rate", type=float, default=500.0, help="HTTP requests per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="HTTP run length")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP side by side")
     args = parser.parse_args()
     runs = []
     cost: dict[str, Any] = {}
@@ -295,6 +351,8 @@ def main() -> int:
             runs.append({"seed": seed, **figures})
             if seed == SEEDS[0]:
                 cost = _cost(world)
+                if not args.no_http:
+                    cost["http"] = _http(world, Path(models), args.rate, args.seconds)
     table = {
         metric: {v: round(median([r[metric][v] for r in runs]), 4) for v in VARIANTS}
         for metric in ("hit_rate@2", "recall@2")
@@ -378,6 +436,26 @@ def render(doc: dict[str, Any]) -> list[str]:
             f"{100 * row['lists_with_new_arrivals']:.0f} % | {a['p50_us']:.0f} | "
             f"{a['p99_us']:.0f} | {b['p50_us']:.0f} | {b['p99_us']:.0f} |"
         )
+    http = cost.get("http")
+    if http:
+        out += [
+            "",
+            f"Over HTTP: one uvicorn worker on CPU 0 (`OPENBLAS_NUM_THREADS=1`, as in the Docker "
+            f"image) with `RECOFFER_NEW_ARRIVALS_SLOTS=0` and "
+            f"one with 2, {http['turns']} of each in turns on the same database and model, "
+            f"`benchmarks/loadgen.py` on CPU 1 at {http['rate']:g} req/s for "
+            f"{http['seconds']:g} s each, known users (medians of the turns, ms):",
+            "",
+            "| server | p50 | p90 | p99 | p99.9 | errors | lists hold a new arrival |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for label in ("without new arrivals", "with new arrivals"):
+            row = http[label]
+            held = "yes" if http["lists_hold_new_arrivals"].get(label) else "no"
+            out.append(
+                f"| {label} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} "
+                f"| {row['p999_ms']:.2f} | {row['errors']} | {held} |"
+            )
     out += [
         "",
         f"Builds, {first['new_items']} new items: everything for a model version "
