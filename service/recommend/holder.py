@@ -19,7 +19,8 @@ holder's lock, right before the swap, so a refresh that read it earlier never br
 arms of an experiment stopped meanwhile. A candidate that fails to load is tried again with a
 back-off (``RETRY_FIRST_SECONDS`` doubling to ``RETRY_MAX_SECONDS``); ``experiment_error``
 says why until it loads. A promoted candidate served with its version's recipe becomes the
-current model as it is (``adopt_candidate``): no second copy is loaded.
+current model as it is (``adopt_candidate`` on the worker that promotes, ``refresh`` on the
+others, while they still hold the arms): no second copy is loaded.
 """
 
 from __future__ import annotations
@@ -111,22 +112,34 @@ class ModelHolder:
             if wanted == self._failed_version and not force:
                 return LoadOutcome(False, self.version, self.last_error)
             try:
-                artifact = load_artifact(self.store.version_path(wanted), mmap=False)
-                model = prepare(
-                    artifact,
-                    candidates_per_user=self.candidates_per_user,
-                    precompute_max_cells=self.precompute_max_cells,
-                )
+                recommender = self._promoted_candidate(wanted) or self._load(wanted)
             except Exception as exc:  # whatever breaks a load, the old model keeps serving
                 self._failed_version = wanted
                 self.last_error = f"cannot load model {wanted}: {exc}"
                 log.error("model_load_failed", extra={"version": wanted, "error": str(exc)})
                 return LoadOutcome(False, self.version, self.last_error, attempted=True)
             previous = self.version
-            self.current = Recommender(model, event_weights=self.event_weights)
+            self.current = recommender
             self._failed_version, self.last_error = None, None
             log.info("model_loaded", extra={"version": wanted, "previous": previous})
             return LoadOutcome(True, wanted, attempted=True)
+
+    def _load(self, version: str) -> Recommender:
+        artifact = load_artifact(self.store.version_path(version), mmap=False)
+        model = prepare(
+            artifact,
+            candidates_per_user=self.candidates_per_user,
+            precompute_max_cells=self.precompute_max_cells,
+        )
+        return Recommender(model, event_weights=self.event_weights)
+
+    def _promoted_candidate(self, version: str) -> Recommender | None:
+        """The running experiment's candidate when it is ``version`` with its served recipe
+        (promoted elsewhere): served as it is, not loaded a second time."""
+        arms = self.experiment
+        if arms is None or arms.candidate_recipe is not None or arms.candidate_version != version:
+            return None
+        return arms.candidate
 
     def prepare_experiment(self, experiment: Experiment) -> ExperimentArms:
         """``experiment``'s arms, loaded fully but not served yet (``install_experiment``);

@@ -308,3 +308,34 @@ def test_a_promotion_between_its_two_steps_is_not_taken_for_a_changed_control(
     assert ended is not None
     assert ended.outcome is not None
     assert ended.outcome["reason"] == "control_changed"
+
+
+def test_another_worker_serves_the_promoted_candidate_it_holds_without_loading_it(
+    tmp_path: Path, models: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    previous, _ = versions(models)
+    settings = service_settings(tmp_path, database_url)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        started = _start(first, previous)
+        other = state_of(second)
+        assert other.experiments is not None
+        other.experiments.refresh()
+        arms = other.models.experiment
+        assert arms is not None
+        done = first.post(f"/v1/experiments/{started['id']}/promote", headers=ADMIN)
+        assert done.status_code == 200, done.text
+        loads: list[Path] = []
+
+        def counted(path: Path, *, mmap: bool = False) -> Artifact:
+            loads.append(path)
+            return load_artifact(path, mmap=mmap)
+
+        monkeypatch.setattr(holder_module, "load_artifact", counted)
+        outcome = other.recommendations.reload()  # its reload interval, before its poll
+        assert (outcome.changed, outcome.version) == (True, previous)
+        assert loads == []
+        assert other.models.current is arms.candidate
+        other.experiments.refresh()
+        assert other.models.experiment is None
+        answer = second.get("/v1/users/u1/recommendations", headers=FRONTEND)
+        assert (answer.json()["model_version"], answer.json()["arm"]) == (previous, None)
