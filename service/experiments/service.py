@@ -357,7 +357,7 @@ class Experiments:
         if not self.serve_here:
             return Promotion(ended, before, target, None, None)
         if adopted is not None:
-            self.recommendations.metrics.model_load(adopted)
+            self.recommendations.loaded(adopted)  # counted; the new products' vectors rebuilt
             reloaded = adopted
         else:
             reloaded = self.recommendations.reload()
