@@ -417,6 +417,7 @@ def main() -> None:
         lifecycle_sweep,
         loyalty,
         money,
+        new_arrivals,
         reliability,
         retrain_pickup,
         segments,
@@ -458,6 +459,7 @@ def main() -> None:
         ("clv", clv.render),  # issue 13, item 1
         ("loyalty", loyalty.render),  # issue 13, item 1
         ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
+        ("new_arrivals", new_arrivals.render),  # issue 14, item 4
     ):
         doc = _load(name)
         if doc is not None:

@@ -277,6 +277,9 @@ class ItemOut(BaseModel):
         description="hidden and deleted items are never recommended."
     )
     updated_at: datetime
+    created_at: datetime | None = Field(
+        None, description="When the catalogue first saw the item (new arrivals count from it)."
+    )
 
 
 class ItemUpsert(ItemIn):
@@ -324,7 +327,9 @@ class RecommendationFilters(BaseModel):
     )
     category: Category | None = Field(None, description="Only items of this category.")
     in_stock: bool = Field(
-        False, description="Only items the catalogue does not mark out of stock."
+        False,
+        description="Only items the catalogue says are in stock (items marked out of stock are "
+        "never listed anyway; true also leaves out those whose stock was never sent).",
     )
     purchased_within_days: int | None = Field(
         None, ge=1, le=3650, description="Replenishment: only items bought in the last N days."
