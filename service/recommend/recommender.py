@@ -471,7 +471,15 @@ class Recommender:
         else:
             return ["popular"] * len(items)
         # one matrix product: similarity of every anchor to every recommended item
-        best = np.argmax(m.unit_factors[anchors] @ m.unit_factors[items].T, axis=0).tolist()
+        similarity = m.unit_factors[anchors] @ m.unit_factors[items].T
+        if m.bought is not None and m.unit_signal_factors is not None:
+            # an item nobody bought has no purchase vector: explain it by its views' vector
+            viewed_only = ~m.bought[items]
+            if viewed_only.any():
+                cols = np.asarray(items)[viewed_only]
+                signal = m.unit_signal_factors
+                similarity[:, viewed_only] = signal[anchors] @ signal[cols].T
+        best = np.argmax(similarity, axis=0).tolist()
         times = history.counts_of(items).tolist()
         out = []
         for pos, n in zip(best, times, strict=True):
