@@ -7,13 +7,14 @@ for known users at ``--rate`` (1,000 req/s) in two kinds of round, alternated in
 
 - **without**: the recommendation requests alone;
 - **with**: the same requests, and the frontend's impressions: for every ``--lists-per-batch``
-  (10) lists one ``POST /v1/events`` carrying an impression of each of their ``--items`` (10)
-  items, so 100 impressions per batch and ``rate / 10`` batches per second on top (each
-  checked against its signed list id and written, 10,000 impressions a second).
+  (10) lists one ``POST /v1/events`` carrying one impression event per list (the list shown,
+  its ``--items`` (10) item ids), so 10 lists (100 items shown) per batch and ``rate / 10``
+  batches per second on top (each list checked against its signed list id and written as one
+  row: 1,000 lists, 10,000 items shown a second).
 
 The impressions' list ids are signed with the installation's key read from the database (what
-the service's own ``ListIds`` issues), each (list, item) new, so every impression is a write,
-never a duplicate. The recommendation latency is taken from the GETs alone (their responses
+the service's own ``ListIds`` issues), each list new, so every impression is a write, never a
+duplicate. The recommendation latency is taken from the GETs alone (their responses
 carry ``source``; the POSTs' do not), per round; each kind's figure is its least disturbed
 round's (the minimum over rounds: other work on a shared machine only adds latency; the
 medians are kept too), with the worker's CPU time per second of load.
@@ -104,7 +105,7 @@ def round_requests(
     per_list: int,
 ) -> list[dict[str, Any]]:
     """``count`` recommendation GETs, and with feedback one impressions POST after every
-    ``per_batch`` of them (new list ids: every impression is a write)."""
+    ``per_batch`` of them, one impression event per list (new list ids: every one a write)."""
     requests: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
     now = datetime.now(UTC)
@@ -115,17 +116,15 @@ def round_requests(
             continue
         served = ServedList("", "bench", "all", ("model",) * per_list, now)
         list_id = ids.issue(f"{tag}-{n:07d}", user, served)
-        for position in range(per_list):
-            pending.append(
-                {
-                    "type": "impression",
-                    "user_id": user,
-                    "item_id": items[(n * per_list + position) % len(items)],
-                    "request_id": list_id,
-                    "placement": "home",
-                    "position": position,
-                }
-            )
+        pending.append(  # the list shown: one event
+            {
+                "type": "impression",
+                "user_id": user,
+                "request_id": list_id,
+                "placement": "home",
+                "items": [items[(n * per_list + p) % len(items)] for p in range(per_list)],
+            }
+        )
         if (n + 1) % per_batch == 0:
             requests.append({"method": "POST", "path": "/v1/events", "body": {"events": pending}})
             pending = []
@@ -243,6 +242,8 @@ def main() -> None:
             "lists_per_batch": args.lists_per_batch,
             "items_per_list": args.items,
             "impressions_per_second": args.rate * args.items,
+            "impression_events_per_second": args.rate,  # one event (and one row) per list
+            "shape": "list",  # one impression event per list shown (before: one per item)
             "rounds": rounds,
             "summary": summary,
             "p99_added": added,
@@ -272,8 +273,14 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"{doc['seconds_per_round']:.0f} s alternated in one run: without feedback, and with "
         f"the frontend posting the impressions of every {doc['lists_per_batch']} lists in one "
         f"batch ({doc['items_per_list']} items shown per list: "
-        f"{doc['impressions_per_second']:,.0f} impressions a second, each checked against its "
-        "signed list id and written). Latency of the recommendation requests only, of the "
+        f"{doc['impressions_per_second']:,.0f} impressions (items shown) a second"
+        + (
+            f", one impression event per list, {doc['impression_events_per_second']:,.0f} a "
+            "second, each list checked against its signed list id and written as one row). "
+            if doc.get("shape") == "list"
+            else ", each checked against its signed list id and written). "
+        )
+        + "Latency of the recommendation requests only, of the "
         f"least disturbed of {s['without']['rounds']} rounds of each kind (other work on a "
         "shared machine only adds latency), the medians of the rounds beside it:",
         "",

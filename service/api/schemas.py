@@ -15,13 +15,22 @@ from pydantic import (
     Field,
     StringConstraints,
     Tag,
-    ValidationInfo,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 
-from service.ids import ID_MAX_LENGTH, ID_PATTERN, EventId, ItemId, OrderId, ShopId, UserId, id_problem
+from service.ids import (
+    ID_MAX_LENGTH,
+    ID_PATTERN,
+    EventId,
+    ItemId,
+    OrderId,
+    ShopId,
+    UserId,
+    id_problem,
+)
 from service.money import Amount, Currency
 from service.offers.campaigns import BUILT_IN, CampaignId
 from service.offers.kinds import CouponState, DecisionKind, FinalKind
@@ -272,6 +281,7 @@ class EventIn(Strict):
         if len(set(positions)) != len(positions):
             raise ValueError("positions must be distinct")
         return positions
+
 
 class EventBatch(Strict):
     events: list[EventIn] = Field(min_length=1, max_length=1000)

@@ -5,8 +5,8 @@ list's row in ``rec_impressions`` holds its items, ``n_items`` of them, and one 
 per item in ``sources``): a click, an attributed add-to-cart or an attributed purchase of that
 item from that list counts once for it, however often it was repeated, so every rate lies in
 [0, 1]. Clicks and attributions of an item not in its list's row (``position`` None) are not
-counted (the denominator would be wrong). The API's figures, the console's, the experiment's arms and the gauges on ``/metrics``
-all come from ``tally``.
+counted (the denominator would be wrong). The API's figures, the console's, the experiment's
+arms and the gauges on ``/metrics`` all come from ``tally``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-
 from typing import Any
 
 from sqlalchemy import (

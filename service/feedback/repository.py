@@ -19,9 +19,9 @@ from sqlalchemy import ColumnElement, Connection, Dialect, delete, func, select,
 
 from service.activity.records import StoredEvent
 from service.activity.repository import Repository
+from service.feedback.token import LETTER_SOURCES, SOURCE_LETTERS
 from service.money import MAX_AMOUNT
 from service.offers.repository.history import utc_day
-from service.feedback.token import LETTER_SOURCES, SOURCE_LETTERS
 from service.tables import UTCDateTime, events, rec_attributions, rec_clicks, rec_impressions
 
 PRUNE_BATCH = 5_000
@@ -205,9 +205,7 @@ class FeedbackRepository:
         ids = set(conn.execute(stmt, values).scalars())
         return [r for r in lists if r.request_id in ids]
 
-    def _insert_clicks(
-        self, conn: Connection, clicks: list[ClickRow], times: _Times
-    ) -> list[str]:
+    def _insert_clicks(self, conn: Connection, clicks: list[ClickRow], times: _Times) -> list[str]:
         """Insert the clicks (a repeated (request_id, item_id) or client_event_id skipped),
         each placed in its list's row; the sources of those stored, in key order."""
         clicks = sorted(clicks, key=lambda r: (r.request_id, r.item_id))

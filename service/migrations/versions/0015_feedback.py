@@ -65,9 +65,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_rec_impressions"),
         sa.UniqueConstraint("client_event_id", name="uq_rec_impressions_client_event_id"),
     )
-    op.create_index(
-        "ux_rec_impressions_request_id", "rec_impressions", ["request_id"], unique=True
-    )
+    op.create_index("ux_rec_impressions_request_id", "rec_impressions", ["request_id"], unique=True)
     op.create_index("ix_rec_impressions_user_id", "rec_impressions", ["user_id", "ts"])
     op.create_index("ix_rec_impressions_ts", "rec_impressions", ["ts"])
     op.create_index("ix_rec_impressions_experiment_id", "rec_impressions", ["experiment_id", "arm"])

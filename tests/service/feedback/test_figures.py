@@ -10,13 +10,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-
 from sqlalchemy import delete, insert
 
 from service.feedback.figures import tally
+from service.feedback.online import revenue_rate
 from service.feedback.repository import impression_row
 from service.feedback.token import LETTER_SOURCES, SOURCE_LETTERS
-from service.feedback.online import revenue_rate
 from service.offers.stats import wilson
 from service.tables import rec_attributions, rec_clicks, rec_impressions
 
