@@ -175,12 +175,19 @@ class FeedbackRepository:
                 )
                 for r in lists
             ]
-            before = conn.execute(select(func.max(imp.c.id))).scalar() or 0
-            if _executemany_sqlite(conn, imp, LIST_ROW, rows) == len(lists):
-                return lists
-            # some were repeats: the rows above the largest id before are this call's
-            query = select(imp.c.request_id).where(imp.c.id > before)
-            ids = set(conn.execute(query).scalars())
+            # the driver's cursor alone: a statement through SQLAlchemy costs more Python than
+            # the insert of a list's row
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                before = cursor.execute(f"SELECT max(id) FROM {imp.name}").fetchone()[0] or 0
+                cursor.executemany(_insert_sql(imp, LIST_ROW), rows)
+                if cursor.rowcount == len(lists):
+                    return lists
+                # some were repeats: the rows above the largest id before are this call's
+                found = cursor.execute(f"SELECT request_id FROM {imp.name} WHERE id > ?", (before,))
+                ids = {str(row[0]) for row in found}
+            finally:
+                cursor.close()
             return [r for r in lists if r.request_id in ids]
         values = [
             {
@@ -256,11 +263,25 @@ class FeedbackRepository:
         purchases credited to them too."""
         clk, att = rec_clicks, rec_attributions
         by_id = {r.request_id: r for r in new}
-        waiting = conn.execute(
-            select(clk.c.id, clk.c.request_id, clk.c.item_id).where(
-                clk.c.request_id.in_(list(by_id)), clk.c.position.is_(None)
+        keys = list(by_id)
+        waiting: list[Any] = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            if conn.dialect.name == "sqlite":  # the driver's cursor: the common case finds none
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    sql = (
+                        f"SELECT id, request_id, item_id FROM {clk.name} WHERE position IS NULL "
+                        f"AND request_id IN ({', '.join('?' * len(chunk))})"
+                    )
+                    waiting += cursor.execute(sql, chunk).fetchall()
+                finally:
+                    cursor.close()
+                continue
+            query = select(clk.c.id, clk.c.request_id, clk.c.item_id).where(
+                clk.c.request_id.in_(chunk), clk.c.position.is_(None)
             )
-        ).all()
+            waiting += conn.execute(query).all()
         for click_id, request_id, item_id in waiting:
             r = by_id[request_id]
             place = _place(_listed(r), item_id)
@@ -478,16 +499,19 @@ def _executemany_sqlite(
     through the driver's own executemany (a tenth of the Python work of a multi-row INSERT
     ... RETURNING built per batch); how many were stored. The one writer holds the database
     from BEGIN IMMEDIATE, so the rows above the largest id before are exactly this call's."""
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(names)}) "
-        f"VALUES ({', '.join('?' * len(names))}) ON CONFLICT DO NOTHING"
-    )
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.executemany(sql, rows)
+        cursor.executemany(_insert_sql(table, names), rows)
         return int(cursor.rowcount)
     finally:
         cursor.close()
+
+
+def _insert_sql(table: Any, names: Sequence[str]) -> str:
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"VALUES ({', '.join('?' * len(names))}) ON CONFLICT DO NOTHING"
+    )
 
 
 def _listed(r: ShownList) -> Listed:
