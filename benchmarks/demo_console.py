@@ -94,8 +94,9 @@ def seed_offers(url: str, shop: DemoShop, *, users: int = 300, redeem_every: int
 def seed_feedback(url: str, shop: DemoShop, *, users: int = 120, lists_per_batch: int = 10) -> int:
     """Recommendation feedback through the API (issue 14): a list for each of ``users`` users
     (the oldest, who have histories), its impressions posted in batches of
-    ``lists_per_batch`` lists, a click on the first item of every third list and a purchase of
-    it for every sixth; returns the number of impressions posted."""
+    ``lists_per_batch`` lists (one impression event per list), a click on the first item of
+    every third list and a purchase of it for every sixth; returns the number of items
+    reported shown."""
     frame = pd.read_csv(shop.data_dir / "users.csv", dtype={"user_id": str})
     oldest = frame.sort_values("signed_up_at").head(users)["user_id"]
     headers = {"X-API-Key": KEYS["frontend"]}
@@ -108,17 +109,15 @@ def seed_feedback(url: str, shop: DemoShop, *, users: int = 120, lists_per_batch
                 continue
             body = answer.json()
             placement = ("home", "product", "cart")[n % 3]
-            for position, item in enumerate(body["items"]):
-                pending.append(
-                    {
-                        "type": "impression",
-                        "user_id": user_id,
-                        "item_id": item["item_id"],
-                        "request_id": body["request_id"],
-                        "placement": placement,
-                        "position": position,
-                    }
-                )
+            pending.append(  # the list shown: one impression event
+                {
+                    "type": "impression",
+                    "user_id": user_id,
+                    "request_id": body["request_id"],
+                    "placement": placement,
+                    "items": [item["item_id"] for item in body["items"]],
+                }
+            )
             first = body["items"][0]["item_id"]
             if n % 3 == 0:
                 pending.append(
@@ -154,4 +153,5 @@ def _post_feedback(client: httpx.Client, events: list[dict[str, object]]) -> int
         return 0
     answer = client.post("/v1/events", json={"events": events})
     answer.raise_for_status()
-    return sum(1 for e in events if e["type"] == "impression")
+    shown = [e["items"] for e in events if e["type"] == "impression"]
+    return sum(len(items) for items in shown if isinstance(items, list))

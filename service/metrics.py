@@ -223,13 +223,14 @@ class Metrics:
         # the four sources and "unknown"; add_to_cart and purchase; click and impression)
         self.rec_impressions = Counter(
             "recoffer_rec_impressions_total",
-            "Recommended items reported shown (impressions stored), by the position's source",
+            "Recommended items reported shown (the items of the lists stored), by each item's "
+            "source",
             ["source"],
             registry=r,
         )
         self.rec_clicks = Counter(
             "recoffer_rec_clicks_total",
-            "Clicks on recommended items stored, by source (unknown: no impression of it)",
+            "Clicks on recommended items stored, by source (unknown: not in its list's row)",
             ["source"],
             registry=r,
         )

@@ -501,9 +501,7 @@ customer_value = Table(
 # --- recommendation feedback (migration 0015, issue 14 items 1 and 2) -----------------------
 
 # what made each list shown: the served list's id (``request_id``) and the model version,
-# recipe, source, experiment and arm read from its signed token (service.feedback.token);
-# natural key (request_id, item_id): the same item of the same list is counted once, whatever
-# the frontend retries
+# recipe, sources, experiment and arm read from its signed token (service.feedback.token)
 FEEDBACK_COLUMNS = ("model_version", "recipe", "source", "placement", "experiment_id", "arm")
 
 
@@ -525,17 +523,35 @@ def _served_columns() -> list[Column[Any]]:
     ]
 
 
+# one row per list shown (one impression event): the items shown in the order shown, their
+# places in the served list, one source letter per shown item (service.feedback.token
+# SOURCE_LETTERS); ``request_id`` unique: a repeat of the same list is one list
 rec_impressions = Table(
     "rec_impressions",
     metadata,
     Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
-    *_served_columns(),
-    Index("ux_rec_impressions_request_item", "request_id", "item_id", unique=True),
-    Index("ix_rec_impressions_user_id", "user_id", "item_id", "ts"),
+    Column("request_id", String(64), nullable=False),
+    Column("user_id", String(ID_LENGTH), nullable=False),
+    Column("placement", String(32), nullable=False),
+    Column("items", JSON(), nullable=False),  # the item ids shown, in the order shown
+    Column("positions", JSON(), nullable=False),  # each shown item's 0-based place
+    Column("sources", String(100), nullable=False),  # one letter per shown item
+    Column("n_items", Integer(), nullable=False),
+    Column("model_version", String(64), nullable=True),
+    Column("recipe", String(64), nullable=False),
+    Column("experiment_id", String(64), nullable=True),
+    Column("arm", String(16), nullable=True),
+    Column("served_at", UTCDateTime(), nullable=False),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("client_event_id", String(ID_LENGTH), nullable=True, unique=True),
+    Index("ux_rec_impressions_request_id", "request_id", unique=True),
+    Index("ix_rec_impressions_user_id", "user_id", "ts"),
     Index("ix_rec_impressions_ts", "ts"),
     Index("ix_rec_impressions_experiment_id", "experiment_id", "arm"),
 )
 
+# one row per (list, item) clicked: ``position`` and ``source`` the item's in its list's row
+# (position None: not in the list reported shown, or the list not reported yet)
 rec_clicks = Table(
     "rec_clicks",
     metadata,
@@ -564,6 +580,9 @@ rec_attributions = Table(
     Column("source", String(16), nullable=False),
     Column("experiment_id", String(64), nullable=True),
     Column("arm", String(16), nullable=True),
+    # the credited item's place in its list: None when it was not in the list reported shown
+    # (a click of an item never reported shown); only shown items count (figures.tally)
+    Column("position", Integer(), nullable=True),
     Column("quantity", Integer(), nullable=False),
     Column("revenue", AmountColumn(), nullable=True),  # price x quantity; None: no price sent
     Column("currency", String(CURRENCY_LENGTH), nullable=True),

@@ -74,12 +74,13 @@ class EventDraft:
     # issue 14: an impression's or a click's list (the recommendations' request_id) and place
     request_id: str | None = None
     placement: str | None = None
-    position: int | None = None
+    # an impression's: the ids shown, in order, and their places (None: 0, 1, ...)
+    items: Sequence[str] | None = None
+    positions: Sequence[int] | None = None
 
 
 def _feedback_draft(d: EventDraft, ts: datetime) -> FeedbackDraft:
     assert d.request_id is not None
-    assert d.item_id is not None
     return FeedbackDraft(
         type=d.type,
         user_id=d.user_id,
@@ -87,7 +88,8 @@ def _feedback_draft(d: EventDraft, ts: datetime) -> FeedbackDraft:
         list_id=d.request_id,
         ts=ts,
         placement=d.placement,
-        position=d.position,
+        items=tuple(d.items) if d.items is not None else None,
+        positions=tuple(d.positions) if d.positions is not None else None,
         client_event_id=d.client_event_id,
     )
 
@@ -158,7 +160,8 @@ class Ingest:
             if d.price is not None and d.currency is None:
                 raise InvalidInput(f"{prefix}currency", "a price needs its currency")
             if d.type in FEEDBACK_TYPES:
-                if self.feedback is None or d.request_id is None or d.item_id is None:
+                shown_what = d.items if d.type == "impression" else d.item_id
+                if self.feedback is None or d.request_id is None or shown_what is None:
                     raise InvalidInput(f"{prefix}type", f"{d.type} events are not taken here")
                 if not self.erased(d.user_id):
                     shown.append((index, _feedback_draft(d, ts)))
@@ -191,7 +194,7 @@ class Ingest:
             raise
         if write is not None and self.feedback is not None:
             self.feedback.count(write.written)
-            fed = len(write.written.impressions) + len(write.written.clicks)
+            fed = write.written.lists + len(write.written.clicks)
             result = IngestResult(
                 result.accepted + fed, result.duplicates + write.written.duplicates, result.stored
             )

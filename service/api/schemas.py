@@ -15,11 +15,22 @@ from pydantic import (
     Field,
     StringConstraints,
     Tag,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
 
-from service.ids import EventId, ItemId, OrderId, ShopId, UserId
+from service.ids import (
+    ID_MAX_LENGTH,
+    ID_PATTERN,
+    EventId,
+    ItemId,
+    OrderId,
+    ShopId,
+    UserId,
+    id_problem,
+)
 from service.money import Amount, Currency
 from service.offers.campaigns import BUILT_IN, CampaignId
 from service.offers.kinds import CouponState, DecisionKind, FinalKind
@@ -52,6 +63,17 @@ Placement = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z0-9_-]{1,32}$"),
     Field(description="Where the list was shown: home, product, cart, ...", examples=["home"]),
+]
+# an impression's list: at most this many items shown, each at a place below this
+MAX_SHOWN = 100
+SEND_ITEMS = (
+    "an impression is the list shown: send items (the ids shown, in order) and, when they are "
+    "not the list's first places, positions; not item_id or position"
+)
+ShownPosition = Annotated[int, Field(ge=0, le=999, strict=True)]
+# an item id checked in pydantic-core alone (no Python call per id: a list has up to 100)
+ShownItemId = Annotated[
+    str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)
 ]
 ListId = Annotated[
     str,
@@ -152,19 +174,33 @@ class EventIn(Strict):
         description="Impression (required) and click (optional): where the list was shown.",
         validate_default=True,
     )
-    position: int | None = Field(
+    # issue 14: an impression is the list shown, one event per list (its items in one field)
+    items: list[ShownItemId] | None = Field(
         None,
-        ge=0,
-        le=999,
-        strict=True,
-        description="Impression only (required): the item's 0-based place in the list.",
+        min_length=1,
+        max_length=MAX_SHOWN,
         validate_default=True,
+        description="Impression only (required): the ids of the items shown, in the order "
+        f"shown (1 to {MAX_SHOWN}).",
+    )
+    positions: list[ShownPosition] | None = Field(
+        None,
+        max_length=MAX_SHOWN,
+        description="Impression only: each shown item's 0-based place in the served list "
+        "(default 0, 1, ...): as many as items, distinct.",
+    )
+    position: int | None = Field(
+        None, description="Not taken: an impression sends items (and positions)."
     )
 
     @field_validator("item_id")
     @classmethod
     def _item_needed(cls, item_id: str | None, info: ValidationInfo) -> str | None:
         kind = info.data.get("type")
+        if kind == "impression":
+            if item_id is not None:
+                raise ValueError(SEND_ITEMS)
+            return None
         if item_id is None and kind is not None and kind != "sign_up":
             raise ValueError(f"item_id is required for {kind} events")
         return item_id
@@ -184,30 +220,67 @@ class EventIn(Strict):
             raise ValueError("a price needs its currency")
         return currency
 
-    @field_validator("request_id", "position")
+    @field_validator("request_id")
     @classmethod
     def _feedback_needs(cls, value: Any, info: ValidationInfo) -> Any:
         kind = info.data.get("type")
         if kind is None:
             return value
-        needed = (
-            kind in FEEDBACK_EVENTS if info.field_name == "request_id" else kind == "impression"
-        )
+        needed = kind in FEEDBACK_EVENTS
         if needed and value is None:
             raise ValueError(f"{info.field_name} is required for {kind} events")
         if not needed and value is not None:
             raise ValueError(f"{info.field_name} is not for {kind} events")
         return value
 
-    @field_validator("placement")
+    @field_validator("position")
     @classmethod
-    def _placement(cls, placement: str | None, info: ValidationInfo) -> str | None:
+    def _no_position(cls, value: int | None, info: ValidationInfo) -> None:
+        if value is not None:
+            if info.data.get("type") == "impression":
+                raise ValueError(SEND_ITEMS)
+            raise ValueError("position is not taken: an impression sends items and positions")
+        return None
+
+    @field_validator("items", mode="wrap")
+    @classmethod
+    def _items_of_impressions(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
         kind = info.data.get("type")
-        if kind == "impression" and placement is None:
-            raise ValueError("placement is required for impression events")
-        if kind is not None and kind not in FEEDBACK_EVENTS and placement is not None:
-            raise ValueError(f"placement is not for {kind} events")
-        return placement
+        if value is None:
+            if kind == "impression":
+                raise ValueError("items is required for impression events (the ids shown)")
+            return None
+        if kind is not None and kind != "impression":
+            raise ValueError(f"items is only for impression events, not {kind}")
+        try:  # each id checked by pydantic-core's pattern; the id's own words when it fails
+            items: list[str] = handler(value)
+        except ValidationError:
+            for n, v in enumerate(value if isinstance(value, list) else ()):
+                problem = id_problem(v) if isinstance(v, str) else None
+                if problem is not None:
+                    raise ValueError(f"items.{n}: {problem}") from None
+            raise
+        if len(set(items)) != len(items):
+            raise ValueError("items must not repeat an id")
+        return items
+
+    # runs only on a value sent (no validate_default): the other events pay nothing for it
+    @field_validator("positions")
+    @classmethod
+    def _positions_match(cls, positions: list[int] | None, info: ValidationInfo) -> Any:
+        if positions is None:
+            return None
+        kind = info.data.get("type")
+        if kind is not None and kind != "impression":
+            raise ValueError(f"positions is only for impression events, not {kind}")
+        items = info.data.get("items")
+        if items is not None and len(positions) != len(items):
+            raise ValueError(f"{len(positions)} positions for {len(items)} items: one each")
+        if len(set(positions)) != len(positions):
+            raise ValueError("positions must be distinct")
+        return positions
 
 
 class EventBatch(Strict):
@@ -228,8 +301,8 @@ EventsBody = Annotated[
 class IngestOut(BaseModel):
     accepted: int = Field(description="Events stored now.")
     duplicates: int = Field(
-        description="Events skipped: their client_event_id was seen before (an impression or "
-        "click: also the same request_id and item_id)."
+        description="Events skipped: their client_event_id was seen before (an impression: "
+        "also the same request_id; a click: the same request_id and item_id)."
     )
 
 

@@ -1,5 +1,6 @@
-"""``Feedback``: impressions and clicks checked against their signed list ids, stored with the
-events batch they came in, carts and purchases credited (last touch), the online figures.
+"""``Feedback``: impressions (one per list shown) and clicks checked against their signed list
+ids, stored with the events batch they came in, carts and purchases credited (last touch), the
+online figures.
 
 ``Ingest`` calls :meth:`Feedback.check` for every impression and click of a batch before
 anything is written (a list id that is not this service's for that user refuses the whole
@@ -20,32 +21,47 @@ from service.activity.records import StoredEvent
 from service.clock import Clock
 from service.errors import InvalidInput
 from service.feedback.figures import Tally, tally
-from service.feedback.repository import UNKNOWN, FeedbackRepository, ServedRow, Windows, Written
-from service.feedback.token import InvalidListId, ListIds, ServedList
+from service.feedback.repository import (
+    UNKNOWN,
+    ClickRow,
+    FeedbackRepository,
+    ShownList,
+    Windows,
+    Written,
+)
+from service.feedback.token import (
+    LETTER_SOURCES,
+    SOURCE_LETTERS,
+    InvalidListId,
+    ListIds,
+    ServedList,
+)
 from service.metrics import Metrics
 from service.settings import Settings
 
 FEEDBACK_TYPES = ("impression", "click")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FeedbackDraft:
-    """One impression or click as sent (``list_id``: the response's whole ``request_id``)."""
+    """One impression (a list shown: ``items``, ``positions``) or click (``item_id``) as sent
+    (``list_id``: the response's whole ``request_id``)."""
 
     type: str
     user_id: str
-    item_id: str
+    item_id: str | None
     list_id: str
     ts: datetime
     placement: str | None = None
-    position: int | None = None
+    items: tuple[str, ...] | None = None
+    positions: tuple[int, ...] | None = None  # None: 0, 1, ... len(items) - 1
     client_event_id: str | None = None
 
 
 class BatchWrite:
     """The function run in the batch's transaction; ``written`` once it has run."""
 
-    def __init__(self, feedback: Feedback, rows: Sequence[ServedRow]) -> None:
+    def __init__(self, feedback: Feedback, rows: Sequence[ShownList | ClickRow]) -> None:
         self.feedback = feedback
         self.rows = rows
         self.written = Written()
@@ -98,44 +114,67 @@ class Feedback:
             retention=timedelta(days=days) if days else None,
         )
 
-    def check(self, drafts: Sequence[tuple[int, FeedbackDraft]], *, batch: bool) -> list[ServedRow]:
+    def check(
+        self, drafts: Sequence[tuple[int, FeedbackDraft]], *, batch: bool
+    ) -> list[ShownList | ClickRow]:
         """Each (index in the request, draft) read against its list id; InvalidInput naming
-        ``events.N.request_id`` (``request_id`` alone) for the first that is not valid."""
-        rows = []
-        read: dict[tuple[str, str], ServedList] = {}  # a list's items share one check
+        ``events.N.request_id`` (``request_id`` alone) for the first that is not valid, or
+        ``events.N.positions`` (``items``) for a place past the end of the list."""
+        rows: list[ShownList | ClickRow] = []
+        read: dict[tuple[str, str], ServedList] = {}  # a list's click and impression: one check
         for index, d in drafts:
+            prefix = f"events.{index}." if batch else ""
             served = read.get((d.list_id, d.user_id))
             if served is None:
                 try:
                     served = self.list_ids.read(d.list_id, d.user_id)
                 except InvalidListId as exc:
-                    field = f"events.{index}.request_id" if batch else "request_id"
-                    raise InvalidInput(field, str(exc)) from None
-                read[(d.list_id, d.user_id)] = served
-            if len(served.request_id) > 64:  # never one of ours: the middleware's are 16
-                field = f"events.{index}.request_id" if batch else "request_id"
-                raise InvalidInput(field, "the list's id part is longer than 64 characters")
-            distinct = set(served.sources)
-            source = None
-            if d.type == "impression":
-                assert d.position is not None  # the schema requires it
-                if served.source_at(d.position) is None:
-                    field = f"events.{index}.position" if batch else "position"
+                    raise InvalidInput(f"{prefix}request_id", str(exc)) from None
+                if len(served.request_id) > 64:  # never one of ours: the middleware's are 16
                     raise InvalidInput(
-                        field, f"the list has {len(served.sources)} items (positions from 0)"
+                        f"{prefix}request_id", "the list's id part is longer than 64 characters"
                     )
-                source = served.source_at(d.position)
+                read[(d.list_id, d.user_id)] = served
+            sources = served.sources
+            if d.type == "impression":
+                items = d.items
+                assert items is not None  # the schema requires them
+                positions = d.positions if d.positions is not None else tuple(range(len(items)))
+                if max(positions) >= len(sources):
+                    named = "positions" if d.positions is not None else "items"
+                    raise InvalidInput(
+                        f"{prefix}{named}",
+                        f"the list has {len(sources)} items (positions from 0); "
+                        f"{named} goes past its end",
+                    )
+                rows.append(
+                    ShownList(
+                        request_id=served.request_id,
+                        user_id=d.user_id,
+                        placement=d.placement or UNKNOWN,
+                        items=items,
+                        positions=positions,
+                        letters="".join(SOURCE_LETTERS.get(sources[p], "p") for p in positions),
+                        model_version=served.model_version,
+                        recipe=served.recipe,
+                        experiment_id=served.experiment_id,
+                        arm=served.arm,
+                        served_at=served.served_at,
+                        ts=d.ts,
+                        client_event_id=d.client_event_id,
+                    )
+                )
+                continue
+            assert d.item_id is not None  # the schema requires it
+            distinct = set(sources)
             rows.append(
-                ServedRow(
-                    kind=d.type,
+                ClickRow(
                     request_id=served.request_id,
                     user_id=d.user_id,
                     item_id=d.item_id,
-                    position=d.position,
                     placement=d.placement,
                     model_version=served.model_version,
                     recipe=served.recipe,
-                    source=source,
                     list_source=distinct.pop() if len(distinct) == 1 else UNKNOWN,
                     experiment_id=served.experiment_id,
                     arm=served.arm,
@@ -146,7 +185,7 @@ class Feedback:
             )
         return rows
 
-    def writer(self, rows: Sequence[ServedRow]) -> BatchWrite:
+    def writer(self, rows: Sequence[ShownList | ClickRow]) -> BatchWrite:
         """The function ``activity.Repository.add_events`` runs in the batch's transaction."""
         return BatchWrite(self, rows)
 
@@ -154,8 +193,8 @@ class Feedback:
         """The ingest counters on ``/metrics``."""
         if self.metrics is None:
             return
-        for source, n in Counter(written.impressions).items():
-            self.metrics.rec_impressions.labels(source).inc(n)
+        for letter, n in Counter("".join(written.shown)).items():  # shown items per source
+            self.metrics.rec_impressions.labels(LETTER_SOURCES.get(letter, UNKNOWN)).inc(n)
         for source, n in Counter(written.clicks).items():
             self.metrics.rec_clicks.labels(source).inc(n)
         for (kind, via), n in Counter((c.kind, c.via) for c in written.credits).items():

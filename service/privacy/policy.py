@@ -43,7 +43,7 @@ POLICIES: dict[str, Policy] = {
     ),
     # issue 14: what lists were shown to the user, clicked, and credited with carts and
     # purchases; the online figures lose the user's rows (as the events go too)
-    "rec_impressions": Policy("delete", why="recommended items shown to the user"),
+    "rec_impressions": Policy("delete", why="the recommendation lists shown to the user"),
     "rec_clicks": Policy("delete", why="recommended items the user clicked"),
     "rec_attributions": Policy(
         "delete", why="the user's carts and purchases credited to a recommendation list"

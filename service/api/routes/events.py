@@ -21,16 +21,15 @@ EXAMPLES = {
             "client_event_id": "web-7f3a",
         }
     },
-    "impressions of a list": {
+    "a list shown, and a click": {
         "value": {
             "events": [
                 {
                     "user_id": "u123",
                     "type": "impression",
-                    "item_id": "85123A",
                     "request_id": "<the recommendations response's request_id>",
                     "placement": "home",
-                    "position": 0,
+                    "items": ["85123A", "22423", "47566"],
                 },
                 {
                     "user_id": "u123",
@@ -82,7 +81,8 @@ async def post_events(
             currency=e.currency,
             request_id=e.request_id,
             placement=e.placement,
-            position=e.position,
+            items=e.items,
+            positions=e.positions,
         )
         for e in incoming
     ]

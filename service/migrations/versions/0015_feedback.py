@@ -1,5 +1,5 @@
-"""recommendation feedback: impressions, clicks and attributed carts and purchases (issue 14,
-items 1 and 2)
+"""recommendation feedback: lists shown (one row each), clicks and attributed carts and
+purchases (issue 14, items 1 and 2)
 
 Revision ID: 0015
 Revises: 0014
@@ -44,14 +44,29 @@ def _served(table: str) -> list[sa.schema.SchemaItem]:
 
 
 def upgrade() -> None:
-    op.create_table("rec_impressions", *_served("rec_impressions"))
-    op.create_index(
-        "ux_rec_impressions_request_item",
+    # one row per list shown (one impression event), its items, places and source letters
+    op.create_table(
         "rec_impressions",
-        ["request_id", "item_id"],
-        unique=True,
+        sa.Column("id", ID, nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("user_id", sa.String(128), nullable=False),
+        sa.Column("placement", sa.String(32), nullable=False),
+        sa.Column("items", sa.JSON(), nullable=False),
+        sa.Column("positions", sa.JSON(), nullable=False),
+        sa.Column("sources", sa.String(100), nullable=False),
+        sa.Column("n_items", sa.Integer(), nullable=False),
+        sa.Column("model_version", sa.String(64), nullable=True),
+        sa.Column("recipe", sa.String(64), nullable=False),
+        sa.Column("experiment_id", sa.String(64), nullable=True),
+        sa.Column("arm", sa.String(16), nullable=True),
+        sa.Column("served_at", UTCDateTime(), nullable=False),
+        sa.Column("ts", UTCDateTime(), nullable=False),
+        sa.Column("client_event_id", sa.String(128), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_rec_impressions"),
+        sa.UniqueConstraint("client_event_id", name="uq_rec_impressions_client_event_id"),
     )
-    op.create_index("ix_rec_impressions_user_id", "rec_impressions", ["user_id", "item_id", "ts"])
+    op.create_index("ux_rec_impressions_request_id", "rec_impressions", ["request_id"], unique=True)
+    op.create_index("ix_rec_impressions_user_id", "rec_impressions", ["user_id", "ts"])
     op.create_index("ix_rec_impressions_ts", "rec_impressions", ["ts"])
     op.create_index("ix_rec_impressions_experiment_id", "rec_impressions", ["experiment_id", "arm"])
     op.create_table("rec_clicks", *_served("rec_clicks"))
@@ -74,6 +89,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("experiment_id", sa.String(64), nullable=True),
         sa.Column("arm", sa.String(16), nullable=True),
+        sa.Column("position", sa.Integer(), nullable=True),
         sa.Column("quantity", sa.Integer(), nullable=False),
         sa.Column("revenue", AmountColumn(), nullable=True),
         sa.Column("currency", sa.String(3), nullable=True),

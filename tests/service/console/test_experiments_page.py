@@ -16,6 +16,7 @@ from sqlalchemy import insert
 
 from service.app import create_app
 from service.artifact import ModelStore
+from service.feedback.repository import impression_row
 from service.tables import rec_clicks, rec_impressions
 from training.data.formats import Purchases
 from training.models import ModelParams
@@ -80,9 +81,21 @@ def _show(console: TestClient, experiment_id: str, arm: str, shown: int, clicked
         }
         for i in range(shown)
     ]
+    lists = [
+        impression_row(
+            r["request_id"],
+            r["user_id"],
+            [r["item_id"]],
+            ts=now,
+            model_version="v",
+            experiment_id=experiment_id,
+            arm=arm,
+        )
+        for r in rows
+    ]
     engine = console.app.state.recoffer.repository.engine  # type: ignore[attr-defined]
     with engine.begin() as conn:
-        conn.execute(insert(rec_impressions), rows)
+        conn.execute(insert(rec_impressions), lists)
         if clicked:
             conn.execute(insert(rec_clicks), rows[:clicked])
 

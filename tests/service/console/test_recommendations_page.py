@@ -29,12 +29,10 @@ def test_the_page_shows_the_apis_figures_for_marketing_and_admin(tmp_path: Path)
             {
                 "type": "impression",
                 "user_id": "u1",
-                "item_id": item,
                 "request_id": lid,
                 "placement": "home",
-                "position": p,
+                "items": ["a", "b"],
             }
-            for p, item in enumerate(("a", "b"))
         ]
         events.append({"type": "click", "user_id": "u1", "item_id": "a", "request_id": lid})
         headers = {"X-API-Key": KEYS["frontend"]}

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, insert
 
 from service.app import create_app
 from service.artifact import ModelStore
+from service.feedback.repository import impression_row
 from service.settings import Settings
 from service.state import AppState
 from service.tables import rec_attributions, rec_clicks, rec_impressions
@@ -105,27 +106,39 @@ def show(
     the first ``purchases`` bought (each its own list and item)."""
     now = datetime(2026, 12, 1, 12, tzinfo=UTC)
     rows = []
+    lists = []
     for i in range(impressions):
         n = next(_ids)
-        rows.append(
-            {
-                "request_id": f"r{n}",
-                "user_id": f"{arm}-{experiment_id}-{i % users}",
-                "item_id": f"i{n}",
-                "position": 0,
-                "placement": "home",
-                "model_version": version,
-                "recipe": "all",
-                "source": "model",
-                "experiment_id": experiment_id,
-                "arm": arm,
-                "served_at": now,
-                "ts": now,
-            }
+        row = {
+            "request_id": f"r{n}",
+            "user_id": f"{arm}-{experiment_id}-{i % users}",
+            "item_id": f"i{n}",
+            "position": 0,
+            "placement": "home",
+            "model_version": version,
+            "recipe": "all",
+            "source": "model",
+            "experiment_id": experiment_id,
+            "arm": arm,
+            "served_at": now,
+            "ts": now,
+        }
+        rows.append(row)
+        lists.append(
+            impression_row(
+                row["request_id"],
+                row["user_id"],
+                [row["item_id"]],
+                ts=now,
+                model_version=version,
+                experiment_id=experiment_id,
+                arm=arm,
+                served_at=now,
+            )
         )
     with engine.begin() as conn:
-        for start in range(0, len(rows), 500):
-            conn.execute(insert(rec_impressions), rows[start : start + 500])
+        for start in range(0, len(lists), 500):
+            conn.execute(insert(rec_impressions), lists[start : start + 500])
         if clicks:
             conn.execute(insert(rec_clicks), rows[:clicks])
         if purchases:
@@ -149,6 +162,7 @@ def show(
                         "revenue": Decimal("10.00"),
                         "currency": "EUR",
                         "ts": now,
+                        "position": 0,
                     }
                     for r in rows[:purchases]
                 ],

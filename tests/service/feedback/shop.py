@@ -98,14 +98,14 @@ def make_shop(database_url: str, tmp_path: Path, **overrides: Any) -> Iterator[S
         yield Shop(client, clock)
 
 
-def impression(user: str, item: str, list_id: str, position: int, **extra: Any) -> dict[str, Any]:
+def impression(user: str, items: list[str], list_id: str, **extra: Any) -> dict[str, Any]:
+    """One list shown: ``items`` in the order shown (``positions=[...]`` when not 0, 1, ...)."""
     return {
         "type": "impression",
         "user_id": user,
-        "item_id": item,
         "request_id": list_id,
         "placement": "home",
-        "position": position,
+        "items": items,
         **extra,
     }
 
