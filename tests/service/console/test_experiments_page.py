@@ -83,9 +83,9 @@ def _show(console: TestClient, experiment_id: str, arm: str, shown: int, clicked
     ]
     lists = [
         impression_row(
-            r["request_id"],
-            r["user_id"],
-            [r["item_id"]],
+            str(r["request_id"]),
+            str(r["user_id"]),
+            [str(r["item_id"])],
             ts=now,
             model_version="v",
             experiment_id=experiment_id,

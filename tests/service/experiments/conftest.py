@@ -126,9 +126,9 @@ def show(
         rows.append(row)
         lists.append(
             impression_row(
-                row["request_id"],
-                row["user_id"],
-                [row["item_id"]],
+                str(row["request_id"]),
+                str(row["user_id"]),
+                [str(row["item_id"])],
                 ts=now,
                 model_version=version,
                 experiment_id=experiment_id,
