@@ -137,7 +137,7 @@ def test_item_price_is_exact_with_its_currency_and_attributes_are_stored(
     r = client.put(
         "/v1/items/i1",
         json={"price": "19.99", "currency": "GBP", "attributes": {"colour": "red", "size": 3}},
-        headers=F,
+        headers=M,
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -149,12 +149,12 @@ def test_item_price_is_exact_with_its_currency_and_attributes_are_stored(
         "active",
     )
     # a later update without a price keeps it
-    assert client.put("/v1/items/i1", json={"in_stock": False}, headers=F).json()["price"]
+    assert client.put("/v1/items/i1", json={"in_stock": False}, headers=M).json()["price"]
     [row] = _rows(database_url, items)
     assert (row["price"], row["currency"], row["in_stock"]) == (Decimal("19.99"), "GBP", False)
     assert row["attributes"] == {"colour": "red", "size": 3}
     # a category is a label: words with spaces are fine
-    r = client.put("/v1/items/i1", json={"category": "Home decor"}, headers=F)
+    r = client.put("/v1/items/i1", json={"category": "Home decor"}, headers=M)
     assert (r.status_code, r.json()["category"]) == (200, "Home decor"), r.text
 
 
@@ -173,7 +173,7 @@ def test_bad_item_fields_are_a_422_naming_the_field(
     small_model_root: Path, tmp_path: Path, body: dict[str, Any], field: str
 ) -> None:
     with make_client(small_model_root, f"sqlite:///{tmp_path / 'db.sqlite'}") as client:
-        r = client.put("/v1/items/i", json=body, headers=F)
+        r = client.put("/v1/items/i", json=body, headers=M)
     assert r.status_code == 422, r.text
     assert all(d["field"].startswith(field) for d in r.json()["detail"])
 
@@ -326,3 +326,11 @@ def test_each_worker_keeps_the_hidden_items_as_one_set_replaced_whole() -> None:
     store.update_catalogue([record("a", "active")])
     assert store.hidden == {"b"}
     assert before == {"a", "b"}  # a reader holding the old set is not disturbed
+
+
+def test_the_frontend_key_cannot_write_the_catalogue(client: TestClient) -> None:
+    """The frontend's key is in the shop's pages: a product it could write would be listed to
+    every visitor (a new arrival), a price or a stock flag it could change would be served."""
+    r = client.put("/v1/items/spam-1", json={"name": "Visit evil.example"}, headers=F)
+    assert r.status_code == 403, r.text
+    assert client.put("/v1/items/spam-1", json={"name": "Lamp"}, headers=M).status_code == 200

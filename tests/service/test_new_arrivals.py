@@ -122,7 +122,7 @@ def test_with_one_slot_a_known_user_gets_the_new_product_of_their_taste(
     ) as client:
         for item, category in (("a-far", other), ("b-near", liked), ("c-far", other)):
             assert client.put(
-                f"/v1/items/{item}", json={"category": category}, headers=F
+                f"/v1/items/{item}", json={"category": category}, headers=M
             ).is_success
         items = _items(client, user)
         assert [i["item_id"] for i in items if i["source"] == "new_arrivals"] == ["b-near"]
@@ -138,7 +138,7 @@ def test_zero_slots_turn_the_source_off(
     with make_client(
         small_model_root, f"sqlite:///{tmp_path / 'db.sqlite'}", new_arrivals_slots=0
     ) as client:
-        assert client.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
+        assert client.put("/v1/items/new-near", json={"category": liked}, headers=M).is_success
         assert all(i["source"] != "new_arrivals" for i in _items(client, user))
 
 
@@ -149,7 +149,7 @@ def test_a_product_added_longer_ago_than_the_window_is_not_a_new_arrival(
     with make_client(
         small_model_root, f"sqlite:///{tmp_path / 'db.sqlite'}", new_arrivals_days=1
     ) as client:
-        assert client.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
+        assert client.put("/v1/items/new-near", json={"category": liked}, headers=M).is_success
         assert "new-near" in _ids(client, user)
         arrivals = state(client).arrivals
         assert arrivals is not None
@@ -222,7 +222,7 @@ def test_views_by_known_users_fold_the_new_product_in_toward_them(
     model = s.recommendations.models.current
     assert model is not None
     m = model.model
-    assert client.put("/v1/items/new-x", json={"category": other}, headers=F).is_success
+    assert client.put("/v1/items/new-x", json={"category": other}, headers=M).is_success
     index = s.arrivals.index
     assert index is not None
     content = index.vector_of("new-x")
@@ -245,7 +245,7 @@ def test_views_by_known_users_fold_the_new_product_in_toward_them(
     assert _cosine(folded, them) > _cosine(content, them) + 0.2
     assert index.popularity[index.item_ids.index("new-x")] == len(viewers) + 1
     # and so it is now the new arrival the viewers' likes get first
-    assert client.put("/v1/items/new-y", json={"category": other}, headers=F).is_success
+    assert client.put("/v1/items/new-y", json={"category": other}, headers=M).is_success
     assert [i for i in _ids(client, viewers[-1]) if i.startswith("new-")][:1] == ["new-x"]
 
 
@@ -273,7 +273,7 @@ def test_a_new_model_version_rebuilds_the_vectors(
     ) as client:
         s = state(client)
         assert s.arrivals is not None
-        assert client.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
+        assert client.put("/v1/items/new-near", json={"category": liked}, headers=M).is_success
         index = s.arrivals.index
         assert index is not None
         assert (index.version, index.item_ids) == (first, ["new-near"])
@@ -349,14 +349,14 @@ def test_an_item_out_of_stock_leaves_this_worker_at_once_and_another_within_the_
     with make_client(small_model_root, url) as one, make_client(small_model_root, url) as two:
         top = _ids(one, user)[0]
         assert top == _ids(two, user)[0]
-        assert one.put(f"/v1/items/{top}", json={"in_stock": False}, headers=F).is_success
+        assert one.put(f"/v1/items/{top}", json={"in_stock": False}, headers=M).is_success
         assert top not in _ids(one, user)  # this worker: at once
         deadline = time.monotonic() + 10
         while top in _ids(two, user):
             assert time.monotonic() < deadline, "the other worker still lists it"
             time.sleep(0.05)
         # back in stock: back in both
-        assert one.put(f"/v1/items/{top}", json={"in_stock": True}, headers=F).is_success
+        assert one.put(f"/v1/items/{top}", json={"in_stock": True}, headers=M).is_success
         assert _ids(one, user)[0] == top
         deadline = time.monotonic() + 10
         while _ids(two, user)[0] != top:
@@ -370,12 +370,12 @@ def test_a_new_product_added_on_one_worker_reaches_another_through_the_tail(
     user, liked, _ = taste
     url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
     with make_client(small_model_root, url) as one, make_client(small_model_root, url) as two:
-        assert one.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
+        assert one.put("/v1/items/new-near", json={"category": liked}, headers=M).is_success
         deadline = time.monotonic() + 10
         while "new-near" not in _ids(two, user):
             assert time.monotonic() < deadline, "the other worker never lists it"
             time.sleep(0.05)
-        assert one.put("/v1/items/new-near", json={"in_stock": False}, headers=F).is_success
+        assert one.put("/v1/items/new-near", json={"in_stock": False}, headers=M).is_success
         deadline = time.monotonic() + 10
         while "new-near" in _ids(two, user):
             assert time.monotonic() < deadline, "the other worker still lists it"
@@ -452,7 +452,7 @@ def test_the_periodic_refresh_folds_new_products_in_on_its_own(
     with make_client(
         small_model_root, f"sqlite:///{tmp_path / 'db.sqlite'}", new_items_refresh_seconds=0.05
     ) as client:
-        assert client.put("/v1/items/new-near", json={"category": liked}, headers=F).is_success
+        assert client.put("/v1/items/new-near", json={"category": liked}, headers=M).is_success
         view = {"user_id": user, "type": "view", "item_id": "new-near"}
         assert client.post("/v1/events", json=view, headers=F).status_code == 200
         arrivals = state(client).arrivals
@@ -477,7 +477,7 @@ def test_without_the_database_the_refresh_keeps_the_content_vectors(
         def item_event_counts(self, item_ids: Any, since: Any) -> list[tuple[str, str, str, int]]:
             raise ConnectionError("database unavailable")
 
-    assert client.put("/v1/items/new-near", json={"category": taste[1]}, headers=F).is_success
+    assert client.put("/v1/items/new-near", json={"category": taste[1]}, headers=M).is_success
     arrivals.events = Down()
     with pytest.raises(ConnectionError):
         arrivals.rebuild()  # a new model version while the database is down

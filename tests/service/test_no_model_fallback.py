@@ -52,6 +52,7 @@ def test_the_api_without_a_model_honours_exclude_purchased_and_in_stock(tmp_path
         model_dir=tmp_path / "no-models",
         database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
         frontend_keys=["frontend-key-0123456789"],
+        marketing_keys=["marketing-key-0123456789"],
         access_log=False,
     )
     headers = {"X-API-Key": "frontend-key-0123456789"}
@@ -62,11 +63,12 @@ def test_the_api_without_a_model_honours_exclude_purchased_and_in_stock(tmp_path
             for item in items
         ]
         assert client.post("/v1/events", json={"events": buys}, headers=headers).status_code == 200
-        assert client.put("/v1/items/gone", json={"in_stock": False}, headers=headers).is_success
+        catalogue = {"X-API-Key": "marketing-key-0123456789"}
+        assert client.put("/v1/items/gone", json={"in_stock": False}, headers=catalogue).is_success
         url = "/v1/users/c/recommendations"
         everything = client.get(url, headers=headers).json()
         assert [i["item_id"] for i in everything["items"]] == ["hit", "mine"]  # "gone": no stock
-        assert client.put("/v1/items/hit", json={"in_stock": True}, headers=headers).is_success
+        assert client.put("/v1/items/hit", json={"in_stock": True}, headers=catalogue).is_success
         filtered = client.get(
             url, params={"exclude_purchased": "true", "in_stock": "true"}, headers=headers
         ).json()

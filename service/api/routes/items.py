@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path
 
 from service.activity.records import ItemChange, ItemRecord
-from service.api.deps import CatalogueDep, IngestDep
+from service.api.deps import CatalogueDep
 from service.api.schemas import (
     Id,
     ItemBatchIn,
@@ -52,7 +52,7 @@ async def put_item(
         ItemIn,
         Body(openapi_examples={"out of stock": {"value": {"in_stock": False, "category": "c07"}}}),
     ],
-    ingest: IngestDep,
+    ingest: CatalogueDep,
 ) -> ItemOut:
     """Create or update a catalogue item; fields not sent keep their value."""
     record = await ingest.put_item(
