@@ -53,8 +53,9 @@ from service.errors import (
 )
 from service.experiments.repository import Experiment, ExperimentRepository, Status
 from service.experiments.results import MIN_IMPRESSIONS, SRM_P, Z_GUARD, Results, results
-from service.recommend.holder import ExperimentArms
+from service.recommend.holder import ExperimentArms, candidate_recipes
 from service.recommend.service import Recommendations
+from service.scoring import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +180,16 @@ class Experiments:
                     f"version {version} has no candidate recipe {recipe!r} (its candidates: "
                     f"{known})",
                 )
-        if candidate_version == control_version and candidate_recipe == control_recipe:
+        if candidate_version == control_version and _served_recipes(
+            candidate, candidate_recipe
+        ) == _served_recipes(control, control_recipe):
+            field = "candidate_recipe" if candidate_recipe is not None else "candidate_version"
             raise InvalidInput(
-                "candidate_version",
-                f"{candidate_version} is the current version: the candidate would be the "
-                "control; name another version, or a candidate_recipe",
+                field,
+                f"the candidate would serve the control's lists: version {candidate_version} "
+                f"with recipe {candidate_recipe or 'as served'} scores like the control with "
+                f"{control_recipe or 'the recipes it serves'}; name another version or "
+                "another candidate_recipe",
             )
         row: dict[str, Any] = {
             "id": new_experiment_id(),
@@ -460,3 +466,9 @@ class Experiments:
             }
             return self._end(experiment, "stopped", outcome)
         return None
+
+
+def _served_recipes(manifest: Manifest, name: str | None) -> dict[str, Recipe]:
+    """What an arm would score each protocol with: the named candidate recipe, else the
+    version's served ones (two arms with the same are one arm twice)."""
+    return dict(manifest.recipes) if name is None else candidate_recipes(manifest, name)[0]

@@ -11,10 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.artifact import ModelStore, read_runs
+from service.artifact import ModelStore, read_manifest, read_runs
 from service.artifact.lock import trainer_lock
 from service.experiments.arms import arm_of
 from service.offers.stats import uplift, wilson
+from service.recommend.holder import candidate_recipes
 from service.recommend.recommender import Query
 
 from .conftest import ADMIN, FRONTEND, MARKETING, service_settings, show, state_of, versions
@@ -475,3 +476,25 @@ def test_new_arrivals_are_left_out_of_both_arms_of_two_versions(
     assert "new_arrivals" not in sources(range(40))
     assert api.post(f"/v1/experiments/{started['id']}/stop", headers=ADMIN).is_success
     assert "new_arrivals" in sources(range(3))
+
+
+def test_a_candidate_that_would_serve_the_controls_lists_is_a_422(
+    api: TestClient, models: Path
+) -> None:
+    """One arm twice measures nothing: the same version with the same recipe on both sides,
+    or with the candidate recipe the version already serves, is refused naming the recipe."""
+    _, current = versions(models)
+    manifest = read_manifest(ModelStore(models).version_path(current))
+    name = next(iter(manifest.candidates))
+    same = {"candidate_version": current, "candidate_recipe": name, "control_recipe": name}
+    answer = api.post("/v1/experiments", json={"name": "x", **same}, headers=ADMIN)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["field"] == "candidate_recipe"
+    served = [
+        n for n in manifest.candidates if candidate_recipes(manifest, n)[0] == manifest.recipes
+    ]
+    for n in served:  # the names whose recipes are the served ones, when there are any
+        body = {"name": "x", "candidate_version": current, "candidate_recipe": n}
+        answer = api.post("/v1/experiments", json=body, headers=ADMIN)
+        assert answer.status_code == 422, answer.text
+    assert api.get("/v1/experiments", headers=ADMIN).json()["experiments"] == []
