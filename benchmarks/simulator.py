@@ -1,0 +1,884 @@
+"""A traffic simulator: the Online Retail test window replayed as visits to the live service.
+
+What it proves (issue 14, item 5): the feedback loop works end to end without a real shop. The
+service is a real server (``benchmarks.harness.Server``) with a model root and a fresh database;
+nothing here calls the service's code in-process.
+
+- **Visits.** The trainer's temporal split (``training.evaluate.temporal_split``, the last
+  ``test_days`` = 30 days): every day on which a user known at the cut-off bought something in
+  the test window is one visit, in time order. The visit asks ``GET /v1/users/{id}/
+  recommendations`` (``exclude_purchased=true``: "new for you" on the home page, the trainer's
+  ``novel`` protocol) and posts one ``impression`` per item shown (placement ``home``).
+- **The click model** (``ClickModel``). A shown item at position k (0-based) is looked at with
+  probability 1 / log2(k + 2) (the discount of NDCG); looked at, it is clicked with probability
+  ``p`` if the user really buys it in the test window on that day or later ("relevant"), with
+  ``q`` otherwise; a clicked relevant item is bought with probability ``r`` (a ``purchase``
+  event with its price), a clicked other item never. Clicks and purchases go through
+  ``POST /v1/events`` in batches (feedback first, then the purchases, so that each purchase
+  finds its click), drawn from ``numpy.random.default_rng(seed)``: a run repeats.
+- **An A/B test in the loop** (``ab_test``): two versions in one model root, one current
+  (control), an experiment started through ``POST /v1/experiments`` with the other as its
+  candidate, share 0.5; ``GET /v1/experiments/{id}`` read every ``check_every`` visits.
+- **Visits to detect a difference** (``detection``): the lists the live service showed, their
+  click probabilities under the click model, and an arm whose probabilities are ``1 + lift``
+  times as high; many seeded replications of random visits, the visits until Newcombe's 95 %
+  interval of the CTR difference (``service.offers.stats.uplift``) excludes 0, next to the
+  textbook two-proportion sample size.
+
+Run ``python -m benchmarks.simulator`` (about 2-4 minutes); it writes
+``benchmarks/results/simulator.json``, rendered by ``python -m benchmarks.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import http.client
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.common import RESULTS, ROOT, WORK, save, this_command
+from benchmarks.harness import FRONTEND_KEY, Server, fresh_sqlite
+from service.offers.stats import uplift
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from training.data.formats import Purchases
+
+DATA = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
+ADMIN_KEY = "bench-simulator-admin-key-0123456789"  # the simulator's servers accept it as admin
+MARKETING_KEY = "bench-simulator-marketing-key-0123456789"
+PLACEMENT = "home"
+LIST_LENGTH = 10
+MAX_BATCH = 1000  # POST /v1/events takes at most this many events at once
+Z95, Z80 = 1.959964, 0.841621  # two-sided 95 % confidence; 80 % power
+
+
+# --- the click model ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClickModel:
+    """How a simulated visitor reacts to a list (see the module docstring).
+
+    Defaults, and why: ``p`` = 0.5, a visitor shown at the top an item they are about to buy
+    anyway clicks it one time in two (strong intent, but a list is not the only way to it);
+    ``q`` = 0.005, a curiosity click on anything else, which with ``p`` puts the CTR of a good
+    list near the 1-2 % of recommendation widgets in shops; ``r`` = 0.5, half of the clicked
+    items they buy are bought from the list (the rest elsewhere, unattributed). The position
+    discount 1 / log2(k + 2) is NDCG's, so that the expected clicks of a list are ``p`` times
+    its DCG plus ``q`` times its length's: online CTR measures what offline NDCG@10 ranks.
+    """
+
+    p: float = 0.5
+    q: float = 0.005
+    r: float = 0.5
+    position_bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("p", "q", "r"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability, not {getattr(self, name)}")
+
+    def examination(self, length: int) -> npt.NDArray[np.float64]:
+        """The chance each of ``length`` positions is looked at."""
+        if not self.position_bias:
+            return np.ones(length)
+        return np.asarray(1.0 / np.log2(np.arange(length) + 2.0))
+
+    def click_probabilities(self, relevant: Sequence[bool]) -> npt.NDArray[np.float64]:
+        """The click probability of each shown item, from whether the user buys it."""
+        flags = np.asarray(relevant, dtype=bool)
+        return self.examination(len(flags)) * np.where(flags, self.p, self.q)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "examination": "1 / log2(position + 2)" if self.position_bias else "1",
+        }
+
+
+# --- visits ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One user's day in the test window: they come, are shown a list, react to it."""
+
+    user_id: str
+    day: str  # ISO date of the day
+    # what the user buys in the test window from this day on: the items they click with p
+    later: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The trainer's temporal split of a purchase history, as training data and visits."""
+
+    train: Purchases  # the purchases up to the cut-off: what both models learn from
+    visits: list[Visit]  # the test window's visits of users known at the cut-off, in time order
+    cutoff: pd.Timestamp
+    end: pd.Timestamp
+    prices: dict[str, str]  # item -> median unit price, exact text ("2.95"), GBP
+
+
+def replay_window(purchases: Purchases, test_days: float = 30.0) -> Replay:
+    """Split ``purchases`` as the trainer does (``temporal_split``) into what the models learn
+    from and the visits to replay."""
+    import pandas as pd
+
+    from training.evaluate import temporal_split
+
+    split = temporal_split(purchases.frame, test_days)
+    train = split.train.reset_index(drop=True)
+    known_items = set(train["item_id"])
+    items = purchases.items[purchases.items["item_id"].isin(known_items)].reset_index(drop=True)
+    report = dataclasses.replace(
+        purchases.report,
+        source=f"{purchases.report.source} up to {split.cutoff:%Y-%m-%d %H:%M}",
+        rows_kept=len(train),
+        users=int(train["user_id"].nunique()),
+        items=len(known_items),
+        end=train["timestamp"].iloc[-1],
+    )
+    test = split.test[split.test["user_id"].isin(set(train["user_id"]))]
+    test = test.assign(day=test["timestamp"].dt.normalize())
+    first = test.groupby(["user_id", "day"], sort=False)["timestamp"].min().reset_index()
+    first = first.sort_values(["timestamp", "user_id"], kind="stable")
+    bought: dict[str, list[tuple[pd.Timestamp, str]]] = {}
+    for user, day, item in test[["user_id", "day", "item_id"]].itertuples(index=False):
+        bought.setdefault(str(user), []).append((pd.Timestamp(day), str(item)))
+    visits = [
+        Visit(
+            user_id=str(user),
+            day=f"{day:%Y-%m-%d}",
+            later=frozenset(item for when, item in bought[str(user)] if when >= day),
+        )
+        for user, day in first[["user_id", "day"]].itertuples(index=False)
+    ]
+    prices = {
+        str(item): str(Decimal(str(price)).quantize(Decimal("0.01")))
+        for item, price in purchases.items[["item_id", "price"]].itertuples(index=False)
+        if price == price and price > 0  # NaN: no price known
+    }
+    from training.data.formats import Purchases as _Purchases
+
+    return Replay(
+        train=_Purchases(frame=train, items=items, report=report),
+        visits=visits,
+        cutoff=split.cutoff,
+        end=split.end,
+        prices=prices,
+    )
+
+
+# --- the service over HTTP ------------------------------------------------------------------
+
+
+class ServiceError(RuntimeError):
+    """The service answered a call with an unexpected status (the message has its body)."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path} answered {status}: {body[:600]}")
+        self.status = status
+
+
+class Client:
+    """One keep-alive connection to the service, with the frontend and admin keys."""
+
+    def __init__(self, base_url: str, frontend_key: str = FRONTEND_KEY) -> None:
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.frontend_key = frontend_key
+        self.admin_key = ADMIN_KEY
+        self._conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def call(
+        self, method: str, path: str, body: object = None, *, key: str | None = None
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON body or text) of one request, reconnecting once if the
+        kept-alive connection was closed."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"X-API-Key": key or self.frontend_key}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            try:
+                self._conn.request(method, path, body=data, headers=headers)
+                response = self._conn.getresponse()
+                raw = response.read()
+                break
+            except (http.client.HTTPException, ConnectionError):
+                self._conn.close()
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                if attempt == 2:
+                    raise
+        try:
+            decoded: Any = json.loads(raw)
+        except ValueError:
+            decoded = raw.decode(errors="replace")
+        return response.status, decoded
+
+    def ok(
+        self, method: str, path: str, body: object = None, *, key: str | None = None
+    ) -> Any:
+        """The decoded body of a 2xx answer; ServiceError otherwise."""
+        status, decoded = self.call(method, path, body, key=key)
+        if not 200 <= status < 300:
+            raise ServiceError(method, path, status, json.dumps(decoded, default=str))
+        return decoded
+
+    def recommendations(self, user_id: str, limit: int = LIST_LENGTH) -> dict[str, Any]:
+        query = urlencode({"limit": limit, "exclude_purchased": "true"})
+        result: dict[str, Any] = self.ok("GET", f"/v1/users/{user_id}/recommendations?{query}")
+        return result
+
+    def post_events(self, events: Sequence[dict[str, Any]]) -> None:
+        for first in range(0, len(events), MAX_BATCH):
+            self.ok("POST", "/v1/events", {"events": list(events[first : first + MAX_BATCH])})
+
+    def start_experiment(
+        self, name: str, candidate_version: str, share: float = 0.5, **extra: Any
+    ) -> dict[str, Any]:
+        body = {"name": name, "candidate_version": candidate_version, "share": share, **extra}
+        result: dict[str, Any] = self.ok("POST", "/v1/experiments", body, key=self.admin_key)
+        return result
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.ok(
+            "GET", f"/v1/experiments/{experiment_id}", key=self.admin_key
+        )
+        return result
+
+    def online_metrics(self, by: str) -> Any:
+        return self.ok(
+            "GET", f"/v1/analytics/recommendations?{urlencode({'by': by})}", key=self.admin_key
+        )
+
+
+def service_env(model_root: Path, database_url: str) -> dict[str, str]:
+    """The server's settings: the model root, the database, the three keys."""
+    return {
+        "RECOFFER_MODEL_DIR": str(model_root),
+        "RECOFFER_DATABASE_URL": database_url,
+        "RECOFFER_FRONTEND_KEYS": FRONTEND_KEY,
+        "RECOFFER_ADMIN_KEYS": ADMIN_KEY,
+        "RECOFFER_MARKETING_KEYS": MARKETING_KEY,
+        "RECOFFER_LOG_LEVEL": "WARNING",
+    }
+
+
+@contextlib.contextmanager
+def live_service(model_root: Path, prefix: str = "simulator") -> Iterator[tuple[Client, str]]:
+    """A real server over ``model_root`` and a fresh SQLite database: a client to it and the
+    database's URL."""
+    with fresh_sqlite(prefix) as url, Server(service_env(model_root, url)) as server:
+        client = Client(server.url)
+        try:
+            yield client, url
+        finally:
+            client.close()
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class ArmTally:
+    """What the simulator showed and posted for one arm (or for no experiment)."""
+
+    visits: int = 0
+    impressions: int = 0
+    clicks: int = 0
+    purchases: int = 0
+    users: set[str] = field(default_factory=set)
+    versions: set[str] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "visits": self.visits,
+            "users": len(self.users),
+            "impressions": self.impressions,
+            "clicks": self.clicks,
+            "purchases": self.purchases,
+            "ctr": self.clicks / self.impressions if self.impressions else None,
+            "conversion": self.purchases / self.impressions if self.impressions else None,
+            "versions": sorted(self.versions),
+        }
+
+
+@dataclass
+class LoopResult:
+    """A run of visits: the tallies per arm, each shown list's click probabilities per arm
+    (for ``detection``), what the check saw, and the responses that carried no arm."""
+
+    arms: dict[str, ArmTally]
+    shown: dict[str, list[npt.NDArray[np.float64]]]
+    checks: list[dict[str, Any]]
+    visits: int
+    seconds: float
+    stopped_at: int | None = None  # the visit at which ``check`` asked to stop
+    # each visit's answer: user_id, model_version, recipe, experiment_id, arm
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+
+Check = Callable[[int], "dict[str, Any] | None"]
+
+
+def run_visits(
+    client: Client,
+    visits: Sequence[Visit],
+    clicks: ClickModel,
+    *,
+    seed: int,
+    prices: dict[str, str] | None = None,
+    batch_visits: int = 50,
+    check: Check | None = None,
+    check_every: int = 100,
+) -> LoopResult:
+    """Replay ``visits`` against the service behind ``client`` (see the module docstring).
+
+    Events are posted every ``batch_visits`` visits (the impressions and clicks, then the
+    purchases). ``check(visits_so_far)`` runs after every ``check_every`` visits, once the
+    events are posted; what it returns is kept, and a result with ``"stop": True`` ends the
+    run there.
+    """
+    rng = np.random.default_rng(seed)
+    prices = prices or {}
+    arms: dict[str, ArmTally] = {}
+    shown: dict[str, list[npt.NDArray[np.float64]]] = {}
+    checks: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
+    feedback: list[dict[str, Any]] = []
+    purchases: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    done = 0
+    stopped_at: int | None = None
+
+    def flush() -> None:
+        client.post_events(feedback)
+        client.post_events(purchases)
+        feedback.clear()
+        purchases.clear()
+
+    for n, visit in enumerate(visits, start=1):
+        answer = client.recommendations(visit.user_id)
+        answers.append(
+            {"user_id": visit.user_id}
+            | {k: answer.get(k) for k in ("model_version", "recipe", "experiment_id", "arm")}
+        )
+        arm = str(answer.get("arm") or "none")
+        tally = arms.setdefault(arm, ArmTally())
+        tally.visits += 1
+        tally.users.add(visit.user_id)
+        tally.versions.add(str(answer.get("model_version")))
+        items = [str(i["item_id"]) for i in answer["items"]]
+        request_id = str(answer["request_id"])
+        probabilities = clicks.click_probabilities([i in visit.later for i in items])
+        shown.setdefault(arm, []).append(probabilities)
+        clicked = rng.random(len(items)) < probabilities
+        bought = rng.random(len(items)) < clicks.r
+        for position, item in enumerate(items):
+            common = {"user_id": visit.user_id, "item_id": item, "request_id": request_id}
+            feedback.append(
+                {"type": "impression", **common, "placement": PLACEMENT, "position": position}
+            )
+            if not clicked[position]:
+                continue
+            feedback.append({"type": "click", **common, "placement": PLACEMENT})
+            tally.clicks += 1
+            if item in visit.later and bought[position]:
+                purchases.append(_purchase(visit.user_id, item, prices, f"sim{seed}-{n}"))
+                tally.purchases += 1
+        tally.impressions += len(items)
+        done = n
+        if n % batch_visits == 0 or len(feedback) > MAX_BATCH - 2 * LIST_LENGTH:
+            flush()
+        if check is not None and n % check_every == 0:
+            flush()
+            seen = check(n)
+            if seen is not None:
+                checks.append({"visits": n, **seen})
+                if seen.get("stop"):
+                    stopped_at = n
+                    break
+    flush()
+    seconds = time.perf_counter() - started
+    return LoopResult(arms, shown, checks, done, seconds, stopped_at, answers)
+
+
+def _purchase(user_id: str, item_id: str, prices: dict[str, str], order: str) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "purchase",
+        "user_id": user_id,
+        "item_id": item_id,
+        "order_id": order,
+        "quantity": 1,
+    }
+    price = prices.get(item_id)
+    if price is not None:
+        event |= {"price": price, "currency": "GBP"}
+    return event
+
+
+# --- experiments ----------------------------------------------------------------------------
+
+
+def arms_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-arm results of ``GET /v1/experiments/{id}``: {"control": {...}, ...}."""
+    arms = doc.get("arms") or doc.get("results", {}).get("arms") or {}
+    if isinstance(arms, list):
+        return {str(a.get("arm") or a.get("name")): a for a in arms}
+    return {str(k): v for k, v in arms.items()}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, dict):
+        value = value.get("estimate", value.get("value"))
+    return None if value is None else float(value)
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    """``{"low", "high"}`` (or ``[low, high]``) as a pair; None when absent."""
+    if isinstance(value, dict) and value.get("low") is not None and value.get("high") is not None:
+        return float(value["low"]), float(value["high"])
+    if isinstance(value, list | tuple) and len(value) == 2 and None not in value:
+        return float(value[0]), float(value[1])
+    return None
+
+
+def difference_of(doc: dict[str, Any], metric: str = "ctr") -> dict[str, Any] | None:
+    """The candidate-minus-control difference of ``metric`` with its interval, as the
+    experiment's document gives it."""
+    for holder in (doc.get("difference"), doc.get("results", {}).get("difference")):
+        if isinstance(holder, dict) and metric in holder:
+            return dict(holder[metric]) if isinstance(holder[metric], dict) else None
+    diff = doc.get(f"{metric}_difference")
+    return dict(diff) if isinstance(diff, dict) else None
+
+
+def summary_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The figures of an experiment's document the simulator reports at each check."""
+    out: dict[str, Any] = {"status": doc.get("status"), "guard": doc.get("guard")}
+    for arm, figures in arms_of(doc).items():
+        out[arm] = {
+            k: figures.get(k)
+            for k in ("impressions", "users", "clicks", "purchases", "ctr", "conversion")
+            if k in figures
+        }
+    for metric in ("ctr", "conversion"):
+        diff = difference_of(doc, metric)
+        if diff is not None:
+            out[f"{metric}_difference"] = diff
+    if "sample_ratio" in doc:
+        out["sample_ratio"] = doc["sample_ratio"]
+    return out
+
+
+def excludes_zero(diff: dict[str, Any] | None) -> int:
+    """+1 when the interval is above 0, -1 when below, 0 when it holds 0 (or is absent)."""
+    if diff is None:
+        return 0
+    pair = _interval(diff.get("interval", diff))
+    if pair is None:
+        return 0
+    return 1 if pair[0] > 0 else -1 if pair[1] < 0 else 0
+
+
+def is_running(doc: dict[str, Any]) -> bool:
+    return str(doc.get("status", "running")) == "running"
+
+
+def wait_for_experiment(
+    client: Client, users: Sequence[str], experiment_id: str, seconds: float = 30.0
+) -> None:
+    """Until the service serves the experiment (a worker may pick it up a moment later)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        for user in users[:20]:
+            if client.recommendations(user).get("experiment_id") == experiment_id:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"experiment {experiment_id} not served after {seconds:g} s")
+        time.sleep(0.5)
+
+
+def ab_test(
+    model_root: Path,
+    replay: Replay,
+    control: str,
+    candidate: str,
+    clicks: ClickModel,
+    *,
+    seed: int,
+    passes: int = 1,
+    check_every: int = 100,
+    name: str = "simulator",
+) -> dict[str, Any]:
+    """One experiment on the live service: ``control`` current, ``candidate`` in the
+    experiment at share 0.5; the visits replayed ``passes`` times; the experiment's figures
+    every ``check_every`` visits, until the visits end or the experiment stops (the guard)."""
+    from service.artifact import ModelStore
+
+    ModelStore(model_root).promote(control)
+    visits = list(replay.visits) * passes
+    with live_service(model_root, prefix="simulator-ab") as (client, _):
+        started = client.start_experiment(name, candidate)
+        experiment_id = str(started["id"])
+        wait_for_experiment(client, [v.user_id for v in visits], experiment_id)
+        first_decided: dict[str, int | None] = {"ctr": None, "conversion": None}
+        guard_stopped: list[int] = []
+
+        def check(n: int) -> dict[str, Any]:
+            doc = client.experiment(experiment_id)
+            seen = summary_of(doc)
+            for metric in first_decided:
+                sign = excludes_zero(difference_of(doc, metric))
+                if sign and first_decided[metric] is None:
+                    first_decided[metric] = n * sign  # negative: candidate worse
+            if not is_running(doc) and not guard_stopped:
+                guard_stopped.append(n)
+            return {**seen, "stop": False}
+
+        loop = run_visits(
+            client, visits, clicks, seed=seed, prices=replay.prices, check=check,
+            check_every=check_every,
+        )
+        final = client.experiment(experiment_id)
+        by_version = client.online_metrics("model_version")
+        by_arm = client.online_metrics("experiment_id,arm")
+    return {
+        "experiment_id": experiment_id,
+        "control": control,
+        "candidate": candidate,
+        "visits": loop.visits,
+        "seconds": round(loop.seconds, 1),
+        "visits_per_second": round(loop.visits / loop.seconds, 1) if loop.seconds else None,
+        "posted": {arm: t.to_dict() for arm, t in loop.arms.items()},
+        "ctr_decided_at_visits": first_decided["ctr"],
+        "conversion_decided_at_visits": first_decided["conversion"],
+        "guard_stopped_at_visits": guard_stopped[0] if guard_stopped else None,
+        "checks": loop.checks,
+        "final": final,
+        "online_by_version": by_version,
+        "online_by_arm": by_arm,
+        "_shown": loop.shown,
+    }
+
+
+# --- visits needed to detect a difference --------------------------------------------------
+
+
+def textbook_visits(
+    base_ctr: float, lift: float, impressions_per_visit: float, power: float
+) -> dict[str, float]:
+    """The two-proportion sample size (two-sided 95 %, ``power``): impressions per arm, and
+    the visits (both arms together) that give them."""
+    z_beta = {0.5: 0.0, 0.8: Z80}[power]
+    p1, p2 = base_ctr, base_ctr * (1 + lift)
+    per_arm = (Z95 + z_beta) ** 2 * (p1 * (1 - p1) + p2 * (1 - p2)) / (p2 - p1) ** 2
+    return {"impressions_per_arm": per_arm, "visits": 2 * per_arm / impressions_per_visit}
+
+
+def detection(
+    lists: Sequence[npt.NDArray[np.float64]],
+    *,
+    lift: float = 0.10,
+    replications: int = 200,
+    seed: int = 1,
+    step: int = 50,
+    max_visits: int | None = None,
+) -> dict[str, Any]:
+    """Visits until a ``lift`` relative CTR difference is detected at 95 % confidence.
+
+    Each replication draws visits at random (with replacement) from ``lists`` (each shown
+    list's click probabilities), puts each in arm A or B with probability 0.5, multiplies B's
+    probabilities by ``1 + lift``, draws the clicks, and after every ``step`` visits computes
+    Newcombe's 95 % interval of B's CTR minus A's (``service.offers.stats.uplift``). Reported:
+    the visits at which it first excludes 0 (looking after every step, as a dashboard does;
+    median and spread, and how often it first excluded 0 on the wrong side), and the power at
+    a fixed number of visits (the share of replications whose interval at N excludes 0 above
+    0): the first N where it reaches 50 % and 80 %, to set beside the textbook formula.
+    """
+    probs = np.zeros((len(lists), max(len(p) for p in lists)))
+    lengths = np.zeros(len(lists))
+    for k, p in enumerate(lists):
+        probs[k, : len(p)] = p
+        lengths[k] = len(p)
+    base_ctr = float(probs.sum() / lengths.sum())
+    per_visit = float(lengths.mean())
+    book = {power: textbook_visits(base_ctr, lift, per_visit, power) for power in (0.5, 0.8)}
+    horizon = max_visits or int(math.ceil(book[0.8]["visits"] * 2.5 / step) * step)
+    checkpoints = np.arange(step, horizon + 1, step)
+    rng = np.random.default_rng(seed)
+    first: list[int | None] = []
+    wrong = 0
+    above = np.zeros(len(checkpoints))
+    for _ in range(replications):
+        pick = rng.integers(len(lists), size=horizon)
+        in_b = rng.random(horizon) < 0.5
+        p = probs[pick] * np.where(in_b, 1 + lift, 1.0)[:, None]
+        clicks = (rng.random(p.shape) < p).sum(axis=1)
+        imps = lengths[pick]
+        cum = {
+            "a_clicks": np.cumsum(np.where(in_b, 0, clicks))[checkpoints - 1],
+            "a_imps": np.cumsum(np.where(in_b, 0, imps))[checkpoints - 1],
+            "b_clicks": np.cumsum(np.where(in_b, clicks, 0))[checkpoints - 1],
+            "b_imps": np.cumsum(np.where(in_b, imps, 0))[checkpoints - 1],
+        }
+        crossed: int | None = None
+        for j, n in enumerate(checkpoints):
+            diff = uplift(
+                int(cum["b_clicks"][j]),
+                int(cum["b_imps"][j]),
+                int(cum["a_clicks"][j]),
+                int(cum["a_imps"][j]),
+            )
+            if diff is None:
+                continue
+            if diff.low > 0:
+                above[j] += 1
+            if crossed is None and (diff.low > 0 or diff.high < 0):
+                crossed = int(n)
+                wrong += diff.high < 0
+        first.append(crossed)
+    power = above / replications
+    found = sorted(n for n in first if n is not None)
+
+    def first_reaching(share: float) -> int | None:
+        hits = np.flatnonzero(power >= share)
+        return int(checkpoints[hits[0]]) if len(hits) else None
+
+    def quantile(q: float) -> int | None:
+        return found[min(len(found) - 1, int(q * len(found)))] if found else None
+
+    return {
+        "lift": lift,
+        "base_ctr": base_ctr,
+        "impressions_per_visit": per_visit,
+        "lists": len(lists),
+        "replications": replications,
+        "step": step,
+        "horizon": horizon,
+        "seed": seed,
+        "peeking": {
+            "detected": len(found),
+            "wrong_side": wrong,
+            "median": statistics.median(found) if found else None,
+            "p10": quantile(0.1),
+            "p25": quantile(0.25),
+            "p75": quantile(0.75),
+            "p90": quantile(0.9),
+        },
+        "fixed_horizon": {
+            "power_50_at": first_reaching(0.5),
+            "power_80_at": first_reaching(0.8),
+            "power_at": {int(n): round(float(s), 3) for n, s in zip(checkpoints, power, strict=True)
+                         if int(n) % 1000 == 0},
+        },
+        "textbook": {
+            "power_50": {k: round(v, 1) for k, v in book[0.5].items()},
+            "power_80": {k: round(v, 1) for k, v in book[0.8].items()},
+        },
+    }
+
+
+# --- training the two models ---------------------------------------------------------------
+
+# the deliberately worse model: ALS with 2 factors and one iteration, no EASE (see README)
+WORSE = {"factors": 2, "iterations": 1, "ease_max_items": 0}
+
+
+def train_pair(replay: Replay, model_root: Path, threads: int = 0) -> dict[str, dict[str, Any]]:
+    """Train the good model (the trainer's defaults) and the worse one (``WORSE``) on the
+    training window, both published in ``model_root``: {"good" | "worse": what they are}."""
+    from training.models import ModelParams
+    from training.pipeline import TrainConfig, run
+
+    out: dict[str, dict[str, Any]] = {}
+    for label, params in (
+        ("good", ModelParams(threads=threads)),
+        ("worse", ModelParams(threads=threads, **WORSE)),  # type: ignore[arg-type]
+    ):
+        result = run(TrainConfig(model_dir=model_root, params=params, force=True), replay.train)
+        out[label] = offline_figures(result.manifest.model_dump(mode="json", by_alias=True))
+        out[label]["params"] = {k: v for k, v in params.to_dict().items() if k in WORSE}
+    return out
+
+
+def offline_figures(manifest: dict[str, Any], protocol: str = "novel") -> dict[str, Any]:
+    """A version's served candidate under ``protocol`` and its test metrics (the trainer's)."""
+    served = manifest["served"][protocol]
+    test = manifest["metrics"]["test"][protocol][served]
+    return {
+        "version": manifest["version"],
+        "protocol": protocol,
+        "served": served,
+        "ndcg@10": test.get("ndcg@10"),
+        "recall@10": test.get("recall@10"),
+        "hit_rate@10": test.get("hit_rate@10"),
+    }
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def _strip(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if not k.startswith("_")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--passes", type=int, default=1, help="Replays of the test window.")
+    parser.add_argument("--check-every", type=int, default=100)
+    parser.add_argument("--replications", type=int, default=300)
+    parser.add_argument("--lift", type=float, default=0.10)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+
+    from training.data.formats import load_purchases
+
+    clicks = ClickModel()
+    replay = replay_window(load_purchases(args.data, "online-retail"))
+    root = WORK / "simulator-models"
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    models = train_pair(replay, root, args.threads)
+    good, worse = models["good"]["version"], models["worse"]["version"]
+    runs = {}
+    for label, control, candidate in (
+        ("worse_candidate", good, worse),
+        ("better_candidate", worse, good),
+    ):
+        runs[label] = ab_test(
+            root, replay, control, candidate, clicks, seed=args.seed, passes=args.passes,
+            check_every=args.check_every, name=f"simulator-{label}",
+        )
+        print(label, json.dumps(_strip(runs[label])["posted"]), flush=True)
+    # target 3: the lists the control arm showed (the good model's, in the first run)
+    shown = runs["worse_candidate"]["_shown"]
+    lists = shown.get("control") or next(iter(shown.values()))
+    target = detection(lists, lift=args.lift, replications=args.replications, seed=args.seed)
+    save(
+        "simulator",
+        this_command(),
+        {
+            "data": {
+                "cutoff": str(replay.cutoff),
+                "end": str(replay.end),
+                "visits": len(replay.visits),
+                "users": len({v.user_id for v in replay.visits}),
+                "training_rows": len(replay.train.frame),
+            },
+            "click_model": clicks.to_dict(),
+            "models": models,
+            "runs": {k: _strip(v) for k, v in runs.items()},
+            "detection": target,
+        },
+    )
+    print(json.dumps(target, indent=2))
+
+
+# --- docs/benchmarks.md ---------------------------------------------------------------------
+
+
+def render(doc: dict[str, Any]) -> list[str]:
+    """The section of docs/benchmarks.md."""
+    from benchmarks.report import _header
+
+    out = ["## Traffic simulator: an A/B test of two models on the live service", ""]
+    out += _header(doc)
+    d, c, m = doc["data"], doc["click_model"], doc["models"]
+    out += [
+        f"Online Retail's test window ({d['cutoff'][:10]} to {d['end'][:10]}, the trainer's "
+        f"split): {d['visits']:,} visits (a known user's purchase day) of {d['users']:,} users. "
+        f"Click model: examination {c['examination']}, then click p = {c['p']} (an item the "
+        f"user buys that day or later in the window), q = {c['q']} (any other); a clicked "
+        f"bought item is bought from the list with r = {c['r']}.",
+        "",
+        "| model | version | served (novel) | offline NDCG@10 | recall@10 |",
+        "|---|---|---|---:|---:|",
+    ]
+    for label in ("good", "worse"):
+        f = m[label]
+        out.append(
+            f"| {label} | `{f['version']}` | {f['served']} | {f['ndcg@10']:.4f} | "
+            f"{f['recall@10']:.4f} |"
+        )
+    out += ["", "| run | control | candidate | arm | visits | impressions | clicks | CTR | "
+            "purchases | purchases / impression |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for label, run in doc["runs"].items():
+        for arm, t in run["posted"].items():
+            out.append(
+                f"| {label} | {_short(run['control'])} | {_short(run['candidate'])} | {arm} | "
+                f"{t['visits']:,} | {t['impressions']:,} | {t['clicks']:,} | "
+                f"{_pct(t['ctr'])} | {t['purchases']:,} | {_pct(t['conversion'])} |"
+            )
+    out.append("")
+    for label, run in doc["runs"].items():
+        out.append(
+            f"- {label}: the CTR difference's 95 % interval excluded 0 after "
+            f"{_visits(run['ctr_decided_at_visits'])}, conversion's after "
+            f"{_visits(run['conversion_decided_at_visits'])}; the guard stopped the "
+            f"experiment after {_visits(run['guard_stopped_at_visits'])}."
+        )
+    t = doc["detection"]
+    pk, fx, bk = t["peeking"], t["fixed_horizon"], t["textbook"]
+    out += [
+        "",
+        f"**Target: visits to detect a {t['lift']:.0%} relative CTR difference at 95 % "
+        f"confidence.** Base CTR {_pct(t['base_ctr'])} ({t['impressions_per_visit']:.1f} "
+        f"impressions a visit, the good model's {t['lists']:,} lists above), "
+        f"{t['replications']} seeded replications, interval checked every {t['step']} visits:",
+        "",
+        f"- looking after every {t['step']} visits: first excluded 0 after a median of "
+        f"{_visits(pk['median'])} (p10 {_visits(pk['p10'])}, p90 {_visits(pk['p90'])}; "
+        f"{pk['detected']} of {t['replications']} within {t['horizon']:,} visits, "
+        f"{pk['wrong_side']} on the wrong side: peeking inflates false decisions);",
+        f"- at a fixed number of visits: 50 % power at {_visits(fx['power_50_at'])}, 80 % at "
+        f"{_visits(fx['power_80_at'])};",
+        f"- textbook two-proportion formula: {_visits(bk['power_50']['visits'])} (50 % power), "
+        f"{_visits(bk['power_80']['visits'])} (80 % power; "
+        f"{bk['power_80']['impressions_per_arm']:,.0f} impressions per arm).",
+        "",
+    ]
+    return out
+
+
+def _short(version: str) -> str:
+    return f"`{version[-4:]}`"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _visits(value: float | None) -> str:
+    if value is None:
+        return "never (within the run)"
+    if value < 0:
+        return f"{-value:,.0f} visits (candidate worse)"
+    return f"{value:,.0f} visits"
+
+
+if __name__ == "__main__":
+    main()
