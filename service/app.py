@@ -61,6 +61,8 @@ from service.offers.repository import OfferRepository
 from service.offers.repository.jobs import SweepJobRepository
 from service.offers.repository.store import CampaignRepository
 from service.offers.store import CampaignStore, file_campaign_ids
+from service.feedback.repository import FeedbackRepository
+from service.feedback.service import Feedback
 from service.privacy.repository import PrivacyRepository
 from service.privacy.service import Privacy
 from service.privacy.tombstones import Tombstones
@@ -104,6 +106,10 @@ def create_app(
         )
         tombstones = Tombstones()  # erased users: no personal answer (service.privacy)
         served = Recommendations(models, activity, clock, metrics, erased=tombstones)
+        # impressions, clicks and the lists credited with carts and purchases (issue 14)
+        feedback = Feedback.from_settings(
+            FeedbackRepository(repository), served.list_ids, clock, settings, metrics
+        )
         offer_repository = OfferRepository(repository)
         offer_engine = OfferEngine(
             campaign_set,
@@ -134,6 +140,7 @@ def create_app(
                 views=auto_offers,
                 erased=tombstones.is_erased,
                 segments=segment_refresher,
+                feedback=feedback,
             ),
             health=Health(models, metrics),
             offers=offer_engine,
@@ -167,6 +174,7 @@ def create_app(
             ),
             segments=user_segments,
             segment_refresher=segment_refresher,
+            feedback=feedback,
         )
         # every holder of the campaigns gets each new map the store installs
         state.campaign_store.on_change(background.campaigns_to(state))
@@ -199,6 +207,8 @@ def create_app(
             loops["recoffer-webhooks"] = sender.run()
         if settings.campaign_schedule_seconds > 0:  # the time-driven campaigns (issue 12)
             loops["recoffer-schedule"] = background.campaign_schedule_loop(state)
+        if feedback.retention is not None:  # old impressions, clicks, attributions (issue 14)
+            loops["recoffer-feedback-prune"] = background.feedback_prune_loop(state)
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield

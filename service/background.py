@@ -153,3 +153,21 @@ async def campaign_schedule_loop(state: AppState) -> None:
             await run_in_threadpool(schedule.tick)
         except Exception as exc:  # the next tick tries again
             log.warning("campaign_schedule_failed", extra={"error": str(exc).splitlines()[0]})
+
+
+# --- recommendation feedback (issue 14, item 4) -------------------------------------------
+
+
+async def feedback_prune_loop(state: AppState) -> None:
+    """Delete impressions, clicks and attributions past RECOFFER_FEEDBACK_RETENTION_DAYS,
+    every RECOFFER_FEEDBACK_PRUNE_SECONDS (every worker: the deletes are idempotent)."""
+    while True:
+        await asyncio.sleep(state.settings.feedback_prune_seconds)
+        if state.feedback is None or not state.health.database_ready:
+            continue
+        try:
+            deleted = await run_in_threadpool(state.feedback.prune)
+            if deleted:
+                log.info("feedback_pruned", extra={"rows": deleted})
+        except Exception as exc:  # the next round tries again
+            log.warning("feedback_prune_failed", extra={"error": str(exc).splitlines()[0]})

@@ -219,6 +219,27 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",  # every worker reads the same definitions
         )
+        # issue 14, items 1 and 2: recommendation feedback as it is stored (labels bounded:
+        # the four sources and "unknown"; add_to_cart and purchase; click and impression)
+        self.rec_impressions = Counter(
+            "recoffer_rec_impressions_total",
+            "Recommended items reported shown (impressions stored), by the position's source",
+            ["source"],
+            registry=r,
+        )
+        self.rec_clicks = Counter(
+            "recoffer_rec_clicks_total",
+            "Clicks on recommended items stored, by source (unknown: no impression of it)",
+            ["source"],
+            registry=r,
+        )
+        self.rec_attributed = Counter(
+            "recoffer_rec_attributed_total",
+            "Add-to-carts and purchases credited to a recommendation list, by kind and by what "
+            "they were credited through (click, impression)",
+            ["kind", "via"],
+            registry=r,
+        )
         if self.shared is None:  # this process alone: its own process and interpreter figures
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)

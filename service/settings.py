@@ -363,6 +363,32 @@ class Settings(BaseSettings):
         default_factory=SegmentSettings, description="Segment thresholds: RECOFFER_SEGMENT_*."
     )
 
+    # issue 14, items 1, 2 and 4: recommendation feedback (RECOFFER_ATTRIBUTION_*, ...)
+    attribution_click_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 90,
+        description="An add-to-cart or purchase is credited to the list the same user clicked "
+        "the same item from within this many hours before it (last touch).",
+    )
+    attribution_impression_hours: float = Field(
+        1.0,
+        ge=0,
+        le=24 * 90,
+        description="Failing a click: to the list that showed the item to the user within this "
+        "many hours before it (0: clicks only).",
+    )
+    feedback_retention_days: float = Field(
+        180.0,
+        ge=0,
+        le=3650,
+        description="Impressions, clicks and attributions are deleted once this many days old "
+        "(0: kept for ever).",
+    )
+    feedback_prune_seconds: float = Field(
+        3600.0, gt=0, description="How often each worker prunes the old feedback rows."
+    )
+
     @field_validator("metrics_keys", mode="before")
     @classmethod
     def _metrics_keys_comma_separated(cls, value: object) -> object:

@@ -10,6 +10,7 @@ from service.activity.ingest import Ingest
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
 from service.delivery.service import Webhooks
+from service.feedback.service import Feedback
 from service.health import Health
 from service.metrics import Metrics
 from service.offers.auto import AutoEvaluator
@@ -48,3 +49,4 @@ class AppState:
     segments: Segments  # RFM, lifecycle stage, loyalty type (issue 12, item 1)
     segment_refresher: SegmentRefresher
     webhooks: Webhooks | None = None  # the outbox, its log, the coupon export (issue 12, item 6)
+    feedback: Feedback | None = None  # impressions, clicks, attribution, figures (issue 14)

@@ -32,6 +32,8 @@ from service.activity.store import ActivityStore
 from service.clock import Clock
 from service.db import is_outage
 from service.errors import BatchTooLarge, InvalidInput, UserErased
+from service.feedback.repository import CREDITED_TYPES
+from service.feedback.service import FEEDBACK_TYPES, Feedback, FeedbackDraft
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,24 @@ class EventDraft:
     quantity: int | None = None
     price: Decimal | None = None
     currency: str | None = None
+    # issue 14: an impression's or a click's list (the recommendations' request_id) and place
+    request_id: str | None = None
+    placement: str | None = None
+    position: int | None = None
+
+
+def _feedback_draft(d: EventDraft, ts: datetime) -> FeedbackDraft:
+    assert d.request_id is not None and d.item_id is not None
+    return FeedbackDraft(
+        type=d.type,
+        user_id=d.user_id,
+        item_id=d.item_id,
+        list_id=d.request_id,
+        ts=ts,
+        placement=d.placement,
+        position=d.position,
+        client_event_id=d.client_event_id,
+    )
 
 
 def refuse_future(moment: datetime, now: datetime, field: str) -> None:
@@ -101,6 +121,7 @@ class Ingest:
         views: ViewListener | None = None,
         erased: Callable[[str], bool] | None = None,
         segments: EventListener | None = None,
+        feedback: Feedback | None = None,
     ) -> None:
         self.repository = repository
         self.activity = activity
@@ -112,6 +133,8 @@ class Ingest:
         # erased ids (service.privacy): their events are dropped, their user row refused
         self.erased = erased or (lambda _: False)
         self.segments = segments  # recomputes the users' segment rows in the background
+        # impressions and clicks, and the carts and purchases credited to lists (issue 14)
+        self.feedback = feedback
 
     async def add_events(self, drafts: Sequence[EventDraft], *, batch: bool) -> IngestResult:
         """Store ``drafts`` in one transaction (a repeated ``client_event_id`` is skipped).
@@ -123,12 +146,19 @@ class Ingest:
             raise BatchTooLarge(f"at most {self.max_batch} events per request")
         now = self.clock()
         events = []
+        shown: list[tuple[int, FeedbackDraft]] = []
         for index, d in enumerate(drafts):
             ts = d.ts or now
             prefix = f"events.{index}." if batch else ""
             refuse_future(ts, now, f"{prefix}timestamp")
             if d.price is not None and d.currency is None:
                 raise InvalidInput(f"{prefix}currency", "a price needs its currency")
+            if d.type in FEEDBACK_TYPES:
+                if self.feedback is None or d.request_id is None or d.item_id is None:
+                    raise InvalidInput(f"{prefix}type", f"{d.type} events are not taken here")
+                if not self.erased(d.user_id):
+                    shown.append((index, _feedback_draft(d, ts)))
+                continue
             if self.erased(d.user_id):
                 continue  # not stored, not counted as accepted
             events.append(
@@ -144,11 +174,23 @@ class Ingest:
                     currency=d.currency,
                 )
             )
+        write = None
+        credited = any(e.type in CREDITED_TYPES for e in events)
+        if self.feedback is not None and (shown or credited):  # list ids checked before writing
+            write = self.feedback.writer(self.feedback.check(shown, batch=batch))
         try:
-            result = await run_in_threadpool(self.repository.add_events, events)
+            result = await run_in_threadpool(self.repository.add_events, events, write)
         except Exception as exc:  # counted for the alerts, then answered as before (503, 422)
-            self.metrics.event_write_failures.labels(write_failure(exc)).inc(len(events))
+            self.metrics.event_write_failures.labels(write_failure(exc)).inc(
+                len(events) + len(shown)
+            )
             raise
+        if write is not None and self.feedback is not None:
+            self.feedback.count(write.written)
+            fed = len(write.written.impressions) + len(write.written.clicks)
+            result = IngestResult(
+                result.accepted + fed, result.duplicates + write.written.duplicates, result.stored
+            )
         self.activity.add(result.stored, from_tail=False)  # this worker sees its own writes now
         for stored in result.stored:
             self.metrics.events.labels(stored.type).inc()

@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -149,23 +149,35 @@ class Repository:
 
     # --- events ---------------------------------------------------------------------------
 
-    def add_events(self, batch: Sequence[NewEvent]) -> IngestResult:
+    def add_events(
+        self,
+        batch: Sequence[NewEvent],
+        also: Callable[[Connection, list[StoredEvent]], None] | None = None,
+    ) -> IngestResult:
         """Store a batch in one transaction; a repeated ``client_event_id`` is skipped.
 
         Users first seen here are registered (first_seen_at = their earliest event; a
-        ``sign_up`` event sets signed_up_at when it is not known yet).
+        ``sign_up`` event sets signed_up_at when it is not known yet). ``also`` runs in the
+        same transaction, after the events, with those stored (the feedback rows and the
+        attributions of issue 14, ``service.feedback``), even for an empty batch.
         """
-        if not batch:
+        if not batch and also is None:
             return IngestResult(0, 0, [])
-        user_stmt, user_rows, event_rows = self._event_rows(batch)
-        event_stmt = (
-            self.insert(events)
-            .on_conflict_do_nothing(index_elements=[events.c.client_event_id])
-            .returning(events.c.id, events.c.user_id, events.c.item_id, events.c.type, events.c.ts)
-        )
+        stored: list[StoredEvent] = []
         with self.writing() as conn:
-            conn.execute(user_stmt, user_rows)
-            stored = [StoredEvent(*row) for row in conn.execute(event_stmt, event_rows)]
+            if batch:
+                user_stmt, user_rows, event_rows = self._event_rows(batch)
+                event_stmt = (
+                    self.insert(events)
+                    .on_conflict_do_nothing(index_elements=[events.c.client_event_id])
+                    .returning(
+                        events.c.id, events.c.user_id, events.c.item_id, events.c.type, events.c.ts
+                    )
+                )
+                conn.execute(user_stmt, user_rows)
+                stored = [StoredEvent(*row) for row in conn.execute(event_stmt, event_rows)]
+            if also is not None:
+                also(conn, stored)
         return IngestResult(len(stored), len(batch) - len(stored), stored)
 
     def _event_rows(

@@ -45,7 +45,19 @@ def _utc(value: datetime) -> datetime:
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 AttributeValue = Text | int | float | bool | None
-EventType = Literal["view", "add_to_cart", "purchase", "sign_up"]
+EventType = Literal["view", "add_to_cart", "purchase", "sign_up", "impression", "click"]
+# issue 14: the feedback events, stored in rec_impressions / rec_clicks (service.feedback)
+FEEDBACK_EVENTS = ("impression", "click")
+Placement = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9_-]{1,32}$"),
+    Field(description="Where the list was shown: home, product, cart, ...", examples=["home"]),
+]
+ListId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=512),
+    Field(description="The recommendations response's request_id, unchanged."),
+]
 
 
 # on every response that carries a coupon code: no browser, proxy or CDN keeps a copy
@@ -128,6 +140,27 @@ class EventIn(Strict):
         validate_default=True,
     )
 
+    # issue 14, item 1: what an impression or a click says (those two types only)
+    request_id: ListId | None = Field(
+        None,
+        description="Impression and click only (required): the request_id of the "
+        "recommendations response that showed the item.",
+        validate_default=True,
+    )
+    placement: Placement | None = Field(
+        None,
+        description="Impression (required) and click (optional): where the list was shown.",
+        validate_default=True,
+    )
+    position: int | None = Field(
+        None,
+        ge=0,
+        le=999,
+        strict=True,
+        description="Impression only (required): the item's 0-based place in the list.",
+        validate_default=True,
+    )
+
     @field_validator("item_id")
     @classmethod
     def _item_needed(cls, item_id: str | None, info: ValidationInfo) -> str | None:
@@ -152,6 +185,30 @@ class EventIn(Strict):
         return currency
 
 
+    @field_validator("request_id", "position")
+    @classmethod
+    def _feedback_needs(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("type")
+        if kind is None:
+            return value
+        needed = kind in FEEDBACK_EVENTS if info.field_name == "request_id" else kind == "impression"
+        if needed and value is None:
+            raise ValueError(f"{info.field_name} is required for {kind} events")
+        if not needed and value is not None:
+            raise ValueError(f"{info.field_name} is not for {kind} events")
+        return value
+
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, placement: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type")
+        if kind == "impression" and placement is None:
+            raise ValueError("placement is required for impression events")
+        if kind is not None and kind not in FEEDBACK_EVENTS and placement is not None:
+            raise ValueError(f"placement is not for {kind} events")
+        return placement
+
+
 class EventBatch(Strict):
     events: list[EventIn] = Field(min_length=1, max_length=1000)
 
@@ -169,7 +226,10 @@ EventsBody = Annotated[
 
 class IngestOut(BaseModel):
     accepted: int = Field(description="Events stored now.")
-    duplicates: int = Field(description="Events skipped: their client_event_id was seen before.")
+    duplicates: int = Field(
+        description="Events skipped: their client_event_id was seen before (an impression or "
+        "click: also the same request_id and item_id)."
+    )
 
 
 ItemAttributes = dict[Annotated[Text, StringConstraints(max_length=64)], AttributeValue]

@@ -41,6 +41,13 @@ POLICIES: dict[str, Policy] = {
         why="webhook payloads name the user (and hold the code): delivered or not, they go, "
         "and nothing more is sent about the user; the delivery log keeps no personal data",
     ),
+    # issue 14: what lists were shown to the user, clicked, and credited with carts and
+    # purchases; the online figures lose the user's rows (as the events go too)
+    "rec_impressions": Policy("delete", why="recommended items shown to the user"),
+    "rec_clicks": Policy("delete", why="recommended items the user clicked"),
+    "rec_attributions": Policy(
+        "delete", why="the user's carts and purchases credited to a recommendation list"
+    ),
 }
 
 

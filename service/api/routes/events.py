@@ -21,6 +21,26 @@ EXAMPLES = {
             "client_event_id": "web-7f3a",
         }
     },
+    "impressions of a list": {
+        "value": {
+            "events": [
+                {
+                    "user_id": "u123",
+                    "type": "impression",
+                    "item_id": "85123A",
+                    "request_id": "<the recommendations response's request_id>",
+                    "placement": "home",
+                    "position": 0,
+                },
+                {
+                    "user_id": "u123",
+                    "type": "click",
+                    "item_id": "85123A",
+                    "request_id": "<the recommendations response's request_id>",
+                },
+            ]
+        }
+    },
     "a batch": {
         "value": {
             "events": [
@@ -60,6 +80,9 @@ async def post_events(
             quantity=e.quantity,
             price=e.price,
             currency=e.currency,
+            request_id=e.request_id,
+            placement=e.placement,
+            position=e.position,
         )
         for e in incoming
     ]
