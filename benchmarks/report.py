@@ -420,6 +420,7 @@ def main() -> None:
         segments_online_retail,
         serving_memory,
         signals,
+        simulator,
         sweep,
         targeting,
         webhooks,
@@ -450,6 +451,7 @@ def main() -> None:
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
         ("clv", clv.render),  # issue 13, item 1
         ("loyalty", loyalty.render),  # issue 13, item 1
+        ("simulator", simulator.render),  # issue 14, item 5
     ):
         doc = _load(name)
         if doc is not None:

@@ -27,6 +27,7 @@ STEPS = (
     ["benchmarks.segments_online_retail"],
     ["benchmarks.clv"],  # issue 13, item 1: predicted lifetime value
     ["benchmarks.loyalty"],  # issue 13, item 1
+    ["benchmarks.simulator"],  # issue 14, item 5
 )
 
 

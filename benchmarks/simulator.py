@@ -49,7 +49,7 @@ from urllib.parse import urlencode, urlsplit
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.common import RESULTS, ROOT, WORK, save, this_command
+from benchmarks.common import ROOT, WORK, save, this_command
 from benchmarks.harness import FRONTEND_KEY, Server, fresh_sqlite
 from service.offers.stats import uplift
 
@@ -235,9 +235,7 @@ class Client:
             decoded = raw.decode(errors="replace")
         return response.status, decoded
 
-    def ok(
-        self, method: str, path: str, body: object = None, *, key: str | None = None
-    ) -> Any:
+    def ok(self, method: str, path: str, body: object = None, *, key: str | None = None) -> Any:
         """The decoded body of a 2xx answer; ServiceError otherwise."""
         status, decoded = self.call(method, path, body, key=key)
         if not 200 <= status < 300:
@@ -351,15 +349,18 @@ def run_visits(
     batch_visits: int = 50,
     check: Check | None = None,
     check_every: int = 100,
+    boost: dict[str, float] | None = None,
 ) -> LoopResult:
     """Replay ``visits`` against the service behind ``client`` (see the module docstring).
 
     Events are posted every ``batch_visits`` visits (the impressions and clicks, then the
     purchases). ``check(visits_so_far)`` runs after every ``check_every`` visits, once the
     events are posted; what it returns is kept, and a result with ``"stop": True`` ends the
-    run there.
+    run there. ``boost`` multiplies the click probabilities of an arm (the A/A test with a
+    known lift of ``detection``'s live check).
     """
     rng = np.random.default_rng(seed)
+    boost = boost or {}
     prices = prices or {}
     arms: dict[str, ArmTally] = {}
     shown: dict[str, list[npt.NDArray[np.float64]]] = {}
@@ -391,6 +392,7 @@ def run_visits(
         items = [str(i["item_id"]) for i in answer["items"]]
         request_id = str(answer["request_id"])
         probabilities = clicks.click_probabilities([i in visit.later for i in items])
+        probabilities = np.minimum(1.0, probabilities * boost.get(arm, 1.0))
         shown.setdefault(arm, []).append(probabilities)
         clicked = rng.random(len(items)) < probabilities
         bought = rng.random(len(items)) < clicks.r
@@ -557,7 +559,12 @@ def ab_test(
             return {**seen, "stop": False}
 
         loop = run_visits(
-            client, visits, clicks, seed=seed, prices=replay.prices, check=check,
+            client,
+            visits,
+            clicks,
+            seed=seed,
+            prices=replay.prices,
+            check=check,
             check_every=check_every,
         )
         final = client.experiment(experiment_id)
@@ -689,12 +696,82 @@ def detection(
         "fixed_horizon": {
             "power_50_at": first_reaching(0.5),
             "power_80_at": first_reaching(0.8),
-            "power_at": {int(n): round(float(s), 3) for n, s in zip(checkpoints, power, strict=True)
-                         if int(n) % 1000 == 0},
+            "power_at": {
+                int(n): round(float(s), 3)
+                for n, s in zip(checkpoints, power, strict=True)
+                if int(n) % 1000 == 0
+            },
         },
         "textbook": {
             "power_50": {k: round(v, 1) for k, v in book[0.5].items()},
             "power_80": {k: round(v, 1) for k, v in book[0.8].items()},
+        },
+    }
+
+
+def live_detection(
+    model_root: Path,
+    replay: Replay,
+    version: str,
+    clicks: ClickModel,
+    *,
+    lift: float = 0.10,
+    replications: int = 5,
+    horizon: int = 20_000,
+    step: int = 250,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """``detection``'s question asked of the live service: ``replications`` experiments whose
+    two arms serve ``version``, the candidate's click probabilities ``1 + lift`` times the
+    control's, ``horizon`` visits drawn at random from the test window each; the experiment's
+    own CTR interval (``GET /v1/experiments/{id}``) read every ``step`` visits. No purchases
+    are posted (``r`` = 0), so that the users' histories, and so their lists, stay those of
+    the test window from one replication to the next."""
+    from service.artifact import ModelStore
+
+    ModelStore(model_root).promote(version)
+    rng = np.random.default_rng(seed)
+    no_purchases = dataclasses.replace(clicks, r=0.0)
+    first: list[int | None] = []
+    signs: list[list[int]] = []
+    with live_service(model_root, prefix="simulator-lift") as (client, _):
+        for k in range(replications):
+            started = client.start_experiment(f"simulator-lift-{k}", version)
+            experiment_id = str(started["id"])
+            wait_for_experiment(client, [v.user_id for v in replay.visits], experiment_id)
+            visits = [replay.visits[int(i)] for i in rng.integers(len(replay.visits), size=horizon)]
+            seen: list[int] = []
+
+            def check(n: int, experiment_id: str = experiment_id, seen: list[int] = seen) -> None:
+                seen.append(excludes_zero(difference_of(client.experiment(experiment_id), "ctr")))
+
+            run_visits(
+                client,
+                visits,
+                no_purchases,
+                seed=seed + k,
+                check=check,
+                check_every=step,
+                boost={"candidate": 1 + lift},
+            )
+            client.ok("POST", f"/v1/experiments/{experiment_id}/stop", {}, key=client.admin_key)
+            crossed = next((j for j, s in enumerate(seen) if s), None)
+            first.append(None if crossed is None else (crossed + 1) * step * seen[crossed])
+            signs.append(seen)
+    checkpoints = [(j + 1) * step for j in range(horizon // step)]
+    above = [
+        sum(1 for s in signs if j < len(s) and s[j] > 0) / replications
+        for j in range(len(checkpoints))
+    ]
+    return {
+        "lift": lift,
+        "replications": replications,
+        "horizon": horizon,
+        "step": step,
+        "seed": seed,
+        "first_excluded_at": first,  # negative: on the wrong side
+        "power_at": {
+            n: round(a, 3) for n, a in zip(checkpoints, above, strict=True) if n % 2000 == 0
         },
     }
 
@@ -770,8 +847,15 @@ def main() -> None:
         ("better_candidate", worse, good),
     ):
         runs[label] = ab_test(
-            root, replay, control, candidate, clicks, seed=args.seed, passes=args.passes,
-            check_every=args.check_every, name=f"simulator-{label}",
+            root,
+            replay,
+            control,
+            candidate,
+            clicks,
+            seed=args.seed,
+            passes=args.passes,
+            check_every=args.check_every,
+            name=f"simulator-{label}",
         )
         print(label, json.dumps(_strip(runs[label])["posted"]), flush=True)
     # target 3: the lists the control arm showed (the good model's, in the first run)
@@ -824,8 +908,12 @@ def render(doc: dict[str, Any]) -> list[str]:
             f"| {label} | `{f['version']}` | {f['served']} | {f['ndcg@10']:.4f} | "
             f"{f['recall@10']:.4f} |"
         )
-    out += ["", "| run | control | candidate | arm | visits | impressions | clicks | CTR | "
-            "purchases | purchases / impression |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    out += [
+        "",
+        "| run | control | candidate | arm | visits | impressions | clicks | CTR | "
+        "purchases | purchases / impression |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, run in doc["runs"].items():
         for arm, t in run["posted"].items():
             out.append(

@@ -101,9 +101,12 @@ def test_detection_needs_more_visits_for_a_smaller_lift() -> None:
     assert book / 1.5 < big["fixed_horizon"]["power_80_at"] < book * 1.5
 
 
-def _loop(two_versions: tuple[Path, str, str], replay: Replay) -> tuple[LoopResult, dict[str, Any], str]:
-    from service.tables import rec_attributions, rec_clicks, rec_impressions
+def _loop(
+    two_versions: tuple[Path, str, str], replay: Replay
+) -> tuple[LoopResult, dict[str, Any], str]:
     from sqlalchemy import create_engine
+
+    from service.tables import rec_attributions, rec_clicks, rec_impressions
 
     root, good, worse = two_versions
     ModelStore(root).promote(good)
@@ -164,7 +167,8 @@ def test_impressions_clicks_and_attributed_purchases_land(
         key: sum(getattr(t, key) for t in result.arms.values())
         for key in ("impressions", "clicks", "purchases")
     }
-    assert posted["clicks"] > 0 and posted["purchases"] > 0
+    assert posted["clicks"] > 0
+    assert posted["purchases"] > 0
     assert seen["stored"] == {
         "impressions": posted["impressions"],
         "clicks": posted["clicks"],
@@ -172,7 +176,9 @@ def test_impressions_clicks_and_attributed_purchases_land(
     }
 
 
-def test_the_experiments_figures_are_what_was_posted(loop: tuple[LoopResult, dict[str, Any], str]) -> None:
+def test_the_experiments_figures_are_what_was_posted(
+    loop: tuple[LoopResult, dict[str, Any], str],
+) -> None:
     result, seen, _ = loop
     arms = arms_of(seen["experiment"])
     assert set(arms) == {"control", "candidate"}
