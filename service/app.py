@@ -40,6 +40,7 @@ from service.api.routes import (
     users,
     webhooks,
 )
+from service.api.routes import feedback as feedback_routes
 from service.clock import utc_now
 from service.console import add_console
 from service.db import make_engine
@@ -252,6 +253,7 @@ def create_app(
         manage.router,  # campaigns managed at run time (issue 12, item 5)
         segments.router,
         analytics.router,  # loyalty analytics (issue 13, item 1)
+        feedback_routes.router,  # online metrics of recommendations (issue 14)
         model.router,
         health.router,
         webhooks.router,

@@ -25,6 +25,7 @@ from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
 from service.recommend.versions import ModelVersions
 from service.segments.service import Segments
+from service.feedback.service import Feedback
 from service.settings import Role, is_loopback
 from service.state import AppState
 
@@ -215,3 +216,15 @@ def _model_versions(state: AppState) -> ModelVersions:
 
 # model versions, training runs and rollback for ops (issue 13, item 2)
 ModelVersionsDep = Annotated[ModelVersions, Depends(require_part(_model_versions, "admin"))]
+
+
+# --- recommendation feedback (issue 14) ----------------------------------------------------
+
+
+def _feedback(state: AppState) -> Feedback:
+    if state.feedback is None:
+        raise RuntimeError("the feedback component is built by the app's lifespan")
+    return state.feedback
+
+
+FeedbackDep = Annotated[Feedback, Depends(require_part(_feedback, "marketing"))]

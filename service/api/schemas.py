@@ -1021,3 +1021,37 @@ class PredictedValueOut(CustomerValueOut):
     horizon_days: int
     as_of: datetime
     fitted_at: datetime
+
+
+# --- online metrics of recommendations (issue 14, item 2) ---------------------------------
+
+
+class RevenueRateOut(BaseModel):
+    currency: str
+    revenue: Decimal = Field(description="Attributed purchases' price x quantity, exact.")
+    per_1000_impressions: MoneyIntervalOut = Field(
+        description="Revenue per 1,000 impressions: exact estimate, normal-approximation 95 % "
+        "interval."
+    )
+
+
+class RecommendationFiguresOut(BaseModel):
+    """One group's figures; every rate is per impression (service/feedback/figures.py)."""
+
+    group: dict[str, str | None] = Field(description="The value of each dimension of `by`.")
+    impressions: int
+    users: int = Field(description="Distinct users shown something.")
+    clicks: int = Field(description="Impressions clicked.")
+    add_to_carts: int = Field(description="Impressions with an attributed add-to-cart.")
+    purchases: int = Field(description="Impressions with an attributed purchase.")
+    ctr: IntervalOut | None = Field(description="clicks / impressions, Wilson 95 % interval.")
+    add_to_cart_rate: IntervalOut | None
+    conversion: IntervalOut | None = Field(description="purchases / impressions.")
+    revenue: list[RevenueRateOut] = Field(description="Per currency.")
+
+
+class RecommendationMetricsOut(BaseModel):
+    by: list[str]
+    since: datetime | None
+    until: datetime | None
+    groups: list[RecommendationFiguresOut]

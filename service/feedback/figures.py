@@ -83,6 +83,7 @@ def tally(
     per_impression = (
         select(
             *dims,
+            imp.c.id.label("impression"),
             att.c.kind.label("kind"),
             att.c.currency.label("currency"),
             func.sum(units).label("units"),
@@ -102,13 +103,21 @@ def tally(
         func.sum(per_impression.c.units),
         func.sum(as_float * as_float),
     ).group_by(*outer_dims, per_impression.c.kind, per_impression.c.currency)
+    # an impression counts once per kind, whatever the currencies of its purchases
+    converting = select(
+        *outer_dims, per_impression.c.kind, func.count(per_impression.c.impression.distinct())
+    ).group_by(*outer_dims, per_impression.c.kind)
+    for row in conn.execute(converting):
+        found = group(row)
+        kind, count = row[len(dims) :]
+        if kind == "add_to_cart":
+            found.carts = int(count)
+        elif kind == "purchase":
+            found.purchases = int(count)
     for row in conn.execute(converted):
         found = group(row)
-        kind, currency, count, total, squares = row[len(dims) :]
-        if kind == "add_to_cart":
-            found.carts += int(count)
-        elif kind == "purchase":
-            found.purchases += int(count)
+        kind, currency, _, total, squares = row[len(dims) :]
+        if kind == "purchase":
             if currency is not None and total is not None:
                 found.revenue[currency] = found.revenue.get(currency, Decimal(0)) + from_units(
                     int(total)
