@@ -323,8 +323,8 @@ class ArmTally:
 
 @dataclass
 class LoopResult:
-    """A run of visits: the tallies per arm, each shown list's click probabilities per arm
-    (for ``detection``), what the check saw, and the responses that carried no arm."""
+    """A run of visits: the tallies per arm, each shown list's click probabilities per model
+    version (for ``detection``), what the check saw, and each visit's answer."""
 
     arms: dict[str, ArmTally]
     shown: dict[str, list[npt.NDArray[np.float64]]]
@@ -393,7 +393,7 @@ def run_visits(
         request_id = str(answer["request_id"])
         probabilities = clicks.click_probabilities([i in visit.later for i in items])
         probabilities = np.minimum(1.0, probabilities * boost.get(arm, 1.0))
-        shown.setdefault(arm, []).append(probabilities)
+        shown.setdefault(str(answer.get("model_version")), []).append(probabilities)
         clicked = rng.random(len(items)) < probabilities
         bought = rng.random(len(items)) < clicks.r
         for position, item in enumerate(items):
@@ -442,54 +442,38 @@ def _purchase(user_id: str, item_id: str, prices: dict[str, str], order: str) ->
 # --- experiments ----------------------------------------------------------------------------
 
 
+def _results(doc: dict[str, Any]) -> dict[str, Any]:
+    results = doc.get("results")
+    return results if isinstance(results, dict) else {}
+
+
 def arms_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The per-arm results of ``GET /v1/experiments/{id}``: {"control": {...}, ...}."""
-    arms = doc.get("arms") or doc.get("results", {}).get("arms") or {}
-    if isinstance(arms, list):
-        return {str(a.get("arm") or a.get("name")): a for a in arms}
+    arms = _results(doc).get("arms") or {}
     return {str(k): v for k, v in arms.items()}
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, dict):
-        value = value.get("estimate", value.get("value"))
-    return None if value is None else float(value)
-
-
-def _interval(value: Any) -> tuple[float, float] | None:
-    """``{"low", "high"}`` (or ``[low, high]``) as a pair; None when absent."""
-    if isinstance(value, dict) and value.get("low") is not None and value.get("high") is not None:
-        return float(value["low"]), float(value["high"])
-    if isinstance(value, list | tuple) and len(value) == 2 and None not in value:
-        return float(value[0]), float(value[1])
-    return None
-
-
 def difference_of(doc: dict[str, Any], metric: str = "ctr") -> dict[str, Any] | None:
-    """The candidate-minus-control difference of ``metric`` with its interval, as the
-    experiment's document gives it."""
-    for holder in (doc.get("difference"), doc.get("results", {}).get("difference")):
-        if isinstance(holder, dict) and metric in holder:
-            return dict(holder[metric]) if isinstance(holder[metric], dict) else None
-    diff = doc.get(f"{metric}_difference")
+    """The candidate-minus-control difference of ``metric`` (``ctr``, ``conversion``) with its
+    interval (``estimate``, ``low``, ``high``), None while an arm has nothing."""
+    holder = _results(doc).get(metric)
+    diff = holder.get("difference") if isinstance(holder, dict) else None
     return dict(diff) if isinstance(diff, dict) else None
 
 
 def summary_of(doc: dict[str, Any]) -> dict[str, Any]:
-    """The figures of an experiment's document the simulator reports at each check."""
-    out: dict[str, Any] = {"status": doc.get("status"), "guard": doc.get("guard")}
+    """The figures of an experiment's document the simulator keeps at each check."""
+    results = _results(doc)
+    out: dict[str, Any] = {"status": doc.get("status")}
     for arm, figures in arms_of(doc).items():
         out[arm] = {
-            k: figures.get(k)
-            for k in ("impressions", "users", "clicks", "purchases", "ctr", "conversion")
-            if k in figures
+            k: figures.get(k) for k in ("impressions", "users", "clicks", "purchases", "ctr")
         }
     for metric in ("ctr", "conversion"):
-        diff = difference_of(doc, metric)
-        if diff is not None:
-            out[f"{metric}_difference"] = diff
-    if "sample_ratio" in doc:
-        out["sample_ratio"] = doc["sample_ratio"]
+        out[f"{metric}_difference"] = difference_of(doc, metric)
+    guard, srm = results.get("guard") or {}, results.get("srm") or {}
+    out["guard"] = {k: guard.get(k) for k in ("ready", "tripped", "reason")}
+    out["srm"] = {k: srm.get(k) for k in ("observed_share", "p_value", "mismatch")}
     return out
 
 
@@ -497,10 +481,10 @@ def excludes_zero(diff: dict[str, Any] | None) -> int:
     """+1 when the interval is above 0, -1 when below, 0 when it holds 0 (or is absent)."""
     if diff is None:
         return 0
-    pair = _interval(diff.get("interval", diff))
-    if pair is None:
+    low, high = diff.get("low"), diff.get("high")
+    if low is None or high is None:
         return 0
-    return 1 if pair[0] > 0 else -1 if pair[1] < 0 else 0
+    return 1 if float(low) > 0 else -1 if float(high) < 0 else 0
 
 
 def is_running(doc: dict[str, Any]) -> bool:
@@ -554,9 +538,10 @@ def ab_test(
                 sign = excludes_zero(difference_of(doc, metric))
                 if sign and first_decided[metric] is None:
                     first_decided[metric] = n * sign  # negative: candidate worse
-            if not is_running(doc) and not guard_stopped:
+            ended = not is_running(doc)
+            if ended:
                 guard_stopped.append(n)
-            return {**seen, "stop": False}
+            return {**seen, "stop": ended}
 
         loop = run_visits(
             client,
@@ -568,8 +553,8 @@ def ab_test(
             check_every=check_every,
         )
         final = client.experiment(experiment_id)
-        by_version = client.online_metrics("model_version")
-        by_arm = client.online_metrics("experiment_id,arm")
+        by_version = by_group(client.online_metrics("model_version"), "model_version")
+        by_arm = by_group(client.online_metrics("experiment_id,arm"), "experiment_id,arm")
     return {
         "experiment_id": experiment_id,
         "control": control,
@@ -586,6 +571,33 @@ def ab_test(
         "online_by_version": by_version,
         "online_by_arm": by_arm,
         "_shown": loop.shown,
+    }
+
+
+def by_group(doc: dict[str, Any], dimension: str) -> dict[str, dict[str, Any]]:
+    """``GET /v1/analytics/recommendations``' groups by one ``dimension``: {value: figures}."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in doc["groups"]:
+        key = "+".join(str(group["group"].get(d)) for d in dimension.split(","))
+        out[key] = {
+            k: group.get(k)
+            for k in ("impressions", "users", "clicks", "purchases", "ctr", "conversion")
+        }
+    return out
+
+
+def agreement(
+    offline: dict[str, float], online: dict[str, dict[str, Any]], metric: str
+) -> dict[str, Any]:
+    """Whether the versions' order by online ``metric`` (its estimate) is their order by
+    offline NDCG@10 (``offline``: version -> NDCG@10)."""
+    versions = [v for v in offline if v in online and online[v].get(metric) is not None]
+    by_offline = sorted(versions, key=lambda v: -offline[v])
+    by_online = sorted(versions, key=lambda v: -float(online[v][metric]["estimate"]))
+    return {
+        "offline_order": by_offline,
+        "online_order": by_online,
+        "agree": by_offline == by_online,
     }
 
 
@@ -609,7 +621,7 @@ def detection(
     lift: float = 0.10,
     replications: int = 200,
     seed: int = 1,
-    step: int = 50,
+    step: int = 100,
     max_visits: int | None = None,
 ) -> dict[str, Any]:
     """Visits until a ``lift`` relative CTR difference is detected at 95 % confidence.
@@ -720,6 +732,7 @@ def live_detection(
     horizon: int = 20_000,
     step: int = 250,
     seed: int = 1,
+    recipe: str | None = None,
 ) -> dict[str, Any]:
     """``detection``'s question asked of the live service: ``replications`` experiments whose
     two arms serve ``version``, the candidate's click probabilities ``1 + lift`` times the
@@ -736,7 +749,8 @@ def live_detection(
     signs: list[list[int]] = []
     with live_service(model_root, prefix="simulator-lift") as (client, _):
         for k in range(replications):
-            started = client.start_experiment(f"simulator-lift-{k}", version)
+            extra: dict[str, Any] = {} if recipe is None else {"candidate_recipe": recipe}
+            started = client.start_experiment(f"simulator-lift-{k}", version, **extra)
             experiment_id = str(started["id"])
             wait_for_experiment(client, [v.user_id for v in replay.visits], experiment_id)
             visits = [replay.visits[int(i)] for i in rng.integers(len(replay.visits), size=horizon)]
@@ -829,6 +843,8 @@ def main() -> None:
     parser.add_argument("--replications", type=int, default=300)
     parser.add_argument("--lift", type=float, default=0.10)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--live-replications", type=int, default=5)
+    parser.add_argument("--live-step", type=int, default=250)
     args = parser.parse_args()
 
     from training.data.formats import load_purchases
@@ -841,7 +857,7 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     models = train_pair(replay, root, args.threads)
     good, worse = models["good"]["version"], models["worse"]["version"]
-    runs = {}
+    runs: dict[str, dict[str, Any]] = {}
     for label, control, candidate in (
         ("worse_candidate", good, worse),
         ("better_candidate", worse, good),
@@ -858,10 +874,32 @@ def main() -> None:
             name=f"simulator-{label}",
         )
         print(label, json.dumps(_strip(runs[label])["posted"]), flush=True)
-    # target 3: the lists the control arm showed (the good model's, in the first run)
-    shown = runs["worse_candidate"]["_shown"]
-    lists = shown.get("control") or next(iter(shown.values()))
+    offline = {models[k]["version"]: models[k]["ndcg@10"] for k in models}
+    for run in runs.values():
+        run["agreement"] = {
+            metric: agreement(offline, run["online_by_version"], metric)
+            for metric in ("ctr", "conversion")
+        }
+    # target 3: the lists the good model showed in the first run
+    lists = runs["worse_candidate"]["_shown"][good]
     target = detection(lists, lift=args.lift, replications=args.replications, seed=args.seed)
+    print(json.dumps(target["fixed_horizon"]), json.dumps(target["peeking"]), flush=True)
+    live: dict[str, Any] | None = None
+    if args.live_replications:
+        horizon = int(math.ceil(target["textbook"]["power_80"]["visits"] * 1.5 / 1000) * 1000)
+        live = live_detection(
+            root,
+            replay,
+            good,
+            clicks,
+            lift=args.lift,
+            replications=args.live_replications,
+            horizon=horizon,
+            step=args.live_step,
+            seed=args.seed,
+            recipe=models["good"]["served"],
+        )
+        print(json.dumps(live), flush=True)
     save(
         "simulator",
         this_command(),
@@ -877,6 +915,7 @@ def main() -> None:
             "models": models,
             "runs": {k: _strip(v) for k, v in runs.items()},
             "detection": target,
+            "live_detection": live,
         },
     )
     print(json.dumps(target, indent=2))
