@@ -89,3 +89,69 @@ def seed_offers(url: str, shop: DemoShop, *, users: int = 300, redeem_every: int
                     },
                 )
     return made
+
+
+def seed_feedback(url: str, shop: DemoShop, *, users: int = 120, lists_per_batch: int = 10) -> int:
+    """Recommendation feedback through the API (issue 14): a list for each of ``users`` users
+    (the oldest, who have histories), its impressions posted in batches of
+    ``lists_per_batch`` lists, a click on the first item of every third list and a purchase of
+    it for every sixth; returns the number of impressions posted."""
+    frame = pd.read_csv(shop.data_dir / "users.csv", dtype={"user_id": str})
+    oldest = frame.sort_values("signed_up_at").head(users)["user_id"]
+    headers = {"X-API-Key": KEYS["frontend"]}
+    shown = 0
+    pending: list[dict[str, object]] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for n, user_id in enumerate(oldest):
+            answer = client.get(f"/v1/users/{user_id}/recommendations", params={"n": 8})
+            if answer.status_code != 200 or not answer.json()["items"]:
+                continue
+            body = answer.json()
+            placement = ("home", "product", "cart")[n % 3]
+            for position, item in enumerate(body["items"]):
+                pending.append(
+                    {
+                        "type": "impression",
+                        "user_id": user_id,
+                        "item_id": item["item_id"],
+                        "request_id": body["request_id"],
+                        "placement": placement,
+                        "position": position,
+                    }
+                )
+            first = body["items"][0]["item_id"]
+            if n % 3 == 0:
+                pending.append(
+                    {
+                        "type": "click",
+                        "user_id": user_id,
+                        "item_id": first,
+                        "request_id": body["request_id"],
+                        "placement": placement,
+                    }
+                )
+            if n % 6 == 0:
+                pending.append(
+                    {
+                        "type": "purchase",
+                        "user_id": user_id,
+                        "item_id": first,
+                        "order_id": f"demo-rec-{n}",
+                        "quantity": 1 + n % 2,
+                        "price": "12.50",
+                        "currency": "EUR",
+                    }
+                )
+            if (n + 1) % lists_per_batch == 0:
+                shown += _post_feedback(client, pending)
+                pending = []
+        shown += _post_feedback(client, pending)
+    return shown
+
+
+def _post_feedback(client: httpx.Client, events: list[dict[str, object]]) -> int:
+    if not events:
+        return 0
+    answer = client.post("/v1/events", json={"events": events})
+    answer.raise_for_status()
+    return sum(1 for e in events if e["type"] == "impression")

@@ -48,6 +48,8 @@ from service.delivery import outbox
 from service.delivery.repository import DeliveryRepository
 from service.delivery.sender import Sender, SenderConfig
 from service.delivery.service import Webhooks
+from service.feedback.repository import FeedbackRepository
+from service.feedback.service import Feedback
 from service.health import Health
 from service.metrics import Metrics
 from service.middleware import RequestContext
@@ -62,8 +64,6 @@ from service.offers.repository import OfferRepository
 from service.offers.repository.jobs import SweepJobRepository
 from service.offers.repository.store import CampaignRepository
 from service.offers.store import CampaignStore, file_campaign_ids
-from service.feedback.repository import FeedbackRepository
-from service.feedback.service import Feedback
 from service.privacy.repository import PrivacyRepository
 from service.privacy.service import Privacy
 from service.privacy.tombstones import Tombstones

@@ -78,7 +78,8 @@ class EventDraft:
 
 
 def _feedback_draft(d: EventDraft, ts: datetime) -> FeedbackDraft:
-    assert d.request_id is not None and d.item_id is not None
+    assert d.request_id is not None
+    assert d.item_id is not None
     return FeedbackDraft(
         type=d.type,
         user_id=d.user_id,

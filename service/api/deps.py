@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request, Response
 from service.activity.ingest import Ingest
 from service.analytics.service import Analytics
 from service.api.schemas import NO_STORE
+from service.feedback.service import Feedback
 from service.health import Health
 from service.offers.coupons import Coupons
 from service.offers.decisions import OfferEngine
@@ -25,7 +26,6 @@ from service.privacy.service import Privacy
 from service.recommend.service import Recommendations
 from service.recommend.versions import ModelVersions
 from service.segments.service import Segments
-from service.feedback.service import Feedback
 from service.settings import Role, is_loopback
 from service.state import AppState
 

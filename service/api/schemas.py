@@ -184,14 +184,15 @@ class EventIn(Strict):
             raise ValueError("a price needs its currency")
         return currency
 
-
     @field_validator("request_id", "position")
     @classmethod
     def _feedback_needs(cls, value: Any, info: ValidationInfo) -> Any:
         kind = info.data.get("type")
         if kind is None:
             return value
-        needed = kind in FEEDBACK_EVENTS if info.field_name == "request_id" else kind == "impression"
+        needed = (
+            kind in FEEDBACK_EVENTS if info.field_name == "request_id" else kind == "impression"
+        )
         if needed and value is None:
             raise ValueError(f"{info.field_name} is required for {kind} events")
         if not needed and value is not None:

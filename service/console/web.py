@@ -56,6 +56,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Loyalty", "/loyalty", ("marketing",)),
     NavItem("Cohorts", "/cohorts", ("marketing",)),
     NavItem("Customer value", "/customer-value", ("marketing",)),
+    NavItem("Recommendations", "/recommendations", ("marketing",)),  # issue 14
     NavItem("Models", "/models", ("admin",)),
     NavItem("Health", "/health", ("admin",)),
 )

@@ -117,12 +117,11 @@ def tally(
     for row in conn.execute(converted):
         found = group(row)
         kind, currency, _, total, squares = row[len(dims) :]
-        if kind == "purchase":
-            if currency is not None and total is not None:
-                found.revenue[currency] = found.revenue.get(currency, Decimal(0)) + from_units(
-                    int(total)
-                )
-                found.revenue_squares[currency] = (
-                    found.revenue_squares.get(currency, 0.0) + float(squares or 0.0) / 1e8
-                )
+        if kind == "purchase" and currency is not None and total is not None:
+            found.revenue[currency] = found.revenue.get(currency, Decimal(0)) + from_units(
+                int(total)
+            )
+            found.revenue_squares[currency] = (
+                found.revenue_squares.get(currency, 0.0) + float(squares or 0.0) / 1e8
+            )
     return [groups[k] for k in sorted(groups, key=lambda k: tuple(v or "" for v in k))]

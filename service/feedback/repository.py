@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, select, tuple_
-from sqlalchemy.sql import Select
 
 from service.activity.records import StoredEvent
 from service.activity.repository import Repository
@@ -108,7 +107,9 @@ class FeedbackRepository:
         impressions = [r for r in rows if r.kind == "impression"]
         clicks = [r for r in rows if r.kind == "click"]
         if impressions:
-            values = [_values(r, r.source or r.list_source, r.placement or UNKNOWN) for r in impressions]
+            values = [
+                _values(r, r.source or r.list_source, r.placement or UNKNOWN) for r in impressions
+            ]
             out.impressions = self._insert(conn, rec_impressions, values)
         if clicks:
             shown = self._shown(conn, [(r.request_id, r.item_id) for r in clicks])
@@ -248,7 +249,7 @@ class FeedbackRepository:
         imp, clk = rec_impressions, rec_clicks
         day = utc_day(imp.c.ts, self.base.engine.dialect.name)
         same = and_(clk.c.request_id == imp.c.request_id, clk.c.item_id == imp.c.item_id)
-        query: Select[Any] = select(day, func.count(), func.count(clk.c.id)).select_from(
+        query = select(day, func.count(), func.count(clk.c.id)).select_from(
             imp.outerjoin(clk, same)
         )
         if since is not None:
@@ -287,7 +288,13 @@ def _touches(
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The rows of ``table`` of each (user, item) of ``pairs`` in [since, until], by pair."""
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    columns = [table.c.id, table.c.user_id, table.c.item_id, table.c.ts, *[table.c[c] for c in LIST_COLUMNS]]
+    columns = [
+        table.c.id,
+        table.c.user_id,
+        table.c.item_id,
+        table.c.ts,
+        *[table.c[c] for c in LIST_COLUMNS],
+    ]
     for start in range(0, len(pairs), 500):
         query = select(*columns).where(
             tuple_(table.c.user_id, table.c.item_id).in_(list(pairs[start : start + 500])),

@@ -50,7 +50,9 @@ class BatchWrite:
         self.written = Written()
 
     def __call__(self, conn: Connection, stored: list[StoredEvent]) -> None:
-        self.written = self.feedback.repository.write(conn, self.rows, stored, self.feedback.windows)
+        self.written = self.feedback.repository.write(
+            conn, self.rows, stored, self.feedback.windows
+        )
 
 
 class Feedback:
@@ -162,9 +164,7 @@ class Feedback:
         with self.repository.base.engine.connect() as conn:
             return tally(conn, by, since=since, until=until)
 
-    def daily(
-        self, since: datetime | None, until: datetime | None
-    ) -> list[tuple[str, int, int]]:
+    def daily(self, since: datetime | None, until: datetime | None) -> list[tuple[str, int, int]]:
         return self.repository.daily(since, until)
 
     def prune(self) -> int:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.demo_console import DemoShop, build_demo_shop, seed_offers, serve_demo
+from benchmarks.demo_console import (
+    DemoShop,
+    build_demo_shop,
+    seed_feedback,
+    seed_offers,
+    serve_demo,
+)
 from benchmarks.harness import BROWSER_ARGS, Server
 
 from .console import DESKTOP, TIMINGS, Console, shots_dir
@@ -29,6 +35,7 @@ def demo_shop(tmp_path_factory: pytest.TempPathFactory, chromium: Path) -> DemoS
 def demo_server(demo_shop: DemoShop) -> Iterator[Server]:
     with serve_demo(demo_shop, log=demo_shop.workdir / "server.log") as server:
         seed_offers(server.url, demo_shop)
+        seed_feedback(server.url, demo_shop)  # the Recommendations page's figures (issue 14)
         yield server
 
 

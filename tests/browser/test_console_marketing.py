@@ -28,6 +28,7 @@ PAGES = (
     ("loyalty-week", "/console/loyalty?period=week"),
     ("cohorts", "/console/cohorts"),
     ("customer-value", "/console/customer-value"),  # no `recoffer clv --write` on the demo
+    ("recommendations", "/console/recommendations"),  # issue 14
 )
 
 
@@ -140,7 +141,20 @@ def _cohorts(console: Console, api: httpx.Client) -> None:
     assert [c for c in cells if c] == [f"{s * 100:.1f}%" for s in first["share"] if s is not None]
 
 
+def _recommendations(console: Console, api: httpx.Client) -> None:
+    report = _get(api, "/v1/analytics/recommendations")
+    groups = [g for g in report["groups"] if g["impressions"]]
+    assert groups
+    assert sum(g["clicks"] for g in groups) > 0
+    cells = _cells(console, '#online [data-figure="impressions"]')
+    assert cells == [f"{g['impressions']:,}" for g in groups]
+    ctr = _cells(console, '#online [data-figure="ctr"]')
+    assert [c.split(" ")[0] for c in ctr] == [f"{g['ctr']['estimate'] * 100:.1f}%" for g in groups]
+    assert console.tab.locator("figure.chart svg").count() == 1
+
+
 CHECKS = {
+    "recommendations": _recommendations,
     "campaigns": _campaigns,
     "campaign": _campaign,
     "segments": _segments,

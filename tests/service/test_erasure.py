@@ -193,6 +193,9 @@ def test_delete_removes_the_user_from_every_table_and_serves_popular(
         "user_segments": 0,  # no segment computed yet in this seeding
         "customer_value": 0,  # no `recoffer clv --write` in this seeding
         "webhook_events": 0,  # webhooks off here (no URL): nothing was written
+        "rec_impressions": 0,  # no list shown in this seeding (tests/service/feedback)
+        "rec_clicks": 0,
+        "rec_attributions": 0,
     }
     assert _holding(engine, user) == []
     with engine.connect() as conn:

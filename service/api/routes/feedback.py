@@ -48,7 +48,9 @@ async def get_recommendation_metrics(
     dims = [d.strip() for d in by.split(",") if d.strip()]
     unknown = [d for d in dims if d not in FEEDBACK_COLUMNS]
     if unknown:
-        raise InvalidInput("by", f"unknown {', '.join(unknown)}; any of {', '.join(FEEDBACK_COLUMNS)}")
+        raise InvalidInput(
+            "by", f"unknown {', '.join(unknown)}; any of {', '.join(FEEDBACK_COLUMNS)}"
+        )
     if len(set(dims)) != len(dims):
         raise InvalidInput("by", "a dimension is named twice")
     since, until = _utc(since), _utc(until)

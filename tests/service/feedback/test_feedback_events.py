@@ -4,37 +4,13 @@ their lists (issue 14, items 1 and 2), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from service.tables import events, rec_attributions, rec_clicks, rec_impressions
-from tests.service.feedback.conftest import A, Shop, make_shop
 
-
-def impression(user: str, item: str, list_id: str, position: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "impression",
-        "user_id": user,
-        "item_id": item,
-        "request_id": list_id,
-        "placement": "home",
-        "position": position,
-        **extra,
-    }
-
-
-def click(user: str, item: str, list_id: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "click", "user_id": user, "item_id": item, "request_id": list_id, **extra}
-
-
-def purchase(user: str, item: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "purchase", "user_id": user, "item_id": item, **extra}
-
-
-def at(moment: datetime) -> str:
-    return moment.isoformat()
+from .shop import A, Shop, at, click, impression, make_shop, purchase
 
 
 def test_impressions_are_stored_with_each_positions_source_and_repeats_are_duplicates(
@@ -86,7 +62,8 @@ def test_a_bad_list_id_refuses_the_whole_batch_naming_the_field(shop: Shop) -> N
     past_the_end = shop.post(view, impression("u1", "i1", lid, 4))  # a list of four
     assert past_the_end.status_code == 422
     assert past_the_end.json()["detail"][0]["field"] == "events.1.position"
-    assert shop.rows(events) == [] and shop.rows(rec_impressions) == []
+    assert shop.rows(events) == []
+    assert shop.rows(rec_impressions) == []
 
 
 def test_the_schema_names_each_missing_or_misplaced_field(shop: Shop) -> None:
@@ -107,7 +84,8 @@ def test_the_schema_names_each_missing_or_misplaced_field(shop: Shop) -> None:
         {"type": "purchase", "user_id": "u1", "item_id": "i1", "position": 2},
     )
     fields = [d["field"] for d in misplaced.json()["detail"]]
-    assert "events.1.request_id" in fields and "events.2.position" in fields
+    assert "events.1.request_id" in fields
+    assert "events.2.position" in fields
 
 
 def test_a_click_takes_its_impressions_position_source_and_placement(shop: Shop) -> None:
@@ -129,7 +107,7 @@ def test_a_click_takes_its_impressions_position_source_and_placement(shop: Shop)
     )
     single = shop.list_id("u1", ("popular", "popular"))
     shop.post(click("u1", "i3", single, placement="product"))
-    row = [x for x in shop.rows(rec_clicks) if x["item_id"] == "i3"][0]
+    row = next(x for x in shop.rows(rec_clicks) if x["item_id"] == "i3")
     assert (row["source"], row["placement"]) == ("popular", "product")
 
 
@@ -228,7 +206,8 @@ def test_an_erased_users_feedback_is_dropped_and_erasure_removes_it(shop: Shop) 
         1,
     )
     assert [x["user_id"] for x in shop.rows(rec_impressions)] == ["u2"]
-    assert shop.rows(rec_clicks) == [] and shop.rows(rec_attributions) == []
+    assert shop.rows(rec_clicks) == []
+    assert shop.rows(rec_attributions) == []
     again = shop.post(impression("u1", "b", lid, 0), click("u1", "b", lid))
     assert again.json() == {"accepted": 0, "duplicates": 0}
     assert [x["user_id"] for x in shop.rows(rec_impressions)] == ["u2"]

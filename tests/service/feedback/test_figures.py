@@ -11,8 +11,8 @@ import pytest
 from service.feedback.figures import tally
 from service.feedback.online import revenue_rate
 from service.offers.stats import wilson
-from tests.service.feedback.conftest import A, F, M, Shop
-from tests.service.feedback.test_feedback_events import click, impression, purchase
+
+from .shop import A, F, M, Shop, click, impression, purchase
 
 
 def seed(shop: Shop) -> None:
@@ -53,7 +53,8 @@ def test_tally_counts_per_impression_and_each_conversion_once(shop: Shop) -> Non
     assert (groups[("v2", "model")].impressions, groups[("v2", "model")].clicks) == (2, 0)
     [total] = everything
     assert (total.key, total.impressions, total.users, total.clicks) == ((), 6, 2, 2)
-    assert by_placement[("cart",)].impressions == 2 and by_placement[("home",)].impressions == 4
+    assert by_placement[("cart",)].impressions == 2
+    assert by_placement[("home",)].impressions == 4
     with shop.engine.connect() as conn, pytest.raises(ValueError, match="cannot group by"):
         tally(conn, ("user_id",))
 
@@ -99,7 +100,8 @@ def test_the_api_gives_rates_with_intervals_for_marketing_and_admin(shop: Shop) 
     assert model["ctr"] == pytest.approx(
         {"estimate": 0.5, "low": expected.low, "high": expected.high}
     )
-    assert model["conversion"]["estimate"] == 0.5 and model["add_to_cart_rate"]["estimate"] == 0
+    assert model["conversion"]["estimate"] == 0.5
+    assert model["add_to_cart_rate"]["estimate"] == 0
     eur = {x["currency"]: x for x in model["revenue"]}["EUR"]
     assert eur["revenue"] == "20.0000"
     assert eur["per_1000_impressions"]["estimate"] == "10000.0000"

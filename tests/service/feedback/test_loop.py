@@ -8,8 +8,8 @@ from pathlib import Path
 
 from service.artifact import ModelStore, load_artifact
 from service.tables import rec_attributions, rec_clicks, rec_impressions
-from tests.service.feedback.conftest import F, M, make_shop
-from tests.service.feedback.test_feedback_events import click, impression, purchase
+
+from .shop import F, M, click, impression, make_shop, purchase
 
 
 def test_a_served_list_is_credited_to_its_version_and_sources(
@@ -49,7 +49,8 @@ def test_old_feedback_rows_are_pruned_after_the_retention(
 ) -> None:
     for shop in make_shop(database_url, tmp_path, feedback_retention_days=7):
         feedback = shop.state.feedback
-        assert feedback is not None and feedback.retention == timedelta(days=7)
+        assert feedback is not None
+        assert feedback.retention == timedelta(days=7)
         old = shop.list_id("u1", ("model",))
         shop.post(impression("u1", "a", old, 0), click("u1", "a", old))
         shop.post(purchase("u1", "a"))
@@ -63,4 +64,5 @@ def test_old_feedback_rows_are_pruned_after_the_retention(
         for table in (rec_impressions, rec_clicks, rec_attributions):
             assert [x["item_id"] for x in shop.rows(table)] == ["b"]
     for shop in make_shop(database_url, tmp_path / "kept", feedback_retention_days=0):
-        assert shop.state.feedback is not None and shop.state.feedback.prune() == 0
+        assert shop.state.feedback is not None
+        assert shop.state.feedback.prune() == 0
