@@ -40,6 +40,7 @@ from service.api.routes import (
     users,
     webhooks,
 )
+from service.api.routes import experiments as experiment_routes  # issue 14, item 3
 from service.api.routes import feedback as feedback_routes
 from service.clock import utc_now
 from service.console import add_console
@@ -48,6 +49,8 @@ from service.delivery import outbox
 from service.delivery.repository import DeliveryRepository
 from service.delivery.sender import Sender, SenderConfig
 from service.delivery.service import Webhooks
+from service.experiments.repository import ExperimentRepository
+from service.experiments.service import Experiments, GuardSettings
 from service.feedback.repository import FeedbackRepository
 from service.feedback.service import Feedback
 from service.health import Health
@@ -186,11 +189,23 @@ def create_app(
         state.webhooks = Webhooks(
             DeliveryRepository(repository), offer_engine, clock, enabled=webhook_config is not None
         )
+        # A/B tests of recommenders (issue 14, item 3)
+        state.experiments = Experiments(
+            ExperimentRepository(repository),
+            served,
+            clock,
+            GuardSettings(
+                min_impressions=settings.experiment_guard_min_impressions,
+                z=settings.experiment_guard_z,
+                srm_p=settings.experiment_srm_p,
+            ),
+        )
         app.state.recoffer = state
         app.state.recoffer_keys = settings.keys_by_role()
         await background.open_database(state)
         await background.refresh_model(state)
         await background.refresh_campaigns(state)  # the file synced in, the store's applied
+        await background.refresh_experiment(state)  # the running experiment's arms (issue 14)
         # everything loaded so far lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again (full collections were latency spikes)
         gc.collect()
@@ -210,6 +225,8 @@ def create_app(
             loops["recoffer-schedule"] = background.campaign_schedule_loop(state)
         if feedback.retention is not None:  # old impressions, clicks, attributions (issue 14)
             loops["recoffer-feedback-prune"] = background.feedback_prune_loop(state)
+        if settings.experiment_poll_seconds > 0 or settings.experiment_guard_seconds > 0:
+            loops["recoffer-experiments"] = background.experiment_loop(state)  # issue 14
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield
@@ -258,6 +275,7 @@ def create_app(
         health.router,
         webhooks.router,
         webhooks.coupon_router,
+        experiment_routes.router,  # A/B tests of recommenders (issue 14, item 3)
     ):
         app.include_router(router)
     add_docs(app)

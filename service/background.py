@@ -171,3 +171,40 @@ async def feedback_prune_loop(state: AppState) -> None:
                 log.info("feedback_pruned", extra={"rows": deleted})
         except Exception as exc:  # the next round tries again
             log.warning("feedback_prune_failed", extra={"error": str(exc).splitlines()[0]})
+
+
+# --- A/B tests of recommenders (issue 14, item 3) -----------------------------------------
+
+
+async def refresh_experiment(state: AppState) -> None:
+    """Load or release the running experiment's arms (in a thread); a failure is logged and
+    the worker keeps what it serves."""
+    if state.experiments is None or not state.health.database_ready:
+        return
+    try:
+        await run_in_threadpool(state.experiments.refresh)
+    except Exception as exc:
+        log.warning("experiment_refresh_failed", extra={"error": str(exc).splitlines()[0]})
+
+
+async def experiment_loop(state: AppState) -> None:
+    """Pick up experiments started, stopped or promoted anywhere within one poll, and run the
+    guard every ``experiment_guard_seconds`` (every worker looks; one acts)."""
+    settings = state.settings
+    poll = settings.experiment_poll_seconds
+    guard_every = settings.experiment_guard_seconds
+    step = min(s for s in (poll, guard_every) if s > 0)
+    since_guard = 0.0
+    while True:
+        await asyncio.sleep(step)
+        if state.experiments is None or not state.health.database_ready:
+            continue
+        since_guard += step
+        if guard_every > 0 and since_guard >= guard_every:
+            since_guard = 0.0
+            try:
+                await run_in_threadpool(state.experiments.check)
+            except Exception as exc:  # the next look tries again
+                log.warning("experiment_guard_failed", extra={"error": str(exc).splitlines()[0]})
+        if poll > 0:
+            await refresh_experiment(state)

@@ -60,6 +60,30 @@ class CampaignConfigError(RecofferError):
     """A campaigns file or campaign definition that cannot be used; names campaign and field."""
 
 
+# --- A/B tests of recommenders (issue 14, item 3) ----------------------------------------
+
+
+class ExperimentError(RecofferError):
+    """An experiment cannot be started, stopped or promoted now; says why."""
+
+
+class UnknownExperiment(ExperimentError, LookupError):
+    pass
+
+
+class ExperimentRunning(ExperimentError):
+    """Another experiment is running: one at a time."""
+
+
+class ExperimentEnded(ExperimentError):
+    """The experiment was stopped or promoted already."""
+
+
+class ExperimentRefused(ExperimentError):
+    """What was asked cannot be done in this state (no current model, a recipe arm promoted,
+    the current version no longer the control)."""
+
+
 # --- what the shop sends ------------------------------------------------------------------
 
 
@@ -349,6 +373,12 @@ KINDS: dict[type[RecofferError], ErrorKind] = {
     CampaignArchived: ErrorKind(409, "campaign_archived", 2),
     UnknownWebhookEvent: ErrorKind(404, "unknown_webhook_event", 2),  # issue 12, item 6
     UnknownUser: ErrorKind(404, "unknown_user", 2),  # issue 12, item 1
+    # issue 14, item 3: experiments
+    ExperimentError: ErrorKind(409, "experiment_refused", 1),
+    UnknownExperiment: ErrorKind(404, "unknown_experiment", 2),
+    ExperimentRunning: ErrorKind(409, "experiment_running", 1),
+    ExperimentEnded: ErrorKind(409, "experiment_ended", 1),
+    ExperimentRefused: ErrorKind(409, "experiment_refused", 1),
 }
 
 

@@ -261,6 +261,36 @@ class Settings(BaseSettings):
         description="How often each worker checks whether a time-driven campaign's sweep is "
         "due (its run_every_minutes); 0: never (run them with POST /v1/campaigns/{id}/run).",
     )
+    # A/B tests of recommenders (issue 14, item 3)
+    experiment_poll_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often each worker looks for an experiment started, stopped or "
+        "promoted (by any worker, replica or the CLI) and loads or releases its arms (0: only "
+        "its own changes, and at start).",
+    )
+    experiment_guard_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often each worker runs the experiment guard, which stops a candidate "
+        "that is clearly worse (0: never).",
+    )
+    experiment_guard_min_impressions: int = Field(
+        1000, ge=1, description="Impressions each arm needs before the guard may stop."
+    )
+    experiment_guard_z: float = Field(
+        3.29,
+        ge=1.0,
+        le=10.0,
+        description="The guard stops when the upper end of the CTR or conversion difference's "
+        "interval at this z is below 0 (3.29: 99.9 % two-sided).",
+    )
+    experiment_srm_p: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="A sample-ratio check's p-value below this flags a mismatch.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     access_log: bool = Field(True, description="One JSON log line per request.")
 

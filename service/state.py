@@ -10,6 +10,7 @@ from service.activity.ingest import Ingest
 from service.activity.repository import Repository
 from service.activity.store import ActivityStore
 from service.delivery.service import Webhooks
+from service.experiments.service import Experiments
 from service.feedback.service import Feedback
 from service.health import Health
 from service.metrics import Metrics
@@ -50,3 +51,4 @@ class AppState:
     segment_refresher: SegmentRefresher
     webhooks: Webhooks | None = None  # the outbox, its log, the coupon export (issue 12, item 6)
     feedback: Feedback | None = None  # impressions, clicks, attribution, figures (issue 14)
+    experiments: Experiments | None = None  # A/B tests of recommenders (issue 14, item 3)

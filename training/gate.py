@@ -38,7 +38,7 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from service.artifact import Artifact, Manifest, ModelStore, load_artifact
+from service.artifact import Artifact, Manifest, ModelStore, load_artifact, read_runs
 from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.data.files import DEFAULT_OPTIONS, ReadOptions
@@ -79,6 +79,8 @@ class GateDecision:
     # protocol -> the candidate served instead of the chosen one (first model only)
     fallback: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # why the version compared against is current, when an A/B test promoted it (issue 14)
+    current_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class GateDecision:
             f"one-sided {CONFIDENCE:.0%}, seed {BOOTSTRAP_SEED}",
             "fallback": self.fallback,
             "notes": self.notes,
+            "current_reason": self.current_reason,
         }
 
 
@@ -186,6 +189,22 @@ def first_model(new: UserScores, popularity: UserScores) -> GateDecision:
     return decision
 
 
+def why_current(store: ModelStore) -> str | None:
+    """Why the current version is current, when an A/B test promoted it (issue 14, item 3):
+    the newest promotion of that version in ``runs.jsonl`` was ``by: "experiment"``. None
+    otherwise (a training run promoted it, or nothing is recorded)."""
+    current = store.current()
+    if current is None:
+        return None
+    for record in read_runs(store.root).runs:  # newest first
+        if record.outcome == "promoted" and record.version == current:
+            if record.by != "experiment":
+                return None
+            why = record.reasons[0] if record.reasons else "by an experiment"
+            return f"the current version {current} is current because it was {why}"
+    return None
+
+
 def gate_new_model(
     store: ModelStore,
     *,
@@ -217,8 +236,11 @@ def gate_new_model(
         log.warning(
             "current_params_unreadable", extra={"version": current.version, "error": str(exc)}
         )
-        return decide(
-            new, popularity, None, method="current_unreadable", current_version=current.version
+        return _told(
+            store,
+            decide(
+                new, popularity, None, method="current_unreadable", current_version=current.version
+            ),
         )
     scores, method = rescore_current(
         current,
@@ -236,6 +258,16 @@ def gate_new_model(
         decision.reasons.append(
             "this run learnt from no view or add-to-cart (weights 0?), the current model did"
         )
+    return _told(store, decision)
+
+
+def _told(store: ModelStore, decision: GateDecision) -> GateDecision:
+    """The decision, told why the current version is current when an experiment promoted it
+    (``why_current``): in its notes, which the run's report prints, and ``current_reason``."""
+    told = why_current(store)
+    if told is not None:
+        decision.current_reason = told
+        decision.notes.append(told)
     return decision
 
 

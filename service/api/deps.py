@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request, Response
 from service.activity.ingest import Ingest
 from service.analytics.service import Analytics
 from service.api.schemas import NO_STORE
+from service.experiments.service import Experiments
 from service.feedback.service import Feedback
 from service.health import Health
 from service.offers.coupons import Coupons
@@ -228,3 +229,14 @@ def _feedback(state: AppState) -> Feedback:
 
 
 FeedbackDep = Annotated[Feedback, Depends(require_part(_feedback, "marketing"))]
+
+
+def _experiments(state: AppState) -> Experiments:
+    if state.experiments is None:  # built by the lifespan before any request
+        raise RuntimeError("experiments are not set up")
+    return state.experiments
+
+
+# A/B tests of recommenders (issue 14, item 3): marketing reads, admin changes
+ExperimentsReaderDep = Annotated[Experiments, Depends(require_part(_experiments, "marketing"))]
+ExperimentsAdminDep = Annotated[Experiments, Depends(require_part(_experiments, "admin"))]

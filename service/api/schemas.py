@@ -1056,3 +1056,115 @@ class RecommendationMetricsOut(BaseModel):
     since: datetime | None
     until: datetime | None
     groups: list[RecommendationFiguresOut]
+
+
+# --- A/B tests of recommenders (issue 14, item 3) -----------------------------------------
+
+
+class ExperimentIn(Strict):
+    name: str = Field(min_length=1, max_length=200, description="What the experiment tests.")
+    candidate_version: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The version the candidate arm serves (the current one with a "
+        "candidate_recipe).",
+    )
+    candidate_recipe: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="A candidate recipe named in the candidate version's manifest (its "
+        "`candidates`); default: the version's served recipe.",
+    )
+    control_recipe: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="A candidate recipe of the current version for the control arm; default: "
+        "its served recipe.",
+    )
+    share: float = Field(0.5, gt=0, lt=1, description="Share of users in the candidate arm.")
+
+
+class RateOut(BaseModel):
+    estimate: float
+    low: float = Field(description="Wilson (a rate) or Newcombe (a difference) 95 % interval.")
+    high: float
+
+
+class ArmOut(BaseModel):
+    arm: str
+    impressions: int
+    users: int = Field(description="Distinct users shown something in this arm.")
+    clicks: int
+    carts: int
+    purchases: int
+    ctr: RateOut | None = Field(description="Impressions clicked / impressions.")
+    conversion: RateOut | None = Field(
+        description="Impressions with an attributed purchase / impressions."
+    )
+
+
+class DifferenceOut(BaseModel):
+    difference: RateOut | None = Field(description="Candidate minus control.")
+    relative_lift: float | None = Field(description="The difference / control's rate.")
+
+
+class SampleRatioOut(BaseModel):
+    expected_share: float
+    observed_share: float | None = Field(description="Of users, in the candidate arm.")
+    chi_square: float | None
+    p_value: float | None
+    mismatch: bool = Field(description="p-value below RECOFFER_EXPERIMENT_SRM_P.")
+
+
+class GuardOut(BaseModel):
+    ready: bool = Field(description="Each arm has the minimum of impressions.")
+    tripped: bool = Field(description="The candidate is clearly worse: the guard stops it.")
+    min_impressions: int
+    z: float
+    ctr_upper: float | None = Field(description="Upper end of the CTR difference at z.")
+    conversion_upper: float | None
+    reason: str | None
+
+
+class ExperimentResultsOut(BaseModel):
+    arms: dict[str, ArmOut]
+    ctr: DifferenceOut
+    conversion: DifferenceOut
+    srm: SampleRatioOut
+    guard: GuardOut
+
+
+class ExperimentOut(BaseModel):
+    id: str
+    name: str
+    status: Literal["running", "stopped", "promoted"]
+    control_version: str
+    control_recipe: str | None
+    candidate_version: str
+    candidate_recipe: str | None
+    share: float
+    settings: dict[str, Any] = Field(description="The guard's thresholds, fixed at the start.")
+    created_by: str
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: dict[str, Any] | None = Field(
+        description="Why it ended (reason: stopped, guard, promoted, control_changed), by whom, "
+        "and the figures at that moment."
+    )
+    results: ExperimentResultsOut | None = Field(
+        None, description="Figures now (GET /v1/experiments/{id} only)."
+    )
+
+
+class ExperimentsOut(BaseModel):
+    experiments: list[ExperimentOut] = Field(description="The newest first.")
+
+
+class PromotionOut(BaseModel):
+    experiment: ExperimentOut
+    before: str = Field(description="The current version before the promotion.")
+    current: str
+    serving: str | None = Field(description="What this worker serves after reloading.")
+    error: str | None = Field(description="This worker's reload error, if any.")

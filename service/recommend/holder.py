@@ -8,19 +8,32 @@ Versions are loaded into memory this process owns (``load_artifact(mmap=False)``
 read once and checked against its size and sha256 before anything is served, and never read
 again, so a file truncated or overwritten in place later (a ``cp`` of a backup over the live
 directory) cannot crash the process with SIGBUS the way a memory-mapped one would.
+
+During an experiment (issue 14, item 3) the holder also holds the experiment's arms
+(``ExperimentArms``): the candidate's ``Recommender`` (a second version, or a candidate recipe
+of the current one), and the control's when the control serves a named recipe. They are loaded
+and prepared completely in the caller's thread (the background loop's, never the event loop),
+then swapped in with one assignment; ending the experiment drops the reference, and the
+candidate's memory goes with the last request that used it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.artifact import ModelStore, load_artifact
+from service.artifact import Artifact, Manifest, ModelStore, load_artifact
 from service.errors import RecofferError
 from service.recommend.recommender import Recommender
 from service.recommend.serving import prepare
+from service.scoring import PROTOCOLS, Recipe
+
+if TYPE_CHECKING:
+    from service.experiments.repository import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,10 @@ class ModelHolder:
         self._failed_version: str | None = None
         self._lock = threading.Lock()
         self._seen_signature: tuple[int, int] | None = None
+        # the running experiment's arms (None: no experiment, or it could not be loaded here)
+        self.experiment: ExperimentArms | None = None
+        self.experiment_error: str | None = None
+        self._experiment_key: tuple[str, int] | None = None  # (id, row version) last handled
 
     def registry_changed(self) -> bool:
         """Whether the registry file changed since the last refresh (a stat, no thread hop)."""
@@ -95,3 +112,133 @@ class ModelHolder:
             self._failed_version, self.last_error = None, None
             log.info("model_loaded", extra={"version": wanted, "previous": previous})
             return LoadOutcome(True, wanted, attempted=True)
+
+    def refresh_experiment(self, experiment: Experiment | None) -> bool:
+        """Serve ``experiment``'s arms, loaded fully before the swap (None or ended: release
+        them); True when what this worker serves changed. Blocking: call it off the loop."""
+        with self._lock:
+            return _load_experiment(self, experiment)
+
+
+# --- an experiment's second model (issue 14, item 3) --------------------------------------
+
+
+def candidate_recipes(manifest: Manifest, name: str) -> tuple[dict[str, Recipe], frozenset[str]]:
+    """The recipes serving candidate ``name`` of a version, per protocol, and the protocols it
+    covers; a protocol the candidate has no recipe for (``repeat`` under ``novel``) keeps the
+    version's served recipe. KeyError when the manifest has no such candidate."""
+    own = manifest.candidates[name]
+    recipes = {p: own.get(p, manifest.recipes[p]) for p in PROTOCOLS}
+    return recipes, frozenset(p for p in PROTOCOLS if p in own)
+
+
+@dataclass(frozen=True)
+class ExperimentArms:
+    """The running experiment as this worker serves it.
+
+    ``control`` is None when the control arm is the current model as it is; the arm of a user
+    is ``service.experiments.arms.arm_of`` of the experiment's id and the user's.
+    """
+
+    experiment_id: str
+    row_version: int
+    share: float
+    control_version: str
+    candidate: Recommender
+    control: Recommender | None = None
+    candidate_recipe: str | None = None
+    candidate_covers: frozenset[str] = frozenset()
+    control_recipe: str | None = None
+    control_covers: frozenset[str] = frozenset()
+
+    @property
+    def candidate_version(self) -> str:
+        return self.candidate.model.version
+
+    def recipe_label(self, arm: str, protocol: str) -> str:
+        """What ``Served.recipe`` says: the named recipe where it covers the protocol."""
+        name, covers = (
+            (self.candidate_recipe, self.candidate_covers)
+            if arm == "candidate"
+            else (self.control_recipe, self.control_covers)
+        )
+        return name if name is not None and protocol in covers else protocol
+
+
+def _experiment_recommender(
+    holder: ModelHolder, artifact: Artifact, recipe: str | None
+) -> tuple[Recommender, frozenset[str]]:
+    recipes: Mapping[str, Recipe] | None = None
+    covers: frozenset[str] = frozenset()
+    if recipe is not None:
+        recipes, covers = candidate_recipes(artifact.manifest, recipe)
+    model = prepare(
+        artifact,
+        candidates_per_user=holder.candidates_per_user,
+        precompute_max_cells=holder.precompute_max_cells,
+        recipes=recipes,
+    )
+    return Recommender(model, event_weights=holder.event_weights), covers
+
+
+def _load_experiment(holder: ModelHolder, experiment: Experiment | None) -> bool:
+    """Serve ``experiment``'s arms (None: no experiment; release them); True when they changed.
+
+    Blocking (seconds on big models): call it off the event loop. A candidate that fails to
+    load is logged, ``experiment_error`` says why, and this worker serves everyone the control
+    until the experiment changes (the sample-ratio check then shows the imbalance).
+    """
+    if experiment is None or not experiment.running:
+        holder._experiment_key = None
+        changed = holder.experiment is not None
+        holder.experiment, holder.experiment_error = None, None
+        if changed:
+            log.info("experiment_released")
+        return changed
+    key = (experiment.id, experiment.version)
+    if key == holder._experiment_key:
+        return False
+    holder._experiment_key = key
+    try:
+        current = holder.current
+        shared: Artifact | None = None  # the served version's arrays, reused for its recipes
+        if current is not None and current.model.version == experiment.control_version:
+            shared = current.model.artifact
+
+        def artifact_of(version: str) -> Artifact:
+            if shared is not None and shared.version == version:
+                return shared
+            return load_artifact(holder.store.version_path(version), mmap=False)
+
+        candidate, candidate_covers = _experiment_recommender(
+            holder, artifact_of(experiment.candidate_version), experiment.candidate_recipe
+        )
+        control: Recommender | None = None
+        control_covers: frozenset[str] = frozenset()
+        if experiment.control_recipe is not None:
+            control, control_covers = _experiment_recommender(
+                holder, artifact_of(experiment.control_version), experiment.control_recipe
+            )
+    except Exception as exc:  # whatever breaks a load, the control keeps serving everyone
+        holder.experiment = None
+        holder.experiment_error = f"cannot load experiment {experiment.id}: {exc}"
+        log.error("experiment_load_failed", extra={"experiment": experiment.id, "error": str(exc)})
+        return True
+    holder.experiment = ExperimentArms(
+        experiment_id=experiment.id,
+        row_version=experiment.version,
+        share=experiment.share,
+        control_version=experiment.control_version,
+        candidate=candidate,
+        control=control,
+        candidate_recipe=experiment.candidate_recipe,
+        candidate_covers=candidate_covers,
+        control_recipe=experiment.control_recipe,
+        control_covers=control_covers,
+    )
+    holder.experiment_error = None
+    log.info(
+        "experiment_loaded",
+        extra={"experiment": experiment.id, "candidate": experiment.candidate_version},
+    )
+    return True

@@ -17,16 +17,19 @@ from service.activity.records import Activity, CatalogueEntry
 from service.activity.store import ActivityStore
 from service.clock import SECONDS_PER_DAY, Clock
 from service.errors import ModelUnavailable
+from service.experiments.arms import CANDIDATE, arm_of
 from service.feedback.token import ListIds, ServedList
 from service.health import without_paths
 from service.metrics import Metrics
 from service.privacy.tombstones import Tombstones
 from service.recommend.holder import LoadOutcome, ModelHolder
-from service.recommend.recommender import Query, Recommendation, Result
+from service.recommend.recommender import Query, Recommendation, Recommender, Result
 
 NO_MODEL = "no model has been trained yet; run `recoffer train`"
 # who an erased user is asked as: an id the API's alphabet refuses, so in no model's index
 ANONYMOUS = ""
+Arm = tuple[str | None, str | None]  # (experiment id, arm), or NO_ARM
+NO_ARM: Arm = (None, None)
 
 
 @dataclass(slots=True)
@@ -95,15 +98,33 @@ class Recommendations:
             return ANONYMOUS, ()
         return user_id, self.activity.recent(user_id)
 
+    def _arm(self, user_id: str, protocol: str) -> tuple[Recommender | None, str, Arm]:
+        """The model serving ``user_id``, the recipe's label, and the experiment's arm.
+
+        During an experiment (issue 14, item 3) every user is in one arm, by a hash of the
+        experiment and the user (``experiments.arms.arm_of``); outside one, or while the
+        registry's current version is no longer the experiment's control (a trainer or a
+        rollback switched it; the background loop then stops the experiment), the current
+        model serves everyone, with no arm.
+        """
+        current = self.models.current
+        arms = self.models.experiment
+        if arms is None or current is None or current.model.version != arms.control_version:
+            return current, protocol, NO_ARM
+        arm = arm_of(arms.experiment_id, user_id, arms.share)
+        model = arms.candidate if arm == CANDIDATE else arms.control or current
+        return model, arms.recipe_label(arm, protocol), (arms.experiment_id, arm)
+
     def recommend(self, query: Query) -> Served:
         """The ranked list for ``query``, counted by where it came from."""
-        recommender = self.models.current
+        protocol = "novel" if query.exclude_purchased else "all"
+        # the arm follows the shop's user id, erased or not (it says nothing about them)
+        recommender, recipe, (experiment_id, arm) = self._arm(query.user_id, protocol)
         user_id, recent = self._personal(query.user_id)
         if user_id != query.user_id:
             query = replace(query, user_id=user_id)
-        recipe = "novel" if query.exclude_purchased else "all"
         if recommender is None:
-            served = Served(self._from_event_log(query, recent), None, recipe)
+            served = Served(self._from_event_log(query, recent), None, protocol)
         else:
             result = recommender.recommend(
                 query,
@@ -112,12 +133,16 @@ class Recommendations:
                 now=self.clock(),
                 hidden=self.activity.hidden,
             )
-            served = Served(result, recommender.model.version, recipe)
+            served = Served(result, recommender.model.version, recipe, experiment_id, arm)
         self.metrics.recommendations.labels(served.result.source).inc()
         return served
 
     def similar(self, item_id: str, limit: int, exclude: Iterable[str]) -> Served:
-        """Items whose vectors point like this one's (UnknownItem for an item not in the model)."""
+        """Items whose vectors point like this one's (UnknownItem for an item not in the model).
+
+        Always from the current model, experiment or not: the list belongs to an item, not a
+        user, so it has no arm (and counts for neither).
+        """
         recommender = self.models.current
         if recommender is None:
             raise ModelUnavailable(NO_MODEL)
@@ -125,8 +150,12 @@ class Recommendations:
         return Served(Result(items=items, source="model"), recommender.model.version)
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
-        """``item_ids`` by how likely the user is to buy each (given order without a model)."""
-        recommender = self.models.current
+        """``item_ids`` by how likely the user is to buy each (given order without a model).
+
+        During an experiment, by the model of the user's arm, as their lists are (an offer's
+        coupon products then come from the same model as the user's recommendations).
+        """
+        recommender, _, _ = self._arm(user_id, "all")
         if recommender is None:
             return list(item_ids)
         user_id, recent = self._personal(user_id)
@@ -136,9 +165,10 @@ class Recommendations:
         """The ``n`` products the model ranks highest for the user in the whole catalogue
         (the event log's best sellers without a model); not counted as a recommendation.
 
-        A lifecycle campaign's coupon is restricted to them (issue 12, item 2).
+        A lifecycle campaign's coupon is restricted to them (issue 12, item 2). During an
+        experiment, the model of the user's arm ranks them, as in ``rank``.
         """
-        recommender = self.models.current
+        recommender, _, _ = self._arm(user_id, "all")
         query = Query(user_id=user_id, limit=n)
         user, recent = self._personal(user_id)
         if user != user_id:

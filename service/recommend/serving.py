@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -66,10 +67,19 @@ class ServingModel:
 
 
 def prepare(
-    artifact: Artifact, *, candidates_per_user: int = 200, precompute_max_cells: int = 400_000_000
+    artifact: Artifact,
+    *,
+    candidates_per_user: int = 200,
+    precompute_max_cells: int = 400_000_000,
+    recipes: Mapping[str, Recipe] | None = None,
 ) -> ServingModel:
-    """Build the serving structures for ``artifact``; seconds on big models, so call off-loop."""
+    """Build the serving structures for ``artifact``; seconds on big models, so call off-loop.
+
+    ``recipes``: protocol -> the recipe to serve instead of the manifest's (an experiment's
+    candidate recipe of the same version, issue 14).
+    """
     manifest = artifact.manifest
+    served = manifest.recipes if recipes is None else recipes
     arrays = artifact.arrays
     for array in arrays.values():
         if isinstance(array, np.memmap) and array.size:
@@ -96,7 +106,7 @@ def prepare(
                 strict=True,
             )
         ],
-        recipes={p: _servable(manifest.recipes[p], scorer) for p in PROTOCOLS},
+        recipes={p: _servable(served[p], scorer) for p in PROTOCOLS},
         reference_time=manifest.data_until,
         categories=np.asarray(arrays["item_categories"]) if "item_categories" in arrays else None,
         popular_list=np.argsort(

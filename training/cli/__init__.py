@@ -15,6 +15,7 @@ import typer
 from training.cli import (
     backtest,
     clv,
+    experiment,  # issue 14, item 3
     import_,
     migrate,
     models,
@@ -46,6 +47,7 @@ app.command(context_settings=schedule.CONTEXT_SETTINGS)(schedule.schedule)
 app.command()(segments.segments)  # issue 12, item 1
 app.command()(report.report)  # issue 13, item 1
 app.command()(clv.clv)  # issue 13, item 1: predicted lifetime value
+app.add_typer(experiment.app)  # issue 14, item 3: A/B tests of recommenders
 
 
 def main() -> None:

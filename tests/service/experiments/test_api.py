@@ -1,0 +1,297 @@
+"""Experiments through the API: start, arms in every response, results per arm, the guard,
+stop and promote; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.artifact import ModelStore, read_runs
+from service.artifact.lock import trainer_lock
+from service.offers.stats import uplift, wilson
+
+from .conftest import ADMIN, FRONTEND, MARKETING, service_settings, show, state_of, versions
+
+
+def _start(api: TestClient, **body: Any) -> dict[str, Any]:
+    answer = api.post("/v1/experiments", json={"name": "older model", **body}, headers=ADMIN)
+    assert answer.status_code == 201, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+def _served(api: TestClient, users: range) -> dict[str, dict[str, Any]]:
+    out = {}
+    for i in users:
+        answer = api.get(f"/v1/users/u{i}/recommendations", headers=FRONTEND)
+        assert answer.status_code == 200, answer.text
+        out[f"u{i}"] = answer.json()
+    return out
+
+
+def test_every_response_says_its_arm_and_each_arm_serves_its_version(
+    api: TestClient, models: Path
+) -> None:
+    previous, current = versions(models)
+    before = _served(api, range(5))
+    assert all(r["arm"] is None and r["experiment_id"] is None for r in before.values())
+    started = _start(api, candidate_version=previous, share=0.5)
+    assert started["status"] == "running"
+    assert (started["control_version"], started["candidate_version"]) == (current, previous)
+    served = _served(api, range(200))
+    arms = {u: r["arm"] for u, r in served.items()}
+    assert set(arms.values()) == {"control", "candidate"}
+    assert 60 <= list(arms.values()).count("candidate") <= 140
+    for user, answer in served.items():
+        assert answer["experiment_id"] == started["id"]
+        expected = previous if answer["arm"] == "candidate" else current
+        assert answer["model_version"] == expected, user
+    again = _served(api, range(20))  # deterministic: the same arm every time
+    assert all(again[u]["arm"] == arms[u] for u in again)
+
+
+def test_one_experiment_at_a_time_and_bad_input_names_its_field(
+    api: TestClient, models: Path
+) -> None:
+    previous, current = versions(models)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"candidate_version": "20990101T000000-none"}, "candidate_version"),
+        ({"candidate_version": "../etc"}, "candidate_version"),
+        ({"candidate_version": previous, "candidate_recipe": "nonesuch"}, "candidate_recipe"),
+        ({"candidate_version": previous, "control_recipe": "nonesuch"}, "control_recipe"),
+        ({"candidate_version": current}, "candidate_version"),  # the control itself
+        ({"candidate_version": previous, "share": 0}, "share"),
+        ({"candidate_version": previous, "share": 1}, "share"),
+        ({"candidate_version": previous, "extra": 1}, "extra"),
+    ]
+    for body, field in cases:
+        answer = api.post("/v1/experiments", json={"name": "x", **body}, headers=ADMIN)
+        assert answer.status_code == 422, (body, answer.text)
+        assert answer.json()["detail"][0]["field"] == field, (body, answer.text)
+    assert api.post("/v1/experiments", json={"name": "x"}, headers=ADMIN).status_code == 422
+    assert api.get("/v1/experiments", headers=ADMIN).json()["experiments"] == []
+    first = _start(api, candidate_version=previous)
+    second = api.post(
+        "/v1/experiments", json={"name": "b", "candidate_version": previous}, headers=ADMIN
+    )
+    assert second.status_code == 409
+    assert second.json()["error"] == "experiment_running"
+    assert first["id"] in second.json()["detail"]
+
+
+def test_marketing_reads_and_only_admin_changes(api: TestClient, models: Path) -> None:
+    previous, _ = versions(models)
+    body = {"name": "x", "candidate_version": previous}
+    assert api.post("/v1/experiments", json=body, headers=MARKETING).status_code == 403
+    assert api.post("/v1/experiments", json=body, headers=FRONTEND).status_code == 403
+    started = _start(api, candidate_version=previous)
+    assert api.get("/v1/experiments", headers=MARKETING).status_code == 200
+    assert api.get(f"/v1/experiments/{started['id']}", headers=MARKETING).status_code == 200
+    assert api.get(f"/v1/experiments/{started['id']}", headers=FRONTEND).status_code == 403
+    for action in ("stop", "promote"):
+        url = f"/v1/experiments/{started['id']}/{action}"
+        assert api.post(url, headers=MARKETING).status_code == 403
+    assert api.get("/v1/experiments/exp_nonesuch", headers=MARKETING).status_code == 404
+    assert api.post("/v1/experiments/exp_nonesuch/stop", headers=ADMIN).status_code == 404
+
+
+def test_results_per_arm_come_from_the_impressions_tagged_with_the_experiment(
+    api: TestClient, models: Path
+) -> None:
+    previous, _ = versions(models)
+    started = _start(api, candidate_version=previous)
+    engine = state_of(api).repository.engine
+    show(engine, started["id"], "control", impressions=400, users=100, clicks=40, purchases=8)
+    show(engine, started["id"], "candidate", impressions=300, users=90, clicks=45, purchases=3)
+    show(engine, "exp_other", "candidate", impressions=50, users=5, clicks=50)  # not counted
+    found = api.get(f"/v1/experiments/{started['id']}", headers=MARKETING).json()["results"]
+    control, candidate = found["arms"]["control"], found["arms"]["candidate"]
+    assert (control["impressions"], control["users"], control["clicks"]) == (400, 100, 40)
+    assert (candidate["impressions"], candidate["users"], candidate["purchases"]) == (300, 90, 3)
+    assert candidate["ctr"]["estimate"] == pytest.approx(0.15)
+    assert candidate["ctr"]["low"] == pytest.approx(wilson(45, 300).low)  # type: ignore[union-attr]
+    difference = uplift(45, 300, 40, 400)
+    assert difference is not None
+    assert found["ctr"]["difference"]["low"] == pytest.approx(difference.low)
+    assert found["ctr"]["relative_lift"] == pytest.approx(0.5)
+    assert found["conversion"]["difference"]["estimate"] == pytest.approx(0.01 - 0.02)
+    assert found["srm"]["observed_share"] == pytest.approx(90 / 190)
+    assert found["srm"]["mismatch"] is False
+    assert found["guard"] == {
+        "ready": False,
+        "tripped": False,
+        "min_impressions": 1000,
+        "z": pytest.approx(3.29, abs=0.01),
+        "ctr_upper": pytest.approx(found["guard"]["ctr_upper"]),
+        "conversion_upper": pytest.approx(found["guard"]["conversion_upper"]),
+        "reason": None,
+    }
+
+
+def test_the_guard_stops_a_clearly_worse_candidate_once_across_workers(
+    api: TestClient, models: Path
+) -> None:
+    previous, _ = versions(models)
+    started = _start(api, candidate_version=previous)
+    state = state_of(api)
+    assert state.experiments is not None
+    engine = state.repository.engine
+    show(engine, started["id"], "control", impressions=1500, users=300, clicks=300)
+    show(engine, started["id"], "candidate", impressions=1500, users=300, clicks=60)
+    ended: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def look() -> None:
+        barrier.wait()
+        assert state.experiments is not None
+        ended.append(state.experiments.check())
+
+    threads = [threading.Thread(target=look) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([e for e in ended if e is not None]) == 1  # one worker acted
+    found = api.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
+    assert found["status"] == "stopped"
+    outcome = found["outcome"]
+    assert outcome["reason"] == "guard"
+    assert outcome["by"] == "guard"
+    assert "clearly worse" in outcome["detail"]
+    assert outcome["results"]["arms"]["candidate"]["clicks"] == 60
+    assert found["ended_at"] is not None
+    # released: nobody is in an arm any more
+    assert all(r["arm"] is None for r in _served(api, range(10)).values())
+    assert state.experiments.check() is None
+
+
+def test_stop_releases_the_arms_and_a_second_stop_is_a_conflict(
+    api: TestClient, models: Path
+) -> None:
+    previous, current = versions(models)
+    started = _start(api, candidate_version=previous)
+    state = state_of(api)
+    assert state.models.experiment is not None
+    stopped = api.post(f"/v1/experiments/{started['id']}/stop", headers=ADMIN)
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["status"] == "stopped"
+    assert stopped.json()["outcome"]["reason"] == "stopped"
+    assert stopped.json()["outcome"]["by"].startswith("admin:")
+    assert state.models.experiment is None
+    served = _served(api, range(30))
+    assert {r["model_version"] for r in served.values()} == {current}
+    assert all(r["arm"] is None for r in served.values())
+    again = api.post(f"/v1/experiments/{started['id']}/stop", headers=ADMIN)
+    assert again.status_code == 409
+    assert again.json()["error"] == "experiment_ended"
+    assert api.post(f"/v1/experiments/{started['id']}/promote", headers=ADMIN).status_code == 409
+    # a new one may start now
+    _start(api, candidate_version=previous)
+
+
+def test_promotion_switches_current_and_is_recorded_for_the_gate(
+    api: TestClient, models: Path
+) -> None:
+    previous, current = versions(models)
+    started = _start(api, candidate_version=previous)
+    engine = state_of(api).repository.engine
+    show(engine, started["id"], "control", impressions=100, users=50, clicks=5)
+    show(engine, started["id"], "candidate", impressions=100, users=50, clicks=9)
+    with trainer_lock(models):  # a training run holds the lock: refused, nothing changed
+        busy = api.post(f"/v1/experiments/{started['id']}/promote", headers=ADMIN)
+    assert busy.status_code == 409
+    assert busy.json()["error"] == "trainer_busy"
+    assert str(models) not in busy.text
+    assert ModelStore(models).current() == current
+    done = api.post(f"/v1/experiments/{started['id']}/promote", headers=ADMIN)
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert (body["before"], body["current"], body["serving"]) == (current, previous, previous)
+    assert body["experiment"]["status"] == "promoted"
+    assert ModelStore(models).current() == previous
+    assert ModelStore(models).previous() == current  # a rollback goes back to the control
+    run = read_runs(models).runs[0]
+    assert (run.outcome, run.by, run.version, run.current_before) == (
+        "promoted",
+        "experiment",
+        previous,
+        current,
+    )
+    extra = run.model_dump()
+    assert extra["experiment_id"] == started["id"]
+    assert extra["experiment_results"]["arms"]["candidate"]["clicks"] == 9
+    assert started["id"] in run.reasons[0]
+    served = _served(api, range(10))
+    assert {r["model_version"] for r in served.values()} == {previous}
+    assert all(r["arm"] is None for r in served.values())
+
+
+def test_a_recipe_of_the_current_version_is_served_and_not_promoted(
+    api: TestClient, models: Path
+) -> None:
+    _, current = versions(models)
+    started = _start(api, candidate_version=current, candidate_recipe="popularity")
+    served = _served(api, range(60))
+    candidates = [r for r in served.values() if r["arm"] == "candidate"]
+    controls = [r for r in served.values() if r["arm"] == "control"]
+    assert candidates
+    assert controls
+    assert {r["recipe"] for r in candidates} == {"popularity"}
+    assert {r["recipe"] for r in controls} == {"all"}
+    assert {r["model_version"] for r in served.values()} == {current}
+    refused = api.post(f"/v1/experiments/{started['id']}/promote", headers=ADMIN)
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "experiment_refused"
+    assert "recipe popularity" in refused.json()["detail"]
+    status = api.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()["status"]
+    assert status == "running"
+
+
+def test_a_changed_current_version_disables_and_stops_the_experiment(
+    api: TestClient, models: Path
+) -> None:
+    previous, _ = versions(models)
+    started = _start(api, candidate_version=previous)
+    state = state_of(api)
+    ModelStore(models).rollback()  # what a rollback or a training run does meanwhile
+    state.recommendations.reload()
+    served = _served(api, range(20))
+    assert all(r["arm"] is None for r in served.values())  # no arm: nobody is the control
+    assert state.experiments is not None
+    assert state.experiments.check() is not None
+    found = api.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
+    assert found["status"] == "stopped"
+    assert found["outcome"]["reason"] == "control_changed"
+
+
+def test_every_worker_picks_up_a_start_and_a_stop_within_a_poll(
+    tmp_path: Path, models: Path, database_url: str
+) -> None:
+    previous, _ = versions(models)
+    settings = service_settings(tmp_path, database_url, experiment_poll_seconds=0.05)
+    with (
+        TestClient(create_app(settings)) as first,
+        TestClient(create_app(settings)) as second,
+    ):
+        started = _start(first, candidate_version=previous)
+        other = state_of(second)
+        assert _wait(lambda: other.models.experiment is not None)
+        assert {r["arm"] for r in _served(second, range(40)).values()} == {"control", "candidate"}
+        first.post(f"/v1/experiments/{started['id']}/stop", headers=ADMIN)
+        assert _wait(lambda: other.models.experiment is None)
+
+
+def _wait(condition: Any, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
