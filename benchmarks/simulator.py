@@ -64,6 +64,11 @@ MARKETING_KEY = "bench-simulator-marketing-key-0123456789"
 PLACEMENT = "home"
 LIST_LENGTH = 10
 MAX_BATCH = 1000  # POST /v1/events takes at most this many events at once
+# the simulator replays hundreds of visits a second: its servers pick up an experiment and run
+# the guard every half second, and a check waits for one guard's look (GUARD_WAIT), so that
+# the guard looks at least once every ``check_every`` visits
+GUARD_SECONDS = 0.5
+GUARD_WAIT = 0.6
 Z95, Z80 = 1.959964, 0.841621  # two-sided 95 % confidence; 80 % power
 
 
@@ -279,6 +284,8 @@ def service_env(model_root: Path, database_url: str) -> dict[str, str]:
         "RECOFFER_ADMIN_KEYS": ADMIN_KEY,
         "RECOFFER_MARKETING_KEYS": MARKETING_KEY,
         "RECOFFER_LOG_LEVEL": "WARNING",
+        "RECOFFER_EXPERIMENT_POLL_SECONDS": str(GUARD_SECONDS),
+        "RECOFFER_EXPERIMENT_GUARD_SECONDS": str(GUARD_SECONDS),
     }
 
 
@@ -354,7 +361,7 @@ def run_visits(
     """Replay ``visits`` against the service behind ``client`` (see the module docstring).
 
     Events are posted every ``batch_visits`` visits (the impressions and clicks, then the
-    purchases). ``check(visits_so_far)`` runs after every ``check_every`` visits, once the
+    purchases), and before a user's next visit (what they bought is then not shown again). ``check(visits_so_far)`` runs after every ``check_every`` visits, once the
     events are posted; what it returns is kept, and a result with ``"stop": True`` ends the
     run there. ``boost`` multiplies the click probabilities of an arm (the A/A test with a
     known lift of ``detection``'s live check).
@@ -372,13 +379,19 @@ def run_visits(
     done = 0
     stopped_at: int | None = None
 
+    pending: set[str] = set()  # users with events not posted yet
+
     def flush() -> None:
         client.post_events(feedback)
         client.post_events(purchases)
         feedback.clear()
         purchases.clear()
+        pending.clear()
 
     for n, visit in enumerate(visits, start=1):
+        if visit.user_id in pending:  # their last visit's events first: they bought since
+            flush()
+        pending.add(visit.user_id)
         answer = client.recommendations(visit.user_id)
         answers.append(
             {"user_id": visit.user_id}
@@ -532,6 +545,7 @@ def ab_test(
         guard_stopped: list[int] = []
 
         def check(n: int) -> dict[str, Any]:
+            time.sleep(GUARD_WAIT)  # the guard's look at what was just posted
             doc = client.experiment(experiment_id)
             seen = summary_of(doc)
             for metric in first_decided:
@@ -598,6 +612,28 @@ def agreement(
         "offline_order": by_offline,
         "online_order": by_online,
         "agree": by_offline == by_online,
+    }
+
+
+def plain_pass(
+    model_root: Path, replay: Replay, version: str, clicks: ClickModel, *, seed: int
+) -> dict[str, Any]:
+    """The visits replayed once with ``version`` current and no experiment: the lists every
+    visit is shown (``detection``'s input) and the online figures they earn."""
+    from service.artifact import ModelStore
+
+    ModelStore(model_root).promote(version)
+    with live_service(model_root, prefix="simulator-pass") as (client, _):
+        loop = run_visits(client, replay.visits, clicks, seed=seed, prices=replay.prices)
+        online = by_group(client.online_metrics("model_version"), "model_version")
+    return {
+        "version": version,
+        "visits": loop.visits,
+        "seconds": round(loop.seconds, 1),
+        "visits_per_second": round(loop.visits / loop.seconds, 1) if loop.seconds else None,
+        "posted": {arm: t.to_dict() for arm, t in loop.arms.items()},
+        "online": online,
+        "_shown": loop.shown,
     }
 
 
@@ -857,6 +893,8 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     models = train_pair(replay, root, args.threads)
     good, worse = models["good"]["version"], models["worse"]["version"]
+    baseline = plain_pass(root, replay, good, clicks, seed=args.seed)
+    print("baseline", json.dumps(_strip(baseline)["posted"]), flush=True)
     runs: dict[str, dict[str, Any]] = {}
     for label, control, candidate in (
         ("worse_candidate", good, worse),
@@ -880,13 +918,13 @@ def main() -> None:
             metric: agreement(offline, run["online_by_version"], metric)
             for metric in ("ctr", "conversion")
         }
-    # target 3: the lists the good model showed in the first run
-    lists = runs["worse_candidate"]["_shown"][good]
+    # target 3: the lists the good model showed to every visit, without an experiment
+    lists = baseline["_shown"][good]
     target = detection(lists, lift=args.lift, replications=args.replications, seed=args.seed)
     print(json.dumps(target["fixed_horizon"]), json.dumps(target["peeking"]), flush=True)
     live: dict[str, Any] | None = None
     if args.live_replications:
-        horizon = int(math.ceil(target["textbook"]["power_80"]["visits"] * 1.5 / 1000) * 1000)
+        horizon = int(math.ceil(target["textbook"]["power_80"]["visits"] * 1.2 / 1000) * 1000)
         live = live_detection(
             root,
             replay,
@@ -913,6 +951,7 @@ def main() -> None:
             },
             "click_model": clicks.to_dict(),
             "models": models,
+            "baseline": _strip(baseline),
             "runs": {k: _strip(v) for k, v in runs.items()},
             "detection": target,
             "live_detection": live,
@@ -933,61 +972,118 @@ def render(doc: dict[str, Any]) -> list[str]:
     d, c, m = doc["data"], doc["click_model"], doc["models"]
     out += [
         f"Online Retail's test window ({d['cutoff'][:10]} to {d['end'][:10]}, the trainer's "
-        f"split): {d['visits']:,} visits (a known user's purchase day) of {d['users']:,} users. "
-        f"Click model: examination {c['examination']}, then click p = {c['p']} (an item the "
-        f"user buys that day or later in the window), q = {c['q']} (any other); a clicked "
-        f"bought item is bought from the list with r = {c['r']}.",
+        f"split): {d['visits']:,} visits (a day on which a user known at the cut-off bought) of "
+        f"{d['users']:,} users, each shown 10 items (`exclude_purchased=true`) by a real server. "
+        f'Click model (README "Traffic simulator"): position k looked at with '
+        f"{c['examination']}, then clicked with p = {c['p']} if the user buys the item that day "
+        f"or later in the window, q = {c['q']} otherwise; a clicked item they buy is bought "
+        f"from the list with r = {c['r']}. Both models learnt from the "
+        f"{d['training_rows']:,} purchase lines before the cut-off; offline figures are the "
+        "manifests' (the trainer's own test window, the 30 days before the cut-off, `novel`).",
         "",
-        "| model | version | served (novel) | offline NDCG@10 | recall@10 |",
-        "|---|---|---|---:|---:|",
+        "| model | version | params | served (novel) | offline NDCG@10 | recall@10 |",
+        "|---|---|---|---|---:|---:|",
     ]
     for label in ("good", "worse"):
         f = m[label]
+        params = ", ".join(f"{k} {v}" for k, v in f["params"].items())
         out.append(
-            f"| {label} | `{f['version']}` | {f['served']} | {f['ndcg@10']:.4f} | "
+            f"| {label} | `{f['version']}` | {params} | {f['served']} | {f['ndcg@10']:.4f} | "
             f"{f['recall@10']:.4f} |"
         )
+    base = doc.get("baseline")
+    if base:
+        t = next(iter(base["posted"].values()))
+        out += [
+            "",
+            f"Without an experiment, the good model over the whole window: {t['impressions']:,} "
+            f"impressions, CTR {_pct(t['ctr'])}, {t['purchases']:,} attributed purchases "
+            f"({_pct(t['conversion'])} of impressions); {base['visits_per_second']:,} visits a "
+            "second (recommendations, impressions, clicks and purchases posted in batches of 50 "
+            "visits).",
+        ]
     out += [
         "",
-        "| run | control | candidate | arm | visits | impressions | clicks | CTR | "
-        "purchases | purchases / impression |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| run | arm | model | visits | users | impressions | clicks | CTR | purchases | "
+        "purchases / impression |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    names = {m["good"]["version"]: "good", m["worse"]["version"]: "worse"}
     for label, run in doc["runs"].items():
         for arm, t in run["posted"].items():
+            model = ", ".join(names.get(v, v) for v in t["versions"])
             out.append(
-                f"| {label} | {_short(run['control'])} | {_short(run['candidate'])} | {arm} | "
-                f"{t['visits']:,} | {t['impressions']:,} | {t['clicks']:,} | "
-                f"{_pct(t['ctr'])} | {t['purchases']:,} | {_pct(t['conversion'])} |"
+                f"| {label} | {arm} | {model} | {t['visits']:,} | {t['users']:,} | "
+                f"{t['impressions']:,} | {t['clicks']:,} | {_pct(t['ctr'])} | "
+                f"{t['purchases']:,} | {_pct(t['conversion'])} |"
             )
     out.append("")
     for label, run in doc["runs"].items():
+        final = run["final"]
+        results = final.get("results") or {}
+        diff = (results.get("ctr") or {}).get("difference")
+        outcome = final.get("outcome") or {}
+        agree = run.get("agreement", {})
         out.append(
-            f"- {label}: the CTR difference's 95 % interval excluded 0 after "
-            f"{_visits(run['ctr_decided_at_visits'])}, conversion's after "
-            f"{_visits(run['conversion_decided_at_visits'])}; the guard stopped the "
-            f"experiment after {_visits(run['guard_stopped_at_visits'])}."
+            f"- **{label}** (control {names[run['control']]}, candidate "
+            f"{names[run['candidate']]}): the CTR difference's 95 % interval excluded 0 at the "
+            f"check after {_visits(run['ctr_decided_at_visits'])}, conversion's after "
+            f"{_visits(run['conversion_decided_at_visits'])}; experiment "
+            f"{final.get('status')}"
+            + (f" by the {outcome.get('reason')} ({outcome.get('detail')})" if outcome else "")
+            + (
+                f" after {run['guard_stopped_at_visits']:,} visits"
+                if run["guard_stopped_at_visits"]
+                else ""
+            )
+            + (
+                f"; CTR difference {diff['estimate']:+.4f} [{diff['low']:+.4f}, "
+                f"{diff['high']:+.4f}]"
+                if diff
+                else ""
+            )
+            + "; online order = offline NDCG@10 order: "
+            + ", ".join(f"{k} {'yes' if v['agree'] else 'no'}" for k, v in agree.items())
+            + "."
         )
     t = doc["detection"]
     pk, fx, bk = t["peeking"], t["fixed_horizon"], t["textbook"]
     out += [
         "",
         f"**Target: visits to detect a {t['lift']:.0%} relative CTR difference at 95 % "
-        f"confidence.** Base CTR {_pct(t['base_ctr'])} ({t['impressions_per_visit']:.1f} "
-        f"impressions a visit, the good model's {t['lists']:,} lists above), "
-        f"{t['replications']} seeded replications, interval checked every {t['step']} visits:",
+        f"confidence.** Arm B's click probabilities {1 + t['lift']:g} times arm A's, on the "
+        f"good model's {t['lists']:,} lists above (base CTR {_pct(t['base_ctr'])}, "
+        f"{t['impressions_per_visit']:.0f} impressions a visit), each visit in A or B at "
+        f"random; {t['replications']} seeded replications of up to {t['horizon']:,} visits, "
+        f"Newcombe's interval every {t['step']} visits:",
         "",
-        f"- looking after every {t['step']} visits: first excluded 0 after a median of "
-        f"{_visits(pk['median'])} (p10 {_visits(pk['p10'])}, p90 {_visits(pk['p90'])}; "
-        f"{pk['detected']} of {t['replications']} within {t['horizon']:,} visits, "
-        f"{pk['wrong_side']} on the wrong side: peeking inflates false decisions);",
-        f"- at a fixed number of visits: 50 % power at {_visits(fx['power_50_at'])}, 80 % at "
-        f"{_visits(fx['power_80_at'])};",
-        f"- textbook two-proportion formula: {_visits(bk['power_50']['visits'])} (50 % power), "
-        f"{_visits(bk['power_80']['visits'])} (80 % power; "
-        f"{bk['power_80']['impressions_per_arm']:,.0f} impressions per arm).",
-        "",
+        f"- at a fixed number of visits (decided in advance): 50 % power at "
+        f"{_visits(fx['power_50_at'])}, **80 % power at {_visits(fx['power_80_at'])}**;",
+        f"- textbook two-proportion formula for the same CTRs: "
+        f"{_visits(bk['power_50']['visits'])} (50 % power), "
+        f"{_visits(bk['power_80']['visits'])} (80 %; "
+        f"{bk['power_80']['impressions_per_arm']:,.0f} impressions per arm);",
+        f"- looking after every {t['step']} visits and stopping at the first interval without "
+        f"0: a median of {_visits(pk['median'])} (p10 {_visits(pk['p10'])}, p90 "
+        f"{_visits(pk['p90'])}), but {pk['wrong_side']} of {t['replications']} replications "
+        "stopped on the wrong side: peeking decides early and wrongly, so fix the visits in "
+        "advance.",
     ]
+    live = doc.get("live_detection")
+    if live:
+        firsts = [f for f in live["first_excluded_at"] if f is not None]
+        out += [
+            f"- through the live service's experiment ({live['replications']} replications, "
+            f"both arms serving the good model, the candidate's clicks x{1 + live['lift']:g}, "
+            f"{live['horizon']:,} visits drawn from the window each, "
+            f"`GET /v1/experiments/{{id}}` every {live['step']} visits): its CTR interval "
+            "first excluded 0 after "
+            + ", ".join(_visits(f) for f in firsts)
+            + "; share of replications excluding 0 above 0: "
+            + ", ".join(f"{v:.0%} at {int(n):,}" for n, v in live["power_at"].items())
+            + ".",
+        ]
+    out.append("")
     return out
 
 

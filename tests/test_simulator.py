@@ -22,6 +22,7 @@ from benchmarks.simulator import (
     LoopResult,
     Replay,
     arms_of,
+    by_group,
     detection,
     live_service,
     replay_window,
@@ -118,6 +119,7 @@ def _loop(
         wait_for_experiment(client, [v.user_id for v in replay.visits], experiment_id)
         loop = run_visits(client, replay.visits, clicks, seed=11, prices=replay.prices)
         doc = client.experiment(experiment_id)
+        online = by_group(client.online_metrics("arm"), "arm")
         engine = create_engine(url)
         with engine.connect() as conn:
             stored = {
@@ -129,7 +131,8 @@ def _loop(
                 )
             }
         engine.dispose()
-    return loop, {"experiment": doc, "stored": stored, "good": good, "worse": worse}, experiment_id
+    seen = {"experiment": doc, "online": online, "stored": stored, "good": good, "worse": worse}
+    return loop, seen, experiment_id
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +188,20 @@ def test_the_experiments_figures_are_what_was_posted(
     for arm, tally in result.arms.items():
         assert arms[arm]["impressions"] == tally.impressions
         assert arms[arm]["users"] == len(tally.users)
+        assert arms[arm]["clicks"] == tally.clicks
+        assert arms[arm]["purchases"] == tally.purchases
+
+
+def test_the_online_metrics_per_arm_are_what_was_posted(
+    loop: tuple[LoopResult, dict[str, Any], str],
+) -> None:
+    result, seen, _ = loop
+    assert set(seen["online"]) == {"control", "candidate"}
+    for arm, tally in result.arms.items():
+        figures = seen["online"][arm]
+        assert (figures["impressions"], figures["clicks"], figures["purchases"]) == (
+            tally.impressions,
+            tally.clicks,
+            tally.purchases,
+        )
+        assert figures["ctr"]["low"] <= tally.clicks / tally.impressions <= figures["ctr"]["high"]
