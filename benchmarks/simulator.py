@@ -361,10 +361,10 @@ def run_visits(
     """Replay ``visits`` against the service behind ``client`` (see the module docstring).
 
     Events are posted every ``batch_visits`` visits (the impressions and clicks, then the
-    purchases), and before a user's next visit (what they bought is then not shown again). ``check(visits_so_far)`` runs after every ``check_every`` visits, once the
-    events are posted; what it returns is kept, and a result with ``"stop": True`` ends the
-    run there. ``boost`` multiplies the click probabilities of an arm (the A/A test with a
-    known lift of ``detection``'s live check).
+    purchases), and before a user's next visit (what they bought is then not shown again).
+    ``check(visits_so_far)`` runs after every ``check_every`` visits, once the events are
+    posted; what it returns is kept, and a result with ``"stop": True`` ends the run there.
+    ``boost`` multiplies the click probabilities of an arm (``live_detection``'s known lift).
     """
     rng = np.random.default_rng(seed)
     boost = boost or {}
@@ -783,6 +783,7 @@ def live_detection(
     no_purchases = dataclasses.replace(clicks, r=0.0)
     first: list[int | None] = []
     signs: list[list[int]] = []
+    ended: list[dict[str, Any]] = []
     with live_service(model_root, prefix="simulator-lift") as (client, _):
         for k in range(replications):
             extra: dict[str, Any] = {} if recipe is None else {"candidate_recipe": recipe}
@@ -792,8 +793,12 @@ def live_detection(
             visits = [replay.visits[int(i)] for i in rng.integers(len(replay.visits), size=horizon)]
             seen: list[int] = []
 
-            def check(n: int, experiment_id: str = experiment_id, seen: list[int] = seen) -> None:
-                seen.append(excludes_zero(difference_of(client.experiment(experiment_id), "ctr")))
+            def check(
+                n: int, experiment_id: str = experiment_id, seen: list[int] = seen
+            ) -> dict[str, Any]:
+                doc = client.experiment(experiment_id)
+                seen.append(excludes_zero(difference_of(doc, "ctr")))
+                return {"stop": not is_running(doc)}
 
             run_visits(
                 client,
@@ -804,7 +809,19 @@ def live_detection(
                 check_every=step,
                 boost={"candidate": 1 + lift},
             )
-            client.ok("POST", f"/v1/experiments/{experiment_id}/stop", {}, key=client.admin_key)
+            final = client.experiment(experiment_id)
+            if is_running(final):
+                client.ok("POST", f"/v1/experiments/{experiment_id}/stop", {}, key=client.admin_key)
+            else:  # the guard (or a change of the current version) ended it
+                ended.append(
+                    {
+                        "replication": k,
+                        "after_visits": len(seen) * step,
+                        "outcome": {
+                            x: (final.get("outcome") or {}).get(x) for x in ("reason", "detail")
+                        },
+                    }
+                )
             crossed = next((j for j, s in enumerate(seen) if s), None)
             first.append(None if crossed is None else (crossed + 1) * step * seen[crossed])
             signs.append(seen)
@@ -820,6 +837,7 @@ def live_detection(
         "step": step,
         "seed": seed,
         "first_excluded_at": first,  # negative: on the wrong side
+        "ended_early": ended,
         "power_at": {
             n: round(a, 3) for n, a in zip(checkpoints, above, strict=True) if n % 2000 == 0
         },
