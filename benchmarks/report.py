@@ -410,6 +410,7 @@ def main() -> None:
         concurrency,
         console_marketing,
         console_pages,
+        feedback_overhead,
         import_online_retail,
         lifecycle_sweep,
         loyalty,
@@ -452,6 +453,7 @@ def main() -> None:
         ("clv", clv.render),  # issue 13, item 1
         ("loyalty", loyalty.render),  # issue 13, item 1
         ("simulator", simulator.render),  # issue 14, item 5
+        ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
     ):
         doc = _load(name)
         if doc is not None:

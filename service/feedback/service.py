@@ -9,6 +9,7 @@ the batch's transaction.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from service.clock import Clock
 from service.errors import InvalidInput
 from service.feedback.figures import Tally, tally
 from service.feedback.repository import UNKNOWN, FeedbackRepository, ServedRow, Windows, Written
-from service.feedback.token import InvalidListId, ListIds
+from service.feedback.token import InvalidListId, ListIds, ServedList
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -101,12 +102,16 @@ class Feedback:
         """Each (index in the request, draft) read against its list id; InvalidInput naming
         ``events.N.request_id`` (``request_id`` alone) for the first that is not valid."""
         rows = []
+        read: dict[tuple[str, str], ServedList] = {}  # a list's items share one check
         for index, d in drafts:
-            try:
-                served = self.list_ids.read(d.list_id, d.user_id)
-            except InvalidListId as exc:
-                field = f"events.{index}.request_id" if batch else "request_id"
-                raise InvalidInput(field, str(exc)) from None
+            served = read.get((d.list_id, d.user_id))
+            if served is None:
+                try:
+                    served = self.list_ids.read(d.list_id, d.user_id)
+                except InvalidListId as exc:
+                    field = f"events.{index}.request_id" if batch else "request_id"
+                    raise InvalidInput(field, str(exc)) from None
+                read[(d.list_id, d.user_id)] = served
             if len(served.request_id) > 64:  # never one of ours: the middleware's are 16
                 field = f"events.{index}.request_id" if batch else "request_id"
                 raise InvalidInput(field, "the list's id part is longer than 64 characters")
@@ -149,12 +154,12 @@ class Feedback:
         """The ingest counters on ``/metrics``."""
         if self.metrics is None:
             return
-        for source in written.impressions:
-            self.metrics.rec_impressions.labels(source).inc()
-        for source in written.clicks:
-            self.metrics.rec_clicks.labels(source).inc()
-        for credit in written.credits:
-            self.metrics.rec_attributed.labels(credit.kind, credit.via).inc()
+        for source, n in Counter(written.impressions).items():
+            self.metrics.rec_impressions.labels(source).inc(n)
+        for source, n in Counter(written.clicks).items():
+            self.metrics.rec_clicks.labels(source).inc(n)
+        for (kind, via), n in Counter((c.kind, c.via) for c in written.credits).items():
+            self.metrics.rec_attributed.labels(kind, via).inc(n)
 
     # --- the figures -----------------------------------------------------------------------
 

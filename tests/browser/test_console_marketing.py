@@ -150,7 +150,7 @@ def _recommendations(console: Console, api: httpx.Client) -> None:
     assert cells == [f"{g['impressions']:,}" for g in groups]
     ctr = _cells(console, '#online [data-figure="ctr"]')
     assert [c.split(" ")[0] for c in ctr] == [f"{g['ctr']['estimate'] * 100:.1f}%" for g in groups]
-    assert console.tab.locator("figure.chart svg").count() == 1
+    assert console.tab.locator("figure.chart").count() == 1  # the CTR per day
 
 
 CHECKS = {

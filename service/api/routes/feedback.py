@@ -53,7 +53,7 @@ async def get_recommendation_metrics(
         )
     if len(set(dims)) != len(dims):
         raise InvalidInput("by", "a dimension is named twice")
-    since, until = _utc(since), _utc(until)
+    since, until = _utc(since, "since"), _utc(until, "until")
     if since is not None and until is not None and until <= since:
         raise InvalidInput("until", "must be after since")
     tallies = await run_in_threadpool(feedback.tally, dims, since, until)
@@ -62,10 +62,13 @@ async def get_recommendation_metrics(
     )
 
 
-def _utc(moment: datetime | None) -> datetime | None:
+def _utc(moment: datetime | None, field: str) -> datetime | None:
     if moment is None:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidInput(field, "out of range once converted to UTC") from None
 
 
 def _interval(i: Interval | None) -> IntervalOut | None:
