@@ -402,7 +402,7 @@ def main() -> None:
         "runs were repeated, and ratios are taken within one run.",
         "",
     ]
-    from benchmarks import (
+    from benchmarks import (  # issue 14, item 3
         against_commit,
         backtest_kinds,
         campaign_store,
@@ -410,6 +410,8 @@ def main() -> None:
         concurrency,
         console_marketing,
         console_pages,
+        experiment_guard,
+        experiment_serving,
         feedback_overhead,
         import_online_retail,
         lifecycle_sweep,
@@ -436,6 +438,8 @@ def main() -> None:
         ("against_commit", against_commit.render),
         ("concurrency", concurrency.render),
         ("serving_memory", serving_memory.render),
+        ("experiment_serving", experiment_serving.render),  # issue 14, item 3
+        ("experiment_guard", experiment_guard.render),  # issue 14, item 3
         ("import_online_retail", import_online_retail.render),
         ("offers", offers),
         ("targeting", targeting.render),  # issue 12, item 4

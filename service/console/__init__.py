@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from service.console import marketing, ops, recommendations, routes
+from service.console import experiments, marketing, ops, recommendations, routes
 from service.console.web import FormExpired, NotAllowed, SignInNeeded, page
 
 __all__ = ["add_console"]
@@ -22,7 +22,13 @@ __all__ = ["add_console"]
 
 def add_console(app: FastAPI) -> None:
     """Mount the console's pages, its static files and its error pages on ``app``."""
-    for router in (routes.router, marketing.router, ops.router, recommendations.router):
+    for router in (
+        routes.router,
+        marketing.router,
+        ops.router,
+        recommendations.router,
+        experiments.router,
+    ):
         app.include_router(router)
     app.mount(
         "/console/static",

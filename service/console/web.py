@@ -57,6 +57,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Cohorts", "/cohorts", ("marketing",)),
     NavItem("Customer value", "/customer-value", ("marketing",)),
     NavItem("Recommendations", "/recommendations", ("marketing",)),  # issue 14
+    NavItem("Experiments", "/experiments", ("marketing",)),  # issue 14, item 3
     NavItem("Models", "/models", ("admin",)),
     NavItem("Health", "/health", ("admin",)),
 )

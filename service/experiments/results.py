@@ -17,8 +17,9 @@ experiment's id and their arm); rates are per impression, as everywhere online:
   at again and again while the experiment runs; the strict ``z`` plays the part of a
   Haybittle-Peto boundary: even 100 independent looks would stop a candidate that is not worse
   at most 100 x 0.05 % = 5 % of the time (Bonferroni), and successive looks share almost all
-  of their data, so the real rate is far lower. The guard only ever stops a candidate that
-  is worse; deciding that it is better is the promotion's business (a person's).
+  of their data, so the real rate is far lower: 1.7 % over 200 looks of CTR and conversion in
+  ``benchmarks/experiment_guard.py``'s simulation (33 % at z 1.96). The guard only ever stops
+  a candidate that is worse; deciding that it is better is the promotion's business (a person's).
 
 Caveat: impressions of one user are not independent (one user sees many lists), so the
 per-impression intervals are somewhat narrower than the truth; the strict guard ``z`` leaves

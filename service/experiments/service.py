@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.artifact import ModelStore, TrainingRun, load_artifact, record_run
+from service.artifact import (
+    Manifest,
+    ModelStore,
+    TrainingRun,
+    load_artifact,
+    read_manifest,
+    record_run,
+)
 from service.artifact.lock import trainer_lock
 from service.errors import (
     ArtifactError,
@@ -40,6 +47,7 @@ from service.errors import (
 )
 from service.experiments.repository import Experiment, ExperimentRepository, Status
 from service.experiments.results import MIN_IMPRESSIONS, SRM_P, Z_GUARD, Results, results
+from service.recommend.holder import ExperimentArms
 from service.recommend.service import Recommendations
 
 log = logging.getLogger(__name__)
@@ -142,18 +150,18 @@ class Experiments:
         running = self.repository.running()
         if running is not None:
             raise ExperimentRunning(f"experiment {running.id} is running; stop or promote it first")
-        candidate = self._loadable("candidate_version", candidate_version)
-        control = self._loadable("control_version", control_version)
-        for field, recipe, manifest_of in (
-            ("candidate_recipe", candidate_recipe, candidate),
-            ("control_recipe", control_recipe, control),
+        candidate = self._manifest("candidate_version", candidate_version)
+        control = self._manifest("control_version", control_version)
+        for field, recipe, version, manifest in (
+            ("candidate_recipe", candidate_recipe, candidate_version, candidate),
+            ("control_recipe", control_recipe, control_version, control),
         ):
-            if recipe is not None and recipe not in manifest_of.manifest.candidates:
-                known = ", ".join(sorted(manifest_of.manifest.candidates)) or "none"
+            if recipe is not None and recipe not in manifest.candidates:
+                known = ", ".join(sorted(manifest.candidates)) or "none"
                 raise InvalidInput(
                     field,
-                    f"version {manifest_of.version} has no candidate recipe {recipe!r} "
-                    f"(its candidates: {known})",
+                    f"version {version} has no candidate recipe {recipe!r} (its candidates: "
+                    f"{known})",
                 )
         if candidate_version == control_version and candidate_recipe == control_recipe:
             raise InvalidInput(
@@ -161,7 +169,7 @@ class Experiments:
                 f"{candidate_version} is the current version: the candidate would be the "
                 "control; name another version, or a candidate_recipe",
             )
-        row = {
+        row: dict[str, Any] = {
             "id": new_experiment_id(),
             "name": name.strip(),
             "control_version": control_version,
@@ -173,25 +181,44 @@ class Experiments:
             "created_by": actor,
             "started_at": self.clock(),
         }
+        planned = Experiment(**row, status="running", ended_at=None, outcome=None, version=1)
+        # the whole candidate, checksums included, as every worker will load it: here it is
+        # loaded once and served as it is; a command (serve_here False) only verifies it
+        arms: ExperimentArms | None = None
+        try:
+            if self.serve_here:
+                arms = self.models.prepare_experiment(planned)
+            else:
+                load_artifact(self.store.version_path(candidate_version), mmap=True)
+        except Exception as exc:
+            raise InvalidInput(
+                "candidate_version",
+                self.recommendations.public(f"version {candidate_version} does not load ({exc})"),
+            ) from None
         if not self.repository.create(row):
             running = self.repository.running()
             which = f"experiment {running.id}" if running is not None else "another experiment"
             raise ExperimentRunning(f"{which} is running; stop or promote it first")
         started = self.get(str(row["id"]))
         log.info("experiment_started", extra={"experiment": started.id, "by": actor})
-        self.refresh(started)
+        if arms is not None:
+            self.models.install_experiment(arms)
         return started
 
-    def _loadable(self, field: str, version: str) -> Any:
+    def _manifest(self, field: str, version: str) -> Manifest:
+        """The manifest of a published version; InvalidInput naming ``field`` otherwise."""
         try:
             path = self.store.version_path(version)
+            exists = path.is_dir()
         except RegistryError as exc:
             raise InvalidInput(field, str(exc)) from None
-        if not path.is_dir():
+        except (OSError, ValueError):  # a name no file system takes (a NUL byte, too long)
+            raise InvalidInput(field, f"invalid version name {version!r}") from None
+        if not exists:
             known = ", ".join(self.store.versions()) or "none"
             raise InvalidInput(field, f"no such version {version!r} (published: {known})")
-        try:  # the whole version, checksums included: what every worker will load
-            return load_artifact(path, mmap=True)
+        try:
+            return read_manifest(path)
         except ArtifactError as exc:
             raise InvalidInput(
                 field, self.recommendations.public(f"version {version} does not load ({exc})")

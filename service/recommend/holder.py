@@ -113,6 +113,16 @@ class ModelHolder:
             log.info("model_loaded", extra={"version": wanted, "previous": previous})
             return LoadOutcome(True, wanted, attempted=True)
 
+    def prepare_experiment(self, experiment: Experiment) -> ExperimentArms:
+        """``experiment``'s arms, loaded fully but not served yet (``install_experiment``);
+        raises what the load raises. Blocking: call it off the loop."""
+        return build_arms(self, experiment)
+
+    def install_experiment(self, arms: ExperimentArms) -> None:
+        """Serve arms ``prepare_experiment`` built (one assignment)."""
+        with self._lock:
+            _install(self, arms)
+
     def refresh_experiment(self, experiment: Experiment | None) -> bool:
         """Serve ``experiment``'s arms, loaded fully before the swap (None or ended: release
         them); True when what this worker serves changed. Blocking: call it off the loop."""
@@ -181,6 +191,51 @@ def _experiment_recommender(
     return Recommender(model, event_weights=holder.event_weights), covers
 
 
+def build_arms(holder: ModelHolder, experiment: Experiment) -> ExperimentArms:
+    """``experiment``'s arms loaded and prepared completely (checksums, candidates); raises
+    whatever a load raises. The served version's arrays are shared, not loaded twice."""
+    current = holder.current
+    shared: Artifact | None = None  # the served version's arrays, reused for its recipes
+    if current is not None and current.model.version == experiment.control_version:
+        shared = current.model.artifact
+
+    def artifact_of(version: str) -> Artifact:
+        if shared is not None and shared.version == version:
+            return shared
+        return load_artifact(holder.store.version_path(version), mmap=False)
+
+    candidate, candidate_covers = _experiment_recommender(
+        holder, artifact_of(experiment.candidate_version), experiment.candidate_recipe
+    )
+    control: Recommender | None = None
+    control_covers: frozenset[str] = frozenset()
+    if experiment.control_recipe is not None:
+        control, control_covers = _experiment_recommender(
+            holder, artifact_of(experiment.control_version), experiment.control_recipe
+        )
+    return ExperimentArms(
+        experiment_id=experiment.id,
+        row_version=experiment.version,
+        share=experiment.share,
+        control_version=experiment.control_version,
+        candidate=candidate,
+        control=control,
+        candidate_recipe=experiment.candidate_recipe,
+        candidate_covers=candidate_covers,
+        control_recipe=experiment.control_recipe,
+        control_covers=control_covers,
+    )
+
+
+def _install(holder: ModelHolder, arms: ExperimentArms) -> None:
+    holder._experiment_key = (arms.experiment_id, arms.row_version)
+    holder.experiment, holder.experiment_error = arms, None  # one assignment: the swap
+    log.info(
+        "experiment_loaded",
+        extra={"experiment": arms.experiment_id, "candidate": arms.candidate_version},
+    )
+
+
 def _load_experiment(holder: ModelHolder, experiment: Experiment | None) -> bool:
     """Serve ``experiment``'s arms (None: no experiment; release them); True when they changed.
 
@@ -200,45 +255,11 @@ def _load_experiment(holder: ModelHolder, experiment: Experiment | None) -> bool
         return False
     holder._experiment_key = key
     try:
-        current = holder.current
-        shared: Artifact | None = None  # the served version's arrays, reused for its recipes
-        if current is not None and current.model.version == experiment.control_version:
-            shared = current.model.artifact
-
-        def artifact_of(version: str) -> Artifact:
-            if shared is not None and shared.version == version:
-                return shared
-            return load_artifact(holder.store.version_path(version), mmap=False)
-
-        candidate, candidate_covers = _experiment_recommender(
-            holder, artifact_of(experiment.candidate_version), experiment.candidate_recipe
-        )
-        control: Recommender | None = None
-        control_covers: frozenset[str] = frozenset()
-        if experiment.control_recipe is not None:
-            control, control_covers = _experiment_recommender(
-                holder, artifact_of(experiment.control_version), experiment.control_recipe
-            )
+        arms = build_arms(holder, experiment)
     except Exception as exc:  # whatever breaks a load, the control keeps serving everyone
         holder.experiment = None
         holder.experiment_error = f"cannot load experiment {experiment.id}: {exc}"
         log.error("experiment_load_failed", extra={"experiment": experiment.id, "error": str(exc)})
         return True
-    holder.experiment = ExperimentArms(
-        experiment_id=experiment.id,
-        row_version=experiment.version,
-        share=experiment.share,
-        control_version=experiment.control_version,
-        candidate=candidate,
-        control=control,
-        candidate_recipe=experiment.candidate_recipe,
-        candidate_covers=candidate_covers,
-        control_recipe=experiment.control_recipe,
-        control_covers=control_covers,
-    )
-    holder.experiment_error = None
-    log.info(
-        "experiment_loaded",
-        extra={"experiment": experiment.id, "candidate": experiment.candidate_version},
-    )
+    _install(holder, arms)
     return True

@@ -295,3 +295,39 @@ def _wait(condition: Any, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(condition())
+
+
+def test_of_many_starts_at_once_one_wins(api: TestClient, models: Path) -> None:
+    from service.errors import ExperimentRunning
+
+    previous, _ = versions(models)
+    experiments = state_of(api).experiments
+    assert experiments is not None
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def start(n: int) -> None:
+        barrier.wait()
+        try:
+            experiments.start(name=f"race {n}", candidate_version=previous)
+            outcomes.append("started")
+        except ExperimentRunning:
+            outcomes.append("running")
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["running"] * 7 + ["started"]
+    listed = api.get("/v1/experiments", headers=ADMIN).json()["experiments"]
+    assert [e["status"] for e in listed] == ["running"]
+
+
+def test_a_version_name_no_file_system_takes_is_a_422(api: TestClient) -> None:
+    for name in ("a\x00b", "x" * 64, "."):
+        answer = api.post(
+            "/v1/experiments", json={"name": "x", "candidate_version": name}, headers=ADMIN
+        )
+        assert answer.status_code == 422, (name, answer.text)
+        assert answer.json()["detail"][0]["field"] == "candidate_version"
