@@ -15,6 +15,8 @@ STEPS = (
     ["benchmarks.against_commit"],
     ["benchmarks.concurrency"],
     ["benchmarks.serving_memory"],
+    ["benchmarks.experiment_serving"],  # issue 14, item 3
+    ["benchmarks.experiment_guard"],  # issue 14, item 3
     ["benchmarks.import_online_retail", "--repeats", "2"],
     ["benchmarks.offers"],
     ["benchmarks.sweep"],

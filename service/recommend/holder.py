@@ -19,15 +19,19 @@ candidate's memory goes with the last request that used it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.artifact import Artifact, Manifest, ModelStore, load_artifact
 from service.errors import RecofferError
+from service.experiments.arms import arm_of
 from service.recommend.recommender import Recommender
 from service.recommend.serving import prepare
 from service.scoring import PROTOCOLS, Recipe
@@ -122,6 +126,7 @@ class ModelHolder:
         """Serve arms ``prepare_experiment`` built (one assignment)."""
         with self._lock:
             _install(self, arms)
+        release_freed_memory()
 
     def refresh_experiment(self, experiment: Experiment | None) -> bool:
         """Serve ``experiment``'s arms, loaded fully before the swap (None or ended: release
@@ -142,12 +147,16 @@ def candidate_recipes(manifest: Manifest, name: str) -> tuple[dict[str, Recipe],
     return recipes, frozenset(p for p in PROTOCOLS if p in own)
 
 
+ARMS_REMEMBERED = 200_000  # users whose arm each worker keeps (then it starts again)
+
+
 @dataclass(frozen=True)
 class ExperimentArms:
     """The running experiment as this worker serves it.
 
     ``control`` is None when the control arm is the current model as it is; the arm of a user
-    is ``service.experiments.arms.arm_of`` of the experiment's id and the user's.
+    is ``service.experiments.arms.arm_of`` of the experiment's id and the user's, remembered
+    for the users seen lately (a dict lookup instead of a SHA-256 on every request).
     """
 
     experiment_id: str
@@ -160,19 +169,34 @@ class ExperimentArms:
     candidate_covers: frozenset[str] = frozenset()
     control_recipe: str | None = None
     control_covers: frozenset[str] = frozenset()
+    _labels: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _arms: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for arm, name, covers in (
+            ("candidate", self.candidate_recipe, self.candidate_covers),
+            ("control", self.control_recipe, self.control_covers),
+        ):
+            for protocol in PROTOCOLS:
+                label = name if name is not None and protocol in covers else protocol
+                self._labels[(arm, protocol)] = label
 
     @property
     def candidate_version(self) -> str:
         return self.candidate.model.version
 
+    def arm_of(self, user_id: str) -> str:
+        """The user's arm (``service.experiments.arms.arm_of``), remembered."""
+        arm = self._arms.get(user_id)
+        if arm is None:
+            if len(self._arms) >= ARMS_REMEMBERED:
+                self._arms.clear()  # a dict's clear and set are atomic under the GIL
+            arm = self._arms[user_id] = arm_of(self.experiment_id, user_id, self.share)
+        return arm
+
     def recipe_label(self, arm: str, protocol: str) -> str:
         """What ``Served.recipe`` says: the named recipe where it covers the protocol."""
-        name, covers = (
-            (self.candidate_recipe, self.candidate_covers)
-            if arm == "candidate"
-            else (self.control_recipe, self.control_covers)
-        )
-        return name if name is not None and protocol in covers else protocol
+        return self._labels.get((arm, protocol), protocol)
 
 
 def _experiment_recommender(
@@ -227,6 +251,25 @@ def build_arms(holder: ModelHolder, experiment: Experiment) -> ExperimentArms:
     )
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). A load in a worker thread leaves its temporary buffers in that thread's malloc
+    arena, which glibc keeps: measured on the Online Retail model, 71 MiB more RSS per worker
+    than the arms themselves take, until trimmed."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def _install(holder: ModelHolder, arms: ExperimentArms) -> None:
     holder._experiment_key = (arms.experiment_id, arms.row_version)
     holder.experiment, holder.experiment_error = arms, None  # one assignment: the swap
@@ -249,6 +292,7 @@ def _load_experiment(holder: ModelHolder, experiment: Experiment | None) -> bool
         holder.experiment, holder.experiment_error = None, None
         if changed:
             log.info("experiment_released")
+            release_freed_memory()  # what the last request still using them kept is freed later
         return changed
     key = (experiment.id, experiment.version)
     if key == holder._experiment_key:
@@ -262,4 +306,5 @@ def _load_experiment(holder: ModelHolder, experiment: Experiment | None) -> bool
         log.error("experiment_load_failed", extra={"experiment": experiment.id, "error": str(exc)})
         return True
     _install(holder, arms)
+    release_freed_memory()
     return True

@@ -17,7 +17,7 @@ from service.activity.records import Activity, CatalogueEntry
 from service.activity.store import ActivityStore
 from service.clock import SECONDS_PER_DAY, Clock
 from service.errors import ModelUnavailable
-from service.experiments.arms import CANDIDATE, arm_of
+from service.experiments.arms import CANDIDATE
 from service.feedback.token import ListIds, ServedList
 from service.health import without_paths
 from service.metrics import Metrics
@@ -111,7 +111,7 @@ class Recommendations:
         arms = self.models.experiment
         if arms is None or current is None or current.model.version != arms.control_version:
             return current, protocol, NO_ARM
-        arm = arm_of(arms.experiment_id, user_id, arms.share)
+        arm = arms.arm_of(user_id)  # remembered per worker
         model = arms.candidate if arm == CANDIDATE else arms.control or current
         return model, arms.recipe_label(arm, protocol), (arms.experiment_id, arm)
 

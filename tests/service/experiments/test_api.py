@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.artifact import ModelStore, read_runs
 from service.artifact.lock import trainer_lock
+from service.experiments.arms import arm_of
 from service.offers.stats import uplift, wilson
 
 from .conftest import ADMIN, FRONTEND, MARKETING, service_settings, show, state_of, versions
@@ -51,6 +52,7 @@ def test_every_response_says_its_arm_and_each_arm_serves_its_version(
         assert answer["experiment_id"] == started["id"]
         expected = previous if answer["arm"] == "candidate" else current
         assert answer["model_version"] == expected, user
+        assert answer["arm"] == arm_of(started["id"], user, 0.5)  # the holdout's hash
     again = _served(api, range(20))  # deterministic: the same arm every time
     assert all(again[u]["arm"] == arms[u] for u in again)
 
@@ -331,3 +333,26 @@ def test_a_version_name_no_file_system_takes_is_a_422(api: TestClient) -> None:
         )
         assert answer.status_code == 422, (name, answer.text)
         assert answer.json()["detail"][0]["field"] == "candidate_version"
+
+
+def test_the_background_guard_stops_a_worse_candidate_and_every_worker_lets_go(
+    tmp_path: Path, models: Path, database_url: str
+) -> None:
+    previous, _ = versions(models)
+    settings = service_settings(
+        tmp_path, database_url, experiment_poll_seconds=0.05, experiment_guard_seconds=0.1
+    )
+    with TestClient(create_app(settings)) as client:
+        started = _start(client, candidate_version=previous)
+        engine = state_of(client).repository.engine
+        show(engine, started["id"], "control", impressions=1200, users=300, clicks=240)
+        show(engine, started["id"], "candidate", impressions=1200, users=300, clicks=30)
+
+        def stopped() -> bool:
+            found = client.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
+            return bool(found["status"] == "stopped")
+
+        assert _wait(stopped)
+        outcome = client.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()["outcome"]
+        assert outcome["reason"] == "guard"
+        assert _wait(lambda: state_of(client).models.experiment is None)
