@@ -133,8 +133,38 @@ class FeedbackRepository:
         the sources of the rows stored. In key order, so that concurrent batches over the same
         keys wait for each other rather than deadlock on PostgreSQL."""
         values.sort(key=lambda v: (v["request_id"], v["item_id"]))
+        if conn.dialect.name == "sqlite":
+            return self._insert_sqlite(conn, table, values)
         stmt = self.base.insert(table).on_conflict_do_nothing().returning(table.c.source)
         return [str(s) for s in conn.execute(stmt, values).scalars()]
+
+    @staticmethod
+    def _insert_sqlite(conn: Connection, table: Any, values: list[dict[str, Any]]) -> list[str]:
+        """The same on SQLite through the driver's own executemany (a tenth of the Python work
+        of a multi-row INSERT ... RETURNING built per batch): the one writer holds the database
+        from BEGIN IMMEDIATE, so the rows above the largest id before are exactly this call's."""
+        names = list(values[0])
+        dialect = conn.dialect
+        processors = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names]
+        rows = [
+            tuple(v[n] if f is None else f(v[n]) for n, f in zip(names, processors, strict=True))
+            for v in values
+        ]
+        before = conn.execute(select(func.max(table.c.id))).scalar() or 0
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' * len(names))}) ON CONFLICT DO NOTHING"
+        )
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, rows)
+            stored = cursor.rowcount
+        finally:
+            cursor.close()
+        if stored == len(values):
+            return [str(v["source"]) for v in values]
+        query = select(table.c.source).where(table.c.id > before).order_by(table.c.id)
+        return [str(s) for s in conn.execute(query).scalars()]
 
     @staticmethod
     def _shown(
