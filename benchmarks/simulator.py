@@ -1044,9 +1044,11 @@ def render(doc: dict[str, Any]) -> list[str]:
         agree = run.get("agreement", {})
         out.append(
             f"- **{label}** (control {names[run['control']]}, candidate "
-            f"{names[run['candidate']]}): the CTR difference's 95 % interval excluded 0 at the "
-            f"check after {_visits(run['ctr_decided_at_visits'])}, conversion's after "
-            f"{_visits(run['conversion_decided_at_visits'])}; experiment "
+            f"{names[run['candidate']]}): the CTR difference's 95 % interval was without 0 "
+            f"first at the check after {_visits(run['ctr_decided_at_visits'])} and at every "
+            f"check from {_visits(settled(run['checks'], 'ctr'))} on; conversion's first after "
+            f"{_visits(run['conversion_decided_at_visits'])}, at every check from "
+            f"{_visits(settled(run['checks'], 'conversion'))} on; experiment "
             f"{final.get('status')}"
             + (f" by the {outcome.get('reason')} ({outcome.get('detail')})" if outcome else "")
             + (
@@ -1103,6 +1105,20 @@ def render(doc: dict[str, Any]) -> list[str]:
         ]
     out.append("")
     return out
+
+
+def settled(checks: Sequence[dict[str, Any]], metric: str = "ctr") -> int | None:
+    """The visits from whose check on every check's ``metric`` interval excluded 0 on the
+    side of the last one (negative: candidate worse); None when the last one held 0."""
+    signs = [(int(c["visits"]), excludes_zero(c.get(f"{metric}_difference"))) for c in checks]
+    if not signs or signs[-1][1] == 0:
+        return None
+    side, since = signs[-1][1], signs[-1][0]
+    for visits, sign in reversed(signs):
+        if sign != side:
+            break
+        since = visits
+    return since * side
 
 
 def _short(version: str) -> str:
