@@ -185,6 +185,7 @@ def test_the_experiments_figures_are_what_was_posted(
     result, seen, _ = loop
     arms = arms_of(seen["experiment"])
     assert set(arms) == {"control", "candidate"}
+    assert seen["experiment"]["results"]["srm"]["mismatch"] is False  # the split is as asked
     for arm, tally in result.arms.items():
         assert arms[arm]["impressions"] == tally.impressions
         assert arms[arm]["users"] == len(tally.users)
