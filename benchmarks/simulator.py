@@ -23,9 +23,11 @@ nothing here calls the service's code in-process.
   click probabilities under the click model, and an arm whose probabilities are ``1 + lift``
   times as high; many seeded replications of random visits, the visits until Newcombe's 95 %
   interval of the CTR difference (``service.offers.stats.uplift``) excludes 0, next to the
-  textbook two-proportion sample size.
+  textbook two-proportion sample size; ``live_detection`` asks the same of the live
+  service's experiment in a few replications (both arms serve one version, the candidate's
+  clicks boosted).
 
-Run ``python -m benchmarks.simulator`` (about 2-4 minutes); it writes
+Run ``python -m benchmarks.simulator`` (about 10 minutes on 2 busy cores); it writes
 ``benchmarks/results/simulator.json``, rendered by ``python -m benchmarks.report``.
 """
 
