@@ -14,9 +14,10 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
+from service.console.marketing import actor_of
 from service.console.sessions import Session
 from service.console.web import allowed, checked_form, page, state_of
-from service.errors import ExperimentError, RegistryError, TrainerBusyError
+from service.errors import ExperimentError, RegistryError, TrainerBusyError, UnknownExperiment
 from service.experiments.service import Experiments
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -77,9 +78,16 @@ def _detail(
     )
 
 
+def _not_found(request: Request, session: Session, exc: UnknownExperiment) -> HTMLResponse:
+    return page(request, "problem.html", session, title="Not found", status=404, problem=str(exc))
+
+
 @router.get("/experiments/{experiment_id}", response_class=HTMLResponse)
 def experiment_page(request: Request, session: Reader, experiment_id: ExperimentId) -> HTMLResponse:
-    return _detail(request, session, experiment_id)
+    try:
+        return _detail(request, session, experiment_id)
+    except UnknownExperiment as exc:
+        return _not_found(request, session, exc)
 
 
 @router.get("/experiments/{experiment_id}/{action}", response_class=HTMLResponse)
@@ -87,7 +95,10 @@ def confirm_page(
     request: Request, session: Admin, experiment_id: ExperimentId, action: Action
 ) -> HTMLResponse:
     experiments = _experiments(request)
-    experiment = experiments.get(experiment_id)
+    try:
+        experiment = experiments.get(experiment_id)
+    except UnknownExperiment as exc:
+        return _not_found(request, session, exc)
     return page(
         request,
         "experiment_confirm.html",
@@ -108,7 +119,7 @@ async def act(
 ) -> HTMLResponse:
     await checked_form(request, session)
     experiments = _experiments(request)
-    actor = f"console:{session.role}"
+    actor = actor_of(request, session)  # as the API records it
     notice: str | None = None
     try:
         if action == "stop":
@@ -119,6 +130,8 @@ async def act(
             notice = f"{done.current} is current now (was {done.before})."
             if done.error is not None:
                 notice += f" This worker could not load it: {done.error}"
+    except UnknownExperiment as exc:
+        return _not_found(request, session, exc)
     except (ExperimentError, RegistryError, TrainerBusyError) as exc:
         refusal = experiments.recommendations.public(str(exc))
         return await run_in_threadpool(

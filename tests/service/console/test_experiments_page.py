@@ -171,3 +171,12 @@ def test_marketing_cannot_stop_or_promote(console: TestClient, tmp_path: Path) -
         assert console.post(url, data={"csrf": csrf}).status_code == 403
     state = console.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
     assert state["status"] == "running"
+
+
+def test_an_unknown_experiment_is_a_404_page(console: TestClient) -> None:
+    sign_in(console, "admin")
+    for path in ("/console/experiments/exp_nonesuch", "/console/experiments/exp_nonesuch/stop"):
+        answer = console.get(path)
+        assert answer.status_code == 404
+        assert "no experiment &#39;exp_nonesuch&#39;" in answer.text  # escaped
+        assert "<html" in answer.text.lower()

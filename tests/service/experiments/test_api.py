@@ -15,6 +15,7 @@ from service.artifact import ModelStore, read_runs
 from service.artifact.lock import trainer_lock
 from service.experiments.arms import arm_of
 from service.offers.stats import uplift, wilson
+from service.recommend.recommender import Query
 
 from .conftest import ADMIN, FRONTEND, MARKETING, service_settings, show, state_of, versions
 
@@ -356,3 +357,30 @@ def test_the_background_guard_stops_a_worse_candidate_and_every_worker_lets_go(
         outcome = client.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()["outcome"]
         assert outcome["reason"] == "guard"
         assert _wait(lambda: state_of(client).models.experiment is None)
+
+
+def test_rank_and_top_items_follow_the_users_arm_and_similar_has_none(
+    api: TestClient, models: Path
+) -> None:
+    previous, current = versions(models)
+    started = _start(api, candidate_version=previous)
+    state = state_of(api)
+    arms = state.models.experiment
+    current_model = state.models.current
+    assert arms is not None
+    assert current_model is not None
+    users = list(arms.candidate.model.user_index)[:40]
+    items = list(arms.candidate.model.item_index)[:30]
+    by_arm = {u: arm_of(started["id"], u, 0.5) for u in users}
+    assert set(by_arm.values()) == {"control", "candidate"}
+    for user, arm in by_arm.items():
+        model = arms.candidate if arm == "candidate" else current_model
+        assert state.recommendations.rank(user, items) == model.rank(user, items)
+        assert state.recommendations.top_items(user, 5) == [
+            r.item_id for r in model.recommend(Query(user_id=user, limit=5)).items
+        ]
+    item = next(i for i in items if i in current_model.model.item_index)
+    similar = api.get(f"/v1/items/{item}/similar", headers=FRONTEND)
+    assert similar.status_code == 200, similar.text
+    assert similar.json()["model_version"] == current  # always the current version
+    assert "arm" not in similar.json()
