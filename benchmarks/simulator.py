@@ -15,7 +15,8 @@ nothing here calls the service's code in-process.
   ``q`` otherwise; a clicked relevant item is bought with probability ``r`` (a ``purchase``
   event with its price), a clicked other item never. Clicks and purchases go through
   ``POST /v1/events`` in batches (feedback first, then the purchases, so that each purchase
-  finds its click), drawn from ``numpy.random.default_rng(seed)``: a run repeats.
+  finds its click), drawn from ``numpy.random.default_rng(seed)``: a run repeats (the split
+  of users into arms excepted: it hashes the experiment's id, new at every start).
 - **An A/B test in the loop** (``ab_test``): two versions in one model root, one current
   (control), an experiment started through ``POST /v1/experiments`` with the other as its
   candidate, share 0.5; ``GET /v1/experiments/{id}`` read every ``check_every`` visits.
@@ -661,6 +662,7 @@ def detection(
     seed: int = 1,
     step: int = 100,
     max_visits: int | None = None,
+    users: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Visits until a ``lift`` relative CTR difference is detected at 95 % confidence.
 
@@ -672,6 +674,9 @@ def detection(
     median and spread, and how often it first excluded 0 on the wrong side), and the power at
     a fixed number of visits (the share of replications whose interval at N excludes 0 above
     0): the first N where it reaches 50 % and 80 %, to set beside the textbook formula.
+
+    With ``users`` (the user of each list), each replication puts each *user* in A or B, as
+    the service does, instead of each visit: a user's visits then share an arm.
     """
     probs = np.zeros((len(lists), max(len(p) for p in lists)))
     lengths = np.zeros(len(lists))
@@ -684,12 +689,16 @@ def detection(
     horizon = max_visits or int(math.ceil(book[0.8]["visits"] * 2.5 / step) * step)
     checkpoints = np.arange(step, horizon + 1, step)
     rng = np.random.default_rng(seed)
+    codes = None if users is None else np.unique(np.asarray(users), return_inverse=True)[1]
     first: list[int | None] = []
     wrong = 0
     above = np.zeros(len(checkpoints))
     for _ in range(replications):
         pick = rng.integers(len(lists), size=horizon)
-        in_b = rng.random(horizon) < 0.5
+        if codes is None:
+            in_b = rng.random(horizon) < 0.5
+        else:
+            in_b = (rng.random(int(codes.max()) + 1) < 0.5)[codes[pick]]
         p = probs[pick] * np.where(in_b, 1 + lift, 1.0)[:, None]
         clicks = (rng.random(p.shape) < p).sum(axis=1)
         imps = lengths[pick]
@@ -727,6 +736,7 @@ def detection(
 
     return {
         "lift": lift,
+        "assigned": "visit" if users is None else "user",
         "base_ctr": base_ctr,
         "impressions_per_visit": per_visit,
         "lists": len(lists),
@@ -942,6 +952,14 @@ def main() -> None:
     lists = baseline["_shown"][good]
     target = detection(lists, lift=args.lift, replications=args.replications, seed=args.seed)
     print(json.dumps(target["fixed_horizon"]), json.dumps(target["peeking"]), flush=True)
+    by_user = detection(
+        lists,
+        lift=args.lift,
+        replications=args.replications,
+        seed=args.seed,
+        users=[v.user_id for v in replay.visits],
+    )
+    print(json.dumps(by_user["fixed_horizon"]), json.dumps(by_user["peeking"]), flush=True)
     live: dict[str, Any] | None = None
     if args.live_replications:
         horizon = int(math.ceil(target["textbook"]["power_80"]["visits"] * 1.2 / 1000) * 1000)
@@ -974,6 +992,7 @@ def main() -> None:
             "baseline": _strip(baseline),
             "runs": {k: _strip(v) for k, v in runs.items()},
             "detection": target,
+            "detection_by_user": by_user,
             "live_detection": live,
         },
     )
@@ -1091,6 +1110,18 @@ def render(doc: dict[str, Any]) -> list[str]:
         "stopped on the wrong side: peeking decides early and wrongly, so fix the visits in "
         "advance.",
     ]
+    u = doc.get("detection_by_user")
+    if u:
+        ufx, upk = u["fixed_horizon"], u["peeking"]
+        out.append(
+            f"- the same with each *user* in A or B, as the service assigns arms (the window's "
+            f"{d['users']:,} users come back, each in one arm): 50 % power at "
+            f"{_visits(ufx['power_50_at'])}, 80 % at {_visits(ufx['power_80_at'])}; stopping at "
+            f"the first interval without 0, {upk['wrong_side']} of {u['replications']} on the "
+            "wrong side. Users differ far more in CTR than impressions do, so which users a "
+            "split puts in B moves B's CTR as much as the lift: per-impression intervals are too "
+            "narrow when few users come back often."
+        )
     live = doc.get("live_detection")
     if live:
         firsts = [f for f in live["first_excluded_at"] if f is not None]
@@ -1133,7 +1164,7 @@ def _pct(value: float | None) -> str:
 
 def _visits(value: float | None) -> str:
     if value is None:
-        return "never (within the run)"
+        return "no check (within the run)"
     if value < 0:
         return f"{-value:,.0f} visits (candidate worse)"
     return f"{value:,.0f} visits"

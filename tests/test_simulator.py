@@ -206,3 +206,15 @@ def test_the_online_metrics_per_arm_are_what_was_posted(
             tally.purchases,
         )
         assert figures["ctr"]["low"] <= tally.clicks / tally.impressions <= figures["ctr"]["high"]
+
+
+def test_detection_can_assign_arms_per_user() -> None:
+    # two kinds of user, one ten times as clickable: a split of users moves B's CTR
+    lists = [np.full(10, 0.2 if k % 2 else 0.02) for k in range(40)]
+    users = [f"u{k % 8}" for k in range(40)]
+    per_user = detection(lists, lift=0.1, replications=30, seed=5, step=50, users=users)
+    per_visit = detection(lists, lift=0.1, replications=30, seed=5, step=50)
+    assert per_user["assigned"] == "user"
+    assert per_visit["assigned"] == "visit"
+    # with 8 users, half the splits favour A whatever the lift: many wrong-side decisions
+    assert per_user["peeking"]["wrong_side"] > per_visit["peeking"]["wrong_side"]
