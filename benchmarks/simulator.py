@@ -904,7 +904,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--passes", type=int, default=1, help="Replays of the test window.")
+    parser.add_argument("--passes", type=int, default=2, help="Replays of the test window.")
     parser.add_argument("--check-every", type=int, default=100)
     parser.add_argument("--replications", type=int, default=300)
     parser.add_argument("--lift", type=float, default=0.10)
@@ -1065,11 +1065,13 @@ def render(doc: dict[str, Any]) -> list[str]:
         agree = run.get("agreement", {})
         out.append(
             f"- **{label}** (control {names[run['control']]}, candidate "
-            f"{names[run['candidate']]}): the CTR difference's 95 % interval was without 0 "
-            f"first at the check after {_visits(run['ctr_decided_at_visits'])} and at every "
-            f"check from {_visits(settled(run['checks'], 'ctr'))} on; conversion's first after "
-            f"{_visits(run['conversion_decided_at_visits'])}, at every check from "
-            f"{_visits(settled(run['checks'], 'conversion'))} on; experiment "
+            f"{names[run['candidate']]}; {run['visits']:,} visits, "
+            f"{run['visits'] / d['visits']:.2f} passes of the window): the CTR difference's "
+            "95 % interval was without 0 "
+            f"first at the check after {_visits(run['ctr_decided_at_visits'])}, "
+            f"{_from(settled(run['checks'], 'ctr'))}; conversion's first after "
+            f"{_visits(run['conversion_decided_at_visits'])}, "
+            f"{_from(settled(run['checks'], 'conversion'))}; experiment "
             f"{final.get('status')}"
             + (f" by the {outcome.get('reason')} ({outcome.get('detail')})" if outcome else "")
             + (
@@ -1116,7 +1118,14 @@ def render(doc: dict[str, Any]) -> list[str]:
         out.append(
             f"- the same with each *user* in A or B, as the service assigns arms (the window's "
             f"{d['users']:,} users come back, each in one arm): 50 % power at "
-            f"{_visits(ufx['power_50_at'])}, 80 % at {_visits(ufx['power_80_at'])}; stopping at "
+            f"{_visits(ufx['power_50_at'])}, 80 % "
+            + (
+                f"at {_visits(ufx['power_80_at'])}"
+                if ufx["power_80_at"]
+                else f"not within {u['horizon']:,} visits (power levels off at "
+                f"{list(ufx['power_at'].values())[-1]:.0%})"
+            )
+            + "; stopping at "
             f"the first interval without 0, {upk['wrong_side']} of {u['replications']} on the "
             "wrong side. Users differ far more in CTR than impressions do, so which users a "
             "split puts in B moves B's CTR as much as the lift: per-impression intervals are too "
@@ -1124,14 +1133,14 @@ def render(doc: dict[str, Any]) -> list[str]:
         )
     live = doc.get("live_detection")
     if live:
-        firsts = [f for f in live["first_excluded_at"] if f is not None]
+        firsts = live["first_excluded_at"]
         out += [
             f"- through the live service's experiment ({live['replications']} replications, "
             f"both arms serving the good model, the candidate's clicks x{1 + live['lift']:g}, "
             f"{live['horizon']:,} visits drawn from the window each, "
             f"`GET /v1/experiments/{{id}}` every {live['step']} visits): its CTR interval "
             "first excluded 0 after "
-            + ", ".join(_visits(f) for f in firsts)
+            + ", ".join(_visits(f) if f is not None else "never" for f in firsts)
             + "; share of replications excluding 0 above 0: "
             + ", ".join(f"{v:.0%} at {int(n):,}" for n, v in live["power_at"].items())
             + ".",
@@ -1152,6 +1161,12 @@ def settled(checks: Sequence[dict[str, Any]], metric: str = "ctr") -> int | None
             break
         since = visits
     return since * side
+
+
+def _from(since: int | None) -> str:
+    if since is None:
+        return "not at every check to the end"
+    return f"and at every check from {_visits(since)} on"
 
 
 def _short(version: str) -> str:
