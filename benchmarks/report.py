@@ -417,12 +417,14 @@ def main() -> None:
         lifecycle_sweep,
         loyalty,
         money,
+        new_arrivals,
         reliability,
         retrain_pickup,
         segments,
         segments_online_retail,
         serving_memory,
         signals,
+        signals_every_visitor,
         simulator,
         sweep,
         targeting,
@@ -433,6 +435,7 @@ def main() -> None:
         ("train_online_retail", quality),
         ("train_synthetic", synthetic),
         ("signals", signals.render),
+        ("signals_every_visitor", signals_every_visitor.render),  # issue 14, item 4
         ("retrain_pickup", retrain_pickup.render),
         ("api_latency", api),
         ("against_commit", against_commit.render),
@@ -456,8 +459,9 @@ def main() -> None:
         ("console_pages", console_pages.render),  # issue 13, items 2 and 3
         ("clv", clv.render),  # issue 13, item 1
         ("loyalty", loyalty.render),  # issue 13, item 1
-        ("simulator", simulator.render),  # issue 14, item 5
         ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
+        ("new_arrivals", new_arrivals.render),  # issue 14, item 4
+        ("simulator", simulator.render),  # issue 14, item 5
     ):
         doc = _load(name)
         if doc is not None:

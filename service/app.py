@@ -70,6 +70,7 @@ from service.offers.store import CampaignStore, file_campaign_ids
 from service.privacy.repository import PrivacyRepository
 from service.privacy.service import Privacy
 from service.privacy.tombstones import Tombstones
+from service.recommend.arrivals import NewArrivals
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
 from service.segments.repository import SegmentRepository
@@ -109,7 +110,18 @@ def create_app(
             event_weights=settings.event_weights,
         )
         tombstones = Tombstones()  # erased users: no personal answer (service.privacy)
-        served = Recommendations(models, activity, clock, metrics, erased=tombstones)
+        arrivals = NewArrivals(  # products the model does not know (issue 14, item 4)
+            models,
+            activity,
+            clock,
+            days=settings.new_arrivals_days,
+            slots=settings.new_arrivals_slots,
+            events=repository,
+            event_weights=settings.event_weights,
+        )
+        served = Recommendations(
+            models, activity, clock, metrics, erased=tombstones, arrivals=arrivals
+        )
         # impressions, clicks and the lists credited with carts and purchases (issue 14)
         feedback = Feedback.from_settings(
             FeedbackRepository(repository), served.list_ids, clock, settings, metrics
@@ -145,6 +157,7 @@ def create_app(
                 erased=tombstones.is_erased,
                 segments=segment_refresher,
                 feedback=feedback,
+                catalogue=arrivals.on_catalogue,
             ),
             health=Health(models, metrics),
             offers=offer_engine,
@@ -179,6 +192,7 @@ def create_app(
             segments=user_segments,
             segment_refresher=segment_refresher,
             feedback=feedback,
+            arrivals=arrivals,
         )
         # every holder of the campaigns gets each new map the store installs
         state.campaign_store.on_change(background.campaigns_to(state))
@@ -223,10 +237,12 @@ def create_app(
             loops["recoffer-webhooks"] = sender.run()
         if settings.campaign_schedule_seconds > 0:  # the time-driven campaigns (issue 12)
             loops["recoffer-schedule"] = background.campaign_schedule_loop(state)
-        if feedback.retention is not None:  # old impressions, clicks, attributions (issue 14)
-            loops["recoffer-feedback-prune"] = background.feedback_prune_loop(state)
         if settings.experiment_poll_seconds > 0 or settings.experiment_guard_seconds > 0:
             loops["recoffer-experiments"] = background.experiment_loop(state)  # issue 14
+        if feedback.retention is not None:  # old impressions, clicks, attributions (issue 14)
+            loops["recoffer-feedback-prune"] = background.feedback_prune_loop(state)
+        if settings.new_items_refresh_seconds > 0:  # new products' fold-in (issue 14)
+            loops["recoffer-new-items"] = background.new_items_loop(state)
         tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         try:
             yield

@@ -48,8 +48,29 @@ async def open_database(state: AppState) -> None:
 
 
 async def refresh_model(state: AppState) -> None:
-    """Load the registry's current version when it changed (in a thread), counted."""
-    state.metrics.model_load(await run_in_threadpool(state.models.refresh))
+    """Load the registry's current version when it changed (in a thread), counted; then the
+    vectors of the products it does not know (issue 14)."""
+    outcome = await run_in_threadpool(state.models.refresh)
+    state.metrics.model_load(outcome)
+    if state.arrivals is not None and (outcome.changed or state.arrivals.index is None):
+        await refresh_new_items(state, rebuild=True)
+
+
+async def refresh_new_items(state: AppState, *, rebuild: bool = False) -> None:
+    """The new products' vectors again (in a thread); a failure keeps the ones there are."""
+    if state.arrivals is None:
+        return
+    try:
+        await run_in_threadpool(state.arrivals.rebuild if rebuild else state.arrivals.refresh)
+    except Exception as exc:
+        log.warning("new_items_refresh_failed", extra={"error": str(exc).splitlines()[0]})
+
+
+async def new_items_loop(state: AppState) -> None:
+    """Fold the new products' events since training into their vectors, periodically."""
+    while True:
+        await asyncio.sleep(state.settings.new_items_refresh_seconds)
+        await refresh_new_items(state)
 
 
 async def model_loop(state: AppState) -> None:
@@ -85,7 +106,9 @@ async def tail_loop(state: AppState) -> None:
             changed = await run_in_threadpool(
                 repo.items_updated_since, activity.catalogue_watermark
             )
-            activity.update_catalogue(changed)
+            fresh = activity.update_catalogue(changed)
+            if fresh and state.arrivals is not None:  # content vectors of new products
+                await run_in_threadpool(state.arrivals.on_catalogue, fresh)
             # erasures made by other workers and replicas: honoured here within one poll
             await run_in_threadpool(state.privacy.refresh)
             state.health.database(True)
@@ -155,24 +178,6 @@ async def campaign_schedule_loop(state: AppState) -> None:
             log.warning("campaign_schedule_failed", extra={"error": str(exc).splitlines()[0]})
 
 
-# --- recommendation feedback (issue 14, item 4) -------------------------------------------
-
-
-async def feedback_prune_loop(state: AppState) -> None:
-    """Delete impressions, clicks and attributions past RECOFFER_FEEDBACK_RETENTION_DAYS,
-    every RECOFFER_FEEDBACK_PRUNE_SECONDS (every worker: the deletes are idempotent)."""
-    while True:
-        await asyncio.sleep(state.settings.feedback_prune_seconds)
-        if state.feedback is None or not state.health.database_ready:
-            continue
-        try:
-            deleted = await run_in_threadpool(state.feedback.prune)
-            if deleted:
-                log.info("feedback_pruned", extra={"rows": deleted})
-        except Exception as exc:  # the next round tries again
-            log.warning("feedback_prune_failed", extra={"error": str(exc).splitlines()[0]})
-
-
 # --- A/B tests of recommenders (issue 14, item 3) -----------------------------------------
 
 
@@ -208,3 +213,21 @@ async def experiment_loop(state: AppState) -> None:
                 log.warning("experiment_guard_failed", extra={"error": str(exc).splitlines()[0]})
         if poll > 0:
             await refresh_experiment(state)
+
+
+# --- recommendation feedback (issue 14, item 4) -------------------------------------------
+
+
+async def feedback_prune_loop(state: AppState) -> None:
+    """Delete impressions, clicks and attributions past RECOFFER_FEEDBACK_RETENTION_DAYS,
+    every RECOFFER_FEEDBACK_PRUNE_SECONDS (every worker: the deletes are idempotent)."""
+    while True:
+        await asyncio.sleep(state.settings.feedback_prune_seconds)
+        if state.feedback is None or not state.health.database_ready:
+            continue
+        try:
+            deleted = await run_in_threadpool(state.feedback.prune)
+            if deleted:
+                log.info("feedback_pruned", extra={"rows": deleted})
+        except Exception as exc:  # the next round tries again
+            log.warning("feedback_prune_failed", extra={"error": str(exc).splitlines()[0]})

@@ -301,6 +301,28 @@ class Settings(BaseSettings):
         "none: /metrics answers anyone.",
     )
 
+    # --- issue 14, item 4: products the model does not know (service/recommend/arrivals) ---
+    new_arrivals_days: float = Field(
+        30.0,
+        gt=0,
+        le=3650,
+        description="A product the model does not know, added to the catalogue at most this "
+        "many days ago, is a new arrival.",
+    )
+    new_arrivals_slots: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="Positions of a list new arrivals may take (never the first); 0: the "
+        "new_arrivals source is off.",
+    )
+    new_items_refresh_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often each worker folds the new products' events since training into "
+        "their vectors (0: only at start and when a model loads).",
+    )
+
     # --- issue 12, item 6: webhooks to the shop (service/delivery) ---
     webhook_url: str | None = Field(
         None,

@@ -21,6 +21,7 @@ from service.offers.jobs import SweepJobs
 from service.offers.reports import Reports
 from service.offers.store import CampaignStore
 from service.privacy.service import Privacy
+from service.recommend.arrivals import NewArrivals
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
 from service.segments.service import SegmentRefresher, Segments
@@ -50,5 +51,6 @@ class AppState:
     segments: Segments  # RFM, lifecycle stage, loyalty type (issue 12, item 1)
     segment_refresher: SegmentRefresher
     webhooks: Webhooks | None = None  # the outbox, its log, the coupon export (issue 12, item 6)
-    feedback: Feedback | None = None  # impressions, clicks, attribution, figures (issue 14)
     experiments: Experiments | None = None  # A/B tests of recommenders (issue 14, item 3)
+    feedback: Feedback | None = None  # impressions, clicks, attribution, figures (issue 14)
+    arrivals: NewArrivals | None = None  # products the model does not know (issue 14, item 4)

@@ -90,6 +90,8 @@ events = Table(
     CheckConstraint("type IN ('view', 'add_to_cart', 'purchase', 'sign_up')", name="event_type"),
     Index("ix_events_user_id_ts", "user_id", "ts"),
     Index("uq_events_client_event_id", "client_event_id", unique=True),
+    # migration 0017: the new products' events since training, by item (issue 14)
+    Index("ix_events_item_id_ts", "item_id", "ts"),
 )
 
 items = Table(
@@ -108,6 +110,9 @@ items = Table(
     Column("status", String(8), nullable=False, server_default="active"),
     CheckConstraint(f"status IN ({', '.join(map(repr, ITEM_STATUSES))})", name="item_status"),
     Index("ix_items_updated_at", "updated_at"),
+    # migration 0017: when the catalogue first saw the item (the new_arrivals source, issue 14)
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_items_created_at", "created_at"),
 )
 
 # --- offers (migration 0002) -------------------------------------------------------------

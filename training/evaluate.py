@@ -319,3 +319,66 @@ def _vectors(
         np.asarray(scorer.user_factors[user_idx], dtype=np.float32),
         None if signal is None else np.asarray(signal[user_idx], dtype=np.float32),
     )
+
+
+def truth_of(
+    user_idx: npt.NDArray[np.int64],
+    user_keys: pd.Index,
+    item_keys: pd.Index,
+    test_users: npt.ArrayLike,
+    test_items: npt.ArrayLike,
+) -> sp.csr_matrix:
+    """The truth (one row per entry of ``user_idx``, rows of ``user_keys``) over ``item_keys``:
+    what those users bought in the test window among those items."""
+    rows_of = np.full(len(user_keys), -1, dtype=np.int64)
+    rows_of[user_idx] = np.arange(len(user_idx))
+    users = user_keys.get_indexer(test_users)
+    items = item_keys.get_indexer(test_items)
+    keep = (users >= 0) & (items >= 0)
+    rows = rows_of[users[keep]]
+    cols = items[keep]
+    sel = rows >= 0
+    truth = sp.csr_matrix(
+        (np.ones(int(sel.sum()), dtype=np.float32), (rows[sel], cols[sel])),
+        shape=(len(user_idx), len(item_keys)),
+    )
+    truth.sum_duplicates()
+    truth.data[:] = 1.0
+    return truth
+
+
+def unbought_figures(
+    scores: npt.NDArray[np.float32],
+    truth: sp.csr_matrix,
+    history: sp.csr_matrix,
+    protocol: str,
+    first_unbought: int,
+    k: int = DEFAULT_K,
+) -> dict[str, float]:
+    """``rank_metrics`` plus how the items never bought before the cut-off fare.
+
+    Columns from ``first_unbought`` on are items nobody bought before the cut-off (known from
+    views or add-to-carts; a score of -inf: the model cannot recommend them). ``shown``: share
+    of the top-k slots holding one; ``users_shown``: share of users shown at least one;
+    ``truth``: test purchases of them (user, item pairs) by the users counted; ``hits``: those in
+    the top k.
+    """
+    out = rank_metrics(scores, truth, history, protocol, k)
+    ranked = _rank(scores, truth, history, protocol, k)
+    if ranked is None:
+        return {**out, "shown": 0.0, "users_shown": 0.0, "truth": 0.0, "hits": 0.0}
+    hits, _, top, valid, _ = ranked
+    unbought = (top >= first_unbought) & valid
+    kept_truth = truth.tocsr()
+    if protocol == "novel":
+        seen = history.tocsr().astype(bool).astype(np.int8)
+        kept_truth = (kept_truth.astype(bool).astype(np.int8) - kept_truth.multiply(seen)).tocsr()
+        kept_truth.eliminate_zeros()
+    kept_truth = kept_truth[np.diff(kept_truth.indptr) > 0]
+    return {
+        **out,
+        "shown": float(unbought.sum() / max(int(valid.sum()), 1)),
+        "users_shown": float(unbought.any(axis=1).mean()),
+        "truth": float((kept_truth.indices >= first_unbought).sum()),
+        "hits": float((hits & unbought).sum()),
+    }

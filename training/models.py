@@ -53,6 +53,9 @@ class ModelParams:
     # weaker signals (training.signals): one event next to one purchase, in the second ALS only
     view_weight: float = 0.1
     add_to_cart_weight: float = 0.3
+    # users who only browsed and items only viewed or carted get rows in the second ALS
+    # (training.signals); off: only users and items with purchases, the rule before issue 14
+    every_visitor: bool = True
     seed: int = 42
     threads: int = 0  # 0: all cores
 
@@ -88,6 +91,7 @@ class ModelParams:
             "view_weight": 0.0,
             "add_to_cart_weight": 0.0,
             "quantity_weight": 0.0,  # fitted before quantities counted
+            "every_visitor": False,  # fitted when only purchasers' signals counted
         }
         values.update({k: v for k, v in data.items() if k in known})
         return cls(**values)
@@ -99,6 +103,12 @@ class Stage:
 
     ``user_codes`` / ``item_codes`` give, for each row of the stage's matrices, the code in the
     run's IdMaps; ``user_ids`` / ``item_ids`` are the shop's ids of the same rows.
+
+    The second ALS may have more rows: ``signal_user_codes`` / ``signal_item_codes`` are its
+    rows' codes (``training.signals``: the purchase rows first, in the same order, then the
+    visitors and items seen only in the signals), and ``signal_*_factors`` have one row each.
+    ``scorer`` scores the purchase rows; ``served_item_codes`` are the columns of the served
+    model (the purchase items, then the items only viewed or carted).
     """
 
     user_codes: npt.NDArray[np.int64]
@@ -120,8 +130,25 @@ class Stage:
     timings: dict[str, float] = field(default_factory=dict)
     # what ALS was fitted on before recency and BM25: ``counts`` weighed by quantity
     strength: sp.csr_matrix | None = None
+    signal_user_codes: npt.NDArray[np.int64] | None = None  # rows of signal_user_factors
+    signal_item_codes: npt.NDArray[np.int64] | None = None  # rows of signal_item_factors
+    # the shop's ids of the second ALS's rows after the purchase rows (visitors, items)
+    extra_user_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+    extra_item_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+
+    @property
+    def served_item_ids(self) -> pd.Index:
+        """The shop's ids of ``served_item_codes``."""
+        return self.item_ids.append(self.extra_item_ids)
+
+    @property
+    def served_item_codes(self) -> npt.NDArray[np.int64]:
+        """Codes of the served model's items: the purchase items, then those only signalled."""
+        return self.item_codes if self.signal_item_codes is None else self.signal_item_codes
 
     def scorer(self) -> Scorer:
+        """The components over the purchase rows (what every evaluation figure scores)."""
+        n_users, n_items = len(self.user_codes), len(self.item_codes)
         return Scorer(
             item_factors=self.item_factors,
             user_factors=self.user_factors,
@@ -130,8 +157,31 @@ class Stage:
             popularity=self.popularity,
             trending=self.trending,
             ease_b=self.ease_b,
+            signal_item_factors=None
+            if self.signal_item_factors is None
+            else self.signal_item_factors[:n_items],
+            signal_user_factors=None
+            if self.signal_user_factors is None
+            else self.signal_user_factors[:n_users],
+        )
+
+    def served_scorer(self) -> Scorer:
+        """The components over the served model's items (``served_item_codes``): an item only
+        viewed or carted has popularity 0, no purchase-ALS vector (zeros), no EASE weight and
+        its learnt ``als_signals`` vector; the users are the purchase rows."""
+        arrays = served_components(self)
+        return Scorer(
+            item_factors=arrays["item_factors"],
+            user_factors=self.user_factors,
+            history_counts=arrays["history_counts"],
+            history_age_days=arrays["history_age_days"],
+            popularity=arrays["popularity"],
+            trending=arrays["trending"],
+            ease_b=arrays.get("ease_b"),
             signal_item_factors=self.signal_item_factors,
-            signal_user_factors=self.signal_user_factors,
+            signal_user_factors=None
+            if self.signal_user_factors is None
+            else self.signal_user_factors[: len(self.user_codes)],
         )
 
     def evalset(self, test: pd.DataFrame, *, max_users: int | None = None) -> EvalSet:
@@ -144,6 +194,39 @@ class Stage:
             test["item"].to_numpy(),
             max_users=max_users,
         )
+
+
+def served_components(stage: Stage) -> dict[str, Any]:
+    """The item-side arrays of ``stage`` widened to its served items (``served_item_codes``).
+
+    Items after the purchase items were only viewed or carted: zero purchase-ALS vectors,
+    popularity and trending 0, EASE rows and columns 0, no history. Keys: item_factors,
+    history_counts and history_age_days (CSR, users x served items), popularity, trending and,
+    when the stage has EASE, ease_b.
+    """
+    n_items = len(stage.item_codes)
+    extra = len(stage.served_item_codes) - n_items
+    shape = (stage.counts.shape[0], n_items + extra)
+
+    def widen(matrix: sp.csr_matrix) -> sp.csr_matrix:
+        return sp.csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=shape)
+
+    def pad(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return np.concatenate([values, np.zeros(extra, dtype=values.dtype)])
+
+    out: dict[str, Any] = {
+        "item_factors": np.vstack(
+            [stage.item_factors, np.zeros((extra, stage.item_factors.shape[1]), np.float32)]
+        ),
+        "history_counts": widen(stage.counts),
+        "history_age_days": widen(stage.age_days),
+        "popularity": pad(stage.popularity),
+        "trending": pad(stage.trending),
+    }
+    if stage.ease_b is not None:
+        # the inverse of a block-diagonal Gram matrix: an item nobody bought weighs 0 in EASE
+        out["ease_b"] = np.pad(stage.ease_b, ((0, extra), (0, extra)))
+    return out
 
 
 def build_history(
@@ -225,6 +308,16 @@ def _compact(codes: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.N
     return distinct, position[codes].astype(np.int64)
 
 
+def _widen(matrix: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
+    """``matrix`` as the top-left block of an otherwise empty ``shape``."""
+    if matrix.shape == shape:
+        return matrix
+    indptr = np.concatenate(
+        [matrix.indptr, np.full(shape[0] - matrix.shape[0], matrix.indptr[-1], dtype=np.int64)]
+    )
+    return sp.csr_matrix((matrix.data, matrix.indices, indptr), shape=shape)
+
+
 def _distinct_buyers(counts: sp.csr_matrix) -> npt.NDArray[np.float32]:
     return np.bincount(counts.indices, minlength=counts.shape[1]).astype(np.float32)
 
@@ -239,12 +332,17 @@ def als_weights(
     age_days: sp.csr_matrix,
     params: ModelParams,
     signals: sp.csr_matrix | None = None,
+    *,
+    purchase_rows: tuple[int, int] | None = None,
 ) -> sp.csr_matrix:
     """The confidence matrix ALS is fitted on (recency-decayed counts, BM25 or log weighting).
 
     ``signals`` (same shape, already decayed and weighted: ``training.signals``) join the
     decayed purchase counts: under BM25 they are weighted with the purchases' statistics and
-    added; under confidence weighting they are added before the log.
+    added; under confidence weighting they are added before the log. ``purchase_rows``: the
+    purchases fill only this top-left block (the rest are visitors and items seen only in the
+    signals), and BM25's statistics come from that block alone, so the purchases weigh exactly
+    what they weigh without the visitors.
     """
     weighted = counts.copy()
     weighted.data = (counts.data * np.exp(-age_days.data / params.input_half_life_days)).astype(
@@ -254,9 +352,15 @@ def als_weights(
     if params.weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 
-        out = bm25_weight(weighted, K1=params.bm25_k1, B=params.bm25_b).tocsr()
+        block = weighted
+        if purchase_rows is not None and purchase_rows != weighted.shape:
+            block = weighted[: purchase_rows[0], : purchase_rows[1]]
+        out = _widen(
+            sp.csr_matrix(bm25_weight(block, K1=params.bm25_k1, B=params.bm25_b).tocsr()),
+            weighted.shape,
+        )
         if has_signals:
-            out = out + _bm25_like(weighted, signals, params.bm25_k1, params.bm25_b)
+            out = out + _bm25_like(block, signals, params.bm25_k1, params.bm25_b)
     else:
         out = weighted + signals if has_signals else weighted
         out.data = (1.0 + params.alpha * np.log1p(out.data)).astype(np.float32)
@@ -270,13 +374,19 @@ def _bm25_like(purchases: sp.csr_matrix, signals: sp.csr_matrix, k1: float, b: f
 
     Item idf and user length come from purchases alone: views are plentiful, and counted in
     the statistics they would lower every popular item's idf and lengthen every browser's row,
-    which shrinks the weight of the purchases themselves.
+    which shrinks the weight of the purchases themselves. ``signals`` may have more rows and
+    columns than ``purchases`` (visitors and items without purchases): an item nobody bought
+    has the idf of an item one buyer fewer than the rarest, and a visitor who never bought the
+    length of an average buyer (not the shortest row, which would make one view weigh like a
+    purchase).
     """
-    idf = np.log(purchases.shape[0]) - np.log1p(
-        np.bincount(purchases.indices, minlength=purchases.shape[1])
-    )
+    n_users, n_items = purchases.shape
+    buyers = np.bincount(purchases.indices, minlength=n_items)
+    buyers = np.concatenate([buyers, np.zeros(signals.shape[1] - n_items, dtype=buyers.dtype)])
+    idf = np.log(n_users) - np.log1p(buyers)
     row_sums = np.asarray(purchases.sum(axis=1)).ravel()
     length_norm = (1.0 - b) + b * row_sums / row_sums.mean()
+    length_norm = np.concatenate([length_norm, np.ones(signals.shape[0] - n_users)])
     out = signals.tocoo()
     out.data = out.data * (k1 + 1.0) / (k1 * length_norm[out.row] + out.data) * idf[out.col]
     return out.tocsr()
@@ -289,15 +399,17 @@ def fit_als(
     *,
     init: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
     signals: sp.csr_matrix | None = None,
+    purchase_rows: tuple[int, int] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Fit implicit's ALS; warm-started (``params.warm_iterations``) when ``init`` is given.
 
-    ``signals``: weaker evidence added to the purchases (see ``als_weights``).
-    Returns (user_factors, item_factors) as float32 arrays.
+    ``signals``: weaker evidence added to the purchases, ``purchase_rows`` the block the
+    purchases fill (see ``als_weights``). Returns (user_factors, item_factors) as float32
+    arrays.
     """
     from implicit.cpu.als import AlternatingLeastSquares
 
-    weights = als_weights(counts, age_days, params, signals)
+    weights = als_weights(counts, age_days, params, signals, purchase_rows=purchase_rows)
     # implicit parallelises itself; a BLAS thread pool underneath only oversubscribes the cores
     # (implicit checks this when the model is constructed, so construct it inside the limit)
     with threadpool_limits(1, "blas"):
@@ -360,14 +472,22 @@ def _warm_init(
     user_codes: npt.NDArray[np.int64],
     item_codes: npt.NDArray[np.int64],
     params: ModelParams,
+    *,
+    signal: bool = False,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
     """A previous stage's factors moved to the rows of ``user_codes`` / ``item_codes``, or None
-    when they cannot be."""
+    when they cannot be. ``signal``: the factors are the second ALS's (rows
+    ``previous.signal_*_codes``)."""
     if item_factors is None or user_factors.shape[1] != params.factors:
         return None
+    old_users, old_items = previous.user_codes, previous.item_codes
+    if signal and previous.signal_user_codes is not None and previous.signal_item_codes is not None:
+        old_users, old_items = previous.signal_user_codes, previous.signal_item_codes
+    if len(old_users) != len(user_factors) or len(old_items) != len(item_factors):
+        return None
     return (
-        reindex_factors(previous.user_codes, user_factors, user_codes, params.seed),
-        reindex_factors(previous.item_codes, item_factors, item_codes, params.seed + 1),
+        reindex_factors(old_users, user_factors, user_codes, params.seed),
+        reindex_factors(old_items, item_factors, item_codes, params.seed + 1),
     )
 
 
@@ -415,29 +535,43 @@ def fit_stage(
     timings["als"] = time.perf_counter() - t0
     weak = None
     signal_factors = None
+    signal_rows = (user_codes, item_codes)
     if signals is not None:
         t0 = time.perf_counter()
-        weak = signals.matrix(
-            user_codes,
-            item_codes,
+        seen = signals if params.every_visitor else signals.purchasers_only()
+        cut = reference_time if signals_until is None else max(signals_until, reference_time)
+        if params.every_visitor:
+            # visitors and items first seen in the signals up to this stage's cut: extra rows
+            signal_rows = seen.rows(user_codes, item_codes, cut)
+        weak = seen.matrix(
+            *signal_rows,
             reference_time,
             params.signal_weights,
             params.input_half_life_days,
             until=signals_until,
         )
         signal_factors = (user_factors, item_factors)  # no signal in range: the first ALS
-        if weak is not None:
+        if weak is None:
+            signal_rows = (user_codes, item_codes)
+        else:
             signal_init = None
             if warm_from is not None and warm_from.signal_user_factors is not None:
                 signal_init = _warm_init(
                     warm_from,
                     warm_from.signal_user_factors,
                     warm_from.signal_item_factors,
-                    user_codes,
-                    item_codes,
+                    *signal_rows,
                     params,
+                    signal=True,
                 )
-            signal_factors = fit_als(strength, ages, params, init=signal_init, signals=weak)
+            signal_factors = fit_als(
+                _widen(strength, weak.shape),
+                _widen(ages, weak.shape),
+                params,
+                init=signal_init,
+                signals=weak,
+                purchase_rows=strength.shape,
+            )
         timings["als_signals"] = time.perf_counter() - t0
     ease_b = None
     if with_ease is None:
@@ -464,7 +598,26 @@ def fit_stage(
         signal_pairs=0 if weak is None else int(weak.nnz),
         timings=timings,
         strength=strength,
+        signal_user_codes=None if signal_factors is None else signal_rows[0],
+        signal_item_codes=None if signal_factors is None else signal_rows[1],
+        extra_user_ids=_ids_of(ids.users, signal_rows[0][len(user_codes) :], signals, "users"),
+        extra_item_ids=_ids_of(ids.items, signal_rows[1][len(item_codes) :], signals, "items"),
     )
+
+
+def _ids_of(
+    known: pd.Index, codes: npt.NDArray[np.int64], signals: Signals | None, axis: str
+) -> pd.Index:
+    """The shop's ids of ``codes``: positions in ``known``, or after it in the signals' new
+    users or items (``axis``)."""
+    if signals is None or not len(codes):
+        return pd.Index([], dtype=object)
+    new = signals.new_users if axis == "users" else signals.new_items
+    inside = codes < len(known)
+    out = np.empty(len(codes), dtype=object)
+    out[inside] = known[codes[inside]]
+    out[~inside] = new[codes[~inside] - len(known)]
+    return pd.Index(out, dtype=object)
 
 
 Candidates = dict[str, dict[str, Recipe]]

@@ -23,7 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from service.artifact import (
     KEEP_VERSIONS,
@@ -55,7 +57,18 @@ from training.data.files import ReadOptions
 from training.data.formats import CleaningReport, ColumnMapping, Purchases, load_purchases
 from training.encode import IdMaps, encode
 from training.erasure import honour_erasures
-from training.evaluate import TEST_DAYS, EvalSet, MetricTable, Split, metric_key, temporal_split
+from training.evaluate import (
+    MAX_EVAL_CELLS,
+    METRICS,
+    TEST_DAYS,
+    EvalSet,
+    MetricTable,
+    Split,
+    metric_key,
+    temporal_split,
+    truth_of,
+    unbought_figures,
+)
 from training.gate import GateDecision, current_model_params, gate_new_model
 from training.lock import trainer_lock
 from training.models import Candidates, ModelParams, Stage, default_candidates, fit_stage
@@ -102,6 +115,9 @@ class TrainResult:
     timings: dict[str, float]
     manifest: Manifest
     pruned: list[str] = field(default_factory=list)
+    # test figures with the products never sold before the test cut-off in the truth (see
+    # ``new_product_figures``); empty without signals
+    new_products: MetricTable = field(default_factory=dict)
 
     @property
     def served_name(self) -> str:
@@ -128,6 +144,7 @@ class TrainResult:
             "model_path": str(self.path),
             "timings": self.timings,
             "pruned": self.pruned,
+            "new_products": self.new_products,
         }
 
 
@@ -145,6 +162,75 @@ def evaluate_candidates(evalset: EvalSet, candidates: Candidates, k: int = 10) -
             values = evalset.evaluate(recipe, protocol, k)
             table[protocol][name] = {
                 metric_key(m, k) if m != "users" else m: v for m, v in values.items()
+            }
+    return table
+
+
+def new_product_figures(
+    stage: Stage,
+    evalset: EvalSet,
+    test: Split,
+    candidates: Candidates,
+    read: Signals | None,
+    k: int = 10,
+) -> MetricTable:
+    """Every candidate's test figures when the truth also holds the products nobody bought
+    before the cut-off, and how often they are shown and hit (``unbought_figures``).
+
+    The users are the test evaluation's (``evalset``: the same as every other figure; a seeded
+    subset when users x items would pass ``MAX_EVAL_CELLS``); the items, every item known at
+    the cut-off, by a purchase or by a view or add-to-cart read
+    (``read``), whether or not this model learnt it: one it did not learn is never recommended,
+    so a model trained on purchasers only is scored against the same truth. Empty without
+    signals.
+    """
+    if read is None:
+        return {}
+    served = stage.served_scorer()
+    learnt = stage.served_item_codes
+    seen = np.unique(read.until(test.cutoff).item_codes)
+    universe = np.concatenate([learnt, np.setdiff1d(seen, learnt)])
+    unlearnt = len(universe) - len(learnt)
+    user_idx, user_rows = evalset.user_idx, np.arange(evalset.n_users)
+    limit = max(1, MAX_EVAL_CELLS // len(universe))
+    if len(user_idx) > limit:  # a catalogue of many products only viewed: a seeded subset
+        user_rows = np.sort(np.random.default_rng(0).choice(len(user_idx), limit, replace=False))
+        user_idx = user_idx[user_rows]
+    truth = truth_of(
+        user_idx,
+        pd.Index(stage.user_codes),
+        pd.Index(universe),
+        test.test["user"].to_numpy(),
+        test.test["item"].to_numpy(),
+    )
+    counts = served.history_counts[user_idx]
+    wide = EvalSet(
+        scorer=served,
+        user_idx=user_idx,
+        truth=truth[:, : len(learnt)],
+        counts=counts,
+        age_days=served.history_age_days[user_idx],
+        user_vectors=evalset.user_vectors[user_rows],
+        signal_vectors=None
+        if evalset.signal_vectors is None
+        else evalset.signal_vectors[user_rows],
+    )
+    history = sp.csr_matrix(
+        (counts.data, counts.indices, counts.indptr), shape=(counts.shape[0], len(universe))
+    )
+    first_unbought = len(stage.item_codes)
+    table: MetricTable = {p: {} for p in PROTOCOLS}
+    for name, recipes in candidates.items():
+        for protocol, recipe in recipes.items():
+            if not served.can_use(recipe):
+                continue
+            scores = wide.scores(recipe)
+            if unlearnt:
+                blank = np.full((scores.shape[0], unlearnt), -np.inf, dtype=np.float32)
+                scores = np.hstack([scores, blank])
+            values = unbought_figures(scores, truth, history, protocol, first_unbought, k)
+            table[protocol][name] = {
+                metric_key(m, k) if m in METRICS else m: v for m, v in values.items()
             }
     return table
 
@@ -361,6 +447,10 @@ def _run(
             del validated  # the validation stage and its evaluation set are done with
             test_eval = test_stage.evalset(plan.test.test, max_users=config.eval_users)
             metrics = evaluate_candidates(test_eval, choice.candidates)
+        with _timed(timings, "new_products"):
+            new_products = new_product_figures(
+                test_stage, test_eval, plan.test, choice.candidates, inputs.read
+            )
         with _timed(timings, "gate"):
             gate = _gate(store, choice, test_eval, test_stage, inputs, plan)
         if gate.fallback:  # the first model: popularity where the choice falls below it
@@ -388,6 +478,7 @@ def _run(
             timings={k: round(v, 3) for k, v in timings.items()},
             manifest=manifest,
             pruned=pruned,
+            new_products=new_products,
         )
 
 
@@ -409,6 +500,8 @@ def _load_inputs(
     if source is not None:
         read = encode_signals(source, ids.users, ids.items)
     signals = None if read is None else read.only(weights)
+    if signals is not None and not config.params.every_visitor:
+        signals = signals.purchasers_only()  # the rule before every visitor counted
     if signals is not None and not len(signals):
         if any(weights):
             progress(
@@ -420,8 +513,13 @@ def _load_inputs(
         used = signals.summary()
         progress(
             f"weaker signals: {used['view']:,} views, {used['add_to_cart']:,} add-to-carts "
-            f"({used['ignored_no_purchases']:,} more of users or items without purchases "
-            "left out)"
+            + (
+                f"of {used['users']:,} users ({used['users_without_purchases']:,} never bought) "
+                f"on {used['items']:,} items ({used['items_without_purchases']:,} never bought)"
+                if config.params.every_visitor
+                else f"({used['ignored_no_purchases']:,} more of users or items without "
+                "purchases left out)"
+            )
         )
     return _Inputs(purchases, coded, ids, read, signals)
 
@@ -430,7 +528,11 @@ def _plan(config: TrainConfig, inputs: _Inputs) -> _Plan:
     """The test split, the validation split inside its training part, and the candidates."""
     test = temporal_split(inputs.coded, config.test_days)
     validation = temporal_split(test.train, config.test_days)
-    with_ease = len(inputs.ids.items) <= config.params.ease_max_items
+    # the served catalogue: the items bought, and those only viewed or carted (every visitor)
+    served_items = len(inputs.ids.items)
+    if inputs.signals is not None and config.params.every_visitor:
+        served_items += int((np.unique(inputs.signals.item_codes) >= len(inputs.ids.items)).sum())
+    with_ease = served_items <= config.params.ease_max_items
     candidates = default_candidates(with_ease=with_ease, with_signals=inputs.signals is not None)
     return _Plan(validation, test, with_ease, candidates)
 

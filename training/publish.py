@@ -26,7 +26,7 @@ from service.artifact.manifest import (
 from service.scoring import PROTOCOLS
 from training.data.formats import Purchases
 from training.encode import IdMaps
-from training.models import Candidates, ModelParams, Stage, als_weights
+from training.models import Candidates, ModelParams, Stage, als_weights, served_components
 from training.signals import SIGNAL_TYPES, Signals
 
 
@@ -56,25 +56,33 @@ def library_versions() -> dict[str, str]:
 
 
 def artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray[Any, Any]]:
-    """The arrays of a serving ``stage``, with the item names, categories and prices known."""
+    """The arrays of a serving ``stage``, with the item names, categories and prices known.
+
+    The items are the stage's served items (``Stage.served_item_codes``): those bought, then
+    those only viewed or carted, which the ``als_signals`` vectors alone describe (popularity 0,
+    no purchase-ALS vector, no EASE weight). The users are those with purchases; a visitor who
+    only browsed is served by the service's fold-in of their recent events.
+    """
+    served = served_components(stage)
+    counts = served["history_counts"]
     arrays: dict[str, np.ndarray[Any, Any]] = {
         "user_ids": np.asarray(stage.user_ids, dtype=str),
-        "item_ids": np.asarray(stage.item_ids, dtype=str),
+        "item_ids": np.asarray(stage.served_item_ids, dtype=str),
         "user_factors": stage.user_factors,
-        "item_factors": stage.item_factors,
-        "history_indptr": stage.counts.indptr.astype(np.int64),
-        "history_indices": stage.counts.indices.astype(np.int32),
-        "history_counts": stage.counts.data.astype(np.float32),
-        "history_age_days": stage.age_days.data.astype(np.float32),
-        "popularity": stage.popularity,
-        "trending": stage.trending,
+        "item_factors": served["item_factors"],
+        "history_indptr": counts.indptr.astype(np.int64),
+        "history_indices": counts.indices.astype(np.int32),
+        "history_counts": counts.data.astype(np.float32),
+        "history_age_days": served["history_age_days"].data.astype(np.float32),
+        "popularity": served["popularity"],
+        "trending": served["trending"],
     }
-    if stage.ease_b is not None:
-        arrays["ease_b"] = stage.ease_b
+    if "ease_b" in served:
+        arrays["ease_b"] = served["ease_b"]
     if stage.signal_user_factors is not None and stage.signal_item_factors is not None:
-        arrays["signal_user_factors"] = stage.signal_user_factors
+        arrays["signal_user_factors"] = stage.signal_user_factors[: len(stage.user_codes)]
         arrays["signal_item_factors"] = stage.signal_item_factors
-    items = purchases.items.set_index("item_id").reindex(stage.item_ids)
+    items = purchases.items.set_index("item_id").reindex(stage.served_item_ids)
     if items["name"].notna().any():
         arrays["item_names"] = items["name"].fillna("").astype(str).to_numpy(dtype=str)
     if items["category"].notna().any():
@@ -115,7 +123,7 @@ def describe(
         ),
         counts=Counts(
             users=len(serving.user_ids),
-            items=len(serving.item_ids),
+            items=len(serving.served_item_ids),
             interactions=int(serving.counts.nnz),
             purchases=len(purchases.frame),
             factors=params.factors,
@@ -128,6 +136,7 @@ def describe(
                 "weights": dict(zip(SIGNAL_TYPES, params.signal_weights, strict=True)),
                 **signals.summary(),
                 "pairs": serving.signal_pairs,
+                "every_visitor": params.every_visitor,
             }
         ),
         # the service scales a new user's events so one purchase weighs like this

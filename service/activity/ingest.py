@@ -123,6 +123,7 @@ class Ingest:
         erased: Callable[[str], bool] | None = None,
         segments: EventListener | None = None,
         feedback: Feedback | None = None,
+        catalogue: Callable[[Sequence[ItemRecord]], None] | None = None,
     ) -> None:
         self.repository = repository
         self.activity = activity
@@ -136,6 +137,8 @@ class Ingest:
         self.segments = segments  # recomputes the users' segment rows in the background
         # impressions and clicks, and the carts and purchases credited to lists (issue 14)
         self.feedback = feedback
+        # told the catalogue rows that changed (new products' vectors, issue 14); in a thread
+        self.catalogue = catalogue
 
     async def add_events(self, drafts: Sequence[EventDraft], *, batch: bool) -> IngestResult:
         """Store ``drafts`` in one transaction (a repeated ``client_event_id`` is skipped).
@@ -251,7 +254,7 @@ class Ingest:
             in_stock=in_stock,
             attributes=attributes,
         )
-        self.activity.update_catalogue([record])
+        await self._catalogue_changed(self.activity.update_catalogue([record]))
         return record
 
     async def change_items(self, changes: Sequence[ItemChange]) -> list[ItemResult]:
@@ -262,5 +265,14 @@ class Ingest:
             if change.price is not None and change.currency is None:
                 raise InvalidInput(f"items.{index}.currency", "a price needs its currency")
         results, records = await run_in_threadpool(self.repository.apply_items, changes)
-        self.activity.update_catalogue(records)
+        await self._catalogue_changed(self.activity.update_catalogue(records))
         return results
+
+    async def _catalogue_changed(self, rows: Sequence[ItemRecord]) -> None:
+        """Hand the changed rows on (in a thread); the write is done, so never fail it."""
+        if self.catalogue is None or not rows:
+            return
+        try:
+            await run_in_threadpool(self.catalogue, rows)
+        except Exception:
+            log.warning("catalogue_listener_failed", exc_info=True)

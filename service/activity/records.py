@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,6 +29,14 @@ class CatalogueEntry:
     in_stock: bool | None = None
     name: str | None = None
     hidden: bool = False  # hidden or deleted: never recommended
+    # issue 14: what a product the model does not know is placed by, and when it arrived
+    attributes: Mapping[str, Any] | None = None
+    created_at: datetime | None = None
+
+    @property
+    def servable(self) -> bool:
+        """Whether it may be in a list at all: not hidden, deleted nor out of stock."""
+        return not self.hidden and self.in_stock is not False
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ class ItemRecord:
     currency: str | None = None
     attributes: dict[str, Any] | None = None
     status: ItemStatus = "active"
+    created_at: datetime | None = None  # first seen by the catalogue (migration 0017)
 
     def entry(self) -> CatalogueEntry:
         """What recommendations need of this item: its filters, and whether it may be shown."""
@@ -91,6 +101,8 @@ class ItemRecord:
             in_stock=self.in_stock,
             name=self.name,
             hidden=self.status != "active",
+            attributes=self.attributes,
+            created_at=self.created_at,
         )
 
 

@@ -405,7 +405,7 @@ class Repository:
                 "attributes": change.attributes,
             }
             stmt = self.insert(items).values(
-                item_id=change.item_id, updated_at=now, status="active", **values
+                item_id=change.item_id, updated_at=now, created_at=now, status="active", **values
             )
             updates = {k: stmt.excluded[k] for k, v in values.items() if v is not None}
             updates["updated_at"] = stmt.excluded.updated_at
@@ -450,7 +450,8 @@ class Repository:
         columns = ("name", "category", "price", "currency", "in_stock", "attributes")
         given = [c for c in columns if any(c in r for r in latest.values())]
         values = [
-            {"item_id": i, "updated_at": now, "status": "active"} | {c: r.get(c) for c in given}
+            {"item_id": i, "updated_at": now, "created_at": now, "status": "active"}
+            | {c: r.get(c) for c in given}
             for i, r in latest.items()
         ]
         stmt = self.insert(items)
@@ -463,6 +464,28 @@ class Repository:
         with self.writing() as conn:
             written = conn.execute(stmt.returning(items.c.item_id), values).all()
         return len(written)
+
+    def item_event_counts(
+        self, item_ids: Sequence[str], since: datetime
+    ) -> list[tuple[str, str, str, int]]:
+        """(item, user, event type, events) of ``item_ids`` at or after ``since``, in one query.
+
+        What the products a model does not know are folded in from (issue 14).
+        """
+        if not item_ids:
+            return []
+        query = (
+            select(events.c.item_id, events.c.user_id, events.c.type, func.count())
+            .where(
+                events.c.item_id.in_(bindparam("items", expanding=True)),
+                events.c.ts >= since,
+                events.c.type.in_(("view", "add_to_cart", "purchase")),
+            )
+            .group_by(events.c.item_id, events.c.user_id, events.c.type)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query, {"items": list(item_ids)})
+            return [(str(i), str(u), str(t), int(n)) for i, u, t, n in rows]
 
     def items_updated_since(self, since: datetime | None) -> list[ItemRecord]:
         query = select(items).order_by(items.c.updated_at)

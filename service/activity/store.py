@@ -74,6 +74,8 @@ class ActivityStore:
         self.catalogue_watermark: datetime | None = None
         # hidden or deleted items (never recommended); replaced whole, so readers need no lock
         self.hidden: frozenset[str] = frozenset()
+        # hidden, deleted or out of stock: never in any list (issue 14); replaced whole too
+        self.unservable: frozenset[str] = frozenset()
 
     def add(self, rows: Iterable[StoredEvent], *, from_tail: bool = True) -> int:
         """Remember events not seen before; returns how many were new.
@@ -159,13 +161,23 @@ class ActivityStore:
         """The id after which the next poll should read (with a safety lookback)."""
         return max(0, self.watermark - self.lookback)
 
-    def update_catalogue(self, rows: Iterable[ItemRecord]) -> None:
+    def update_catalogue(self, rows: Iterable[ItemRecord]) -> list[ItemRecord]:
+        """Take in catalogue rows; returns those that changed what this worker knew."""
+        changed: list[ItemRecord] = []
         with self._lock:
             hidden = set(self.hidden)
+            unservable = set(self.unservable)
             for row in rows:
-                entry = self.catalogue[row.item_id] = row.entry()
+                entry = row.entry()
+                if self.catalogue.get(row.item_id) != entry:
+                    changed.append(row)
+                self.catalogue[row.item_id] = entry
                 (hidden.add if entry.hidden else hidden.discard)(row.item_id)
+                (unservable.discard if entry.servable else unservable.add)(row.item_id)
                 if self.catalogue_watermark is None or row.updated_at > self.catalogue_watermark:
                     self.catalogue_watermark = row.updated_at
             if hidden != self.hidden:
                 self.hidden = frozenset(hidden)
+            if unservable != self.unservable:
+                self.unservable = frozenset(unservable)
+        return changed

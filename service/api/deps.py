@@ -219,6 +219,16 @@ def _model_versions(state: AppState) -> ModelVersions:
 ModelVersionsDep = Annotated[ModelVersions, Depends(require_part(_model_versions, "admin"))]
 
 
+def _experiments(state: AppState) -> Experiments:
+    if state.experiments is None:  # built by the lifespan before any request
+        raise RuntimeError("experiments are not set up")
+    return state.experiments
+
+
+# A/B tests of recommenders (issue 14, item 3): marketing reads, admin changes
+ExperimentsReaderDep = Annotated[Experiments, Depends(require_part(_experiments, "marketing"))]
+ExperimentsAdminDep = Annotated[Experiments, Depends(require_part(_experiments, "admin"))]
+
 # --- recommendation feedback (issue 14) ----------------------------------------------------
 
 
@@ -229,14 +239,3 @@ def _feedback(state: AppState) -> Feedback:
 
 
 FeedbackDep = Annotated[Feedback, Depends(require_part(_feedback, "marketing"))]
-
-
-def _experiments(state: AppState) -> Experiments:
-    if state.experiments is None:  # built by the lifespan before any request
-        raise RuntimeError("experiments are not set up")
-    return state.experiments
-
-
-# A/B tests of recommenders (issue 14, item 3): marketing reads, admin changes
-ExperimentsReaderDep = Annotated[Experiments, Depends(require_part(_experiments, "marketing"))]
-ExperimentsAdminDep = Annotated[Experiments, Depends(require_part(_experiments, "admin"))]

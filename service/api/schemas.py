@@ -277,6 +277,9 @@ class ItemOut(BaseModel):
         description="hidden and deleted items are never recommended."
     )
     updated_at: datetime
+    created_at: datetime | None = Field(
+        None, description="When the catalogue first saw the item (new arrivals count from it)."
+    )
 
 
 class ItemUpsert(ItemIn):
@@ -324,7 +327,9 @@ class RecommendationFilters(BaseModel):
     )
     category: Category | None = Field(None, description="Only items of this category.")
     in_stock: bool = Field(
-        False, description="Only items the catalogue does not mark out of stock."
+        False,
+        description="Only items the catalogue says are in stock (items marked out of stock are "
+        "never listed anyway; true also leaves out those whose stock was never sent).",
     )
     purchased_within_days: int | None = Field(
         None, ge=1, le=3650, description="Replenishment: only items bought in the last N days."
@@ -1024,40 +1029,6 @@ class PredictedValueOut(CustomerValueOut):
     fitted_at: datetime
 
 
-# --- online metrics of recommendations (issue 14, item 2) ---------------------------------
-
-
-class RevenueRateOut(BaseModel):
-    currency: str
-    revenue: Decimal = Field(description="Attributed purchases' price x quantity, exact.")
-    per_1000_impressions: MoneyIntervalOut = Field(
-        description="Revenue per 1,000 impressions: exact estimate, normal-approximation 95 % "
-        "interval."
-    )
-
-
-class RecommendationFiguresOut(BaseModel):
-    """One group's figures; every rate is per impression (service/feedback/figures.py)."""
-
-    group: dict[str, str | None] = Field(description="The value of each dimension of `by`.")
-    impressions: int
-    users: int = Field(description="Distinct users shown something.")
-    clicks: int = Field(description="Impressions clicked.")
-    add_to_carts: int = Field(description="Impressions with an attributed add-to-cart.")
-    purchases: int = Field(description="Impressions with an attributed purchase.")
-    ctr: IntervalOut | None = Field(description="clicks / impressions, Wilson 95 % interval.")
-    add_to_cart_rate: IntervalOut | None
-    conversion: IntervalOut | None = Field(description="purchases / impressions.")
-    revenue: list[RevenueRateOut] = Field(description="Per currency.")
-
-
-class RecommendationMetricsOut(BaseModel):
-    by: list[str]
-    since: datetime | None
-    until: datetime | None
-    groups: list[RecommendationFiguresOut]
-
-
 # --- A/B tests of recommenders (issue 14, item 3) -----------------------------------------
 
 
@@ -1156,6 +1127,14 @@ class ExperimentOut(BaseModel):
     results: ExperimentResultsOut | None = Field(
         None, description="Figures now (GET /v1/experiments/{id} only)."
     )
+    served_here: bool | None = Field(
+        None,
+        description="Whether the worker that answered serves the arms now (GET one only; "
+        "every worker loads them within RECOFFER_EXPERIMENT_POLL_SECONDS).",
+    )
+    load_error: str | None = Field(
+        None, description="Why the worker that answered could not load the arms, if so."
+    )
 
 
 class ExperimentsOut(BaseModel):
@@ -1168,3 +1147,37 @@ class PromotionOut(BaseModel):
     current: str
     serving: str | None = Field(description="What this worker serves after reloading.")
     error: str | None = Field(description="This worker's reload error, if any.")
+
+
+# --- online metrics of recommendations (issue 14, item 2) ---------------------------------
+
+
+class RevenueRateOut(BaseModel):
+    currency: str
+    revenue: Decimal = Field(description="Attributed purchases' price x quantity, exact.")
+    per_1000_impressions: MoneyIntervalOut = Field(
+        description="Revenue per 1,000 impressions: exact estimate, normal-approximation 95 % "
+        "interval."
+    )
+
+
+class RecommendationFiguresOut(BaseModel):
+    """One group's figures; every rate is per impression (service/feedback/figures.py)."""
+
+    group: dict[str, str | None] = Field(description="The value of each dimension of `by`.")
+    impressions: int
+    users: int = Field(description="Distinct users shown something.")
+    clicks: int = Field(description="Impressions clicked.")
+    add_to_carts: int = Field(description="Impressions with an attributed add-to-cart.")
+    purchases: int = Field(description="Impressions with an attributed purchase.")
+    ctr: IntervalOut | None = Field(description="clicks / impressions, Wilson 95 % interval.")
+    add_to_cart_rate: IntervalOut | None
+    conversion: IntervalOut | None = Field(description="purchases / impressions.")
+    revenue: list[RevenueRateOut] = Field(description="Per currency.")
+
+
+class RecommendationMetricsOut(BaseModel):
+    by: list[str]
+    since: datetime | None
+    until: datetime | None
+    groups: list[RecommendationFiguresOut]

@@ -77,6 +77,13 @@ class SignalsInfo(_Part):
     ignored_no_purchases: int = 0
     until: datetime | None = None  # the newest signal event read
     pairs: int = 0
+    # issue 14: every visitor counts (training.signals). The users and items the events name,
+    # those without any purchase apart (rows of the second ALS; the items are served too)
+    every_visitor: bool = False
+    users: int = 0
+    items: int = 0
+    users_without_purchases: int = 0
+    items_without_purchases: int = 0
 
 
 class FoldIn(_Part):

@@ -72,6 +72,7 @@ def _detail(
         experiment=experiment,
         results=experiments.results(experiment),
         serving=state_of(request).models.experiment,
+        serving_error=experiments.serving_error(),
         notice=notice,
         problem=problem,
         poll_seconds=state_of(request).settings.experiment_poll_seconds,

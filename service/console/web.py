@@ -56,8 +56,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Loyalty", "/loyalty", ("marketing",)),
     NavItem("Cohorts", "/cohorts", ("marketing",)),
     NavItem("Customer value", "/customer-value", ("marketing",)),
-    NavItem("Recommendations", "/recommendations", ("marketing",)),  # issue 14
     NavItem("Experiments", "/experiments", ("marketing",)),  # issue 14, item 3
+    NavItem("Recommendations", "/recommendations", ("marketing",)),  # issue 14
     NavItem("Models", "/models", ("admin",)),
     NavItem("Health", "/health", ("admin",)),
 )

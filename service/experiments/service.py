@@ -111,6 +111,16 @@ class Experiments:
         """The newest experiments first."""
         return self.repository.all(limit)
 
+    def serving_here(self, experiment: Experiment) -> bool:
+        """Whether this worker serves the experiment's arms now."""
+        arms = self.models.experiment
+        return arms is not None and arms.experiment_id == experiment.id
+
+    def serving_error(self) -> str | None:
+        """Why this worker could not load the running experiment's arms (no paths), if so."""
+        error = self.models.experiment_error
+        return None if error is None else self.recommendations.public(error)
+
     def results(self, experiment: Experiment) -> Results:
         """Its figures per arm, the sample-ratio check and the guard, with its own thresholds."""
         kept = experiment.settings

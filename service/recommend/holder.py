@@ -147,7 +147,7 @@ def candidate_recipes(manifest: Manifest, name: str) -> tuple[dict[str, Recipe],
     return recipes, frozenset(p for p in PROTOCOLS if p in own)
 
 
-ARMS_REMEMBERED = 200_000  # users whose arm each worker keeps (then it starts again)
+ARMS_REMEMBERED = 50_000  # users whose arm each worker keeps (about 8 MB; then it starts again)
 
 
 @dataclass(frozen=True)
@@ -283,8 +283,8 @@ def _load_experiment(holder: ModelHolder, experiment: Experiment | None) -> bool
     """Serve ``experiment``'s arms (None: no experiment; release them); True when they changed.
 
     Blocking (seconds on big models): call it off the event loop. A candidate that fails to
-    load is logged, ``experiment_error`` says why, and this worker serves everyone the control
-    until the experiment changes (the sample-ratio check then shows the imbalance).
+    load is logged, ``experiment_error`` says why, and this worker serves everyone the current
+    model without an arm until the experiment changes (its lists count for neither arm).
     """
     if experiment is None or not experiment.running:
         holder._experiment_key = None

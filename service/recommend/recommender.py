@@ -11,8 +11,13 @@ Three kinds of user:
 - ``popular``: no history at all: popularity, within a category when asked.
 
 Filters: exclude purchased items (the ``novel`` recipe, plus purchases made after training),
-exclude ids, category, in stock (when the catalogue says), bought within the last N days
-(replenishment). Short lists are topped up from popularity, marked ``popular``.
+exclude ids, category, in stock (only items the catalogue says are in stock), bought within the
+last N days (replenishment). Items hidden, deleted or out of stock in the catalogue are never
+in any list, whatever the query. Short lists are topped up from popularity, marked ``popular``.
+
+New arrivals (issue 14): products the model does not know, added to the catalogue lately,
+take up to ``ArrivalIndex.slots`` positions of a list (``service.recommend.arrivals``), spread
+through it and never the first (see ``_place``), marked ``new_arrivals``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +35,9 @@ from service.clock import SECONDS_PER_DAY
 from service.errors import UnknownItem
 from service.recommend.serving import ServingModel
 from service.scoring import Recipe
+
+if TYPE_CHECKING:
+    from service.recommend.arrivals import ArrivalIndex
 
 MAX_REASON_ANCHORS = 50  # a long history explains through its most bought items
 
@@ -100,6 +108,8 @@ class Recommender:
         self.model = model
         self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
         self._session_recipes = {p: self._session_recipe(r) for p, r in model.recipes.items()}
+        # the rows of the last set of unservable ids seen (the store replaces it whole)
+        self._unservable: tuple[Collection[str], set[int]] = (frozenset(), set())
 
     def _session_recipe(self, recipe: Recipe) -> Recipe:
         """The served recipe without "buy again" (a session's views are not purchases)."""
@@ -114,10 +124,12 @@ class Recommender:
         catalogue: Mapping[str, CatalogueEntry] | None = None,
         now: datetime | None = None,
         hidden: Collection[str] = (),
+        arrivals: ArrivalIndex | None = None,
     ) -> Result:
         """The ranked list for ``query``; ``recent`` are the user's events since training.
 
-        ``hidden``: items hidden or deleted in the catalogue, never recommended.
+        ``hidden``: items hidden, deleted or out of stock in the catalogue, never recommended.
+        ``arrivals``: the products this model does not know; new ones get a few positions.
         """
         m = self.model
         catalogue = catalogue or {}
@@ -125,7 +137,7 @@ class Recommender:
         user_idx = m.user_index.get(query.user_id)
         recent_known = [a for a in recent if a.item_id in m.item_index]
         banned = self._banned(query, recent_known, catalogue)
-        banned |= {m.item_index[i] for i in hidden if i in m.item_index}
+        banned |= self._rows_of(hidden)
         if query.purchased_within_days is not None:
             return self._replenish(query, user_idx, recent_known, banned, now)
         if user_idx is not None:
@@ -147,8 +159,62 @@ class Recommender:
         ]
         if len(items) < query.limit:
             items += self._popular_fill(query, banned | {i for i, _ in picked})
-        overall = source if items and items[0].source == source else "popular"
-        return Result(items=items[: query.limit], source=overall)
+        items = items[: query.limit]
+        if arrivals is not None:
+            items = self._with_arrivals(items, arrivals, query, user_idx, recent, now, hidden)
+        overall = "popular"
+        if items and items[0].source in (source, "new_arrivals"):
+            overall = items[0].source
+        return Result(items=items, source=overall)
+
+    def _rows_of(self, ids: Collection[str]) -> set[int]:
+        """The model's rows of ``ids``; remembered for the last set (one per catalogue change)."""
+        seen, rows = self._unservable
+        if seen is ids:
+            return rows
+        index = self.model.item_index
+        rows = {index[i] for i in ids if i in index}
+        if isinstance(ids, frozenset):
+            self._unservable = (ids, rows)
+        return rows
+
+    def _with_arrivals(
+        self,
+        items: list[Recommendation],
+        arrivals: ArrivalIndex,
+        query: Query,
+        user_idx: int | None,
+        recent: Sequence[Activity],
+        now: datetime | None,
+        unservable: Collection[str],
+    ) -> list[Recommendation]:
+        """``items`` with up to ``arrivals.slots`` new arrivals placed in them (never first)."""
+        m = self.model
+        n = min(arrivals.slots, query.limit - 1)
+        if n <= 0:
+            return items
+        recent_known = [a for a in recent if a.item_id in m.item_index]
+        vector: npt.NDArray[np.float32] | None = None
+        if user_idx is not None:
+            vector = np.asarray(m.scorer.user_factors[user_idx], dtype=np.float32)
+        elif recent_known:
+            vector = self.session_vector(recent_known)
+        picks = arrivals.pick(query, vector, recent, now or m.reference_time, unservable, n)
+        if not picks:
+            return items
+        return _place(items[: query.limit - len(picks)], picks)
+
+    def session_vector(self, recent: Sequence[Activity]) -> npt.NDArray[np.float32]:
+        """The ALS vector of a session's events on the model's items (views, carts, buys)."""
+        m = self.model
+        weights: dict[int, float] = {}
+        for a in recent:
+            idx = m.item_index[a.item_id]
+            weights[idx] = weights.get(idx, 0.0) + self.event_weights.get(a.type, 0.0)
+        item_idx = np.fromiter(weights, dtype=np.int64, count=len(weights))
+        values = np.array([weights[i] for i in item_idx], dtype=np.float32)
+        purchase_weight = self.event_weights.get("purchase", 1.0) or 1.0
+        return self.fold_in(item_idx, values / purchase_weight)
 
     def similar(self, item_id: str, limit: int, banned: Iterable[str] = ()) -> list[Recommendation]:
         """Items whose ALS vectors point the same way (cosine), best first."""
@@ -354,12 +420,13 @@ class Recommender:
         banned = {m.item_index[i] for i in query.exclude if i in m.item_index}
         if query.exclude_purchased:
             banned |= {m.item_index[a.item_id] for a in recent if a.type == "purchase"}
-        if query.in_stock:
-            banned |= {
-                m.item_index[i]
-                for i, e in catalogue.items()
-                if e.in_stock is False and i in m.item_index
-            }
+        if query.in_stock:  # only what the catalogue says is in stock (out of stock: never)
+            confirmed = np.zeros(m.n_items, dtype=bool)
+            for item_id, entry in catalogue.items():
+                idx = m.item_index.get(item_id)
+                if idx is not None and entry.in_stock is True:
+                    confirmed[idx] = True
+            banned |= set(np.flatnonzero(~confirmed).tolist())
         if query.category is not None:
             banned |= self._outside_category(query.category, catalogue)
         return banned
@@ -427,6 +494,16 @@ class Recommender:
             reason = f"popular in {query.category}" if query.category else "popular right now"
             out.append(Recommendation(str(m.item_ids[item_idx]), float(-rank), reason, "popular"))
         return out
+
+
+def _place(items: list[Recommendation], picks: list[Recommendation]) -> list[Recommendation]:
+    """``picks`` spread through ``items``: the k-th of n at position ⌊(k+1)·L/(n+1)⌋ of the
+    list of length L, never position 0 (10 items, 2 picks: positions 3 and 6)."""
+    out = list(items)
+    total = len(items) + len(picks)
+    for k, pick in enumerate(picks):
+        out.insert(min(len(out), max(1, (k + 1) * total // (len(picks) + 1))), pick)
+    return out
 
 
 def _pick(scores: npt.NDArray[np.float32], limit: int, banned: set[int]) -> list[tuple[int, float]]:

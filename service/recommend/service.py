@@ -7,6 +7,7 @@ the same filters as the model would apply.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,9 +23,11 @@ from service.feedback.token import ListIds, ServedList
 from service.health import without_paths
 from service.metrics import Metrics
 from service.privacy.tombstones import Tombstones
+from service.recommend.arrivals import ArrivalIndex, NewArrivals
 from service.recommend.holder import LoadOutcome, ModelHolder
 from service.recommend.recommender import Query, Recommendation, Recommender, Result
 
+log = logging.getLogger(__name__)
 NO_MODEL = "no model has been trained yet; run `recoffer train`"
 # who an erased user is asked as: an id the API's alphabet refuses, so in no model's index
 ANONYMOUS = ""
@@ -82,6 +85,7 @@ class Recommendations:
         metrics: Metrics,
         *,
         erased: Tombstones | None = None,
+        arrivals: NewArrivals | None = None,
     ) -> None:
         self.models = models
         self.activity = activity
@@ -90,6 +94,8 @@ class Recommendations:
         self.erased = erased if erased is not None else Tombstones()
         # each list's signed id, under a key derived from the installation's (issue 14)
         self.list_ids = ListIds(lambda: self.erased.key)
+        # products the model does not know, and the new_arrivals source (issue 14, item 4)
+        self.arrivals = arrivals
 
     def _personal(self, user_id: str) -> tuple[str, tuple[Activity, ...]]:
         """The id to look up and the recent events to use: none of either for an erased user,
@@ -131,7 +137,8 @@ class Recommendations:
                 recent,
                 self.activity.catalogue,
                 now=self.clock(),
-                hidden=self.activity.hidden,
+                hidden=self.activity.unservable,
+                arrivals=self._arrivals(recommender.model.version, experiment=arm is not None),
             )
             served = Served(result, recommender.model.version, recipe, experiment_id, arm)
         self.metrics.recommendations.labels(served.result.source).inc()
@@ -146,18 +153,21 @@ class Recommendations:
         recommender = self.models.current
         if recommender is None:
             raise ModelUnavailable(NO_MODEL)
-        items = recommender.similar(item_id, limit, [*exclude, *self.activity.hidden])
+        items = recommender.similar(item_id, limit, [*exclude, *self.activity.unservable])
         return Served(Result(items=items, source="model"), recommender.model.version)
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
         """``item_ids`` by how likely the user is to buy each (given order without a model).
 
         During an experiment, by the model of the user's arm, as their lists are (an offer's
-        coupon products then come from the same model as the user's recommendations).
+        coupon products then come from the same model as the user's recommendations). Hidden
+        or out-of-stock items are left out: never a coupon's product.
         """
         recommender, _, _ = self._arm(user_id, "all")
+        unservable = self.activity.unservable
+        item_ids = [i for i in item_ids if i not in unservable]
         if recommender is None:
-            return list(item_ids)
+            return item_ids
         user_id, recent = self._personal(user_id)
         return recommender.rank(user_id, item_ids, recent, self.clock())
 
@@ -176,9 +186,27 @@ class Recommendations:
         if recommender is None:
             return [r.item_id for r in self._from_event_log(query, recent).items]
         result = recommender.recommend(
-            query, recent, self.activity.catalogue, now=self.clock(), hidden=self.activity.hidden
+            query,
+            recent,
+            self.activity.catalogue,
+            now=self.clock(),
+            hidden=self.activity.unservable,
         )
         return [r.item_id for r in result.items]
+
+    def _arrivals(self, version: str, *, experiment: bool = False) -> ArrivalIndex | None:
+        """The new products' index for ``version`` (None: the source is off or rebuilding).
+
+        ``experiment``: the list is an A/B test arm's. New products are indexed for the current
+        version only, so while the candidate arm is another version neither arm gets them: both
+        arms are compared on the same terms.
+        """
+        if self.arrivals is None:
+            return None
+        arms = self.models.experiment
+        if experiment and arms is not None and arms.candidate_version != arms.control_version:
+            return None
+        return self.arrivals.for_version(version)
 
     def public(self, text: str) -> str:
         """A load error as a caller may see it: no absolute path of this machine."""
@@ -188,6 +216,11 @@ class Recommendations:
         """Load the registry's current version now, even one that failed before; counted."""
         outcome = self.models.refresh(force=True)
         self.metrics.model_load(outcome)
+        if outcome.changed and self.arrivals is not None:  # the new products, for this model
+            try:
+                self.arrivals.rebuild()
+            except Exception:  # the model is served; its new arrivals come with the next refresh
+                log.warning("new_items_rebuild_failed", exc_info=True)
         return outcome
 
     def describe(self) -> ModelDescription:
@@ -244,8 +277,9 @@ def popular_from_events(
     """Item ids by buyers in the event log, filtered as the model's lists are.
 
     Parameters:
-        query: the request; every filter applies (exclude, category, in stock, purchased by
-            this user, bought within the last N days).
+        query: the request; every filter applies (exclude, category, in stock: only items the
+            catalogue says are in stock, purchased by this user, bought within the last N
+            days). Items hidden, deleted or out of stock are never listed.
         recent: this user's recent events (what they bought).
         catalogue: the shop's item updates (category, stock).
         purchases: buyers per item id in the event log.
@@ -265,9 +299,9 @@ def popular_from_events(
         if item in banned or (wanted is not None and item not in wanted):
             continue
         entry = catalogue.get(item)
-        if entry is not None and entry.hidden:  # hidden or deleted: never recommended
+        if entry is not None and not entry.servable:  # hidden, deleted, out of stock: never
             continue
-        if query.in_stock and entry is not None and entry.in_stock is False:
+        if query.in_stock and (entry is None or entry.in_stock is not True):
             continue
         if query.category is not None and (entry is None or entry.category != query.category):
             continue

@@ -131,17 +131,23 @@ def test_category_filter_returns_only_that_category(
     assert all(category_of[i["item_id"]] == category for i in items)
 
 
-def test_out_of_stock_items_are_left_out_when_asked(client: TestClient, known_user: str) -> None:
+def test_out_of_stock_items_are_never_listed_and_in_stock_asks_for_confirmed_ones(
+    client: TestClient, known_user: str
+) -> None:
     url = f"/v1/users/{known_user}/recommendations"
-    top = client.get(url, headers=F).json()["items"][0]["item_id"]
+    top, second, third = [i["item_id"] for i in client.get(url, headers=F).json()["items"][:3]]
     put = client.put(f"/v1/items/{top}", json={"in_stock": False}, headers=F)
     assert put.status_code == 200, put.text
     assert put.json()["in_stock"] is False
-    ids = [
-        i["item_id"]
-        for i in client.get(url, params={"in_stock": "true"}, headers=F).json()["items"]
-    ]
-    assert top not in ids
+    for params in ({}, {"in_stock": "true"}, {"exclude_purchased": "true"}):
+        ids = [i["item_id"] for i in client.get(url, params=params, headers=F).json()["items"]]
+        assert top not in ids, params
+    assert client.put(f"/v1/items/{third}", json={"in_stock": True}, headers=F).is_success
+    everything = [i["item_id"] for i in client.get(url, headers=F).json()["items"]]
+    assert second in everything  # stock unknown: listed
+    confirmed = client.get(url, params={"in_stock": "true"}, headers=F).json()["items"]
+    assert [i["item_id"] for i in confirmed] == [third]  # only what the catalogue confirms
+    assert client.put(f"/v1/items/{top}", json={"in_stock": True}, headers=F).is_success
     assert top in [i["item_id"] for i in client.get(url, headers=F).json()["items"]]
 
 

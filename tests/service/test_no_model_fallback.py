@@ -33,16 +33,16 @@ def _ranked(**filters: object) -> list[str]:
     return popular_from_events(query, BOUGHT, CATALOGUE, SOLD, NOW)
 
 
-def test_without_filters_the_best_sellers_come_first() -> None:
-    assert _ranked(limit=3) == ["hit", "second", "third"]
+def test_without_filters_the_best_sellers_come_first_and_out_of_stock_never() -> None:
+    assert _ranked(limit=3) == ["hit", "third", "fourth"]  # "second" is out of stock
 
 
 def test_every_filter_applies_as_on_a_model_list() -> None:
-    assert _ranked(exclude=frozenset({"hit", "third"})) == ["second", "fourth", "fifth"]
-    assert _ranked(exclude_purchased=True) == ["second", "third", "fifth"]
-    assert _ranked(in_stock=True) == ["hit", "third", "fourth", "fifth"]  # unknown stock stays
-    assert _ranked(category="mugs") == ["second", "third"]
-    assert _ranked(category="mugs", in_stock=True) == ["third"]
+    assert _ranked(exclude=frozenset({"hit", "third"})) == ["fourth", "fifth"]
+    assert _ranked(exclude_purchased=True) == ["third", "fifth"]
+    assert _ranked(in_stock=True) == ["third"]  # only what the catalogue says is in stock
+    assert _ranked(category="mugs") == ["third"]
+    assert _ranked(category="cards", in_stock=True) == []  # "fourth": stock unknown
     assert _ranked(purchased_within_days=7) == ["fourth"]  # bought 2 days ago; views don't count
     assert _ranked(purchased_within_days=60) == ["hit", "fourth"]
 
@@ -65,12 +65,15 @@ def test_the_api_without_a_model_honours_exclude_purchased_and_in_stock(tmp_path
         assert client.put("/v1/items/gone", json={"in_stock": False}, headers=headers).is_success
         url = "/v1/users/c/recommendations"
         everything = client.get(url, headers=headers).json()
-        assert [i["item_id"] for i in everything["items"]] == ["hit", "gone", "mine"]
+        assert [i["item_id"] for i in everything["items"]] == ["hit", "mine"]  # "gone": no stock
+        assert client.put("/v1/items/hit", json={"in_stock": True}, headers=headers).is_success
         filtered = client.get(
             url, params={"exclude_purchased": "true", "in_stock": "true"}, headers=headers
         ).json()
         assert filtered["source"] == "popular"
         assert [i["item_id"] for i in filtered["items"]] == ["hit"]
+        confirmed = client.get(url, params={"in_stock": "true"}, headers=headers).json()
+        assert [i["item_id"] for i in confirmed["items"]] == ["hit"]  # "mine": stock unknown
         # filters that leave nothing: an empty list, as a model's list would be (not a 503)
         nothing = client.get(url, params={"category": "none-such"}, headers=headers)
         assert nothing.status_code == 200

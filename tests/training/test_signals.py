@@ -58,35 +58,50 @@ def _train(
 # --- encoding and the per-stage matrix ------------------------------------------------------
 
 
-def test_events_of_unknown_users_items_and_types_are_left_out() -> None:
+def test_visitors_and_items_without_purchases_get_codes_after_the_known_ones() -> None:
     user_ids, item_ids = pd.Index(["u0", "u1"]), pd.Index(["i0", "i1", "i2"])
     frame = _frame(
         ("u1", "i2", "2025-01-03", "add_to_cart"),
         ("u0", "i0", "2025-01-02", "view"),
         ("stranger", "i0", "2025-01-01", "view"),
-        ("u0", "new-item", "2025-01-01", "view"),
+        ("u0", "new-item", "2025-01-01 00:00:01", "view"),
         ("u0", "i1", "2025-01-01", "purchase"),  # not a signal type: dropped, not counted
     )
     signals = encode_signals(frame, user_ids, item_ids)
-    assert signals.user_codes.tolist() == [0, 1]  # sorted by time
-    assert signals.item_codes.tolist() == [0, 2]
-    assert signals.kind.tolist() == [0, 1]
+    assert signals.user_codes.tolist() == [2, 0, 0, 1]  # sorted by time; stranger is code 2
+    assert signals.item_codes.tolist() == [0, 3, 0, 2]  # new-item is code 3
+    assert signals.kind.tolist() == [0, 0, 0, 1]
+    assert signals.new_users.tolist() == ["stranger"]
+    assert signals.new_items.tolist() == ["new-item"]
     assert signals.summary() == {
-        "view": 1,
+        "view": 3,
         "add_to_cart": 1,
-        "ignored_no_purchases": 2,
+        "ignored_no_purchases": 0,
         "until": "2025-01-03T00:00:00",
+        "users": 3,
+        "items": 3,
+        "users_without_purchases": 1,
+        "items_without_purchases": 1,
     }
+    # the rule before every visitor counted: those two views are ignored, and counted
+    buyers = signals.purchasers_only()
+    assert buyers.user_codes.tolist() == [0, 1]
+    assert buyers.summary()["ignored_no_purchases"] == 2
+    assert buyers.ignored == (2, 0)
     # a model with view weight 0 keeps neither the views nor their ignored count
-    carts = signals.only((0.0, 0.3))
+    carts = buyers.only((0.0, 0.3))
     assert carts.summary()["view"] == 0
     assert carts.summary()["ignored_no_purchases"] == 0
     assert carts.kind.tolist() == [1]
     # chunks (as streamed from the database) give the same result as one frame
     chunked = encode_signals([frame.iloc[:2], frame.iloc[2:]], user_ids, item_ids)
     assert chunked.user_codes.tolist() == signals.user_codes.tolist()
+    assert chunked.item_codes.tolist() == signals.item_codes.tolist()
     assert chunked.ts.tolist() == signals.ts.tolist()
-    assert chunked.ignored == (2, 0)
+    assert chunked.purchasers_only().ignored == (2, 0)
+    # one id in several chunks keeps one code
+    again = encode_signals([frame.iloc[2:3], frame.iloc[2:3]], user_ids, item_ids)
+    assert again.user_codes.tolist() == [2, 2]
     assert len(encode_signals([], user_ids, item_ids)) == 0
 
 
@@ -249,19 +264,17 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     with TestClient(create_app(settings)) as client:
         _post(client, tiny_shop.purchases, "purchase")
         _post(client, events)
-        _post(client, tiny_shop.events)  # new users: no purchases, so left out of training
+        _post(client, tiny_shop.events)  # new users: most without a purchase, used all the same
     chunks = list(load_database_signals(database_url, ["view", "add_to_cart"], chunk_rows=5000))
     assert len(chunks) > 1
     assert max(len(c) for c in chunks) <= 5000
     everything = pd.concat([events, tiny_shop.events], ignore_index=True)
     browsing = everything[everything["type"] != "purchase"]
     assert sum(len(c) for c in chunks) == len(browsing)
-    # what training may use: events of users and items that have purchases (new users who
-    # bought included)
+    # what training uses: every view and add-to-cart, of buyers and of visitors who never bought
     bought = pd.concat([tiny_shop.purchases, everything[everything["type"] == "purchase"]])
-    usable = browsing[
-        browsing["user_id"].isin(bought["user_id"]) & browsing["item_id"].isin(bought["item_id"])
-    ]
+    usable = browsing
+    browsers = set(browsing["user_id"]) - set(bought["user_id"])
 
     models = tmp_path / "models"
     command = ["train", "--database-url", database_url, "--model-dir", str(models), *FAST]
@@ -272,7 +285,9 @@ def test_training_reads_the_views_and_carts_the_api_ingested(
     assert used is not None
     assert used.view == (usable["type"] == "view").sum()
     assert used.add_to_cart == (usable["type"] == "add_to_cart").sum()
-    assert used.ignored_no_purchases == len(browsing) - len(usable) > 0
+    assert used.ignored_no_purchases == 0
+    assert used.every_visitor
+    assert used.users_without_purchases == len(browsers) > 0
     assert used.weights == {"view": 0.1, "add_to_cart": 0.3}
     assert "weaker signals" in result.stderr
     assert manifest.recipes["novel"].weights.get("als_signals")
@@ -450,7 +465,17 @@ def test_types_with_weight_0_are_left_out_of_the_new_model(
         tiny_purchases.frame["item_id"]
     )
     carts = events["type"] == "add_to_cart"
-    assert used.ignored_no_purchases == int((carts & ~known).sum())
+    # every visitor counts: the carts of users without purchases are used, not ignored
+    assert used.add_to_cart == int(carts.sum())
+    assert used.ignored_no_purchases == 0
+    assert used.users_without_purchases == events.loc[carts & ~known, "user_id"].nunique() > 0
+    # the rule before: only users and items with purchases, the others counted as ignored
+    buyers = dataclasses.replace(carts_only, every_visitor=False)
+    before = _train(tiny_purchases, tmp_path / "before", buyers, events).manifest.signals
+    assert before is not None
+    assert before.ignored_no_purchases == int((carts & ~known).sum())
+    assert before.add_to_cart == int((carts & known).sum())
+    assert not before.every_visitor
     # none at all: a purchase-only model, though the views were read for the gate
     nothing = dataclasses.replace(PARAMS, view_weight=0.0, add_to_cart_weight=0.0)
     plain = _train(tiny_purchases, tmp_path / "m", nothing, events)

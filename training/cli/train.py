@@ -78,6 +78,15 @@ def train(
             "them).",
         ),
     ] = DEFAULTS.add_to_cart_weight,
+    every_visitor: Annotated[
+        bool,
+        typer.Option(
+            "--every-visitor/--purchasers-only",
+            help="With --database-url: also learn from the views and add-to-carts of visitors "
+            "who never bought and of products not sold yet (served too), or only from those of "
+            "users and items with purchases.",
+        ),
+    ] = DEFAULTS.every_visitor,
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
     fmt: Annotated[
         str, typer.Option("--format", help=f"Input layout: {', '.join(FORMATS)}.")
@@ -160,6 +169,7 @@ def train(
                 threads=threads,
                 view_weight=view_weight,
                 add_to_cart_weight=add_to_cart_weight,
+                every_visitor=every_visitor,
             )
         except ValueError as exc:  # NaN and inf weights too
             raise UsageProblem(_naming_the_option(str(exc))) from None

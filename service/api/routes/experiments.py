@@ -74,7 +74,11 @@ async def get_experiment(
         return found, experiments.results(found)
 
     found, results = await run_in_threadpool(read)
-    return experiment_out(found, results)
+    out = experiment_out(found, results)
+    if found.running:
+        out.served_here = experiments.serving_here(found)
+        out.load_error = experiments.serving_error()
+    return out
 
 
 @router.post("/{experiment_id}/stop", response_model=ExperimentOut, responses=documented(404, 409))

@@ -45,6 +45,9 @@ def test_every_response_says_its_arm_and_each_arm_serves_its_version(
     started = _start(api, candidate_version=previous, share=0.5)
     assert started["status"] == "running"
     assert (started["control_version"], started["candidate_version"]) == (current, previous)
+    detail = api.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
+    assert detail["served_here"] is True
+    assert detail["load_error"] is None
     served = _served(api, range(200))
     arms = {u: r["arm"] for u, r in served.items()}
     assert set(arms.values()) == {"control", "candidate"}
@@ -384,3 +387,73 @@ def test_rank_and_top_items_follow_the_users_arm_and_similar_has_none(
     assert similar.status_code == 200, similar.text
     assert similar.json()["model_version"] == current  # always the current version
     assert "arm" not in similar.json()
+
+
+def test_a_worker_that_cannot_load_the_candidate_serves_without_an_arm(
+    tmp_path: Path, models: Path, database_url: str
+) -> None:
+    previous, current = versions(models)
+    settings = service_settings(tmp_path, database_url)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        started = _start(first, candidate_version=previous)
+        # the candidate's files damaged after the start, before the second worker's poll
+        version_dir = ModelStore(models).version_path(previous)
+        damaged = next(p for p in sorted(version_dir.glob("*.npy")))
+        damaged.chmod(0o644)
+        damaged.write_bytes(damaged.read_bytes()[:-8])
+        other = state_of(second)
+        assert other.experiments is not None
+        other.experiments.refresh()
+        assert other.models.experiment is None
+        detail = second.get(f"/v1/experiments/{started['id']}", headers=ADMIN).json()
+        assert detail["served_here"] is False
+        assert detail["load_error"] is not None
+        assert str(models) not in detail["load_error"]
+        served = _served(second, range(20))
+        assert all(r["arm"] is None for r in served.values())
+        assert {r["model_version"] for r in served.values()} == {current}
+
+
+def test_impressions_and_clicks_posted_as_events_are_counted_per_arm(
+    api: TestClient, models: Path
+) -> None:
+    """End to end with the feedback events: lists served in the experiment, shown and clicked
+    through ``POST /v1/events`` with their signed request ids, counted per arm."""
+    previous, _ = versions(models)
+    started = _start(api, candidate_version=previous)
+    served = _served(api, range(60))
+    events: list[dict[str, Any]] = []
+    expected = {"control": [0, 0], "candidate": [0, 0]}  # impressions, clicks
+    for user, answer in served.items():
+        arm = answer["arm"]
+        for position, item in enumerate(answer["items"][:3]):
+            events.append(
+                {
+                    "type": "impression",
+                    "user_id": user,
+                    "item_id": item["item_id"],
+                    "request_id": answer["request_id"],
+                    "placement": "home",
+                    "position": position,
+                }
+            )
+            expected[arm][0] += 1
+        if arm == "control":  # only the control's users click: the candidate looks worse
+            first = answer["items"][0]["item_id"]
+            events.append(
+                {
+                    "type": "click",
+                    "user_id": user,
+                    "item_id": first,
+                    "request_id": answer["request_id"],
+                }
+            )
+            expected[arm][1] += 1
+    posted = api.post("/v1/events", json={"events": events}, headers=FRONTEND)
+    assert posted.status_code == 200, posted.text
+    found = api.get(f"/v1/experiments/{started['id']}", headers=MARKETING).json()["results"]
+    for arm, (impressions, clicks) in expected.items():
+        figures = found["arms"][arm]
+        assert (figures["impressions"], figures["clicks"]) == (impressions, clicks), arm
+        assert figures["users"] == sum(1 for r in served.values() if r["arm"] == arm)
+    assert found["ctr"]["difference"]["estimate"] < 0
