@@ -1143,7 +1143,14 @@ def render(doc: dict[str, Any]) -> list[str]:
             + ", ".join(_visits(f) if f is not None else "never" for f in firsts)
             + "; share of replications excluding 0 above 0: "
             + ", ".join(f"{v:.0%} at {int(n):,}" for n, v in live["power_at"].items())
-            + ".",
+            + "."
+            + "".join(
+                f" The guard stopped replication {e['replication'] + 1} after "
+                f"{e['after_visits']:,} visits ({e['outcome']['detail']}), though its "
+                "candidate's clicks were boosted: a false stop of the user-split kind above."
+                for e in live.get("ended_early", [])
+                if e["outcome"].get("reason") == "guard"
+            ),
         ]
     out.append("")
     return out
