@@ -7,6 +7,7 @@ logged and the loop goes on (the service keeps serving what it has).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -193,8 +194,9 @@ async def refresh_experiment(state: AppState) -> None:
 
 
 async def experiment_loop(state: AppState) -> None:
-    """Pick up experiments started, stopped or promoted anywhere within one poll, and run the
-    guard every ``experiment_guard_seconds`` (every worker looks; one acts)."""
+    """Pick up experiments started, stopped or promoted anywhere within one poll, stop one
+    whose control is no longer ``current`` at each poll, and run the guard every
+    ``experiment_guard_seconds`` (every worker looks; one acts)."""
     settings = state.settings
     poll = settings.experiment_poll_seconds
     guard_every = settings.experiment_guard_seconds
@@ -205,12 +207,13 @@ async def experiment_loop(state: AppState) -> None:
         if state.experiments is None or not state.health.database_ready:
             continue
         since_guard += step
-        if guard_every > 0 and since_guard >= guard_every:
+        guard = guard_every > 0 and since_guard >= guard_every
+        if guard:
             since_guard = 0.0
-            try:
-                await run_in_threadpool(state.experiments.check)
-            except Exception as exc:  # the next look tries again
-                log.warning("experiment_guard_failed", extra={"error": str(exc).splitlines()[0]})
+        try:  # the control-changed check every time, the guard's figures when due
+            await run_in_threadpool(functools.partial(state.experiments.check, guard=guard))
+        except Exception as exc:  # the next look tries again
+            log.warning("experiment_guard_failed", extra={"error": str(exc).splitlines()[0]})
         if poll > 0:
             await refresh_experiment(state)
 

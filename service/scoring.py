@@ -69,9 +69,10 @@ class Recipe:
         )
 
 
-def _standardise_rows(scores: FloatArray) -> FloatArray:
-    mean = scores.mean(axis=1, keepdims=True)
-    std = scores.std(axis=1, keepdims=True)
+def _standardise_rows(scores: FloatArray, n_scored: int) -> FloatArray:
+    """Each row minus its mean, over its spread, both taken on the first ``n_scored`` columns."""
+    mean = scores[:, :n_scored].mean(axis=1, keepdims=True)
+    std = scores[:, :n_scored].std(axis=1, keepdims=True)
     std[std == 0] = 1.0
     scores -= mean
     scores /= std
@@ -87,20 +88,42 @@ def _repeat_strength(
     )
 
 
-def _standardise_row(row: FloatArray) -> FloatArray:
-    std = float(row.std())
-    return np.asarray((row - row.mean()) / (std if std > 0 else 1.0), dtype=np.float32)
+def _standardise_row(row: FloatArray, n_scored: int) -> FloatArray:
+    head = row[:n_scored]
+    std = float(head.std())
+    return np.asarray((row - head.mean()) / (std if std > 0 else 1.0), dtype=np.float32)
 
 
-def _standardise(values: npt.NDArray[Any]) -> FloatArray:
+def _standardise(values: npt.NDArray[Any], n_scored: int) -> FloatArray:
+    """log1p of a catalogue-wide count, standardised over the first ``n_scored`` items; the
+    items after them (never bought: a count of 0, far below the range of the items bought) are
+    held within the range of the first ones, so none sinks by an amount no evaluation saw."""
     out = np.log1p(np.asarray(values, dtype=np.float64))
-    std = out.std()
-    out = (out - out.mean()) / (std if std > 0 else 1.0)
+    std = out[:n_scored].std()
+    out = (out - out[:n_scored].mean()) / (std if std > 0 else 1.0)
+    if 0 < n_scored < len(out):
+        out[n_scored:] = np.clip(out[n_scored:], out[:n_scored].min(), out[:n_scored].max())
     return np.asarray(out, dtype=np.float32)
 
 
 class Scorer:
-    """Scores users of one fitted model (history in the model's own item space)."""
+    """Scores users of one fitted model (history in the model's own item space).
+
+    ``n_scored``: the components are standardised with the mean and spread of the first
+    ``n_scored`` items only (None: all items). A served model lists the purchase items first,
+    then the items only viewed or carted (zero purchase-ALS vector, popularity, trending and
+    EASE weight); the trainer evaluates, tunes and gates its recipes on the purchase items alone.
+    Taking the statistics over the purchase items makes the served scores of those items equal
+    to the evaluated ones, so the weights chosen on validation mean the same when served (with
+    the padding in the statistics, 1,500 view-only items beside 300 bought ones moved the
+    spreads and changed about a third of the top 10s). The padded items get scores on the same
+    scale. We keep the evaluation on the purchase items, rather than evaluating the padded
+    scorer, because the held-out truth is purchases and every figure (manifest, gate, old
+    artifacts' rescoring) is defined on them.
+
+    ``ease_b`` may cover only the first ``ease_b.shape[0]`` items (the purchase items, the only
+    ones EASE is fitted on): the other items' EASE scores are 0 and their history is ignored.
+    """
 
     def __init__(
         self,
@@ -114,7 +137,16 @@ class Scorer:
         ease_b: FloatArray | None = None,
         signal_item_factors: FloatArray | None = None,
         signal_user_factors: FloatArray | None = None,
+        n_scored: int | None = None,
     ) -> None:
+        n_items = int(item_factors.shape[0])
+        self.n_scored = n_items if n_scored is None else int(n_scored)
+        if n_items and not 0 < self.n_scored <= n_items:
+            raise ValueError(f"n_scored {self.n_scored} is not in 1..{n_items}")
+        if ease_b is not None and (
+            ease_b.ndim != 2 or ease_b.shape[0] != ease_b.shape[1] or ease_b.shape[0] > n_items
+        ):
+            raise ValueError(f"ease_b {ease_b.shape} is not square within {n_items} items")
         self.item_factors = item_factors
         self.user_factors = user_factors
         self.signal_item_factors = signal_item_factors
@@ -124,8 +156,8 @@ class Scorer:
         self.ease_b = ease_b
         self.popularity = np.asarray(popularity, dtype=np.float32)
         self.trending = np.asarray(trending, dtype=np.float32)
-        self.popularity_z = _standardise(popularity)
-        self.trending_z = _standardise(trending)
+        self.popularity_z = _standardise(popularity, self.n_scored)
+        self.trending_z = _standardise(trending, self.n_scored)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> Scorer:
@@ -147,6 +179,7 @@ class Scorer:
             ease_b=np.asarray(arrays["ease_b"]) if "ease_b" in arrays else None,
             signal_item_factors=_optional(arrays, "signal_item_factors"),
             signal_user_factors=_optional(arrays, "signal_user_factors"),
+            n_scored=int(arrays["scored_items"][0]) if "scored_items" in arrays else None,
         )
 
     @property
@@ -204,15 +237,17 @@ class Scorer:
                 if vectors is None or items is None:
                     raise ValueError(f"recipe uses {name} but no user vectors were given")
                 part = np.asarray(vectors, dtype=np.float32) @ items.T
-                scores += w * _standardise_rows(part)
+                scores += w * _standardise_rows(part, self.n_scored)
         w = recipe.weight("ease")
         if w:
             if self.ease_b is None:
                 raise ValueError("recipe uses ease but this model has no EASE matrix")
-            weighted = age_days.copy()
+            n_ease = self.ease_b.shape[0]
+            weighted = sp.csr_matrix(age_days)[:, :n_ease]
             weighted.data = np.exp(-weighted.data / recipe.input_half_life_days).astype(np.float32)
-            part = np.asarray(weighted @ self.ease_b, dtype=np.float32)
-            scores += w * _standardise_rows(part)
+            part = np.zeros((n_rows, self.n_items), dtype=np.float32)
+            part[:, :n_ease] = np.asarray(weighted @ self.ease_b, dtype=np.float32)
+            scores += w * _standardise_rows(part, self.n_scored)
         self._add_catalogue_wide(scores, recipe)
         w = recipe.weight("repeat")
         if w and counts.nnz:
@@ -242,14 +277,17 @@ class Scorer:
             if w:
                 if vector is None or factors is None:
                     raise ValueError(f"recipe uses {name} but no user vector was given")
-                scores += w * _standardise_row(factors @ vector.astype(np.float32))
+                scores += w * _standardise_row(factors @ vector.astype(np.float32), self.n_scored)
         w = recipe.weight("ease")
         if w and len(item_idx):
             if self.ease_b is None:
                 raise ValueError("recipe uses ease but this model has no EASE matrix")
-            weights = np.exp(-np.asarray(age_days) / recipe.input_half_life_days)
-            part = weights.astype(np.float32) @ self.ease_b[np.asarray(item_idx)]
-            scores += w * _standardise_row(part)
+            n_ease = self.ease_b.shape[0]
+            inside = np.asarray(item_idx) < n_ease  # an item EASE never saw weighs nothing
+            weights = np.exp(-np.asarray(age_days)[inside] / recipe.input_half_life_days)
+            part = np.zeros(self.n_items, dtype=np.float32)
+            part[:n_ease] = weights.astype(np.float32) @ self.ease_b[np.asarray(item_idx)[inside]]
+            scores += w * _standardise_row(part, self.n_scored)
         self._add_catalogue_wide(scores, recipe)
         w = recipe.weight("repeat")
         if w and len(item_idx):

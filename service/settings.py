@@ -273,7 +273,8 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         description="How often each worker runs the experiment guard, which stops a candidate "
-        "that is clearly worse (0: never).",
+        "that is clearly worse (0: never; an experiment whose control is no longer current is "
+        "still stopped at the next experiment poll).",
     )
     experiment_guard_min_impressions: int = Field(
         1000, ge=1, description="Impressions each arm needs before the guard may stop."

@@ -370,11 +370,15 @@ def rescore_current(
     """Each test user's NDCG@10 per protocol for the current model on the new split, and the
     method used.
 
-    ``direct``: the current model saw nothing after the test cut-off, so it is scored as it is.
+    ``direct``: the current model saw nothing after the test cut-off, so it is scored as it is
+    served; on the purchase items that is as it was evaluated (``Scorer.n_scored``), like the
+    new model.
     Otherwise it is refitted as the new run fitted its own model: ``same``: its parameters are
     the new run's (the number of threads aside), so the new test ``stage`` is that refit;
     ``refit``: a validation stage from cold and a test stage warm-started from it, on the new
-    splits, with its own parameters and, if it learnt from them, ``signals``. ``incomparable``
+    splits, with its own parameters and, if it learnt from them, ``signals``: every signal the
+    run read, unfiltered (a ``--purchasers-only`` run's filter is not the current model's;
+    ``fit_stage`` applies the current parameters' own ``every_visitor`` rule). ``incomparable``
     (scores None): it learnt from views and add-to-carts and this run has none to refit it
     with.
     """

@@ -168,7 +168,10 @@ class Stage:
     def served_scorer(self) -> Scorer:
         """The components over the served model's items (``served_item_codes``): an item only
         viewed or carted has popularity 0, no purchase-ALS vector (zeros), no EASE weight and
-        its learnt ``als_signals`` vector; the users are the purchase rows."""
+        its learnt ``als_signals`` vector; the users are the purchase rows.
+
+        Standardised over the purchase items (``Scorer.n_scored``), so its scores of those items
+        are ``scorer()``'s: the model served is the model evaluated."""
         arrays = served_components(self)
         return Scorer(
             item_factors=arrays["item_factors"],
@@ -182,6 +185,7 @@ class Stage:
             signal_user_factors=None
             if self.signal_user_factors is None
             else self.signal_user_factors[: len(self.user_codes)],
+            n_scored=len(self.item_codes),
         )
 
     def evalset(self, test: pd.DataFrame, *, max_users: int | None = None) -> EvalSet:
@@ -200,9 +204,11 @@ def served_components(stage: Stage) -> dict[str, Any]:
     """The item-side arrays of ``stage`` widened to its served items (``served_item_codes``).
 
     Items after the purchase items were only viewed or carted: zero purchase-ALS vectors,
-    popularity and trending 0, EASE rows and columns 0, no history. Keys: item_factors,
-    history_counts and history_age_days (CSR, users x served items), popularity, trending and,
-    when the stage has EASE, ease_b.
+    popularity and trending 0, no history. Keys: item_factors, history_counts and
+    history_age_days (CSR, users x served items), popularity, trending and, when the stage has
+    EASE, ease_b: purchase items x purchase items, as fitted (``Scorer`` scores the other items
+    0 in EASE, the inverse of a block-diagonal Gram matrix; padding it would cost
+    (purchase + view-only items)^2 floats for zeros).
     """
     n_items = len(stage.item_codes)
     extra = len(stage.served_item_codes) - n_items
@@ -224,8 +230,7 @@ def served_components(stage: Stage) -> dict[str, Any]:
         "trending": pad(stage.trending),
     }
     if stage.ease_b is not None:
-        # the inverse of a block-diagonal Gram matrix: an item nobody bought weighs 0 in EASE
-        out["ease_b"] = np.pad(stage.ease_b, ((0, extra), (0, extra)))
+        out["ease_b"] = stage.ease_b
     return out
 
 

@@ -528,11 +528,9 @@ def _plan(config: TrainConfig, inputs: _Inputs) -> _Plan:
     """The test split, the validation split inside its training part, and the candidates."""
     test = temporal_split(inputs.coded, config.test_days)
     validation = temporal_split(test.train, config.test_days)
-    # the served catalogue: the items bought, and those only viewed or carted (every visitor)
-    served_items = len(inputs.ids.items)
-    if inputs.signals is not None and config.params.every_visitor:
-        served_items += int((np.unique(inputs.signals.item_codes) >= len(inputs.ids.items)).sum())
-    with_ease = served_items <= config.params.ease_max_items
+    # EASE is fitted on the items bought alone (the largest: the serving stage's, every item
+    # bought), whatever the view-only items the signals add to the served catalogue
+    with_ease = len(inputs.ids.items) <= config.params.ease_max_items
     candidates = default_candidates(with_ease=with_ease, with_signals=inputs.signals is not None)
     return _Plan(validation, test, with_ease, candidates)
 

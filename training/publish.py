@@ -60,8 +60,10 @@ def artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray[
 
     The items are the stage's served items (``Stage.served_item_codes``): those bought, then
     those only viewed or carted, which the ``als_signals`` vectors alone describe (popularity 0,
-    no purchase-ALS vector, no EASE weight). The users are those with purchases; a visitor who
-    only browsed is served by the service's fold-in of their recent events.
+    no purchase-ALS vector, no EASE weight: ``ease_b`` covers the purchase items only). The
+    components are standardised over the purchase items (``scored_items``), as evaluated. The
+    users are those with purchases; a visitor who only browsed is served by the service's
+    fold-in of their recent events.
     """
     served = served_components(stage)
     counts = served["history_counts"]
@@ -76,6 +78,8 @@ def artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray[
         "history_age_days": served["history_age_days"].data.astype(np.float32),
         "popularity": served["popularity"],
         "trending": served["trending"],
+        # the standardisation statistics are those of the purchase items (``Scorer.n_scored``)
+        "scored_items": np.asarray([len(stage.item_codes)], dtype=np.int64),
     }
     if "ease_b" in served:
         arrays["ease_b"] = served["ease_b"]

@@ -32,3 +32,26 @@ def trainer_lock(root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def no_writer(root: Path) -> Iterator[bool]:
+    """Hold a shared lock on the model root if no writer (``trainer_lock``) holds it: yields
+    True then, False while a writer is switching the registry (a promotion, a rollback, a
+    training run). What is read under it is the registry between two writers' steps; a writer
+    that starts meanwhile is refused as busy, so hold it for milliseconds. A root where the
+    lock file cannot be opened (read-only) yields True: nothing there can write either."""
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

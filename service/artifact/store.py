@@ -57,7 +57,9 @@ TEMP_PREFIX = ".tmp-"
 READ_ONLY = 0o444  # a published file: nobody writes it again (a cp over it is refused)
 
 # Arrays every artifact must contain; the rest (ease_b, signal_user_factors and
-# signal_item_factors, item metadata) are optional.
+# signal_item_factors, scored_items, item metadata) are optional. ease_b may cover only the
+# first items (the purchase items); scored_items (one int64) is how many first items the
+# scorer standardises over, absent: all (``service.scoring.Scorer``).
 REQUIRED_ARRAYS = (
     "user_ids",
     "item_ids",
@@ -307,8 +309,18 @@ def _check_consistency(path: Path, a: Mapping[str, npt.NDArray[Any]]) -> None:
     for name in ("popularity", "trending"):
         if a[name].shape != (n_items,):
             problems.append(f"{name} length != items")
-    if "ease_b" in a and a["ease_b"].shape != (n_items, n_items):
-        problems.append("ease_b is not items x items")
+    if "ease_b" in a and (
+        a["ease_b"].ndim != 2
+        or a["ease_b"].shape[0] != a["ease_b"].shape[1]
+        or a["ease_b"].shape[0] > n_items
+    ):
+        problems.append("ease_b is not square over the first items")
+    if "scored_items" in a and (
+        a["scored_items"].shape != (1,)
+        or a["scored_items"].dtype.kind not in "iu"
+        or not 0 < int(a["scored_items"][0]) <= n_items
+    ):
+        problems.append("scored_items is not one count of items in 1..items")
     signal = [name in a for name in ("signal_user_factors", "signal_item_factors")]
     if any(signal) and not all(signal):
         problems.append("only one of signal_user_factors and signal_item_factors")

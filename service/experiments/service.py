@@ -8,10 +8,15 @@ worker that made the change).
 A promotion switches the registry's ``current`` to the candidate version exactly as a
 rollback does: under the trainer lock (no training run can promote in between), once the
 candidate has loaded with its checksums, and only while ``current`` is still the experiment's
-control. It is appended to ``runs.jsonl`` as a run ``by: "experiment"`` naming the experiment
-and its figures, so the next training run's gate compares against the promoted version (it is
-``current``) and says why it is current (``training.gate.why_current``). A candidate that is a
-recipe of the current version is refused: the registry points at versions, and a version's
+control. The registry is switched first, then the row is ended as promoted (the conditional
+UPDATE); a switch that fails changes nothing (the row keeps running), and a row a stop or the
+guard ended meanwhile rolls the switch back, so the row and ``current`` always agree. This
+worker then serves the candidate arm it holds as the current model, without loading it a
+second time (three models in memory at the peak otherwise). It is appended to ``runs.jsonl``
+as a run ``by: "experiment"`` naming the experiment and its figures, so the next training
+run's gate compares against the promoted version (it is ``current``) and says why it is
+current (``training.gate.why_current``). A candidate that is a recipe of the current version
+is refused: the registry points at versions, and a version's
 served recipe is the trainer's choice on the validation split (retrain, or change the
 candidates); the experiment keeps running until it is stopped.
 """
@@ -34,13 +39,14 @@ from service.artifact import (
     read_manifest,
     record_run,
 )
-from service.artifact.lock import trainer_lock
+from service.artifact.lock import no_writer, trainer_lock
 from service.errors import (
     ArtifactError,
     ExperimentEnded,
     ExperimentRefused,
     ExperimentRunning,
     InvalidInput,
+    RecofferError,
     RegistryError,
     TrainerBusyError,
     UnknownExperiment,
@@ -211,8 +217,8 @@ class Experiments:
             raise ExperimentRunning(f"{which} is running; stop or promote it first")
         started = self.get(str(row["id"]))
         log.info("experiment_started", extra={"experiment": started.id, "by": actor})
-        if arms is not None:
-            self.models.install_experiment(arms)
+        if arms is not None:  # only if the row still runs as created (not stopped meanwhile)
+            self.models.install_experiment(arms, self.repository.running)
         return started
 
     def _manifest(self, field: str, version: str) -> Manifest:
@@ -258,7 +264,7 @@ class Experiments:
             extra={"experiment": experiment.id, "status": status, "reason": outcome["reason"]},
         )
         ended = self.get(experiment.id)
-        self.refresh(ended)
+        self.refresh()
         return ended
 
     def stop(self, experiment_id: str, actor: str = "admin") -> Experiment:
@@ -316,18 +322,58 @@ class Experiments:
             outcome = self._outcome(
                 experiment, "promoted", f"{target} promoted by {actor} over {before}", actor
             )
-            if not self.repository.end(experiment.id, "promoted", outcome, self.clock()):
+            # the registry first: a switch that fails leaves the row running, nothing changed
+            try:
+                self.store.promote(target)
+            except (OSError, RegistryError) as exc:
+                log.error(
+                    "experiment_promotion_failed",
+                    extra={"experiment": experiment.id, "error": str(exc)},
+                )
+                with contextlib.suppress(RecofferError, OSError):
+                    if self.store.current() == target:  # replaced, then its fsync failed
+                        self._undo_promotion(experiment, before)
+                raise RegistryError(
+                    self.recommendations.public(
+                        f"cannot make {target} current ({exc}); {before} stays current and "
+                        f"experiment {experiment.id} keeps running"
+                    )
+                ) from None
+            try:
+                ended_here = self.repository.end(experiment.id, "promoted", outcome, self.clock())
+            except BaseException:
+                self._undo_promotion(experiment, before)
+                raise
+            if not ended_here:  # stopped meanwhile (a stop or the guard do not take the lock)
+                self._undo_promotion(experiment, before)
                 raise ExperimentEnded(f"experiment {experiment_id} has ended meanwhile")
-            self.store.promote(target)
             self._record_promotion(experiment, before, outcome)
+            # this worker serves the candidate it holds as the current model: no second load
+            adopted = None
+            if self.serve_here:
+                adopted = self.models.adopt_candidate(experiment.id, target)
         log.info("experiment_promoted", extra={"experiment": experiment.id, "version": target})
         ended = self.get(experiment.id)
         if not self.serve_here:
             return Promotion(ended, before, target, None, None)
-        reloaded = self.recommendations.reload()
-        self.refresh(ended)
+        if adopted is not None:
+            self.recommendations.loaded(adopted)  # counted; the new products' vectors rebuilt
+            reloaded = adopted
+        else:
+            reloaded = self.recommendations.reload()
+        self.refresh()
         error = None if reloaded.error is None else self.recommendations.public(reloaded.error)
         return Promotion(ended, before, target, reloaded.version, error)
+
+    def _undo_promotion(self, experiment: Experiment, before: str) -> None:
+        """Switch ``current`` back to ``before`` after the row could not be ended as promoted."""
+        try:
+            self.store.rollback(to=before)
+        except (OSError, RegistryError) as exc:  # nothing more to do than to say so
+            log.error(
+                "experiment_promotion_undo_failed",
+                extra={"experiment": experiment.id, "error": str(exc), "current": before},
+            )
 
     def _record_promotion(
         self, experiment: Experiment, before: str, outcome: dict[str, Any]
@@ -362,23 +408,26 @@ class Experiments:
 
     # --- every worker ---------------------------------------------------------------------
 
-    def refresh(self, running: Experiment | None = None) -> bool:
-        """Serve the running experiment's arms on this worker (read it when not given)."""
+    def refresh(self) -> bool:
+        """Serve the running experiment's arms on this worker; the row is read under the
+        holder's lock, so a refresh that waited there never serves an ended experiment."""
         if not self.serve_here:
             return False
-        if running is None:
-            running = self.repository.running()
-        return self.models.refresh_experiment(running)
+        return self.models.refresh_experiment(self.repository.running)
 
-    def check(self) -> Experiment | None:
-        """The guard's look: stop the running experiment when the candidate is clearly worse,
-        or when ``current`` is no longer its control (a trainer or a rollback switched it).
-        Every worker looks; the conditional UPDATE lets one act. Returns what it ended."""
-        experiment = self.repository.running()
-        if experiment is None:
-            return None
-        current = self.store.current()
-        if current != experiment.control_version:
+    def _control_changed(self) -> Experiment | None:
+        """Stop the running experiment if ``current`` is no longer its control, looked at
+        while no writer holds the trainer lock: a promotion switches the registry, then ends
+        the row, under that lock, and must not be taken for an orphan in between."""
+        with no_writer(self.store.root) as settled:
+            if not settled:
+                return None  # a promotion, rollback or training run: the next look decides
+            experiment = self.repository.running()
+            if experiment is None:
+                return None
+            current = self.store.current()
+            if current == experiment.control_version:
+                return None
             detail = (
                 f"the current version became {current}, no longer the control "
                 f"{experiment.control_version}"
@@ -386,6 +435,20 @@ class Experiments:
             return self._end(
                 experiment, "stopped", self._outcome(experiment, "control_changed", detail, "guard")
             )
+
+    def check(self, *, guard: bool = True) -> Experiment | None:
+        """Stop the running experiment when ``current`` is no longer its control (a trainer or
+        a rollback switched it: the experiment would serve nobody and block new ones), and,
+        with ``guard``, when the candidate is clearly worse. Every worker looks (the first
+        every poll, the guard every ``experiment_guard_seconds``); the conditional UPDATE lets
+        one act. Returns what it ended."""
+        experiment = self.repository.running()
+        if experiment is None:
+            return None
+        if self.store.current() != experiment.control_version:
+            return self._control_changed()
+        if not guard:
+            return None
         found = self.results(experiment)
         if found.guard.tripped:
             outcome = {

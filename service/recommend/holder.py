@@ -14,7 +14,13 @@ During an experiment (issue 14, item 3) the holder also holds the experiment's a
 of the current one), and the control's when the control serves a named recipe. They are loaded
 and prepared completely in the caller's thread (the background loop's, never the event loop),
 then swapped in with one assignment; ending the experiment drops the reference, and the
-candidate's memory goes with the last request that used it.
+candidate's memory goes with the last request that used it. The running row is read under the
+holder's lock, right before the swap, so a refresh that read it earlier never brings back the
+arms of an experiment stopped meanwhile. A candidate that fails to load is tried again with a
+back-off (``RETRY_FIRST_SECONDS`` doubling to ``RETRY_MAX_SECONDS``); ``experiment_error``
+says why until it loads. A promoted candidate served with its version's recipe becomes the
+current model as it is (``adopt_candidate`` on the worker that promotes, ``refresh`` on the
+others, while they still hold the arms): no second copy is loaded.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import ctypes.util
 import functools
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,7 +80,12 @@ class ModelHolder:
         # the running experiment's arms (None: no experiment, or it could not be loaded here)
         self.experiment: ExperimentArms | None = None
         self.experiment_error: str | None = None
-        self._experiment_key: tuple[str, int] | None = None  # (id, row version) last handled
+        self._experiment_key: tuple[str, int] | None = None  # (id, row version) served
+        # a candidate that failed to load here: its key, failures so far, when to try again
+        self._experiment_failed: tuple[str, int] | None = None
+        self._experiment_failures = 0
+        self._experiment_retry_at = 0.0
+        self.monotonic: Callable[[], float] = time.monotonic  # tests move it
 
     def registry_changed(self) -> bool:
         """Whether the registry file changed since the last refresh (a stat, no thread hop)."""
@@ -100,39 +112,87 @@ class ModelHolder:
             if wanted == self._failed_version and not force:
                 return LoadOutcome(False, self.version, self.last_error)
             try:
-                artifact = load_artifact(self.store.version_path(wanted), mmap=False)
-                model = prepare(
-                    artifact,
-                    candidates_per_user=self.candidates_per_user,
-                    precompute_max_cells=self.precompute_max_cells,
-                )
+                recommender = self._promoted_candidate(wanted) or self._load(wanted)
             except Exception as exc:  # whatever breaks a load, the old model keeps serving
                 self._failed_version = wanted
                 self.last_error = f"cannot load model {wanted}: {exc}"
                 log.error("model_load_failed", extra={"version": wanted, "error": str(exc)})
                 return LoadOutcome(False, self.version, self.last_error, attempted=True)
             previous = self.version
-            self.current = Recommender(model, event_weights=self.event_weights)
+            self.current = recommender
             self._failed_version, self.last_error = None, None
             log.info("model_loaded", extra={"version": wanted, "previous": previous})
             return LoadOutcome(True, wanted, attempted=True)
+
+    def _load(self, version: str) -> Recommender:
+        artifact = load_artifact(self.store.version_path(version), mmap=False)
+        model = prepare(
+            artifact,
+            candidates_per_user=self.candidates_per_user,
+            precompute_max_cells=self.precompute_max_cells,
+        )
+        return Recommender(model, event_weights=self.event_weights)
+
+    def _promoted_candidate(self, version: str) -> Recommender | None:
+        """The running experiment's candidate when it is ``version`` with its served recipe
+        (promoted elsewhere): served as it is, not loaded a second time."""
+        arms = self.experiment
+        if arms is None or arms.candidate_recipe is not None or arms.candidate_version != version:
+            return None
+        return arms.candidate
 
     def prepare_experiment(self, experiment: Experiment) -> ExperimentArms:
         """``experiment``'s arms, loaded fully but not served yet (``install_experiment``);
         raises what the load raises. Blocking: call it off the loop."""
         return build_arms(self, experiment)
 
-    def install_experiment(self, arms: ExperimentArms) -> None:
-        """Serve arms ``prepare_experiment`` built (one assignment)."""
+    def install_experiment(
+        self, arms: ExperimentArms, running: Callable[[], Experiment | None]
+    ) -> bool:
+        """Serve arms ``prepare_experiment`` built (one assignment), if ``running()``, read
+        under the lock, is still their experiment's row; otherwise serve what it says (an
+        experiment stopped meanwhile: nothing). True when these arms were installed."""
         with self._lock:
-            _install(self, arms)
+            row = running()
+            if row is not None and (row.id, row.version) == (arms.experiment_id, arms.row_version):
+                _install(self, arms)
+                installed = True
+            else:
+                _load_experiment(self, row)
+                installed = False
         release_freed_memory()
+        return installed
 
-    def refresh_experiment(self, experiment: Experiment | None) -> bool:
-        """Serve ``experiment``'s arms, loaded fully before the swap (None or ended: release
-        them); True when what this worker serves changed. Blocking: call it off the loop."""
+    def refresh_experiment(self, running: Callable[[], Experiment | None]) -> bool:
+        """Serve the arms of the experiment ``running()`` returns, read under the lock and
+        loaded fully before the swap (None: release them); True when what this worker serves
+        changed. Blocking: call it off the loop."""
         with self._lock:
-            return _load_experiment(self, experiment)
+            return _load_experiment(self, running())
+
+    def adopt_candidate(self, experiment_id: str, version: str) -> LoadOutcome | None:
+        """After ``version`` was promoted by experiment ``experiment_id``: serve its candidate
+        arm as the current model and release the arms, without loading it again; None (nothing
+        changed) unless the arm is that version with its served recipe."""
+        with self._lock:
+            arms = self.experiment
+            if (
+                arms is None
+                or arms.experiment_id != experiment_id
+                or arms.candidate_recipe is not None
+                or arms.candidate_version != version
+            ):
+                return None
+            previous = self.version
+            self.current = arms.candidate
+            self._seen_signature = self.store.registry_signature()
+            self._failed_version, self.last_error = None, None
+            _release(self)
+            log.info(
+                "model_loaded", extra={"version": version, "previous": previous, "adopted": True}
+            )
+        release_freed_memory()
+        return LoadOutcome(True, version, attempted=True)
 
 
 # --- an experiment's second model (issue 14, item 3) --------------------------------------
@@ -147,6 +207,8 @@ def candidate_recipes(manifest: Manifest, name: str) -> tuple[dict[str, Recipe],
     return recipes, frozenset(p for p in PROTOCOLS if p in own)
 
 
+RETRY_FIRST_SECONDS = 5.0  # a candidate that failed to load here is tried again after this,
+RETRY_MAX_SECONDS = 300.0  # doubling up to this
 ARMS_REMEMBERED = 50_000  # users whose arm each worker keeps (about 8 MB; then it starts again)
 
 
@@ -272,6 +334,7 @@ def release_freed_memory() -> None:
 
 def _install(holder: ModelHolder, arms: ExperimentArms) -> None:
     holder._experiment_key = (arms.experiment_id, arms.row_version)
+    holder._experiment_failed, holder._experiment_failures = None, 0
     holder.experiment, holder.experiment_error = arms, None  # one assignment: the swap
     log.info(
         "experiment_loaded",
@@ -279,32 +342,52 @@ def _install(holder: ModelHolder, arms: ExperimentArms) -> None:
     )
 
 
+def _release(holder: ModelHolder) -> bool:
+    holder._experiment_key = None
+    holder._experiment_failed, holder._experiment_failures = None, 0
+    changed = holder.experiment is not None
+    holder.experiment, holder.experiment_error = None, None
+    if changed:
+        log.info("experiment_released")
+    return changed
+
+
 def _load_experiment(holder: ModelHolder, experiment: Experiment | None) -> bool:
     """Serve ``experiment``'s arms (None: no experiment; release them); True when they changed.
 
-    Blocking (seconds on big models): call it off the event loop. A candidate that fails to
-    load is logged, ``experiment_error`` says why, and this worker serves everyone the current
-    model without an arm until the experiment changes (its lists count for neither arm).
+    Blocking (seconds on big models): call it off the event loop, with the holder's lock held.
+    A candidate that fails to load is logged, ``experiment_error`` says why, and this worker
+    serves everyone the current model without an arm (its lists count for neither arm) until
+    a later try loads it: the first after ``RETRY_FIRST_SECONDS``, each next one after twice
+    the wait, at most ``RETRY_MAX_SECONDS``.
     """
     if experiment is None or not experiment.running:
-        holder._experiment_key = None
-        changed = holder.experiment is not None
-        holder.experiment, holder.experiment_error = None, None
-        if changed:
-            log.info("experiment_released")
+        if _release(holder):
             release_freed_memory()  # what the last request still using them kept is freed later
-        return changed
+            return True
+        return False
     key = (experiment.id, experiment.version)
     if key == holder._experiment_key:
         return False
-    holder._experiment_key = key
+    now = holder.monotonic()
+    if key == holder._experiment_failed and now < holder._experiment_retry_at:
+        return False
     try:
         arms = build_arms(holder, experiment)
     except Exception as exc:  # whatever breaks a load, the control keeps serving everyone
+        failures = holder._experiment_failures + 1 if key == holder._experiment_failed else 1
+        wait = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+        holder._experiment_key = None
+        holder._experiment_failed, holder._experiment_failures = key, failures
+        holder._experiment_retry_at = now + wait
+        changed = holder.experiment is not None
         holder.experiment = None
         holder.experiment_error = f"cannot load experiment {experiment.id}: {exc}"
-        log.error("experiment_load_failed", extra={"experiment": experiment.id, "error": str(exc)})
-        return True
+        log.error(
+            "experiment_load_failed",
+            extra={"experiment": experiment.id, "error": str(exc), "retry_in": wait},
+        )
+        return changed
     _install(holder, arms)
     release_freed_memory()
     return True

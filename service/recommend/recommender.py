@@ -217,12 +217,13 @@ class Recommender:
         return self.fold_in(item_idx, values / purchase_weight)
 
     def similar(self, item_id: str, limit: int, banned: Iterable[str] = ()) -> list[Recommendation]:
-        """Items whose ALS vectors point the same way (cosine), best first."""
+        """Items whose ALS vectors point the same way (cosine), best first: the purchase
+        vectors, or for an item nobody bought the ``als_signals`` ones (``model.similarity``)."""
         m = self.model
         item_idx = m.item_index.get(item_id)
         if item_idx is None:
             raise UnknownItem(item_id)
-        scores = m.unit_factors @ m.unit_factors[item_idx]
+        scores, verb = m.similarity(item_idx)
         scores[item_idx] = -np.inf
         for other in banned:
             idx = m.item_index.get(other)
@@ -231,7 +232,7 @@ class Recommender:
         top = _top(scores, limit)
         name = m.name_of(item_idx)
         return [
-            Recommendation(str(m.item_ids[i]), float(scores[i]), f"bought with {name}", "model")
+            Recommendation(str(m.item_ids[i]), float(scores[i]), f"{verb} {name}", "model")
             for i in top
             if np.isfinite(scores[i])
         ]
@@ -470,7 +471,15 @@ class Recommender:
         else:
             return ["popular"] * len(items)
         # one matrix product: similarity of every anchor to every recommended item
-        best = np.argmax(m.unit_factors[anchors] @ m.unit_factors[items].T, axis=0).tolist()
+        similarity = m.unit_factors[anchors] @ m.unit_factors[items].T
+        if m.bought is not None and m.unit_signal_factors is not None:
+            # an item nobody bought has no purchase vector: explain it by its views' vector
+            viewed_only = ~m.bought[items]
+            if viewed_only.any():
+                cols = np.asarray(items)[viewed_only]
+                signal = m.unit_signal_factors
+                similarity[:, viewed_only] = signal[anchors] @ signal[cols].T
+        best = np.argmax(similarity, axis=0).tolist()
         times = history.counts_of(items).tolist()
         out = []
         for pos, n in zip(best, times, strict=True):

@@ -215,13 +215,18 @@ class Recommendations:
     def reload(self) -> LoadOutcome:
         """Load the registry's current version now, even one that failed before; counted."""
         outcome = self.models.refresh(force=True)
+        self.loaded(outcome)
+        return outcome
+
+    def loaded(self, outcome: LoadOutcome) -> None:
+        """Count a load (or an experiment's candidate adopted as current) and, when the
+        served model changed, build the new products' vectors for it."""
         self.metrics.model_load(outcome)
         if outcome.changed and self.arrivals is not None:  # the new products, for this model
             try:
                 self.arrivals.rebuild()
             except Exception:  # the model is served; its new arrivals come with the next refresh
                 log.warning("new_items_rebuild_failed", exc_info=True)
-        return outcome
 
     def describe(self) -> ModelDescription:
         """The served model's version, training time and test figures."""

@@ -44,6 +44,10 @@ class ServingModel:
     regularization: float
     fold_in_scale: float
     signal_gram: npt.NDArray[np.float64] | None = None  # YᵀY of the als_signals item factors
+    # items with a purchase-ALS vector (bought by someone), and the als_signals item factors
+    # scaled to length 1 (None: a model without signals)
+    bought: npt.NDArray[np.bool_] | None = None
+    unit_signal_factors: npt.NDArray[np.float32] | None = None
     candidates: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = field(
         default_factory=dict
     )
@@ -59,6 +63,23 @@ class ServingModel:
 
     def name_of(self, item_idx: int) -> str:
         return self.item_names[item_idx]
+
+    def similarity(self, item_idx: int) -> tuple[npt.NDArray[np.float32], str]:
+        """Cosine of every item to ``item_idx`` and the verb of the reason.
+
+        An item someone bought: its purchase-ALS vector against the other bought items ("bought
+        with"); the items nobody bought have no such vector and are left out (-inf). An item
+        only viewed or carted: its ``als_signals`` vector against every item's ("viewed
+        with"), or nothing (all -inf) in a model without signals.
+        """
+        if self.bought is None or self.bought[item_idx]:
+            scores = self.unit_factors @ self.unit_factors[item_idx]
+            if self.bought is not None:
+                scores[~self.bought] = -np.inf
+            return scores, "bought with"
+        if self.unit_signal_factors is None:
+            return np.full(self.n_items, -np.inf, dtype=np.float32), "viewed with"
+        return self.unit_signal_factors @ self.unit_signal_factors[item_idx], "viewed with"
 
     def category_of(self, item_idx: int) -> str | None:
         if self.categories is not None and self.categories[item_idx]:
@@ -90,7 +111,14 @@ def prepare(
     user_ids = np.asarray(arrays["user_ids"])
     factors = np.asarray(arrays["item_factors"], dtype=np.float32)
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
+    bought = norms[:, 0] > 0
     norms[norms == 0] = 1.0
+    unit_signal_factors = None
+    if scorer.signal_item_factors is not None:
+        signal_factors = np.asarray(scorer.signal_item_factors, dtype=np.float32)
+        signal_norms = np.linalg.norm(signal_factors, axis=1, keepdims=True)
+        signal_norms[signal_norms == 0] = 1.0
+        unit_signal_factors = (signal_factors / signal_norms).astype(np.float32)
     model = ServingModel(
         artifact=artifact,
         scorer=scorer,
@@ -119,6 +147,8 @@ def prepare(
         signal_gram=None
         if scorer.signal_item_factors is None
         else _gram(np.asarray(scorer.signal_item_factors, dtype=np.float32)),
+        bought=bought,
+        unit_signal_factors=unit_signal_factors,
     )
     if len(user_ids) * len(item_ids) <= precompute_max_cells:
         started = time.perf_counter()

@@ -147,6 +147,25 @@ def test_history_pointing_outside_the_catalogue_is_rejected(tmp_path: Path) -> N
         load_artifact(tmp_path / "versions" / "bad")
 
 
+def test_ease_over_the_first_items_and_scored_items_load_and_bad_ones_are_rejected(
+    tmp_path: Path,
+) -> None:
+    """An every-visitor artifact: EASE over the purchase items (the first ones), and how many
+    first items the scorer standardises over; a wider EASE or a count outside 1..items fails."""
+    ease = np.eye(3, dtype=np.float32)
+    good = load_artifact(_write(tmp_path, "good", ease_b=ease, scored_items=np.array([3])))
+    assert good.arrays["ease_b"].shape == (3, 3)
+    for version, extra, problem in (
+        ("wide", {"ease_b": np.eye(6, dtype=np.float32)}, "ease_b is not square"),
+        ("oblong", {"ease_b": np.ones((3, 2), dtype=np.float32)}, "ease_b is not square"),
+        ("none", {"scored_items": np.array([0])}, "scored_items"),
+        ("many", {"scored_items": np.array([6])}, "scored_items"),
+        ("float", {"scored_items": np.array([2.0])}, "scored_items"),
+    ):
+        with pytest.raises(ArtifactError, match=problem):
+            load_artifact(_write(tmp_path, version, **extra))
+
+
 def test_promote_and_rollback_walk_the_history(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     assert store.current() is None

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.artifact import load_artifact
-from service.recommend.recommender import Query, Recommender
+from service.recommend.recommender import History, Query, Recommender
 from service.recommend.serving import prepare
 from training.cli import app
 from training.data.formats import Purchases, purchases_from_frame
@@ -281,6 +281,14 @@ def test_a_product_only_viewed_is_recommended_to_buyers_of_its_taste(
     b_rows = [i for u, i in model.user_index.items() if u.startswith("b-")]
     assert np.median(ranks[a_rows]) < 6, ranks[a_rows]
     assert np.median(ranks[b_rows]) > 12, ranks[b_rows]
+    # its reason names the bought item of its own taste, through the views' vectors (it has
+    # no purchase vector): of a history of B00 then A00, "A00", never the first one by default
+    mixed = History(
+        np.array([model.item_index["B00"], model.item_index["A00"]], dtype=np.int64),
+        np.array([1.0, 1.0], dtype=np.float32),
+    )
+    (reason,) = recommender._reasons([new], "model", mixed, ())
+    assert reason == f"because you bought {model.name_of(model.item_index['A00'])}", reason
 
     # served: the novel recipe (chosen on validation) starts from als_signals
     assert model.recipes["novel"].uses("als_signals"), model.recipes["novel"]

@@ -96,3 +96,29 @@ def test_stopping_an_unknown_or_ended_experiment_says_so(root: Path) -> None:
     code, _, err = _run(root, "stop", experiment_id)
     assert code == 1
     assert "ended already" in err
+
+
+def test_start_stores_the_guard_thresholds_of_the_environment(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOFFER_EXPERIMENT_GUARD_MIN_IMPRESSIONS", "50")
+    monkeypatch.setenv("RECOFFER_EXPERIMENT_GUARD_Z", "4.5")
+    monkeypatch.setenv("RECOFFER_EXPERIMENT_SRM_P", "0.01")
+    previous = ModelStore(root).previous()
+    assert previous
+    code, out, err = _run(root, "start", "--name", "x", "--candidate-version", previous, "--json")
+    assert code == 0, err
+    started = json.loads(out)
+    assert started["settings"] == {"min_impressions": 50, "z": 4.5, "srm_p": 0.01}
+    code, out, _ = _run(root, "status")
+    assert "guard: waiting for 50 impressions" in out
+
+
+def test_a_bad_guard_threshold_in_the_environment_is_one_line_and_exit_2(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOFFER_EXPERIMENT_SRM_P", "2")
+    code, _, err = _run(root, "status")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "RECOFFER_EXPERIMENT_SRM_P" in err

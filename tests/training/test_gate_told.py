@@ -3,10 +3,18 @@ run compares against that version and its report says why it is current."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
-from service.artifact import ModelStore, TrainingRun, read_manifest, record_run
+from service.activity.repository import Repository
+from service.activity.store import ActivityStore
+from service.artifact import ModelStore, read_manifest
+from service.clock import utc_now
+from service.db import make_engine, migrate
+from service.experiments.repository import ExperimentRepository
+from service.experiments.service import Experiments
+from service.metrics import Metrics
+from service.recommend.holder import ModelHolder
+from service.recommend.service import Recommendations
 from training.data.formats import Purchases
 from training.gate import why_current
 from training.models import ModelParams
@@ -18,34 +26,33 @@ FAST = ModelParams(factors=8, iterations=5, threads=1)
 def test_the_next_run_compares_with_the_promoted_version_and_names_the_experiment(
     tmp_path: Path, tiny_purchases: Purchases
 ) -> None:
-    config = TrainConfig(model_dir=tmp_path, params=FAST, force=True)
+    models = tmp_path / "models"
+    config = TrainConfig(model_dir=models, params=FAST, force=True)
     for _ in range(2):
         run(config, purchases=tiny_purchases)
-    store = ModelStore(tmp_path)
+    store = ModelStore(models)
     older, newer = store.previous(), store.current()
     assert older
     assert newer
     assert why_current(store) is None  # a training run promoted it
-    # what Experiments.promote does: the registry, then the run's record
-    store.promote(older)
-    now = datetime.now(UTC)
-    record_run(
-        tmp_path,
-        TrainingRun(
-            started_at=now,
-            finished_at=now,
-            seconds=0,
-            outcome="promoted",
-            exit_code=0,
-            by="experiment",
-            version=older,
-            current_before=newer,
-            reasons=[f"promoted by experiment exp_1 (older model) over {newer}"],
-        ),
+    # an A/B test promotes the older version, as the API and `recoffer experiment` do
+    engine = make_engine(f"sqlite:///{tmp_path / 'recoffer.db'}")
+    migrate(engine)
+    recommendations = Recommendations(
+        ModelHolder(models), ActivityStore(), utc_now, Metrics(shared=None)
     )
+    experiments = Experiments(
+        ExperimentRepository(Repository(engine)), recommendations, utc_now, serve_here=False
+    )
+    started = experiments.start(name="older model", candidate_version=older)
+    promoted = experiments.promote(started.id)
+    engine.dispose()
+    assert promoted.experiment.status == "promoted"
+    assert store.current() == older
     told = why_current(store)
     assert told is not None
-    assert "exp_1" in told
+    assert started.id in told
+    assert "older model" in told
     assert older in told
     result = run(config, purchases=tiny_purchases)
     assert result.gate.current_version == older

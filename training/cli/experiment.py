@@ -23,7 +23,7 @@ from training.cli.render import errors, out
 if TYPE_CHECKING:
     from service.experiments.repository import Experiment
     from service.experiments.results import Results
-    from service.experiments.service import Experiments
+    from service.experiments.service import Experiments, GuardSettings
 
 app = typer.Typer(
     name="experiment",
@@ -50,11 +50,10 @@ def _experiments(database_url: str, model_dir: Path) -> Iterator[Experiments]:
     from service.clock import utc_now
     from service.db import make_engine, migrate
     from service.experiments.repository import ExperimentRepository
-    from service.experiments.service import Experiments, GuardSettings
+    from service.experiments.service import Experiments
     from service.metrics import Metrics
     from service.recommend.holder import ModelHolder
     from service.recommend.service import Recommendations
-    from service.settings import Settings
 
     if not model_dir.is_dir():
         raise UsageProblem(f"--model-dir: no such directory: {model_dir}")
@@ -64,12 +63,7 @@ def _experiments(database_url: str, model_dir: Path) -> Iterator[Experiments]:
         raise UsageProblem(f"--database-url: {exc}") from None
     try:
         migrate(engine)
-        defaults = Settings.model_fields
-        guard = GuardSettings(
-            min_impressions=int(defaults["experiment_guard_min_impressions"].default),
-            z=float(defaults["experiment_guard_z"].default),
-            srm_p=float(defaults["experiment_srm_p"].default),
-        )
+        guard = _guard_settings()
         recommendations = Recommendations(
             ModelHolder(model_dir), ActivityStore(), utc_now, Metrics(shared=None)
         )
@@ -86,6 +80,39 @@ def _experiments(database_url: str, model_dir: Path) -> Iterator[Experiments]:
             raise UsageProblem(f"--{exc.field.replace('_', '-')}: {exc.message}") from None
     finally:
         engine.dispose()
+
+
+GUARD_FIELDS = ("experiment_guard_min_impressions", "experiment_guard_z", "experiment_srm_p")
+
+
+def _guard_settings() -> GuardSettings:
+    """The guard's thresholds from ``RECOFFER_EXPERIMENT_GUARD_MIN_IMPRESSIONS``, ``_GUARD_Z``
+    and ``RECOFFER_EXPERIMENT_SRM_P``, validated as the service's settings validate them (the
+    service's other settings, its keys among them, are not needed here)."""
+    from pydantic import ValidationError, create_model
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from service.experiments.service import GuardSettings
+    from service.settings import Settings
+
+    class Environment(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="RECOFFER_", env_file=None, extra="ignore")
+
+    fields: dict[str, Any] = {
+        name: (Settings.model_fields[name].annotation, Settings.model_fields[name])
+        for name in GUARD_FIELDS
+    }
+    try:
+        found = create_model("GuardEnvironment", __base__=Environment, **fields)().model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "RECOFFER_" + "_".join(str(part) for part in first["loc"]).upper()
+        raise UsageProblem(f"{name}: {first['msg']}") from None
+    return GuardSettings(
+        min_impressions=int(found["experiment_guard_min_impressions"]),
+        z=float(found["experiment_guard_z"]),
+        srm_p=float(found["experiment_srm_p"]),
+    )
 
 
 def _summary(experiment: Experiment) -> str:

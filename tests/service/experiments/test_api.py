@@ -457,3 +457,22 @@ def test_impressions_and_clicks_posted_as_events_are_counted_per_arm(
         assert (figures["impressions"], figures["clicks"]) == (impressions, clicks), arm
         assert figures["users"] == sum(1 for r in served.values() if r["arm"] == arm)
     assert found["ctr"]["difference"]["estimate"] < 0
+
+
+def test_new_arrivals_are_left_out_of_both_arms_of_two_versions(
+    api: TestClient, models: Path
+) -> None:
+    """New products are indexed for the current version only: while the candidate arm is
+    another version, neither arm gets them, so the two are compared on the same terms."""
+    previous, _ = versions(models)
+    ops = [{"op": "upsert", "item_id": "brand-new", "category": "new", "in_stock": True}]
+    assert api.post("/v1/items:batch", json={"items": ops}, headers=MARKETING).is_success
+
+    def sources(users: range) -> set[str]:
+        return {i["source"] for r in _served(api, users).values() for i in r["items"]}
+
+    assert "new_arrivals" in sources(range(3))  # users nobody knows: the newest product
+    started = _start(api, candidate_version=previous, share=0.5)
+    assert "new_arrivals" not in sources(range(40))
+    assert api.post(f"/v1/experiments/{started['id']}/stop", headers=ADMIN).is_success
+    assert "new_arrivals" in sources(range(3))
