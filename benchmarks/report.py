@@ -425,6 +425,7 @@ def main() -> None:
         serving_memory,
         signals,
         signals_every_visitor,
+        simulator,
         sweep,
         targeting,
         webhooks,
@@ -460,6 +461,7 @@ def main() -> None:
         ("loyalty", loyalty.render),  # issue 13, item 1
         ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
         ("new_arrivals", new_arrivals.render),  # issue 14, item 4
+        ("simulator", simulator.render),  # issue 14, item 5
     ):
         doc = _load(name)
         if doc is not None:

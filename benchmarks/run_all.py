@@ -30,6 +30,7 @@ STEPS = (
     ["benchmarks.clv"],  # issue 13, item 1: predicted lifetime value
     ["benchmarks.loyalty"],  # issue 13, item 1
     ["benchmarks.feedback_overhead"],  # issue 14, target 1
+    ["benchmarks.simulator"],  # issue 14, item 5
 )
 
 
