@@ -412,11 +412,18 @@ def run_visits(
         shown.setdefault(str(answer.get("model_version")), []).append(probabilities)
         clicked = rng.random(len(items)) < probabilities
         bought = rng.random(len(items)) < clicks.r
+        if items:  # the list shown: one impression event for the whole list
+            feedback.append(
+                {
+                    "type": "impression",
+                    "user_id": visit.user_id,
+                    "request_id": request_id,
+                    "placement": PLACEMENT,
+                    "items": items,
+                }
+            )
         for position, item in enumerate(items):
             common = {"user_id": visit.user_id, "item_id": item, "request_id": request_id}
-            feedback.append(
-                {"type": "impression", **common, "placement": PLACEMENT, "position": position}
-            )
             if not clicked[position]:
                 continue
             feedback.append({"type": "click", **common, "placement": PLACEMENT})

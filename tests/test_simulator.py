@@ -124,12 +124,11 @@ def _loop(
         with engine.connect() as conn:
             stored = {
                 name: conn.execute(select(func.count()).select_from(table)).scalar_one()
-                for name, table in (
-                    ("impressions", rec_impressions),
-                    ("clicks", rec_clicks),
-                    ("attributions", rec_attributions),
-                )
+                for name, table in (("clicks", rec_clicks), ("attributions", rec_attributions))
             }
+            # one row per list shown: the impressions are its items
+            shown = select(func.coalesce(func.sum(rec_impressions.c.n_items), 0))
+            stored["impressions"] = conn.execute(shown).scalar_one()
         engine.dispose()
     seen = {"experiment": doc, "online": online, "stored": stored, "good": good, "worse": worse}
     return loop, seen, experiment_id
