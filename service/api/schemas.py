@@ -1147,6 +1147,14 @@ class ArmOut(BaseModel):
     conversion: RateOut | None = Field(
         description="Impressions with an attributed purchase / impressions."
     )
+    clickers: int = Field(0, description="Users who clicked at least once.")
+    buyers: int = Field(0, description="Users with at least one attributed purchase.")
+    user_ctr: RateOut | None = Field(
+        None,
+        description="Clickers / users: the rate the guard decides on (users are the unit "
+        "the arms are drawn by).",
+    )
+    user_conversion: RateOut | None = Field(None, description="Buyers / users.")
 
 
 class DifferenceOut(BaseModel):
@@ -1167,7 +1175,7 @@ class GuardOut(BaseModel):
     tripped: bool = Field(description="The candidate is clearly worse: the guard stops it.")
     min_impressions: int
     z: float
-    ctr_upper: float | None = Field(description="Upper end of the CTR difference at z.")
+    ctr_upper: float | None = Field(description="Upper end of the per-user CTR difference at z.")
     conversion_upper: float | None
     reason: str | None
 
@@ -1178,6 +1186,8 @@ class ExperimentResultsOut(BaseModel):
     conversion: DifferenceOut
     srm: SampleRatioOut
     guard: GuardOut
+    user_ctr: DifferenceOut | None = Field(None, description="Per user: clickers / users.")
+    user_conversion: DifferenceOut | None = Field(None, description="Per user: buyers / users.")
 
 
 class ExperimentOut(BaseModel):

@@ -47,6 +47,10 @@ class Tally:
     clicks: int = 0  # impressions clicked
     carts: int = 0  # impressions with an attributed add-to-cart
     purchases: int = 0  # impressions with an attributed purchase
+    # distinct users with at least one counted click / attributed purchase: rates per user,
+    # whose users are independent draws (one user's impressions are not), for A/B decisions
+    clickers: int = 0
+    buyers: int = 0
     revenue: dict[str, Decimal] = field(default_factory=dict)  # attributed, per currency
     # per currency: the sum over impressions of (revenue of the impression)²; for intervals
     revenue_squares: dict[str, float] = field(default_factory=dict)
@@ -106,13 +110,14 @@ def tally(
     # a shown item's click, cart or purchase: its row's source, the list's other columns
     clicked_dims = [clk.c.source if d == "source" else imp.c[d] for d in by]
     clicked = (
-        select(*clicked_dims, func.count())
+        select(*clicked_dims, func.count(), func.count(clk.c.user_id.distinct()))
         .select_from(imp.join(clk, clk.c.request_id == imp.c.request_id))
         .where(clk.c.position.is_not(None), *where)
         .group_by(*clicked_dims)
     )
     for row in conn.execute(clicked):
-        group(row).clicks = int(row[-1])
+        found = group(row)
+        found.clicks, found.clickers = int(row[-2]), int(row[-1])
     att_dims = [
         (att.c.source if d == "source" else imp.c[d]).label(f"d{i}") for i, d in enumerate(by)
     ]
@@ -156,6 +161,14 @@ def tally(
             found.carts = int(count_)
         elif kind == "purchase":
             found.purchases = int(count_)
+    buying = (
+        select(*att_dims, func.count(att.c.user_id.distinct()))
+        .select_from(imp.join(att, att.c.request_id == imp.c.request_id))
+        .where(att.c.position.is_not(None), att.c.kind == "purchase", *where)
+        .group_by(*att_dims)
+    )
+    for row in conn.execute(buying):
+        group(row).buyers = int(row[-1])
     for row in conn.execute(converted):
         found = group(row)
         kind, currency, total, squares = row[n:]

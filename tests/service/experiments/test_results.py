@@ -33,15 +33,18 @@ def test_the_arm_is_the_campaign_holdouts_hash() -> None:
         assert arm_of("exp_x", user, 0.5) == expected
 
 
-def _tallies(
-    control: tuple[int, int, int, int], candidate: tuple[int, int, int, int]
-) -> list[Tally]:
+def _tallies(control: tuple[int, ...], candidate: tuple[int, ...]) -> list[Tally]:
+    """(impressions, users, clicks, purchases[, clickers, buyers]) per arm; by default every
+    click and purchase is another user's."""
     out = []
-    for arm, (impressions, users, clicks, purchases) in (
-        ("candidate", candidate),
-        ("control", control),
-    ):
-        out.append(Tally((arm,), impressions, users, clicks, 0, purchases))
+    for arm, counts in (("candidate", candidate), ("control", control)):
+        impressions, users, clicks, purchases = counts[:4]
+        clickers, buyers = counts[4:] or (min(clicks, users), min(purchases, users))
+        out.append(
+            Tally(
+                (arm,), impressions, users, clicks, 0, purchases, clickers=clickers, buyers=buyers
+            )
+        )
     return out
 
 
@@ -85,14 +88,15 @@ def test_the_sample_ratio_check_is_a_chi_square_with_one_degree_of_freedom() -> 
 
 
 def test_the_guard_stops_a_clearly_worse_candidate_only_after_the_minimum() -> None:
-    worse = _tallies((2000, 900, 200, 20), (2000, 900, 100, 20))  # CTR 10 % vs 5 %
+    # CTR 10 % vs 5 %: 200 of 900 users clicked against 100 of 900
+    worse = _tallies((2000, 900, 200, 20), (2000, 900, 100, 20))
     found = results(worse, 0.5, min_impressions=1000)
     assert found.guard.ready
     assert found.guard.tripped
     assert found.guard.ctr_upper is not None
     assert found.guard.ctr_upper < 0
     assert found.guard.reason is not None
-    assert "CTR difference -0.0500" in found.guard.reason
+    assert f"per-user CTR difference {100 / 900 - 200 / 900:+.4f}" in found.guard.reason
     too_early = results(worse, 0.5, min_impressions=5000)
     assert not too_early.guard.ready
     assert not too_early.guard.tripped
@@ -120,5 +124,21 @@ def test_the_guard_also_looks_at_conversion() -> None:
     )
     assert found.guard.tripped
     assert found.guard.reason is not None
-    assert "conversion difference" in found.guard.reason
+    assert "per-user conversion difference" in found.guard.reason
     assert "CTR" not in found.guard.reason
+
+
+def test_the_guard_decides_per_user_not_per_impression() -> None:
+    """A few users who click in every list make the per-impression CTR look clearly worse;
+    the users who clicked at all are as many in both arms, so the guard waits."""
+    control = (6000, 1000, 600, 0, 100, 0)  # 100 users clicked, 6 times each
+    candidate = (6000, 1000, 400, 0, 100, 0)  # the same 100 share of users, 4 times each
+    found = results(_tallies(control, candidate), 0.5, min_impressions=1000)
+    per_impression = found.ctr.difference
+    assert per_impression is not None
+    assert uplift(400, 6000, 600, 6000, 3.29).high < 0  # type: ignore[union-attr]
+    assert found.user_ctr is not None
+    assert found.user_ctr.difference is not None
+    assert found.user_ctr.difference.estimate == 0
+    assert found.arms["candidate"].user_ctr == wilson(100, 1000)
+    assert not found.guard.tripped

@@ -237,13 +237,16 @@ def _expected(
             users.setdefault(k, set()).add(r["user_id"])
             place[(r["request_id"], item)] = k
     clicked: dict[tuple[str | None, ...], int] = {}
+    clickers: dict[tuple[str | None, ...], set[str]] = {}
     for c in clicks:
         k2 = place.get((c["request_id"], c["item_id"]))
         if k2 is not None:
             clicked[k2] = clicked.get(k2, 0) + 1
+            clickers.setdefault(k2, set()).add(c["user_id"])
     converted: dict[tuple[tuple[str | None, ...], str], set[tuple[str, str]]] = {}
     revenue: dict[tuple[str | None, ...], dict[str, Decimal]] = {}
     per_pair: dict[tuple[tuple[str | None, ...], str, str, str], Decimal] = {}
+    buyers: dict[tuple[str | None, ...], set[str]] = {}
     for a in attributions:
         pair = (a["request_id"], a["item_id"])
         k3 = place.get(pair)
@@ -251,6 +254,7 @@ def _expected(
             continue
         converted.setdefault((k3, a["kind"]), set()).add(pair)
         if a["kind"] == "purchase":
+            buyers.setdefault(k3, set()).add(a["user_id"])
             cur = revenue.setdefault(k3, {})
             cur[a["currency"]] = cur.get(a["currency"], Decimal(0)) + a["revenue"]
             pk = (k3, *pair, a["currency"])
@@ -268,6 +272,8 @@ def _expected(
             len(converted.get((k, "purchase"), ())),
             revenue.get(k, {}),
             squares.get(k, {}),
+            len(clickers.get(k, ())),
+            len(buyers.get(k, ())),
         )
         for k, n in shown.items()
     }
@@ -305,7 +311,8 @@ def test_tally_agrees_with_a_plain_count_over_random_lists(shop: Shop) -> None:
             want = _expected(lists, clicks, attributions, by, since)
             assert {t.key for t in got} == set(want), (seed_, by)
             for t in got:
-                n, u, c, carts, bought, revenue, squares = want[t.key]
+                n, u, c, carts, bought, revenue, squares, clicked_by, bought_by = want[t.key]
+                assert (t.clickers, t.buyers) == (clicked_by, bought_by), (seed_, by, t.key)
                 assert (t.impressions, t.users, t.clicks, t.carts, t.purchases) == (
                     n,
                     u,
