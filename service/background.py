@@ -104,9 +104,7 @@ async def tail_loop(state: AppState) -> None:
             seen = signature
             rows = await run_in_threadpool(repo.events_after, activity.tail_from())
             activity.add(rows)
-            changed = await run_in_threadpool(
-                repo.items_updated_since, activity.catalogue_watermark
-            )
+            changed = await run_in_threadpool(repo.items_updated_since, activity.catalogue_since())
             fresh = activity.update_catalogue(changed)
             if fresh and state.arrivals is not None:  # content vectors of new products
                 await run_in_threadpool(state.arrivals.on_catalogue, fresh)

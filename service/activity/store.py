@@ -11,7 +11,7 @@ import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from service.activity.records import Activity, CatalogueEntry, ItemRecord, StoredEvent
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
 
 TAIL_LOOKBACK_IDS = 2_000  # ids may commit out of order on PostgreSQL; re-read this many
+# catalogue changes may commit out of the order of their updated_at (PostgreSQL, replicas'
+# clocks): each poll reads again the changes this far behind the newest seen
+CATALOGUE_LOOKBACK = timedelta(seconds=30)
 DEFAULT_MAX_USERS = 100_000
 # one slot and link of the users' OrderedDict (measured with tracemalloc on CPython 3.11)
 _DICT_ENTRY_BYTES = 100
@@ -160,6 +163,13 @@ class ActivityStore:
     def tail_from(self) -> int:
         """The id after which the next poll should read (with a safety lookback)."""
         return max(0, self.watermark - self.lookback)
+
+    def catalogue_since(self) -> datetime | None:
+        """Where the next catalogue poll reads from: the newest change seen, less
+        ``CATALOGUE_LOOKBACK`` (a change committed late, or stamped by a replica whose clock
+        runs behind, is still read; rows read again that changed nothing are ignored)."""
+        mark = self.catalogue_watermark
+        return None if mark is None else mark - CATALOGUE_LOOKBACK
 
     def update_catalogue(self, rows: Iterable[ItemRecord]) -> list[ItemRecord]:
         """Take in catalogue rows; returns those that changed what this worker knew."""

@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.feedback.figures import Tally
-from service.offers.stats import Interval, uplift, wilson
+from service.feedback.online import rate
+from service.offers.stats import Interval, uplift
 
 ARMS = ("control", "candidate")
 Z_GUARD = 3.2905267314919255  # 99.9 % two-sided
@@ -122,16 +123,17 @@ def arm_figures(arm: str, tallies: Iterable[Tally]) -> ArmFigures:
         found.clicks,
         found.carts,
         found.purchases,
-        wilson(found.clicks, found.impressions),
-        wilson(found.purchases, found.impressions),
+        rate(found.clicks, found.impressions),
+        rate(found.purchases, found.impressions),
         found.clickers,
         found.buyers,
-        wilson(found.clickers, found.users),
-        wilson(found.buyers, found.users),
+        rate(found.clickers, found.users),
+        rate(found.buyers, found.users),
     )
 
 
 def difference(cand_hits: int, cand_n: int, ctrl_hits: int, ctrl_n: int) -> Difference:
+    cand_hits, ctrl_hits = min(cand_hits, cand_n), min(ctrl_hits, ctrl_n)  # never a 500
     interval = uplift(cand_hits, cand_n, ctrl_hits, ctrl_n)
     lift = None
     if interval is not None and ctrl_n and ctrl_hits:
@@ -156,8 +158,9 @@ def guard_state(
 ) -> GuardState:
     """The guard's verdict now (see the module's docstring for the rule)."""
     ready = min(candidate.impressions, control.impressions) >= min_impressions
-    ctr = uplift(candidate.clickers, candidate.users, control.clickers, control.users, z)
-    conv = uplift(candidate.buyers, candidate.users, control.buyers, control.users, z)
+    cu, ku = candidate.users, control.users
+    ctr = uplift(min(candidate.clickers, cu), cu, min(control.clickers, ku), ku, z)
+    conv = uplift(min(candidate.buyers, cu), cu, min(control.buyers, ku), ku, z)
     ctr_upper = None if ctr is None else ctr.high
     conv_upper = None if conv is None else conv.high
     reason = None

@@ -77,12 +77,18 @@ def figures(t: Tally, by: Sequence[str]) -> Figures:
         clicks=t.clicks,
         carts=t.carts,
         purchases=t.purchases,
-        ctr=wilson(t.clicks, n),
-        cart_rate=wilson(t.carts, n),
-        conversion=wilson(t.purchases, n),
+        ctr=rate(t.clicks, n),
+        cart_rate=rate(t.carts, n),
+        conversion=rate(t.purchases, n),
         revenue=[
             revenue_rate(c, t.revenue[c], t.revenue_squares.get(c, 0.0), n)
             for c in sorted(t.revenue)
             if n > 0
         ],
     )
+
+
+def rate(hits: int, trials: int) -> Interval | None:
+    """``hits / trials`` with its Wilson interval; hits above the trials (rows a bug or a
+    hand-made insert left inconsistent) count as the trials, never a 500."""
+    return wilson(min(hits, trials), trials)

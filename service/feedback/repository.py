@@ -153,7 +153,10 @@ class FeedbackRepository:
         """Insert one row per list, skipping a list (``request_id``) or ``client_event_id``
         stored before; the lists stored. In key order, so that concurrent batches over the
         same keys wait for each other rather than deadlock on PostgreSQL."""
-        lists = sorted(lists, key=lambda r: r.request_id)
+        first: dict[str, ShownList] = {}
+        for r in lists:  # a list reported twice in one batch: the first report counts
+            first.setdefault(r.request_id, r)
+        lists = sorted(first.values(), key=lambda r: r.request_id)
         imp = rec_impressions
         if conn.dialect.name == "sqlite":
             rows = [

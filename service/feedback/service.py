@@ -130,7 +130,7 @@ class Feedback:
                     served = self.list_ids.read(d.list_id, d.user_id)
                 except InvalidListId as exc:
                     raise InvalidInput(f"{prefix}request_id", str(exc)) from None
-                if len(served.request_id) > 64:  # never one of ours: the middleware's are 16
+                if len(served.request_id) > 64:  # never one of ours: ours are 24
                     raise InvalidInput(
                         f"{prefix}request_id", "the list's id part is longer than 64 characters"
                     )

@@ -8,11 +8,11 @@ with a key derived from the installation's key (``erasure_keys``, the same on ev
 over the user id too, so a frontend bug or a forged id cannot credit a list to the wrong
 version, arm or user.
 
-Form: ``<id>.<payload>.<signature>``; ``<id>`` is the request's own id (the ``X-Request-ID`` the
-middleware made and the access log carries; a fresh one when the client sent its own, which a
-page may reuse for several lists), ``<payload>`` URL-safe base64 of the fields joined by
-``\\x1f``, ``<signature>`` the first 12 bytes of an HMAC-SHA256, URL-safe base64. About 100
-characters for a list of ten.
+Form: ``<id>.<payload>.<signature>``; ``<id>`` is 96 random bits in hex: the request's own id
+(the ``X-Request-ID`` the middleware made and the access log carries) and 32 bits more, or a
+fresh one when the client sent its own (a page may reuse it for several lists); ``<payload>``
+URL-safe base64 of the fields joined by ``\\x1f``; ``<signature>`` the first 12 bytes of an
+HMAC-SHA256, URL-safe base64. About 110 characters for a list of ten.
 """
 
 from __future__ import annotations

@@ -96,3 +96,23 @@ def test_the_setting_bounds_the_service_and_metrics_report_it(tmp_path: Path) ->
     assert float(lines["recoffer_activity_users"]) == 2
     assert float(lines["recoffer_activity_evictions_total"]) == 3
     assert float(lines["recoffer_activity_bytes_estimated"]) > 0
+
+
+def test_the_catalogue_poll_reads_again_behind_the_newest_change_seen() -> None:
+    """A hide committed after a later-stamped change (PostgreSQL, or a replica whose clock runs
+    behind) is still read by the next poll; rows read again that changed nothing are ignored."""
+    from service.activity.records import ItemRecord
+    from service.activity.store import CATALOGUE_LOOKBACK
+
+    store = ActivityStore(per_user=10)
+    assert store.catalogue_since() is None  # first contact: everything
+    newest = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    shown = ItemRecord("a", None, "c1", True, newest)
+    assert store.update_catalogue([shown]) == [shown]
+    since = store.catalogue_since()
+    assert since == newest - CATALOGUE_LOOKBACK
+    late = ItemRecord("b", None, "c1", True, newest - timedelta(seconds=5), status="hidden")
+    assert since <= late.updated_at  # the poll's WHERE updated_at >= since takes it
+    assert store.update_catalogue([shown, late]) == [late]
+    assert "b" in store.unservable
+    assert store.catalogue_watermark == newest

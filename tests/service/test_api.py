@@ -84,7 +84,9 @@ def test_known_user_gets_model_recommendations_with_reasons(
         ).current()
     )
     # the list id starts with the request id the logs carry (service/feedback/token.py)
-    assert body["request_id"].split(".")[0] == r.headers["x-request-id"]
+    list_part = body["request_id"].split(".")[0]
+    assert list_part.startswith(r.headers["x-request-id"])
+    assert len(list_part) == 24  # 96 random bits
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     reasons = " ".join(i["reason"] for i in body["items"])

@@ -110,12 +110,14 @@ def _page(
 
 
 def _list_request_id(request: Request) -> str:
-    """The id part of a list's id: the middleware's own request id, or a fresh one when the
-    client sent an X-Request-ID (a page may send the same one with several lists)."""
+    """The id part of a list's id, 96 random bits (lists are kept for months at thousands a
+    second: 64 bits would collide): the middleware's own request id (what the access log
+    carries) followed by 32 more, or a fresh one when the client sent an X-Request-ID (a page
+    may send the same one with several lists)."""
     own: str = request.scope["state"]["request_id"]
     if "x-request-id" in request.headers:
-        return secrets.token_hex(8)
-    return own
+        return secrets.token_hex(12)
+    return own + secrets.token_hex(4)
 
 
 def _with_offer(payload: dict[str, object]) -> Response:

@@ -176,6 +176,27 @@ def test_a_click_sent_before_its_list_is_placed_when_the_list_comes(shop: Shop) 
     assert (credit["position"], credit["source"], credit["placement"]) == (2, "popular", "product")
 
 
+def test_a_list_reported_twice_in_one_batch_is_stored_once_as_first_reported(
+    shop: Shop,
+) -> None:
+    """The first report counts, the second is a duplicate; clicks sent before the list are
+    placed by the stored row, so the figures never count more clicks than items shown."""
+    lid = shop.list_id("u1", ("model", "model", "model", "model"))
+    for item in ("b", "c", "d"):
+        shop.post(click("u1", item, lid))
+    r = shop.post(
+        impression("u1", ["a"], lid),
+        impression("u1", ["b", "c", "d"], lid, positions=[1, 2, 3]),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 1, "duplicates": 1}
+    [stored] = shop.rows(rec_impressions)
+    assert stored["items"] == ["a"]
+    assert all(c["position"] is None for c in shop.rows(rec_clicks))  # b, c, d were not shown
+    answer = shop.client.get("/v1/analytics/recommendations", headers=A)
+    assert answer.status_code == 200, answer.text
+
+
 def test_purchases_are_credited_to_the_last_click_else_the_last_list_holding_the_item(
     shop: Shop,
 ) -> None:
