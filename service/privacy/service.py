@@ -70,6 +70,9 @@ class Privacy:
         erased_here, self._erased_here = self._erased_here, set()
         for user_id in erased_here:
             self.activity.forget(user_id)
+        arms = self.models.experiment  # the arms an A/B test remembers per user id
+        if arms is not None and erased_here:
+            arms.forget(erased_here.__contains__)
         key, rows = self.repository.tombstones(
             max(0, self.tombstones.watermark - TOMBSTONE_LOOKBACK_IDS)
         )
@@ -82,6 +85,9 @@ class Privacy:
         new = self.tombstones.add(h for _, h in rows)
         if new:
             self.activity.forget_matching(lambda user_id: self.tombstones.hash(user_id) in new)
+            arms = self.models.experiment
+            if arms is not None:
+                arms.forget(lambda user_id: self.tombstones.hash(user_id) in new)
         return len(new)
 
     def export(self, user_id: str) -> dict[str, Any]:

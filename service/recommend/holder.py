@@ -256,6 +256,14 @@ class ExperimentArms:
             arm = self._arms[user_id] = arm_of(self.experiment_id, user_id, self.share)
         return arm
 
+    def forget(self, erased: Callable[[str], bool]) -> int:
+        """Drop the remembered arms of the users ``erased`` says (erasure, issue 11): an arm
+        is only a hash of the id, but the id itself must not stay in memory."""
+        gone = [u for u in list(self._arms) if erased(u)]
+        for user_id in gone:
+            self._arms.pop(user_id, None)
+        return len(gone)
+
     def recipe_label(self, arm: str, protocol: str) -> str:
         """What ``Served.recipe`` says: the named recipe where it covers the protocol."""
         return self._labels.get((arm, protocol), protocol)

@@ -498,3 +498,18 @@ def test_a_candidate_that_would_serve_the_controls_lists_is_a_422(
         answer = api.post("/v1/experiments", json=body, headers=ADMIN)
         assert answer.status_code == 422, answer.text
     assert api.get("/v1/experiments", headers=ADMIN).json()["experiments"] == []
+
+
+def test_an_erased_user_is_forgotten_by_the_arms_an_experiment_remembers(
+    api: TestClient, models: Path
+) -> None:
+    previous, _ = versions(models)
+    _start(api, candidate_version=previous, share=0.5)
+    _served(api, range(3))
+    arms = state_of(api).models.experiment
+    assert arms is not None
+    assert "u1" in arms._arms
+    assert api.delete("/v1/users/u1", headers=ADMIN).status_code == 200
+    state_of(api).privacy.refresh()  # the worker's poll; another worker: from the tombstones
+    assert "u1" not in arms._arms
+    assert "u2" in arms._arms
