@@ -21,7 +21,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, save, this_command
+from benchmarks.common import (
+    ONLINE_RETAIL,
+    PYTHON,
+    RESULTS,
+    ROOT,
+    WORK,
+    save,
+    this_command,
+    train_online_retail,
+)
 from benchmarks.harness import (
     BACKENDS,
     FRONTEND_KEY,
@@ -34,7 +43,7 @@ from benchmarks.harness import (
 )
 from service.artifact import ModelStore, load_artifact
 
-DATA = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
+DATA = ONLINE_RETAIL
 BARE_APP = "benchmarks.bare_app:create_app"
 # the bare app has no /readyz: it is up when it answers this
 BARE_PROBE = "/v1/users/probe/recommendations"
@@ -43,24 +52,7 @@ BARE_PROBE = "/v1/users/probe/recommendations"
 def model_root() -> Path:
     root = WORK / "models-or-tuned"
     if ModelStore(root).current() is None:
-        subprocess.run(
-            [
-                PYTHON,
-                "-m",
-                "training.cli",
-                "train",
-                "--data",
-                str(DATA),
-                "--format",
-                "online-retail",
-                "--model-dir",
-                str(root),
-                "--tune-seconds",
-                "60",
-            ],
-            cwd=ROOT,
-            check=True,
-        )
+        train_online_retail(root, "--tune-seconds", "60")
     return root
 
 
@@ -122,15 +114,21 @@ def wrk(
 def latency(port: int, paths: list[str], rate: float, seconds: float) -> dict[str, float]:
     file = WORK / "paths.txt"
     file.write_text("\n".join(paths) + "\n")
+    result: dict[str, float] = loadgen(port, ["--paths-file", str(file)], rate, seconds)
+    return result
+
+
+def loadgen(port: int, options: list[str], rate: float, seconds: float) -> Any:
+    """``benchmarks.loadgen`` on CPU 1 at ``rate`` for ``seconds`` with the frontend key and
+    ``options`` (what to request); its JSON report."""
     command = ["taskset", "-c", "1", PYTHON, "-m", "benchmarks.loadgen", "--port", str(port)]
-    command += ["--paths-file", str(file), "--rate", str(rate), "--seconds", str(seconds)]
+    command += [*options, "--rate", str(rate), "--seconds", str(seconds)]
     command += ["--header", f"X-API-Key: {FRONTEND_KEY}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"load generator failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, float] = json.loads(proc.stdout)
-    return result
+    return json.loads(proc.stdout)
 
 
 def main() -> None:

@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "var" / "bench"
 PYTHON = sys.executable
+ONLINE_RETAIL = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
+
+
+def train_online_retail(root: Path, *options: str) -> None:
+    """``recoffer train`` on Online Retail into the model root ``root`` (``options``: more
+    of its options, such as ``--tune-seconds 60``); raises when it fails."""
+    command = [PYTHON, "-m", "training.cli", "train", "--data", str(ONLINE_RETAIL)]
+    command += ["--format", "online-retail", "--model-dir", str(root), *options]
+    subprocess.run(command, cwd=ROOT, check=True)
 
 
 @dataclass

@@ -22,7 +22,6 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.api_latency import DATA, recommendation_paths
-from benchmarks.common import PYTHON, ROOT, WORK, save, this_command
+from benchmarks.api_latency import recommendation_paths
+from benchmarks.common import PYTHON, WORK, save, this_command, train_online_retail
 from benchmarks.harness import FRONTEND_KEY, HOST, Server, fresh_sqlite
 from benchmarks.serving_memory import memory_of
 from service.artifact import ModelStore, load_artifact
@@ -44,12 +43,10 @@ def model_root() -> Path:
     """Two versions of an Online Retail model (untuned; the second with 32 factors)."""
     root = WORK / "models-or-experiment"
     store = ModelStore(root)
-    base = [PYTHON, "-m", "training.cli", "train", "--data", str(DATA), "--format"]
-    base += ["online-retail", "--model-dir", str(root), "--tune-seconds", "0", "--force"]
     if store.current() is None:
-        subprocess.run(base, cwd=ROOT, check=True)
+        train_online_retail(root, "--tune-seconds", "0", "--force")
     if len(store.versions()) < 2:
-        subprocess.run([*base, "--factors", "32"], cwd=ROOT, check=True)
+        train_online_retail(root, "--tune-seconds", "0", "--force", "--factors", "32")
     return root
 
 
@@ -98,12 +95,6 @@ def throughput(
         return sum(counts) / (time.perf_counter() - started), sum(counts)
 
     return asyncio.run(run())
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _admin(url: str) -> httpx.Client:
@@ -244,11 +235,11 @@ def main() -> None:
                 warm(server.url, paths, 300)
                 for kind in KINDS:
                     seen = arms if phase == "two" else None
-                    before = cpu_seconds(server.proc.pid)
+                    before = server.cpu_seconds()
                     rps, count = throughput(
                         server.port, paths[kind], args.seconds, args.connections, seen
                     )
-                    used = cpu_seconds(server.proc.pid) - before
+                    used = server.cpu_seconds() - before
                     runs[phase][kind].append(round(rps, 1))
                     cpu[phase][kind].append(round(1e6 * used / count, 1))
                     print(phase, kind, f"{rps:.0f} req/s, {cpu[phase][kind][-1]} µs CPU/request")

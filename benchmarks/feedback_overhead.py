@@ -27,20 +27,19 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine
 
-from benchmarks.common import PYTHON, ROOT, WORK, save, this_command
+from benchmarks.api_latency import loadgen
+from benchmarks.common import WORK, save, this_command, train_online_retail
 from benchmarks.harness import FRONTEND_KEY, Server, fresh_sqlite
 from service.artifact import ModelStore, load_artifact
 from service.feedback.token import ListIds, ServedList
 from service.privacy.repository import read_key
 
-DATA = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
 TARGET = 0.10  # at most +10 % on the p99
 # the same benchmark with one impression event (and one row) per item shown, before the list
 # shape (commit aad77df, 2026-12-01 20:42 UTC, a loaded machine: compare the worker's CPU)
@@ -59,24 +58,7 @@ def model_root() -> Path:
         return tuned
     root = WORK / "models-or-feedback"
     if ModelStore(root).current() is None:
-        subprocess.run(
-            [
-                PYTHON,
-                "-m",
-                "training.cli",
-                "train",
-                "--data",
-                str(DATA),
-                "--format",
-                "online-retail",
-                "--model-dir",
-                str(root),
-                "--tune-seconds",
-                "0",
-            ],
-            cwd=ROOT,
-            check=True,
-        )
+        train_online_retail(root, "--tune-seconds", "0")
     return root
 
 
@@ -84,21 +66,9 @@ def load(port: int, requests: list[dict[str, Any]], rate: float, seconds: float)
     """``benchmarks.loadgen`` on CPU 1 over ``requests`` (cycled), grouped by ``source``."""
     file = WORK / "feedback-requests.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in requests))
-    command = ["taskset", "-c", "1", PYTHON, "-m", "benchmarks.loadgen", "--port", str(port)]
-    command += ["--requests-file", str(file), "--rate", str(rate), "--seconds", str(seconds)]
-    command += ["--header", f"X-API-Key: {FRONTEND_KEY}", "--group-field", "source"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"load generator failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout)
+    options = ["--requests-file", str(file), "--group-field", "source"]
+    result: dict[str, Any] = loadgen(port, options, rate, seconds)
     return result
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def round_requests(
@@ -201,9 +171,9 @@ def main() -> None:
                     per_list=args.items,
                 )
                 rate = args.rate * (1 + (1 / args.lists_per_batch if with_feedback else 0))
-                cpu = cpu_seconds(server.proc.pid)
+                cpu = server.cpu_seconds()
                 result = load(server.port, requests, rate, args.seconds)
-                cpu = cpu_seconds(server.proc.pid) - cpu
+                cpu = server.cpu_seconds() - cpu
                 entry = {
                     "kind": "with" if with_feedback else "without",
                     # the worker's CPU per second of load: robust on a shared machine, where
