@@ -27,6 +27,9 @@ from service.scoring import Recipe, Scorer
 METRICS = ("recall", "ndcg", "precision", "hit_rate", "coverage")
 DEFAULT_K = 10
 TEST_DAYS = 30.0  # the default test (and validation) window: PRODUCT.md's temporal split
+# issue 15, item 2: the validation, test and gate figures rest on a fixed, seeded sample of at
+# least this many test users (all of them when fewer), scored in chunks of bounded memory
+DEFAULT_EVAL_USERS = 50_000
 MAX_EVAL_CELLS = 10_000_000  # users x items scored at once; bounds time and memory
 
 MetricTable = dict[str, dict[str, dict[str, float]]]  # protocol -> candidate -> metric -> value

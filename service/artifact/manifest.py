@@ -118,6 +118,30 @@ class GateInfo(_Part):
     forced: bool = False
 
 
+class EngineInfo(_Part):
+    """Which engine built the version (issue 15). A manifest without it: the pandas engine.
+
+    ``name`` is ``pandas`` or ``spark``; ``fit`` the factorisation's library (``implicit``, or
+    ``mllib`` for Spark MLlib ALS); ``left_out`` the components this engine does not build
+    (Spark: ``ease``), each with a one-line reason.
+    """
+
+    name: str = "pandas"
+    fit: str = "implicit"
+    version: str | None = None  # the engine library's version (pyspark's for spark)
+    master: str | None = None  # the Spark master URL the run used
+    left_out: dict[str, str] = Field(default_factory=dict)
+
+
+class EvaluationInfo(_Part):
+    """The test users the validation, test and gate figures rest on (issue 15, item 2)."""
+
+    users: int  # test users scored (the seeded sample, or all)
+    of_users: int  # test users with a non-empty truth
+    seed: int = 0
+    chunk_users: int | None = None  # users scored at once (bounded memory)
+
+
 class ManifestBody(_Part):
     """What the trainer says about a model version."""
 
@@ -137,6 +161,8 @@ class ManifestBody(_Part):
     tuning: dict[str, Any] | None = None
     gate: GateInfo | None = None
     libraries: dict[str, str] = Field(default_factory=dict)
+    engine: EngineInfo = Field(default_factory=EngineInfo)
+    evaluation: EvaluationInfo | None = None
 
     @field_validator("recipes")
     @classmethod
