@@ -205,4 +205,3 @@ def test_the_readme_crontab_line_is_valid_and_runs_recoffer_train() -> None:
         assert command[1] == "train"
         _train_parses(command[2:])
     assert trains, "the README shows the crontab line of retraining"
-

