@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import pytest
 import typer
 import yaml
 from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from croniter import croniter
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -47,6 +49,7 @@ BASE, EXAMPLE = K8S / "base", K8S / "overlays" / "example"
 SPARK = K8S / "components" / "spark-on-kubernetes"
 SECRET_EXAMPLE = EXAMPLE / "secret.example.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
+ALERTS = ROOT / "deploy" / "prometheus" / "recoffer-alerts.yml"
 KUBERNETES_VERSION = "1.37"  # the schemas validated against (kubernetes-validate's newest)
 SPARK_MASTER = "k8s://https://kubernetes.default.svc"
 # routes the Ingress must not expose: scraped and probed inside the cluster
@@ -302,9 +305,17 @@ def test_probes_and_port_are_the_service_s(
     assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     assert "/metrics" in route_paths(service.app)  # type: ignore[arg-type]
+    job = svc["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+    assert job == alert_rule("RecofferTargetDown")["expr"].split('job="')[1].split('"')[0]
     token = endpoint["authorization"]["credentials"]
     assert token == {"name": "recoffer", "key": "RECOFFER_METRICS_KEYS"}
     assert "," not in secret_example()["stringData"][token["key"]]  # one key: sent as it is
+
+
+def alert_rule(name: str) -> Doc:
+    rules = yaml.safe_load(ALERTS.read_text())["groups"]
+    (rule,) = [r for group in rules for r in group["rules"] if r.get("alert") == name]
+    return rule
 
 
 def pod_labels(workload: Doc) -> dict[str, str]:
@@ -422,6 +433,13 @@ def test_the_cronjob_trains_on_the_model_volume_the_api_reads(
     }
     assert job["backoffLimit"] >= 1
     assert train["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    # the model-age alert never fires between two scheduled runs (it is 1.5 x their interval)
+    schedule = croniter(cron["spec"]["schedule"], datetime(2026, 12, 1, tzinfo=UTC))
+    first, second = schedule.get_next(datetime), schedule.get_next(datetime)
+    interval = (second - first).total_seconds()
+    hours = re.search(r"> (\d+) \* 3600", alert_rule("RecofferModelStale")["expr"])
+    assert hours is not None
+    assert int(hours.group(1)) * 3600 == 1.5 * interval
 
 
 def test_the_spark_cronjob_parses_with_the_real_engine_option(
