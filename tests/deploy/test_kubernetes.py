@@ -314,7 +314,8 @@ def test_probes_and_port_are_the_service_s(
 
 def alert_rule(name: str) -> Doc:
     rules = yaml.safe_load(ALERTS.read_text())["groups"]
-    (rule,) = [r for group in rules for r in group["rules"] if r.get("alert") == name]
+    found: list[Doc] = [r for group in rules for r in group["rules"] if r.get("alert") == name]
+    (rule,) = found
     return rule
 
 
