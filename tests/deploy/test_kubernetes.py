@@ -593,3 +593,61 @@ def test_the_autoscaler_and_the_disruption_budget_allow_a_drain(
         assert quantity(pdb["spec"]["maxUnavailable"]) >= 1
     else:
         assert pdb["spec"]["minAvailable"] < low  # at the fewest replicas one may still go
+
+
+# --- the README's snippets ------------------------------------------------------------------
+
+
+def readme_blocks() -> list[Doc]:
+    text = (K8S / "README.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    assert all(isinstance(b, dict) for b in blocks)
+    return blocks
+
+
+def with_example(where: Path, extra: Doc) -> list[Doc]:
+    """The example overlay with a README snippet (patches, components) added, rendered."""
+    kustomization: Doc = {"resources": [os.path.relpath(EXAMPLE, where)]}
+    for key, value in extra.items():
+        if key == "components":
+            value = [os.path.relpath(EXAMPLE / v, where) for v in value]
+        kustomization[key] = value
+    (where / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return kustomize(where)
+
+
+def test_the_readme_snippets_render_and_validate(tmp_path: Path, service: TestClient) -> None:
+    blocks = readme_blocks()
+    kinds = {next(iter(b)) for b in blocks}
+    assert kinds == {"patches", "components", "rules", "metrics"}
+    for number, block in enumerate(blocks):
+        if "metrics" in block:  # the HPA with the custom metric
+            hpa = json.loads(json.dumps(one(kustomize(EXAMPLE), "HorizontalPodAutoscaler")))
+            hpa["spec"]["metrics"] = block["metrics"]
+            validate(hpa)
+            (pods,) = [m for m in block["metrics"] if m["type"] == "Pods"]
+            metric = pods["pods"]["metric"]["name"]
+        elif "rules" in block:  # prometheus-adapter: the series it reads, the name it gives
+            (rule,) = block["rules"]
+            series = rule["seriesQuery"].split("{")[0]
+            service.get("/healthz")  # one request counted, then the series is exported
+            assert f"\n{series}{{" in service.get("/metrics").text
+            adapted = re.sub(
+                rule["name"]["matches"], rule["name"]["as"].replace("${1}", r"\1"), series
+            )
+        else:
+            where = tmp_path / str(number)
+            where.mkdir()
+            docs = with_example(where, block)
+            for doc in docs:
+                validate(doc)
+            if "components" in block:
+                assert block["components"] == ["../../components/spark-on-kubernetes"]
+            elif any(p["patch"].startswith("$patch: delete") for p in block["patches"]):
+                assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+            else:  # a standing Spark cluster's master URL
+                command = pod_spec(one(docs, "CronJob"))["containers"][0]["command"]
+                assert command[2:5] == ["--engine", "spark", "--spark-master"]
+                assert command[5].startswith("spark://")
+                parses(command[2:] if cli_has_engine_option() else command[6:])
+    assert adapted == metric
