@@ -472,9 +472,18 @@ def test_the_spark_driver_may_run_its_executors_and_nothing_more(
     assert "pods" in rule["resources"]
     assert {"create", "watch", "delete"} <= set(rule["verbs"])
     assert not any(d["kind"].startswith("Cluster") for d in docs)  # nothing cluster-wide
-    conf = one(docs, "ConfigMap", "recoffer-spark-conf")["data"]["spark-defaults.conf"]
+    files = one(docs, "ConfigMap", "recoffer-spark-conf")["data"]
+    conf = files["spark-defaults.conf"]
     settings = dict(line.split(None, 1) for line in conf.splitlines() if line.strip())
     assert settings["spark.kubernetes.authenticate.driver.serviceAccountName"] == account
+    # the executors' pod template: a valid Pod, unprivileged, where the driver reads it
+    template_path = Path(settings["spark.kubernetes.executor.podTemplateFile"])
+    mounts = {m["name"]: m["mountPath"] for m in train["containers"][0]["volumeMounts"]}
+    assert Path(mounts["spark-conf"]) / template_path.name == template_path
+    executor = yaml.safe_load(files[template_path.name])
+    validate(executor)
+    assert executor["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert executor["spec"]["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     # the executors' Spark is the driver's: the pyspark the spark extra installs
     image_tag = settings["spark.kubernetes.container.image"].split(":")[1]
     assert image_tag.split("-")[0] == importlib.metadata.version("pyspark")
