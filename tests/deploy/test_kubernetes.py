@@ -660,3 +660,30 @@ def test_the_readme_snippets_render_and_validate(tmp_path: Path, service: TestCl
                 assert command[5].startswith("spark://")
                 parses(command[2:] if cli_has_engine_option() else command[6:])
     assert adapted == metric
+
+
+def numbers(value: Any) -> Iterator[float]:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from numbers(item)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield float(value)
+
+
+def test_the_figures_quoted_in_the_sizing_comments_are_the_measured_ones() -> None:
+    """Each "N MiB" and "N µs" the base's comments size by is a figure of benchmarks/results/."""
+    figures = set()
+    for name in ("experiment_serving", "serving_memory", "train_synthetic"):
+        figures |= set(numbers(measured(name)))
+    quoted = []
+    for path in sorted(BASE.glob("*.yaml")):
+        comments = "\n".join(re.findall(r"#(.*)$", path.read_text(), re.M))
+        quoted += [
+            float(n.replace(",", ""))
+            for n in re.findall(r"([\d,]+(?:\.\d+)?) (?:MiB|µs)", comments)
+        ]
+    assert len(quoted) >= 8
+    for figure in quoted:
+        assert any(abs(figure - measured_) <= 0.5 for measured_ in figures), figure
