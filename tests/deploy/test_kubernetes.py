@@ -410,6 +410,10 @@ def test_the_cronjob_trains_on_the_model_volume_the_api_reads(
     assert any(
         m["mountPath"] == model_dir and not m.get("readOnly") for m in train_box["volumeMounts"]
     )
+    # each $(VAR) of the command is a variable of the container (Kubernetes expands those only)
+    defined = set(secret_example()["stringData"]) | {e["name"] for e in train_box.get("env", [])}
+    for variable in re.findall(r"\$\((\w+)\)", " ".join(command)):
+        assert variable in defined, variable
     spark = variant.endswith("spark")
     if spark:
         assert command[2:6] == ["--engine", "spark", "--spark-master", SPARK_MASTER]
