@@ -10,7 +10,10 @@
 - Against the code: every ``RECOFFER_*`` variable is a setting and the whole environment passes
   ``Settings``; the probes, the port and the Ingress's paths are routes of the real app; the
   CronJob's command parses with the real ``recoffer train``; requests cover the measured figures
-  of benchmarks/results; images are pinned; the HPA and the PDB allow a drain.
+  of benchmarks/results (and the figures the comments quote are those); images are pinned; the
+  HPA and the PDB allow a drain; the pods fit the image the Dockerfile builds.
+- The README's snippets (the custom-metric HPA, prometheus-adapter's rule, the Spark component,
+  a standing Spark master, leaving the ServiceMonitor out) rendered and validated the same way.
 """
 
 from __future__ import annotations
@@ -690,3 +693,29 @@ def test_the_figures_quoted_in_the_sizing_comments_are_the_measured_ones() -> No
         decimals = len(text.partition(".")[2])
         figure = float(text.replace(",", ""))
         assert any(round(m, decimals) == figure for m in figures), text
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_pods_fit_the_image_the_dockerfile_builds(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    uid = re.search(r"useradd .*--uid (\d+)", dockerfile)
+    exposed = re.search(r"^EXPOSE (\d+)$", dockerfile, re.M)
+    assert uid is not None
+    assert exposed is not None
+    docs = rendered[variant]
+    for workload in workloads(docs):
+        assert pod_spec(workload)["securityContext"]["runAsUser"] == int(uid.group(1))
+    api = pod_spec(one(docs, "Deployment"))["containers"][0]
+    assert {p["containerPort"] for p in api["ports"]} == {int(exposed.group(1))}
+    # the Spark trainer's image: the spark extra and a Java runtime, by the build arguments
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert "spark" in extras
+    assert re.search(r"^ARG EXTRAS=", dockerfile, re.M)
+    assert re.search(r"^ARG JAVA=", dockerfile, re.M)
+    build = "docker build --build-arg EXTRAS=spark --build-arg JAVA=1"
+    assert build in (K8S / "README.md").read_text()
+    assert build in dockerfile
