@@ -1,8 +1,12 @@
 # recoffer service image: multi-stage, non-root, models and data as volumes.
 # Build: docker build -t recoffer .
+# The trainer's image for the Spark engine (deploy/kubernetes/components/spark-on-kubernetes):
+#        docker build --build-arg EXTRAS=spark --build-arg JAVA=1 -t recoffer:0.1.0-spark .
 # Run:   see README.md ("Docker").
 
 FROM python:3.11-slim AS build
+# optional extras of pyproject.toml, comma-separated (e.g. spark); none by default
+ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -11,7 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir -p service training \
     && touch service/__init__.py training/__init__.py \
-    && pip install . \
+    && pip install ".${EXTRAS:+[$EXTRAS]}" \
     && pip uninstall -y recoffer
 # then the project itself (the same pip install the README's tasks.py runs, without dev extras)
 COPY service ./service
@@ -19,6 +23,13 @@ COPY training ./training
 RUN pip install --no-deps .
 
 FROM python:3.11-slim AS runtime
+# a Java runtime for pyspark (JAVA=1, with EXTRAS=spark); not in the API's image by default
+ARG JAVA=""
+RUN if [ -n "$JAVA" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends default-jre-headless \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN useradd --create-home --uid 10001 recoffer \
     && mkdir -p /data /models \
     && chown recoffer:recoffer /data /models

@@ -1,4 +1,5 @@
-"""The built-in scheduler, the crontab line and the Kubernetes manifests the README documents."""
+"""The built-in scheduler and the crontab line the README documents (the Kubernetes manifests:
+tests/deploy/test_kubernetes.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,10 @@ from typing import Any
 
 import pytest
 import typer
-import yaml
 from croniter import croniter
 
-from service.__main__ import parse_args as parse_service_args
 from service.artifact import ModelStore, read_runs
 from service.errors import ScheduleError
-from service.settings import Settings
 from training.cli import app
 from training.schedule import Schedule, Scheduler, parse_every
 
@@ -207,62 +205,3 @@ def test_the_readme_crontab_line_is_valid_and_runs_recoffer_train() -> None:
         assert command[1] == "train"
         _train_parses(command[2:])
     assert trains, "the README shows the crontab line of retraining"
-
-
-def _manifests() -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
-    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
-    return docs
-
-
-def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
-    if doc["kind"] == "CronJob":
-        spec: dict[str, Any] = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-        return spec
-    spec = doc["spec"]["template"]["spec"]
-    return spec
-
-
-def test_kubernetes_manifests_fit_together_and_fit_the_code() -> None:
-    docs = {d["kind"]: d for d in _manifests()}
-    assert set(docs) >= {"Deployment", "Service", "CronJob", "PersistentVolumeClaim", "Secret"}
-    api, train = _pod_spec(docs["Deployment"]), _pod_spec(docs["CronJob"])
-    claim = docs["PersistentVolumeClaim"]["metadata"]["name"]
-    assert "ReadWriteMany" in docs["PersistentVolumeClaim"]["spec"]["accessModes"]
-    for pod in (api, train):
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-        assert volume["persistentVolumeClaim"]["claimName"] == claim
-    api_box, train_box = api["containers"][0], train["containers"][0]
-    assert api_box["image"] == train_box["image"]
-    # both sides mean the same model root
-    api_env = {e["name"]: e.get("value") for e in api_box["env"]}
-    train_args = train_box["command"]
-    model_dir = train_args[train_args.index("--model-dir") + 1]
-    assert api_env["RECOFFER_MODEL_DIR"] == model_dir
-    assert any(m["mountPath"] == model_dir for m in train_box["volumeMounts"])
-    assert any(m["mountPath"] == model_dir and m["readOnly"] for m in api_box["volumeMounts"])
-    # the training command is one `recoffer train` accepts; the API runs its own entry point
-    assert train_args[:2] == ["recoffer", "train"]
-    _train_parses([a.replace("$(RECOFFER_DATABASE_URL)", "sqlite:///x.db") for a in train_args[2:]])
-    assert api_box["command"][:3] == ["python", "-m", "service"]
-    parse_service_args(api_box["command"][3:])
-    assert docs["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
-    # a refused run (exit 3) ends the Job without a retry; a crash is retried
-    job = docs["CronJob"]["spec"]["jobTemplate"]["spec"]
-    rules = job["podFailurePolicy"]["rules"]
-    refused = [r for r in rules if "onExitCodes" in r and 3 in r["onExitCodes"]["values"]]
-    assert refused
-    assert refused[0]["action"] == "FailJob"
-    assert refused[0]["onExitCodes"]["operator"] == "In"
-    assert refused[0]["onExitCodes"]["containerName"] == train_box["name"]
-    assert job["backoffLimit"] >= 1
-    assert _pod_spec(docs["CronJob"])["restartPolicy"] == "Never"  # podFailurePolicy needs it
-    assert croniter.is_valid(docs["CronJob"]["spec"]["schedule"])
-    # probes hit endpoints that exist; every variable set is a setting the service reads
-    assert api_box["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert api_box["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    settings = {f"RECOFFER_{name.upper()}" for name in Settings.model_fields}
-    assert set(api_env) <= settings
-    assert set(docs["Secret"]["stringData"]) <= settings
