@@ -172,6 +172,14 @@ class ManifestBody(_Part):
             raise ValueError(f"no recipe for protocol {', '.join(missing)}")
         return recipes
 
+    @field_validator("served")
+    @classmethod
+    def _names_every_protocol(cls, served: dict[str, str]) -> dict[str, str]:
+        missing = [p for p in PROTOCOLS if p not in served]
+        if missing:
+            raise ValueError(f"no served candidate named for protocol {', '.join(missing)}")
+        return served
+
     @property
     def trained_at(self) -> datetime:
         """``created_at`` in UTC."""
@@ -227,6 +235,10 @@ def parse_manifest(data: object, where: str) -> Manifest:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first.get("loc", ())) or "manifest"
+        if first["type"] == "missing":
+            raise ArtifactError(
+                f"{where}: manifest field {field!r} is required and missing (see docs/artifact.md)"
+            ) from None
         raise ArtifactError(f"{where}: manifest field {field!r}: {first['msg']}") from None
 
 
