@@ -53,7 +53,8 @@ def _table(name: str) -> list[dict[str, str]]:
 
 
 def _code(cell: str) -> str:
-    assert cell.startswith("`") and cell.endswith("`"), cell
+    assert cell.startswith("`"), cell
+    assert cell.endswith("`"), cell
     return cell[1:-1]
 
 
@@ -64,7 +65,7 @@ def _default_json(field: Any) -> Any:
     return value
 
 
-MODELS = {
+MODELS: dict[str, type[BaseModel]] = {
     "Manifest": manifest_module.Manifest,
     "ArraySpec": manifest_module.ArraySpec,
     "Counts": manifest_module.Counts,
@@ -162,7 +163,8 @@ def test_the_pages_example_loads_with_every_check(by_hand: tuple[Path, str]) -> 
     artifact = load_artifact(ModelStore(root).version_path(version), mmap=False)
     assert artifact.manifest.engine.name == "numpy-by-hand"
     assert (artifact.n_users, artifact.n_items) == (2, 3)
-    assert artifact.manifest.params == {} and artifact.manifest.signals is None
+    assert artifact.manifest.params == {}
+    assert artifact.manifest.signals is None
 
 
 def test_an_artifact_written_by_hand_serves_every_recommendation_endpoint(
@@ -175,26 +177,31 @@ def test_an_artifact_written_by_hand_serves_every_recommendation_endpoint(
     assert model.json()["counts"] == {"users": 2, "items": 3}
     known = served.get("/v1/users/alice/recommendations", params={"limit": 3}, headers=F)
     assert known.status_code == 200, known.text
-    assert known.json()["source"] == "model" and known.json()["model_version"] == version
+    assert known.json()["source"] == "model"
+    assert known.json()["model_version"] == version
     assert [i["item_id"] for i in known.json()["items"]][:1] == ["mug"]  # alice's taste: 1, 0
     novel = served.get(
         "/v1/users/alice/recommendations",
         params={"limit": 2, "exclude_purchased": "true"},  # 3: topped up with mug (see report)
         headers=F,
     )
-    assert novel.status_code == 200 and "mug" not in {i["item_id"] for i in novel.json()["items"]}
+    assert novel.status_code == 200
+    assert "mug" not in {i["item_id"] for i in novel.json()["items"]}
     again = served.get(
         "/v1/users/bob/recommendations", params={"purchased_within_days": 30}, headers=F
     )
-    assert again.status_code == 200 and [i["item_id"] for i in again.json()["items"]] == ["tea"]
+    assert again.status_code == 200
+    assert [i["item_id"] for i in again.json()["items"]] == ["tea"]
     posted = served.post("/v1/users/alice/recommendations", json={"limit": 2}, headers=F)
     assert posted.status_code == 200, posted.text
     stranger = served.get("/v1/users/nobody/recommendations", headers=F)
-    assert stranger.status_code == 200 and stranger.json()["source"] == "popular"
+    assert stranger.status_code == 200
+    assert stranger.json()["source"] == "popular"
     event = {"user_id": "visitor", "type": "view", "item_id": "pot"}
     assert served.post("/v1/events", json=event, headers=F).status_code == 200
     session = served.get("/v1/users/visitor/recommendations", headers=F)
-    assert session.status_code == 200 and session.json()["source"] == "session"
+    assert session.status_code == 200
+    assert session.json()["source"] == "session"
     similar = served.get("/v1/items/mug/similar", params={"limit": 2}, headers=F)
     assert similar.status_code == 200, similar.text
     assert {i["item_id"] for i in similar.json()["items"]} <= {"tea", "pot"}
@@ -343,16 +350,19 @@ def test_a_broken_current_version_never_makes_the_api_answer_500(
     _rewrite(path, manifest)
     with _client(root, f"sqlite:///{tmp_path / 'db.sqlite'}") as client:
         statuses = _assert_never_500(client)
-        assert statuses["model"] == 503 and statuses["metrics"] == 200
+        assert statuses["model"] == 503
+        assert statuses["metrics"] == 200
         detail = client.get("/v1/model", headers=F).json()["detail"]
         assert f"'{field}' is required and missing" in str(detail)
         reload = client.post("/v1/model/reload", headers=A)
-        assert reload.status_code == 409 and field in reload.text
+        assert reload.status_code == 409
+        assert field in reload.text
         # purchases in the event log: the no-model fallback serves them
         event = {"user_id": "carol", "type": "purchase", "item_id": "tea"}
         assert client.post("/v1/events", json=event, headers=F).status_code == 200
         fallback = client.get("/v1/users/alice/recommendations", headers=F)
-        assert fallback.status_code == 200 and fallback.json()["source"] == "popular"
+        assert fallback.status_code == 200
+        assert fallback.json()["source"] == "popular"
         assert 'recoffer_model_loads_total{outcome="failed"}' in client.get("/metrics").text
 
 
@@ -370,7 +380,8 @@ def test_a_broken_new_version_leaves_the_previous_one_serving(
     with _client(root, f"sqlite:///{tmp_path / 'db.sqlite'}") as client:
         store.promote(broken)
         reload = client.post("/v1/model/reload", headers=A)
-        assert reload.status_code == 409 and "popularity" in reload.text
+        assert reload.status_code == 409
+        assert "popularity" in reload.text
         statuses = _assert_never_500(client)
         assert statuses["model"] == statuses["known"] == statuses["similar"] == 200
         assert client.get("/v1/model", headers=F).json()["version"] == version
@@ -457,9 +468,12 @@ def test_the_gate_refuses_rather_than_refit_a_foreign_version_with_the_wrong_eng
     foreign = _other_engine(first.path, root)
     refused = run(TrainConfig(model_dir=root, params=params), purchases=tiny_purchases)
     assert refused.gate.method == "other_engine"
-    assert not refused.promoted and ModelStore(root).current() == foreign
+    assert not refused.promoted
+    assert ModelStore(root).current() == foreign
     assert "cannot refit" in refused.gate.reasons[0]
     assert any("'numpy-by-hand'" in note for note in refused.gate.notes)
-    assert refused.manifest.gate is not None and refused.manifest.gate.method == "other_engine"
+    assert refused.manifest.gate is not None
+    assert refused.manifest.gate.method == "other_engine"
     forced = run(TrainConfig(model_dir=root, params=params, force=True), purchases=tiny_purchases)
-    assert forced.promoted and forced.gate.method == "other_engine"
+    assert forced.promoted
+    assert forced.gate.method == "other_engine"

@@ -57,7 +57,6 @@ TEMP_PREFIX = ".tmp-"
 READ_ONLY = 0o444  # a published file: nobody writes it again (a cp over it is refused)
 
 
-
 @dataclass(frozen=True)
 class ArrayRule:
     """What one named array must be: its dtype kinds (numpy's ``dtype.kind``: ``U`` unicode

@@ -122,7 +122,10 @@ def prepare(
         unit_signal_factors = (signal_factors / signal_norms).astype(np.float32)
     user_index = {str(u): i for i, u in enumerate(user_ids.tolist())}
     item_index = {str(v): i for i, v in enumerate(item_ids.tolist())}
-    for name, index, ids in (("user_ids", user_index, user_ids), ("item_ids", item_index, item_ids)):
+    for name, index, ids in (
+        ("user_ids", user_index, user_ids),
+        ("item_ids", item_index, item_ids),
+    ):
         if len(index) != len(ids):
             raise ArtifactError(
                 f"artifact {artifact.path}: {name} holds {len(ids) - len(index)} repeated id(s)"
