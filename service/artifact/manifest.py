@@ -60,8 +60,8 @@ class DataInfo(_Part):
 class Counts(_Part):
     """Sizes of the served model."""
 
-    users: int
-    items: int
+    users: int = Field(ge=0)
+    items: int = Field(ge=0)
     interactions: int | None = None
     purchases: int | None = None
     factors: int | None = None
@@ -90,7 +90,7 @@ class FoldIn(_Part):
     """Constants of the at-request-time fold-in of a new user's events."""
 
     # a session's events are scaled so one purchase weighs like a typical training interaction
-    confidence_scale: float = 1.0
+    confidence_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
 class Figures(_Part):
