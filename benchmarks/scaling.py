@@ -23,7 +23,7 @@ The keys read from each file (a file or key that is absent: "not measured in thi
 - ``serving_memory.json``: ``medians["this tree (owned)"]["1"].worker_rss_mib`` and
   ``model_files_mib``: one real worker's resident set, for comparison.
 - ``train_synthetic.json`` (the pandas engine): ``sizes[]`` with ``users``, ``items``,
-  ``interactions`` (purchase lines), ``train_seconds``, ``train_peak_rss_mib``; and
+  ``interactions`` (purchase lines), ``train_wall_seconds``, ``train_peak_rss_mib``; and
   ``machine.memory_gib``.
 - ``spark_engine.json`` (issue 15, item 1): ``sizes[]`` with ``purchases``,
   ``spark.wall_seconds``, ``spark.peak_rss_mib`` (the driver's), and optionally
@@ -199,15 +199,16 @@ class Capacity:
         probe = self._items_probe(items)
         return None if probe is None else dict(probe[kind])
 
-    def cpu_us(self, items: int) -> Cell:
-        """Server CPU per known-user request: the HTTP part plus the exact scoring."""
-        scoring = self.request(items)
+    def cpu_us(self, items: int, kind: str = "known") -> Cell:
+        """Server CPU per request of ``kind`` (``known``, ``session``): the HTTP part plus the
+        scoring in process."""
+        scoring = self.request(items, kind)
         if scoring is None or self.http_us is None:
             return Cell(None, NOT_MEASURED)
         return Cell(self.http_us + scoring["cpu_us"], "derived")
 
-    def rps_per_core(self, items: int) -> Cell:
-        cpu = self.cpu_us(items)
+    def rps_per_core(self, items: int, kind: str = "known") -> Cell:
+        cpu = self.cpu_us(items, kind)
         return Cell(None if cpu.value is None else 1e6 / cpu.value, cpu.how)
 
     def p99_ms(self, items: int) -> Cell:
@@ -228,7 +229,7 @@ class Capacity:
         return Linear(slope, 0.0, y(b) - slope * b[x])
 
     def pandas_train(self, users: int, what: str) -> Cell:
-        """``what``: ``train_seconds`` or ``train_peak_rss_mib`` of the pandas engine."""
+        """``what``: ``train_wall_seconds`` or ``train_peak_rss_mib`` of the pandas engine."""
         ratio = self.purchases_per_user()
         if ratio is None:
             return Cell(None, NOT_MEASURED)
@@ -357,8 +358,9 @@ def _formulas(c: Capacity) -> list[str]:
             f"- server CPU per known-user request = {c.http_us:,.0f} µs (HTTP, key check, JSON: "
             f"`experiment_serving.json`, median server CPU per request on the "
             f"{es.get('users', '?'):,} x {es.get('items', '?'):,} Online Retail model, "
-            "precomputed) + the in-process exact scoring of that catalogue size "
-            "(`capacity.json`); requests per second per core = 1,000,000 / that"
+            "precomputed) + the in-process scoring of that catalogue size (`capacity.json`, "
+            "the probe with the most users); requests per second per core = 1,000,000 / that "
+            "(the session users' rows add the same HTTP part)"
         )
     ratio = c.purchases_per_user()
     if ratio is not None and len(c.train) >= 2:
@@ -367,8 +369,8 @@ def _formulas(c: Capacity) -> list[str]:
             f"- pandas training: {ratio:g} purchase lines per user (the synthetic shop's largest "
             f"preset); time and peak memory linear in purchase lines through the two largest "
             f"measured presets ({a['interactions']:,} and {b['interactions']:,} lines: "
-            f"{a['train_seconds']:.1f} s / {_mib(a['train_peak_rss_mib'])} and "
-            f"{b['train_seconds']:.1f} s / {_mib(b['train_peak_rss_mib'])})"
+            f"{a['train_wall_seconds']:.1f} s / {_mib(a['train_peak_rss_mib'])} and "
+            f"{b['train_wall_seconds']:.1f} s / {_mib(b['train_peak_rss_mib'])})"
         )
     if len(c.spark) >= 2:
         out.append(
@@ -548,6 +550,11 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
             lambda v: f"{v:,.0f}",
         ),
         *_row(
+            "Requests per second per core, session users (3 recent views folded in)",
+            [(f"{_n(i)} items", c.rps_per_core(i, "session")) for i in ITEMS],
+            lambda v: f"{v:,.0f}",
+        ),
+        *_row(
             "p99 (wall, this busy machine) of the in-process scoring, known users, one core",
             [(f"{_n(i)} items", c.p99_ms(i)) for i in ITEMS],
             lambda v: f"{v:.1f} ms",
@@ -556,7 +563,7 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
         "",
         *_row(
             "pandas engine (`recoffer train`), wall",
-            [(f"{_n(u)} users", c.pandas_train(u, "train_seconds")) for u in USERS],
+            [(f"{_n(u)} users", c.pandas_train(u, "train_wall_seconds")) for u in USERS],
             lambda v: f"{v:,.0f} s",
         ),
         *_row(
