@@ -406,6 +406,7 @@ def main() -> None:
         against_commit,
         backtest_kinds,
         campaign_store,
+        capacity,
         clv,
         concurrency,
         console_marketing,
@@ -462,6 +463,7 @@ def main() -> None:
         ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
         ("new_arrivals", new_arrivals.render),  # issue 14, item 4
         ("simulator", simulator.render),  # issue 14, item 5
+        ("capacity", capacity.render),  # issue 15, item 7 (and docs/scaling.md)
     ):
         doc = _load(name)
         if doc is not None:

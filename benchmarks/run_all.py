@@ -31,6 +31,7 @@ STEPS = (
     ["benchmarks.loyalty"],  # issue 13, item 1
     ["benchmarks.feedback_overhead"],  # issue 14, target 1
     ["benchmarks.simulator"],  # issue 14, item 5
+    ["benchmarks.capacity"],  # issue 15, item 7 (docs/scaling.md)
 )
 
 
@@ -40,7 +41,8 @@ def main() -> int:
         code = subprocess.run([PYTHON, "-m", *step], cwd=ROOT).returncode
         if code:
             return code
-    return subprocess.run([PYTHON, "-m", "benchmarks.report"], cwd=ROOT).returncode
+    code = subprocess.run([PYTHON, "-m", "benchmarks.report"], cwd=ROOT).returncode
+    return code or subprocess.run([PYTHON, "-m", "benchmarks.scaling"], cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

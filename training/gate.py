@@ -22,7 +22,16 @@ manifest:
   new model was fitted; when those parameters are the new run's, the new run's own fit is it;
 - ``incomparable``: it learnt from views and add-to-carts this run does not have, so it cannot
   be refitted; the new model is refused (``--force`` overrides);
-- ``current_unreadable``: its parameters cannot be read; only the popularity floor applies.
+- ``other_engine``: it was built by an engine this trainer cannot refit (``Manifest.engine``
+  not in ``REFITTED_ENGINES``: a version written by another program following
+  docs/artifact.md) and it saw the new test window, so it can be neither scored directly nor
+  refitted; the new model is refused (``--force`` overrides) rather than compared with a
+  refit by the wrong engine;
+- ``current_unreadable``: its parameters cannot be read; only the popularity floor applies,
+  and the decision's notes say so.
+
+``direct`` needs nothing but the artifact's arrays and recipes, so it works for a version of
+any engine, with or without recorded parameters.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
+# the engines whose versions this trainer refits with their recorded parameters
+REFITTED_ENGINES = frozenset({"pandas"})
 _BOOTSTRAP_CELLS = 4_000_000  # resamples x users drawn at once: bounded memory
 
 # each test user's NDCG@10, per protocol (the users of ``EvalSet.evaluate``, in its order)
@@ -70,7 +81,9 @@ UserScores = dict[str, npt.NDArray[np.float64]]
 @dataclass
 class GateDecision:
     passed: bool
-    method: str  # "first" | "direct" | "same" | "refit" | "incomparable" | "current_unreadable"
+    # "first" | "direct" | "same" | "refit" | "incomparable" | "other_engine" |
+    # "current_unreadable"
+    method: str
     current_version: str | None
     new: dict[str, float]
     current: dict[str, float] = field(default_factory=dict)
@@ -145,6 +158,12 @@ def decide(
             f"the current model {current_version} learnt from views and add-to-carts, and this "
             "run has none to refit it with (it needs --database-url with those events), so the "
             "two cannot be compared"
+        )
+    if method == "other_engine":
+        reasons.append(
+            f"the current model {current_version} was built by an engine this trainer cannot "
+            "refit, and it saw this run's test window, so the two cannot be compared "
+            "(--force publishes anyway)"
         )
     new_mean, pop_mean = _means(new), _means(popularity)
     cur_mean = _means(current) if current is not None else {}
@@ -230,18 +249,36 @@ def gate_new_model(
     current = current_artifact(store)
     if current is None:
         return first_model(new, popularity)
-    try:
-        learnt = current_model_params(current.manifest).signal_weights
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning(
-            "current_params_unreadable", extra={"version": current.version, "error": str(exc)}
-        )
-        return _told(
-            store,
-            decide(
+    learnt: tuple[float, ...] = ()
+    if model_saw_until(current.manifest) > test.cutoff:  # a refit, not direct scoring
+        engine = current.manifest.engine
+        if engine.name not in REFITTED_ENGINES:
+            log.warning(
+                "current_engine_not_refittable",
+                extra={"version": current.version, "engine": engine.name},
+            )
+            decision = decide(
+                new, popularity, None, method="other_engine", current_version=current.version
+            )
+            decision.notes.append(
+                f"the current model {current.version} was built by the {engine.name!r} engine "
+                f"(fit {engine.fit!r}); this trainer refits {sorted(REFITTED_ENGINES)} only"
+            )
+            return _told(store, decision)
+        try:
+            learnt = current_model_params(current.manifest).signal_weights
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning(
+                "current_params_unreadable", extra={"version": current.version, "error": str(exc)}
+            )
+            decision = decide(
                 new, popularity, None, method="current_unreadable", current_version=current.version
-            ),
-        )
+            )
+            decision.notes.append(
+                f"the current model {current.version} was not compared: its parameters cannot "
+                f"be read ({exc}); only the popularity floor applied"
+            )
+            return _told(store, decision)
     scores, method = rescore_current(
         current,
         evalset=evalset,

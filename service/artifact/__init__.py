@@ -17,6 +17,7 @@ from service.artifact.manifest import SCHEMA_VERSION, Manifest, ManifestBody
 from service.artifact.registry import KEEP_VERSIONS, REGISTRY, ModelStore
 from service.artifact.runs import KEEP_RUNS, RUNS, RunLog, TrainingRun, read_runs, record_run
 from service.artifact.store import (
+    ARRAYS,
     MANIFEST,
     REQUIRED_ARRAYS,
     TEMP_PREFIX,
@@ -28,6 +29,7 @@ from service.artifact.store import (
 )
 
 __all__ = [
+    "ARRAYS",
     "KEEP_RUNS",
     "KEEP_VERSIONS",
     "MANIFEST",

@@ -60,8 +60,8 @@ class DataInfo(_Part):
 class Counts(_Part):
     """Sizes of the served model."""
 
-    users: int
-    items: int
+    users: int = Field(ge=0)
+    items: int = Field(ge=0)
     interactions: int | None = None
     purchases: int | None = None
     factors: int | None = None
@@ -90,7 +90,7 @@ class FoldIn(_Part):
     """Constants of the at-request-time fold-in of a new user's events."""
 
     # a session's events are scaled so one purchase weighs like a typical training interaction
-    confidence_scale: float = 1.0
+    confidence_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
 class Figures(_Part):
@@ -172,6 +172,14 @@ class ManifestBody(_Part):
             raise ValueError(f"no recipe for protocol {', '.join(missing)}")
         return recipes
 
+    @field_validator("served")
+    @classmethod
+    def _names_every_protocol(cls, served: dict[str, str]) -> dict[str, str]:
+        missing = [p for p in PROTOCOLS if p not in served]
+        if missing:
+            raise ValueError(f"no served candidate named for protocol {', '.join(missing)}")
+        return served
+
     @property
     def trained_at(self) -> datetime:
         """``created_at`` in UTC."""
@@ -227,6 +235,10 @@ def parse_manifest(data: object, where: str) -> Manifest:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first.get("loc", ())) or "manifest"
+        if first["type"] == "missing":
+            raise ArtifactError(
+                f"{where}: manifest field {field!r} is required and missing (see docs/artifact.md)"
+            ) from None
         raise ArtifactError(f"{where}: manifest field {field!r}: {first['msg']}") from None
 
 

@@ -56,22 +56,43 @@ VERSIONS = "versions"
 TEMP_PREFIX = ".tmp-"
 READ_ONLY = 0o444  # a published file: nobody writes it again (a cp over it is refused)
 
-# Arrays every artifact must contain; the rest (ease_b, signal_user_factors and
-# signal_item_factors, scored_items, item metadata) are optional. ease_b may cover only the
-# first items (the purchase items); scored_items (one int64) is how many first items the
-# scorer standardises over, absent: all (``service.scoring.Scorer``).
-REQUIRED_ARRAYS = (
-    "user_ids",
-    "item_ids",
-    "user_factors",
-    "item_factors",
-    "history_indptr",
-    "history_indices",
-    "history_counts",
-    "history_age_days",
-    "popularity",
-    "trending",
-)
+
+@dataclass(frozen=True)
+class ArrayRule:
+    """What one named array must be: its dtype kinds (numpy's ``dtype.kind``: ``U`` unicode
+    strings, ``f`` floating point, ``i``/``u`` integers), its number of dimensions, whether every
+    artifact has it, and what it means. ``docs/artifact.md`` documents this table (a test keeps
+    the two equal); the sizes the arrays must agree on are ``_check_consistency``'s."""
+
+    kinds: str
+    ndim: int
+    required: bool
+    meaning: str
+
+
+# Every array the service reads. An artifact may carry others (a newer writer's): they are
+# loaded, checked against their manifest entry, and ignored.
+ARRAYS: dict[str, ArrayRule] = {
+    "user_ids": ArrayRule("U", 1, True, "the known users' ids, one per row of user_factors"),
+    "item_ids": ArrayRule("U", 1, True, "the served items' ids, one per row of item_factors"),
+    "user_factors": ArrayRule("f", 2, True, "ALS user vectors, users x factors"),
+    "item_factors": ArrayRule("f", 2, True, "ALS item vectors, items x factors (0: no vector)"),
+    "history_indptr": ArrayRule("iu", 1, True, "CSR row pointers of the history, users + 1"),
+    "history_indices": ArrayRule("iu", 1, True, "CSR item rows of the history"),
+    "history_counts": ArrayRule("f", 1, True, "orders of each (user, item) in the history"),
+    "history_age_days": ArrayRule("f", 1, True, "days from its last purchase to reference_time"),
+    "popularity": ArrayRule("f", 1, True, "distinct buyers of each item, all time"),
+    "trending": ArrayRule("f", 1, True, "distinct buyers of each item in the last weeks"),
+    "scored_items": ArrayRule("iu", 1, False, "one count: the first items scores standardise over"),
+    "ease_b": ArrayRule("f", 2, False, "EASE item-item weights over the first items"),
+    "signal_user_factors": ArrayRule("f", 2, False, "als_signals user vectors"),
+    "signal_item_factors": ArrayRule("f", 2, False, "als_signals item vectors"),
+    "item_names": ArrayRule("U", 1, False, "each item's name ('' unknown: its id is shown)"),
+    "item_categories": ArrayRule("U", 1, False, "each item's category ('' unknown)"),
+    "item_prices": ArrayRule("f", 1, False, "each item's price when trained (informational)"),
+}
+# Arrays every artifact must contain, in the order they are documented.
+REQUIRED_ARRAYS = tuple(name for name, rule in ARRAYS.items() if rule.required)
 
 
 @dataclass
@@ -217,7 +238,10 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
     table = manifest.arrays
     missing = [name for name in REQUIRED_ARRAYS if name not in table]
     if missing:
-        raise ArtifactError(f"artifact {path}: manifest lacks arrays {missing}")
+        raise ArtifactError(
+            f"artifact {path}: manifest lacks the required array{'s' * (len(missing) > 1)} "
+            f"{', '.join(missing)} (see docs/artifact.md)"
+        )
     arrays: dict[str, npt.NDArray[Any]] = {}
     for name, spec in table.items():
         file = path / spec.file
@@ -244,9 +268,38 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
                 f"artifact {path}: {file.name} is {arr.dtype}{list(arr.shape)}, "
                 f"manifest says {spec.dtype}{spec.shape}"
             )
+        _check_rule(path, name, arr)
         arrays[name] = arr
     _check_consistency(path, arrays)
+    _check_counts(path, manifest, arrays)
     return Artifact(path=path, manifest=manifest, arrays=arrays)
+
+
+def _check_rule(path: Path, name: str, arr: npt.NDArray[Any]) -> None:
+    """An array the service reads has the dtype kind and dimensions ``ARRAYS`` says."""
+    rule = ARRAYS.get(name)
+    if rule is None:
+        return
+    if arr.dtype.kind not in rule.kinds or arr.ndim != rule.ndim:
+        kinds = "/".join(_KIND_NAMES[k] for k in rule.kinds)
+        raise ArtifactError(
+            f"artifact {path}: array {name} is {arr.dtype.str} with {arr.ndim} dimension(s); "
+            f"it must be {kinds} with {rule.ndim} (see docs/artifact.md)"
+        )
+
+
+_KIND_NAMES = {"U": "unicode", "f": "float", "i": "signed int", "u": "unsigned int"}
+
+
+def _check_counts(path: Path, manifest: Manifest, a: Mapping[str, npt.NDArray[Any]]) -> None:
+    """``counts`` (what ``/v1/model`` reports) describes the arrays served."""
+    found = (int(a["user_ids"].shape[0]), int(a["item_ids"].shape[0]))
+    said = (manifest.counts.users, manifest.counts.items)
+    if found != said:
+        raise ArtifactError(
+            f"artifact {path}: manifest counts say {said[0]} users x {said[1]} items, "
+            f"the arrays hold {found[0]} x {found[1]}"
+        )
 
 
 def _read_owned(path: Path, file: Path, spec: ArraySpec, verify: bool) -> npt.NDArray[Any]:
@@ -299,10 +352,13 @@ def _check_consistency(path: Path, a: Mapping[str, npt.NDArray[Any]]) -> None:
         problems.append("item_factors rows != items")
     if a["user_factors"].shape[1:] != a["item_factors"].shape[1:]:
         problems.append("user and item factor widths differ")
-    if a["history_indptr"].shape != (n_users + 1,):
+    indptr = a["history_indptr"]
+    if indptr.shape != (n_users + 1,):
         problems.append("history_indptr length != users + 1")
-    elif int(a["history_indptr"][-1]) != a["history_indices"].shape[0]:
-        problems.append("history_indptr does not end at the number of entries")
+    elif int(indptr[0]) != 0 or int(indptr[-1]) != a["history_indices"].shape[0]:
+        problems.append("history_indptr does not run from 0 to the number of entries")
+    elif n_users and bool((np.diff(indptr) < 0).any()):
+        problems.append("history_indptr decreases")
     nnz = a["history_indices"].shape[0]
     if a["history_counts"].shape != (nnz,) or a["history_age_days"].shape != (nnz,):
         problems.append("history arrays differ in length")
@@ -329,6 +385,9 @@ def _check_consistency(path: Path, a: Mapping[str, npt.NDArray[Any]]) -> None:
             problems.append("signal_user_factors is not shaped like user_factors")
         if a["signal_item_factors"].shape != a["item_factors"].shape:
             problems.append("signal_item_factors is not shaped like item_factors")
+    for name in ("item_names", "item_categories", "item_prices"):
+        if name in a and a[name].shape != (n_items,):
+            problems.append(f"{name} length != items")
     if nnz and (int(a["history_indices"].max()) >= n_items or int(a["history_indices"].min()) < 0):
         problems.append("history refers to items outside the catalogue")
     if problems:

@@ -158,7 +158,10 @@ class Recommender:
             for (i, s), reason in zip(picked, reasons, strict=True)
         ]
         if len(items) < query.limit:
-            items += self._popular_fill(query, banned | {i for i, _ in picked})
+            taken = banned | {i for i, _ in picked}
+            if query.exclude_purchased:  # what the model saw them buy, not only the recent
+                taken |= set(history.item_idx.tolist())
+            items += self._popular_fill(query, taken)
         items = items[: query.limit]
         if arrivals is not None:
             items = self._with_arrivals(items, arrivals, query, user_idx, recent, now, hidden)

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.artifact import Artifact
+from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,22 @@ def prepare(
         signal_norms = np.linalg.norm(signal_factors, axis=1, keepdims=True)
         signal_norms[signal_norms == 0] = 1.0
         unit_signal_factors = (signal_factors / signal_norms).astype(np.float32)
+    user_index = {str(u): i for i, u in enumerate(user_ids.tolist())}
+    item_index = {str(v): i for i, v in enumerate(item_ids.tolist())}
+    for name, index, ids in (
+        ("user_ids", user_index, user_ids),
+        ("item_ids", item_index, item_ids),
+    ):
+        if len(index) != len(ids):
+            raise ArtifactError(
+                f"artifact {artifact.path}: {name} holds {len(ids) - len(index)} repeated id(s)"
+            )
     model = ServingModel(
         artifact=artifact,
         scorer=scorer,
-        user_index={str(u): i for i, u in enumerate(user_ids.tolist())},
+        user_index=user_index,
         item_ids=item_ids,
-        item_index={str(v): i for i, v in enumerate(item_ids.tolist())},
+        item_index=item_index,
         item_labels=[str(v) for v in item_ids.tolist()],
         item_names=[
             str(n) or str(i)
