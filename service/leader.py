@@ -154,6 +154,15 @@ class RedisLock:
             await self.lock.release()
 
 
+MASK32 = 0xFFFFFFFF
+# a bigint advisory key is shown in pg_locks as classid (high 32 bits), objid (low), objsubid 1
+HELD = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND pid = pg_backend_pid() AND objsubid = 1 "
+    "AND classid::bigint = :hi AND objid::bigint = :lo)"
+)
+
+
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for ``pg_try_advisory_lock`` from the lock's name."""
     digest = hashlib.sha256(f"recoffer:{name}".encode()).digest()
@@ -191,13 +200,19 @@ class PostgresAdvisoryLock:
     def _renew(self) -> bool:
         if self._conn is None:
             return False
-        try:  # a session-level lock lasts as long as its session: is the session alive?
-            self._conn.execute(text("SELECT 1"))
+        try:  # still granted to this session? (a connection that dropped and reconnected
+            # is a new session without it)
+            held = self._conn.execute(
+                HELD, {"hi": (self.key >> 32) & MASK32, "lo": self.key & MASK32}
+            )
+            granted = bool(held.scalar())
             self._conn.commit()
         except Exception:
             self._close()
             raise
-        return True
+        if not granted:
+            self._close()
+        return granted
 
     def _release(self) -> None:
         if self._conn is None:

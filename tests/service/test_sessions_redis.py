@@ -131,7 +131,9 @@ def test_the_async_reads_fall_back_the_same_way() -> None:
         return one, many, wrote
 
     one, many, wrote = asyncio.run(run())
-    assert one == from_db and many == {"u4": from_db, "u5": from_db} and wrote is False
+    assert one == from_db
+    assert many == {"u4": from_db, "u5": from_db}
+    assert wrote is False
 
 
 # --- two apps, one database, one Redis ------------------------------------------------------
@@ -228,7 +230,8 @@ def test_without_redis_the_worker_holds_the_sessions_as_before(
 ) -> None:
     with _app(small_model_root, f"sqlite:///{tmp_path / 'embedded.db'}") as c:
         state = c.app.state.recoffer  # type: ignore[attr-defined]
-        assert state.sessions is None and state.activity.tail_sessions
+        assert state.sessions is None
+        assert state.activity.tail_sessions
         _view(c, "visitor-embedded", _items(c, 2))
         assert len(state.activity.recent("visitor-embedded")) == 2
         r = c.get("/v1/users/visitor-embedded/recommendations", headers=F)
