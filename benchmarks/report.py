@@ -419,6 +419,7 @@ def main() -> None:
         money,
         new_arrivals,
         reliability,
+        replicas,
         retrain_pickup,
         segments,
         segments_online_retail,
@@ -462,6 +463,7 @@ def main() -> None:
         ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
         ("new_arrivals", new_arrivals.render),  # issue 14, item 4
         ("simulator", simulator.render),  # issue 14, item 5
+        ("replicas", replicas.render),  # issue 15, item 5
     ):
         doc = _load(name)
         if doc is not None:

@@ -31,6 +31,7 @@ STEPS = (
     ["benchmarks.loyalty"],  # issue 13, item 1
     ["benchmarks.feedback_overhead"],  # issue 14, target 1
     ["benchmarks.simulator"],  # issue 14, item 5
+    ["benchmarks.replicas"],  # issue 15, item 5: needs PostgreSQL and Redis
 )
 
 
