@@ -367,6 +367,13 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"address | {fl['looked_up']} looked up, {fl['refused_429']} refused (429) | the limit, "
         f"not twice it: {verdict(t['failed_lookups_met'])} |",
         "",
+        "The target is judged from A's answer: by then the events are committed and in Redis "
+        f"(B used them at its first request in {spread['used_at_first_request']} of "
+        f"{spread['trials']} trials). Counted from sending the POST, the "
+        f"p99 ({used['p99']} ms) is the POST's own PostgreSQL commit on this busy machine "
+        "(with one replica it is the same), "
+        f"{'under' if used['p99'] < t['propagation_p99_ms'] else 'over'} the 100 ms.",
+        "",
         "Per-request cost of the session read, the same session users (10 views each) one "
         "request at a time, rounds alternated, each side's least disturbed round:",
         "",
