@@ -42,6 +42,8 @@ async def open_database(state: AppState) -> None:
                 state.repository.events_since, since, STARTUP_EVENT_LIMIT
             )
             state.activity.add(recent)
+            if state.sessions is not None:  # an empty Redis: filled once, by one worker
+                await run_in_threadpool(state.sessions.seed, recent)
             state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
         await run_in_threadpool(state.privacy.refresh)  # erased users, before serving anyone
         state.activity.update_catalogue(

@@ -8,7 +8,9 @@ the fallback below).
 
 One Redis list per user, ``{prefix}:session:{user_id}``: newest first, trimmed to
 ``per_user`` events and expiring ``ttl_seconds`` after the user's last event, all in one
-MULTI/EXEC per batch (``LPUSH``, ``LTRIM``, ``EXPIRE``). Each entry is
+MULTI/EXEC per batch (``LPUSH``, ``LTRIM``, ``EXPIRE``). An empty Redis (the first start with
+it, or a Redis restarted without persistence) is filled once from the events the starting worker
+reads from the database (``seed``). Each entry is
 ``type|microseconds since the epoch|item_id`` (the item id last: it may hold any character).
 
 A Redis that cannot be reached never fails a request: a read falls back to the user's newest
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 SEPARATOR = "|"
+SEED_CHUNK = 1000  # users per round trip when filling Redis from the database
 # the user's newest events from the database, when Redis cannot answer
 DatabaseRecent = Callable[[str, int], Sequence[Activity]]
 
@@ -93,6 +96,7 @@ class RedisSessions:
         self.aclient: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **options)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self.prefix = f"{prefix}:session:"
+        self.marker = f"{prefix}:session-seeded"
         self.per_user = per_user
         self.ttl = max(1, int(ttl_seconds))
         self.retry_seconds = retry_seconds
@@ -185,6 +189,51 @@ class RedisSessions:
     def _skipped(self) -> None:
         if self.metrics is not None:
             self.metrics.session_store_errors.labels("write_skipped").inc()
+
+    def seed(self, rows: Sequence[StoredEvent], *, now: datetime | None = None) -> int:
+        """Fill Redis from the database's recent events (``rows``, oldest first: what a worker
+        reads at start-up) once per deployment and Redis: the first worker to set the marker
+        ``{prefix}:session-seeded`` does it, for the users without a list (a user with one has
+        newer events pushed already), each expiring a TTL after their last event. Returns the
+        users filled; 0 when another worker did, or Redis cannot be reached.
+        """
+        if not rows or not self.available:
+            return 0
+        now = now or datetime.now(UTC)
+        by_user = self._batches(rows)
+        last = {row.user_id: row.ts for row in rows if row.item_id is not None}
+        users = list(by_user)
+        filled = 0
+        try:
+            if not self.client.set(self.marker, "1", nx=True, ex=self.ttl):
+                return 0
+            for first in range(0, len(users), SEED_CHUNK):
+                chunk = users[first : first + SEED_CHUNK]
+                with self.client.pipeline(transaction=False) as pipe:
+                    for user_id in chunk:
+                        pipe.exists(self.key(user_id))
+                    present = pipe.execute()
+                with self.client.pipeline(transaction=False) as pipe:
+                    for user_id, held in zip(chunk, present, strict=True):
+                        ts = last[user_id]
+                        ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+                        left = self.ttl - int((now - ts).total_seconds())
+                        if held or left <= 0:
+                            continue
+                        key = self.key(user_id)
+                        # newest first from the head: appended at the older end
+                        pipe.rpush(key, *reversed(by_user[user_id][-self.per_user :]))
+                        pipe.ltrim(key, 0, self.per_user - 1)
+                        pipe.expire(key, left)
+                        filled += 1
+                    pipe.execute()
+        except self._errors as exc:
+            self._failed("seed", exc)
+            return filled
+        self._succeeded()
+        if filled:
+            log.info("session_store_seeded", extra={"users": filled})
+        return filled
 
     # --- reads --------------------------------------------------------------------------------
 

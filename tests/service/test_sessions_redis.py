@@ -85,6 +85,22 @@ def test_one_batch_longer_than_the_bound_keeps_its_newest(
     assert [a.item_id for a in sessions.recent("other")] == ["item-0"]
 
 
+def test_seeding_skips_users_with_a_list_and_sessions_past_their_window(
+    redis_server: str, redis_prefix: str
+) -> None:
+    sessions = _sessions(redis_server, redis_prefix, ttl_seconds=3600)
+    sessions.write(_rows("has-list", 1, start=100))  # newer events already pushed
+    old = [StoredEvent(1, "gone", "x", "view", T0 - timedelta(hours=2))]
+    rows = [*old, *_rows("has-list", 3), *_rows("fresh", 7)]
+    assert sessions.seed(rows, now=T0 + timedelta(minutes=10)) == 1
+    assert [a.item_id for a in sessions.recent("has-list")] == ["item-100"]
+    assert [a.item_id for a in sessions.recent("fresh")] == [f"item-{k}" for k in range(2, 7)]
+    assert sessions.recent("gone") == ()
+    ttl = int(sessions.client.ttl(sessions.key("fresh")))  # type: ignore[arg-type]
+    assert 2990 < ttl <= 3600 - 594  # an hour after the last event (T0 + 6 s), not after now
+    assert sessions.seed(_rows("fresh-2", 1), now=T0) == 0  # once per deployment and Redis
+
+
 def test_an_unreachable_redis_reads_the_database_then_memory_and_is_counted() -> None:
     memory = ActivityStore(per_user=5)
     memory.add(_rows("u3", 2), from_tail=False)
@@ -188,6 +204,40 @@ def test_an_event_ingested_on_one_app_is_used_by_the_other_at_once(
     # B's own memory holds nothing of it: the session came from Redis
     assert b.app.state.recoffer.activity.recent(user) == ()  # type: ignore[attr-defined]
     assert a.app.state.recoffer.activity.users_held <= 1  # type: ignore[attr-defined]
+
+
+def test_an_empty_redis_is_filled_once_from_the_database_at_start(
+    small_model_root: Path, tmp_path: Path, redis_server: str, redis_prefix: str
+) -> None:
+    from service.activity.records import NewEvent
+    from service.activity.repository import Repository
+    from service.db import make_engine, migrate
+
+    url = f"sqlite:///{tmp_path / 'before.db'}"
+    with _app(small_model_root, url) as embedded:  # the events of a deployment without Redis
+        items = _items(embedded, 3)
+    engine = make_engine(url, timeout_seconds=5)
+    migrate(engine)
+    now = utc_now()
+    Repository(engine).add_events(
+        [
+            NewEvent("visitor-before", "view", now - timedelta(minutes=3 - k), item_id=i)
+            for k, i in enumerate(items)
+        ]
+    )
+    engine.dispose()
+    redis = {"redis_url": redis_server, "redis_prefix": redis_prefix}
+    with _app(small_model_root, url, **redis) as a, _app(small_model_root, url, **redis) as b:
+        sessions = b.app.state.recoffer.sessions  # type: ignore[attr-defined]
+        # filled once (the second app found the marker): three events, oldest first
+        assert [e.item_id for e in sessions.recent("visitor-before")] == items
+        assert sessions.client.exists(sessions.marker)
+        assert sessions.seed(_rows("visitor-late", 2), now=T0) == 0  # the marker: not again
+        assert sessions.recent("visitor-late") == ()
+        r = b.get("/v1/users/visitor-before/recommendations", headers=F)
+        assert r.json()["source"] == "session"
+        ttl = int(sessions.client.ttl(sessions.key("visitor-before")))
+        assert 0 < ttl <= a.app.state.recoffer.settings.session_ttl_seconds  # type: ignore[attr-defined]
 
 
 def test_erasure_deletes_the_redis_session_and_export_shows_it(
