@@ -71,6 +71,8 @@ class Leader:
         self._valid_until = 0.0
         self._holding = False
         self.kind = "every worker" if backend is None else backend.kind
+        if metrics is not None:  # shown from the start: 1 on every worker without a shared lock
+            metrics.leader.set(1 if backend is None else 0)
 
     @property
     def held(self) -> bool:
