@@ -3,6 +3,7 @@ bounded and expiring, erased with the user, and a Redis outage never a failed re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,6 +132,28 @@ def test_an_unreachable_redis_reads_the_database_then_memory_and_is_counted() ->
     assert [a.item_id for a in sessions.recent("u3")] == ["item-0", "item-1"]
     assert _count(metrics, "recoffer_session_fallbacks_total", source="memory") == 1
     assert sessions.forget("u3") is None
+
+
+def test_a_redis_that_never_answers_costs_one_timeout_then_is_left_alone() -> None:
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never replies
+    port = silent.getsockname()[1]
+    from_db = (Activity("db-item", "view", T0),)
+    try:
+        sessions = _sessions(
+            f"redis://127.0.0.1:{port}/0", "x", timeout_seconds=0.2, database=lambda u, n: from_db
+        )
+        started = time.monotonic()
+        assert sessions.recent("u6") == from_db
+        first = time.monotonic() - started
+        started = time.monotonic()
+        assert sessions.recent("u6") == from_db  # within retry_seconds: Redis not asked
+        again = time.monotonic() - started
+    finally:
+        silent.close()
+    assert 0.15 <= first < 2.0
+    assert again < 0.1
 
 
 def test_the_async_reads_fall_back_the_same_way() -> None:
