@@ -420,6 +420,7 @@ def main() -> None:
         money,
         new_arrivals,
         reliability,
+        replicas,
         retrain_pickup,
         segments,
         segments_online_retail,
@@ -464,6 +465,7 @@ def main() -> None:
         ("new_arrivals", new_arrivals.render),  # issue 14, item 4
         ("simulator", simulator.render),  # issue 14, item 5
         ("capacity", capacity.render),  # issue 15, item 7 (and docs/scaling.md)
+        ("replicas", replicas.render),  # issue 15, item 5
     ):
         doc = _load(name)
         if doc is not None:

@@ -32,6 +32,7 @@ STEPS = (
     ["benchmarks.feedback_overhead"],  # issue 14, target 1
     ["benchmarks.simulator"],  # issue 14, item 5
     ["benchmarks.capacity"],  # issue 15, item 7 (docs/scaling.md)
+    ["benchmarks.replicas"],  # issue 15, item 5: needs PostgreSQL and Redis
 )
 
 

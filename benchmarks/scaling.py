@@ -34,8 +34,9 @@ The keys read from each file (a file or key that is absent: "not measured in thi
   ``artifact_mib``, ``load_seconds``, and ``modes.exact`` / ``modes.index``, each with
   ``known.p50_ms``, ``known.p99_ms``, ``session.p50_ms``, ``session.p99_ms``,
   ``worker_rss_mib``.
-- ``replicas.json`` (issue 15, item 5): ``session_visible_ms.p99``, ``redemptions.parallel``,
-  ``redemptions.successes``, ``failed_lookups.limit``, ``failed_lookups.allowed``.
+- ``replicas.json`` (issue 15, item 5): ``propagation.acked_to_used_ms.p99``,
+  ``propagation.ingest_to_used_ms.p99``, ``redemptions.attempts``, ``redemptions.successes``,
+  ``failed_lookups.limit``, ``failed_lookups.looked_up``.
 """
 
 from __future__ import annotations
@@ -442,13 +443,15 @@ def _replicas(c: Capacity) -> list[str]:
     out = ["## Two replicas with Redis", ""]
     if doc is None:
         return [*out, f"`replicas.json`: {NOT_MEASURED}.", ""]
+    seen = doc["propagation"]
     return [
         *out,
-        f"- a session's events seen by the other replica within "
-        f"{doc['session_visible_ms']['p99']:.1f} ms p99 (measured);",
-        f"- {doc['redemptions']['parallel']} parallel redemptions of one code over both: "
+        "- a session's events used by the other replica's next recommendation: "
+        f"{seen['acked_to_used_ms']['p99']:.1f} ms p99 after the first replica's answer, "
+        f"{seen['ingest_to_used_ms']['p99']:.1f} ms p99 from sending the POST (measured);",
+        f"- {doc['redemptions']['attempts']} parallel redemptions of one code over both: "
         f"{doc['redemptions']['successes']} success(es);",
-        f"- failed coupon lookups allowed across both: {doc['failed_lookups']['allowed']} "
+        f"- failed coupon lookups looked up across both: {doc['failed_lookups']['looked_up']} "
         f"for a limit of {doc['failed_lookups']['limit']}.",
         "",
     ]

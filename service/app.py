@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import background
 from service.activity.ingest import Ingest
 from service.activity.repository import Repository
+from service.activity.sessions import RedisSessions
 from service.activity.store import ActivityStore
 from service.api.docs import add_docs, document, operation_id
 from service.api.errors import add_exception_handlers
@@ -54,6 +55,7 @@ from service.experiments.service import Experiments, GuardSettings
 from service.feedback.repository import FeedbackRepository
 from service.feedback.service import Feedback
 from service.health import Health
+from service.leader import build_leader
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.offers.auto import AutoEvaluator
@@ -102,6 +104,29 @@ def create_app(
             lookback=0 if settings.is_sqlite else None,
             max_users=settings.activity_max_users,
             metrics=metrics,
+            # with Redis the sessions live there: this worker holds only its own writes
+            tail_sessions=settings.redis_url is None,
+        )
+        sessions = None  # users' recent events shared by every replica (issue 15, item 5)
+        if settings.redis_url is not None:
+            sessions = RedisSessions(
+                settings.redis_url,
+                prefix=settings.redis_prefix,
+                per_user=settings.session_events,
+                ttl_seconds=settings.session_ttl_seconds,
+                timeout_seconds=settings.redis_timeout_seconds,
+                retry_seconds=settings.redis_retry_seconds,
+                memory=activity,
+                database=repository.recent_activity,
+                metrics=metrics,
+            )
+        # the time-driven jobs run on one worker of all replicas (issue 15, item 5)
+        leader = build_leader(
+            ttl_seconds=settings.leader_lock_seconds,
+            redis_client=None if sessions is None else sessions.aclient,
+            prefix=settings.redis_prefix,
+            engine=engine,
+            metrics=metrics,
         )
         models = ModelHolder(
             settings.model_dir,
@@ -120,7 +145,13 @@ def create_app(
             event_weights=settings.event_weights,
         )
         served = Recommendations(
-            models, activity, clock, metrics, erased=tombstones, arrivals=arrivals
+            models,
+            activity,
+            clock,
+            metrics,
+            erased=tombstones,
+            arrivals=arrivals,
+            sessions=sessions,
         )
         # impressions, clicks and the lists credited with carts and purchases (issue 14)
         feedback = Feedback.from_settings(
@@ -158,6 +189,7 @@ def create_app(
                 segments=segment_refresher,
                 feedback=feedback,
                 catalogue=arrivals.on_catalogue,
+                sessions=sessions,
             ),
             health=Health(models, metrics),
             offers=offer_engine,
@@ -176,7 +208,9 @@ def create_app(
                 metrics=metrics,
             ),
             reports=Reports(campaign_set, offer_repository, clock, metrics=metrics),
-            privacy=Privacy(PrivacyRepository(repository), tombstones, activity, models, clock),
+            privacy=Privacy(
+                PrivacyRepository(repository), tombstones, activity, models, clock, sessions
+            ),
             sweeps=SweepJobs(
                 offer_engine,
                 SweepJobRepository(repository),
@@ -193,6 +227,8 @@ def create_app(
             segment_refresher=segment_refresher,
             feedback=feedback,
             arrivals=arrivals,
+            sessions=sessions,
+            leader=leader,
         )
         # every holder of the campaigns gets each new map the store installs
         state.campaign_store.on_change(background.campaigns_to(state))
@@ -225,6 +261,8 @@ def create_app(
         gc.collect()
         gc.freeze()
         loops = {"recoffer-tail": background.tail_loop(state)}
+        if leader.backend is not None:  # a shared lock: keep it or keep trying (issue 15)
+            loops["recoffer-leader"] = leader.run()
         if settings.reload_interval_seconds > 0:
             loops["recoffer-models"] = background.model_loop(state)
         if settings.offer_metrics_seconds > 0:
@@ -259,6 +297,8 @@ def create_app(
             if sender is not None:
                 await sender.aclose()
             outbox.disable(repository)
+            if sessions is not None:
+                await sessions.aclose()
             engine.dispose()
 
     app = FastAPI(

@@ -24,6 +24,11 @@ STARTUP_EVENT_DAYS = 30
 STARTUP_EVENT_LIMIT = 500_000
 
 
+def is_leader(state: AppState) -> bool:
+    """Whether this worker runs the time-driven jobs now (``service.leader``)."""
+    return state.leader is None or state.leader.held
+
+
 async def open_database(state: AppState) -> None:
     """Migrate when asked, fill the recent-activity view and the catalogue overlay."""
     engine = state.repository.engine
@@ -37,6 +42,8 @@ async def open_database(state: AppState) -> None:
                 state.repository.events_since, since, STARTUP_EVENT_LIMIT
             )
             state.activity.add(recent)
+            if state.sessions is not None:  # an empty Redis: filled once, by one worker
+                await run_in_threadpool(state.sessions.seed, recent)
             state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
         await run_in_threadpool(state.privacy.refresh)  # erased users, before serving anyone
         state.activity.update_catalogue(
@@ -164,12 +171,13 @@ async def campaign_loop(state: AppState) -> None:
 async def campaign_schedule_loop(state: AppState) -> None:
     """Start the sweeps of the time-driven campaigns that are due (``service.offers.schedule``).
 
-    Every worker of every replica runs it; the database lets one sweep through per interval.
+    The leader runs it (``service.leader``: one worker of all replicas, with Redis or on
+    PostgreSQL); the database lets one sweep through per interval in any case.
     """
     schedule = CampaignSchedule(state.sweeps, state.clock)
     while True:
         await asyncio.sleep(state.settings.campaign_schedule_seconds)
-        if not state.health.database_ready:
+        if not state.health.database_ready or not is_leader(state):
             continue
         try:
             await run_in_threadpool(schedule.tick)
@@ -221,10 +229,11 @@ async def experiment_loop(state: AppState) -> None:
 
 async def feedback_prune_loop(state: AppState) -> None:
     """Delete impressions, clicks and attributions past RECOFFER_FEEDBACK_RETENTION_DAYS,
-    every RECOFFER_FEEDBACK_PRUNE_SECONDS (every worker: the deletes are idempotent)."""
+    every RECOFFER_FEEDBACK_PRUNE_SECONDS, on the leader (idempotent deletes: on SQLite without
+    a shared lock every worker runs them)."""
     while True:
         await asyncio.sleep(state.settings.feedback_prune_seconds)
-        if state.feedback is None or not state.health.database_ready:
+        if state.feedback is None or not state.health.database_ready or not is_leader(state):
             continue
         try:
             deleted = await run_in_threadpool(state.feedback.prune)

@@ -241,6 +241,26 @@ class Metrics:
             ["kind", "via"],
             registry=r,
         )
+        # issue 15, item 5: sessions in Redis (service/activity/sessions.py) and the leader
+        self.session_store_errors = Counter(
+            "recoffer_session_store_errors_total",
+            "Session calls to Redis that failed (read, write, delete) or were skipped while "
+            "Redis was down (write_skipped)",
+            ["op"],
+            registry=r,
+        )
+        self.session_fallbacks = Counter(
+            "recoffer_session_fallbacks_total",
+            "Session reads answered without Redis, by where from (database, memory)",
+            ["source"],
+            registry=r,
+        )
+        self.leader = Gauge(
+            "recoffer_leader",
+            "1 on the worker that holds the leader lock and runs the time-driven jobs",
+            registry=r,
+            multiprocess_mode="livesum",  # summed over live workers: 1 per deployment
+        )
         if self.shared is None:  # this process alone: its own process and interpreter figures
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)

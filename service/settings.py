@@ -218,14 +218,45 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="redis://host:port/db: failed-lookup limits shared by every worker and "
-        "replica (without it each process counts alone).",
+        description="redis://host:port/db: failed-lookup limits, users' recent events "
+        "(sessions) and the leader lock, shared by every worker and replica (without it each "
+        "process counts alone and keeps every session in its own memory).",
     )
     redis_prefix: str = Field(
         "recoffer",
         min_length=1,
         max_length=64,
         description="Prefix of this deployment's Redis keys (several deployments, one Redis).",
+    )
+    # --- issue 15, item 5: sessions in Redis, one leader for the time-driven jobs ---
+    session_ttl_seconds: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="With Redis: how long a user's recent events stay in Redis after their "
+        "last event (the session window; each list holds at most session_events).",
+    )
+    redis_timeout_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="With Redis: how long a session read or write waits for Redis before "
+        "answering from the database (reads) or skipping (writes: the database has them).",
+    )
+    redis_retry_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="With Redis: after a failed session call, how long sessions are read from "
+        "the database before Redis is tried again (an outage costs one timeout, not one per "
+        "request).",
+    )
+    leader_lock_seconds: float = Field(
+        30.0,
+        ge=3,
+        le=3600,
+        description="The leader lock's time to live (Redis, else a PostgreSQL advisory lock): "
+        "the holder renews it every third of it; when the leader stops, another worker takes "
+        "over within this time. The time-driven jobs (campaign schedule, feedback prune) run "
+        "on the leader only.",
     )
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list,

@@ -8,11 +8,13 @@ from datetime import datetime
 
 from service.activity.ingest import Ingest
 from service.activity.repository import Repository
+from service.activity.sessions import RedisSessions
 from service.activity.store import ActivityStore
 from service.delivery.service import Webhooks
 from service.experiments.service import Experiments
 from service.feedback.service import Feedback
 from service.health import Health
+from service.leader import Leader
 from service.metrics import Metrics
 from service.offers.auto import AutoEvaluator
 from service.offers.coupons import Coupons
@@ -54,3 +56,5 @@ class AppState:
     experiments: Experiments | None = None  # A/B tests of recommenders (issue 14, item 3)
     feedback: Feedback | None = None  # impressions, clicks, attribution, figures (issue 14)
     arrivals: NewArrivals | None = None  # products the model does not know (issue 14, item 4)
+    sessions: RedisSessions | None = None  # users' recent events in Redis (issue 15, item 5)
+    leader: Leader | None = None  # who runs the time-driven jobs (issue 15, item 5)

@@ -167,3 +167,19 @@ def small_model_root(tmp_path_factory: pytest.TempPathFactory, small_shop: Synth
     for _ in range(2):
         run(TrainConfig(model_dir=root, params=params, force=True), purchases=purchases)
     return root
+
+
+@pytest.fixture
+def redis_prefix(redis_server: str) -> Iterator[str]:
+    """A Redis key prefix of this test's own (parallel runs never share keys), its keys deleted
+    afterwards."""
+    import secrets
+
+    import redis
+
+    name = f"recoffer-test-{secrets.token_hex(6)}"
+    yield name
+    client = redis.Redis.from_url(redis_server)
+    for key in client.scan_iter(f"{name}:*"):
+        client.delete(key)
+    client.close()

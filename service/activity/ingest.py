@@ -28,6 +28,7 @@ from service.activity.records import (
     UserRecord,
 )
 from service.activity.repository import Repository
+from service.activity.sessions import RedisSessions
 from service.activity.store import ActivityStore
 from service.clock import Clock
 from service.db import is_outage
@@ -126,6 +127,7 @@ class Ingest:
         segments: EventListener | None = None,
         feedback: Feedback | None = None,
         catalogue: Callable[[Sequence[ItemRecord]], None] | None = None,
+        sessions: RedisSessions | None = None,
     ) -> None:
         self.repository = repository
         self.activity = activity
@@ -141,6 +143,8 @@ class Ingest:
         self.feedback = feedback
         # told the catalogue rows that changed (new products' vectors, issue 14); in a thread
         self.catalogue = catalogue
+        # users' recent events in Redis for every replica (issue 15, item 5), after the commit
+        self.sessions = sessions
 
     async def add_events(self, drafts: Sequence[EventDraft], *, batch: bool) -> IngestResult:
         """Store ``drafts`` in one transaction (a repeated ``client_event_id`` is skipped).
@@ -199,13 +203,20 @@ class Ingest:
                 result.accepted + fed, result.duplicates + write.written.duplicates, result.stored
             )
         self.activity.add(result.stored, from_tail=False)  # this worker sees its own writes now
+        if self.sessions is not None:  # every replica sees them now (a failure is counted)
+            await self.sessions.awrite(result.stored)
         for stored in result.stored:
             self.metrics.events.labels(stored.type).inc()
         if result.duplicates:
             self.metrics.event_duplicates.inc(result.duplicates)
         if self.views is not None and self.views.enabled:
             viewers = {s.user_id for s in result.stored if s.type == "view"}
-            self.views.on_views(viewers, {u: self.activity.recent(u) for u in viewers})
+            recent: dict[str, Sequence[Activity]]
+            if self.sessions is not None:
+                recent = dict(await self.sessions.arecent_many(viewers))
+            else:
+                recent = {u: self.activity.recent(u) for u in viewers}
+            self.views.on_views(viewers, recent)
         if self.segments is not None and self.segments.enabled and result.stored:
             try:
                 self.segments.on_events((s.user_id, s.type) for s in result.stored)

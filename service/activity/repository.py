@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, bindparam, case, func, or_, select, t
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.activity.records import (
+    Activity,
     IngestResult,
     ItemChange,
     ItemOutcome,
@@ -311,6 +312,19 @@ class Repository:
         )
         with self.engine.connect() as conn:
             return [StoredEvent(*row) for row in conn.execute(query)]
+
+    def recent_activity(self, user_id: str, limit: int) -> list[Activity]:
+        """The user's newest ``limit`` events with an item, oldest first (the session read's
+        fallback when Redis cannot answer, ``service.activity.sessions``)."""
+        query = (
+            select(events.c.item_id, events.c.type, events.c.ts)
+            .where(events.c.user_id == user_id, events.c.item_id.is_not(None))
+            .order_by(events.c.ts.desc(), events.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = [Activity(item_id=i, type=t, ts=ts) for i, t, ts in conn.execute(query)]
+        return rows[::-1]
 
     def events_since(self, since: datetime, limit: int) -> list[StoredEvent]:
         """The newest ``limit`` events at or after ``since``, oldest first."""

@@ -45,6 +45,10 @@ class ActivityStore:
     recently active user is forgotten first, and counted as an eviction). ``estimated_bytes``
     says what they cost; with ``metrics``, the users held, that estimate and the evictions are
     reported as they change. Thread-safe.
+
+    ``tail_sessions=False`` (sessions in Redis, ``service.activity.sessions``): the events read
+    by the tail count for popularity but are not held per user; only this worker's own writes
+    are, as the fallback when Redis cannot be reached.
     """
 
     def __init__(
@@ -53,12 +57,15 @@ class ActivityStore:
         max_users: int = DEFAULT_MAX_USERS,
         lookback: int | None = None,
         metrics: Metrics | None = None,
+        *,
+        tail_sessions: bool = True,
     ) -> None:
         if per_user < 1 or max_users < 1:
             raise ValueError("per_user and max_users must be >= 1")
         self.per_user = per_user
         self.max_users = max_users
         self.metrics = metrics
+        self.tail_sessions = tail_sessions
         self.events_held = 0
         self.evictions = 0
         self._user_bytes = (
@@ -99,6 +106,8 @@ class ActivityStore:
                     continue
                 if row.type == "purchase":
                     self.purchases[row.item_id] += 1
+                if from_tail and not self.tail_sessions:
+                    continue
                 queue = self._users.get(row.user_id)
                 if queue is None:
                     queue = self._users[row.user_id] = deque(maxlen=self.per_user)

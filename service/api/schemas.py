@@ -126,7 +126,8 @@ class UserExport(BaseModel):
         description="Every row naming the user, per table (times in ISO 8601, amounts exact)."
     )
     recent_activity: list[dict[str, Any]] = Field(
-        description="The recent events this worker keeps in memory for the user."
+        description="The recent events kept for the user: their list in Redis when "
+        "RECOFFER_REDIS_URL is set, else what this worker keeps in memory."
     )
     model: dict[str, Any] | None = Field(
         description="What the served model holds: version, in_model, purchases (item_id, "

@@ -2,6 +2,10 @@
 
 A table added later with a ``user_id`` column must add its row here; a test walks the
 metadata and fails for a table without one, so no table can be forgotten.
+
+Outside the database: with ``RECOFFER_REDIS_URL`` the user's recent events are also a Redis
+list (``service.activity.sessions``); ``Privacy.erase`` deletes it (``redis_session`` in the
+receipt) and the export shows it as ``recent_activity``.
 """
 
 from __future__ import annotations

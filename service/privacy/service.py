@@ -2,7 +2,9 @@
 
 The worker that handles a DELETE honours it at once (its tombstones and recent activity are
 updated before the answer); every other worker and replica within one event poll
-(``RECOFFER_EVENT_POLL_SECONDS``), when ``service.background`` calls ``refresh``.
+(``RECOFFER_EVENT_POLL_SECONDS``), when ``service.background`` calls ``refresh``. With sessions
+in Redis (issue 15, item 5) the user's list there is deleted by the erasing worker, and again
+at its next ``refresh`` (an event another replica pushed meanwhile; a delete Redis refused).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from service.activity.records import Activity
+from service.activity.sessions import RedisSessions
 from service.activity.store import ActivityStore
 from service.clock import Clock
 from service.privacy.repository import TOMBSTONE_LOOKBACK_IDS, PrivacyRepository
@@ -20,6 +24,8 @@ from service.privacy.tombstones import Tombstones
 from service.recommend.holder import ModelHolder
 
 log = logging.getLogger(__name__)
+# what the receipt calls the user's recent events in Redis (outside the database's tables)
+REDIS_SESSION = "redis_session"
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,10 @@ class Privacy:
         activity: ActivityStore,
         models: ModelHolder,
         clock: Clock,
+        sessions: RedisSessions | None = None,
     ) -> None:
         self.repository = repository
+        self.sessions = sessions  # the users' recent events in Redis, when configured
         self.tombstones = tombstones
         self.activity = activity
         self.models = models
@@ -57,10 +65,13 @@ class Privacy:
             self.tombstones.key = self.repository.key()
         self.tombstones.add([erased.user_hash])
         self.activity.forget(user_id)
+        removed = dict(erased.removed)
+        if self.sessions is not None:  # deleted again at the next refresh in any case
+            removed[REDIS_SESSION] = self.sessions.forget(user_id) or 0
         self._erased_here.add(user_id)
         # counts only: the id itself is not logged
-        log.info("user_erased", extra={"removed": erased.removed})
-        return Receipt(erased_at=erased.erased_at, removed=erased.removed)
+        log.info("user_erased", extra={"removed": removed})
+        return Receipt(erased_at=erased.erased_at, removed=removed)
 
     def refresh(self) -> int:
         """Read tombstones written since the last call (by any worker); returns how many were new.
@@ -70,6 +81,8 @@ class Privacy:
         erased_here, self._erased_here = self._erased_here, set()
         for user_id in erased_here:
             self.activity.forget(user_id)
+            if self.sessions is not None and self.sessions.forget(user_id) is None:
+                self._erased_here.add(user_id)  # Redis refused: once more at the next refresh
         arms = self.models.experiment  # the arms an A/B test remembers per user id
         if arms is not None and erased_here:
             arms.forget(erased_here.__contains__)
@@ -91,8 +104,9 @@ class Privacy:
         return len(new)
 
     def export(self, user_id: str) -> dict[str, Any]:
-        """Everything held about ``user_id``: rows per table, this worker's recent activity,
-        and what the served model knows of them (JSON-ready values)."""
+        """Everything held about ``user_id``: rows per table, the recent activity (Redis's
+        list when configured, else this worker's), and what the served model knows of them
+        (JSON-ready values)."""
         rows = self.repository.rows_of(user_id)
         erased_at = self.repository.erased_at(user_id)
         return {
@@ -101,10 +115,15 @@ class Privacy:
             "tables": {name: [_plain(row) for row in found] for name, found in rows.items()},
             "recent_activity": [
                 {"item_id": a.item_id, "type": a.type, "ts": a.ts.isoformat()}
-                for a in self.activity.recent(user_id)
+                for a in self._recent(user_id)
             ],
             "model": self._model_part(user_id),
         }
+
+    def _recent(self, user_id: str) -> tuple[Activity, ...]:
+        if self.sessions is not None:
+            return self.sessions.recent(user_id)
+        return self.activity.recent(user_id)
 
     def _model_part(self, user_id: str) -> dict[str, Any] | None:
         recommender = self.models.current

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.activity.records import Activity, CatalogueEntry
+from service.activity.sessions import RedisSessions
 from service.activity.store import ActivityStore
 from service.clock import SECONDS_PER_DAY, Clock
 from service.errors import ModelUnavailable
@@ -86,9 +87,13 @@ class Recommendations:
         *,
         erased: Tombstones | None = None,
         arrivals: NewArrivals | None = None,
+        sessions: RedisSessions | None = None,
     ) -> None:
         self.models = models
         self.activity = activity
+        # users' recent events in Redis, shared by the replicas (issue 15, item 5); None: this
+        # worker's ActivityStore holds them
+        self.sessions = sessions
         self.clock = clock
         self.metrics = metrics
         self.erased = erased if erased is not None else Tombstones()
@@ -97,12 +102,29 @@ class Recommendations:
         # products the model does not know, and the new_arrivals source (issue 14, item 4)
         self.arrivals = arrivals
 
-    def _personal(self, user_id: str) -> tuple[str, tuple[Activity, ...]]:
+    def _personal(
+        self, user_id: str, recent: Sequence[Activity] | None = None
+    ) -> tuple[str, Sequence[Activity]]:
         """The id to look up and the recent events to use: none of either for an erased user,
-        whatever model version is served (their id may still be in its index)."""
+        whatever model version is served (their id may still be in its index).
+
+        ``recent``: the events already read (``session``, on the event loop); otherwise read
+        here, from Redis when configured (blocking: callers in threads) or this worker's store.
+        """
         if self.erased.is_erased(user_id):
             return ANONYMOUS, ()
+        if recent is not None:
+            return user_id, recent
+        if self.sessions is not None:
+            return user_id, self.sessions.recent(user_id)
         return user_id, self.activity.recent(user_id)
+
+    async def session(self, user_id: str) -> Sequence[Activity] | None:
+        """The user's recent events read on the event loop (Redis), for ``recommend``'s
+        ``recent``; None without Redis (``recommend`` reads this worker's store itself)."""
+        if self.sessions is None or self.erased.is_erased(user_id):
+            return None
+        return await self.sessions.arecent(user_id)
 
     def _arm(self, user_id: str, protocol: str) -> tuple[Recommender | None, str, Arm]:
         """The model serving ``user_id``, the recipe's label, and the experiment's arm.
@@ -121,12 +143,13 @@ class Recommendations:
         model = arms.candidate if arm == CANDIDATE else arms.control or current
         return model, arms.recipe_label(arm, protocol), (arms.experiment_id, arm)
 
-    def recommend(self, query: Query) -> Served:
-        """The ranked list for ``query``, counted by where it came from."""
+    def recommend(self, query: Query, recent: Sequence[Activity] | None = None) -> Served:
+        """The ranked list for ``query``, counted by where it came from; ``recent``: the
+        user's events as ``session`` read them (None: read here)."""
         protocol = "novel" if query.exclude_purchased else "all"
         # the arm follows the shop's user id, erased or not (it says nothing about them)
         recommender, recipe, (experiment_id, arm) = self._arm(query.user_id, protocol)
-        user_id, recent = self._personal(query.user_id)
+        user_id, recent = self._personal(query.user_id, recent)
         if user_id != query.user_id:
             query = replace(query, user_id=user_id)
         if recommender is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import Annotated
 
 import orjson
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from service.activity.records import Activity
 from service.api.deps import RecommendationsDep, require_part
 from service.api.docs import documented
 from service.api.fastpath import openapi_parameters, parse_request
@@ -53,7 +55,8 @@ async def recommendations(request: Request) -> Response:
     # the hot path: key check and one validation inline, no FastAPI parameter resolution
     recommendations, offers = await FRONTEND_PAGE(request)
     params = parse_request(RecommendationParams, request)
-    payload = _page(recommendations, params.user_id, params, request)
+    recent = await recommendations.session(params.user_id)  # Redis, when configured
+    payload = _page(recommendations, params.user_id, params, request, recent)
     if not params.include_offer:
         return Response(orjson.dumps(payload), media_type="application/json")
     payload["offer"] = await _page_offer(offers, params.user_id, decide=False)
@@ -72,7 +75,8 @@ async def recommendations_and_offer(
 ) -> Response:
     """Products and the offer decided now, in one call (the GET never decides)."""
     recommendations, offers = parts
-    payload = _page(recommendations, user_id, body, request)
+    recent = await recommendations.session(user_id)
+    payload = _page(recommendations, user_id, body, request, recent)
     payload["offer"] = await _page_offer(offers, user_id, decide=body.decide_offer)
     return _with_offer(payload)
 
@@ -82,8 +86,10 @@ def _page(
     user_id: str,
     filters: RecommendationFilters,
     request: Request,
+    recent: Sequence[Activity] | None,
 ) -> dict[str, object]:
-    """The list for ``user_id`` under ``filters``, as the response body."""
+    """The list for ``user_id`` under ``filters``, as the response body; ``recent``: the
+    user's events read from Redis (None: this worker's own)."""
     served = recommendations.recommend(
         RecQuery(
             user_id=user_id,
@@ -93,7 +99,8 @@ def _page(
             category=filters.category,
             in_stock=filters.in_stock,
             purchased_within_days=filters.purchased_within_days,
-        )
+        ),
+        recent,
     )
     return {
         "user_id": user_id,
