@@ -128,9 +128,9 @@ def test_the_other_helpers_files_are_read_with_the_documented_keys(tmp_path: Pat
         },
     }
     docs["replicas"] = {
-        "session_visible_ms": {"p99": 42.0},
-        "redemptions": {"parallel": 200, "successes": 1},
-        "failed_lookups": {"limit": 10, "allowed": 10},
+        "propagation": {"acked_to_used_ms": {"p99": 42.0}, "ingest_to_used_ms": {"p99": 99.0}},
+        "redemptions": {"attempts": 200, "successes": 1},
+        "failed_lookups": {"limit": 10, "looked_up": 10},
     }
     docs["eval_scale"] = {
         "sizes": [
@@ -151,7 +151,7 @@ def test_the_other_helpers_files_are_read_with_the_documented_keys(tmp_path: Pat
     assert c.spark_train(1_000_000, "wall_seconds").value == pytest.approx(100 + 18 * 25.0)
     assert c.pandas_train(100_000, "train_wall_seconds").value == 5.0
     assert "recall@10 against exact 0.970" in page
-    assert "within 42.0 ms p99" in page
+    assert "42.0 ms p99 after the first replica's answer" in page
     assert "| 10,000,000 | 50,000 | 12.0 s |" in page
     spark = page.split("**Spark engine (`--engine spark`), wall**")[1].split("Per-unit")[0]
     assert scaling.NOT_MEASURED not in spark
