@@ -54,13 +54,22 @@ _DENSE = ("als", "als_signals", "ease")  # the user-dependent components kept as
 
 def chunk_users_for(n_items: int, cells: int | None = None) -> int:
     """Users scored at once over ``n_items`` items within ``cells`` (``EVAL_CHUNK_CELLS``)."""
-    return max(1, (EVAL_CHUNK_CELLS if cells is None else cells) // max(1, n_items))
+    return max(2, (EVAL_CHUNK_CELLS if cells is None else cells) // max(1, n_items))
 
 
 def chunks(n_rows: int, step: int) -> Iterator[slice]:
-    """Consecutive row slices of at most ``step`` rows covering ``range(n_rows)``."""
-    for start in range(0, n_rows, max(1, step)):
-        yield slice(start, min(n_rows, start + max(1, step)))
+    """Consecutive row slices of ``step`` rows (at least 2) covering ``range(n_rows)``; a last
+    single row joins the chunk before it.
+
+    Never one row alone: numpy multiplies a single row through BLAS gemv, whose rounding is
+    not gemm's, and the figures must not depend on where the chunks fall.
+    """
+    step = max(2, step)
+    starts = list(range(0, n_rows, step))
+    if len(starts) > 1 and n_rows - starts[-1] == 1:
+        starts.pop()
+    for i, start in enumerate(starts):
+        yield slice(start, starts[i + 1] if i + 1 < len(starts) else n_rows)
 
 
 @dataclass(frozen=True)
@@ -211,7 +220,7 @@ class EvalSet:
     def rows_per_chunk(self) -> int:
         """Users scored at once."""
         if self.chunk_users is not None:
-            return max(1, self.chunk_users)
+            return max(2, self.chunk_users)
         return chunk_users_for(self.scorer.n_items)
 
     def info(self) -> dict[str, int]:

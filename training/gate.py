@@ -331,7 +331,11 @@ def _artifact_scores(
     known = own_user_idx >= 0
     scores_own = np.empty((len(own_user_idx), scorer.n_items), dtype=np.float32)
     if known.any():
-        scores_own[known] = scorer.score_users(own_user_idx[known], recipe)
+        rows = own_user_idx[known]
+        # never one row alone (``chunks``: gemv rounds unlike gemm): the same scores for a user
+        # whatever the other users of its chunk
+        scored = scorer.score_users(np.repeat(rows, 2) if len(rows) == 1 else rows, recipe)
+        scores_own[known] = scored[: len(rows)]
     if (~known).any():
         scores_own[~known] = scorer.popularity_z
     own_item_idx = own_item_ids.get_indexer(item_ids)
