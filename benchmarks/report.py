@@ -410,6 +410,7 @@ def main() -> None:
         concurrency,
         console_marketing,
         console_pages,
+        eval_scale,
         experiment_guard,
         experiment_serving,
         feedback_overhead,
@@ -462,6 +463,7 @@ def main() -> None:
         ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
         ("new_arrivals", new_arrivals.render),  # issue 14, item 4
         ("simulator", simulator.render),  # issue 14, item 5
+        ("eval_scale", eval_scale.render),  # issue 15, item 2
     ):
         doc = _load(name)
         if doc is not None:

@@ -146,7 +146,7 @@ class RankTally:
         self.covered[top[valid]] = True
         if self.first_unbought is not None:
             unbought = (top >= self.first_unbought) & valid
-            self._shown.append(unbought.any(axis=1))
+            self._shown.append(np.asarray(unbought.any(axis=1), dtype=bool))
             self._unbought_slots += int(unbought.sum())
             self._valid_slots += int(valid.sum())
             self._unbought_hits += int((hits & unbought).sum())
