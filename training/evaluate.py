@@ -19,6 +19,7 @@ components). The figures are exactly those of one unchunked pass (``RankTally``)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,6 +212,9 @@ class EvalSet:
     seed: int = EVAL_SEED
     chunk_users: int | None = None
     _cache: dict[tuple[Any, ...], npt.NDArray[np.float32]] = field(default_factory=dict)
+    # the tallies ``evaluate_many`` made (the candidates' figures), which the gate's per-user
+    # NDCG of the same recipes reads instead of scoring them again
+    _kept: dict[tuple[str, str, int], RankTally] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -318,22 +322,33 @@ class EvalSet:
             chunk_users=self.chunk_users,
         )
 
-    def tallies(self, jobs: Sequence[tuple[Recipe, str]], k: int = DEFAULT_K) -> list[RankTally]:
+    def tallies(
+        self, jobs: Sequence[tuple[Recipe, str]], k: int = DEFAULT_K, *, keep: bool = False
+    ) -> list[RankTally]:
         """One ``RankTally`` per (recipe, protocol), every user added chunk by chunk: each
-        chunk's components are computed once for all the jobs."""
-        out = [RankTally(self.scorer.n_items, k) for _ in jobs]
-        for rows in chunks(self.n_users, self.rows_per_chunk):
-            local: dict[tuple[Any, ...], npt.NDArray[np.float32]] = {}
-            truth, counts = self.truth[rows], self.counts[rows]
-            for tally, (recipe, protocol) in zip(out, jobs, strict=True):
-                tally.add(self.chunk_scores(recipe, rows, local), truth, counts, protocol)
-        return out
+        chunk's components are computed once for all the jobs. ``keep``: remember them, so
+        the same job later costs nothing (a handful of candidates; tuning keeps none)."""
+        keys = [(json.dumps(r.to_dict(), sort_keys=True), p, k) for r, p in jobs]
+        todo = [i for i, key in enumerate(keys) if key not in self._kept]
+        fresh = {i: RankTally(self.scorer.n_items, k) for i in todo}
+        if todo:
+            for rows in chunks(self.n_users, self.rows_per_chunk):
+                local: dict[tuple[Any, ...], npt.NDArray[np.float32]] = {}
+                truth, counts = self.truth[rows], self.counts[rows]
+                for i in todo:
+                    recipe, protocol = jobs[i]
+                    scores = self.chunk_scores(recipe, rows, local)
+                    fresh[i].add(scores, truth, counts, protocol)
+        if keep:
+            self._kept.update({keys[i]: t for i, t in fresh.items()})
+        return [fresh[i] if i in fresh else self._kept[keys[i]] for i in range(len(jobs))]
 
     def evaluate_many(
         self, jobs: Sequence[tuple[Recipe, str]], k: int = DEFAULT_K
     ) -> list[dict[str, float]]:
-        """``evaluate`` of each (recipe, protocol), sharing the chunks' components."""
-        return [t.metrics() for t in self.tallies(jobs, k)]
+        """``evaluate`` of each (recipe, protocol), sharing the chunks' components; the tallies
+        are kept for ``user_ndcg`` (the gate)."""
+        return [t.metrics() for t in self.tallies(jobs, k, keep=True)]
 
     def evaluate(self, recipe: Recipe, protocol: str, k: int = DEFAULT_K) -> dict[str, float]:
         """Metrics of ``recipe`` under ``protocol`` (``all`` or ``novel``)."""
@@ -435,14 +450,75 @@ def _ndcg(
     return result
 
 
+# ``top_k``'s shortcut: rows of at least this many items, cut in blocks of this many columns
+FAST_TOP_K_MIN_ITEMS = 2048
+FAST_TOP_K_BLOCK = 64
+
+
 def top_k(scores: npt.NDArray[np.float32], k: int, chunk: int = 256) -> npt.NDArray[np.int64]:
-    """Column indices of each row's k best scores, best first (rows in chunks: bounded memory)."""
+    """Column indices of each row's k best scores, best first (rows in chunks: bounded memory).
+
+    Exactly ``argpartition`` then a stable sort of those k (``_top_k_exact``): a long row
+    goes through ``_top_k_fast`` first, which answers only where that result is unique.
+    """
     out = np.empty((scores.shape[0], k), dtype=np.int64)
     for start in range(0, scores.shape[0], chunk):
         block = scores[start : start + chunk]
-        top = np.argpartition(block, -k, axis=1)[:, -k:]
-        order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
-        out[start : start + chunk] = np.take_along_axis(top, order, axis=1)
+        if k < 1 or block.shape[1] < max(FAST_TOP_K_MIN_ITEMS, 2 * k * FAST_TOP_K_BLOCK):
+            out[start : start + chunk] = _top_k_exact(block, k)
+        else:
+            out[start : start + chunk] = _top_k_fast(block, k)
+    return out
+
+
+def _top_k_exact(block: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
+    top = np.argpartition(block, -k, axis=1)[:, -k:]
+    order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+    result: npt.NDArray[np.int64] = np.take_along_axis(top, order, axis=1)
+    return result
+
+
+def _top_k_fast(block: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
+    """``_top_k_exact`` without selecting over every cell where the answer is unique.
+
+    The k-th largest of the maxima of column blocks (k distinct cells) is at most the row's
+    k-th largest value, so every top-k cell is among the cells at or above it: a few, sorted
+    instead of the row. A row whose k best values are not strictly decreasing and strictly
+    above the rest (ties, whose order ``argpartition`` decides) or holds NaN goes to
+    ``_top_k_exact``; so does a row with too many cells at the bound.
+    """
+    rows, n = block.shape
+    width = FAST_TOP_K_BLOCK
+    whole = n // width * width
+    maxima = block[:, :whole].reshape(rows, n // width, width).max(axis=2)
+    if whole < n:
+        maxima = np.hstack([maxima, block[:, whole:].max(axis=1, keepdims=True)])
+    bound = np.partition(maxima, -k, axis=1)[:, -k]
+    mask = block >= bound[:, None]
+    counts = mask.sum(axis=1)
+    limit = max(4 * k, n // 16)
+    easy = np.isfinite(bound) & ~np.isnan(maxima).any(axis=1) & (counts <= limit)
+    out = np.empty((rows, k), dtype=np.int64)
+    hard = ~easy
+    if easy.any():
+        r, c = np.nonzero(mask[easy])
+        sizes = counts[easy]
+        width_pad = max(int(sizes.max()), k + 1)
+        starts = np.cumsum(sizes) - sizes
+        pos = np.arange(len(r)) - starts[r]
+        values = np.full((len(sizes), width_pad), -np.inf, dtype=block.dtype)
+        cols = np.zeros((len(sizes), width_pad), dtype=np.int64)
+        values[r, pos] = block[easy][r, c]
+        cols[r, pos] = c
+        order = np.argsort(-values, axis=1, kind="stable")[:, : k + 1]
+        best = np.take_along_axis(values, order, axis=1)
+        unique = np.all(best[:, :-1] > best[:, 1:], axis=1)  # k + 1 strictly decreasing
+        picked = np.take_along_axis(cols, order[:, :k], axis=1)
+        easy_rows = np.flatnonzero(easy)
+        out[easy_rows[unique]] = picked[unique]
+        hard[easy_rows[~unique]] = True
+    if hard.any():
+        out[hard] = _top_k_exact(block[hard], k)
     return out
 
 

@@ -293,3 +293,44 @@ def test_the_artifact_is_rescored_in_chunks_exactly(tmp_path: Path) -> None:
             np.testing.assert_array_equal(
                 tally.user_ndcg(), user_ndcg(dense, truth, history, protocol)
             )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    n_items=st.integers(1, 120),
+    k=st.integers(1, 12),
+    width=st.integers(1, 9),
+    kind=st.sampled_from(["float", "ties", "plateau", "neginf", "nan"]),
+    seed=st.integers(0, 2**16),
+)
+def test_top_k_s_shortcut_answers_exactly_as_argpartition(
+    rows: int, n_items: int, k: int, width: int, kind: str, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((rows, n_items)).astype(np.float32)
+    if kind == "ties":
+        scores = np.round(scores).astype(np.float32)
+    elif kind == "plateau":
+        scores[:, : n_items // 2] = 1.0
+    elif kind == "neginf":
+        scores[rng.random(scores.shape) < 0.7] = -np.inf
+    elif kind == "nan":
+        scores[rng.random(scores.shape) < 0.05] = np.nan
+    k = min(k, n_items)
+    expected = evaluate._top_k_exact(scores, k)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "FAST_TOP_K_MIN_ITEMS", 0)
+        patch.setattr(evaluate, "FAST_TOP_K_BLOCK", width)
+        if n_items >= 2 * k * width:
+            np.testing.assert_array_equal(evaluate._top_k_fast(scores, k), expected)
+        np.testing.assert_array_equal(evaluate.top_k(scores, k, chunk=5), expected)
+
+
+def test_top_k_on_long_rows_is_argpartition_s_answer() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((300, 5_000)).astype(np.float32)
+    scores[::3, ::2] = -np.inf  # the novel protocol's masked history
+    scores[1::3] = np.round(scores[1::3], 1)  # ties: answered by argpartition
+    assert scores.shape[1] >= evaluate.FAST_TOP_K_MIN_ITEMS
+    np.testing.assert_array_equal(evaluate.top_k(scores, 10), evaluate._top_k_exact(scores, 10))
