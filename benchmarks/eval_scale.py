@@ -18,11 +18,100 @@ import json
 import time
 from typing import Any
 
-from benchmarks.common import PYTHON, measure, median, save, this_command
+from benchmarks.common import PYTHON, ROOT, measure, median, save, this_command
 
 OLD_CAP_CELLS = 10_000_000  # MAX_EVAL_CELLS before issue 15: users x items scored, in all
 SIZES = "60000x10000,2000x200000,4000x200000,500x1000000,1000x1000000"
 FACTORS = 32
+BASELINE = "f948bc5"  # the issue 15 contracts: the evaluation before chunks and the sample
+TUNING_SIZE = (1_400, 3_700, 64)  # about Online Retail's test users, items; factors
+TUNING_RECIPES = 40
+
+
+def tuning_child() -> dict[str, Any]:
+    """Tuning's inner loop on a shop of Online Retail's size: ``EvalSet.evaluate`` of many
+    recipes on cached components. Runs in either tree (only APIs both have)."""
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from service.scoring import Recipe, Scorer
+    from training.evaluate import build_evalset
+
+    users, items, factors = TUNING_SIZE
+    rng = np.random.default_rng(0)
+    rows = np.repeat(np.arange(users), 20)
+    cols = rng.integers(0, items, len(rows))
+    counts = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(users, items)
+    )
+    counts.sum_duplicates()
+    ages = counts.copy()
+    ages.data = rng.uniform(0, 365, len(ages.data)).astype(np.float32)
+    scorer = Scorer(
+        item_factors=rng.standard_normal((items, factors), dtype=np.float32),
+        user_factors=rng.standard_normal((users, factors), dtype=np.float32),
+        history_counts=counts,
+        history_age_days=ages,
+        popularity=rng.zipf(1.5, items).clip(max=100_000),
+        trending=rng.poisson(1.0, items),
+        ease_b=rng.standard_normal((items, items), dtype=np.float32),
+    )
+    test_users = np.repeat(np.arange(users), 3)
+    test_items = rng.integers(0, items, len(test_users))
+    ev = build_evalset(
+        scorer, pd.Index(np.arange(users)), pd.Index(np.arange(items)), test_users, test_items
+    )
+    recipes = [
+        Recipe(weights={"als": 1.0, "ease": float(w), "popularity": 0.1, "repeat": 1.0})
+        for w in np.linspace(0.1, 2.0, TUNING_RECIPES)
+    ]
+    ev.evaluate(recipes[0], "all")  # fills the cache, as tuning's first evaluation does
+    started, cpu = time.perf_counter(), time.process_time()
+    figures = [ev.evaluate(r, p) for r in recipes for p in ("all", "novel")]
+    n = len(figures)
+    return {
+        "evaluations": n,
+        "users": int(figures[0]["users"]),
+        "ms_per_evaluation": round((time.perf_counter() - started) / n * 1000, 2),
+        "cpu_ms_per_evaluation": round((time.process_time() - cpu) / n * 1000, 2),
+        # every figure of every evaluation: equal in both trees, or the change moved a figure
+        "checksum": repr(sorted((k, round(sum(f[k] for f in figures), 12)) for k in figures[0])),
+    }
+
+
+def against_baseline(commit: str, rounds: int) -> dict[str, Any]:
+    """``tuning_child`` in this tree and in ``commit``'s, taking turns (A B B A ...)."""
+    from benchmarks.against_commit import export, in_tree
+
+    trees = {"this": ROOT, commit: export(commit)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for i in range(rounds):
+        order = list(trees) if i % 2 == 0 else list(reversed(trees))
+        for name in order:
+            m = measure(
+                in_tree(
+                    trees[name],
+                    [PYTHON, str(ROOT / "benchmarks" / "eval_scale.py"), "--tuning-child"],
+                )
+            )
+            if m.returncode != 0:
+                raise SystemExit(f"tuning child in {name} failed: {m.stderr[-2000:]}")
+            runs[name].append(json.loads(m.stdout.strip().splitlines()[-1]))
+            print(name, json.dumps(runs[name][-1]), flush=True)
+    return {
+        "commit": commit,
+        "size": dict(zip(("users", "items", "factors"), TUNING_SIZE, strict=True)),
+        "rounds": rounds,
+        "cpu_ms_per_evaluation": {
+            n: median([r["cpu_ms_per_evaluation"] for r in rs]) for n, rs in runs.items()
+        },
+        "ms_per_evaluation": {
+            n: median([r["ms_per_evaluation"] for r in rs]) for n, rs in runs.items()
+        },
+        "same_figures": len({r["checksum"] for rs in runs.values() for r in rs}) == 1,
+        "users": {n: rs[0]["users"] for n, rs in runs.items()},
+    }
 
 
 def child(users: int, items: int, seed: int = 0) -> dict[str, Any]:
@@ -86,7 +175,13 @@ def main() -> None:
     parser.add_argument("--sizes", default=SIZES, help="users x items, comma-separated")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--child", nargs=2, type=int, metavar=("USERS", "ITEMS"))
+    parser.add_argument("--tuning-child", action="store_true")
+    parser.add_argument("--baseline", default=BASELINE, help="commit to compare tuning with")
+    parser.add_argument("--rounds", type=int, default=4, help="turns of each tree")
     args = parser.parse_args()
+    if args.tuning_child:
+        print(json.dumps(tuning_child()))
+        return
     if args.child:
         print(json.dumps(child(*args.child)))
         from benchmarks.common import report_peak
@@ -113,7 +208,12 @@ def main() -> None:
         # the same cost per cell for 50,000 users (time grows with the users, memory does not)
         row["seconds_for_50000_users"] = round(row["ns_per_cell"] * 2 * 50_000 * items / 1e9, 1)
         results.append(row)
-    save("eval_scale", this_command(), {"factors": FACTORS, "sizes": results})
+    baseline = against_baseline(args.baseline, args.rounds) if args.rounds > 0 else None
+    save(
+        "eval_scale",
+        this_command(),
+        {"factors": FACTORS, "sizes": results, "tuning_against_commit": baseline},
+    )
 
 
 def render(doc: dict[str, Any]) -> list[str]:
@@ -158,6 +258,28 @@ def render(doc: dict[str, Any]) -> list[str]:
         "rest on 50,000 users instead of 10.",
         "",
     ]
+    base = doc.get("tuning_against_commit")
+    if base:
+        cpu, wall, commit = base["cpu_ms_per_evaluation"], base["ms_per_evaluation"], base["commit"]
+        size = base["size"]
+        out += [
+            f"Tuning's inner loop on a shop of Online Retail's size ({size['users']:,} test "
+            f"users, {size['items']:,} items, {size['factors']} factors, EASE; every user "
+            "scored, components cached): `EvalSet.evaluate` of 80 recipes, this tree against "
+            f"commit `{commit}` (before this change), {base['rounds']} turns each (A B B A), "
+            "medians:",
+            "",
+            "| tree | CPU ms per evaluation | wall ms per evaluation | users |",
+            "|---|---:|---:|---:|",
+        ]
+        for name in cpu:
+            out.append(f"| {name} | {cpu[name]:.1f} | {wall[name]:.1f} | {base['users'][name]:,} |")
+        out += [
+            "",
+            f"- Same figures in both trees (every metric of every evaluation): "
+            f"{'yes' if base['same_figures'] else '**no**'}.",
+            "",
+        ]
     return out
 
 

@@ -150,6 +150,10 @@ def test_train_says_which_test_users_the_figures_rest_on(shop_csv: Path, tmp_pat
     assert doc["evaluation"]["users"] == 5
     assert doc["evaluation"]["of_users"] > 5
     assert "a seeded sample of 5 of" in result.stderr
+    shown = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path), "--json"])
+    assert json.loads(shown.stdout)["evaluation"] == {**doc["evaluation"], "seed": 0}
+    shown = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path)])
+    assert "a seeded sample of 5 of" in shown.stderr
     rescored = runner.invoke(
         app,
         ["evaluate", "--model-dir", str(tmp_path), "--data", str(shop_csv), "--eval-users", "7"],

@@ -287,6 +287,9 @@ def evaluate(
             metrics = artifact.manifest.metrics.test
             served = artifact.manifest.served
             document: dict[str, Any] = {"version": chosen, "metrics": metrics, "served": served}
+            recorded = artifact.manifest.evaluation
+            if recorded is not None:
+                document["evaluation"] = recorded.model_dump()
         else:
             from training.gate import rescore_on_file
 
