@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from benchmarks.common import PYTHON, ROOT, measure, median, save, this_command
+from benchmarks.common import PYTHON, ROOT, WORK, measure, median, save, this_command
 
 OLD_CAP_CELLS = 10_000_000  # MAX_EVAL_CELLS before issue 15: users x items scored, in all
 SIZES = "60000x10000,2000x200000,4000x200000,500x1000000,1000x1000000"
@@ -170,6 +170,42 @@ def child(users: int, items: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def trainer_side_by_side(preset: str, commit: str) -> dict[str, Any]:
+    """``recoffer train --tune-seconds 0`` on a synthetic shop in this tree and ``commit``'s,
+    each in a fresh process: whole time, evaluation stages, peak memory, users scored."""
+    import shutil
+
+    from benchmarks.against_commit import export, in_tree
+    from training.synthetic.shop import generate_shop, write_shop
+    from training.synthetic.spec import spec_for
+
+    data = WORK / f"shop-{preset}" / "purchases.parquet"
+    if not data.is_file():
+        write_shop(generate_shop(spec_for(preset)), data.parent, fmt="parquet")
+    out: dict[str, Any] = {"preset": preset, "commit": commit, "runs": {}}
+    for name, tree in (("this", ROOT), (commit, export(commit))):
+        models = WORK / f"eval-scale-models-{name}"
+        shutil.rmtree(models, ignore_errors=True)
+        command = [PYTHON, "-m", "benchmarks.train_child", "train", "--data", str(data)]
+        command += ["--model-dir", str(models), "--tune-seconds", "0", "--threads", "2", "--json"]
+        m = measure(in_tree(tree, command))
+        if m.returncode != 0:
+            raise SystemExit(f"train in {name} failed: {m.stderr[-2000:]}")
+        doc = json.loads(m.stdout)
+        out["runs"][name] = {
+            "wall_seconds": round(m.seconds, 2),
+            "timings": doc["timings"],
+            "peak_rss_mib": m.peak_rss_mib,
+            "users": {p: int(t["served"]["users"]) for p, t in doc["metrics"].items()},
+            "ndcg@10": {p: t["served"]["ndcg@10"] for p, t in doc["metrics"].items()},
+            "evaluation": doc.get("evaluation"),
+        }
+        print(name, json.dumps(out["runs"][name]), flush=True)
+    spec = spec_for(preset)
+    out["shop"] = {"users": spec.n_users, "items": spec.n_items, "purchases": spec.n_interactions}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=SIZES, help="users x items, comma-separated")
@@ -178,6 +214,7 @@ def main() -> None:
     parser.add_argument("--tuning-child", action="store_true")
     parser.add_argument("--baseline", default=BASELINE, help="commit to compare tuning with")
     parser.add_argument("--rounds", type=int, default=4, help="turns of each tree")
+    parser.add_argument("--trainer", default="2m", help="synthetic preset trained in both trees")
     args = parser.parse_args()
     if args.tuning_child:
         print(json.dumps(tuning_child()))
@@ -209,10 +246,16 @@ def main() -> None:
         row["seconds_for_50000_users"] = round(row["ns_per_cell"] * 2 * 50_000 * items / 1e9, 1)
         results.append(row)
     baseline = against_baseline(args.baseline, args.rounds) if args.rounds > 0 else None
+    trainer = trainer_side_by_side(args.trainer, args.baseline) if args.trainer else None
     save(
         "eval_scale",
         this_command(),
-        {"factors": FACTORS, "sizes": results, "tuning_against_commit": baseline},
+        {
+            "factors": FACTORS,
+            "sizes": results,
+            "tuning_against_commit": baseline,
+            "trainer_against_commit": trainer,
+        },
     )
 
 
@@ -287,6 +330,28 @@ def render(doc: dict[str, Any]) -> list[str]:
             f"{'yes' if base['same_figures'] else '**no**'}.",
             "",
         ]
+    train = doc.get("trainer_against_commit")
+    if train:
+        shop = train["shop"]
+        out += [
+            f"The whole `recoffer train --tune-seconds 0 --threads 2` on the {train['preset']} "
+            f"synthetic shop ({shop['users']:,} users, {shop['items']:,} items, "
+            f"{shop['purchases']:,} purchases), this tree and commit `{train['commit']}`, one "
+            "run each in a fresh process:",
+            "",
+            "| tree | test users scored (all / novel) | whole train (s) | fit_test incl. test "
+            "figures (s) | gate (s) | peak RSS (MiB) | served NDCG@10 (all / novel) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in train["runs"].items():
+            t = r["timings"]
+            out.append(
+                f"| {name} | {r['users']['all']:,} / {r['users']['novel']:,} | "
+                f"{t['total']:.1f} | {t['fit_test']:.1f} | {t.get('gate', 0.0):.1f} | "
+                f"{r['peak_rss_mib']:.0f} | {r['ndcg@10']['all']:.4f} / "
+                f"{r['ndcg@10']['novel']:.4f} |"
+            )
+        out.append("")
     return out
 
 
