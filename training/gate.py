@@ -8,6 +8,10 @@ the same verdict) and the new model is below only when the upper end of the one-
 ``CONFIDENCE`` interval of its mean difference is below zero. A tie, or a difference smaller
 than the test set can tell apart, never blocks a promotion.
 
+The test users are the new run's seeded sample (``training.evaluate.sample_truth``: 50,000, or
+all when fewer, never cut down by the catalogue's size), and the current model and popularity
+are scored on exactly those users, in chunks of bounded memory (``artifact_tally``).
+
 With no current model (a fresh install, or a current version that cannot be read), the run is
 always published: under a protocol where the chosen candidate is clearly below popularity, the
 version serves popularity instead, so there is always something to serve.
