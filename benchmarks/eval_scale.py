@@ -351,6 +351,16 @@ def render(doc: dict[str, Any]) -> list[str]:
                 f"{r['peak_rss_mib']:.0f} | {r['ndcg@10']['all']:.4f} / "
                 f"{r['ndcg@10']['novel']:.4f} |"
             )
+        now, before = train["runs"]["this"], train["runs"][train["commit"]]
+        users = now["users"]["all"] / before["users"]["all"]
+        slower = now["timings"]["total"] / before["timings"]["total"]
+        out += [
+            "",
+            f"- {users:.0f}x the test users (all of them instead of `MAX_EVAL_CELLS // items`) "
+            f"for {slower:.1f}x the whole run's time, in the same peak memory: "
+            "the validation and test figures score every candidate on every sampled user. "
+            "Wall times on a shared machine.",
+        ]
         out.append("")
     return out
 
