@@ -411,6 +411,7 @@ def main() -> None:
         concurrency,
         console_marketing,
         console_pages,
+        eval_scale,
         experiment_guard,
         experiment_serving,
         feedback_overhead,
@@ -466,6 +467,7 @@ def main() -> None:
         ("simulator", simulator.render),  # issue 14, item 5
         ("capacity", capacity.render),  # issue 15, item 7 (and docs/scaling.md)
         ("replicas", replicas.render),  # issue 15, item 5
+        ("eval_scale", eval_scale.render),  # issue 15, item 2
     ):
         doc = _load(name)
         if doc is not None:

@@ -28,8 +28,8 @@ The keys read from each file (a file or key that is absent: "not measured in thi
 - ``spark_engine.json`` (issue 15, item 1): ``sizes[]`` with ``purchases``,
   ``spark.wall_seconds``, ``spark.peak_rss_mib`` (the driver's), and optionally
   ``pandas.wall_seconds``, ``pandas.peak_rss_mib`` side by side; ``spark_master``.
-- ``eval_scale.json`` (issue 15, item 2): ``sizes[]`` with ``purchases``, ``eval_users``,
-  ``evaluate_seconds``, ``peak_rss_mib``.
+- ``eval_scale.json`` (issue 15, item 2): ``sizes[]`` with ``items``, ``of_users``,
+  ``old_cap_users``, ``users``, ``cpu_seconds`` (one recipe, both protocols), ``peak_rss_mib``.
 - ``ann_index.json`` (issue 15, item 4): ``users``, ``items``, ``library``, ``recall_at_10``,
   ``artifact_mib``, ``load_seconds``, and ``modes.exact`` / ``modes.index``, each with
   ``known.p50_ms``, ``known.p99_ms``, ``session.p50_ms``, ``session.p99_ms``,
@@ -462,11 +462,15 @@ def _evaluation(c: Capacity) -> list[str]:
     out = ["## Evaluation at scale", ""]
     if doc is None:
         return [*out, f"`eval_scale.json`: {NOT_MEASURED}.", ""]
-    out += ["| purchases | test users scored | evaluate | peak memory |", "|---:|---:|---:|---:|"]
+    out += [
+        "| items | test users | scored before (the old cell cap) | scored now | CPU per "
+        "recipe and protocol | peak memory |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in doc.get("sizes", []):
         out.append(
-            f"| {row['purchases']:,} | {row['eval_users']:,} | {row['evaluate_seconds']:.1f} s | "
-            f"{_mib(row['peak_rss_mib'])} |"
+            f"| {row['items']:,} | {row['of_users']:,} | {row['old_cap_users']:,} | "
+            f"{row['users']:,} | {row['cpu_seconds']:.1f} s | {_mib(row['peak_rss_mib'])} |"
         )
     return [*out, ""]
 

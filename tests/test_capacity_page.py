@@ -135,9 +135,11 @@ def test_the_other_helpers_files_are_read_with_the_documented_keys(tmp_path: Pat
     docs["eval_scale"] = {
         "sizes": [
             {
-                "purchases": 10_000_000,
-                "eval_users": 50_000,
-                "evaluate_seconds": 12.0,
+                "items": 1_000_000,
+                "of_users": 60_000,
+                "old_cap_users": 10,
+                "users": 50_000,
+                "cpu_seconds": 12.0,
                 "peak_rss_mib": 2000.0,
             }
         ]
@@ -152,7 +154,7 @@ def test_the_other_helpers_files_are_read_with_the_documented_keys(tmp_path: Pat
     assert c.pandas_train(100_000, "train_wall_seconds").value == 5.0
     assert "recall@10 against exact 0.970" in page
     assert "42.0 ms p99 after the first replica's answer" in page
-    assert "| 10,000,000 | 50,000 | 12.0 s |" in page
+    assert "| 1,000,000 | 60,000 | 10 | 50,000 | 12.0 s |" in page
     spark = page.split("**Spark engine (`--engine spark`), wall**")[1].split("Per-unit")[0]
     assert scaling.NOT_MEASURED not in spark
     assert "(d)" in spark

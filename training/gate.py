@@ -8,6 +8,10 @@ the same verdict) and the new model is below only when the upper end of the one-
 ``CONFIDENCE`` interval of its mean difference is below zero. A tie, or a difference smaller
 than the test set can tell apart, never blocks a promotion.
 
+The test users are the new run's seeded sample (``training.evaluate.sample_truth``: 50,000, or
+all when fewer, never cut down by the catalogue's size), and the current model and popularity
+are scored on exactly those users, in chunks of bounded memory (``artifact_tally``).
+
 With no current model (a fresh install, or a current version that cannot be read), the run is
 always published: under a protocol where the chosen candidate is clearly below popularity, the
 version serves popularity instead, so there is always something to serve.
@@ -55,12 +59,13 @@ from training.data.formats import ColumnMapping, load_purchases
 from training.encode import IdMaps, encode
 from training.evaluate import (
     EvalSet,
+    RankTally,
     Split,
-    build_truth,
+    chunk_users_for,
+    chunks,
     metric_key,
-    rank_metrics,
+    sample_truth,
     temporal_split,
-    user_ndcg,
 )
 from training.models import Candidates, ModelParams, Stage, build_history, fit_stage
 from training.signals import Signals
@@ -320,17 +325,45 @@ def score_artifact_directly(
 
     ``truth`` and ``history`` (one row per user) live in the item space ``item_ids``, which may
     differ from the artifact's: items the artifact does not know are never recommended, and
-    users it does not know get its popularity ranking, as the service would do.
+    users it does not know get its popularity ranking, as the service would do. Scored in
+    chunks of users (``artifact_tally``).
     """
-    scores = _artifact_scores(artifact, user_ids, item_ids, protocol)
-    return rank_metrics(scores, truth, history, protocol)
+    return artifact_tally(artifact, user_ids, item_ids, truth, history, protocol).metrics()
+
+
+def artifact_tally(
+    artifact: Artifact,
+    user_ids: pd.Index,
+    item_ids: pd.Index,
+    truth: sp.csr_matrix,
+    history: sp.csr_matrix,
+    protocol: str,
+    *,
+    chunk_users: int | None = None,
+) -> RankTally:
+    """``score_artifact_directly``'s tally, the users scored ``chunk_users`` at a time
+    (``chunk_users_for`` the wider of the two item spaces by default): bounded memory."""
+    scorer = Scorer.from_arrays(artifact.arrays)
+    step = chunk_users or chunk_users_for(max(scorer.n_items, len(item_ids)))
+    tally = RankTally(len(item_ids))
+    truth, history = truth.tocsr(), history.tocsr()
+    for rows in chunks(len(user_ids), step):
+        scores = _artifact_scores(artifact, user_ids[rows], item_ids, protocol, scorer=scorer)
+        tally.add(scores, truth[rows], history[rows], protocol)
+    return tally
 
 
 def _artifact_scores(
-    artifact: Artifact, user_ids: pd.Index, item_ids: pd.Index, protocol: str
+    artifact: Artifact,
+    user_ids: pd.Index,
+    item_ids: pd.Index,
+    protocol: str,
+    *,
+    scorer: Scorer | None = None,
 ) -> npt.NDArray[np.float32]:
-    """The artifact's served scores for ``user_ids`` in the item space ``item_ids``."""
-    scorer = Scorer.from_arrays(artifact.arrays)
+    """The artifact's served scores for ``user_ids`` in the item space ``item_ids`` (dense:
+    callers pass a chunk of users; ``scorer``: the artifact's, built once by the caller)."""
+    scorer = Scorer.from_arrays(artifact.arrays) if scorer is None else scorer
     recipe = artifact.manifest.recipes[protocol]
     own_user_ids = pd.Index(np.asarray(artifact.arrays["user_ids"]).astype(str))
     own_item_ids = pd.Index(np.asarray(artifact.arrays["item_ids"]).astype(str))
@@ -339,7 +372,11 @@ def _artifact_scores(
     known = own_user_idx >= 0
     scores_own = np.empty((len(own_user_idx), scorer.n_items), dtype=np.float32)
     if known.any():
-        scores_own[known] = scorer.score_users(own_user_idx[known], recipe)
+        rows = own_user_idx[known]
+        # never one row alone (``chunks``: gemv rounds unlike gemm): the same scores for a user
+        # whatever the other users of its chunk
+        scored = scorer.score_users(np.repeat(rows, 2) if len(rows) == 1 else rows, recipe)
+        scores_own[known] = scored[: len(rows)]
     if (~known).any():
         scores_own[~known] = scorer.popularity_z
     own_item_idx = own_item_ids.get_indexer(item_ids)
@@ -356,15 +393,24 @@ def rescore_on_file(
     columns: ColumnMapping | None,
     test_days: float,
     options: ReadOptions = DEFAULT_OPTIONS,
+    *,
+    max_users: int | None = None,
 ) -> dict[str, Any]:
-    """Score an artifact on the temporal split of a purchase file (``recoffer evaluate``)."""
+    """Score an artifact on the temporal split of a purchase file (``recoffer evaluate``):
+    on a seeded sample of ``max_users`` test users (``DEFAULT_EVAL_USERS``; all when fewer),
+    in chunks."""
     purchases = load_purchases(data, fmt, columns, options)
     coded, ids = encode(purchases.frame)
     split = temporal_split(coded, test_days)
     user_codes, item_codes, counts, _ = build_history(split.train, split.cutoff)
-    user_idx, truth = build_truth(
-        pd.Index(user_codes), pd.Index(item_codes), split.test["user"], split.test["item"]
+    sample = sample_truth(
+        pd.Index(user_codes),
+        pd.Index(item_codes),
+        split.test["user"],
+        split.test["item"],
+        max_users=max_users,
     )
+    user_idx, truth = sample.user_idx, sample.truth
     user_ids, item_ids = ids.users[user_codes[user_idx]], ids.items[item_codes]
     metrics = {
         p: {
@@ -382,6 +428,15 @@ def rescore_on_file(
         "data": str(data),
         "cutoff": split.cutoff.isoformat(),
         "metrics": metrics,
+        "evaluation": {
+            "users": len(user_idx),
+            "of_users": sample.of_users,
+            "seed": sample.seed,
+            "chunk_users": min(
+                len(user_idx) or 1,
+                chunk_users_for(max(len(item_ids), int(artifact.arrays["item_ids"].shape[0]))),
+            ),
+        },
     }
     saw = model_saw_until(artifact.manifest)
     if saw > split.cutoff:
@@ -420,15 +475,13 @@ def rescore_current(
     with.
     """
     if model_saw_until(artifact.manifest) <= test.cutoff:
+        # the same sampled users as the new model's figures: a paired comparison
         user_ids = stage.user_ids[evalset.user_idx]
         return (
             {
-                p: user_ndcg(
-                    _artifact_scores(artifact, user_ids, stage.item_ids, p),
-                    evalset.truth,
-                    evalset.counts,
-                    p,
-                )
+                p: artifact_tally(
+                    artifact, user_ids, stage.item_ids, evalset.truth, evalset.counts, p
+                ).user_ndcg()
                 for p in protocols
             },
             "direct",

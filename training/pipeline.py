@@ -37,7 +37,7 @@ from service.artifact import (
     read_manifest,
     record_run,
 )
-from service.artifact.manifest import Figures, GateInfo, SplitInfo
+from service.artifact.manifest import EvaluationInfo, Figures, GateInfo, SplitInfo
 from service.artifact.runs import Outcome
 from service.errors import (
     ArtifactError,
@@ -58,16 +58,18 @@ from training.data.formats import CleaningReport, ColumnMapping, Purchases, load
 from training.encode import IdMaps, encode
 from training.erasure import honour_erasures
 from training.evaluate import (
-    MAX_EVAL_CELLS,
     METRICS,
     TEST_DAYS,
     EvalSet,
     MetricTable,
+    RankTally,
     Split,
+    chunk_users_for,
+    chunks,
+    describe_evaluation,
     metric_key,
     temporal_split,
     truth_of,
-    unbought_figures,
 )
 from training.gate import GateDecision, current_model_params, gate_new_model
 from training.lock import trainer_lock
@@ -118,6 +120,8 @@ class TrainResult:
     # test figures with the products never sold before the test cut-off in the truth (see
     # ``new_product_figures``); empty without signals
     new_products: MetricTable = field(default_factory=dict)
+    # the test users the validation, test and gate figures rest on (``EvalSet.info``)
+    evaluation: dict[str, int] = field(default_factory=dict)
 
     @property
     def served_name(self) -> str:
@@ -145,6 +149,7 @@ class TrainResult:
             "timings": self.timings,
             "pruned": self.pruned,
             "new_products": self.new_products,
+            "evaluation": self.evaluation,
         }
 
 
@@ -153,16 +158,19 @@ def _noop(_: str) -> None:
 
 
 def evaluate_candidates(evalset: EvalSet, candidates: Candidates, k: int = 10) -> MetricTable:
-    """Every candidate under every protocol it applies to."""
+    """Every candidate under every protocol it applies to (one pass over the users' chunks)."""
     table: MetricTable = {p: {} for p in PROTOCOLS}
-    for name, recipes in candidates.items():
-        for protocol, recipe in recipes.items():
-            if not evalset.scorer.can_use(recipe):
-                continue
-            values = evalset.evaluate(recipe, protocol, k)
-            table[protocol][name] = {
-                metric_key(m, k) if m != "users" else m: v for m, v in values.items()
-            }
+    jobs = [
+        (name, protocol, recipe)
+        for name, recipes in candidates.items()
+        for protocol, recipe in recipes.items()
+        if evalset.scorer.can_use(recipe)
+    ]
+    figures = evalset.evaluate_many([(recipe, protocol) for _, protocol, recipe in jobs], k)
+    for (name, protocol, _), values in zip(jobs, figures, strict=True):
+        table[protocol][name] = {
+            metric_key(m, k) if m != "users" else m: v for m, v in values.items()
+        }
     return table
 
 
@@ -177,9 +185,9 @@ def new_product_figures(
     """Every candidate's test figures when the truth also holds the products nobody bought
     before the cut-off, and how often they are shown and hit (``unbought_figures``).
 
-    The users are the test evaluation's (``evalset``: the same as every other figure; a seeded
-    subset when users x items would pass ``MAX_EVAL_CELLS``); the items, every item known at
-    the cut-off, by a purchase or by a view or add-to-cart read
+    The users are the test evaluation's (``evalset``: the same sample as every other figure),
+    scored in chunks over the wider catalogue (``chunk_users_for``); the items, every item
+    known at the cut-off, by a purchase or by a view or add-to-cart read
     (``read``), whether or not this model learnt it: one it did not learn is never recommended,
     so a model trained on purchasers only is scored against the same truth. Empty without
     signals.
@@ -191,11 +199,7 @@ def new_product_figures(
     seen = np.unique(read.until(test.cutoff).item_codes)
     universe = np.concatenate([learnt, np.setdiff1d(seen, learnt)])
     unlearnt = len(universe) - len(learnt)
-    user_idx, user_rows = evalset.user_idx, np.arange(evalset.n_users)
-    limit = max(1, MAX_EVAL_CELLS // len(universe))
-    if len(user_idx) > limit:  # a catalogue of many products only viewed: a seeded subset
-        user_rows = np.sort(np.random.default_rng(0).choice(len(user_idx), limit, replace=False))
-        user_idx = user_idx[user_rows]
+    user_idx = evalset.user_idx
     truth = truth_of(
         user_idx,
         pd.Index(stage.user_codes),
@@ -204,34 +208,42 @@ def new_product_figures(
         test.test["item"].to_numpy(),
     )
     counts = served.history_counts[user_idx]
+    step = chunk_users_for(len(universe))
     wide = EvalSet(
         scorer=served,
         user_idx=user_idx,
         truth=truth[:, : len(learnt)],
         counts=counts,
         age_days=served.history_age_days[user_idx],
-        user_vectors=evalset.user_vectors[user_rows],
-        signal_vectors=None
-        if evalset.signal_vectors is None
-        else evalset.signal_vectors[user_rows],
+        user_vectors=evalset.user_vectors,
+        signal_vectors=evalset.signal_vectors,
+        chunk_users=step,
     )
     history = sp.csr_matrix(
         (counts.data, counts.indices, counts.indptr), shape=(counts.shape[0], len(universe))
     )
     first_unbought = len(stage.item_codes)
-    table: MetricTable = {p: {} for p in PROTOCOLS}
-    for name, recipes in candidates.items():
-        for protocol, recipe in recipes.items():
-            if not served.can_use(recipe):
-                continue
-            scores = wide.scores(recipe)
+    jobs = [
+        (name, protocol, recipe)
+        for name, recipes in candidates.items()
+        for protocol, recipe in recipes.items()
+        if served.can_use(recipe)
+    ]
+    tallies = [RankTally(len(universe), k, first_unbought) for _ in jobs]
+    for rows in chunks(len(user_idx), step):
+        local: dict[tuple[Any, ...], Any] = {}
+        chunk_truth, chunk_history = truth[rows], history[rows]
+        for tally, (_, protocol, recipe) in zip(tallies, jobs, strict=True):
+            scores = wide.chunk_scores(recipe, rows, local)
             if unlearnt:
                 blank = np.full((scores.shape[0], unlearnt), -np.inf, dtype=np.float32)
                 scores = np.hstack([scores, blank])
-            values = unbought_figures(scores, truth, history, protocol, first_unbought, k)
-            table[protocol][name] = {
-                metric_key(m, k) if m in METRICS else m: v for m, v in values.items()
-            }
+            tally.add(scores, chunk_truth, chunk_history, protocol)
+    table: MetricTable = {p: {} for p in PROTOCOLS}
+    for tally, (name, protocol, _) in zip(tallies, jobs, strict=True):
+        table[protocol][name] = {
+            metric_key(m, k) if m in METRICS else m: v for m, v in tally.unbought().items()
+        }
     return table
 
 
@@ -447,6 +459,8 @@ def _run(
             del validated  # the validation stage and its evaluation set are done with
             test_eval = test_stage.evalset(plan.test.test, max_users=config.eval_users)
             metrics = evaluate_candidates(test_eval, choice.candidates)
+            evaluation = test_eval.info()
+            progress(describe_evaluation(evaluation))
         with _timed(timings, "new_products"):
             new_products = new_product_figures(
                 test_stage, test_eval, plan.test, choice.candidates, inputs.read
@@ -460,7 +474,9 @@ def _run(
             del test_stage, test_eval
         version = new_version_name()
         promote = gate.passed or config.force
-        body = _describe(config, inputs, plan, choice, metrics, gate, serving)
+        body = _describe(config, inputs, plan, choice, metrics, gate, serving).model_copy(
+            update={"evaluation": EvaluationInfo.model_validate(evaluation)}
+        )
         arrays = artifact_arrays(serving, inputs.purchases)
         path = publish(store, version, arrays, body, promote=promote)
         manifest = read_manifest(path)
@@ -479,6 +495,7 @@ def _run(
             manifest=manifest,
             pruned=pruned,
             new_products=new_products,
+            evaluation=evaluation,
         )
 
 

@@ -118,6 +118,8 @@ def test_evaluate_rescores_a_model_on_a_data_file(shop_csv: Path, tmp_path: Path
         (["--data", "{shop}", "--test-days", "4000"], "choose fewer test days"),
         (["--data", "{shop}", "--factors", "0"], "factors"),
         (["--data", "{shop}", "--tune-seconds", "-1"], "tune-seconds"),
+        (["--data", "{shop}", "--eval-users", "0"], "--eval-users must be >= 1"),
+        (["--data", "{shop}", "--eval-users", "-5"], "--eval-users must be >= 1"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(
@@ -131,6 +133,33 @@ def test_bad_input_prints_one_line_and_exits_2(
     assert lines[0].startswith("recoffer: error:")
     assert message in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_evaluate_refuses_eval_users_below_1_in_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path), "--eval-users", "0"])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["recoffer: error: --eval-users must be >= 1, got 0"]
+
+
+def test_train_says_which_test_users_the_figures_rest_on(shop_csv: Path, tmp_path: Path) -> None:
+    args = ["--data", str(shop_csv), "--model-dir", str(tmp_path), "--eval-users", "5", "--json"]
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["evaluation"]["users"] == 5
+    assert doc["evaluation"]["of_users"] > 5
+    assert "a seeded sample of 5 of" in result.stderr
+    shown = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path), "--json"])
+    assert json.loads(shown.stdout)["evaluation"] == {**doc["evaluation"], "seed": 0}
+    shown = runner.invoke(app, ["evaluate", "--model-dir", str(tmp_path)])
+    assert "a seeded sample of 5 of" in shown.stderr
+    rescored = runner.invoke(
+        app,
+        ["evaluate", "--model-dir", str(tmp_path), "--data", str(shop_csv), "--eval-users", "7"],
+    )
+    assert rescored.exit_code == 0, rescored.stderr
+    assert "a seeded sample of 7 of" in rescored.stderr
 
 
 def test_unparsable_timestamp_is_named(tmp_path: Path) -> None:

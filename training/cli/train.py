@@ -32,9 +32,18 @@ from training.cli.common import (
 from training.cli.models import KeepVersions
 from training.cli.render import err, errors, fail, metrics_tables, out, progress
 from training.data.formats import FORMATS
-from training.evaluate import TEST_DAYS
+from training.evaluate import DEFAULT_EVAL_USERS, TEST_DAYS, describe_evaluation
 from training.models import ModelParams
 from training.tune import TRIALS, TUNE_SECONDS_CAP
+
+EvalUsers = Annotated[
+    int | None,
+    typer.Option(
+        help="Test users the figures rest on: a seeded sample of this many, all when fewer "
+        f"(default {DEFAULT_EVAL_USERS:,}); scored in chunks, so memory stays bounded.",
+        show_default=False,
+    ),
+]
 
 if TYPE_CHECKING:
     from training.pipeline import TrainConfig
@@ -133,9 +142,7 @@ def train(
     threads: Annotated[
         int, typer.Option(help="Training threads (0: all cores).")
     ] = DEFAULTS.threads,
-    eval_users: Annotated[
-        int | None, typer.Option(help="Score at most this many test users (default: automatic).")
-    ] = None,
+    eval_users: EvalUsers = None,
     force: Annotated[
         bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
     ] = False,
@@ -181,6 +188,7 @@ def train(
         )
     if tune_seconds < 0:
         raise fail("--tune-seconds must be >= 0", 2)
+    _check_eval_users(eval_users)
     if data is None and database_url is None:
         raise fail("give --data (a purchase file), --database-url, or both", 2)
     config = TrainConfig(
@@ -199,6 +207,11 @@ def train(
         keep_versions=keep_versions,
     )
     run_training(config, columns, as_json)
+
+
+def _check_eval_users(eval_users: int | None) -> None:
+    if eval_users is not None and eval_users < 1:
+        raise fail(f"--eval-users must be >= 1, got {eval_users}", 2)
 
 
 def _naming_the_option(message: str) -> str:
@@ -251,6 +264,7 @@ def evaluate(
     test_days: Annotated[
         float, typer.Option(help="Test window of the re-scoring split.")
     ] = TEST_DAYS,
+    eval_users: EvalUsers = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a version's recorded metrics, or re-score it on a (newer) purchase history.
@@ -262,6 +276,7 @@ def evaluate(
       recoffer evaluate --data new_purchases.csv --test-days 14
     """
     setup_logging(False)
+    _check_eval_users(eval_users)
     with errors():
         store = ModelStore(model_dir)
         chosen = version or store.current()
@@ -272,17 +287,28 @@ def evaluate(
             metrics = artifact.manifest.metrics.test
             served = artifact.manifest.served
             document: dict[str, Any] = {"version": chosen, "metrics": metrics, "served": served}
+            recorded = artifact.manifest.evaluation
+            if recorded is not None:
+                document["evaluation"] = recorded.model_dump()
         else:
             from training.gate import rescore_on_file
 
             options = read_options(delimiter, date_format, dayfirst)
             document = rescore_on_file(
-                artifact, data, fmt, parse_columns(columns), test_days, options
+                artifact,
+                data,
+                fmt,
+                parse_columns(columns),
+                test_days,
+                options,
+                max_users=eval_users,
             )
             metrics, served = document["metrics"], dict.fromkeys(PROTOCOLS, "served")
     if as_json:
         out.print(json.dumps(document, default=str), markup=False)
     else:
         out.print(*metrics_tables(metrics, served))
+        if "evaluation" in document:
+            err.print(describe_evaluation(document["evaluation"]), markup=False)
         if "warning" in document:
             err.print(f"warning: {document['warning']}", markup=False)
