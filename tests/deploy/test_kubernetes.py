@@ -807,6 +807,10 @@ def test_the_pods_fit_the_image_the_dockerfile_builds(
     assert "spark" in extras
     assert re.search(r"^ARG EXTRAS=", dockerfile, re.M)
     assert re.search(r"^ARG JAVA=", dockerfile, re.M)
+    # the CronJob reads --database-url: on Spark through PostgreSQL's JDBC driver
+    java = re.search(r"^RUN if \[ -n \"\$JAVA\" \].*?fi$", dockerfile, re.M | re.S)
+    assert java is not None
+    assert "libpostgresql-jdbc-java" in java.group(0)
     build = "docker build --build-arg EXTRAS=spark --build-arg JAVA=1"
     assert build in README.read_text()
     assert build in dockerfile
