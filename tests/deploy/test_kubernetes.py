@@ -12,7 +12,9 @@
   ``Settings``; the probes, the port and the Ingress's paths are routes of the real app; the
   CronJob's command parses with the real ``recoffer train``; requests cover the measured figures
   of benchmarks/results (and the figures the comments quote are those); images are pinned; the
-  HPA and the PDB allow a drain; the pods fit the image the Dockerfile builds.
+  HPA and the PDB allow a drain; the pods fit the image the Dockerfile builds; the
+  NetworkPolicy's peers are pods (a namespace and pod labels, never a whole namespace); the
+  base trusts no proxy's X-Forwarded-For and the overlay only the ingress controller's range.
 - The README's snippets (the custom-metric HPA, prometheus-adapter's rule, the Spark component,
   a standing Spark master, leaving the ServiceMonitor out) rendered and validated the same way.
 """
