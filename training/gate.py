@@ -22,13 +22,18 @@ manifest:
   new model was fitted; when those parameters are the new run's, the new run's own fit is it;
 - ``incomparable``: it learnt from views and add-to-carts this run does not have, so it cannot
   be refitted; the new model is refused (``--force`` overrides);
-- ``current_unreadable``: its parameters cannot be read; only the popularity floor applies.
+- ``current_unreadable``: its parameters cannot be read; only the popularity floor applies;
+- ``incomparable_engine``: another engine built it (``EngineInfo``) and this run cannot refit
+  it with that engine; the new model is refused (``--force`` overrides). A current model is
+  always refitted with the engine that built it: a Spark run passes ``refit``
+  (``training.spark.engine``), which fits Spark's MLlib or, for a pandas-built one, implicit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.artifact import Artifact, Manifest, ModelStore, load_artifact, read_runs
+from service.artifact.manifest import EngineInfo
 from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.data.files import DEFAULT_OPTIONS, ReadOptions
@@ -65,6 +71,16 @@ _BOOTSTRAP_CELLS = 4_000_000  # resamples x users drawn at once: bounded memory
 
 # each test user's NDCG@10, per protocol (the users of ``EvalSet.evaluate``, in its order)
 UserScores = dict[str, npt.NDArray[np.float64]]
+# refits the current model (its manifest, its parameters) on the new run's validation and test
+# splits with the current model's own engine; returns the refitted test stage, whose rows are
+# the new run's test stage's (issue 15: a Spark engine's run refits with Spark)
+Refit = Callable[[Manifest, ModelParams], Stage]
+PANDAS_ENGINE = EngineInfo()
+
+
+def engine_key(engine: EngineInfo) -> tuple[str, str]:
+    """What makes two fits of the same parameters different: the engine and its ALS."""
+    return (engine.name, engine.fit)
 
 
 @dataclass
@@ -146,6 +162,12 @@ def decide(
             "run has none to refit it with (it needs --database-url with those events), so the "
             "two cannot be compared"
         )
+    if method == "incomparable_engine":
+        reasons.append(
+            f"the current model {current_version} was built by another engine, which this run "
+            "cannot refit it with (train with that engine's --engine to compare), so the two "
+            "cannot be compared"
+        )
     new_mean, pop_mean = _means(new), _means(popularity)
     cur_mean = _means(current) if current is not None else {}
     for protocol, values in new.items():
@@ -217,6 +239,8 @@ def gate_new_model(
     test: Split,
     ids: IdMaps,
     signals: Signals | None,
+    engine: EngineInfo = PANDAS_ENGINE,
+    refit: Refit | None = None,
 ) -> GateDecision:
     """The gate for a new run: its ``served`` candidates (recipes in ``candidates``) against
     popularity's and the current model's (rescored with ``rescore_current``), user by user on
@@ -224,6 +248,8 @@ def gate_new_model(
 
     ``evalset`` and ``stage`` are the new run's test evaluation set and test stage, fitted with
     ``params`` on ``validation`` and ``test``; ``signals`` are every signal the run read.
+    ``engine`` built the new run; ``refit`` refits the current model with its own engine
+    (``rescore_current``).
     """
     new = {p: evalset.user_ndcg(candidates[served[p]][p], p) for p in PROTOCOLS}
     popularity = {p: evalset.user_ndcg(candidates["popularity"][p], p) for p in PROTOCOLS}
@@ -252,8 +278,16 @@ def gate_new_model(
         ids=ids,
         protocols=PROTOCOLS,
         signals=signals,
+        engine=engine,
+        refit=refit,
     )
     decision = decide(new, popularity, scores, method=method, current_version=current.version)
+    if method == "refit" and engine_key(current.manifest.engine) != engine_key(engine):
+        own = current.manifest.engine
+        decision.notes.append(
+            f"the current model was built by the {own.name} engine ({own.fit}) and refitted "
+            "with it for the comparison"
+        )
     if not decision.passed and any(learnt) and stage.signal_user_factors is None:
         decision.reasons.append(
             "this run learnt from no view or add-to-cart (weights 0?), the current model did"
@@ -366,6 +400,8 @@ def rescore_current(
     ids: IdMaps,
     protocols: tuple[str, ...],
     signals: Signals | None = None,
+    engine: EngineInfo = PANDAS_ENGINE,
+    refit: Refit | None = None,
 ) -> tuple[UserScores | None, str]:
     """Each test user's NDCG@10 per protocol for the current model on the new split, and the
     method used.
@@ -403,7 +439,13 @@ def rescore_current(
     if stage.signal_user_factors is None:  # the new model learnt no signal, whatever its weights
         params = _without_signal_weights(params)
     ev, method = evalset, "same"
-    if _comparable(current_params) != _comparable(params):
+    other_engine = engine_key(artifact.manifest.engine) != engine_key(engine)
+    if other_engine and refit is None and artifact.manifest.engine.name != "pandas":
+        return None, "incomparable_engine"
+    if refit is not None and (other_engine or _comparable(current_params) != _comparable(params)):
+        method = "refit"
+        ev = evalset.with_scorer(refit(artifact.manifest, current_params).scorer())
+    elif other_engine or _comparable(current_params) != _comparable(params):
         method = "refit"
         with_ease = evalset.scorer.ease_b is not None
         own = signals if learnt_signals else None
