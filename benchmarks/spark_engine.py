@@ -39,9 +39,7 @@ def shop_spec(preset: str) -> ShopSpec:
     if preset in LARGE:
         base = spec_for("10m")
         k = LARGE[preset]
-        return replace(
-            base, n_users=base.n_users * k, n_interactions=base.n_interactions * k
-        )
+        return replace(base, n_users=base.n_users * k, n_interactions=base.n_interactions * k)
     return spec_for(preset)
 
 
@@ -122,8 +120,7 @@ def measure_tree(command: list[str]) -> dict[str, Any]:
     python_mib = peaks.get(proc.pid, ("", 0))[1] / 1024
     jvm_mib = sum(kib for name, kib in peaks.values() if name == "java") / 1024
     workers_mib = (
-        sum(kib for pid, (name, kib) in peaks.items() if name != "java" and pid != proc.pid)
-        / 1024
+        sum(kib for pid, (name, kib) in peaks.items() if name != "java" and pid != proc.pid) / 1024
     )
     return {
         "wall_seconds": round(seconds, 2),
@@ -214,6 +211,7 @@ def main() -> None:
                 "runs": runs,
             }
         )
+        _save(args, sizes, None)  # each size as it completes
     large = None
     if args.large:
         data = shop_file(args.large)
@@ -236,6 +234,10 @@ def main() -> None:
             if per_line is None
             else round(per_line * spec.n_interactions, 0),
         }
+    _save(args, sizes, large)
+
+
+def _save(args: argparse.Namespace, sizes: list[dict[str, Any]], large: Any) -> None:
     save(
         "spark_engine",
         this_command(),
@@ -291,7 +293,9 @@ def render(doc: dict[str, Any]) -> list[str]:
                 "pandas engine's wall time."
             )
         if "spark-mllib" in by and "spark-implicit" in by:
-            fit_m = sum(v for k, v in by["spark-mllib"]["timings"].items() if k == "spark_fit_mllib")
+            fit_m = sum(
+                v for k, v in by["spark-mllib"]["timings"].items() if k == "spark_fit_mllib"
+            )
             fit_i = sum(
                 v for k, v in by["spark-implicit"]["timings"].items() if k == "spark_fit_implicit"
             )

@@ -8,6 +8,7 @@ is missing, unless RECOFFER_REQUIRE_SPARK=1 (CI).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,15 @@ from training.data.formats import ColumnMapping, load_purchases
 from training.encode import encode
 from training.models import ModelParams, als_weights, build_history
 from training.pipeline import TrainConfig, TrainResult, run
+from training.spark.session import to_pandas
 from training.synthetic.shop import SyntheticShop
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "online-retail"
 RETAIL = SHARED / "online_retail.csv.gz"
+
+
+class FiguresReport(UserWarning):
+    """The figures a test compares, shown in pytest's warnings summary (the test output)."""
 
 
 def _spark_problem() -> str:
@@ -77,9 +83,7 @@ def shop_csv(tmp_path_factory: pytest.TempPathFactory, small_shop: SyntheticShop
 
 
 @pytest.fixture(scope="module")
-def spark_run(
-    spark: Any, shop_csv: Path, tmp_path_factory: pytest.TempPathFactory
-) -> TrainResult:
+def spark_run(spark: Any, shop_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     root = tmp_path_factory.mktemp("spark-models")
     return run(_spark_config(root, shop_csv))
 
@@ -111,7 +115,7 @@ def test_online_retail_rules_count_the_same_rows(spark: Any, tmp_path: Path) -> 
     theirs = load_purchases(path, "online-retail")
     assert ours.report.as_dict() == theirs.report.as_dict()
     pd.testing.assert_frame_equal(ours.items, theirs.items)
-    assert sorted(ours.frame.toPandas()["order_id"]) == sorted(theirs.frame["order_id"])
+    assert sorted(to_pandas(ours.frame)["order_id"]) == sorted(theirs.frame["order_id"])
 
 
 def test_generic_mapping_cleans_the_same_rows(spark: Any, tmp_path: Path) -> None:
@@ -135,7 +139,7 @@ def test_generic_mapping_cleans_the_same_rows(spark: Any, tmp_path: Path) -> Non
     ours = read_purchases(spark, str(path), "generic", mapping)
     theirs = load_purchases(path, "generic", mapping)
     assert ours.report.as_dict() == theirs.report.as_dict()
-    got = ours.frame.toPandas().sort_values(["timestamp", "user_id"]).reset_index(drop=True)
+    got = to_pandas(ours.frame).sort_values(["timestamp", "user_id"]).reset_index(drop=True)
     want = theirs.frame.sort_values(["timestamp", "user_id"]).reset_index(drop=True)
     assert got["user_id"].tolist() == want["user_id"].tolist() == ["007", "009"]
     assert got["timestamp"].tolist() == want["timestamp"].tolist()
@@ -180,14 +184,16 @@ def test_history_popularity_trending_and_weights_equal_the_pandas_formulas(
     want_age = by_ids(ages, pandas_rows, pandas_cols)
     assert ours_age.keys() == want_age.keys()
     assert np.allclose([ours_age[k] for k in want_age], list(want_age.values()), rtol=1e-6)
-    popularity = dict(zip(pandas_cols, np.bincount(counts.indices, minlength=len(items)), strict=True))
+    popularity = dict(
+        zip(pandas_cols, np.bincount(counts.indices, minlength=len(items)), strict=True)
+    )
     assert dict(zip(ours_cols, history.popularity, strict=True)) == popularity
     recent = ages.data <= params.trending_days
     trending = np.bincount(counts.indices[recent], minlength=len(items))
     assert dict(zip(ours_cols, history.trending, strict=True)) == dict(
         zip(pandas_cols, trending, strict=True)
     )
-    spark_weights = aggregate.als_weights(pairs, params).toPandas()
+    spark_weights = to_pandas(aggregate.als_weights(pairs, params))
     got = {
         (str(sids.users[u]), str(sids.items[i])): w
         for u, i, w in spark_weights.itertuples(index=False)
@@ -204,7 +210,9 @@ def test_spark_artifact_has_the_pandas_arrays_and_manifest_fields(
     spark_run: TrainResult, shop_csv: Path, tmp_path: Path
 ) -> None:
     pandas_run = run(
-        TrainConfig(model_dir=tmp_path, data=shop_csv, tune_seconds=0, params=ModelParams(threads=2))
+        TrainConfig(
+            model_dir=tmp_path, data=shop_csv, tune_seconds=0, params=ModelParams(threads=2)
+        )
     )
     ours = load_artifact(spark_run.path, verify_checksums=True)
     theirs = load_artifact(pandas_run.path, verify_checksums=True)
@@ -221,14 +229,17 @@ def test_spark_artifact_has_the_pandas_arrays_and_manifest_fields(
     assert ours.manifest.counts.users == theirs.manifest.counts.users
     assert ours.manifest.counts.items == theirs.manifest.counts.items
     assert ours.manifest.counts.interactions == theirs.manifest.counts.interactions
-    assert ours.manifest.data is not None and theirs.manifest.data is not None
+    assert ours.manifest.data is not None
+    assert theirs.manifest.data is not None
     assert ours.manifest.data.cleaning == theirs.manifest.data.cleaning
     assert ours.manifest.split == theirs.manifest.split
     assert spark_run.gate.method == "first"
-    print(
-        "\nsynthetic small shop, test NDCG@10 (all): spark served "
+    warnings.warn(
+        "synthetic small shop, test NDCG@10 (all): spark served "
         f"{spark_run.metrics['all'][spark_run.served['all']]['ndcg@10']:.4f}, pandas als "
-        f"{pandas_run.metrics['all']['als']['ndcg@10']:.4f}"
+        f"{pandas_run.metrics['all']['als']['ndcg@10']:.4f}",
+        FiguresReport,
+        stacklevel=1,
     )
 
 
@@ -254,7 +265,8 @@ def test_spark_artifact_serves_every_endpoint_and_filter(
         page = client.get(base, params={"limit": 5}, headers=F)
         assert page.status_code == 200, page.text
         body = page.json()
-        assert body["source"] == "model" and len(body["items"]) == 5
+        assert body["source"] == "model"
+        assert len(body["items"]) == 5
         assert body["model_version"] == spark_run.version
         novel = client.get(base, params={"limit": 10, "exclude_purchased": "true"}, headers=F)
         assert novel.status_code == 200
@@ -267,16 +279,21 @@ def test_spark_artifact_serves_every_endpoint_and_filter(
             category = str(categories[0])
             within = client.get(base, params={"limit": 5, "category": category}, headers=F)
             assert within.status_code == 200
-            names = {str(i): str(c) for i, c in zip(artifact.arrays["item_ids"], categories, strict=True)}
+            names = {
+                str(i): str(c) for i, c in zip(artifact.arrays["item_ids"], categories, strict=True)
+            }
             assert all(names[i["item_id"]] == category for i in within.json()["items"])
         recent = client.get(base, params={"limit": 5, "purchased_within_days": 30}, headers=F)
         assert recent.status_code == 200
         posted = client.post(base, json={"limit": 3}, headers=F)
-        assert posted.status_code == 200 and len(posted.json()["items"]) == 3
+        assert posted.status_code == 200
+        assert len(posted.json()["items"]) == 3
         similar = client.get(f"/v1/items/{first}/similar", params={"limit": 4}, headers=F)
-        assert similar.status_code == 200 and len(similar.json()["items"]) == 4
+        assert similar.status_code == 200
+        assert len(similar.json()["items"]) == 4
         stranger = client.get("/v1/users/nobody-at-all/recommendations", headers=F)
-        assert stranger.status_code == 200 and stranger.json()["source"] == "popular"
+        assert stranger.status_code == 200
+        assert stranger.json()["source"] == "popular"
 
 
 # --- the gate: the current model scored with its own engine ---------------------------------
@@ -292,7 +309,8 @@ def test_gate_refits_a_pandas_built_current_the_pandas_way(
     assert any("pandas engine" in note for note in again.gate.notes)
     assert again.gate.current  # compared, not a silent pass
     manifest = load_artifact(again.path).manifest
-    assert manifest.gate is not None and manifest.gate.method == "refit"
+    assert manifest.gate is not None
+    assert manifest.gate.method == "refit"
     runs = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert len(runs) == 2
 
@@ -307,7 +325,8 @@ def test_pandas_engine_does_not_silently_pass_a_spark_built_current(
         TrainConfig(model_dir=root, data=shop_csv, tune_seconds=0, params=ModelParams(threads=2))
     )
     assert again.gate.method == "incomparable_engine"
-    assert not again.gate.passed and not again.promoted
+    assert not again.gate.passed
+    assert not again.promoted
     assert store.current() == spark_run.version
 
 
@@ -344,7 +363,8 @@ def test_bad_input_gives_the_pandas_engines_one_line_error(
     assert pandas_result.exit_code == 2, pandas_result.output
     assert spark_result.exit_code == 2, spark_result.output
     line = [x for x in spark_result.output.splitlines() if x.startswith("recoffer: error:")]
-    assert line and line == [
+    assert line
+    assert line == [
         x for x in pandas_result.output.splitlines() if x.startswith("recoffer: error:")
     ]
 
@@ -357,7 +377,7 @@ def test_missing_java_or_pyspark_is_one_line_and_exit_2(
     from training.spark import session
 
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(session.shutil, "which", lambda _: None)
+    monkeypatch.setattr("shutil.which", lambda _: None)
     with pytest.raises(UsageProblem, match="Java 17"):
         session.check_engine()
     real_import = builtins.__import__
@@ -377,16 +397,17 @@ def test_missing_java_or_pyspark_is_one_line_and_exit_2(
 
 def test_unknown_engine_and_fit_are_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--engine", "dask", "--data", "x.csv"])
-    assert result.exit_code == 2 and "--engine must be pandas or spark" in result.output
+    assert result.exit_code == 2
+    assert "--engine must be pandas or spark" in result.output
     from training.spark.fit import chosen_fit
 
     assert chosen_fit("auto", 10, max_pairs=100) == "implicit"
     assert chosen_fit("auto", 1000, max_pairs=100) == "mllib"
     with pytest.raises(ValueError, match="--spark-fit"):
         chosen_fit("gpu", 10)
-    with pytest.raises(DataError):
-        from training.spark.engine import SparkOptions
+    from training.spark.engine import SparkOptions
 
+    with pytest.raises(DataError):
         SparkOptions(fit="gpu")
 
 
@@ -399,6 +420,7 @@ def retail() -> Path:
     return RETAIL
 
 
+@pytest.mark.slow
 def test_online_retail_spark_quality_within_5_percent_of_pandas_als(
     spark: Any, retail: Path, tmp_path: Path
 ) -> None:
@@ -434,4 +456,4 @@ def test_online_retail_spark_quality_within_5_percent_of_pandas_als(
             f"spark als {spark_als:.4f}; pandas als {pandas_als:.4f}"
         )
         assert served >= 0.95 * pandas_als, lines[-1]
-    print("\nOnline Retail test NDCG@10 - " + "; ".join(lines))
+    warnings.warn("Online Retail test NDCG@10 - " + "; ".join(lines), FiguresReport, stacklevel=1)

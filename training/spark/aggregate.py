@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from service.clock import SECONDS_PER_DAY
 from training.encode import MIN_AGE_DAYS, IdMaps
 from training.models import ModelParams
+from training.spark.session import to_pandas
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -71,9 +72,7 @@ def micros(moment: pd.Timestamp) -> int:
     return int(pd.Timestamp(moment).value // 1000)
 
 
-def pairs(
-    coded: DataFrame, reference_time: pd.Timestamp, params: ModelParams
-) -> DataFrame:
+def pairs(coded: DataFrame, reference_time: pd.Timestamp, params: ModelParams) -> DataFrame:
     """One row per (user, item) bought up to ``reference_time``: ``orders`` (distinct
     orders), ``strength`` (each order ``1 + w ln(units)``, w the quantity weight) and
     ``age`` (days since the last purchase)."""
@@ -156,7 +155,7 @@ class History:
 def collect_history(stage_pairs: DataFrame, items: DataFrame) -> History:
     """The pairs (and the per-item counts) on the driver as CSR matrices: rows are the users
     present (sorted codes), columns the items present, entries sorted by column."""
-    frame = stage_pairs.select("user", "item", "orders", "strength", "age").toPandas()
+    frame = to_pandas(stage_pairs.select("user", "item", "orders", "strength", "age"))
     users = frame["user"].to_numpy(dtype=np.int64)
     items_of = frame["item"].to_numpy(dtype=np.int64)
     user_codes, user_idx = np.unique(users, return_inverse=True)
@@ -172,7 +171,7 @@ def collect_history(stage_pairs: DataFrame, items: DataFrame) -> History:
         data = frame[column].to_numpy(dtype=np.float32)[order]
         return sp.csr_matrix((data, indices.copy(), indptr.copy()), shape=shape)
 
-    per_item = items.toPandas()
+    per_item = to_pandas(items)
     where = np.searchsorted(item_codes, per_item["item"].to_numpy(dtype=np.int64))
     popularity = np.zeros(shape[1], dtype=np.float32)
     trending = np.zeros(shape[1], dtype=np.float32)

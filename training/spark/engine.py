@@ -34,7 +34,13 @@ from training.models import Candidates, ModelParams, Stage, _warm_init, default_
 from training.publish import library_versions, manifest_body, publish, stage_arrays
 from training.spark import aggregate, fit
 from training.spark.fit import AUTO_MAX_PAIRS
-from training.spark.session import DEFAULT_MASTER, POSTGRES_JDBC_JAR, check_engine, start_session
+from training.spark.session import (
+    DEFAULT_MASTER,
+    POSTGRES_JDBC_JAR,
+    check_engine,
+    start_session,
+    to_pandas,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -113,14 +119,16 @@ def train(config: TrainConfig, options: SparkOptions, progress: Progress) -> Tra
         report = purchases.report
         end = pd.Timestamp(report.end)
         test_cut = _cutoff(end, config.test_days, report)
-        val_cut = _cutoff(test_cut, config.test_days, report, end=end)
+        # as ``temporal_split`` of the test split's training part: its newest purchase
+        val_end = _newest(coded, test_cut)
+        val_cut = _cutoff(val_end, config.test_days, report, end=end)
         candidates = default_candidates(with_ease=False, with_signals=False)
         max_users = config.eval_users if config.eval_users is not None else DEFAULT_EVAL_USERS
 
         progress(f"fitting on purchases up to {val_cut:%Y-%m-%d} (validation stage)")
         with _timed(timings, "fit_validation"):
             val_stage = fit_spark_stage(run, val_cut)
-            val_test = _test_pairs(coded, val_cut, test_cut)
+            val_test = _test_pairs(coded, val_cut, val_end)
             val_eval = val_stage.evalset(val_test, max_users=max_users)
             scorer = val_stage.scorer()
             candidates = {
@@ -147,8 +155,16 @@ def train(config: TrainConfig, options: SparkOptions, progress: Progress) -> Tra
         )
         with _timed(timings, "gate"):
             gate = _gate(
-                store, run, served, candidates, test_eval, test_stage, engine,
-                val_cut, test_cut, end, val_test, test_pairs,
+                store,
+                run,
+                served,
+                candidates,
+                test_eval,
+                test_stage,
+                engine,
+                (val_cut, val_end, test_cut, end),
+                val_test,
+                test_pairs,
             )
         if gate.fallback:
             served = {**served, **gate.fallback}
@@ -174,7 +190,9 @@ def train(config: TrainConfig, options: SparkOptions, progress: Progress) -> Tra
                 end=end.to_pydatetime(),
             ),
             tuning={"seconds_budget": 0.0, "left_out": LEFT_OUT["tuning"]},
-            gate=GateInfo.model_validate(dict(gate.to_dict(), forced=config.force and not gate.passed)),
+            gate=GateInfo.model_validate(
+                dict(gate.to_dict(), forced=config.force and not gate.passed)
+            ),
             engine=engine,
             libraries={**library_versions(), "pyspark": version_of_spark},
         )
@@ -218,9 +236,7 @@ def _load(spark: SparkSession, config: TrainConfig) -> Any:
     if config.data is None and config.database_url is None:
         raise DataError("nothing to train on: give a purchase file, a database URL, or both")
     if config.data is not None and config.database_url is not None:
-        raise DataError(
-            "the spark engine trains on one source: --data or --database-url, not both"
-        )
+        raise DataError("the spark engine trains on one source: --data or --database-url, not both")
     if config.data is not None:
         purchases = read_purchases(
             spark, str(config.data), config.fmt, config.columns, config.read_options
@@ -249,6 +265,19 @@ def _cutoff(
     return cut
 
 
+def _newest(coded: DataFrame, until: pd.Timestamp) -> pd.Timestamp:
+    """The newest purchase time up to ``until``."""
+    from pyspark.sql import functions as F
+
+    row = (
+        coded.where(F.unix_micros("timestamp") <= F.lit(aggregate.micros(until)))
+        .agg(F.max(F.unix_micros("timestamp")))
+        .first()
+    )
+    assert row is not None
+    return pd.Timestamp(int(row[0]) * 1000)
+
+
 def _test_pairs(coded: DataFrame, after: pd.Timestamp, until: pd.Timestamp) -> pd.DataFrame:
     """The distinct (user, item) codes bought in (after, until]: a split's truth."""
     from pyspark.sql import functions as F
@@ -257,7 +286,7 @@ def _test_pairs(coded: DataFrame, after: pd.Timestamp, until: pd.Timestamp) -> p
         (F.unix_micros("timestamp") > F.lit(aggregate.micros(after)))
         & (F.unix_micros("timestamp") <= F.lit(aggregate.micros(until)))
     )
-    frame = window.select("user", "item").distinct().toPandas()
+    frame = to_pandas(window.select("user", "item").distinct())
     if frame.empty:
         raise SplitError(
             f"no purchase between {after:%Y-%m-%d} and {until:%Y-%m-%d}; choose more test days"
@@ -344,13 +373,13 @@ def _gate(
     evalset: EvalSet,
     stage: Stage,
     engine: EngineInfo,
-    val_cut: pd.Timestamp,
-    test_cut: pd.Timestamp,
-    end: pd.Timestamp,
+    cuts: tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp, pd.Timestamp],
     val_test: pd.DataFrame,
     test_pairs: pd.DataFrame,
 ) -> GateDecision:
-    """``gate_new_model`` with a refit of the current model by its own engine."""
+    """``gate_new_model`` with a refit of the current model by its own engine; ``cuts``:
+    the validation cut-off and end, the test cut-off and end."""
+    val_cut, val_end, test_cut, end = cuts
 
     def refit(current: Manifest, params: ModelParams) -> Stage:
         own = current.engine
@@ -369,7 +398,7 @@ def _gate(
     empty = pd.DataFrame({"user": np.zeros(0, np.int64), "item": np.zeros(0, np.int64)})
     # the lines stay in Spark: the splits carry their cut-offs and truths, and ``refit``
     # aggregates from the cut-offs
-    validation = Split(train=empty, test=val_test, cutoff=val_cut, end=test_cut)
+    validation = Split(train=empty, test=val_test, cutoff=val_cut, end=val_end)
     test = Split(train=empty, test=test_pairs, cutoff=test_cut, end=end)
     return gate_new_model(
         store,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
+from training.spark.session import to_pandas
 from service.errors import ModelFitError
 from training.models import ModelParams, fit_als
 from training.spark.aggregate import History
@@ -88,11 +89,9 @@ def fit_mllib(
     return users, items
 
 
-def _factors(
-    frame: DataFrame, codes: npt.NDArray[np.int64], rank: int
-) -> npt.NDArray[np.float32]:
+def _factors(frame: DataFrame, codes: npt.NDArray[np.int64], rank: int) -> npt.NDArray[np.float32]:
     """MLlib's (id, features) rows as a matrix over ``codes`` (sorted)."""
-    rows = frame.toPandas()
+    rows = to_pandas(frame)
     out = np.zeros((len(codes), rank), dtype=np.float32)
     if not len(rows):
         return out

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from training.spark.session import to_pandas
 from service.errors import DataError
 from service.ids import ID_MAX_LENGTH, ID_PATTERN, id_problem
 from training.data.files import (
@@ -295,9 +296,9 @@ def _timestamp(
     first, second = parts[0].cast("int"), parts[1].cast("int")
     day, month = (first, second) if dayfirst else (second, first)
     year = parts[2].cast("int")
-    year = F.when(F.length(parts[2]) == 2, year + F.when(year < 69, 2000).otherwise(1900)).otherwise(
-        year
-    )
+    year = F.when(
+        F.length(parts[2]) == 2, year + F.when(year < 69, 2000).otherwise(1900)
+    ).otherwise(year)
     rest = F.regexp_replace(parts[3], r"^([ T])(\d):", "$10$2:")
     iso = F.concat(
         F.lpad(year.cast("string"), 4, "0"),
@@ -369,19 +370,23 @@ def clean(
     from pyspark.sql import functions as F
 
     raw = raw.persist(StorageLevel.MEMORY_AND_DISK)  # read once, then cleaned in passes
+    lines = raw
     if online_retail:
         # duplicates are judged on the raw rows (every column of the file), before any rule
         rows_read = raw.count()
-        raw = raw.dropDuplicates()
-        first_dropped = {"duplicate": rows_read - raw.count()}
+        lines = raw.dropDuplicates().persist(StorageLevel.MEMORY_AND_DISK)
+        first_dropped = {"duplicate": rows_read - lines.count()}
     else:
         rows_read, first_dropped = -1, {}
-    parsed, checks = _normalise(raw, mapping, source, options)
+    parsed, checks = _normalise(lines, mapping, source, options)
     reason = _reason(mapping, online_retail)
     parsed = parsed.withColumn("_reason", reason)
     counted = parsed.agg(
         F.count(F.lit(1)).alias("_rows"),
-        *[F.sum(F.when(F.col("_reason") == r, 1).otherwise(0)).alias(r) for r in _rules(online_retail)],
+        *[
+            F.sum(F.when(F.col("_reason") == r, 1).otherwise(0)).alias(r)
+            for r in _rules(online_retail)
+        ],
         *[
             agg
             for field, (bad, _) in checks.items()
@@ -392,12 +397,12 @@ def clean(
                 ),
             )
         ],
-        F.sum(
-            (F.col("_reason").isNull() & F.col("item_id").isNull()).cast("long")
-        ).alias("_empty_item"),
-        F.sum(
-            (F.col("_reason").isNull() & F.col("timestamp").isNull()).cast("long")
-        ).alias("_empty_timestamp"),
+        F.sum((F.col("_reason").isNull() & F.col("item_id").isNull()).cast("long")).alias(
+            "_empty_item"
+        ),
+        F.sum((F.col("_reason").isNull() & F.col("timestamp").isNull()).cast("long")).alias(
+            "_empty_timestamp"
+        ),
     ).first()
     assert counted is not None
     for field, (_, (kind, column)) in checks.items():
@@ -422,11 +427,7 @@ def clean(
     alive = parsed.where(F.col("_reason").isNull()).drop("_reason")
     alive = alive.drop(*[c for c in alive.columns if c.startswith("_raw_")])
     if not online_retail:
-        subset = [
-            field
-            for field, role in _FIELD_ROLES
-            if getattr(mapping, role) is not None
-        ]
+        subset = [field for field, role in _FIELD_ROLES if getattr(mapping, role) is not None]
         before = sum(dropped.values())
         survivors = rows_read - before
         alive = alive.dropDuplicates(subset)
@@ -439,6 +440,7 @@ def clean(
     try:
         return _finish(alive, rows_read, dropped, source, mapping)
     finally:
+        lines.unpersist()
         raw.unpersist()
 
 
@@ -478,9 +480,10 @@ def _reason(mapping: ColumnMapping, online_retail: bool) -> Column:
             rules.append(("non_positive_quantity", F.coalesce(quantity <= 0, F.lit(False))))
         if mapping.price is not None:
             rules.append(("non_positive_price", F.coalesce(price <= 0, F.lit(False))))
-    out: Any = None
-    for name, hit in rules:
-        out = F.when(hit, F.lit(name)) if out is None else out.when(hit, F.lit(name))
+    first, rest = rules[0], rules[1:]
+    out: Column = F.when(first[1], F.lit(first[0]))
+    for name, hit in rest:
+        out = out.when(hit, F.lit(name))
     return out.otherwise(F.lit(None).cast("string"))
 
 
@@ -582,8 +585,9 @@ def _finish(
         F.count(F.lit(1)).alias("rows"),
         F.countDistinct("user_id").alias("users"),
         F.countDistinct("item_id").alias("items"),
-        F.min("timestamp").alias("start"),
-        F.max("timestamp").alias("end"),
+        F.min(F.unix_micros("timestamp")).alias("start"),
+        F.max(F.unix_micros("timestamp")).alias("end"),
+        *_id_checks(),
     ).first()
     assert summary is not None
     kept = int(summary["rows"])
@@ -593,12 +597,10 @@ def _finish(
         raise DataError(
             f"no purchases left after cleaning {source}: {rows_read:,} rows read; dropped {counts}"
         )
-    _check_ids(alive, mapping, source)
+    _check_ids(summary, mapping, source)
     whole = F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss")
     fraction = F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS")
-    stamp_text = F.when(F.date_format("timestamp", "SSSSSS") == "000000", whole).otherwise(
-        fraction
-    )
+    stamp_text = F.when(F.date_format("timestamp", "SSSSSS") == "000000", whole).otherwise(fraction)
     frame = alive.withColumn(
         "order_id",
         F.coalesce(F.col("order_id"), F.concat(F.col("user_id"), F.lit("@"), stamp_text)),
@@ -612,14 +614,14 @@ def _finish(
         rows_kept=kept,
         users=int(summary["users"]),
         items=int(summary["items"]),
-        start=pd.Timestamp(summary["start"]),
-        end=pd.Timestamp(summary["end"]),
+        start=pd.Timestamp(int(summary["start"]) * 1000),
+        end=pd.Timestamp(int(summary["end"]) * 1000),
     )
     return SparkPurchases(frame=frame, items=items, report=report)
 
 
-def _check_ids(alive: DataFrame, mapping: ColumnMapping, source: str) -> None:
-    """Refuse ids the service would refuse (``formats.check_ids``), naming column and value."""
+def _id_checks() -> list[Column]:
+    """Per id column: how many kept ids the service would refuse, and the first one."""
     from pyspark.sql import functions as F
 
     checks = []
@@ -632,8 +634,11 @@ def _check_ids(alive: DataFrame, mapping: ColumnMapping, source: str) -> None:
             F.sum(unfit.cast("long")).alias(f"{field}_n"),
             F.first(F.when(unfit, value), ignorenulls=True).alias(f"{field}_v"),
         ]
-    row = alive.agg(*checks).first()
-    assert row is not None
+    return checks
+
+
+def _check_ids(row: Any, mapping: ColumnMapping, source: str) -> None:
+    """Refuse ids the service would refuse (``formats.check_ids``), naming column and value."""
     for field, column in (("user_id", mapping.user), ("item_id", mapping.item)):
         if row[f"{field}_n"]:
             value = str(row[f"{field}_v"])
@@ -665,7 +670,7 @@ def item_table(frame: DataFrame) -> pd.DataFrame:
         out = out.join(best.select("item_id", field), "item_id", "left")
     median = frame.groupBy("item_id").agg(F.median("price").alias("price"))
     out = out.join(median, "item_id", "left")
-    items = out.toPandas()
+    items = to_pandas(out)
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     table = pd.DataFrame({"item_id": pd.Series(items["item_id"].to_numpy(), dtype="str")})
     for field in ("name", "category"):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+
+import pandas as pd
 
 from service.errors import UsageProblem
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 DEFAULT_MASTER = "local[*]"
 INSTALL_HINT = "pip install 'recoffer[spark]'"
@@ -98,3 +100,8 @@ def start_session(
         raise UsageProblem(f"Spark could not start on {master!r}: {first}") from None
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def to_pandas(frame: DataFrame) -> pd.DataFrame:
+    """``frame`` collected to the driver (through Arrow) as a pandas frame."""
+    return cast(pd.DataFrame, frame.toPandas())
