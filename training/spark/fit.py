@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
-from training.spark.session import to_pandas
 from service.errors import ModelFitError
 from training.models import ModelParams, fit_als
 from training.spark.aggregate import History
+from training.spark.session import to_pandas
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

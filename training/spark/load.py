@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from training.spark.session import to_pandas
 from service.errors import DataError
 from service.ids import ID_MAX_LENGTH, ID_PATTERN, id_problem
 from training.data.files import (
@@ -47,6 +46,7 @@ from training.data.formats import (
     CleaningReport,
     ColumnMapping,
 )
+from training.spark.session import to_pandas
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
