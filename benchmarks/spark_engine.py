@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PYTHON, ROOT, WORK, save, this_command
+from benchmarks.common import PYTHON, RESULTS, ROOT, WORK, save, this_command
 from training.synthetic.shop import generate_shop, write_shop
 from training.synthetic.spec import ShopSpec, spec_for
 
@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="2m,10m")
     parser.add_argument("--mllib-sizes", default="2m", help="sizes also fitted with MLlib")
     parser.add_argument("--large", default="", help="a shop for the Spark engine alone: 20m")
+    # with --sizes '' and --large: the sizes of the previous results are kept
     parser.add_argument("--eval-users", type=int, default=2000)
     parser.add_argument("--driver-memory", default="3g")
     args = parser.parse_args()
@@ -212,6 +213,9 @@ def main() -> None:
             }
         )
         _save(args, sizes, None)  # each size as it completes
+    previous = RESULTS / "spark_engine.json"
+    if not sizes and previous.is_file():  # --sizes '': keep the sizes measured before
+        sizes = json.loads(previous.read_text())["sizes"]
     large = None
     if args.large:
         data = shop_file(args.large)

@@ -53,9 +53,9 @@ def spark() -> Iterator[Any]:
     """The module's one local SparkSession (the engine's runs reuse it: getOrCreate)."""
     problem = _spark_problem()
     require_or_skip(not problem, problem, "RECOFFER_REQUIRE_SPARK")
-    from training.spark.session import start_session
+    from training.spark.session import POSTGRES_JDBC_JAR, start_session
 
-    session = start_session("local[2]", shuffle_partitions=4)
+    session = start_session("local[2]", shuffle_partitions=4, jars=[POSTGRES_JDBC_JAR])
     yield session
     session.stop()
 
@@ -457,3 +457,29 @@ def test_online_retail_spark_quality_within_5_percent_of_pandas_als(
         )
         assert served >= 0.95 * pandas_als, lines[-1]
     warnings.warn("Online Retail test NDCG@10 - " + "; ".join(lines), FiguresReport, stacklevel=1)
+
+
+# --- the service's PostgreSQL, read by Spark JDBC --------------------------------------------
+
+
+def test_database_purchases_clean_to_the_pandas_engines_counts(
+    spark: Any, fresh_postgres: str, tiny_shop: SyntheticShop
+) -> None:
+    from tests.training.test_database_source import _seed
+    from training.data.database import load_database_purchases
+    from training.data.formats import purchases_from_frame
+    from training.spark.database import read_database_purchases
+    from training.spark.session import POSTGRES_JDBC_JAR
+
+    require_or_skip(
+        Path(POSTGRES_JDBC_JAR).is_file(),
+        f"{POSTGRES_JDBC_JAR} absent (apt-get install libpostgresql-jdbc-java)",
+        "RECOFFER_REQUIRE_SPARK",
+    )
+    _seed(fresh_postgres, tiny_shop.purchases, with_catalogue=tiny_shop.items)
+    ours = read_database_purchases(spark, fresh_postgres)
+    theirs = purchases_from_frame(
+        load_database_purchases(fresh_postgres), source="database purchase events"
+    )
+    assert ours.report.as_dict() == theirs.report.as_dict()
+    assert ours.report.rows_kept == len(tiny_shop.purchases)

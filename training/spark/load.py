@@ -146,10 +146,10 @@ def _read_raw(spark: SparkSession, uri: str, options: ReadOptions) -> DataFrame:
     if local:
         path = _local_path(uri)
         if path.is_dir():  # a directory of Parquet parts, as Spark writes them
-            return _spark_read(spark, uri, "parquet", {})
+            return _read_parquet(spark, uri, next(iter(sorted(path.glob("*.parquet"))), None))
         column_names(path, options)  # the pandas reader's checks and messages
     if name.endswith(_PARQUET_SUFFIXES):
-        return _spark_read(spark, uri, "parquet", {})
+        return _read_parquet(spark, uri, _local_path(uri) if local else None)
     if not name.endswith(_CSV_SUFFIXES):
         raise DataError(
             f"unsupported file type: {uri} "
@@ -175,6 +175,31 @@ def _read_raw(spark: SparkSession, uri: str, options: ReadOptions) -> DataFrame:
         "mode": "FAILFAST",
     }
     return _spark_read(spark, uri, "csv", csv_options)
+
+
+def _read_parquet(spark: SparkSession, uri: str, sample: Path | None) -> DataFrame:
+    """A Parquet file (or directory of parts). Spark refuses nanosecond timestamps (pandas
+    writes them): the columns a local file's schema shows as such are read as their integer
+    nanoseconds (``spark.sql.legacy.parquet.nanosAsLong``) and turned into timestamps here."""
+    from pyspark.sql import functions as F
+
+    nanos: list[str] = []
+    if sample is not None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(sample)
+        nanos = [
+            field.name
+            for field in schema
+            if pa.types.is_timestamp(field.type) and field.type.unit == "ns"
+        ]
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true" if nanos else "false")
+    frame = _spark_read(spark, uri, "parquet", {})
+    for name in nanos:
+        micros = F.floor(F.col(f"`{name}`") / F.lit(1000)).cast("long")
+        frame = frame.withColumn(name, F.timestamp_micros(micros))
+    return frame
 
 
 def _starts_as_utf8(path: Path) -> bool:
