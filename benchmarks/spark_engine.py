@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="2m,10m")
     parser.add_argument("--mllib-sizes", default="2m", help="sizes also fitted with MLlib")
     parser.add_argument("--large", default="", help="a shop for the Spark engine alone: 20m")
-    # with --sizes '' and --large: the sizes of the previous results are kept
+    # each run's sizes are merged into the results already written (by size)
     parser.add_argument("--eval-users", type=int, default=2000)
     parser.add_argument("--driver-memory", default="3g")
     args = parser.parse_args()
@@ -214,7 +214,7 @@ def main() -> None:
         )
         _save(args, sizes, None)  # each size as it completes
     previous = RESULTS / "spark_engine.json"
-    if not sizes and previous.is_file():  # --sizes '': keep the sizes measured before
+    if not sizes and previous.is_file():  # --sizes '': the sizes measured before
         sizes = json.loads(previous.read_text())["sizes"]
     large = None
     if args.large:
@@ -242,6 +242,15 @@ def main() -> None:
 
 
 def _save(args: argparse.Namespace, sizes: list[dict[str, Any]], large: Any) -> None:
+    """Write the results, merged by size into those already there (sizes run apart)."""
+    previous = RESULTS / "spark_engine.json"
+    if previous.is_file():
+        before = json.loads(previous.read_text())
+        mine = {s["preset"] for s in sizes}
+        sizes = [s for s in before["sizes"] if s["preset"] not in mine] + sizes
+        large = large if large is not None else before.get("large")
+    order = ["2m", "10m"]
+    sizes.sort(key=lambda s: order.index(s["preset"]) if s["preset"] in order else 99)
     save(
         "spark_engine",
         this_command(),
