@@ -247,7 +247,10 @@ def _save(args: argparse.Namespace, sizes: list[dict[str, Any]], large: Any) -> 
     if previous.is_file():
         before = json.loads(previous.read_text())
         mine = {s["preset"] for s in sizes}
-        sizes = [s for s in before["sizes"] if s["preset"] not in mine] + sizes
+        kept = [
+            {"command": before["command"], **s} for s in before["sizes"] if s["preset"] not in mine
+        ]
+        sizes = kept + [{"command": this_command(), **s} for s in sizes]
         large = large if large is not None else before.get("large")
     order = ["2m", "10m"]
     sizes.sort(key=lambda s: order.index(s["preset"]) if s["preset"] in order else 99)
@@ -273,7 +276,11 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"{m.get('memory_gib')} GiB, Python {m.get('python')}: a shared, busy machine (other "
         "work ran beside it), so compare the engines within one size, not with other sections.",
         "",
-        f"Command: `{doc['command']}`",
+        "Commands: "
+        + ", ".join(
+            f"`{c}`" for c in dict.fromkeys(s.get("command", doc["command"]) for s in doc["sizes"])
+        )
+        + (f", `{doc['command']}` (the larger shop)" if doc.get("large") else ""),
         "",
         "Each engine in a fresh process, one after the other, on the same synthetic shop "
         "(Parquet): `recoffer train --tune-seconds 0 --threads 2 --eval-users "
