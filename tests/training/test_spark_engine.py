@@ -483,3 +483,18 @@ def test_database_purchases_clean_to_the_pandas_engines_counts(
     )
     assert ours.report.as_dict() == theirs.report.as_dict()
     assert ours.report.rows_kept == len(tiny_shop.purchases)
+
+
+@pytest.mark.parametrize(
+    ("given", "uri"),
+    [
+        ("s3a://shop/purchases/", "s3a://shop/purchases"),
+        ("hdfs://nn:8020/a/b.csv.gz", "hdfs://nn:8020/a/b.csv.gz"),
+        ("file:///tmp/a.csv", "file:///tmp/a.csv"),
+        ("/tmp/a.parquet", "/tmp/a.parquet"),
+    ],
+)
+def test_a_data_uri_survives_the_path_option(given: str, uri: str) -> None:
+    from training.spark.engine import data_uri
+
+    assert data_uri(Path(given)) == uri

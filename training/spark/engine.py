@@ -14,6 +14,7 @@ the purchase lines on the driver).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,12 +240,24 @@ def _load(spark: SparkSession, config: TrainConfig) -> Any:
         raise DataError("the spark engine trains on one source: --data or --database-url, not both")
     if config.data is not None:
         purchases = read_purchases(
-            spark, str(config.data), config.fmt, config.columns, config.read_options
+            spark, data_uri(config.data), config.fmt, config.columns, config.read_options
         )
         return purchases
     from training.spark.database import read_database_purchases
 
     return read_database_purchases(spark, config.database_url or "")
+
+
+def data_uri(data: Any) -> str:
+    """``--data`` as the URI it was given: a ``pathlib.Path`` (what the option parses to)
+    folds ``s3a://bucket/x`` into ``s3a:/bucket/x``; the scheme's two slashes are put back
+    (three for ``file:``)."""
+    text = str(data)
+    found = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", text)
+    if found is None:
+        return text
+    scheme, rest = found.group(1), text[found.end() :]
+    return f"{scheme}:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
 
 
 def _cutoff(
