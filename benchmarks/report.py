@@ -429,6 +429,7 @@ def main() -> None:
         signals,
         signals_every_visitor,
         simulator,
+        spark_engine,
         sweep,
         targeting,
         webhooks,
@@ -437,6 +438,7 @@ def main() -> None:
     for name, render in (
         ("train_online_retail", quality),
         ("train_synthetic", synthetic),
+        ("spark_engine", spark_engine.render),  # issue 15, item 1
         ("signals", signals.render),
         ("signals_every_visitor", signals_every_visitor.render),  # issue 14, item 4
         ("retrain_pickup", retrain_pickup.render),

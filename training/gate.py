@@ -34,6 +34,11 @@ manifest:
 - ``current_unreadable``: its parameters cannot be read; only the popularity floor applies,
   and the decision's notes say so.
 
+A current model is always refitted with the engine that built it: a Spark run passes
+``refit`` (``training.spark.engine``), which refits a Spark-built current model with Spark and a
+pandas-built one with implicit; a pandas run refits pandas-built ones only (a Spark-built
+current model that saw the window is ``other_engine`` for it: train with ``--engine spark``).
+
 ``direct`` needs nothing but the artifact's arrays and recipes, so it works for a version of
 any engine, with or without recorded parameters.
 """
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.artifact import Artifact, Manifest, ModelStore, load_artifact, read_runs
+from service.artifact.manifest import EngineInfo
 from service.errors import ArtifactError
 from service.scoring import PROTOCOLS, Recipe, Scorer
 from training.data.files import DEFAULT_OPTIONS, ReadOptions
@@ -77,10 +84,22 @@ CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 # the engines whose versions this trainer refits with their recorded parameters
 REFITTED_ENGINES = frozenset({"pandas"})
+# ... and those a run given a ``refit`` (the Spark engine's) refits besides
+SPARK_REFITTED = frozenset({"spark"})
 _BOOTSTRAP_CELLS = 4_000_000  # resamples x users drawn at once: bounded memory
 
 # each test user's NDCG@10, per protocol (the users of ``EvalSet.evaluate``, in its order)
 UserScores = dict[str, npt.NDArray[np.float64]]
+# refits the current model (its manifest, its parameters) on the new run's validation and test
+# splits with the current model's own engine; returns the refitted test stage, whose rows are
+# the new run's test stage's (issue 15: a Spark engine's run refits with Spark)
+Refit = Callable[[Manifest, ModelParams], Stage]
+PANDAS_ENGINE = EngineInfo()
+
+
+def engine_key(engine: EngineInfo) -> tuple[str, str]:
+    """What makes two fits of the same parameters different: the engine and its ALS."""
+    return (engine.name, engine.fit)
 
 
 @dataclass
@@ -241,6 +260,8 @@ def gate_new_model(
     test: Split,
     ids: IdMaps,
     signals: Signals | None,
+    engine: EngineInfo = PANDAS_ENGINE,
+    refit: Refit | None = None,
 ) -> GateDecision:
     """The gate for a new run: its ``served`` candidates (recipes in ``candidates``) against
     popularity's and the current model's (rescored with ``rescore_current``), user by user on
@@ -248,6 +269,8 @@ def gate_new_model(
 
     ``evalset`` and ``stage`` are the new run's test evaluation set and test stage, fitted with
     ``params`` on ``validation`` and ``test``; ``signals`` are every signal the run read.
+    ``engine`` built the new run; ``refit`` refits the current model with its own engine
+    (``rescore_current``).
     """
     new = {p: evalset.user_ndcg(candidates[served[p]][p], p) for p in PROTOCOLS}
     popularity = {p: evalset.user_ndcg(candidates["popularity"][p], p) for p in PROTOCOLS}
@@ -256,18 +279,20 @@ def gate_new_model(
         return first_model(new, popularity)
     learnt: tuple[float, ...] = ()
     if model_saw_until(current.manifest) > test.cutoff:  # a refit, not direct scoring
-        engine = current.manifest.engine
-        if engine.name not in REFITTED_ENGINES:
+        built_by = current.manifest.engine
+        # a Spark run's ``refit`` refits Spark-built versions too; a pandas run, pandas' only
+        refittable = REFITTED_ENGINES | (SPARK_REFITTED if refit is not None else frozenset())
+        if built_by.name not in refittable:
             log.warning(
                 "current_engine_not_refittable",
-                extra={"version": current.version, "engine": engine.name},
+                extra={"version": current.version, "engine": built_by.name},
             )
             decision = decide(
                 new, popularity, None, method="other_engine", current_version=current.version
             )
             decision.notes.append(
-                f"the current model {current.version} was built by the {engine.name!r} engine "
-                f"(fit {engine.fit!r}); this trainer refits {sorted(REFITTED_ENGINES)} only"
+                f"the current model {current.version} was built by the {built_by.name!r} engine "
+                f"(fit {built_by.fit!r}); this run refits {sorted(refittable)} only"
             )
             return _told(store, decision)
         try:
@@ -294,8 +319,16 @@ def gate_new_model(
         ids=ids,
         protocols=PROTOCOLS,
         signals=signals,
+        engine=engine,
+        refit=refit,
     )
     decision = decide(new, popularity, scores, method=method, current_version=current.version)
+    if method == "refit" and engine_key(current.manifest.engine) != engine_key(engine):
+        own = current.manifest.engine
+        decision.notes.append(
+            f"the current model was built by the {own.name} engine ({own.fit}) and refitted "
+            "with it for the comparison"
+        )
     if not decision.passed and any(learnt) and stage.signal_user_factors is None:
         decision.reasons.append(
             "this run learnt from no view or add-to-cart (weights 0?), the current model did"
@@ -458,6 +491,8 @@ def rescore_current(
     ids: IdMaps,
     protocols: tuple[str, ...],
     signals: Signals | None = None,
+    engine: EngineInfo = PANDAS_ENGINE,
+    refit: Refit | None = None,
 ) -> tuple[UserScores | None, str]:
     """Each test user's NDCG@10 per protocol for the current model on the new split, and the
     method used.
@@ -493,7 +528,13 @@ def rescore_current(
     if stage.signal_user_factors is None:  # the new model learnt no signal, whatever its weights
         params = _without_signal_weights(params)
     ev, method = evalset, "same"
-    if _comparable(current_params) != _comparable(params):
+    other_engine = engine_key(artifact.manifest.engine) != engine_key(engine)
+    if other_engine and refit is None and artifact.manifest.engine.name != "pandas":
+        return None, "other_engine"
+    if refit is not None and (other_engine or _comparable(current_params) != _comparable(params)):
+        method = "refit"
+        ev = evalset.with_scorer(refit(artifact.manifest, current_params).scorer())
+    elif other_engine or _comparable(current_params) != _comparable(params):
         method = "refit"
         with_ease = evalset.scorer.ease_b is not None
         own = signals if learnt_signals else None

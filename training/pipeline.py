@@ -102,6 +102,10 @@ class TrainConfig:
     read_options: ReadOptions = field(default_factory=ReadOptions)
     # versions kept after the run besides the current and previous (ModelStore.prune)
     keep_versions: int = KEEP_VERSIONS
+    # issue 15: "pandas" (this module) or "spark" (training.spark.engine, run with ``spark``:
+    # a training.spark.engine.SparkOptions; None: its defaults)
+    engine: str = "pandas"
+    spark: Any = None
 
 
 @dataclass
@@ -365,7 +369,10 @@ def run(
     store = ModelStore(config.model_dir)
     before = _current_or_none(store)
     try:
-        result = _run(config, purchases, progress, signal_events)
+        if config.engine == "spark":
+            result = _run_spark(config, purchases, progress, signal_events)
+        else:
+            result = _run(config, purchases, progress, signal_events)
     except BaseException as exc:
         skipped = isinstance(exc, TrainerBusyError)
         code = kind_of(exc).exit_code if isinstance(exc, RecofferError) else exit_codes.FAILED
@@ -389,6 +396,21 @@ def run(
         reasons=list(result.gate.reasons),
     )
     return result
+
+
+def _run_spark(
+    config: TrainConfig,
+    purchases: Purchases | None,
+    progress: Progress,
+    signal_events: pd.DataFrame | None,
+) -> TrainResult:
+    """The Spark engine's run (``training.spark.engine``): it reads its own input."""
+    if purchases is not None or signal_events is not None:
+        raise DataError("the spark engine reads its input itself (--data or --database-url)")
+    from training.spark.engine import SparkOptions, train
+
+    options = config.spark if config.spark is not None else SparkOptions()
+    return train(config, options, progress)
 
 
 def _why(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from service.artifact import ManifestBody, ModelStore, write_artifact
 from service.artifact.manifest import (
     Counts,
     DataInfo,
+    EngineInfo,
     Figures,
     FoldIn,
     GateInfo,
@@ -56,7 +57,14 @@ def library_versions() -> dict[str, str]:
 
 
 def artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray[Any, Any]]:
-    """The arrays of a serving ``stage``, with the item names, categories and prices known.
+    """The arrays of a serving ``stage``, with the item names, categories and prices known
+    (``stage_arrays`` with the purchases' item table)."""
+    return stage_arrays(stage, purchases.items)
+
+
+def stage_arrays(stage: Stage, item_table: pd.DataFrame) -> dict[str, np.ndarray[Any, Any]]:
+    """The arrays of a serving ``stage``, with the item names, categories and prices of
+    ``item_table`` (``Purchases.items``' columns; any engine's).
 
     The items are the stage's served items (``Stage.served_item_codes``): those bought, then
     those only viewed or carted, which the ``als_signals`` vectors alone describe (popularity 0,
@@ -86,7 +94,7 @@ def artifact_arrays(stage: Stage, purchases: Purchases) -> dict[str, np.ndarray[
     if stage.signal_user_factors is not None and stage.signal_item_factors is not None:
         arrays["signal_user_factors"] = stage.signal_user_factors[: len(stage.user_codes)]
         arrays["signal_item_factors"] = stage.signal_item_factors
-    items = purchases.items.set_index("item_id").reindex(stage.served_item_ids)
+    items = item_table.set_index("item_id").reindex(stage.served_item_ids)
     if items["name"].notna().any():
         arrays["item_names"] = items["name"].fillna("").astype(str).to_numpy(dtype=str)
     if items["category"].notna().any():
@@ -117,19 +125,52 @@ def describe(
     are the weaker signals it learnt from (None: purchases only). The rest are the run's
     decisions: candidates, the one served per protocol, figures, splits, tuning and the gate.
     """
-    return ManifestBody(
-        created_at=datetime.now(UTC),
-        reference_time=split.end,
+    return manifest_body(
+        serving,
+        params,
         data=DataInfo(
             source=purchases.report.source,
             fingerprint=data_fingerprint(coded, ids),
             cleaning=purchases.report.as_dict(),
         ),
+        purchase_lines=len(purchases.frame),
+        signals=signals,
+        served=served,
+        candidates=candidates,
+        metrics=metrics,
+        split=split,
+        tuning=tuning,
+        gate=gate,
+    )
+
+
+def manifest_body(
+    serving: Stage,
+    params: ModelParams,
+    *,
+    data: DataInfo,
+    purchase_lines: int,
+    signals: Signals | None,
+    served: dict[str, str],
+    candidates: Candidates,
+    metrics: Figures,
+    split: SplitInfo,
+    tuning: dict[str, Any],
+    gate: GateInfo,
+    engine: EngineInfo | None = None,
+    libraries: dict[str, str] | None = None,
+) -> ManifestBody:
+    """``describe``'s manifest from what any engine knows: ``data`` (source, fingerprint,
+    cleaning report) and the number of purchase lines trained on, instead of the lines."""
+    return ManifestBody(
+        created_at=datetime.now(UTC),
+        reference_time=split.end,
+        data=data,
         counts=Counts(
             users=len(serving.user_ids),
             items=len(serving.served_item_ids),
             interactions=int(serving.counts.nnz),
-            purchases=len(purchases.frame),
+            purchases=purchase_lines,
             factors=params.factors,
         ),
         params=params.to_dict(),
@@ -162,7 +203,8 @@ def describe(
         split=split,
         tuning=tuning,
         gate=gate,
-        libraries=library_versions(),
+        libraries=library_versions() if libraries is None else libraries,
+        engine=EngineInfo() if engine is None else engine,
     )
 
 

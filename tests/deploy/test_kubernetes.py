@@ -481,8 +481,6 @@ def parses(args: list[str]) -> None:
     train_command().make_context("train", concrete)
 
 
-def cli_has_engine_option() -> bool:
-    return any("--engine" in p.opts for p in train_command().params)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -513,7 +511,7 @@ def test_the_cronjob_trains_on_the_model_volume_the_api_reads(
     spark = variant.endswith("spark")
     if spark:
         assert command[2:6] == ["--engine", "spark", "--spark-master", SPARK_MASTER]
-        parses(command[2:] if cli_has_engine_option() else command[6:])
+        parses(command[2:])
     else:
         assert "--engine" not in command  # pandas: the default engine
         parses(command[2:])
@@ -546,9 +544,7 @@ def test_the_cronjob_trains_on_the_model_volume_the_api_reads(
 def test_the_spark_cronjob_parses_with_the_real_engine_option(
     rendered: dict[str, list[Doc]],
 ) -> None:
-    """Item 1's `--engine spark --spark-master URL`, once that CLI is in this tree."""
-    if not cli_has_engine_option():
-        pytest.skip("`recoffer train --engine` is not in this tree yet (issue 15, item 1)")
+    """Item 1's `--engine spark --spark-master URL` parses with the real CLI."""
     command = pod_spec(one(rendered["example+spark"], "CronJob"))["containers"][0]["command"]
     parses(command[2:])
 
@@ -758,7 +754,7 @@ def test_the_readme_snippets_render_and_validate(tmp_path: Path, service: TestCl
                 command = pod_spec(one(docs, "CronJob"))["containers"][0]["command"]
                 assert command[2:5] == ["--engine", "spark", "--spark-master"]
                 assert command[5].startswith("spark://")
-                parses(command[2:] if cli_has_engine_option() else command[6:])
+                parses(command[2:])
     assert adapted == metric
 
 

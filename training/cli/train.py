@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from service.artifact import KEEP_VERSIONS, ModelStore, load_artifact
-from service.errors import UsageProblem
+from service.errors import DataError, UsageProblem
 from service.scoring import PROTOCOLS
 from training import exit_codes
 from training.cli.common import (
@@ -147,6 +147,30 @@ def train(
         bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
     ] = False,
     keep_versions: KeepVersions = KEEP_VERSIONS,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="pandas (one process, the default) or spark (pyspark and Java: "
+            "pip install 'recoffer[spark]'; see docs/spark.md)."
+        ),
+    ] = "pandas",
+    spark_master: Annotated[
+        str, typer.Option(help="--engine spark: the Spark master URL.")
+    ] = "local[*]",
+    spark_fit: Annotated[
+        str,
+        typer.Option(
+            help="--engine spark: mllib (Spark MLlib ALS), implicit (on the driver) or auto "
+            "(implicit while the pairs fit --spark-auto-max-pairs)."
+        ),
+    ] = "auto",
+    spark_auto_max_pairs: Annotated[
+        int, typer.Option(min=0, help="--spark-fit auto: the most user x item pairs for implicit.")
+    ] = 100_000_000,
+    spark_driver_memory: Annotated[
+        str | None,
+        typer.Option(help="--engine spark, local master: the driver JVM's heap, e.g. 4g."),
+    ] = None,
     as_json: JsonOutput = False,
     verbose: Verbose = False,
 ) -> None:
@@ -162,11 +186,30 @@ def train(
       recoffer train --database-url sqlite:///var/recoffer.db --view-weight 0.05
 
       recoffer train --data orders.csv --delimiter ';' --dayfirst
+
+      recoffer train --engine spark --data purchases.parquet --spark-master local[4]
     """
     from training.pipeline import TrainConfig
 
     setup_logging(verbose)
+    if engine not in ("pandas", "spark"):
+        raise fail(f"--engine must be pandas or spark, not {engine!r}", 2)
+    spark = None
     with errors():
+        if engine == "spark":
+            from training.spark.engine import SparkOptions
+            from training.spark.session import check_engine
+
+            check_engine()  # pyspark and Java, before anything is read
+            try:
+                spark = SparkOptions(
+                    master=spark_master,
+                    fit=spark_fit,
+                    auto_max_pairs=spark_auto_max_pairs,
+                    driver_memory=spark_driver_memory,
+                )
+            except DataError as exc:
+                raise UsageProblem(str(exc)) from None
         options = read_options(delimiter, date_format, dayfirst)
         try:
             params = ModelParams(
@@ -205,6 +248,8 @@ def train(
         eval_users=eval_users,
         read_options=options,
         keep_versions=keep_versions,
+        engine=engine,
+        spark=spark,
     )
     run_training(config, columns, as_json)
 
