@@ -25,9 +25,10 @@ The keys read from each file (a file or key that is absent: "not measured in thi
 - ``train_synthetic.json`` (the pandas engine): ``sizes[]`` with ``users``, ``items``,
   ``interactions`` (purchase lines), ``train_wall_seconds``, ``train_peak_rss_mib``; and
   ``machine.memory_gib``.
-- ``spark_engine.json`` (issue 15, item 1): ``sizes[]`` with ``purchases``,
-  ``spark.wall_seconds``, ``spark.peak_rss_mib`` (the driver's), and optionally
-  ``pandas.wall_seconds``, ``pandas.peak_rss_mib`` side by side; ``spark_master``.
+- ``spark_engine.json`` (issue 15, item 1): ``sizes[]`` with ``purchases`` and ``runs[]``,
+  each with ``engine`` (``pandas``, ``spark-implicit``, ``spark-mllib``), ``wall_seconds`` and
+  ``peak_rss_mib`` (the driver's and its JVM's together); the pandas run measured beside the
+  Spark ones is preferred to ``train_synthetic.json`` for the same size.
 - ``eval_scale.json`` (issue 15, item 2): ``sizes[]`` with ``items``, ``of_users``,
   ``old_cap_users``, ``users``, ``cpu_seconds`` (one recipe, both protocols), ``peak_rss_mib``.
 - ``ann_index.json`` (issue 15, item 4): ``users``, ``items``, ``library``, ``recall_at_10``,
@@ -158,8 +159,17 @@ class Capacity:
             _get(docs.get("train_synthetic"), "sizes") or [], key=lambda s: s["interactions"]
         )
         self.spark = sorted(
-            _get(docs.get("spark_engine"), "sizes") or [], key=lambda s: s["purchases"]
+            (_engines(size) for size in _get(docs.get("spark_engine"), "sizes") or []),
+            key=lambda s: s["purchases"],
         )
+
+    def _side_by_side_pandas(self, purchases: int, what: str) -> float | None:
+        """The pandas engine's figure measured beside the Spark engine's (``spark_engine``)."""
+        key = {"train_wall_seconds": "wall_seconds", "train_peak_rss_mib": "peak_rss_mib"}[what]
+        for row in self.spark:
+            if row["purchases"] == purchases and _get(row, "pandas", key) is not None:
+                return float(row["pandas"][key])
+        return None
 
     def _probe(self, users: int, items: int) -> dict[str, Any] | None:
         for p in self.probes:
@@ -234,6 +244,9 @@ class Capacity:
         ratio = self.purchases_per_user()
         if ratio is None:
             return Cell(None, NOT_MEASURED)
+        beside = self._side_by_side_pandas(round(users * ratio), what)
+        if beside is not None:  # the current trainer, measured beside the Spark engine
+            return Cell(beside, "measured")
         for row in self.train:
             if row["users"] == users:
                 return Cell(float(row[what]), "measured")
@@ -455,6 +468,15 @@ def _replicas(c: Capacity) -> list[str]:
         f"for a limit of {doc['failed_lookups']['limit']}.",
         "",
     ]
+
+
+def _engines(size: dict[str, Any]) -> dict[str, Any]:
+    """A ``spark_engine.json`` size with its runs by engine: ``spark`` is the MLlib fit (the one
+    that scales past the driver; implicit on the driver where only that was measured),
+    ``pandas`` the pandas engine beside it."""
+    runs = {run["engine"]: run for run in size.get("runs", [])}
+    spark = runs.get("spark-mllib") or runs.get("spark-implicit")
+    return {**size, "spark": spark, "pandas": runs.get("pandas")}
 
 
 def _evaluation(c: Capacity) -> list[str]:

@@ -88,8 +88,14 @@ def test_the_other_helpers_files_are_read_with_the_documented_keys(tmp_path: Pat
     docs = _docs()
     docs["spark_engine"] = {
         "sizes": [
-            {"purchases": 2_000_000, "spark": {"wall_seconds": 100.0, "peak_rss_mib": 1000.0}},
-            {"purchases": 10_000_000, "spark": {"wall_seconds": 300.0, "peak_rss_mib": 1500.0}},
+            {
+                "purchases": 2_000_000,
+                "runs": [{"engine": "spark-mllib", "wall_seconds": 100.0, "peak_rss_mib": 1000.0}],
+            },
+            {
+                "purchases": 10_000_000,
+                "runs": [{"engine": "spark-mllib", "wall_seconds": 300.0, "peak_rss_mib": 1500.0}],
+            },
         ]
     }
     docs["train_synthetic"] = {
