@@ -404,6 +404,8 @@ def main() -> None:
     ]
     from benchmarks import (  # issue 14, item 3
         against_commit,
+        ann_index,
+        ann_libraries,
         backtest_kinds,
         campaign_store,
         clv,
@@ -462,6 +464,8 @@ def main() -> None:
         ("feedback_overhead", feedback_overhead.render),  # issue 14, target 1
         ("new_arrivals", new_arrivals.render),  # issue 14, item 4
         ("simulator", simulator.render),  # issue 14, item 5
+        ("ann_libraries", ann_libraries.render),  # issue 15, item 4
+        ("ann_index", ann_index.render),  # issue 15, item 4
     ):
         doc = _load(name)
         if doc is not None:

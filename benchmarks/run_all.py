@@ -31,6 +31,8 @@ STEPS = (
     ["benchmarks.loyalty"],  # issue 13, item 1
     ["benchmarks.feedback_overhead"],  # issue 14, target 1
     ["benchmarks.simulator"],  # issue 14, item 5
+    ["benchmarks.ann_libraries", "--items", "100000", "--queries", "500"],  # issue 15, item 4
+    ["benchmarks.ann_index"],  # issue 15, item 4: 1M items, 10M users
 )
 
 

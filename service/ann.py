@@ -10,10 +10,9 @@ the prior's top items (``prior_top``, the same for every user of a recipe) and t
 The service fetches a few hundred from the index, adds those, and re-ranks them exactly with
 the served recipe (``Scorer.score_candidates``); ``benchmarks/ann_libraries.py`` measures
 recall@10 of this against the exact top 10. An index over the whole recipe's vector
-(``[y, pop_z, trend_z]``, one inner product) was measured too: HNSW over inner products of
-vectors whose lengths differ that much (the popularity column) lost recall (0.66 at 20,000
-items). A recipe using EASE is never served from the index (EASE is fitted only on small
-catalogues).
+(``[y, pop_z, trend_z]``, one inner product) was tried too: HNSW over inner products of
+vectors whose lengths differ that much (the popularity column) lost much of the recall. A
+recipe using EASE is never served from the index (EASE is fitted only on small catalogues).
 
 The library is usearch (the ``ann`` extra), imported only when an index is built or loaded;
 ``benchmarks/ann_libraries.py`` measured it against faiss-cpu and hnswlib. The index file is
