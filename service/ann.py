@@ -22,6 +22,7 @@ loaded as a memory-mapped view: its pages are shared by every worker on the mach
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,8 @@ class AnnIndex:
             raise ValueError(f"{path} is not a usearch index")
         restored.expansion_search = params.expansion_search
         self._index: Any = restored
+        # one search at a time: the binding's per-thread search context is not ours to share
+        self._lock = threading.Lock()
         self.size = len(self._index)
         self.ndim = int(self._index.ndim)
 
@@ -138,9 +141,10 @@ class AnnIndex:
         if k <= 0:
             return np.empty(0, dtype=np.int64)
         expansion = max(self.params.expansion_search, k)
-        if self._index.expansion_search != expansion:
-            self._index.expansion_search = expansion
-        found = self._index.search(np.asarray(query, dtype=np.float32), k, threads=1)
+        with self._lock:
+            if self._index.expansion_search != expansion:
+                self._index.expansion_search = expansion
+            found = self._index.search(np.asarray(query, dtype=np.float32), k, threads=1)
         return np.asarray(found.keys, dtype=np.int64)
 
 
