@@ -240,7 +240,9 @@ def in_process(
     lists: dict[str, list[list[str]]] = {}
     for name, use_ann, n_known in (("index", True, len(known)), ("exact", False, n_exact)):
         started = time.perf_counter()
-        model = prepare(artifact, options=ServingOptions(use_ann=use_ann))
+        model = prepare(
+            artifact, options=ServingOptions(use_ann=use_ann, mmap_min_bytes=MMAP_MIN_BYTES)
+        )
         prepare_s = time.perf_counter() - started
         recommender = Recommender(model)
         figures: dict[str, Any] = {"prepare_seconds": round(prepare_s, 1)}

@@ -67,7 +67,10 @@ class UserIndex(Mapping[str, int]):
         n = len(self.ids)
         if not n or not isinstance(key, str):
             return default
-        pos = int(np.searchsorted(self.ids, key, sorter=self.sorter))
+        if self.ids.dtype.kind == "U" and len(key) > self.ids.dtype.itemsize // 4:
+            return default  # longer than every id (and numpy would widen the whole array)
+        probe = np.asarray(key, dtype=self.ids.dtype)
+        pos = int(np.searchsorted(self.ids, probe, sorter=self.sorter))
         if pos >= n:
             return default
         row = pos if self.sorter is None else int(self.sorter[pos])

@@ -253,6 +253,7 @@ def test_the_user_index_finds_ids_in_sorted_and_unsorted_arrays() -> None:
         assert index.get("zz") is None
         assert "a3" not in index
         assert "b" in index
+        assert index.get("a1-but-longer") is None
         assert len(index) == 4
         assert list(index) == [str(u) for u in ids]
         with pytest.raises(KeyError):
