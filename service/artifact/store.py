@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import mmap as mmap_module
 import os
 import secrets
 import shutil
@@ -96,6 +97,18 @@ class Artifact:
     @property
     def n_items(self) -> int:
         return int(self.arrays["item_ids"].shape[0])
+
+
+def release_pages(array: npt.NDArray[Any]) -> None:
+    """Unmap from this process the pages of a memory-mapped array that a load-time pass read
+    (``madvise(MADV_DONTNEED)``: they stay in the page cache, shared, and come back on the
+    next access), so the worker's RSS is what its requests use. Nothing for an owned array."""
+    base: Any = array
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap_module.mmap):
+        base = getattr(base, "base", None)
+    handle = getattr(base, "_mmap", None)
+    if isinstance(handle, mmap_module.mmap) and hasattr(mmap_module, "MADV_DONTNEED"):
+        handle.madvise(mmap_module.MADV_DONTNEED)
 
 
 def fsync_dir(path: Path) -> None:

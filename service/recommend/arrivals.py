@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.activity.records import DEFAULT_EVENT_WEIGHTS, Activity, CatalogueEntry, ItemRecord
+from service.artifact.store import release_pages
 from service.clock import SECONDS_PER_DAY, Clock
 from service.recommend.recommender import Recommendation
 
@@ -490,4 +491,5 @@ def _gram_of(vectors: FloatArray) -> npt.NDArray[np.float64]:
     for start in range(0, int(vectors.shape[0]), GRAM_BLOCK_ROWS):
         block = np.asarray(vectors[start : start + GRAM_BLOCK_ROWS], dtype=np.float64)
         gram += block.T @ block
+    release_pages(vectors)  # a mapped file's pages read here are not this worker's to keep
     return gram

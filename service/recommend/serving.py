@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from service import ann
 from service.artifact import Artifact
+from service.artifact.store import release_pages
 from service.scoring import PROTOCOLS, Recipe, Scorer
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,10 @@ def prepare(
         options=options,
     )
     model.ann_indexes = _ann_indexes(artifact, options)
+    if options.mmap_min_bytes is not None:
+        for array in arrays.values():  # what the load's scans read of the large mapped files
+            if array.nbytes >= FAULT_IN_MAX_BYTES:
+                release_pages(array)
     chosen = _precomputed_users(scorer, options)
     n_chosen = len(user_ids) if chosen is None else len(chosen)
     if n_chosen and n_chosen * len(item_ids) <= options.precompute_max_cells:
