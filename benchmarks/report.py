@@ -404,6 +404,8 @@ def main() -> None:
     ]
     from benchmarks import (  # issue 14, item 3
         against_commit,
+        ann_index,
+        ann_libraries,
         backtest_kinds,
         campaign_store,
         capacity,
@@ -470,6 +472,8 @@ def main() -> None:
         ("capacity", capacity.render),  # issue 15, item 7 (and docs/scaling.md)
         ("replicas", replicas.render),  # issue 15, item 5
         ("eval_scale", eval_scale.render),  # issue 15, item 2
+        ("ann_libraries", ann_libraries.render),  # issue 15, item 4
+        ("ann_index", ann_index.render),  # issue 15, item 4
     ):
         doc = _load(name)
         if doc is not None:

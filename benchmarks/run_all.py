@@ -33,6 +33,8 @@ STEPS = (
     ["benchmarks.simulator"],  # issue 14, item 5
     ["benchmarks.capacity"],  # issue 15, item 7 (docs/scaling.md)
     ["benchmarks.replicas"],  # issue 15, item 5: needs PostgreSQL and Redis
+    ["benchmarks.ann_libraries", "--items", "100000", "--queries", "500"],  # issue 15, item 4
+    ["benchmarks.ann_index"],  # issue 15, item 4: 1M items, 10M users
 )
 
 

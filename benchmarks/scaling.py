@@ -31,10 +31,11 @@ The keys read from each file (a file or key that is absent: "not measured in thi
   Spark ones is preferred to ``train_synthetic.json`` for the same size.
 - ``eval_scale.json`` (issue 15, item 2): ``sizes[]`` with ``items``, ``of_users``,
   ``old_cap_users``, ``users``, ``cpu_seconds`` (one recipe, both protocols), ``peak_rss_mib``.
-- ``ann_index.json`` (issue 15, item 4): ``users``, ``items``, ``library``, ``recall_at_10``,
-  ``artifact_mib``, ``load_seconds``, and ``modes.exact`` / ``modes.index``, each with
-  ``known.p50_ms``, ``known.p99_ms``, ``session.p50_ms``, ``session.p99_ms``,
-  ``worker_rss_mib``.
+- ``ann_index.json`` (issue 15, item 4): ``users``, ``items``, ``ann.library``,
+  ``artifact_arrays_mib``, ``index_mib``, ``in_process.recall_at_10.known`` / ``.session``,
+  ``in_process.<mode>.known|session.cpu_p50_ms|cpu_p99_ms`` and
+  ``results.<mode>.known.p50_ms|p99_ms`` and ``results.<mode>.workers[0].rss_mib|own_mib`` for
+  the modes ``exact`` and ``index``.
 - ``replicas.json`` (issue 15, item 5): ``propagation.acked_to_used_ms.p99``,
   ``propagation.ingest_to_used_ms.p99``, ``redemptions.attempts``, ``redemptions.successes``,
   ``failed_lookups.limit``, ``failed_lookups.looked_up``.
@@ -430,23 +431,30 @@ def _ann(c: Capacity) -> list[str]:
     out = ["## With an ANN index (1M items)", ""]
     if doc is None:
         return [*out, f"`ann_index.json`: {NOT_MEASURED}.", ""]
+    ann = doc["ann"]
     out += [
-        f"`ann_index.json`, {doc.get('library', '?')}, {_n(doc['users'])} users x "
-        f"{_n(doc['items'])} items, recall@10 against exact {doc['recall_at_10']:.3f}, "
-        f"artifact {_mib(doc['artifact_mib'])}, load {doc['load_seconds']:.1f} s (measured):",
+        f"`ann_index.json`, {ann['library']}, {_n(doc['users'])} users x "
+        f"{_n(doc['items'])} items, recall@10 of the served lists against exact "
+        f"{doc['in_process']['recall_at_10']['known']:.3f} (known users), "
+        f"{doc['in_process']['recall_at_10']['session']:.3f} (sessions); model arrays "
+        f"{_mib(doc['artifact_arrays_mib'])}, index {_mib(doc['index_mib'])} (measured):",
         "",
-        "| mode | known p50 / p99 (ms) | session p50 / p99 (ms) | worker RSS |",
-        "|---|---:|---:|---:|",
+        "| mode | known: CPU p50 / p99 in process (ms) | known: HTTP p50 / p99 (ms) | "
+        "session: CPU p50 / p99 (ms) | one worker: RSS / own |",
+        "|---|---:|---:|---:|---:|",
     ]
     for mode in ("exact", "index"):
-        m = _get(doc, "modes", mode)
-        if m is None:
-            out.append(f"| {mode} | {NOT_MEASURED} | | |")
+        inner = _get(doc, "in_process", mode)
+        http = _get(doc, "results", mode)
+        if inner is None or http is None:
+            out.append(f"| {mode} | {NOT_MEASURED} | | | |")
             continue
+        worker = http["workers"][0]
         out.append(
-            f"| {mode} | {m['known']['p50_ms']:.2f} / {m['known']['p99_ms']:.2f} | "
-            f"{m['session']['p50_ms']:.2f} / {m['session']['p99_ms']:.2f} | "
-            f"{_mib(m['worker_rss_mib'])} |"
+            f"| {mode} | {inner['known']['cpu_p50_ms']:.2f} / {inner['known']['cpu_p99_ms']:.2f} | "
+            f"{http['known']['p50_ms']:.2f} / {http['known']['p99_ms']:.2f} | "
+            f"{inner['session']['cpu_p50_ms']:.2f} / {inner['session']['cpu_p99_ms']:.2f} | "
+            f"{_mib(worker['rss_mib'])} / {_mib(worker['own_mib'])} |"
         )
     return [*out, ""]
 

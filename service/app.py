@@ -75,6 +75,7 @@ from service.privacy.tombstones import Tombstones
 from service.recommend.arrivals import NewArrivals
 from service.recommend.holder import ModelHolder
 from service.recommend.service import Recommendations
+from service.recommend.serving import ServingOptions
 from service.segments.repository import SegmentRepository
 from service.segments.service import SegmentRefresher, Segments
 from service.settings import Settings
@@ -130,9 +131,16 @@ def create_app(
         )
         models = ModelHolder(
             settings.model_dir,
-            candidates_per_user=settings.candidates_per_user,
-            precompute_max_cells=settings.precompute_max_cells,
             event_weights=settings.event_weights,
+            options=ServingOptions(
+                candidates_per_user=settings.candidates_per_user,
+                precompute_max_cells=settings.precompute_max_cells,
+                precompute_max_users=settings.precompute_max_users,
+                use_ann=settings.ann,
+                ann_candidates=settings.ann_candidates,
+                ann_max_candidates=settings.ann_max_candidates,
+                mmap_min_bytes=settings.mmap_min_bytes,
+            ),
         )
         tombstones = Tombstones()  # erased users: no personal answer (service.privacy)
         arrivals = NewArrivals(  # products the model does not know (issue 14, item 4)

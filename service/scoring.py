@@ -158,6 +158,7 @@ class Scorer:
         self.trending = np.asarray(trending, dtype=np.float32)
         self.popularity_z = _standardise(popularity, self.n_scored)
         self.trending_z = _standardise(trending, self.n_scored)
+        self._moments: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = {}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> Scorer:
@@ -295,6 +296,79 @@ class Scorer:
             top = value.max()
             value = value / (top if top > 0 else 1.0) + recipe.repeat_bonus
             scores[np.asarray(item_idx)] += (w * value).astype(np.float32)
+        return scores
+
+    def moments(
+        self, signals: bool = False
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Mean item vector and second moment (YᵀY / n) of the first ``n_scored`` items of the
+        ALS factors (``signals``: the als_signals ones), so a user's mean and spread of scores
+        over those items come without scoring them: u·mean and uᵀMu - (u·mean)²."""
+        key = "signals" if signals else "als"
+        cached = self._moments.get(key)
+        if cached is None:
+            factors = self.signal_item_factors if signals else self.item_factors
+            if factors is None:
+                raise ValueError("this model has no als_signals factors")
+            head = np.asarray(factors[: self.n_scored], dtype=np.float64)
+            cached = (head.mean(axis=0), head.T @ head / max(1, len(head)))
+            self._moments[key] = cached
+        return cached
+
+    def spread(self, vector: npt.NDArray[np.float32], signals: bool = False) -> tuple[float, float]:
+        """Mean and standard deviation of ``factors[:n_scored] @ vector`` (1 for none)."""
+        mean_vector, second = self.moments(signals)
+        v = np.asarray(vector, dtype=np.float64)
+        mean = float(v @ mean_vector)
+        var = float(v @ second @ v) - mean * mean
+        return mean, (float(np.sqrt(var)) if var > 1e-24 else 1.0)
+
+    def score_candidates(
+        self,
+        candidates: npt.NDArray[np.integer[Any]],
+        item_idx: npt.NDArray[np.integer[Any]],
+        counts: npt.NDArray[np.floating[Any]],
+        age_days: npt.NDArray[np.floating[Any]],
+        user_vector: npt.NDArray[np.float32] | None,
+        recipe: Recipe,
+        *,
+        signal_vector: npt.NDArray[np.float32] | None = None,
+    ) -> FloatArray:
+        """``score_row(...)[candidates]`` without scoring the rest of the catalogue: each ALS
+        part standardised with the user's mean and spread over the first ``n_scored`` items
+        (``spread``), the catalogue-wide parts and "buy again" as in ``score_row``. Not for a
+        recipe using EASE (its spread needs every item's score)."""
+        if recipe.uses("ease"):
+            raise ValueError("score_candidates does not score EASE; use score_row")
+        candidates = np.asarray(candidates, dtype=np.int64)
+        scores = np.zeros(len(candidates), dtype=np.float32)
+        for name, vector, factors, signals in (
+            ("als", user_vector, self.item_factors, False),
+            ("als_signals", signal_vector, self.signal_item_factors, True),
+        ):
+            w = recipe.weight(name)
+            if w:
+                if vector is None or factors is None:
+                    raise ValueError(f"recipe uses {name} but no user vector was given")
+                mean, std = self.spread(vector, signals)
+                raw = np.asarray(factors[candidates], dtype=np.float32) @ vector.astype(np.float32)
+                scores += (w * (raw - mean) / std).astype(np.float32)
+        w = recipe.weight("popularity")
+        if w:
+            scores += w * self.popularity_z[candidates]
+        w = recipe.weight("trending")
+        if w:
+            scores += w * self.trending_z[candidates]
+        w = recipe.weight("repeat")
+        if w and len(item_idx):
+            value = _repeat_strength(counts, age_days, recipe)
+            top = value.max()
+            value = value / (top if top > 0 else 1.0) + recipe.repeat_bonus
+            items = np.asarray(item_idx, dtype=np.int64)
+            order = np.argsort(items, kind="stable")
+            pos = np.minimum(np.searchsorted(items[order], candidates), len(items) - 1)
+            hit = items[order][pos] == candidates
+            scores[hit] += (w * value[order][pos[hit]]).astype(np.float32)
         return scores
 
     def _add_catalogue_wide(self, scores: FloatArray, recipe: Recipe) -> None:

@@ -178,6 +178,29 @@ class Settings(BaseSettings):
         ge=0,
         description="Precompute candidates at load when users x items is at most this.",
     )
+    # issue 15, item 4: bounded precomputation, the ANN index, shared model files
+    precompute_max_users: int = Field(
+        100_000,
+        ge=0,
+        description="Known users whose candidates are precomputed at most (those with the "
+        "longest histories when there are more); about 3.2 KB each.",
+    )
+    ann: bool = Field(True, description="Serve from the version's ANN index when it has one.")
+    ann_candidates: int = Field(
+        200, ge=10, le=10_000, description="Items fetched from the ANN index per request."
+    )
+    ann_max_candidates: int = Field(
+        5_000,
+        ge=10,
+        le=1_000_000,
+        description="The fetch grows up to this when filters leave too few; then exact.",
+    )
+    mmap_min_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Model files of at least this size are memory-mapped, shared by the "
+        "workers (none: every file read into each worker's memory).",
+    )
     session_events: int = Field(
         50, ge=1, le=1000, description="Recent events per user kept for fold-in and filters."
     )

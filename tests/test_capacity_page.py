@@ -120,15 +120,23 @@ def test_the_other_helpers_files_are_read_with_the_documented_keys(tmp_path: Pat
     docs["ann_index"] = {
         "users": 10_000_000,
         "items": 1_000_000,
-        "library": "lib",
-        "recall_at_10": 0.97,
-        "artifact_mib": 4000.0,
-        "load_seconds": 20.0,
-        "modes": {
+        "ann": {"library": "lib"},
+        "artifact_arrays_mib": 4000.0,
+        "index_mib": 400.0,
+        "in_process": {
+            "recall_at_10": {"known": 0.97, "session": 0.7},
+            **{
+                mode: {
+                    "known": {"cpu_p50_ms": 1.0, "cpu_p99_ms": 3.0},
+                    "session": {"cpu_p50_ms": 2.0, "cpu_p99_ms": 4.0},
+                }
+                for mode in ("exact", "index")
+            },
+        },
+        "results": {
             mode: {
-                "known": {"p50_ms": 1.0, "p99_ms": 3.0},
-                "session": {"p50_ms": 2.0, "p99_ms": 4.0},
-                "worker_rss_mib": 1800.0,
+                "known": {"p50_ms": 4.0, "p99_ms": 9.0},
+                "workers": [{"rss_mib": 1800.0, "own_mib": 900.0}],
             }
             for mode in ("exact", "index")
         },
@@ -158,7 +166,7 @@ def test_the_other_helpers_files_are_read_with_the_documented_keys(tmp_path: Pat
     assert c.spark_train(100_000, "wall_seconds").how == "measured"
     assert c.spark_train(1_000_000, "wall_seconds").value == pytest.approx(100 + 18 * 25.0)
     assert c.pandas_train(100_000, "train_wall_seconds").value == 5.0
-    assert "recall@10 against exact 0.970" in page
+    assert "recall@10 of the served lists against exact 0.970 (known users)" in page
     assert "42.0 ms p99 after the first replica's answer" in page
     assert "| 1,000,000 | 60,000 | 10 | 50,000 | 12.0 s |" in page
     spark = page.split("**Spark engine (`--engine spark`), wall**")[1].split("Per-unit")[0]

@@ -58,12 +58,17 @@ class ModelParams:
     every_visitor: bool = True
     seed: int = 42
     threads: int = 0  # 0: all cores
+    # from this many served items the trainer builds an ANN index over the item factors
+    # (issue 15, item 4; ``training.ann``); 0: always
+    ann_min_items: int = 100_000
 
     def __post_init__(self) -> None:
         if self.weighting not in ("bm25", "confidence"):
             raise ValueError(f"weighting must be 'bm25' or 'confidence', not {self.weighting!r}")
         if self.factors < 1 or self.iterations < 1 or self.warm_iterations < 1:
             raise ValueError("factors, iterations and warm_iterations must be >= 1")
+        if self.ann_min_items < 0:
+            raise ValueError(f"ann_min_items must be >= 0, not {self.ann_min_items}")
         if self.regularization < 0 or self.ease_lambda <= 0 or self.trending_days < 1:
             raise ValueError("regularization >= 0, ease_lambda > 0 and trending_days >= 1")
         if not 0.0 <= self.quantity_weight <= 10.0:

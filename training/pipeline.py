@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ from training.evaluate import (
 from training.gate import GateDecision, current_model_params, gate_new_model
 from training.lock import trainer_lock
 from training.models import Candidates, ModelParams, Stage, default_candidates, fit_stage
-from training.publish import artifact_arrays, describe, publish
+from training.publish import artifact_arrays, describe, publish, with_ann_index
 from training.signals import SIGNAL_TYPES, Signals, encode_signals
 from training.tune import TRIALS, tune
 
@@ -500,7 +501,9 @@ def _run(
             update={"evaluation": EvaluationInfo.model_validate(evaluation)}
         )
         arrays = artifact_arrays(serving, inputs.purchases)
-        path = publish(store, version, arrays, body, promote=promote)
+        with _timed(timings, "ann_index"), tempfile.TemporaryDirectory() as workdir:
+            body, files = with_ann_index(body, arrays, config.params, Path(workdir))
+            path = publish(store, version, arrays, body, promote=promote, files=files)
         manifest = read_manifest(path)
         pruned = store.prune(config.keep_versions)  # refused runs too: every run adds one
         timings["total"] = time.perf_counter() - started

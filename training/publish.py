@@ -208,6 +208,28 @@ def manifest_body(
     )
 
 
+def with_ann_index(
+    body: ManifestBody,
+    arrays: dict[str, np.ndarray[Any, Any]],
+    params: ModelParams,
+    workdir: Path,
+) -> tuple[ManifestBody, dict[str, Path]]:
+    """``body`` with the ANN index the catalogue gets past ``params.ann_min_items`` (built
+    into ``workdir``), and its files; unchanged and none below that size."""
+    from training import ann
+
+    n_items = int(arrays["item_ids"].shape[0])
+    if not ann.wanted(n_items, params.ann_min_items):
+        return body, {}
+    built = ann.build_index(
+        arrays, body.recipes, workdir, min_items=params.ann_min_items, threads=params.threads
+    )
+    if built is None:
+        return body, {}
+    info, files = built
+    return body.model_copy(update={"ann": info}), files
+
+
 def publish(
     store: ModelStore,
     version: str,
@@ -215,12 +237,13 @@ def publish(
     body: ManifestBody,
     *,
     promote: bool,
+    files: dict[str, Path] | None = None,
 ) -> Path:
     """Write ``version`` atomically into ``store`` and, when ``promote``, make it current.
 
-    Returns the version's directory.
+    ``files``: other files of the version (its ANN index). Returns the version's directory.
     """
-    path = write_artifact(store.root, version, arrays, body)
+    path = write_artifact(store.root, version, arrays, body, files)
     if promote:
         store.promote(version)
     return path

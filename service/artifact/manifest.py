@@ -142,6 +142,44 @@ class EvaluationInfo(_Part):
     chunk_users: int | None = None  # users scored at once (bounded memory)
 
 
+class FileSpec(_Part):
+    """A file of the version other than an array (an ANN index): its checks before use."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
+class AnnIndexInfo(_Part):
+    """One approximate nearest-neighbour index: over which item factors, in which file."""
+
+    factor_set: str  # "als" (the item factors) or "als_signals" (signal_item_factors)
+    file: str  # its entry in ``Manifest.files``
+    items: int
+    dims: int
+
+
+class AnnInfo(_Part):
+    """The version's ANN index over item factors (issue 15, item 4; ``service.ann``).
+
+    ``recall_at_10``: per protocol, the share of the exact top 10 of the served recipe that
+    ``fetch`` items from each index plus the ``prior_items`` most popular/trending, re-ranked
+    exactly, keep; measured at build time on ``recall_users`` of the model's own users.
+    """
+
+    library: str
+    library_version: str
+    metric: str = "ip"
+    params: dict[str, int] = Field(default_factory=dict)
+    indexes: list[AnnIndexInfo] = Field(default_factory=list)
+    fetch: int = 200
+    prior_items: int = 200
+    recall_at_10: dict[str, float] = Field(default_factory=dict)
+    recall_users: int = 0
+    build_seconds: float = 0.0
+    min_items: int = 0  # the catalogue size from which the trainer builds one
+
+
 class ManifestBody(_Part):
     """What the trainer says about a model version."""
 
@@ -163,6 +201,7 @@ class ManifestBody(_Part):
     libraries: dict[str, str] = Field(default_factory=dict)
     engine: EngineInfo = Field(default_factory=EngineInfo)
     evaluation: EvaluationInfo | None = None
+    ann: AnnInfo | None = None  # None: no index, every request scores the whole catalogue
 
     @field_validator("recipes")
     @classmethod
@@ -214,6 +253,7 @@ class Manifest(ManifestBody):
     schema_version: int
     version: str
     arrays: dict[str, ArraySpec]
+    files: dict[str, FileSpec] = Field(default_factory=dict)  # name -> a file beside the arrays
 
 
 def as_utc(moment: datetime) -> datetime:

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import mmap as mmap_module
 import os
 import secrets
 import shutil
@@ -42,6 +43,7 @@ import numpy.typing as npt
 from service.artifact.manifest import (
     SCHEMA_VERSION,
     ArraySpec,
+    FileSpec,
     Manifest,
     ManifestBody,
     manifest_json,
@@ -102,6 +104,8 @@ class Artifact:
     path: Path
     manifest: Manifest
     arrays: dict[str, npt.NDArray[Any]] = field(repr=False)
+    # name -> path of each file of ``Manifest.files`` (an ANN index), checked like the arrays
+    files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -114,6 +118,18 @@ class Artifact:
     @property
     def n_items(self) -> int:
         return int(self.arrays["item_ids"].shape[0])
+
+
+def release_pages(array: npt.NDArray[Any]) -> None:
+    """Unmap from this process the pages of a memory-mapped array that a load-time pass read
+    (``madvise(MADV_DONTNEED)``: they stay in the page cache, shared, and come back on the
+    next access), so the worker's RSS is what its requests use. Nothing for an owned array."""
+    base: Any = array
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap_module.mmap):
+        base = getattr(base, "base", None)
+    handle = getattr(base, "_mmap", None)
+    if isinstance(handle, mmap_module.mmap) and hasattr(mmap_module, "MADV_DONTNEED"):
+        handle.madvise(mmap_module.MADV_DONTNEED)
 
 
 def fsync_dir(path: Path) -> None:
@@ -152,6 +168,7 @@ def write_artifact(
     version: str,
     arrays: Mapping[str, npt.NDArray[Any]],
     body: ManifestBody,
+    files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write one model version atomically under ``root/versions/version``.
 
@@ -160,7 +177,9 @@ def write_artifact(
         version: the new version's name; it must not exist yet.
         arrays: name -> numpy array; string arrays must be fixed-width unicode.
         body: what the trainer says about the version; ``schema_version``, ``version`` and
-            the ``arrays`` table are filled in here.
+            the ``arrays`` and ``files`` tables are filled in here.
+        files: name -> a file to copy into the version as it is (an ANN index), listed with
+            its size and sha256 in ``files``.
 
     Returns the final directory.
     """
@@ -192,12 +211,22 @@ def write_artifact(
                 bytes=file.stat().st_size,
                 sha256=_sha256(file),
             )
+        others: dict[str, FileSpec] = {}
+        for name, source in (files or {}).items():
+            if "/" in name or name == MANIFEST or name.endswith(".npy") or name.startswith("."):
+                raise ArtifactError(f"cannot write artifact {version}: bad file name {name!r}")
+            file = tmp / name
+            shutil.copyfile(source, file)
+            with open(file, "rb+") as fh:
+                os.fsync(fh.fileno())
+            others[name] = FileSpec(file=name, bytes=file.stat().st_size, sha256=_sha256(file))
         manifest = Manifest.model_validate(
             {
                 **body.model_dump(by_alias=True),
                 "schema_version": SCHEMA_VERSION,
                 "version": version,
                 "arrays": table,
+                "files": others,
             }
         )
         write_bytes_durably(tmp / MANIFEST, manifest_json(manifest))
@@ -225,14 +254,24 @@ def read_manifest(path: Path) -> Manifest:
     return parse_manifest(data, f"artifact {path}")
 
 
-def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = True) -> Artifact:
+def load_artifact(
+    path: Path,
+    *,
+    verify_checksums: bool = True,
+    mmap: bool = True,
+    mmap_min_bytes: int | None = None,
+) -> Artifact:
     """Load and validate one artifact directory.
 
     ``mmap=True``: numeric arrays are memory-mapped, string arrays read into memory.
     ``mmap=False``: every file is read once into memory the process owns and checked there
     (size, and sha256 unless ``verify_checksums`` is False); the arrays never refer to the
-    file again. Raises ArtifactError naming the problem for a missing, truncated or corrupt
-    file, a wrong dtype or shape, or inconsistent array sizes.
+    file again. ``mmap_min_bytes`` (with ``mmap=False``): files of at least this size are
+    memory-mapped instead (checked first), strings too, so the page cache holds one copy for
+    every worker (issue 15: ten million users' factors); None: none.
+    The other files (``Manifest.files``: an ANN index) are checked the same way (size, sha256)
+    and handed over as paths. Raises ArtifactError naming the problem for a missing, truncated
+    or corrupt file, a wrong dtype or shape, or inconsistent array sizes.
     """
     manifest = read_manifest(path)
     table = manifest.arrays
@@ -247,7 +286,8 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
         file = path / spec.file
         if not spec.file or not file.is_file():
             raise ArtifactError(f"artifact {path}: array file {file.name} is missing")
-        if not mmap:
+        mapped = mmap or (mmap_min_bytes is not None and spec.bytes >= mmap_min_bytes)
+        if not mapped:
             arr = _read_owned(path, file, spec, verify_checksums)
         else:
             size = file.stat().st_size
@@ -259,7 +299,8 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
                 raise ArtifactError(f"artifact {path}: {file.name} fails its sha256 check")
             try:
                 dtype = np.dtype(spec.dtype)
-                mode: Literal["r"] | None = "r" if dtype.kind not in "US" else None
+                strings = dtype.kind in "US" and mmap  # the trainer's tools read strings in
+                mode: Literal["r"] | None = None if strings else "r"
                 arr = np.load(file, mmap_mode=mode, allow_pickle=False)
             except (ValueError, OSError, KeyError, TypeError) as exc:
                 raise ArtifactError(f"artifact {path}: cannot read {file.name} ({exc})") from None
@@ -271,8 +312,25 @@ def load_artifact(path: Path, *, verify_checksums: bool = True, mmap: bool = Tru
         _check_rule(path, name, arr)
         arrays[name] = arr
     _check_consistency(path, arrays)
+    others: dict[str, Path] = {}
+    for name, other in manifest.files.items():
+        file = path / other.file
+        if "/" in other.file or not file.is_file():
+            raise ArtifactError(f"artifact {path}: file {other.file} is missing")
+        size = file.stat().st_size
+        if size != other.bytes:
+            raise ArtifactError(
+                f"artifact {path}: {other.file} has {size} bytes, manifest says {other.bytes}"
+            )
+        if verify_checksums and _sha256(file) != other.sha256:
+            raise ArtifactError(f"artifact {path}: {other.file} fails its sha256 check")
+        others[name] = file
+    if manifest.ann is not None:
+        unlisted = [i.file for i in manifest.ann.indexes if i.file not in others]
+        if unlisted:
+            raise ArtifactError(f"artifact {path}: ann index files {unlisted} are not in files")
     _check_counts(path, manifest, arrays)
-    return Artifact(path=path, manifest=manifest, arrays=arrays)
+    return Artifact(path=path, manifest=manifest, arrays=arrays, files=others)
 
 
 def _check_rule(path: Path, name: str, arr: npt.NDArray[Any]) -> None:

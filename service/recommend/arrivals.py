@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.activity.records import DEFAULT_EVENT_WEIGHTS, Activity, CatalogueEntry, ItemRecord
+from service.artifact.store import release_pages
 from service.clock import SECONDS_PER_DAY, Clock
 from service.recommend.recommender import Recommendation
 
@@ -203,7 +204,6 @@ class _Space:
             if category:
                 pools[category].append(row)
         users = np.asarray(model.scorer.user_factors, dtype=np.float32)
-        wide = users.astype(np.float64)
         return cls(
             version=model.version,
             saw_until=model.artifact.manifest.saw_until,
@@ -213,7 +213,7 @@ class _Space:
             attribute_rows={k: np.asarray(r, dtype=np.int64) for k, r in attribute_rows.items()},
             user_index=model.user_index,
             user_factors=users,
-            user_gram=wide.T @ wide,
+            user_gram=_gram_of(users),
             regularization=model.regularization,
             fold_in_scale=model.fold_in_scale,
             model_items=model.item_index,
@@ -478,3 +478,18 @@ def _unknown_rank(
 
 def _created(entry: CatalogueEntry) -> float:
     return entry.created_at.timestamp() if entry.created_at is not None else float("nan")
+
+
+GRAM_BLOCK_ROWS = 65_536
+
+
+def _gram_of(vectors: FloatArray) -> npt.NDArray[np.float64]:
+    """XᵀX in float64, a block of rows at a time: ten million users' factors never get a
+    float64 copy (5 GB) at once (issue 15)."""
+    k = int(vectors.shape[1])
+    gram = np.zeros((k, k), dtype=np.float64)
+    for start in range(0, int(vectors.shape[0]), GRAM_BLOCK_ROWS):
+        block = np.asarray(vectors[start : start + GRAM_BLOCK_ROWS], dtype=np.float64)
+        gram += block.T @ block
+    release_pages(vectors)  # a mapped file's pages read here are not this worker's to keep
+    return gram

@@ -7,7 +7,11 @@ is logged and counted, and the old one keeps serving.
 Versions are loaded into memory this process owns (``load_artifact(mmap=False)``): each file is
 read once and checked against its size and sha256 before anything is served, and never read
 again, so a file truncated or overwritten in place later (a ``cp`` of a backup over the live
-directory) cannot crash the process with SIGBUS the way a memory-mapped one would.
+directory) cannot crash the process with SIGBUS the way a memory-mapped one would. Two
+exceptions, both checked the same way first (issue 15): files of at least
+``RECOFFER_MMAP_MIN_BYTES`` (unset: none) are memory-mapped, one copy in the page cache for
+every worker (ten million users' factors), and an ANN index is always a memory-mapped view.
+Published files are read-only; a version directory is never written again.
 
 During an experiment (issue 14, item 3) the holder also holds the experiment's arms
 (``ExperimentArms``): the candidate's ``Recommender`` (a second version, or a candidate recipe
@@ -40,7 +44,7 @@ from service.artifact import Artifact, Manifest, ModelStore, load_artifact
 from service.errors import RecofferError
 from service.experiments.arms import arm_of
 from service.recommend.recommender import Recommender
-from service.recommend.serving import prepare
+from service.recommend.serving import ServingOptions, prepare
 from service.scoring import PROTOCOLS, Recipe
 
 if TYPE_CHECKING:
@@ -67,10 +71,14 @@ class ModelHolder:
         candidates_per_user: int = 200,
         precompute_max_cells: int = 400_000_000,
         event_weights: dict[str, float] | None = None,
+        options: ServingOptions | None = None,
     ) -> None:
         self.store = ModelStore(model_dir)
-        self.candidates_per_user = candidates_per_user
-        self.precompute_max_cells = precompute_max_cells
+        self.options = options or ServingOptions(
+            candidates_per_user=candidates_per_user, precompute_max_cells=precompute_max_cells
+        )
+        self.candidates_per_user = self.options.candidates_per_user
+        self.precompute_max_cells = self.options.precompute_max_cells
         self.event_weights = event_weights
         self.current: Recommender | None = None
         self.last_error: str | None = None
@@ -125,13 +133,17 @@ class ModelHolder:
             return LoadOutcome(True, wanted, attempted=True)
 
     def _load(self, version: str) -> Recommender:
-        artifact = load_artifact(self.store.version_path(version), mmap=False)
-        model = prepare(
-            artifact,
-            candidates_per_user=self.candidates_per_user,
-            precompute_max_cells=self.precompute_max_cells,
-        )
+        artifact = self.load_version(version)
+        model = prepare(artifact, options=self.options)
         return Recommender(model, event_weights=self.event_weights)
+
+    def load_version(self, version: str) -> Artifact:
+        """``version`` loaded and checked, owned (its large files mapped: ``options``)."""
+        return load_artifact(
+            self.store.version_path(version),
+            mmap=False,
+            mmap_min_bytes=self.options.mmap_min_bytes,
+        )
 
     def _promoted_candidate(self, version: str) -> Recommender | None:
         """The running experiment's candidate when it is ``version`` with its served recipe
@@ -276,12 +288,7 @@ def _experiment_recommender(
     covers: frozenset[str] = frozenset()
     if recipe is not None:
         recipes, covers = candidate_recipes(artifact.manifest, recipe)
-    model = prepare(
-        artifact,
-        candidates_per_user=holder.candidates_per_user,
-        precompute_max_cells=holder.precompute_max_cells,
-        recipes=recipes,
-    )
+    model = prepare(artifact, recipes=recipes, options=holder.options)
     return Recommender(model, event_weights=holder.event_weights), covers
 
 
@@ -296,7 +303,7 @@ def build_arms(holder: ModelHolder, experiment: Experiment) -> ExperimentArms:
     def artifact_of(version: str) -> Artifact:
         if shared is not None and shared.version == version:
             return shared
-        return load_artifact(holder.store.version_path(version), mmap=False)
+        return holder.load_version(version)
 
     candidate, candidate_covers = _experiment_recommender(
         holder, artifact_of(experiment.candidate_version), experiment.candidate_recipe

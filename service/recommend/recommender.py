@@ -2,8 +2,12 @@
 
 Three kinds of user:
 - ``model``: the user is in the artifact. Their top candidates under both served recipes are
-  precomputed when the model is loaded (when users x items is small enough), so a request is a
-  filter over a short array; otherwise they are scored on the spot.
+  precomputed when the model is loaded (for a bounded number of users, when users x items is
+  small enough: ``serving.ServingOptions``), so a request is a filter over a short array;
+  otherwise they are scored on the spot: with the version's ANN index (``service.ann``) a few
+  hundred candidates re-ranked exactly with the served recipe, fetched again with more when the
+  filters leave fewer than ``limit`` (up to ``ann_max_candidates``, then the whole catalogue),
+  without one the whole catalogue.
 - ``session``: the model has never seen the user, but they have recent events (views, carts,
   purchases). The events are folded into the ALS space (one small least-squares solve, the
   formula implicit's ``recalculate_user`` uses) and into EASE's input, and the served recipe
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from service import ann
 from service.activity.records import DEFAULT_EVENT_WEIGHTS, Activity, CatalogueEntry
 from service.clock import SECONDS_PER_DAY
 from service.errors import UnknownItem
@@ -94,6 +99,18 @@ class History:
 
 
 NO_HISTORY = History(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """A session's events as the scorer takes them (``Recommender._session_fold``)."""
+
+    item_idx: IntArray
+    values: npt.NDArray[np.float32]
+    ages: npt.NDArray[np.float32]
+    vector: npt.NDArray[np.float32] | None
+    signal_vector: npt.NDArray[np.float32] | None
+    bought: list[int]
 
 
 class Recommender:
@@ -247,18 +264,82 @@ class Recommender:
     ) -> list[tuple[int, float]]:
         m = self.model
         cached = m.candidates.get(protocol)
-        if cached is not None:
+        row = m.precomputed_row(user_idx)
+        if cached is not None and row is not None:
             picked: list[tuple[int, float]] = []
-            for i, s in zip(
-                cached[0][user_idx].tolist(), cached[1][user_idx].tolist(), strict=True
-            ):
+            for i, s in zip(cached[0][row].tolist(), cached[1][row].tolist(), strict=True):
                 if s == -np.inf:
                     break  # sorted: the rest are excluded too
                 if i not in banned:
                     picked.append((i, s))
                     if len(picked) == limit:
                         return picked
+        recipe = m.recipes[protocol]
+        if m.ann_indexes and ann.servable(recipe):
+            hist, ages = m.scorer.history_counts, m.scorer.history_age_days
+            start, end = hist.indptr[user_idx], hist.indptr[user_idx + 1]
+            signals = m.scorer.signal_user_factors
+            found = self._from_index(
+                recipe,
+                np.asarray(m.scorer.user_factors[user_idx], dtype=np.float32),
+                None if signals is None else np.asarray(signals[user_idx], dtype=np.float32),
+                hist.indices[start:end].astype(np.int64),
+                hist.data[start:end],
+                ages.data[start:end],
+                limit,
+                banned,
+                exclude_own=protocol == "novel",
+            )
+            if found is not None:
+                return found
         return _pick(self._known_scores(user_idx, protocol), limit, banned)
+
+    def _from_index(
+        self,
+        recipe: Recipe,
+        vector: npt.NDArray[np.float32] | None,
+        signal_vector: npt.NDArray[np.float32] | None,
+        item_idx: IntArray,
+        counts: npt.NDArray[np.floating[Any]],
+        ages: npt.NDArray[np.floating[Any]],
+        limit: int,
+        banned: set[int],
+        *,
+        exclude_own: bool,
+        excluded: Collection[int] = (),
+    ) -> list[tuple[int, float]] | None:
+        """The best ``limit`` items not ``banned`` among the index's candidates re-ranked
+        exactly with ``recipe`` (plus the user's own items when it buys again, unless
+        ``exclude_own``; never ``excluded``); the fetch grows fourfold while the filters leave
+        fewer, up to ``ann_max_candidates``. None: still short, score the whole catalogue."""
+        m = self.model
+        fetch = m.options.ann_candidates
+        ceiling = max(fetch, m.options.ann_max_candidates)
+        prior = m.prior_top(recipe)
+        own = item_idx if recipe.uses("repeat") and not exclude_own else item_idx[:0]
+        dropped = set(banned)
+        dropped.update(excluded)
+        if exclude_own:
+            dropped.update(item_idx.tolist())
+        while True:
+            found = ann.candidates(
+                m.ann_indexes, m.scorer, recipe, vector, signal_vector, fetch, prior
+            )
+            if len(own):
+                found = np.union1d(found, own)
+            keep = np.fromiter(
+                (i not in dropped for i in found.tolist()), dtype=bool, count=len(found)
+            )
+            found = found[keep]
+            if len(found) >= limit:
+                scores = m.scorer.score_candidates(
+                    found, item_idx, counts, ages, vector, recipe, signal_vector=signal_vector
+                )
+                top = _top(scores, limit)
+                return [(int(found[i]), float(scores[i])) for i in top]
+            if fetch >= ceiling or fetch >= m.n_items:
+                return None
+            fetch = min(ceiling, fetch * 4)
 
     def _known_scores(self, user_idx: int, protocol: str) -> npt.NDArray[np.float32]:
         m = self.model
@@ -286,11 +367,30 @@ class Recommender:
         banned: set[int],
         now: datetime | None,
     ) -> list[tuple[int, float]]:
+        m = self.model
+        recipe = self._session_recipes[protocol]
+        if m.ann_indexes and ann.servable(recipe):
+            fold = self._session_fold(recent, protocol, now)
+            found = self._from_index(
+                recipe,
+                fold.vector,
+                fold.signal_vector,
+                fold.item_idx,
+                fold.values,
+                fold.ages,
+                limit,
+                banned,
+                exclude_own=False,
+                excluded=fold.bought if protocol == "novel" else (),
+            )
+            if found is not None:
+                return found
         return _pick(self._session_scores(recent, protocol, now), limit, banned)
 
-    def _session_scores(
+    def _session_fold(
         self, recent: Sequence[Activity], protocol: str, now: datetime | None
-    ) -> npt.NDArray[np.float32]:
+    ) -> _Fold:
+        """A session's events as the scorer's inputs: items, weights, ages, folded-in vectors."""
         m = self.model
         weights: dict[int, float] = {}
         newest: dict[int, datetime] = {}
@@ -312,12 +412,24 @@ class Recommender:
             [max((moment - newest[i]).total_seconds() / SECONDS_PER_DAY, 1e-3) for i in item_idx],
             dtype=np.float32,
         )
+        bought = [m.item_index[a.item_id] for a in recent if a.type == "purchase"]
+        return _Fold(item_idx, values, ages, vector, signal_vector, bought)
+
+    def _session_scores(
+        self, recent: Sequence[Activity], protocol: str, now: datetime | None
+    ) -> npt.NDArray[np.float32]:
+        m = self.model
+        fold = self._session_fold(recent, protocol, now)
         scores = m.scorer.score_row(
-            item_idx, values, ages, vector, recipe, signal_vector=signal_vector
+            fold.item_idx,
+            fold.values,
+            fold.ages,
+            fold.vector,
+            self._session_recipes[protocol],
+            signal_vector=fold.signal_vector,
         )
         if protocol == "novel":
-            bought = [m.item_index[a.item_id] for a in recent if a.type == "purchase"]
-            scores[bought] = -np.inf
+            scores[fold.bought] = -np.inf
         return scores
 
     def rank(

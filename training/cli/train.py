@@ -57,6 +57,7 @@ _OPTIONS = {
     "threads": "--threads",
     "view_weight": "--view-weight",
     "add_to_cart_weight": "--add-to-cart-weight",
+    "ann_min_items": "--ann-min-items",
 }
 
 
@@ -143,6 +144,14 @@ def train(
         int, typer.Option(help="Training threads (0: all cores).")
     ] = DEFAULTS.threads,
     eval_users: EvalUsers = None,
+    ann_min_items: Annotated[
+        int,
+        typer.Option(
+            help="Build an ANN index over the item factors (the ann extra) from this many "
+            "items on; the service then re-ranks a few hundred candidates instead of scoring "
+            "the whole catalogue. 0: always."
+        ),
+    ] = DEFAULTS.ann_min_items,
     force: Annotated[
         bool, typer.Option("--force", help="Promote even when the quality gate refuses.")
     ] = False,
@@ -220,6 +229,7 @@ def train(
                 view_weight=view_weight,
                 add_to_cart_weight=add_to_cart_weight,
                 every_visitor=every_visitor,
+                ann_min_items=ann_min_items,
             )
         except ValueError as exc:  # NaN and inf weights too
             raise UsageProblem(_naming_the_option(str(exc))) from None
