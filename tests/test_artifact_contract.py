@@ -68,6 +68,8 @@ def _default_json(field: Any) -> Any:
 MODELS: dict[str, type[BaseModel]] = {
     "Manifest": manifest_module.Manifest,
     "ArraySpec": manifest_module.ArraySpec,
+    "FileSpec": manifest_module.FileSpec,
+    "AnnInfo": manifest_module.AnnInfo,
     "Counts": manifest_module.Counts,
     "Figures": manifest_module.Figures,
     "EngineInfo": manifest_module.EngineInfo,
