@@ -311,7 +311,11 @@ def test_a_redis_outage_answers_every_request_from_the_database(
         assert r.json()["source"] == "session"  # the database's events, folded in
         r = c.post(f"/v1/users/{user}/recommendations", json={"limit": 4}, headers=F)
         assert r.status_code == 200, r.text
-        assert c.delete(f"/v1/users/{user}", headers=A).status_code == 200
+        r = c.delete(f"/v1/users/{user}", headers=A)
+        assert r.status_code == 200, r.text
+        # not "0 deleted": the list may be there, and its delete is retried at each poll
+        assert r.json()["pending"] == ["redis_session"]
+        assert "redis_session" not in r.json()["removed"]
         metrics = c.get("/metrics").text
     assert 'recoffer_session_fallbacks_total{source="database"}' in metrics
     # the fill at start failed first, so the write was skipped (its user marked stale)
@@ -471,3 +475,45 @@ def test_the_clients_pools_are_bounded_and_database_fallbacks_capped() -> None:
     release.set()
     worker.join(5)
     assert first == [from_db]
+
+
+def test_every_worker_deletes_an_erased_users_list_when_it_reads_the_tombstone(
+    two_apps: tuple[TestClient, TestClient],
+) -> None:
+    a, b = two_apps
+    user = "visitor-redis-4"
+    _view(a, user, _items(a, 2))
+    r = a.delete(f"/v1/users/{user}", headers=A)
+    assert r.json()["removed"]["redis_session"] == 1
+    assert r.json()["pending"] == []
+    state = b.app.state.recoffer  # type: ignore[attr-defined]
+    # an event B accepted before it knew: pushed after A's delete, the list is back
+    state.sessions.write([StoredEvent(10**6, user, "late-item", "view", utc_now())])
+    assert state.sessions.held(user)
+    state.privacy.refresh()  # B's next poll reads the tombstone: B deletes the list by hash
+    assert not state.sessions.held(user)
+    state.sessions.write([StoredEvent(10**6 + 1, user, "later", "view", utc_now())])
+    assert not state.sessions.held(user)  # never pushed again once the tombstone is known
+    for client in (a, b):
+        assert client.get(f"/v1/users/{user}/export", headers=A).json()["recent_activity"] == []
+
+
+def test_the_leader_fills_a_redis_restarted_empty_while_the_apps_run(
+    small_model_root: Path, tmp_path: Path, redis_server: str, redis_prefix: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    options = {"redis_url": redis_server, "redis_prefix": redis_prefix, "event_poll_seconds": 0.2}
+    with _app(small_model_root, url, **options) as a, _app(small_model_root, url, **options) as b:
+        user = "visitor-redis-5"
+        viewed = _items(a, 3)
+        _view(a, user, viewed)
+        sessions = b.app.state.recoffer.sessions  # type: ignore[attr-defined]
+        assert [e.item_id for e in sessions.recent(user)] == viewed
+        for key in sessions.client.scan_iter(f"{redis_prefix}:session*"):  # restarted empty
+            sessions.client.delete(key)
+        assert sessions.recent(user) == ()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not sessions.client.exists(sessions.marker):
+            time.sleep(0.1)
+        assert sessions.client.exists(sessions.marker)  # the leader noticed and filled again
+        assert [e.item_id for e in sessions.recent(user)] == viewed
