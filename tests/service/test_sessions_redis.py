@@ -517,3 +517,39 @@ def test_the_leader_fills_a_redis_restarted_empty_while_the_apps_run(
             time.sleep(0.1)
         assert sessions.client.exists(sessions.marker)  # the leader noticed and filled again
         assert [e.item_id for e in sessions.recent(user)] == viewed
+
+
+def test_a_coupon_ranked_for_a_view_uses_the_session_read_for_it(
+    two_apps: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = two_apps
+    state = a.app.state.recoffer  # type: ignore[attr-defined]
+    engine = state.auto_offers.engine
+    handed: list[Any] = []
+    from types import SimpleNamespace
+
+    def evaluate(user_id: str, campaign_id: str, recent: Any = None) -> Any:
+        handed.append(recent)
+        return SimpleNamespace(decision="pending")
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    campaign = next(iter(engine.campaigns.values()))
+    on_view = campaign.model_copy(update={"evaluate_on_view": True, "min_views": 1})
+    monkeypatch.setattr(state.auto_offers, "campaigns", [on_view])
+    user = "visitor-redis-6"
+    viewed = _items(a, 6)
+    _view(a, user, viewed)
+    deadline = time.monotonic() + 5
+    while not handed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert handed, "no evaluation on the view"
+    assert [e.item_id for e in handed[0]] == viewed  # the session read at ingest, handed down
+    recent = handed[0]
+
+    def read_again(user_id: str) -> Any:
+        raise AssertionError("the session was read again")
+
+    monkeypatch.setattr(state.sessions, "recent", read_again)
+    served = state.recommendations
+    assert sorted(served.rank(user, viewed, recent)) == sorted(viewed)
+    assert len(served.top_items(user, 3, recent)) == 3
