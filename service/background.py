@@ -111,7 +111,8 @@ async def sessions_upkeep(state: AppState) -> None:
         return
     if sessions.stale_users:
         await run_in_threadpool(sessions.repair)
-    if is_leader(state) and await run_in_threadpool(sessions.needs_seed):
+    # every worker looks (one that lost track of stale users deletes the marker); the leader fills
+    if await run_in_threadpool(sessions.needs_seed) and is_leader(state):
         since = state.clock() - timedelta(days=STARTUP_EVENT_DAYS)
         recent = await run_in_threadpool(state.repository.events_since, since, STARTUP_EVENT_LIMIT)
         await run_in_threadpool(sessions.seed, recent)
