@@ -108,6 +108,7 @@ def create_app(
             # with Redis the sessions live there: this worker holds only its own writes
             tail_sessions=settings.redis_url is None,
         )
+        tombstones = Tombstones()  # erased users: no personal answer (service.privacy)
         sessions = None  # users' recent events shared by every replica (issue 15, item 5)
         if settings.redis_url is not None:
             sessions = RedisSessions(
@@ -120,6 +121,9 @@ def create_app(
                 memory=activity,
                 database=repository.recent_activity,
                 metrics=metrics,
+                tombstones=tombstones,  # lists named by the users' hashes; erased: none
+                max_connections=settings.redis_max_connections,
+                max_fallbacks=max(1, settings.db_pool_size // 2),
             )
         # the time-driven jobs run on one worker of all replicas (issue 15, item 5)
         leader = build_leader(
@@ -142,7 +146,6 @@ def create_app(
                 mmap_min_bytes=settings.mmap_min_bytes,
             ),
         )
-        tombstones = Tombstones()  # erased users: no personal answer (service.privacy)
         arrivals = NewArrivals(  # products the model does not know (issue 14, item 4)
             models,
             activity,

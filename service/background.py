@@ -29,6 +29,11 @@ def is_leader(state: AppState) -> bool:
     return state.leader is None or state.leader.held
 
 
+async def leads_now(state: AppState) -> bool:
+    """``is_leader``, with the lock checked again in the store right before a job ticks."""
+    return state.leader is None or await state.leader.confirm()
+
+
 async def open_database(state: AppState) -> None:
     """Migrate when asked, fill the recent-activity view and the catalogue overlay."""
     engine = state.repository.engine
@@ -42,7 +47,9 @@ async def open_database(state: AppState) -> None:
                 state.repository.events_since, since, STARTUP_EVENT_LIMIT
             )
             state.activity.add(recent)
-            if state.sessions is not None:  # an empty Redis: filled once, by one worker
+            # erased users, before serving anyone and before filling Redis (never with them)
+            await run_in_threadpool(state.privacy.refresh)
+            if state.sessions is not None:  # an empty Redis: filled by one worker
                 await run_in_threadpool(state.sessions.seed, recent)
             state.activity.purchases = await run_in_threadpool(state.repository.purchase_popularity)
         await run_in_threadpool(state.privacy.refresh)  # erased users, before serving anyone
@@ -95,6 +102,22 @@ async def model_loop(state: AppState) -> None:
             log.exception("model_refresh_failed")
 
 
+async def sessions_upkeep(state: AppState) -> None:
+    """With sessions in Redis: merge the lists this worker could not write (``repair``), and on
+    the leader fill Redis again when its marker is gone (restarted empty, or more users went
+    stale than a worker remembers), from the recent events in the database."""
+    sessions = state.sessions
+    if sessions is None:
+        return
+    if sessions.stale_users:
+        await run_in_threadpool(sessions.repair)
+    # every worker looks (one that lost track of stale users deletes the marker); the leader fills
+    if await run_in_threadpool(sessions.needs_seed) and is_leader(state):
+        since = state.clock() - timedelta(days=STARTUP_EVENT_DAYS)
+        recent = await run_in_threadpool(state.repository.events_since, since, STARTUP_EVENT_LIMIT)
+        await run_in_threadpool(sessions.seed, recent)
+
+
 async def tail_loop(state: AppState) -> None:
     """Read new events and catalogue changes into this worker's view; reopen after outages."""
     repo, activity = state.repository, state.activity
@@ -105,6 +128,7 @@ async def tail_loop(state: AppState) -> None:
             if not state.health.database_ready:
                 await open_database(state)
                 continue
+            await sessions_upkeep(state)  # before the shortcut below: Redis may need it
             signature = repo.change_signature()  # taken before reading: no change is missed
             if signature is not None and signature == seen:
                 continue
@@ -177,7 +201,7 @@ async def campaign_schedule_loop(state: AppState) -> None:
     schedule = CampaignSchedule(state.sweeps, state.clock)
     while True:
         await asyncio.sleep(state.settings.campaign_schedule_seconds)
-        if not state.health.database_ready or not is_leader(state):
+        if not state.health.database_ready or not await leads_now(state):
             continue
         try:
             await run_in_threadpool(schedule.tick)
@@ -233,7 +257,9 @@ async def feedback_prune_loop(state: AppState) -> None:
     a shared lock every worker runs them)."""
     while True:
         await asyncio.sleep(state.settings.feedback_prune_seconds)
-        if state.feedback is None or not state.health.database_ready or not is_leader(state):
+        if state.feedback is None or not state.health.database_ready:
+            continue
+        if not await leads_now(state):
             continue
         try:
             deleted = await run_in_threadpool(state.feedback.prune)

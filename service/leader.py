@@ -9,11 +9,17 @@ over within one time to live.
 Which lock, chosen once from the settings:
 
 - Redis configured: redis-py's ``Lock`` (``SET key token NX PX ttl``, renewed by the holder
-  with its token-checked Lua script every third of the TTL). A worker that cannot renew stops
-  acting as leader at once, before its lock can have expired elsewhere.
+  with its token-checked Lua script every third of the TTL). A renewal that fails (Redis did
+  not answer) is retried with the same token every ``RETRY_SECONDS`` while the last renewal is
+  still valid (two thirds of the TTL, counted from before it); the worker stops acting as
+  leader when that runs out, before its lock can have expired elsewhere, or at once when the
+  token is no longer its own.
 - PostgreSQL without Redis: a session-level advisory lock (``pg_try_advisory_lock``) held on a
   connection of its own; PostgreSQL releases it when that connection ends, so a crashed
-  leader's lock goes with its connection. Each round checks the connection is alive.
+  leader's lock goes with its connection. Each round, and each job right before it runs
+  (``Leader.confirm``), checks the lock is still granted to that connection's session. A
+  transaction-mode pooler (PgBouncer ``pool_mode = transaction``) between the service and
+  PostgreSQL breaks this: session locks need a session of their own.
 - SQLite without Redis (the embedded setup: one machine): every worker is leader, as before;
   the jobs' own guards in the database (one sweep per interval, idempotent deletes) hold.
 """
@@ -39,12 +45,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NAME = "time-driven-jobs"
+RETRY_SECONDS = 1.0  # a failed renewal is tried again this soon, while still valid
 
 
 class Backend(Protocol):
     """A lock that one holder has at a time."""
 
     kind: str
+    retries: bool  # a renewal that raised may be tried again with the same hold
 
     async def acquire(self) -> bool: ...  # take it if free; True when held by us
 
@@ -70,6 +78,8 @@ class Leader:
         self._monotonic = monotonic
         self._valid_until = 0.0
         self._holding = False
+        self._retrying = False  # the last renewal failed; the lock is ours while still valid
+        self._lock = asyncio.Lock()  # one call on the backend at a time (run and confirm)
         self.kind = "every worker" if backend is None else backend.kind
         if metrics is not None:  # shown from the start: 1 on every worker without a shared lock
             metrics.leader.set(1 if backend is None else 0)
@@ -85,12 +95,32 @@ class Leader:
         """One round: renew what is held, or try to take it; returns ``held``."""
         if self.backend is None:
             return True
+        async with self._lock:
+            return await self._step()
+
+    async def confirm(self) -> bool:
+        """Right before a job runs: renew now and say whether the lock is still held (on
+        PostgreSQL a connection lost since the last round has lost the lock)."""
+        if self.backend is None:
+            return True
+        if not self.held:
+            return False
+        return await self.step()
+
+    async def _step(self) -> bool:
+        assert self.backend is not None
         started = self._monotonic()
         try:
             ok = await (self.backend.renew() if self._holding else self.backend.acquire())
-        except Exception as exc:  # the lock's store is down: not leader until it answers
-            ok = False
+            self._retrying = False
+        except Exception as exc:  # the lock's store did not answer
             log.warning("leader_lock_failed", extra={"error": type(exc).__name__})
+            # held: the same token again soon, while the last renewal holds (Redis); the
+            # PostgreSQL lock went with its connection, so its next renewal says False
+            ok = self.backend.retries and self._holding and started < self._valid_until
+            self._retrying = ok
+            if ok:
+                return self.held
         was = self._holding
         self._holding = ok
         if ok:
@@ -107,7 +137,8 @@ class Leader:
         try:
             while True:
                 await self.step()
-                await asyncio.sleep(self.ttl / 3)
+                pause = self.ttl / 3
+                await asyncio.sleep(min(RETRY_SECONDS, pause) if self._retrying else pause)
         finally:
             await self.stop()
 
@@ -125,6 +156,7 @@ class RedisLock:
     """redis-py's ``Lock`` on ``{prefix}:leader:{name}``: one token, a TTL the holder renews."""
 
     kind = "redis"
+    retries = True  # the token stays valid in Redis until its TTL, whatever we heard
 
     def __init__(self, client: redis.asyncio.Redis, *, prefix: str, ttl_seconds: float) -> None:
         self.client = client
@@ -176,6 +208,7 @@ class PostgresAdvisoryLock:
     thread); released by PostgreSQL when that connection closes."""
 
     kind = "postgresql"
+    retries = False  # a failed check closed the connection: the lock went with it
 
     def __init__(self, engine: Engine, name: str = NAME) -> None:
         self.engine = engine

@@ -272,6 +272,15 @@ class Settings(BaseSettings):
         "the database before Redis is tried again (an outage costs one timeout, not one per "
         "request).",
     )
+    redis_max_connections: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="With Redis: the most connections each of a worker's two session clients "
+        "(blocking and asyncio) opens; a call waits at most redis_timeout_seconds for a free "
+        "one. While Redis cannot answer, at most half of db_pool_size (at least 1) "
+        "session reads go to the database at a time; the others answer from memory.",
+    )
     leader_lock_seconds: float = Field(
         30.0,
         ge=3,

@@ -115,6 +115,11 @@ class ErasureOut(BaseModel):
     removed: dict[str, int] = Field(
         description="Rows this call deleted or unlinked, per table (zeros on a repeat)."
     )
+    pending: list[str] = Field(
+        default_factory=list,
+        description="Stores whose delete could not be made now and is retried by the service "
+        "(redis_session: Redis could not be reached; not in removed then).",
+    )
 
 
 class UserExport(BaseModel):

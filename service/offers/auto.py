@@ -56,16 +56,22 @@ class AutoEvaluator:
                 # a full recent view may have dropped older views: let the database count
                 if counted < campaign.min_views and len(activity) < self.per_user:
                     continue  # cannot qualify yet; the view that makes it will come through
-                task = asyncio.create_task(self._evaluate(campaign.campaign_id, user_id))
+                # the session read for this view: the coupon's ranking reads it no more
+                evaluation = self._evaluate(campaign.campaign_id, user_id, activity)
+                task = asyncio.create_task(evaluation)
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
                 scheduled += 1
         return scheduled
 
-    async def _evaluate(self, campaign_id: str, user_id: str) -> None:
+    async def _evaluate(
+        self, campaign_id: str, user_id: str, recent: Sequence[Activity] | None = None
+    ) -> None:
         async with self._slots:
             try:
-                decision = await run_in_threadpool(self.engine.evaluate, user_id, campaign_id)
+                decision = await run_in_threadpool(
+                    self.engine.evaluate, user_id, campaign_id, recent
+                )
             except Exception as exc:  # the next view retries; the request has been answered
                 log.warning(
                     "auto_evaluation_failed",

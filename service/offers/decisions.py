@@ -15,8 +15,9 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from service.activity.records import Activity
 from service.errors import BudgetExhausted, ErasedMeanwhile, PurchasedMeanwhile
 from service.offers.campaigns import Campaign, find_campaign
 from service.offers.coupons import coupon_status
@@ -40,10 +41,26 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
 # (user_id, products the user viewed) -> the same products, the model's favourite first
-RankItems = Callable[[str, Sequence[str]], list[str]]
+class RankItems(Protocol):
+    """``item_ids`` by the user's model; ``recent``: their session, already read."""
+
+    def __call__(
+        self, user_id: str, item_ids: Sequence[str], recent: Sequence[Activity] | None = None
+    ) -> list[str]: ...
+
+
 # (user_id, n) -> the n products of the whole catalogue the model ranks highest for the user
-TopItems = Callable[[str, int], list[str]]
+class TopItems(Protocol):
+    """The ``n`` products ranked highest for a user; ``recent``: their session, already read."""
+
+    def __call__(
+        self, user_id: str, n: int, recent: Sequence[Activity] | None = None
+    ) -> list[str]: ...
+
+
 # lifecycle kinds whose offer a purchase made meanwhile takes back, a purchase after the
 # facts' last one (a win-back's: an order after the last one seen; a cart's: the cart bought);
 # the new-user kind's is any purchase (require_no_purchase)
@@ -104,20 +121,23 @@ class OfferEngine:
     def campaign(self, campaign_id: str) -> Campaign:
         return find_campaign(self.campaigns, campaign_id)
 
-    def evaluate(self, user_id: str, campaign_id: str) -> Decision:
+    def evaluate(
+        self, user_id: str, campaign_id: str, recent: Sequence[Activity] | None = None
+    ) -> Decision:
         """Decide for one user now and record it; a user is decided once per campaign (once
-        per occurrence in a recurring one)."""
+        per occurrence in a recurring one). ``recent``: the user's session when the caller
+        read it already (an evaluation on a view), so the coupon's ranking reads it no more."""
         campaign = self.campaign(campaign_id)
         now = self.clock()
         if campaign.recurring:
-            return self._count(self._evaluate_occasion(campaign, user_id, now))
+            return self._count(self._evaluate_occasion(campaign, user_id, now, recent))
         existing, facts = self.repository.decisions.decision_and_facts(
             campaign_id, user_id, campaign.window, now, attributes=bool(campaign.require_attributes)
         )
         if facts is None:
             assert existing is not None  # a final decision
             return self._count(self._already(existing, self._coupon_of(existing), campaign))
-        return self._count(self._decide(campaign, facts, now))
+        return self._count(self._decide(campaign, facts, now, recent))
 
     def sweep(self, campaign_id: str, progress: SweepProgress | None = None) -> SweepResult:
         """Evaluate every user inside the campaign's window who has no final decision yet.
@@ -358,7 +378,13 @@ class OfferEngine:
             campaign_version=version_of(campaign),
         )
 
-    def _evaluate_occasion(self, campaign: Campaign, user_id: str, now: datetime) -> Decision:
+    def _evaluate_occasion(
+        self,
+        campaign: Campaign,
+        user_id: str,
+        now: datetime,
+        recent: Sequence[Activity] | None = None,
+    ) -> Decision:
         """``evaluate`` of a recurring campaign: the facts first, as the occurrence they give
         says which decision to look for; a user decided for it gets that decision back."""
         decisions = self.repository.decisions
@@ -370,11 +396,11 @@ class OfferEngine:
             existing = decisions.recorded(campaign.campaign_id, user_id, eligibility.occurrence)
             if existing is not None and existing.decision != "budget_exhausted":
                 return self._already(existing, self._coupon_of(existing), campaign)
-            return self._decide(campaign, facts, now)
+            return self._decide(campaign, facts, now, recent)
         # not (or no longer) qualifying: a coupon of an earlier occurrence still usable stays
         # the user's offer (a customer back at their cart, a birthday coupon after the day)
         live = self._live(campaign, user_id, now)
-        return live if live is not None else self._decide(campaign, facts, now)
+        return live if live is not None else self._decide(campaign, facts, now, recent)
 
     def _live(self, campaign: Campaign, user_id: str, now: datetime) -> Decision | None:
         """The user's latest decision in ``campaign`` while its coupon can still be used."""
@@ -386,7 +412,13 @@ class OfferEngine:
             return None
         return self._already(latest, coupon, campaign)
 
-    def _decide(self, campaign: Campaign, facts: UserFacts, now: datetime) -> Decision:
+    def _decide(
+        self,
+        campaign: Campaign,
+        facts: UserFacts,
+        now: datetime,
+        recent: Sequence[Activity] | None = None,
+    ) -> Decision:
         eligibility = check_eligibility(campaign, facts, now)
         views = eligibility.views
         if not eligibility.eligible:
@@ -403,7 +435,9 @@ class OfferEngine:
                 views=views,
                 now=now,
                 convert_until=now + campaign.conversion_window,
-                coupon=None if kind != "issued" else self._draft(campaign, facts, now),
+                coupon=None
+                if kind != "issued"
+                else self._draft(campaign, facts, now, None, recent),
                 # both sides of the holdout face the caps, so they stay comparable
                 caps=Caps(campaign.max_per_day, campaign.max_total, money_caps(campaign)),
                 no_purchase=no_purchase,
@@ -459,6 +493,7 @@ class OfferEngine:
         facts: UserFacts,
         now: datetime,
         viewed: list[str] | None = None,
+        recent: Sequence[Activity] | None = None,
     ) -> CouponDraft:
         """The coupon for ``facts``' user; ``viewed``: their products, when already read."""
         expires = now + campaign.coupon_ttl
@@ -466,24 +501,29 @@ class OfferEngine:
             expires = min(expires, facts.started_at + campaign.window)
         return CouponDraft(
             code=new_code(),
-            item_ids=self._restricted_items(campaign, facts, now, viewed),
+            item_ids=self._restricted_items(campaign, facts, now, viewed, recent),
             expires_at=expires,
             **coupon_terms(campaign),  # percent or fixed, currency, minimum (issue 12, item 3)
         )
 
     def _restricted_items(
-        self, campaign: Campaign, facts: UserFacts, now: datetime, viewed: list[str] | None
+        self,
+        campaign: Campaign,
+        facts: UserFacts,
+        now: datetime,
+        viewed: list[str] | None,
+        recent: Sequence[Activity] | None = None,
     ) -> list[str] | None:
         """The coupon's products (None: store-wide), as ``restrict_to_top_items`` says per kind."""
         top = campaign.restrict_to_top_items
         if campaign.kind == "abandoned_cart":  # always the cart; N > 0 keeps its top N
-            cart = self._ranked(facts.user_id, list(facts.cart_items))
+            cart = self._ranked(facts.user_id, list(facts.cart_items), recent)
             return (cart[:top] if top > 0 else cart) or None
         if top > 0 and campaign.kind != "new_user_high_intent":  # the whole catalogue
             if self.top_items is None:
                 return None
             try:
-                return self.top_items(facts.user_id, top)[:top] or None
+                return self.top_items(facts.user_id, top, recent)[:top] or None
             except Exception:  # no model, or a model swap mid-call: store-wide, said in the log
                 log.exception("coupon_item_ranking_failed")
                 return None
@@ -491,13 +531,15 @@ class OfferEngine:
             return None
         if viewed is None:
             viewed = self.repository.decisions.viewed_items(facts.user_id, facts.started_at, now)
-        return self._ranked(facts.user_id, viewed)[: campaign.restrict_to_top_items] or None
+        return self._ranked(facts.user_id, viewed, recent)[: campaign.restrict_to_top_items] or None
 
-    def _ranked(self, user_id: str, item_ids: list[str]) -> list[str]:
+    def _ranked(
+        self, user_id: str, item_ids: list[str], recent: Sequence[Activity] | None = None
+    ) -> list[str]:
         """``item_ids``, the model's favourite first (as given when it cannot rank them)."""
         if self.rank_items is not None and item_ids:
             try:
-                return self.rank_items(user_id, item_ids)
+                return self.rank_items(user_id, item_ids, recent)
             except Exception:  # no model, or a model swap mid-call: most viewed first instead
                 log.exception("coupon_item_ranking_failed")
         return item_ids

@@ -2,12 +2,15 @@
 
 Win-back, anniversary, birthday, frequent-buyer and abandoned-cart customers qualify as time
 passes, not on a page view, so the service sweeps each such campaign every
-``Campaign.run_every`` (``run_every_minutes``; an hour for carts, a day for the others). Every
-worker of every replica runs the loop (``service.background.campaign_schedule_loop``) and asks;
-the database lets one job through per interval (``SweepJobs.start_due``: the insert of the job
-carries "none requested since"), and the index of active jobs keeps two from overlapping, so
-there is no leader to elect and a replica that dies takes nothing with it. A sweep decides
-once per user per occurrence, so even a sweep run twice decides nothing twice.
+``Campaign.run_every`` (``run_every_minutes``; an hour for carts, a day for the others). The
+loop (``service.background.campaign_schedule_loop``) asks on the leader only (``service.leader``:
+one worker of all replicas with Redis or on PostgreSQL; every worker on SQLite), its lock
+checked right before each tick; when the leader stops another takes over within the lock's TTL,
+and while no worker can hold the lock (a Redis outage) the schedule pauses and catches up at the
+next tick, each due campaign swept once. The database still lets one job through per interval
+(``SweepJobs.start_due``: the insert of the job carries "none requested since") and the index
+of active jobs keeps two from overlapping, so two leaders for a moment start nothing twice. A
+sweep decides once per user per occurrence, so even a sweep run twice decides nothing twice.
 
 A shop that prefers its own scheduler sets ``RECOFFER_CAMPAIGN_SCHEDULE_SECONDS=0`` and calls
 ``POST /v1/campaigns/{campaign_id}/run`` from it (cron, a Kubernetes CronJob).

@@ -3,8 +3,10 @@
 The worker that handles a DELETE honours it at once (its tombstones and recent activity are
 updated before the answer); every other worker and replica within one event poll
 (``RECOFFER_EVENT_POLL_SECONDS``), when ``service.background`` calls ``refresh``. With sessions
-in Redis (issue 15, item 5) the user's list there is deleted by the erasing worker, and again
-at its next ``refresh`` (an event another replica pushed meanwhile; a delete Redis refused).
+in Redis (issue 15, item 5) the user's list (named by the tombstone hash) is deleted by the
+erasing worker, and by every worker when it first reads the tombstone (an event a replica
+pushed before it knew), after which no worker pushes, reads or fills it; a delete Redis
+refused is tried again at each ``refresh`` until it succeeds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Receipt:
 
     erased_at: datetime
     removed: dict[str, int]
+    # what could not be deleted now and is retried (``redis_session`` while Redis is down)
+    pending: tuple[str, ...] = ()
 
 
 class Privacy:
@@ -57,6 +61,8 @@ class Privacy:
         # erased here since the last poll: a poll that read their events before the erasure
         # committed adds them back after it, so the next ``refresh`` forgets them once more
         self._erased_here: set[str] = set()
+        # tombstone hashes whose Redis list is still to delete (Redis refused the delete)
+        self._redis_pending: set[str] = set()
 
     def erase(self, user_id: str) -> Receipt:
         """Remove the user's data (policy per table), write the tombstone, honour it here now."""
@@ -66,12 +72,18 @@ class Privacy:
         self.tombstones.add([erased.user_hash])
         self.activity.forget(user_id)
         removed = dict(erased.removed)
+        pending: tuple[str, ...] = ()
         if self.sessions is not None:  # deleted again at the next refresh in any case
-            removed[REDIS_SESSION] = self.sessions.forget(user_id) or 0
+            deleted = self.sessions.forget(user_id)
+            if deleted is None:  # not 0: the list may be there, its delete is retried
+                pending = (REDIS_SESSION,)
+                self._redis_pending.add(erased.user_hash)
+            else:
+                removed[REDIS_SESSION] = deleted
         self._erased_here.add(user_id)
         # counts only: the id itself is not logged
-        log.info("user_erased", extra={"removed": removed})
-        return Receipt(erased_at=erased.erased_at, removed=removed)
+        log.info("user_erased", extra={"removed": removed, "pending": pending})
+        return Receipt(erased_at=erased.erased_at, removed=removed, pending=pending)
 
     def refresh(self) -> int:
         """Read tombstones written since the last call (by any worker); returns how many were new.
@@ -93,15 +105,25 @@ class Privacy:
             return 0
         self.tombstones.key = key
         if not rows:
+            self._forget_pending()
             return 0
         self.tombstones.watermark = max(self.tombstones.watermark, rows[-1][0])
         new = self.tombstones.add(h for _, h in rows)
+        if new and self.sessions is not None:  # erased elsewhere: their list goes here too
+            self._redis_pending |= new
+        self._forget_pending()
         if new:
             self.activity.forget_matching(lambda user_id: self.tombstones.hash(user_id) in new)
             arms = self.models.experiment
             if arms is not None:
                 arms.forget(lambda user_id: self.tombstones.hash(user_id) in new)
         return len(new)
+
+    def _forget_pending(self) -> None:
+        """Delete the Redis lists still to delete; kept for the next refresh if Redis refuses."""
+        pending = self._redis_pending
+        if self.sessions is not None and pending and self.sessions.forget_hashes(pending):
+            self._redis_pending = set()
 
     def export(self, user_id: str) -> dict[str, Any]:
         """Everything held about ``user_id``: rows per table, the recent activity (Redis's
@@ -121,6 +143,8 @@ class Privacy:
         }
 
     def _recent(self, user_id: str) -> tuple[Activity, ...]:
+        if self.tombstones.is_erased(user_id):  # whatever Redis may still hold: nothing
+            return ()
         if self.sessions is not None:
             return self.sessions.recent(user_id)
         return self.activity.recent(user_id)

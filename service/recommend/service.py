@@ -179,31 +179,37 @@ class Recommendations:
         items = recommender.similar(item_id, limit, [*exclude, *self.activity.unservable])
         return Served(Result(items=items, source="model"), recommender.model.version)
 
-    def rank(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
+    def rank(
+        self, user_id: str, item_ids: Sequence[str], recent: Sequence[Activity] | None = None
+    ) -> list[str]:
         """``item_ids`` by how likely the user is to buy each (given order without a model).
 
         During an experiment, by the model of the user's arm, as their lists are (an offer's
         coupon products then come from the same model as the user's recommendations). Hidden
-        or out-of-stock items are left out: never a coupon's product.
+        or out-of-stock items are left out: never a coupon's product. ``recent``: the user's
+        session when the caller read it already (not read again from Redis).
         """
         recommender, _, _ = self._arm(user_id, "all")
         unservable = self.activity.unservable
         item_ids = [i for i in item_ids if i not in unservable]
         if recommender is None:
             return item_ids
-        user_id, recent = self._personal(user_id)
+        user_id, recent = self._personal(user_id, recent)
         return recommender.rank(user_id, item_ids, recent, self.clock())
 
-    def top_items(self, user_id: str, n: int) -> list[str]:
+    def top_items(
+        self, user_id: str, n: int, recent: Sequence[Activity] | None = None
+    ) -> list[str]:
         """The ``n`` products the model ranks highest for the user in the whole catalogue
         (the event log's best sellers without a model); not counted as a recommendation.
 
         A lifecycle campaign's coupon is restricted to them (issue 12, item 2). During an
-        experiment, the model of the user's arm ranks them, as in ``rank``.
+        experiment, the model of the user's arm ranks them, as in ``rank``. ``recent``: the
+        user's session when the caller read it already (not read again from Redis).
         """
         recommender, _, _ = self._arm(user_id, "all")
         query = Query(user_id=user_id, limit=n)
-        user, recent = self._personal(user_id)
+        user, recent = self._personal(user_id, recent)
         if user != user_id:
             query = replace(query, user_id=user)
         if recommender is None:

@@ -197,3 +197,113 @@ def test_two_apps_elect_one_leader_and_the_other_takes_over_when_it_stops(
     finally:
         for app in apps:
             app.__exit__(None, None, None)
+
+
+# --- review of issue 15: renewals retried, the lock checked before each job, one app ticks ----
+
+
+def test_a_failed_redis_renewal_is_retried_with_the_same_token_while_still_valid(
+    redis_server: str, redis_prefix: str
+) -> None:
+    import redis.exceptions
+
+    async def scenario() -> tuple[bool, bool, bool, bool, bool]:
+        leader = _redis_leader(redis_server, redis_prefix, ttl=30)
+        backend = leader.backend
+        assert isinstance(backend, RedisLock)
+        taken = await leader.step()
+        token = await backend.client.get(backend.lock.name)
+        real = backend.lock.reacquire
+        calls = [0]
+
+        async def blip() -> bool:
+            calls[0] += 1
+            raise redis.exceptions.ConnectionError("a blip")
+
+        backend.lock.reacquire = blip  # type: ignore[method-assign]
+        during = await leader.step()  # one failed renewal: still leader, retried soon
+        retrying = leader._retrying
+        backend.lock.reacquire = real  # type: ignore[method-assign]
+        after = await leader.step()
+        same = await backend.client.get(backend.lock.name) == token
+        await leader.stop()
+        return taken, during, retrying, after, same and calls[0] == 1
+
+    assert asyncio.run(scenario()) == (True, True, True, True, True)
+
+
+def test_the_advisory_lock_is_checked_again_right_before_a_job(fresh_postgres: str) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(fresh_postgres, timeout_seconds=5, pool_size=2)
+    other = make_engine(fresh_postgres, timeout_seconds=5, pool_size=2)
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        leader = Leader(PostgresAdvisoryLock(engine), 30)
+        taken = await leader.step()
+        confirmed = await leader.confirm()
+        backend = leader.backend
+        assert isinstance(backend, PostgresAdvisoryLock)
+        assert backend._conn is not None
+        pid = backend._conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        backend._conn.commit()
+        with other.connect() as conn:  # the lock's connection ends (a restart, a proxy)
+            conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        still = leader.held  # the time bound alone would still say yes
+        return taken, confirmed, still, await leader.confirm()
+
+    try:
+        assert asyncio.run(scenario()) == (True, True, True, False)
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
+@pytest.mark.parametrize("lock", ["redis", "postgresql"])
+def test_the_leader_gated_loops_tick_on_one_app_only(
+    lock: str,
+    small_model_root: Path,
+    fresh_postgres: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.offers.schedule import CampaignSchedule
+
+    ticks: Counter[tuple[str, int]] = Counter()
+    real_tick = CampaignSchedule.tick
+
+    def counted(self: CampaignSchedule) -> Any:
+        ticks["schedule", id(self.sweeps)] += 1
+        return real_tick(self)
+
+    monkeypatch.setattr(CampaignSchedule, "tick", counted)
+    options: dict[str, Any] = {"campaign_schedule_seconds": 0.1, "feedback_prune_seconds": 0.1}
+    if lock == "redis":
+        options |= {
+            "redis_url": request.getfixturevalue("redis_server"),
+            "redis_prefix": request.getfixturevalue("redis_prefix"),
+        }
+    apps = [_app(small_model_root, fresh_postgres, **options) for _ in range(2)]
+    for app in apps:
+        app.__enter__()
+    try:
+        states = [c.app.state.recoffer for c in apps]  # type: ignore[attr-defined]
+        for state in states:
+            prune = state.feedback.prune
+
+            def pruned(prune: Any = prune, state: Any = state) -> Any:
+                ticks["prune", id(state.sweeps)] += 1
+                return prune()
+
+            state.feedback.prune = pruned
+        assert _wait(lambda: sum(s.leader.held for s in states) == 1, 5)
+        time.sleep(1.5)
+        leader = 0 if states[0].leader.held else 1
+        mine, theirs = id(states[leader].sweeps), id(states[1 - leader].sweeps)
+        assert ticks["schedule", mine] >= 3
+        assert ticks["prune", mine] >= 3
+        assert ticks["schedule", theirs] == 0
+        assert ticks["prune", theirs] == 0
+    finally:
+        for app in apps:
+            app.__exit__(None, None, None)

@@ -48,6 +48,12 @@ def _sessions(url: str, prefix: str, **options: Any) -> RedisSessions:
     return RedisSessions(url, **{**defaults, **options})
 
 
+def _key(sessions: RedisSessions, user_id: str) -> str:
+    key = sessions.key(user_id)
+    assert key is not None
+    return key
+
+
 def _count(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -69,7 +75,7 @@ def test_a_batch_is_kept_newest_last_trimmed_and_expiring(
     # the newest five, oldest first, as ActivityStore.recent gives them
     assert [a.item_id for a in recent] == [f"item-{k}" for k in range(2, 7)]
     assert recent[-1] == Activity("item-6", "view", T0 + timedelta(seconds=6))
-    ttl = sessions.client.ttl(sessions.key("u1"))
+    ttl = sessions.client.ttl(_key(sessions, "u1"))
     assert 0 < int(ttl) <= 60  # type: ignore[arg-type]
     assert sessions.recent("nobody") == ()
     assert sessions.forget("u1") == 1
@@ -86,20 +92,29 @@ def test_one_batch_longer_than_the_bound_keeps_its_newest(
     assert [a.item_id for a in sessions.recent("other")] == ["item-0"]
 
 
-def test_seeding_skips_users_with_a_list_and_sessions_past_their_window(
+def test_seeding_merges_under_pushed_lists_and_skips_sessions_past_their_window(
     redis_server: str, redis_prefix: str
 ) -> None:
     sessions = _sessions(redis_server, redis_prefix, ttl_seconds=3600)
-    sessions.write(_rows("has-list", 1, start=100))  # newer events already pushed
+    sessions.write(_rows("has-list", 1, start=100))  # newer events pushed since a restart
     old = [StoredEvent(1, "gone", "x", "view", T0 - timedelta(hours=2))]
     rows = [*old, *_rows("has-list", 3), *_rows("fresh", 7)]
-    assert sessions.seed(rows, now=T0 + timedelta(minutes=10)) == 1
-    assert [a.item_id for a in sessions.recent("has-list")] == ["item-100"]
+    assert sessions.seed(rows, now=T0 + timedelta(minutes=10)) == 2
+    # the database's older events completed the list under the one pushed meanwhile
+    assert [a.item_id for a in sessions.recent("has-list")] == [
+        "item-0",
+        "item-1",
+        "item-2",
+        "item-100",
+    ]
     assert [a.item_id for a in sessions.recent("fresh")] == [f"item-{k}" for k in range(2, 7)]
     assert sessions.recent("gone") == ()
-    ttl = int(sessions.client.ttl(sessions.key("fresh")))  # type: ignore[arg-type]
+    ttl = int(sessions.client.ttl(_key(sessions, "fresh")))  # type: ignore[arg-type]
     assert 2990 < ttl <= 3600 - 594  # an hour after the last event (T0 + 6 s), not after now
-    assert sessions.seed(_rows("fresh-2", 1), now=T0) == 0  # once per deployment and Redis
+    assert sessions.seed(_rows("fresh-2", 1), now=T0) == 0  # the marker is there: not again
+    assert sessions.client.exists(sessions.marker)
+    assert not sessions.client.exists(sessions.seeding)  # the fill's lock released
+    assert not sessions.needs_seed()
 
 
 def test_an_unreachable_redis_reads_the_database_then_memory_and_is_counted() -> None:
@@ -115,10 +130,14 @@ def test_an_unreachable_redis_reads_the_database_then_memory_and_is_counted() ->
 
     sessions = _sessions(NOWHERE, "x", memory=memory, database=database, monotonic=lambda: now[0])
     assert sessions.recent("u3") == from_db
-    assert sessions.write(_rows("u3", 1)) is False  # skipped: the database has the events
+    # a failed read does not stop writes: tried, failed, then skipped within retry_seconds
+    assert sessions.write(_rows("u3", 1)) is False
+    assert sessions.write(_rows("u3", 1, start=1)) is False
+    assert sessions.is_stale("u3")  # read from the database until repaired
     metrics = sessions.metrics
     assert metrics is not None
     assert _count(metrics, "recoffer_session_store_errors_total", op="read") == 1
+    assert _count(metrics, "recoffer_session_store_errors_total", op="write") == 1
     assert _count(metrics, "recoffer_session_store_errors_total", op="write_skipped") == 1
     assert _count(metrics, "recoffer_session_fallbacks_total", source="database") == 1
     assert not sessions.available  # Redis left alone for retry_seconds: one failure, not many
@@ -259,7 +278,7 @@ def test_an_empty_redis_is_filled_once_from_the_database_at_start(
         assert sessions.recent("visitor-late") == ()
         r = b.get("/v1/users/visitor-before/recommendations", headers=F)
         assert r.json()["source"] == "session"
-        ttl = int(sessions.client.ttl(sessions.key("visitor-before")))
+        ttl = int(sessions.client.ttl(_key(sessions, "visitor-before")))
         assert 0 < ttl <= a.app.state.recoffer.settings.session_ttl_seconds  # type: ignore[attr-defined]
 
 
@@ -292,10 +311,16 @@ def test_a_redis_outage_answers_every_request_from_the_database(
         assert r.json()["source"] == "session"  # the database's events, folded in
         r = c.post(f"/v1/users/{user}/recommendations", json={"limit": 4}, headers=F)
         assert r.status_code == 200, r.text
-        assert c.delete(f"/v1/users/{user}", headers=A).status_code == 200
+        r = c.delete(f"/v1/users/{user}", headers=A)
+        assert r.status_code == 200, r.text
+        # not "0 deleted": the list may be there, and its delete is retried at each poll
+        assert r.json()["pending"] == ["redis_session"]
+        assert "redis_session" not in r.json()["removed"]
         metrics = c.get("/metrics").text
     assert 'recoffer_session_fallbacks_total{source="database"}' in metrics
-    assert 'recoffer_session_store_errors_total{op="write"} 1.0' in metrics
+    # the fill at start failed first, so the write was skipped (its user marked stale)
+    assert 'recoffer_session_store_errors_total{op="seed"} 1.0' in metrics
+    assert 'recoffer_session_store_errors_total{op="write_skipped"} 1.0' in metrics
 
 
 def test_without_redis_the_worker_holds_the_sessions_as_before(
@@ -309,3 +334,222 @@ def test_without_redis_the_worker_holds_the_sessions_as_before(
         assert len(state.activity.recent("visitor-embedded")) == 2
         r = c.get("/v1/users/visitor-embedded/recommendations", headers=F)
         assert r.json()["source"] == "session"
+
+
+# --- review of issue 15: writes after a failure, an emptied Redis, erasure, bad entries -------
+
+
+def test_a_failed_read_does_not_skip_the_next_write(redis_server: str, redis_prefix: str) -> None:
+    now = [0.0]
+    sessions = _sessions(redis_server, redis_prefix, monotonic=lambda: now[0])
+    sessions.write(_rows("u7", 1))
+    sessions._failed("read", TimeoutError())  # one blip on a read
+    assert sessions.write(_rows("u7", 1, start=1)) is True  # still written
+    now[0] += 6
+    assert [a.item_id for a in sessions.recent("u7")] == ["item-0", "item-1"]
+    assert not sessions.is_stale("u7")
+
+
+def test_a_skipped_write_is_read_from_the_database_then_repaired_into_redis(
+    redis_server: str, redis_prefix: str
+) -> None:
+    now = [0.0]
+    stored: list[StoredEvent] = []
+
+    def database(user_id: str, limit: int) -> list[Activity]:
+        mine = [Activity(r.item_id or "", r.type, r.ts) for r in stored if r.user_id == user_id]
+        return mine[-limit:]
+
+    sessions = _sessions(redis_server, redis_prefix, database=database, monotonic=lambda: now[0])
+
+    def accept(rows: list[StoredEvent]) -> bool:
+        stored.extend(rows)  # the database commit comes first
+        return sessions.write(rows)
+
+    assert accept(_rows("u8", 1)) is True
+    sessions._failed("write", TimeoutError())  # a write failed: writes wait retry_seconds
+    assert accept(_rows("u8", 1, start=1)) is False  # skipped, the user marked stale
+    assert sessions.is_stale("u8")
+    now[0] += 6
+    # Redis answers again but lacks item-1: the read goes to the database until repaired
+    assert [a.item_id for a in sessions.recent("u8")] == ["item-0", "item-1"]
+    assert accept(_rows("u8", 1, start=2)) is True  # a newer event pushed before the repair
+    assert sessions.repair() == 1
+    assert not sessions.is_stale("u8")
+    raw = sessions.client.lrange(_key(sessions, "u8"), 0, -1)
+    assert [decode(e).item_id for e in raw] == ["item-2", "item-1", "item-0"]  # type: ignore[union-attr]
+    assert [a.item_id for a in sessions.recent("u8")] == ["item-0", "item-1", "item-2"]
+
+
+def test_too_many_stale_users_ask_for_a_full_fill(redis_server: str, redis_prefix: str) -> None:
+    sessions = _sessions(redis_server, redis_prefix, max_stale=2)
+    assert sessions.seed(_rows("a", 1), now=T0) == 1
+    assert not sessions.needs_seed()
+    sessions._mark_stale(["x", "y", "z"])
+    assert sessions.stale_users == 2
+    assert sessions.needs_seed()  # the marker deleted: the leader fills every user again
+
+
+def test_a_redis_restarted_empty_is_filled_again_under_the_lists_pushed_since(
+    redis_server: str, redis_prefix: str
+) -> None:
+    sessions = _sessions(redis_server, redis_prefix, ttl_seconds=3600)
+    rows = _rows("u9", 3)
+    assert sessions.seed(rows, now=T0) == 1
+    for key in sessions.client.scan_iter(f"{redis_prefix}:*"):  # Redis restarted empty
+        sessions.client.delete(key)
+    later = _rows("u9", 1, start=3)
+    sessions.write(later)  # an event pushed before anyone notices
+    assert sessions.needs_seed()
+    sessions.client.set(sessions.seeding, "1", ex=60)  # another worker is filling
+    assert sessions.seed([*rows, *later], now=T0) == 0
+    assert sessions.needs_seed()  # the marker only after a complete fill
+    sessions.client.delete(sessions.seeding)
+    assert sessions.seed([*rows, *later], now=T0) == 1
+    assert [a.item_id for a in sessions.recent("u9")] == [f"item-{k}" for k in range(4)]
+    assert not sessions.needs_seed()
+
+
+def test_lists_are_named_by_the_tombstone_hash_and_erased_users_never_written(
+    redis_server: str, redis_prefix: str
+) -> None:
+    from service.privacy.tombstones import Tombstones, user_hash
+
+    key = b"k" * 32
+    tombstones = Tombstones(key)
+    sessions = _sessions(redis_server, redis_prefix, tombstones=tombstones)
+    sessions.write(_rows("alice", 2))
+    name = _key(sessions, "alice")
+    assert name == f"{redis_prefix}:session:{user_hash(key, 'alice')}"
+    assert sessions.held("alice")
+    assert all(b"alice" not in k for k in sessions.client.scan_iter(f"{redis_prefix}:*"))
+    hashed = user_hash(key, "alice")
+    assert sessions.forget_hashes([hashed])  # any worker, knowing only the tombstone
+    assert not sessions.held("alice")
+    tombstones.add([hashed])
+    assert sessions.write(_rows("alice", 1, start=5)) is True  # nothing to push for her
+    assert not sessions.held("alice")
+    assert sessions.seed([*_rows("alice", 3), *_rows("bob", 1)], now=T0) == 1  # bob only
+    assert not sessions.held("alice")
+    assert sessions.held("bob")
+    sessions.client.lpush(name, encode(Activity("x", "view", T0)))
+    assert sessions.recent("alice") == ()  # erased: Redis not even read
+
+
+def test_a_malformed_entry_is_skipped_and_counted(redis_server: str, redis_prefix: str) -> None:
+    sessions = _sessions(redis_server, redis_prefix)
+    sessions.write(_rows("u10", 1))
+    sessions.client.lpush(_key(sessions, "u10"), "garbage", b"\xff|x|y", "view|notanumber|i")
+    assert [a.item_id for a in sessions.recent("u10")] == ["item-0"]
+    assert sessions.metrics is not None
+    assert _count(sessions.metrics, "recoffer_session_store_errors_total", op="malformed") == 3
+
+
+def test_the_clients_pools_are_bounded_and_database_fallbacks_capped() -> None:
+    import threading
+
+    import redis
+
+    entered, release = threading.Event(), threading.Event()
+    from_db = (Activity("db-item", "view", T0),)
+
+    def slow(user_id: str, limit: int) -> tuple[Activity, ...]:
+        entered.set()
+        release.wait(5)
+        return from_db
+
+    memory = ActivityStore(per_user=5)
+    memory.add(_rows("u11", 1), from_tail=False)
+    sessions = _sessions(
+        NOWHERE, "x", database=slow, memory=memory, max_connections=3, max_fallbacks=1
+    )
+    assert isinstance(sessions.client.connection_pool, redis.BlockingConnectionPool)
+    assert sessions.client.connection_pool.max_connections == 3
+    assert sessions.aclient.connection_pool.max_connections == 3
+    first: list[Any] = []
+    worker = threading.Thread(target=lambda: first.append(sessions.recent("u11")))
+    worker.start()
+    assert entered.wait(5)
+    # one database read at a time: the next answers from this worker's memory at once
+    assert [a.item_id for a in sessions.recent("u11")] == ["item-0"]
+    release.set()
+    worker.join(5)
+    assert first == [from_db]
+
+
+def test_every_worker_deletes_an_erased_users_list_when_it_reads_the_tombstone(
+    two_apps: tuple[TestClient, TestClient],
+) -> None:
+    a, b = two_apps
+    user = "visitor-redis-4"
+    _view(a, user, _items(a, 2))
+    r = a.delete(f"/v1/users/{user}", headers=A)
+    assert r.json()["removed"]["redis_session"] == 1
+    assert r.json()["pending"] == []
+    state = b.app.state.recoffer  # type: ignore[attr-defined]
+    # an event B accepted before it knew: pushed after A's delete, the list is back
+    state.sessions.write([StoredEvent(10**6, user, "late-item", "view", utc_now())])
+    assert state.sessions.held(user)
+    state.privacy.refresh()  # B's next poll reads the tombstone: B deletes the list by hash
+    assert not state.sessions.held(user)
+    state.sessions.write([StoredEvent(10**6 + 1, user, "later", "view", utc_now())])
+    assert not state.sessions.held(user)  # never pushed again once the tombstone is known
+    for client in (a, b):
+        assert client.get(f"/v1/users/{user}/export", headers=A).json()["recent_activity"] == []
+
+
+def test_the_leader_fills_a_redis_restarted_empty_while_the_apps_run(
+    small_model_root: Path, tmp_path: Path, redis_server: str, redis_prefix: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    options = {"redis_url": redis_server, "redis_prefix": redis_prefix, "event_poll_seconds": 0.2}
+    with _app(small_model_root, url, **options) as a, _app(small_model_root, url, **options) as b:
+        user = "visitor-redis-5"
+        viewed = _items(a, 3)
+        _view(a, user, viewed)
+        sessions = b.app.state.recoffer.sessions  # type: ignore[attr-defined]
+        assert [e.item_id for e in sessions.recent(user)] == viewed
+        for key in sessions.client.scan_iter(f"{redis_prefix}:session*"):  # restarted empty
+            sessions.client.delete(key)
+        assert sessions.recent(user) == ()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not sessions.client.exists(sessions.marker):
+            time.sleep(0.1)
+        assert sessions.client.exists(sessions.marker)  # the leader noticed and filled again
+        assert [e.item_id for e in sessions.recent(user)] == viewed
+
+
+def test_a_coupon_ranked_for_a_view_uses_the_session_read_for_it(
+    two_apps: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = two_apps
+    state = a.app.state.recoffer  # type: ignore[attr-defined]
+    engine = state.auto_offers.engine
+    handed: list[Any] = []
+    from types import SimpleNamespace
+
+    def evaluate(user_id: str, campaign_id: str, recent: Any = None) -> Any:
+        handed.append(recent)
+        return SimpleNamespace(decision="pending")
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    campaign = next(iter(engine.campaigns.values()))
+    on_view = campaign.model_copy(update={"evaluate_on_view": True, "min_views": 1})
+    monkeypatch.setattr(state.auto_offers, "campaigns", [on_view])
+    user = "visitor-redis-6"
+    viewed = _items(a, 6)
+    _view(a, user, viewed)
+    deadline = time.monotonic() + 5
+    while not handed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert handed, "no evaluation on the view"
+    assert [e.item_id for e in handed[0]] == viewed  # the session read at ingest, handed down
+    recent = handed[0]
+
+    def read_again(user_id: str) -> Any:
+        raise AssertionError("the session was read again")
+
+    monkeypatch.setattr(state.sessions, "recent", read_again)
+    served = state.recommendations
+    assert sorted(served.rank(user, viewed, recent)) == sorted(viewed)
+    assert len(served.top_items(user, 3, recent)) == 3

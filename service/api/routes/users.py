@@ -45,7 +45,9 @@ async def put_user(
 async def erase_user(user_id: UserPath, privacy: PrivacyDep) -> ErasureOut:
     """Erase the user: events, decisions, user row, coupons' link; no personal answer after."""
     receipt = await run_in_threadpool(privacy.erase, user_id)
-    return ErasureOut(erased_at=receipt.erased_at, removed=receipt.removed)
+    return ErasureOut(
+        erased_at=receipt.erased_at, removed=receipt.removed, pending=list(receipt.pending)
+    )
 
 
 # the export carries the user's coupon codes: no browser, proxy or CDN keeps a copy
