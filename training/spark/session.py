@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -65,6 +66,10 @@ def start_session(
     """
     check_engine()
     import warnings
+
+    # py4j logs each connection it closes at INFO, also from __del__ at interpreter exit, when
+    # the streams are closed ("Logging error ... I/O operation on closed file")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
     # pyspark 4.3 warns that it does not fully support pandas 3; the engine only moves plain
     # numeric and text columns through Arrow (tested)
