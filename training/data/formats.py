@@ -329,7 +329,7 @@ def _clean_generic(
     quantity, price = parsed["quantity"], parsed["price"]
     rules.drop("non_positive_quantity", None if mapping.quantity is None else quantity <= 0)
     rules.drop("non_positive_price", None if mapping.price is None else price <= 0)
-    subset = [name for name, role in _FIELD_ROLES if getattr(mapping, role) is not None]
+    subset = [name for name, role in FIELD_ROLES if getattr(mapping, role) is not None]
     duplicate = np.zeros(len(raw), dtype=bool)
     duplicate[rules.alive] = duplicated_rows(parsed.loc[rules.alive, subset])
     rules.drop("duplicate", duplicate)
@@ -378,8 +378,9 @@ def _clean_online_retail(raw: pd.DataFrame, source: str, options: ReadOptions) -
     return _finish(parsed, rules, source, mapping)
 
 
-# (normalised column, mapping role) for the columns a purchase line may carry.
-_FIELD_ROLES: tuple[tuple[str, str], ...] = (
+# (normalised column, mapping role) for the columns a purchase line may carry (the Spark
+# engine's reader uses the same table)
+FIELD_ROLES: tuple[tuple[str, str], ...] = (
     ("user_id", "user"),
     ("item_id", "item"),
     ("timestamp", "timestamp"),

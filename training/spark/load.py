@@ -36,6 +36,7 @@ from training.data.files import (
     sniff_delimiter,
 )
 from training.data.formats import (
+    FIELD_ROLES,
     FORMATS,
     GENERIC_RULES,
     ITEM_COLUMNS,
@@ -452,7 +453,7 @@ def clean(
     alive = parsed.where(F.col("_reason").isNull()).drop("_reason")
     alive = alive.drop(*[c for c in alive.columns if c.startswith("_raw_")])
     if not online_retail:
-        subset = [field for field, role in _FIELD_ROLES if getattr(mapping, role) is not None]
+        subset = [field for field, role in FIELD_ROLES if getattr(mapping, role) is not None]
         before = sum(dropped.values())
         survivors = rows_read - before
         alive = alive.dropDuplicates(subset)
@@ -510,18 +511,6 @@ def _reason(mapping: ColumnMapping, online_retail: bool) -> Column:
     for name, hit in rest:
         out = out.when(hit, F.lit(name))
     return out.otherwise(F.lit(None).cast("string"))
-
-
-_FIELD_ROLES: tuple[tuple[str, str], ...] = (
-    ("user_id", "user"),
-    ("item_id", "item"),
-    ("timestamp", "timestamp"),
-    ("quantity", "quantity"),
-    ("price", "price"),
-    ("order_id", "order"),
-    ("category", "category"),
-    ("name", "name"),
-)
 
 
 def _normalise(
