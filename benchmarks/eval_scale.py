@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import PYTHON, ROOT, WORK, measure, median, save, this_command
 
@@ -28,35 +28,59 @@ TUNING_SIZE = (1_400, 3_700, 64)  # about Online Retail's test users, items; fac
 TUNING_RECIPES = 40
 
 
-def tuning_child() -> dict[str, Any]:
-    """Tuning's inner loop on a shop of Online Retail's size: ``EvalSet.evaluate`` of many
-    recipes on cached components. Runs in either tree (only APIs both have)."""
+if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
+
+    from service.scoring import Scorer
+
+
+def random_scorer(
+    rng: np.random.Generator,
+    users: int,
+    items: int,
+    factors: int,
+    *,
+    per_user: int,
+    with_ease: bool = False,
+) -> Scorer:
+    """A scorer of random factors over ``per_user`` random purchases a user (scoring costs
+    what real factors cost), with EASE's item x item matrix when ``with_ease``."""
+    import numpy as np
     import scipy.sparse as sp
 
-    from service.scoring import Recipe, Scorer
-    from training.evaluate import build_evalset
+    from service.scoring import Scorer
 
-    users, items, factors = TUNING_SIZE
-    rng = np.random.default_rng(0)
-    rows = np.repeat(np.arange(users), 20)
-    cols = rng.integers(0, items, len(rows))
+    rows = np.repeat(np.arange(users), per_user)
+    cols = rng.integers(0, items, users * per_user)
     counts = sp.csr_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(users, items)
     )
     counts.sum_duplicates()
     ages = counts.copy()
     ages.data = rng.uniform(0, 365, len(ages.data)).astype(np.float32)
-    scorer = Scorer(
+    return Scorer(
         item_factors=rng.standard_normal((items, factors), dtype=np.float32),
         user_factors=rng.standard_normal((users, factors), dtype=np.float32),
         history_counts=counts,
         history_age_days=ages,
         popularity=rng.zipf(1.5, items).clip(max=100_000),
         trending=rng.poisson(1.0, items),
-        ease_b=rng.standard_normal((items, items), dtype=np.float32),
+        ease_b=rng.standard_normal((items, items), dtype=np.float32) if with_ease else None,
     )
+
+
+def tuning_child() -> dict[str, Any]:
+    """Tuning's inner loop on a shop of Online Retail's size: ``EvalSet.evaluate`` of many
+    recipes on cached components. Runs in either tree (only APIs both have)."""
+    import numpy as np
+    import pandas as pd
+
+    from service.scoring import Recipe
+    from training.evaluate import build_evalset
+
+    users, items, factors = TUNING_SIZE
+    rng = np.random.default_rng(0)
+    scorer = random_scorer(rng, users, items, factors, per_user=20, with_ease=True)
     test_users = np.repeat(np.arange(users), 3)
     test_items = rng.integers(0, items, len(test_users))
     ev = build_evalset(
@@ -118,30 +142,13 @@ def child(users: int, items: int, seed: int = 0) -> dict[str, Any]:
     """Build the synthetic model and truth, score one recipe under both protocols."""
     import numpy as np
     import pandas as pd
-    import scipy.sparse as sp
 
     from benchmarks.common import peak_rss_mib
-    from service.scoring import Recipe, Scorer
+    from service.scoring import Recipe
     from training.evaluate import build_evalset
 
     rng = np.random.default_rng(seed)
-    per_user = 5
-    rows = np.repeat(np.arange(users), per_user)
-    cols = rng.integers(0, items, users * per_user)
-    counts = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(users, items)
-    )
-    counts.sum_duplicates()
-    ages = counts.copy()
-    ages.data = rng.uniform(0, 365, len(ages.data)).astype(np.float32)
-    scorer = Scorer(
-        item_factors=rng.standard_normal((items, FACTORS), dtype=np.float32),
-        user_factors=rng.standard_normal((users, FACTORS), dtype=np.float32),
-        history_counts=counts,
-        history_age_days=ages,
-        popularity=rng.zipf(1.5, items).clip(max=100_000),
-        trending=rng.poisson(1.0, items),
-    )
+    scorer = random_scorer(rng, users, items, FACTORS, per_user=5)
     test_users = np.repeat(np.arange(users), 2)
     test_items = rng.integers(0, items, len(test_users))
     built = time.perf_counter()
