@@ -166,22 +166,21 @@ def propagation(a: str, b: str, items: list[str], trials: int, tag: str) -> dict
     }
 
 
-def redemptions(a: str, b: str, user: str, code: str, n: int) -> dict[str, Any]:
-    def redeem(k: int) -> int:
-        r = httpx.post(
-            f"{(a, b)[k % 2]}/v1/coupons/{code}/redeem",
-            json={
-                "user_id": user,
-                "order_id": f"o-{k}",
-                "order_amount": "10.00",
-                "currency": "EUR",
-            },
-            headers=H,
-            timeout=60,
-        )
-        return r.status_code
+def redeem_alternating(
+    servers: tuple[str, str], k: int, code: str, user: str, headers: dict[str, str]
+) -> int:
+    """Redemption ``k`` of ``code`` (order ``o-k``, 10.00 EUR) on every other server: the status."""
+    r = httpx.post(
+        f"{servers[k % 2]}/v1/coupons/{code}/redeem",
+        json={"user_id": user, "order_id": f"o-{k}", "order_amount": "10.00", "currency": "EUR"},
+        headers=headers,
+        timeout=60,
+    )
+    return r.status_code
 
-    outcomes = all_at_once(n, redeem)
+
+def redemptions(a: str, b: str, user: str, code: str, n: int) -> dict[str, Any]:
+    outcomes = all_at_once(n, lambda k: redeem_alternating((a, b), k, code, user, H))
     statuses = Counter(str(o) if isinstance(o, int) else type(o).__name__ for o in outcomes)
     return {"attempts": n, "statuses": dict(statuses), "successes": statuses.get("200", 0)}
 

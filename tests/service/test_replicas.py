@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.replicas import redeem_alternating
 from service.app import create_app
 from service.artifact.registry import ModelStore
 from service.clock import utc_now
@@ -126,22 +127,10 @@ def test_two_servers_share_sessions_one_redemption_and_one_failure_limit(
     assert after["source"] == "session", after
 
     # 200 redemptions of one code, every other one on the other server: exactly one succeeds
-    def redeem(n: int) -> int:
-        r = httpx.post(
-            f"{(a, b)[n % 2]}/v1/coupons/{code}/redeem",
-            json={
-                "user_id": user,
-                "order_id": f"o-{n}",
-                "order_amount": "10.00",
-                "currency": "EUR",
-            },
-            headers=H,
-            timeout=60,
-        )
-        return r.status_code
-
     with ThreadPoolExecutor(50) as pool:
-        statuses = Counter(pool.map(redeem, range(200)))
+        statuses = Counter(
+            pool.map(lambda n: redeem_alternating((a, b), n, code, user, H), range(200))
+        )
     assert statuses[200] == 1, statuses
     assert statuses[409] == 199, statuses
 
