@@ -336,6 +336,21 @@ class RedisSessions:
             pipe.ltrim(key, 0, self.per_user - 1)
             pipe.expire(key, self.ttl)
 
+    def _plan_write(
+        self, rows: Sequence[StoredEvent]
+    ) -> tuple[dict[str, list[str]], set[str], bool | None]:
+        """``write``'s and ``awrite``'s part before Redis: the entries per list, the users whose
+        list cannot be named now (marked stale), and the answer when nothing is to be pushed
+        (nothing left, or writes paused) — None when the pipeline is to run."""
+        by_key, unnamed = self._batches(rows)
+        if unnamed:
+            self._mark_stale(unnamed)
+        if not by_key:
+            return by_key, unnamed, not unnamed
+        if not self.writable:
+            return by_key, unnamed, self._not_written(rows, "write_skipped")
+        return by_key, unnamed, None
+
     def _not_written(self, rows: Sequence[StoredEvent], op: str) -> bool:
         self._mark_stale(self._users(rows))
         if op == "write_skipped":
@@ -346,13 +361,9 @@ class RedisSessions:
         """Push a stored batch (blocking); False when Redis did not take it all (its users are
         then stale until ``repair``)."""
         rows = list(rows)
-        by_key, unnamed = self._batches(rows)
-        if unnamed:
-            self._mark_stale(unnamed)
-        if not by_key:
-            return not unnamed
-        if not self.writable:
-            return self._not_written(rows, "write_skipped")
+        by_key, unnamed, done = self._plan_write(rows)
+        if done is not None:
+            return done
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 self._queue(pipe, by_key)
@@ -366,13 +377,9 @@ class RedisSessions:
     async def awrite(self, rows: Iterable[StoredEvent]) -> bool:
         """``write`` on the event loop."""
         rows = list(rows)
-        by_key, unnamed = self._batches(rows)
-        if unnamed:
-            self._mark_stale(unnamed)
-        if not by_key:
-            return not unnamed
-        if not self.writable:
-            return self._not_written(rows, "write_skipped")
+        by_key, unnamed, done = self._plan_write(rows)
+        if done is not None:
+            return done
         try:
             async with self.aclient.pipeline(transaction=True) as pipe:
                 self._queue(pipe, by_key)
