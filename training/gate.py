@@ -287,28 +287,30 @@ def gate_new_model(
                 "current_engine_not_refittable",
                 extra={"version": current.version, "engine": built_by.name},
             )
-            decision = decide(
-                new, popularity, None, method="other_engine", current_version=current.version
-            )
-            decision.notes.append(
+            return _uncompared(
+                store,
+                new,
+                popularity,
+                "other_engine",
+                current.version,
                 f"the current model {current.version} was built by the {built_by.name!r} engine "
-                f"(fit {built_by.fit!r}); this run refits {sorted(refittable)} only"
+                f"(fit {built_by.fit!r}); this run refits {sorted(refittable)} only",
             )
-            return _told(store, decision)
         try:
             learnt = current_model_params(current.manifest).signal_weights
         except (KeyError, TypeError, ValueError) as exc:
             log.warning(
                 "current_params_unreadable", extra={"version": current.version, "error": str(exc)}
             )
-            decision = decide(
-                new, popularity, None, method="current_unreadable", current_version=current.version
-            )
-            decision.notes.append(
+            return _uncompared(
+                store,
+                new,
+                popularity,
+                "current_unreadable",
+                current.version,
                 f"the current model {current.version} was not compared: its parameters cannot "
-                f"be read ({exc}); only the popularity floor applied"
+                f"be read ({exc}); only the popularity floor applied",
             )
-            return _told(store, decision)
     scores, method = rescore_current(
         current,
         evalset=evalset,
@@ -333,6 +335,21 @@ def gate_new_model(
         decision.reasons.append(
             "this run learnt from no view or add-to-cart (weights 0?), the current model did"
         )
+    return _told(store, decision)
+
+
+def _uncompared(
+    store: ModelStore,
+    new: UserScores,
+    popularity: UserScores,
+    method: str,
+    current_version: str,
+    note: str,
+) -> GateDecision:
+    """The decision when the current model cannot be compared (``method`` says why, ``note``
+    in the decision's notes): the popularity floor alone, and the gate is told."""
+    decision = decide(new, popularity, None, method=method, current_version=current_version)
+    decision.notes.append(note)
     return _told(store, decision)
 
 
